@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+/// Errors of the block layer. Messages name the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt {format} image: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        format: crate::Format,
+        reason: String,
+    },
+    #[error("{path}: unsupported {format} feature: {feature}")]
+    Unsupported {
+        path: PathBuf,
+        format: crate::Format,
+        feature: String,
+    },
+    #[error("request at offset {offset} length {len} is beyond the disk size {size}")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("the image is read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
