@@ -8,9 +8,11 @@
 
 mod error;
 mod format;
+mod open;
 
 pub use error::{Error, Result};
 pub use format::Format;
+pub use open::{create, detect, open, CreateOptions, OpenOptions};
 
 /// Whether a byte range of the virtual disk is backed by data in this image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
