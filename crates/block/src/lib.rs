@@ -9,6 +9,10 @@
 mod error;
 mod format;
 mod open;
+mod vdi;
+mod vhd;
+mod vhdx;
+mod vmdk;
 
 pub use error::{Error, Result};
 pub use format::Format;
