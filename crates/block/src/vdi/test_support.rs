@@ -161,10 +161,10 @@ pub(crate) fn workout(img: &mut dyn DiskImage, model: &mut [u8], rng: &mut Rng, 
         }
     }
     img.flush().unwrap();
-    assert!(
-        read_all(img) == model,
-        "image content differs from the model"
-    );
+    let data = read_all(img);
+    if let Some(i) = data.iter().zip(model.iter()).position(|(a, b)| a != b) {
+        panic!("image content differs from the model first at byte {i}");
+    }
 }
 
 /// Allocation map invariants: covers the disk exactly, every Zero extent reads as zeroes.
