@@ -9,6 +9,8 @@
 mod error;
 mod format;
 mod open;
+mod qcow2;
+mod raw;
 mod vdi;
 mod vhd;
 mod vhdx;
@@ -16,7 +18,11 @@ mod vmdk;
 
 pub use error::{Error, Result};
 pub use format::Format;
-pub use open::{create, detect, open, CreateOptions, OpenOptions};
+pub use open::{
+    check, create, detect, open, open_backing, resolve_backing, CheckReport, CreateOptions,
+    OpenOptions,
+    MAX_CHAIN_DEPTH,
+};
 
 /// Whether a byte range of the virtual disk is backed by data in this image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,4 +77,18 @@ pub trait DiskImage: Send {
     }
     /// Path of this image file, as given when it was opened.
     fn path(&self) -> &std::path::Path;
+    /// Change the virtual size. Growing is always allowed where the format supports it;
+    /// shrinking only when no data of this image lies beyond the new size.
+    fn resize(&mut self, new_size: u64) -> Result<()> {
+        let _ = new_size;
+        Err(Error::Unsupported {
+            path: self.path().to_path_buf(),
+            format: self.format(),
+            feature: "resize".into(),
+        })
+    }
+    /// Format-specific facts for `vessel disk info` (name, value), e.g. cluster size.
+    fn details(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }

@@ -1,8 +1,15 @@
 //! Opening images: format detection by content and dispatch to the format drivers.
 
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::{DiskImage, Format, Result};
+use crate::{DiskImage, Error, Format, Result};
+
+/// Longest backing chain `open` follows (the top image counts as one).
+pub const MAX_CHAIN_DEPTH: usize = 32;
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -17,7 +24,8 @@ pub struct OpenOptions {
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
     /// Backing file (qcow2, VMDK) or parent (VHD differencing, VHDX differencing), and its
-    /// format when known (detected otherwise).
+    /// format when known (detected otherwise). A relative path is relative to the directory
+    /// of the image being created.
     pub backing: Option<(PathBuf, Option<Format>)>,
     /// Allocate all data up front ("fixed" / "preallocated") instead of sparse.
     pub fixed: bool,
@@ -26,20 +34,261 @@ pub struct CreateOptions {
     pub cluster_size: Option<u64>,
 }
 
-/// Detect the format of the image at `path` from its content.
+/// Result of [`check`]: consistency problems found in one image file.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub format: Option<Format>,
+    /// Corruptions (data may be lost or misread). First few messages only.
+    pub errors: Vec<String>,
+    /// Total number of corruptions, including those not listed in `errors`.
+    pub error_count: u64,
+    /// Clusters with a refcount but no reference (wasted space, harmless).
+    pub leaked_clusters: u64,
+    /// Data clusters / blocks allocated in this image.
+    pub allocated_clusters: u64,
+    /// Clusters / blocks the virtual disk spans.
+    pub total_clusters: u64,
+    /// Allocation unit of the counts above, in bytes.
+    pub cluster_size: u64,
+    /// Leaked clusters that were repaired (with `repair`).
+    pub repaired_leaks: u64,
+}
+
+thread_local! {
+    /// Canonical paths of the images being opened on this thread, outermost first: the
+    /// backing chain under construction (drivers open their backing files recursively).
+    static OPENING: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pops this thread's chain entry when an `open` call returns.
+struct ChainGuard;
+
+impl Drop for ChainGuard {
+    fn drop(&mut self) {
+        OPENING.with(|chain| chain.borrow_mut().pop());
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn enter_chain(path: &Path) -> Result<ChainGuard> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| io_err(path, e))?;
+    OPENING.with(|chain| {
+        let mut chain = chain.borrow_mut();
+        if chain.contains(&canonical) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: backing chain loops back to this file",
+                path.display()
+            )));
+        }
+        if chain.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::InvalidArgument(format!(
+                "{}: backing chain deeper than {MAX_CHAIN_DEPTH} images",
+                path.display()
+            )));
+        }
+        chain.push(canonical);
+        Ok(ChainGuard)
+    })
+}
+
+/// Detect the format of the image at `path` from its content (never from its name).
 pub fn detect(path: &Path) -> Result<Format> {
-    let _ = path;
-    todo!("format detection")
+    let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut head = Vec::with_capacity(512);
+    (&mut file)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| io_err(path, e))?;
+    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let mut tail = [0u8; 512];
+    let mut tail_ok = false;
+    if len >= 512 {
+        file.read_exact_at(&mut tail, len - 512)
+            .map_err(|e| io_err(path, e))?;
+        tail_ok = true;
+    }
+    Ok(detect_bytes(&head, tail_ok.then_some(&tail[..])))
+}
+
+/// Format of an image whose first (up to) 512 bytes are `head` and last 512 bytes `tail`.
+pub(crate) fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> Format {
+    let starts = |magic: &[u8]| head.len() >= magic.len() && &head[..magic.len()] == magic;
+    if starts(b"QFI\xfb") {
+        return Format::Qcow2;
+    }
+    if starts(b"<<< ")
+        && head.len() >= 0x44
+        && u32::from_le_bytes([head[0x40], head[0x41], head[0x42], head[0x43]]) == 0xbeda_107f
+    {
+        return Format::Vdi;
+    }
+    if starts(b"vhdxfile") {
+        return Format::Vhdx;
+    }
+    if starts(b"KDMV") || starts(b"# Disk DescriptorFile") {
+        return Format::Vmdk;
+    }
+    if starts(b"conectix") {
+        return Format::Vhd;
+    }
+    if let Some(tail) = tail {
+        // Fixed VHDs carry only the footer: 512 bytes at the end (511 in old images).
+        if tail.starts_with(b"conectix") || tail.get(1..9) == Some(&b"conectix"[..]) {
+            return Format::Vhd;
+        }
+    }
+    Format::Raw
 }
 
 /// Open the image at `path`, with its backing chain.
+///
+/// Backing files are opened read-only; chains deeper than [`MAX_CHAIN_DEPTH`] and chains
+/// that reach the same file twice are refused.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    let _ = (path, opts);
-    todo!("open")
+    let _guard = enter_chain(path)?;
+    let format = match opts.format {
+        Some(format) => format,
+        None => detect(path)?,
+    };
+    match format {
+        Format::Raw => crate::raw::open(path, opts),
+        Format::Qcow2 => crate::qcow2::open(path, opts),
+        Format::Vdi => crate::vdi::open(path, opts),
+        Format::Vhd => crate::vhd::open(path, opts),
+        Format::Vmdk => crate::vmdk::open(path, opts),
+        Format::Vhdx => crate::vhdx::open(path, opts),
+    }
 }
 
-/// Create a new image of `format` with virtual size `size` bytes.
+/// Where the backing file `name`, as recorded in the image at `image`, lives: absolute
+/// names as they are, relative names against the directory of `image`.
+pub fn resolve_backing(image: &Path, name: &Path) -> PathBuf {
+    if name.is_absolute() {
+        return name.to_path_buf();
+    }
+    match image.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => name.to_path_buf(),
+    }
+}
+
+/// Open the backing file `name` recorded in the image at `image` (read-only), for drivers.
+pub fn open_backing(
+    image: &Path,
+    name: &Path,
+    format: Option<Format>,
+) -> Result<Box<dyn DiskImage>> {
+    let path = resolve_backing(image, name);
+    open(
+        &path,
+        &OpenOptions {
+            read_only: true,
+            format,
+        },
+    )
+}
+
+/// Create a new image of `format` with virtual size `size` bytes. Fails if `path` exists.
 pub fn create(path: &Path, format: Format, size: u64, opts: &CreateOptions) -> Result<()> {
-    let _ = (path, format, size, opts);
-    todo!("create")
+    match format {
+        Format::Raw => crate::raw::create(path, size, opts),
+        Format::Qcow2 => crate::qcow2::create(path, size, opts),
+        Format::Vdi => crate::vdi::create(path, size, opts),
+        Format::Vhd => crate::vhd::create(path, size, opts),
+        Format::Vmdk => crate::vmdk::create(path, size, opts),
+        Format::Vhdx => crate::vhdx::create(path, size, opts),
+    }
+}
+
+/// Check the consistency of the image at `path`. qcow2 images get a full refcount check
+/// (`repair` fixes leaked clusters); other formats are validated by opening them and
+/// walking their whole allocation map.
+pub fn check(path: &Path, format: Option<Format>, repair: bool) -> Result<CheckReport> {
+    let format = match format {
+        Some(format) => format,
+        None => detect(path)?,
+    };
+    if format == Format::Qcow2 {
+        return crate::qcow2::check(path, repair);
+    }
+    let mut image = open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            format: Some(format),
+        },
+    )?;
+    let size = image.size();
+    let mut report = CheckReport {
+        format: Some(format),
+        cluster_size: 65536,
+        total_clusters: size.div_ceil(65536),
+        ..CheckReport::default()
+    };
+    let mut offset = 0;
+    let mut probe = vec![0u8; 512];
+    while offset < size {
+        let len = (size - offset).min(1 << 30);
+        for extent in image.allocation(offset, len)? {
+            if extent.state == crate::Allocation::Data {
+                report.allocated_clusters += extent.len.div_ceil(65536);
+                // Read the first sector of each data extent: catches block maps that point
+                // outside the file.
+                let n = extent.len.min(512) as usize;
+                image.read_at(&mut probe[..n], extent.offset)?;
+            }
+        }
+        offset += len;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_by_magic() {
+        assert_eq!(detect_bytes(b"QFI\xfb\0\0\0\x03", None), Format::Qcow2);
+        let mut vdi = vec![0u8; 0x50];
+        vdi[..4].copy_from_slice(b"<<< ");
+        vdi[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+        assert_eq!(detect_bytes(&vdi, None), Format::Vdi);
+        vdi[0x40] = 0;
+        assert_eq!(detect_bytes(&vdi, None), Format::Raw);
+        assert_eq!(detect_bytes(b"vhdxfile....", None), Format::Vhdx);
+        assert_eq!(detect_bytes(b"KDMV\x01\0\0\0", None), Format::Vmdk);
+        assert_eq!(
+            detect_bytes(b"# Disk DescriptorFile\nversion=1\n", None),
+            Format::Vmdk
+        );
+        assert_eq!(detect_bytes(b"conectix", None), Format::Vhd);
+        let mut tail = vec![0u8; 512];
+        tail[..8].copy_from_slice(b"conectix");
+        assert_eq!(detect_bytes(&[0u8; 512], Some(&tail)), Format::Vhd);
+        assert_eq!(detect_bytes(&[0u8; 512], Some(&[0u8; 512])), Format::Raw);
+        assert_eq!(detect_bytes(b"", None), Format::Raw);
+    }
+
+    #[test]
+    fn relative_backing_resolves_against_image_dir() {
+        assert_eq!(
+            resolve_backing(Path::new("/a/b/top.qcow2"), Path::new("base.raw")),
+            PathBuf::from("/a/b/base.raw")
+        );
+        assert_eq!(
+            resolve_backing(Path::new("top.qcow2"), Path::new("base.raw")),
+            PathBuf::from("base.raw")
+        );
+        assert_eq!(
+            resolve_backing(Path::new("/a/top.qcow2"), Path::new("/x/base")),
+            PathBuf::from("/x/base")
+        );
+    }
 }
