@@ -1,0 +1,127 @@
+//! virtio-blk (virtio 1.2 §5.2) over a [`block::DiskImage`].
+
+mod bounce;
+mod request;
+
+use block::DiskImage;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use vm_memory::GuestMemoryMmap;
+
+use crate::device::VirtioDevice;
+use crate::drain::drain;
+use crate::queue::{Queue, QueueError, Segment};
+use bounce::BounceBuffer;
+
+/// Bytes per virtio-blk sector (fixed by the spec, whatever `blk_size` says).
+pub const SECTOR_SIZE: u64 = 512;
+/// Length of the serial returned by GET_ID.
+pub const SERIAL_LEN: usize = 20;
+/// Default (and maximum) queue size.
+pub const QUEUE_SIZE: u16 = 256;
+/// Segments per discard / write-zeroes request.
+pub const MAX_DISCARD_SEGMENTS: u32 = 16;
+/// Sectors per discard / write-zeroes segment.
+pub const MAX_DISCARD_SECTORS: u32 = 0x0040_0000;
+/// Largest data transfer of one read or write request (bigger ones fail with IOERR).
+pub const MAX_REQUEST_BYTES: u64 = 32 << 20;
+const CONFIG_LEN: usize = 60;
+const DEVICE_TYPE_BLOCK: u16 = 2;
+
+/// A virtio block device.
+pub struct Block {
+    disk: Box<dyn DiskImage>,
+    serial: [u8; SERIAL_LEN],
+    config: [u8; CONFIG_LEN],
+    features: u64,
+    queue_sizes: [u16; 1],
+    capacity_bytes: u64,
+    bounce: BounceBuffer,
+    segs: Vec<Segment>,
+}
+
+impl Block {
+    /// A device serving `disk`, answering GET_ID with `serial` (truncated to 20 bytes).
+    /// Read-only disks get VIRTIO_BLK_F_RO and no discard / write-zeroes.
+    pub fn new(disk: Box<dyn DiskImage>, serial: &str) -> Self {
+        let read_only = disk.read_only();
+        let capacity = disk.size() / SECTOR_SIZE;
+        let mut features = (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        if read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        let mut put = |at: usize, bytes: &[u8]| config[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &capacity.to_le_bytes());
+        put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        put(34, &1u16.to_le_bytes()); // num_queues
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+        put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+        put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(52, &MAX_DISCARD_SEGMENTS.to_le_bytes()); // max_write_zeroes_seg
+        put(56, &[1]); // write_zeroes_may_unmap
+        let mut id = [0u8; SERIAL_LEN];
+        let n = serial.len().min(SERIAL_LEN);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        Self {
+            disk,
+            serial: id,
+            config,
+            features,
+            queue_sizes: [QUEUE_SIZE],
+            capacity_bytes: capacity * SECTOR_SIZE,
+            bounce: BounceBuffer::new(),
+            segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE_BLOCK
+    }
+    fn pci_class(&self) -> (u8, u8) {
+        (0x01, 0x80)
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        self.features
+    }
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let start = offset as usize;
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| self.config.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let mut segs = std::mem::take(&mut self.segs);
+        let result = drain(queue, mem, &mut segs, |mem, chain| match chain {
+            Ok(segs) => self.serve(mem, segs),
+            Err(_) => 0,
+        });
+        self.segs = segs;
+        result
+    }
+}

@@ -1,0 +1,40 @@
+//! What a virtio device model provides to the transport.
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
+use crate::queue::{Queue, QueueError};
+
+/// Feature bits every device gets from the transport.
+pub const DEVICE_FEATURES_TRANSPORT: u64 = VERSION_1 | RING_EVENT_IDX | RING_INDIRECT_DESC;
+
+/// A virtio device model: plain state over guest memory, no KVM.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block, 3 = console, 4 = entropy).
+    fn device_type(&self) -> u16;
+    /// PCI class and subclass to advertise.
+    fn pci_class(&self) -> (u8, u8);
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device-specific feature bits (the transport adds [`DEVICE_FEATURES_TRANSPORT`]).
+    fn features(&self) -> u64;
+    /// Length of the device-specific configuration structure.
+    fn config_len(&self) -> usize;
+    /// Guest read of the device configuration; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Guest write of the device configuration (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK having negotiated `features`.
+    fn activate(&mut self, _features: u64) {}
+    /// The driver reset the device: drop all per-driver state.
+    fn reset(&mut self) {}
+    /// Handle the available requests of queue `index`. Returns whether requests are left
+    /// (the device stopped after a bounded amount of work and wants to be called again).
+    /// An error means the queue is broken: the transport sets DEVICE_NEEDS_RESET.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError>;
+}
