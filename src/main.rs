@@ -1,6 +1,8 @@
 //! vessel: a virtual machine monitor on KVM.
 
 mod disk_cli;
+mod run_cli;
+mod size;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +15,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a guest kernel in the foreground, console on stdio.
+    Run(run_cli::RunArgs),
     /// Work with disk images (raw, qcow2, vdi, vhd, vmdk, vhdx).
     #[command(subcommand)]
     Disk(disk_cli::DiskCommand),
@@ -20,14 +24,15 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Disk(cmd) => disk_cli::run(cmd),
+    let code = match cli.command {
+        Command::Run(args) => run_cli::run(args),
+        Command::Disk(cmd) => match disk_cli::run(cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                1
+            }
+        },
     };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("vessel: error: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    std::process::exit(code);
 }

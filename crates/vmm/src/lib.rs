@@ -1,1 +1,13 @@
+//! The virtual machine monitor: assembles a VM from a [`config::VmConfig`] on KVM (memory,
+//! in-kernel irqchip and PIT, devices, vCPU threads) and runs it until it ends.
 
+pub mod config;
+mod console;
+pub mod diagnostics;
+mod kick;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{SerialMode, VmConfig};
+pub use devices::{ExitReason, VmExit};
+pub use vm::{Vm, VmError};

@@ -1,0 +1,29 @@
+//! What a VM is made of, as validated input to the VMM (the CLI and, later, the API and
+//! VM definition files produce it).
+
+use std::path::PathBuf;
+
+/// Where the guest's serial console (COM1) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    /// Output to stdout; stdin (raw mode when it is a terminal) is the guest's input.
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub cpus: u8,
+    pub serial: SerialMode,
+}
+
+/// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.
+pub const MAX_CPUS: u8 = 254;

@@ -1,0 +1,354 @@
+//! Assembling a VM on KVM and running it until it ends.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use arch::layout;
+use arch::memory_map::RamLayout;
+use arch::GuestMemory;
+use devices::acpi_pm::AcpiPm;
+use devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
+use devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+use devices::i8042::{I8042Port, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use devices::serial::{Serial, SERIAL_PORT_LEN};
+use devices::{Bus, ExitReason, VmExit};
+
+use crate::config::{SerialMode, VmConfig};
+use crate::console::RawTerminal;
+use crate::kick;
+use crate::vcpu::{self, VcpuRunner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and accessible to this user?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM lacks a capability vessel needs: {0:?}")]
+    MissingCapability(Cap),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{cpus} vCPUs requested but this host's KVM allows at most {max}")]
+    TooManyCpus { cpus: u8, max: usize },
+    #[error("invalid memory size: {0}")]
+    Memory(#[from] arch::memory_map::MemoryMapError),
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    GuestMemory {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open serial output {path}: {source}")]
+    SerialFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Boot(#[from] arch::boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] arch::acpi::AcpiError),
+    #[error(transparent)]
+    MpTable(#[from] arch::mptable::MpTableError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("device set-up: {0}")]
+    Bus(#[from] devices::BusError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// A VM, built and ready to run.
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    mem: GuestMemory,
+    exit: VmExit,
+    serial: Arc<Mutex<Serial>>,
+    serial_input: bool,
+    runners: Vec<VcpuRunner>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Vm {
+    /// Create the VM: KVM objects, guest memory, kernel and boot tables, devices, vCPUs.
+    pub fn new(cfg: &VmConfig) -> Result<Self, VmError> {
+        let layout = RamLayout::new(cfg.memory)?;
+        let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile { path: cfg.kernel.clone(), source })?;
+        let initrd = match &cfg.initrd {
+            Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile { path: p.clone(), source })?),
+            None => None,
+        };
+        let serial_out: Box<dyn Write + Send> = match &cfg.serial {
+            SerialMode::Stdio => Box::new(std::io::stdout()),
+            SerialMode::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| VmError::SerialFile { path: path.clone(), source })?,
+            ),
+            SerialMode::None => Box::new(std::io::sink()),
+        };
+
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for cap in [Cap::Irqchip, Cap::Irqfd, Cap::Ioeventfd, Cap::UserMemory, Cap::SetTssAddr, Cap::ExtCpuid, Cap::ImmediateExit] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(cap));
+            }
+        }
+        let max_cpus = kvm.get_max_vcpus().min(usize::from(crate::config::MAX_CPUS));
+        if usize::from(cfg.cpus) > max_cpus || cfg.cpus == 0 {
+            return Err(VmError::TooManyCpus { cpus: cfg.cpus, max: max_cpus });
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let ranges: Vec<_> = layout.ranges.iter().map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize)).collect();
+        let mem = GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory { size: cfg.memory, source })?;
+        for (slot, region) in mem.iter().enumerate() {
+            let region_desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the host mapping described belongs to `mem`, which the Vm keeps alive
+            // for as long as the KVM VM exists (both are fields of Vm; vCPU threads are
+            // joined before either is dropped).
+            unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let acpi = arch::acpi::AcpiConfig { cpus: cfg.cpus, extra_dsdt: vec![], extra_tables: vec![] };
+        let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
+        arch::mptable::setup_mptable(&mem, cfg.cpus)?;
+        let initrd_name = cfg.initrd.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let boot = arch::boot::load(
+            &mem,
+            &layout,
+            &arch::boot::BootConfig {
+                kernel: &kernel,
+                initrd: initrd.as_deref(),
+                initrd_name: &initrd_name,
+                cmdline: &cfg.cmdline,
+                rsdp_addr,
+            },
+        )?;
+
+        let exit = VmExit::new().map_err(io_err("eventfd"))?;
+        let serial_irq = EventFd::new(0).map_err(io_err("eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::COM1_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), u64::from(layout::COM1_PORT), u64::from(SERIAL_PORT_LEN))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
+            let dev = Arc::new(Mutex::new(I8042Port { controller: i8042.clone(), is_command }));
+            pio.insert(dev, u64::from(port), 1)?;
+        }
+        let above_4g = layout.total() - layout.low_end();
+        pio.insert(Arc::new(Mutex::new(Cmos::new(layout.low_end(), above_4g))), u64::from(CMOS_PORT), u64::from(CMOS_LEN))?;
+        pio.insert(Arc::new(Mutex::new(DebugExit::new(exit.clone()))), u64::from(DEBUG_EXIT_PORT), u64::from(DEBUG_EXIT_LEN))?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+            u64::from(layout::ACPI_PM_PORT_BASE),
+            u64::from(layout::ACPI_PM_PORT_LEN),
+        )?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new());
+
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
+        for id in 0..cfg.cpus {
+            let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let entry = (id == 0).then_some(boot.entry);
+            vcpu::configure(&fd, id, cfg.cpus, &supported, tsc_deadline, &mem, entry)?;
+            runners.push(VcpuRunner {
+                id,
+                vcpu: fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                exit: exit.clone(),
+                stop: stop.clone(),
+            });
+        }
+        Ok(Self {
+            _kvm: kvm,
+            _vm: vm,
+            mem,
+            exit,
+            serial,
+            serial_input: cfg.serial == SerialMode::Stdio,
+            runners,
+            stop,
+        })
+    }
+
+    /// Guest memory (for diagnostics and tests).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// Run the VM until it ends; returns why.
+    pub fn run(self) -> Result<ExitReason, VmError> {
+        kick::install_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
+        let signals = StopSignals::block()?;
+        let _raw_terminal = if self.serial_input { RawTerminal::stdin() } else { None };
+
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for runner in self.runners {
+            let name = format!("vcpu{}", runner.id);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || runner.run())
+                .map_err(io_err("spawning a vCPU thread"))?;
+            threads.push(handle);
+        }
+
+        let result = event_loop(&self.exit, &signals, &self.serial, self.serial_input);
+        self.stop.store(true, Ordering::Release);
+        for t in &threads {
+            // A thread that already returned cannot be signalled; that is fine.
+            let _ = t.kill(kick::kick_signal());
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        result?;
+        Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
+    }
+}
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_STDIN: u64 = 3;
+
+/// Wait for the VM to end, forwarding stdin to the serial port and turning SIGINT/SIGTERM
+/// into a clean stop.
+fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forward_stdin: bool) -> Result<(), VmError> {
+    let epoll = Epoll::new().map_err(io_err("epoll"))?;
+    let add = |fd: i32, token: u64| {
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)).map_err(io_err("epoll_ctl"))
+    };
+    add(exit.event().as_raw_fd(), TOKEN_EXIT)?;
+    add(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+    let mut stdin_open = forward_stdin && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+    let mut stdin_paused = false;
+    let mut events = vec![EpollEvent::default(); 8];
+    let mut buf = [0u8; 4096];
+    loop {
+        if exit.reason().is_some() {
+            return Ok(());
+        }
+        if stdin_paused && serial.lock().unwrap_or_else(|p| p.into_inner()).wants_input() {
+            add(libc::STDIN_FILENO, TOKEN_STDIN)?;
+            stdin_paused = false;
+        }
+        let timeout = if stdin_paused { 50 } else { -1 };
+        let n = match epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(VmError::Io { what: "epoll_wait", source: e }),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_EXIT => {
+                    let _ = exit.event().read();
+                }
+                TOKEN_SIGNAL => {
+                    signals.drain();
+                    exit.request(ExitReason::Stopped);
+                }
+                TOKEN_STDIN if stdin_open => {
+                    // SAFETY: reading into a valid buffer from the stdin fd.
+                    let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                    if r <= 0 {
+                        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                            let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                            stdin_open = false;
+                        }
+                        continue;
+                    }
+                    let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
+                    s.queue_input(&buf[..r as usize]);
+                    if !s.wants_input() {
+                        let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        stdin_paused = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, blocked in every thread and read from a signalfd by the main loop.
+struct StopSignals {
+    fd: File,
+}
+
+impl StopSignals {
+    fn block() -> Result<Self, VmError> {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the calls only modify it and this thread's mask.
+        let fd = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(VmError::Io { what: "blocking SIGINT/SIGTERM", source: std::io::Error::last_os_error() });
+            }
+            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+        };
+        if fd < 0 {
+            return Err(VmError::Io { what: "signalfd", source: std::io::Error::last_os_error() });
+        }
+        // SAFETY: `fd` is a new signalfd owned by nobody else.
+        Ok(Self { fd: unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
+    }
+
+    fn drain(&self) {
+        let mut info = [0u8; 128];
+        while (&self.fd).read(&mut info).is_ok_and(|n| n > 0) {}
+    }
+}

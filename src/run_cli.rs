@@ -1,0 +1,145 @@
+//! `vessel run`: boot a guest in the foreground.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use vmm::{ExitReason, SerialMode, Vm, VmConfig, VmError};
+
+use crate::size::parse_size;
+
+/// Exit status for invalid input (arguments, unreadable or invalid kernel/initrd).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when the host cannot run the VM (KVM missing, out of memory, ...).
+pub const EXIT_HOST_ERROR: i32 = 6;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: bzImage, ELF vmlinux (PVH when it carries the note) or multiboot ELF32.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk (module 0 for multiboot kernels).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+    cmdline: String,
+    /// Guest memory: a number with K/M/G suffix; a plain number is MiB.
+    #[arg(long, default_value = "512M", value_parser = parse_memory)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(vmm::config::MAX_CPUS)))]
+    cpus: u8,
+    /// Serial console: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_parser = parse_serial)]
+    serial: SerialMode,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s, 1 << 20)?;
+    if bytes % 4096 != 0 {
+        return Err(format!("memory size {bytes} is not a multiple of 4 KiB"));
+    }
+    if bytes < arch::memory_map::MIN_MEMORY {
+        return Err("vessel needs at least 2M of guest memory".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_serial(s: &str) -> Result<SerialMode, String> {
+    match s {
+        "stdio" => Ok(SerialMode::Stdio),
+        "none" => Ok(SerialMode::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialMode::File(p.into())),
+            _ => Err(format!("invalid serial '{s}': expected stdio, file:PATH or none")),
+        },
+    }
+}
+
+/// Errors that come from what the user gave (exit status 2) rather than from the host.
+fn is_input_error(e: &VmError) -> bool {
+    matches!(
+        e,
+        VmError::ReadFile { .. }
+            | VmError::Boot(_)
+            | VmError::Memory(_)
+            | VmError::TooManyCpus { .. }
+            | VmError::SerialFile { .. }
+    )
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    for (what, path) in [("kernel", Some(&args.kernel)), ("initrd", args.initrd.as_ref())] {
+        if let Some(p) = path {
+            if !p.is_file() {
+                eprintln!("vessel: error: {what} {} does not exist or is not a file", p.display());
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let cfg = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        cpus: args.cpus,
+        serial: args.serial,
+    };
+    let vm = match Vm::new(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("vessel: error: {}", error_chain(&e));
+            return if is_input_error(&e) { EXIT_USAGE } else { EXIT_HOST_ERROR };
+        }
+    };
+    match vm.run() {
+        Ok(reason) => {
+            match &reason {
+                ExitReason::TripleFault => eprintln!("vessel: the guest triple-faulted (CPU reset); VM ended"),
+                ExitReason::Fault(report) => eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end()),
+                ExitReason::Stopped => eprintln!("vessel: VM stopped by signal"),
+                _ => {}
+            }
+            reason.exit_code()
+        }
+        Err(e) => {
+            eprintln!("vessel: error: {}", error_chain(&e));
+            EXIT_HOST_ERROR
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_modes() {
+        assert_eq!(parse_serial("stdio"), Ok(SerialMode::Stdio));
+        assert_eq!(parse_serial("file:/tmp/x"), Ok(SerialMode::File("/tmp/x".into())));
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512"), Ok(512 << 20));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert!(parse_memory("1K").is_err());
+        assert!(parse_memory("4097K").is_err());
+    }
+}

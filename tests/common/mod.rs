@@ -1,0 +1,111 @@
+//! Shared helpers of the integration tests: building test guests from tests/guests with the
+//! system's gcc/as/ld, and running vessel with a deadline so a hang fails the test.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn guests_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
+}
+
+pub fn out_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+const CFLAGS: &[&str] = &[
+    "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
+    "-nostdlib", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
+];
+
+/// Build a 32-bit multiboot guest from `asm` and optional C sources; returns the ELF path.
+pub fn multiboot_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
+    let _g = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let out = out_dir().join(name);
+    let src = guests_src();
+    let mut objs = Vec::new();
+    for s in sources {
+        let obj = out_dir().join(format!("{name}-{s}.o"));
+        run_tool(Command::new("gcc").args(["-m32", "-c"]).args(CFLAGS).arg(src.join(s)).arg("-o").arg(&obj));
+        objs.push(obj);
+    }
+    run_tool(Command::new("ld").args(["-m", "elf_i386", "-nostdlib", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    out
+}
+
+/// Build a 64-bit ELF guest (Linux 64-bit boot protocol or PVH) from sources.
+pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
+    let _g = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let out = out_dir().join(name);
+    let src = guests_src();
+    let mut objs = Vec::new();
+    for s in sources {
+        let obj = out_dir().join(format!("{name}-{s}.o"));
+        run_tool(
+            Command::new("gcc")
+                .args(["-m64", "-mno-red-zone", "-mcmodel=kernel", "-mgeneral-regs-only", "-c"])
+                .args(CFLAGS)
+                .arg(src.join(s))
+                .arg("-o")
+                .arg(&obj),
+        );
+        objs.push(obj);
+    }
+    run_tool(Command::new("ld").args(["-m", "elf_x86_64", "-nostdlib", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    out
+}
+
+pub struct Run {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Run `vessel` with `args`; kill it and fail the test if it has not exited after `timeout`.
+pub fn vessel(args: &[&str], timeout: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vessel");
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "vessel {args:?} hung for {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    Run {
+        status: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
