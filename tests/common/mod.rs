@@ -55,7 +55,7 @@ pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf
         let obj = out_dir().join(format!("{name}-{s}.o"));
         run_tool(
             Command::new("gcc")
-                .args(["-m64", "-mno-red-zone", "-mcmodel=kernel", "-mgeneral-regs-only", "-c"])
+                .args(["-m64", "-mno-red-zone", "-mgeneral-regs-only", "-c"])
                 .args(CFLAGS)
                 .arg(src.join(s))
                 .arg("-o")
