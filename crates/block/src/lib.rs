@@ -15,6 +15,7 @@ mod vdi;
 mod vhd;
 mod vhdx;
 mod vmdk;
+pub mod workload;
 
 pub use error::{Error, Result};
 pub use format::Format;
