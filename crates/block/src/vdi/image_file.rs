@@ -38,13 +38,12 @@ impl ImageFile {
         })
     }
 
-    /// Create (or truncate) a file for a new image.
+    /// Create a file for a new image; fails if `path` exists.
     pub(crate) fn create(path: &Path, format: Format) -> Result<Self> {
         let file = FsOpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(path)
             .map_err(|source| Error::Io {
                 path: path.to_path_buf(),
