@@ -73,13 +73,12 @@ impl BusDevice for PciConfigIo {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
-            0..=3 => {
+            0..=3
                 // Only full dword writes latch an address (byte writes to 0xCF9 etc. are
                 // other chipset registers on real hardware).
-                if offset == 0 && data.len() == 4 {
+                if offset == 0 && data.len() == 4 => {
                     self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
                 }
-            }
             4..=7 => {
                 let (Some((bus, dev, func, reg)), Some((_, shift))) =
                     (self.target(), sub_dword(offset, data.len()))

@@ -184,7 +184,7 @@ impl MsixTable {
     /// Guest read of the pending-bit array (read-only).
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if !matches!(data.len(), 4 | 8) || offset % data.len() as u64 != 0 {
+        if !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(data.len() as u64) {
             return;
         }
         for (i, byte) in data.iter_mut().enumerate() {
@@ -197,7 +197,7 @@ impl MsixTable {
 
     /// Vector and byte offset inside its entry of an aligned 4/8-byte access.
     fn locate(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
-        if !matches!(len, 4 | 8) || offset % len as u64 != 0 {
+        if !matches!(len, 4 | 8) || !offset.is_multiple_of(len as u64) {
             return None;
         }
         let vector = usize::try_from(offset / MSIX_ENTRY_SIZE).ok()?;

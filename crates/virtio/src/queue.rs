@@ -99,7 +99,7 @@ fn check_ring(
     len: u64,
     align: u64,
 ) -> Result<(), QueueError> {
-    if addr % align != 0 {
+    if !addr.is_multiple_of(align) {
         return Err(QueueError::Misaligned { ring, addr });
     }
     let fits = usize::try_from(len).is_ok_and(|l| mem.check_range(GuestAddress(addr), l));

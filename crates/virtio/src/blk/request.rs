@@ -112,7 +112,7 @@ impl Block {
     }
 
     fn data_range(&self, sector: u64, len: u64) -> Result<u64, u8> {
-        if len % SECTOR_SIZE != 0 || len > MAX_REQUEST_BYTES {
+        if !len.is_multiple_of(SECTOR_SIZE) || len > MAX_REQUEST_BYTES {
             return Err(IOERR);
         }
         self.range(sector, len)
@@ -146,7 +146,7 @@ impl Block {
     fn discard_or_zero(&mut self, discard: bool, reader: &mut ChainReader) -> Status {
         let bytes = reader.remaining();
         let count = bytes / DISCARD_SEGMENT_LEN;
-        if bytes == 0 || bytes % DISCARD_SEGMENT_LEN != 0 || count > u64::from(MAX_DISCARD_SEGMENTS)
+        if bytes == 0 || !bytes.is_multiple_of(DISCARD_SEGMENT_LEN) || count > u64::from(MAX_DISCARD_SEGMENTS)
         {
             return Err(IOERR);
         }

@@ -54,6 +54,7 @@ impl DriverQueue {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // mirrors the descriptor's fields
     pub fn write_desc(
         &self,
         mem: &GuestMemoryMmap,
