@@ -36,11 +36,11 @@ pub struct RunArgs {
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s, 1 << 20)?;
-    if bytes % 4096 != 0 {
-        return Err(format!("memory size {bytes} is not a multiple of 4 KiB"));
-    }
     if bytes < arch::memory_map::MIN_MEMORY {
         return Err("vessel needs at least 2M of guest memory".into());
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("memory size {bytes} is not a multiple of 4 KiB"));
     }
     Ok(bytes)
 }

@@ -41,7 +41,7 @@ pub fn multiboot_guest(name: &str, sources: &[&str], linker_script: &str) -> Pat
         run_tool(Command::new("gcc").args(["-m32", "-c"]).args(CFLAGS).arg(src.join(s)).arg("-o").arg(&obj));
         objs.push(obj);
     }
-    run_tool(Command::new("ld").args(["-m", "elf_i386", "-nostdlib", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    run_tool(Command::new("ld").args(["-m", "elf_i386", "-nostdlib", "-z", "noexecstack", "--no-warn-rwx-segments", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
     out
 }
 
@@ -63,7 +63,16 @@ pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf
         );
         objs.push(obj);
     }
-    run_tool(Command::new("ld").args(["-m", "elf_x86_64", "-nostdlib", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    run_tool(Command::new("ld").args(["-m", "elf_x86_64", "-nostdlib", "-z", "noexecstack", "--no-warn-rwx-segments", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    out
+}
+
+/// Build a PVH guest: 32-bit code (PVH enters in protected mode) in an ELF64 container
+/// carrying the Xen PHYS32_ENTRY note, as Linux's vmlinux is.
+pub fn pvh_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
+    let elf32 = multiboot_guest(&format!("{name}-elf32"), sources, linker_script);
+    let out = out_dir().join(name);
+    run_tool(Command::new("objcopy").args(["-I", "elf32-i386", "-O", "elf64-x86-64"]).arg(&elf32).arg(&out));
     out
 }
 

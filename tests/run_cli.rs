@@ -1,0 +1,128 @@
+//! `vessel run` as a program: argument validation, serial input and output, signals.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
+
+fn spin_guest() -> std::path::PathBuf {
+    multiboot_guest("spin", &["spin.S"], "multiboot.ld")
+}
+
+#[test]
+fn invalid_arguments_exit_2_with_a_clear_message() {
+    let k = spin_guest();
+    let k = k.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--kernel", k, "--memory", "12X"], "unknown unit"),
+        (&["run", "--kernel", k, "--memory", "1K"], "at least 2M"),
+        (&["run", "--kernel", k, "--memory", "abc"], "expected a number"),
+        (&["run", "--kernel", k, "--cpus", "0"], "--cpus"),
+        (&["run", "--kernel", k, "--cpus", "300"], "--cpus"),
+        (&["run", "--kernel", k, "--serial", "tcp:1"], "expected stdio, file:PATH or none"),
+        (&["run", "--kernel", "/nonexistent/kernel"], "does not exist"),
+        (&["run"], "--kernel"),
+    ];
+    for (args, msg) in cases {
+        let r = vessel(args, TIMEOUT);
+        assert_eq!(r.status, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg), "{args:?}: want {msg:?} in {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_file_that_is_no_kernel_is_rejected_before_running() {
+    let junk = out_dir().join("not-a-kernel");
+    std::fs::write(&junk, b"just some text, not a kernel").unwrap();
+    let r = vessel(&["run", "--kernel", junk.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("unrecognised kernel image"), "{}", r.stderr);
+}
+
+#[test]
+fn serial_output_can_go_to_a_file() {
+    let log = out_dir().join("serial-file.log");
+    let _ = std::fs::remove_file(&log);
+    let k = multiboot_guest("modes", &["modes.S"], "multiboot.ld");
+    let serial = format!("file:{}", log.display());
+    let r = vessel(&["run", "--kernel", k.to_str().unwrap(), "--serial", &serial], TIMEOUT);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hello from 16-bit real mode"), "{text}");
+}
+
+#[test]
+fn stdin_reaches_the_guest_without_loss() {
+    let k = multiboot_guest("echo", &["multiboot_header.S", "echo_guest.c"], "multiboot.ld");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["run", "--kernel", k.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far more than the UART's 64-byte FIFO, written at once.
+    let input: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap();
+    stdin.write_all(b".").unwrap();
+    drop(stdin);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < TIMEOUT, "guest did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let hash = input.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619));
+    let want = format!("received {} bytes fnv1a={hash:#x}", input.len());
+    assert!(stdout.contains(&want), "want {want:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn stop_with_signal(cmdline: &str, signal: i32) {
+    let k = spin_guest();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["run", "--kernel", k.to_str().unwrap(), "--cpus", "2", "--cmdline", cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("spinning") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "guest output ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY (test): sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "vessel did not stop after signal {signal}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("stopped by signal"), "{err}");
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest() {
+    stop_with_signal("spin", libc::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_a_halted_guest() {
+    stop_with_signal("hlt", libc::SIGINT);
+}
