@@ -3,6 +3,9 @@
 /// Parse `text` as a size in bytes; a plain number is in units of `plain_unit` bytes.
 pub fn parse_size(text: &str, plain_unit: u64) -> Result<u64, String> {
     let t = text.trim();
+    if !t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("invalid size '{text}': expected a number such as 512M"));
+    }
     let (digits, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (t, plain_unit),
         Some((i, _)) => {
@@ -18,9 +21,6 @@ pub fn parse_size(text: &str, plain_unit: u64) -> Result<u64, String> {
             (&t[..i], mult)
         }
     };
-    if digits.is_empty() {
-        return Err(format!("invalid size '{text}': expected a number such as 512M"));
-    }
     let n: u64 = digits.parse().map_err(|_| format!("invalid size '{text}': number too large"))?;
     n.checked_mul(mult).ok_or_else(|| format!("invalid size '{text}': too large"))
 }
