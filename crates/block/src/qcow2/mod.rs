@@ -125,6 +125,17 @@ impl Qcow2 {
         }
         let cs = header.cluster_size();
         let l1_bytes = header.l1_size as u64 * 8;
+        let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
+        let l1_end = header.l1_table_offset.saturating_add(l1_bytes);
+        let reftable_end = header
+            .refcount_table_offset
+            .saturating_add(header.refcount_table_clusters as u64 * cs);
+        if l1_end > file_len.max(cs) + cs || reftable_end > file_len + cs {
+            return Err(corrupt(
+                path,
+                "L1 or refcount table lies beyond the end of the file",
+            ));
+        }
         // Bounded by the header validation (MAX_L1_BYTES).
         let mut raw = vec![0u8; l1_bytes as usize];
         read_full(&file, path, &mut raw, header.l1_table_offset)?;
@@ -133,12 +144,7 @@ impl Qcow2 {
             .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
         let rc = Refcounts::load(&file, path, &header, REFCOUNT_CACHE_BYTES)?;
-        let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
-        let ends = [
-            file_len,
-            header.l1_table_offset + l1_bytes,
-            header.refcount_table_offset + header.refcount_table_clusters as u64 * cs,
-        ];
+        let ends = [file_len, l1_end, reftable_end];
         let next_cluster = ends.iter().max().copied().unwrap_or(0).div_ceil(cs).max(1);
         let backing = match &header.backing_file {
             Some(name) => {
