@@ -39,7 +39,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     if bytes < arch::memory_map::MIN_MEMORY {
         return Err("vessel needs at least 2M of guest memory".into());
     }
-    if bytes % 4096 != 0 {
+    if !bytes.is_multiple_of(4096) {
         return Err(format!("memory size {bytes} is not a multiple of 4 KiB"));
     }
     Ok(bytes)
@@ -51,7 +51,9 @@ fn parse_serial(s: &str) -> Result<SerialMode, String> {
         "none" => Ok(SerialMode::None),
         _ => match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(SerialMode::File(p.into())),
-            _ => Err(format!("invalid serial '{s}': expected stdio, file:PATH or none")),
+            _ => Err(format!(
+                "invalid serial '{s}': expected stdio, file:PATH or none"
+            )),
         },
     }
 }
@@ -69,10 +71,16 @@ fn is_input_error(e: &VmError) -> bool {
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    for (what, path) in [("kernel", Some(&args.kernel)), ("initrd", args.initrd.as_ref())] {
+    for (what, path) in [
+        ("kernel", Some(&args.kernel)),
+        ("initrd", args.initrd.as_ref()),
+    ] {
         if let Some(p) = path {
             if !p.is_file() {
-                eprintln!("vessel: error: {what} {} does not exist or is not a file", p.display());
+                eprintln!(
+                    "vessel: error: {what} {} does not exist or is not a file",
+                    p.display()
+                );
                 return EXIT_USAGE;
             }
         }
@@ -89,14 +97,22 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));
-            return if is_input_error(&e) { EXIT_USAGE } else { EXIT_HOST_ERROR };
+            return if is_input_error(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_HOST_ERROR
+            };
         }
     };
     match vm.run() {
         Ok(reason) => {
             match &reason {
-                ExitReason::TripleFault => eprintln!("vessel: the guest triple-faulted (CPU reset); VM ended"),
-                ExitReason::Fault(report) => eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end()),
+                ExitReason::TripleFault => {
+                    eprintln!("vessel: the guest triple-faulted (CPU reset); VM ended")
+                }
+                ExitReason::Fault(report) => {
+                    eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end())
+                }
                 ExitReason::Stopped => eprintln!("vessel: VM stopped by signal"),
                 _ => {}
             }
@@ -130,7 +146,10 @@ mod tests {
     #[test]
     fn serial_modes() {
         assert_eq!(parse_serial("stdio"), Ok(SerialMode::Stdio));
-        assert_eq!(parse_serial("file:/tmp/x"), Ok(SerialMode::File("/tmp/x".into())));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialMode::File("/tmp/x".into()))
+        );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp:1").is_err());
     }

@@ -4,7 +4,9 @@
 pub fn parse_size(text: &str, plain_unit: u64) -> Result<u64, String> {
     let t = text.trim();
     if !t.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(format!("invalid size '{text}': expected a number such as 512M"));
+        return Err(format!(
+            "invalid size '{text}': expected a number such as 512M"
+        ));
     }
     let (digits, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (t, plain_unit),
@@ -16,13 +18,20 @@ pub fn parse_size(text: &str, plain_unit: u64) -> Result<u64, String> {
                 "M" => 1 << 20,
                 "G" => 1 << 30,
                 "T" => 1 << 40,
-                _ => return Err(format!("invalid size '{text}': unknown unit (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "invalid size '{text}': unknown unit (use K, M, G or T)"
+                    ))
+                }
             };
             (&t[..i], mult)
         }
     };
-    let n: u64 = digits.parse().map_err(|_| format!("invalid size '{text}': number too large"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("invalid size '{text}': too large"))
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{text}': number too large"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size '{text}': too large"))
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::process::Command;
 use common::{elf64_guest, out_dir, vessel, TIMEOUT};
 
 fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619))
+    data.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    })
 }
 
 fn e820_lines(memory: u64) -> Vec<String> {
@@ -25,39 +27,88 @@ fn e820_lines(memory: u64) -> Vec<String> {
 }
 
 fn guest_e820(stdout: &str) -> Vec<String> {
-    stdout.lines().filter(|l| l.starts_with("e820: ")).map(str::to_string).collect()
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("e820: "))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
 fn elf_vmlinux_gets_zero_page_e820_cmdline_and_initrd() {
-    let kernel = elf64_guest("linux64", &["linux64_start.S", "linux64_guest.c"], "linux64.ld");
+    let kernel = elf64_guest(
+        "linux64",
+        &["linux64_start.S", "linux64_guest.c"],
+        "linux64.ld",
+    );
     let initrd = out_dir().join("linux64-initrd.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&initrd, &data).unwrap();
     let cmdline = "console=ttyS0 root=/dev/vda vessel.test=\"a b\"";
     let r = vessel(
         &[
-            "run", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(),
-            "--memory", "256M", "--cmdline", cmdline,
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--cmdline",
+            cmdline,
         ],
         TIMEOUT,
     );
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("boot_params=0x7000 boot_flag=0xaa55 header=0x53726448"), "{}", r.stdout);
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains("boot_params=0x7000 boot_flag=0xaa55 header=0x53726448"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("loader=0xff"), "{}", r.stdout);
     assert_eq!(guest_e820(&r.stdout), e820_lines(256 << 20));
-    assert!(r.stdout.contains(&format!("cmdline: {cmdline}\n")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("cmdline: {cmdline}\n")),
+        "{}",
+        r.stdout
+    );
     // The initrd sits at the top of RAM, page aligned, intact.
     let addr = ((256u64 << 20) - data.len() as u64) & !0xfff;
-    let want = format!("initrd: addr={addr:#x} size={} fnv1a={:#x}\n", data.len(), fnv1a(&data));
+    let want = format!(
+        "initrd: addr={addr:#x} size={} fnv1a={:#x}\n",
+        data.len(),
+        fnv1a(&data)
+    );
     assert!(r.stdout.contains(&want), "want {want:?} in {}", r.stdout);
     assert!(r.stdout.contains("rsdp: 0xe0000\n"), "{}", r.stdout);
 }
 
 #[test]
 fn memory_above_the_mmio_hole_is_mapped_above_4g() {
-    let kernel = elf64_guest("linux64", &["linux64_start.S", "linux64_guest.c"], "linux64.ld");
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "4G", "--cmdline", "x"], TIMEOUT);
+    let kernel = elf64_guest(
+        "linux64",
+        &["linux64_start.S", "linux64_guest.c"],
+        "linux64.ld",
+    );
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "4G",
+            "--cmdline",
+            "x",
+        ],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
     assert_eq!(guest_e820(&r.stdout), e820_lines(4 << 30));
     assert!(r.stdout.contains("initrd: none\n"));
@@ -66,12 +117,23 @@ fn memory_above_the_mmio_hole_is_mapped_above_4g() {
 /// Wrap the guest's protected-mode payload in a bzImage: boot sector + one setup sector
 /// carrying a protocol 2.15 header with a 64-bit entry (XLF_KERNEL_64).
 fn make_bzimage() -> std::path::PathBuf {
-    let elf = elf64_guest("bzimage64", &["linux64_start.S", "linux64_guest.c"], "bzimage64.ld");
+    let elf = elf64_guest(
+        "bzimage64",
+        &["linux64_start.S", "linux64_guest.c"],
+        "bzimage64.ld",
+    );
     let payload = out_dir().join("bzimage64.bin");
-    let st = Command::new("objcopy").args(["-O", "binary"]).arg(&elf).arg(&payload).status().unwrap();
+    let st = Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&payload)
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut img = vec![0u8; 1024];
-    let put = |img: &mut Vec<u8>, off: usize, bytes: &[u8]| img[off..off + bytes.len()].copy_from_slice(bytes);
+    let put = |img: &mut Vec<u8>, off: usize, bytes: &[u8]| {
+        img[off..off + bytes.len()].copy_from_slice(bytes)
+    };
     put(&mut img, 0x1f1, &[1]); // setup_sects
     put(&mut img, 0x1fe, &0xaa55u16.to_le_bytes());
     put(&mut img, 0x202, b"HdrS");
@@ -91,9 +153,30 @@ fn make_bzimage() -> std::path::PathBuf {
 #[test]
 fn bzimage_boots_through_its_64bit_entry_with_its_setup_header() {
     let kernel = make_bzimage();
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "128M", "--cmdline", "bz=1"], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("version=0x20f loader=0xff"), "{}", r.stdout);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--cmdline",
+            "bz=1",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("version=0x20f loader=0xff"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("cmdline: bz=1\n"), "{}", r.stdout);
     assert_eq!(guest_e820(&r.stdout), e820_lines(128 << 20));
 }
@@ -102,7 +185,16 @@ fn bzimage_boots_through_its_64bit_entry_with_its_setup_header() {
 fn bzimage_command_line_longer_than_the_kernel_accepts_is_an_input_error() {
     let kernel = make_bzimage();
     let long = "x".repeat(3000);
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--cmdline", &long], TIMEOUT);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            &long,
+        ],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(2), "stderr: {}", r.stderr);
     assert!(r.stderr.contains("at most 2047"), "stderr: {}", r.stderr);
 }

@@ -8,46 +8,119 @@ use common::{multiboot_guest, vessel, TIMEOUT};
 #[test]
 fn guest_prints_from_protected_and_real_mode_then_powers_off() {
     let kernel = multiboot_guest("modes", &["modes.S"], "multiboot.ld");
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--memory", "64M"], TIMEOUT);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
-    assert!(r.stdout.contains("hello from 32-bit protected mode\n"), "stdout: {}", r.stdout);
-    assert!(r.stdout.contains("hello from 16-bit real mode\n"), "stdout: {}", r.stdout);
+    assert!(
+        r.stdout.contains("hello from 32-bit protected mode\n"),
+        "stdout: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("hello from 16-bit real mode\n"),
+        "stdout: {}",
+        r.stdout
+    );
 }
 
 #[test]
 fn multiboot_guest_reads_cmdline_and_module_and_exits_with_code() {
-    let kernel = multiboot_guest("multiboot", &["multiboot_header.S", "multiboot_guest.c"], "multiboot.ld");
+    let kernel = multiboot_guest(
+        "multiboot",
+        &["multiboot_header.S", "multiboot_guest.c"],
+        "multiboot.ld",
+    );
     let module = common::out_dir().join("module0.txt");
     let content = b"vessel multiboot module 0\n".repeat(1000);
     std::fs::write(&module, &content).unwrap();
     let r = vessel(
         &[
-            "run", "--kernel", kernel.to_str().unwrap(), "--initrd", module.to_str().unwrap(),
-            "--memory", "128M", "--cmdline", "hello=world exit=42",
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            module.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--cmdline",
+            "hello=world exit=42",
         ],
         TIMEOUT,
     );
-    assert_eq!(r.status, Some((42 << 1) | 1), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("cmdline: hello=world exit=42\n"), "stdout: {}", r.stdout);
-    assert!(r.stdout.contains("mem_lower=639 mem_upper=130048\n"), "stdout: {}", r.stdout);
-    assert!(r.stdout.contains("loader: vessel\n"), "stdout: {}", r.stdout);
-    let hash = content.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619));
-    let expected = format!("len={} fnv1a={hash:#x} name={}\n", content.len(), module.display());
-    assert!(r.stdout.contains(&expected), "want {expected:?} in stdout: {}", r.stdout);
+    assert_eq!(
+        r.status,
+        Some((42 << 1) | 1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("cmdline: hello=world exit=42\n"),
+        "stdout: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("mem_lower=639 mem_upper=130048\n"),
+        "stdout: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("loader: vessel\n"),
+        "stdout: {}",
+        r.stdout
+    );
+    let hash = content.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    });
+    let expected = format!(
+        "len={} fnv1a={hash:#x} name={}\n",
+        content.len(),
+        module.display()
+    );
+    assert!(
+        r.stdout.contains(&expected),
+        "want {expected:?} in stdout: {}",
+        r.stdout
+    );
     // The memory map matches vessel's e820 layout for 128 MiB.
     for line in [
         "mmap: 0x0 0x9fc00 1\n",
         "mmap: 0x9fc00 0x400 2\n",
         &format!("mmap: 0x100000 {:#x} 1\n", (128u64 << 20) - 0x100000),
     ] {
-        assert!(r.stdout.contains(line), "want {line:?} in stdout: {}", r.stdout);
+        assert!(
+            r.stdout.contains(line),
+            "want {line:?} in stdout: {}",
+            r.stdout
+        );
     }
 }
 
 #[test]
 fn multiboot_guest_without_exit_code_powers_off() {
-    let kernel = multiboot_guest("multiboot", &["multiboot_header.S", "multiboot_guest.c"], "multiboot.ld");
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--cmdline", "plain"], TIMEOUT);
+    let kernel = multiboot_guest(
+        "multiboot",
+        &["multiboot_header.S", "multiboot_guest.c"],
+        "multiboot.ld",
+    );
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "plain",
+        ],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("module: none\n"));
 }

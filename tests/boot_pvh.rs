@@ -13,15 +13,40 @@ fn pvh_guest_gets_start_info_with_cmdline_memmap_and_module() {
     std::fs::write(&initrd, &data).unwrap();
     let r = vessel(
         &[
-            "run", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(),
-            "--memory", "96M", "--cmdline", "pvh=yes console=ttyS0",
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory",
+            "96M",
+            "--cmdline",
+            "pvh=yes console=ttyS0",
         ],
         TIMEOUT,
     );
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("pvh: magic=0x336ec578 version=1\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("cmdline: pvh=yes console=ttyS0\n"), "{}", r.stdout);
-    let memmap: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("memmap: ")).collect();
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("pvh: magic=0x336ec578 version=1\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("cmdline: pvh=yes console=ttyS0\n"),
+        "{}",
+        r.stdout
+    );
+    let memmap: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("memmap: "))
+        .collect();
     assert_eq!(
         memmap,
         vec![
@@ -30,7 +55,14 @@ fn pvh_guest_gets_start_info_with_cmdline_memmap_and_module() {
             format!("memmap: 0x100000 {:#x} 1", (96u64 << 20) - 0x100000),
         ]
     );
-    let hash = data.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619));
-    assert!(r.stdout.contains(&format!("module: size=5000 fnv1a={hash:#x}\n")), "{}", r.stdout);
+    let hash = data.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    });
+    assert!(
+        r.stdout
+            .contains(&format!("module: size=5000 fnv1a={hash:#x}\n")),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("rsdp: 0xe0000\n"));
 }

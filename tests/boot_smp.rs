@@ -6,15 +6,44 @@ mod common;
 use common::{multiboot_guest, vessel, TIMEOUT};
 
 fn boot_smp(cpus: u8) {
-    let kernel = multiboot_guest("smp", &["multiboot_header.S", "smp_trampoline.S", "smp_guest.c"], "multiboot.ld");
-    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--cpus", &cpus.to_string(), "--memory", "64M"], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let kernel = multiboot_guest(
+        "smp",
+        &["multiboot_header.S", "smp_trampoline.S", "smp_guest.c"],
+        "multiboot.ld",
+    );
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cpus",
+            &cpus.to_string(),
+            "--memory",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
     let header = format!("SMP: MADT cpus={cpus} mptable cpus={cpus} BSP apic 0\n");
     assert!(r.stdout.contains(&header), "{}", r.stdout);
     for id in 1..cpus {
-        assert!(r.stdout.contains(&format!("AP apic {id} online\n")), "AP {id} missing: {}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("AP apic {id} online\n")),
+            "AP {id} missing: {}",
+            r.stdout
+        );
     }
-    assert!(r.stdout.contains(&format!("all {cpus} cpus online\n")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("all {cpus} cpus online\n")),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -19,17 +19,30 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["run", "--kernel", k, "--memory", "12X"], "unknown unit"),
         (&["run", "--kernel", k, "--memory", "1K"], "at least 2M"),
-        (&["run", "--kernel", k, "--memory", "abc"], "expected a number"),
+        (
+            &["run", "--kernel", k, "--memory", "abc"],
+            "expected a number",
+        ),
         (&["run", "--kernel", k, "--cpus", "0"], "--cpus"),
         (&["run", "--kernel", k, "--cpus", "300"], "--cpus"),
-        (&["run", "--kernel", k, "--serial", "tcp:1"], "expected stdio, file:PATH or none"),
-        (&["run", "--kernel", "/nonexistent/kernel"], "does not exist"),
+        (
+            &["run", "--kernel", k, "--serial", "tcp:1"],
+            "expected stdio, file:PATH or none",
+        ),
+        (
+            &["run", "--kernel", "/nonexistent/kernel"],
+            "does not exist",
+        ),
         (&["run"], "--kernel"),
     ];
     for (args, msg) in cases {
         let r = vessel(args, TIMEOUT);
         assert_eq!(r.status, Some(2), "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains(msg), "{args:?}: want {msg:?} in {}", r.stderr);
+        assert!(
+            r.stderr.contains(msg),
+            "{args:?}: want {msg:?} in {}",
+            r.stderr
+        );
     }
 }
 
@@ -39,7 +52,11 @@ fn a_file_that_is_no_kernel_is_rejected_before_running() {
     std::fs::write(&junk, b"just some text, not a kernel").unwrap();
     let r = vessel(&["run", "--kernel", junk.to_str().unwrap()], TIMEOUT);
     assert_eq!(r.status, Some(2), "{}", r.stderr);
-    assert!(r.stderr.contains("unrecognised kernel image"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unrecognised kernel image"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -48,7 +65,10 @@ fn serial_output_can_go_to_a_file() {
     let _ = std::fs::remove_file(&log);
     let k = multiboot_guest("modes", &["modes.S"], "multiboot.ld");
     let serial = format!("file:{}", log.display());
-    let r = vessel(&["run", "--kernel", k.to_str().unwrap(), "--serial", &serial], TIMEOUT);
+    let r = vessel(
+        &["run", "--kernel", k.to_str().unwrap(), "--serial", &serial],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(0), "{}", r.stderr);
     assert_eq!(r.stdout, "");
     let text = std::fs::read_to_string(&log).unwrap();
@@ -57,7 +77,11 @@ fn serial_output_can_go_to_a_file() {
 
 #[test]
 fn stdin_reaches_the_guest_without_loss() {
-    let k = multiboot_guest("echo", &["multiboot_header.S", "echo_guest.c"], "multiboot.ld");
+    let k = multiboot_guest(
+        "echo",
+        &["multiboot_header.S", "echo_guest.c"],
+        "multiboot.ld",
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
         .args(["run", "--kernel", k.to_str().unwrap()])
         .stdin(Stdio::piped())
@@ -78,16 +102,30 @@ fn stdin_reaches_the_guest_without_loss() {
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let hash = input.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619));
+    let hash = input.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    });
     let want = format!("received {} bytes fnv1a={hash:#x}", input.len());
-    assert!(stdout.contains(&want), "want {want:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&want),
+        "want {want:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(0));
 }
 
 fn stop_with_signal(cmdline: &str, signal: i32) {
     let k = spin_guest();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .args(["run", "--kernel", k.to_str().unwrap(), "--cpus", "2", "--cmdline", cmdline])
+        .args([
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--cmdline",
+            cmdline,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,7 +147,10 @@ fn stop_with_signal(cmdline: &str, signal: i32) {
             assert_eq!(status.code(), Some(0));
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "vessel did not stop after signal {signal}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "vessel did not stop after signal {signal}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut err = String::new();

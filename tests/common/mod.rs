@@ -21,13 +21,27 @@ pub fn out_dir() -> PathBuf {
 }
 
 fn run_tool(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const CFLAGS: &[&str] = &[
-    "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
-    "-nostdlib", "-O2", "-Wall", "-Werror", "-Wno-unused-function",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-pie",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-nostdlib",
+    "-O2",
+    "-Wall",
+    "-Werror",
+    "-Wno-unused-function",
 ];
 
 /// Build a 32-bit multiboot guest from `asm` and optional C sources; returns the ELF path.
@@ -38,10 +52,32 @@ pub fn multiboot_guest(name: &str, sources: &[&str], linker_script: &str) -> Pat
     let mut objs = Vec::new();
     for s in sources {
         let obj = out_dir().join(format!("{name}-{s}.o"));
-        run_tool(Command::new("gcc").args(["-m32", "-c"]).args(CFLAGS).arg(src.join(s)).arg("-o").arg(&obj));
+        run_tool(
+            Command::new("gcc")
+                .args(["-m32", "-c"])
+                .args(CFLAGS)
+                .arg(src.join(s))
+                .arg("-o")
+                .arg(&obj),
+        );
         objs.push(obj);
     }
-    run_tool(Command::new("ld").args(["-m", "elf_i386", "-nostdlib", "-z", "noexecstack", "--no-warn-rwx-segments", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-m",
+                "elf_i386",
+                "-nostdlib",
+                "-z",
+                "noexecstack",
+                "--no-warn-rwx-segments",
+                "-T",
+            ])
+            .arg(src.join(linker_script))
+            .arg("-o")
+            .arg(&out)
+            .args(&objs),
+    );
     out
 }
 
@@ -63,7 +99,22 @@ pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf
         );
         objs.push(obj);
     }
-    run_tool(Command::new("ld").args(["-m", "elf_x86_64", "-nostdlib", "-z", "noexecstack", "--no-warn-rwx-segments", "-T"]).arg(src.join(linker_script)).arg("-o").arg(&out).args(&objs));
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                "-z",
+                "noexecstack",
+                "--no-warn-rwx-segments",
+                "-T",
+            ])
+            .arg(src.join(linker_script))
+            .arg("-o")
+            .arg(&out)
+            .args(&objs),
+    );
     out
 }
 
@@ -72,7 +123,12 @@ pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf
 pub fn pvh_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
     let elf32 = multiboot_guest(&format!("{name}-elf32"), sources, linker_script);
     let out = out_dir().join(name);
-    run_tool(Command::new("objcopy").args(["-I", "elf32-i386", "-O", "elf64-x86-64"]).arg(&elf32).arg(&out));
+    run_tool(
+        Command::new("objcopy")
+            .args(["-I", "elf32-i386", "-O", "elf64-x86-64"])
+            .arg(&elf32)
+            .arg(&out),
+    );
     out
 }
 
@@ -108,7 +164,11 @@ pub fn vessel(args: &[&str], timeout: Duration) -> Run {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
     Run {
         status: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -4,8 +4,8 @@
 //! registers (port I/O, see `layout`), not through PM1 blocks.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::sdt::{GenericAddress, Sdt};
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{
@@ -41,15 +41,25 @@ pub struct AcpiConfig {
 }
 
 fn header(signature: &[u8; 4], length: u32, revision: u8) -> Sdt {
-    Sdt::new(*signature, length, revision, OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+    Sdt::new(
+        *signature,
+        length,
+        revision,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    )
 }
 
 /// Differentiated System Description Table: the S5 sleep package and COM1.
 pub fn dsdt(extra: &[u8]) -> Sdt {
     let mut t = header(b"DSDT", 36, 6);
     let mut body = Vec::new();
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]))
-        .to_aml_bytes(&mut body);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
+    )
+    .to_aml_bytes(&mut body);
     let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
     let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
     let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
@@ -71,14 +81,23 @@ pub fn fadt(dsdt_addr: u64) -> Sdt {
     const BOOT_ARCH_8042: u16 = 1 << 1;
     const BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
     let mut t = header(b"FACP", 276, 6);
-    t.write(109, BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042 | BOOT_ARCH_VGA_NOT_PRESENT);
+    t.write(
+        109,
+        BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042 | BOOT_ARCH_VGA_NOT_PRESENT,
+    );
     t.write(112, FLAG_RESET_REG_SUP | FLAG_HW_REDUCED_ACPI);
     t.write(116, GenericAddress::io_port_address::<u8>(ACPI_RESET_PORT));
     t.write(128, ACPI_RESET_VALUE);
     t.write(131, 5u8); // FADT minor version
     t.write(140, dsdt_addr); // X_DSDT
-    t.write(244, GenericAddress::io_port_address::<u8>(ACPI_SLEEP_CONTROL_PORT));
-    t.write(256, GenericAddress::io_port_address::<u8>(ACPI_SLEEP_STATUS_PORT));
+    t.write(
+        244,
+        GenericAddress::io_port_address::<u8>(ACPI_SLEEP_CONTROL_PORT),
+    );
+    t.write(
+        256,
+        GenericAddress::io_port_address::<u8>(ACPI_SLEEP_STATUS_PORT),
+    );
     t.write(268, *b"VESSELVM"); // hypervisor vendor identity
     t
 }
@@ -131,7 +150,10 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |s, b| s.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Write all tables to guest memory; returns the RSDP address (for PVH's start_info and the
@@ -144,17 +166,22 @@ pub fn setup_acpi(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError>
         if end > ACPI_AREA_END {
             return Err(AcpiError::TooLarge(end - RSDP_ADDR));
         }
-        mem.write_slice(bytes, GuestAddress(addr)).map_err(AcpiError::Write)?;
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(AcpiError::Write)?;
         next = (end + 7) & !7;
         Ok(addr)
     };
     let dsdt_addr = place(dsdt(&cfg.extra_dsdt).as_slice())?;
-    let mut tables = vec![place(fadt(dsdt_addr).as_slice())?, place(madt(cfg.cpus)?.as_slice())?];
+    let mut tables = vec![
+        place(fadt(dsdt_addr).as_slice())?,
+        place(madt(cfg.cpus)?.as_slice())?,
+    ];
     for t in &cfg.extra_tables {
         tables.push(place(t.as_slice())?);
     }
     let xsdt_addr = place(xsdt(&tables).as_slice())?;
-    mem.write_slice(&rsdp(xsdt_addr), GuestAddress(RSDP_ADDR)).map_err(AcpiError::Write)?;
+    mem.write_slice(&rsdp(xsdt_addr), GuestAddress(RSDP_ADDR))
+        .map_err(AcpiError::Write)?;
     Ok(RSDP_ADDR)
 }
 
@@ -169,7 +196,11 @@ mod tests {
     #[test]
     fn tables_are_checksummed_and_linked() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
-        let cfg = AcpiConfig { cpus: 2, extra_dsdt: vec![], extra_tables: vec![] };
+        let cfg = AcpiConfig {
+            cpus: 2,
+            extra_dsdt: vec![],
+            extra_tables: vec![],
+        };
         let rsdp_addr = setup_acpi(&mem, &cfg).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp_addr)).unwrap();
@@ -182,7 +213,11 @@ mod tests {
             let len = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
             let mut t = vec![0u8; len];
             mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
-            assert!(sums_to_zero(&t), "{:?} checksum", std::str::from_utf8(&t[..4]));
+            assert!(
+                sums_to_zero(&t),
+                "{:?} checksum",
+                std::str::from_utf8(&t[..4])
+            );
             t
         };
         let x = read_table(xsdt_addr);
@@ -195,7 +230,10 @@ mod tests {
         let f = read_table(fadt_addr);
         let dsdt_addr = u64::from_le_bytes(f[140..148].try_into().unwrap());
         assert_eq!(&read_table(dsdt_addr)[..4], b"DSDT");
-        assert_eq!(u32::from_le_bytes(f[112..116].try_into().unwrap()) & (1 << 20), 1 << 20);
+        assert_eq!(
+            u32::from_le_bytes(f[112..116].try_into().unwrap()) & (1 << 20),
+            1 << 20
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR};
+use crate::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 use crate::GuestMemory;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The KVM segment register a GDT descriptor describes.
 fn segment_from_gdt(entry: u64, table_index: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
     if granularity == 1 {
@@ -96,15 +96,25 @@ const GDT_PROTECTED: [u64; 5] = [
 ];
 
 /// Write the GDT/IDT (and page tables for long mode) and fill `sregs` for `mode`.
-pub fn setup_sregs(mem: &GuestMemory, mode: EntryMode, sregs: &mut kvm_sregs) -> Result<(), CpuStateError> {
+pub fn setup_sregs(
+    mem: &GuestMemory,
+    mode: EntryMode,
+    sregs: &mut kvm_sregs,
+) -> Result<(), CpuStateError> {
     let long = matches!(mode, EntryMode::Linux64 { .. });
     let gdt = if long { &GDT_LONG } else { &GDT_PROTECTED };
     for (i, entry) in gdt.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + i as u64 * 8))
-            .map_err(|source| CpuStateError::Write { what: "GDT", source })?;
+            .map_err(|source| CpuStateError::Write {
+                what: "GDT",
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))
-        .map_err(|source| CpuStateError::Write { what: "IDT", source })?;
+        .map_err(|source| CpuStateError::Write {
+            what: "IDT",
+            source,
+        })?;
 
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
@@ -139,7 +149,10 @@ pub fn setup_sregs(mem: &GuestMemory, mode: EntryMode, sregs: &mut kvm_sregs) ->
 fn write_identity_page_tables(mem: &GuestMemory) -> Result<(), CpuStateError> {
     let w = |value: u64, addr: u64| {
         mem.write_obj(value, GuestAddress(addr))
-            .map_err(|source| CpuStateError::Write { what: "page tables", source })
+            .map_err(|source| CpuStateError::Write {
+                what: "page tables",
+                source,
+            })
     };
     w(PDPT_ADDR | 0x3, PML4_ADDR)?;
     for dir in 0..4u64 {
@@ -155,7 +168,10 @@ fn write_identity_page_tables(mem: &GuestMemory) -> Result<(), CpuStateError> {
 
 /// General-purpose registers at the entry point.
 pub fn boot_regs(mode: EntryMode) -> kvm_regs {
-    let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
     match mode {
         EntryMode::Linux64 { entry, zero_page } => {
             regs.rip = entry;
@@ -188,7 +204,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code = segment_from_gdt(GDT_LONG[2], 2);
-        assert_eq!((code.base, code.limit, code.l, code.db, code.g, code.present), (0, 0xffff_ffff, 1, 0, 1, 1));
+        assert_eq!(
+            (code.base, code.limit, code.l, code.db, code.g, code.present),
+            (0, 0xffff_ffff, 1, 0, 1, 1)
+        );
         assert_eq!(code.selector, 0x10);
         let code32 = segment_from_gdt(GDT_PROTECTED[2], 2);
         assert_eq!((code32.l, code32.db, code32.type_), (0, 1, 0xb));
@@ -200,26 +219,51 @@ mod tests {
     fn long_mode_sets_paging_and_identity_maps_4gib() {
         let m = mem();
         let mut s = kvm_sregs::default();
-        setup_sregs(&m, EntryMode::Linux64 { entry: 0x100000, zero_page: 0x7000 }, &mut s).unwrap();
+        setup_sregs(
+            &m,
+            EntryMode::Linux64 {
+                entry: 0x100000,
+                zero_page: 0x7000,
+            },
+            &mut s,
+        )
+        .unwrap();
         assert_eq!(s.cr3, PML4_ADDR);
         assert_ne!(s.cr0 & X86_CR0_PG, 0);
         assert_ne!(s.efer & EFER_LMA, 0);
         let pml4: u64 = m.read_obj(GuestAddress(PML4_ADDR)).unwrap();
         assert_eq!(pml4, PDPT_ADDR | 3);
         // Last 2 MiB page below 4 GiB maps itself.
-        let last: u64 = m.read_obj(GuestAddress(PD_ADDR + 3 * 0x1000 + 511 * 8)).unwrap();
+        let last: u64 = m
+            .read_obj(GuestAddress(PD_ADDR + 3 * 0x1000 + 511 * 8))
+            .unwrap();
         assert_eq!(last, 0xffe0_0000 | 0x83);
     }
 
     #[test]
     fn protected_mode_has_paging_off() {
         let m = mem();
-        let mut s = kvm_sregs { cr0: X86_CR0_PG, efer: EFER_LME, ..Default::default() };
-        setup_sregs(&m, EntryMode::Multiboot { entry: 0x100000, info: 0x6000 }, &mut s).unwrap();
+        let mut s = kvm_sregs {
+            cr0: X86_CR0_PG,
+            efer: EFER_LME,
+            ..Default::default()
+        };
+        setup_sregs(
+            &m,
+            EntryMode::Multiboot {
+                entry: 0x100000,
+                info: 0x6000,
+            },
+            &mut s,
+        )
+        .unwrap();
         assert_eq!(s.cr0 & X86_CR0_PG, 0);
         assert_eq!(s.efer & EFER_LME, 0);
         assert_eq!(s.cs.db, 1);
-        let r = boot_regs(EntryMode::Multiboot { entry: 0x100000, info: 0x6000 });
+        let r = boot_regs(EntryMode::Multiboot {
+            entry: 0x100000,
+            info: 0x6000,
+        });
         assert_eq!((r.rax, r.rbx, r.rip), (0x2bad_b002, 0x6000, 0x100000));
     }
 }

@@ -96,13 +96,24 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn leaf1_carries_apic_id_and_count() {
         let mut es = [entry(1, 0)];
-        filter_cpuid(&mut es, CpuidConfig { vcpu_id: 3, cpus: 4, tsc_deadline: true });
+        filter_cpuid(
+            &mut es,
+            CpuidConfig {
+                vcpu_id: 3,
+                cpus: 4,
+                tsc_deadline: true,
+            },
+        );
         assert_eq!(es[0].ebx >> 24, 3);
         assert_eq!((es[0].ebx >> 16) & 0xff, 4);
         assert_ne!(es[0].ecx & ECX_HYPERVISOR, 0);
@@ -113,9 +124,22 @@ mod tests {
     #[test]
     fn extended_topology_describes_one_socket() {
         let mut es = [entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-        filter_cpuid(&mut es, CpuidConfig { vcpu_id: 2, cpus: 3, tsc_deadline: false });
-        assert_eq!((es[0].eax, es[0].ebx, es[0].ecx >> 8, es[0].edx), (0, 1, LEVEL_SMT, 2));
-        assert_eq!((es[1].eax, es[1].ebx, es[1].ecx >> 8, es[1].edx), (2, 3, LEVEL_CORE, 2));
+        filter_cpuid(
+            &mut es,
+            CpuidConfig {
+                vcpu_id: 2,
+                cpus: 3,
+                tsc_deadline: false,
+            },
+        );
+        assert_eq!(
+            (es[0].eax, es[0].ebx, es[0].ecx >> 8, es[0].edx),
+            (0, 1, LEVEL_SMT, 2)
+        );
+        assert_eq!(
+            (es[1].eax, es[1].ebx, es[1].ecx >> 8, es[1].edx),
+            (2, 3, LEVEL_CORE, 2)
+        );
         assert_eq!((es[2].ebx, es[2].ecx), (0, 2));
     }
 

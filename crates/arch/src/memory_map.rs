@@ -38,7 +38,7 @@ impl RamLayout {
         if size < MIN_MEMORY {
             return Err(MemoryMapError::TooSmall(size));
         }
-        if size % 4096 != 0 {
+        if !size.is_multiple_of(4096) {
             return Err(MemoryMapError::Unaligned(size));
         }
         let low = size.min(MMIO_HOLE_START);
@@ -63,12 +63,28 @@ impl RamLayout {
     /// 1 MiB (the VGA/BIOS hole between is left out, as firmware does), and RAM above 4 GiB.
     pub fn e820(&self) -> Vec<MemoryMapEntry> {
         let mut map = vec![
-            MemoryMapEntry { addr: 0, size: EBDA_START, kind: E820_RAM },
-            MemoryMapEntry { addr: EBDA_START, size: 0xa0000 - EBDA_START, kind: E820_RESERVED },
-            MemoryMapEntry { addr: HIMEM_START, size: self.low_end() - HIMEM_START, kind: E820_RAM },
+            MemoryMapEntry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820_RAM,
+            },
+            MemoryMapEntry {
+                addr: EBDA_START,
+                size: 0xa0000 - EBDA_START,
+                kind: E820_RESERVED,
+            },
+            MemoryMapEntry {
+                addr: HIMEM_START,
+                size: self.low_end() - HIMEM_START,
+                kind: E820_RAM,
+            },
         ];
         if let Some(&(addr, size)) = self.ranges.get(1) {
-            map.push(MemoryMapEntry { addr, size, kind: E820_RAM });
+            map.push(MemoryMapEntry {
+                addr,
+                size,
+                kind: E820_RAM,
+            });
         }
         map
     }
@@ -85,9 +101,21 @@ mod tests {
         assert_eq!(
             l.e820(),
             vec![
-                MemoryMapEntry { addr: 0, size: 0x9fc00, kind: E820_RAM },
-                MemoryMapEntry { addr: 0x9fc00, size: 0x400, kind: E820_RESERVED },
-                MemoryMapEntry { addr: 0x100000, size: (512 << 20) - 0x100000, kind: E820_RAM },
+                MemoryMapEntry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820_RAM
+                },
+                MemoryMapEntry {
+                    addr: 0x9fc00,
+                    size: 0x400,
+                    kind: E820_RESERVED
+                },
+                MemoryMapEntry {
+                    addr: 0x100000,
+                    size: (512 << 20) - 0x100000,
+                    kind: E820_RAM
+                },
             ]
         );
     }
@@ -98,12 +126,25 @@ mod tests {
         assert_eq!(l.ranges, vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
         assert_eq!(l.total(), 4 << 30);
         let e = l.e820();
-        assert_eq!(e.last().unwrap(), &MemoryMapEntry { addr: 4 << 30, size: 1 << 30, kind: E820_RAM });
+        assert_eq!(
+            e.last().unwrap(),
+            &MemoryMapEntry {
+                addr: 4 << 30,
+                size: 1 << 30,
+                kind: E820_RAM
+            }
+        );
     }
 
     #[test]
     fn rejects_tiny_and_unaligned_sizes() {
-        assert_eq!(RamLayout::new(1 << 20), Err(MemoryMapError::TooSmall(1 << 20)));
-        assert_eq!(RamLayout::new((64 << 20) + 1), Err(MemoryMapError::Unaligned((64 << 20) + 1)));
+        assert_eq!(
+            RamLayout::new(1 << 20),
+            Err(MemoryMapError::TooSmall(1 << 20))
+        );
+        assert_eq!(
+            RamLayout::new((64 << 20) + 1),
+            Err(MemoryMapError::Unaligned((64 << 20) + 1))
+        );
     }
 }

@@ -33,7 +33,10 @@ const INT_TYPE_EXTINT: u8 = 3;
 
 /// Checksum byte that makes the bytes sum to zero.
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |s, b| s.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Build the MP floating pointer and configuration table for `cpus` processors, placed at
@@ -60,10 +63,28 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     count += 1;
     // The 8259's output is wired to IOAPIC pin 0; ISA IRQs map 1:1 to pins.
-    entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, ioapic_id, 0]);
+    entries.extend_from_slice(&[
+        ENTRY_IO_INTERRUPT,
+        INT_TYPE_EXTINT,
+        0,
+        0,
+        0,
+        0,
+        ioapic_id,
+        0,
+    ]);
     count += 1;
     for irq in 0..IOAPIC_PINS as u8 {
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
@@ -101,7 +122,8 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
 /// Write the MP tables for `cpus` processors at the EBDA.
 pub fn setup_mptable(mem: &GuestMemory, cpus: u8) -> Result<(), MpTableError> {
     let bytes = build(cpus, MPTABLE_ADDR)?;
-    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR)).map_err(MpTableError::Write)
+    mem.write_slice(&bytes, GuestAddress(MPTABLE_ADDR))
+        .map_err(MpTableError::Write)
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ impl BusDevice for AcpiPm {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&v) = data.first() else { return };
         match offset {
-            SLEEP_CONTROL if v & SLP_EN != 0 && (v >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5 => {
+            SLEEP_CONTROL
+                if v & SLP_EN != 0 && (v >> SLP_TYP_SHIFT) & SLP_TYP_MASK == SLP_TYP_S5 =>
+            {
                 self.exit.request(ExitReason::PowerOff)
             }
             RESET if v == RESET_VALUE => self.exit.request(ExitReason::Reset),

@@ -90,7 +90,9 @@ impl Bus {
 /// Lock a device, recovering it if another thread panicked while holding it: a device's
 /// state is plain registers, so continuing is better than taking the VMM down.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -127,11 +129,23 @@ mod tests {
         let mut bus = Bus::new();
         let dev = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(dev.clone(), 0x10, 0x10).unwrap();
-        assert!(matches!(bus.insert(dev.clone(), 0x1f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev.clone(), 0x8, 0x9), Err(BusError::Overlap { .. })));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x1f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x8, 0x9),
+            Err(BusError::Overlap { .. })
+        ));
         assert!(bus.insert(dev.clone(), 0x20, 1).is_ok());
         assert!(bus.insert(dev.clone(), 0x8, 0x8).is_ok());
-        assert!(matches!(bus.insert(dev.clone(), 0x100, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(dev, u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x100, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev, u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 }

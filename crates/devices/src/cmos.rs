@@ -101,12 +101,22 @@ impl Cmos {
         nvram[0x34..0x36].copy_from_slice(&above_16m.to_le_bytes());
         let high = (above_4g >> 16).min(0xff_ffff) as u32;
         nvram[0x5b..0x5e].copy_from_slice(&high.to_le_bytes()[..3]);
-        Self { index: 0, nvram, clock }
+        Self {
+            index: 0,
+            nvram,
+            clock,
+        }
     }
 
     fn read_register(&mut self, reg: u8) -> u8 {
         let status_b = self.nvram[REG_STATUS_B as usize];
-        let enc = |v: u8| if status_b & STATUS_B_BINARY != 0 { v } else { to_bcd(v) };
+        let enc = |v: u8| {
+            if status_b & STATUS_B_BINARY != 0 {
+                v
+            } else {
+                to_bcd(v)
+            }
+        };
         let now = || (self.clock)();
         match reg {
             REG_SECONDS => enc(now().seconds),
@@ -117,7 +127,10 @@ impl Cmos {
                     enc(h)
                 } else {
                     let pm = if h >= 12 { 0x80 } else { 0 };
-                    enc(match h % 12 { 0 => 12, x => x }) | pm
+                    enc(match h % 12 {
+                        0 => 12,
+                        x => x,
+                    }) | pm
                 }
             }
             REG_WEEKDAY => enc(now().weekday),
@@ -143,7 +156,11 @@ impl Cmos {
 
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = if offset == 1 { self.read_register(self.index) } else { 0xff };
+        let v = if offset == 1 {
+            self.read_register(self.index)
+        } else {
+            0xff
+        };
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = v;
@@ -179,7 +196,15 @@ mod tests {
     fn civil_time_conversion() {
         assert_eq!(
             fixed(),
-            WallClock { seconds: 59, minutes: 59, hours: 23, weekday: 6, day: 27, month: 11, year: 2026 }
+            WallClock {
+                seconds: 59,
+                minutes: 59,
+                hours: 23,
+                weekday: 6,
+                day: 27,
+                month: 11,
+                year: 2026
+            }
         );
         assert_eq!(WallClock::from_unix(951_782_400).month, 2); // 2000-02-29
         assert_eq!(WallClock::from_unix(951_782_400).day, 29);
@@ -204,7 +229,9 @@ mod tests {
         let mut c = Cmos::with_clock(512 << 20, 1 << 30, fixed);
         let lo = read(&mut c, 0x34) as u16 | (read(&mut c, 0x35) as u16) << 8;
         assert_eq!(lo, ((512 - 16) << 20 >> 16) as u16);
-        let hi = read(&mut c, 0x5b) as u32 | (read(&mut c, 0x5c) as u32) << 8 | (read(&mut c, 0x5d) as u32) << 16;
+        let hi = read(&mut c, 0x5b) as u32
+            | (read(&mut c, 0x5c) as u32) << 8
+            | (read(&mut c, 0x5d) as u32) << 16;
         assert_eq!(hi, (1 << 30) >> 16);
         // NVRAM bytes keep what the guest writes.
         c.write(0, &[0x40]);

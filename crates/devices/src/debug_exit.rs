@@ -28,7 +28,8 @@ impl BusDevice for DebugExit {
         let n = data.len().min(4);
         value[..n].copy_from_slice(&data[..n]);
         let _ = offset;
-        self.exit.request(ExitReason::DebugExit(u32::from_le_bytes(value)));
+        self.exit
+            .request(ExitReason::DebugExit(u32::from_le_bytes(value)));
     }
 }
 

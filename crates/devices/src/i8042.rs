@@ -30,7 +30,14 @@ pub struct I8042 {
 
 impl I8042 {
     pub fn new(exit: VmExit) -> Self {
-        Self { exit, status: STATUS_SYSTEM_FLAG, output: None, control: 0, outp: 0x01, pending_write: None }
+        Self {
+            exit,
+            status: STATUS_SYSTEM_FLAG,
+            output: None,
+            control: 0,
+            outp: 0x01,
+            pending_write: None,
+        }
     }
 
     fn push_output(&mut self, byte: u8) {
@@ -88,7 +95,11 @@ pub struct I8042Port {
 impl BusDevice for I8042Port {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         let mut c = self.controller.lock().unwrap_or_else(|p| p.into_inner());
-        let v = if self.is_command { c.read_status() } else { c.read_data() };
+        let v = if self.is_command {
+            c.read_status()
+        } else {
+            c.read_data()
+        };
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = v;

@@ -39,7 +39,10 @@ pub struct Serial {
 
 impl Serial {
     pub fn new(interrupt: EventFd, output: Box<dyn Write + Send>) -> Self {
-        Self { uart: Uart::new(EventFdTrigger::new(interrupt), output), pending_input: VecDeque::new() }
+        Self {
+            uart: Uart::new(EventFdTrigger::new(interrupt), output),
+            pending_input: VecDeque::new(),
+        }
     }
 
     /// Queue host input for the guest; moves as much as fits into the FIFO now.

@@ -26,7 +26,10 @@ impl ExitReason {
     /// Process exit status for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset | ExitReason::TripleFault | ExitReason::Stopped => 0,
+            ExitReason::PowerOff
+            | ExitReason::Reset
+            | ExitReason::TripleFault
+            | ExitReason::Stopped => 0,
             ExitReason::DebugExit(code) => ((code.wrapping_shl(1)) | 1) as i32 & 0xff,
             ExitReason::Fault(_) => FAULT_EXIT_CODE,
         }
@@ -49,7 +52,10 @@ pub struct VmExit(Arc<Inner>);
 
 impl VmExit {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self(Arc::new(Inner { reason: Mutex::new(None), event: EventFd::new(EFD_NONBLOCK)? })))
+        Ok(Self(Arc::new(Inner {
+            reason: Mutex::new(None),
+            event: EventFd::new(EFD_NONBLOCK)?,
+        })))
     }
 
     /// Request the VM to end; only the first request is kept.
@@ -64,7 +70,11 @@ impl VmExit {
 
     /// The reason, once an exit was requested.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.0.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Becomes readable when an exit is requested.

@@ -36,13 +36,21 @@ pub fn linear_rip(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
 pub fn instruction_bytes(mem: &GuestMemory, phys: u64) -> String {
     let mut buf = [0u8; MAX_INSTRUCTION_LEN];
     let mut n = 0;
-    while n < buf.len() && mem.read_slice(&mut buf[n..n + 1], GuestAddress(phys + n as u64)).is_ok() {
+    while n < buf.len()
+        && mem
+            .read_slice(&mut buf[n..n + 1], GuestAddress(phys + n as u64))
+            .is_ok()
+    {
         n += 1;
     }
     if n == 0 {
         return format!("unreadable (guest-physical {phys:#x} is not RAM)");
     }
-    buf[..n].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    buf[..n]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Registers and code at RIP of a stopped vCPU, one line per item.
@@ -59,7 +67,14 @@ pub fn describe_vcpu(vcpu: &VcpuFd, mem: &GuestMemory) -> String {
     let _ = writeln!(
         s,
         "  CS {:#x} (base {:#x}, L={} D={})  CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
-        sregs.cs.selector, sregs.cs.base, sregs.cs.l, sregs.cs.db, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+        sregs.cs.selector,
+        sregs.cs.base,
+        sregs.cs.l,
+        sregs.cs.db,
+        sregs.cr0,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.efer
     );
     let linear = linear_rip(&regs, &sregs);
     let phys = if sregs.cr0 & X86_CR0_PG != 0 {
@@ -72,7 +87,11 @@ pub fn describe_vcpu(vcpu: &VcpuFd, mem: &GuestMemory) -> String {
     };
     match phys {
         Some(p) => {
-            let _ = writeln!(s, "  instruction bytes at {linear:#x} (guest-physical {p:#x}): {}", instruction_bytes(mem, p));
+            let _ = writeln!(
+                s,
+                "  instruction bytes at {linear:#x} (guest-physical {p:#x}): {}",
+                instruction_bytes(mem, p)
+            );
         }
         None => {
             let _ = writeln!(s, "  instruction bytes at {linear:#x}: unreadable (not mapped by the guest's page tables)");
@@ -87,7 +106,10 @@ mod tests {
 
     #[test]
     fn linear_rip_uses_cs_base_outside_long_mode() {
-        let regs = kvm_regs { rip: 0x10, ..Default::default() };
+        let regs = kvm_regs {
+            rip: 0x10,
+            ..Default::default()
+        };
         let mut sregs = kvm_sregs::default();
         sregs.cs.base = 0xf0000;
         assert_eq!(linear_rip(&regs, &sregs), 0xf0010);

@@ -27,7 +27,8 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 
 /// Install the kick handler (once per process; later calls are harmless).
 pub fn install_handler() -> std::io::Result<()> {
-    register_signal_handler(kick_signal(), handle_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    register_signal_handler(kick_signal(), handle_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
 /// Register the calling thread's vCPU `immediate_exit` byte (null to clear).

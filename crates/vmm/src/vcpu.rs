@@ -53,17 +53,32 @@ pub fn configure(
 ) -> Result<(), VcpuError> {
     let kvm_err = |what| move |source| VcpuError::Kvm { id, what, source };
     let mut cpuid = supported_cpuid.clone();
-    filter_cpuid(cpuid.as_mut_slice(), CpuidConfig { vcpu_id: id, cpus, tsc_deadline });
+    filter_cpuid(
+        cpuid.as_mut_slice(),
+        CpuidConfig {
+            vcpu_id: id,
+            cpus,
+            tsc_deadline,
+        },
+    );
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
 
     let entries: Vec<kvm_msr_entry> = arch::msr::boot_msrs()
         .into_iter()
-        .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     let msrs = Msrs::from_entries(&entries).expect("the boot MSR list fits a KVM MSR array");
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != entries.len() {
-        return Err(VcpuError::Msrs { id, set, total: entries.len() });
+        return Err(VcpuError::Msrs {
+            id,
+            set,
+            total: entries.len(),
+        });
     }
 
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
@@ -77,12 +92,17 @@ pub fn configure(
     vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
 
     if let Some(mode) = entry {
-        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
         vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
         let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         cpu_state::setup_sregs(mem, mode, &mut sregs).map_err(|e| VcpuError::CpuState(id, e))?;
         vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&cpu_state::boot_regs(mode)).map_err(kvm_err("KVM_SET_REGS"))?;
+        vcpu.set_regs(&cpu_state::boot_regs(mode))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
     }
     Ok(())
 }
@@ -183,7 +203,10 @@ impl VcpuRunner {
         // member of the kvm_run exit union.
         let internal = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal };
         let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data: Vec<String> = internal.data[..ndata].iter().map(|d| format!("{d:#x}")).collect();
+        let data: Vec<String> = internal.data[..ndata]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
         format!(
             "vCPU {}: KVM_EXIT_INTERNAL_ERROR (exit reason {}), suberror {} ({}), data [{}]\n{}",
             self.id,
@@ -202,7 +225,10 @@ mod tests {
 
     #[test]
     fn delivery_mode_replaces_bits_8_to_10() {
-        assert_eq!(set_apic_delivery_mode(0x0001_0700, APIC_MODE_NMI), 0x0001_0400);
+        assert_eq!(
+            set_apic_delivery_mode(0x0001_0700, APIC_MODE_NMI),
+            0x0001_0400
+        );
         assert_eq!(set_apic_delivery_mode(0, APIC_MODE_EXTINT), 0x700);
     }
 }

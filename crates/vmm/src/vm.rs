@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -105,9 +107,15 @@ impl Vm {
     /// Create the VM: KVM objects, guest memory, kernel and boot tables, devices, vCPUs.
     pub fn new(cfg: &VmConfig) -> Result<Self, VmError> {
         let layout = RamLayout::new(cfg.memory)?;
-        let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile { path: cfg.kernel.clone(), source })?;
+        let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile {
+            path: cfg.kernel.clone(),
+            source,
+        })?;
         let initrd = match &cfg.initrd {
-            Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile { path: p.clone(), source })?),
+            Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile {
+                path: p.clone(),
+                source,
+            })?),
             None => None,
         };
         let serial_out: Box<dyn Write + Send> = match &cfg.serial {
@@ -117,30 +125,59 @@ impl Vm {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|source| VmError::SerialFile { path: path.clone(), source })?,
+                    .map_err(|source| VmError::SerialFile {
+                        path: path.clone(),
+                        source,
+                    })?,
             ),
             SerialMode::None => Box::new(std::io::sink()),
         };
 
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        for cap in [Cap::Irqchip, Cap::Irqfd, Cap::Ioeventfd, Cap::UserMemory, Cap::SetTssAddr, Cap::ExtCpuid, Cap::ImmediateExit] {
+        for cap in [
+            Cap::Irqchip,
+            Cap::Irqfd,
+            Cap::Ioeventfd,
+            Cap::UserMemory,
+            Cap::SetTssAddr,
+            Cap::ExtCpuid,
+            Cap::ImmediateExit,
+        ] {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCapability(cap));
             }
         }
-        let max_cpus = kvm.get_max_vcpus().min(usize::from(crate::config::MAX_CPUS));
+        let max_cpus = kvm
+            .get_max_vcpus()
+            .min(usize::from(crate::config::MAX_CPUS));
         if usize::from(cfg.cpus) > max_cpus || cfg.cpus == 0 {
-            return Err(VmError::TooManyCpus { cpus: cfg.cpus, max: max_cpus });
+            return Err(VmError::TooManyCpus {
+                cpus: cfg.cpus,
+                max: max_cpus,
+            });
         }
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(layout::KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-        let ranges: Vec<_> = layout.ranges.iter().map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize)).collect();
-        let mem = GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory { size: cfg.memory, source })?;
+        let ranges: Vec<_> = layout
+            .ranges
+            .iter()
+            .map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize))
+            .collect();
+        let mem = GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
+            size: cfg.memory,
+            source,
+        })?;
         for (slot, region) in mem.iter().enumerate() {
             let region_desc = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -152,13 +189,22 @@ impl Vm {
             // SAFETY: the host mapping described belongs to `mem`, which the Vm keeps alive
             // for as long as the KVM VM exists (both are fields of Vm; vCPU threads are
             // joined before either is dropped).
-            unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { vm.set_user_memory_region(region_desc) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
-        let acpi = arch::acpi::AcpiConfig { cpus: cfg.cpus, extra_dsdt: vec![], extra_tables: vec![] };
+        let acpi = arch::acpi::AcpiConfig {
+            cpus: cfg.cpus,
+            extra_dsdt: vec![],
+            extra_tables: vec![],
+        };
         let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
         arch::mptable::setup_mptable(&mem, cfg.cpus)?;
-        let initrd_name = cfg.initrd.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let initrd_name = cfg
+            .initrd
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let boot = arch::boot::load(
             &mem,
             &layout,
@@ -173,18 +219,34 @@ impl Vm {
 
         let exit = VmExit::new().map_err(io_err("eventfd"))?;
         let serial_irq = EventFd::new(0).map_err(io_err("eventfd"))?;
-        vm.register_irqfd(&serial_irq, layout::COM1_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
         let mut pio = Bus::new();
-        pio.insert(serial.clone(), u64::from(layout::COM1_PORT), u64::from(SERIAL_PORT_LEN))?;
+        pio.insert(
+            serial.clone(),
+            u64::from(layout::COM1_PORT),
+            u64::from(SERIAL_PORT_LEN),
+        )?;
         let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
         for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
-            let dev = Arc::new(Mutex::new(I8042Port { controller: i8042.clone(), is_command }));
+            let dev = Arc::new(Mutex::new(I8042Port {
+                controller: i8042.clone(),
+                is_command,
+            }));
             pio.insert(dev, u64::from(port), 1)?;
         }
         let above_4g = layout.total() - layout.low_end();
-        pio.insert(Arc::new(Mutex::new(Cmos::new(layout.low_end(), above_4g))), u64::from(CMOS_PORT), u64::from(CMOS_LEN))?;
-        pio.insert(Arc::new(Mutex::new(DebugExit::new(exit.clone()))), u64::from(DEBUG_EXIT_PORT), u64::from(DEBUG_EXIT_LEN))?;
+        pio.insert(
+            Arc::new(Mutex::new(Cmos::new(layout.low_end(), above_4g))),
+            u64::from(CMOS_PORT),
+            u64::from(CMOS_LEN),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+            u64::from(DEBUG_EXIT_PORT),
+            u64::from(DEBUG_EXIT_LEN),
+        )?;
         pio.insert(
             Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
             u64::from(layout::ACPI_PM_PORT_BASE),
@@ -193,12 +255,16 @@ impl Vm {
         let pio = Arc::new(pio);
         let mmio = Arc::new(Bus::new());
 
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let stop = Arc::new(AtomicBool::new(false));
         let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
         for id in 0..cfg.cpus {
-            let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let entry = (id == 0).then_some(boot.entry);
             vcpu::configure(&fd, id, cfg.cpus, &supported, tsc_deadline, &mem, entry)?;
             runners.push(VcpuRunner {
@@ -232,7 +298,11 @@ impl Vm {
     pub fn run(self) -> Result<ExitReason, VmError> {
         kick::install_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
         let signals = StopSignals::block()?;
-        let _raw_terminal = if self.serial_input { RawTerminal::stdin() } else { None };
+        let _raw_terminal = if self.serial_input {
+            RawTerminal::stdin()
+        } else {
+            None
+        };
 
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for runner in self.runners {
@@ -264,10 +334,21 @@ const TOKEN_STDIN: u64 = 3;
 
 /// Wait for the VM to end, forwarding stdin to the serial port and turning SIGINT/SIGTERM
 /// into a clean stop.
-fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forward_stdin: bool) -> Result<(), VmError> {
+fn event_loop(
+    exit: &VmExit,
+    signals: &StopSignals,
+    serial: &Mutex<Serial>,
+    forward_stdin: bool,
+) -> Result<(), VmError> {
     let epoll = Epoll::new().map_err(io_err("epoll"))?;
     let add = |fd: i32, token: u64| {
-        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)).map_err(io_err("epoll_ctl"))
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(io_err("epoll_ctl"))
     };
     add(exit.event().as_raw_fd(), TOKEN_EXIT)?;
     add(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -279,7 +360,12 @@ fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forw
         if exit.reason().is_some() {
             return Ok(());
         }
-        if stdin_paused && serial.lock().unwrap_or_else(|p| p.into_inner()).wants_input() {
+        if stdin_paused
+            && serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wants_input()
+        {
             add(libc::STDIN_FILENO, TOKEN_STDIN)?;
             stdin_paused = false;
         }
@@ -287,7 +373,12 @@ fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forw
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(VmError::Io { what: "epoll_wait", source: e }),
+            Err(e) => {
+                return Err(VmError::Io {
+                    what: "epoll_wait",
+                    source: e,
+                })
+            }
         };
         for ev in &events[..n] {
             match ev.data() {
@@ -300,10 +391,19 @@ fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forw
                 }
                 TOKEN_STDIN if stdin_open => {
                     // SAFETY: reading into a valid buffer from the stdin fd.
-                    let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                    let r = unsafe {
+                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                    };
                     if r <= 0 {
-                        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                            let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        if r == 0
+                            || std::io::Error::last_os_error().kind()
+                                != std::io::ErrorKind::Interrupted
+                        {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
                             stdin_open = false;
                         }
                         continue;
@@ -311,7 +411,11 @@ fn event_loop(exit: &VmExit, signals: &StopSignals, serial: &Mutex<Serial>, forw
                     let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
                     s.queue_input(&buf[..r as usize]);
                     if !s.wants_input() {
-                        let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            libc::STDIN_FILENO,
+                            EpollEvent::default(),
+                        );
                         stdin_paused = true;
                     }
                 }
@@ -336,15 +440,23 @@ impl StopSignals {
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(VmError::Io { what: "blocking SIGINT/SIGTERM", source: std::io::Error::last_os_error() });
+                return Err(VmError::Io {
+                    what: "blocking SIGINT/SIGTERM",
+                    source: std::io::Error::last_os_error(),
+                });
             }
             libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
         };
         if fd < 0 {
-            return Err(VmError::Io { what: "signalfd", source: std::io::Error::last_os_error() });
+            return Err(VmError::Io {
+                what: "signalfd",
+                source: std::io::Error::last_os_error(),
+            });
         }
         // SAFETY: `fd` is a new signalfd owned by nobody else.
-        Ok(Self { fd: unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        })
     }
 
     fn drain(&self) {

@@ -37,7 +37,8 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Whether `image` starts with an ELF32 header.
@@ -56,7 +57,9 @@ pub fn parse(image: &[u8]) -> Result<Elf32, Elf32Error> {
     if phentsize < 32 || phnum > MAX_PHDRS {
         return Err(Elf32Error::BadProgramHeaders);
     }
-    let table_end = phoff.checked_add(phentsize * phnum).ok_or(Elf32Error::BadProgramHeaders)?;
+    let table_end = phoff
+        .checked_add(phentsize * phnum)
+        .ok_or(Elf32Error::BadProgramHeaders)?;
     if table_end > image.len() {
         return Err(Elf32Error::BadProgramHeaders);
     }
@@ -68,7 +71,10 @@ pub fn parse(image: &[u8]) -> Result<Elf32, Elf32Error> {
             continue;
         }
         let (offset, paddr, filesz, memsz) = (field(1) as usize, field(3), field(4), field(5));
-        if offset.checked_add(filesz as usize).is_none_or(|end| end > image.len()) {
+        if offset
+            .checked_add(filesz as usize)
+            .is_none_or(|end| end > image.len())
+        {
             return Err(Elf32Error::BadSegment(i));
         }
         if memsz < filesz {
@@ -113,16 +119,34 @@ mod tests {
 
     #[test]
     fn parses_load_segments() {
-        let e = parse(&elf(&[[PT_LOAD, 0x100, 0x100000, 0x100000, 0x10, 0x20, 5, 4], [4, 0, 0, 0, 0, 0, 0, 0]])).unwrap();
+        let e = parse(&elf(&[
+            [PT_LOAD, 0x100, 0x100000, 0x100000, 0x10, 0x20, 5, 4],
+            [4, 0, 0, 0, 0, 0, 0, 0],
+        ]))
+        .unwrap();
         assert_eq!(e.entry, 0x100000);
-        assert_eq!(e.segments, vec![Segment { paddr: 0x100000, file_offset: 0x100, file_size: 0x10, mem_size: 0x20 }]);
+        assert_eq!(
+            e.segments,
+            vec![Segment {
+                paddr: 0x100000,
+                file_offset: 0x100,
+                file_size: 0x10,
+                mem_size: 0x20
+            }]
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
         assert_eq!(parse(b"junk"), Err(Elf32Error::NotElf32));
-        assert_eq!(parse(&elf(&[[PT_LOAD, 0x1f8, 0, 0x100000, 0x10, 0x10, 0, 0]])), Err(Elf32Error::BadSegment(0)));
-        assert_eq!(parse(&elf(&[[PT_LOAD, 0, 0, 0x100000, 0x10, 0x8, 0, 0]])), Err(Elf32Error::BadSegmentSize(0)));
+        assert_eq!(
+            parse(&elf(&[[PT_LOAD, 0x1f8, 0, 0x100000, 0x10, 0x10, 0, 0]])),
+            Err(Elf32Error::BadSegment(0))
+        );
+        assert_eq!(
+            parse(&elf(&[[PT_LOAD, 0, 0, 0x100000, 0x10, 0x8, 0, 0]])),
+            Err(Elf32Error::BadSegmentSize(0))
+        );
         assert_eq!(parse(&elf(&[])), Err(Elf32Error::NoSegments));
         let mut e = elf(&[]);
         e[44..46].copy_from_slice(&1000u16.to_le_bytes());

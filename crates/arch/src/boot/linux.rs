@@ -60,7 +60,10 @@ pub fn write_zero_page(
     initrd: Option<&Initrd>,
     rsdp_addr: u64,
 ) -> Result<u64, BootError> {
-    let mut params = boot_params { hdr, ..Default::default() };
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= LOADFLAG_CAN_USE_HEAP;
     params.hdr.heap_end_ptr = HEAP_END_PTR;
@@ -75,13 +78,20 @@ pub fn write_zero_page(
     }
     params.acpi_rsdp_addr = rsdp_addr;
     if e820.len() > params.e820_table.len() {
-        return Err(BootError::InvalidKernel("memory map has too many entries for the zero page".into()));
+        return Err(BootError::InvalidKernel(
+            "memory map has too many entries for the zero page".into(),
+        ));
     }
     for (slot, e) in params.e820_table.iter_mut().zip(e820) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
     }
     params.e820_entries = e820.len() as u8;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR)).map_err(BootError::Memory)?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+        .map_err(BootError::Memory)?;
     Ok(ZERO_PAGE_ADDR)
 }
 
@@ -94,9 +104,20 @@ mod tests {
     fn zero_page_fields_land_at_protocol_offsets() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
         let layout = RamLayout::new(0x100_0000).unwrap();
-        let initrd = Initrd { addr: 0xf0_0000, size: 0x1234 };
-        let zp = write_zero_page(&mem, effective_header(None), &layout.e820(), 0x20000, 11, Some(&initrd), 0xe0000)
-            .unwrap();
+        let initrd = Initrd {
+            addr: 0xf0_0000,
+            size: 0x1234,
+        };
+        let zp = write_zero_page(
+            &mem,
+            effective_header(None),
+            &layout.e820(),
+            0x20000,
+            11,
+            Some(&initrd),
+            0xe0000,
+        )
+        .unwrap();
         let r8 = |o: u64| mem.read_obj::<u8>(GuestAddress(zp + o)).unwrap();
         let r32 = |o: u64| mem.read_obj::<u32>(GuestAddress(zp + o)).unwrap();
         let r64 = |o: u64| mem.read_obj::<u64>(GuestAddress(zp + o)).unwrap();
@@ -112,7 +133,12 @@ mod tests {
 
     #[test]
     fn limits_follow_the_protocol_version() {
-        let mut h = setup_header { version: 0x20f, initrd_addr_max: 0x7fff_ffff, cmdline_size: 2047, ..Default::default() };
+        let mut h = setup_header {
+            version: 0x20f,
+            initrd_addr_max: 0x7fff_ffff,
+            cmdline_size: 2047,
+            ..Default::default()
+        };
         assert_eq!(initrd_limit(&h), 0x8000_0000);
         assert_eq!(cmdline_limit(&h, true), 2047);
         h.version = 0x202;

@@ -30,7 +30,9 @@ pub enum BootError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("the command line contains a NUL byte")]
     CmdlineNul,
-    #[error("the initrd ({size} bytes) does not fit in guest memory between {low:#x} and {high:#x}")]
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest memory between {low:#x} and {high:#x}"
+    )]
     InitrdTooLarge { size: u64, low: u64, high: u64 },
     #[error("guest memory access failed: {0}")]
     Memory(#[source] vm_memory::GuestMemoryError),
@@ -91,13 +93,18 @@ pub fn detect_format(image: &[u8]) -> Result<KernelFormat, BootError> {
 fn write_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), BootError> {
     let max = max.min(CMDLINE_MAX_SIZE);
     if cmdline.len() > max {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
     }
     if cmdline.contains('\0') {
         return Err(BootError::CmdlineNul);
     }
-    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE_ADDR)).map_err(BootError::Memory)?;
-    mem.write_obj(0u8, GuestAddress(CMDLINE_ADDR + cmdline.len() as u64)).map_err(BootError::Memory)
+    mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE_ADDR))
+        .map_err(BootError::Memory)?;
+    mem.write_obj(0u8, GuestAddress(CMDLINE_ADDR + cmdline.len() as u64))
+        .map_err(BootError::Memory)
 }
 
 /// Place `data` at the highest page-aligned address that ends at or below `high`, not below
@@ -105,16 +112,21 @@ fn write_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), Boo
 fn place_high(mem: &GuestMemory, data: &[u8], low: u64, high: u64) -> Result<Initrd, BootError> {
     let size = data.len() as u64;
     let too_large = BootError::InitrdTooLarge { size, low, high };
-    let addr = high.checked_sub(size).ok_or_else(|| too_large)? & !0xfff;
+    let addr = high.checked_sub(size).ok_or(too_large)? & !0xfff;
     if addr < low {
         return Err(BootError::InitrdTooLarge { size, low, high });
     }
-    mem.write_slice(data, GuestAddress(addr)).map_err(BootError::Memory)?;
+    mem.write_slice(data, GuestAddress(addr))
+        .map_err(BootError::Memory)?;
     Ok(Initrd { addr, size })
 }
 
 /// Load the kernel (and initrd) into guest memory and write the boot protocol's structures.
-pub fn load(mem: &GuestMemory, layout: &RamLayout, cfg: &BootConfig) -> Result<BootSetup, BootError> {
+pub fn load(
+    mem: &GuestMemory,
+    layout: &RamLayout,
+    cfg: &BootConfig,
+) -> Result<BootSetup, BootError> {
     let e820 = layout.e820();
     let low_end = layout.low_end();
     match detect_format(cfg.kernel)? {
@@ -125,12 +137,22 @@ pub fn load(mem: &GuestMemory, layout: &RamLayout, cfg: &BootConfig) -> Result<B
             let module = match cfg.initrd {
                 Some(data) => {
                     let addr = multiboot::module_address(loaded.end, &header);
-                    let end = addr.checked_add(data.len() as u64).filter(|e| *e <= low_end);
+                    let end = addr
+                        .checked_add(data.len() as u64)
+                        .filter(|e| *e <= low_end);
                     if end.is_none() {
-                        return Err(BootError::InitrdTooLarge { size: data.len() as u64, low: addr, high: low_end });
+                        return Err(BootError::InitrdTooLarge {
+                            size: data.len() as u64,
+                            low: addr,
+                            high: low_end,
+                        });
                     }
-                    mem.write_slice(data, GuestAddress(addr)).map_err(BootError::Memory)?;
-                    Some(Initrd { addr, size: data.len() as u64 })
+                    mem.write_slice(data, GuestAddress(addr))
+                        .map_err(BootError::Memory)?;
+                    Some(Initrd {
+                        addr,
+                        size: data.len() as u64,
+                    })
                 }
                 None => None,
             };
@@ -142,34 +164,79 @@ pub fn load(mem: &GuestMemory, layout: &RamLayout, cfg: &BootConfig) -> Result<B
                 CMDLINE_ADDR,
                 module.as_ref().map(|m| (m, cfg.initrd_name)),
             )?;
-            Ok(BootSetup { format: KernelFormat::Multiboot, entry: EntryMode::Multiboot { entry: loaded.entry, info } })
+            Ok(BootSetup {
+                format: KernelFormat::Multiboot,
+                entry: EntryMode::Multiboot {
+                    entry: loaded.entry,
+                    info,
+                },
+            })
         }
         KernelFormat::BzImage => {
-            let result = BzImage::load(mem, None, &mut Cursor::new(cfg.kernel), Some(GuestAddress(HIMEM_START)))?;
+            let result = BzImage::load(
+                mem,
+                None,
+                &mut Cursor::new(cfg.kernel),
+                Some(GuestAddress(HIMEM_START)),
+            )?;
             let hdr = linux::effective_header(result.setup_header);
             if hdr.version >= 0x20c && hdr.xloadflags & linux::XLF_KERNEL_64 == 0 {
                 return Err(BootError::No64BitEntry);
             }
             let entry = result.kernel_load.0 + 0x200;
-            linux_common(mem, cfg, hdr, true, result.kernel_end, &e820, low_end, entry, KernelFormat::BzImage)
+            linux_common(
+                mem,
+                cfg,
+                hdr,
+                true,
+                result.kernel_end,
+                &e820,
+                low_end,
+                entry,
+                KernelFormat::BzImage,
+            )
         }
         KernelFormat::Elf64 | KernelFormat::Pvh => {
-            let result = Elf::load(mem, None, &mut Cursor::new(cfg.kernel), Some(GuestAddress(HIMEM_START)))?;
+            let result = Elf::load(
+                mem,
+                None,
+                &mut Cursor::new(cfg.kernel),
+                Some(GuestAddress(HIMEM_START)),
+            )?;
             if let PvhBootCapability::PvhEntryPresent(pvh_entry) = result.pvh_boot_cap {
                 write_cmdline(mem, cfg.cmdline, CMDLINE_MAX_SIZE)?;
                 let initrd = match cfg.initrd {
                     Some(d) => Some(place_high(mem, d, result.kernel_end, low_end)?),
                     None => None,
                 };
-                let start_info = pvh::write_start_info(mem, &e820, CMDLINE_ADDR, initrd.as_ref(), cfg.rsdp_addr)?;
+                let start_info = pvh::write_start_info(
+                    mem,
+                    &e820,
+                    CMDLINE_ADDR,
+                    initrd.as_ref(),
+                    cfg.rsdp_addr,
+                )?;
                 return Ok(BootSetup {
                     format: KernelFormat::Pvh,
-                    entry: EntryMode::Pvh { entry: pvh_entry.0, start_info },
+                    entry: EntryMode::Pvh {
+                        entry: pvh_entry.0,
+                        start_info,
+                    },
                 });
             }
             let hdr = linux::effective_header(None);
             let entry = result.kernel_load.0;
-            linux_common(mem, cfg, hdr, false, result.kernel_end, &e820, low_end, entry, KernelFormat::Elf64)
+            linux_common(
+                mem,
+                cfg,
+                hdr,
+                false,
+                result.kernel_end,
+                &e820,
+                low_end,
+                entry,
+                KernelFormat::Elf64,
+            )
         }
     }
 }
@@ -188,12 +255,27 @@ fn linux_common(
 ) -> Result<BootSetup, BootError> {
     write_cmdline(mem, cfg.cmdline, linux::cmdline_limit(&hdr, is_bzimage))?;
     let initrd = match cfg.initrd {
-        Some(d) => Some(place_high(mem, d, kernel_end, low_end.min(linux::initrd_limit(&hdr)))?),
+        Some(d) => Some(place_high(
+            mem,
+            d,
+            kernel_end,
+            low_end.min(linux::initrd_limit(&hdr)),
+        )?),
         None => None,
     };
-    let zero_page =
-        linux::write_zero_page(mem, hdr, e820, CMDLINE_ADDR, cfg.cmdline.len(), initrd.as_ref(), cfg.rsdp_addr)?;
-    Ok(BootSetup { format, entry: EntryMode::Linux64 { entry, zero_page } })
+    let zero_page = linux::write_zero_page(
+        mem,
+        hdr,
+        e820,
+        CMDLINE_ADDR,
+        cfg.cmdline.len(),
+        initrd.as_ref(),
+        cfg.rsdp_addr,
+    )?;
+    Ok(BootSetup {
+        format,
+        entry: EntryMode::Linux64 { entry, zero_page },
+    })
 }
 
 #[cfg(test)]
@@ -211,15 +293,27 @@ mod tests {
         // ELF32 without a multiboot header is not bootable.
         let mut elf32 = vec![0u8; 64];
         elf32[..5].copy_from_slice(b"\x7fELF\x01");
-        assert!(matches!(detect_format(&elf32), Err(BootError::UnknownFormat)));
-        assert!(matches!(detect_format(b"hello"), Err(BootError::UnknownFormat)));
+        assert!(matches!(
+            detect_format(&elf32),
+            Err(BootError::UnknownFormat)
+        ));
+        assert!(matches!(
+            detect_format(b"hello"),
+            Err(BootError::UnknownFormat)
+        ));
     }
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
         let i = place_high(&mem, &[1u8; 5000], 0x20_0000, 0x100_0000).unwrap();
-        assert_eq!(i, Initrd { addr: 0xffe000, size: 5000 });
+        assert_eq!(
+            i,
+            Initrd {
+                addr: 0xffe000,
+                size: 5000
+            }
+        );
         assert!(matches!(
             place_high(&mem, &vec![0u8; 0x100_0000], 0x20_0000, 0x100_0000),
             Err(BootError::InitrdTooLarge { .. })
@@ -229,9 +323,18 @@ mod tests {
     #[test]
     fn cmdline_limits_are_enforced() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
-        assert!(matches!(write_cmdline(&mem, "abcdef", 5), Err(BootError::CmdlineTooLong { len: 6, max: 5 })));
-        assert!(matches!(write_cmdline(&mem, "a\0b", 50), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&mem, "abcdef", 5),
+            Err(BootError::CmdlineTooLong { len: 6, max: 5 })
+        ));
+        assert!(matches!(
+            write_cmdline(&mem, "a\0b", 50),
+            Err(BootError::CmdlineNul)
+        ));
         write_cmdline(&mem, "console=ttyS0", 50).unwrap();
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(CMDLINE_ADDR + 13)).unwrap(), 0);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(CMDLINE_ADDR + 13)).unwrap(),
+            0
+        );
     }
 }

@@ -35,7 +35,8 @@ pub struct Header {
 }
 
 fn le32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Find a valid multiboot header (magic and checksum) in the first 8 KiB of `image`.
@@ -46,7 +47,9 @@ pub fn find_header(image: &[u8]) -> Option<Header> {
             return None;
         }
         let flags = le32(image, off + 4)?;
-        let sum = HEADER_MAGIC.wrapping_add(flags).wrapping_add(le32(image, off + 8)?);
+        let sum = HEADER_MAGIC
+            .wrapping_add(flags)
+            .wrapping_add(le32(image, off + 8)?);
         if sum != 0 {
             return None;
         }
@@ -72,7 +75,9 @@ pub struct Loaded {
 }
 
 fn check_range(start: u64, len: u64, ram_end: u64, what: &str) -> Result<(), BootError> {
-    let end = start.checked_add(len).ok_or_else(|| BootError::InvalidKernel(format!("{what} wraps")))?;
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| BootError::InvalidKernel(format!("{what} wraps")))?;
     if start < HIMEM_START || end > ram_end {
         return Err(BootError::InvalidKernel(format!(
             "{what} [{start:#x}, {end:#x}) is outside guest RAM [1 MiB, {ram_end:#x})"
@@ -82,52 +87,85 @@ fn check_range(start: u64, len: u64, ram_end: u64, what: &str) -> Result<(), Boo
 }
 
 /// Load the kernel image into guest memory.
-pub fn load(mem: &GuestMemory, image: &[u8], header: &Header, ram_end: u64) -> Result<Loaded, BootError> {
+pub fn load(
+    mem: &GuestMemory,
+    image: &[u8],
+    header: &Header,
+    ram_end: u64,
+) -> Result<Loaded, BootError> {
     if header.flags & FLAG_AOUT_KLUDGE != 0 {
         return load_aout_kludge(mem, image, header, ram_end);
     }
-    let elf = elf32::parse(image).map_err(|e| BootError::InvalidKernel(format!("multiboot ELF32: {e}")))?;
+    let elf = elf32::parse(image)
+        .map_err(|e| BootError::InvalidKernel(format!("multiboot ELF32: {e}")))?;
     let mut end = 0u64;
     for seg in &elf.segments {
         check_range(seg.paddr, seg.mem_size, ram_end, "ELF segment")?;
         let data = &image[seg.file_offset..seg.file_offset + seg.file_size as usize];
-        mem.write_slice(data, GuestAddress(seg.paddr)).map_err(BootError::Memory)?;
+        mem.write_slice(data, GuestAddress(seg.paddr))
+            .map_err(BootError::Memory)?;
         let bss = (seg.mem_size - seg.file_size) as usize;
         if bss > 0 {
             let zeroes = vec![0u8; bss];
-            mem.write_slice(&zeroes, GuestAddress(seg.paddr + seg.file_size)).map_err(BootError::Memory)?;
+            mem.write_slice(&zeroes, GuestAddress(seg.paddr + seg.file_size))
+                .map_err(BootError::Memory)?;
         }
         end = end.max(seg.paddr + seg.mem_size);
     }
-    Ok(Loaded { entry: u64::from(elf.entry), end })
+    Ok(Loaded {
+        entry: u64::from(elf.entry),
+        end,
+    })
 }
 
 /// Load with the addresses from the header (flag 16): the file from `header_addr`'s offset
 /// is copied to `load_addr` up to `load_end_addr`, then zeroed up to `bss_end_addr`.
-fn load_aout_kludge(mem: &GuestMemory, image: &[u8], h: &Header, ram_end: u64) -> Result<Loaded, BootError> {
+fn load_aout_kludge(
+    mem: &GuestMemory,
+    image: &[u8],
+    h: &Header,
+    ram_end: u64,
+) -> Result<Loaded, BootError> {
     let bad = |m: &str| BootError::InvalidKernel(format!("multiboot header: {m}"));
     if h.header_addr < h.load_addr {
         return Err(bad("header_addr is below load_addr"));
     }
     let file_start = h.offset as u64 - u64::from(h.header_addr - h.load_addr);
-    let file_start = usize::try_from(file_start).map_err(|_| bad("load_addr is before the file"))?;
+    let file_start =
+        usize::try_from(file_start).map_err(|_| bad("load_addr is before the file"))?;
     let load_len = if h.load_end_addr == 0 {
-        image.len().checked_sub(file_start).ok_or_else(|| bad("load_addr is before the file"))?
+        image
+            .len()
+            .checked_sub(file_start)
+            .ok_or_else(|| bad("load_addr is before the file"))?
     } else {
-        h.load_end_addr.checked_sub(h.load_addr).ok_or_else(|| bad("load_end_addr < load_addr"))? as usize
+        h.load_end_addr
+            .checked_sub(h.load_addr)
+            .ok_or_else(|| bad("load_end_addr < load_addr"))? as usize
     };
     let data = image
-        .get(file_start..file_start.checked_add(load_len).ok_or_else(|| bad("size wraps"))?)
+        .get(
+            file_start
+                ..file_start
+                    .checked_add(load_len)
+                    .ok_or_else(|| bad("size wraps"))?,
+        )
         .ok_or_else(|| bad("load range is beyond the end of the file"))?;
     let load = u64::from(h.load_addr);
-    let end = if h.bss_end_addr == 0 { load + load_len as u64 } else { u64::from(h.bss_end_addr) };
+    let end = if h.bss_end_addr == 0 {
+        load + load_len as u64
+    } else {
+        u64::from(h.bss_end_addr)
+    };
     if end < load + load_len as u64 {
         return Err(bad("bss_end_addr is below load_end_addr"));
     }
     check_range(load, end - load, ram_end, "multiboot image")?;
-    mem.write_slice(data, GuestAddress(load)).map_err(BootError::Memory)?;
+    mem.write_slice(data, GuestAddress(load))
+        .map_err(BootError::Memory)?;
     let zeroes = vec![0u8; (end - load - load_len as u64) as usize];
-    mem.write_slice(&zeroes, GuestAddress(load + load_len as u64)).map_err(BootError::Memory)?;
+    mem.write_slice(&zeroes, GuestAddress(load + load_len as u64))
+        .map_err(BootError::Memory)?;
     let entry = u64::from(h.entry_addr);
     if entry < load || entry >= end {
         return Err(bad("entry_addr is outside the loaded image"));
@@ -151,38 +189,52 @@ pub fn write_info(
     module: Option<(&Initrd, &str)>,
 ) -> Result<u64, BootError> {
     let base = BOOT_INFO_ADDR;
-    let w32 = |v: u32, addr: u64| mem.write_obj(v, GuestAddress(addr)).map_err(BootError::Memory);
-    mem.write_slice(&[0u8; MBI_SIZE as usize], GuestAddress(base)).map_err(BootError::Memory)?;
+    let w32 = |v: u32, addr: u64| {
+        mem.write_obj(v, GuestAddress(addr))
+            .map_err(BootError::Memory)
+    };
+    mem.write_slice(&[0u8; MBI_SIZE as usize], GuestAddress(base))
+        .map_err(BootError::Memory)?;
 
     let mut flags = INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME;
     w32((EBDA_START / 1024) as u32, base + 4)?; // mem_lower in KiB
-    w32(((low_ram_end - HIMEM_START) / 1024).min(u64::from(u32::MAX)) as u32, base + 8)?; // mem_upper
+    w32(
+        ((low_ram_end - HIMEM_START) / 1024).min(u64::from(u32::MAX)) as u32,
+        base + 8,
+    )?; // mem_upper
     w32(cmdline_addr as u32, base + 16)?;
 
     let mmap = base + MMAP_OFFSET;
     if e820.len() as u64 * 24 > MODS_OFFSET - MMAP_OFFSET {
-        return Err(BootError::InvalidKernel("memory map too long for multiboot info".into()));
+        return Err(BootError::InvalidKernel(
+            "memory map too long for multiboot info".into(),
+        ));
     }
     for (i, e) in e820.iter().enumerate() {
         let at = mmap + i as u64 * 24;
         w32(20, at)?;
-        mem.write_obj(e.addr, GuestAddress(at + 4)).map_err(BootError::Memory)?;
-        mem.write_obj(e.size, GuestAddress(at + 12)).map_err(BootError::Memory)?;
+        mem.write_obj(e.addr, GuestAddress(at + 4))
+            .map_err(BootError::Memory)?;
+        mem.write_obj(e.size, GuestAddress(at + 12))
+            .map_err(BootError::Memory)?;
         w32(e.kind, at + 20)?;
     }
     w32((e820.len() * 24) as u32, base + 44)?;
     w32(mmap as u32, base + 48)?;
 
     let name_addr = base + STRINGS_OFFSET;
-    mem.write_slice(LOADER_NAME, GuestAddress(name_addr)).map_err(BootError::Memory)?;
+    mem.write_slice(LOADER_NAME, GuestAddress(name_addr))
+        .map_err(BootError::Memory)?;
     w32(name_addr as u32, base + 64)?;
 
     if let Some((initrd, name)) = module {
         let string_addr = name_addr + LOADER_NAME.len() as u64;
         let max = (BOOT_INFO_ADDR + BOOT_INFO_SIZE - string_addr - 1) as usize;
         let name = &name.as_bytes()[..name.len().min(max)];
-        mem.write_slice(name, GuestAddress(string_addr)).map_err(BootError::Memory)?;
-        mem.write_obj(0u8, GuestAddress(string_addr + name.len() as u64)).map_err(BootError::Memory)?;
+        mem.write_slice(name, GuestAddress(string_addr))
+            .map_err(BootError::Memory)?;
+        mem.write_obj(0u8, GuestAddress(string_addr + name.len() as u64))
+            .map_err(BootError::Memory)?;
         let mods = base + MODS_OFFSET;
         w32(initrd.addr as u32, mods)?;
         w32((initrd.addr + initrd.size) as u32, mods + 4)?;
@@ -240,14 +292,26 @@ mod tests {
     fn aout_kludge_loads_at_load_addr() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         // Header at file offset 0 describes itself at 0x100000; 32 bytes of file then bss.
-        let mut img = header_bytes(FLAG_AOUT_KLUDGE, &[0x100000, 0x100000, 0x100040, 0x101000, 0x100030]);
+        let mut img = header_bytes(
+            FLAG_AOUT_KLUDGE,
+            &[0x100000, 0x100000, 0x100040, 0x101000, 0x100030],
+        );
         img.resize(0x40, 0xcc);
         let h = find_header(&img).unwrap();
         let l = load(&mem, &img, &h, 0x40_0000).unwrap();
-        assert_eq!(l, Loaded { entry: 0x100030, end: 0x101000 });
+        assert_eq!(
+            l,
+            Loaded {
+                entry: 0x100030,
+                end: 0x101000
+            }
+        );
         let b: u8 = mem.read_obj(GuestAddress(0x10003f)).unwrap();
         assert_eq!(b, 0xcc);
-        let bad_entry = header_bytes(FLAG_AOUT_KLUDGE, &[0x100000, 0x100000, 0x100040, 0x101000, 0x200000]);
+        let bad_entry = header_bytes(
+            FLAG_AOUT_KLUDGE,
+            &[0x100000, 0x100000, 0x100040, 0x101000, 0x200000],
+        );
         let mut img2 = bad_entry;
         img2.resize(0x40, 0);
         assert!(load(&mem, &img2, &find_header(&img2).unwrap(), 0x40_0000).is_err());
@@ -258,15 +322,32 @@ mod tests {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let layout = RamLayout::new(0x40_0000).unwrap();
         let h = find_header(&header_bytes(0, &[])).unwrap();
-        let initrd = Initrd { addr: 0x200000, size: 100 };
-        let addr = write_info(&mem, &h, &layout.e820(), layout.low_end(), 0x20000, Some((&initrd, "mod0"))).unwrap();
+        let initrd = Initrd {
+            addr: 0x200000,
+            size: 100,
+        };
+        let addr = write_info(
+            &mem,
+            &h,
+            &layout.e820(),
+            layout.low_end(),
+            0x20000,
+            Some((&initrd, "mod0")),
+        )
+        .unwrap();
         let r = |off: u64| mem.read_obj::<u32>(GuestAddress(addr + off)).unwrap();
-        assert_eq!(r(0), INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME | INFO_MODS);
+        assert_eq!(
+            r(0),
+            INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME | INFO_MODS
+        );
         assert_eq!(r(4), 639);
         assert_eq!(r(8), 3072);
         assert_eq!(r(16), 0x20000);
         assert_eq!((r(20), r(44)), (1, 3 * 24));
         let mods = u64::from(r(24));
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(mods + 4)).unwrap(), 0x200064);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(mods + 4)).unwrap(),
+            0x200064
+        );
     }
 }

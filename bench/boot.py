@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Boot-to-exit benchmark: a tiny guest that exits at its first instruction, run by
+`vessel run` and by `qemu-system-x86_64 -M microvm -enable-kvm`, alternately. Prints the
+median wall time (exec to exit) and peak RSS of each, and vessel/QEMU ratios."""
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+def run(cmd):
+    start = time.perf_counter()
+    pid = os.posix_spawn(cmd[0], cmd, os.environ,
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                                       (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - start
+    return elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+def main():
+    vessel, qemu, kernel, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    mem = "128M"
+    cmds = {
+        "vessel": [vessel, "run", "--kernel", kernel, "--memory", mem, "--serial", "none"],
+        "qemu": [qemu, "-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", mem, "-nodefaults",
+                 "-no-user-config", "-nographic", "-display", "none", "-serial", "none",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", kernel],
+    }
+    results = {name: [] for name in cmds}
+    for _ in range(runs):
+        for name, cmd in cmds.items():
+            results[name].append(run(cmd))
+    print(f"{'':8} {'median ms':>10} {'min ms':>8} {'peak RSS MiB':>13}  exit codes")
+    med = {}
+    for name, rs in results.items():
+        times = [r[0] * 1000 for r in rs]
+        rss = [r[1] / 1024 for r in rs]
+        med[name] = (statistics.median(times), statistics.median(rss))
+        codes = sorted({r[2] for r in rs})
+        print(f"{name:8} {med[name][0]:10.2f} {min(times):8.2f} {med[name][1]:13.1f}  {codes}")
+    print(f"ratio vessel/qemu: time {med['vessel'][0] / med['qemu'][0]:.3f}, "
+          f"peak RSS {med['vessel'][1] / med['qemu'][1]:.3f}  ({runs} runs each, alternating)")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# bench/boot.sh [RUNS] - time from exec to exit of a guest that exits at its first
+# instruction: vessel vs QEMU microvm (installs qemu-system-x86 if missing).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${1:-20}
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get install -y -qq qemu-system-x86 >/dev/null
+fi
+cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel >&2
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+python3 "$ROOT/bench/tiny_bzimage.py" "$TMP/tiny-bzImage"
+python3 "$ROOT/bench/boot.py" "$ROOT/target/release/vessel" "$(command -v qemu-system-x86_64)" "$TMP/tiny-bzImage" "$RUNS"
