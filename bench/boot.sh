@@ -10,5 +10,6 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel >&2
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-python3 "$ROOT/bench/tiny_bzimage.py" "$TMP/tiny-bzImage"
-python3 "$ROOT/bench/boot.py" "$ROOT/target/release/vessel" "$(command -v qemu-system-x86_64)" "$TMP/tiny-bzImage" "$RUNS"
+python3 "$ROOT/bench/tiny_pvh.py" "$TMP/tiny-pvh"
+gcc -O2 -o "$TMP/measure" "$ROOT/bench/measure.c"
+python3 "$ROOT/bench/boot.py" "$TMP/measure" "$ROOT/target/release/vessel" "$(command -v qemu-system-x86_64)" "$TMP/tiny-pvh" "$RUNS"
