@@ -32,7 +32,9 @@ impl Block {
         // The status is the final device-writable byte; the rest is data.
         let status_addr = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
         let data_len = writable.len() - usize::from(last.len == 1);
-        let mut data = writable[..data_len].to_vec();
+        let mut data = std::mem::take(&mut self.data_segs);
+        data.clear();
+        data.extend_from_slice(&writable[..data_len]);
         if last.len > 1 {
             if let Some(l) = data.last_mut() {
                 l.len -= 1;
@@ -44,11 +46,13 @@ impl Block {
             Ok(()) => VIRTIO_BLK_S_OK as u8,
             Err(status) => status,
         };
+        let written = writer.written();
+        self.data_segs = data;
         if mem.write_obj(status, status_addr).is_err() {
             return 0;
         }
         // Bounded by MAX_REQUEST_BYTES (reads) or the 20-byte serial.
-        u32::try_from(writer.written() + 1).unwrap_or(u32::MAX)
+        u32::try_from(written + 1).unwrap_or(u32::MAX)
     }
 
     fn execute(&mut self, reader: &mut ChainReader, writer: &mut ChainWriter) -> Status {
@@ -146,7 +150,9 @@ impl Block {
     fn discard_or_zero(&mut self, discard: bool, reader: &mut ChainReader) -> Status {
         let bytes = reader.remaining();
         let count = bytes / DISCARD_SEGMENT_LEN;
-        if bytes == 0 || !bytes.is_multiple_of(DISCARD_SEGMENT_LEN) || count > u64::from(MAX_DISCARD_SEGMENTS)
+        if bytes == 0
+            || !bytes.is_multiple_of(DISCARD_SEGMENT_LEN)
+            || count > u64::from(MAX_DISCARD_SEGMENTS)
         {
             return Err(IOERR);
         }
