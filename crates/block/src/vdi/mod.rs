@@ -45,7 +45,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
             "VDI images cannot have a backing file".into(),
         ));
     }
-    if size % SECTOR != 0 || size > Header::max_disk_size() {
+    if !size.is_multiple_of(SECTOR) || size > Header::max_disk_size() {
         return Err(Error::InvalidArgument(format!(
             "VDI size {size} must be a multiple of 512 and at most {}",
             Header::max_disk_size()

@@ -27,7 +27,6 @@ const CREATOR_APP: &[u8; 4] = b"vssl";
 pub(crate) struct Footer {
     pub data_offset: u64,
     pub timestamp: u32,
-    pub current_size: u64,
     pub disk_type: u32,
     pub unique_id: [u8; 16],
     /// Virtual size as qemu computes it (CHS or current_size, by creator application).
@@ -89,7 +88,6 @@ impl Footer {
         Ok(Footer {
             data_offset: be_u64(&raw, 16),
             timestamp: be_u32(&raw, 24),
-            current_size,
             disk_type,
             unique_id,
             virtual_size,
@@ -123,7 +121,6 @@ impl Footer {
         Footer {
             data_offset,
             timestamp,
-            current_size: size,
             disk_type,
             unique_id,
             virtual_size: size,

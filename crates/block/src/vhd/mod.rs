@@ -373,7 +373,7 @@ impl VhdImage {
             self.read_in_block(&mut aligned[..SECTOR as usize], block_off + first * SECTOR)?;
         }
         let tail_start = aligned.len() - SECTOR as usize;
-        if (head + buf.len()) % SECTOR as usize != 0 {
+        if !(head + buf.len()).is_multiple_of(SECTOR as usize) {
             let mut sector = [0u8; SECTOR as usize];
             self.read_in_block(&mut sector, block_off + last * SECTOR)?;
             aligned[tail_start..].copy_from_slice(&sector);

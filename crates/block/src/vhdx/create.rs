@@ -56,7 +56,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         let (h, _) = read_current_header(&ImageFile::open(&resolved, true, Format::Vhdx)?)?;
         locator = Some(parent::build_locator(path, &resolved, &h.data_write_guid));
     }
-    if size % 512 != 0 || size > MAX_DISK_SIZE {
+    if !size.is_multiple_of(512) || size > MAX_DISK_SIZE {
         return Err(Error::InvalidArgument(format!(
             "VHDX size {size} must be a multiple of 512 and at most 64 TiB"
         )));

@@ -62,11 +62,11 @@ fn parse_entry(log: &[u8], pos: usize, log_guid: &Guid) -> Option<Entry> {
         return None;
     }
     let length = le_u32(head, 8) as usize;
-    if length == 0 || length % LOG_SECTOR != 0 || length > log.len() {
+    if length == 0 || !length.is_multiple_of(LOG_SECTOR) || length > log.len() {
         return None;
     }
     let tail = le_u32(head, 12) as usize;
-    if tail % LOG_SECTOR != 0 || tail >= log.len() {
+    if !tail.is_multiple_of(LOG_SECTOR) || tail >= log.len() {
         return None;
     }
     let sequence = le_u64(head, 16);
@@ -87,13 +87,14 @@ fn parse_entry(log: &[u8], pos: usize, log_guid: &Guid) -> Option<Entry> {
             return None;
         }
         let file_offset = le_u64(d, 16);
-        if file_offset % LOG_SECTOR as u64 != 0 {
+        if !file_offset.is_multiple_of(LOG_SECTOR as u64) {
             return None;
         }
         match &d[..4] {
             b"zero" => {
                 let len = le_u64(d, 8);
-                if len % LOG_SECTOR as u64 != 0 || file_offset.checked_add(len).is_none() {
+                if !len.is_multiple_of(LOG_SECTOR as u64) || file_offset.checked_add(len).is_none()
+                {
                     return None;
                 }
                 writes.push(LogWrite {

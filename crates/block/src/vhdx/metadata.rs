@@ -29,7 +29,6 @@ pub(crate) struct Metadata {
     pub has_parent: bool,
     pub disk_size: u64,
     pub logical_sector: u32,
-    pub physical_sector: u32,
     /// Key/value pairs of the parent locator (differencing disks).
     pub parent_locator: Vec<(String, String)>,
 }
@@ -135,7 +134,7 @@ pub(crate) fn read_metadata(src: &Patched<'_>, region: &Region) -> Result<Metada
         }
     }
     let disk_size = le_u64(&item(VIRTUAL_DISK_SIZE, 8, "virtual disk size")?, 0);
-    if disk_size > MAX_DISK_SIZE || disk_size % u64::from(logical_sector) != 0 {
+    if disk_size > MAX_DISK_SIZE || !disk_size.is_multiple_of(u64::from(logical_sector)) {
         return Err(file.corrupt(format!("bad virtual disk size {disk_size}")));
     }
     let has_parent = flags & 2 != 0;
@@ -150,7 +149,6 @@ pub(crate) fn read_metadata(src: &Patched<'_>, region: &Region) -> Result<Metada
         has_parent,
         disk_size,
         logical_sector,
-        physical_sector,
         parent_locator,
     })
 }

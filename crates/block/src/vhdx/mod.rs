@@ -150,7 +150,7 @@ impl VhdxImage {
         let mut next_block = file_len.div_ceil(MIB) * MIB;
         for (i, &e) in bat.iter().enumerate() {
             let state = e & STATE_MASK;
-            let is_bitmap = (i as u64 + 1) % (chunk_ratio + 1) == 0;
+            let is_bitmap = (i as u64 + 1).is_multiple_of(chunk_ratio + 1);
             let (valid, has_data, len) = if is_bitmap {
                 (
                     state == PAYLOAD_NOT_PRESENT || state == SB_PRESENT,

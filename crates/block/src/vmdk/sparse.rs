@@ -45,7 +45,6 @@ pub(crate) struct SparseHeader {
     pub gtes_per_gt: u32,
     pub rgd_offset: u64,
     pub gd_offset: u64,
-    pub grain_offset: u64,
 }
 
 impl SparseHeader {
@@ -66,7 +65,6 @@ impl SparseHeader {
             gtes_per_gt: le_u32(raw, 44),
             rgd_offset: le_u64(raw, 48),
             gd_offset: le_u64(raw, 56),
-            grain_offset: le_u64(raw, 64),
         };
         if h.capacity > MAX_CAPACITY_SECTORS {
             return Err(file.corrupt(format!("capacity of {} sectors is too large", h.capacity)));
@@ -310,7 +308,9 @@ impl SparseExtent {
             if rgd[gd_index as usize] == 0 {
                 self.append(bytes)?;
                 let sector = (redundant / SECTOR) as u32;
-                self.rgd.as_mut().map(|r| r[gd_index as usize] = sector);
+                if let Some(r) = self.rgd.as_mut() {
+                    r[gd_index as usize] = sector;
+                }
                 let pos = self.header.rgd_offset * SECTOR + gd_index * 4;
                 self.file.write_all_at(&sector.to_le_bytes(), pos)?;
             }
