@@ -43,7 +43,15 @@ fn crash_rounds(cluster_size: &str, size: &str, rounds: u64, seed0: u64) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("crash.qcow2");
     let ok = Command::new(VESSEL)
-        .args(["disk", "create", img.to_str().unwrap(), "-f", "qcow2", "--size", size])
+        .args([
+            "disk",
+            "create",
+            img.to_str().unwrap(),
+            "-f",
+            "qcow2",
+            "--size",
+            size,
+        ])
         .args(["--cluster-size", cluster_size])
         .status()
         .unwrap();
@@ -54,7 +62,13 @@ fn crash_rounds(cluster_size: &str, size: &str, rounds: u64, seed0: u64) {
         let seed = seed0 * 1000 + round;
         let log = dir.path().join(format!("log{round}"));
         let mut child = Command::new(VESSEL)
-            .args(["disk", "stress", img.to_str().unwrap(), "--seed", &seed.to_string()])
+            .args([
+                "disk",
+                "stress",
+                img.to_str().unwrap(),
+                "--seed",
+                &seed.to_string(),
+            ])
             .args(["--log", log.to_str().unwrap()])
             .args(["--ops-per-flush", &OPS_PER_FLUSH.to_string()])
             .args(["--max-len", &MAX_LEN.to_string()])
@@ -69,7 +83,10 @@ fn crash_rounds(cluster_size: &str, size: &str, rounds: u64, seed0: u64) {
         // SAFETY: kill only sends a signal to the child we spawned.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
-        assert!(status.code().is_none(), "writer exited by itself: {status:?}");
+        assert!(
+            status.code().is_none(),
+            "writer exited by itself: {status:?}"
+        );
 
         // Without repair: no corruption (leaks are allowed).
         let (code, out) = qemu_check_code(&img);

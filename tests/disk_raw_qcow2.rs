@@ -68,8 +68,22 @@ fn vessel_written_qcow2_passes_qemu_check_and_compare() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("v.qcow2");
     let r = dir.path().join("ref.raw");
-    ok(VESSEL, &["disk", "create", p(&q), "--format", "qcow2", "--size", "32M"]);
-    ok(VESSEL, &["disk", "create", p(&r), "--format", "raw", "--size", "32M"]);
+    ok(
+        VESSEL,
+        &[
+            "disk",
+            "create",
+            p(&q),
+            "--format",
+            "qcow2",
+            "--size",
+            "32M",
+        ],
+    );
+    ok(
+        VESSEL,
+        &["disk", "create", p(&r), "--format", "raw", "--size", "32M"],
+    );
     {
         let mut qi = block::open(&q, &OpenOptions::default()).unwrap();
         let mut ri = block::open(&r, &OpenOptions::default()).unwrap();
@@ -90,7 +104,10 @@ fn vessel_written_qcow2_passes_qemu_check_and_compare() {
         qi.flush().unwrap();
     }
     qemu_check(&q);
-    let out = ok("qemu-img", &["compare", "-f", "qcow2", "-F", "raw", p(&q), p(&r)]);
+    let out = ok(
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", p(&q), p(&r)],
+    );
     assert!(out.contains("identical"), "{out}");
     let out = ok(VESSEL, &["disk", "check", p(&q)]);
     assert!(out.contains("No errors"), "{out}");
@@ -129,7 +146,10 @@ fn qemu_written_images_read_back_byte_exact() {
             ],
         );
         let raw = dir.path().join(format!("{name}.ref"));
-        ok("qemu-img", &["convert", "-f", fmt, "-O", "raw", p(&img), p(&raw)]);
+        ok(
+            "qemu-img",
+            &["convert", "-f", fmt, "-O", "raw", p(&img), p(&raw)],
+        );
         assert_eq!(read_all(&img), std::fs::read(&raw).unwrap(), "{name}");
     }
 }
@@ -141,15 +161,47 @@ fn backing_chains_and_compressed_clusters() {
     let mid = dir.path().join("mid.qcow2");
     let top = dir.path().join("top.qcow2");
     ok("qemu-img", &["create", "-q", "-f", "raw", p(&base), "8M"]);
-    ok("qemu-io", &["-f", "raw", "-c", "write -P 0x11 0 8M", p(&base)]);
     ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", p(&mid)],
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x11 0 8M", p(&base)],
     );
-    ok("qemu-io", &["-c", "write -P 0x22 1M 1M", "-c", "write -z 3M 64k", p(&mid)]);
     ok(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", p(&top)],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            p(&mid),
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x22 1M 1M",
+            "-c",
+            "write -z 3M 64k",
+            p(&mid),
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            p(&top),
+        ],
     );
     ok("qemu-io", &["-c", "write -P 0x33 1536k 4k", p(&top)]);
     let flat = dir.path().join("flat.raw");
@@ -173,7 +225,10 @@ fn backing_chains_and_compressed_clusters() {
 
     // vessel-created qcow2 over a qemu qcow2.
     let vtop = dir.path().join("vtop.qcow2");
-    ok(VESSEL, &["disk", "create", p(&vtop), "-f", "qcow2", "-b", "top.qcow2"]);
+    ok(
+        VESSEL,
+        &["disk", "create", p(&vtop), "-f", "qcow2", "-b", "top.qcow2"],
+    );
     let info = ok("qemu-img", &["info", "--backing-chain", p(&vtop)]);
     assert!(info.contains("base.raw"), "{info}");
     assert!(read_all(&vtop) == expect);
@@ -183,7 +238,10 @@ fn backing_chains_and_compressed_clusters() {
 
     // Compressed clusters.
     let comp = dir.path().join("comp.qcow2");
-    ok("qemu-img", &["convert", "-c", "-O", "qcow2", p(&top), p(&comp)]);
+    ok(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", p(&top), p(&comp)],
+    );
     assert!(read_all(&comp) == expect);
     // Overwrite parts of compressed clusters, check refcounts stay right.
     {
@@ -198,15 +256,25 @@ fn backing_chains_and_compressed_clusters() {
 fn fresh_8g_qcow2_is_small_and_convert_keeps_holes() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("big.qcow2");
-    ok(VESSEL, &["disk", "create", p(&q), "-f", "qcow2", "--size", "8G"]);
+    ok(
+        VESSEL,
+        &["disk", "create", p(&q), "-f", "qcow2", "--size", "8G"],
+    );
     let used = std::fs::metadata(&q).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(used.blocks() * 512 < 1 << 20, "{} bytes", used.blocks() * 512);
+    assert!(
+        used.blocks() * 512 < 1 << 20,
+        "{} bytes",
+        used.blocks() * 512
+    );
     qemu_check(&q);
 
     // Raw image, every other MiB data: 50 % holes.
     let r = dir.path().join("half.raw");
-    ok(VESSEL, &["disk", "create", p(&r), "-f", "raw", "--size", "64M"]);
+    ok(
+        VESSEL,
+        &["disk", "create", p(&r), "-f", "raw", "--size", "64M"],
+    );
     {
         let mut img = block::open(&r, &OpenOptions::default()).unwrap();
         for i in (0..64).step_by(2) {
@@ -223,7 +291,17 @@ fn fresh_8g_qcow2_is_small_and_convert_keeps_holes() {
         ok("qemu-img", &["compare", p(&r), p(&out)]);
     }
     let back = dir.path().join("back.raw");
-    ok(VESSEL, &["disk", "convert", p(&dir.path().join("half.qcow2")), p(&back), "-f", "raw"]);
+    ok(
+        VESSEL,
+        &[
+            "disk",
+            "convert",
+            p(&dir.path().join("half.qcow2")),
+            p(&back),
+            "-f",
+            "raw",
+        ],
+    );
     assert!(std::fs::metadata(&back).unwrap().blocks() * 512 < 40 << 20);
 }
 
@@ -231,7 +309,20 @@ fn fresh_8g_qcow2_is_small_and_convert_keeps_holes() {
 fn resize_and_check_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("r.qcow2");
-    ok(VESSEL, &["disk", "create", p(&q), "-f", "qcow2", "--size", "1M", "--cluster-size", "512"]);
+    ok(
+        VESSEL,
+        &[
+            "disk",
+            "create",
+            p(&q),
+            "-f",
+            "qcow2",
+            "--size",
+            "1M",
+            "--cluster-size",
+            "512",
+        ],
+    );
     ok(VESSEL, &["disk", "resize", p(&q), "1G"]);
     ok("qemu-io", &["-c", "write -P 0x66 1000M 1M", p(&q)]);
     qemu_check(&q);
@@ -257,7 +348,10 @@ fn corrupt_and_truncated_images_fail_cleanly() {
     std::fs::write(&t, &good[..100]).unwrap();
     let out = run(VESSEL, &["disk", "info", p(&t)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{out:?}"
+    );
     let out = run(VESSEL, &["disk", "check", p(&t)]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 
@@ -269,7 +363,12 @@ fn corrupt_and_truncated_images_fail_cleanly() {
     bytes[rb + 2 * 5..rb + 2 * 5 + 2].fill(0);
     std::fs::write(&bad, &bytes).unwrap();
     let out = run(VESSEL, &["disk", "check", p(&bad)]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_ne!(run("qemu-img", &["check", p(&bad)]).status.code(), Some(0));
 
     // Unknown incompatible feature bit.
@@ -282,7 +381,75 @@ fn corrupt_and_truncated_images_fail_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("incompatible features bit 7"));
 
     // Bad arguments.
-    assert_eq!(run(VESSEL, &["disk", "create", "x", "-f", "nope", "--size", "1G"]).status.code(), Some(2));
-    assert_eq!(run(VESSEL, &["disk", "create", p(&q), "-f", "qcow2", "--size", "1G"]).status.code(), Some(2));
-    assert_eq!(run(VESSEL, &["disk", "info", "/nonexistent/x"]).status.code(), Some(2));
+    assert_eq!(
+        run(
+            VESSEL,
+            &["disk", "create", "x", "-f", "nope", "--size", "1G"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(
+            VESSEL,
+            &["disk", "create", p(&q), "-f", "qcow2", "--size", "1G"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(VESSEL, &["disk", "info", "/nonexistent/x"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // Features vessel does not implement are refused by name.
+    for (opt, what) in [
+        ("extended_l2=on", "extended L2"),
+        ("compression_type=zstd", "compression type"),
+    ] {
+        let f = dir.path().join("feature.qcow2");
+        let _ = std::fs::remove_file(&f);
+        let made = run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", opt, p(&f), "1M"],
+        );
+        if !made.status.success() {
+            continue; // this qemu-img lacks the feature
+        }
+        let out = run(VESSEL, &["disk", "info", p(&f)]);
+        assert_eq!(out.status.code(), Some(2), "{opt}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{opt}: {err}");
+    }
+}
+
+#[test]
+fn raw_images_info_check_and_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("disk.qcow2"); // the name lies: content decides
+    ok(
+        VESSEL,
+        &["disk", "create", p(&r), "-f", "raw", "--size", "4M"],
+    );
+    ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x42 1M 64k", p(&r)],
+    );
+    let info = ok(VESSEL, &["disk", "info", "--json", p(&r)]);
+    let json: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(json["format"], "raw");
+    assert_eq!(json["virtual-size"], 4 << 20);
+    let out = ok(VESSEL, &["disk", "check", p(&r)]);
+    assert!(out.contains("No errors"), "{out}");
+    // The data extent is reported as allocated, the rest as holes.
+    let mut img = open_ro(&r);
+    let map = img.allocation(0, 4 << 20).unwrap();
+    assert!(map
+        .iter()
+        .any(|e| e.state == block::Allocation::Data && e.offset <= 1 << 20));
+    assert!(map.iter().any(|e| e.state == block::Allocation::Zero));
 }

@@ -8,7 +8,11 @@ use block::{Format, OpenOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut file) = tempfile::NamedTempFile::new() else {
+    // tmpfs when available: the driver syncs on flush and on close.
+    let file = tempfile::Builder::new()
+        .tempfile_in("/dev/shm")
+        .or_else(|_| tempfile::NamedTempFile::new());
+    let Ok(mut file) = file else {
         return;
     };
     if file.write_all(data).is_err() {
