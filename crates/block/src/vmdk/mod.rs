@@ -144,6 +144,14 @@ impl VmdkImage {
                 })?;
             let ro = read_only || !e.writable;
             let file_path = dir.join(&e.file);
+            // Extents are image files: never devices, FIFOs or directories a descriptor
+            // might name.
+            if e.kind != ExtentKind::Zero && !file_path.is_file() {
+                return Err(corrupt(
+                    path,
+                    format!("extent {i} ({}) is not a regular file", file_path.display()),
+                ));
+            }
             let storage = match e.kind {
                 ExtentKind::Zero => Storage::Zero,
                 ExtentKind::Flat => {
