@@ -19,6 +19,9 @@ use image_file::{check_range, push_extent};
 
 use crate::{Allocation, CreateOptions, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
+/// Bytes copied at a time when a block slot moves.
+const COPY_CHUNK: u64 = 1 << 20;
+
 /// An open VDI image.
 #[derive(Debug)]
 pub struct VdiImage {
@@ -202,11 +205,14 @@ impl VdiImage {
         let last = (self.slot_owner.len() - 1) as u32;
         if slot != last {
             let mover = self.slot_owner[last as usize];
-            let mut buf = vec![0u8; self.block_size() as usize];
-            self.file
-                .read_padded_at(&mut buf, self.header.slot_offset(last))?;
-            self.file
-                .write_all_at(&buf, self.header.slot_offset(slot))?;
+            let (from, to) = (self.header.slot_offset(last), self.header.slot_offset(slot));
+            let mut buf = vec![0u8; self.block_size().min(COPY_CHUNK) as usize];
+            let mut done = 0;
+            while done < self.block_size() {
+                self.file.read_padded_at(&mut buf, from + done)?;
+                self.file.write_all_at(&buf, to + done)?;
+                done += buf.len() as u64;
+            }
             self.bmap[mover as usize] = slot;
             self.write_bmap_entry(mover)?;
             self.slot_owner[slot as usize] = mover;

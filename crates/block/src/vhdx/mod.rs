@@ -349,11 +349,18 @@ impl VhdxImage {
             // data, zeroes or partially present sectors), so it becomes fully present.
             let bs = self.block_size();
             let start = block * bs;
-            let mut whole = vec![0u8; (bs.min(self.size() - start)) as usize];
-            self.read_in_block(&mut whole, start)?;
-            whole[in_block as usize..in_block as usize + buf.len()].copy_from_slice(buf);
+            let len = bs.min(self.size() - start);
             let off = self.new_block()?;
-            self.file.write_all_at(&whole, off)?;
+            // Copy in pieces so large blocks do not need one large buffer.
+            let mut piece = vec![0u8; len.min(1 << 20) as usize];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(piece.len() as u64) as usize;
+                self.read_in_block(&mut piece[..n], start + done)?;
+                self.file.write_all_at(&piece[..n], off + done)?;
+                done += n as u64;
+            }
+            self.file.write_all_at(buf, off + in_block)?;
             off
         } else {
             if buf.iter().all(|&b| b == 0) {
