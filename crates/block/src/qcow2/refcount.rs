@@ -166,6 +166,11 @@ impl Refcounts {
             .ok_or_else(|| corrupt(path, "refcount cache lost an entry"))
     }
 
+    /// A copy of the refcount block at `off`.
+    pub fn block_data(&mut self, file: &File, path: &Path, off: u64) -> Result<Vec<u8>> {
+        Ok(self.load_block(file, path, off)?.data.clone())
+    }
+
     /// Refcount of host cluster `cluster` (0 when its block is unallocated).
     pub fn get(&mut self, file: &File, path: &Path, cluster: u64) -> Result<u64> {
         let rbi = cluster >> self.block_bits();
@@ -207,7 +212,10 @@ impl Refcounts {
         data: Vec<u8>,
     ) -> Result<()> {
         if self.cache.get(off).is_some() {
-            return Ok(());
+            return Err(corrupt(
+                path,
+                format!("cluster {off:#x} is in use as a refcount block but has no refcount"),
+            ));
         }
         if self.cache.is_full() {
             if let Some(old) = self.cache.pop_lru() {
