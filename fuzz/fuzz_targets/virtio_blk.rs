@@ -4,84 +4,25 @@
 //! memory outside the guest region or the disk outside its size.
 #![no_main]
 
-use std::path::{Path, PathBuf};
+#[path = "virtio_disk.rs"]
+mod virtio_disk;
 
-use block::{Allocation, DiskImage, Error, Extent, Format, Result};
 use libfuzzer_sys::fuzz_target;
 use virtio::blk::Block;
 use virtio::{Queue, QueueLayout, VirtioDevice};
+use virtio_disk::FuzzDisk;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x10000;
 const DISK_SIZE: usize = 0x8000;
-
-struct FuzzDisk {
-    data: Vec<u8>,
-    read_only: bool,
-    path: PathBuf,
-}
-
-impl FuzzDisk {
-    fn range(&self, offset: u64, len: u64) -> Result<usize> {
-        let size = self.data.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(offset as usize),
-            _ => Err(Error::OutOfRange { offset, len, size }),
-        }
-    }
-}
-
-impl DiskImage for FuzzDisk {
-    fn format(&self) -> Format {
-        Format::Raw
-    }
-    fn size(&self) -> u64 {
-        self.data.len() as u64
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let at = self.range(offset, buf.len() as u64)?;
-        buf.copy_from_slice(&self.data[at..at + buf.len()]);
-        Ok(())
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        // The device must have checked both of these already.
-        assert!(!self.read_only, "write to a read-only disk");
-        let at = self.range(offset, buf.len() as u64).expect("device checked the range");
-        self.data[at..at + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.write_zeroes(offset, len)
-    }
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        assert!(!self.read_only, "zeroing a read-only disk");
-        let at = self.range(offset, len).expect("device checked the range");
-        self.data[at..at + len as usize].fill(0);
-        Ok(())
-    }
-    fn allocation(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        Ok(vec![Extent { offset, len, state: Allocation::Data }])
-    }
-    fn allocated_bytes(&self) -> Result<u64> {
-        Ok(self.data.len() as u64)
-    }
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
 
 fn u16_at(d: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([d[i], d[i + 1]])
 }
 
 fuzz_target!(|data: &[u8]| {
-    // Control block: size, flags, ring addresses (in 16-byte units), starting avail index.
+    // Control block: queue size, flags (event idx, indirect, read-only disk), ring
+    // addresses (in 16-byte units), rounds of processing.
     if data.len() < 12 {
         return;
     }
@@ -99,8 +40,10 @@ fuzz_target!(|data: &[u8]| {
     let n = contents.len().min(MEM_SIZE);
     mem.write_slice(&contents[..n], GuestAddress(0)).unwrap();
 
-    let Ok(mut queue) = Queue::new(&mem, layout, flags & 1 != 0, flags & 2 != 0) else { return };
-    let disk = FuzzDisk { data: vec![0x5a; DISK_SIZE], read_only: flags & 4 != 0, path: PathBuf::from("fuzz") };
+    let Ok(mut queue) = Queue::new(&mem, layout, flags & 1 != 0, flags & 2 != 0) else {
+        return;
+    };
+    let disk = FuzzDisk::new(DISK_SIZE, flags & 4 != 0);
     let mut blk = Block::new(Box::new(disk), "fuzz");
     for _ in 0..rounds {
         match blk.process_queue(0, &mut queue, &mem) {
