@@ -126,14 +126,21 @@ impl VdiImage {
         {
             return Err(file.corrupt("fixed image with unallocated blocks"));
         }
-        Ok(VdiImage {
+        let mut img = VdiImage {
             file,
             header,
             bmap,
             slot_owner,
             free_slots,
             read_only,
-        })
+        };
+        // An interrupted allocation leaves the block count one ahead of the map: repair.
+        if !read_only && img.header.blocks_allocated != img.allocated_count() {
+            img.header.blocks_allocated = img.allocated_count();
+            img.write_header()?;
+            img.file.sync_data()?;
+        }
+        Ok(img)
     }
 
     fn block_size(&self) -> u64 {
@@ -183,11 +190,14 @@ impl VdiImage {
         if end > file_len {
             self.file.set_len(end)?;
         }
+        // Count first, map entry second: after a crash in between, the count is one too
+        // high (an unused slot at the end), never too low, so a writer that appends at
+        // `blocks_allocated` (qemu) cannot reuse a live slot.
         self.slot_owner[slot as usize] = block;
-        self.bmap[block as usize] = slot;
-        self.write_bmap_entry(block)?;
         self.header.blocks_allocated = self.allocated_count();
         self.write_header()?;
+        self.bmap[block as usize] = slot;
+        self.write_bmap_entry(block)?;
         Ok(slot)
     }
 
@@ -213,8 +223,12 @@ impl VdiImage {
                 self.file.write_all_at(&buf, to + done)?;
                 done += buf.len() as u64;
             }
+            // The copy must be durable before the map points at it, and the map before
+            // the file is shortened.
+            self.file.sync_data()?;
             self.bmap[mover as usize] = slot;
             self.write_bmap_entry(mover)?;
+            self.file.sync_data()?;
             self.slot_owner[slot as usize] = mover;
             self.slot_owner[last as usize] = BLOCK_FREE;
         }

@@ -381,6 +381,10 @@ impl VhdImage {
         aligned[head..head + buf.len()].copy_from_slice(buf);
         self.file.write_all_at(&aligned, data + first * SECTOR)?;
         let mut bitmap = self.read_bitmap(block_start)?;
+        if bitmap.iter().any(|&b| b != 0xff) {
+            // The sectors must hold their data before the bitmap stops showing the parent.
+            self.file.sync_data()?;
+        }
         let before = bitmap.clone();
         for s in first..=last {
             bitmap[(s / 8) as usize] |= 0x80 >> (s % 8);

@@ -294,14 +294,14 @@ impl VmdkImage {
         if let Storage::Sparse(s) = &mut self.pieces[idx].storage {
             match data {
                 Some(g) => {
-                    s.allocate_grain(grain, Some(&g))?;
+                    s.allocate_grain(grain, Some(&g), true)?;
                 }
                 None if whole => {
-                    s.allocate_grain(grain, Some(buf))?;
+                    s.allocate_grain(grain, Some(buf), has_parent)?;
                 }
                 None => {
                     // Fresh space reads as zeroes: write only the new bytes, then map it.
-                    let off = s.allocate_grain(grain, None)?;
+                    let off = s.allocate_grain(grain, None, false)?;
                     s.file.write_all_at(buf, off + in_grain)?;
                 }
             }

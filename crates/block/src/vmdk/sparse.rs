@@ -352,11 +352,21 @@ impl SparseExtent {
     }
 
     /// Allocate grain `grain` holding `data` (a whole grain) and return its file offset.
-    /// Data is written before the tables point at it.
-    pub(crate) fn allocate_grain(&mut self, grain: u64, data: Option<&[u8]>) -> Result<u64> {
+    /// Data is written before the tables point at it; with `durable_first` (grains that
+    /// hide a backing file) it is also made durable first, so a crash never exposes a
+    /// zeroed grain where the backing file's data was.
+    pub(crate) fn allocate_grain(
+        &mut self,
+        grain: u64,
+        data: Option<&[u8]>,
+        durable_first: bool,
+    ) -> Result<u64> {
         let at = self.append(self.grain_bytes())?;
         if let Some(d) = data {
             self.file.write_all_at(d, at)?;
+            if durable_first {
+                self.file.sync_data()?;
+            }
         }
         self.set_entry(grain, (at / SECTOR) as u32)?;
         Ok(at)
