@@ -405,4 +405,51 @@ fn corrupt_and_truncated_images_fail_cleanly() {
             .code(),
         Some(2)
     );
+
+    // Features vessel does not implement are refused by name.
+    for (opt, what) in [
+        ("extended_l2=on", "extended L2"),
+        ("compression_type=zstd", "compression type"),
+    ] {
+        let f = dir.path().join("feature.qcow2");
+        let _ = std::fs::remove_file(&f);
+        let made = run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", opt, p(&f), "1M"],
+        );
+        if !made.status.success() {
+            continue; // this qemu-img lacks the feature
+        }
+        let out = run(VESSEL, &["disk", "info", p(&f)]);
+        assert_eq!(out.status.code(), Some(2), "{opt}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{opt}: {err}");
+    }
+}
+
+#[test]
+fn raw_images_info_check_and_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("disk.qcow2"); // the name lies: content decides
+    ok(
+        VESSEL,
+        &["disk", "create", p(&r), "-f", "raw", "--size", "4M"],
+    );
+    ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x42 1M 64k", p(&r)],
+    );
+    let info = ok(VESSEL, &["disk", "info", "--json", p(&r)]);
+    let json: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(json["format"], "raw");
+    assert_eq!(json["virtual-size"], 4 << 20);
+    let out = ok(VESSEL, &["disk", "check", p(&r)]);
+    assert!(out.contains("No errors"), "{out}");
+    // The data extent is reported as allocated, the rest as holes.
+    let mut img = open_ro(&r);
+    let map = img.allocation(0, 4 << 20).unwrap();
+    assert!(map
+        .iter()
+        .any(|e| e.state == block::Allocation::Data && e.offset <= 1 << 20));
+    assert!(map.iter().any(|e| e.state == block::Allocation::Zero));
 }

@@ -43,7 +43,7 @@ impl Workload {
         let r2 = splitmix(r);
         let mut offset = r2 % self.size;
         let mut len = (splitmix(r2) % self.max_len.max(1)) + 1;
-        if r % 3 == 0 {
+        if r.is_multiple_of(3) {
             offset &= !4095;
             len = len.div_ceil(4096) * 4096;
         }

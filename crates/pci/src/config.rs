@@ -307,6 +307,12 @@ impl PciConfiguration {
         }
     }
 
+    /// Preset the interrupt line register with the GSI the VMM routes INTx pin A to, as
+    /// firmware would (the guest may still overwrite it; it is informational).
+    pub fn set_interrupt_line(&mut self, line: u8) {
+        self.regs[REG_INTERRUPT_LINE] = line;
+    }
+
     /// The command register.
     pub fn command(&self) -> u16 {
         self.u16_at(REG_COMMAND)
@@ -384,6 +390,8 @@ mod tests {
         assert_eq!(c.read_dword(8) >> 8, 0x01_80_00);
         c.write(4, &[0xff, 0xff]);
         assert_eq!(c.command(), COMMAND_WRITABLE);
+        c.set_interrupt_line(10);
+        assert_eq!(c.read_dword(0x3c) & 0xff, 10);
     }
 
     #[test]

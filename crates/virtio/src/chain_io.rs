@@ -1,7 +1,7 @@
 //! Byte streams over the readable and writable halves of a descriptor chain, so devices
 //! make no assumption about how the driver split a request into descriptors.
 
-use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
 use crate::queue::Segment;
 
@@ -57,6 +57,49 @@ impl<'a> Cursor<'a> {
     }
 }
 
+impl Cursor<'_> {
+    /// Start of the unread bytes when they form one contiguous guest-physical range.
+    fn contiguous(&self) -> Option<vm_memory::GuestAddress> {
+        let mut rest = self.segs.get(self.index..)?.iter();
+        let first = rest.next()?;
+        let start = first.addr.0 + u64::from(self.offset);
+        let mut end = first.addr.0 + u64::from(first.len);
+        for seg in rest {
+            if seg.addr.0 != end {
+                return None;
+            }
+            end += u64::from(seg.len);
+        }
+        Some(vm_memory::GuestAddress(start))
+    }
+
+    /// Consume `n` bytes (at most what is left).
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some((_, step)) = self.next_piece(n) else {
+                return;
+            };
+            n -= step;
+        }
+    }
+}
+
+/// The host mapping of `len` guest bytes at `addr`, when they lie in one memory region
+/// and `addr` is `align`-aligned.
+fn host_range(
+    mem: &GuestMemoryMmap,
+    addr: vm_memory::GuestAddress,
+    len: usize,
+    align: u64,
+) -> Option<*mut u8> {
+    if !addr.0.is_multiple_of(align) || len == 0 {
+        return None;
+    }
+    let slice = mem.get_slice(addr, len).ok()?;
+    let ptr = slice.ptr_guard_mut().as_ptr();
+    Some(ptr)
+}
+
 /// Reads the device-readable buffers of a chain in order.
 pub struct ChainReader<'a> {
     mem: &'a GuestMemoryMmap,
@@ -74,6 +117,31 @@ impl<'a> ChainReader<'a> {
     /// Bytes not read yet.
     pub fn remaining(&self) -> u64 {
         self.cursor.remaining
+    }
+
+    /// When the next `len` bytes are one contiguous, `align`-aligned range of guest memory,
+    /// hand them to `consume` without copying (e.g. straight to a disk write) and advance;
+    /// `None` when they are not (the caller copies through a buffer instead).
+    pub fn consume_direct<E>(
+        &mut self,
+        len: usize,
+        align: u64,
+        consume: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        if self.remaining() < len as u64 {
+            return None;
+        }
+        let ptr = host_range(self.mem, self.cursor.contiguous()?, len, align)?;
+        // SAFETY: `host_range` checked that `len` bytes at `ptr` lie inside one mapped
+        // guest memory region, which stays mapped while `self.mem` is borrowed. The guest
+        // may change these bytes concurrently; any u8 value is valid, and the device only
+        // copies them out, as a DMA engine would.
+        let buf = unsafe { std::slice::from_raw_parts(ptr, len) };
+        let result = consume(buf);
+        if result.is_ok() {
+            self.cursor.advance(len);
+        }
+        Some(result)
     }
 
     /// Fill `buf` completely, or fail with [`ChainIoError::Short`] (consuming what was there).
@@ -115,6 +183,33 @@ impl<'a> ChainWriter<'a> {
     /// Bytes written so far (the used-ring length).
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// When the next `len` writable bytes are one contiguous, `align`-aligned range of
+    /// guest memory, let `fill` write them in place (e.g. a disk read straight into the
+    /// guest's buffer) and count them as written; `None` when they are not.
+    pub fn fill_direct<E>(
+        &mut self,
+        len: usize,
+        align: u64,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        if self.remaining() < len as u64 {
+            return None;
+        }
+        let ptr = host_range(self.mem, self.cursor.contiguous()?, len, align)?;
+        // SAFETY: `host_range` checked that `len` bytes at `ptr` lie inside one mapped
+        // guest memory region, which stays mapped while `self.mem` is borrowed, and no
+        // other reference to guest memory is held by the VMM meanwhile (all other accesses
+        // go through vm-memory's volatile copies). The guest may touch the bytes
+        // concurrently, as it could during a real device's DMA; any u8 value is valid.
+        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        let result = fill(buf);
+        if result.is_ok() {
+            self.cursor.advance(len);
+            self.written += len as u64;
+        }
+        Some(result)
     }
 
     /// Write all of `buf`, or fail with [`ChainIoError::Short`] after writing what fits.
@@ -183,5 +278,88 @@ mod tests {
         let mut out = [0u8; 3];
         mem.read_slice(&mut out, GuestAddress(0x400)).unwrap();
         assert_eq!(&out, b"dxy");
+    }
+
+    #[test]
+    fn direct_access_needs_contiguous_aligned_memory() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x4000),
+            (GuestAddress(0x4000), 0x4000),
+        ])
+        .unwrap();
+        let adjacent = [
+            Segment {
+                addr: GuestAddress(0x1000),
+                len: 0x800,
+                writable: true,
+            },
+            Segment {
+                addr: GuestAddress(0x1800),
+                len: 0x800,
+                writable: true,
+            },
+        ];
+        let mut writer = ChainWriter::new(&mem, &adjacent);
+        let r: Option<Result<(), ()>> = writer.fill_direct(0x1000, 0x1000, |buf| {
+            buf.fill(0xab);
+            Ok(())
+        });
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(writer.written(), 0x1000);
+        assert_eq!(writer.remaining(), 0);
+        let mut out = [0u8; 0x1000];
+        mem.read_slice(&mut out, GuestAddress(0x1000)).unwrap();
+        assert!(out.iter().all(|&b| b == 0xab));
+
+        let gap = [
+            Segment {
+                addr: GuestAddress(0x1000),
+                len: 0x800,
+                writable: true,
+            },
+            Segment {
+                addr: GuestAddress(0x2000),
+                len: 0x800,
+                writable: true,
+            },
+        ];
+        let mut writer = ChainWriter::new(&mem, &gap);
+        assert!(writer
+            .fill_direct(0x1000, 512, |_| Ok::<(), ()>(()))
+            .is_none());
+        let misaligned = [Segment {
+            addr: GuestAddress(0x1200),
+            len: 0x1000,
+            writable: true,
+        }];
+        let mut writer = ChainWriter::new(&mem, &misaligned);
+        assert!(writer
+            .fill_direct(0x1000, 0x1000, |_| Ok::<(), ()>(()))
+            .is_none());
+        // Contiguous in guest-physical terms but split across two regions.
+        let across = [Segment {
+            addr: GuestAddress(0x3000),
+            len: 0x2000,
+            writable: false,
+        }];
+        let mut reader = ChainReader::new(&mem, &across);
+        assert!(reader
+            .consume_direct(0x2000, 0x1000, |_| Ok::<(), ()>(()))
+            .is_none());
+        let inside = [Segment {
+            addr: GuestAddress(0x1000),
+            len: 0x1000,
+            writable: false,
+        }];
+        let mut reader = ChainReader::new(&mem, &inside);
+        let r = reader.consume_direct(0x1000, 0x1000, |buf| {
+            if buf[5] == 0xab {
+                Ok(())
+            } else {
+                Err(())
+            }
+        });
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(reader.remaining(), 0);
     }
 }

@@ -25,6 +25,10 @@ pub const F_EMERG_WRITE: u64 = 1 << 2;
 const CONFIG_LEN: usize = 12;
 const DEVICE_TYPE_CONSOLE: u16 = 3;
 const TX_CHUNK: usize = 4096;
+/// Output taken from one transmit chain at most; the rest of a larger chain is dropped.
+pub const MAX_TX_PER_CHAIN: u64 = 1 << 20;
+/// Receive buffers filled per call before yielding.
+const RX_BUDGET: u32 = 1024;
 
 struct HostSide {
     input: VecDeque<u8>,
@@ -89,8 +93,13 @@ impl Console {
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
         let mut host = lock(&self.host);
         let mut chunk = Vec::new();
+        let mut served = 0;
         loop {
             while !host.input.is_empty() {
+                if served == RX_BUDGET {
+                    return Ok(true);
+                }
+                served += 1;
                 let Some(head) = queue.pop(mem)? else { break };
                 let len = match queue.read_chain(mem, head, &mut self.segs) {
                     Ok(()) => {
@@ -127,8 +136,10 @@ impl Console {
             }
             let mut reader = ChainReader::new(mem, readable);
             let mut buf = [0u8; TX_CHUNK];
-            while reader.remaining() > 0 {
-                let n = (reader.remaining() as usize).min(TX_CHUNK);
+            let mut left = reader.remaining().min(MAX_TX_PER_CHAIN);
+            while left > 0 {
+                let n = (left as usize).min(TX_CHUNK);
+                left -= n as u64;
                 if reader.read_exact(&mut buf[..n]).is_err() {
                     break;
                 }

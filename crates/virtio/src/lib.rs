@@ -1,7 +1,30 @@
 //! virtio 1.x devices for vessel: the modern PCI transport, split virtqueues and the
-//! virtio-blk, virtio-rng and virtio-console device models. No KVM here: the VMM puts the
-//! transport on its buses and PCI root, registers the per-queue notify eventfds as
-//! ioeventfds and calls [`QueueProcessor::process_queue`] from an I/O thread.
+//! virtio-blk, virtio-rng and virtio-console device models. No KVM here.
+//!
+//! # Wiring a device into the VMM
+//!
+//! ```text
+//! let bar = allocator.allocate(VIRTIO_PCI_BAR_SIZE, BarKind::Memory64 { prefetchable: false })?;
+//! let dev = VirtioPciDevice::new(Box::new(Block::new(disk, "serial")), guest_mem.clone(),
+//!                                bar, msi_route /* Arc<dyn MsiInterrupt> */,
+//!                                Some(intx_line) /* Arc<dyn IntxLine> */)?;
+//! let processor = dev.queue_processor();          // Clone + Send + Sync, for the I/O thread
+//! for (offset, fd) in dev.ioeventfds() { vm.register_ioevent(fd, Mmio(bar + offset), NoDatamatch) }
+//! let dev = Arc::new(Mutex::new(dev));
+//! pci_root.lock().add_device(None, dev.clone())?;  // config space (CF8/CFC and ECAM)
+//! mmio_bus.insert(dev.clone(), bar, VIRTIO_PCI_BAR_SIZE)?;
+//! // I/O thread: epoll on processor.notifier(q) for every q; when readable:
+//! processor.handle_notify(q)                      // reads the eventfd, runs the queue
+//! ```
+//!
+//! * vCPU threads only touch registers: a notify write (if no ioeventfd caught it) is an
+//!   eventfd write; requests run in [`QueueProcessor::process_queue`].
+//! * Interrupts: MSI-X vector `0` is the configuration vector as Linux assigns it, one per
+//!   queue after it (the driver chooses); they reach [`pci::MsiInterrupt::trigger`]. With
+//!   MSI-X disabled the ISR register is set and [`pci::IntxLine::set_level`] raised until
+//!   the guest reads ISR.
+//! * Console input: `ConsoleHandle::push_input` then `process_queue(console::RX_QUEUE)`;
+//!   console resize: `ConsoleHandle::set_size` then `signal_config_change()`.
 
 pub mod blk;
 mod chain_io;

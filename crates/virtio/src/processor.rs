@@ -125,3 +125,14 @@ impl QueueProcessor {
         self.shared.needs_reset.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<super::QueueProcessor>();
+        send::<crate::VirtioPciDevice>();
+    }
+}

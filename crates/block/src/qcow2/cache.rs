@@ -53,10 +53,17 @@ impl<T> TableCache<T> {
         Some(entry)
     }
 
-    /// Insert a table; the caller must have made room (see [`Self::is_full`]).
+    /// Insert a table, replacing any cached table at the same offset; the caller must
+    /// have made room (see [`Self::is_full`]).
     pub fn insert(&mut self, offset: u64, data: T, dirty: bool) -> &mut Entry<T> {
-        debug_assert!(!self.index.contains_key(&offset));
         self.clock += 1;
+        if let Some(&slot) = self.index.get(&offset) {
+            let entry = &mut self.slots[slot];
+            entry.data = data;
+            entry.dirty = dirty;
+            entry.last_use = self.clock;
+            return entry;
+        }
         self.slots.push(Entry {
             offset,
             data,

@@ -8,12 +8,12 @@ use std::path::Path;
 use super::compressed::compressed_range;
 use super::header::{unsupported, Header, INCOMPAT_DIRTY, MAX_L1_BYTES, OFF_INCOMPAT};
 use super::io::{decode_l2, Mapping};
-use super::refcount::{io_err, read_full, sync, write_full, Refcounts};
+use super::refcount::{get_entry, io_err, read_full, sync, write_full, Refcounts};
 use super::{read_header, COPIED, L1_OFFSET_MASK};
 use crate::{CheckReport, Format, Result};
 
 /// Most clusters a check tracks (4 bytes each in memory).
-const MAX_TRACKED_CLUSTERS: u64 = 1 << 27;
+const MAX_TRACKED_CLUSTERS: u64 = 1 << 26;
 /// Error messages kept in the report (all are counted).
 const MAX_MESSAGES: usize = 20;
 /// The check stops walking tables after this many errors.
@@ -210,28 +210,39 @@ impl Checker<'_> {
     /// Compare stored and computed refcounts; returns the leaked clusters.
     fn compare(&mut self) -> Result<Vec<(u64, u64)>> {
         let block_bits = self.stored.block_bits();
+        let per_block = 1u64 << block_bits;
+        let order = self.stored.order;
         // Refcounts of clusters past the end of the file are not examined.
         let end = self.refs.len() as u64;
         let mut leaks = Vec::new();
-        let mut c = 0;
-        while c < end && !self.gave_up() {
-            let stored = match self.stored_refcount(c) {
-                Ok(v) => v,
+        let mut rbi = 0u64;
+        while rbi * per_block < end && !self.gave_up() {
+            let first = rbi * per_block;
+            let last = (first + per_block).min(end);
+            let block = match self.stored.block_offset(self.path, rbi) {
+                Ok(Some(off)) => Some(self.stored.block_data(self.file, self.path, off)?),
+                Ok(None) => None,
                 Err(e) => {
                     self.error(e.to_string());
-                    c = ((c >> block_bits) + 1) << block_bits;
+                    rbi += 1;
                     continue;
                 }
             };
-            let computed = self.refs.get(c as usize).copied().unwrap_or(0) as u64;
-            if stored < computed {
-                self.error(format!(
-                    "cluster {c}: refcount {stored} but {computed} references"
-                ));
-            } else if stored > computed {
-                leaks.push((c, computed));
+            for c in first..last {
+                let computed = self.refs[c as usize] as u64;
+                let stored = match &block {
+                    Some(data) => get_entry(data, order, c - first),
+                    None => 0,
+                };
+                if stored < computed {
+                    self.error(format!(
+                        "cluster {c}: refcount {stored} but {computed} references"
+                    ));
+                } else if stored > computed {
+                    leaks.push((c, computed));
+                }
             }
-            c += 1;
+            rbi += 1;
         }
         Ok(leaks)
     }
@@ -247,7 +258,7 @@ pub(crate) fn check_file(file: &File, path: &Path, repair: bool) -> Result<Check
     if file_clusters > MAX_TRACKED_CLUSTERS {
         return Err(unsupported(
             path,
-            "checking images with more than 2^27 clusters",
+            "checking images with more than 2^26 clusters",
         ));
     }
     let stored = Refcounts::load(file, path, &header, 8 << 20)?;

@@ -135,6 +135,12 @@ impl Qcow2 {
             return Ok(off);
         }
         let off = self.alloc_clusters(1)?;
+        if self.l2_cache.get(off).is_some() {
+            return Err(corrupt(
+                &self.path,
+                format!("cluster {off:#x} is in use as an L2 table but has no refcount"),
+            ));
+        }
         if self.l2_cache.is_full() {
             // Evict through the normal path (ordering rules) by loading nothing new.
             let victim = self.l2_cache.pop_lru();

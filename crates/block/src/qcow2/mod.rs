@@ -159,7 +159,7 @@ impl Qcow2 {
             }
             None => None,
         };
-        let mut image = Qcow2 {
+        Ok(Qcow2 {
             file,
             path: path.to_path_buf(),
             read_only: opts.read_only,
@@ -176,32 +176,7 @@ impl Qcow2 {
             marked_dirty: false,
             modified: false,
             compressed: None,
-        };
-        if !image.read_only {
-            image.scan_refcount_tail()?;
-        }
-        Ok(image)
-    }
-
-    /// Move the allocation point past any cluster with a nonzero refcount beyond the end
-    /// of the file (a block allocated but not yet written before a crash).
-    fn scan_refcount_tail(&mut self) -> Result<()> {
-        let block_bits = self.rc.block_bits();
-        let Some(last_rbi) = (0..self.rc.table.len() as u64)
-            .rev()
-            .find(|&i| self.rc.table[i as usize] & !0x1ff != 0)
-        else {
-            return Ok(());
-        };
-        let first = (last_rbi << block_bits).max(self.next_cluster);
-        let end = (last_rbi + 1) << block_bits;
-        for c in (first..end).rev() {
-            if self.rc.get(&self.file, &self.path, c)? != 0 {
-                self.next_cluster = c + 1;
-                break;
-            }
-        }
-        Ok(())
+        })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

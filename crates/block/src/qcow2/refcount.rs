@@ -14,6 +14,8 @@ use super::header::{corrupt, Header, MAX_REFTABLE_BYTES, OFF_REFTABLE};
 use super::Qcow2;
 use crate::{Error, Result};
 
+/// Most in-use clusters allocation skips over past the end of the file before giving up.
+const MAX_SKIPPED_CLUSTERS: u64 = 1 << 20;
 /// Bits 0-8 of a refcount table entry are reserved.
 const REFTABLE_OFFSET_MASK: u64 = !0x1ff;
 
@@ -164,6 +166,11 @@ impl Refcounts {
             .ok_or_else(|| corrupt(path, "refcount cache lost an entry"))
     }
 
+    /// A copy of the refcount block at `off`.
+    pub fn block_data(&mut self, file: &File, path: &Path, off: u64) -> Result<Vec<u8>> {
+        Ok(self.load_block(file, path, off)?.data.clone())
+    }
+
     /// Refcount of host cluster `cluster` (0 when its block is unallocated).
     pub fn get(&mut self, file: &File, path: &Path, cluster: u64) -> Result<u64> {
         let rbi = cluster >> self.block_bits();
@@ -205,7 +212,10 @@ impl Refcounts {
         data: Vec<u8>,
     ) -> Result<()> {
         if self.cache.get(off).is_some() {
-            return Ok(());
+            return Err(corrupt(
+                path,
+                format!("cluster {off:#x} is in use as a refcount block but has no refcount"),
+            ));
         }
         if self.cache.is_full() {
             if let Some(old) = self.cache.pop_lru() {
@@ -238,12 +248,43 @@ impl Qcow2 {
     /// Reserve `n` contiguous new clusters at the end of the file, with refcount 1.
     /// Returns the host offset of the first.
     pub(super) fn alloc_clusters(&mut self, n: u64) -> Result<u64> {
-        let start = self.next_cluster;
-        self.next_cluster += n;
+        let mut start = self.skip_used()?;
+        while let Some(k) = self.first_used(start, n)? {
+            self.next_cluster = start + k + 1;
+            start = self.skip_used()?;
+        }
+        self.next_cluster = start + n;
         for c in start..start + n {
             self.add_refcount(c, 1)?;
         }
         Ok(start << self.cluster_bits)
+    }
+
+    /// Index within `[start, start + n)` of the first cluster with a nonzero refcount.
+    fn first_used(&mut self, start: u64, n: u64) -> Result<Option<u64>> {
+        for k in 0..n {
+            if self.rc.get(&self.file, &self.path, start + k)? != 0 {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Advance the allocation point past clusters that already have a refcount (leaked
+    /// beyond the end of the file by a crash); returns it.
+    fn skip_used(&mut self) -> Result<u64> {
+        let mut skipped = 0u64;
+        while self.rc.get(&self.file, &self.path, self.next_cluster)? != 0 {
+            self.next_cluster += 1;
+            skipped += 1;
+            if skipped > MAX_SKIPPED_CLUSTERS {
+                return Err(corrupt(
+                    &self.path,
+                    "refcounts claim a long run of clusters past the end of the file",
+                ));
+            }
+        }
+        Ok(self.next_cluster)
     }
 
     /// Add `delta` to the refcount of host cluster `cluster`, creating its refcount block
@@ -279,7 +320,7 @@ impl Qcow2 {
         if self.rc.block_offset(&self.path, rbi)?.is_some() {
             return Ok(());
         }
-        let host = self.next_cluster;
+        let host = self.skip_used()?;
         let host_rbi = host >> self.rc.block_bits();
         if host_rbi != rbi {
             // The new block's own refcount lives in another block: make that one first.
@@ -288,7 +329,7 @@ impl Qcow2 {
                 return Ok(());
             }
         }
-        let host = self.next_cluster;
+        let host = self.skip_used()?;
         self.next_cluster += 1;
         let cs = self.cs;
         let mut block = vec![0u8; cs as usize];
@@ -385,7 +426,7 @@ mod tests {
             } else {
                 (1u64 << (1 << order)) - 1
             };
-            let n = 512 * 8 >> order;
+            let n = (512 * 8) >> order;
             for idx in 0..n {
                 set_entry(&mut block, order, idx, (idx * 7) & max);
             }

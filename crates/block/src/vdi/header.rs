@@ -116,13 +116,13 @@ impl Header {
         if !h.block_size.is_power_of_two() || !(512..=(256 << 20)).contains(&h.block_size) {
             return Err(file.corrupt(format!("bad block size {}", h.block_size)));
         }
-        if h.block_extra % 512 != 0 || h.block_extra > (1 << 20) {
+        if !h.block_extra.is_multiple_of(512) || h.block_extra > (1 << 20) {
             return Err(file.corrupt(format!("bad block extra size {}", h.block_extra)));
         }
         if h.disk_size > MAX_DISK_SIZE {
             return Err(file.corrupt(format!("disk size {} is too large", h.disk_size)));
         }
-        if h.disk_size % SECTOR != 0 {
+        if !h.disk_size.is_multiple_of(SECTOR) {
             return Err(file.corrupt(format!(
                 "disk size {} is not a multiple of 512",
                 h.disk_size

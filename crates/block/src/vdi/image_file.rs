@@ -212,9 +212,6 @@ pub(crate) fn le_u64(b: &[u8], off: usize) -> u64 {
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(a)
 }
-pub(crate) fn be_u16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
 pub(crate) fn be_u32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }

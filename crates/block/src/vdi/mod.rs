@@ -19,6 +19,9 @@ use image_file::{check_range, push_extent};
 
 use crate::{Allocation, CreateOptions, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
+/// Bytes copied at a time when a block slot moves.
+const COPY_CHUNK: u64 = 1 << 20;
+
 /// An open VDI image.
 #[derive(Debug)]
 pub struct VdiImage {
@@ -45,7 +48,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
             "VDI images cannot have a backing file".into(),
         ));
     }
-    if size % SECTOR != 0 || size > Header::max_disk_size() {
+    if !size.is_multiple_of(SECTOR) || size > Header::max_disk_size() {
         return Err(Error::InvalidArgument(format!(
             "VDI size {size} must be a multiple of 512 and at most {}",
             Header::max_disk_size()
@@ -123,14 +126,21 @@ impl VdiImage {
         {
             return Err(file.corrupt("fixed image with unallocated blocks"));
         }
-        Ok(VdiImage {
+        let mut img = VdiImage {
             file,
             header,
             bmap,
             slot_owner,
             free_slots,
             read_only,
-        })
+        };
+        // An interrupted allocation leaves the block count one ahead of the map: repair.
+        if !read_only && img.header.blocks_allocated != img.allocated_count() {
+            img.header.blocks_allocated = img.allocated_count();
+            img.write_header()?;
+            img.file.sync_data()?;
+        }
+        Ok(img)
     }
 
     fn block_size(&self) -> u64 {
@@ -180,11 +190,14 @@ impl VdiImage {
         if end > file_len {
             self.file.set_len(end)?;
         }
+        // Count first, map entry second: after a crash in between, the count is one too
+        // high (an unused slot at the end), never too low, so a writer that appends at
+        // `blocks_allocated` (qemu) cannot reuse a live slot.
         self.slot_owner[slot as usize] = block;
-        self.bmap[block as usize] = slot;
-        self.write_bmap_entry(block)?;
         self.header.blocks_allocated = self.allocated_count();
         self.write_header()?;
+        self.bmap[block as usize] = slot;
+        self.write_bmap_entry(block)?;
         Ok(slot)
     }
 
@@ -202,13 +215,20 @@ impl VdiImage {
         let last = (self.slot_owner.len() - 1) as u32;
         if slot != last {
             let mover = self.slot_owner[last as usize];
-            let mut buf = vec![0u8; self.block_size() as usize];
-            self.file
-                .read_padded_at(&mut buf, self.header.slot_offset(last))?;
-            self.file
-                .write_all_at(&buf, self.header.slot_offset(slot))?;
+            let (from, to) = (self.header.slot_offset(last), self.header.slot_offset(slot));
+            let mut buf = vec![0u8; self.block_size().min(COPY_CHUNK) as usize];
+            let mut done = 0;
+            while done < self.block_size() {
+                self.file.read_padded_at(&mut buf, from + done)?;
+                self.file.write_all_at(&buf, to + done)?;
+                done += buf.len() as u64;
+            }
+            // The copy must be durable before the map points at it, and the map before
+            // the file is shortened.
+            self.file.sync_data()?;
             self.bmap[mover as usize] = slot;
             self.write_bmap_entry(mover)?;
+            self.file.sync_data()?;
             self.slot_owner[slot as usize] = mover;
             self.slot_owner[last as usize] = BLOCK_FREE;
         }

@@ -32,7 +32,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         size = parent_size;
         parent_info = Some((parent_path, uid, timestamp));
     }
-    if size % SECTOR != 0 || size > MAX_DISK_SIZE {
+    if !size.is_multiple_of(SECTOR) || size > MAX_DISK_SIZE {
         return Err(Error::InvalidArgument(format!(
             "VHD size {size} must be a multiple of 512 and at most 2040 GiB"
         )));

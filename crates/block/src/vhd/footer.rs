@@ -18,8 +18,7 @@ pub(crate) const MAX_DISK_SIZE: u64 = 0xff00_0000 * SECTOR;
 const MAX_GEOMETRY: u64 = 65535 * 16 * 255;
 /// Seconds from the Unix epoch to the VHD epoch (2000-01-01 00:00:00 UTC).
 const VHD_EPOCH: u64 = 946_684_800;
-/// Our creator application tag. Readers that do not know it (qemu, Hyper-V) take the
-/// size from `current_size`, which is exactly the size the user asked for.
+/// Our creator application tag.
 const CREATOR_APP: &[u8; 4] = b"vssl";
 
 /// The fields of a footer that vessel uses; `raw` keeps the whole sector.
@@ -27,7 +26,6 @@ const CREATOR_APP: &[u8; 4] = b"vssl";
 pub(crate) struct Footer {
     pub data_offset: u64,
     pub timestamp: u32,
-    pub current_size: u64,
     pub disk_type: u32,
     pub unique_id: [u8; 16],
     /// Virtual size as qemu computes it (CHS or current_size, by creator application).
@@ -89,7 +87,6 @@ impl Footer {
         Ok(Footer {
             data_offset: be_u64(&raw, 16),
             timestamp: be_u32(&raw, 24),
-            current_size,
             disk_type,
             unique_id,
             virtual_size,
@@ -111,7 +108,14 @@ impl Footer {
         raw[36..40].copy_from_slice(b"Lnux");
         raw[40..48].copy_from_slice(&size.to_be_bytes());
         raw[48..56].copy_from_slice(&size.to_be_bytes());
-        let (c, h, s) = geometry(size / SECTOR);
+        // Readers size VHDs from CHS or from current_size depending on the creator
+        // application (and qemu's table changed between versions). Every reader agrees
+        // when the geometry either matches the size exactly or is the maximum geometry,
+        // which means "use current_size" (what qemu's force_size writes).
+        let (c, h, s) = match geometry(size / SECTOR) {
+            (c, h, s) if u64::from(c) * u64::from(h) * u64::from(s) * SECTOR == size => (c, h, s),
+            _ => (65535, 16, 255),
+        };
         raw[56..58].copy_from_slice(&c.to_be_bytes());
         raw[58] = h;
         raw[59] = s;
@@ -123,7 +127,6 @@ impl Footer {
         Footer {
             data_offset,
             timestamp,
-            current_size: size,
             disk_type,
             unique_id,
             virtual_size: size,

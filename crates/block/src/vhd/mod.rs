@@ -373,7 +373,7 @@ impl VhdImage {
             self.read_in_block(&mut aligned[..SECTOR as usize], block_off + first * SECTOR)?;
         }
         let tail_start = aligned.len() - SECTOR as usize;
-        if (head + buf.len()) % SECTOR as usize != 0 {
+        if !(head + buf.len()).is_multiple_of(SECTOR as usize) {
             let mut sector = [0u8; SECTOR as usize];
             self.read_in_block(&mut sector, block_off + last * SECTOR)?;
             aligned[tail_start..].copy_from_slice(&sector);
@@ -381,6 +381,10 @@ impl VhdImage {
         aligned[head..head + buf.len()].copy_from_slice(buf);
         self.file.write_all_at(&aligned, data + first * SECTOR)?;
         let mut bitmap = self.read_bitmap(block_start)?;
+        if bitmap.iter().any(|&b| b != 0xff) {
+            // The sectors must hold their data before the bitmap stops showing the parent.
+            self.file.sync_data()?;
+        }
         let before = bitmap.clone();
         for s in first..=last {
             bitmap[(s / 8) as usize] |= 0x80 >> (s % 8);

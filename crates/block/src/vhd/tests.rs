@@ -302,3 +302,69 @@ fn random_damage_never_panics() {
         }
     }
 }
+
+/// Rewrite locator `i` of the differencing disk at `child` to `code` with `data`.
+fn set_locator(child: &Path, i: usize, code: &[u8; 4], data: &[u8]) {
+    let mut bytes = std::fs::read(child).unwrap();
+    let e = 512 + 576 + i * 24;
+    bytes[e..e + 4].copy_from_slice(code);
+    bytes[e + 8..e + 12].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    let at = u64::from_be_bytes(bytes[e + 16..e + 24].try_into().unwrap()) as usize;
+    bytes[at..at + 512].fill(0);
+    bytes[at..at + data.len()].copy_from_slice(data);
+    bytes[512 + 36..512 + 40].fill(0);
+    let sum = footer::checksum(&bytes[512..1536], 36);
+    bytes[512 + 36..512 + 40].copy_from_slice(&sum.to_be_bytes());
+    std::fs::write(child, bytes).unwrap();
+}
+
+#[test]
+fn parent_found_by_mac_url_and_windows_path() {
+    let dir = TempDir::new("vhd-loc");
+    let elsewhere = TempDir::new("vhd-loc-parent");
+    let base = dir.join("base.vhd");
+    let child = dir.join("child.vhd");
+    create(&base, 2 << 20, &CreateOptions::default()).unwrap();
+    open(&base, &rw())
+        .unwrap()
+        .write_at(&[0x37; 512], 0)
+        .unwrap();
+    let backing = Some((base.clone(), None));
+    create(
+        &child,
+        0,
+        &CreateOptions {
+            backing,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let read_first = |p: &Path| {
+        let mut c = open(p, &rw()).unwrap();
+        let mut b = [0u8; 512];
+        c.read_at(&mut b, 0).unwrap();
+        b
+    };
+    // MacX with an absolute file URL to a parent in another directory.
+    let moved = elsewhere.join("base.vhd");
+    std::fs::rename(&base, &moved).unwrap();
+    let url = format!("file://{}", moved.display());
+    set_locator(&child, 0, b"MacX", url.as_bytes());
+    set_locator(&child, 1, b"Wi2k", b"ignored");
+    assert_eq!(read_first(&child), [0x37; 512]);
+    // A Windows absolute path: the parent is looked for next to the child by name.
+    std::fs::rename(&moved, &base).unwrap();
+    let win: Vec<u8> = "C:\\Images\\base.vhd"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    set_locator(&child, 0, b"W2ku", &win);
+    assert_eq!(read_first(&child), [0x37; 512]);
+    // No usable locator and no parent name match: a clear error.
+    std::fs::rename(&base, &moved).unwrap();
+    match open(&child, &rw()) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("not found"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened without its parent"),
+    }
+}

@@ -45,7 +45,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         }
         parent = Some((hint.to_string(), cid));
     }
-    if size % SECTOR != 0 || size > MAX_SPARSE_SIZE {
+    if !size.is_multiple_of(SECTOR) || size > MAX_SPARSE_SIZE {
         return Err(Error::InvalidArgument(format!(
             "VMDK size {size} must be a multiple of 512 and at most {MAX_SPARSE_SIZE}"
         )));

@@ -144,6 +144,14 @@ impl VmdkImage {
                 })?;
             let ro = read_only || !e.writable;
             let file_path = dir.join(&e.file);
+            // Extents are image files: never devices, FIFOs or directories a descriptor
+            // might name.
+            if e.kind != ExtentKind::Zero && !file_path.is_file() {
+                return Err(corrupt(
+                    path,
+                    format!("extent {i} ({}) is not a regular file", file_path.display()),
+                ));
+            }
             let storage = match e.kind {
                 ExtentKind::Zero => Storage::Zero,
                 ExtentKind::Flat => {
@@ -286,14 +294,14 @@ impl VmdkImage {
         if let Storage::Sparse(s) = &mut self.pieces[idx].storage {
             match data {
                 Some(g) => {
-                    s.allocate_grain(grain, Some(&g))?;
+                    s.allocate_grain(grain, Some(&g), true)?;
                 }
                 None if whole => {
-                    s.allocate_grain(grain, Some(buf))?;
+                    s.allocate_grain(grain, Some(buf), has_parent)?;
                 }
                 None => {
                     // Fresh space reads as zeroes: write only the new bytes, then map it.
-                    let off = s.allocate_grain(grain, None)?;
+                    let off = s.allocate_grain(grain, None, false)?;
                     s.file.write_all_at(buf, off + in_grain)?;
                 }
             }

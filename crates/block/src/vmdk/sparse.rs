@@ -45,7 +45,6 @@ pub(crate) struct SparseHeader {
     pub gtes_per_gt: u32,
     pub rgd_offset: u64,
     pub gd_offset: u64,
-    pub grain_offset: u64,
 }
 
 impl SparseHeader {
@@ -66,7 +65,6 @@ impl SparseHeader {
             gtes_per_gt: le_u32(raw, 44),
             rgd_offset: le_u64(raw, 48),
             gd_offset: le_u64(raw, 56),
-            grain_offset: le_u64(raw, 64),
         };
         if h.capacity > MAX_CAPACITY_SECTORS {
             return Err(file.corrupt(format!("capacity of {} sectors is too large", h.capacity)));
@@ -310,7 +308,9 @@ impl SparseExtent {
             if rgd[gd_index as usize] == 0 {
                 self.append(bytes)?;
                 let sector = (redundant / SECTOR) as u32;
-                self.rgd.as_mut().map(|r| r[gd_index as usize] = sector);
+                if let Some(r) = self.rgd.as_mut() {
+                    r[gd_index as usize] = sector;
+                }
                 let pos = self.header.rgd_offset * SECTOR + gd_index * 4;
                 self.file.write_all_at(&sector.to_le_bytes(), pos)?;
             }
@@ -352,11 +352,21 @@ impl SparseExtent {
     }
 
     /// Allocate grain `grain` holding `data` (a whole grain) and return its file offset.
-    /// Data is written before the tables point at it.
-    pub(crate) fn allocate_grain(&mut self, grain: u64, data: Option<&[u8]>) -> Result<u64> {
+    /// Data is written before the tables point at it; with `durable_first` (grains that
+    /// hide a backing file) it is also made durable first, so a crash never exposes a
+    /// zeroed grain where the backing file's data was.
+    pub(crate) fn allocate_grain(
+        &mut self,
+        grain: u64,
+        data: Option<&[u8]>,
+        durable_first: bool,
+    ) -> Result<u64> {
         let at = self.append(self.grain_bytes())?;
         if let Some(d) = data {
             self.file.write_all_at(d, at)?;
+            if durable_first {
+                self.file.sync_data()?;
+            }
         }
         self.set_entry(grain, (at / SECTOR) as u32)?;
         Ok(at)

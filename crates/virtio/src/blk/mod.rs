@@ -40,6 +40,8 @@ pub struct Block {
     capacity_bytes: u64,
     bounce: BounceBuffer,
     segs: Vec<Segment>,
+    /// Scratch list of the data part of a request's writable buffers.
+    data_segs: Vec<Segment>,
 }
 
 impl Block {
@@ -80,6 +82,7 @@ impl Block {
             capacity_bytes: capacity * SECTOR_SIZE,
             bounce: BounceBuffer::new(),
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            data_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
         }
     }
 }

@@ -230,7 +230,8 @@ impl VirtioPciDevice {
             self.reset();
             return;
         }
-        let mut new = value;
+        // The driver only ever adds bits; clearing them takes a reset.
+        let mut new = value | self.status;
         if new & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
             let acceptable = self.driver_features & !self.device_features == 0
                 && self.driver_features & VERSION_1 != 0;

@@ -1,0 +1,112 @@
+//! Parent locators of differencing VHDX images: resolving and opening the parent, and
+//! building the locator of a new differencing image.
+
+use std::path::{Path, PathBuf};
+
+use super::headers::{read_current_header, Guid};
+use crate::vdi::image_file::ImageFile;
+use crate::{DiskImage, Error, Format, OpenOptions, Result};
+
+/// `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}` for an on-disk GUID.
+pub(crate) fn guid_string(g: &Guid) -> String {
+    format!(
+        "{{{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}}}",
+        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
+    )
+}
+
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A Windows-style path relative to `dir`.
+fn relative_to(dir: &Path, windows_path: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for part in windows_path.split(['\\', '/']) {
+        if !part.is_empty() && part != "." {
+            p.push(part);
+        }
+    }
+    p
+}
+
+/// Find and open the parent named by `locator` (relative path first, then absolute).
+pub(crate) fn open_parent(
+    child: &ImageFile,
+    locator: &[(String, String)],
+) -> Result<Box<dyn DiskImage>> {
+    let get = |k: &str| {
+        locator
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let dir = dir_of(child.path());
+    let mut candidates = Vec::new();
+    if let Some(rel) = get("relative_path") {
+        candidates.push(relative_to(dir, rel));
+    }
+    for key in ["absolute_win32_path", "volume_path"] {
+        if let Some(abs) = get(key) {
+            if abs.starts_with('/') {
+                candidates.push(PathBuf::from(abs));
+            } else if let Some(name) = abs.rsplit(['\\', '/']).next().filter(|n| !n.is_empty()) {
+                candidates.push(dir.join(name));
+            }
+        }
+    }
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        return Err(Error::InvalidArgument(format!(
+            "{}: parent of the differencing VHDX not found (tried: {})",
+            child.path().display(),
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    if let Some(linkage) = get("parent_linkage") {
+        let parent = ImageFile::open(path, true, Format::Vhdx)?;
+        let (h, _) = read_current_header(&parent)?;
+        if !guid_string(&h.data_write_guid).eq_ignore_ascii_case(linkage) {
+            return Err(child.corrupt(format!(
+                "parent {} was modified since the child was made (linkage {linkage})",
+                path.display()
+            )));
+        }
+    }
+    crate::open(
+        path,
+        &OpenOptions {
+            read_only: true,
+            format: None,
+        },
+    )
+}
+
+/// Key/value pairs of the locator of a new child of `parent` (at `parent_path`, as given).
+pub(crate) fn build_locator(
+    child: &Path,
+    parent_path: &Path,
+    linkage: &Guid,
+) -> Vec<(String, String)> {
+    let abs = std::fs::canonicalize(parent_path).unwrap_or_else(|_| parent_path.to_path_buf());
+    let mut kv = vec![("parent_linkage".to_string(), guid_string(linkage))];
+    if let (Ok(child_dir), Some(name)) = (std::fs::canonicalize(dir_of(child)), abs.file_name()) {
+        if abs.parent() == Some(child_dir.as_path()) {
+            kv.push((
+                "relative_path".to_string(),
+                format!(".\\{}", name.to_string_lossy()),
+            ));
+        }
+    }
+    kv.push((
+        "absolute_win32_path".to_string(),
+        abs.to_string_lossy().into_owned(),
+    ));
+    kv
+}
