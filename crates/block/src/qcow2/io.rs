@@ -251,15 +251,32 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Fill `out` (one cluster) with the current content of virtual cluster `vcl`.
-    fn cluster_content(&mut self, mapping: Mapping, vcl: u64, out: &mut [u8]) -> Result<()> {
+    /// Fill `out` (one cluster) with the current content of virtual cluster `vcl`, except
+    /// `out[skip]`, which the caller overwrites: only the uncovered head and tail are read.
+    fn cluster_content(
+        &mut self,
+        mapping: Mapping,
+        vcl: u64,
+        out: &mut [u8],
+        skip: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let base = vcl << self.cluster_bits;
+        let (head, rest) = out.split_at_mut(skip.start);
+        let tail = &mut rest[skip.len()..];
         match mapping {
-            Mapping::Unallocated => self.read_backing(out, vcl << self.cluster_bits),
+            Mapping::Unallocated => {
+                self.read_backing(head, base)?;
+                self.read_backing(tail, base + skip.end as u64)
+            }
             Mapping::Zero { .. } => {
-                out.fill(0);
+                head.fill(0);
+                tail.fill(0);
                 Ok(())
             }
-            Mapping::Normal(host) => read_full(&self.file, &self.path, out, host),
+            Mapping::Normal(host) => {
+                read_full(&self.file, &self.path, head, host)?;
+                read_full(&self.file, &self.path, tail, host + skip.end as u64)
+            }
             Mapping::Compressed(entry) => {
                 let data = self.load_compressed(entry)?;
                 out.copy_from_slice(data);
@@ -318,9 +335,9 @@ impl Qcow2 {
                             // Copy-on-write of the parts this write does not cover.
                             self.write_run(buf, run.take())?;
                             let mut cluster = vec![0u8; cs as usize];
-                            self.cluster_content(mapping, vcl, &mut cluster)?;
-                            cluster[in_cl as usize..in_cl as usize + n]
-                                .copy_from_slice(&buf[pos..pos + n]);
+                            let covered = in_cl as usize..in_cl as usize + n;
+                            self.cluster_content(mapping, vcl, &mut cluster, covered.clone())?;
+                            cluster[covered].copy_from_slice(&buf[pos..pos + n]);
                             write_full(&self.file, &self.path, &cluster, new)?;
                         }
                         self.set_l2_entry(l2off, idx, new | COPIED)?;
