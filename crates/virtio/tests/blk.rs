@@ -447,3 +447,49 @@ fn scattered_and_unaligned_buffers() {
     got.extend(d.read_mem(y, 1348));
     assert_eq!(got, want);
 }
+
+#[test]
+fn io_thread_serves_kicks_and_reset_waits_for_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let (mut d, state) = blk(false, Setup::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let io_thread = {
+        let processor = d.processor.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = processor.handle_notify(0);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let data = d.alloc(512, 0);
+    for i in 0..64u64 {
+        d.mem_write(data, &[i as u8; 512]);
+        let h = header(&mut d, T_OUT, i);
+        let s = d.alloc(1, 0xee);
+        let head = d.queues[0].chain(&d.mem, &[Buf::r(h, 16), Buf::r(data, 512), Buf::w(s, 1)]);
+        d.queues[0].offer(&d.mem, head);
+        // Only the notify register write: the I/O thread does the work.
+        d.write_bar(d.caps.notify, &0u16.to_le_bytes());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let used = loop {
+            let used = d.queues[0].take_used(&d.mem);
+            if !used.is_empty() || Instant::now() > deadline {
+                break used;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(used, vec![(u32::from(head), 1)], "request {i}");
+        assert_eq!(d.read_mem(s, 1), vec![S_OK]);
+    }
+    assert_eq!(state.bytes(63 * 512, 512), vec![63; 512]);
+    // Reset while the I/O thread keeps polling: the status reads 0 once it took effect.
+    d.set_status(0);
+    assert_eq!(d.status(), 0);
+    stop.store(true, Ordering::SeqCst);
+    io_thread.join().unwrap();
+}
