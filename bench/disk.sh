@@ -77,7 +77,8 @@ else
     echo "qcow2 -> vdi     skipped: vessel's VDI driver is not available in this build"
 fi
 
-echo "random ${READS} x 4 KiB reads through DiskImage (warm page cache):"
+echo "random ${READS} x 4 KiB reads through DiskImage (warm page cache; half the blocks are"
+echo "holes: raw still issues a pread for them, qcow2 answers unallocated clusters without I/O):"
 for img in "$SRC" "$QCOW"; do
     printf '  %s\n' "$("$VESSEL" disk bench-read "$img" --count "$READS")"
 done
