@@ -453,3 +453,63 @@ fn raw_images_info_check_and_detection() {
         .any(|e| e.state == block::Allocation::Data && e.offset <= 1 << 20));
     assert!(map.iter().any(|e| e.state == block::Allocation::Zero));
 }
+
+#[test]
+fn vessel_writes_into_qemu_images_of_every_flavour() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, opts) in [
+        "compat=0.10",
+        "refcount_bits=1,cluster_size=512",
+        "refcount_bits=64,cluster_size=4096",
+        "refcount_bits=8,cluster_size=2M",
+        "lazy_refcounts=on",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let q = dir.path().join(format!("f{i}.qcow2"));
+        let r = dir.path().join(format!("f{i}.raw"));
+        ok(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", opts, p(&q), "24M"],
+        );
+        ok("qemu-io", &["-c", "write -P 0x21 100k 3M", p(&q)]);
+        {
+            let mut img = block::open(&q, &OpenOptions::default()).unwrap();
+            for j in 0..40u64 {
+                let off = (j * 611_953) % (23 << 20);
+                img.write_at(&pattern(j, 70_001), off).unwrap();
+            }
+            img.discard(1 << 20, 1 << 20).unwrap();
+            img.write_zeroes(5 << 20, 3 << 20).unwrap();
+        }
+        qemu_check(&q);
+        ok("qemu-img", &["convert", "-O", "raw", p(&q), p(&r)]);
+        assert!(read_all(&q) == std::fs::read(&r).unwrap(), "{opts}");
+        let out = ok(VESSEL, &["disk", "check", p(&q)]);
+        assert!(out.contains("No errors"), "{opts}: {out}");
+        assert!(!out.contains("leaked"), "{opts}: {out}");
+    }
+}
+
+#[test]
+fn internal_snapshots_are_read_and_checked_but_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("snap.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", p(&q), "8M"]);
+    ok("qemu-io", &["-c", "write -P 0x01 0 2M", p(&q)]);
+    ok("qemu-img", &["snapshot", "-c", "first", p(&q)]);
+    ok("qemu-io", &["-c", "write -P 0x02 1M 2M", p(&q)]);
+    ok("qemu-img", &["snapshot", "-c", "second", p(&q)]);
+    let r = dir.path().join("snap.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&q), p(&r)]);
+    assert!(read_all(&q) == std::fs::read(&r).unwrap());
+    // Refcounts shared with snapshots are accounted for: no leaks, no errors.
+    let out = ok(VESSEL, &["disk", "check", p(&q)]);
+    assert!(
+        out.contains("No errors") && !out.contains("leaked"),
+        "{out}"
+    );
+    let err = block::open(&q, &OpenOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("snapshots"), "{err}");
+}

@@ -114,7 +114,8 @@ impl Qcow2 {
                     return Err(corrupt(
                         path,
                         format!(
-                            "the image was not closed cleanly and has {} errors: {}",
+                            "the image was not closed cleanly and has {} refcount errors \
+                             (repair with `qemu-img check -r all`): {}",
                             report.error_count,
                             report.errors.join("; ")
                         ),
