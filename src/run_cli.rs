@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vmm::{ExitReason, SerialMode, Vm, VmConfig, VmError};
+use vmm::{DiskConfig, ExitReason, SerialMode, Vm, VmConfig, VmError};
 
 use crate::size::parse_size;
 
@@ -32,6 +32,47 @@ pub struct RunArgs {
     /// Serial console: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     serial: SerialMode,
+    /// A virtio-blk disk: path=IMG[,readonly=on][,id=NAME][,format=raw|qcow2|vdi|vhd|vmdk|vhdx]
+    /// (repeatable; a bare path works too).
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+    /// Add a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
+    /// A second console (virtio-console): file:PATH receives its output.
+    #[arg(long, value_parser = parse_console2)]
+    console2: Option<PathBuf>,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig { path: PathBuf::new(), read_only: false, id: None, format: None };
+    for (i, part) in s.split(',').enumerate() {
+        match part.split_once('=') {
+            Some(("path", v)) => disk.path = v.into(),
+            Some(("readonly" | "ro", v)) => {
+                disk.read_only = match v {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(format!("invalid readonly value '{v}' (on or off)")),
+                }
+            }
+            Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
+            Some(("format", v)) => disk.format = Some(v.parse().map_err(|e: block::Error| e.to_string())?),
+            None if i == 0 && !part.is_empty() => disk.path = part.into(),
+            _ => return Err(format!("invalid disk option '{part}' (expected path=, readonly=, id= or format=)")),
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err("a disk needs path=IMG".into());
+    }
+    Ok(disk)
+}
+
+fn parse_console2(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("file:") {
+        Some(p) if !p.is_empty() => Ok(p.into()),
+        _ => Err(format!("invalid console2 '{s}': expected file:PATH")),
+    }
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -67,6 +108,10 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::Memory(_)
             | VmError::TooManyCpus { .. }
             | VmError::SerialFile { .. }
+            | VmError::Disk { .. }
+            | VmError::DiskSize { .. }
+            | VmError::DiskId(_)
+            | VmError::ConsoleFile { .. }
     )
 }
 
@@ -92,6 +137,9 @@ pub fn run(args: RunArgs) -> i32 {
         memory: args.memory,
         cpus: args.cpus,
         serial: args.serial,
+        disks: args.disks,
+        rng: args.rng,
+        console2: args.console2,
     };
     let vm = match Vm::new(&cfg) {
         Ok(vm) => vm,
@@ -152,6 +200,20 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("path=/a.img,readonly=on,id=root,format=qcow2").unwrap();
+        assert_eq!(d.path, PathBuf::from("/a.img"));
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("root"));
+        assert_eq!(d.format, Some(block::Format::Qcow2));
+        assert_eq!(parse_disk("/b.raw").unwrap().path, PathBuf::from("/b.raw"));
+        assert!(parse_disk("readonly=on").is_err());
+        assert!(parse_disk("path=/a,readonly=maybe").is_err());
+        assert!(parse_disk("path=/a,format=floppy").is_err());
+        assert!(parse_disk("path=/a,bogus=1").is_err());
     }
 
     #[test]

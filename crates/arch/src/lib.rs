@@ -5,6 +5,7 @@
 //! without a hypervisor.
 
 pub mod acpi;
+pub mod acpi_pci;
 pub mod boot;
 pub mod cpu_state;
 pub mod cpuid;

@@ -14,6 +14,17 @@ pub enum SerialMode {
     None,
 }
 
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial number the guest reads with GET_ID (at most 20 bytes); `vessel-diskN` when unset.
+    pub id: Option<String>,
+    /// Image format; detected from the content when unset.
+    pub format: Option<block::Format>,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -23,6 +34,11 @@ pub struct VmConfig {
     pub memory: u64,
     pub cpus: u8,
     pub serial: SerialMode,
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device fed from the host's getrandom.
+    pub rng: bool,
+    /// A virtio-console whose output is appended to this file.
+    pub console2: Option<PathBuf>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

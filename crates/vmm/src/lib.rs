@@ -3,11 +3,14 @@
 
 pub mod config;
 mod console;
+mod io_thread;
+mod irq_routing;
+mod pci_devices;
 pub mod diagnostics;
 mod kick;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{SerialMode, VmConfig};
+pub use config::{DiskConfig, SerialMode, VmConfig};
 pub use devices::{ExitReason, VmExit};
 pub use vm::{Vm, VmError};

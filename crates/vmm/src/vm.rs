@@ -75,6 +75,24 @@ pub enum VmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("device set-up: {0}")]
     Bus(#[from] devices::BusError),
+    #[error("disk {path}: {source}")]
+    Disk {
+        path: std::path::PathBuf,
+        #[source]
+        source: block::Error,
+    },
+    #[error("disk {path}: its size ({size} bytes) is not a multiple of 512-byte sectors")]
+    DiskSize { path: std::path::PathBuf, size: u64 },
+    #[error("disk id '{0}' is longer than the 20 bytes virtio-blk allows")]
+    DiskId(String),
+    #[error("cannot open console output {path}: {source}")]
+    ConsoleFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PCI: {0}")]
+    Pci(#[from] crate::pci_devices::PciSetupError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -94,7 +112,8 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmError {
 /// A VM, built and ready to run.
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
+    pci: crate::pci_devices::PciPlatform,
     mem: GuestMemory,
     exit: VmExit,
     serial: Arc<Mutex<Serial>>,
@@ -156,7 +175,8 @@ impl Vm {
                 max: max_cpus,
             });
         }
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let virtio_devices = virtio_devices(cfg)?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -222,7 +242,7 @@ impl Vm {
         vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
-        let mut pio = Bus::new();
+        let pio = Bus::new();
         pio.insert(
             serial.clone(),
             u64::from(layout::COM1_PORT),
@@ -252,8 +272,9 @@ impl Vm {
             u64::from(layout::ACPI_PM_PORT_BASE),
             u64::from(layout::ACPI_PM_PORT_LEN),
         )?;
-        let pio = Arc::new(pio);
         let mmio = Arc::new(Bus::new());
+        let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices)?;
+        let pio = Arc::new(pio);
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -280,6 +301,7 @@ impl Vm {
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
+            pci,
             mem,
             exit,
             serial,
@@ -304,6 +326,8 @@ impl Vm {
             None
         };
 
+        let _io_thread =
+            crate::io_thread::IoThread::spawn(self.pci.processors.clone()).map_err(io_err("starting the I/O thread"))?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for runner in self.runners {
             let name = format!("vcpu{}", runner.id);
@@ -326,6 +350,36 @@ impl Vm {
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, rng, console.
+fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, VmError> {
+    let mut devices: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let opts = block::OpenOptions { read_only: d.read_only, format: d.format };
+        let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk { path: d.path.clone(), source })?;
+        if image.size() % 512 != 0 {
+            return Err(VmError::DiskSize { path: d.path.clone(), size: image.size() });
+        }
+        let serial = d.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
+        if serial.len() > 20 {
+            return Err(VmError::DiskId(serial));
+        }
+        devices.push(Box::new(virtio::blk::Block::new(image, &serial)));
+    }
+    if cfg.rng {
+        devices.push(Box::new(virtio::rng::Rng::new()));
+    }
+    if let Some(path) = &cfg.console2 {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| VmError::ConsoleFile { path: path.clone(), source })?;
+        let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
+        devices.push(Box::new(console));
+    }
+    Ok(devices)
 }
 
 const TOKEN_EXIT: u64 = 1;

@@ -1,0 +1,73 @@
+//! The device I/O thread: waits on every virtqueue's notification eventfd (the
+//! ioeventfds KVM signals when the guest kicks) and runs that queue, off the vCPU threads.
+
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use virtio::QueueProcessor;
+
+/// Token of the stop eventfd; queue tokens are `(device << 16) | queue`.
+const STOP_TOKEN: u64 = u64::MAX;
+
+pub struct IoThread {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl IoThread {
+    /// Start serving `processors` (one per virtio device).
+    pub fn spawn(processors: Vec<QueueProcessor>) -> std::io::Result<Self> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
+        for (d, p) in processors.iter().enumerate() {
+            for q in 0..p.num_queues() {
+                if let Some(fd) = p.notifier(q) {
+                    let token = ((d as u64) << 16) | q as u64;
+                    epoll.ctl(ControlOperation::Add, fd.as_raw_fd(), EpollEvent::new(EventSet::IN, token))?;
+                }
+            }
+        }
+        let handle = std::thread::Builder::new().name("io".into()).spawn(move || serve(epoll, processors))?;
+        Ok(Self { stop, handle: Some(handle) })
+    }
+}
+
+fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
+    let mut events = vec![EpollEvent::default(); 64];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("vessel: I/O thread: epoll_wait: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == STOP_TOKEN {
+                return;
+            }
+            let (device, queue) = ((token >> 16) as usize, (token & 0xffff) as usize);
+            if let Some(p) = processors.get(device) {
+                // A broken ring has already flagged DEVICE_NEEDS_RESET for the guest.
+                if let Err(e) = p.handle_notify(queue) {
+                    eprintln!("vessel: virtio device {device} queue {queue}: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
