@@ -1,0 +1,141 @@
+/* virtio-blk guest: enumerates PCI bus 0 through port 0xCF8 (and cross-checks ECAM), finds
+ * the modern virtio-blk device (1af4:1042), negotiates VERSION_1, sets up queue 0 and,
+ * polling the used ring, reads sector 0, writes sector 1 (then flushes) and reads the disk
+ * id. Results go to the serial port; the guest powers off at the end. */
+#include "guest.h"
+
+#define ECAM 0xe0000000u
+#define MEM(a) ((volatile u8 *)(uptr)(a))
+
+static u32 cf8_read(u32 slot, u32 off) {
+    outl(0xcf8, 0x80000000u | (slot << 11) | (off & 0xfc));
+    u32 v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"((u16)0xcfc));
+    return v;
+}
+static void cf8_write(u32 slot, u32 off, u32 v) {
+    outl(0xcf8, 0x80000000u | (slot << 11) | (off & 0xfc));
+    outl(0xcfc, v);
+}
+static u32 ecam_read(u32 slot, u32 off) { return mmio_read32(ECAM + (slot << 15) + off); }
+
+static void fail(const char *why) { puts("virtio-blk: FAIL "); puts(why); puts("\n"); debug_exit(0x40); }
+
+struct desc { u64 addr; u32 len; u16 flags, next; };
+#define QSIZE 8
+#define DESC 0x300000u
+#define AVAIL 0x301000u
+#define USED 0x302000u
+#define HDR 0x303000u
+#define DATA 0x304000u
+#define STATUS 0x305000u
+
+static uptr common, notify_addr, devcfg;
+static u16 used_seen;
+
+static void w8(uptr a, u8 v) { *(volatile u8 *)a = v; }
+static void w16(uptr a, u16 v) { *(volatile u16 *)a = v; }
+static void w32(uptr a, u32 v) { *(volatile u32 *)a = v; }
+static u8 r8(uptr a) { return *(volatile u8 *)a; }
+static u16 r16(uptr a) { return *(volatile u16 *)a; }
+static u32 r32(uptr a) { return *(volatile u32 *)a; }
+
+/* One request: header (type, sector), a data buffer of len bytes, a status byte. */
+static u8 request(u32 type, u32 sector, u32 len, int device_writes) {
+    volatile u32 *hdr = (volatile u32 *)HDR;
+    hdr[0] = type; hdr[1] = 0; hdr[2] = sector; hdr[3] = 0;
+    w8(STATUS, 0xff);
+    volatile struct desc *d = (volatile struct desc *)DESC;
+    d[0].addr = HDR; d[0].len = 16; d[0].flags = 1; d[0].next = 1;
+    int n = 1;
+    if (len) {
+        d[1].addr = DATA; d[1].len = len; d[1].flags = 1 | (device_writes ? 2 : 0); d[1].next = 2;
+        n = 2;
+    }
+    d[n].addr = STATUS; d[n].len = 1; d[n].flags = 2; d[n].next = 0;
+    u16 idx = r16(AVAIL + 2);
+    w16(AVAIL + 4 + 2 * (idx % QSIZE), 0);
+    __sync_synchronize();
+    w16(AVAIL + 2, idx + 1);
+    __sync_synchronize();
+    w16(notify_addr, 0);
+    for (u32 spins = 0; r16(USED + 2) == used_seen; spins++) {
+        if (spins > 100000000u) fail("timeout waiting for the used ring");
+        pause();
+    }
+    used_seen++;
+    return r8(STATUS);
+}
+
+void guest_main(u32 magic, void *mbi) {
+    (void)magic; (void)mbi;
+    u32 slot_found = 0;
+    for (u32 slot = 0; slot < 32; slot++) {
+        u32 id = cf8_read(slot, 0);
+        if (id == 0xffffffffu) continue;
+        if (ecam_read(slot, 0) != id || ecam_read(slot, 8) != cf8_read(slot, 8)) fail("ECAM and CF8 disagree");
+        puts("pci: slot "); put_dec(slot); puts(" id "); put_hex(id); puts(" class "); put_hex(cf8_read(slot, 8) >> 8); puts("\n");
+        if (id == 0x10421af4u && !slot_found) slot_found = slot;
+    }
+    if (!slot_found) fail("no virtio-blk device");
+    u32 slot = slot_found;
+    cf8_write(slot, 4, cf8_read(slot, 4) | 0x6); /* memory space + bus master */
+
+    u32 notify_mult = 0, notify_bar = 0, notify_off = 0;
+    u32 cap = cf8_read(slot, 0x34) & 0xff;
+    for (int guard = 0; cap && guard < 48; guard++) {
+        u32 h = cf8_read(slot, cap);
+        if ((h & 0xff) == 0x09) {
+            u32 type = (h >> 24) & 0xff;
+            u32 bar = cf8_read(slot, cap + 4) & 0xff;
+            u32 off = cf8_read(slot, cap + 8);
+            u32 bar_lo = cf8_read(slot, 0x10 + 4 * bar);
+            uptr base = bar_lo & ~0xfu; /* the BAR sits below 4 GiB */
+            if (type == 1) common = base + off;
+            if (type == 2) { notify_bar = base; notify_off = off; notify_mult = cf8_read(slot, cap + 16); }
+            if (type == 4) devcfg = base + off;
+        }
+        cap = (h >> 8) & 0xff;
+    }
+    if (!common || !notify_bar || !devcfg) fail("missing virtio capabilities");
+
+    w8(common + 0x14, 0);
+    while (r8(common + 0x14) != 0) pause();
+    w8(common + 0x14, 1);
+    w8(common + 0x14, 1 | 2);
+    w32(common + 0x00, 1);
+    if (!(r32(common + 0x04) & 1)) fail("no VIRTIO_F_VERSION_1");
+    w32(common + 0x08, 0); w32(common + 0x0c, 0);
+    w32(common + 0x08, 1); w32(common + 0x0c, 1);
+    w8(common + 0x14, 1 | 2 | 8);
+    if (!(r8(common + 0x14) & 8)) fail("FEATURES_OK not accepted");
+
+    w16(common + 0x16, 0);
+    if (r16(common + 0x18) < QSIZE) fail("queue too small");
+    w16(common + 0x18, QSIZE);
+    w16(common + 0x1a, 0xffff);
+    w32(common + 0x20, DESC); w32(common + 0x24, 0);
+    w32(common + 0x28, AVAIL); w32(common + 0x2c, 0);
+    w32(common + 0x30, USED); w32(common + 0x34, 0);
+    for (u32 i = 0; i < 0x3000; i++) MEM(DESC + i)[0] = 0;
+    notify_addr = notify_bar + notify_off + r16(common + 0x1e) * notify_mult;
+    w16(common + 0x1c, 1);
+    w8(common + 0x14, 1 | 2 | 8 | 4);
+
+    u32 cap_lo = r32(devcfg), cap_hi = r32(devcfg + 4);
+    puts("virtio-blk: capacity "); put_dec(((u64)cap_hi << 32) | cap_lo); puts(" sectors\n");
+
+    if (request(0, 0, 512, 1) != 0) fail("read of sector 0");
+    puts("virtio-blk: sector 0 fnv1a="); put_hex(fnv1a((const u8 *)DATA, 512)); puts("\n");
+
+    for (u32 i = 0; i < 512; i++) MEM(DATA + i)[0] = (u8)(0x5a ^ i);
+    u8 st = request(1, 1, 512, 0);
+    puts("virtio-blk: write sector 1 status "); put_dec(st); puts("\n");
+    puts("virtio-blk: flush status "); put_dec(request(4, 0, 0, 0)); puts("\n");
+
+    for (u32 i = 0; i < 32; i++) MEM(DATA + i)[0] = 0;
+    if (request(8, 0, 20, 1) != 0) fail("get id");
+    puts("virtio-blk: id "); puts((const char *)DATA); puts("\n");
+    puts("virtio-blk: past-end read status "); put_dec(request(0, cap_lo + 8, 512, 1)); puts("\n");
+    acpi_poweroff();
+}
