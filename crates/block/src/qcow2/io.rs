@@ -156,6 +156,7 @@ impl Qcow2 {
         }
         let entries = 1usize << self.l2_bits();
         self.l2_cache.insert(off, vec![0u64; entries], true);
+        self.note_metadata(off);
         self.l1[l1i as usize] = off | COPIED;
         self.l1_dirty.insert(l1i as usize);
         Ok(off)
@@ -286,8 +287,9 @@ impl Qcow2 {
     }
 
     /// Host range held by a mapping that is being replaced, to free after the next flush.
-    fn held_range(&self, mapping: Mapping) -> Option<(u64, u64)> {
-        match mapping {
+    /// A range overlapping metadata means the image is corrupt.
+    fn held_range(&self, mapping: Mapping) -> Result<Option<(u64, u64)>> {
+        let range = match mapping {
             Mapping::Normal(host) => Some((host, self.cs)),
             Mapping::Zero { host } if host != 0 => Some((host, self.cs)),
             Mapping::Compressed(entry) => {
@@ -295,7 +297,21 @@ impl Qcow2 {
                 (len > 0).then_some((off, len))
             }
             _ => None,
+        };
+        if let Some((off, len)) = range {
+            self.check_not_metadata(off, len)?;
         }
+        Ok(range)
+    }
+
+    fn check_not_metadata(&self, off: u64, len: u64) -> Result<()> {
+        if self.is_metadata(off, len) {
+            return Err(corrupt(
+                &self.path,
+                format!("an L2 entry points into metadata at {off:#x}"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn write_virtual(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -325,8 +341,12 @@ impl Qcow2 {
                 let mapping = decode_l2(entry, self.header.version, self.cluster_bits)
                     .map_err(|reason| corrupt(&self.path, reason))?;
                 let host = match mapping {
-                    Mapping::Normal(host) => host + in_cl,
+                    Mapping::Normal(host) => {
+                        self.check_not_metadata(host, cs)?;
+                        host + in_cl
+                    }
                     _ => {
+                        let held = self.held_range(mapping)?;
                         let new = self.alloc_clusters(1)?;
                         let fresh_zero = matches!(mapping, Mapping::Zero { .. })
                             || (mapping == Mapping::Unallocated && self.backing.is_none());
@@ -341,9 +361,7 @@ impl Qcow2 {
                             write_full(&self.file, &self.path, &cluster, new)?;
                         }
                         self.set_l2_entry(l2off, idx, new | COPIED)?;
-                        if let Some(range) = self.held_range(mapping) {
-                            frees.push(range);
-                        }
+                        frees.extend(held);
                         if !full && !fresh_zero {
                             pos += n;
                             continue;
@@ -410,10 +428,9 @@ impl Qcow2 {
                 } else {
                     0
                 };
+                let held = self.held_range(mapping)?;
                 self.set_l2_entry(l2off, idx, value)?;
-                if let Some(range) = self.held_range(mapping) {
-                    frees.push(range);
-                }
+                frees.extend(held);
                 pos += n;
             }
             Ok(())

@@ -61,6 +61,9 @@ pub(crate) struct Qcow2 {
     modified: bool,
     /// Last decompressed cluster: (descriptor, data).
     compressed: Option<(u64, Vec<u8>)>,
+    /// Sorted cluster indices of L2 tables and refcount blocks, so that a corrupt L2
+    /// entry cannot make a data write or free land on metadata.
+    metadata: Vec<u64>,
 }
 
 pub(crate) fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
@@ -160,6 +163,15 @@ impl Qcow2 {
             }
             None => None,
         };
+        let mut metadata: Vec<u64> = l1
+            .iter()
+            .map(|e| e & L1_OFFSET_MASK)
+            .chain(rc.table.iter().map(|e| e & !0x1ff))
+            .filter(|&off| off != 0)
+            .map(|off| off >> header.cluster_bits)
+            .collect();
+        metadata.sort_unstable();
+        metadata.dedup();
         Ok(Qcow2 {
             file,
             path: path.to_path_buf(),
@@ -177,7 +189,39 @@ impl Qcow2 {
             marked_dirty: false,
             modified: false,
             compressed: None,
+            metadata,
         })
+    }
+
+    /// Whether host range `[off, off + len)` overlaps the header, the L1 table, the refcount
+    /// table, an L2 table or a refcount block.
+    fn is_metadata(&self, off: u64, len: u64) -> bool {
+        let first = off >> self.cluster_bits;
+        let last = (off + len.max(1) - 1) >> self.cluster_bits;
+        let overlaps = |start: u64, bytes: u64| {
+            let s = start >> self.cluster_bits;
+            let e = (start + bytes).div_ceil(self.cs);
+            bytes > 0 && first < e && last >= s
+        };
+        let l1_bytes = self.l1.len() as u64 * 8;
+        let rt_bytes = self.rc.table_clusters * self.cs;
+        if first == 0
+            || overlaps(self.header.l1_table_offset, l1_bytes)
+            || overlaps(self.rc.table_offset, rt_bytes)
+        {
+            return true;
+        }
+        let at = self.metadata.partition_point(|&c| c < first);
+        self.metadata.get(at).is_some_and(|&c| c <= last)
+    }
+
+    /// Record a new L2 table or refcount block at host offset `off`.
+    fn note_metadata(&mut self, off: u64) {
+        let c = off >> self.cluster_bits;
+        let at = self.metadata.partition_point(|&x| x < c);
+        if self.metadata.get(at) != Some(&c) {
+            self.metadata.insert(at, c);
+        }
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

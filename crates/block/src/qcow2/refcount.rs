@@ -341,6 +341,7 @@ impl Qcow2 {
         // Block content must be durable before the table entry that makes it live.
         write_full(&self.file, &self.path, &block, host * cs)?;
         sync(&self.file, &self.path)?;
+        self.note_metadata(host * cs);
         self.rc.table[rbi as usize] = host * cs;
         let entry = (host * cs).to_be_bytes();
         write_full(

@@ -266,3 +266,25 @@ fn corrupt_images_give_errors_not_panics() {
         let _ = crate::check(&p, Some(Format::Qcow2), false);
     }
 }
+
+#[test]
+fn l2_entries_pointing_at_metadata_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = create_qcow2(dir.path(), "m.qcow2", 4 << 20, 65536);
+    let mut img = open_rw(&path);
+    img.write_at(&[1u8; 4096], 0).unwrap();
+    drop(img);
+    // Layout: header, refcount table, refcount block, L1, then the L2 table at cluster 4.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l2 = 4 * 65536;
+    let evil = (65536u64 | (1 << 63)).to_be_bytes(); // the refcount table
+    bytes[l2..l2 + 8].copy_from_slice(&evil);
+    std::fs::write(&path, &bytes).unwrap();
+    let mut img = open_rw(&path);
+    let err = img.write_at(&[2u8; 512], 0).unwrap_err();
+    assert!(err.to_string().contains("metadata"), "{err}");
+    let err = img.discard(0, 65536).unwrap_err();
+    assert!(err.to_string().contains("metadata"), "{err}");
+    drop(img);
+    assert_eq!(std::fs::read(&path).unwrap()[65536..65536 * 2], bytes[65536..65536 * 2]);
+}

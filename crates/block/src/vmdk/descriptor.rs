@@ -192,6 +192,28 @@ impl Descriptor {
     }
 }
 
+/// `text` (a descriptor, possibly NUL-padded) with its `CID=` line set to `cid`, padded
+/// back to its original length when the result is not longer. `None` without a CID line.
+pub(crate) fn replace_cid(text: &[u8], cid: u32) -> Option<Vec<u8>> {
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let body = std::str::from_utf8(&text[..end]).ok()?;
+    let mut found = false;
+    let mut out = String::with_capacity(body.len());
+    for line in body.split_inclusive('\n') {
+        if !found && line.trim_start().starts_with("CID=") {
+            found = true;
+            out.push_str(&format!("CID={cid:08x}\n"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    let mut bytes = out.into_bytes();
+    if bytes.len() < text.len() && end < text.len() {
+        bytes.resize(text.len(), 0);
+    }
+    found.then_some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +230,17 @@ mod tests {
         assert!(!d.extents[1].writable);
         let again = Descriptor::parse(d.render(4192356).as_bytes()).unwrap();
         assert_eq!(again.extents, d.extents);
+    }
+
+    #[test]
+    fn cid_is_replaced_in_place() {
+        let text = b"# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\n\0\0\0\0";
+        let new = replace_cid(text, 0x1234_5678).unwrap();
+        assert_eq!(new.len(), text.len());
+        assert!(std::str::from_utf8(&new)
+            .unwrap()
+            .contains("CID=12345678\nparentCID=ffffffff"));
+        assert!(replace_cid(b"# Disk DescriptorFile\n", 1).is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use create::create;
 use descriptor::{Descriptor, ExtentKind};
 use sparse::{Grain, SparseExtent, MAGIC, SECTOR};
 
-use crate::vdi::image_file::{check_range, push_extent, ImageFile};
+use crate::vdi::image_file::{check_range, push_extent, random_uuid, ImageFile};
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
 /// Largest virtual disk accepted from a descriptor.
@@ -41,6 +41,8 @@ pub struct VmdkImage {
     size: u64,
     parent: Option<Box<dyn DiskImage>>,
     read_only: bool,
+    /// Whether the descriptor got a new CID for this session's first change.
+    cid_renewed: bool,
 }
 
 /// Open a VMDK image (descriptor or monolithic sparse file) with its parent, if any.
@@ -110,6 +112,7 @@ impl VmdkImage {
             size,
             parent: None,
             read_only,
+            cid_renewed: false,
         };
         if let Some(d) = desc.filter(|d| d.parent_cid != u32::MAX) {
             let hint = d
@@ -309,11 +312,42 @@ impl VmdkImage {
         Ok(())
     }
 
+    /// Before the first change: a new CID in the descriptor (as VMware and qemu do), so
+    /// delta disks made from this image can tell it changed since.
+    fn renew_cid(&mut self) -> Result<()> {
+        if self.cid_renewed {
+            return Ok(());
+        }
+        self.cid_renewed = true;
+        let uuid = random_uuid();
+        let cid = u32::from_le_bytes([uuid[0], uuid[1], uuid[2], uuid[3]]);
+        if let Some(f) = &self.descriptor_file {
+            let len = f.len()?.min(descriptor::MAX_DESCRIPTOR as u64);
+            let mut text = vec![0u8; len as usize];
+            f.read_exact_at(&mut text, 0, "descriptor")?;
+            if let Some(new) = descriptor::replace_cid(&text, cid) {
+                f.write_all_at(&new, 0)?;
+                f.set_len(new.len() as u64)?;
+            }
+        } else if let Some(Storage::Sparse(s)) = self.pieces.first().map(|p| &p.storage) {
+            if let Some(text) = s.embedded_descriptor()? {
+                match descriptor::replace_cid(&text, cid) {
+                    Some(new) if new.len() <= text.len() => {
+                        s.file.write_all_at(&new, s.header.desc_offset * SECTOR)?
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.size)?;
         if self.read_only {
             return Err(Error::ReadOnly);
         }
+        self.renew_cid()?;
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
@@ -388,6 +422,7 @@ impl DiskImage for VmdkImage {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
+        self.renew_cid()?;
         let end = offset + buf.len() as u64;
         let mut pos = offset;
         while pos < end {

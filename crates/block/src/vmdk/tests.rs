@@ -55,6 +55,47 @@ fn vessel_writes_qemu_checks_and_compares() {
     }
 }
 
+fn descriptor_cid(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(16 << 10)]).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("CID="))
+        .unwrap()
+        .to_string();
+    line
+}
+
+#[test]
+fn first_write_renews_the_cid() {
+    for fixed in [false, true] {
+        let dir = TempDir::new("vmdk-cid");
+        let path = dir.join("c.vmdk");
+        create(
+            &path,
+            4 << 20,
+            &CreateOptions {
+                fixed,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let before = descriptor_cid(&path);
+        let mut img = open(&path, &rw()).unwrap();
+        let mut buf = [0u8; 512];
+        img.read_at(&mut buf, 0).unwrap();
+        assert_eq!(descriptor_cid(&path), before, "reads keep the CID");
+        img.write_at(&[1; 512], 0).unwrap();
+        img.write_at(&[2; 512], 4096).unwrap();
+        drop(img);
+        assert_ne!(descriptor_cid(&path), before);
+        qemu_check(&path, "vmdk");
+        let mut img = open(&path, &ro()).unwrap();
+        img.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, [2; 512]);
+    }
+}
+
 #[test]
 fn qemu_writes_vessel_reads_small_subformats() {
     for sub in [
