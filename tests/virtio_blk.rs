@@ -36,6 +36,10 @@ fn guest_reads_writes_flushes_and_gets_the_id() {
     assert!(r.stdout.contains("virtio-blk: id test-serial-42\n"), "{}", r.stdout);
     // VIRTIO_BLK_S_IOERR for a sector past the end.
     assert!(r.stdout.contains("virtio-blk: past-end read status 1\n"), "{}", r.stdout);
+    // A completion on a masked vector is held pending; unmasking sends it through the
+    // vector's irqfd and GSI route to the local APIC.
+    assert!(r.stdout.contains("virtio-blk: msi-x masked pending=1 delivered=0\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("virtio-blk: msi-x unmasked pending=0 delivered=1\n"), "{}", r.stdout);
     let after = std::fs::read(&img).unwrap();
     let sector1: Vec<u8> = (0..512u32).map(|i| (0x5a ^ i) as u8).collect();
     assert_eq!(&after[512..1024], &sector1[..]);

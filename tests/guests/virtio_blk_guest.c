@@ -1,7 +1,9 @@
 /* virtio-blk guest: enumerates PCI bus 0 through port 0xCF8 (and cross-checks ECAM), finds
- * the modern virtio-blk device (1af4:1042), negotiates VERSION_1, sets up queue 0 and,
- * polling the used ring, reads sector 0, writes sector 1 (then flushes) and reads the disk
- * id. Results go to the serial port; the guest powers off at the end. */
+ * the modern virtio-blk device (1af4:1042), negotiates VERSION_1, sets up queue 0 with
+ * MSI-X vector 1 (masked at first) and, polling the used ring, reads sector 0, writes
+ * sector 1 (then flushes) and reads the disk id. Interrupts stay disabled: whether MSI-X
+ * messages reach the local APIC is read from its IRR (vector 0x41), and the pending bit
+ * from the PBA. Results go to the serial port; the guest powers off at the end. */
 #include "guest.h"
 
 #define ECAM 0xe0000000u
@@ -32,6 +34,10 @@ struct desc { u64 addr; u32 len; u16 flags, next; };
 
 static uptr common, notify_addr, devcfg;
 static u16 used_seen;
+#define MSI_VECTOR 0x41
+static int lapic_irr(u32 vector) {
+    return (mmio_read32(0xfee00200u + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
 
 static void w8(uptr a, u8 v) { *(volatile u8 *)a = v; }
 static void w16(uptr a, u16 v) { *(volatile u16 *)a = v; }
@@ -81,10 +87,11 @@ void guest_main(u32 magic, void *mbi) {
     u32 slot = slot_found;
     cf8_write(slot, 4, cf8_read(slot, 4) | 0x6); /* memory space + bus master */
 
-    u32 notify_mult = 0, notify_bar = 0, notify_off = 0;
+    u32 notify_mult = 0, notify_bar = 0, notify_off = 0, msix_cap = 0;
     u32 cap = cf8_read(slot, 0x34) & 0xff;
     for (int guard = 0; cap && guard < 48; guard++) {
         u32 h = cf8_read(slot, cap);
+        if ((h & 0xff) == 0x11) msix_cap = cap;
         if ((h & 0xff) == 0x09) {
             u32 type = (h >> 24) & 0xff;
             u32 bar = cf8_read(slot, cap + 4) & 0xff;
@@ -98,6 +105,12 @@ void guest_main(u32 magic, void *mbi) {
         cap = (h >> 8) & 0xff;
     }
     if (!common || !notify_bar || !devcfg) fail("missing virtio capabilities");
+    if (!msix_cap) fail("no MSI-X capability");
+    u32 table = cf8_read(slot, msix_cap + 4);
+    uptr table_base = (cf8_read(slot, 0x10 + 4 * (table & 7)) & ~0xfu) + (table & ~7u);
+    u32 pba = cf8_read(slot, msix_cap + 8);
+    uptr pba_base = (cf8_read(slot, 0x10 + 4 * (pba & 7)) & ~0xfu) + (pba & ~7u);
+    mmio_write32(0xfee000f0, mmio_read32(0xfee000f0) | 0x100); /* LAPIC software enable */
 
     w8(common + 0x14, 0);
     while (r8(common + 0x14) != 0) pause();
@@ -113,7 +126,8 @@ void guest_main(u32 magic, void *mbi) {
     w16(common + 0x16, 0);
     if (r16(common + 0x18) < QSIZE) fail("queue too small");
     w16(common + 0x18, QSIZE);
-    w16(common + 0x1a, 0xffff);
+    w16(common + 0x1a, 1);
+    if (r16(common + 0x1a) != 1) fail("queue MSI-X vector not accepted");
     w32(common + 0x20, DESC); w32(common + 0x24, 0);
     w32(common + 0x28, AVAIL); w32(common + 0x2c, 0);
     w32(common + 0x30, USED); w32(common + 0x34, 0);
@@ -121,12 +135,24 @@ void guest_main(u32 magic, void *mbi) {
     notify_addr = notify_bar + notify_off + r16(common + 0x1e) * notify_mult;
     w16(common + 0x1c, 1);
     w8(common + 0x14, 1 | 2 | 8 | 4);
+    /* MSI-X entry 1: fixed delivery to APIC 0, vector 0x41, masked; then enable MSI-X. */
+    w32(table_base + 16 + 0, 0xfee00000u);
+    w32(table_base + 16 + 4, 0);
+    w32(table_base + 16 + 8, MSI_VECTOR);
+    w32(table_base + 16 + 12, 1);
+    cf8_write(slot, msix_cap, cf8_read(slot, msix_cap) | (0x8000u << 16));
 
     u32 cap_lo = r32(devcfg), cap_hi = r32(devcfg + 4);
     puts("virtio-blk: capacity "); put_dec(((u64)cap_hi << 32) | cap_lo); puts(" sectors\n");
 
     if (request(0, 0, 512, 1) != 0) fail("read of sector 0");
     puts("virtio-blk: sector 0 fnv1a="); put_hex(fnv1a((const u8 *)DATA, 512)); puts("\n");
+    puts("virtio-blk: msi-x masked pending="); put_dec((r32(pba_base) >> 1) & 1);
+    puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
+    w32(table_base + 16 + 12, 0); /* unmask: the pending message goes out now */
+    for (u32 spins = 0; !lapic_irr(MSI_VECTOR) && spins < 100000u; spins++) pause();
+    puts("virtio-blk: msi-x unmasked pending="); put_dec((r32(pba_base) >> 1) & 1);
+    puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
 
     for (u32 i = 0; i < 512; i++) MEM(DATA + i)[0] = (u8)(0x5a ^ i);
     u8 st = request(1, 1, 512, 0);
