@@ -3,6 +3,7 @@
 
 pub mod config;
 mod console;
+pub mod control;
 mod io_thread;
 mod irq_routing;
 mod pci_devices;
@@ -13,4 +14,5 @@ pub mod vm;
 
 pub use config::{DiskConfig, SerialMode, VmConfig};
 pub use devices::{ExitReason, VmExit};
+pub use control::VmHandle;
 pub use vm::{Vm, VmError};

@@ -124,6 +124,7 @@ pub struct VcpuRunner {
     pub mem: GuestMemory,
     pub exit: VmExit,
     pub stop: Arc<AtomicBool>,
+    pub gate: Arc<crate::control::PauseGate>,
 }
 
 impl VcpuRunner {
@@ -131,6 +132,11 @@ impl VcpuRunner {
     pub fn run(mut self) {
         kick::set_thread_immediate_exit(&mut self.vcpu.get_kvm_run().immediate_exit);
         while !self.stop.load(Ordering::Acquire) {
+            let stop = &self.stop;
+            self.gate.wait_while_paused(|| stop.load(Ordering::Acquire));
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
             let next = self.run_once();
             match next {
                 Next::Continue => {}

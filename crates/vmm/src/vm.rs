@@ -14,7 +14,6 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
 
 use arch::layout;
 use arch::memory_map::RamLayout;
@@ -120,6 +119,7 @@ pub struct Vm {
     serial_input: bool,
     runners: Vec<VcpuRunner>,
     stop: Arc<AtomicBool>,
+    handle: crate::control::VmHandle,
 }
 
 impl Vm {
@@ -248,7 +248,9 @@ impl Vm {
             u64::from(layout::COM1_PORT),
             u64::from(SERIAL_PORT_LEN),
         )?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm.register_irqfd(&kbd_irq, 1).map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone()).with_interrupt(kbd_irq)));
         for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
             let dev = Arc::new(Mutex::new(I8042Port {
                 controller: i8042.clone(),
@@ -281,6 +283,7 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(crate::control::PauseGate::default());
         let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
         for id in 0..cfg.cpus {
             let fd = vm
@@ -296,6 +299,7 @@ impl Vm {
                 mem: mem.clone(),
                 exit: exit.clone(),
                 stop: stop.clone(),
+                gate: gate.clone(),
             });
         }
         Ok(Self {
@@ -303,12 +307,23 @@ impl Vm {
             _vm: vm,
             pci,
             mem,
-            exit,
+            exit: exit.clone(),
             serial,
             serial_input: cfg.serial == SerialMode::Stdio,
             runners,
             stop,
+            handle: crate::control::VmHandle {
+                exit: exit.clone(),
+                i8042,
+                gate,
+                vcpu_threads: Arc::new(Mutex::new(Vec::new())),
+            },
         })
+    }
+
+    /// A handle to pause, resume, stop or Ctrl-Alt-Del the VM from other threads.
+    pub fn handle(&self) -> crate::control::VmHandle {
+        self.handle.clone()
     }
 
     /// Guest memory (for diagnostics and tests).
@@ -337,16 +352,20 @@ impl Vm {
                 .map_err(io_err("spawning a vCPU thread"))?;
             threads.push(handle);
         }
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            let mut ids = self.handle.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner());
+            ids.extend(threads.iter().map(|t| t.as_pthread_t()));
+        }
 
         let result = event_loop(&self.exit, &signals, &self.serial, self.serial_input);
         self.stop.store(true, Ordering::Release);
-        for t in &threads {
-            // A thread that already returned cannot be signalled; that is fine.
-            let _ = t.kill(kick::kick_signal());
-        }
+        self.handle.resume();
+        self.handle.kick_vcpus();
         for t in threads {
             let _ = t.join();
         }
+        self.handle.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()).clear();
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
