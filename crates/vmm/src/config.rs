@@ -12,6 +12,9 @@ pub enum SerialMode {
     File(PathBuf),
     /// Discarded.
     None,
+    /// A background VM: output appended to `log` and copied to the client attached to the
+    /// unix socket `socket`, whose input goes to the guest.
+    Background { log: PathBuf, socket: PathBuf },
 }
 
 /// A virtio-blk disk.

@@ -47,7 +47,10 @@ pub struct VmHandle {
 impl VmHandle {
     /// Ask the guest to reboot/shut down the way a keyboard user would.
     pub fn send_ctrl_alt_del(&self) {
-        self.i8042.lock().unwrap_or_else(|p| p.into_inner()).send_ctrl_alt_del();
+        self.i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_ctrl_alt_del();
     }
 
     /// Stop every vCPU at its next exit (kicked out of KVM_RUN now).
@@ -71,7 +74,12 @@ impl VmHandle {
     }
 
     pub(crate) fn kick_vcpus(&self) {
-        for &t in self.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for &t in self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             // SAFETY: `t` is the id of a vCPU thread of this process, which lives until
             // Vm::run joins it after clearing this list; pthread_kill only sends a signal.
             unsafe { libc::pthread_kill(t, kick::kick_signal()) };

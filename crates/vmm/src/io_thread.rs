@@ -22,17 +22,30 @@ impl IoThread {
     pub fn spawn(processors: Vec<QueueProcessor>) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
-        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
         for (d, p) in processors.iter().enumerate() {
             for q in 0..p.num_queues() {
                 if let Some(fd) = p.notifier(q) {
                     let token = ((d as u64) << 16) | q as u64;
-                    epoll.ctl(ControlOperation::Add, fd.as_raw_fd(), EpollEvent::new(EventSet::IN, token))?;
+                    epoll.ctl(
+                        ControlOperation::Add,
+                        fd.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, token),
+                    )?;
                 }
             }
         }
-        let handle = std::thread::Builder::new().name("io".into()).spawn(move || serve(epoll, processors))?;
-        Ok(Self { stop, handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("io".into())
+            .spawn(move || serve(epoll, processors))?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -39,7 +39,10 @@ pub struct GsiRouter {
 
 impl GsiRouter {
     pub fn new(vm: Arc<VmFd>) -> Self {
-        Self { vm, msi_routes: Mutex::new(BTreeMap::new()) }
+        Self {
+            vm,
+            msi_routes: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The routes KVM sets up with its in-kernel irqchip: GSIs 0-15 to the PICs and the
@@ -48,7 +51,11 @@ impl GsiRouter {
         let mut v = Vec::new();
         for gsi in 0..IOAPIC_PINS {
             if gsi < 16 {
-                let (chip, pin) = if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
+                let (chip, pin) = if gsi < 8 {
+                    (KVM_IRQCHIP_PIC_MASTER, gsi)
+                } else {
+                    (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+                };
                 v.push(irqchip_route(gsi, chip, pin));
             }
             v.push(irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
@@ -59,7 +66,9 @@ impl GsiRouter {
     /// Reserve a GSI for an MSI vector (routed nowhere until [`GsiRouter::set_msi`]).
     pub fn allocate(&self) -> Result<u32, IrqError> {
         let mut routes = self.msi_routes.lock().unwrap_or_else(|p| p.into_inner());
-        let gsi = (IOAPIC_PINS..=MAX_GSI).find(|g| !routes.contains_key(g)).ok_or(IrqError::Exhausted(MAX_GSI))?;
+        let gsi = (IOAPIC_PINS..=MAX_GSI)
+            .find(|g| !routes.contains_key(g))
+            .ok_or(IrqError::Exhausted(MAX_GSI))?;
         routes.insert(gsi, None);
         Ok(gsi)
     }
@@ -71,20 +80,31 @@ impl GsiRouter {
         let mut entries = Self::irqchip_routes();
         for (&gsi, msg) in routes.iter() {
             if let Some(m) = msg {
-                let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+                let mut e = kvm_irq_routing_entry {
+                    gsi,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
                 e.u.msi.address_lo = m.address as u32;
                 e.u.msi.address_hi = (m.address >> 32) as u32;
                 e.u.msi.data = m.data;
                 entries.push(e);
             }
         }
-        let table = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Exhausted(MAX_GSI))?;
-        self.vm.set_gsi_routing(&table).map_err(IrqError::SetRouting)
+        let table =
+            KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Exhausted(MAX_GSI))?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(IrqError::SetRouting)
     }
 }
 
 fn irqchip_route(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
-    let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
     e.u.irqchip.irqchip = irqchip;
     e.u.irqchip.pin = pin;
     e
@@ -111,7 +131,9 @@ impl KvmMsiVectors {
 
 impl MsiInterrupt for KvmMsiVectors {
     fn update(&self, vector: u16, msg: MsiMessage, masked: bool) {
-        let Some((gsi, _)) = self.vectors.get(usize::from(vector)) else { return };
+        let Some((gsi, _)) = self.vectors.get(usize::from(vector)) else {
+            return;
+        };
         // A masked vector keeps its route: the device holds it pending and does not fire.
         let _ = masked;
         if let Err(e) = self.router.set_msi(*gsi, Some(msg)) {
@@ -154,7 +176,10 @@ mod tests {
         let r = GsiRouter::irqchip_routes();
         assert_eq!(r.len(), 16 + 24);
         // SAFETY (test): entries built by irqchip_route use the irqchip union member.
-        let pins: Vec<(u32, u32, u32)> = r.iter().map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) }).collect();
+        let pins: Vec<(u32, u32, u32)> = r
+            .iter()
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
         assert!(pins.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
         assert!(pins.contains(&(20, KVM_IRQCHIP_IOAPIC, 20)));
     }

@@ -3,16 +3,18 @@
 
 pub mod config;
 mod console;
+mod console_socket;
 pub mod control;
+pub mod diagnostics;
+mod event_loop;
 mod io_thread;
 mod irq_routing;
-mod pci_devices;
-pub mod diagnostics;
 mod kick;
+mod pci_devices;
 pub mod vcpu;
 pub mod vm;
 
 pub use config::{DiskConfig, SerialMode, VmConfig};
-pub use devices::{ExitReason, VmExit};
 pub use control::VmHandle;
+pub use devices::{ExitReason, VmExit};
 pub use vm::{Vm, VmError};

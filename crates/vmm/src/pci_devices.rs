@@ -11,7 +11,9 @@ use arch::acpi_pci::intx_gsi;
 use arch::layout::{PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use arch::GuestMemory;
 use devices::Bus;
-use pci::{BarAllocator, BarKind, BarMove, BarMoveHandler, PciConfigIo, PciConfigMmio, PciDevice, PciRoot};
+use pci::{
+    BarAllocator, BarKind, BarMove, BarMoveHandler, PciConfigIo, PciConfigMmio, PciDevice, PciRoot,
+};
 use virtio::{QueueProcessor, VirtioDevice, VirtioPciDevice, VIRTIO_PCI_BAR_SIZE};
 
 use crate::irq_routing::{GsiRouter, IrqError, KvmIntx, KvmMsiVectors};
@@ -45,7 +47,10 @@ struct BarMover {
 impl BarMoveHandler for BarMover {
     fn move_bar(&self, mv: &BarMove) {
         if let Err(e) = self.try_move(mv) {
-            eprintln!("vessel: warning: cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}", mv.bar, mv.slot, mv.old, mv.new);
+            eprintln!(
+                "vessel: warning: cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}",
+                mv.bar, mv.slot, mv.old, mv.new
+            );
         }
     }
 }
@@ -63,8 +68,12 @@ impl BarMover {
         }
         let notifiers = self.notifiers.lock().unwrap_or_else(|p| p.into_inner());
         for (offset, fd) in notifiers.get(&mv.slot).into_iter().flatten() {
-            let _ = self.vm.unregister_ioevent(fd, &IoEventAddress::Mmio(mv.old + offset), NoDatamatch);
-            self.vm.register_ioevent(fd, &IoEventAddress::Mmio(mv.new + offset), NoDatamatch).map_err(PciSetupError::Ioeventfd)?;
+            let _ =
+                self.vm
+                    .unregister_ioevent(fd, &IoEventAddress::Mmio(mv.old + offset), NoDatamatch);
+            self.vm
+                .register_ioevent(fd, &IoEventAddress::Mmio(mv.new + offset), NoDatamatch)
+                .map_err(PciSetupError::Ioeventfd)?;
         }
         Ok(())
     }
@@ -84,10 +93,22 @@ pub fn setup(
     mmio: &Arc<Bus>,
     devices: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<PciPlatform, PciSetupError> {
-    let mover = Arc::new(BarMover { vm: vm.clone(), mmio: mmio.clone(), notifiers: Mutex::new(HashMap::new()) });
+    let mover = Arc::new(BarMover {
+        vm: vm.clone(),
+        mmio: mmio.clone(),
+        notifiers: Mutex::new(HashMap::new()),
+    });
     let root = Arc::new(Mutex::new(PciRoot::new(Some(mover.clone()))));
-    pio.insert(Arc::new(Mutex::new(PciConfigIo::new(root.clone()))), pci::PCI_CONFIG_IO_BASE, pci::PCI_CONFIG_IO_LEN)?;
-    mmio.insert(Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))), PCI_ECAM_START, pci::ECAM_BUS_SIZE)?;
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+        pci::PCI_CONFIG_IO_BASE,
+        pci::PCI_CONFIG_IO_LEN,
+    )?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+        PCI_ECAM_START,
+        pci::ECAM_BUS_SIZE,
+    )?;
 
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut allocator = BarAllocator::new((PCI_MMIO32_START, PCI_MMIO32_SIZE), (0, 0))?;
@@ -97,20 +118,38 @@ pub fn setup(
         let vectors = device.queue_max_sizes().len() as u16 + 1;
         let msi = Arc::new(KvmMsiVectors::new(router.clone(), vm, vectors)?);
         let gsi = intx_gsi(slot);
-        let intx = Arc::new(KvmIntx { vm: vm.clone(), gsi });
-        let bar = allocator.allocate(VIRTIO_PCI_BAR_SIZE, BarKind::Memory64 { prefetchable: false })?;
+        let intx = Arc::new(KvmIntx {
+            vm: vm.clone(),
+            gsi,
+        });
+        let bar = allocator.allocate(
+            VIRTIO_PCI_BAR_SIZE,
+            BarKind::Memory64 {
+                prefetchable: false,
+            },
+        )?;
         let mut dev = VirtioPciDevice::new(device, mem.clone(), bar, msi, Some(intx))?;
         dev.config_mut().set_interrupt_line(gsi as u8);
         processors.push(dev.queue_processor());
         let mut notifiers = Vec::new();
         for (offset, fd) in dev.ioeventfds() {
-            vm.register_ioevent(fd, &IoEventAddress::Mmio(bar + offset), NoDatamatch).map_err(PciSetupError::Ioeventfd)?;
+            vm.register_ioevent(fd, &IoEventAddress::Mmio(bar + offset), NoDatamatch)
+                .map_err(PciSetupError::Ioeventfd)?;
             notifiers.push((offset, fd.try_clone().map_err(PciSetupError::EventFd)?));
         }
         let dev = Arc::new(Mutex::new(dev));
-        root.lock().unwrap_or_else(|p| p.into_inner()).add_device(Some(slot), dev.clone())?;
+        root.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(Some(slot), dev.clone())?;
         mmio.insert(dev, bar, VIRTIO_PCI_BAR_SIZE)?;
-        mover.notifiers.lock().unwrap_or_else(|p| p.into_inner()).insert(slot, notifiers);
+        mover
+            .notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot, notifiers);
     }
-    Ok(PciPlatform { processors, _root: root })
+    Ok(PciPlatform {
+        processors,
+        _root: root,
+    })
 }

@@ -1,8 +1,8 @@
 //! Assembling a VM on KVM and running it until it ends.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::fs::OpenOptions;
+use std::io::Write;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::layout;
@@ -27,6 +27,8 @@ use devices::{Bus, ExitReason, VmExit};
 
 use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
+use crate::console_socket::ConsoleSocket;
+use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
 use crate::vcpu::{self, VcpuRunner};
 
@@ -92,6 +94,8 @@ pub enum VmError {
     },
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
+    #[error(transparent)]
+    EventLoop(#[from] crate::event_loop::EventLoopError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -116,7 +120,7 @@ pub struct Vm {
     mem: GuestMemory,
     exit: VmExit,
     serial: Arc<Mutex<Serial>>,
-    serial_input: bool,
+    serial_input: Option<SerialInput>,
     runners: Vec<VcpuRunner>,
     stop: Arc<AtomicBool>,
     handle: crate::control::VmHandle,
@@ -137,6 +141,7 @@ impl Vm {
             })?),
             None => None,
         };
+        let mut console_socket = None;
         let serial_out: Box<dyn Write + Send> = match &cfg.serial {
             SerialMode::Stdio => Box::new(std::io::stdout()),
             SerialMode::File(path) => Box::new(
@@ -150,6 +155,15 @@ impl Vm {
                     })?,
             ),
             SerialMode::None => Box::new(std::io::sink()),
+            SerialMode::Background { log, socket } => {
+                let (sock, out) =
+                    ConsoleSocket::bind(socket, log).map_err(|source| VmError::SerialFile {
+                        path: socket.clone(),
+                        source,
+                    })?;
+                console_socket = Some(sock);
+                Box::new(out)
+            }
         };
 
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -249,7 +263,8 @@ impl Vm {
             u64::from(SERIAL_PORT_LEN),
         )?;
         let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        vm.register_irqfd(&kbd_irq, 1).map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+        vm.register_irqfd(&kbd_irq, 1)
+            .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
         let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone()).with_interrupt(kbd_irq)));
         for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
             let dev = Arc::new(Mutex::new(I8042Port {
@@ -309,7 +324,11 @@ impl Vm {
             mem,
             exit: exit.clone(),
             serial,
-            serial_input: cfg.serial == SerialMode::Stdio,
+            serial_input: Some(match console_socket {
+                Some(sock) => SerialInput::Socket(sock),
+                None if cfg.serial == SerialMode::Stdio => SerialInput::Stdin,
+                None => SerialInput::None,
+            }),
             runners,
             stop,
             handle: crate::control::VmHandle {
@@ -332,17 +351,18 @@ impl Vm {
     }
 
     /// Run the VM until it ends; returns why.
-    pub fn run(self) -> Result<ExitReason, VmError> {
+    pub fn run(mut self) -> Result<ExitReason, VmError> {
         kick::install_handler().map_err(io_err("installing the vCPU kick signal handler"))?;
-        let signals = StopSignals::block()?;
-        let _raw_terminal = if self.serial_input {
+        let signals = ControlSignals::block()?;
+        let input = self.serial_input.take().unwrap_or(SerialInput::None);
+        let _raw_terminal = if matches!(input, SerialInput::Stdin) {
             RawTerminal::stdin()
         } else {
             None
         };
 
-        let _io_thread =
-            crate::io_thread::IoThread::spawn(self.pci.processors.clone()).map_err(io_err("starting the I/O thread"))?;
+        let _io_thread = crate::io_thread::IoThread::spawn(self.pci.processors.clone())
+            .map_err(io_err("starting the I/O thread"))?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for runner in self.runners {
             let name = format!("vcpu{}", runner.id);
@@ -354,18 +374,27 @@ impl Vm {
         }
         {
             use std::os::unix::thread::JoinHandleExt;
-            let mut ids = self.handle.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ids = self
+                .handle
+                .vcpu_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             ids.extend(threads.iter().map(|t| t.as_pthread_t()));
         }
 
-        let result = event_loop(&self.exit, &signals, &self.serial, self.serial_input);
+        let result =
+            crate::event_loop::run(&self.exit, &signals, &self.serial, input, &self.handle);
         self.stop.store(true, Ordering::Release);
         self.handle.resume();
         self.handle.kick_vcpus();
         for t in threads {
             let _ = t.join();
         }
-        self.handle.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.handle
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
@@ -375,10 +404,19 @@ impl Vm {
 fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, VmError> {
     let mut devices: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
-        let opts = block::OpenOptions { read_only: d.read_only, format: d.format };
-        let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk { path: d.path.clone(), source })?;
+        let opts = block::OpenOptions {
+            read_only: d.read_only,
+            format: d.format,
+        };
+        let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk {
+            path: d.path.clone(),
+            source,
+        })?;
         if image.size() % 512 != 0 {
-            return Err(VmError::DiskSize { path: d.path.clone(), size: image.size() });
+            return Err(VmError::DiskSize {
+                path: d.path.clone(),
+                size: image.size(),
+            });
         }
         let serial = d.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
         if serial.len() > 20 {
@@ -394,146 +432,12 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, 
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| VmError::ConsoleFile { path: path.clone(), source })?;
+            .map_err(|source| VmError::ConsoleFile {
+                path: path.clone(),
+                source,
+            })?;
         let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
         devices.push(Box::new(console));
     }
     Ok(devices)
-}
-
-const TOKEN_EXIT: u64 = 1;
-const TOKEN_SIGNAL: u64 = 2;
-const TOKEN_STDIN: u64 = 3;
-
-/// Wait for the VM to end, forwarding stdin to the serial port and turning SIGINT/SIGTERM
-/// into a clean stop.
-fn event_loop(
-    exit: &VmExit,
-    signals: &StopSignals,
-    serial: &Mutex<Serial>,
-    forward_stdin: bool,
-) -> Result<(), VmError> {
-    let epoll = Epoll::new().map_err(io_err("epoll"))?;
-    let add = |fd: i32, token: u64| {
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .map_err(io_err("epoll_ctl"))
-    };
-    add(exit.event().as_raw_fd(), TOKEN_EXIT)?;
-    add(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
-    let mut stdin_open = forward_stdin && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
-    let mut stdin_paused = false;
-    let mut events = vec![EpollEvent::default(); 8];
-    let mut buf = [0u8; 4096];
-    loop {
-        if exit.reason().is_some() {
-            return Ok(());
-        }
-        if stdin_paused
-            && serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .wants_input()
-        {
-            add(libc::STDIN_FILENO, TOKEN_STDIN)?;
-            stdin_paused = false;
-        }
-        let timeout = if stdin_paused { 50 } else { -1 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(VmError::Io {
-                    what: "epoll_wait",
-                    source: e,
-                })
-            }
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_EXIT => {
-                    let _ = exit.event().read();
-                }
-                TOKEN_SIGNAL => {
-                    signals.drain();
-                    exit.request(ExitReason::Stopped);
-                }
-                TOKEN_STDIN if stdin_open => {
-                    // SAFETY: reading into a valid buffer from the stdin fd.
-                    let r = unsafe {
-                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
-                    };
-                    if r <= 0 {
-                        if r == 0
-                            || std::io::Error::last_os_error().kind()
-                                != std::io::ErrorKind::Interrupted
-                        {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
-                            stdin_open = false;
-                        }
-                        continue;
-                    }
-                    let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
-                    s.queue_input(&buf[..r as usize]);
-                    if !s.wants_input() {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            libc::STDIN_FILENO,
-                            EpollEvent::default(),
-                        );
-                        stdin_paused = true;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, blocked in every thread and read from a signalfd by the main loop.
-struct StopSignals {
-    fd: File,
-}
-
-impl StopSignals {
-    fn block() -> Result<Self, VmError> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t; the calls only modify it and this thread's mask.
-        let fd = unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(VmError::Io {
-                    what: "blocking SIGINT/SIGTERM",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
-        if fd < 0 {
-            return Err(VmError::Io {
-                what: "signalfd",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` is a new signalfd owned by nobody else.
-        Ok(Self {
-            fd: unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
-        })
-    }
-
-    fn drain(&self) {
-        let mut info = [0u8; 128];
-        while (&self.fd).read(&mut info).is_ok_and(|n| n > 0) {}
-    }
 }
