@@ -1,14 +1,20 @@
 //! vessel: a virtual machine monitor on KVM.
 
 mod disk_cli;
+mod manage_cli;
 mod run_cli;
 mod size;
+mod state;
+mod vmdef;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "vessel", version, about = "A KVM virtual machine monitor")]
 struct Cli {
+    /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,12 +26,21 @@ enum Command {
     /// Work with disk images (raw, qcow2, vdi, vhd, vmdk, vhdx).
     #[command(subcommand)]
     Disk(disk_cli::DiskCommand),
+    #[command(flatten)]
+    Manage(manage_cli::ManageCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run_cli::run(args),
+        Command::Manage(cmd) => match manage_cli::run(cli.state_dir, cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                1
+            }
+        },
         Command::Disk(cmd) => match disk_cli::run(cmd) {
             Ok(code) => code,
             Err(e) => {

@@ -45,7 +45,12 @@ pub struct RunArgs {
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    let mut disk = DiskConfig { path: PathBuf::new(), read_only: false, id: None, format: None };
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        id: None,
+        format: None,
+    };
     for (i, part) in s.split(',').enumerate() {
         match part.split_once('=') {
             Some(("path", v)) => disk.path = v.into(),
@@ -57,9 +62,15 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
                 }
             }
             Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
-            Some(("format", v)) => disk.format = Some(v.parse().map_err(|e: block::Error| e.to_string())?),
+            Some(("format", v)) => {
+                disk.format = Some(v.parse().map_err(|e: block::Error| e.to_string())?)
+            }
             None if i == 0 && !part.is_empty() => disk.path = part.into(),
-            _ => return Err(format!("invalid disk option '{part}' (expected path=, readonly=, id= or format=)")),
+            _ => {
+                return Err(format!(
+                    "invalid disk option '{part}' (expected path=, readonly=, id= or format=)"
+                ))
+            }
         }
     }
     if disk.path.as_os_str().is_empty() {
@@ -173,7 +184,7 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -173,6 +173,9 @@ mod tests {
         assert!(!bus.write(0x1000, &[1]));
         bus.insert(dev, 0x2000, len).unwrap();
         assert!(bus.write(0x2010, &[1]));
-        assert_eq!(bus.remove(0x3000).err().map(|e| e.to_string()), Some("no device is mapped at 0x3000".into()));
+        assert_eq!(
+            bus.remove(0x3000).err().map(|e| e.to_string()),
+            Some("no device is mapped at 0x3000".into())
+        );
     }
 }

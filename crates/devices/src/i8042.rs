@@ -96,7 +96,15 @@ impl I8042 {
     /// Press and release Ctrl-Alt-Del on the keyboard.
     pub fn send_ctrl_alt_del(&mut self) {
         let press = [SC2_CTRL, SC2_ALT, SC2_EXTENDED, SC2_DEL];
-        let release = [SC2_EXTENDED, SC2_RELEASE, SC2_DEL, SC2_RELEASE, SC2_ALT, SC2_RELEASE, SC2_CTRL];
+        let release = [
+            SC2_EXTENDED,
+            SC2_RELEASE,
+            SC2_DEL,
+            SC2_RELEASE,
+            SC2_ALT,
+            SC2_RELEASE,
+            SC2_CTRL,
+        ];
         for b in press.into_iter().chain(release) {
             self.push_output(b);
         }

@@ -2,7 +2,7 @@
 //! in-kernel irqchip and PIT, devices, vCPU threads) and runs it until it ends.
 
 pub mod config;
-mod console;
+pub mod console;
 mod console_socket;
 pub mod control;
 pub mod diagnostics;

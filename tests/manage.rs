@@ -1,0 +1,286 @@
+//! Managing background VMs end to end on KVM: definition files, create/start/ls/console/
+//! stop/rm, crash detection, locking, and 20 VMs at once. Each test has its own state dir.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
+
+fn service_guest() -> PathBuf {
+    multiboot_guest(
+        "service",
+        &["multiboot_header.S", "service_guest.c"],
+        "multiboot.ld",
+    )
+}
+
+struct State(PathBuf);
+
+impl State {
+    fn new(name: &str) -> Self {
+        let dir = out_dir().join(format!("state-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        State(dir)
+    }
+
+    fn vessel(&self, args: &[&str]) -> common::Run {
+        let mut all = vec!["--state-dir", self.0.to_str().unwrap()];
+        all.extend_from_slice(args);
+        vessel(&all, TIMEOUT)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.vessel(args);
+        assert_eq!(
+            r.status,
+            Some(0),
+            "{args:?}\nstdout: {}\nstderr: {}",
+            r.stdout,
+            r.stderr
+        );
+        r.stdout
+    }
+
+    fn ls(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<Vec<serde_json::Value>>(&self.ok(&["ls", "--json"])).unwrap()
+    }
+
+    fn state_of(&self, name: &str) -> String {
+        self.ls()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    fn serial(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name).join("serial.log")).unwrap_or_default()
+    }
+
+    fn wait_serial(&self, name: &str, text: &str) {
+        let start = Instant::now();
+        while !self.serial(name).contains(text) {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{name}: no {text:?} in serial log: {}",
+                self.serial(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Never leave VMMs behind, whatever the test did.
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        // SAFETY (test): best-effort kill of a VMM this test started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn definition(dir: &Path, name: &str, kernel: &Path) -> PathBuf {
+    let file = dir.join(format!("{name}.vm.toml"));
+    std::fs::write(
+        &file,
+        format!("name = \"{name}\"\ncpus = 1\nmemory = \"32M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"service\"\n", kernel),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn validate_reports_errors_with_line_numbers() {
+    let dir = out_dir();
+    let good = definition(&dir, "valid", &service_guest());
+    let r = vessel(&["validate", good.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains(": ok"));
+    let bad = dir.join("bad.vm.toml");
+    std::fs::write(
+        &bad,
+        "name = \"bad name\"\ncpus = 0\nmemory = \"lots\"\n[boot]\nkernel = \"k\"\ncolour = 1\n",
+    )
+    .unwrap();
+    let r = vessel(&["validate", bad.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(2));
+    assert!(
+        r.stderr.contains("bad.vm.toml:6:1: unknown field `colour`"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(
+        &bad,
+        "name = \"bad name\"\ncpus = 0\nmemory = \"lots\"\n[boot]\nkernel = \"k\"\n",
+    )
+    .unwrap();
+    let r = vessel(&["validate", bad.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(2));
+    for want in [
+        "bad.vm.toml:1:8: invalid VM name",
+        "bad.vm.toml:2:8: cpus must be between 1 and 254",
+        "bad.vm.toml:3:10: invalid size 'lots'",
+    ] {
+        assert!(r.stderr.contains(want), "want {want:?} in {}", r.stderr);
+    }
+}
+
+#[test]
+fn lifecycle_create_start_console_stop_rm() {
+    let st = State::new("lifecycle");
+    let file = definition(&out_dir(), "web", &service_guest());
+    st.ok(&["create", "web", "--from", file.to_str().unwrap()]);
+    assert_eq!(st.state_of("web"), "stopped");
+    let r = st.vessel(&["create", "web", "--from", file.to_str().unwrap()]);
+    assert_ne!(r.status, Some(0));
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+
+    assert!(st.ok(&["start", "web"]).contains("started VM 'web'"));
+    st.wait_serial("web", "service up\n");
+    assert_eq!(st.state_of("web"), "running");
+    let table = st.ok(&["ls"]);
+    assert!(
+        table.contains("web") && table.contains("running") && table.contains("32M"),
+        "{table}"
+    );
+    let r = st.vessel(&["start", "web"]);
+    assert_ne!(r.status, Some(0));
+    assert!(r.stderr.contains("already running"), "{}", r.stderr);
+
+    // Console: input reaches the guest, its output comes back; Ctrl-] detaches.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["--state-dir", st.0.to_str().unwrap(), "console", "web"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(b"hello vessel\r").unwrap();
+    st.wait_serial("web", "echo: hello vessel\n");
+    std::thread::sleep(Duration::from_millis(200));
+    stdin.write_all(&[0x1d]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo: hello vessel"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(inspect["state"], "running");
+    assert!(inspect["pid"].as_i64().unwrap() > 0);
+
+    // Graceful stop: the guest sees Ctrl-Alt-Del and powers off.
+    let out = st.ok(&["stop", "web", "--timeout", "20"]);
+    assert!(out.contains("shut down (guest powered off)"), "{out}");
+    assert!(st.serial("web").contains("ctrl-alt-del: powering off"));
+    assert_eq!(st.state_of("web"), "stopped");
+    assert!(st.ok(&["stop", "web"]).contains("is not running"));
+    assert!(st.ok(&["rm", "web"]).contains("removed VM 'web'"));
+    assert!(st.ls().is_empty());
+}
+
+#[test]
+fn a_killed_vmm_shows_as_crashed_with_its_last_serial_lines() {
+    let st = State::new("crash");
+    let file = definition(&out_dir(), "victim", &service_guest());
+    st.ok(&["create", "victim", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "victim"]);
+    st.wait_serial("victim", "service up\n");
+    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "victim"])).unwrap();
+    let pid = inspect["pid"].as_i64().unwrap() as i32;
+    // SAFETY (test): killing the VMM this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let start = Instant::now();
+    while st.state_of("victim") != "crashed" {
+        assert!(start.elapsed() < TIMEOUT, "never shown as crashed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "victim"])).unwrap();
+    assert!(
+        inspect["last_serial_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "service up"),
+        "{inspect}"
+    );
+    // A crashed VM starts again.
+    st.ok(&["start", "victim"]);
+    assert_eq!(st.state_of("victim"), "running");
+    st.ok(&["stop", "victim", "--force"]);
+    assert_eq!(st.state_of("victim"), "stopped");
+}
+
+#[test]
+fn twenty_vms_start_list_and_stop() {
+    let st = State::new("twenty");
+    let kernel = service_guest();
+    let names: Vec<String> = (0..20).map(|i| format!("vm{i:02}")).collect();
+    for n in &names {
+        let file = definition(&out_dir(), n, &kernel);
+        st.ok(&["create", n, "--from", file.to_str().unwrap()]);
+    }
+    let root = st.0.clone();
+    let starts: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (root, n) = (root.clone(), n.clone());
+            std::thread::spawn(move || {
+                vessel(
+                    &["--state-dir", root.to_str().unwrap(), "start", &n],
+                    TIMEOUT,
+                )
+            })
+        })
+        .collect();
+    for s in starts {
+        let r = s.join().unwrap();
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+    }
+    for n in &names {
+        st.wait_serial(n, "service up\n");
+    }
+    let ls = st.ls();
+    assert_eq!(ls.len(), 20);
+    assert!(ls.iter().all(|v| v["state"] == "running"), "{ls:?}");
+    let stops: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (root, n) = (root.clone(), n.clone());
+            std::thread::spawn(move || {
+                vessel(
+                    &[
+                        "--state-dir",
+                        root.to_str().unwrap(),
+                        "stop",
+                        &n,
+                        "--timeout",
+                        "30",
+                    ],
+                    Duration::from_secs(60),
+                )
+            })
+        })
+        .collect();
+    for s in stops {
+        let r = s.join().unwrap();
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+    }
+    assert!(st.ls().iter().all(|v| v["state"] == "stopped"));
+}
