@@ -54,6 +54,11 @@ pub trait NetBackend: Send {
     /// Pass one frame on. `Ok(false)`: the backend cannot take it now (retry when
     /// [`Self::as_raw_fd`] is writable); the frame was not consumed.
     fn send(&mut self, frame: &[u8]) -> io::Result<bool>;
+    /// Push out anything the backend buffered; `Ok(false)` while some is still left
+    /// (transmit waits for the fd to be writable). Called before each transmit run.
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
     /// The fd that is readable when [`Self::recv`] may have a frame and writable when a
     /// refused [`Self::send`] may succeed: the I/O thread polls it.
     fn as_raw_fd(&self) -> RawFd;
@@ -317,6 +322,9 @@ impl Net {
     }
 
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        if matches!(self.backend.flush(), Ok(false)) {
+            return Ok(false);
+        }
         if self.tx_stalled && !self.send_tx_frame() {
             return Ok(false);
         }
