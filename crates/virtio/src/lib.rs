@@ -32,6 +32,7 @@ pub mod console;
 mod device;
 mod drain;
 mod interrupt;
+pub mod net;
 mod processor;
 pub mod queue;
 pub mod rng;

@@ -73,7 +73,7 @@ impl Qcow2 {
 
     /// Make sure the file covers every allocated cluster (before L2 tables referencing
     /// clusters written only in part reach the disk).
-    fn extend_file(&mut self) -> Result<()> {
+    pub(super) fn extend_file(&mut self) -> Result<()> {
         let want = self.next_cluster * self.cs;
         let len = self
             .file
@@ -88,22 +88,31 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Evict the least recently used L2 table when the cache is full. A dirty table is
+    /// written only after the refcount blocks (and the data it references) are on disk.
+    fn make_room_in_l2_cache(&mut self) -> Result<()> {
+        if !self.l2_cache.is_full() {
+            return Ok(());
+        }
+        let Some(old) = self.l2_cache.pop_lru() else {
+            return Ok(());
+        };
+        if old.dirty {
+            self.rc.write_back(&self.file, &self.path)?;
+            self.extend_file()?;
+            sync(&self.file, &self.path)?;
+            let bytes: Vec<u8> = old.data.iter().flat_map(|e| e.to_be_bytes()).collect();
+            write_full(&self.file, &self.path, &bytes, old.offset)?;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
     /// The L2 table at `off`, loaded into the cache. Evicting a dirty table first writes
     /// the refcount blocks and syncs, keeping refcounts ahead of references.
     fn l2_table(&mut self, off: u64) -> Result<&mut Entry<Vec<u64>>> {
         if self.l2_cache.get(off).is_none() {
-            if self.l2_cache.is_full() {
-                if let Some(old) = self.l2_cache.pop_lru() {
-                    if old.dirty {
-                        self.rc.write_back(&self.file, &self.path)?;
-                        self.extend_file()?;
-                        sync(&self.file, &self.path)?;
-                        let bytes: Vec<u8> =
-                            old.data.iter().flat_map(|e| e.to_be_bytes()).collect();
-                        write_full(&self.file, &self.path, &bytes, old.offset)?;
-                    }
-                }
-            }
+            self.make_room_in_l2_cache()?;
             let mut raw = vec![0u8; self.cs as usize];
             read_full(&self.file, &self.path, &mut raw, off)?;
             let table = raw
@@ -141,19 +150,7 @@ impl Qcow2 {
                 format!("cluster {off:#x} is in use as an L2 table but has no refcount"),
             ));
         }
-        if self.l2_cache.is_full() {
-            // Evict through the normal path (ordering rules) by loading nothing new.
-            let victim = self.l2_cache.pop_lru();
-            if let Some(old) = victim {
-                if old.dirty {
-                    self.rc.write_back(&self.file, &self.path)?;
-                    self.extend_file()?;
-                    sync(&self.file, &self.path)?;
-                    let bytes: Vec<u8> = old.data.iter().flat_map(|e| e.to_be_bytes()).collect();
-                    write_full(&self.file, &self.path, &bytes, old.offset)?;
-                }
-            }
-        }
+        self.make_room_in_l2_cache()?;
         let entries = 1usize << self.l2_bits();
         self.l2_cache.insert(off, vec![0u64; entries], true);
         self.note_metadata(off);

@@ -59,6 +59,8 @@ pub(crate) struct Qcow2 {
     marked_dirty: bool,
     /// Whether anything was written through this handle.
     modified: bool,
+    /// Whether anything was written since the last sync.
+    unsynced: bool,
     /// Last decompressed cluster: (descriptor, data).
     compressed: Option<(u64, Vec<u8>)>,
     /// Sorted cluster indices of L2 tables and refcount blocks, so that a corrupt L2
@@ -188,6 +190,7 @@ impl Qcow2 {
             backing,
             marked_dirty: false,
             modified: false,
+            unsynced: false,
             compressed: None,
             metadata,
         })
@@ -242,6 +245,7 @@ impl Qcow2 {
             return Err(crate::Error::ReadOnly);
         }
         self.modified = true;
+        self.unsynced = true;
         if self.marked_dirty || self.header.version < 3 {
             return Ok(());
         }
@@ -265,9 +269,14 @@ impl Qcow2 {
 
     /// Write back metadata in crash-safe order and make everything durable.
     fn flush_metadata(&mut self) -> Result<()> {
+        // Keep the file as long as everything allocated (a cluster written only in part).
+        self.extend_file()?;
         let l2_dirty = self.l2_cache.has_dirty();
-        self.rc.write_back(&self.file, &self.path)?;
-        sync(&self.file, &self.path)?;
+        let rc_wrote = self.rc.write_back(&self.file, &self.path)?;
+        if rc_wrote || self.unsynced {
+            sync(&self.file, &self.path)?;
+            self.unsynced = false;
+        }
         if l2_dirty {
             self.write_back_l2()?;
             sync(&self.file, &self.path)?;
@@ -282,17 +291,6 @@ impl Qcow2 {
         }
         if !self.pending_free.is_empty() {
             self.release_pending()?;
-        }
-        // Keep the file as long as everything allocated (a cluster written only in part).
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| io_err(&self.path, e))?
-            .len();
-        if len < self.next_cluster * self.cs {
-            self.file
-                .set_len(self.next_cluster * self.cs)
-                .map_err(|e| io_err(&self.path, e))?;
         }
         Ok(())
     }
@@ -310,6 +308,7 @@ impl Qcow2 {
     /// at the next flush) and give their space back to the host file system.
     fn release_pending(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending_free);
+        self.unsynced = true;
         for (offset, len) in pending {
             let first = offset >> self.cluster_bits;
             let last = (offset + len - 1) >> self.cluster_bits;

@@ -113,6 +113,12 @@ impl Refcounts {
         })
     }
 
+    /// Shrink the block cache (tests exercise eviction with it).
+    #[cfg(test)]
+    pub fn set_cache_capacity(&mut self, blocks: usize) {
+        self.cache = TableCache::new(blocks);
+    }
+
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }

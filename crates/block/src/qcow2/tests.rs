@@ -286,5 +286,58 @@ fn l2_entries_pointing_at_metadata_are_refused() {
     let err = img.discard(0, 65536).unwrap_err();
     assert!(err.to_string().contains("metadata"), "{err}");
     drop(img);
-    assert_eq!(std::fs::read(&path).unwrap()[65536..65536 * 2], bytes[65536..65536 * 2]);
+    assert_eq!(
+        std::fs::read(&path).unwrap()[65536..65536 * 2],
+        bytes[65536..65536 * 2]
+    );
+}
+
+#[test]
+fn tiny_caches_evict_in_crash_safe_order() {
+    use super::cache::TableCache;
+    use crate::workload::Workload;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4u64 << 20;
+    let path = create_qcow2(dir.path(), "e.qcow2", size, 512);
+    let mut img = super::Qcow2::open(&path, &OpenOptions::default()).unwrap();
+    img.l2_cache = TableCache::new(2);
+    img.rc.set_cache_capacity(2);
+    let w = Workload {
+        seed: 77,
+        size,
+        max_len: 40000,
+    };
+    let mut model = vec![0u8; size as usize];
+    let mut flushed = model.clone();
+    let mut touched = vec![false; size as usize];
+    let snapshot = dir.path().join("snap.qcow2");
+    for i in 0..240u64 {
+        w.run(i, &mut img).unwrap();
+        w.apply(i, &mut model);
+        let (off, len) = w.op(i).range();
+        touched[off as usize..(off + len) as usize].fill(true);
+        if i % 12 == 11 {
+            img.flush().unwrap();
+            flushed.clone_from(&model);
+            touched.fill(false);
+        }
+        if i % 5 == 2 {
+            // What a SIGKILL now would leave: the file as it is.
+            std::fs::copy(&path, &snapshot).unwrap();
+            let report = crate::check(&snapshot, None, false).unwrap();
+            assert_eq!(report.error_count, 0, "op {i}: {:?}", report.errors);
+            let mut back = vec![0u8; size as usize];
+            let mut reopened = open_rw(&snapshot);
+            reopened.read_at(&mut back, 0).unwrap();
+            drop(reopened);
+            assert_clean(&snapshot);
+            let bad = (0..size as usize).find(|&b| !touched[b] && back[b] != flushed[b]);
+            assert!(bad.is_none(), "op {i}: flushed byte {bad:?} lost");
+        }
+    }
+    drop(img);
+    assert_clean(&path);
+    let mut back = vec![0u8; size as usize];
+    open_rw(&path).read_at(&mut back, 0).unwrap();
+    assert!(back == model);
 }

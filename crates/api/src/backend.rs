@@ -1,0 +1,29 @@
+//! The seam between the API and the VMM: the API owns configuration and the instance state
+//! machine, and asks the backend only to act on the VM.
+
+use crate::model::VmConfigSnapshot;
+
+/// What the API server needs from a VMM. Calls come one at a time (the API serializes them)
+/// from a worker thread of the API server, never concurrently with each other. An `Err`
+/// carries a message that goes to the client in `fault_message`; the API state does not change.
+pub trait VmmBackend: Send + Sync {
+    /// Builds and starts the VM from `config`; returns once the vCPUs run (not when the guest
+    /// exits). Called at most once successfully.
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String>;
+
+    /// Presses Ctrl+Alt+Del on the guest's i8042 keyboard (x86 guests reboot or shut down).
+    fn send_ctrl_alt_del(&self) -> Result<(), String>;
+
+    /// Stops all vCPUs; returns once none runs guest code.
+    fn pause(&self) -> Result<(), String>;
+
+    /// Lets paused vCPUs run again.
+    fn resume(&self) -> Result<(), String>;
+
+    /// Writes out pending metrics (Firecracker's `FlushMetrics`). A VMM without a metrics
+    /// sink keeps this default, which refuses like Firecracker does when metrics were never
+    /// configured.
+    fn flush_metrics(&self) -> Result<(), String> {
+        Err("No metrics sink is configured, so there are no metrics to flush.".to_string())
+    }
+}

@@ -1,0 +1,51 @@
+//! vessel's REST API: Firecracker's API shape (paths, JSON bodies, status codes, fault
+//! messages) served over HTTP/1.1 on a unix socket, so existing Firecracker clients and SDKs
+//! can drive vessel.
+//!
+//! The crate owns the pre-boot configuration and the instance state machine
+//! ([`VmController`]); the VMM plugs in through [`VmmBackend`], which it only asks to start,
+//! pause, resume or send Ctrl+Alt+Del. [`serve`] runs the server on its own thread:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # struct MyVmm;
+//! # impl api::VmmBackend for MyVmm {
+//! #     fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), String> { Ok(()) }
+//! #     fn send_ctrl_alt_del(&self) -> Result<(), String> { Ok(()) }
+//! #     fn pause(&self) -> Result<(), String> { Ok(()) }
+//! #     fn resume(&self) -> Result<(), String> { Ok(()) }
+//! # }
+//! let handle = api::serve(
+//!     std::path::Path::new("/tmp/vessel.sock"),
+//!     Arc::new(MyVmm),
+//!     api::ServerOptions::default(),
+//! )?;
+//! // ... the VM runs; clients configure and start it through the socket ...
+//! handle.shutdown()?;
+//! # Ok::<(), api::ApiError>(())
+//! ```
+
+mod backend;
+mod controller;
+pub mod model;
+mod routes;
+mod server;
+mod socket;
+mod validate;
+
+pub use backend::VmmBackend;
+pub use controller::{
+    ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
+    MAX_NETWORK_INTERFACES,
+};
+pub use model::*;
+pub use routes::{parse_request, RouteError};
+pub use server::{
+    serve, ApiError, ApiServerHandle, ServerOptions, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+};
+pub use socket::SocketError;
+pub use validate::{
+    ValidationError, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_MEM_SIZE_MIB,
+    MAX_VCPU_COUNT, MIN_MEM_SIZE_MIB,
+};

@@ -1,0 +1,257 @@
+//! Maps an HTTP method, path and body to an [`ApiRequest`], with Firecracker's routing rules and
+//! error texts: GET never has a body, PUT and PATCH always have one, a resource id in the path
+//! must match the one in the body, and any other method/path pair is refused.
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::controller::ApiRequest;
+use crate::model::{
+    ActionBody, BootSource, Drive, MachineConfig, MachineConfigUpdate, NetworkInterface,
+    VmStateBody,
+};
+use crate::validate::{validate_id, ValidationError};
+
+#[derive(Debug, Error)]
+pub enum RouteError {
+    #[error("Invalid request method and/or path: {method} {path}.")]
+    InvalidPathMethod { method: String, path: String },
+    #[error("GET request cannot have a body.")]
+    GetWithBody,
+    #[error("Empty PUT request.")]
+    EmptyPut,
+    #[error("Empty PATCH request.")]
+    EmptyPatch,
+    #[error("{0}")]
+    InvalidId(#[from] ValidationError),
+    #[error("The id from the path does not match the id from the body!")]
+    IdMismatch,
+    #[error("An error occurred when deserializing the json body of a request: {0}.")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Routes one request. `body` is `None` when the request has no (or an empty) body.
+pub fn parse_request(
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<ApiRequest, RouteError> {
+    let tokens: Vec<&str> = path.trim_start_matches('/').split_terminator('/').collect();
+    let invalid = || RouteError::InvalidPathMethod {
+        method: method.to_string(),
+        path: path.to_string(),
+    };
+    match (method, body) {
+        ("GET", Some(_)) => Err(RouteError::GetWithBody),
+        ("GET", None) => match tokens.as_slice() {
+            [] => Ok(ApiRequest::GetInstanceInfo),
+            ["version"] => Ok(ApiRequest::GetVersion),
+            ["machine-config"] => Ok(ApiRequest::GetMachineConfig),
+            ["vm", "config"] => Ok(ApiRequest::GetVmConfig),
+            _ => Err(invalid()),
+        },
+        ("PUT", None) => Err(RouteError::EmptyPut),
+        ("PUT", Some(body)) => match tokens.as_slice() {
+            ["actions"] => {
+                let action: ActionBody = parse_body(body)?;
+                Ok(ApiRequest::Action(action.action_type))
+            }
+            ["boot-source"] => Ok(ApiRequest::PutBootSource(parse_body::<BootSource>(body)?)),
+            ["machine-config"] => Ok(ApiRequest::PutMachineConfig(parse_body::<MachineConfig>(
+                body,
+            )?)),
+            ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
+            ["drives", id] => {
+                validate_id(id)?;
+                let drive: Drive = parse_body(body)?;
+                check_ids_match(id, &drive.drive_id)?;
+                Ok(ApiRequest::PutDrive(drive))
+            }
+            ["network-interfaces"] | ["network-interfaces", ""] => {
+                Err(ValidationError::EmptyId.into())
+            }
+            ["network-interfaces", id] => {
+                validate_id(id)?;
+                let iface: NetworkInterface = parse_body(body)?;
+                check_ids_match(id, &iface.iface_id)?;
+                Ok(ApiRequest::PutNetworkInterface(iface))
+            }
+            _ => Err(invalid()),
+        },
+        ("PATCH", None) => Err(RouteError::EmptyPatch),
+        ("PATCH", Some(body)) => match tokens.as_slice() {
+            ["machine-config"] => Ok(ApiRequest::PatchMachineConfig(parse_body::<
+                MachineConfigUpdate,
+            >(body)?)),
+            ["vm"] => {
+                let target: VmStateBody = parse_body(body)?;
+                Ok(ApiRequest::PatchVmState(target.state))
+            }
+            _ => Err(invalid()),
+        },
+        _ => Err(invalid()),
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+fn check_ids_match(from_path: &str, from_body: &str) -> Result<(), RouteError> {
+    if from_path == from_body {
+        Ok(())
+    } else {
+        Err(RouteError::IdMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActionType, VmStateTarget};
+
+    fn route(method: &str, path: &str, body: &str) -> Result<ApiRequest, RouteError> {
+        let body = (!body.is_empty()).then_some(body.as_bytes());
+        parse_request(method, path, body)
+    }
+
+    fn message(result: Result<ApiRequest, RouteError>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn gets() {
+        assert_eq!(route("GET", "/", "").unwrap(), ApiRequest::GetInstanceInfo);
+        assert_eq!(route("GET", "", "").unwrap(), ApiRequest::GetInstanceInfo);
+        assert_eq!(
+            route("GET", "/version", "").unwrap(),
+            ApiRequest::GetVersion
+        );
+        assert_eq!(
+            route("GET", "/machine-config", "").unwrap(),
+            ApiRequest::GetMachineConfig
+        );
+        assert_eq!(
+            route("GET", "/vm/config", "").unwrap(),
+            ApiRequest::GetVmConfig
+        );
+        assert_eq!(
+            message(route("GET", "/", "{}")),
+            "GET request cannot have a body."
+        );
+    }
+
+    #[test]
+    fn unknown_method_or_path() {
+        assert_eq!(
+            message(route("GET", "/nope", "")),
+            "Invalid request method and/or path: GET /nope."
+        );
+        assert_eq!(
+            message(route("DELETE", "/drives/rootfs", "")),
+            "Invalid request method and/or path: DELETE /drives/rootfs."
+        );
+        assert_eq!(
+            message(route("POST", "/actions", "{}")),
+            "Invalid request method and/or path: POST /actions."
+        );
+        assert!(matches!(
+            route("GET", "/vm/config/extra", ""),
+            Err(RouteError::InvalidPathMethod { .. })
+        ));
+        assert!(matches!(
+            route("PUT", "/drives/a/b", "{}"),
+            Err(RouteError::InvalidPathMethod { .. })
+        ));
+        assert!(matches!(
+            route("PUT", "/vm", r#"{"state":"Paused"}"#),
+            Err(RouteError::InvalidPathMethod { .. })
+        ));
+    }
+
+    #[test]
+    fn put_and_patch_need_a_body() {
+        assert_eq!(message(route("PUT", "/actions", "")), "Empty PUT request.");
+        assert_eq!(message(route("PATCH", "/vm", "")), "Empty PATCH request.");
+    }
+
+    #[test]
+    fn actions_and_vm_state() {
+        assert_eq!(
+            route("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#).unwrap(),
+            ApiRequest::Action(ActionType::InstanceStart)
+        );
+        assert_eq!(
+            route("PATCH", "/vm", r#"{"state":"Resumed"}"#).unwrap(),
+            ApiRequest::PatchVmState(VmStateTarget::Resumed)
+        );
+        let err = message(route("PUT", "/actions", r#"{"action_type":"Reboot"}"#));
+        assert!(err.contains("unknown variant `Reboot`"), "{err}");
+    }
+
+    #[test]
+    fn ids_in_path_and_body() {
+        let body = r#"{"drive_id":"rootfs","path_on_host":"/x","is_root_device":true}"#;
+        assert!(matches!(
+            route("PUT", "/drives/rootfs", body).unwrap(),
+            ApiRequest::PutDrive(_)
+        ));
+        assert_eq!(
+            message(route("PUT", "/drives/other", body)),
+            "The id from the path does not match the id from the body!"
+        );
+        assert_eq!(
+            message(route("PUT", "/drives/", body)),
+            "The ID cannot be empty."
+        );
+        assert_eq!(
+            message(route("PUT", "/drives", body)),
+            "The ID cannot be empty."
+        );
+        assert_eq!(
+            message(route("PUT", "/drives/a.b", body)),
+            "API Resource IDs can only contain alphanumeric characters and underscores."
+        );
+        let net = r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#;
+        assert!(matches!(
+            route("PUT", "/network-interfaces/eth0", net).unwrap(),
+            ApiRequest::PutNetworkInterface(_)
+        ));
+        assert_eq!(
+            message(route("PUT", "/network-interfaces/eth1", net)),
+            "The id from the path does not match the id from the body!"
+        );
+    }
+
+    #[test]
+    fn json_errors_name_the_problem() {
+        let err = message(route("PUT", "/machine-config", r#"{"vcpu_count": 2}"#));
+        assert!(err.contains("missing field `mem_size_mib`"), "{err}");
+        let err = message(route(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": "2", "mem_size_mib": 128}"#,
+        ));
+        assert!(
+            err.contains("invalid type: string \"2\", expected u8"),
+            "{err}"
+        );
+        let err = message(route(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 128, "ht_enabled": false}"#,
+        ));
+        assert!(err.contains("unknown field `ht_enabled`"), "{err}");
+        let err = message(route("PUT", "/boot-source", "{\"kernel_image_path\": "));
+        assert!(
+            err.starts_with("An error occurred when deserializing the json body of a request: "),
+            "{err}"
+        );
+        let err = message(route("PATCH", "/machine-config", r#"{"vcpu_count": 300}"#));
+        assert!(
+            err.contains("invalid value: integer `300`, expected u8"),
+            "{err}"
+        );
+        assert!(parse_request("PUT", "/actions", Some(&[0xff, 0xfe])).is_err());
+    }
+}

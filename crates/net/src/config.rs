@@ -1,0 +1,286 @@
+//! `--nic` option: `nat[,mac=52:54:00:12:34:56][,forward=tcp:127.0.0.1:2222-:22]...`,
+//! `natnet:NAME`, `internal:NAME`, `hostonly:NAME`, `bridged:IFACE`, `tap:NAME`.
+
+use std::net::Ipv4Addr;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown network mode {0:?} (nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE, tap:NAME)")]
+    UnknownMode(String),
+    #[error("network mode {0} needs a name: {0}:NAME")]
+    MissingName(&'static str),
+    #[error("invalid name {0:?}: 1 to 15 characters of [A-Za-z0-9_.-]")]
+    BadName(String),
+    #[error("invalid MAC address {0:?}: six hex bytes separated by ':', unicast")]
+    BadMac(String),
+    #[error("invalid forward {0:?}: tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")]
+    BadForward(String),
+    #[error("forward= is only for nat mode")]
+    ForwardNotNat,
+    #[error("unknown NIC option {0:?} (mac=, forward=)")]
+    UnknownOption(String),
+}
+
+/// How the NIC reaches the outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicMode {
+    /// Rootless user-mode NAT for this VM alone.
+    Nat,
+    /// Several VMs behind one NAT.
+    NatNetwork(String),
+    /// A switch between VMs on the same name only.
+    Internal(String),
+    /// VMs and the host through a host bridge.
+    HostOnly(String),
+    /// A tap enslaved to an existing host bridge.
+    Bridged(String),
+    /// An existing or new tap device.
+    Tap(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A host port forwarded into the guest (nat mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub protocol: Protocol,
+    /// Host address to listen on (None: all).
+    pub host_addr: Option<Ipv4Addr>,
+    pub host_port: u16,
+    /// Guest address (None: the guest's DHCP address).
+    pub guest_addr: Option<Ipv4Addr>,
+    pub guest_port: u16,
+}
+
+/// A parsed `--nic` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicConfig {
+    pub mode: NicMode,
+    /// The guest's MAC (None: the VMM picks one, e.g. [`default_mac`]).
+    pub mac: Option<[u8; 6]>,
+    pub forwards: Vec<Forward>,
+}
+
+fn check_name(name: &str) -> Result<String, ConfigError> {
+    let ok = (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(ConfigError::BadName(name.to_owned()))
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`; multicast addresses are refused.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::BadMac(s.to_owned());
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+fn parse_endpoint(s: &str) -> Option<(Option<Ipv4Addr>, u16)> {
+    let (addr, port) = s.rsplit_once(':')?;
+    let addr = if addr.is_empty() {
+        None
+    } else {
+        Some(addr.parse().ok()?)
+    };
+    let port: u16 = port.parse().ok()?;
+    (port != 0).then_some((addr, port))
+}
+
+/// Parse `tcp:127.0.0.1:2222-:22` (also `udp:…`, `tcp::2222-:22`).
+pub fn parse_forward(s: &str) -> Result<Forward, ConfigError> {
+    let bad = || ConfigError::BadForward(s.to_owned());
+    let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
+    let protocol = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return Err(bad()),
+    };
+    let (host, guest) = rest.split_once('-').ok_or_else(bad)?;
+    let (host_addr, host_port) = parse_endpoint(host).ok_or_else(bad)?;
+    let (guest_addr, guest_port) = parse_endpoint(guest).ok_or_else(bad)?;
+    Ok(Forward {
+        protocol,
+        host_addr,
+        host_port,
+        guest_addr,
+        guest_port,
+    })
+}
+
+/// Parse one `--nic` value.
+pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
+    let mut items = s.split(',');
+    let mode_str = items.next().unwrap_or_default();
+    let (kind, name) = match mode_str.split_once(':') {
+        Some((k, n)) => (k, Some(n)),
+        None => (mode_str, None),
+    };
+    let named = |label: &'static str| -> Result<String, ConfigError> {
+        check_name(name.ok_or(ConfigError::MissingName(label))?)
+    };
+    let mode = match kind {
+        "nat" if name.is_none() => NicMode::Nat,
+        "natnet" => NicMode::NatNetwork(named("natnet")?),
+        "internal" => NicMode::Internal(named("internal")?),
+        "hostonly" => NicMode::HostOnly(named("hostonly")?),
+        "bridged" => NicMode::Bridged(named("bridged")?),
+        "tap" => NicMode::Tap(named("tap")?),
+        _ => return Err(ConfigError::UnknownMode(mode_str.to_owned())),
+    };
+    let mut config = NicConfig {
+        mode,
+        mac: None,
+        forwards: Vec::new(),
+    };
+    for item in items {
+        if let Some(mac) = item.strip_prefix("mac=") {
+            config.mac = Some(parse_mac(mac)?);
+        } else if let Some(fwd) = item.strip_prefix("forward=") {
+            if config.mode != NicMode::Nat {
+                return Err(ConfigError::ForwardNotNat);
+            }
+            config.forwards.push(parse_forward(fwd)?);
+        } else {
+            return Err(ConfigError::UnknownOption(item.to_owned()));
+        }
+    }
+    Ok(config)
+}
+
+/// A locally administered MAC in QEMU's 52:54:00 range, distinct per `index` and
+/// random otherwise.
+pub fn default_mac(index: u8) -> [u8; 6] {
+    let mut r = [0u8; 2];
+    // SAFETY: `r` is a valid, writable buffer of 2 bytes for the call.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    if n != 2 {
+        r = [0x12, 0x34];
+    }
+    [0x52, 0x54, 0x00, r[0], r[1], index]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_with_options() {
+        let c = parse_nic("nat,mac=52:54:00:ab:cd:ef,forward=tcp:127.0.0.1:2222-:22,forward=udp::5353-10.0.2.15:53").unwrap();
+        assert_eq!(c.mode, NicMode::Nat);
+        assert_eq!(c.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        assert_eq!(
+            c.forwards,
+            vec![
+                Forward {
+                    protocol: Protocol::Tcp,
+                    host_addr: Some(Ipv4Addr::LOCALHOST),
+                    host_port: 2222,
+                    guest_addr: None,
+                    guest_port: 22
+                },
+                Forward {
+                    protocol: Protocol::Udp,
+                    host_addr: None,
+                    host_port: 5353,
+                    guest_addr: Some(Ipv4Addr::new(10, 0, 2, 15)),
+                    guest_port: 53
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn named_modes() {
+        for (s, m) in [
+            ("natnet:lab", NicMode::NatNetwork("lab".into())),
+            ("internal:intnet", NicMode::Internal("intnet".into())),
+            ("hostonly:vh0", NicMode::HostOnly("vh0".into())),
+            ("bridged:br0", NicMode::Bridged("br0".into())),
+            ("tap:tap0", NicMode::Tap("tap0".into())),
+        ] {
+            assert_eq!(parse_nic(s).unwrap().mode, m);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert_eq!(
+            parse_nic("internal"),
+            Err(ConfigError::MissingName("internal"))
+        );
+        assert!(matches!(
+            parse_nic("internal:../x"),
+            Err(ConfigError::BadName(_))
+        ));
+        assert!(matches!(
+            parse_nic("tap:a-very-long-interface-name"),
+            Err(ConfigError::BadName(_))
+        ));
+        assert!(matches!(
+            parse_nic("slirp"),
+            Err(ConfigError::UnknownMode(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat:x"),
+            Err(ConfigError::UnknownMode(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat,mac=01:00:00:00:00:01"),
+            Err(ConfigError::BadMac(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat,mac=52:54:00:00:00"),
+            Err(ConfigError::BadMac(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat,forward=tcp:2222-22"),
+            Err(ConfigError::BadForward(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat,forward=sctp::1-:2"),
+            Err(ConfigError::BadForward(_))
+        ));
+        assert!(matches!(
+            parse_nic("nat,forward=tcp::0-:22"),
+            Err(ConfigError::BadForward(_))
+        ));
+        assert_eq!(
+            parse_nic("tap:t0,forward=tcp::1-:2"),
+            Err(ConfigError::ForwardNotNat)
+        );
+        assert!(matches!(
+            parse_nic("nat,speed=10"),
+            Err(ConfigError::UnknownOption(_))
+        ));
+    }
+
+    #[test]
+    fn default_macs_are_unicast_and_local() {
+        let m = default_mac(3);
+        assert_eq!(&m[..3], &[0x52, 0x54, 0]);
+        assert_eq!(m[5], 3);
+        assert!(parse_mac("52:54:00:00:00:01").is_ok());
+    }
+}

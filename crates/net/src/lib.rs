@@ -1,0 +1,46 @@
+//! Network backends for vessel's virtio-net device ([`virtio::net::Net`]): what is on the
+//! other end of the guest's wire.
+//!
+//! * `nat` — [`passt::PasstBackend`]: rootless user-mode NAT by a `passt` helper process.
+//! * `internal:NAME` — [`switch::SwitchPort`]: a switch between the VMs on NAME only.
+//! * `tap:NAME` — [`tap::TapBackend`]: a host tap device (CAP_NET_ADMIN).
+//!
+//! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
+//! it to `virtio::net::Net::new`, and let the I/O thread poll [`Backend::as_raw_fd`].
+
+pub mod config;
+pub mod passt;
+pub mod relay;
+pub mod stream;
+pub mod switch;
+pub mod tap;
+
+pub use config::{default_mac, parse_nic, ConfigError, Forward, NicConfig, NicMode, Protocol};
+/// Frames in, frames out, one pollable fd: every backend implements it.
+pub use virtio::net::NetBackend as Backend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Passt(#[from] passt::PasstError),
+    #[error(transparent)]
+    Switch(#[from] switch::SwitchError),
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    #[error("network mode {0} is not available in this build of vessel")]
+    Unsupported(&'static str),
+}
+
+/// Open the backend a `--nic` asks for.
+pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
+    Ok(match &config.mode {
+        NicMode::Nat => Box::new(passt::PasstBackend::spawn(&passt::PasstOptions::new(
+            config.forwards.clone(),
+        ))?),
+        NicMode::Internal(name) => Box::new(switch::SwitchPort::join(name)?),
+        NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, false)?),
+        NicMode::NatNetwork(_) => return Err(NetError::Unsupported("natnet")),
+        NicMode::HostOnly(_) => return Err(NetError::Unsupported("hostonly")),
+        NicMode::Bridged(_) => return Err(NetError::Unsupported("bridged")),
+    })
+}

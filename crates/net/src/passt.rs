@@ -1,0 +1,190 @@
+//! `nat`: rootless user-mode networking by Debian's `passt` as a helper process, talking
+//! QEMU's stream protocol over a socketpair (`passt --fd`). passt provides the gateway,
+//! DHCP, DNS forwarding, TCP/UDP/ICMP through host sockets and port forwarding.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use crate::config::{Forward, Protocol};
+use crate::stream::StreamBackend;
+use crate::Backend;
+
+/// The guest's side of the NAT network, VirtualBox's defaults.
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// DNS address given by DHCP; queries to it go to the host's first resolver.
+pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+pub const PREFIX_LEN: u8 = 24;
+/// The fd number the helper finds its end of the socketpair at.
+const CHILD_FD: RawFd = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasstError {
+    #[error("nat mode needs passt (Debian package `passt`): {0}")]
+    Spawn(#[source] io::Error),
+    #[error("creating the socketpair to passt: {0}")]
+    Socket(#[source] io::Error),
+    #[error("forward to a fixed guest address {0} is not supported: nat forwards to the guest's DHCP address {GUEST_ADDR}")]
+    GuestAddress(Ipv4Addr),
+}
+
+/// How to run passt.
+#[derive(Debug, Clone)]
+pub struct PasstOptions {
+    pub program: String,
+    pub forwards: Vec<Forward>,
+    /// Log file for passt's messages (None: quiet).
+    pub log_file: Option<String>,
+}
+
+impl PasstOptions {
+    pub fn new(forwards: Vec<Forward>) -> Self {
+        Self {
+            program: "passt".into(),
+            forwards,
+            log_file: None,
+        }
+    }
+
+    fn args(&self) -> Result<Vec<String>, PasstError> {
+        let mut args: Vec<String> = [
+            "--foreground",
+            "--one-off",
+            "--ipv4-only",
+            "--fd",
+            "3",
+            "--address",
+            "10.0.2.15",
+            "--netmask",
+            "24",
+            "--gateway",
+            "10.0.2.2",
+            "--dns",
+            "10.0.2.3",
+            "--dns-forward",
+            "10.0.2.3",
+            "--mtu",
+            "1500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match &self.log_file {
+            Some(path) => args.extend(["--log-file".into(), path.clone()]),
+            None => args.push("--quiet".into()),
+        }
+        for f in &self.forwards {
+            if let Some(addr) = f.guest_addr.filter(|&a| a != GUEST_ADDR) {
+                return Err(PasstError::GuestAddress(addr));
+            }
+            let flag = match f.protocol {
+                Protocol::Tcp => "-t",
+                Protocol::Udp => "-u",
+            };
+            let spec = match f.host_addr {
+                Some(a) => format!("{a}/{}:{}", f.host_port, f.guest_port),
+                None => format!("{}:{}", f.host_port, f.guest_port),
+            };
+            args.extend([flag.into(), spec]);
+        }
+        Ok(args)
+    }
+}
+
+/// A NAT backend: frames go to a passt process, which dies with it.
+pub struct PasstBackend {
+    stream: StreamBackend,
+    child: Child,
+}
+
+impl PasstBackend {
+    pub fn spawn(options: &PasstOptions) -> Result<Self, PasstError> {
+        let args = options.args()?;
+        let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&options.program);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec; they
+        // touch no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if theirs_fd == CHILD_FD {
+                    let flags = libc::fcntl(CHILD_FD, libc::F_GETFD);
+                    if flags < 0
+                        || libc::fcntl(CHILD_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(theirs_fd, CHILD_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(PasstError::Spawn)?;
+        drop(theirs);
+        let stream = StreamBackend::new(OwnedFd::from(ours)).map_err(PasstError::Socket)?;
+        Ok(Self { stream, child })
+    }
+
+    /// The helper's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PasstBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend for PasstBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.stream.recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
+        self.stream.send(frame)
+    }
+    fn flush(&mut self) -> io::Result<bool> {
+        self.stream.flush()
+    }
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_forward;
+
+    #[test]
+    fn forwards_become_passt_port_specs() {
+        let opts = PasstOptions::new(vec![
+            parse_forward("tcp:127.0.0.1:2222-:22").unwrap(),
+            parse_forward("udp::5353-10.0.2.15:53").unwrap(),
+        ]);
+        let args = opts.args().unwrap();
+        let tail: Vec<&str> = args[args.len() - 4..].iter().map(|s| s.as_str()).collect();
+        assert_eq!(tail, ["-t", "127.0.0.1/2222:22", "-u", "5353:53"]);
+        let bad = PasstOptions::new(vec![parse_forward("tcp::1-10.0.2.99:2").unwrap()]);
+        assert!(matches!(bad.args(), Err(PasstError::GuestAddress(_))));
+    }
+
+    #[test]
+    fn missing_program_is_a_clear_error() {
+        let mut opts = PasstOptions::new(Vec::new());
+        opts.program = "/nonexistent/passt".into();
+        let err = PasstBackend::spawn(&opts).err().unwrap();
+        assert!(err.to_string().contains("apt") || err.to_string().contains("passt"));
+    }
+}

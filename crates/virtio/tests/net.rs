@@ -1,0 +1,343 @@
+//! virtio-net through the PCI transport over an in-memory backend: configuration, transmit,
+//! merged and single receive buffers, backpressure both ways, link status, hostile chains.
+
+mod harness;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use harness::vring::{Buf, F_NEXT, F_WRITE};
+use harness::{Driver, Setup};
+use virtio::net::{
+    LinkHandle, Net, NetBackend, F_MAC, F_MRG_RXBUF, F_STATUS, NET_HDR_LEN, RX_QUEUE, TX_QUEUE,
+};
+use virtio::status;
+use vmm_sys_util::eventfd::EventFd;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[derive(Default)]
+struct Wire {
+    to_guest: VecDeque<Vec<u8>>,
+    from_guest: Vec<Vec<u8>>,
+    full: bool,
+}
+
+struct MemBackend {
+    wire: Arc<Mutex<Wire>>,
+    fd: EventFd,
+}
+
+impl NetBackend for MemBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let Some(frame) = self.wire.lock().unwrap().to_guest.pop_front() else {
+            return Ok(None);
+        };
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok(Some(frame.len()))
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<bool> {
+        let mut wire = self.wire.lock().unwrap();
+        if wire.full {
+            return Ok(false);
+        }
+        wire.from_guest.push(frame.to_vec());
+        Ok(true)
+    }
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+}
+
+fn plug() -> (Driver, Arc<Mutex<Wire>>, LinkHandle) {
+    let wire = Arc::new(Mutex::new(Wire::default()));
+    let backend = MemBackend {
+        wire: wire.clone(),
+        fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    };
+    let (net, link) = Net::new(Box::new(backend), MAC);
+    (Driver::plug(Box::new(net)), wire, link)
+}
+
+fn net(setup: Setup) -> (Driver, Arc<Mutex<Wire>>, LinkHandle) {
+    let (mut d, wire, link) = plug();
+    d.init(setup);
+    (d, wire, link)
+}
+
+/// A device whose driver did not take VIRTIO_NET_F_MRG_RXBUF.
+fn net_single_buffers() -> (Driver, Arc<Mutex<Wire>>) {
+    let (mut d, wire, _) = plug();
+    d.probe();
+    let wanted = d.device_features()
+        & !(F_MRG_RXBUF | virtio::features::RING_EVENT_IDX | virtio::features::RING_INDIRECT_DESC);
+    assert!(d.negotiate(wanted));
+    d.setup_queues(Setup::default());
+    (d, wire)
+}
+
+fn post_rx(d: &mut Driver, len: u32) -> (u16, u64) {
+    let a = d.alloc(len as usize, 0xcc);
+    let head = d.queues[RX_QUEUE].chain(&d.mem, &[Buf::w(a, len)]);
+    d.queues[RX_QUEUE].offer(&d.mem, head);
+    (head, a)
+}
+
+fn send_tx(d: &mut Driver, payload: &[u8]) -> u16 {
+    let h = d.alloc(NET_HDR_LEN, 0);
+    let a = d.alloc(payload.len(), 0);
+    d.mem_write(a, payload);
+    let head = d.queues[TX_QUEUE].chain(
+        &d.mem,
+        &[
+            Buf::r(h, NET_HDR_LEN as u32),
+            Buf::r(a, payload.len() as u32),
+        ],
+    );
+    d.queues[TX_QUEUE].offer(&d.mem, head);
+    head
+}
+
+#[test]
+fn identity_mac_and_link_in_config() {
+    let (mut d, _, link) = plug();
+    assert_eq!(d.probe(), (0x1af4, 0x1041));
+    let class = d.cfg_read32(8) >> 16;
+    assert_eq!(class, 0x0200, "ethernet controller");
+    let features = d.device_features();
+    assert_eq!(
+        features & (F_MAC | F_STATUS | F_MRG_RXBUF),
+        F_MAC | F_STATUS | F_MRG_RXBUF
+    );
+    d.init(Setup::default());
+    let mut cfg = [0u8; 10];
+    d.device_config(0, &mut cfg);
+    assert_eq!(&cfg[..6], &MAC);
+    assert_eq!(&cfg[6..], &[1, 0, 1, 0], "link up, one queue pair");
+    link.set_up(false);
+    d.processor.signal_config_change();
+    assert_eq!(d.msi.take(), vec![0]);
+    d.device_config(6, &mut cfg[..2]);
+    assert_eq!(&cfg[..2], &[0, 0]);
+}
+
+#[test]
+fn transmit_strips_the_header() {
+    let (mut d, wire, _) = net(Setup::default());
+    let payload = frame(1514, 1);
+    let head = send_tx(&mut d, &payload);
+    d.kick(TX_QUEUE as u16);
+    assert_eq!(
+        d.queues[TX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(head), 0)]
+    );
+    assert_eq!(wire.lock().unwrap().from_guest, vec![payload]);
+    assert_eq!(d.msi.take(), vec![2]);
+}
+
+#[test]
+fn merged_receive_buffers() {
+    let (mut d, wire, _) = net(Setup {
+        event_idx: true,
+        ..Setup::default()
+    });
+    let bufs: Vec<(u16, u64)> = (0..4).map(|_| post_rx(&mut d, 1526)).collect();
+    d.kick(RX_QUEUE as u16);
+    assert!(
+        d.queues[RX_QUEUE].take_used(&d.mem).is_empty(),
+        "nothing to receive yet"
+    );
+    let big = frame(3000, 9);
+    let small = frame(60, 3);
+    wire.lock()
+        .unwrap()
+        .to_guest
+        .extend([big.clone(), small.clone()]);
+    d.processor.process_queue(RX_QUEUE).unwrap();
+    let used = d.queues[RX_QUEUE].take_used(&d.mem);
+    let expect = vec![
+        (u32::from(bufs[0].0), 1526),
+        (u32::from(bufs[1].0), 3012 - 1526),
+        (u32::from(bufs[2].0), 72),
+    ];
+    assert_eq!(used, expect);
+    let first = d.read_mem(bufs[0].1, 1526);
+    assert_eq!(&first[..10], &[0; 10]);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 2, "num_buffers");
+    let mut got = first[12..].to_vec();
+    got.extend(d.read_mem(bufs[1].1, 3012 - 1526));
+    assert_eq!(got, big);
+    let third = d.read_mem(bufs[2].1, 72);
+    assert_eq!(u16::from_le_bytes([third[10], third[11]]), 1);
+    assert_eq!(&third[12..], &small[..]);
+    assert_eq!(d.msi.take(), vec![1]);
+}
+
+#[test]
+fn frame_waits_for_enough_buffers() {
+    let (mut d, wire, _) = net(Setup::default());
+    let big = frame(4000, 5);
+    wire.lock().unwrap().to_guest.push_back(big.clone());
+    d.processor.process_queue(RX_QUEUE).unwrap();
+    let (h0, a0) = post_rx(&mut d, 2048);
+    d.kick(RX_QUEUE as u16);
+    assert!(
+        d.queues[RX_QUEUE].take_used(&d.mem).is_empty(),
+        "one buffer is not enough"
+    );
+    let (h1, a1) = post_rx(&mut d, 2048);
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(
+        d.queues[RX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(h0), 2048), (u32::from(h1), 4012 - 2048)]
+    );
+    let mut got = d.read_mem(a0, 2048)[12..].to_vec();
+    got.extend(d.read_mem(a1, 4012 - 2048));
+    assert_eq!(got, big);
+}
+
+#[test]
+fn single_buffers_drop_frames_that_do_not_fit() {
+    let (mut d, wire) = net_single_buffers();
+    let (head, a) = post_rx(&mut d, 1526);
+    let too_big = frame(2000, 1);
+    let fits = frame(1514, 2);
+    wire.lock()
+        .unwrap()
+        .to_guest
+        .extend([too_big, fits.clone()]);
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(
+        d.queues[RX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(head), 1526)]
+    );
+    let got = d.read_mem(a, 1526);
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
+    assert_eq!(&got[12..], &fits[..]);
+}
+
+#[test]
+fn transmit_resumes_when_the_backend_drains() {
+    let (mut d, wire, _) = net(Setup::default());
+    wire.lock().unwrap().full = true;
+    let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(100 + i, i as u8)).collect();
+    for f in &frames {
+        send_tx(&mut d, f);
+    }
+    d.kick(TX_QUEUE as u16);
+    assert_eq!(
+        d.queues[TX_QUEUE].take_used(&d.mem).len(),
+        1,
+        "the first frame is held"
+    );
+    assert!(wire.lock().unwrap().from_guest.is_empty());
+    wire.lock().unwrap().full = false;
+    // The I/O thread saw the backend's fd turn writable.
+    d.processor.process_queue(TX_QUEUE).unwrap();
+    assert_eq!(d.queues[TX_QUEUE].take_used(&d.mem).len(), 2);
+    assert_eq!(wire.lock().unwrap().from_guest, frames);
+}
+
+#[test]
+fn hostile_transmit_chains_are_dropped() {
+    let (mut d, wire, _) = net(Setup::default());
+    // A writable buffer in a transmit chain.
+    let a = d.alloc(100, 0);
+    let head = d.queues[TX_QUEUE].chain(&d.mem, &[Buf::r(a, 50), Buf::w(a + 50, 50)]);
+    d.queues[TX_QUEUE].offer(&d.mem, head);
+    // Shorter than header + Ethernet header.
+    let head2 = d.queues[TX_QUEUE].chain(&d.mem, &[Buf::r(a, 20)]);
+    d.queues[TX_QUEUE].offer(&d.mem, head2);
+    // Larger than any frame: many descriptors over the same memory.
+    let big = d.alloc(60_000, 0);
+    let head3 = d.queues[TX_QUEUE].chain(&d.mem, &[Buf::r(big, 60_000), Buf::r(big, 60_000)]);
+    d.queues[TX_QUEUE].offer(&d.mem, head3);
+    // A descriptor loop.
+    let q = &d.queues[TX_QUEUE];
+    q.write_desc(&d.mem, q.desc, 10, a, 16, F_NEXT, 11);
+    q.write_desc(&d.mem, q.desc, 11, a, 16, F_NEXT, 10);
+    d.queues[TX_QUEUE].offer(&d.mem, 10);
+    d.kick(TX_QUEUE as u16);
+    let used = d.queues[TX_QUEUE].take_used(&d.mem);
+    assert_eq!(used.len(), 4);
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert!(wire.lock().unwrap().from_guest.is_empty());
+    assert_eq!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+    // Still transmits.
+    let ok = frame(64, 4);
+    send_tx(&mut d, &ok);
+    d.kick(TX_QUEUE as u16);
+    assert_eq!(wire.lock().unwrap().from_guest, vec![ok]);
+}
+
+#[test]
+fn hostile_receive_chains_are_returned_unused() {
+    let (mut d, wire, _) = net(Setup::default());
+    let a = d.alloc(2048, 0xcc);
+    // Readable buffer in a receive chain.
+    let bad = d.queues[RX_QUEUE].chain(&d.mem, &[Buf::r(a, 2048)]);
+    d.queues[RX_QUEUE].offer(&d.mem, bad);
+    // Write-flagged descriptor pointing past guest memory.
+    let q = &d.queues[RX_QUEUE];
+    q.write_desc(
+        &d.mem,
+        q.desc,
+        20,
+        harness::MEM_SIZE as u64 - 16,
+        4096,
+        F_WRITE,
+        0,
+    );
+    d.queues[RX_QUEUE].offer(&d.mem, 20);
+    let (good, g) = post_rx(&mut d, 2048);
+    wire.lock().unwrap().to_guest.push_back(frame(100, 7));
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(
+        d.queues[RX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(bad), 0), (20, 0), (u32::from(good), 112)]
+    );
+    assert_eq!(d.read_mem(a, 4), vec![0xcc; 4], "readable buffer untouched");
+    assert_eq!(&d.read_mem(g, 112)[12..], &frame(100, 7)[..]);
+}
+
+#[test]
+fn a_tiny_ring_cannot_wedge_receive() {
+    // A mergeable frame larger than every buffer the ring can hold is dropped, and the
+    // buffers serve the next frame.
+    let (mut d, wire, _) = net(Setup {
+        queue_size: Some(4),
+        ..Setup::default()
+    });
+    let bufs: Vec<(u16, u64)> = (0..4).map(|_| post_rx(&mut d, 256)).collect();
+    wire.lock()
+        .unwrap()
+        .to_guest
+        .extend([frame(9000, 1), frame(200, 2)]);
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(
+        d.queues[RX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(bufs[0].0), 212)]
+    );
+}
+
+#[test]
+fn reset_forgets_kept_buffers() {
+    let (mut d, wire, _) = net(Setup::default());
+    post_rx(&mut d, 1000);
+    wire.lock().unwrap().to_guest.push_back(frame(3000, 1));
+    d.kick(RX_QUEUE as u16);
+    d.init(Setup::default());
+    let (head, a) = post_rx(&mut d, 2048);
+    wire.lock().unwrap().to_guest.push_back(frame(64, 2));
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(
+        d.queues[RX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(head), 76)]
+    );
+    assert_eq!(&d.read_mem(a, 76)[12..], &frame(64, 2)[..]);
+}
