@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for pair in gcc:gcc ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils; do
+for pair in gcc:gcc ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils iasl:acpica-tools; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

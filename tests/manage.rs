@@ -92,10 +92,14 @@ impl Drop for State {
 }
 
 fn definition(dir: &Path, name: &str, kernel: &Path) -> PathBuf {
+    definition_with(dir, name, kernel, "service")
+}
+
+fn definition_with(dir: &Path, name: &str, kernel: &Path, cmdline: &str) -> PathBuf {
     let file = dir.join(format!("{name}.vm.toml"));
     std::fs::write(
         &file,
-        format!("name = \"{name}\"\ncpus = 1\nmemory = \"32M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"service\"\n", kernel),
+        format!("name = \"{name}\"\ncpus = 1\nmemory = \"32M\"\n\n[boot]\nkernel = {kernel:?}\ncmdline = {cmdline:?}\n"),
     )
     .unwrap();
     file
@@ -185,10 +189,10 @@ fn lifecycle_create_start_console_stop_rm() {
     assert_eq!(inspect["state"], "running");
     assert!(inspect["pid"].as_i64().unwrap() > 0);
 
-    // Graceful stop: the guest sees Ctrl-Alt-Del and powers off.
+    // Graceful stop: the guest (listening to both) powers off on the first it sees.
     let out = st.ok(&["stop", "web", "--timeout", "20"]);
     assert!(out.contains("shut down (guest powered off)"), "{out}");
-    assert!(st.serial("web").contains("ctrl-alt-del: powering off"));
+    assert!(st.serial("web").contains(": powering off"));
     assert_eq!(st.state_of("web"), "stopped");
     assert!(st.ok(&["stop", "web"]).contains("is not running"));
     assert!(st.ok(&["rm", "web"]).contains("removed VM 'web'"));
@@ -283,4 +287,18 @@ fn twenty_vms_start_list_and_stop() {
         assert_eq!(r.status, Some(0), "{}", r.stderr);
     }
     assert!(st.ls().iter().all(|v| v["state"] == "stopped"));
+}
+
+#[test]
+fn stop_asks_through_the_acpi_power_button_and_through_ctrl_alt_del() {
+    let st = State::new("buttons");
+    for (name, listen, says) in [("acpi", "listen=acpi", "power button: powering off"), ("kbd", "listen=kbd", "ctrl-alt-del: powering off")] {
+        let file = definition_with(&out_dir(), name, &service_guest(), listen);
+        st.ok(&["create", name, "--from", file.to_str().unwrap()]);
+        st.ok(&["start", name]);
+        st.wait_serial(name, "service up\n");
+        let out = st.ok(&["stop", name, "--timeout", "20"]);
+        assert!(out.contains("shut down (guest powered off)"), "{out}");
+        assert!(st.serial(name).contains(says), "{}", st.serial(name));
+    }
 }

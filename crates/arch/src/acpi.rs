@@ -20,6 +20,9 @@ const OEM_REVISION: u32 = 1;
 
 /// Sleep type value of S5 (soft off) in the `_S5_` package and the sleep control register.
 pub const SLP_TYP_S5: u8 = 5;
+/// GSI of the Generic Event Device's interrupt (a free ISA IRQ: edge, active high); its
+/// event method notifies the power button.
+pub const GED_GSI: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -68,9 +71,31 @@ pub fn dsdt(extra: &[u8]) -> Sdt {
     let com1_crs = aml::Name::new("_CRS".into(), &com1_crs);
     let com1 = aml::Device::new("_SB_.COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
     com1.to_aml_bytes(&mut body);
+    power_button_aml(&mut body);
     body.extend_from_slice(extra);
     t.append_slice(&body);
     t
+}
+
+/// The ACPI power button of a HW-reduced platform: `\_SB_.PWRB` (PNP0C0C) and a Generic
+/// Event Device (ACPI0013) whose interrupt runs `_EVT`, which sends the button's 0x80
+/// notification. Pressing the button = raising [`GED_GSI`].
+fn power_button_aml(body: &mut Vec<u8>) {
+    let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let pwrb_uid = aml::Name::new("_UID".into(), &0u8);
+    aml::Device::new("_SB_.PWRB".into(), vec![&pwrb_hid, &pwrb_uid]).to_aml_bytes(body);
+
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let pwrb: aml::Path = "\\_SB_.PWRB".into();
+    let notify = aml::Notify::new(&pwrb, &0x80u8);
+    let is_ours = aml::Equal::new(&aml::Arg(0), &GED_GSI);
+    let when = aml::If::new(&is_ours, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&when]);
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &0u8);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new("_SB_.GED0".into(), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(body);
 }
 
 /// Fixed ACPI Description Table (revision 6.5), HW-reduced.
@@ -253,5 +278,7 @@ mod tests {
         let b = d.as_slice();
         assert!(b.windows(4).any(|w| w == b"_S5_"));
         assert!(b.windows(4).any(|w| w == b"COM1"));
+        assert!(b.windows(4).any(|w| w == b"GED0") && b.windows(4).any(|w| w == b"_EVT"));
+        assert!(b.windows(8).any(|w| w == b"ACPI0013"));
     }
 }

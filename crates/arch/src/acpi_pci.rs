@@ -36,7 +36,9 @@ pub fn host_bridge_aml(ecam_base: u64) -> Vec<u8> {
     );
     let crs = aml::ResourceTemplate::new(vec![&bus, &cf8, &io_low, &io_high, &mmio32]);
 
-    let addresses: Vec<u32> = (1..PCI_SLOTS).map(|s| (u32::from(s) << 16) | 0xffff).collect();
+    let addresses: Vec<u32> = (1..PCI_SLOTS)
+        .map(|s| (u32::from(s) << 16) | 0xffff)
+        .collect();
     let gsis: Vec<u32> = (1..PCI_SLOTS).map(intx_gsi).collect();
     let entries: Vec<aml::Package> = addresses
         .iter()
@@ -53,7 +55,10 @@ pub fn host_bridge_aml(ecam_base: u64) -> Vec<u8> {
     let bbn = aml::Name::new("_BBN".into(), &0u8);
     let crs = aml::Name::new("_CRS".into(), &crs);
     let prt = aml::Name::new("_PRT".into(), &prt);
-    let device = aml::Device::new("_SB_.PCI0".into(), vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt]);
+    let device = aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &prt],
+    );
     let mut bytes = Vec::new();
     device.to_aml_bytes(&mut bytes);
 
@@ -62,7 +67,8 @@ pub fn host_bridge_aml(ecam_base: u64) -> Vec<u8> {
     let mres_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
     let mres_uid = aml::Name::new("_UID".into(), &1u8);
     let mres_crs = aml::Name::new("_CRS".into(), &ecam_crs);
-    aml::Device::new("_SB_.MRES".into(), vec![&mres_hid, &mres_uid, &mres_crs]).to_aml_bytes(&mut bytes);
+    aml::Device::new("_SB_.MRES".into(), vec![&mres_hid, &mres_uid, &mres_crs])
+        .to_aml_bytes(&mut bytes);
     bytes
 }
 
@@ -89,7 +95,10 @@ mod tests {
         let b = t.as_slice();
         assert_eq!(&b[..4], b"MCFG");
         assert_eq!(b.len(), 60);
-        assert_eq!(u64::from_le_bytes(b[44..52].try_into().unwrap()), 0xe000_0000);
+        assert_eq!(
+            u64::from_le_bytes(b[44..52].try_into().unwrap()),
+            0xe000_0000
+        );
         assert_eq!((b[54], b[55]), (0, 0));
         assert_eq!(b.iter().fold(0u8, |s, x| s.wrapping_add(*x)), 0);
     }
@@ -98,7 +107,11 @@ mod tests {
     fn host_bridge_has_its_ids_and_routing() {
         let aml = host_bridge_aml(0xe000_0000);
         for name in [&b"PCI0"[..], b"_HID", b"_CRS", b"_PRT", b"_BBN", b"MRES"] {
-            assert!(aml.windows(4).any(|w| w == name), "{}", String::from_utf8_lossy(name));
+            assert!(
+                aml.windows(4).any(|w| w == name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
         }
         assert_eq!(intx_gsi(1), 17);
         assert_eq!(intx_gsi(8), 16);

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use devices::i8042::I8042;
 use devices::{ExitReason, VmExit};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::kick;
 
@@ -39,6 +40,8 @@ impl PauseGate {
 pub struct VmHandle {
     pub(crate) exit: VmExit,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    /// irqfd of the ACPI Generic Event Device (the power button).
+    pub(crate) power_button: Arc<EventFd>,
     pub(crate) gate: Arc<PauseGate>,
     /// pthread ids of the vCPU threads, once they run.
     pub(crate) vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
@@ -51,6 +54,18 @@ impl VmHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send_ctrl_alt_del();
+    }
+
+    /// Press the ACPI power button (guests with an ACPI daemon shut down).
+    pub fn press_power_button(&self) {
+        let _ = self.power_button.write(1);
+    }
+
+    /// Ask the guest to shut down: the ACPI power button and Ctrl-Alt-Del, so that guests
+    /// listening to either (systemd, acpid, busybox init) react.
+    pub fn request_shutdown(&self) {
+        self.press_power_button();
+        self.send_ctrl_alt_del();
     }
 
     /// Stop every vCPU at its next exit (kicked out of KVM_RUN now).

@@ -1,5 +1,6 @@
 //! The VMM's main thread while the VM runs: waits for the VM to end, turns signals into
-//! actions (SIGINT/SIGTERM stop the VM, SIGUSR1 presses Ctrl-Alt-Del in the guest), and
+//! actions (SIGINT/SIGTERM stop the VM, SIGUSR1 asks the guest to shut down: ACPI power
+//! button and Ctrl-Alt-Del), and
 //! feeds the serial console from stdin or from the client of a background VM's console
 //! socket.
 
@@ -184,7 +185,7 @@ pub fn run(
                 TOKEN_SIGNAL => {
                     for sig in signals.take() {
                         if sig == libc::SIGUSR1 as u32 {
-                            handle.send_ctrl_alt_del();
+                            handle.request_shutdown();
                         } else {
                             exit.request(ExitReason::Stopped);
                         }

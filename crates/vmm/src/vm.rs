@@ -262,6 +262,9 @@ impl Vm {
             u64::from(layout::COM1_PORT),
             u64::from(SERIAL_PORT_LEN),
         )?;
+        let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm.register_irqfd(&power_button, arch::acpi::GED_GSI)
+            .map_err(kvm_err("KVM_IRQFD (power button)"))?;
         let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm.register_irqfd(&kbd_irq, 1)
             .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
@@ -334,6 +337,7 @@ impl Vm {
             handle: crate::control::VmHandle {
                 exit: exit.clone(),
                 i8042,
+                power_button: Arc::new(power_button),
                 gate,
                 vcpu_threads: Arc::new(Mutex::new(Vec::new())),
             },
