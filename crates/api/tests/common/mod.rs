@@ -179,6 +179,10 @@ impl Connection {
         }
     }
 
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     pub fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
         let mut head =
             format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
