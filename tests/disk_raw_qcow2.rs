@@ -513,3 +513,34 @@ fn internal_snapshots_are_read_and_checked_but_not_written() {
     let err = block::open(&q, &OpenOptions::default()).err().unwrap();
     assert!(err.to_string().contains("snapshots"), "{err}");
 }
+
+#[test]
+fn odd_sizes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("odd.qcow2");
+    let size = 3 * 65536 + 1536; // not a whole number of clusters
+    ok(
+        VESSEL,
+        &[
+            "disk",
+            "create",
+            p(&q),
+            "-f",
+            "qcow2",
+            "--size",
+            &size.to_string(),
+        ],
+    );
+    {
+        let mut img = block::open(&q, &OpenOptions::default()).unwrap();
+        img.write_at(&pattern(1, 2000), size - 2000).unwrap();
+        assert!(img.write_at(&[1], size).is_err());
+    }
+    qemu_check(&q);
+    let r = dir.path().join("odd.raw");
+    ok("qemu-img", &["convert", "-O", "raw", p(&q), p(&r)]);
+    let raw = std::fs::read(&r).unwrap();
+    assert_eq!(raw.len() as u64, size);
+    assert_eq!(&raw[size as usize - 2000..], &pattern(1, 2000)[..]);
+    assert!(read_all(&q) == raw);
+}

@@ -24,6 +24,8 @@ pub enum RouteError {
     EmptyPatch,
     #[error("{0}")]
     InvalidId(#[from] ValidationError),
+    #[error("The request body must be a JSON object.")]
+    NotAnObject,
     #[error("The id from the path does not match the id from the body!")]
     IdMismatch,
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
@@ -93,7 +95,13 @@ pub fn parse_request(
     }
 }
 
+/// Deserializes a JSON object body. serde would also take a struct as an array of its field
+/// values; Firecracker's clients never send that, so anything but an object is refused.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+        return Err(RouteError::NotAnObject);
+    }
     Ok(serde_json::from_slice(body)?)
 }
 
@@ -253,5 +261,13 @@ mod tests {
             "{err}"
         );
         assert!(parse_request("PUT", "/actions", Some(&[0xff, 0xfe])).is_err());
+        assert_eq!(
+            message(route("PUT", "/actions", r#" ["InstanceStart"]"#)),
+            "The request body must be a JSON object."
+        );
+        assert!(matches!(
+            route("PUT", "/actions", "[1,"),
+            Err(RouteError::Json(_))
+        ));
     }
 }

@@ -444,6 +444,12 @@ impl DiskImage for Qcow2 {
                 self.header.nb_snapshots.to_string(),
             ));
         }
+        if self.header.incompatible & INCOMPAT_DIRTY != 0 && !self.marked_dirty {
+            out.push(("dirty".to_string(), "not closed cleanly".to_string()));
+        }
+        if self.header.incompatible & INCOMPAT_CORRUPT != 0 {
+            out.push(("corrupt".to_string(), "marked corrupt".to_string()));
+        }
         out
     }
 }

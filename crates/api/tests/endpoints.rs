@@ -1,0 +1,273 @@
+//! Every endpoint's success path over a real unix socket, and whole client sequences as
+//! Firecracker clients send them.
+
+mod common;
+
+use std::process::Command;
+
+use api::{CacheType, DriveFormat, InstanceState, IoEngine, NetworkMode};
+use common::TestServer;
+use serde_json::json;
+
+#[test]
+fn get_instance_info_before_start() {
+    let server = TestServer::start();
+    let response = server.request("GET", "/", None);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(
+        response.json(),
+        json!({"id": "anonymous-instance", "state": "Not started",
+               "vmm_version": env!("CARGO_PKG_VERSION"), "app_name": "vessel"})
+    );
+}
+
+#[test]
+fn instance_identity_comes_from_options() {
+    let options = api::ServerOptions {
+        identity: api::InstanceIdentity {
+            id: "vm42".into(),
+            vmm_version: "9.8.7".into(),
+            app_name: "vessel".into(),
+        },
+        ..api::ServerOptions::default()
+    };
+    let server = TestServer::start_with(options);
+    let info = server.request("GET", "/", None).json();
+    assert_eq!(info["id"], "vm42");
+    assert_eq!(info["vmm_version"], "9.8.7");
+    let version = server.request("GET", "/version", None);
+    assert_eq!(version.status, 200);
+    assert_eq!(
+        version.json(),
+        json!({"firecracker_version": "9.8.7", "vmm_version": "9.8.7"})
+    );
+}
+
+#[test]
+fn machine_config_put_get_patch() {
+    let server = TestServer::start();
+    let defaults = server.request("GET", "/machine-config", None);
+    assert_eq!(defaults.status, 200);
+    assert_eq!(
+        defaults.json(),
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
+               "track_dirty_pages": false, "huge_pages": "None"})
+    );
+    server.expect_no_content(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 4, "mem_size_mib": 1024, "smt": false, "track_dirty_pages": false,
+            "cpu_template": "None", "huge_pages": "None"}"#,
+    );
+    let got = server.request("GET", "/machine-config", None).json();
+    assert_eq!(got["vcpu_count"], 4);
+    assert_eq!(got["mem_size_mib"], 1024);
+    assert_eq!(got["cpu_template"], "None");
+    server.expect_no_content("PATCH", "/machine-config", r#"{"mem_size_mib": 2048}"#);
+    let got = server.request("GET", "/machine-config", None).json();
+    assert_eq!(got["vcpu_count"], 4);
+    assert_eq!(got["mem_size_mib"], 2048);
+    // The largest vCPU count vessel supports.
+    server.expect_no_content(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 254, "mem_size_mib": 2}"#,
+    );
+}
+
+#[test]
+fn boot_source_drives_and_interfaces_show_in_vm_config() {
+    let server = TestServer::start();
+    let initial = server.request("GET", "/vm/config", None);
+    assert_eq!(initial.status, 200);
+    assert_eq!(
+        initial.json(),
+        json!({"drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": 128,
+               "smt": false, "track_dirty_pages": false, "huge_pages": "None"},
+               "network-interfaces": []})
+    );
+    let boot = json!({"kernel_image_path": server.kernel, "boot_args": "console=ttyS0 reboot=k",
+                      "initrd_path": server.rootfs});
+    server.expect_no_content("PUT", "/boot-source", &boot.to_string());
+    let rootfs = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+        "is_root_device": true, "is_read_only": false, "partuuid": "0eaa91a0-01",
+        "cache_type": "Writeback", "io_engine": "Sync", "format": "raw",
+        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000},
+                         "ops": {"size": 100, "one_time_burst": 50, "refill_time": 1000}}});
+    server.expect_no_content("PUT", "/drives/rootfs", &rootfs.to_string());
+    let data = json!({"drive_id": "data1", "path_on_host": server.rootfs,
+                      "is_root_device": false, "is_read_only": true});
+    server.expect_no_content("PUT", "/drives/data1", &data.to_string());
+    let tap = json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                     "guest_mac": "06:00:AC:10:00:02",
+                     "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+    server.expect_no_content("PUT", "/network-interfaces/eth0", &tap.to_string());
+    let nat = json!({"iface_id": "eth1", "mode": "nat"});
+    server.expect_no_content("PUT", "/network-interfaces/eth1", &nat.to_string());
+
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(config["boot-source"], boot);
+    assert_eq!(config["drives"][0], rootfs);
+    assert_eq!(
+        config["drives"][1],
+        json!({"drive_id": "data1", "path_on_host": server.rootfs, "is_root_device": false,
+               "is_read_only": true, "cache_type": "Unsafe", "io_engine": "Sync"})
+    );
+    assert_eq!(config["network-interfaces"][0], tap);
+    assert_eq!(config["network-interfaces"][1], nat);
+
+    // The handle reports the same configuration to the VMM side.
+    let handle_config = server.handle.as_ref().unwrap().config();
+    assert_eq!(handle_config.drives[0].cache_type, CacheType::Writeback);
+    assert_eq!(handle_config.drives[0].format, Some(DriveFormat::Raw));
+    assert_eq!(
+        handle_config.network_interfaces[1].mode,
+        Some(NetworkMode::Nat)
+    );
+}
+
+#[test]
+fn firecracker_client_sequence() {
+    let server = TestServer::start();
+    server.expect_no_content(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    );
+    let boot = json!({"kernel_image_path": server.kernel,
+                      "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"});
+    server.expect_no_content("PUT", "/boot-source", &boot.to_string());
+    let rootfs = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+                        "is_root_device": true, "is_read_only": false});
+    server.expect_no_content("PUT", "/drives/rootfs", &rootfs.to_string());
+    let net = json!({"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02",
+                     "host_dev_name": "tap0"});
+    server.expect_no_content("PUT", "/network-interfaces/net1", &net.to_string());
+    assert_eq!(server.state(), "Not started");
+    server.expect_no_content("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(server.state(), "Running");
+    server.expect_no_content("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(server.state(), "Paused");
+    assert_eq!(
+        server.handle.as_ref().unwrap().state(),
+        InstanceState::Paused
+    );
+    server.expect_no_content("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(server.state(), "Running");
+    server.expect_no_content("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    assert_eq!(
+        server.backend.calls(),
+        ["start", "pause", "resume", "send_ctrl_alt_del"]
+    );
+
+    let started = server.backend.started_with.lock().unwrap().clone().unwrap();
+    assert_eq!(started.machine.vcpu_count, 2);
+    assert_eq!(started.machine.mem_size_bytes(), 256 << 20);
+    assert_eq!(started.boot_source.kernel_image_path, server.kernel);
+    assert_eq!(
+        started.boot_source.boot_args.as_deref(),
+        Some("console=ttyS0 reboot=k panic=1 pci=off")
+    );
+    assert_eq!(started.drives.len(), 1);
+    assert_eq!(started.drives[0].path_on_host, server.rootfs);
+    assert_eq!(started.drives[0].io_engine, IoEngine::Sync);
+    assert_eq!(
+        started.network_interfaces[0].host_dev_name.as_deref(),
+        Some("tap0")
+    );
+    // Reads keep working after start.
+    assert_eq!(server.request("GET", "/vm/config", None).status, 200);
+    assert_eq!(server.request("GET", "/machine-config", None).status, 200);
+}
+
+/// The sequence from Firecracker's getting-started guide, sent by curl itself.
+#[test]
+fn curl_getting_started_sequence() {
+    let server = TestServer::start();
+    let socket = server.socket.to_str().unwrap();
+    let curl = |method: &str, path: &str, body: Option<String>| -> (u16, String) {
+        let mut command = Command::new("curl");
+        command.args([
+            "--silent",
+            "--show-error",
+            "--unix-socket",
+            socket,
+            "-X",
+            method,
+        ]);
+        command.args(["-w", "\n%{http_code}"]);
+        command.args(["-H", "Accept: application/json"]);
+        if let Some(body) = body {
+            command.args(["-H", "Content-Type: application/json", "-d", &body]);
+        }
+        command.arg(format!("http://localhost{path}"));
+        let output = command
+            .output()
+            .expect("curl must be installed for this test (apt-get install -y curl)");
+        assert!(output.status.success(), "curl failed: {output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    };
+    let boot = json!({"kernel_image_path": server.kernel,
+                      "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"});
+    assert_eq!(curl("PUT", "/boot-source", Some(boot.to_string())).0, 204);
+    let rootfs = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+                        "is_root_device": true, "is_read_only": false});
+    assert_eq!(
+        curl("PUT", "/drives/rootfs", Some(rootfs.to_string())).0,
+        204
+    );
+    let machine = r#"{"vcpu_count": 2, "mem_size_mib": 1024}"#.to_string();
+    assert_eq!(curl("PUT", "/machine-config", Some(machine)).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#.to_string();
+    assert_eq!(curl("PUT", "/actions", Some(start.clone())).0, 204);
+    let (code, body) = curl("GET", "/", None);
+    assert_eq!(code, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["state"], "Running");
+    assert_eq!(
+        curl("PATCH", "/vm", Some(r#"{"state": "Paused"}"#.into())).0,
+        204
+    );
+    let (_, body) = curl("GET", "/", None);
+    assert!(body.contains(r#""state":"Paused""#), "{body}");
+    let (code, body) = curl("PUT", "/actions", Some(start));
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("not supported after starting the microVM"),
+        "{body}"
+    );
+    let (code, body) = curl("DELETE", "/drives/rootfs", None);
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("Invalid request method and/or path"),
+        "{body}"
+    );
+}
+
+#[test]
+fn keep_alive_connection_serves_many_requests() {
+    let server = TestServer::start();
+    let mut connection = common::Connection::open(&server.socket);
+    for round in 0..20u32 {
+        let body = format!(
+            r#"{{"vcpu_count": {}, "mem_size_mib": 128}}"#,
+            round % 8 + 1
+        );
+        assert_eq!(
+            connection
+                .send("PUT", "/machine-config", Some(&body))
+                .status,
+            204
+        );
+        // A bad request in the middle of the connection does not end it.
+        assert_eq!(
+            connection.send("PUT", "/machine-config", Some("{")).status,
+            400
+        );
+        let got = connection.send("GET", "/machine-config", None).json();
+        assert_eq!(got["vcpu_count"], round % 8 + 1);
+    }
+}
