@@ -3,7 +3,7 @@
 //! Exit status: 0 ok, 2 bad arguments or clear user errors, 3 `check` found corruption,
 //! 1 other errors.
 
-mod convert;
+pub(crate) mod convert;
 mod report;
 mod tools;
 

@@ -5,6 +5,7 @@ mod manage_cli;
 mod run_cli;
 mod size;
 mod state;
+mod vm_archive;
 mod vmdef;
 
 use clap::{Parser, Subcommand};

@@ -54,6 +54,21 @@ pub enum ManageCommand {
         #[arg(long)]
         keep_disks: bool,
     },
+    /// Copy a stopped VM; --linked makes its disks qcow2 overlays of the source's.
+    Clone {
+        src: String,
+        dst: String,
+        #[arg(long)]
+        linked: bool,
+    },
+    /// Write a stopped VM (definition, boot files, disks) into one archive.
+    Export { name: String, file: PathBuf },
+    /// Create a VM from an archive made by `vessel export`.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Check a VM definition file; errors name the line.
     Validate { file: PathBuf },
     /// Run a defined VM in this process (what `start` runs in the background).
@@ -105,6 +120,13 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         } => ssh(&state, &name, &user, &command),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
         ManageCommand::Vmm { name } => vmm_process(&state, &name),
+        ManageCommand::Clone { src, dst, linked } => {
+            crate::vm_archive::clone(&state, &src, &dst, linked)
+        }
+        ManageCommand::Export { name, file } => crate::vm_archive::export(&state, &name, &file),
+        ManageCommand::Import { file, name } => {
+            crate::vm_archive::import(&state, &file, name.as_deref())
+        }
         ManageCommand::Validate { .. } => unreachable!("handled above"),
     }
 }

@@ -292,7 +292,10 @@ fn twenty_vms_start_list_and_stop() {
 #[test]
 fn stop_asks_through_the_acpi_power_button_and_through_ctrl_alt_del() {
     let st = State::new("buttons");
-    for (name, listen, says) in [("acpi", "listen=acpi", "power button: powering off"), ("kbd", "listen=kbd", "ctrl-alt-del: powering off")] {
+    for (name, listen, says) in [
+        ("acpi", "listen=acpi", "power button: powering off"),
+        ("kbd", "listen=kbd", "ctrl-alt-del: powering off"),
+    ] {
         let file = definition_with(&out_dir(), name, &service_guest(), listen);
         st.ok(&["create", name, "--from", file.to_str().unwrap()]);
         st.ok(&["start", name]);
@@ -301,4 +304,102 @@ fn stop_asks_through_the_acpi_power_button_and_through_ctrl_alt_del() {
         assert!(out.contains("shut down (guest powered off)"), "{out}");
         assert!(st.serial(name).contains(says), "{}", st.serial(name));
     }
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A VM with a 64 MiB qcow2 disk holding data at 1 MiB (the rest sparse).
+fn vm_with_disk(st: &State, name: &str) -> PathBuf {
+    let file = definition(&out_dir(), name, &service_guest());
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text += &format!(
+        "\n[[disk]]\npath = {:?}\nformat = \"qcow2\"\nsize = \"64M\"\n",
+        st.0.join(format!("{name}-data.qcow2"))
+    );
+    std::fs::write(&file, text).unwrap();
+    st.ok(&["create", name, "--from", file.to_str().unwrap()]);
+    let disk = st.0.join(format!("{name}-data.qcow2"));
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 256k"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    disk
+}
+
+#[test]
+fn export_import_round_trip_keeps_disks_and_boots() {
+    let st = State::new("export");
+    let disk = vm_with_disk(&st, "orig");
+    let archive = out_dir().join("orig.vessel.tar");
+    let _ = std::fs::remove_file(&archive);
+    st.ok(&["export", "orig", archive.to_str().unwrap()]);
+    // Sparse: the archive holds the data, not the 64 MiB of virtual size.
+    assert!(std::fs::metadata(&archive).unwrap().len() < 8 << 20);
+    st.ok(&["import", archive.to_str().unwrap(), "--name", "copy"]);
+    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "copy"])).unwrap();
+    let copied = PathBuf::from(inspect["definition"]["disk"][0]["path"].as_str().unwrap());
+    assert!(copied.starts_with(st.0.join("copy")), "{copied:?}");
+    qemu_img(&["compare", disk.to_str().unwrap(), copied.to_str().unwrap()]);
+    let r = st.vessel(&["import", archive.to_str().unwrap(), "--name", "copy"]);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    st.ok(&["start", "copy"]);
+    st.wait_serial("copy", "service up\n");
+    st.ok(&["stop", "copy"]);
+}
+
+#[test]
+fn linked_clone_is_an_overlay_and_full_clone_is_a_copy() {
+    let st = State::new("clone");
+    let disk = vm_with_disk(&st, "base");
+    st.ok(&["clone", "base", "linked", "--linked"]);
+    st.ok(&["clone", "base", "full"]);
+    let linked: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "linked"])).unwrap();
+    let overlay = linked["definition"]["disk"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = qemu_img(&["info", "--output=json", &overlay]);
+    assert!(
+        info.contains(&format!("\"backing-filename\": \"{}\"", disk.display())),
+        "{info}"
+    );
+    qemu_img(&["compare", disk.to_str().unwrap(), &overlay]);
+    // Writing the overlay leaves the base untouched.
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x11 1M 4k", &overlay])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let base_read = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -P 0x5a 1M 256k"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&base_read.stdout).contains("read 262144/262144"),
+        "{}",
+        String::from_utf8_lossy(&base_read.stdout)
+    );
+    let full: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "full"])).unwrap();
+    let copy = full["definition"]["disk"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!qemu_img(&["info", &copy]).contains("backing file"));
+    qemu_img(&["compare", disk.to_str().unwrap(), &copy]);
+    st.ok(&["start", "linked"]);
+    st.wait_serial("linked", "service up\n");
+    let r = st.vessel(&["clone", "linked", "again"]);
+    assert!(r.stderr.contains("is running"), "{}", r.stderr);
+    st.ok(&["stop", "linked", "--force"]);
 }

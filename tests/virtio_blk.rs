@@ -6,11 +6,17 @@ mod common;
 use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
 
 fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619))
+    data.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    })
 }
 
 fn guest() -> std::path::PathBuf {
-    multiboot_guest("virtio_blk", &["multiboot_header.S", "virtio_blk_guest.c"], "multiboot.ld")
+    multiboot_guest(
+        "virtio_blk",
+        &["multiboot_header.S", "virtio_blk_guest.c"],
+        "multiboot.ld",
+    )
 }
 
 fn image(name: &str, sectors: usize) -> (std::path::PathBuf, Vec<u8>) {
@@ -24,22 +30,73 @@ fn image(name: &str, sectors: usize) -> (std::path::PathBuf, Vec<u8>) {
 fn guest_reads_writes_flushes_and_gets_the_id() {
     let (img, data) = image("vblk-rw.raw", 2048);
     let disk = format!("path={},id=test-serial-42", img.display());
-    let r = vessel(&["run", "--kernel", guest().to_str().unwrap(), "--disk", &disk, "--memory", "64M"], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+            "--memory",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
     assert!(r.stdout.contains("pci: slot 0 id 0x"), "{}", r.stdout);
-    assert!(r.stdout.contains("pci: slot 1 id 0x10421af4 class 0x18000"), "{}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: capacity 2048 sectors\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("pci: slot 1 id 0x10421af4 class 0x18000"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("virtio-blk: capacity 2048 sectors\n"),
+        "{}",
+        r.stdout
+    );
     let want = format!("virtio-blk: sector 0 fnv1a={:#x}\n", fnv1a(&data[..512]));
     assert!(r.stdout.contains(&want), "want {want:?}: {}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: write sector 1 status 0\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: flush status 0\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: id test-serial-42\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("virtio-blk: write sector 1 status 0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("virtio-blk: flush status 0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("virtio-blk: id test-serial-42\n"),
+        "{}",
+        r.stdout
+    );
     // VIRTIO_BLK_S_IOERR for a sector past the end.
-    assert!(r.stdout.contains("virtio-blk: past-end read status 1\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("virtio-blk: past-end read status 1\n"),
+        "{}",
+        r.stdout
+    );
     // A completion on a masked vector is held pending; unmasking sends it through the
     // vector's irqfd and GSI route to the local APIC.
-    assert!(r.stdout.contains("virtio-blk: msi-x masked pending=1 delivered=0\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: msi-x unmasked pending=0 delivered=1\n"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("virtio-blk: msi-x masked pending=1 delivered=0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("virtio-blk: msi-x unmasked pending=0 delivered=1\n"),
+        "{}",
+        r.stdout
+    );
     let after = std::fs::read(&img).unwrap();
     let sector1: Vec<u8> = (0..512u32).map(|i| (0x5a ^ i) as u8).collect();
     assert_eq!(&after[512..1024], &sector1[..]);
@@ -51,10 +108,33 @@ fn guest_reads_writes_flushes_and_gets_the_id() {
 fn read_only_disk_refuses_the_write() {
     let (img, data) = image("vblk-ro.raw", 64);
     let disk = format!("path={},readonly=on", img.display());
-    let r = vessel(&["run", "--kernel", guest().to_str().unwrap(), "--disk", &disk], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("virtio-blk: id vessel-disk0\n"), "{}", r.stdout);
-    assert!(!r.stdout.contains("write sector 1 status 0\n"), "{}", r.stdout);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("virtio-blk: id vessel-disk0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("write sector 1 status 0\n"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(std::fs::read(&img).unwrap(), data);
 }
 
@@ -71,11 +151,41 @@ fn qcow2_disk_reads_like_its_raw_content() {
         .unwrap();
     assert!(st.success());
     let disk = format!("path={}", qcow.display());
-    let r = vessel(&["run", "--kernel", guest().to_str().unwrap(), "--disk", &disk], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains(&format!("virtio-blk: sector 0 fnv1a={:#x}\n", fnv1a(&data[..512]))), "{}", r.stdout);
-    let out = std::process::Command::new("qemu-img").args(["check"]).arg(&qcow).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "virtio-blk: sector 0 fnv1a={:#x}\n",
+            fnv1a(&data[..512])
+        )),
+        "{}",
+        r.stdout
+    );
+    let out = std::process::Command::new("qemu-img")
+        .args(["check"])
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -83,7 +193,16 @@ fn disk_size_not_a_multiple_of_512_is_rejected() {
     let path = out_dir().join("vblk-odd.raw");
     std::fs::write(&path, vec![0u8; 1000]).unwrap();
     let disk = format!("path={},format=raw", path.display());
-    let r = vessel(&["run", "--kernel", guest().to_str().unwrap(), "--disk", &disk], TIMEOUT);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+        ],
+        TIMEOUT,
+    );
     assert_eq!(r.status, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not a multiple of 512"), "{}", r.stderr);
 }

@@ -1,0 +1,202 @@
+//! Moving VMs as files: `vessel clone` (full copies, or linked qcow2 overlays on the
+//! source's disks) and `vessel export` / `vessel import` (one tar archive holding the
+//! definition, the boot files and the disks, holes preserved).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::state::{self, StateDir, VmDir, VmState};
+use crate::vmdef::VmDefinition;
+
+fn stopped(vm: &VmDir) -> Result<VmDefinition> {
+    let def = vm.definition()?;
+    if matches!(vm.state()?, VmState::Running { .. }) {
+        bail!("VM '{}' is running; stop it first", vm.name);
+    }
+    Ok(def)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into())
+}
+
+fn write_definition(vm: &VmDir, def: &VmDefinition) -> Result<()> {
+    let text = toml::to_string_pretty(def)?;
+    // What we store must read back.
+    VmDefinition::parse(&vm.path(state::DEFINITION), &text)?;
+    std::fs::write(vm.path(state::DEFINITION), text)?;
+    Ok(())
+}
+
+/// `vessel clone SRC DST [--linked]`.
+pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool) -> Result<i32> {
+    let from = state.vm(src)?;
+    let mut def = stopped(&from)?;
+    let to = state.vm(dst)?;
+    if to.exists() {
+        bail!("a VM named '{dst}' already exists");
+    }
+    state::ensure_dir(&to.dir)?;
+    let result = (|| -> Result<()> {
+        for (i, disk) in def.disks.iter_mut().enumerate() {
+            let source = disk.path.get_ref().clone();
+            if disk.readonly && !linked {
+                continue; // read-only disks can be shared as they are
+            }
+            let target = to.path(&format!("disk{i}-{}", file_name(&source)));
+            if linked {
+                let target = target.with_extension("qcow2");
+                let size = block::open(
+                    &source,
+                    &block::OpenOptions {
+                        read_only: true,
+                        format: None,
+                    },
+                )?
+                .size();
+                let opts = block::CreateOptions {
+                    backing: Some((source.clone(), None)),
+                    ..Default::default()
+                };
+                block::create(&target, block::Format::Qcow2, size, &opts)
+                    .with_context(|| format!("creating overlay {}", target.display()))?;
+                disk.path = toml::Spanned::new(0..0, target);
+                disk.format = Some(toml::Spanned::new(0..0, "qcow2".into()));
+            } else {
+                let format = block::detect(&source)?;
+                crate::disk_cli::convert::convert(&source, &target, format, Some(format), None)
+                    .with_context(|| format!("copying {}", source.display()))?;
+                disk.path = toml::Spanned::new(0..0, target);
+            }
+            disk.size = None;
+        }
+        def.name = toml::Spanned::new(0..0, dst.to_string());
+        write_definition(&to, &def)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&to.dir);
+        return Err(e);
+    }
+    println!(
+        "cloned '{src}' to '{dst}'{}",
+        if linked {
+            " (linked: disks are overlays of the source's)"
+        } else {
+            ""
+        }
+    );
+    Ok(0)
+}
+
+/// `vessel export NAME FILE`: a tar archive with `vm.toml` (relative paths), `boot/` and
+/// `disks/`.
+pub fn export(state: &StateDir, name: &str, file: &Path) -> Result<i32> {
+    let vm = state.vm(name)?;
+    let mut def = stopped(&vm)?;
+    let staging = tempdir_in(&state.root, "export")?;
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(staging.join("boot"))?;
+        std::fs::create_dir_all(staging.join("disks"))?;
+        let link = |src: &Path, rel: String| -> Result<PathBuf> {
+            std::os::unix::fs::symlink(src, staging.join(&rel))
+                .with_context(|| format!("staging {}", src.display()))?;
+            Ok(PathBuf::from(rel))
+        };
+        let kernel = link(
+            def.boot.kernel.get_ref(),
+            format!("boot/{}", file_name(def.boot.kernel.get_ref())),
+        )?;
+        def.boot.kernel = toml::Spanned::new(0..0, kernel);
+        if let Some(i) = &def.boot.initrd {
+            let initrd = link(
+                i.get_ref(),
+                format!("boot/initrd-{}", file_name(i.get_ref())),
+            )?;
+            def.boot.initrd = Some(toml::Spanned::new(0..0, initrd));
+        }
+        for (n, d) in def.disks.iter_mut().enumerate() {
+            let rel = link(
+                d.path.get_ref(),
+                format!("disks/{n}-{}", file_name(d.path.get_ref())),
+            )?;
+            d.path = toml::Spanned::new(0..0, rel);
+            d.size = None;
+        }
+        std::fs::write(
+            staging.join(state::DEFINITION),
+            toml::to_string_pretty(&def)?,
+        )?;
+        let status = Command::new("tar")
+            .args(["--create", "--sparse", "--dereference", "--file"])
+            .arg(file)
+            .arg("-C")
+            .arg(&staging)
+            .args([state::DEFINITION, "boot", "disks"])
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            bail!("tar failed ({status})");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result?;
+    println!("exported '{name}' to {}", file.display());
+    Ok(0)
+}
+
+/// `vessel import FILE [--name NAME]`.
+pub fn import(state: &StateDir, file: &Path, name: Option<&str>) -> Result<i32> {
+    let staging = tempdir_in(&state.root, "import")?;
+    let result = (|| -> Result<String> {
+        let status = Command::new("tar")
+            .args(["--extract", "--no-same-owner", "--file"])
+            .arg(file)
+            .arg("-C")
+            .arg(&staging)
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            bail!(
+                "{} is not a vessel archive (tar failed: {status})",
+                file.display()
+            );
+        }
+        let mut def = VmDefinition::load(&staging.join(state::DEFINITION))
+            .context("the archive's vm.toml")?;
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| def.name.get_ref().clone());
+        let vm = state.vm(&name)?;
+        if vm.exists() {
+            bail!("a VM named '{name}' already exists (use --name)");
+        }
+        std::fs::rename(&staging, &vm.dir)
+            .with_context(|| format!("moving into {}", vm.dir.display()))?;
+        def.resolve_paths(&vm.dir);
+        def.name = toml::Spanned::new(0..0, name.clone());
+        write_definition(&vm, &def)?;
+        Ok(name)
+    })();
+    match result {
+        Ok(name) => {
+            println!("imported '{name}' from {}", file.display());
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn tempdir_in(root: &Path, what: &str) -> Result<PathBuf> {
+    let dir = root.join(format!(".{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
