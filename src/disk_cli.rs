@@ -197,6 +197,12 @@ fn message(err: &anyhow::Error) -> String {
 }
 
 pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`vessel disk info x | head`) instead of failing on EPIPE.
+    // SAFETY: setting the default disposition of SIGPIPE installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match dispatch(cmd) {
         Ok(code) => Ok(code),
         Err(e) => {
