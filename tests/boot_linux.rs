@@ -5,13 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{elf64_guest, out_dir, vessel, TIMEOUT};
-
-fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(16777619)
-    })
-}
+use common::{fnv1a, elf64_guest, out_dir, vessel, TIMEOUT};
 
 fn e820_lines(memory: u64) -> Vec<String> {
     let low = memory.min(3 << 30);

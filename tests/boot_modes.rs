@@ -77,9 +77,7 @@ fn multiboot_guest_reads_cmdline_and_module_and_exits_with_code() {
         "stdout: {}",
         r.stdout
     );
-    let hash = content.iter().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(16777619)
-    });
+    let hash = common::fnv1a(&content);
     let expected = format!(
         "len={} fnv1a={hash:#x} name={}\n",
         content.len(),

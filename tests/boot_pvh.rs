@@ -55,9 +55,7 @@ fn pvh_guest_gets_start_info_with_cmdline_memmap_and_module() {
             format!("memmap: 0x100000 {:#x} 1", (96u64 << 20) - 0x100000),
         ]
     );
-    let hash = data.iter().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(16777619)
-    });
+    let hash = common::fnv1a(&data);
     assert!(
         r.stdout
             .contains(&format!("module: size=5000 fnv1a={hash:#x}\n")),

@@ -102,9 +102,7 @@ fn stdin_reaches_the_guest_without_loss() {
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let hash = input.iter().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(16777619)
-    });
+    let hash = common::fnv1a(&input);
     let want = format!("received {} bytes fnv1a={hash:#x}", input.len());
     assert!(
         stdout.contains(&want),

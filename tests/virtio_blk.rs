@@ -3,13 +3,7 @@
 
 mod common;
 
-use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
-
-fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(16777619)
-    })
-}
+use common::{fnv1a, multiboot_guest, out_dir, vessel, TIMEOUT};
 
 fn guest() -> std::path::PathBuf {
     multiboot_guest(
