@@ -1,5 +1,6 @@
 //! vessel: a virtual machine monitor on KVM.
 
+mod api_mode;
 mod disk_cli;
 mod manage_cli;
 mod run_cli;

@@ -15,8 +15,12 @@ pub const EXIT_HOST_ERROR: i32 = 6;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Guest kernel: bzImage, ELF vmlinux (PVH when it carries the note) or multiboot ELF32.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "api_sock")]
+    kernel: Option<PathBuf>,
+    /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
+    /// configuration and InstanceStart there, like `firecracker --api-sock`.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "rng", "console2"])]
+    api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -127,10 +131,14 @@ fn is_input_error(e: &VmError) -> bool {
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    for (what, path) in [
-        ("kernel", Some(&args.kernel)),
-        ("initrd", args.initrd.as_ref()),
-    ] {
+    if let Some(socket) = args.api_sock {
+        return crate::api_mode::run(socket, args.serial);
+    }
+    let Some(kernel) = args.kernel else {
+        eprintln!("vessel: error: --kernel is required");
+        return EXIT_USAGE;
+    };
+    for (what, path) in [("kernel", Some(&kernel)), ("initrd", args.initrd.as_ref())] {
         if let Some(p) = path {
             if !p.is_file() {
                 eprintln!(
@@ -142,7 +150,7 @@ pub fn run(args: RunArgs) -> i32 {
         }
     }
     let cfg = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory: args.memory,
@@ -164,24 +172,27 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     match vm.run() {
-        Ok(reason) => {
-            match &reason {
-                ExitReason::TripleFault => {
-                    eprintln!("vessel: the guest triple-faulted (CPU reset); VM ended")
-                }
-                ExitReason::Fault(report) => {
-                    eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end())
-                }
-                ExitReason::Stopped => eprintln!("vessel: VM stopped by signal"),
-                _ => {}
-            }
-            reason.exit_code()
-        }
+        Ok(reason) => report_end(&reason),
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));
             EXIT_HOST_ERROR
         }
     }
+}
+
+/// Say on stderr how the VM ended when it is worth a note; returns the exit status.
+pub fn report_end(reason: &ExitReason) -> i32 {
+    match reason {
+        ExitReason::TripleFault => {
+            eprintln!("vessel: the guest triple-faulted (CPU reset); VM ended")
+        }
+        ExitReason::Fault(report) => {
+            eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end())
+        }
+        ExitReason::Stopped => eprintln!("vessel: VM stopped by signal"),
+        _ => {}
+    }
+    reason.exit_code()
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

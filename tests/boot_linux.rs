@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{fnv1a, elf64_guest, out_dir, vessel, TIMEOUT};
+use common::{elf64_guest, fnv1a, out_dir, vessel, TIMEOUT};
 
 fn e820_lines(memory: u64) -> Vec<String> {
     let low = memory.min(3 << 30);

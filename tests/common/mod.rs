@@ -134,7 +134,9 @@ pub fn pvh_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
 
 /// FNV-1a, the hash the test guests print (tests/guests/guest.h).
 pub fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(2166136261u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(16777619))
+    data.iter().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(16777619)
+    })
 }
 
 pub struct Run {

@@ -1,0 +1,180 @@
+//! `vessel run --api-sock PATH`: like `firecracker --api-sock`, the VMM waits for its
+//! configuration over the REST API (crates/api) and boots on `InstanceStart`; the API keeps
+//! serving pause/resume and Ctrl-Alt-Del while the guest runs. The process ends with the VM.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{DriveFormat, NetworkMode, VmConfigSnapshot, VmmBackend};
+use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
+
+use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR};
+
+/// Builds the VM on InstanceStart and hands it to the main thread to run.
+struct Backend {
+    serial: SerialMode,
+    to_main: Mutex<Option<mpsc::Sender<Vm>>>,
+    handle: Mutex<Option<VmHandle>>,
+}
+
+fn format_of(f: DriveFormat) -> block::Format {
+    match f {
+        DriveFormat::Raw => block::Format::Raw,
+        DriveFormat::Qcow2 => block::Format::Qcow2,
+        DriveFormat::Vdi => block::Format::Vdi,
+        DriveFormat::Vhd => block::Format::Vhd,
+        DriveFormat::Vmdk => block::Format::Vmdk,
+        DriveFormat::Vhdx => block::Format::Vhdx,
+    }
+}
+
+/// The VMM configuration an API client described.
+fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, String> {
+    if let Some(nic) = cfg.network_interfaces.first() {
+        let mode = match nic.effective_mode() {
+            NetworkMode::Tap => "tap",
+            NetworkMode::Nat => "nat",
+        };
+        return Err(format!(
+            "network interface '{}' ({mode}): networking is not available in this build of vessel",
+            nic.iface_id
+        ));
+    }
+    Ok(VmConfig {
+        kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
+        initrd: cfg.boot_source.initrd_path.as_ref().map(PathBuf::from),
+        cmdline: cfg
+            .boot_source
+            .boot_args
+            .clone()
+            .unwrap_or_else(crate::vmdef::default_cmdline),
+        memory: cfg.machine.mem_size_bytes(),
+        cpus: u8::try_from(cfg.machine.vcpu_count)
+            .map_err(|_| "vcpu_count is too large".to_string())?,
+        serial,
+        disks: cfg
+            .drives
+            .iter()
+            .map(|d| DiskConfig {
+                path: PathBuf::from(&d.path_on_host),
+                read_only: d.is_read_only,
+                id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
+                format: d.format.map(format_of),
+            })
+            .collect(),
+        rng: false,
+        console2: None,
+    })
+}
+
+impl Backend {
+    fn handle(&self) -> Result<VmHandle, String> {
+        self.handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| "the VM is not running".to_string())
+    }
+}
+
+impl VmmBackend for Backend {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+        let cfg = vm_config(config, self.serial.clone())?;
+        let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
+        let handle = vm.handle();
+        let sender = self
+            .to_main
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or("the VM was already started")?;
+        sender
+            .send(vm)
+            .map_err(|_| "the VMM is shutting down".to_string())?;
+        *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        self.handle()?.send_ctrl_alt_del();
+        Ok(())
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        self.handle()?.pause();
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.handle()?.resume();
+        Ok(())
+    }
+}
+
+/// SIGINT, SIGTERM and SIGUSR1 are blocked in every thread from here on (the VM's event loop
+/// reads them from a signalfd); until the VM runs, this thread polls for them.
+fn block_control_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; only this thread's mask changes.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+fn stop_requested(set: &libc::sigset_t) -> bool {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid set and timeout; a null siginfo is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
+    sig == libc::SIGINT || sig == libc::SIGTERM
+}
+
+pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
+    let signals = block_control_signals();
+    let (tx, rx) = mpsc::channel();
+    let backend = Arc::new(Backend {
+        serial,
+        to_main: Mutex::new(Some(tx)),
+        handle: Mutex::new(None),
+    });
+    let server = match api::serve(&socket, backend, api::ServerOptions::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "vessel: error: cannot serve the API on {}: {}",
+                socket.display(),
+                error_chain(&e)
+            );
+            return EXIT_HOST_ERROR;
+        }
+    };
+    let vm = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(vm) => break Some(vm),
+            Err(RecvTimeoutError::Timeout) if !stop_requested(&signals) => continue,
+            Err(_) => break None,
+        }
+    };
+    let code = match vm {
+        Some(vm) => match vm.run() {
+            Ok(reason) => report_end(&reason),
+            Err(e) => {
+                eprintln!("vessel: error: {}", error_chain(&e));
+                EXIT_HOST_ERROR
+            }
+        },
+        None => 0,
+    };
+    let _ = server.shutdown();
+    code
+}

@@ -1,0 +1,185 @@
+//! `vessel run --api-sock`: a Firecracker-style client configures and boots a VM over the
+//! REST API on a unix socket (curl as the client), then pauses, resumes and stops it.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, TIMEOUT};
+
+/// `curl --unix-socket`: (HTTP status, body).
+fn curl(sock: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock);
+    cmd.args(["-X", method, &format!("http://localhost{path}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Vmm(Child);
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn firecracker_style_client_boots_pauses_resumes_and_stops_a_vm() {
+    let kernel = multiboot_guest(
+        "service",
+        &["multiboot_header.S", "service_guest.c"],
+        "multiboot.ld",
+    );
+    let sock = out_dir().join("api-run.sock");
+    let serial = out_dir().join("api-run-serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--serial",
+            &format!("file:{}", serial.display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut vmm = Vmm(child);
+    wait_for("the API socket", || sock.exists());
+
+    let (code, body) = curl(&sock, "GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"Not started\""), "{body}");
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#)
+        )
+        .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "service"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(curl(&sock, "PUT", "/boot-source", Some(&boot)).0, 204);
+    // Pre-boot rules: actions that need a running VM are refused with a reason.
+    let (code, body) = curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("fault_message"), "{body}");
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
+    wait_for("the guest", || {
+        std::fs::read_to_string(&serial)
+            .unwrap_or_default()
+            .contains("service up")
+    });
+    assert!(curl(&sock, "GET", "/", None)
+        .1
+        .contains("\"state\":\"Running\""));
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, config) = curl(&sock, "GET", "/vm/config", None);
+    assert_eq!(code, 200);
+    assert!(config.contains("\"vcpu_count\":2"), "{config}");
+    assert!(
+        config.contains(&format!(
+            "\"kernel_image_path\":{:?}",
+            kernel.display().to_string()
+        )),
+        "{config}"
+    );
+
+    assert_eq!(
+        curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    assert!(curl(&sock, "GET", "/", None)
+        .1
+        .contains("\"state\":\"Paused\""));
+    assert_eq!(
+        curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
+    assert!(curl(&sock, "GET", "/", None)
+        .1
+        .contains("\"state\":\"Running\""));
+
+    // Ctrl-Alt-Del: the guest powers off and the VMM exits with status 0.
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .0,
+        204
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = vmm.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "VMM did not exit after Ctrl-Alt-Del"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    vmm.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(std::fs::read_to_string(&serial)
+        .unwrap()
+        .contains("powering off"));
+    assert!(!sock.exists(), "the API socket is removed on exit");
+}
+
+#[test]
+fn api_mode_refuses_a_kernel_on_the_command_line_too() {
+    let r = common::vessel(
+        &["run", "--api-sock", "/tmp/x.sock", "--kernel", "/bin/true"],
+        TIMEOUT,
+    );
+    assert_eq!(r.status, Some(2));
+    assert!(r.stderr.contains("cannot be used with"), "{}", r.stderr);
+}
