@@ -51,8 +51,7 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
             .clone()
             .unwrap_or_else(crate::vmdef::default_cmdline),
         memory: cfg.machine.mem_size_bytes(),
-        cpus: u8::try_from(cfg.machine.vcpu_count)
-            .map_err(|_| "vcpu_count is too large".to_string())?,
+        cpus: cfg.machine.vcpu_count,
         serial,
         disks: cfg
             .drives

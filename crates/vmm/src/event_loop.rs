@@ -56,9 +56,8 @@ impl ControlSignals {
             return Err(io_err("signalfd")(std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a new signalfd owned by nobody else.
-        Ok(Self {
-            fd: unsafe { File::from_raw_fd(fd) },
-        })
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Signal numbers received since the last call.

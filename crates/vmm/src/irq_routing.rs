@@ -175,9 +175,9 @@ mod tests {
     fn default_routes_cover_pic_and_ioapic() {
         let r = GsiRouter::irqchip_routes();
         assert_eq!(r.len(), 16 + 24);
-        // SAFETY (test): entries built by irqchip_route use the irqchip union member.
         let pins: Vec<(u32, u32, u32)> = r
             .iter()
+            // SAFETY: entries built by irqchip_route use the irqchip union member.
             .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
             .collect();
         assert!(pins.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
