@@ -26,6 +26,8 @@ pub enum RouteError {
     InvalidId(#[from] ValidationError),
     #[error("The request body must be a JSON object.")]
     NotAnObject,
+    #[error("The request body cannot contain arrays: every field is a string, number, boolean or object.")]
+    ArrayInBody,
     #[error("The id from the path does not match the id from the body!")]
     IdMismatch,
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
@@ -96,13 +98,39 @@ pub fn parse_request(
 }
 
 /// Deserializes a JSON object body. serde would also take a struct as an array of its field
-/// values; Firecracker's clients never send that, so anything but an object is refused.
+/// values (`{"rate_limiter": [null, null]}`); no request body has an array field, so a body
+/// that is not an object or holds an array anywhere is refused.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
         return Err(RouteError::NotAnObject);
     }
-    Ok(serde_json::from_slice(body)?)
+    let value = serde_json::from_slice(body)?;
+    if contains_array(body) {
+        return Err(RouteError::ArrayInBody);
+    }
+    Ok(value)
+}
+
+/// Whether well-formed JSON `text` has a `[` outside its strings.
+fn contains_array(text: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if byte == b'[' {
+            return true;
+        }
+    }
+    false
 }
 
 fn check_ids_match(from_path: &str, from_body: &str) -> Result<(), RouteError> {

@@ -167,6 +167,18 @@ fn wrong_types_are_named() {
             "The request body must be a JSON object.",
         ),
         (
+            "PUT",
+            "/network-interfaces/e",
+            json!({"iface_id": "e", "host_dev_name": "tap0", "tx_rate_limiter": [null, null]}),
+            "The request body cannot contain arrays",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": null}),
+            "invalid type: null, expected a boolean",
+        ),
+        (
             "PATCH",
             "/vm",
             json!("Paused"),

@@ -128,6 +128,36 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
 }
 
 #[test]
+fn null_optional_fields_mean_absent() {
+    let server = TestServer::start();
+    let boot = json!({"kernel_image_path": server.kernel, "boot_args": null, "initrd_path": null});
+    server.expect_no_content("PUT", "/boot-source", &boot.to_string());
+    let drive = json!({"drive_id": "d", "path_on_host": server.rootfs, "is_root_device": false,
+                       "partuuid": null, "rate_limiter": null, "format": null});
+    server.expect_no_content("PUT", "/drives/d", &drive.to_string());
+    let iface = json!({"iface_id": "e", "host_dev_name": "tap0", "guest_mac": null,
+                       "rx_rate_limiter": {"bandwidth": null, "ops": null}, "mode": null});
+    server.expect_no_content("PUT", "/network-interfaces/e", &iface.to_string());
+    server.expect_no_content(
+        "PATCH",
+        "/machine-config",
+        r#"{"vcpu_count": null, "mem_size_mib": 64}"#,
+    );
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(
+        config["boot-source"],
+        json!({"kernel_image_path": server.kernel})
+    );
+    assert!(config["drives"][0].get("partuuid").is_none());
+    assert_eq!(
+        config["network-interfaces"][0]["rx_rate_limiter"],
+        json!({})
+    );
+    assert_eq!(config["machine-config"]["vcpu_count"], 1);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 64);
+}
+
+#[test]
 fn firecracker_client_sequence() {
     let server = TestServer::start();
     server.expect_no_content(
