@@ -125,34 +125,9 @@ fn parse_format(s: &str) -> Result<Format, String> {
     s.parse::<Format>().map_err(|e| e.to_string())
 }
 
-/// Parse a size: a number with an optional K, M, G, T or P suffix (powers of 1024;
-/// "KiB", "kb" and friends accepted too).
+/// Sizes in bytes: a number with an optional K, M, G, T or P suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size '{s}' (expected e.g. 512, 64K, 8G)"))?;
-    let shift = match unit
-        .to_ascii_lowercase()
-        .trim_end_matches("ib")
-        .trim_end_matches('b')
-    {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => {
-            return Err(format!(
-                "invalid size suffix in '{s}' (use K, M, G, T or P)"
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size '{s}' is too large"))
+    crate::size::parse_size(s, 1)
 }
 
 /// Exit status for an error: 2 for user mistakes, 1 otherwise.

@@ -18,9 +18,10 @@ pub fn parse_size(text: &str, plain_unit: u64) -> Result<u64, String> {
                 "M" => 1 << 20,
                 "G" => 1 << 30,
                 "T" => 1 << 40,
+                "P" => 1 << 50,
                 _ => {
                     return Err(format!(
-                        "invalid size '{text}': unknown unit (use K, M, G or T)"
+                        "invalid size '{text}': unknown unit (use K, M, G, T or P)"
                     ))
                 }
             };
