@@ -8,9 +8,12 @@
 
 mod error;
 mod format;
+mod image_file;
 mod open;
 mod qcow2;
 mod raw;
+#[cfg(test)]
+mod test_support;
 mod vdi;
 mod vhd;
 mod vhdx;

@@ -1,6 +1,6 @@
 //! The VDI pre-header and header (VirtualBox format version 1.1).
 
-use super::image_file::{le_u32, le_u64, ImageFile, MAX_TABLE_BYTES};
+use crate::image_file::{le_u32, le_u64, ImageFile, MAX_TABLE_BYTES};
 use crate::Result;
 
 /// Text at the start of every VDI file (qemu writes the "QEMU" variant; any text is
@@ -198,9 +198,9 @@ impl Header {
         );
         put(&mut raw, OFF_GEOMETRY + 12, SECTOR as u32);
         raw[OFF_UUID_CREATE..OFF_UUID_CREATE + 16]
-            .copy_from_slice(&super::image_file::random_uuid());
+            .copy_from_slice(&crate::image_file::random_uuid());
         raw[OFF_UUID_MODIFY..OFF_UUID_MODIFY + 16]
-            .copy_from_slice(&super::image_file::random_uuid());
+            .copy_from_slice(&crate::image_file::random_uuid());
         let mut h = Header {
             image_type: if fixed { TYPE_FIXED } else { TYPE_DYNAMIC },
             offset_bmap,

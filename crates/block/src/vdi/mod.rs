@@ -7,15 +7,12 @@
 //! slots stay dense (qemu and VirtualBox append at `blocks_allocated`).
 
 mod header;
-pub(crate) mod image_file;
-#[cfg(test)]
-pub(crate) mod test_support;
 
 use std::path::Path;
 
+pub(crate) use crate::image_file::ImageFile;
+use crate::image_file::{check_range, push_extent};
 use header::{Header, BLOCK_FREE, BLOCK_ZERO, DEFAULT_BLOCK_SIZE, SECTOR, TYPE_FIXED};
-pub(crate) use image_file::ImageFile;
-use image_file::{check_range, push_extent};
 
 use crate::{Allocation, CreateOptions, DiskImage, Error, Extent, Format, OpenOptions, Result};
 

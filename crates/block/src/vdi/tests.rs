@@ -1,8 +1,8 @@
-use super::test_support::{
+use super::*;
+use crate::test_support::{
     check_allocation, path_str, qemu_check, qemu_io_fill, qemu_raw, read_all, run, workout, Rng,
     TempDir,
 };
-use super::*;
 
 fn rw() -> OpenOptions {
     OpenOptions {

@@ -7,7 +7,7 @@ use super::footer::{
     SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED,
 };
 use super::{identity, parent, resolve_parent};
-use crate::vdi::image_file::ImageFile;
+use crate::image_file::ImageFile;
 use crate::{CreateOptions, Error, Format, Result};
 
 /// Create a VHD of exactly `size` bytes: fixed with `opts.fixed`, differencing with

@@ -1,6 +1,6 @@
 //! The VHD footer, the dynamic disk header and qemu-compatible CHS geometry.
 
-use crate::vdi::image_file::{be_u32, be_u64, ImageFile};
+use crate::image_file::{be_u32, be_u64, ImageFile};
 use crate::Result;
 
 pub(crate) const FOOTER_SIZE: usize = 512;
@@ -120,7 +120,7 @@ impl Footer {
         raw[58] = h;
         raw[59] = s;
         raw[60..64].copy_from_slice(&disk_type.to_be_bytes());
-        let unique_id = crate::vdi::image_file::random_uuid();
+        let unique_id = crate::image_file::random_uuid();
         raw[68..84].copy_from_slice(&unique_id);
         let sum = checksum(&raw, 64);
         raw[64..68].copy_from_slice(&sum.to_be_bytes());

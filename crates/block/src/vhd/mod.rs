@@ -18,9 +18,7 @@ use footer::{
     TYPE_FIXED,
 };
 
-use crate::vdi::image_file::{
-    be_u32, be_u64, check_range, push_extent, ImageFile, MAX_TABLE_BYTES,
-};
+use crate::image_file::{be_u32, be_u64, check_range, push_extent, ImageFile, MAX_TABLE_BYTES};
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
 /// Metadata of a dynamic or differencing disk.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::footer::SECTOR;
-use crate::vdi::image_file::{be_u32, be_u64, ImageFile};
+use crate::image_file::{be_u32, be_u64, ImageFile};
 use crate::Result;
 
 /// Offset of the 8 locator entries in the dynamic header.

@@ -9,7 +9,7 @@ use super::headers::{
 };
 use super::metadata::{encode_metadata, MAX_DISK_SIZE};
 use super::{parent, VhdxImage, PAYLOAD_FULLY_PRESENT, SECTORS_PER_BITMAP};
-use crate::vdi::image_file::{random_uuid, ImageFile};
+use crate::image_file::{random_uuid, ImageFile};
 use crate::{CreateOptions, DiskImage, Error, Format, Result};
 
 const LOG_OFFSET: u64 = MIB;

@@ -2,7 +2,7 @@
 
 use super::crc32c::crc32c_skipping;
 use super::log::Patched;
-use crate::vdi::image_file::{le_u16, le_u32, le_u64, ImageFile};
+use crate::image_file::{le_u16, le_u32, le_u64, ImageFile};
 use crate::Result;
 
 pub(crate) const MIB: u64 = 1 << 20;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::crc32c::crc32c_skipping;
 use super::headers::Guid;
-use crate::vdi::image_file::{le_u32, le_u64, ImageFile};
+use crate::image_file::{le_u32, le_u64, ImageFile};
 use crate::Result;
 
 pub(crate) const LOG_SECTOR: usize = 4096;

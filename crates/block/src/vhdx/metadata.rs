@@ -3,7 +3,7 @@
 
 use super::headers::{guid, Guid, Region};
 use super::log::Patched;
-use crate::vdi::image_file::{le_u16, le_u32, le_u64, ImageFile};
+use crate::image_file::{le_u16, le_u32, le_u64, ImageFile};
 use crate::Result;
 
 const FILE_PARAMETERS: Guid = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");

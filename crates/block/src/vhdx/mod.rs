@@ -20,7 +20,7 @@ use headers::{read_current_header, read_regions, write_headers, Header, MIB};
 use log::{apply, find_replay, LogWrite, Patched};
 use metadata::{read_metadata, Metadata};
 
-use crate::vdi::image_file::{
+use crate::image_file::{
     check_range, le_u64, push_extent, random_uuid, ImageFile, MAX_TABLE_BYTES,
 };
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::headers::{read_current_header, Guid};
-use crate::vdi::image_file::ImageFile;
+use crate::image_file::ImageFile;
 use crate::{DiskImage, Error, Format, OpenOptions, Result};
 
 /// `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}` for an on-disk GUID.

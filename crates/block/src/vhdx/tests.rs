@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use super::headers::{guid, HEADER_OFFSETS};
 use super::log::encode_entry;
 use super::*;
-use crate::vdi::test_support::{
+use crate::test_support::{
     check_allocation, path_str, qemu_check, qemu_io_fill, qemu_raw, read_all, run, workout, Rng,
     TempDir,
 };

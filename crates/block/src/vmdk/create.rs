@@ -5,7 +5,7 @@ use std::path::Path;
 use super::descriptor::{Descriptor, ExtentKind, ExtentLine};
 use super::sparse::{new_sparse_layout, SECTOR};
 use super::{dir_of, VmdkImage};
-use crate::vdi::image_file::{random_uuid, ImageFile};
+use crate::image_file::{random_uuid, ImageFile};
 use crate::{CreateOptions, DiskImage, Error, Format, Result};
 
 /// Default grain: 64 KiB, as qemu and VMware use.

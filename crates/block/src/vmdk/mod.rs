@@ -12,7 +12,7 @@ pub use create::create;
 use descriptor::{Descriptor, ExtentKind};
 use sparse::{Grain, SparseExtent, MAGIC, SECTOR};
 
-use crate::vdi::image_file::{check_range, push_extent, random_uuid, ImageFile};
+use crate::image_file::{check_range, push_extent, random_uuid, ImageFile};
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
 /// Largest virtual disk accepted from a descriptor.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::vdi::image_file::{le_u16, le_u32, le_u64, ImageFile, MAX_TABLE_BYTES};
+use crate::image_file::{le_u16, le_u32, le_u64, ImageFile, MAX_TABLE_BYTES};
 use crate::{Format, Result};
 
 pub(crate) const MAGIC: &[u8; 4] = b"KDMV";

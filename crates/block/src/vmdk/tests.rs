@@ -1,5 +1,5 @@
 use super::*;
-use crate::vdi::test_support::{
+use crate::test_support::{
     check_allocation, path_str, qemu_check, qemu_io_fill, qemu_raw, read_all, run, workout, Rng,
     TempDir,
 };

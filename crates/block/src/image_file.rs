@@ -1,6 +1,6 @@
 //! A host file holding an image, with errors that name the file and format.
 //!
-//! Shared by the VDI, VHD, VMDK and VHDX drivers (reachable as `crate::vdi::ImageFile`).
+//! Shared by the VDI, VHD, VMDK and VHDX drivers.
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
