@@ -305,3 +305,65 @@ fn shutdown_closes_connections_and_removes_the_socket() {
     drop(again);
     assert!(!server.socket.exists());
 }
+
+/// A backend that panics in `pause`, as a VMM bug would (in a debug build; release builds
+/// abort on panic).
+struct PanickingBackend;
+
+impl api::VmmBackend for PanickingBackend {
+    fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), String> {
+        Ok(())
+    }
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn pause(&self) -> Result<(), String> {
+        panic!("backend bug while pausing");
+    }
+    fn resume(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn backend_panic_gets_500_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"k").unwrap();
+    let handle = api::serve(
+        &socket,
+        Arc::new(PanickingBackend),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let send =
+        |method: &str, path: &str, body: Option<&str>| common::request(&socket, method, path, body);
+    let boot = serde_json::json!({"kernel_image_path": kernel}).to_string();
+    assert_eq!(send("PUT", "/boot-source", Some(&boot)).status, 204);
+    assert_eq!(
+        send(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .status,
+        204
+    );
+    let response = send("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(response.status, 500);
+    assert!(response.fault_message().contains("The VMM failed"));
+    // The state machine is still usable and unchanged.
+    let info = send("GET", "/", None).json();
+    assert_eq!(info["state"], "Running");
+    assert_eq!(
+        send(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .status,
+        204
+    );
+    handle.shutdown().unwrap();
+}
