@@ -42,7 +42,7 @@ pub use model::*;
 pub use routes::{parse_request, RouteError};
 pub use server::{
     serve, ApiError, ApiServerHandle, ServerOptions, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
 };
 pub use socket::SocketError;
 pub use validate::{

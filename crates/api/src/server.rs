@@ -31,8 +31,8 @@ use crate::socket::{bind_api_socket, remove_api_socket, SocketError};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Connections served at once; more wait in the socket's backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-/// A client must finish sending its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ServerOptions::read_timeout`] (hyper's own default for headers).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for a backend call that is still running.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -57,6 +57,10 @@ pub struct ServerOptions {
     /// Larger request bodies get `413 Payload Too Large`.
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    /// A client must send a request's headers, and then its body, each within this time, or
+    /// its connection is closed (headers) or answered `408` (body). An idle keep-alive
+    /// connection is closed after this time too.
+    pub read_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +69,7 @@ impl Default for ServerOptions {
             identity: InstanceIdentity::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -72,6 +77,7 @@ impl Default for ServerOptions {
 struct Shared {
     controller: Mutex<VmController>,
     max_body_bytes: usize,
+    read_timeout: Duration,
 }
 
 impl Shared {
@@ -160,6 +166,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         controller: Mutex::new(VmController::new(options.identity, backend)),
         max_body_bytes: options.max_body_bytes,
+        read_timeout: options.read_timeout,
     });
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let thread_shared = shared.clone();
@@ -221,10 +228,11 @@ async fn accept_loop(
 }
 
 async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+    let read_timeout = shared.read_timeout;
     let service = service_fn(move |request| handle_request(request, shared.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(read_timeout)
         .serve_connection(TokioIo::new(stream), service);
     // A client that hangs up or sends garbage only ends its own connection.
     let _ = connection.await;
@@ -240,12 +248,19 @@ async fn handle_request(
     if declared_length(&request).is_some_and(|length| length > limit as u64) {
         return Ok(body_too_large(limit));
     }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+    let reading = Limited::new(request.into_body(), limit).collect();
+    let body = match tokio::time::timeout(shared.read_timeout, reading).await {
+        Err(_elapsed) => {
+            return Ok(fault(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not arrive in time.".to_string(),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
             return Ok(body_too_large(limit))
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             return Ok(fault(
                 StatusCode::BAD_REQUEST,
                 format!("Failed to read the request body: {err}"),

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use api::{ApiError, ServerOptions, SocketError, DEFAULT_MAX_BODY_BYTES};
 use common::{Connection, MockBackend, TestServer};
@@ -180,6 +181,52 @@ fn concurrent_instance_start_starts_once() {
     assert_eq!(server.backend.calls(), ["start"]);
 }
 
+fn short_timeout_server() -> TestServer {
+    TestServer::start_with(ServerOptions {
+        read_timeout: Duration::from_millis(300),
+        ..ServerOptions::default()
+    })
+}
+
+#[test]
+fn slow_body_gets_408_and_the_server_goes_on() {
+    let server = short_timeout_server();
+    let mut connection = Connection::open(&server.socket);
+    let started = Instant::now();
+    let response = connection
+        .send_raw(b"PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"vc");
+    assert_eq!(response.status, 408);
+    assert!(response.fault_message().contains("did not arrive in time"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(server.request("GET", "/", None).status, 200);
+}
+
+#[test]
+fn idle_and_slow_header_connections_are_closed() {
+    let server = short_timeout_server();
+    // Idle after a request.
+    let mut idle = Connection::open(&server.socket);
+    assert_eq!(idle.send("GET", "/", None).status, 200);
+    // Headers that never finish.
+    let mut partial = UnixStream::connect(&server.socket).unwrap();
+    partial.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // Silent from the start.
+    let silent = UnixStream::connect(&server.socket).unwrap();
+    for mut stream in [idle.into_stream(), partial, silent] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "closed by the server, not by us"
+        );
+    }
+    assert_eq!(server.request("GET", "/", None).status, 200);
+}
+
 #[test]
 fn live_socket_is_not_taken_over() {
     let server = TestServer::start();
@@ -234,13 +281,16 @@ fn shutdown_closes_connections_and_removes_the_socket() {
     let mut server = TestServer::start();
     let mut idle = Connection::open(&server.socket);
     assert_eq!(idle.send("GET", "/", None).status, 200);
+    let started = Instant::now();
     server.handle.take().unwrap().shutdown().unwrap();
     assert!(!server.socket.exists());
     assert!(UnixStream::connect(&server.socket).is_err());
     // The idle keep-alive connection was closed by the server.
     let mut buf = [0u8; 1];
-    let mut stream = idle_stream(idle);
+    let mut stream = idle.into_stream();
     assert_eq!(stream.read(&mut buf).unwrap_or(0), 0);
+    // Closed by shutdown, not by the 30 s idle timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
     // The path can be served again.
     let again = api::serve(
         &server.socket,
@@ -256,6 +306,64 @@ fn shutdown_closes_connections_and_removes_the_socket() {
     assert!(!server.socket.exists());
 }
 
-fn idle_stream(connection: Connection) -> UnixStream {
-    connection.into_stream()
+/// A backend that panics in `pause`, as a VMM bug would (in a debug build; release builds
+/// abort on panic).
+struct PanickingBackend;
+
+impl api::VmmBackend for PanickingBackend {
+    fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), String> {
+        Ok(())
+    }
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn pause(&self) -> Result<(), String> {
+        panic!("backend bug while pausing");
+    }
+    fn resume(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn backend_panic_gets_500_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"k").unwrap();
+    let handle = api::serve(
+        &socket,
+        Arc::new(PanickingBackend),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let send =
+        |method: &str, path: &str, body: Option<&str>| common::request(&socket, method, path, body);
+    let boot = serde_json::json!({"kernel_image_path": kernel}).to_string();
+    assert_eq!(send("PUT", "/boot-source", Some(&boot)).status, 204);
+    assert_eq!(
+        send(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .status,
+        204
+    );
+    let response = send("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(response.status, 500);
+    assert!(response.fault_message().contains("The VMM failed"));
+    // The state machine is still usable and unchanged.
+    let info = send("GET", "/", None).json();
+    assert_eq!(info["state"], "Running");
+    assert_eq!(
+        send(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .status,
+        204
+    );
+    handle.shutdown().unwrap();
 }
