@@ -35,6 +35,11 @@ struct desc { u64 addr; u32 len; u16 flags, next; };
 static uptr common, notify_addr, devcfg;
 static u16 used_seen;
 #define MSI_VECTOR 0x41
+#define INTX_VECTOR 0x42
+#define IOAPIC 0xfec00000u
+struct mb_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; };
+
+static void ioapic_write(u32 reg, u32 v) { mmio_write32(IOAPIC, reg); mmio_write32(IOAPIC + 0x10, v); }
 static int lapic_irr(u32 vector) {
     return (mmio_read32(0xfee00200u + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
 }
@@ -73,8 +78,12 @@ static u8 request(u32 type, u32 sector, u32 len, int device_writes) {
     return r8(STATUS);
 }
 
-void guest_main(u32 magic, void *mbi) {
-    (void)magic; (void)mbi;
+void guest_main(u32 magic, struct mb_info *mbi) {
+    (void)magic;
+    const char *cmdline = (mbi->flags & 4) ? (const char *)(uptr)mbi->cmdline : "";
+    int intx = 0;
+    for (const char *p = cmdline; *p; p++) if (starts_with(p, "intx")) intx = 1;
+    uptr isr_addr = 0;
     u32 slot_found = 0;
     for (u32 slot = 0; slot < 32; slot++) {
         u32 id = cf8_read(slot, 0);
@@ -100,6 +109,7 @@ void guest_main(u32 magic, void *mbi) {
             uptr base = bar_lo & ~0xfu; /* the BAR sits below 4 GiB */
             if (type == 1) common = base + off;
             if (type == 2) { notify_bar = base; notify_off = off; notify_mult = cf8_read(slot, cap + 16); }
+            if (type == 3) isr_addr = base + off;
             if (type == 4) devcfg = base + off;
         }
         cap = (h >> 8) & 0xff;
@@ -135,24 +145,38 @@ void guest_main(u32 magic, void *mbi) {
     notify_addr = notify_bar + notify_off + r16(common + 0x1e) * notify_mult;
     w16(common + 0x1c, 1);
     w8(common + 0x14, 1 | 2 | 8 | 4);
-    /* MSI-X entry 1: fixed delivery to APIC 0, vector 0x41, masked; then enable MSI-X. */
-    w32(table_base + 16 + 0, 0xfee00000u);
-    w32(table_base + 16 + 4, 0);
-    w32(table_base + 16 + 8, MSI_VECTOR);
-    w32(table_base + 16 + 12, 1);
-    cf8_write(slot, msix_cap, cf8_read(slot, msix_cap) | (0x8000u << 16));
+    u32 line = cf8_read(slot, 0x3c) & 0xff;
+    if (intx) {
+        /* MSI-X stays off: completions raise INTx pin A, routed to IOAPIC pin `line`
+         * (level-triggered, vector 0x42, to APIC 0). */
+        ioapic_write(0x11 + 2 * line, 0);
+        ioapic_write(0x10 + 2 * line, INTX_VECTOR | (1u << 15));
+    } else {
+        /* MSI-X entry 1: fixed delivery to APIC 0, vector 0x41, masked; then enable MSI-X. */
+        w32(table_base + 16 + 0, 0xfee00000u);
+        w32(table_base + 16 + 4, 0);
+        w32(table_base + 16 + 8, MSI_VECTOR);
+        w32(table_base + 16 + 12, 1);
+        cf8_write(slot, msix_cap, cf8_read(slot, msix_cap) | (0x8000u << 16));
+    }
 
     u32 cap_lo = r32(devcfg), cap_hi = r32(devcfg + 4);
     puts("virtio-blk: capacity "); put_dec(((u64)cap_hi << 32) | cap_lo); puts(" sectors\n");
 
     if (request(0, 0, 512, 1) != 0) fail("read of sector 0");
     puts("virtio-blk: sector 0 fnv1a="); put_hex(fnv1a((const u8 *)DATA, 512)); puts("\n");
-    puts("virtio-blk: msi-x masked pending="); put_dec((r32(pba_base) >> 1) & 1);
-    puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
-    w32(table_base + 16 + 12, 0); /* unmask: the pending message goes out now */
-    for (u32 spins = 0; !lapic_irr(MSI_VECTOR) && spins < 100000u; spins++) pause();
-    puts("virtio-blk: msi-x unmasked pending="); put_dec((r32(pba_base) >> 1) & 1);
-    puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
+    if (intx) {
+        for (u32 spins = 0; !lapic_irr(INTX_VECTOR) && spins < 100000u; spins++) pause();
+        puts("virtio-blk: intx line="); put_dec(line); puts(" delivered="); put_dec(lapic_irr(INTX_VECTOR));
+        puts(" isr="); put_dec(r8(isr_addr) & 1); puts(" isr-after-read="); put_dec(r8(isr_addr) & 1); puts("\n");
+    } else {
+        puts("virtio-blk: msi-x masked pending="); put_dec((r32(pba_base) >> 1) & 1);
+        puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
+        w32(table_base + 16 + 12, 0); /* unmask: the pending message goes out now */
+        for (u32 spins = 0; !lapic_irr(MSI_VECTOR) && spins < 100000u; spins++) pause();
+        puts("virtio-blk: msi-x unmasked pending="); put_dec((r32(pba_base) >> 1) & 1);
+        puts(" delivered="); put_dec(lapic_irr(MSI_VECTOR)); puts("\n");
+    }
 
     for (u32 i = 0; i < 512; i++) MEM(DATA + i)[0] = (u8)(0x5a ^ i);
     u8 st = request(1, 1, 512, 0);
