@@ -7,7 +7,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::{DriveFormat, NetworkMode, VmConfigSnapshot, VmmBackend};
+use api::{
+    BootSource, Drive, DriveFormat, MachineConfig, NetworkMode, VmConfigSnapshot, VmmBackend,
+};
 use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
 
 use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR};
@@ -28,6 +30,72 @@ fn format_of(f: DriveFormat) -> block::Format {
         DriveFormat::Vmdk => block::Format::Vmdk,
         DriveFormat::Vhdx => block::Format::Vhdx,
     }
+}
+
+fn drive_format(f: block::Format) -> DriveFormat {
+    match f {
+        block::Format::Raw => DriveFormat::Raw,
+        block::Format::Qcow2 => DriveFormat::Qcow2,
+        block::Format::Vdi => DriveFormat::Vdi,
+        block::Format::Vhd => DriveFormat::Vhd,
+        block::Format::Vmdk => DriveFormat::Vmdk,
+        block::Format::Vhdx => DriveFormat::Vhdx,
+    }
+}
+
+/// How the API shows a VM that was configured elsewhere (a VM definition).
+fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
+    VmConfigSnapshot {
+        machine: MachineConfig {
+            vcpu_count: cfg.cpus,
+            mem_size_mib: (cfg.memory >> 20) as _,
+            ..MachineConfig::default()
+        },
+        boot_source: BootSource {
+            kernel_image_path: cfg.kernel.display().to_string(),
+            boot_args: Some(cfg.cmdline.clone()),
+            initrd_path: cfg.initrd.as_ref().map(|p| p.display().to_string()),
+        },
+        drives: cfg
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Drive {
+                drive_id: d.id.clone().unwrap_or_else(|| format!("disk{i}")),
+                path_on_host: d.path.display().to_string(),
+                is_root_device: false,
+                is_read_only: d.read_only,
+                partuuid: None,
+                cache_type: Default::default(),
+                io_engine: Default::default(),
+                rate_limiter: None,
+                format: d.format.map(drive_format),
+            })
+            .collect(),
+        network_interfaces: Vec::new(),
+    }
+}
+
+/// Serve the API for a VM that already runs (`vessel start`): state, pause/resume and
+/// Ctrl-Alt-Del; configuration calls get Firecracker's post-boot refusals.
+pub fn serve_running(
+    socket: &std::path::Path,
+    cfg: &VmConfig,
+    handle: VmHandle,
+) -> Result<api::ApiServerHandle, api::ApiError> {
+    let backend = Arc::new(Backend {
+        serial: cfg.serial.clone(),
+        to_main: Mutex::new(None),
+        handle: Mutex::new(Some(handle)),
+    });
+    api::serve(
+        socket,
+        backend,
+        api::ServerOptions {
+            running: Some(snapshot(cfg)),
+            ..api::ServerOptions::default()
+        },
+    )
 }
 
 /// The VMM configuration an API client described.
@@ -114,7 +182,7 @@ impl VmmBackend for Backend {
 
 /// SIGINT, SIGTERM and SIGUSR1 are blocked in every thread from here on (the VM's event loop
 /// reads them from a signalfd); until the VM runs, this thread polls for them.
-fn block_control_signals() -> libc::sigset_t {
+pub(crate) fn block_control_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; only this thread's mask changes.

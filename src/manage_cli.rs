@@ -285,6 +285,8 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
             unsafe { std::fs::File::from_raw_fd(fd) }
         });
     let vm = state.vm(name)?;
+    // Before any thread starts (the API server's): the VM's event loop reads these signals.
+    crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
         let def = vm.definition()?;
         let lock = vm
@@ -297,9 +299,14 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         let cfg = def.vm_config(serial)?;
         let machine =
             vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?;
-        Ok((lock, machine))
+        let api_server =
+            crate::api_mode::serve_running(&vm.path(state::API_SOCKET), &cfg, machine.handle())
+                .map_err(|e| {
+                    anyhow!("cannot serve the API: {}", crate::run_cli::error_chain(&e))
+                })?;
+        Ok((lock, machine, api_server))
     })();
-    let (_lock, machine) = match result {
+    let (_lock, machine, api_server) = match result {
         Ok(x) => x,
         Err(e) => {
             report(&mut ready, &format!("{e:#}"));
@@ -313,6 +320,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
     )?;
     report(&mut ready, "ready");
     let outcome = machine.run();
+    let _ = api_server.shutdown();
     let note = match &outcome {
         Ok(vmm::ExitReason::PowerOff) => "guest powered off".to_string(),
         Ok(vmm::ExitReason::Reset) => "guest reset".to_string(),
@@ -460,6 +468,7 @@ fn inspect(state: &StateDir, name: &str) -> Result<i32> {
         "directory": vm.dir,
         "serial_log": vm.path(state::SERIAL_LOG),
         "console_socket": vm.path(state::CONSOLE_SOCKET),
+        "api_socket": vm.path(state::API_SOCKET),
         "last_exit": vm.exit_note(),
         "last_serial_lines": vm.last_serial_lines(10),
         "definition": serde_json::to_value(&def)?,

@@ -14,6 +14,8 @@ use crate::vmdef::{valid_name, VmDefinition};
 pub const DEFINITION: &str = "vm.toml";
 pub const SERIAL_LOG: &str = "serial.log";
 pub const CONSOLE_SOCKET: &str = "console.sock";
+/// REST API (Firecracker's shape) of the running VM.
+pub const API_SOCKET: &str = "api.sock";
 pub const PID_FILE: &str = "vmm.pid";
 pub const LOCK_FILE: &str = "lock";
 pub const VMM_LOG: &str = "vmm.log";

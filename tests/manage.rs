@@ -403,3 +403,74 @@ fn linked_clone_is_an_overlay_and_full_clone_is_a_copy() {
     assert!(r.stderr.contains("is running"), "{}", r.stderr);
     st.ok(&["stop", "linked", "--force"]);
 }
+
+fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock);
+    cmd.args(["-X", method, &format!("http://localhost{path}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let text = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_background_vm_serves_the_rest_api_on_its_socket() {
+    let st = State::new("api");
+    let file = definition_with(&out_dir(), "svc", &service_guest(), "listen=kbd");
+    st.ok(&["create", "svc", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "svc"]);
+    st.wait_serial("svc", "service up\n");
+    let sock = st.0.join("svc").join("api.sock");
+    let (code, body) = curl(&sock, "GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"Running\""), "{body}");
+    let (code, config) = curl(&sock, "GET", "/vm/config", None);
+    assert_eq!(code, 200);
+    assert!(
+        config.contains("\"mem_size_mib\":32") && config.contains("\"boot_args\":\"listen=kbd\""),
+        "{config}"
+    );
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("after starting"), "{body}");
+    assert_eq!(
+        curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    assert!(curl(&sock, "GET", "/", None)
+        .1
+        .contains("\"state\":\"Paused\""));
+    assert_eq!(
+        curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .0,
+        204
+    );
+    let start = Instant::now();
+    while st.state_of("svc") != "stopped" {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the guest did not stop after SendCtrlAltDel"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(st.serial("svc").contains("ctrl-alt-del: powering off"));
+    assert!(!sock.exists(), "the API socket is removed when the VM ends");
+}

@@ -120,6 +120,23 @@ impl VmController {
         }
     }
 
+    /// A controller for a VM that already runs with `config`.
+    pub fn running(
+        identity: InstanceIdentity,
+        backend: Arc<dyn VmmBackend>,
+        config: VmConfigSnapshot,
+    ) -> Self {
+        VmController {
+            identity,
+            state: InstanceState::Running,
+            machine: config.machine,
+            boot_source: Some(config.boot_source),
+            drives: config.drives,
+            network_interfaces: config.network_interfaces,
+            backend,
+        }
+    }
+
     pub fn state(&self) -> InstanceState {
         self.state
     }

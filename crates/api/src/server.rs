@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::backend::VmmBackend;
 use crate::controller::{ApiReply, InstanceIdentity, VmController};
-use crate::model::{FullVmConfig, InstanceState};
+use crate::model::{FullVmConfig, InstanceState, VmConfigSnapshot};
 use crate::routes::parse_request;
 use crate::socket::{bind_api_socket, remove_api_socket, SocketError};
 
@@ -61,6 +61,9 @@ pub struct ServerOptions {
     /// its connection is closed (headers) or answered `408` (body). An idle keep-alive
     /// connection is closed after this time too.
     pub read_timeout: Duration,
+    /// The VM already runs with this configuration (a VMM started from a VM definition):
+    /// the API starts in the Running state and serves only run-time requests.
+    pub running: Option<VmConfigSnapshot>,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +73,7 @@ impl Default for ServerOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            running: None,
         }
     }
 }
@@ -164,7 +168,10 @@ pub fn serve(
         UnixListener::from_std(std_listener).map_err(|e| cleanup_on_error(ApiError::Listener(e)))?
     };
     let shared = Arc::new(Shared {
-        controller: Mutex::new(VmController::new(options.identity, backend)),
+        controller: Mutex::new(match options.running {
+            Some(config) => VmController::running(options.identity, backend, config),
+            None => VmController::new(options.identity, backend),
+        }),
         max_body_bytes: options.max_body_bytes,
         read_timeout: options.read_timeout,
     });
