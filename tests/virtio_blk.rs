@@ -205,9 +205,35 @@ fn disk_size_not_a_multiple_of_512_is_rejected() {
 fn without_msix_completions_raise_intx_through_the_ioapic() {
     let (img, _) = image("vblk-intx.raw", 64);
     let disk = format!("path={}", img.display());
-    let r = vessel(&["run", "--kernel", guest().to_str().unwrap(), "--disk", &disk, "--cmdline", "intx"], TIMEOUT);
-    assert_eq!(r.status, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            guest().to_str().unwrap(),
+            "--disk",
+            &disk,
+            "--cmdline",
+            "intx",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
     // Slot 1, pin A: GSI 17 as the DSDT's _PRT says; reading ISR acknowledges it.
-    assert!(r.stdout.contains("virtio-blk: intx line=17 delivered=1 isr=1 isr-after-read=0\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("virtio-blk: flush status 0\n"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("virtio-blk: intx line=17 delivered=1 isr=1 isr-after-read=0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("virtio-blk: flush status 0\n"),
+        "{}",
+        r.stdout
+    );
 }
