@@ -100,15 +100,25 @@ pub fn serve_running(
 
 /// The VMM configuration an API client described.
 fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, String> {
-    if let Some(nic) = cfg.network_interfaces.first() {
-        let mode = match nic.effective_mode() {
-            NetworkMode::Tap => "tap",
-            NetworkMode::Nat => "nat",
+    let mut nics = Vec::new();
+    for nic in &cfg.network_interfaces {
+        let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
+            (NetworkMode::Nat, _) => "nat".to_string(),
+            (NetworkMode::Tap, Some(dev)) => format!("tap:{dev}"),
+            (NetworkMode::Tap, None) => {
+                return Err(format!(
+                    "network interface '{}' needs host_dev_name",
+                    nic.iface_id
+                ))
+            }
         };
-        return Err(format!(
-            "network interface '{}' ({mode}): networking is not available in this build of vessel",
-            nic.iface_id
-        ));
+        if let Some(mac) = &nic.guest_mac {
+            spec += &format!(",mac={mac}");
+        }
+        nics.push(
+            net::parse_nic(&spec)
+                .map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?,
+        );
     }
     Ok(VmConfig {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
@@ -133,6 +143,7 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
             .collect(),
         rng: false,
         console2: None,
+        nics,
     })
 }
 

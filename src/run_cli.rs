@@ -19,7 +19,7 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "rng", "console2"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// (repeatable; a bare path works too).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// A virtio-net interface: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]; MODE is
+    /// nat, internal:NAME or tap:NAME (repeatable).
+    #[arg(long = "nic", value_parser = parse_nic)]
+    nics: Vec<net::NicConfig>,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -81,6 +85,10 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         return Err("a disk needs path=IMG".into());
     }
     Ok(disk)
+}
+
+fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
+    net::parse_nic(s).map_err(|e| e.to_string())
 }
 
 fn parse_console2(s: &str) -> Result<PathBuf, String> {
@@ -159,6 +167,7 @@ pub fn run(args: RunArgs) -> i32 {
         disks: args.disks,
         rng: args.rng,
         console2: args.console2,
+        nics: args.nics,
     };
     let vm = match Vm::new(&cfg) {
         Ok(vm) => vm,

@@ -264,8 +264,16 @@ impl VmDefinition {
                 },
             });
         }
-        if !self.nics.is_empty() {
-            anyhow::bail!("network interfaces are not supported by this build of vessel yet");
+        let mut nics = Vec::new();
+        for n in &self.nics {
+            let mut spec = n.mode.get_ref().clone();
+            if let Some(mac) = &n.mac {
+                spec += &format!(",mac={mac}");
+            }
+            for f in &n.forward {
+                spec += &format!(",forward={}", f.get_ref());
+            }
+            nics.push(net::parse_nic(&spec).map_err(|e| anyhow::anyhow!("nic '{spec}': {e}"))?);
         }
         Ok(vmm::VmConfig {
             kernel: self.boot.kernel.get_ref().clone(),
@@ -277,6 +285,7 @@ impl VmDefinition {
             disks,
             rng: false,
             console2: None,
+            nics,
         })
     }
 }

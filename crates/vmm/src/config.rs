@@ -42,6 +42,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// A virtio-console whose output is appended to this file.
     pub console2: Option<PathBuf>,
+    /// virtio-net interfaces, in PCI slot order after the disks.
+    pub nics: Vec<net::NicConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

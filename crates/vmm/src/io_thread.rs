@@ -1,5 +1,7 @@
 //! The device I/O thread: waits on every virtqueue's notification eventfd (the
-//! ioeventfds KVM signals when the guest kicks) and runs that queue, off the vCPU threads.
+//! ioeventfds KVM signals when the guest kicks) and runs that queue, off the vCPU threads;
+//! and on the fds of device backends (a NIC's), whose readiness runs all of the device's
+//! queues (frames arrived, or room to send again).
 
 use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
@@ -9,8 +11,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use virtio::QueueProcessor;
 
-/// Token of the stop eventfd; queue tokens are `(device << 16) | queue`.
+/// Token of the stop eventfd; queue tokens are `(device << 16) | queue`; backend tokens
+/// have BACKEND_TOKEN set and the device index below.
 const STOP_TOKEN: u64 = u64::MAX;
+const BACKEND_TOKEN: u64 = 1 << 40;
 
 pub struct IoThread {
     stop: EventFd,
@@ -19,7 +23,10 @@ pub struct IoThread {
 
 impl IoThread {
     /// Start serving `processors` (one per virtio device).
-    pub fn spawn(processors: Vec<QueueProcessor>) -> std::io::Result<Self> {
+    pub fn spawn(
+        processors: Vec<QueueProcessor>,
+        backend_fds: Vec<(std::os::fd::RawFd, usize)>,
+    ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
         epoll.ctl(
@@ -38,6 +45,16 @@ impl IoThread {
                     )?;
                 }
             }
+        }
+        for (fd, device) in backend_fds {
+            // Edge-triggered: the device drains what it can and re-kicks its queue when it
+            // stops early, so only new readiness needs a wake-up (no busy loop on EPOLLOUT).
+            let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(events, BACKEND_TOKEN | device as u64),
+            )?;
         }
         let handle = std::thread::Builder::new()
             .name("io".into())
@@ -64,6 +81,16 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
             let token = ev.data();
             if token == STOP_TOKEN {
                 return;
+            }
+            if token & BACKEND_TOKEN != 0 {
+                if let Some(p) = processors.get((token & !BACKEND_TOKEN) as usize) {
+                    for q in 0..p.num_queues() {
+                        if let Err(e) = p.process_queue(q) {
+                            eprintln!("vessel: virtio device queue {q}: {e}");
+                        }
+                    }
+                }
+                continue;
             }
             let (device, queue) = ((token >> 16) as usize, (token & 0xffff) as usize);
             if let Some(p) = processors.get(device) {

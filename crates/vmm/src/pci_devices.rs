@@ -79,9 +79,27 @@ impl BarMover {
     }
 }
 
+/// A virtio device to plug in, and the host fd its backend signals on (a NIC's), which
+/// the I/O thread polls to run the device's queues.
+pub struct DeviceSpec {
+    pub device: Box<dyn VirtioDevice>,
+    pub backend_fd: Option<std::os::fd::RawFd>,
+}
+
+impl DeviceSpec {
+    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        Self {
+            device,
+            backend_fd: None,
+        }
+    }
+}
+
 /// The PCI root with its devices, and what the I/O thread serves.
 pub struct PciPlatform {
     pub processors: Vec<QueueProcessor>,
+    /// `(fd, index into processors)` of backends the I/O thread polls.
+    pub backend_fds: Vec<(std::os::fd::RawFd, usize)>,
     _root: Arc<Mutex<PciRoot>>,
 }
 
@@ -91,7 +109,7 @@ pub fn setup(
     mem: &GuestMemory,
     pio: &Bus,
     mmio: &Arc<Bus>,
-    devices: Vec<Box<dyn VirtioDevice>>,
+    devices: Vec<DeviceSpec>,
 ) -> Result<PciPlatform, PciSetupError> {
     let mover = Arc::new(BarMover {
         vm: vm.clone(),
@@ -113,7 +131,11 @@ pub fn setup(
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut allocator = BarAllocator::new((PCI_MMIO32_START, PCI_MMIO32_SIZE), (0, 0))?;
     let mut processors = Vec::new();
-    for (index, device) in devices.into_iter().enumerate() {
+    let mut backend_fds = Vec::new();
+    for (index, DeviceSpec { device, backend_fd }) in devices.into_iter().enumerate() {
+        if let Some(fd) = backend_fd {
+            backend_fds.push((fd, index));
+        }
         let slot = (index + 1) as u8;
         let vectors = device.queue_max_sizes().len() as u16 + 1;
         let msi = Arc::new(KvmMsiVectors::new(router.clone(), vm, vectors)?);
@@ -150,6 +172,7 @@ pub fn setup(
     }
     Ok(PciPlatform {
         processors,
+        backend_fds,
         _root: root,
     })
 }

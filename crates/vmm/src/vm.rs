@@ -86,6 +86,13 @@ pub enum VmError {
     DiskSize { path: std::path::PathBuf, size: u64 },
     #[error("disk id '{0}' is longer than the 20 bytes virtio-blk allows")]
     DiskId(String),
+    #[error("network interface {index} ({mode}): {source}")]
+    Nic {
+        index: usize,
+        mode: String,
+        #[source]
+        source: net::NetError,
+    },
     #[error("cannot open console output {path}: {source}")]
     ConsoleFile {
         path: std::path::PathBuf,
@@ -365,8 +372,11 @@ impl Vm {
             None
         };
 
-        let _io_thread = crate::io_thread::IoThread::spawn(self.pci.processors.clone())
-            .map_err(io_err("starting the I/O thread"))?;
+        let _io_thread = crate::io_thread::IoThread::spawn(
+            self.pci.processors.clone(),
+            self.pci.backend_fds.clone(),
+        )
+        .map_err(io_err("starting the I/O thread"))?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for runner in self.runners {
             let name = format!("vcpu{}", runner.id);
@@ -404,9 +414,10 @@ impl Vm {
     }
 }
 
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, rng, console.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, VmError> {
-    let mut devices: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console.
+fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
+    use crate::pci_devices::DeviceSpec;
+    let mut devices: Vec<DeviceSpec> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let opts = block::OpenOptions {
             read_only: d.read_only,
@@ -426,10 +437,26 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, 
         if serial.len() > 20 {
             return Err(VmError::DiskId(serial));
         }
-        devices.push(Box::new(virtio::blk::Block::new(image, &serial)));
+        devices.push(DeviceSpec::new(Box::new(virtio::blk::Block::new(
+            image, &serial,
+        ))));
+    }
+    for (index, nic) in cfg.nics.iter().enumerate() {
+        let backend = net::open_backend(nic).map_err(|source| VmError::Nic {
+            index,
+            mode: format!("{:?}", nic.mode),
+            source,
+        })?;
+        let mac = nic.mac.unwrap_or_else(|| net::default_mac(index as u8));
+        let (device, _link) = virtio::net::Net::new(backend, mac);
+        let fd = device.backend_fd();
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fd: Some(fd),
+        });
     }
     if cfg.rng {
-        devices.push(Box::new(virtio::rng::Rng::new()));
+        devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
     }
     if let Some(path) = &cfg.console2 {
         let out = OpenOptions::new()
@@ -441,7 +468,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn virtio::VirtioDevice>>, 
                 source,
             })?;
         let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
-        devices.push(Box::new(console));
+        devices.push(DeviceSpec::new(Box::new(console)));
     }
     Ok(devices)
 }

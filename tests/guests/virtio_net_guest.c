@@ -1,0 +1,90 @@
+/* virtio-net guest: brings up the NIC (VERSION_1 + MAC), broadcasts a greeting frame
+ * (ethertype 0x88b5) now and then, and prints the first greeting from another MAC it
+ * receives; after that it sends a few more (so its peer hears it too) and powers off.
+ * "rounds=N" on the command line bounds how long it tries (default 4000). */
+#include "virtio_pci.h"
+
+#define QS 8
+#define RX_DESC 0x300000u
+#define RX_AVAIL 0x301000u
+#define RX_USED 0x302000u
+#define TX_DESC 0x303000u
+#define TX_AVAIL 0x304000u
+#define TX_USED 0x305000u
+#define RX_BUF 0x310000u
+#define RX_BUF_LEN 2048u
+#define TX_BUF 0x320000u
+#define HDR 12u
+#define F_MAC (1u << 5)
+
+static u8 mac[6];
+static uptr rx_notify, tx_notify;
+static u16 tx_used_seen;
+
+static void print_mac(const u8 *m) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 6; i++) { putc(hex[m[i] >> 4]); putc(hex[m[i] & 15]); if (i < 5) putc(':'); }
+}
+
+static void send_greeting(void) {
+    u8 *b = (u8 *)TX_BUF;
+    for (u32 i = 0; i < HDR; i++) b[i] = 0;
+    u8 *f = b + HDR;
+    for (int i = 0; i < 6; i++) { f[i] = 0xff; f[6 + i] = mac[i]; }
+    f[12] = 0x88; f[13] = 0xb5;
+    const char *msg = "vessel-net-test hello";
+    u32 n = 0;
+    while (msg[n]) { f[14 + n] = (u8)msg[n]; n++; }
+    f[14 + n] = 0;
+    volatile struct vq_desc *d = (volatile struct vq_desc *)TX_DESC;
+    d[0].addr = TX_BUF; d[0].len = HDR + 14 + 64; d[0].flags = 0; d[0].next = 0;
+    vq_publish(TX_AVAIL, QS, 0, tx_notify, 1);
+    for (u32 spins = 0; vr16(TX_USED + 2) == tx_used_seen && spins < 10000000u; spins++) pause();
+    tx_used_seen = vr16(TX_USED + 2);
+}
+
+struct mb_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; };
+
+void guest_main(u32 magic, struct mb_info *mbi) {
+    (void)magic;
+    const char *cmdline = (mbi->flags & 4) ? (const char *)(uptr)mbi->cmdline : "";
+    long rounds = cmdline_number(cmdline, "rounds");
+    if (rounds <= 0) rounds = 4000;
+    struct vdev dev = {0};
+    if (!vdev_find(&dev, 0x10411af4u)) { puts("virtio-net: no device\n"); debug_exit(0x40); }
+    if (!vdev_negotiate(&dev, F_MAC)) { puts("virtio-net: features refused\n"); debug_exit(0x41); }
+    rx_notify = vq_setup(&dev, 0, QS, RX_DESC, RX_AVAIL, RX_USED);
+    tx_notify = vq_setup(&dev, 1, QS, TX_DESC, TX_AVAIL, TX_USED);
+    vdev_driver_ok(&dev);
+    for (int i = 0; i < 6; i++) mac[i] = vr8(dev.devcfg + i);
+    puts("virtio-net: mac "); print_mac(mac); puts("\n");
+
+    volatile struct vq_desc *rd = (volatile struct vq_desc *)RX_DESC;
+    for (u16 i = 0; i < QS; i++) {
+        rd[i].addr = RX_BUF + i * RX_BUF_LEN; rd[i].len = RX_BUF_LEN; rd[i].flags = VQ_F_WRITE; rd[i].next = 0;
+        vq_publish(RX_AVAIL, QS, i, rx_notify, 0);
+    }
+    u16 rx_seen = 0;
+    int heard = 0, extra = 0;
+    for (long round = 0; round < rounds; round++) {
+        send_greeting();
+        if (heard && ++extra >= 5) break;
+        for (u32 spins = 0; spins < 20000; spins++) {
+            if (vr16(RX_USED + 2) == rx_seen) { pause(); continue; }
+            u32 slot = rx_seen % QS;
+            u32 id = vr32(RX_USED + 4 + 8 * slot);
+            u32 len = vr32(RX_USED + 8 + 8 * slot);
+            rx_seen++;
+            const u8 *f = (const u8 *)(uptr)(RX_BUF + (id % QS) * RX_BUF_LEN + HDR);
+            int mine = 1;
+            for (int i = 0; i < 6; i++) if (f[6 + i] != mac[i]) mine = 0;
+            if (!heard && !mine && len > HDR + 14 && f[12] == 0x88 && f[13] == 0xb5) {
+                heard = 1;
+                puts("virtio-net: received \""); puts((const char *)(f + 14)); puts("\" from "); print_mac(f + 6); puts("\n");
+            }
+            vq_publish(RX_AVAIL, QS, (u16)(id % QS), rx_notify, 0);
+        }
+    }
+    if (!heard) { puts("virtio-net: nothing received\n"); debug_exit(0x42); }
+    acpi_poweroff();
+}

@@ -1,0 +1,107 @@
+//! virtio-net through vessel's PCI platform on KVM: two VMs on one `internal:` network
+//! greet each other with Ethernet frames; a third on another network hears nothing.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, TIMEOUT};
+
+fn start(kernel: &std::path::Path, nic: &str, runtime: &std::path::Path, cmdline: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--nic",
+            nic,
+            "--cmdline",
+            cmdline,
+        ])
+        .env("XDG_RUNTIME_DIR", runtime)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String, String) {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn two_vms_on_an_internal_network_exchange_frames() {
+    let kernel = multiboot_guest(
+        "virtio_net",
+        &["multiboot_header.S", "virtio_net_guest.c"],
+        "multiboot.ld",
+    );
+    let runtime = out_dir().join("net-runtime");
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(&runtime).unwrap();
+    let a = start(
+        &kernel,
+        "internal:lan1,mac=52:54:00:00:00:0a",
+        &runtime,
+        "net",
+    );
+    let b = start(
+        &kernel,
+        "internal:lan1,mac=52:54:00:00:00:0b",
+        &runtime,
+        "net",
+    );
+    let (code_a, out_a, err_a) = finish(a, TIMEOUT);
+    let (code_b, out_b, err_b) = finish(b, TIMEOUT);
+    assert_eq!(code_a, Some(0), "A: {out_a}\n{err_a}");
+    assert_eq!(code_b, Some(0), "B: {out_b}\n{err_b}");
+    assert!(
+        out_a.contains("virtio-net: mac 52:54:00:00:00:0a\n"),
+        "{out_a}"
+    );
+    assert!(
+        out_a.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0b"),
+        "{out_a}"
+    );
+    assert!(
+        out_b.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0a"),
+        "{out_b}"
+    );
+}
+
+#[test]
+fn a_vm_on_another_internal_network_hears_nothing() {
+    let kernel = multiboot_guest(
+        "virtio_net",
+        &["multiboot_header.S", "virtio_net_guest.c"],
+        "multiboot.ld",
+    );
+    let runtime = out_dir().join("net-runtime-isolated");
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(&runtime).unwrap();
+    let a = start(&kernel, "internal:lanA", &runtime, "rounds=30");
+    let c = start(&kernel, "internal:lanC", &runtime, "rounds=30");
+    let (code_a, out_a, _) = finish(a, TIMEOUT);
+    let (code_c, out_c, _) = finish(c, TIMEOUT);
+    // Each gives up after its rounds: debug-exit 0x42 = status (0x42 << 1) | 1.
+    assert_eq!(code_a, Some((0x42 << 1) | 1), "{out_a}");
+    assert_eq!(code_c, Some((0x42 << 1) | 1), "{out_c}");
+    assert!(out_a.contains("nothing received") && out_c.contains("nothing received"));
+}
