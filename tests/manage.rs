@@ -488,25 +488,53 @@ fn ssh_uses_the_forwarded_port_of_the_vm() {
     )
     .unwrap();
     st.ok(&["create", "sshvm", "--from", file.to_str().unwrap()]);
-    assert!(st.ok(&["ls"]).contains("127.0.0.1:2299->22/tcp,127.0.0.1:8080->80/tcp"));
+    assert!(st
+        .ok(&["ls"])
+        .contains("127.0.0.1:2299->22/tcp,127.0.0.1:8080->80/tcp"));
     // A stand-in `ssh` on PATH shows what vessel runs.
     let bin = out_dir().join("fake-ssh-bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("ssh"), "#!/bin/sh\necho \"ssh $*\"\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(bin.join("ssh")).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("ssh"))
+        .status()
+        .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .args(["--state-dir", st.0.to_str().unwrap(), "ssh", "sshvm", "--user", "dev", "--", "uname", "-a"])
+        .args([
+            "--state-dir",
+            st.0.to_str().unwrap(),
+            "ssh",
+            "sshvm",
+            "--user",
+            "dev",
+            "--",
+            "uname",
+            "-a",
+        ])
         .env("PATH", path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("-p 2299") && stdout.contains("dev@127.0.0.1 uname -a"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("-p 2299") && stdout.contains("dev@127.0.0.1 uname -a"),
+        "{stdout}"
+    );
     // Without a forward to port 22 there is nothing to connect to.
     let plain = definition(&out_dir(), "nossh", &service_guest());
     st.ok(&["create", "nossh", "--from", plain.to_str().unwrap()]);
     let r = st.vessel(&["ssh", "nossh"]);
     assert_ne!(r.status, Some(0));
-    assert!(r.stderr.contains("forwards no host port to its SSH port 22"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("forwards no host port to its SSH port 22"),
+        "{}",
+        r.stderr
+    );
 }
