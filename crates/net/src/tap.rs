@@ -127,6 +127,11 @@ impl TapBackend {
         })
     }
 
+    /// Give up the tap fd (to hand it to another process or thread).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// The interface name given to [`Self::open`] (empty for an adopted fd).
     pub fn name(&self) -> &str {
         &self.name
