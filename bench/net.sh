@@ -11,10 +11,10 @@ SECS=${1:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build -q --release -p net --example netns_nat
 BIN=$CARGO_TARGET_DIR/release/examples/netns_nat
-V=vbench-vessel-$$ P=vbench-pasta-$$
+V=vbench-vessel-$$ P=vbench-pasta-$$ Q=vbench-pasta1500-$$
 cleanup() {
     exec 3>&- 2>/dev/null || true
-    for ns in $V $P; do
+    for ns in $V $P $Q; do
         ip netns pids $ns 2>/dev/null | xargs -r kill 2>/dev/null || true
         ip netns del $ns 2>/dev/null || true
     done
@@ -34,15 +34,19 @@ ip -n $V route add default via 10.0.2.2
 
 ip netns add $P; ip -n $P link set lo up
 pasta -4 -q --runas 0 --netns $P -a 10.0.2.15 -n 24 -g 10.0.2.2 --config-net 2>/dev/null
+# The same with the MTU vessel's NAT gives its guest (1500).
+ip netns add $Q; ip -n $Q link set lo up
+pasta -4 -q --runas 0 -m 1500 --netns $Q -a 10.0.2.15 -n 24 -g 10.0.2.2 --config-net 2>/dev/null
 sleep 1
 
 rate() { # netns, extra iperf3 args -> Gbit/s (receiver side)
     ip netns exec "$1" iperf3 -c 10.0.2.2 -p 5211 -t "$SECS" -J ${2:-} |
         python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
-printf '%-28s %10s %10s %7s\n' direction vessel-nat passt ratio
+ratio() { python3 -c "print('%.2f' % ($1/$2))"; }
+printf '%-24s %10s %12s %12s %8s %8s\n' "direction (Gbit/s)" vessel-nat pasta-65520 pasta-1500 ratio ratio1500
 for dir in "guest->host:" "host->guest:-R"; do
     name=${dir%%:*} args=${dir#*:}
-    v=$(rate $V "$args") p=$(rate $P "$args")
-    printf '%-28s %8s G %8s G %7s\n' "$name (Gbit/s)" "$v" "$p" "$(python3 -c "print('%.2f' % ($v/$p))")"
+    v=$(rate $V "$args") p=$(rate $P "$args") q=$(rate $Q "$args")
+    printf '%-24s %10s %12s %12s %8s %8s\n' "$name" "$v" "$p" "$q" "$(ratio $v $p)" "$(ratio $v $q)"
 done
