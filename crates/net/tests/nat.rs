@@ -343,3 +343,37 @@ fn nat_survives_a_peer_vanishing_mid_transfer() {
     ));
     assert_eq!(server.join().unwrap(), "still-here\n");
 }
+
+#[test]
+fn nat_survives_a_syn_flood_to_closed_ports() {
+    if !can_run(&[("passt", "passt"), ("python3", "python3")]) {
+        return;
+    }
+    let g = nat_guest(&[]);
+    // 5000 SYNs to ports nobody listens on (each socket closed right after its SYN).
+    let start = Instant::now();
+    g.ns.sh(&format!(
+        "python3 -c \"
+import socket
+for i in range(5000):
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex(('{GATEWAY}', 20000 + i % 5000)); s.close()
+\""
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "the flood is bounded"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    });
+    g.ns.sh(&format!(
+        "echo after-flood | busybox nc -w 5 {GATEWAY} {port}"
+    ));
+    assert_eq!(server.join().unwrap(), "after-flood\n");
+}
