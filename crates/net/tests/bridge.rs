@@ -18,10 +18,8 @@ fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
         s.spawn(|| {
             let file = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on this scoped thread only, with a valid netns fd.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0);
             f()
         })
         .join()
