@@ -240,11 +240,11 @@ fn nat_bulk_transfers_arrive_intact() {
     );
 }
 
-/// Guest → host bulk upload. Ignored: with Debian 12's passt (0.0~git20230309) in
+/// Guest → host bulk upload. Ignored: through Debian 12's passt (0.0~git20230309) in
 /// socket mode, an upload stalls after some tens of MiB (guest retransmissions back off,
 /// see docs/networking.md); `pasta` on a tap moves the same data at once.
 #[test]
-#[ignore = "guest-to-host bulk stalls in passt 2023-03 socket mode; see docs/networking.md"]
+#[ignore = "a busybox nc upload through the NAT stalls after tens of MiB (cause open); see docs/networking.md"]
 fn nat_bulk_upload_arrives_intact() {
     if !can_run(&[("passt", "passt"), ("sha256sum", "coreutils")]) {
         return;
