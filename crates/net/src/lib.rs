@@ -4,10 +4,13 @@
 //! * `nat` — [`passt::PasstBackend`]: rootless user-mode NAT by a `passt` helper process.
 //! * `internal:NAME` — [`switch::SwitchPort`]: a switch between the VMs on NAME only.
 //! * `tap:NAME` — [`tap::TapBackend`]: a host tap device (CAP_NET_ADMIN).
+//! * `bridged:IFACE`, `hostonly:NAME` — [`bridge`]: a new tap on a host bridge
+//!   (CAP_NET_ADMIN).
 //!
 //! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
 //! it to `virtio::net::Net::new`, and let the I/O thread poll [`Backend::as_raw_fd`].
 
+pub mod bridge;
 pub mod config;
 pub mod passt;
 pub mod relay;
@@ -27,6 +30,8 @@ pub enum NetError {
     Switch(#[from] switch::SwitchError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    #[error(transparent)]
+    Bridge(#[from] bridge::BridgeError),
     #[error("network mode {0} is not available in this build of vessel")]
     Unsupported(&'static str),
 }
@@ -40,7 +45,7 @@ pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
         NicMode::Internal(name) => Box::new(switch::SwitchPort::join(name)?),
         NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, false)?),
         NicMode::NatNetwork(_) => return Err(NetError::Unsupported("natnet")),
-        NicMode::HostOnly(_) => return Err(NetError::Unsupported("hostonly")),
-        NicMode::Bridged(_) => return Err(NetError::Unsupported("bridged")),
+        NicMode::HostOnly(name) => Box::new(bridge::hostonly(name)?),
+        NicMode::Bridged(iface) => Box::new(bridge::bridged(iface)?),
     })
 }

@@ -1,6 +1,8 @@
 //! `nat`: rootless user-mode networking by Debian's `passt` as a helper process, talking
 //! QEMU's stream protocol over a socketpair (`passt --fd`). passt provides the gateway,
-//! DHCP, DNS forwarding, TCP/UDP/ICMP through host sockets and port forwarding.
+//! DHCP, TCP/UDP/ICMP through host sockets and port forwarding. DNS: DHCP hands out the
+//! host's resolvers; a loopback resolver (e.g. 127.0.0.1) is handed out as the gateway
+//! address, which passt maps to the host's loopback.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -16,8 +18,6 @@ use crate::Backend;
 /// The guest's side of the NAT network, VirtualBox's defaults.
 pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-/// DNS address given by DHCP; queries to it go to the host's first resolver.
-pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 pub const PREFIX_LEN: u8 = 24;
 /// The fd number the helper finds its end of the socketpair at.
 const CHILD_FD: RawFd = 3;
@@ -63,10 +63,6 @@ impl PasstOptions {
             "24",
             "--gateway",
             "10.0.2.2",
-            "--dns",
-            "10.0.2.3",
-            "--dns-forward",
-            "10.0.2.3",
             "--mtu",
             "1500",
         ]

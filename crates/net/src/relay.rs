@@ -1,5 +1,8 @@
 //! Moves frames between two backends on a thread of its own: the NIC side of a test
-//! namespace's tap and a vessel backend, or a switch port and a NAT.
+//! namespace's tap and a vessel backend, or a switch port and a NAT. Never blocks on a
+//! full side: a refused frame is held, its source is not read until the destination
+//! turns writable, and the other direction keeps flowing (both peers may be waiting for
+//! each other to read).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -13,8 +16,6 @@ use crate::Backend;
 
 /// Frames moved per direction before looking at the other one.
 const BURST: usize = 64;
-/// How long a refused frame is retried before it is dropped.
-const SEND_RETRY_MS: i32 = 1000;
 
 /// Frames moved each way and frames dropped.
 #[derive(Debug, Default)]
@@ -31,51 +32,130 @@ pub struct Relay {
     pub stats: Arc<RelayStats>,
 }
 
-fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, timeout_ms) > 0 }
+/// One direction: frames from `from` to `to`, with the frame `to` refused last.
+struct Direction {
+    buf: Vec<u8>,
+    held: Option<usize>,
+    /// `from` may hold frames its fd does not report.
+    more: bool,
 }
 
-/// Move up to a burst of frames from `from` to `to`; returns whether `from` may have more.
-fn pump(
-    from: &mut dyn Backend,
-    to: &mut dyn Backend,
-    buf: &mut [u8],
-    moved: &AtomicU64,
-    dropped: &AtomicU64,
-) -> bool {
-    for _ in 0..BURST {
-        let len = match from.recv(buf) {
-            Ok(Some(len)) => len,
-            Ok(None) | Err(_) => return false,
-        };
-        let mut sent = false;
-        for _ in 0..2 {
-            match to.send(&buf[..len]) {
+impl Direction {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; MAX_FRAME_LEN],
+            held: None,
+            more: false,
+        }
+    }
+
+    /// Move frames until `from` is empty, `to` is full, or a burst is done.
+    fn pump(
+        &mut self,
+        from: &mut dyn Backend,
+        to: &mut dyn Backend,
+        moved: &AtomicU64,
+        dropped: &AtomicU64,
+    ) {
+        self.more = false;
+        for _ in 0..BURST {
+            let len = match self.held.take() {
+                Some(len) => len,
+                None => match from.recv(&mut self.buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) | Err(_) => return,
+                },
+            };
+            match to.send(&self.buf[..len]) {
                 Ok(true) => {
-                    sent = true;
-                    break;
+                    moved.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(false) => {
-                    poll_one(to.as_raw_fd(), libc::POLLOUT, SEND_RETRY_MS);
+                    self.held = Some(len);
+                    return;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        let counter = if sent { moved } else { dropped };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.more = true;
     }
-    true
+
+    /// Events to wait for: input on the source unless a frame is held, room on the
+    /// destination when one is.
+    fn wants(&self) -> (libc::c_short, libc::c_short) {
+        if self.held.is_some() {
+            (0, libc::POLLOUT)
+        } else {
+            (libc::POLLIN, 0)
+        }
+    }
+}
+
+fn run(mut a: Box<dyn Backend>, mut b: Box<dyn Backend>, stop_fd: RawFd, s: &RelayStats) {
+    let mut ab = Direction::new();
+    let mut ba = Direction::new();
+    loop {
+        let (a_in, b_out) = ab.wants();
+        let (b_in, a_out) = ba.wants();
+        let mut fds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: a_in | a_out,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: b_in | b_out,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if ab.more || ba.more { 0 } else { 1000 };
+        // SAFETY: three valid pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+        if fds[2].revents != 0 {
+            return;
+        }
+        let (ra, rb) = (fds[0].revents, fds[1].revents);
+        if ra & libc::POLLOUT != 0 {
+            let _ = a.flush();
+        }
+        if rb & libc::POLLOUT != 0 {
+            let _ = b.flush();
+        }
+        let ready =
+            |r: libc::c_short, ev: libc::c_short| r & (ev | libc::POLLHUP | libc::POLLERR) != 0;
+        if ab.more || ready(ra, a_in) || ready(rb, b_out) {
+            ab.pump(&mut *a, &mut *b, &s.a_to_b, &s.dropped);
+        }
+        if ba.more || ready(rb, b_in) || ready(ra, a_out) {
+            ba.pump(&mut *b, &mut *a, &s.b_to_a, &s.dropped);
+        }
+        // A peer that hung up is not polled more than ten times a second.
+        if (ra | rb) & (libc::POLLHUP | libc::POLLERR) != 0 {
+            let mut p = libc::pollfd {
+                fd: stop_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut p, 1, 100) };
+        }
+    }
 }
 
 impl Relay {
     /// Start relaying between `a` and `b` until dropped.
-    pub fn start(mut a: Box<dyn Backend>, mut b: Box<dyn Backend>) -> io::Result<Self> {
+    pub fn start(a: Box<dyn Backend>, b: Box<dyn Backend>) -> io::Result<Self> {
         // SAFETY: eventfd with valid flags; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -88,50 +168,7 @@ impl Relay {
         let s = stats.clone();
         let thread = std::thread::Builder::new()
             .name("vessel-net-relay".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_FRAME_LEN];
-                loop {
-                    let mut fds = [
-                        libc::pollfd {
-                            fd: a.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                        libc::pollfd {
-                            fd: b.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                        libc::pollfd {
-                            fd: stop_fd,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                    ];
-                    // SAFETY: three valid pollfds for the duration of the call.
-                    let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, 1000) };
-                    if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                        return;
-                    }
-                    if fds[2].revents != 0 {
-                        return;
-                    }
-                    let _ = a.flush();
-                    let _ = b.flush();
-                    // A peer that hung up is polled no more than once a second.
-                    if fds[0].revents & libc::POLLIN != 0 {
-                        pump(&mut *a, &mut *b, &mut buf, &s.a_to_b, &s.dropped);
-                    }
-                    if fds[1].revents & libc::POLLIN != 0 {
-                        pump(&mut *b, &mut *a, &mut buf, &s.b_to_a, &s.dropped);
-                    }
-                    if (fds[0].revents | fds[1].revents) & (libc::POLLHUP | libc::POLLERR) != 0
-                        && (fds[0].revents | fds[1].revents) & libc::POLLIN == 0
-                    {
-                        poll_one(stop_fd, libc::POLLIN, 100);
-                    }
-                }
-            })?;
+            .spawn(move || run(a, b, stop_fd, &s))?;
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -43,10 +43,10 @@ pub struct TapBackend {
 
 /// `struct ifreq` with the name and the flags union member.
 #[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+pub(crate) struct IfReqFlags {
+    pub(crate) name: [u8; libc::IFNAMSIZ],
+    pub(crate) flags: libc::c_short,
+    pub(crate) _pad: [u8; 22],
 }
 
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -102,7 +102,14 @@ impl TapBackend {
                 }
             });
         }
-        Self::adopt(fd, vnet_hdr, name)
+        // The kernel fills in the name (e.g. for a `vsl%d` pattern).
+        let end = req
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(req.name.len());
+        let actual = String::from_utf8_lossy(&req.name[..end]).into_owned();
+        Self::adopt(fd, vnet_hdr, &actual)
     }
 
     /// Use an already configured tap fd (e.g. passed by a management tool, or opened in
@@ -125,6 +132,11 @@ impl TapBackend {
             vnet_hdr,
             name: name.to_owned(),
         })
+    }
+
+    /// Give up the tap fd (to hand it to another process or thread).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// The interface name given to [`Self::open`] (empty for an adopted fd).

@@ -50,6 +50,9 @@ pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 pub trait NetBackend: Send {
     /// Take the next frame into `buf` (at least [`MAX_FRAME_LEN`] long) and return its
     /// length; `Ok(None)` when none is pending now. A frame longer than `buf` is dropped.
+    /// A backend may read several frames at once and hold them: its fd reports readable
+    /// again only once `recv` returned `Ok(None)`, so callers drain it (or call again
+    /// without waiting, as the device does through its queue re-kick).
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Pass one frame on. `Ok(false)`: the backend cannot take it now (retry when
     /// [`Self::as_raw_fd`] is writable); the frame was not consumed.

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# iperf3 through vessel's NAT vs passt's own tap mode (pasta), same run, same host.
+# A namespace stands in for the guest: with vessel, its tap eth0 is relayed to vessel's
+# nat backend (a passt helper over its socket); with the reference, pasta drives the
+# namespace's tap directly. The iperf3 server listens on the host's loopback, reached
+# through the gateway address 10.0.2.2 in both set-ups.
+# Needs root, iproute2, passt, iperf3, busybox-static. Usage: bench/net.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build -q --release -p net --example netns_nat
+BIN=$CARGO_TARGET_DIR/release/examples/netns_nat
+V=vbench-vessel-$$ P=vbench-pasta-$$ Q=vbench-pasta1500-$$
+cleanup() {
+    exec 3>&- 2>/dev/null || true
+    for ns in $V $P $Q; do
+        ip netns pids $ns 2>/dev/null | xargs -r kill 2>/dev/null || true
+        ip netns del $ns 2>/dev/null || true
+    done
+    [ -n "${SERVER:-}" ] && kill $SERVER 2>/dev/null || true
+    [ -n "${RELAY:-}" ] && kill $RELAY 2>/dev/null || true
+}
+trap cleanup EXIT
+iperf3 -s -B 127.0.0.1 -p 5211 >/dev/null 2>&1 & SERVER=$!
+
+ip netns add $V; ip -n $V link set lo up
+coproc RELAYPROC { "$BIN" $V; }
+RELAY=$RELAYPROC_PID
+read -r ready <&"${RELAYPROC[0]}"
+ip -n $V link set eth0 up
+ip -n $V addr add 10.0.2.15/24 dev eth0
+ip -n $V route add default via 10.0.2.2
+
+ip netns add $P; ip -n $P link set lo up
+pasta -4 -q --runas 0 --netns $P -a 10.0.2.15 -n 24 -g 10.0.2.2 --config-net 2>/dev/null
+# The same with the MTU vessel's NAT gives its guest (1500).
+ip netns add $Q; ip -n $Q link set lo up
+pasta -4 -q --runas 0 -m 1500 --netns $Q -a 10.0.2.15 -n 24 -g 10.0.2.2 --config-net 2>/dev/null
+sleep 1
+
+rate() { # netns, extra iperf3 args -> Gbit/s (receiver side)
+    ip netns exec "$1" iperf3 -c 10.0.2.2 -p 5211 -t "$SECS" -J ${2:-} |
+        python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+ratio() { python3 -c "print('%.2f' % ($1/$2))"; }
+printf '%-24s %10s %12s %12s %8s %8s\n' "direction (Gbit/s)" vessel-nat pasta-65520 pasta-1500 ratio ratio1500
+for dir in "guest->host:" "host->guest:-R"; do
+    name=${dir%%:*} args=${dir#*:}
+    v=$(rate $V "$args") p=$(rate $P "$args") q=$(rate $Q "$args")
+    printf '%-24s %10s %12s %12s %8s %8s\n' "$name" "$v" "$p" "$q" "$(ratio $v $p)" "$(ratio $v $q)"
+done
