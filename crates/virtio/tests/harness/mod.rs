@@ -98,7 +98,7 @@ impl Driver {
         let dev = Arc::new(Mutex::new(dev));
         let root = Arc::new(Mutex::new(PciRoot::new(None)));
         let slot = root.lock().unwrap().add_device(None, dev.clone()).unwrap();
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         mmio.insert(dev.clone(), bar, VIRTIO_PCI_BAR_SIZE).unwrap();
         Self {
             cfg_io: PciConfigIo::new(root.clone()),
