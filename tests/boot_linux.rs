@@ -53,26 +53,16 @@ fn elf_vmlinux_gets_zero_page_e820_cmdline_and_initrd() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    r.expect_status(0);
     assert!(
         r.stdout
             .contains("boot_params=0x7000 boot_flag=0xaa55 header=0x53726448"),
         "{}",
         r.stdout
     );
-    assert!(r.stdout.contains("loader=0xff"), "{}", r.stdout);
+    r.expect_stdout("loader=0xff");
     assert_eq!(guest_e820(&r.stdout), e820_lines(256 << 20));
-    assert!(
-        r.stdout.contains(&format!("cmdline: {cmdline}\n")),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout(&format!("cmdline: {cmdline}\n"));
     // The initrd sits at the top of RAM, page aligned, intact.
     let addr = ((256u64 << 20) - data.len() as u64) & !0xfff;
     let want = format!(
@@ -81,7 +71,7 @@ fn elf_vmlinux_gets_zero_page_e820_cmdline_and_initrd() {
         fnv1a(&data)
     );
     assert!(r.stdout.contains(&want), "want {want:?} in {}", r.stdout);
-    assert!(r.stdout.contains("rsdp: 0xe0000\n"), "{}", r.stdout);
+    r.expect_stdout("rsdp: 0xe0000\n");
 }
 
 #[test]
@@ -159,19 +149,9 @@ fn bzimage_boots_through_its_64bit_entry_with_its_setup_header() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stdout.contains("version=0x20f loader=0xff"),
-        "{}",
-        r.stdout
-    );
-    assert!(r.stdout.contains("cmdline: bz=1\n"), "{}", r.stdout);
+    r.expect_status(0);
+    r.expect_stdout("version=0x20f loader=0xff");
+    r.expect_stdout("cmdline: bz=1\n");
     assert_eq!(guest_e820(&r.stdout), e820_lines(128 << 20));
 }
 

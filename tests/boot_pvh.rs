@@ -25,23 +25,9 @@ fn pvh_guest_gets_start_info_with_cmdline_memmap_and_module() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stdout.contains("pvh: magic=0x336ec578 version=1\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("cmdline: pvh=yes console=ttyS0\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_status(0);
+    r.expect_stdout("pvh: magic=0x336ec578 version=1\n");
+    r.expect_stdout("cmdline: pvh=yes console=ttyS0\n");
     let memmap: Vec<&str> = r
         .stdout
         .lines()

@@ -23,15 +23,9 @@ fn boot_smp(cpus: u8) {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    r.expect_status(0);
     let header = format!("SMP: MADT cpus={cpus} mptable cpus={cpus} BSP apic 0\n");
-    assert!(r.stdout.contains(&header), "{}", r.stdout);
+    r.expect_stdout(&header);
     for id in 1..cpus {
         assert!(
             r.stdout.contains(&format!("AP apic {id} online\n")),
@@ -39,11 +33,7 @@ fn boot_smp(cpus: u8) {
             r.stdout
         );
     }
-    assert!(
-        r.stdout.contains(&format!("all {cpus} cpus online\n")),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout(&format!("all {cpus} cpus online\n"));
 }
 
 #[test]

@@ -36,47 +36,17 @@ fn guest_reads_writes_flushes_and_gets_the_id() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(r.stdout.contains("pci: slot 0 id 0x"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("pci: slot 1 id 0x10421af4 class 0x18000"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("virtio-blk: capacity 2048 sectors\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_status(0);
+    r.expect_stdout("pci: slot 0 id 0x");
+    r.expect_stdout("pci: slot 1 id 0x10421af4 class 0x18000");
+    r.expect_stdout("virtio-blk: capacity 2048 sectors\n");
     let want = format!("virtio-blk: sector 0 fnv1a={:#x}\n", fnv1a(&data[..512]));
     assert!(r.stdout.contains(&want), "want {want:?}: {}", r.stdout);
-    assert!(
-        r.stdout.contains("virtio-blk: write sector 1 status 0\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("virtio-blk: flush status 0\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("virtio-blk: id test-serial-42\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout("virtio-blk: write sector 1 status 0\n");
+    r.expect_stdout("virtio-blk: flush status 0\n");
+    r.expect_stdout("virtio-blk: id test-serial-42\n");
     // VIRTIO_BLK_S_IOERR for a sector past the end.
-    assert!(
-        r.stdout.contains("virtio-blk: past-end read status 1\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout("virtio-blk: past-end read status 1\n");
     // A completion on a masked vector is held pending; unmasking sends it through the
     // vector's irqfd and GSI route to the local APIC.
     assert!(
@@ -112,18 +82,8 @@ fn read_only_disk_refuses_the_write() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stdout.contains("virtio-blk: id vessel-disk0\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_status(0);
+    r.expect_stdout("virtio-blk: id vessel-disk0\n");
     assert!(
         !r.stdout.contains("write sector 1 status 0\n"),
         "{}",
@@ -155,13 +115,7 @@ fn qcow2_disk_reads_like_its_raw_content() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    r.expect_status(0);
     assert!(
         r.stdout.contains(&format!(
             "virtio-blk: sector 0 fnv1a={:#x}\n",
@@ -217,13 +171,7 @@ fn without_msix_completions_raise_intx_through_the_ioapic() {
         ],
         TIMEOUT,
     );
-    assert_eq!(
-        r.status,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
+    r.expect_status(0);
     // Slot 1, pin A: GSI 17 as the DSDT's _PRT says; reading ISR acknowledges it.
     assert!(
         r.stdout
@@ -231,9 +179,5 @@ fn without_msix_completions_raise_intx_through_the_ioapic() {
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("virtio-blk: flush status 0\n"),
-        "{}",
-        r.stdout
-    );
+    r.expect_stdout("virtio-blk: flush status 0\n");
 }

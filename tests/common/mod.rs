@@ -184,4 +184,28 @@ pub fn vessel(args: &[&str], timeout: Duration) -> Run {
     }
 }
 
+impl Run {
+    /// Fail the test, showing what vessel printed, unless it exited with `code`.
+    pub fn expect_status(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status,
+            Some(code),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Fail the test unless the guest printed `text`.
+    pub fn expect_stdout(&self, text: &str) -> &Self {
+        assert!(
+            self.stdout.contains(text),
+            "want {text:?} in stdout:\n{}",
+            self.stdout
+        );
+        self
+    }
+}
+
 pub const TIMEOUT: Duration = Duration::from_secs(30);
