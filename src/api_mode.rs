@@ -144,6 +144,7 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
         rng: false,
         console2: None,
         nics,
+        pit: vmm::PitMode::Auto,
     })
 }
 

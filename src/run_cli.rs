@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// nat, internal:NAME or tap:NAME (repeatable).
     #[arg(long = "nic", value_parser = parse_nic)]
     nics: Vec<net::NicConfig>,
+    /// KVM's in-kernel i8254 PIT: auto gives it to multiboot kernels only (Linux does not
+    /// use it on vessel's HW-reduced ACPI platform), on/off force it.
+    #[arg(long, default_value = "auto", value_parser = parse_pit)]
+    pit: vmm::PitMode,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -85,6 +89,15 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         return Err("a disk needs path=IMG".into());
     }
     Ok(disk)
+}
+
+fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
+    match s {
+        "auto" => Ok(vmm::PitMode::Auto),
+        "on" => Ok(vmm::PitMode::On),
+        "off" => Ok(vmm::PitMode::Off),
+        _ => Err(format!("invalid pit '{s}': expected auto, on or off")),
+    }
 }
 
 fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
@@ -168,6 +181,7 @@ pub fn run(args: RunArgs) -> i32 {
         rng: args.rng,
         console2: args.console2,
         nics: args.nics,
+        pit: args.pit,
     };
     let vm = match Vm::new(&cfg) {
         Ok(vm) => vm,

@@ -286,6 +286,7 @@ impl VmDefinition {
             rng: false,
             console2: None,
             nics,
+            pit: vmm::PitMode::Auto,
         })
     }
 }

@@ -172,3 +172,12 @@ fn bzimage_command_line_longer_than_the_kernel_accepts_is_an_input_error() {
     assert_eq!(r.status, Some(2), "stderr: {}", r.stderr);
     assert!(r.stderr.contains("at most 2047"), "stderr: {}", r.stderr);
 }
+
+#[test]
+fn linux_guests_boot_with_and_without_the_pit() {
+    let kernel = elf64_guest("linux64", &["linux64_start.S", "linux64_guest.c"], "linux64.ld");
+    for pit in ["auto", "on", "off"] {
+        let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--pit", pit, "--cmdline", pit], TIMEOUT);
+        r.expect_status(0).expect_stdout(&format!("cmdline: {pit}\n"));
+    }
+}

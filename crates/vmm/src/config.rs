@@ -17,6 +17,31 @@ pub enum SerialMode {
     Background { log: PathBuf, socket: PathBuf },
 }
 
+/// Whether the VM gets KVM's in-kernel i8254 PIT (and the port 0x61 speaker latch).
+///
+/// Linux does not use it on vessel's platform: with HW-reduced ACPI it skips the legacy
+/// timers and PIC and takes its clock from kvmclock and the TSC-deadline LAPIC timer, as on
+/// Cloud Hypervisor, which has no PIT at all. Creating the PIT costs KVM a kernel thread
+/// (milliseconds at start-up and again at exit), so `Auto` gives it only to multiboot
+/// kernels, the test and hobby kernels that program the PIT themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PitMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl PitMode {
+    pub fn wanted(self, format: arch::boot::KernelFormat) -> bool {
+        match self {
+            PitMode::On => true,
+            PitMode::Off => false,
+            PitMode::Auto => format == arch::boot::KernelFormat::Multiboot,
+        }
+    }
+}
+
 /// A virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -44,6 +69,7 @@ pub struct VmConfig {
     pub console2: Option<PathBuf>,
     /// virtio-net interfaces, in PCI slot order after the disks.
     pub nics: Vec<net::NicConfig>,
+    pub pit: PitMode,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -14,7 +14,7 @@ mod pci_devices;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{DiskConfig, SerialMode, VmConfig};
+pub use config::{DiskConfig, PitMode, SerialMode, VmConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use vm::{Vm, VmError};

@@ -204,11 +204,6 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
         let ranges: Vec<_> = layout
             .ranges
@@ -257,6 +252,10 @@ impl Vm {
                 rsdp_addr,
             },
         )?;
+        if cfg.pit.wanted(boot.format) {
+            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
 
         let exit = VmExit::new().map_err(io_err("eventfd"))?;
         let serial_irq = EventFd::new(0).map_err(io_err("eventfd"))?;
