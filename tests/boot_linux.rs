@@ -175,9 +175,25 @@ fn bzimage_command_line_longer_than_the_kernel_accepts_is_an_input_error() {
 
 #[test]
 fn linux_guests_boot_with_and_without_the_pit() {
-    let kernel = elf64_guest("linux64", &["linux64_start.S", "linux64_guest.c"], "linux64.ld");
+    let kernel = elf64_guest(
+        "linux64",
+        &["linux64_start.S", "linux64_guest.c"],
+        "linux64.ld",
+    );
     for pit in ["auto", "on", "off"] {
-        let r = vessel(&["run", "--kernel", kernel.to_str().unwrap(), "--pit", pit, "--cmdline", pit], TIMEOUT);
-        r.expect_status(0).expect_stdout(&format!("cmdline: {pit}\n"));
+        let r = vessel(
+            &[
+                "run",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--pit",
+                pit,
+                "--cmdline",
+                pit,
+            ],
+            TIMEOUT,
+        );
+        r.expect_status(0)
+            .expect_stdout(&format!("cmdline: {pit}\n"));
     }
 }

@@ -34,7 +34,10 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
             "does not exist",
         ),
         (&["run"], "--kernel"),
-        (&["run", "--kernel", k, "--pit", "maybe"], "expected auto, on or off"),
+        (
+            &["run", "--kernel", k, "--pit", "maybe"],
+            "expected auto, on or off",
+        ),
     ];
     for (args, msg) in cases {
         let r = vessel(args, TIMEOUT);

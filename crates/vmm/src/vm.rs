@@ -253,7 +253,10 @@ impl Vm {
             },
         )?;
         if cfg.pit.wanted(boot.format) {
-            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         }
 
