@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
+pub mod port61;
 pub mod serial;
 pub mod vm_exit;
 

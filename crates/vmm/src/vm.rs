@@ -252,7 +252,8 @@ impl Vm {
                 rsdp_addr,
             },
         )?;
-        if cfg.pit.wanted(boot.format) {
+        let with_pit = cfg.pit.wanted(boot.format);
+        if with_pit {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
@@ -266,6 +267,13 @@ impl Vm {
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
         let pio = Bus::new();
+        if !with_pit {
+            pio.insert(
+                Arc::new(Mutex::new(devices::port61::Port61)),
+                u64::from(devices::port61::PORT61),
+                1,
+            )?;
+        }
         pio.insert(
             serial.clone(),
             u64::from(layout::COM1_PORT),
