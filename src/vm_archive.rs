@@ -168,6 +168,7 @@ pub fn import(state: &StateDir, file: &Path, name: Option<&str>) -> Result<i32> 
         }
         let mut def = VmDefinition::load(&staging.join(state::DEFINITION))
             .context("the archive's vm.toml")?;
+        check_archive_paths(&def, &staging)?;
         let name = name
             .map(str::to_string)
             .unwrap_or_else(|| def.name.get_ref().clone());
@@ -192,6 +193,53 @@ pub fn import(state: &StateDir, file: &Path, name: Option<&str>) -> Result<i32> 
             Err(e)
         }
     }
+}
+
+/// An archive may come from anywhere: every file its definition names must be a regular
+/// file inside the archive, so an import can never point a VM's disk (or kernel) at a host
+/// file such as `~/.ssh/authorized_keys`.
+fn check_archive_paths(def: &VmDefinition, staging: &Path) -> Result<()> {
+    let mut paths = vec![def.boot.kernel.get_ref()];
+    paths.extend(def.boot.initrd.as_ref().map(|i| i.get_ref()));
+    paths.extend(def.disks.iter().map(|d| d.path.get_ref()));
+    for p in paths {
+        let inside = p.is_relative()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let meta = std::fs::symlink_metadata(staging.join(p));
+        if !inside || !meta.map(|m| m.file_type().is_file()).unwrap_or(false) {
+            bail!(
+                "the archive's vm.toml names {}, which is not a file inside the archive",
+                p.display()
+            );
+        }
+    }
+    // A disk's backing chain (qcow2 backing file, VHD/VHDX parent, VMDK delta) must stay
+    // inside the archive too, or the guest could read host files through it.
+    let root = std::fs::canonicalize(staging)?;
+    for d in &def.disks {
+        let image = block::open(
+            &staging.join(d.path.get_ref()),
+            &block::OpenOptions {
+                read_only: true,
+                format: None,
+            },
+        )
+        .with_context(|| format!("disk {} in the archive", d.path.get_ref().display()))?;
+        let mut layer: Option<&dyn block::DiskImage> = Some(image.as_ref());
+        while let Some(l) = layer {
+            let real = std::fs::canonicalize(l.path()).unwrap_or_else(|_| l.path().to_path_buf());
+            if !real.starts_with(&root) {
+                bail!(
+                    "disk {} in the archive is backed by {}, outside the archive",
+                    d.path.get_ref().display(),
+                    l.path().display()
+                );
+            }
+            layer = l.backing();
+        }
+    }
+    Ok(())
 }
 
 fn tempdir_in(root: &Path, what: &str) -> Result<PathBuf> {

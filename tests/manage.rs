@@ -538,3 +538,76 @@ fn ssh_uses_the_forwarded_port_of_the_vm() {
         r.stderr
     );
 }
+
+#[test]
+fn import_refuses_archives_that_point_outside_themselves() {
+    let st = State::new("evil-import");
+    let dir = out_dir().join("evil-archive");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    std::fs::copy(service_guest(), dir.join("boot/kernel")).unwrap();
+    let victim = out_dir().join("evil-victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    for (case, disk) in [
+        ("absolute", victim.display().to_string()),
+        ("dotdot", "../../evil-victim.txt".to_string()),
+    ] {
+        std::fs::write(
+            dir.join("vm.toml"),
+            format!("name = \"evil\"\nmemory = \"32M\"\n[boot]\nkernel = \"boot/kernel\"\n[[disk]]\npath = {disk:?}\nformat = \"raw\"\n"),
+        )
+        .unwrap();
+        let archive = out_dir().join(format!("evil-{case}.tar"));
+        let status = Command::new("tar")
+            .args(["-cf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(&dir)
+            .args(["vm.toml", "boot"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let r = st.vessel(&["import", archive.to_str().unwrap()]);
+        assert_ne!(r.status, Some(0), "{case}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("not a file inside the archive"),
+            "{case}: {}",
+            r.stderr
+        );
+        assert!(st.ls().is_empty());
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // A disk inside the archive whose qcow2 backing file is a host file.
+    std::fs::create_dir_all(dir.join("disks")).unwrap();
+    let overlay = dir.join("disks/overlay.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        victim.to_str().unwrap(),
+        overlay.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        dir.join("vm.toml"),
+        "name = \"evil\"\nmemory = \"32M\"\n[boot]\nkernel = \"boot/kernel\"\n[[disk]]\npath = \"disks/overlay.qcow2\"\n",
+    )
+    .unwrap();
+    let archive = out_dir().join("evil-backing.tar");
+    let status = Command::new("tar")
+        .args(["-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .args(["vm.toml", "boot", "disks"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = st.vessel(&["import", archive.to_str().unwrap()]);
+    assert_ne!(r.status, Some(0));
+    assert!(r.stderr.contains("outside the archive"), "{}", r.stderr);
+    assert!(st.ls().is_empty());
+}
