@@ -193,6 +193,26 @@ impl ImageFile {
 }
 
 /// Fail with `Error::OutOfRange` unless `[offset, offset + len)` lies within `size`.
+/// Split `len` bytes at virtual `offset` into pieces that stay inside one `block_size`
+/// block: `(virtual offset, range of the caller's buffer)` in order.
+pub(crate) fn block_pieces(
+    offset: u64,
+    len: usize,
+    block_size: u64,
+) -> impl Iterator<Item = (u64, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let pos = offset + done as u64;
+        let n = ((block_size - pos % block_size) as usize).min(len - done);
+        let piece = (pos, done..done + n);
+        done += n;
+        Some(piece)
+    })
+}
+
 pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
@@ -257,4 +277,24 @@ pub(crate) fn push_extent(
         }
     }
     map.push(crate::Extent { offset, len, state });
+}
+
+#[cfg(test)]
+mod block_piece_tests {
+    use super::block_pieces;
+
+    #[test]
+    fn pieces_never_cross_a_block() {
+        let p: Vec<_> = block_pieces(1000, 3000, 1024).collect();
+        assert_eq!(
+            p,
+            vec![
+                (1000, 0..24),
+                (1024, 24..1048),
+                (2048, 1048..2072),
+                (3072, 2072..3000)
+            ]
+        );
+        assert_eq!(block_pieces(0, 0, 512).count(), 0);
+    }
 }

@@ -11,7 +11,7 @@ mod header;
 use std::path::Path;
 
 pub(crate) use crate::image_file::ImageFile;
-use crate::image_file::{check_range, push_extent};
+use crate::image_file::{block_pieces, check_range, push_extent};
 use header::{Header, BLOCK_FREE, BLOCK_ZERO, DEFAULT_BLOCK_SIZE, SECTOR, TYPE_FIXED};
 
 use crate::{Allocation, CreateOptions, DiskImage, Error, Extent, Format, OpenOptions, Result};
@@ -283,20 +283,15 @@ impl DiskImage for VdiImage {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size())?;
         let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let in_block = pos % bs;
-            let n = ((bs - in_block) as usize).min(buf.len() - done);
+        for (pos, piece) in block_pieces(offset, buf.len(), bs) {
             let entry = self.bmap[(pos / bs) as usize];
-            let chunk = &mut buf[done..done + n];
+            let chunk = &mut buf[piece];
             if Self::is_allocated(entry) {
                 self.file
-                    .read_padded_at(chunk, self.header.slot_offset(entry) + in_block)?;
+                    .read_padded_at(chunk, self.header.slot_offset(entry) + pos % bs)?;
             } else {
                 chunk.fill(0);
             }
-            done += n;
         }
         Ok(())
     }
@@ -307,24 +302,18 @@ impl DiskImage for VdiImage {
             return Err(Error::ReadOnly);
         }
         let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        for (pos, piece) in block_pieces(offset, buf.len(), bs) {
             let block = (pos / bs) as u32;
-            let in_block = pos % bs;
-            let n = ((bs - in_block) as usize).min(buf.len() - done);
-            let chunk = &buf[done..done + n];
+            let chunk = &buf[piece];
             let mut entry = self.bmap[block as usize];
             if !Self::is_allocated(entry) {
                 if chunk.iter().all(|&b| b == 0) {
-                    done += n;
                     continue;
                 }
                 entry = self.allocate(block)?;
             }
             self.file
-                .write_all_at(chunk, self.header.slot_offset(entry) + in_block)?;
-            done += n;
+                .write_all_at(chunk, self.header.slot_offset(entry) + pos % bs)?;
         }
         Ok(())
     }

@@ -18,7 +18,9 @@ use footer::{
     TYPE_FIXED,
 };
 
-use crate::image_file::{be_u32, be_u64, check_range, push_extent, ImageFile, MAX_TABLE_BYTES};
+use crate::image_file::{
+    be_u32, be_u64, block_pieces, check_range, push_extent, ImageFile, MAX_TABLE_BYTES,
+};
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
 /// Metadata of a dynamic or differencing disk.
@@ -457,13 +459,8 @@ impl DiskImage for VhdImage {
         if self.sparse.is_none() {
             return self.file.read_padded_at(buf, offset);
         }
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            self.read_in_block(&mut buf[done..done + n], pos)?;
-            done += n;
+        for (pos, piece) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.read_in_block(&mut buf[piece], pos)?;
         }
         Ok(())
     }
@@ -476,13 +473,8 @@ impl DiskImage for VhdImage {
         if self.sparse.is_none() {
             return self.file.write_all_at(buf, offset);
         }
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            self.write_in_block(&buf[done..done + n], pos)?;
-            done += n;
+        for (pos, piece) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.write_in_block(&buf[piece], pos)?;
         }
         Ok(())
     }

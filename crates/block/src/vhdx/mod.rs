@@ -21,7 +21,7 @@ use log::{apply, find_replay, LogWrite, Patched};
 use metadata::{read_metadata, Metadata};
 
 use crate::image_file::{
-    check_range, le_u64, push_extent, random_uuid, ImageFile, MAX_TABLE_BYTES,
+    block_pieces, check_range, le_u64, push_extent, random_uuid, ImageFile, MAX_TABLE_BYTES,
 };
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
 
@@ -427,13 +427,8 @@ impl DiskImage for VhdxImage {
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size())?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            self.read_in_block(&mut buf[done..done + n], pos)?;
-            done += n;
+        for (pos, piece) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.read_in_block(&mut buf[piece], pos)?;
         }
         Ok(())
     }
@@ -444,13 +439,8 @@ impl DiskImage for VhdxImage {
             return Err(Error::ReadOnly);
         }
         self.renew_write_guids()?;
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            self.write_in_block(&buf[done..done + n], pos)?;
-            done += n;
+        for (pos, piece) in block_pieces(offset, buf.len(), self.block_size()) {
+            self.write_in_block(&buf[piece], pos)?;
         }
         Ok(())
     }
