@@ -13,6 +13,14 @@ fn guest() -> std::path::PathBuf {
     )
 }
 
+/// Boot the virtio-blk test guest with `disk` (a --disk value) and extra arguments.
+fn run_guest(disk: &str, extra: &[&str]) -> common::Run {
+    let kernel = guest();
+    let mut args = vec!["run", "--kernel", kernel.to_str().unwrap(), "--disk", disk];
+    args.extend_from_slice(extra);
+    vessel(&args, TIMEOUT)
+}
+
 fn image(name: &str, sectors: usize) -> (std::path::PathBuf, Vec<u8>) {
     let path = out_dir().join(name);
     let data: Vec<u8> = (0..sectors * 512).map(|i| (i * 31 % 253) as u8).collect();
@@ -24,18 +32,7 @@ fn image(name: &str, sectors: usize) -> (std::path::PathBuf, Vec<u8>) {
 fn guest_reads_writes_flushes_and_gets_the_id() {
     let (img, data) = image("vblk-rw.raw", 2048);
     let disk = format!("path={},id=test-serial-42", img.display());
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            guest().to_str().unwrap(),
-            "--disk",
-            &disk,
-            "--memory",
-            "64M",
-        ],
-        TIMEOUT,
-    );
+    let r = run_guest(&disk, &["--memory", "64M"]);
     r.expect_status(0);
     r.expect_stdout("pci: slot 0 id 0x");
     r.expect_stdout("pci: slot 1 id 0x10421af4 class 0x18000");
@@ -72,16 +69,7 @@ fn guest_reads_writes_flushes_and_gets_the_id() {
 fn read_only_disk_refuses_the_write() {
     let (img, data) = image("vblk-ro.raw", 64);
     let disk = format!("path={},readonly=on", img.display());
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            guest().to_str().unwrap(),
-            "--disk",
-            &disk,
-        ],
-        TIMEOUT,
-    );
+    let r = run_guest(&disk, &[]);
     r.expect_status(0);
     r.expect_stdout("virtio-blk: id vessel-disk0\n");
     assert!(
@@ -105,16 +93,7 @@ fn qcow2_disk_reads_like_its_raw_content() {
         .unwrap();
     assert!(st.success());
     let disk = format!("path={}", qcow.display());
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            guest().to_str().unwrap(),
-            "--disk",
-            &disk,
-        ],
-        TIMEOUT,
-    );
+    let r = run_guest(&disk, &[]);
     r.expect_status(0);
     assert!(
         r.stdout.contains(&format!(
@@ -141,16 +120,7 @@ fn disk_size_not_a_multiple_of_512_is_rejected() {
     let path = out_dir().join("vblk-odd.raw");
     std::fs::write(&path, vec![0u8; 1000]).unwrap();
     let disk = format!("path={},format=raw", path.display());
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            guest().to_str().unwrap(),
-            "--disk",
-            &disk,
-        ],
-        TIMEOUT,
-    );
+    let r = run_guest(&disk, &[]);
     assert_eq!(r.status, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not a multiple of 512"), "{}", r.stderr);
 }
@@ -159,18 +129,7 @@ fn disk_size_not_a_multiple_of_512_is_rejected() {
 fn without_msix_completions_raise_intx_through_the_ioapic() {
     let (img, _) = image("vblk-intx.raw", 64);
     let disk = format!("path={}", img.display());
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            guest().to_str().unwrap(),
-            "--disk",
-            &disk,
-            "--cmdline",
-            "intx",
-        ],
-        TIMEOUT,
-    );
+    let r = run_guest(&disk, &["--cmdline", "intx"]);
     r.expect_status(0);
     // Slot 1, pin A: GSI 17 as the DSDT's _PRT says; reading ISR acknowledges it.
     assert!(
