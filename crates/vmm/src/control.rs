@@ -29,10 +29,6 @@ impl PauseGate {
         *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = value;
         self.changed.notify_all();
     }
-
-    pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// A cloneable handle on a VM, valid before and while it runs.
@@ -76,10 +72,6 @@ impl VmHandle {
 
     pub fn resume(&self) {
         self.gate.set(false);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.gate.is_paused()
     }
 
     /// End the VM now (the guest is not asked).

@@ -124,7 +124,8 @@ pub struct Vm {
     _kvm: Kvm,
     _vm: Arc<VmFd>,
     pci: crate::pci_devices::PciPlatform,
-    mem: GuestMemory,
+    /// Guest RAM, kept mapped for as long as the KVM VM that was given its addresses.
+    _mem: GuestMemory,
     exit: VmExit,
     serial: Arc<Mutex<Serial>>,
     serial_input: Option<SerialInput>,
@@ -341,7 +342,7 @@ impl Vm {
             _kvm: kvm,
             _vm: vm,
             pci,
-            mem,
+            _mem: mem,
             exit: exit.clone(),
             serial,
             serial_input: Some(match console_socket {
@@ -364,11 +365,6 @@ impl Vm {
     /// A handle to pause, resume, stop or Ctrl-Alt-Del the VM from other threads.
     pub fn handle(&self) -> crate::control::VmHandle {
         self.handle.clone()
-    }
-
-    /// Guest memory (for diagnostics and tests).
-    pub fn memory(&self) -> &GuestMemory {
-        &self.mem
     }
 
     /// Run the VM until it ends; returns why.

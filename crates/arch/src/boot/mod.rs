@@ -136,7 +136,7 @@ pub fn load(
             write_cmdline(mem, cfg.cmdline, CMDLINE_MAX_SIZE)?;
             let module = match cfg.initrd {
                 Some(data) => {
-                    let addr = multiboot::module_address(loaded.end, &header);
+                    let addr = multiboot::module_address(loaded.end);
                     let end = addr
                         .checked_add(data.len() as u64)
                         .filter(|e| *e <= low_end);
@@ -158,7 +158,6 @@ pub fn load(
             };
             let info = multiboot::write_info(
                 mem,
-                &header,
                 &e820,
                 low_end,
                 CMDLINE_ADDR,

@@ -12,7 +12,6 @@ pub const HEADER_MAGIC: u32 = 0x1bad_b002;
 /// The header must lie in the first 8 KiB of the image, 4-byte aligned.
 const SEARCH_LIMIT: usize = 8192;
 
-const FLAG_PAGE_ALIGN_MODULES: u32 = 1 << 0;
 const FLAG_AOUT_KLUDGE: u32 = 1 << 16;
 
 const INFO_MEMORY: u32 = 1 << 0;
@@ -182,7 +181,6 @@ const LOADER_NAME: &[u8] = b"vessel\0";
 /// Write the multiboot information structure; returns its address (EBX at entry).
 pub fn write_info(
     mem: &GuestMemory,
-    header: &Header,
     e820: &[MemoryMapEntry],
     low_ram_end: u64,
     cmdline_addr: u64,
@@ -244,15 +242,13 @@ pub fn write_info(
         w32(mods as u32, base + 24)?;
         flags |= INFO_MODS;
     }
-    let _ = header;
     w32(flags, base)?;
     Ok(base)
 }
 
-/// Where module 0 goes: after the kernel, page aligned (the header may require it; vessel
-/// always aligns).
-pub fn module_address(kernel_end: u64, header: &Header) -> u64 {
-    let _ = header.flags & FLAG_PAGE_ALIGN_MODULES;
+/// Where module 0 goes: after the kernel, page aligned (what header flag 0 asks for;
+/// vessel always aligns).
+pub fn module_address(kernel_end: u64) -> u64 {
     (kernel_end + 0xfff) & !0xfff
 }
 
@@ -321,14 +317,12 @@ mod tests {
     fn info_has_memory_mmap_cmdline_and_module() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let layout = RamLayout::new(0x40_0000).unwrap();
-        let h = find_header(&header_bytes(0, &[])).unwrap();
         let initrd = Initrd {
             addr: 0x200000,
             size: 100,
         };
         let addr = write_info(
             &mem,
-            &h,
             &layout.e820(),
             layout.low_end(),
             0x20000,
