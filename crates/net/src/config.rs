@@ -15,7 +15,7 @@ pub enum ConfigError {
     BadMac(String),
     #[error("invalid forward {0:?}: tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")]
     BadForward(String),
-    #[error("forward= is only for nat mode")]
+    #[error("forward= is only for nat and natnet:NAME modes")]
     ForwardNotNat,
     #[error("unknown NIC option {0:?} (mac=, forward=)")]
     UnknownOption(String),
@@ -158,7 +158,7 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
         if let Some(mac) = item.strip_prefix("mac=") {
             config.mac = Some(parse_mac(mac)?);
         } else if let Some(fwd) = item.strip_prefix("forward=") {
-            if config.mode != NicMode::Nat {
+            if !matches!(config.mode, NicMode::Nat | NicMode::NatNetwork(_)) {
                 return Err(ConfigError::ForwardNotNat);
             }
             config.forwards.push(parse_forward(fwd)?);

@@ -2,6 +2,8 @@
 //! other end of the guest's wire.
 //!
 //! * `nat` — [`passt::PasstBackend`]: rootless user-mode NAT by a `passt` helper process.
+//! * `natnet:NAME` — [`natnet::NatNetBackend`]: VMs behind one NAT on one subnet (a
+//!   switch between them, a passt per VM with its own leased address).
 //! * `internal:NAME` — [`switch::SwitchPort`]: a switch between the VMs on NAME only.
 //! * `tap:NAME` — [`tap::TapBackend`]: a host tap device (CAP_NET_ADMIN).
 //! * `bridged:IFACE`, `hostonly:NAME` — [`bridge`]: a new tap on a host bridge
@@ -12,6 +14,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod natnet;
 pub mod passt;
 pub mod relay;
 pub mod stream;
@@ -29,11 +32,11 @@ pub enum NetError {
     #[error(transparent)]
     Switch(#[from] switch::SwitchError),
     #[error(transparent)]
+    NatNet(#[from] natnet::NatNetError),
+    #[error(transparent)]
     Tap(#[from] tap::TapError),
     #[error(transparent)]
     Bridge(#[from] bridge::BridgeError),
-    #[error("network mode {0} is not available in this build of vessel")]
-    Unsupported(&'static str),
 }
 
 /// Open the backend a `--nic` asks for.
@@ -44,7 +47,11 @@ pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
         ))?),
         NicMode::Internal(name) => Box::new(switch::SwitchPort::join(name)?),
         NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, false)?),
-        NicMode::NatNetwork(_) => return Err(NetError::Unsupported("natnet")),
+        NicMode::NatNetwork(name) => Box::new(natnet::NatNetBackend::join(
+            name,
+            config.mac,
+            passt::PasstOptions::new(config.forwards.clone()),
+        )?),
         NicMode::HostOnly(name) => Box::new(bridge::hostonly(name)?),
         NicMode::Bridged(iface) => Box::new(bridge::bridged(iface)?),
     })

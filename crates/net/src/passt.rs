@@ -28,8 +28,8 @@ pub enum PasstError {
     Spawn(#[source] io::Error),
     #[error("creating the socketpair to passt: {0}")]
     Socket(#[source] io::Error),
-    #[error("forward to a fixed guest address {0} is not supported: nat forwards to the guest's DHCP address {GUEST_ADDR}")]
-    GuestAddress(Ipv4Addr),
+    #[error("forward to guest address {0} is not supported: this NIC forwards to its guest's DHCP address {1}")]
+    GuestAddress(Ipv4Addr, Ipv4Addr),
 }
 
 /// How to run passt.
@@ -37,6 +37,8 @@ pub enum PasstError {
 pub struct PasstOptions {
     pub program: String,
     pub forwards: Vec<Forward>,
+    /// The address passt hands the guest by DHCP and forwards ports to.
+    pub guest_addr: Ipv4Addr,
     /// Log file for passt's messages (None: quiet).
     pub log_file: Option<String>,
 }
@@ -46,11 +48,13 @@ impl PasstOptions {
         Self {
             program: "passt".into(),
             forwards,
+            guest_addr: GUEST_ADDR,
             log_file: None,
         }
     }
 
     fn args(&self) -> Result<Vec<String>, PasstError> {
+        let guest_addr = self.guest_addr.to_string();
         let mut args: Vec<String> = [
             "--foreground",
             "--one-off",
@@ -58,7 +62,7 @@ impl PasstOptions {
             "--fd",
             "3",
             "--address",
-            "10.0.2.15",
+            &guest_addr,
             "--netmask",
             "24",
             "--gateway",
@@ -74,8 +78,8 @@ impl PasstOptions {
             None => args.push("--quiet".into()),
         }
         for f in &self.forwards {
-            if let Some(addr) = f.guest_addr.filter(|&a| a != GUEST_ADDR) {
-                return Err(PasstError::GuestAddress(addr));
+            if let Some(addr) = f.guest_addr.filter(|&a| a != self.guest_addr) {
+                return Err(PasstError::GuestAddress(addr, self.guest_addr));
             }
             let flag = match f.protocol {
                 Protocol::Tcp => "-t",
@@ -130,6 +134,11 @@ impl PasstBackend {
         Ok(Self { stream, child })
     }
 
+    /// Whether part of a frame waits for passt to take it.
+    pub fn has_pending(&self) -> bool {
+        self.stream.has_pending()
+    }
+
     /// The helper's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -173,7 +182,7 @@ mod tests {
         let tail: Vec<&str> = args[args.len() - 4..].iter().map(|s| s.as_str()).collect();
         assert_eq!(tail, ["-t", "127.0.0.1/2222:22", "-u", "5353:53"]);
         let bad = PasstOptions::new(vec![parse_forward("tcp::1-10.0.2.99:2").unwrap()]);
-        assert!(matches!(bad.args(), Err(PasstError::GuestAddress(_))));
+        assert!(matches!(bad.args(), Err(PasstError::GuestAddress(..))));
     }
 
     #[test]

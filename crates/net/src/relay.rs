@@ -83,10 +83,11 @@ impl Direction {
     }
 
     /// Events to wait for: input on the source unless a frame is held, room on the
-    /// destination when one is.
+    /// destination when one is (a destination whose fd is a poll set, as `natnet`'s,
+    /// reports room as input).
     fn wants(&self) -> (libc::c_short, libc::c_short) {
         if self.held.is_some() {
-            (0, libc::POLLOUT)
+            (0, libc::POLLOUT | libc::POLLIN)
         } else {
             (libc::POLLIN, 0)
         }

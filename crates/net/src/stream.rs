@@ -87,6 +87,11 @@ impl StreamBackend {
         Ok(true)
     }
 
+    /// Whether part of a frame waits for the socket to take it.
+    pub fn has_pending(&self) -> bool {
+        self.tx_start < self.tx.len()
+    }
+
     /// Write as much of the pending tail as the socket takes; true when none is left.
     fn flush_tail(&mut self) -> io::Result<bool> {
         while self.tx_start < self.tx.len() {

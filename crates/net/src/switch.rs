@@ -40,7 +40,12 @@ pub enum SwitchError {
 
 /// The directory of the switch `name`.
 pub fn switch_dir(name: &str) -> PathBuf {
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+    runtime_dir().join("net").join(name)
+}
+
+/// Where vessel keeps per-user runtime state of its networks.
+pub fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("vessel"),
         _ => {
             // SAFETY: getuid has no preconditions.
@@ -51,8 +56,7 @@ pub fn switch_dir(name: &str) -> PathBuf {
                 PathBuf::from(format!("/tmp/vessel-{uid}"))
             }
         }
-    };
-    base.join("net").join(name)
+    }
 }
 
 /// One VM's port on a switch.

@@ -448,12 +448,17 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
         ))));
     }
     for (index, nic) in cfg.nics.iter().enumerate() {
-        let backend = net::open_backend(nic).map_err(|source| VmError::Nic {
+        // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
+        let mac = nic.mac.unwrap_or_else(|| net::default_mac(index as u8));
+        let nic = net::NicConfig {
+            mac: Some(mac),
+            ..nic.clone()
+        };
+        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
             index,
             mode: format!("{:?}", nic.mode),
             source,
         })?;
-        let mac = nic.mac.unwrap_or_else(|| net::default_mac(index as u8));
         let (device, _link) = virtio::net::Net::new(backend, mac);
         let fd = device.backend_fd();
         devices.push(DeviceSpec {

@@ -1,0 +1,462 @@
+//! `natnet:NAME`: several VMs behind one NAT, on one subnet, reaching each other —
+//! VirtualBox's "NAT Network" — with no daemon.
+//!
+//! Each VM's NIC is a [`NatNetBackend`] made of
+//! * a port on the network's switch (as `internal:NAME`, in its own directory), which
+//!   carries the frames between the VMs;
+//! * its own `passt` helper ([`PasstBackend`]), configured with the VM's address, which is
+//!   the gateway, DHCP server and NAT towards the host for that VM alone;
+//! * a lease: the VM's address on the subnet, owned by holding an `flock` on a file per
+//!   address in the network's `leases/` directory (released when the VMM exits, however it
+//!   exits). A lease file records the MAC that last held it, so a VM with a fixed MAC gets
+//!   its address back.
+//!
+//! Frames from the guest are steered: ARP requests for an address on the subnet other than
+//! the gateway go to the switch only (otherwise passt, which answers ARP for every
+//! address, would claim the other VMs); unicast to a MAC heard on the switch goes to the
+//! switch; multicast to the switch; broadcast (DHCP, ARP for the gateway) to passt and the
+//! switch; everything else to passt. Frames from both sides go to the guest.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::passt::{PasstBackend, PasstError, PasstOptions, GATEWAY, GUEST_ADDR, PREFIX_LEN};
+use crate::switch::{runtime_dir, SwitchError, SwitchPort};
+use crate::Backend;
+
+/// Host part of the first and last address leased (10.0.2.15 … 10.0.2.254).
+pub const FIRST_HOST: u8 = 15;
+pub const LAST_HOST: u8 = 254;
+/// MACs heard on the switch remembered at most (the set starts over when full).
+const MAX_PEERS: usize = 1024;
+const ETH_HEADER: usize = 14;
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatNetError {
+    #[error("natnet lease directory {path}: {source}")]
+    LeaseDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("natnet lease {path}: {source}")]
+    Lease {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("natnet {0}: all addresses {GUEST_ADDR}..10.0.2.{LAST_HOST} are leased")]
+    Full(String),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Passt(#[from] PasstError),
+    #[error("creating the natnet poll set: {0}")]
+    Epoll(#[source] io::Error),
+}
+
+/// The directory of the NAT network `name`.
+pub fn natnet_dir(name: &str) -> PathBuf {
+    runtime_dir().join("natnet").join(name)
+}
+
+/// An address of the network, held for as long as this value lives.
+#[derive(Debug)]
+pub struct Lease {
+    addr: Ipv4Addr,
+    _file: File,
+}
+
+impl Lease {
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// Take an address from `dir`: the one `mac` held last if it is free, else the lowest
+    /// free one.
+    pub fn acquire(dir: &Path, mac: Option<[u8; 6]>) -> Result<Self, NatNetError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| NatNetError::LeaseDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let hosts = FIRST_HOST..=LAST_HOST;
+        if let Some(mac) = mac {
+            let want = mac_string(&mac);
+            for host in hosts.clone() {
+                let path = lease_path(dir, host);
+                let held_by = std::fs::read_to_string(&path).unwrap_or_default();
+                if held_by.trim() == want {
+                    if let Some(lease) = Self::try_take(&path, host, Some(mac))? {
+                        return Ok(lease);
+                    }
+                }
+            }
+        }
+        for host in hosts {
+            if let Some(lease) = Self::try_take(&lease_path(dir, host), host, mac)? {
+                return Ok(lease);
+            }
+        }
+        Err(NatNetError::Full(dir.display().to_string()))
+    }
+
+    fn try_take(path: &Path, host: u8, mac: Option<[u8; 6]>) -> Result<Option<Self>, NatNetError> {
+        let err = |source| NatNetError::Lease {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(err)?;
+        // SAFETY: flock on an fd this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(err(e))
+            };
+        }
+        let mut previous = String::new();
+        let _ = file.read_to_string(&mut previous);
+        if let Some(mac) = mac {
+            let record = format!("{}\n", mac_string(&mac));
+            if previous != record {
+                file.set_len(0).map_err(err)?;
+                file.rewind().map_err(err)?;
+                file.write_all(record.as_bytes()).map_err(err)?;
+            }
+        }
+        let [a, b, c, _] = GUEST_ADDR.octets();
+        Ok(Some(Self {
+            addr: Ipv4Addr::new(a, b, c, host),
+            _file: file,
+        }))
+    }
+}
+
+fn lease_path(dir: &Path, host: u8) -> PathBuf {
+    let [a, b, c, _] = GUEST_ADDR.octets();
+    dir.join(format!("{a}.{b}.{c}.{host}"))
+}
+
+fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Whether `addr` is on the network's subnet.
+fn on_subnet(addr: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - u32::from(PREFIX_LEN));
+    u32::from(addr) & mask == u32::from(GUEST_ADDR) & mask
+}
+
+/// Where a frame from the guest goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Nat,
+    Switch,
+    Both,
+}
+
+/// One VM's NIC on a NAT network.
+pub struct NatNetBackend {
+    nat: PasstBackend,
+    switch: SwitchPort,
+    lease: Lease,
+    /// MACs heard on the switch: the other VMs.
+    peers: HashSet<[u8; 6]>,
+    /// Read the switch first next time (alternates, so neither side starves the other).
+    switch_first: bool,
+    /// Both sockets: the one fd the VMM polls. Readable when either has input, or when
+    /// passt can take more after it refused a frame.
+    epoll: OwnedFd,
+    /// Whether the poll set waits for passt's socket to be writable.
+    watching_out: bool,
+}
+
+impl NatNetBackend {
+    /// Join the NAT network `name` with a VM whose MAC is `mac` (if known).
+    pub fn join(
+        name: &str,
+        mac: Option<[u8; 6]>,
+        options: PasstOptions,
+    ) -> Result<Self, NatNetError> {
+        Self::join_dir(&natnet_dir(name), mac, options)
+    }
+
+    /// Join the NAT network whose state lives in `dir`. `options.guest_addr` is replaced
+    /// by the leased address.
+    pub fn join_dir(
+        dir: &Path,
+        mac: Option<[u8; 6]>,
+        mut options: PasstOptions,
+    ) -> Result<Self, NatNetError> {
+        let lease = Lease::acquire(&dir.join("leases"), mac)?;
+        let switch = SwitchPort::join_dir(&dir.join("ports"))?;
+        options.guest_addr = lease.addr();
+        let nat = PasstBackend::spawn(&options)?;
+        let epoll = poll_set(&[nat.as_raw_fd(), switch.as_raw_fd()]).map_err(NatNetError::Epoll)?;
+        Ok(Self {
+            nat,
+            switch,
+            lease,
+            peers: HashSet::new(),
+            switch_first: false,
+            epoll,
+            watching_out: false,
+        })
+    }
+
+    /// The guest's address on the network (what its DHCP lease will say).
+    pub fn guest_addr(&self) -> Ipv4Addr {
+        self.lease.addr()
+    }
+
+    fn route(&self, frame: &[u8]) -> Route {
+        let Some(dst) = frame.get(..6) else {
+            return Route::Nat;
+        };
+        if dst == [0xff; 6] {
+            let arp_target = (frame.get(12..14) == Some(&ETHERTYPE_ARP[..]))
+                .then(|| frame.get(ETH_HEADER + 24..ETH_HEADER + 28))
+                .flatten();
+            return match arp_target {
+                Some(t) => {
+                    let target = Ipv4Addr::new(t[0], t[1], t[2], t[3]);
+                    if on_subnet(target) && target != GATEWAY {
+                        Route::Switch
+                    } else {
+                        Route::Nat
+                    }
+                }
+                None => Route::Both,
+            };
+        }
+        if dst[0] & 1 != 0 {
+            return Route::Switch;
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(dst);
+        if self.peers.contains(&mac) {
+            Route::Switch
+        } else {
+            Route::Nat
+        }
+    }
+
+    /// After passt took or refused a frame: wait for room only while something waits.
+    fn track_nat_room(&mut self, accepted: bool) -> io::Result<bool> {
+        let out = !accepted || self.nat.has_pending();
+        if out != self.watching_out {
+            watch(&self.epoll, libc::EPOLL_CTL_MOD, self.nat.as_raw_fd(), out)?;
+            self.watching_out = out;
+        }
+        Ok(accepted)
+    }
+
+    fn recv_switch(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let got = self.switch.recv(buf)?;
+        if let Some(src) = got.and_then(|n| buf[..n].get(6..12)) {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(src);
+            if mac[0] & 1 == 0 {
+                if self.peers.len() >= MAX_PEERS {
+                    self.peers.clear();
+                }
+                self.peers.insert(mac);
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// An epoll set watching `fds` for input: readable itself while one of them is.
+fn poll_set(fds: &[RawFd]) -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 has no memory arguments; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ep` is a new fd nobody else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    for &fd in fds {
+        watch(&ep, libc::EPOLL_CTL_ADD, fd, false)?;
+    }
+    Ok(ep)
+}
+
+/// Add or change `fd` in the set `ep`: input always, room to write when `out`.
+fn watch(ep: &OwnedFd, op: libc::c_int, fd: RawFd, out: bool) -> io::Result<()> {
+    let mut events = libc::EPOLLIN;
+    if out {
+        events |= libc::EPOLLOUT;
+    }
+    let mut event = libc::epoll_event {
+        events: events as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: `event` is a valid epoll_event for the call; `ep` and `fd` are open.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut event) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Backend for NatNetBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.switch_first = !self.switch_first;
+        if self.switch_first {
+            if let Some(n) = self.recv_switch(buf)? {
+                return Ok(Some(n));
+            }
+            self.nat.recv(buf)
+        } else {
+            if let Some(n) = self.nat.recv(buf)? {
+                return Ok(Some(n));
+            }
+            self.recv_switch(buf)
+        }
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
+        match self.route(frame) {
+            Route::Switch => self.switch.send(frame),
+            Route::Nat => {
+                let accepted = self.nat.send(frame)?;
+                self.track_nat_room(accepted)
+            }
+            Route::Both => {
+                // passt may refuse (full): then the frame is retried whole later, so the
+                // switch copy goes only once passt took its copy.
+                let accepted = self.nat.send(frame)?;
+                if !self.track_nat_room(accepted)? {
+                    return Ok(false);
+                }
+                self.switch.send(frame)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        let drained = self.nat.flush()?;
+        self.track_nat_room(drained)
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vessel-natnet-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn leases_are_exclusive_sticky_and_released() {
+        let dir = tmp("lease");
+        let (m1, m2) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let a = Lease::acquire(&dir, Some(m1)).unwrap();
+        let b = Lease::acquire(&dir, Some(m2)).unwrap();
+        let c = Lease::acquire(&dir, None).unwrap();
+        assert_eq!(a.addr(), Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(b.addr(), Ipv4Addr::new(10, 0, 2, 16));
+        assert_eq!(c.addr(), Ipv4Addr::new(10, 0, 2, 17));
+        // a goes away; m2 comes back after b went too and gets .16 again, not .15.
+        drop(a);
+        drop(b);
+        let b2 = Lease::acquire(&dir, Some(m2)).unwrap();
+        assert_eq!(b2.addr(), Ipv4Addr::new(10, 0, 2, 16));
+        let d = Lease::acquire(&dir, None).unwrap();
+        assert_eq!(d.addr(), Ipv4Addr::new(10, 0, 2, 15));
+        drop((b2, c, d));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_network_is_a_clear_error() {
+        let dir = tmp("full");
+        let held: Vec<Lease> = (FIRST_HOST..=LAST_HOST)
+            .map(|_| Lease::acquire(&dir, None).unwrap())
+            .collect();
+        let err = Lease::acquire(&dir, None).unwrap_err();
+        assert!(err.to_string().contains("leased"), "{err}");
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn arp_request(target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&ETHERTYPE_ARP);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 0, 2, 15]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
+    }
+
+    #[test]
+    fn frames_are_steered() {
+        if std::process::Command::new("passt")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: passt (apt-get install passt) is not installed");
+            return;
+        }
+        let dir = tmp("route");
+        let mut n = NatNetBackend::join_dir(&dir, None, PasstOptions::new(Vec::new())).unwrap();
+        assert_eq!(n.guest_addr(), GUEST_ADDR);
+        assert_eq!(n.route(&arp_request([10, 0, 2, 2])), Route::Nat);
+        assert_eq!(n.route(&arp_request([10, 0, 2, 16])), Route::Switch);
+        assert_eq!(n.route(&arp_request([192, 168, 1, 1])), Route::Nat);
+        let mut dhcp = vec![0xff; 6];
+        dhcp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        assert_eq!(n.route(&dhcp), Route::Both);
+        let mut mcast = dhcp.clone();
+        mcast[..6].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 0xfb]);
+        assert_eq!(n.route(&mcast), Route::Switch);
+        let peer = [2, 0, 0, 0, 0, 9];
+        let mut to_peer = peer.to_vec();
+        to_peer.extend_from_slice(&dhcp[6..]);
+        assert_eq!(
+            n.route(&to_peer),
+            Route::Nat,
+            "unknown MAC: towards the gateway"
+        );
+        n.peers.insert(peer);
+        assert_eq!(n.route(&to_peer), Route::Switch);
+        assert_eq!(
+            n.route(&[1, 2, 3]),
+            Route::Nat,
+            "runt frames go to passt, which drops them"
+        );
+        drop(n);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
