@@ -363,6 +363,10 @@ impl Backend for NatNetBackend {
     fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
     }
+
+    fn mtu(&self) -> Option<u16> {
+        self.nat.mtu()
+    }
 }
 
 #[cfg(test)]

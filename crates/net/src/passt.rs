@@ -19,6 +19,9 @@ use crate::Backend;
 pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const PREFIX_LEN: u8 = 24;
+/// The MTU of the NAT's wire, as QEMU+passt use it: a guest that takes VIRTIO_NET_F_MTU
+/// moves bulk data in 64 KiB frames instead of 1500-byte ones.
+pub const MTU: u16 = 65520;
 /// The fd number the helper finds its end of the socketpair at.
 const CHILD_FD: RawFd = 3;
 
@@ -55,6 +58,7 @@ impl PasstOptions {
 
     fn args(&self) -> Result<Vec<String>, PasstError> {
         let guest_addr = self.guest_addr.to_string();
+        let mtu = MTU.to_string();
         let mut args: Vec<String> = [
             "--foreground",
             "--one-off",
@@ -68,7 +72,7 @@ impl PasstOptions {
             "--gateway",
             "10.0.2.2",
             "--mtu",
-            "1500",
+            &mtu,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -95,6 +99,31 @@ impl PasstOptions {
     }
 }
 
+/// Bytes passt may have in flight towards the VMM. passt drops what its socket does not
+/// take and leaves it to TCP to retransmit (after its ACK timeout, a second): with 64 KiB
+/// frames the default buffer (208 KiB) holds three, so a burst would stall the stream.
+const SEND_BUFFER: libc::c_int = 8 << 20;
+
+/// Give passt's end of the socket pair a send buffer of [`SEND_BUFFER`]: forced beyond
+/// `net.core.wmem_max` when we may (CAP_NET_ADMIN), else as far as that limit allows.
+fn grow_send_buffer(fd: RawFd) {
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads one c_int from a live local for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&SEND_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
 /// A NAT backend: frames go to a passt process, which dies with it.
 pub struct PasstBackend {
     stream: StreamBackend,
@@ -106,6 +135,7 @@ impl PasstBackend {
         let args = options.args()?;
         let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
         let theirs_fd = theirs.as_raw_fd();
+        grow_send_buffer(theirs_fd);
         let mut cmd = Command::new(&options.program);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -164,6 +194,9 @@ impl Backend for PasstBackend {
     }
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+    fn mtu(&self) -> Option<u16> {
+        Some(MTU)
     }
 }
 

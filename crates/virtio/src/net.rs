@@ -10,6 +10,9 @@
 //!   offered), the frame handed to the backend. A backend that is full keeps the frame
 //!   back; transmit resumes when the backend's fd is writable again.
 //! * Link status: VIRTIO_NET_F_STATUS with the link up; [`LinkHandle`] changes it.
+//! * MTU: a backend that carries frames larger than Ethernet's (passt: 65520) says so
+//!   ([`NetBackend::mtu`]); the device then offers VIRTIO_NET_F_MTU with it, and the
+//!   guest sends and receives frames of that size — far fewer frames for bulk transfers.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -38,12 +42,18 @@ pub const MAX_FRAME_LEN: usize = 65_550;
 pub const MIN_FRAME_LEN: usize = 14;
 /// Frames moved per call and direction before yielding to the I/O thread.
 const BUDGET: u32 = 256;
-const CONFIG_LEN: usize = 10;
+/// mac, status, max_virtqueue_pairs, mtu.
+const CONFIG_LEN: usize = 12;
+/// The largest MTU a backend may ask for (its frames, with the Ethernet header, fit
+/// [`MAX_FRAME_LEN`]).
+pub const MAX_MTU: u16 = u16::MAX;
+const _: () = assert!(MAX_MTU as usize + MIN_FRAME_LEN <= MAX_FRAME_LEN);
 const DEVICE_TYPE_NET: u16 = 1;
 
 pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 pub const F_STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
 pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+pub const F_MTU: u64 = 1 << VIRTIO_NET_F_MTU;
 
 /// Where a NIC's frames go: the host side of the wire. Frames are whole Ethernet frames
 /// without any virtio header. Called from the VMM's I/O thread only.
@@ -65,6 +75,11 @@ pub trait NetBackend: Send {
     /// The fd that is readable when [`Self::recv`] may have a frame and writable when a
     /// refused [`Self::send`] may succeed: the I/O thread polls it.
     fn as_raw_fd(&self) -> RawFd;
+    /// The MTU the other end of the wire works with, when it is not Ethernet's 1500
+    /// (offered to the guest as VIRTIO_NET_F_MTU).
+    fn mtu(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// Counters of frames the device could not carry.
@@ -141,6 +156,13 @@ impl Net {
     /// The backend's fd, for the I/O thread's epoll (see [`NetBackend::as_raw_fd`]).
     pub fn backend_fd(&self) -> RawFd {
         self.backend.as_raw_fd()
+    }
+
+    /// The MTU offered to the guest: the backend's, if it has one of at least 1280.
+    pub fn mtu(&self) -> Option<u16> {
+        self.backend
+            .mtu()
+            .filter(|m| *m >= 1280)
     }
 
     pub fn stats(&self) -> NetStats {
@@ -369,7 +391,8 @@ impl VirtioDevice for Net {
         &self.queue_sizes
     }
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS | F_MRG_RXBUF
+        let mtu = if self.mtu().is_some() { F_MTU } else { 0 };
+        F_MAC | F_STATUS | F_MRG_RXBUF | mtu
     }
     fn config_len(&self) -> usize {
         CONFIG_LEN
@@ -384,6 +407,7 @@ impl VirtioDevice for Net {
         };
         config[6..8].copy_from_slice(&status.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+        config[10..12].copy_from_slice(&self.mtu().unwrap_or(1500).to_le_bytes());
         data.fill(0);
         let start = offset as usize;
         if let Some(src) = start

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use harness::vring::{Buf, F_NEXT, F_WRITE};
 use harness::{Driver, Setup};
 use virtio::net::{
-    LinkHandle, Net, NetBackend, F_MAC, F_MRG_RXBUF, F_STATUS, NET_HDR_LEN, RX_QUEUE, TX_QUEUE,
+    LinkHandle, Net, NetBackend, F_MAC, F_MRG_RXBUF, F_MTU, F_STATUS, NET_HDR_LEN, RX_QUEUE,
+    TX_QUEUE,
 };
 use virtio::status;
 use vmm_sys_util::eventfd::EventFd;
@@ -27,6 +28,7 @@ struct Wire {
 struct MemBackend {
     wire: Arc<Mutex<Wire>>,
     fd: EventFd,
+    mtu: Option<u16>,
 }
 
 impl NetBackend for MemBackend {
@@ -48,6 +50,9 @@ impl NetBackend for MemBackend {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+    fn mtu(&self) -> Option<u16> {
+        self.mtu
+    }
 }
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -55,10 +60,15 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn plug() -> (Driver, Arc<Mutex<Wire>>, LinkHandle) {
+    plug_mtu(None)
+}
+
+fn plug_mtu(mtu: Option<u16>) -> (Driver, Arc<Mutex<Wire>>, LinkHandle) {
     let wire = Arc::new(Mutex::new(Wire::default()));
     let backend = MemBackend {
         wire: wire.clone(),
         fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        mtu,
     };
     let (net, link) = Net::new(Box::new(backend), MAC);
     (Driver::plug(Box::new(net)), wire, link)
@@ -124,6 +134,41 @@ fn identity_mac_and_link_in_config() {
     assert_eq!(d.msi.take(), vec![0]);
     d.device_config(6, &mut cfg[..2]);
     assert_eq!(&cfg[..2], &[0, 0]);
+}
+
+#[test]
+fn a_backend_mtu_is_offered_and_carried_both_ways() {
+    // An MTU below IPv6's minimum is not offered at all; none means Ethernet's.
+    for bad in [None, Some(576), Some(1279)] {
+        let (mut d, _, _) = plug_mtu(bad);
+        d.probe();
+        assert_eq!(d.device_features() & F_MTU, 0, "{bad:?}");
+    }
+    let (mut d, wire, _) = plug_mtu(Some(65520));
+    d.probe();
+    assert_eq!(d.device_features() & F_MTU, F_MTU);
+    d.init(Setup::default());
+    let mut mtu = [0u8; 2];
+    d.device_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 65520);
+    // A 65534-byte frame (MTU + Ethernet header) out and back in, over 4 KiB buffers.
+    let big = frame(65534, 9);
+    let head = send_tx(&mut d, &big);
+    d.kick(TX_QUEUE as u16);
+    assert_eq!(d.queues[TX_QUEUE].take_used(&d.mem), vec![(u32::from(head), 0)]);
+    assert_eq!(wire.lock().unwrap().from_guest, vec![big.clone()]);
+    let posted: Vec<(u16, u64)> = (0..17).map(|_| post_rx(&mut d, 4096)).collect();
+    wire.lock().unwrap().to_guest.push_back(big.clone());
+    d.kick(RX_QUEUE as u16);
+    let used = d.queues[RX_QUEUE].take_used(&d.mem);
+    assert_eq!(used.len(), 17, "65546 bytes with the header take 17 buffers");
+    let mut got = Vec::new();
+    for ((head, addr), (used_head, len)) in posted.iter().zip(&used) {
+        assert_eq!(u32::from(*head), *used_head);
+        got.extend(d.read_mem(*addr, *len as usize));
+    }
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 17, "num_buffers");
+    assert_eq!(&got[NET_HDR_LEN..], &big[..]);
 }
 
 #[test]
