@@ -45,7 +45,14 @@ fi
 rm -f "$OUT/guest.stamp"
 
 # The metapackage names the versioned kernel package of the current point release.
-KPKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+kernel_package() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+KPKG=$(kernel_package)
+if [ -z "$KPKG" ]; then
+    log "apt-get update (no package lists yet)"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    KPKG=$(kernel_package)
+fi
 [ -n "$KPKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
 DEB=$(ls "$WORK/${KPKG}"_*.deb 2>/dev/null | head -1 || true)
 if [ -z "$DEB" ]; then
