@@ -2,19 +2,25 @@
 # make-guest.sh - build vessel's default guest from Debian's packages:
 #   $OUT/bzImage            stock Debian cloud kernel (linux-image-*-cloud-amd64)
 #   $OUT/vmlinux            its uncompressed ELF (PVH entry), when it can be extracted
-#   $OUT/initramfs.cpio.gz  busybox-static + virtio modules + an /init that prints
-#                           "VESSEL-GUEST-READY <uptime>" and powers the VM off
+#   $OUT/initramfs.cpio.gz  busybox-static + virtio modules + mkfs.ext4 (e2fsprogs, with its
+#                           libraries) + an /init that prints "VESSEL-GUEST-READY <uptime>"
+#                           and powers the VM off.
+# Test scripts: every tests/guests/tcg/*.sh is shipped as /tests/NAME.sh; a kernel command
+# line with `vessel.test=NAME` makes /init run it between "VESSEL-TEST-BEGIN NAME" and
+# "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off.
+# The build is skipped when $OUT/guest.stamp matches this script and the test scripts.
 # Usage: OUT=dir scripts/make-guest.sh     (default OUT: guest/ in the repository)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/guest}
 WORK=$OUT/work
+TESTS=$ROOT/tests/guests/tcg
 MODULES=${MODULES:-"virtio_pci virtio_blk virtio_net virtio_console virtio_rng vmw_vsock_virtio_transport"}
 log() { echo "[make-guest] $*" >&2; }
 
 missing=()
-for tool in dpkg-deb cpio gzip depmod modprobe lz4 xz zstd python3; do
+for tool in dpkg-deb cpio gzip depmod modprobe lz4 xz zstd python3 mke2fs ldd flock; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing+=(busybox-static)
@@ -22,17 +28,31 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "installing build tools (missing: ${missing[*]})"
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq busybox-static cpio kmod lz4 xz-utils zstd gzip file python3 >/dev/null
+    $SUDO apt-get install -y -qq busybox-static cpio kmod lz4 xz-utils zstd gzip file python3 \
+        e2fsprogs libc-bin util-linux >/dev/null
 fi
 
 mkdir -p "$OUT" "$WORK"
-if [ -s "$OUT/bzImage" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -z "${REBUILD:-}" ]; then
+# One build at a time (parallel test binaries, the README's script).
+exec 9>"$OUT/.lock"
+flock 9
+STAMP=$(cat "$0" "$TESTS"/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ -s "$OUT/bzImage" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -z "${REBUILD:-}" ] &&
+   [ "$(cat "$OUT/guest.stamp" 2>/dev/null)" = "$STAMP" ]; then
     log "guest already built in $OUT (REBUILD=1 to rebuild)"
     exit 0
 fi
+rm -f "$OUT/guest.stamp"
 
 # The metapackage names the versioned kernel package of the current point release.
-KPKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+kernel_package() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+KPKG=$(kernel_package)
+if [ -z "$KPKG" ]; then
+    log "apt-get update (no package lists yet)"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    KPKG=$(kernel_package)
+fi
 [ -n "$KPKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
 DEB=$(ls "$WORK/${KPKG}"_*.deb 2>/dev/null | head -1 || true)
 if [ -z "$DEB" ]; then
@@ -78,6 +98,21 @@ for m in $MODULES; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; do
         cp "$ko" "$IR/lib/modules/$name"
         echo "$name" >> "$IR/etc/modules.order"
     done
+# mkfs.ext4: e2fsprogs' mke2fs (busybox's makes ext2 only) with the libraries ldd names.
+# The busybox applet links go first: cp onto them would write through into busybox.
+MKE2FS=$(command -v mke2fs)
+for name in mke2fs mkfs.ext2 mkfs.ext4; do rm -f "$IR/sbin/$name" "$IR/usr/sbin/$name"; done
+cp -L "$MKE2FS" "$IR/sbin/mke2fs"
+ln -s mke2fs "$IR/sbin/mkfs.ext4"
+for lib in $(ldd "$MKE2FS" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]*ld-linux/{print $1}'); do
+    mkdir -p "$IR$(dirname "$lib")"
+    cp -L "$lib" "$IR$lib"
+done
+[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$IR/etc/mke2fs.conf"
+# Test scripts and udhcpc's event script (busybox's default path).
+mkdir -p "$IR/tests" "$IR/etc/udhcpc" "$IR/mnt"
+for t in "$TESTS"/*.sh; do [ -e "$t" ] && install -m 755 "$t" "$IR/tests/"; done
+[ -f "$TESTS/udhcpc.script" ] && install -m 755 "$TESTS/udhcpc.script" "$IR/etc/udhcpc/default.script"
 cat > "$IR/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -88,8 +123,20 @@ while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.or
 read -r up _ < /proc/uptime
 echo "VESSEL-GUEST-READY $up kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
 grep -q vessel.shell /proc/cmdline && exec sh
+test=$(sed -n 's/.*vessel\.test=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$test" ]; then
+    echo "VESSEL-TEST-BEGIN $test"
+    if [ ! -f "/tests/$test.sh" ]; then
+        echo "VESSEL-TEST-FAIL $test no such test in /tests"
+    elif sh "/tests/$test.sh"; then
+        echo "VESSEL-TEST-PASS $test"
+    else
+        echo "VESSEL-TEST-FAIL $test exit status $?"
+    fi
+fi
 poweroff -f
 INIT
 chmod 755 "$IR/init"
 (cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --reproducible --quiet) | gzip -9n > "$OUT/initramfs.cpio.gz"
-log "initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), modules: $(tr '\n' ' ' < "$IR/etc/modules.order")"
+echo "$STAMP" > "$OUT/guest.stamp"
+log "initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), modules: $(tr '\n' ' ' < "$IR/etc/modules.order"), tests: $(cd "$IR/tests" && ls | tr '\n' ' ')"

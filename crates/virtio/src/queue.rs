@@ -136,6 +136,30 @@ impl Queue {
         })
     }
 
+    /// Like [`Queue::new`], for a ring the driver has already used (a transport that stops
+    /// and restarts rings, as vhost-user does): requests are taken from `next_avail` on, and
+    /// the used ring continues from the index it holds in guest memory.
+    pub fn resume(
+        mem: &GuestMemoryMmap,
+        layout: QueueLayout,
+        event_idx: bool,
+        indirect: bool,
+        next_avail: u16,
+    ) -> Result<Self, QueueError> {
+        let mut queue = Self::new(mem, layout, event_idx, indirect)?;
+        let used: u16 = mem.load(queue.used_addr(2), Ordering::Acquire)?;
+        queue.next_avail = next_avail;
+        queue.next_used = used;
+        queue.signalled_used = used;
+        Ok(queue)
+    }
+
+    /// Index of the next available entry the device will take (vhost-user's
+    /// "last_avail_idx", which a stopped ring reports).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
     pub fn size(&self) -> u16 {
         self.layout.size
     }
@@ -468,6 +492,27 @@ mod tests {
             q.pop(&m),
             Err(QueueError::BadHead { head: 7, .. })
         ));
+    }
+
+    #[test]
+    fn resume_continues_both_rings() {
+        let m = mem();
+        m.write_obj(5u16, GuestAddress(USED + 2)).unwrap();
+        desc(&m, DESC, 0, 0x4000, 1, DESC_F_WRITE, 0);
+        offer(&m, 7 % 8, 0, 8);
+        let mut q = Queue::resume(&m, layout(8), false, false, 7).unwrap();
+        assert_eq!(q.next_avail(), 7);
+        let head = q.pop(&m).unwrap().unwrap();
+        assert_eq!(q.pop(&m).unwrap(), None);
+        q.add_used(&m, head, 1).unwrap();
+        assert_eq!(m.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 6);
+        // The used element went to slot 5 (where the ring stood), not slot 0.
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(USED + 4 + 8 * 5 + 4))
+                .unwrap(),
+            1
+        );
+        assert_eq!(q.next_avail(), 8);
     }
 
     #[test]

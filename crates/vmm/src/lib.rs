@@ -6,6 +6,7 @@ pub mod console;
 mod console_socket;
 pub mod control;
 pub mod diagnostics;
+pub mod emulation;
 mod event_loop;
 mod io_thread;
 mod irq_routing;

@@ -145,6 +145,9 @@ impl VcpuRunner {
                     break;
                 }
                 Next::InternalError => {
+                    if self.emulate_failed_instruction() {
+                        continue;
+                    }
                     let reason = ExitReason::Fault(self.internal_error_report());
                     self.exit.request(reason);
                     break;
@@ -201,6 +204,27 @@ impl VcpuRunner {
                 Next::Continue
             }
             Err(e) => Next::Fault(format!("KVM_RUN failed: {e}")),
+        }
+    }
+
+    /// On an emulation failure, let vessel's emulator carry out the instruction KVM could not;
+    /// true if it did and the vCPU can resume.
+    fn emulate_failed_instruction(&mut self) -> bool {
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // member of the kvm_run exit union.
+        let internal = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal };
+        if internal.suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+            return false;
+        }
+        match crate::emulation::emulate_reporting(&mut self.vcpu, &self.mem) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "vessel: vCPU {}: cannot emulate the instruction: {e}",
+                    self.id
+                );
+                false
+            }
         }
     }
 

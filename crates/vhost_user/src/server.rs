@@ -1,0 +1,218 @@
+//! The listening socket and the connection loop: one frontend at a time; when it goes
+//! away (or breaks the protocol) its session is dropped and the next one is accepted.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
+use virtio::VirtioDevice;
+
+use crate::handler::{lock, RequestHandler};
+use crate::session::{Core, SessionError};
+use crate::worker::Worker;
+
+/// A message whose body does not follow its header within this time ends the connection
+/// (a frontend cannot stall the backend with half a message).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: std::path::PathBuf },
+    #[error("{path}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("accepting a connection: {0}")]
+    Accept(#[source] io::Error),
+    #[error("poll: {0}")]
+    Poll(#[source] io::Error),
+    #[error("starting a session: {0}")]
+    Session(#[from] SessionError),
+    #[error("starting the worker thread: {0}")]
+    Worker(#[source] io::Error),
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum ConnectionEnd {
+    /// The frontend closed the socket.
+    Disconnected,
+    /// The stop fd became readable.
+    Stopped,
+    /// The frontend broke the protocol or the socket failed; the connection was closed.
+    Failed(VhostError),
+}
+
+/// Listen on `path`, replacing a stale socket left there (but no other kind of file).
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket { path: path.into() });
+        }
+        std::fs::remove_file(path).map_err(|source| ServerError::Bind {
+            path: path.into(),
+            source,
+        })?;
+    }
+    UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Wait until `fd` or `stop` is readable (or hung up); returns whether `stop` is.
+fn wait_readable(fd: RawFd, stop: BorrowedFd) -> Result<bool, ServerError> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n >= 0 {
+            return Ok(fds[1].revents != 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(ServerError::Poll(e));
+        }
+    }
+}
+
+/// Whether `e` just means the frontend went away.
+fn is_disconnect(e: &VhostError) -> bool {
+    matches!(
+        e,
+        VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_)
+    )
+}
+
+/// A vhost-user backend serving one virtio device model.
+pub struct Backend {
+    core: Arc<Mutex<Core>>,
+}
+
+/// One frontend's connection, without a worker thread: requests are handled and queues
+/// run when the caller says so (what [`Backend::serve_connection`] does on threads; tests
+/// and fuzzing drive it directly). Dropping it ends the session.
+pub struct Connection {
+    requests: BackendReqHandler<Mutex<RequestHandler>>,
+    core: Arc<Mutex<Core>>,
+}
+
+impl Connection {
+    /// Read and answer one request.
+    pub fn handle_request(&mut self) -> Result<(), VhostError> {
+        self.requests.handle_request()
+    }
+
+    /// Run every started ring once, as a kick of each would.
+    pub fn run_queues(&self) {
+        lock(&self.core).run_all();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        lock(&self.core).close_session();
+    }
+}
+
+impl Backend {
+    /// A backend for `device`. `queue_num` is what GET_QUEUE_NUM answers (queues for
+    /// virtio-blk, queue pairs for virtio-net); `backend_fd` (a NIC backend's) is polled
+    /// edge-triggered and runs every queue when ready.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        queue_num: u64,
+        backend_fd: Option<RawFd>,
+    ) -> Result<Self, SessionError> {
+        Ok(Self {
+            core: Arc::new(Mutex::new(Core::new(device, queue_num, backend_fd)?)),
+        })
+    }
+
+    /// Start a session on `stream`, replacing any previous one.
+    pub fn connect(&self, stream: UnixStream) -> Result<Connection, ServerError> {
+        lock(&self.core).open_session()?;
+        let handler = Arc::new(Mutex::new(RequestHandler::new(self.core.clone())));
+        Ok(Connection {
+            requests: BackendReqHandler::from_stream(stream, handler),
+            core: self.core.clone(),
+        })
+    }
+
+    /// Serve the frontend on `stream` until it disconnects, fails or `stop` is readable.
+    pub fn serve_connection(
+        &self,
+        stream: UnixStream,
+        stop: BorrowedFd,
+    ) -> Result<ConnectionEnd, ServerError> {
+        let _ = stream.set_read_timeout(Some(MESSAGE_TIMEOUT));
+        let fd = stream.as_raw_fd();
+        let mut connection = self.connect(stream)?;
+        let epoll = {
+            let core = lock(&self.core);
+            core.epoll().ok_or(SessionError::NoSession)?
+        };
+        let worker = Worker::spawn(self.core.clone(), epoll).map_err(ServerError::Worker)?;
+        let end = loop {
+            match wait_readable(fd, stop) {
+                Ok(true) => break Ok(ConnectionEnd::Stopped),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+            match connection.handle_request() {
+                Ok(()) => {}
+                Err(e) if is_disconnect(&e) => break Ok(ConnectionEnd::Disconnected),
+                Err(VhostError::ReqHandlerError(e)) => {
+                    eprintln!("vessel: vhost-user: request refused: {e}");
+                }
+                Err(e) => break Ok(ConnectionEnd::Failed(e)),
+            }
+        };
+        // The worker goes first: it must not run queues over memory being unmapped.
+        drop(worker);
+        drop(connection);
+        end
+    }
+
+    /// Accept and serve frontends one at a time until `stop` is readable.
+    pub fn serve(&self, listener: &UnixListener, stop: BorrowedFd) -> Result<(), ServerError> {
+        loop {
+            if wait_readable(listener.as_raw_fd(), stop)? {
+                return Ok(());
+            }
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ServerError::Accept(e)),
+            };
+            match self.serve_connection(stream, stop)? {
+                ConnectionEnd::Stopped => return Ok(()),
+                ConnectionEnd::Disconnected => {
+                    eprintln!("vessel: vhost-user: frontend disconnected; waiting for the next")
+                }
+                ConnectionEnd::Failed(e) => {
+                    eprintln!("vessel: vhost-user: connection closed: {e}; waiting for the next")
+                }
+            }
+        }
+    }
+}
