@@ -1,5 +1,7 @@
 //! virtio-net through vessel's PCI platform on KVM: two VMs on one `internal:` network
-//! greet each other with Ethernet frames; a third on another network hears nothing.
+//! greet each other with Ethernet frames; a third on another network hears nothing. Two
+//! VMs on one `natnet:` network get their DHCP offers from their NATs (one gets its
+//! previous address back), with MTU 65520 offered.
 
 mod common;
 
@@ -104,4 +106,55 @@ fn a_vm_on_another_internal_network_hears_nothing() {
     assert_eq!(code_a, Some((0x42 << 1) | 1), "{out_a}");
     assert_eq!(code_c, Some((0x42 << 1) | 1), "{out_c}");
     assert!(out_a.contains("nothing received") && out_c.contains("nothing received"));
+}
+
+fn passt_installed() -> bool {
+    Command::new("passt").arg("--version").output().is_ok()
+}
+
+#[test]
+fn two_vms_on_a_nat_network_get_distinct_dhcp_offers() {
+    if !passt_installed() {
+        eprintln!("SKIPPED: passt (apt-get install passt) is not installed");
+        return;
+    }
+    let kernel = multiboot_guest(
+        "virtio_net",
+        &["multiboot_header.S", "virtio_net_guest.c"],
+        "multiboot.ld",
+    );
+    let runtime = out_dir().join("natnet-runtime");
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(&runtime).unwrap();
+    // b held 10.0.2.16 before (a lease file records its MAC): it gets it back, whatever
+    // the order the two VMMs start in; a gets the lowest free address.
+    let leases = runtime.join("vessel/natnet/lab/leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    std::fs::write(leases.join("10.0.2.16"), "52:54:00:00:01:0b\n").unwrap();
+    let a = start(
+        &kernel,
+        "natnet:lab,mac=52:54:00:00:01:0a",
+        &runtime,
+        "dhcp=1 rounds=200",
+    );
+    let b = start(
+        &kernel,
+        "natnet:lab,mac=52:54:00:00:01:0b",
+        &runtime,
+        "dhcp=1 rounds=200",
+    );
+    let (code_a, out_a, err_a) = finish(a, TIMEOUT);
+    let (code_b, out_b, err_b) = finish(b, TIMEOUT);
+    assert_eq!(code_a, Some(0), "A: {out_a}\n{err_a}");
+    assert_eq!(code_b, Some(0), "B: {out_b}\n{err_b}");
+    for out in [&out_a, &out_b] {
+        assert!(out.contains("virtio-net: mtu 65520\n"), "{out}");
+    }
+    let offer = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("virtio-net: dhcp offer "))
+            .map(str::to_owned)
+    };
+    assert_eq!(offer(&out_a).as_deref(), Some("10.0.2.15"), "A: {out_a}");
+    assert_eq!(offer(&out_b).as_deref(), Some("10.0.2.16"), "B: {out_b}");
 }
