@@ -370,7 +370,7 @@ impl Served {
 
     /// Whether the backend still runs (always true in reference mode).
     pub fn is_running(&mut self) -> bool {
-        self.backend.as_mut().map_or(true, Backend::is_running)
+        self.backend.as_mut().is_none_or(Backend::is_running)
     }
 
     /// SIGTERM the backend and require exit status 0.

@@ -7,7 +7,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use super::cpu::VcpuState;
 use super::guest_virt::{Access, AccessError, GuestVirt, Privilege};
 use super::segments::cpl;
-use super::{bits, cmpxchg16b, control_flow, system, xsave};
+use super::{bits, cmpxchg16b, control_flow, fpu, misc, system, xsave};
 use super::{EmulationError, Exception, Failure, Outcome};
 use arch::GuestMemory;
 
@@ -327,6 +327,22 @@ fn dispatch(ctx: &mut Ctx) -> Result<(), Failure> {
             system::fsgsbase(ctx)
         }
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => bits::count(ctx),
+        Mnemonic::Wait => fpu::fwait(ctx),
+        Mnemonic::Lfence
+        | Mnemonic::Mfence
+        | Mnemonic::Sfence
+        | Mnemonic::Prefetchw
+        | Mnemonic::Prefetch
+        | Mnemonic::Prefetchnta
+        | Mnemonic::Prefetcht0
+        | Mnemonic::Prefetcht1
+        | Mnemonic::Prefetcht2
+        | Mnemonic::Clflush
+        | Mnemonic::Clflushopt
+        | Mnemonic::Clwb => misc::ordering_no_op(ctx),
+        Mnemonic::Rdtscp => misc::rdtscp(ctx),
+        Mnemonic::Rdrand | Mnemonic::Rdseed => misc::random(ctx),
+        Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr => fpu::mxcsr(ctx),
         Mnemonic::Cmpxchg16b => cmpxchg16b::cmpxchg16b(ctx),
         Mnemonic::Xsave
         | Mnemonic::Xsave64
@@ -345,6 +361,8 @@ fn dispatch(ctx: &mut Ctx) -> Result<(), Failure> {
 pub fn vector_of(e: Exception) -> (u8, Option<u32>) {
     match e {
         Exception::InvalidOpcode => (6, None),
+        Exception::DeviceNotAvailable => (7, None),
+        Exception::MathFault => (16, None),
         Exception::NotPresent(sel) => (11, Some(u32::from(sel))),
         Exception::StackFault(code) => (12, Some(u32::from(code))),
         Exception::GeneralProtection(code) => (13, Some(u32::from(code))),

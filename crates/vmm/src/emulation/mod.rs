@@ -24,7 +24,9 @@ mod cmpxchg16b;
 mod control_flow;
 pub mod cpu;
 mod decode;
+mod fpu;
 pub mod guest_virt;
+mod misc;
 mod segments;
 mod system;
 mod xsave;
@@ -68,6 +70,10 @@ pub enum Exception {
     NotPresent(u16),
     /// #UD.
     InvalidOpcode,
+    /// #NM (CR0.TS).
+    DeviceNotAvailable,
+    /// #MF: a pending unmasked x87 exception.
+    MathFault,
 }
 
 /// How a handler stops short: the instruction raises an exception (delivered to the guest),
