@@ -8,6 +8,7 @@
 //! assertion (a panic) never leaves QEMU or vessel behind.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -181,6 +182,21 @@ fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// Have the child killed when the thread that started it (the test) goes away, even if
+/// the test process itself is killed before the handles' Drop runs.
+pub fn die_with_test(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -206,7 +222,7 @@ impl Backend {
     /// Start `vessel vhost-user-KIND --socket SOCKET ARGS…` and wait until it listens.
     pub fn start(kind: &str, socket: &Path, args: &[&str]) -> Backend {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        let child = die_with_test(&mut Command::new(env!("CARGO_BIN_EXE_vessel")))
             .arg(format!("vhost-user-{kind}"))
             .arg("--socket")
             .arg(socket)
@@ -409,7 +425,7 @@ impl Qemu {
             cmdline.push_str(&format!(" vessel.{key}={value}"));
         }
         let mem = format!("memory-backend-memfd,id=mem,size={GUEST_MIB}M,share=on");
-        let mut child = Command::new(QEMU)
+        let mut child = die_with_test(&mut Command::new(QEMU))
             .args(["-accel", "tcg", "-m", &format!("{GUEST_MIB}")])
             .args(["-object", &mem, "-numa", "node,memdev=mem"])
             // No default NIC/VGA; serial on stdout. virtio-rng (QEMU's own) seeds the
