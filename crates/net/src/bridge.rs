@@ -128,7 +128,7 @@ fn set_addr(
 
 /// A new tap, up, enslaved to the existing bridge `bridge`.
 pub fn bridged(bridge: &str) -> Result<TapBackend, BridgeError> {
-    let tap = TapBackend::open(TAP_PATTERN, false)?;
+    let tap = TapBackend::open(TAP_PATTERN, true)?;
     let sock = control_socket().map_err(|source| BridgeError::Ioctl {
         what: "opening a control socket for",
         name: bridge.to_owned(),

@@ -46,7 +46,7 @@ pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
             config.forwards.clone(),
         ))?),
         NicMode::Internal(name) => Box::new(switch::SwitchPort::join(name)?),
-        NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, false)?),
+        NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, true)?),
         NicMode::NatNetwork(name) => Box::new(natnet::NatNetBackend::join(
             name,
             config.mac,

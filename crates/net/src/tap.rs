@@ -4,10 +4,17 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use virtio::net::{GuestOffloads, NET_HDR_LEN};
+
 use crate::Backend;
 
 /// `virtio_net_hdr_v1` length when the tap carries one (TUNSETVNETHDRSZ).
-const VNET_HDR_LEN: usize = 12;
+const VNET_HDR_LEN: usize = NET_HDR_LEN;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -152,9 +159,13 @@ fn would_block(err: &io::Error) -> bool {
     )
 }
 
-impl Backend for TapBackend {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let mut hdr = [0u8; VNET_HDR_LEN];
+impl TapBackend {
+    /// Read one frame, its virtio-net header (when the tap has one) into `hdr`.
+    fn read_frame(
+        &mut self,
+        hdr: &mut [u8; VNET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
         let mut iov = [
             libc::iovec {
                 iov_base: hdr.as_mut_ptr().cast(),
@@ -179,8 +190,8 @@ impl Backend for TapBackend {
         Ok(Some((n as usize).saturating_sub(head)))
     }
 
-    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        let hdr = [0u8; VNET_HDR_LEN];
+    /// Write one frame behind `hdr` (when the tap has a virtio-net header).
+    fn write_frame(&mut self, hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<bool> {
         let iov = [
             libc::iovec {
                 iov_base: hdr.as_ptr().cast_mut().cast(),
@@ -203,8 +214,96 @@ impl Backend for TapBackend {
         }
         Ok(true)
     }
+}
+
+/// TUN_F_* bits for TUNSETOFFLOAD: what the reader of the tap (the guest) accepts.
+fn tun_offload_flags(o: GuestOffloads) -> libc::c_uint {
+    let mut flags = 0;
+    if o.csum {
+        flags |= TUN_F_CSUM;
+        // Segmentation offloads need checksum offload (the kernel refuses them alone).
+        if o.tso4 {
+            flags |= TUN_F_TSO4;
+        }
+        if o.tso6 {
+            flags |= TUN_F_TSO6;
+        }
+        if o.ecn && (o.tso4 || o.tso6) {
+            flags |= TUN_F_TSO_ECN;
+        }
+    }
+    flags
+}
+
+impl Backend for TapBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        self.read_frame(&mut hdr, buf)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
+        self.write_frame(&[0u8; VNET_HDR_LEN], frame)
+    }
 
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    fn offloads(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    fn recv_with_header(
+        &mut self,
+        header: &mut [u8; NET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        header.fill(0);
+        self.read_frame(header, buf)
+    }
+
+    fn send_with_header(&mut self, header: &[u8; NET_HDR_LEN], frame: &[u8]) -> io::Result<bool> {
+        self.write_frame(header, frame)
+    }
+
+    fn set_guest_offloads(&mut self, offloads: GuestOffloads) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Ok(());
+        }
+        let flags = tun_offload_flags(offloads);
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        if unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_flags_follow_the_guest() {
+        assert_eq!(tun_offload_flags(GuestOffloads::default()), 0);
+        let all = GuestOffloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+            ecn: true,
+        };
+        assert_eq!(
+            tun_offload_flags(all),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        );
+        let no_csum = GuestOffloads { csum: false, ..all };
+        assert_eq!(tun_offload_flags(no_csum), 0, "TSO needs checksum offload");
     }
 }

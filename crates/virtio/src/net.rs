@@ -6,9 +6,14 @@
 //!   many buffers as it needs (`num_buffers`); without it, a frame must fit one buffer.
 //!   Buffers taken from the ring but not filled yet are kept for the next frame, so a
 //!   frame that does not fit yet waits for more buffers instead of being dropped.
-//! * Transmit: the header is read and discarded (no checksum or segmentation offload is
-//!   offered), the frame handed to the backend. A backend that is full keeps the frame
-//!   back; transmit resumes when the backend's fd is writable again.
+//! * Transmit: the header is read and the frame handed to the backend. A backend that is
+//!   full keeps the frame back; transmit resumes when the backend's fd is writable again.
+//! * Offloads, when the backend carries a virtio-net header with each frame (a tap with
+//!   IFF_VNET_HDR, [`NetBackend::offloads`]): checksum offload and TSO both ways
+//!   (CSUM, HOST_TSO4/6, HOST_ECN; GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). The header of a
+//!   transmitted frame is checked against what was negotiated before it reaches the
+//!   backend; the offloads the guest accepts are passed to the backend on activation.
+//!   Backends without a header (passt's socket, the switch) get none of it.
 //! * Link status: VIRTIO_NET_F_STATUS with the link up; [`LinkHandle`] changes it.
 //! * MTU: a backend that carries frames larger than Ethernet's (passt: 65520) says so
 //!   ([`NetBackend::mtu`]); the device then offers VIRTIO_NET_F_MTU with it, and the
@@ -21,7 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_S_LINK_UP,
 };
 use vm_memory::GuestMemoryMmap;
@@ -54,6 +63,44 @@ pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 pub const F_STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
 pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 pub const F_MTU: u64 = 1 << VIRTIO_NET_F_MTU;
+pub const F_CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
+pub const F_GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
+pub const F_GUEST_TSO4: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
+pub const F_GUEST_TSO6: u64 = 1 << VIRTIO_NET_F_GUEST_TSO6;
+pub const F_GUEST_ECN: u64 = 1 << VIRTIO_NET_F_GUEST_ECN;
+pub const F_HOST_TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
+pub const F_HOST_TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
+pub const F_HOST_ECN: u64 = 1 << VIRTIO_NET_F_HOST_ECN;
+/// What a backend with a virtio-net header lets the device offer.
+pub const OFFLOAD_FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_GUEST_ECN
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_HOST_ECN;
+
+/// Offloads the guest accepts on receive: what a backend may leave undone in the frames
+/// it hands over (partial checksums, TCP segments larger than the MTU).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuestOffloads {
+    pub csum: bool,
+    pub tso4: bool,
+    pub tso6: bool,
+    pub ecn: bool,
+}
+
+impl GuestOffloads {
+    pub fn from_features(features: u64) -> Self {
+        Self {
+            csum: features & F_GUEST_CSUM != 0,
+            tso4: features & F_GUEST_TSO4 != 0,
+            tso6: features & F_GUEST_TSO6 != 0,
+            ecn: features & F_GUEST_ECN != 0,
+        }
+    }
+}
 
 /// Where a NIC's frames go: the host side of the wire. Frames are whole Ethernet frames
 /// without any virtio header. Called from the VMM's I/O thread only.
@@ -79,6 +126,80 @@ pub trait NetBackend: Send {
     /// (offered to the guest as VIRTIO_NET_F_MTU).
     fn mtu(&self) -> Option<u16> {
         None
+    }
+    /// Whether frames carry a 12-byte `virtio_net_hdr_v1` both ways (checksum and
+    /// segmentation offloads); then the device uses [`Self::recv_with_header`] and
+    /// [`Self::send_with_header`].
+    fn offloads(&self) -> bool {
+        false
+    }
+    /// [`Self::recv`], with the frame's virtio-net header in `header` (zeroed by default).
+    fn recv_with_header(
+        &mut self,
+        header: &mut [u8; NET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        header.fill(0);
+        self.recv(buf)
+    }
+    /// [`Self::send`], with the frame's (checked) virtio-net header.
+    fn send_with_header(&mut self, _header: &[u8; NET_HDR_LEN], frame: &[u8]) -> io::Result<bool> {
+        self.send(frame)
+    }
+    /// The guest (re)negotiated: these are the offloads it accepts on receive.
+    fn set_guest_offloads(&mut self, _offloads: GuestOffloads) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a transmitted frame's header asks only for what the driver negotiated:
+/// NEEDS_CSUM with CSUM and a checksum field inside the frame, TCP segmentation with
+/// HOST_TSO4/6 (ECN with HOST_ECN) and a non-zero segment size.
+fn tx_header_allowed(header: &[u8; NET_HDR_LEN], features: u64, frame_len: usize) -> bool {
+    let flags = u32::from(header[0]);
+    let gso = u32::from(header[1]);
+    let gso_size = u16::from_le_bytes([header[4], header[5]]);
+    let csum_start = usize::from(u16::from_le_bytes([header[6], header[7]]));
+    let csum_offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
+    if flags & !VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        return false;
+    }
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0
+        && (features & F_CSUM == 0 || csum_start + csum_offset + 2 > frame_len)
+    {
+        return false;
+    }
+    if gso & VIRTIO_NET_HDR_GSO_ECN != 0 && features & F_HOST_ECN == 0 {
+        return false;
+    }
+    match gso & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE => gso & VIRTIO_NET_HDR_GSO_ECN == 0,
+        VIRTIO_NET_HDR_GSO_TCPV4 => features & F_HOST_TSO4 != 0 && gso_size > 0,
+        VIRTIO_NET_HDR_GSO_TCPV6 => features & F_HOST_TSO6 != 0 && gso_size > 0,
+        _ => false,
+    }
+}
+
+/// Whether a received frame's header only uses what the guest accepts; DATA_VALID is
+/// cleared for a guest without GUEST_CSUM.
+fn rx_header_allowed(header: &mut [u8; NET_HDR_LEN], features: u64) -> bool {
+    let offloads = GuestOffloads::from_features(features);
+    let flags = u32::from(header[0]);
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && !offloads.csum {
+        return false;
+    }
+    if !offloads.csum {
+        header[0] &= !(VIRTIO_NET_HDR_F_DATA_VALID as u8);
+    }
+    let gso = u32::from(header[1]);
+    if gso & VIRTIO_NET_HDR_GSO_ECN != 0 && !offloads.ecn {
+        return false;
+    }
+    match gso & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE => true,
+        VIRTIO_NET_HDR_GSO_TCPV4 => offloads.tso4,
+        VIRTIO_NET_HDR_GSO_TCPV6 => offloads.tso6,
+        _ => false,
     }
 }
 
@@ -121,6 +242,11 @@ pub struct Net {
     link: Arc<AtomicBool>,
     queue_sizes: [u16; 2],
     mrg_rxbuf: bool,
+    /// Features the driver negotiated (0 before activation).
+    features: u64,
+    /// The virtio-net header of the frame in `rx_frame` / `tx_frame`.
+    rx_header: [u8; NET_HDR_LEN],
+    tx_header: [u8; NET_HDR_LEN],
     /// A received frame waiting for receive buffers (`rx_len` bytes of `rx_frame`).
     rx_frame: Vec<u8>,
     rx_len: Option<usize>,
@@ -142,6 +268,9 @@ impl Net {
             link: link.clone(),
             queue_sizes: [QUEUE_SIZE; 2],
             mrg_rxbuf: false,
+            features: 0,
+            rx_header: [0; NET_HDR_LEN],
+            tx_header: [0; NET_HDR_LEN],
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_len: None,
             rx_chains: VecDeque::new(),
@@ -160,9 +289,7 @@ impl Net {
 
     /// The MTU offered to the guest: the backend's, if it has one of at least 1280.
     pub fn mtu(&self) -> Option<u16> {
-        self.backend
-            .mtu()
-            .filter(|m| *m >= 1280)
+        self.backend.mtu().filter(|m| *m >= 1280)
     }
 
     pub fn stats(&self) -> NetStats {
@@ -248,7 +375,7 @@ impl Net {
                 break;
             }
         }
-        let mut header = [0u8; NET_HDR_LEN];
+        let mut header = self.rx_header;
         header[10..12].copy_from_slice(&(chains as u16).to_le_bytes());
         let mut parts: [&[u8]; 2] = [&header, &self.rx_frame[..len]];
         for _ in 0..chains {
@@ -272,8 +399,16 @@ impl Net {
         for _ in 0..BUDGET {
             let len = match self.rx_len {
                 Some(len) => len,
-                None => match self.backend.recv(&mut self.rx_frame) {
-                    Ok(Some(len)) if (MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) => len,
+                None => match self
+                    .backend
+                    .recv_with_header(&mut self.rx_header, &mut self.rx_frame)
+                {
+                    Ok(Some(len))
+                        if (MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len)
+                            && rx_header_allowed(&mut self.rx_header, self.features) =>
+                    {
+                        len
+                    }
                     Ok(Some(_)) => {
                         self.stats.rx_dropped += 1;
                         continue;
@@ -318,17 +453,22 @@ impl Net {
         {
             return false;
         }
-        let mut header = [0u8; NET_HDR_LEN];
-        if reader.read_exact(&mut header).is_err() {
+        if reader.read_exact(&mut self.tx_header).is_err() {
             return false;
         }
+        // num_buffers means nothing on transmit.
+        self.tx_header[10..12].fill(0);
         self.tx_frame.resize(total as usize - NET_HDR_LEN, 0);
         reader.read_exact(&mut self.tx_frame).is_ok()
+            && tx_header_allowed(&self.tx_header, self.features, self.tx_frame.len())
     }
 
     /// Hand `tx_frame` to the backend; false when the backend is full (frame kept).
     fn send_tx_frame(&mut self) -> bool {
-        match self.backend.send(&self.tx_frame) {
+        match self
+            .backend
+            .send_with_header(&self.tx_header, &self.tx_frame)
+        {
             Ok(true) => {
                 self.stats.tx_frames += 1;
                 self.tx_stalled = false;
@@ -392,7 +532,12 @@ impl VirtioDevice for Net {
     }
     fn features(&self) -> u64 {
         let mtu = if self.mtu().is_some() { F_MTU } else { 0 };
-        F_MAC | F_STATUS | F_MRG_RXBUF | mtu
+        let offloads = if self.backend.offloads() {
+            OFFLOAD_FEATURES
+        } else {
+            0
+        };
+        F_MAC | F_STATUS | F_MRG_RXBUF | mtu | offloads
     }
     fn config_len(&self) -> usize {
         CONFIG_LEN
@@ -419,6 +564,14 @@ impl VirtioDevice for Net {
     }
     fn activate(&mut self, features: u64) {
         self.mrg_rxbuf = features & F_MRG_RXBUF != 0;
+        self.features = features;
+        if self.backend.offloads() {
+            // A backend that cannot take the setting produces frames without offloads,
+            // which every guest accepts.
+            let _ = self
+                .backend
+                .set_guest_offloads(GuestOffloads::from_features(features));
+        }
     }
     fn reset(&mut self) {
         // Kept chains belonged to the old rings; a frame in flight is lost, as on a wire.
@@ -426,6 +579,10 @@ impl VirtioDevice for Net {
         self.rx_len = None;
         self.tx_stalled = false;
         self.mrg_rxbuf = false;
+        self.features = 0;
+        if self.backend.offloads() {
+            let _ = self.backend.set_guest_offloads(GuestOffloads::default());
+        }
     }
     fn process_queue(
         &mut self,

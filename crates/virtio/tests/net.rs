@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use harness::vring::{Buf, F_NEXT, F_WRITE};
 use harness::{Driver, Setup};
 use virtio::net::{
-    LinkHandle, Net, NetBackend, F_MAC, F_MRG_RXBUF, F_MTU, F_STATUS, NET_HDR_LEN, RX_QUEUE,
-    TX_QUEUE,
+    GuestOffloads, LinkHandle, Net, NetBackend, F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4,
+    F_MAC, F_MRG_RXBUF, F_MTU, F_STATUS, NET_HDR_LEN, OFFLOAD_FEATURES, RX_QUEUE, TX_QUEUE,
 };
 use virtio::status;
 use vmm_sys_util::eventfd::EventFd;
@@ -155,13 +155,20 @@ fn a_backend_mtu_is_offered_and_carried_both_ways() {
     let big = frame(65534, 9);
     let head = send_tx(&mut d, &big);
     d.kick(TX_QUEUE as u16);
-    assert_eq!(d.queues[TX_QUEUE].take_used(&d.mem), vec![(u32::from(head), 0)]);
+    assert_eq!(
+        d.queues[TX_QUEUE].take_used(&d.mem),
+        vec![(u32::from(head), 0)]
+    );
     assert_eq!(wire.lock().unwrap().from_guest, vec![big.clone()]);
     let posted: Vec<(u16, u64)> = (0..17).map(|_| post_rx(&mut d, 4096)).collect();
     wire.lock().unwrap().to_guest.push_back(big.clone());
     d.kick(RX_QUEUE as u16);
     let used = d.queues[RX_QUEUE].take_used(&d.mem);
-    assert_eq!(used.len(), 17, "65546 bytes with the header take 17 buffers");
+    assert_eq!(
+        used.len(),
+        17,
+        "65546 bytes with the header take 17 buffers"
+    );
     let mut got = Vec::new();
     for ((head, addr), (used_head, len)) in posted.iter().zip(&used) {
         assert_eq!(u32::from(*head), *used_head);
@@ -385,4 +392,187 @@ fn reset_forgets_kept_buffers() {
         vec![(u32::from(head), 76)]
     );
     assert_eq!(&d.read_mem(a, 76)[12..], &frame(64, 2)[..]);
+}
+
+/// A backend with a virtio-net header (as a tap with IFF_VNET_HDR): records headers and
+/// the offloads the guest accepted.
+#[derive(Default)]
+struct HeaderWire {
+    to_guest: VecDeque<([u8; NET_HDR_LEN], Vec<u8>)>,
+    from_guest: Vec<([u8; NET_HDR_LEN], Vec<u8>)>,
+    offloads: Vec<GuestOffloads>,
+}
+
+struct HeaderBackend {
+    wire: Arc<Mutex<HeaderWire>>,
+    fd: EventFd,
+}
+
+impl NetBackend for HeaderBackend {
+    fn recv(&mut self, _buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        unreachable!("the device asks a header backend for headers")
+    }
+    fn send(&mut self, _frame: &[u8]) -> std::io::Result<bool> {
+        unreachable!("the device gives a header backend headers")
+    }
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+    fn offloads(&self) -> bool {
+        true
+    }
+    fn recv_with_header(
+        &mut self,
+        header: &mut [u8; NET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> std::io::Result<Option<usize>> {
+        let Some((h, frame)) = self.wire.lock().unwrap().to_guest.pop_front() else {
+            return Ok(None);
+        };
+        *header = h;
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok(Some(frame.len()))
+    }
+    fn send_with_header(
+        &mut self,
+        header: &[u8; NET_HDR_LEN],
+        frame: &[u8],
+    ) -> std::io::Result<bool> {
+        self.wire
+            .lock()
+            .unwrap()
+            .from_guest
+            .push((*header, frame.to_vec()));
+        Ok(true)
+    }
+    fn set_guest_offloads(&mut self, offloads: GuestOffloads) -> std::io::Result<()> {
+        self.wire.lock().unwrap().offloads.push(offloads);
+        Ok(())
+    }
+}
+
+/// A header backend's device, the driver taking `features` (plus VERSION_1 and MRG_RXBUF).
+fn offload_net(features: u64) -> (Driver, Arc<Mutex<HeaderWire>>) {
+    let wire = Arc::new(Mutex::new(HeaderWire::default()));
+    let backend = HeaderBackend {
+        wire: wire.clone(),
+        fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    };
+    let (net, _) = Net::new(Box::new(backend), MAC);
+    let mut d = Driver::plug(Box::new(net));
+    d.probe();
+    assert_eq!(d.device_features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+    let wanted = features | F_MRG_RXBUF | (d.device_features() & (1 << 32));
+    assert!(d.negotiate(wanted));
+    d.setup_queues(Setup::default());
+    (d, wire)
+}
+
+/// A header: flags, gso type, gso size, checksum start and offset.
+fn header(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; NET_HDR_LEN] {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[0] = flags;
+    h[1] = gso;
+    h[2..4].copy_from_slice(&54u16.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&start.to_le_bytes());
+    h[8..10].copy_from_slice(&offset.to_le_bytes());
+    h
+}
+
+fn send_tx_with(d: &mut Driver, h: &[u8; NET_HDR_LEN], payload: &[u8]) {
+    let ha = d.alloc(NET_HDR_LEN, 0);
+    d.mem_write(ha, h);
+    let a = d.alloc(payload.len(), 0);
+    d.mem_write(a, payload);
+    let head = d.queues[TX_QUEUE].chain(
+        &d.mem,
+        &[
+            Buf::r(ha, NET_HDR_LEN as u32),
+            Buf::r(a, payload.len() as u32),
+        ],
+    );
+    d.queues[TX_QUEUE].offer(&d.mem, head);
+    d.kick(TX_QUEUE as u16);
+}
+
+#[test]
+fn offloads_pass_headers_the_driver_negotiated() {
+    let all = F_CSUM | F_HOST_TSO4 | F_GUEST_CSUM | F_GUEST_TSO4;
+    let (mut d, wire) = offload_net(all);
+    assert_eq!(
+        wire.lock().unwrap().offloads.last(),
+        Some(&GuestOffloads {
+            csum: true,
+            tso4: true,
+            tso6: false,
+            ecn: false
+        }),
+        "the backend learns what the guest accepts (after the reset's none)"
+    );
+    // A TSO frame with a partial checksum goes out with its header (num_buffers zeroed).
+    let big = frame(20_000, 3);
+    let mut h = header(1, 1, 1448, 34, 16);
+    h[10] = 7;
+    send_tx_with(&mut d, &h, &big);
+    h[10] = 0;
+    assert_eq!(wire.lock().unwrap().from_guest, vec![(h, big.clone())]);
+    // One coming in keeps its header; num_buffers is the device's.
+    let _posted: Vec<(u16, u64)> = (0..6).map(|_| post_rx(&mut d, 4096)).collect();
+    let rx_h = header(1, 1, 1448, 34, 16);
+    wire.lock().unwrap().to_guest.push_back((rx_h, big.clone()));
+    d.kick(RX_QUEUE as u16);
+    let used = d.queues[RX_QUEUE].take_used(&d.mem);
+    assert_eq!(used.len(), 5);
+    let first = d.read_mem(_posted[0].1, NET_HDR_LEN);
+    assert_eq!(&first[..10], &rx_h[..10]);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 5);
+}
+
+#[test]
+fn headers_beyond_the_negotiated_offloads_are_refused() {
+    // The driver took checksum offload only, no TSO either way.
+    let (mut d, wire) = offload_net(F_CSUM | F_GUEST_CSUM);
+    let payload = frame(1514, 4);
+    for bad in [
+        header(1, 1, 1448, 34, 16), // TSO not negotiated
+        header(0, 0x81, 0, 0, 0),   // ECN without HOST_ECN (and without TSO)
+        header(1, 0, 0, 1500, 16),  // checksum field past the frame's end
+        header(4, 0, 0, 0, 0),      // unknown flag
+        header(0, 3, 1448, 0, 0),   // UDP fragmentation offload, never offered
+    ] {
+        send_tx_with(&mut d, &bad, &payload);
+    }
+    assert!(wire.lock().unwrap().from_guest.is_empty());
+    // A plain partial checksum is fine.
+    let ok = header(1, 0, 0, 34, 16);
+    send_tx_with(&mut d, &ok, &payload);
+    assert_eq!(wire.lock().unwrap().from_guest.len(), 1);
+
+    // Received GSO frames the guest did not accept are dropped, not delivered.
+    post_rx(&mut d, 4096);
+    wire.lock()
+        .unwrap()
+        .to_guest
+        .push_back((header(1, 1, 1448, 34, 16), payload.clone()));
+    d.kick(RX_QUEUE as u16);
+    assert!(d.queues[RX_QUEUE].take_used(&d.mem).is_empty());
+}
+
+#[test]
+fn without_guest_csum_data_valid_is_cleared() {
+    let (mut d, wire) = offload_net(0);
+    assert_eq!(
+        wire.lock().unwrap().offloads.last(),
+        Some(&GuestOffloads::default())
+    );
+    let (_, addr) = post_rx(&mut d, 4096);
+    let payload = frame(100, 5);
+    wire.lock()
+        .unwrap()
+        .to_guest
+        .push_back((header(2, 0, 0, 0, 0), payload));
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(d.queues[RX_QUEUE].take_used(&d.mem).len(), 1);
+    assert_eq!(d.read_mem(addr, 1)[0], 0, "DATA_VALID only for GUEST_CSUM");
 }

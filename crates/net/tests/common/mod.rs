@@ -110,6 +110,12 @@ impl Netns {
     /// Create tap `ifname` inside the namespace (it is the guest's NIC), bring it up and
     /// return vessel's end of it.
     pub fn tap(&self, ifname: &str) -> TapBackend {
+        self.tap_with(ifname, false)
+    }
+
+    /// [`Self::tap`], with frames carrying a virtio-net header on vessel's end when
+    /// `vnet_hdr` (offloads).
+    pub fn tap_with(&self, ifname: &str, vnet_hdr: bool) -> TapBackend {
         let path = PathBuf::from("/var/run/netns").join(&self.name);
         let ifname = ifname.to_owned();
         let fd: OwnedFd = std::thread::scope(|s| {
@@ -119,14 +125,14 @@ impl Netns {
                 // fd; only this thread changes namespace.
                 let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
                 assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-                let tap = TapBackend::open(&ifname, false).unwrap();
+                let tap = TapBackend::open(&ifname, vnet_hdr).unwrap();
                 tap.into_fd()
             })
             .join()
             .unwrap()
         });
         self.sh(&format!("ip link set {} up", ifname));
-        TapBackend::from_fd(fd, false).unwrap()
+        TapBackend::from_fd(fd, vnet_hdr).unwrap()
     }
 }
 
