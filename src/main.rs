@@ -6,6 +6,7 @@ mod manage_cli;
 mod run_cli;
 mod size;
 mod state;
+mod vhost_user_cli;
 mod vm_archive;
 mod vmdef;
 
@@ -30,12 +31,18 @@ enum Command {
     Disk(disk_cli::DiskCommand),
     #[command(flatten)]
     Manage(manage_cli::ManageCommand),
+    /// Serve a disk to another VMM (QEMU...) as a vhost-user-blk backend.
+    VhostUserBlk(vhost_user_cli::BlkArgs),
+    /// Serve a network interface to another VMM (QEMU...) as a vhost-user-net backend.
+    VhostUserNet(vhost_user_cli::NetArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run_cli::run(args),
+        Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
+        Command::VhostUserNet(args) => vhost_user_cli::run_net(args),
         Command::Manage(cmd) => match manage_cli::run(cli.state_dir, cmd) {
             Ok(code) => code,
             Err(e) => {

@@ -56,7 +56,7 @@ pub struct RunArgs {
     console2: Option<PathBuf>,
 }
 
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut disk = DiskConfig {
         path: PathBuf::new(),
         read_only: false,

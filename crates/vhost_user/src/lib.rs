@@ -33,3 +33,6 @@ mod worker;
 pub use handler::RequestHandler;
 pub use server::{bind, Backend, Connection, ConnectionEnd, ServerError};
 pub use session::{offered_protocol_features, SessionError, MAX_QUEUES};
+
+#[cfg(test)]
+mod tests;

@@ -244,7 +244,7 @@ mod tests {
             Err(MemoryError::BadRegion(0))
         ));
         assert!(matches!(
-            one(region(0, 0x1000, 0, u64::MAX & !0xfff)),
+            one(region(0, 0x1000, 0, !0xfff)),
             Err(MemoryError::BadRegion(0))
         ));
         let overlap_gpa = [region(0, 0x2000, 0, 0), region(0x1000, 0x1000, 0x10000, 0)];

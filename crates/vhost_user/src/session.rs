@@ -213,10 +213,11 @@ impl Core {
         self.session.as_ref().map(|s| s.epoll.clone())
     }
 
-    /// The frontend is gone: drop its memory, rings and fds, and reset the device (which
-    /// makes a disk flush).
+    /// The frontend is gone: drop its memory, rings and fds, make the device's completed
+    /// work durable (a disk flushes) and reset it.
     pub(crate) fn close_session(&mut self) {
         if self.session.take().is_some() {
+            self.device.sync();
             self.device.reset();
         }
     }
@@ -362,6 +363,7 @@ impl Core {
             // Buffers the device held for later (virtio-net receive chains) belonged to
             // the stopped ring.
             let features = session.acked_features;
+            self.device.sync();
             self.device.reset();
             self.device.activate(features);
         }
@@ -465,8 +467,20 @@ impl Core {
         ready.into_iter().try_for_each(|i| self.start(i))
     }
 
-    /// Start ring `i` at its base if everything it needs is known.
+    /// Start ring `i` at its base if everything it needs is known. A ring that cannot
+    /// start loses its kick: it stays stopped until the next SET_VRING_KICK.
     fn start(&mut self, i: usize) -> Result<(), SessionError> {
+        let result = self.try_start(i);
+        if result.is_err() {
+            if let Some(session) = &mut self.session {
+                session.unwatch_kick(&session.vrings[i]);
+                session.vrings[i].kick = None;
+            }
+        }
+        result
+    }
+
+    fn try_start(&mut self, i: usize) -> Result<(), SessionError> {
         let session = self.session()?;
         let vring = &session.vrings[i];
         let (Some(ram), Some(addrs), Some(_)) = (&session.ram, vring.addrs, &vring.kick) else {

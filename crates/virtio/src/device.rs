@@ -28,6 +28,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, _features: u64) {}
     /// The driver reset the device: drop all per-driver state.
     fn reset(&mut self) {}
+    /// Make completed work durable (a disk flushes): the driver is gone without a word,
+    /// e.g. a vhost-user frontend disconnected.
+    fn sync(&mut self) {}
     /// Handle the available requests of queue `index`. Returns whether requests are left
     /// (the device stopped after a bounded amount of work and wants to be called again).
     /// An error means the queue is broken: the transport sets DEVICE_NEEDS_RESET.

@@ -15,6 +15,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, Guest
 /// Largest queue size the split ring format allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
+/// Most descriptors read from one indirect table (QEMU's VIRTQUEUE_MAX_SIZE).
+pub const MAX_INDIRECT_CHAIN: u32 = 1024;
+
 const DESC_SIZE: u64 = 16;
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
@@ -220,8 +223,11 @@ impl Queue {
         let mut index = u32::from(head);
         let mut in_indirect = false;
         let mut seen_writable = false;
-        // One read per buffer, at most a queue's worth, plus one indirect descriptor.
-        let mut budget = u32::from(self.layout.size) + 1;
+        // One read per buffer: at most a queue's worth in the ring's table; in an indirect
+        // table (which may hold more entries than the queue size: Linux puts seg_max + 2
+        // there, whatever the queue size a vhost-user frontend chose) at most its length,
+        // capped as QEMU caps it.
+        let mut budget = u32::from(self.layout.size);
         loop {
             if budget == 0 {
                 return Err(ChainError::TooLong);
@@ -252,6 +258,7 @@ impl Queue {
                 }
                 table = addr;
                 table_len = len / DESC_SIZE as u32;
+                budget = table_len.min(MAX_INDIRECT_CHAIN);
                 index = 0;
                 in_indirect = true;
                 continue;
@@ -474,6 +481,18 @@ mod tests {
         desc(&m, 0x8000, 0, 0x4000, 16, DESC_F_NEXT, 1);
         desc(&m, 0x8000, 1, 0x4000, 16, DESC_F_NEXT, 0);
         assert_eq!(q.read_chain(&m, 0, &mut segs), Err(ChainError::TooLong));
+        // An indirect table longer than the queue (130 entries for a queue of 4).
+        for i in 0..130u16 {
+            let (flags, next) = if i == 129 {
+                (DESC_F_WRITE, 0)
+            } else {
+                (DESC_F_NEXT, i + 1)
+            };
+            desc(&m, 0x8000, i, 0x4000 + 16 * u64::from(i), 16, flags, next);
+        }
+        desc(&m, DESC, 0, 0x8000, 130 * 16, DESC_F_INDIRECT, 0);
+        q.read_chain(&m, 0, &mut segs).unwrap();
+        assert_eq!(segs.len(), 130);
         let plain = Queue::new(&m, layout(4), false, false).unwrap();
         assert_eq!(
             plain.read_chain(&m, 0, &mut segs),

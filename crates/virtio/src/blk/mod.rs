@@ -113,8 +113,7 @@ impl VirtioDevice for Block {
             data.copy_from_slice(src);
         }
     }
-    /// A reset (or a vhost-user frontend gone) makes completed writes durable first.
-    fn reset(&mut self) {
+    fn sync(&mut self) {
         let _ = self.disk.flush();
     }
     fn process_queue(

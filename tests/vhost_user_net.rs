@@ -1,0 +1,138 @@
+//! `vessel vhost-user-net --nic nat` driven by a real Linux virtio-net driver: the stock
+//! Debian cloud kernel under QEMU TCG (tests/common/tcg.rs) leases an address from vessel's
+//! NAT, fetches a file from a host server on loopback, and serves a forwarded port.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tcg::{self, Qemu, Served};
+
+const MAC: &str = "52:54:00:12:34:56";
+
+/// `python3 -m http.server` on 127.0.0.1:PORT serving DIR; killed on drop.
+struct HttpServer(Child);
+
+impl HttpServer {
+    fn start(dir: &std::path::Path, port: u16) -> HttpServer {
+        tcg::require_tool("python3", "python3");
+        let child = tcg::die_with_test(&mut Command::new("python3"))
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let server = HttpServer(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "http.server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nat_lease_and_download_from_host_loopback() {
+    let Some(guest) = tcg::guest() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    // 4 MiB of varied bytes (a xorshift stream): enough for many segments and windows.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let payload: Vec<u8> = (0..(4usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(www.join("payload.bin"), &payload).unwrap();
+    let want = tcg::sha256_file(&www.join("payload.bin"));
+    let port = tcg::free_port();
+    let _server = HttpServer::start(&www, port);
+
+    let mut nic = Served::nat(&dir.path().join("net.sock"), MAC, None);
+    let params = [
+        ("port", port.to_string()),
+        ("file", "payload.bin".to_owned()),
+    ];
+    let run = Qemu::boot(guest, "net-wget", &params, &nic.qemu_args).finish();
+    run.expect_pass(&nic);
+    println!(
+        "lease {} via router {}",
+        run.result("lease"),
+        run.result("router")
+    );
+    assert!(
+        run.result("lease").starts_with("10.0.2."),
+        "unexpected lease"
+    );
+    assert_eq!(run.result("fetched_bytes"), payload.len().to_string());
+    assert_eq!(run.result("sha256_fetched"), want);
+    nic.stop();
+}
+
+/// Connect to the forwarded host port and exchange one line with the guest's listener;
+/// retried while the forward is not connected through yet.
+fn exchange(port: u16, line: &str, deadline: Instant) -> String {
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match try_exchange(port, line) {
+            Ok(reply) if !reply.is_empty() => return reply,
+            Ok(_) => last_error = "connection closed without a reply".into(),
+            Err(e) => last_error = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no reply through 127.0.0.1:{port}: {last_error}");
+}
+
+fn try_exchange(port: u16, line: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_owned())
+}
+
+#[test]
+fn forwarded_host_port_reaches_guest_listener() {
+    let Some(guest) = tcg::guest() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let host_port = tcg::free_port();
+    let guest_port = 7777;
+    let mut nic = Served::nat(
+        &dir.path().join("net.sock"),
+        MAC,
+        Some((host_port, guest_port)),
+    );
+    let params = [("port", guest_port.to_string())];
+    let mut qemu = Qemu::boot(guest, "net-listen", &params, &nic.qemu_args);
+    qemu.wait_for("VESSEL-LISTENING", tcg::GUEST_TIMEOUT);
+    let line = "hello from the host";
+    let reply = exchange(host_port, line, Instant::now() + Duration::from_secs(60));
+    assert_eq!(reply, format!("guest heard: {line}"));
+    let run = qemu.finish();
+    run.expect_pass(&nic);
+    assert_eq!(run.result("guest_received"), line);
+    nic.stop();
+}
