@@ -100,14 +100,49 @@ fn nat_guest(forwards: &[&str]) -> Guest {
     }
 }
 
-/// Whether `net.ipv4.ping_group_range` covers the group passt drops to (nogroup).
-fn ping_sockets_allowed() -> bool {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap_or_default();
-    let v: Vec<u32> = range
+const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+/// Lets passt's group (nogroup, 65534: passt drops to nobody when started as root) open
+/// unprivileged ICMP sockets for as long as it lives, as an administrator who wants ICMP
+/// through vessel's NAT sets it once; the previous range comes back on drop.
+struct PingSockets(Option<String>);
+
+impl PingSockets {
+    fn allow() -> Self {
+        let before = std::fs::read_to_string(PING_GROUP_RANGE).unwrap_or_default();
+        let v: Vec<u32> = before
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() == 2 && v[0] <= 65534 && 65534 <= v[1] {
+            return Self(None);
+        }
+        // Wide: passt may keep root's group or drop to nogroup, depending on how it runs.
+        std::fs::write(PING_GROUP_RANGE, "0 2147483647").expect("set ping_group_range");
+        Self(Some(before))
+    }
+}
+
+impl Drop for PingSockets {
+    fn drop(&mut self) {
+        if let Some(before) = self.0.take() {
+            let _ = std::fs::write(PING_GROUP_RANGE, before);
+        }
+    }
+}
+
+/// The host's first global IPv4 address.
+fn host_address() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    v.len() == 2 && v[0] <= 65534 && 65534 <= v[1]
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    Some(cidr.split('/').next()?.to_owned())
 }
 
 fn free_port() -> u16 {
@@ -124,6 +159,8 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
         return;
     }
     let _dns = DnsServer::start("127.0.0.1:53");
+    // Before passt starts: it checks for ping sockets once.
+    let _ping = PingSockets::allow();
     let fwd_port = free_port();
     let g = nat_guest(&[&format!("tcp:127.0.0.1:{fwd_port}-:8022")]);
 
@@ -157,12 +194,14 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
     let (n, _) = udp.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello-udp\n");
 
-    // ICMP echo to the gateway: passt uses unprivileged ping sockets, which the host's
-    // net.ipv4.ping_group_range must allow for passt's group (it runs as nobody).
-    if ping_sockets_allowed() {
-        g.ns.sh(&format!("busybox ping -c 1 -W 3 {GATEWAY}"));
-    } else {
-        eprintln!("ICMP part skipped: net.ipv4.ping_group_range excludes passt's group");
+    // ICMP echo through the NAT to the host's own address (this passt maps the gateway
+    // address to the host's loopback for TCP and UDP only). passt uses unprivileged ping
+    // sockets, which the host's net.ipv4.ping_group_range must allow (`_ping` above).
+    match host_address() {
+        Some(addr) => {
+            g.ns.sh(&format!("busybox ping -c 1 -W 3 {addr}"));
+        }
+        None => eprintln!("ICMP part skipped: the host has no global IPv4 address"),
     }
 
     // Port forwarding: host 127.0.0.1:fwd_port reaches a listener in the guest.
