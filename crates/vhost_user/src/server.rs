@@ -16,8 +16,8 @@ use crate::handler::{lock, RequestHandler};
 use crate::session::{Core, SessionError};
 use crate::worker::Worker;
 
-/// A message whose body does not follow its header within this time ends the connection
-/// (a frontend cannot stall the backend with half a message).
+/// A message whose body does not follow its header, or a reply the frontend does not read,
+/// within this time ends the connection (a frontend cannot stall the backend).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +201,8 @@ impl Backend {
         stop: BorrowedFd,
     ) -> Result<ConnectionEnd, ServerError> {
         let _ = stream.set_read_timeout(Some(MESSAGE_TIMEOUT));
+        // Nor by leaving our replies unread.
+        let _ = stream.set_write_timeout(Some(MESSAGE_TIMEOUT));
         let fd = stream.as_raw_fd();
         let mut connection = self.connect(stream)?;
         let epoll = {
