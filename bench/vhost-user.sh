@@ -7,9 +7,11 @@
 # path as much as the backend; compare the two rows, not against KVM numbers.
 # The guest compares what it reads back with what it wrote (random data) and fails otherwise.
 # Usage: bench/vhost-user.sh [MiB (default 64, at most ~100)] [format: raw|qcow2|vdi (default raw)]
+#        [rounds (default 3)]
 set -euo pipefail
 MIB=${1:-64}
 FORMAT=${2:-raw}
+ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 command -v qemu-system-x86_64 >/dev/null || { echo "apt-get install qemu-system-x86" >&2; exit 1; }
@@ -38,7 +40,7 @@ boot() {
         -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
         -nodefaults -display none -serial stdio -device virtio-rng-pci "$@" \
         -kernel "$GUEST/bzImage" -initrd "$GUEST/initramfs.cpio.gz" -no-reboot \
-        -append "console=ttyS0 quiet panic=-1 vessel.test=blk-bench vessel.mib=$MIB" |
+        -append "console=ttyS0 quiet panic=-1 vessel.test=blk-bench vessel.mib=$MIB vessel.rounds=$ROUNDS" |
         tr -d '\r' > "$DIR/out"
     grep -q '^VESSEL-TEST-PASS blk-bench' "$DIR/out" || { cat "$DIR/out" >&2; exit 1; }
     sed -n 's/^VESSEL-RESULT /  /p' "$DIR/out"
@@ -48,7 +50,7 @@ echo "guest dd, $MIB MiB, $FORMAT image, TCG-bound ($(nproc) host CPUs, $(date -
 echo "vessel vhost-user-blk:"
 "$VESSEL" vhost-user-blk --socket "$DIR/blk.sock" --disk "$IMG,format=$FORMAT" 2>"$DIR/vessel.log" &
 BACKEND=$!
-for _ in $(seq 100); do grep -q listening "$DIR/vessel.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs listening "$DIR/vessel.log" && break; sleep 0.1; done
 grep -q listening "$DIR/vessel.log" || { cat "$DIR/vessel.log" >&2; exit 1; }
 boot -chardev socket,id=c0,path="$DIR/blk.sock" -device vhost-user-blk-pci,chardev=c0
 kill -TERM "$BACKEND"

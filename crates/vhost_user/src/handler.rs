@@ -20,7 +20,7 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 
-use crate::session::{offered_protocol_features, Core, SessionError};
+use crate::session::{Core, SessionError};
 use crate::vring::RingAddrs;
 
 pub(crate) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -136,7 +136,7 @@ impl VhostUserBackendReqHandlerMut for RequestHandler {
     }
 
     fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
-        Ok(offered_protocol_features())
+        Ok(self.core().protocol_features())
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {

@@ -16,8 +16,8 @@ use crate::handler::{lock, RequestHandler};
 use crate::session::{Core, SessionError};
 use crate::worker::Worker;
 
-/// A message whose body does not follow its header within this time ends the connection
-/// (a frontend cannot stall the backend with half a message).
+/// A message whose body does not follow its header, or a reply the frontend does not read,
+/// within this time ends the connection (a frontend cannot stall the backend).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +116,46 @@ pub struct Connection {
     core: Arc<Mutex<Core>>,
 }
 
+/// Request code of SET_VRING_ENABLE and the size of its body.
+const SET_VRING_ENABLE: u32 = 18;
+const VRING_STATE_LEN: usize = 8;
+
+/// Look at the next message without consuming it: `(index, num)` if it is a complete
+/// SET_VRING_ENABLE.
+fn peek_vring_enable(fd: RawFd) -> Option<(u32, u32)> {
+    let mut raw = [0u8; 12 + VRING_STATE_LEN];
+    // SAFETY: `raw` is a writable buffer of the given length; MSG_PEEK leaves the data
+    // (and any fds) queued.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            raw.as_mut_ptr().cast(),
+            raw.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let word = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+    let complete = usize::try_from(n).is_ok_and(|n| n == raw.len());
+    (complete && word(0) == SET_VRING_ENABLE && word(8) as usize == VRING_STATE_LEN)
+        .then(|| (word(12), word(16)))
+}
+
 impl Connection {
     /// Read and answer one request.
+    ///
+    /// QEMU's vhost-user-net sends SET_VRING_ENABLE before SET_FEATURES acknowledged
+    /// VHOST_USER_F_PROTOCOL_FEATURES (it only checks that the backend offers it), and
+    /// restores nothing later if the ring was already enabled; the vhost crate refuses
+    /// such a message, so the ring state it carries is applied here (as DPDK does).
     pub fn handle_request(&mut self) -> Result<(), VhostError> {
-        self.requests.handle_request()
+        let early_enable = peek_vring_enable(self.requests.as_raw_fd());
+        let result = self.requests.handle_request();
+        if let (Err(VhostError::InactiveFeature(_)), Some((index, num))) = (&result, early_enable) {
+            if num <= 1 {
+                let _ = lock(&self.core).set_vring_enable(index, num == 1);
+            }
+        }
+        result
     }
 
     /// Run every started ring once, as a kick of each would.
@@ -165,6 +201,8 @@ impl Backend {
         stop: BorrowedFd,
     ) -> Result<ConnectionEnd, ServerError> {
         let _ = stream.set_read_timeout(Some(MESSAGE_TIMEOUT));
+        // Nor by leaving our replies unread.
+        let _ = stream.set_write_timeout(Some(MESSAGE_TIMEOUT));
         let fd = stream.as_raw_fd();
         let mut connection = self.connect(stream)?;
         let epoll = {
@@ -184,6 +222,9 @@ impl Backend {
                 Err(VhostError::ReqHandlerError(e)) => {
                     eprintln!("vessel: vhost-user: request refused: {e}");
                 }
+                // SET_VRING_ENABLE before SET_FEATURES (QEMU's vhost-user-net, without
+                // asking for a reply): applied by Connection::handle_request.
+                Err(VhostError::InactiveFeature(_)) => {}
                 Err(e) => break Ok(ConnectionEnd::Failed(e)),
             }
         };

@@ -32,11 +32,18 @@ pub const MAX_QUEUES: usize = 64;
 
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// Protocol features the backend offers (the vhost crate adds REPLY_ACK itself).
-pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
+const DEVICE_TYPE_NET: u16 = 1;
+
+/// Protocol features the backend offers for a device of `device_type`: CONFIG except for
+/// virtio-net, whose configuration (MAC, link) the frontend provides itself (QEMU warns
+/// about a net backend offering it); the vhost crate adds REPLY_ACK itself.
+pub fn offered_protocol_features(device_type: u16) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    if device_type == DEVICE_TYPE_NET {
+        base
+    } else {
+        base | VhostUserProtocolFeatures::CONFIG
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,8 +275,12 @@ impl Core {
         Ok(())
     }
 
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        offered_protocol_features(self.device.device_type())
+    }
+
     pub fn set_protocol_features(&mut self, features: u64) -> Result<(), SessionError> {
-        let unoffered = features & !offered_protocol_features().bits();
+        let unoffered = features & !self.protocol_features().bits();
         if unoffered != 0 {
             return Err(SessionError::UnofferedProtocolFeatures(unoffered));
         }

@@ -17,7 +17,7 @@ fail() {
 
 # wait_for PATH SECONDS: a device appears asynchronously after its driver loads.
 wait_for() {
-    tries=0
+    local tries=0
     while [ ! -e "$1" ]; do
         tries=$((tries + 1))
         [ "$tries" -le $(($2 * 10)) ] || fail "$1 did not appear within $2 s"
@@ -31,8 +31,7 @@ now_us() { awk '/^now at/ { printf "%.0f", $3 / 1000; exit }' /proc/timer_list; 
 
 # dd_rate NAME MIB DD-ARGS...: run dd moving MIB MiB, report "NAME=<MiB/s> MiB/s (...)".
 dd_rate() {
-    name=$1
-    mib=$2
+    local name=$1 mib=$2 start out us
     shift 2
     start=$(now_us)
     out=$(dd "$@" 2>&1) || {

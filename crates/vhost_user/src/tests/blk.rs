@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 use virtio::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
@@ -86,6 +88,10 @@ fn negotiation_and_config() {
         assert_ne!(features & bit, 0, "feature {bit:#x} not offered");
     }
     assert_eq!(fe.get_queue_num().unwrap(), 1);
+    assert!(fe
+        .get_protocol_features()
+        .unwrap()
+        .contains(VhostUserProtocolFeatures::CONFIG));
     let (_, config) = fe
         .get_config(0, 60, VhostUserConfigFlags::WRITABLE, &[0; 60])
         .unwrap();
@@ -224,4 +230,60 @@ fn reconnects_after_the_frontend_drops_mid_request() {
             .unwrap();
         assert_eq!(block, vec![round; 4096]);
     }
+}
+
+#[test]
+fn rings_start_disabled_until_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blk_backend(&disk_image(dir.path()));
+    let (mut fe, served) = serve(&backend);
+    negotiate(&mut fe);
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()]).unwrap();
+    let mut ring = Ring::new(0, QUEUE_SIZE);
+    let (kick, _call) = start_ring_disabled(&mut fe, 0, &ring);
+    request(&guest, &mut ring, T_IN, 0);
+    kick.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(ring.used_idx(&guest.mem), 0, "a disabled ring ran");
+    fe.set_vring_enable(0, true).unwrap();
+    ring.wait_used(&guest.mem, 1);
+    served.end();
+}
+
+/// QEMU's vhost-user-net enables rings before SET_FEATURES acknowledged
+/// VHOST_USER_F_PROTOCOL_FEATURES and does not repeat it after starting them.
+#[test]
+fn vring_enable_before_set_features_counts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blk_backend(&disk_image(dir.path()));
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let stop = Stop::new();
+    let stop_rx = stop.rx.try_clone().unwrap();
+    let server = {
+        let backend = backend.clone();
+        std::thread::spawn(move || {
+            backend
+                .serve_connection(theirs, std::os::fd::AsFd::as_fd(&stop_rx))
+                .unwrap()
+        })
+    };
+    // SET_VRING_ENABLE (18), version 1, 8-byte body: queue 0, enable.
+    let mut raw = Vec::new();
+    for word in [18u32, 1, 8, 0, 1] {
+        raw.extend_from_slice(&word.to_le_bytes());
+    }
+    (&ours).write_all(&raw).unwrap();
+    let mut fe = Frontend::from_stream(ours, 64);
+    negotiate(&mut fe);
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()]).unwrap();
+    let mut ring = Ring::new(0, QUEUE_SIZE);
+    let (kick, _call) = start_ring_disabled(&mut fe, 0, &ring);
+    request(&guest, &mut ring, T_IN, 0);
+    kick.write(1).unwrap();
+    ring.wait_used(&guest.mem, 1);
+    stop.stop();
+    assert!(matches!(server.join().unwrap(), ConnectionEnd::Stopped));
 }

@@ -231,17 +231,23 @@ pub fn negotiate(fe: &mut Frontend) -> u64 {
     let features = fe.get_features().unwrap();
     fe.set_features(features).unwrap();
     let proto = fe.get_protocol_features().unwrap();
-    let wanted = VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK;
-    assert!(proto.contains(wanted), "offered {proto:?}");
-    fe.set_protocol_features(wanted).unwrap();
+    let needed = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    assert!(proto.contains(needed), "offered {proto:?}");
+    fe.set_protocol_features(proto & (needed | VhostUserProtocolFeatures::CONFIG))
+        .unwrap();
     fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     features
 }
 
 /// Ring layout, call and kick for `ring` as queue `index`, then enable it.
 pub fn start_ring(fe: &mut Frontend, index: usize, ring: &Ring) -> (EventFd, EventFd) {
+    let fds = start_ring_disabled(fe, index, ring);
+    fe.set_vring_enable(index, true).unwrap();
+    fds
+}
+
+/// [`start_ring`] without SET_VRING_ENABLE.
+pub fn start_ring_disabled(fe: &mut Frontend, index: usize, ring: &Ring) -> (EventFd, EventFd) {
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
     fe.set_vring_num(index, ring.size).unwrap();
@@ -249,6 +255,5 @@ pub fn start_ring(fe: &mut Frontend, index: usize, ring: &Ring) -> (EventFd, Eve
     fe.set_vring_addr(index, &ring.config()).unwrap();
     fe.set_vring_call(index, &call).unwrap();
     fe.set_vring_kick(index, &kick).unwrap();
-    fe.set_vring_enable(index, true).unwrap();
     (kick, call)
 }
