@@ -279,11 +279,11 @@ fn nat_bulk_transfers_arrive_intact() {
     );
 }
 
-/// Guest → host bulk upload. Ignored: through Debian 12's passt (0.0~git20230309) in
-/// socket mode, an upload stalls after some tens of MiB (guest retransmissions back off,
-/// see docs/networking.md); `pasta` on a tap moves the same data at once.
+/// Guest → host bulk upload. Ignored: Debian 12's passt (0.0~git20230309) stalls or
+/// resets long uploads from the guest — reproduced without vessel, with passt's own tap
+/// mode (`scripts/passt-upload-repro.sh`); see docs/networking.md.
 #[test]
-#[ignore = "a busybox nc upload through the NAT stalls after tens of MiB (cause open); see docs/networking.md"]
+#[ignore = "Debian 12's passt stalls or resets long guest uploads, also without vessel (scripts/passt-upload-repro.sh)"]
 fn nat_bulk_upload_arrives_intact() {
     if !can_run(&[("passt", "passt"), ("sha256sum", "coreutils")]) {
         return;
