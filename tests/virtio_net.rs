@@ -158,3 +158,36 @@ fn two_vms_on_a_nat_network_get_distinct_dhcp_offers() {
     assert_eq!(offer(&out_a).as_deref(), Some("10.0.2.15"), "A: {out_a}");
     assert_eq!(offer(&out_b).as_deref(), Some("10.0.2.16"), "B: {out_b}");
 }
+
+#[test]
+fn a_vm_on_a_host_only_network_gets_its_address_by_dhcp() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: host-only networks need CAP_NET_ADMIN (run as root)");
+        return;
+    }
+    let kernel = multiboot_guest(
+        "virtio_net",
+        &["multiboot_header.S", "virtio_net_guest.c"],
+        "multiboot.ld",
+    );
+    let runtime = out_dir().join("hostonly-runtime");
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(&runtime).unwrap();
+    let name = format!("h{}", std::process::id() % 100_000);
+    let vm = start(
+        &kernel,
+        &format!("hostonly:{name},mac=52:54:00:00:02:0a"),
+        &runtime,
+        "dhcp=1 rounds=200",
+    );
+    let (code, out, err) = finish(vm, TIMEOUT);
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("vho-{name}")])
+        .status();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("virtio-net: dhcp offer 192.168.56.101\n"),
+        "{out}"
+    );
+}

@@ -6,16 +6,21 @@
 //!   switch between them, a passt per VM with its own leased address).
 //! * `internal:NAME` — [`switch::SwitchPort`]: a switch between the VMs on NAME only.
 //! * `tap:NAME` — [`tap::TapBackend`]: a host tap device (CAP_NET_ADMIN).
-//! * `bridged:IFACE`, `hostonly:NAME` — [`bridge`]: a new tap on a host bridge
-//!   (CAP_NET_ADMIN).
+//! * `bridged:IFACE` — [`bridge`]: a new tap on a host bridge (CAP_NET_ADMIN).
+//! * `hostonly:NAME` — [`hostonly::HostOnlyBackend`]: a tap on a host-only bridge and a
+//!   DHCP server for the VM (CAP_NET_ADMIN).
 //!
 //! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
 //! it to `virtio::net::Net::new`, and let the I/O thread poll [`Backend::as_raw_fd`].
 
 pub mod bridge;
 pub mod config;
+pub mod dhcp;
+pub mod hostonly;
+pub mod lease;
 pub mod natnet;
 pub mod passt;
+pub mod pollset;
 pub mod relay;
 pub mod stream;
 pub mod switch;
@@ -37,6 +42,8 @@ pub enum NetError {
     Tap(#[from] tap::TapError),
     #[error(transparent)]
     Bridge(#[from] bridge::BridgeError),
+    #[error(transparent)]
+    HostOnly(#[from] hostonly::HostOnlyError),
 }
 
 /// Open the backend a `--nic` asks for.
@@ -52,7 +59,7 @@ pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
             config.mac,
             passt::PasstOptions::new(config.forwards.clone()),
         )?),
-        NicMode::HostOnly(name) => Box::new(bridge::hostonly(name)?),
+        NicMode::HostOnly(name) => Box::new(hostonly::HostOnlyBackend::join(name, config.mac)?),
         NicMode::Bridged(iface) => Box::new(bridge::bridged(iface)?),
     })
 }

@@ -6,10 +6,8 @@
 //!   carries the frames between the VMs;
 //! * its own `passt` helper ([`PasstBackend`]), configured with the VM's address, which is
 //!   the gateway, DHCP server and NAT towards the host for that VM alone;
-//! * a lease: the VM's address on the subnet, owned by holding an `flock` on a file per
-//!   address in the network's `leases/` directory (released when the VMM exits, however it
-//!   exits). A lease file records the MAC that last held it, so a VM with a fixed MAC gets
-//!   its address back.
+//! * a lease ([`crate::lease`]): the VM's address on the subnet, from the network's
+//!   `leases/` directory.
 //!
 //! Frames from the guest are steered: ARP requests for an address on the subnet other than
 //! the gateway go to the switch only (otherwise passt, which answers ARP for every
@@ -18,20 +16,23 @@
 //! switch; everything else to passt. Frames from both sides go to the guest.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use crate::lease::{Lease, LeaseError, LeaseRange};
 use crate::passt::{PasstBackend, PasstError, PasstOptions, GATEWAY, GUEST_ADDR, PREFIX_LEN};
+use crate::pollset::{poll_set, RoomWatch};
 use crate::switch::{runtime_dir, SwitchError, SwitchPort};
 use crate::Backend;
 
-/// Host part of the first and last address leased (10.0.2.15 … 10.0.2.254).
-pub const FIRST_HOST: u8 = 15;
-pub const LAST_HOST: u8 = 254;
+/// The addresses leased: 10.0.2.15 … 10.0.2.254.
+pub const RANGE: LeaseRange = LeaseRange {
+    network: [10, 0, 2],
+    first: 15,
+    last: 254,
+};
 /// MACs heard on the switch remembered at most (the set starts over when full).
 const MAX_PEERS: usize = 1024;
 const ETH_HEADER: usize = 14;
@@ -39,20 +40,8 @@ const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatNetError {
-    #[error("natnet lease directory {path}: {source}")]
-    LeaseDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("natnet lease {path}: {source}")]
-    Lease {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("natnet {0}: all addresses {GUEST_ADDR}..10.0.2.{LAST_HOST} are leased")]
-    Full(String),
+    #[error("natnet address: {0}")]
+    Lease(#[from] LeaseError),
     #[error(transparent)]
     Switch(#[from] SwitchError),
     #[error(transparent)]
@@ -64,101 +53,6 @@ pub enum NatNetError {
 /// The directory of the NAT network `name`.
 pub fn natnet_dir(name: &str) -> PathBuf {
     runtime_dir().join("natnet").join(name)
-}
-
-/// An address of the network, held for as long as this value lives.
-#[derive(Debug)]
-pub struct Lease {
-    addr: Ipv4Addr,
-    _file: File,
-}
-
-impl Lease {
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// Take an address from `dir`: the one `mac` held last if it is free, else the lowest
-    /// free one.
-    pub fn acquire(dir: &Path, mac: Option<[u8; 6]>) -> Result<Self, NatNetError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| NatNetError::LeaseDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        let hosts = FIRST_HOST..=LAST_HOST;
-        if let Some(mac) = mac {
-            let want = mac_string(&mac);
-            for host in hosts.clone() {
-                let path = lease_path(dir, host);
-                let held_by = std::fs::read_to_string(&path).unwrap_or_default();
-                if held_by.trim() == want {
-                    if let Some(lease) = Self::try_take(&path, host, Some(mac))? {
-                        return Ok(lease);
-                    }
-                }
-            }
-        }
-        for host in hosts {
-            if let Some(lease) = Self::try_take(&lease_path(dir, host), host, mac)? {
-                return Ok(lease);
-            }
-        }
-        Err(NatNetError::Full(dir.display().to_string()))
-    }
-
-    fn try_take(path: &Path, host: u8, mac: Option<[u8; 6]>) -> Result<Option<Self>, NatNetError> {
-        let err = |source| NatNetError::Lease {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(err)?;
-        // SAFETY: flock on an fd this function owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(err(e))
-            };
-        }
-        let mut previous = String::new();
-        let _ = file.read_to_string(&mut previous);
-        if let Some(mac) = mac {
-            let record = format!("{}\n", mac_string(&mac));
-            if previous != record {
-                file.set_len(0).map_err(err)?;
-                file.rewind().map_err(err)?;
-                file.write_all(record.as_bytes()).map_err(err)?;
-            }
-        }
-        let [a, b, c, _] = GUEST_ADDR.octets();
-        Ok(Some(Self {
-            addr: Ipv4Addr::new(a, b, c, host),
-            _file: file,
-        }))
-    }
-}
-
-fn lease_path(dir: &Path, host: u8) -> PathBuf {
-    let [a, b, c, _] = GUEST_ADDR.octets();
-    dir.join(format!("{a}.{b}.{c}.{host}"))
-}
-
-fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Whether `addr` is on the network's subnet.
@@ -188,7 +82,7 @@ pub struct NatNetBackend {
     /// passt can take more after it refused a frame.
     epoll: OwnedFd,
     /// Whether the poll set waits for passt's socket to be writable.
-    watching_out: bool,
+    room: RoomWatch,
 }
 
 impl NatNetBackend {
@@ -208,11 +102,12 @@ impl NatNetBackend {
         mac: Option<[u8; 6]>,
         mut options: PasstOptions,
     ) -> Result<Self, NatNetError> {
-        let lease = Lease::acquire(&dir.join("leases"), mac)?;
+        let lease = Lease::acquire(&dir.join("leases"), RANGE, mac)?;
         let switch = SwitchPort::join_dir(&dir.join("ports"))?;
         options.guest_addr = lease.addr();
         let nat = PasstBackend::spawn(&options)?;
         let epoll = poll_set(&[nat.as_raw_fd(), switch.as_raw_fd()]).map_err(NatNetError::Epoll)?;
+        let room = RoomWatch::new(nat.as_raw_fd());
         Ok(Self {
             nat,
             switch,
@@ -220,7 +115,7 @@ impl NatNetBackend {
             peers: HashSet::new(),
             switch_first: false,
             epoll,
-            watching_out: false,
+            room,
         })
     }
 
@@ -263,11 +158,8 @@ impl NatNetBackend {
 
     /// After passt took or refused a frame: wait for room only while something waits.
     fn track_nat_room(&mut self, accepted: bool) -> io::Result<bool> {
-        let out = !accepted || self.nat.has_pending();
-        if out != self.watching_out {
-            watch(&self.epoll, libc::EPOLL_CTL_MOD, self.nat.as_raw_fd(), out)?;
-            self.watching_out = out;
-        }
+        let waiting = !accepted || self.nat.has_pending();
+        self.room.update(&self.epoll, waiting)?;
         Ok(accepted)
     }
 
@@ -285,38 +177,6 @@ impl NatNetBackend {
         }
         Ok(got)
     }
-}
-
-/// An epoll set watching `fds` for input: readable itself while one of them is.
-fn poll_set(fds: &[RawFd]) -> io::Result<OwnedFd> {
-    // SAFETY: epoll_create1 has no memory arguments; the result is checked.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `ep` is a new fd nobody else owns.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-    for &fd in fds {
-        watch(&ep, libc::EPOLL_CTL_ADD, fd, false)?;
-    }
-    Ok(ep)
-}
-
-/// Add or change `fd` in the set `ep`: input always, room to write when `out`.
-fn watch(ep: &OwnedFd, op: libc::c_int, fd: RawFd, out: bool) -> io::Result<()> {
-    let mut events = libc::EPOLLIN;
-    if out {
-        events |= libc::EPOLLOUT;
-    }
-    let mut event = libc::epoll_event {
-        events: events as u32,
-        u64: fd as u64,
-    };
-    // SAFETY: `event` is a valid epoll_event for the call; `ep` and `fd` are open.
-    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut event) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl Backend for NatNetBackend {
@@ -377,39 +237,6 @@ mod tests {
         let d = std::env::temp_dir().join(format!("vessel-natnet-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
-    }
-
-    #[test]
-    fn leases_are_exclusive_sticky_and_released() {
-        let dir = tmp("lease");
-        let (m1, m2) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        let a = Lease::acquire(&dir, Some(m1)).unwrap();
-        let b = Lease::acquire(&dir, Some(m2)).unwrap();
-        let c = Lease::acquire(&dir, None).unwrap();
-        assert_eq!(a.addr(), Ipv4Addr::new(10, 0, 2, 15));
-        assert_eq!(b.addr(), Ipv4Addr::new(10, 0, 2, 16));
-        assert_eq!(c.addr(), Ipv4Addr::new(10, 0, 2, 17));
-        // a goes away; m2 comes back after b went too and gets .16 again, not .15.
-        drop(a);
-        drop(b);
-        let b2 = Lease::acquire(&dir, Some(m2)).unwrap();
-        assert_eq!(b2.addr(), Ipv4Addr::new(10, 0, 2, 16));
-        let d = Lease::acquire(&dir, None).unwrap();
-        assert_eq!(d.addr(), Ipv4Addr::new(10, 0, 2, 15));
-        drop((b2, c, d));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_full_network_is_a_clear_error() {
-        let dir = tmp("full");
-        let held: Vec<Lease> = (FIRST_HOST..=LAST_HOST)
-            .map(|_| Lease::acquire(&dir, None).unwrap())
-            .collect();
-        let err = Lease::acquire(&dir, None).unwrap_err();
-        assert!(err.to_string().contains("leased"), "{err}");
-        drop(held);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn arp_request(target: [u8; 4]) -> Vec<u8> {
