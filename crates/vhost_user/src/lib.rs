@@ -4,12 +4,12 @@
 //! transport; this crate is the second transport.
 //!
 //! * Messages are parsed and answered by the rust-vmm `vhost` crate
-//!   ([`vhost::vhost_user::BackendReqHandler`]); [`handler`] passes them to the session.
+//!   ([`vhost::vhost_user::BackendReqHandler`]); `handler` passes them to the session.
 //! * `session::Core` holds the device and the connected frontend's session: its memory
 //!   ([`memory::GuestRam`], mapped from the fds of SET_MEM_TABLE), the vrings, negotiated
 //!   features. Everything the frontend sends is validated; a bad message fails, never
 //!   the process.
-//! * A worker thread per connection ([`worker`]) waits on the kick eventfds (and the
+//! * A worker thread per connection (`worker`) waits on the kick eventfds (and the
 //!   device backend's fd, e.g. a NIC's) and runs `VirtioDevice::process_queue` over
 //!   vessel's own [`virtio::Queue`]; used buffers are signalled on the call eventfd as the
 //!   driver asked (EVENT_IDX or the NO_INTERRUPT flag).
