@@ -81,7 +81,10 @@ fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend) -> i32 {
     };
     let listener = match vhost_user::bind(socket) {
         Ok(l) => l,
-        Err(e @ vhost_user::ServerError::NotASocket { .. }) => {
+        Err(
+            e
+            @ (vhost_user::ServerError::NotASocket { .. } | vhost_user::ServerError::InUse { .. }),
+        ) => {
             eprintln!("vessel: error: --socket {e}");
             return EXIT_USAGE;
         }

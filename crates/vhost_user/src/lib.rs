@@ -4,18 +4,40 @@
 //! transport; this crate is the second transport.
 //!
 //! * Messages are parsed and answered by the rust-vmm `vhost` crate
-//!   ([`vhost::vhost_user::BackendReqHandler`]); [`handler`] passes them to the session.
+//!   ([`vhost::vhost_user::BackendReqHandler`]); `handler` passes them to the session.
 //! * `session::Core` holds the device and the connected frontend's session: its memory
 //!   ([`memory::GuestRam`], mapped from the fds of SET_MEM_TABLE), the vrings, negotiated
 //!   features. Everything the frontend sends is validated; a bad message fails, never
 //!   the process.
-//! * A worker thread per connection ([`worker`]) waits on the kick eventfds (and the
+//! * A worker thread per connection (`worker`) waits on the kick eventfds (and the
 //!   device backend's fd, e.g. a NIC's) and runs `VirtioDevice::process_queue` over
 //!   vessel's own [`virtio::Queue`]; used buffers are signalled on the call eventfd as the
 //!   driver asked (EVENT_IDX or the NO_INTERRUPT flag).
 //! * [`Backend::serve`] accepts one frontend at a time; when it disconnects, its
 //!   session (maps, rings, eventfds) is dropped, the device reset (a disk flushes) and
 //!   the next connection accepted.
+//!
+//! With QEMU (checked with Debian's 7.2 under TCG):
+//!
+//! ```text
+//! vessel vhost-user-blk --socket /run/disk.sock --disk disk.qcow2 &
+//! qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=512M,share=on \
+//!     -numa node,memdev=mem -chardev socket,id=c,path=/run/disk.sock \
+//!     -device vhost-user-blk-pci,chardev=c,num-queues=1 ...
+//! vessel vhost-user-net --socket /run/nic.sock --nic nat &
+//!     ... -chardev socket,id=n,path=/run/nic.sock -netdev vhost-user,id=net0,chardev=n \
+//!     -device virtio-net-pci,netdev=net0,vectors=0
+//! ```
+//!
+//! * Guest memory must be shared (`share=on`): the backend maps it.
+//! * The device models have one queue (pair): with more than one vCPU QEMU asks for one
+//!   queue per vCPU unless told `num-queues=1`.
+//! * QEMU 7.2 under TCG crashes (SIGSEGV in `msix_set_vector_notifiers`, from
+//!   `vhost_net_start`) when a vhost-user-net device uses MSI-X, whatever the backend:
+//!   `vectors=0` avoids it.
+//! * A frontend that shrinks the file behind its memory after SET_MEM_TABLE makes the
+//!   backend fault on access (SIGBUS); sizes are checked when the table arrives, QEMU's
+//!   memfd backend seals the file against shrinking.
 //!
 //! ```text
 //! let listener = vhost_user::bind(Path::new("/run/disk.sock"))?;

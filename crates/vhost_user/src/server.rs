@@ -24,6 +24,8 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ServerError {
     #[error("{path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: std::path::PathBuf },
+    #[error("{path}: another process is listening there")]
+    InUse { path: std::path::PathBuf },
     #[error("{path}: {source}")]
     Bind {
         path: std::path::PathBuf,
@@ -51,11 +53,15 @@ pub enum ConnectionEnd {
     Failed(VhostError),
 }
 
-/// Listen on `path`, replacing a stale socket left there (but no other kind of file).
+/// Listen on `path`, replacing a stale socket left there (but no other kind of file, nor
+/// a socket somebody still listens on).
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServerError::NotASocket { path: path.into() });
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse { path: path.into() });
         }
         std::fs::remove_file(path).map_err(|source| ServerError::Bind {
             path: path.into(),

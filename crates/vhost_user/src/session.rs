@@ -628,3 +628,59 @@ fn translate(ram: &GuestRam, addrs: RingAddrs) -> Result<(u64, u64, u64), Sessio
         one("used ring", addrs.used)?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blk_core() -> (tempfile::TempDir, Core) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let image = block::open(&path, &block::OpenOptions::default()).unwrap();
+        let device = virtio::blk::Block::new(image, "serial");
+        (dir, Core::new(Box::new(device), 1, None).unwrap())
+    }
+
+    #[test]
+    fn config_reads_stay_inside_the_configuration() {
+        let (_dir, core) = blk_core();
+        let capacity = core.read_config(0, 8).unwrap();
+        assert_eq!(u64::from_le_bytes(capacity.try_into().unwrap()), 2048);
+        assert_eq!(core.read_config(0, 60).unwrap().len(), 60);
+        // Bytes past the device's 60 (fields of features it does not offer) would be
+        // made up: refused.
+        assert!(core.read_config(56, 8).is_err());
+        assert!(core.read_config(u32::MAX, 4).is_err());
+    }
+
+    #[test]
+    fn features_must_be_offered_and_include_version_1() {
+        let (_dir, mut core) = blk_core();
+        assert!(matches!(
+            core.set_features(VERSION_1),
+            Err(SessionError::NoSession)
+        ));
+        core.open_session().unwrap();
+        let offered = core.features();
+        assert!(matches!(
+            core.set_features(offered & !VERSION_1),
+            Err(SessionError::NoVersion1)
+        ));
+        assert!(matches!(
+            core.set_features(offered | 1 << 60),
+            Err(SessionError::UnofferedFeatures(_))
+        ));
+        core.set_features(offered).unwrap();
+        assert!(matches!(
+            core.set_protocol_features(VhostUserProtocolFeatures::LOG_SHMFD.bits()),
+            Err(SessionError::UnofferedProtocolFeatures(_))
+        ));
+        // Nothing to answer for a queue the device lacks.
+        assert!(matches!(
+            core.get_vring_base(1),
+            Err(SessionError::NoSuchQueue(1))
+        ));
+        assert_eq!(core.get_vring_base(0).unwrap(), 0);
+    }
+}

@@ -191,3 +191,25 @@ fn messages_before_negotiation_do_not_break_the_backend() {
     drop(fe);
     assert!(matches!(served.join(), ConnectionEnd::Disconnected));
 }
+
+#[test]
+fn bind_replaces_only_stale_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let live = crate::bind(&path).unwrap();
+    assert!(matches!(
+        crate::bind(&path),
+        Err(crate::ServerError::InUse { .. })
+    ));
+    drop(live);
+    // The file is left behind, nobody listens: stale, replaced.
+    assert!(path.exists());
+    let _again = crate::bind(&path).unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"keep").unwrap();
+    assert!(matches!(
+        crate::bind(&file),
+        Err(crate::ServerError::NotASocket { .. })
+    ));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+}
