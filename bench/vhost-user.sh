@@ -13,8 +13,8 @@
 # MiB/s, vessel vhost-user-blk / QEMU 7.2 virtio-blk): raw 1 MiB write 1119 / 860, read
 # 435 / 372, 4 KiB write 32.1 / 21.8, read 33.7 / 20.2; qcow2 1 MiB write 1267 / 917, read
 # 614 / 505, 4 KiB 32.8 / 23.2 and 42.3 / 24.1; VDI 1 MiB 825 / 824 and 367 / 394, 4 KiB
-# 30.5 / 29.0 and 30.1 / 28.7. Rounds vary by up to 2x. Under TCG QEMU's own device shares
-# the host CPUs with the emulated vCPU; vessel's backend runs on the other core.
+# 30.5 / 29.0 and 30.1 / 28.7. Rounds vary by up to 2x. Not established why vessel is ahead
+# (a guess: QEMU's own device competes with its TCG vCPU thread, vessel runs beside it).
 set -euo pipefail
 MIB=${1:-64}
 FORMAT=${2:-raw}
