@@ -45,6 +45,29 @@ fn ring0_instructions_the_nested_kvm_lacks_work_in_a_test_guest() {
     );
 }
 
+#[test]
+fn a_user_mode_syscall_enters_the_kernel_at_ring_0() {
+    let kernel = elf64_guest(
+        "nested_user",
+        &["linux64_start.S", "nested_user.c"],
+        "linux64.ld",
+    );
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+        TIMEOUT,
+    );
+    r.expect_status(0);
+    r.expect_stdout("user: entering ring 3, popcnt=8");
+    // The entry runs at CPL 0 (on kvm_pvm because vessel completes the syscall).
+    r.expect_stdout("syscall: cs=0x10\n");
+}
+
 /// The stock Debian guest of scripts/make-guest.sh, in $VESSEL_GUEST_DIR or guest/ (the
 /// directory the TCG tests share; the script does nothing when it is built already).
 fn debian_guest() -> (PathBuf, PathBuf) {

@@ -112,6 +112,7 @@ enum Next {
     Continue,
     Exit(ExitReason),
     InternalError,
+    Debug(String),
     Fault(String),
 }
 
@@ -150,6 +151,18 @@ impl VcpuRunner {
                     }
                     let reason = ExitReason::Fault(self.internal_error_report());
                     self.exit.request(reason);
+                    break;
+                }
+                Next::Debug(what) => {
+                    if crate::emulation::handle_debug_exit(&mut self.vcpu, &self.mem) {
+                        continue;
+                    }
+                    let report = format!(
+                        "vCPU {}: {what}\n{}",
+                        self.id,
+                        diagnostics::describe_vcpu(&self.vcpu, &self.mem)
+                    );
+                    self.exit.request(ExitReason::Fault(report));
                     break;
                 }
                 Next::Fault(what) => {
@@ -197,6 +210,7 @@ impl VcpuRunner {
                      (invalid guest state)"
                 )),
                 VcpuExit::Hlt => Next::Fault("KVM_EXIT_HLT without an in-kernel LAPIC".into()),
+                VcpuExit::Debug(arch) => Next::Debug(format!("unhandled KVM exit {:?}", VcpuExit::Debug(arch))),
                 other => Next::Fault(format!("unhandled KVM exit {other:?}")),
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -75,7 +75,7 @@ pub fn iret(ctx: &mut Ctx) -> Result<(), Failure> {
     let cs_sel = pop(ctx, 1)? as u16;
     let mut new_flags = pop(ctx, 2)?;
     if size == 2 {
-        new_flags = (ctx.regs.rflags & !0xffff) | new_flags;
+        new_flags |= ctx.regs.rflags & !0xffff;
     }
     if !long && new_flags & RFLAGS_VM != 0 && old_cpl == 0 {
         return Err(ctx.mode_error("return to virtual-8086 mode"));
@@ -267,7 +267,7 @@ fn deliver(
     }
     let target = (lo & 0xffff) | (lo >> 48 & 0xffff) << 16 | (hi & 0xffff_ffff) << 32;
     let cs_sel = (lo >> 16 & 0xffff) as u16;
-    let ist = (lo >> 32 & 7) as u64;
+    let ist = lo >> 32 & 7;
     let cs_desc = read_descriptor(&ctx.virt, &ctx.sregs, cs_sel)?;
     if !cs_desc.is_code() || !cs_desc.long() || cs_desc.dpl() > old_cpl {
         return Err(Exception::GeneralProtection(cs_sel & !3).into());

@@ -37,6 +37,9 @@ pub trait VcpuState {
     fn set_events(&mut self, events: &kvm_vcpu_events) -> Result<(), CpuError>;
     fn msr(&self, index: u32) -> Result<u64, CpuError>;
     fn set_msr(&mut self, index: u32, value: u64) -> Result<(), CpuError>;
+    /// Put vessel's instruction breakpoint (guest debug, DR0) at a guest-linear address, or
+    /// remove it; hitting it stops the vCPU with KVM_EXIT_DEBUG.
+    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError>;
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
@@ -114,5 +117,17 @@ impl VcpuState for VcpuFd {
             return Err(CpuError::Msr(index));
         }
         Ok(())
+    }
+    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError> {
+        let mut debug = kvm_bindings::kvm_guest_debug::default();
+        if let Some(addr) = at {
+            debug.control =
+                kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[0] = addr;
+            // DR7: L0 enabled, execute breakpoint of length 1; bit 10 reads as 1.
+            debug.arch.debugreg[7] = 0x401;
+        }
+        self.set_guest_debug(&debug)
+            .map_err(kvm("KVM_SET_GUEST_DEBUG"))
     }
 }

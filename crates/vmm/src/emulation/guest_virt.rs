@@ -218,7 +218,7 @@ impl<'a> GuestVirt<'a> {
 
     /// An atomic view of 8 aligned bytes of guest RAM at guest-physical `phys`.
     pub fn atomic_u64(&self, phys: u64) -> Option<&'a AtomicU64> {
-        if phys % 8 != 0 {
+        if !phys.is_multiple_of(8) {
             return None;
         }
         // The 8 bytes must lie in one region (they do when aligned: regions are page-sized).

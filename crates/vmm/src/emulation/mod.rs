@@ -28,6 +28,7 @@ mod fpu;
 pub mod guest_virt;
 mod misc;
 mod segments;
+pub mod syscall_fixup;
 mod system;
 mod xsave;
 
@@ -138,6 +139,8 @@ pub fn emulate_reporting(
     vcpu: &mut dyn VcpuState,
     mem: &arch::GuestMemory,
 ) -> Result<Outcome, EmulationError> {
+    // Best effort: a guest without a usable IDT yet simply gets no breakpoint.
+    let _ = syscall_fixup::arm(vcpu, mem);
     let outcome = emulate_at_rip(vcpu, mem)?;
     let every = std::env::var_os("VESSEL_EMULATION_LOG").is_some();
     let first = {
@@ -156,6 +159,32 @@ pub fn emulate_reporting(
         );
     }
     Ok(outcome)
+}
+
+/// Handle KVM_EXIT_DEBUG from vessel's breakpoint on the guest's #PF handler (see
+/// [`syscall_fixup`]); false when the exit is not vessel's.
+pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &arch::GuestMemory) -> bool {
+    match syscall_fixup::on_debug_exit(vcpu, mem) {
+        Ok(Some(hit)) => {
+            if hit == syscall_fixup::DebugHit::SyscallCompleted {
+                let mut seen = ANNOUNCED.lock().unwrap_or_else(|p| p.into_inner());
+                if seen
+                    .get_or_insert_with(HashSet::new)
+                    .insert("syscall".into())
+                {
+                    eprintln!(
+                        "vessel: completed a user-mode `syscall` the host's KVM left in ring 3"
+                    );
+                }
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            eprintln!("vessel: cannot handle the debug exit: {e}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

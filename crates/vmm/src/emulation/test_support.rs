@@ -138,6 +138,7 @@ pub struct FakeVcpu {
     pub xcr0: u64,
     pub events: kvm_vcpu_events,
     pub msrs: HashMap<u32, u64>,
+    pub breakpoint: Option<u64>,
 }
 
 impl Default for FakeVcpu {
@@ -149,6 +150,7 @@ impl Default for FakeVcpu {
             xcr0: 1,
             events: kvm_vcpu_events::default(),
             msrs: HashMap::new(),
+            breakpoint: None,
         }
     }
 }
@@ -190,6 +192,10 @@ impl VcpuState for FakeVcpu {
     }
     fn set_msr(&mut self, index: u32, value: u64) -> Result<(), CpuError> {
         self.msrs.insert(index, value);
+        Ok(())
+    }
+    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError> {
+        self.breakpoint = at;
         Ok(())
     }
 }

@@ -1,0 +1,247 @@
+//! Repair of `syscall` from user mode on kvm_pvm.
+//!
+//! There, a guest's user-mode `syscall` sets RCX (return RIP), R11 (RFLAGS) and RIP = LSTAR,
+//! but leaves CS/SS at the user's selectors, CPL 3, and RFLAGS unmasked. The kernel's entry
+//! point is a supervisor page, so the next fetch takes a #PF from user mode at RIP = LSTAR,
+//! which the host delivers to the guest's #PF handler in ring 0 (and Linux turns into
+//! SIGSEGV). Nothing of the user-mode side reaches vessel (guest-debug breakpoints do not
+//! fire in native ring 3, MMIO fetches there come back as #PF), but ring-0 code runs through
+//! KVM's emulator, which honours guest-debug hardware breakpoints.
+//!
+//! So vessel puts a breakpoint (KVM_SET_GUEST_DEBUG, DR0) on the guest's #PF handler. When
+//! it hits with a frame saying "user mode, RIP = CR2 = LSTAR", vessel drops the frame and
+//! completes the `syscall` as the CPU defines it: CS = STAR[47:32] (64-bit, DPL 0),
+//! SS = that + 8, RFLAGS = R11 & ~FMASK, RIP = LSTAR, RSP still the user's. Every other hit
+//! resumes the handler with RFLAGS.RF set, so the breakpoint does not fire again.
+
+use std::cell::Cell;
+
+use kvm_bindings::kvm_segment;
+
+use super::cpu::VcpuState;
+use super::guest_virt::{GuestVirt, Privilege};
+use super::EmulationError;
+use arch::GuestMemory;
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_FMASK: u32 = 0xc000_0084;
+const EFER_SCE: u64 = 1;
+const EFER_LMA: u64 = 1 << 10;
+const PF_VECTOR: u64 = 14;
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_FIXED: u64 = 1 << 1;
+
+thread_local! {
+    /// The #PF handler address this thread's vCPU has a breakpoint on (each vCPU runs on
+    /// its own thread).
+    static ARMED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The #PF handler's address from the guest's 64-bit IDT, when it has one.
+fn page_fault_handler(vcpu: &dyn VcpuState, mem: &GuestMemory) -> Option<u64> {
+    let sregs = vcpu.sregs().ok()?;
+    if sregs.efer & EFER_LMA == 0 || u64::from(sregs.idt.limit) < PF_VECTOR * 16 + 15 {
+        return None;
+    }
+    let virt = GuestVirt::new(mem, &sregs);
+    let mut gate = [0u8; 16];
+    virt.read(
+        sregs.idt.base + PF_VECTOR * 16,
+        &mut gate,
+        Privilege::Supervisor,
+    )
+    .ok()?;
+    let lo = u64::from_le_bytes(gate[..8].try_into().ok()?);
+    let hi = u64::from_le_bytes(gate[8..].try_into().ok()?);
+    if lo >> 47 & 1 == 0 {
+        return None;
+    }
+    Some((lo & 0xffff) | (lo >> 48 & 0xffff) << 16 | (hi & 0xffff_ffff) << 32)
+}
+
+/// Put (or move) the breakpoint on the guest's #PF handler once the guest uses `syscall`
+/// (EFER.SCE and LSTAR set) and has a 64-bit IDT. Called on every emulation exit; cheap
+/// when nothing changed.
+pub fn arm(vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> Result<(), EmulationError> {
+    let Some(handler) = page_fault_handler(vcpu, mem) else {
+        return Ok(());
+    };
+    if ARMED.with(Cell::get) == Some(handler) {
+        return Ok(());
+    }
+    if vcpu.msr(MSR_EFER)? & EFER_SCE == 0 || vcpu.msr(MSR_LSTAR)? == 0 {
+        return Ok(());
+    }
+    vcpu.set_code_breakpoint(Some(handler))?;
+    ARMED.with(|a| a.set(Some(handler)));
+    Ok(())
+}
+
+fn flat_segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// What a debug exit turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugHit {
+    /// A user-mode `syscall` the host left half done, now completed.
+    SyscallCompleted,
+    /// An ordinary page fault: the handler resumes.
+    PageFault,
+}
+
+/// Handle KVM_EXIT_DEBUG. `None` when the exit is not vessel's breakpoint.
+pub fn on_debug_exit(
+    vcpu: &mut dyn VcpuState,
+    mem: &GuestMemory,
+) -> Result<Option<DebugHit>, EmulationError> {
+    let Some(handler) = ARMED.with(Cell::get) else {
+        return Ok(None);
+    };
+    let mut regs = vcpu.regs()?;
+    if regs.rip != handler {
+        return Ok(None);
+    }
+    let mut sregs = vcpu.sregs()?;
+    let virt = GuestVirt::new(mem, &sregs);
+    // #PF frame: error code, RIP, CS, RFLAGS, RSP, SS.
+    let mut frame = [0u8; 48];
+    let hit = match virt.read(regs.rsp, &mut frame, Privilege::Supervisor) {
+        Ok(()) => {
+            let word = |i: usize| {
+                u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+            };
+            let (rip, cs, rsp) = (word(1), word(2), word(4));
+            let lstar = vcpu.msr(MSR_LSTAR)?;
+            if cs & 3 == 3 && rip == lstar && sregs.cr2 == lstar {
+                let star = vcpu.msr(MSR_STAR)?;
+                let fmask = vcpu.msr(MSR_FMASK)?;
+                let selector = (star >> 32) as u16 & !3;
+                sregs.cs = flat_segment(selector, true);
+                sregs.ss = flat_segment(selector.wrapping_add(8), false);
+                vcpu.set_sregs(&sregs)?;
+                regs.rip = lstar;
+                regs.rsp = rsp;
+                regs.rflags = (regs.r11 & !fmask & !RFLAGS_RF) | RFLAGS_FIXED;
+                DebugHit::SyscallCompleted
+            } else {
+                regs.rflags |= RFLAGS_RF;
+                DebugHit::PageFault
+            }
+        }
+        Err(_) => {
+            regs.rflags |= RFLAGS_RF;
+            DebugHit::PageFault
+        }
+    };
+    vcpu.set_regs(&regs)?;
+    Ok(Some(hit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const IDT: u64 = 0x2000;
+    const HANDLER: u64 = 0xffff_ffff_8100_0a00;
+    const LSTAR: u64 = 0xffff_ffff_81c0_0080;
+    const KSTACK: u64 = 0x9000;
+
+    fn machine() -> (FakeVcpu, GuestMemory) {
+        let mut pt = PageTables::new();
+        pt.identity(0x10_0000);
+        let mem = pt.mem();
+        let lo = (HANDLER & 0xffff) | 0x10 << 16 | 0x8e << 40 | (HANDLER >> 16 & 0xffff) << 48;
+        mem.write_obj(lo, GuestAddress(IDT + 14 * 16)).unwrap();
+        mem.write_obj(HANDLER >> 32, GuestAddress(IDT + 14 * 16 + 8))
+            .unwrap();
+        let mut cpu = FakeVcpu {
+            sregs: long_mode_sregs(pt.cr3()),
+            ..Default::default()
+        };
+        cpu.sregs.idt.base = IDT;
+        cpu.sregs.idt.limit = 0xfff;
+        cpu.msrs.insert(MSR_EFER, 0xd01);
+        cpu.msrs.insert(MSR_LSTAR, LSTAR);
+        cpu.msrs.insert(MSR_STAR, 0x0023_0010_0000_0000);
+        cpu.msrs.insert(MSR_FMASK, 0x4_7700);
+        (cpu, mem)
+    }
+
+    /// The state after the host delivered #PF for a fetch at `rip` from CS `cs`.
+    fn fault_frame(cpu: &mut FakeVcpu, mem: &GuestMemory, rip: u64, cs: u64) {
+        let frame = [0x15, rip, cs, 0x246, 0x7ffd_0000, 0x2b];
+        for (i, v) in frame.iter().enumerate() {
+            mem.write_obj(*v, GuestAddress(KSTACK + 8 * i as u64))
+                .unwrap();
+        }
+        cpu.regs.rip = HANDLER;
+        cpu.regs.rsp = KSTACK;
+        cpu.regs.rflags = 0x2;
+        cpu.regs.rcx = 0x40_1234;
+        cpu.regs.r11 = 0x246;
+        cpu.sregs.cr2 = rip;
+    }
+
+    #[test]
+    fn arms_a_breakpoint_on_the_page_fault_handler() {
+        ARMED.with(|a| a.set(None));
+        let (mut cpu, mem) = machine();
+        arm(&mut cpu, &mem).unwrap();
+        assert_eq!(cpu.breakpoint, Some(HANDLER));
+    }
+
+    #[test]
+    fn a_user_mode_fault_at_lstar_becomes_the_syscall_it_was() {
+        ARMED.with(|a| a.set(None));
+        let (mut cpu, mem) = machine();
+        arm(&mut cpu, &mem).unwrap();
+        fault_frame(&mut cpu, &mem, LSTAR, 0x33);
+        assert_eq!(
+            on_debug_exit(&mut cpu, &mem).unwrap(),
+            Some(DebugHit::SyscallCompleted)
+        );
+        assert_eq!((cpu.regs.rip, cpu.regs.rsp), (LSTAR, 0x7ffd_0000));
+        assert_eq!(cpu.regs.rflags, 0x246 & !0x4_7700 | 2);
+        assert_eq!((cpu.regs.rcx, cpu.regs.r11), (0x40_1234, 0x246));
+        assert_eq!(
+            (cpu.sregs.cs.selector, cpu.sregs.cs.dpl, cpu.sregs.cs.l),
+            (0x10, 0, 1)
+        );
+        assert_eq!((cpu.sregs.ss.selector, cpu.sregs.ss.dpl), (0x18, 0));
+    }
+
+    #[test]
+    fn other_page_faults_resume_the_handler_with_rf() {
+        ARMED.with(|a| a.set(None));
+        let (mut cpu, mem) = machine();
+        arm(&mut cpu, &mem).unwrap();
+        fault_frame(&mut cpu, &mem, 0x40_2000, 0x33);
+        assert_eq!(
+            on_debug_exit(&mut cpu, &mem).unwrap(),
+            Some(DebugHit::PageFault)
+        );
+        assert_eq!((cpu.regs.rip, cpu.regs.rflags), (HANDLER, 2 | RFLAGS_RF));
+        assert_eq!(cpu.sregs.cs.dpl, 0);
+        cpu.regs.rip = 0x1234;
+        assert_eq!(on_debug_exit(&mut cpu, &mem).unwrap(), None);
+    }
+}
