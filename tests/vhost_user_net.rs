@@ -54,9 +54,9 @@ fn nat_lease_and_download_from_host_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
-    // 4 MiB of varied bytes (a xorshift stream): enough for many segments and windows.
+    // 16 MiB of varied bytes (a xorshift stream): many segments and receive windows.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let payload: Vec<u8> = (0..(4usize << 20) / 8)
+    let payload: Vec<u8> = (0..(16usize << 20) / 8)
         .flat_map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -77,9 +77,10 @@ fn nat_lease_and_download_from_host_loopback() {
     let run = Qemu::boot(guest, "net-wget", &params, &nic.qemu_args).finish();
     run.expect_pass(&nic);
     println!(
-        "lease {} via router {}",
+        "lease {} via router {}; TCG-bound guest wget of 16 MiB from the host: {}",
         run.result("lease"),
-        run.result("router")
+        run.result("router"),
+        run.result("fetch_rate")
     );
     assert!(
         run.result("lease").starts_with("10.0.2."),
