@@ -59,7 +59,7 @@ echo "vessel vhost-user-blk:"
 BACKEND=$!
 for _ in $(seq 100); do grep -qs listening "$DIR/vessel.log" && break; sleep 0.1; done
 grep -q listening "$DIR/vessel.log" || { cat "$DIR/vessel.log" >&2; exit 1; }
-boot -chardev socket,id=c0,path="$DIR/blk.sock" -device vhost-user-blk-pci,chardev=c0
+boot -chardev socket,id=c0,path="$DIR/blk.sock" -device vhost-user-blk-pci,chardev=c0,num-queues=1
 kill -TERM "$BACKEND"
 wait "$BACKEND" || { echo "vessel exited with $?" >&2; exit 1; }
 BACKEND=

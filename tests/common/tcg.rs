@@ -294,13 +294,14 @@ impl Drop for Backend {
     }
 }
 
-/// QEMU arguments attaching a vhost-user-blk disk served on `socket`.
+/// QEMU arguments attaching a vhost-user-blk disk served on `socket` (vessel's device has one
+/// queue; QEMU would ask for one per vCPU).
 pub fn vhost_user_blk(socket: &Path) -> Vec<String> {
     vec![
         "-chardev".into(),
         format!("socket,id=blk0,path={}", socket.display()),
         "-device".into(),
-        "vhost-user-blk-pci,chardev=blk0".into(),
+        "vhost-user-blk-pci,chardev=blk0,num-queues=1".into(),
     ]
 }
 
