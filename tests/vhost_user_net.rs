@@ -1,15 +1,17 @@
 //! `vessel vhost-user-net --nic nat` driven by a real Linux virtio-net driver: the stock
 //! Debian cloud kernel under QEMU TCG (tests/common/tcg.rs) leases an address from vessel's
-//! NAT, fetches a file from a host server on loopback, and serves a forwarded port.
+//! NAT, fetches a file from a host server on loopback, serves a forwarded port, and finds
+//! the backend working after QEMU was killed in the middle of a download.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tcg::{self, Qemu, Served};
+use common::tcg::{self, GuestImage, GuestRun, Qemu, Served};
 
 const MAC: &str = "52:54:00:12:34:56";
 
@@ -17,7 +19,7 @@ const MAC: &str = "52:54:00:12:34:56";
 struct HttpServer(Child);
 
 impl HttpServer {
-    fn start(dir: &std::path::Path, port: u16) -> HttpServer {
+    fn start(dir: &Path, port: u16) -> HttpServer {
         tcg::require_tool("python3", "python3");
         let child = tcg::die_with_test(&mut Command::new("python3"))
             .args(["-m", "http.server", "--bind", "127.0.0.1"])
@@ -48,13 +50,10 @@ impl Drop for HttpServer {
     }
 }
 
-#[test]
-fn nat_lease_and_download_from_host_loopback() {
-    let Some(guest) = tcg::guest() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    std::fs::create_dir(&www).unwrap();
-    // 16 MiB of varied bytes (a xorshift stream): many segments and receive windows.
+/// 16 MiB of varied bytes (a xorshift stream: many segments and receive windows) in
+/// `www`/payload.bin; returns the file's length and sha256.
+fn write_payload(www: &Path) -> (usize, String) {
+    std::fs::create_dir_all(www).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let payload: Vec<u8> = (0..(16usize << 20) / 8)
         .flat_map(|_| {
@@ -64,30 +63,72 @@ fn nat_lease_and_download_from_host_loopback() {
             x.to_le_bytes()
         })
         .collect();
-    std::fs::write(www.join("payload.bin"), &payload).unwrap();
-    let want = tcg::sha256_file(&www.join("payload.bin"));
+    let path = www.join("payload.bin");
+    std::fs::write(&path, &payload).unwrap();
+    (payload.len(), tcg::sha256_file(&path))
+}
+
+fn payload_params(port: u16) -> [(&'static str, String); 2] {
+    [
+        ("port", port.to_string()),
+        ("file", "payload.bin".to_owned()),
+    ]
+}
+
+/// Boot net-wget against `nic`: lease, download payload.bin from the host, check it.
+fn download_checks(guest: &GuestImage, nic: &Served, port: u16, len: usize, sha: &str) -> GuestRun {
+    let run = Qemu::boot(guest, "net-wget", &payload_params(port), &nic.qemu_args).finish();
+    run.expect_pass(nic);
+    assert!(
+        run.result("lease").starts_with("10.0.2."),
+        "unexpected lease"
+    );
+    assert_eq!(run.result("fetched_bytes"), len.to_string());
+    assert_eq!(run.result("sha256_fetched"), sha);
+    run
+}
+
+#[test]
+fn nat_lease_and_download_from_host_loopback() {
+    let Some(guest) = tcg::guest() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    let (len, sha) = write_payload(&www);
     let port = tcg::free_port();
     let _server = HttpServer::start(&www, port);
 
     let mut nic = Served::nat(&dir.path().join("net.sock"), MAC, None);
-    let params = [
-        ("port", port.to_string()),
-        ("file", "payload.bin".to_owned()),
-    ];
-    let run = Qemu::boot(guest, "net-wget", &params, &nic.qemu_args).finish();
-    run.expect_pass(&nic);
+    let run = download_checks(guest, &nic, port, len, &sha);
     println!(
         "lease {} via router {}; TCG-bound guest wget of 16 MiB from the host: {}",
         run.result("lease"),
         run.result("router"),
         run.result("fetch_rate")
     );
+    nic.stop();
+}
+
+#[test]
+fn net_backend_survives_qemu_killed_mid_download() {
+    let Some(guest) = tcg::guest() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    let (len, sha) = write_payload(&www);
+    let port = tcg::free_port();
+    let _server = HttpServer::start(&www, port);
+    let mut nic = Served::nat(&dir.path().join("net.sock"), MAC, None);
+
+    let mut victim = Qemu::boot(guest, "net-hammer", &payload_params(port), &nic.qemu_args);
+    victim.wait_for("VESSEL-HAMMER-RUNNING", tcg::GUEST_TIMEOUT);
+    // Downloads keep running; kill QEMU in the middle of one.
+    std::thread::sleep(Duration::from_millis(700));
+    victim.kill();
     assert!(
-        run.result("lease").starts_with("10.0.2."),
-        "unexpected lease"
+        nic.is_running(),
+        "vessel exited when QEMU was killed:\n{}",
+        nic.log()
     );
-    assert_eq!(run.result("fetched_bytes"), payload.len().to_string());
-    assert_eq!(run.result("sha256_fetched"), want);
+    download_checks(guest, &nic, port, len, &sha);
     nic.stop();
 }
 
