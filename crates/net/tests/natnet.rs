@@ -75,9 +75,22 @@ fn tcp_line(from: &Vm, to: &Vm, port: u16, line: &str) -> String {
         .ns
         .sh("ss -ltn")
         .contains(&format!(":{port}"))));
-    from.ns
-        .sh(&format!("echo {line} | busybox nc -w 3 {} {port}", to.addr));
-    String::from_utf8_lossy(&server.finish(10).stdout).into_owned()
+    let client = from
+        .ns
+        .run(&format!("echo {line} | busybox nc -w 3 {} {port}", to.addr));
+    let out = server.finish(10);
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
+    if got != format!("{line}\n") {
+        // Say enough to tell a lost frame from a slow tool when this fails.
+        eprintln!(
+            "tcp_line {line}: client {:?} {}; server stderr {}; sender's neighbours:\n{}",
+            client.status,
+            String::from_utf8_lossy(&client.stderr),
+            String::from_utf8_lossy(&out.stderr),
+            from.ns.run("ip neigh show dev eth0").stdout.escape_ascii()
+        );
+    }
+    got
 }
 
 #[test]
