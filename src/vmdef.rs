@@ -192,8 +192,10 @@ impl VmDefinition {
             }) {
                 err(n.mode.span(), format!("unknown NIC mode '{mode}' (nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME)"));
             }
+            let mut forwards_ok = true;
             for f in &n.forward {
                 if parse_forward(f.get_ref()).is_none() {
+                    forwards_ok = false;
                     err(
                         f.span(),
                         format!(
@@ -201,6 +203,15 @@ impl VmDefinition {
                             f.get_ref()
                         ),
                     );
+                }
+            }
+            // What the NIC parser says beyond the checks above (a bad name, a MAC,
+            // forwards on a mode without NAT), at the NIC's mode.
+            if forwards_ok {
+                if let Err(e) = net::parse_nic(&nic_spec(n)) {
+                    if !matches!(e, net::ConfigError::UnknownMode(_)) {
+                        err(n.mode.span(), format!("NIC: {e}"));
+                    }
                 }
             }
         }
@@ -266,13 +277,7 @@ impl VmDefinition {
         }
         let mut nics = Vec::new();
         for n in &self.nics {
-            let mut spec = n.mode.get_ref().clone();
-            if let Some(mac) = &n.mac {
-                spec += &format!(",mac={mac}");
-            }
-            for f in &n.forward {
-                spec += &format!(",forward={}", f.get_ref());
-            }
+            let spec = nic_spec(n);
             nics.push(net::parse_nic(&spec).map_err(|e| anyhow::anyhow!("nic '{spec}': {e}"))?);
         }
         Ok(vmm::VmConfig {
@@ -289,6 +294,18 @@ impl VmDefinition {
             pit: vmm::PitMode::Auto,
         })
     }
+}
+
+/// A `[[nic]]` as a `--nic` value.
+fn nic_spec(n: &Nic) -> String {
+    let mut spec = n.mode.get_ref().clone();
+    if let Some(mac) = &n.mac {
+        spec += &format!(",mac={mac}");
+    }
+    for f in &n.forward {
+        spec += &format!(",forward={}", f.get_ref());
+    }
+    spec
 }
 
 /// `tcp:127.0.0.1:2222-:22` → ("tcp", "127.0.0.1", 2222, 22).
@@ -376,6 +393,20 @@ forward = ["tcp:127.0.0.1:2222-:22"]
                 .line,
             3
         );
+    }
+
+    #[test]
+    fn nic_errors_point_at_the_nic() {
+        let text = GOOD.replace("mode = \"nat\"", "mode = \"internal:lan\"");
+        let e = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].line, 16, "the mode line");
+        assert!(e.errors[0].message.contains("forward="), "{e}");
+        let natnet = GOOD.replace("mode = \"nat\"", "mode = \"natnet:lab\"");
+        assert!(VmDefinition::parse(Path::new("vm.toml"), &natnet).is_ok());
+        let bad_name = GOOD.replace("mode = \"nat\"", "mode = \"hostonly:a/b\"");
+        let e = VmDefinition::parse(Path::new("vm.toml"), &bad_name).unwrap_err();
+        assert!(e.errors[0].message.contains("invalid name"), "{e}");
     }
 
     #[test]
