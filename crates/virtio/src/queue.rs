@@ -518,7 +518,7 @@ mod tests {
         let m = mem();
         m.write_obj(5u16, GuestAddress(USED + 2)).unwrap();
         desc(&m, DESC, 0, 0x4000, 1, DESC_F_WRITE, 0);
-        offer(&m, 7 % 8, 0, 8);
+        offer(&m, 7, 0, 8); // ring slot 7 (index 7 of an 8-entry ring)
         let mut q = Queue::resume(&m, layout(8), false, false, 7).unwrap();
         assert_eq!(q.next_avail(), 7);
         let head = q.pop(&m).unwrap().unwrap();
