@@ -37,9 +37,18 @@ pub trait VcpuState {
     fn set_events(&mut self, events: &kvm_vcpu_events) -> Result<(), CpuError>;
     fn msr(&self, index: u32) -> Result<u64, CpuError>;
     fn set_msr(&mut self, index: u32, value: u64) -> Result<(), CpuError>;
-    /// Put vessel's instruction breakpoint (guest debug, DR0) at a guest-linear address, or
-    /// remove it; hitting it stops the vCPU with KVM_EXIT_DEBUG.
-    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError>;
+    /// Set vessel's guest debugging (KVM_SET_GUEST_DEBUG): either stops the vCPU with
+    /// KVM_EXIT_DEBUG.
+    fn set_guest_debug_mode(&mut self, mode: GuestDebug) -> Result<(), CpuError>;
+}
+
+/// What vessel asks of KVM's guest debugging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestDebug {
+    /// An instruction breakpoint (DR0) at a guest-linear address.
+    Breakpoint(u64),
+    /// Stop after the next instruction.
+    SingleStep,
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
@@ -118,14 +127,20 @@ impl VcpuState for VcpuFd {
         }
         Ok(())
     }
-    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError> {
+    fn set_guest_debug_mode(&mut self, mode: GuestDebug) -> Result<(), CpuError> {
         let mut debug = kvm_bindings::kvm_guest_debug::default();
-        if let Some(addr) = at {
-            debug.control =
-                kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
-            debug.arch.debugreg[0] = addr;
-            // DR7: L0 enabled, execute breakpoint of length 1; bit 10 reads as 1.
-            debug.arch.debugreg[7] = 0x401;
+        match mode {
+            GuestDebug::Breakpoint(addr) => {
+                debug.control =
+                    kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+                debug.arch.debugreg[0] = addr;
+                // DR7: L0 enabled, execute breakpoint of length 1; bit 10 reads as 1.
+                debug.arch.debugreg[7] = 0x401;
+            }
+            GuestDebug::SingleStep => {
+                debug.control =
+                    kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
+            }
         }
         self.set_guest_debug(&debug)
             .map_err(kvm("KVM_SET_GUEST_DEBUG"))

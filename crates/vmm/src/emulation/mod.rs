@@ -35,7 +35,7 @@ mod xsave;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-pub use cpu::{CpuError, VcpuState};
+pub use cpu::{CpuError, GuestDebug, VcpuState};
 pub use decode::emulate_at_rip;
 pub use guest_virt::PageFault;
 

@@ -12,13 +12,15 @@
 //! it hits with a frame saying "user mode, RIP = CR2 = LSTAR", vessel drops the frame and
 //! completes the `syscall` as the CPU defines it: CS = STAR[47:32] (64-bit, DPL 0),
 //! SS = that + 8, RFLAGS = R11 & ~FMASK, RIP = LSTAR, RSP still the user's. Every other hit
-//! resumes the handler with RFLAGS.RF set, so the breakpoint does not fire again.
+//! steps the handler's first instruction with the breakpoint off (KVM's emulator ignores
+//! RFLAGS.RF for guest-debug breakpoints, so resuming in place would hit it again), then
+//! puts the breakpoint back.
 
 use std::cell::Cell;
 
 use kvm_bindings::kvm_segment;
 
-use super::cpu::VcpuState;
+use super::cpu::{GuestDebug, VcpuState};
 use super::guest_virt::{GuestVirt, Privilege};
 use super::EmulationError;
 use arch::GuestMemory;
@@ -37,6 +39,8 @@ thread_local! {
     /// The #PF handler address this thread's vCPU has a breakpoint on (each vCPU runs on
     /// its own thread).
     static ARMED: Cell<Option<u64>> = const { Cell::new(None) };
+    /// Single-stepping over the handler's first instruction, breakpoint off.
+    static STEPPING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The #PF handler's address from the guest's 64-bit IDT, when it has one.
@@ -74,8 +78,9 @@ pub fn arm(vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> Result<(), EmulationE
     if vcpu.msr(MSR_EFER)? & EFER_SCE == 0 || vcpu.msr(MSR_LSTAR)? == 0 {
         return Ok(());
     }
-    vcpu.set_code_breakpoint(Some(handler))?;
+    vcpu.set_guest_debug_mode(GuestDebug::Breakpoint(handler))?;
     ARMED.with(|a| a.set(Some(handler)));
+    STEPPING.with(|s| s.set(false));
     Ok(())
 }
 
@@ -102,8 +107,10 @@ fn flat_segment(selector: u16, code: bool) -> kvm_segment {
 pub enum DebugHit {
     /// A user-mode `syscall` the host left half done, now completed.
     SyscallCompleted,
-    /// An ordinary page fault: the handler resumes.
+    /// An ordinary page fault: the handler resumes, one instruction single-stepped.
     PageFault,
+    /// That step is done; the breakpoint is back.
+    Stepped,
 }
 
 /// Handle KVM_EXIT_DEBUG. `None` when the exit is not vessel's breakpoint.
@@ -114,6 +121,11 @@ pub fn on_debug_exit(
     let Some(handler) = ARMED.with(Cell::get) else {
         return Ok(None);
     };
+    if STEPPING.with(Cell::get) {
+        vcpu.set_guest_debug_mode(GuestDebug::Breakpoint(handler))?;
+        STEPPING.with(|s| s.set(false));
+        return Ok(Some(DebugHit::Stepped));
+    }
     let mut regs = vcpu.regs()?;
     if regs.rip != handler {
         return Ok(None);
@@ -141,16 +153,17 @@ pub fn on_debug_exit(
                 regs.rflags = (regs.r11 & !fmask & !RFLAGS_RF) | RFLAGS_FIXED;
                 DebugHit::SyscallCompleted
             } else {
-                regs.rflags |= RFLAGS_RF;
                 DebugHit::PageFault
             }
         }
-        Err(_) => {
-            regs.rflags |= RFLAGS_RF;
-            DebugHit::PageFault
-        }
+        Err(_) => DebugHit::PageFault,
     };
-    vcpu.set_regs(&regs)?;
+    if hit == DebugHit::PageFault {
+        vcpu.set_guest_debug_mode(GuestDebug::SingleStep)?;
+        STEPPING.with(|s| s.set(true));
+    } else {
+        vcpu.set_regs(&regs)?;
+    }
     Ok(Some(hit))
 }
 
@@ -206,7 +219,7 @@ mod tests {
         ARMED.with(|a| a.set(None));
         let (mut cpu, mem) = machine();
         arm(&mut cpu, &mem).unwrap();
-        assert_eq!(cpu.breakpoint, Some(HANDLER));
+        assert_eq!(cpu.debug, Some(GuestDebug::Breakpoint(HANDLER)));
     }
 
     #[test]
@@ -230,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn other_page_faults_resume_the_handler_with_rf() {
+    fn other_page_faults_step_the_handler_then_rearm() {
         ARMED.with(|a| a.set(None));
         let (mut cpu, mem) = machine();
         arm(&mut cpu, &mem).unwrap();
@@ -239,8 +252,14 @@ mod tests {
             on_debug_exit(&mut cpu, &mem).unwrap(),
             Some(DebugHit::PageFault)
         );
-        assert_eq!((cpu.regs.rip, cpu.regs.rflags), (HANDLER, 2 | RFLAGS_RF));
-        assert_eq!(cpu.sregs.cs.dpl, 0);
+        assert_eq!((cpu.regs.rip, cpu.regs.rflags), (HANDLER, 2));
+        assert_eq!(cpu.debug, Some(GuestDebug::SingleStep));
+        cpu.regs.rip = HANDLER + 4;
+        assert_eq!(
+            on_debug_exit(&mut cpu, &mem).unwrap(),
+            Some(DebugHit::Stepped)
+        );
+        assert_eq!(cpu.debug, Some(GuestDebug::Breakpoint(HANDLER)));
         cpu.regs.rip = 0x1234;
         assert_eq!(on_debug_exit(&mut cpu, &mem).unwrap(), None);
     }

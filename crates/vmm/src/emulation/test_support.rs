@@ -5,7 +5,7 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use std::collections::HashMap;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::cpu::{CpuError, VcpuState, XsaveRegion, XSAVE_REGION_SIZE};
+use super::cpu::{CpuError, GuestDebug, VcpuState, XsaveRegion, XSAVE_REGION_SIZE};
 use arch::GuestMemory;
 
 pub const MEM_SIZE: u64 = 16 << 20;
@@ -138,7 +138,7 @@ pub struct FakeVcpu {
     pub xcr0: u64,
     pub events: kvm_vcpu_events,
     pub msrs: HashMap<u32, u64>,
-    pub breakpoint: Option<u64>,
+    pub debug: Option<GuestDebug>,
 }
 
 impl Default for FakeVcpu {
@@ -150,7 +150,7 @@ impl Default for FakeVcpu {
             xcr0: 1,
             events: kvm_vcpu_events::default(),
             msrs: HashMap::new(),
-            breakpoint: None,
+            debug: None,
         }
     }
 }
@@ -194,8 +194,8 @@ impl VcpuState for FakeVcpu {
         self.msrs.insert(index, value);
         Ok(())
     }
-    fn set_code_breakpoint(&mut self, at: Option<u64>) -> Result<(), CpuError> {
-        self.breakpoint = at;
+    fn set_guest_debug_mode(&mut self, mode: GuestDebug) -> Result<(), CpuError> {
+        self.debug = Some(mode);
         Ok(())
     }
 }
