@@ -60,6 +60,16 @@ fn vm_on(dir: &Path, tmp: &Path, mac: [u8; 6], forwards: &[String]) -> Vm {
     }
 }
 
+/// Whether nobody holds the lease file at `path`.
+fn lockable(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a file this function owns; closing it releases the lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -191,6 +201,10 @@ fn a_vm_leaving_frees_its_address_and_the_others_keep_talking() {
     let b = vm_on(&lab, tmp.path(), [0x52, 0x54, 0, 0, 1, 0xb2], &[]);
     assert_eq!((a.addr.octets()[3], b.addr.octets()[3]), (15, 16));
     drop(a);
+    // A process another test forked while a's lease was open holds that lock until it
+    // execs (locks belong to every copy of the fd): wait until the address is free.
+    let freed = lab.join("leases/10.0.2.15");
+    assert!(eventually(10, || lockable(&freed)));
     // A new VM takes the freed address; b talks to it.
     let d = vm_on(&lab, tmp.path(), [0x52, 0x54, 0, 0, 1, 0xd4], &[]);
     assert_eq!(d.addr.octets()[3], 15);
