@@ -97,10 +97,12 @@ fn debian_guest() -> (PathBuf, PathBuf) {
 /// Command line for the Debian kernel on a nested host (docs/nested-kvm.md): `noxsave` and
 /// `clearcpuid=` keep XSAVE, CMPXCHG16B and the SIMD crypto code off the kernel's paths (the
 /// first two are emulated by vessel, but each use costs an exit; SIMD arithmetic is not
-/// emulated), the rest trims ring-0 work, all of which runs through KVM's emulator there.
+/// emulated), the rest trims ring-0 work, all of which runs through KVM's emulator there;
+/// `cryptomgr.notests` above all: the RSA self-tests alone outlast the kernel's 60 s wait for
+/// an algorithm there, and loading the built-in X.509 certificates fails with -ETIMEDOUT.
 const NESTED_CMDLINE: &str = "console=ttyS0 noxsave \
     clearcpuid=cx16,ssse3,sse4_1,sse4_2,pclmulqdq,aes,sha_ni panic=-1 mitigations=off \
-    tsc=reliable apparmor=0 audit=0";
+    tsc=reliable apparmor=0 audit=0 cryptomgr.notests";
 
 /// The initramfs without its gzip layer: the kernel copies it instead of inflating it in
 /// ring 0 (about 100 s instead of 340 s of emulated work on kvm_pvm).

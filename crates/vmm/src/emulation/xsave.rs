@@ -133,6 +133,13 @@ pub fn xsave_family(ctx: &mut Ctx) -> Result<(), Failure> {
     }
     let xcr0 = ctx.vcpu.xcr0()?;
     let rfbm = xcr0 & ((ctx.regs.rdx & 0xffff_ffff) << 32 | (ctx.regs.rax & 0xffff_ffff));
+    if image_size(rfbm, false) > XSAVE_REGION_SIZE {
+        return Err(EmulationError::Invalid {
+            what: ctx.name(),
+            why: format!("state components {rfbm:#x} exceed KVM_GET_XSAVE's 4 KiB region"),
+        }
+        .into());
+    }
     let region = ctx.vcpu.xsave()?;
     match ctx.insn.mnemonic() {
         Mnemonic::Xrstor | Mnemonic::Xrstor64 => {
