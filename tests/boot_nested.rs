@@ -119,7 +119,7 @@ fn uncompressed(initrd: &Path) -> PathBuf {
 }
 
 #[test]
-#[ignore = "boots the stock Debian kernel: about 15 minutes on a nested (kvm_pvm) host, where ring 0 is emulated (docs/nested-kvm.md); run with --ignored"]
+#[ignore = "boots the stock Debian kernel: about 20 minutes on a nested (kvm_pvm) host, where ring 0 is emulated (docs/nested-kvm.md); run with --ignored"]
 fn debian_cloud_kernel_boots_to_the_init_marker() {
     let (kernel, initrd) = debian_guest();
     let initrd = uncompressed(&initrd);
