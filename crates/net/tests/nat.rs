@@ -7,13 +7,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::services::{udhcpc_script, DnsServer, TempDir, TEST_NAME};
-use common::{can_run, eventually, Netns};
+use common::services::{
+    assert_forward_reaches, free_port, udhcpc_script, DnsServer, TempDir, TEST_NAME,
+};
+use common::{can_run, Netns};
 use net::config::parse_forward;
 use net::passt::{PasstBackend, PasstOptions, GATEWAY, GUEST_ADDR};
 use net::relay::Relay;
@@ -145,14 +147,6 @@ fn host_address() -> Option<String> {
     Some(cidr.split('/').next()?.to_owned())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
     if !can_run(&[("passt", "passt"), ("python3", "python3")]) {
@@ -205,19 +199,7 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
     }
 
     // Port forwarding: host 127.0.0.1:fwd_port reaches a listener in the guest.
-    let listener = g.ns.spawn("busybox nc -l -p 8022");
-    assert!(eventually(10, || g.ns.sh("ss -ltn").contains(":8022")));
-    let mut stream = None;
-    assert!(eventually(10, || {
-        stream = TcpStream::connect(("127.0.0.1", fwd_port)).ok();
-        stream.is_some()
-    }));
-    let mut stream = stream.unwrap();
-    stream.write_all(b"hello-forward\n").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    drop(stream);
-    let out = listener.finish(10);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-forward\n");
+    assert_forward_reaches(&g.ns, fwd_port, 8022);
 }
 
 /// Bytes of the bulk transfers (VESSEL_NET_BULK_MIB, default 1024).

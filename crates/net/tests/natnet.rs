@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::time::Duration;
 
-use common::services::{udhcpc_script, TempDir};
+use common::services::{assert_forward_reaches, free_port, udhcpc_script, TempDir};
 use common::{can_run, eventually, Netns};
 use net::config::parse_forward;
 use net::natnet::NatNetBackend;
@@ -68,14 +67,6 @@ fn lockable(path: &Path) -> bool {
     };
     // SAFETY: flock on a file this function owns; closing it releases the lock.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Send a line from `from` to a `busybox nc -l` on `to`, return what arrived.
@@ -161,21 +152,7 @@ fn natnet_vms_share_a_subnet_reach_each_other_and_the_host() {
     }
 
     // A forwarded host port reaches its VM.
-    let listener = b.ns.spawn("busybox nc -l -p 8022");
-    assert!(eventually(10, || b.ns.sh("ss -ltn").contains(":8022")));
-    let mut stream = None;
-    assert!(eventually(10, || {
-        stream = TcpStream::connect(("127.0.0.1", fwd_port)).ok();
-        stream.is_some()
-    }));
-    let mut stream = stream.unwrap();
-    stream.write_all(b"hello-forward\n").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    drop(stream);
-    assert_eq!(
-        String::from_utf8_lossy(&listener.finish(10).stdout),
-        "hello-forward\n"
-    );
+    assert_forward_reaches(&b.ns, fwd_port, 8022);
 
     // Another NAT network is isolated: c reaches neither a nor b.
     assert!(!c

@@ -126,3 +126,33 @@ pub fn udhcpc_script(dir: &Path) -> (PathBuf, PathBuf) {
 pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(2_654_435_761) >> 13) as u8
 }
+
+/// A TCP port free on the host's loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A host connection to 127.0.0.1:`host_port` (forwarded by the NAT) reaches a
+/// `busybox nc -l` on `guest_port` in `ns`, which receives the line sent.
+pub fn assert_forward_reaches(ns: &super::Netns, host_port: u16, guest_port: u16) {
+    use std::io::Write;
+    let listener = ns.spawn(&format!("busybox nc -l -p {guest_port}"));
+    assert!(super::eventually(10, || ns
+        .sh("ss -ltn")
+        .contains(&format!(":{guest_port}"))));
+    let mut stream = None;
+    assert!(super::eventually(10, || {
+        stream = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok();
+        stream.is_some()
+    }));
+    let mut stream = stream.unwrap();
+    stream.write_all(b"hello-forward\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(stream);
+    let out = listener.finish(10);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-forward\n");
+}
