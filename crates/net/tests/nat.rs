@@ -13,7 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::services::{
-    assert_forward_reaches, free_port, udhcpc_script, DnsServer, TempDir, TEST_NAME,
+    assert_forward_reaches, free_port, host_tcp_reader, udhcpc_script, DnsServer, TempDir,
+    TEST_NAME,
 };
 use common::{can_run, Netns};
 use net::config::parse_forward;
@@ -163,14 +164,7 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
     assert!(out.contains("203.0.113.7"), "nslookup said: {out}");
 
     // TCP to a server on the host's loopback, through the gateway address.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = String::new();
-        s.read_to_string(&mut got).unwrap();
-        got
-    });
+    let (port, server) = host_tcp_reader();
     g.ns.sh(&format!(
         "echo hello-tcp | busybox nc -w 3 {GATEWAY} {port}"
     ));
@@ -385,14 +379,7 @@ for i in range(5000):
         start.elapsed() < Duration::from_secs(60),
         "the flood is bounded"
     );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = String::new();
-        s.read_to_string(&mut got).unwrap();
-        got
-    });
+    let (port, server) = host_tcp_reader();
     g.ns.sh(&format!(
         "echo after-flood | busybox nc -w 5 {GATEWAY} {port}"
     ));

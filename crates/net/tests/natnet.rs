@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
-use common::services::{assert_forward_reaches, free_port, udhcpc_script, TempDir};
+use common::services::{
+    assert_forward_reaches, free_port, host_tcp_reader, udhcpc_script, TempDir,
+};
 use common::{can_run, eventually, Netns};
 use net::config::parse_forward;
 use net::natnet::NatNetBackend;
@@ -136,14 +137,7 @@ fn natnet_vms_share_a_subnet_reach_each_other_and_the_host() {
 
     // Each reaches the host's loopback through its NAT (the gateway address).
     for vm in [&a, &b] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut got = String::new();
-            s.read_to_string(&mut got).unwrap();
-            got
-        });
+        let (port, server) = host_tcp_reader();
         vm.ns.sh(&format!(
             "echo from-{} | busybox nc -w 3 {GATEWAY} {port}",
             vm.addr

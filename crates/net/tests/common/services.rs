@@ -156,3 +156,18 @@ pub fn assert_forward_reaches(ns: &super::Netns, host_port: u16, guest_port: u16
     let out = listener.finish(10);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-forward\n");
 }
+
+/// A server on the host's loopback that reads one connection to its end: its port, and
+/// what it received.
+pub fn host_tcp_reader() -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    });
+    (port, server)
+}
