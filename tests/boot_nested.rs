@@ -10,13 +10,10 @@ use std::time::Duration;
 
 use common::{elf64_guest, vessel, TIMEOUT};
 
-#[test]
-fn ring0_instructions_the_nested_kvm_lacks_work_in_a_test_guest() {
-    let kernel = elf64_guest(
-        "nested_insns",
-        &["linux64_start.S", "nested_insns.c"],
-        "linux64.ld",
-    );
+/// Build the 64-bit test guest `name` (tests/guests/NAME.c), run it, expect status 0.
+fn run_test_guest(name: &str) -> common::Run {
+    let source = format!("{name}.c");
+    let kernel = elf64_guest(name, &["linux64_start.S", &source], "linux64.ld");
     let r = vessel(
         &[
             "run",
@@ -28,6 +25,12 @@ fn ring0_instructions_the_nested_kvm_lacks_work_in_a_test_guest() {
         TIMEOUT,
     );
     r.expect_status(0);
+    r
+}
+
+#[test]
+fn ring0_instructions_the_nested_kvm_lacks_work_in_a_test_guest() {
+    let r = run_test_guest("nested_insns");
     for check in [
         "int3 gate and iretq: ok",
         "iretq frame: ok",
@@ -47,22 +50,7 @@ fn ring0_instructions_the_nested_kvm_lacks_work_in_a_test_guest() {
 
 #[test]
 fn a_user_mode_syscall_enters_the_kernel_at_ring_0() {
-    let kernel = elf64_guest(
-        "nested_user",
-        &["linux64_start.S", "nested_user.c"],
-        "linux64.ld",
-    );
-    let r = vessel(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--memory",
-            "64M",
-        ],
-        TIMEOUT,
-    );
-    r.expect_status(0);
+    let r = run_test_guest("nested_user");
     r.expect_stdout("user: entering ring 3, popcnt=8");
     // The entry runs at CPL 0 (on kvm_pvm because vessel completes the syscall).
     r.expect_stdout("syscall: cs=0x10\n");
