@@ -4,7 +4,9 @@
 #   $OUT/vmlinux            its uncompressed ELF (PVH entry), when it can be extracted
 #   $OUT/initramfs.cpio.gz  busybox-static + virtio modules + mkfs.ext4 (e2fsprogs, with its
 #                           libraries) + an /init that prints "VESSEL-GUEST-READY <uptime>"
-#                           and powers the VM off.
+#                           and powers the VM off; it loads the modules when the VM has a
+#                           virtio PCI device.
+#   $OUT/initramfs-nested.cpio  busybox and the same /init, uncompressed, for nested hosts.
 # Test scripts: every tests/guests/tcg/*.sh is shipped as /tests/NAME.sh; a kernel command
 # line with `vessel.test=NAME` makes /init run it between "VESSEL-TEST-BEGIN NAME" and
 # "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off.
@@ -37,7 +39,8 @@ mkdir -p "$OUT" "$WORK"
 exec 9>"$OUT/.lock"
 flock 9
 STAMP=$(cat "$0" "$TESTS"/* 2>/dev/null | sha256sum | cut -d' ' -f1)
-if [ -s "$OUT/bzImage" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -z "${REBUILD:-}" ] &&
+if [ -s "$OUT/bzImage" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -s "$OUT/initramfs-nested.cpio" ] &&
+   [ -z "${REBUILD:-}" ] &&
    [ "$(cat "$OUT/guest.stamp" 2>/dev/null)" = "$STAMP" ]; then
     log "guest already built in $OUT (REBUILD=1 to rebuild)"
     exit 0
@@ -83,13 +86,20 @@ for magic, cmd in [(b'\x02\x21\x4c\x18', ['lz4', '-dc']), (b'\x28\xb5\x2f\xfd', 
 sys.exit(1)
 PY
 
+# busybox_root DIR: a root with busybox, its applet links and an empty module list.
+busybox_root() {
+    rm -rf "$1" && mkdir -p "$1"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules}
+    cp /bin/busybox "$1/bin/busybox"
+    for applet in $(/bin/busybox --list-full); do
+        [ -e "$1/$applet" ] || ln -s /bin/busybox "$1/$applet"
+    done
+    : > "$1/etc/modules.order"
+}
+# pack DIR: DIR as a reproducible newc cpio on stdout.
+pack() { (cd "$1" && find . -print0 | sort -z | cpio --null -o -H newc --reproducible --quiet); }
+
 IR=$WORK/initramfs
-rm -rf "$IR" && mkdir -p "$IR"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules}
-cp /bin/busybox "$IR/bin/busybox"
-for applet in $(/bin/busybox --list-full); do
-    [ -e "$IR/$applet" ] || ln -s /bin/busybox "$IR/$applet"
-done
-: > "$IR/etc/modules.order"
+busybox_root "$IR"
 for m in $MODULES; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; done |
     awk '$1 == "insmod" {print $2}' |
     while read -r ko; do
@@ -119,7 +129,11 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.order
+# The virtio modules, when the VM has a virtio PCI device (vendor 0x1af4): module loading is
+# ring-0 work that takes minutes where ring 0 is emulated (docs/nested-kvm.md).
+if grep -qsx 0x1af4 /sys/bus/pci/devices/*/vendor; then
+    while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.order
+fi
 read -r up _ < /proc/uptime
 echo "VESSEL-GUEST-READY $up kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
 grep -q vessel.shell /proc/cmdline && exec sh
@@ -137,6 +151,13 @@ fi
 poweroff -f
 INIT
 chmod 755 "$IR/init"
-(cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --reproducible --quiet) | gzip -9n > "$OUT/initramfs.cpio.gz"
+pack "$IR" | gzip -9n > "$OUT/initramfs.cpio.gz"
+# For nested hosts (docs/nested-kvm.md): busybox and the same /init, uncompressed. There the
+# kernel copies the initramfs in emulated ring 0 (about 17 s per MiB) and inflating gzip
+# costs three times that.
+NESTED=$WORK/initramfs-nested
+busybox_root "$NESTED"
+cp -p "$IR/init" "$NESTED/init"
+pack "$NESTED" > "$OUT/initramfs-nested.cpio"
 echo "$STAMP" > "$OUT/guest.stamp"
 log "initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), modules: $(tr '\n' ' ' < "$IR/etc/modules.order"), tests: $(cd "$IR/tests" && ls | tr '\n' ' ')"
