@@ -237,6 +237,9 @@ impl VcpuRunner {
                     "vessel: vCPU {}: cannot emulate the instruction: {e}",
                     self.id
                 );
+                if let Some(hint) = crate::emulation::nested_host_hint() {
+                    eprintln!("vessel: {hint}");
+                }
                 false
             }
         }

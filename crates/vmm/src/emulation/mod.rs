@@ -161,6 +161,19 @@ pub fn emulate_reporting(
     Ok(outcome)
 }
 
+/// A hint for the user when the host's `/dev/kvm` is kvm_pvm, the software nested KVM this
+/// emulator exists for, and an instruction could not be emulated: stock kernels boot there
+/// with the nested-host profile of docs/nested-kvm.md.
+pub fn nested_host_hint() -> Option<&'static str> {
+    std::path::Path::new("/sys/module/kvm_pvm")
+        .exists()
+        .then_some(
+            "this host's /dev/kvm is kvm_pvm, a software nested KVM that emulates guest ring 0; \
+         Linux boots there with the nested-host profile (ELF vmlinux, 1 vCPU, \
+         scripts/nested-host.cmdline): see docs/nested-kvm.md",
+        )
+}
+
 /// Handle KVM_EXIT_DEBUG from vessel's breakpoint on the guest's #PF handler (see
 /// [`syscall_fixup`]); false when the exit is not vessel's.
 pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &arch::GuestMemory) -> bool {
