@@ -104,7 +104,7 @@ fn nested_cmdline_is_one_line_of_options() {
 
 /// The stock Debian cloud kernel boots to its /init marker and powers off (issue 7). On
 /// kvm_pvm this takes minutes: guest ring 0 runs through KVM's emulator and vessel emulates
-/// what that lacks (docs/nested-kvm.md); on hardware KVM about a second.
+/// what that lacks (docs/nested-kvm.md); on hardware KVM ring 0 runs natively.
 #[test]
 fn debian_cloud_kernel_boots_to_the_init_marker() {
     let (kernel, initrd) = debian_guest();
