@@ -69,8 +69,8 @@ fn open_stopped(state: &StateDir, name: &str) -> Result<Session> {
     vm.dir = std::fs::canonicalize(&vm.dir)?;
     let lock = vm.try_lock()?.ok_or_else(|| {
         anyhow!(
-            "VM '{name}' is running: snapshots are taken of powered-off VMs; \
-             stop it first with `vessel stop {name}`"
+            "VM '{name}' is running (or another vessel command holds its lock): snapshots \
+             are taken of powered-off VMs; stop it first with `vessel stop {name}`"
         )
     })?;
     let mut s = Session {
@@ -178,6 +178,15 @@ impl Session {
         def: &VmDefinition,
         make_files: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
+        if created.is_empty() {
+            // Nothing to undo: no commit point needed.
+            make_files()?;
+            write_definition(&self.vm, def)?;
+            self.meta = after;
+            self.meta.garbage.extend(discard);
+            self.meta.save(&self.vm.dir)?;
+            return self.collect_garbage();
+        }
         self.meta.pending = Some(Box::new(Pending {
             created,
             discard,
@@ -253,6 +262,9 @@ fn take(state: &StateDir, vm_name: &str, name: &str, description: String) -> Res
         });
         plans.push((overlay.clone(), image, format));
         use_overlay(&mut def, i, &overlay);
+    }
+    if plans.is_empty() {
+        bail!("VM '{vm_name}' has no writable disk to snapshot");
     }
     let created: Vec<PathBuf> = plans.iter().map(|p| p.0.clone()).collect();
     after.snapshots.push(Snapshot {
@@ -354,7 +366,19 @@ fn rm(state: &StateDir, vm_name: &str, name: &str) -> Result<i32> {
                 .map(|d| d.image.clone()),
         );
     }
-    let mut merged = 0;
+    // Only images vessel made are rewritten: find every child first, refuse before
+    // touching anything if one is not ours.
+    let mut ours: BTreeSet<PathBuf> = s.meta.current_layers.iter().cloned().collect();
+    for other in &s.meta.snapshots {
+        ours.extend(
+            other
+                .disks
+                .iter()
+                .filter(|d| d.owned)
+                .map(|d| d.image.clone()),
+        );
+    }
+    let mut merges = Vec::new();
     for image in &owned {
         let canonical = std::fs::canonicalize(image)
             .with_context(|| format!("snapshot '{name}' image {}", image.display()))?;
@@ -362,14 +386,24 @@ fn rm(state: &StateDir, vm_name: &str, name: &str) -> Result<i32> {
             if backing_of(child)?.as_deref() != Some(canonical.as_path()) {
                 continue;
             }
-            let file = child.file_name().map(|n| n.to_string_lossy().into_owned());
-            let tmp = s.vm.path(&format!(".merge-{}", file.unwrap_or_default()));
-            // Listed first, so a crash mid-merge leaves no stray file for long.
-            s.meta.garbage.push(tmp.clone());
-            s.meta.save(&s.vm.dir)?;
-            merge_into_child(image, child, &tmp)?;
-            merged += 1;
+            if !ours.contains(child) {
+                bail!(
+                    "{} (not made by vessel) reads through snapshot '{name}', which would have \
+                     to be merged into it; point the VM's disk elsewhere first",
+                    child.display()
+                );
+            }
+            merges.push((image.clone(), child.clone()));
         }
+    }
+    let merged = merges.len();
+    for (image, child) in merges {
+        let file = child.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = s.vm.path(&format!(".merge-{}", file.unwrap_or_default()));
+        // Listed first, so a crash mid-merge leaves no stray file for long.
+        s.meta.garbage.push(tmp.clone());
+        s.meta.save(&s.vm.dir)?;
+        merge_into_child(&image, &child, &tmp)?;
     }
     s.meta.remove(name)?;
     s.meta.garbage.extend(owned);

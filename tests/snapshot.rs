@@ -474,6 +474,27 @@ fn an_interrupted_command_is_finished_or_undone_by_the_next_one() {
     }
     st.consistent("fragile");
     vm.assert_reads(&vm.model.clone(), "after the undo");
+
+    // A merge interrupted mid-way leaves its temporary file listed as garbage: the next
+    // command deletes it, and nothing there but files vessel names itself.
+    let tmp = st.vm_dir("fragile").join(".merge-layer-0-disk0.qcow2");
+    let precious = st.vm_dir("fragile").join("precious.raw");
+    std::fs::write(&tmp, b"half a merge").unwrap();
+    std::fs::write(&precious, b"the user's").unwrap();
+    let (_, mut table) = meta_of(&st, "fragile");
+    table.insert(
+        "garbage".into(),
+        toml::Value::Array(vec![
+            toml::Value::String(tmp.to_str().unwrap().into()),
+            toml::Value::String(precious.to_str().unwrap().into()),
+        ]),
+    );
+    std::fs::write(&meta_path, toml::to_string(&table).unwrap()).unwrap();
+    st.ok(&["snapshot", "ls", "fragile"]);
+    assert!(!tmp.exists());
+    assert_eq!(std::fs::read(&precious).unwrap(), b"the user's");
+    std::fs::remove_file(&precious).unwrap();
+    st.consistent("fragile");
     assert_ne!(def_before, def_after);
     vm.user_images_untouched();
 }
@@ -543,4 +564,59 @@ fn clone_and_export_of_a_vm_with_snapshots_are_self_contained() {
     st.ok(&["rm", "linked"]);
     vm.restore("s2", &s2);
     vm.user_images_untouched();
+}
+
+#[test]
+fn images_vessel_did_not_make_are_never_rewritten() {
+    let st = State::new("foreign");
+    let mut vm = Vm::new(&st, "mixed");
+    vm.snapshot(&["take", "s1"]);
+    vm.write(0, 0x12, 0, 4096);
+    vm.snapshot(&["take", "s2"]);
+    // The user points disk 0 at an overlay of their own over s2's image.
+    let s2_image = st.snapshots("mixed")["snapshots"][1]["disks"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = st.0.join("mine.qcow2");
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        &s2_image,
+        mine.to_str().unwrap(),
+    ]);
+    let def_path = st.vm_dir("mixed").join("vm.toml");
+    let def = std::fs::read_to_string(&def_path).unwrap();
+    let current = st.disks("mixed")[0].0.clone();
+    std::fs::write(
+        &def_path,
+        def.replace(current.to_str().unwrap(), mine.to_str().unwrap()),
+    )
+    .unwrap();
+    let before = std::fs::read(&mine).unwrap();
+    let e = st.fails(&["snapshot", "rm", "mixed", "s2"]);
+    assert!(e.contains("not made by vessel"), "{e}");
+    assert!(std::fs::read(&mine).unwrap() == before);
+    assert!(Path::new(&s2_image).exists());
+    vm.user_images_untouched();
+
+    // A VM whose only disk is read-only has nothing to snapshot.
+    let file = st.0.join("ro.vm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"ro\"\n[boot]\nkernel = {:?}\n[[disk]]\npath = {:?}\nreadonly = true\n",
+            st.0.join("kernel"),
+            vm.user[2].0
+        ),
+    )
+    .unwrap();
+    st.ok(&["create", "ro", "--from", file.to_str().unwrap()]);
+    let e = st.fails(&["snapshot", "take", "ro", "s1"]);
+    assert!(e.contains("no writable disk"), "{e}");
+    assert_eq!(st.snapshots("ro")["snapshots"], serde_json::json!([]));
 }
