@@ -1,7 +1,7 @@
 //! `vessel snapshot take/ls/restore/rm` on powered-off VMs, end to end through the vessel
-//! binary (no KVM needed): disk content at every snapshot, the tree, refusals, crash
-//! recovery, user images never touched, and what `rm`, `clone` and `export` do with
-//! snapshot files. Disks are written and read on the host with qemu-io / qemu-img.
+//! binary: disk content at every snapshot, the tree, refusals, crash recovery, user images
+//! never touched, and what `rm`, `clone` and `export` do with snapshot files. Disks are
+//! written and read on the host with qemu-io / qemu-img; only the boot test needs KVM.
 
 mod common;
 
@@ -9,12 +9,27 @@ use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::{out_dir, vessel, TIMEOUT};
+use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
 
 const SIZE: usize = 4 << 20;
 
 struct State(PathBuf);
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Never leave a VMM behind, whatever the test did.
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY (test): best-effort kill of a VMM this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
 
 impl State {
     fn new(name: &str) -> Self {
@@ -77,8 +92,8 @@ impl State {
     }
 
     /// The definition validates, every image vessel made passes `qemu-img check`, and the
-    /// VM directory holds nothing but vm.toml, snapshots.toml, the lock and the images
-    /// that vm.toml or a snapshot references.
+    /// VM directory holds nothing but vm.toml, snapshots.toml, the lock, the VMM's logs and
+    /// sockets, and the images that vm.toml or a snapshot references.
     fn consistent(&self, vm: &str) {
         let def = self.vm_dir(vm).join("vm.toml");
         let r = vessel(&["validate", def.to_str().unwrap()], TIMEOUT);
@@ -93,7 +108,17 @@ impl State {
         for entry in std::fs::read_dir(self.vm_dir(vm)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if ["vm.toml", "snapshots.toml", "lock"].contains(&name.as_str()) {
+            let vmm_files = [
+                "serial.log",
+                "vmm.log",
+                "vmm.pid",
+                "exit",
+                "console.sock",
+                "api.sock",
+            ];
+            if ["vm.toml", "snapshots.toml", "lock"].contains(&name.as_str())
+                || vmm_files.contains(&name.as_str())
+            {
                 continue;
             }
             assert!(referenced.contains(&path), "orphaned file {path:?}");
@@ -153,19 +178,24 @@ impl<'a> Vm<'a> {
     /// A VM with a raw and a qcow2 disk the user supplied (outside the VM directory), each
     /// holding a pattern, and a read-only third disk.
     fn new(st: &'a State, name: &str) -> Self {
+        let kernel = st.0.join("kernel");
+        std::fs::write(&kernel, b"not booted in these tests").unwrap();
+        Self::with_kernel(st, name, &kernel, "")
+    }
+
+    fn with_kernel(st: &'a State, name: &str, kernel: &Path, cmdline: &str) -> Self {
         let raw = st.0.join(format!("{name}-user.raw"));
         let qcow = st.0.join(format!("{name}-user.qcow2"));
         let iso = st.0.join(format!("{name}-readonly.raw"));
         qemu_img(&["create", "-f", "raw", raw.to_str().unwrap(), "4M"]);
         qemu_img(&["create", "-f", "qcow2", qcow.to_str().unwrap(), "4M"]);
         qemu_img(&["create", "-f", "raw", iso.to_str().unwrap(), "1M"]);
-        let kernel = st.0.join("kernel");
-        std::fs::write(&kernel, b"not booted in these tests").unwrap();
         let file = st.0.join(format!("{name}.vm.toml"));
         std::fs::write(
             &file,
             format!(
-                "name = \"{name}\"\nmemory = \"32M\"\n[boot]\nkernel = {kernel:?}\n\n\
+                "name = \"{name}\"\nmemory = \"32M\"\n[boot]\nkernel = {kernel:?}\n\
+                 cmdline = {cmdline:?}\n\n\
                  [[disk]]\npath = {raw:?}\nformat = \"raw\"\n\n\
                  [[disk]]\npath = {qcow:?}\nformat = \"qcow2\"\n\n\
                  [[disk]]\npath = {iso:?}\nformat = \"raw\"\nreadonly = true\n"
@@ -619,4 +649,56 @@ fn images_vessel_did_not_make_are_never_rewritten() {
     let e = st.fails(&["snapshot", "take", "ro", "s1"]);
     assert!(e.contains("no writable disk"), "{e}");
     assert_eq!(st.snapshots("ro")["snapshots"], serde_json::json!([]));
+}
+
+fn wait_serial(st: &State, vm: &str, text: &str) {
+    let log = st.vm_dir(vm).join("serial.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(start.elapsed() < TIMEOUT, "{vm}: no {text:?} in {log:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// On KVM: a VM boots from its snapshot overlays (raw and qcow2 images below them), every
+/// snapshot command refuses it while it runs, and it boots again after a restore.
+#[test]
+fn a_vm_boots_from_its_snapshots_and_is_refused_while_running() {
+    let st = State::new("boot");
+    let kernel = multiboot_guest(
+        "service",
+        &["multiboot_header.S", "service_guest.c"],
+        "multiboot.ld",
+    );
+    let mut vm = Vm::with_kernel(&st, "live", &kernel, "service");
+    let s1 = vm.model.clone();
+    vm.snapshot(&["take", "s1"]);
+    vm.write(0, 0x5e, 0, 4096);
+    vm.snapshot(&["take", "s2"]);
+    st.ok(&["start", "live"]);
+    wait_serial(&st, "live", "service up\n");
+    for args in [
+        &["take", "live", "s3"][..],
+        &["restore", "live", "s1"],
+        &["rm", "live", "s1"],
+    ] {
+        let mut all = vec!["snapshot"];
+        all.extend_from_slice(args);
+        let e = st.fails(&all);
+        assert!(
+            e.contains("is running") && e.contains("vessel stop live"),
+            "{e}"
+        );
+    }
+    st.ok(&["stop", "live", "--force"]);
+    vm.restore("s1", &s1);
+    std::fs::remove_file(st.vm_dir("live").join("serial.log")).unwrap();
+    st.ok(&["start", "live"]);
+    wait_serial(&st, "live", "service up\n");
+    st.ok(&["stop", "live", "--force"]);
+    vm.snapshot(&["rm", "s2"]);
+    vm.user_images_untouched();
 }
