@@ -132,6 +132,8 @@ impl Session {
                 garbage.extend(p.discard);
             } else {
                 garbage.extend(p.created);
+                // Never hand out the names of the undone files again.
+                self.meta.next_layer = self.meta.next_layer.max(p.after.next_layer);
             }
             self.meta.garbage.extend(garbage);
             self.meta.save(&self.vm.dir)?;

@@ -496,6 +496,8 @@ fn an_interrupted_command_is_finished_or_undone_by_the_next_one() {
     let json = st.snapshots("fragile");
     assert_eq!(json["current"], "s1");
     assert_eq!(json["snapshots"].as_array().unwrap().len(), 1);
+    let (_, undone) = meta_of(&st, "fragile");
+    assert_eq!(undone["next_layer"], after["next_layer"]);
     for layer in after["current_layers"].as_array().unwrap() {
         assert!(
             !Path::new(layer.as_str().unwrap()).exists(),
