@@ -5,6 +5,9 @@ mod disk_cli;
 mod manage_cli;
 mod run_cli;
 mod size;
+mod snapshot_cli;
+mod snapshot_merge;
+mod snapshot_tree;
 mod state;
 mod vhost_user_cli;
 mod vm_archive;
@@ -31,6 +34,9 @@ enum Command {
     Disk(disk_cli::DiskCommand),
     #[command(flatten)]
     Manage(manage_cli::ManageCommand),
+    /// Disk snapshots of powered-off VMs: take, ls, restore, rm.
+    #[command(subcommand)]
+    Snapshot(snapshot_cli::SnapshotCommand),
     /// Serve a disk to another VMM (QEMU...) as a vhost-user-blk backend.
     VhostUserBlk(vhost_user_cli::BlkArgs),
     /// Serve a network interface to another VMM (QEMU...) as a vhost-user-net backend.
@@ -44,6 +50,13 @@ fn main() {
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
         Command::VhostUserNet(args) => vhost_user_cli::run_net(args),
         Command::Manage(cmd) => match manage_cli::run(cli.state_dir, cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                1
+            }
+        },
+        Command::Snapshot(cmd) => match snapshot_cli::run(cli.state_dir, cmd) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");

@@ -472,6 +472,7 @@ fn inspect(state: &StateDir, name: &str) -> Result<i32> {
         "last_exit": vm.exit_note(),
         "last_serial_lines": vm.last_serial_lines(10),
         "definition": serde_json::to_value(&def)?,
+        "snapshots": crate::snapshot_cli::inspect_json(&vm),
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
@@ -551,12 +552,16 @@ fn rm(state: &StateDir, name: &str, keep_disks: bool) -> Result<i32> {
     if matches!(vm.state()?, VmState::Running { .. }) {
         bail!("VM '{name}' is running; stop it first");
     }
-    let own_disks: Vec<PathBuf> = def
+    let mut own_disks: Vec<PathBuf> = def
         .disks
         .iter()
         .map(|d| d.path.get_ref().clone())
         .filter(|p| p.starts_with(&vm.dir))
         .collect();
+    if keep_disks {
+        // Snapshot overlays need the images under them.
+        own_disks.extend(crate::snapshot_cli::chain_files_in_dir(&vm, &def));
+    }
     for entry in std::fs::read_dir(&vm.dir)? {
         let path = entry?.path();
         if keep_disks && own_disks.contains(&path) {

@@ -119,10 +119,23 @@ pub fn export(state: &StateDir, name: &str, file: &Path) -> Result<i32> {
             def.boot.initrd = Some(toml::Spanned::new(0..0, initrd));
         }
         for (n, d) in def.disks.iter_mut().enumerate() {
-            let rel = link(
-                d.path.get_ref(),
-                format!("disks/{n}-{}", file_name(d.path.get_ref())),
-            )?;
+            let rel = format!("disks/{n}-{}", file_name(d.path.get_ref()));
+            let rel = if has_backing(d.path.get_ref())? {
+                // An overlay (snapshots, linked clones) names files outside the archive:
+                // export its flattened content instead.
+                let format = block::detect(d.path.get_ref())?;
+                crate::disk_cli::convert::convert(
+                    d.path.get_ref(),
+                    &staging.join(&rel),
+                    format,
+                    Some(format),
+                    None,
+                )
+                .with_context(|| format!("flattening {}", d.path.get_ref().display()))?;
+                PathBuf::from(rel)
+            } else {
+                link(d.path.get_ref(), rel)?
+            };
             d.path = toml::Spanned::new(0..0, rel);
             d.size = None;
         }
@@ -240,6 +253,20 @@ fn check_archive_paths(def: &VmDefinition, staging: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the image at `path` reads through a backing file (qcow2 overlay, differencing
+/// VHD/VHDX, VMDK delta).
+fn has_backing(path: &Path) -> Result<bool> {
+    let image = block::open(
+        path,
+        &block::OpenOptions {
+            read_only: true,
+            format: None,
+        },
+    )
+    .with_context(|| format!("disk {}", path.display()))?;
+    Ok(image.backing().is_some())
 }
 
 fn tempdir_in(root: &Path, what: &str) -> Result<PathBuf> {
