@@ -230,10 +230,12 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without them an
+        // ACPI guest such as Linux scans no PCI bus and sees none of the virtio devices.
         let acpi = arch::acpi::AcpiConfig {
             cpus: cfg.cpus,
-            extra_dsdt: vec![],
-            extra_tables: vec![],
+            extra_dsdt: arch::acpi_pci::host_bridge_aml(arch::layout::PCI_ECAM_START),
+            extra_tables: vec![arch::acpi_pci::mcfg(arch::layout::PCI_ECAM_START)],
         };
         let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
         arch::mptable::setup_mptable(&mem, cfg.cpus)?;
