@@ -1,0 +1,81 @@
+//! Taking a snapshot of a paused VM: what the VM hands over for it and the order of work.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_ioctls::VmFd;
+
+use arch::GuestMemory;
+use devices::cmos::Cmos;
+use devices::i8042::I8042;
+use devices::serial::Serial;
+
+use super::state_file::{MachineState, VmSnapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
+use super::vcpu_state::XSAVE_AREA_SIZE;
+use super::{
+    save_memory, write_state_file, CmosState, DeviceStates, SnapshotError, SnapshotReport, VmState,
+};
+use crate::control::PauseGate;
+
+/// How long paused vCPU threads get to answer a snapshot request.
+const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything of a VM a snapshot reads besides the vCPUs.
+pub struct SnapshotSource {
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
+    pub(crate) machine: MachineState,
+    /// The first device whose state snapshots do not save, if the VM has one.
+    pub(crate) unsupported_device: Option<String>,
+    /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
+    pub(crate) xsave2_size: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SnapshotSource {
+    /// Writes a full snapshot of the paused VM: vCPUs first (each on its own thread, which
+    /// also completes a pending I/O instruction), then VM-wide KVM state, devices, memory.
+    pub(crate) fn create(
+        &self,
+        gate: &PauseGate,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotReport, SnapshotError> {
+        if let Some(device) = &self.unsupported_device {
+            return Err(SnapshotError::UnsupportedDevice(device.clone()));
+        }
+        if self.xsave2_size > XSAVE_AREA_SIZE {
+            return Err(SnapshotError::XsaveTooLarge(0));
+        }
+        let vcpus =
+            gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
+        let vm = VmState::save(&self.vm, self.machine.pit)?;
+        let (index, nvram) = lock(&self.cmos).state();
+        let devices = DeviceStates {
+            serial: lock(&self.serial).state().into(),
+            i8042: lock(&self.i8042).state().into(),
+            cmos: CmosState {
+                index,
+                nvram: nvram.to_vec(),
+            },
+        };
+        let snapshot = VmSnapshot {
+            magic: SNAPSHOT_MAGIC.into(),
+            version: SNAPSHOT_VERSION,
+            machine: self.machine.clone(),
+            vm,
+            vcpus,
+            devices,
+        };
+        let memory_bytes = save_memory(&self.mem, mem_path)?;
+        write_state_file(&snapshot, state_path)?;
+        Ok(SnapshotReport { memory_bytes })
+    }
+}

@@ -1,0 +1,242 @@
+//! Snapshots of running VMs through Firecracker's API (`PUT /snapshot/create` and
+//! `/snapshot/load`): a counting guest is paused and snapshotted, its VMM killed, and a new
+//! `vessel run --api-sock` resumes it from the snapshot; the count goes on where it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, TIMEOUT};
+
+/// How far the guest counts, and how long it spins per step.
+const STEPS: u64 = 30;
+const DELAY: u64 = 100_000;
+
+fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock);
+    cmd.args(["-X", method, &format!("http://localhost{path}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Vmm {
+    child: Child,
+    sock: PathBuf,
+    serial: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vmm {
+    fn spawn(name: &str) -> Vmm {
+        let sock = out_dir().join(format!("{name}.sock"));
+        let serial = out_dir().join(format!("{name}-serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["run", "--api-sock", sock.to_str().unwrap(), "--serial"])
+            .arg(format!("file:{}", serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let vmm = Vmm {
+            child,
+            sock,
+            serial,
+        };
+        wait_for("the API socket", || vmm.sock.exists());
+        vmm
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        curl(&self.sock, method, path, Some(body))
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < TIMEOUT, "the VMM did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        (status.code(), err)
+    }
+}
+
+fn counter_guest() -> PathBuf {
+    multiboot_guest(
+        "counter",
+        &["multiboot_header.S", "counter_guest.c"],
+        "multiboot.ld",
+    )
+}
+
+/// Configures and starts the counting guest with 128 MiB and `cpus` vCPUs.
+fn boot_counter(vmm: &Vmm, cpus: u8) {
+    let machine = format!(r#"{{"vcpu_count": {cpus}, "mem_size_mib": 128}}"#);
+    assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        counter_guest().display().to_string()
+    );
+    assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = vmm.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+}
+
+/// The numbers of the guest's `count=N` lines, in order.
+fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("count="))
+        .map(|n| n.parse().expect("a whole count line"))
+        .collect()
+}
+
+#[test]
+fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
+    let mut first = Vmm::spawn("vm-snapshot-first");
+    boot_counter(&first, 1);
+    wait_for("the guest to count to 10", || {
+        counts(&first.serial()).len() >= 10
+    });
+    let state = out_dir().join("vm-snapshot.state");
+    let mem = out_dir().join("vm-snapshot.mem");
+    let create = format!(
+        r#"{{"snapshot_type": "Full", "snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    // Firecracker's rules: only a paused VM, only Full snapshots.
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("paused"), "{body}");
+    assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let diff = create.replace("Full", "Diff");
+    let (code, body) = first.call("PUT", "/snapshot/create", &diff);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Diff snapshots are not supported"), "{body}");
+
+    let started = Instant::now();
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    let create_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    let before = first.serial();
+    let reached = *counts(&before).last().unwrap();
+    assert!(reached < STEPS, "the guest finished before the snapshot");
+    // The old VMM is gone for good: the guest lives on only in the snapshot.
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let started = Instant::now();
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    assert!(after.contains("counter done"), "{after}");
+    // The output of both VMMs together is one unbroken count (a line cut by the pause is
+    // finished by the restored guest), continuing past where the snapshot was taken.
+    let all = counts(&(before + &after));
+    assert_eq!(all, (1..=STEPS).collect::<Vec<_>>(), "{after}");
+    let first_after = counts(&after).first().copied().unwrap_or(STEPS);
+    assert!(first_after > reached.saturating_sub(1), "{after}");
+    eprintln!(
+        "snapshot of a 128 MiB guest: create {create_ms:.1} ms, load {load_ms:.1} ms, memory file {} bytes, state file {} bytes",
+        std::fs::metadata(&mem).unwrap().len(),
+        std::fs::metadata(&state).unwrap().len()
+    );
+}
+
+#[test]
+fn snapshots_refuse_unsaved_devices_and_damaged_files() {
+    // A VM with a virtio-blk disk: its device state is not saved, so no snapshot is written.
+    let vmm = Vmm::spawn("vm-snapshot-disk");
+    let disk = out_dir().join("vm-snapshot-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": {:?}, "is_root_device": false, "is_read_only": false}}"#,
+        disk.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/drives/data", &drive);
+    assert_eq!(code, 204, "{body}");
+    boot_counter(&vmm, 1);
+    assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join("vm-snapshot-refused.state");
+    let _ = std::fs::remove_file(&state);
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": "/nonexistent/mem"}}"#,
+        state.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("virtio-blk"), "{body}");
+    assert!(!state.exists());
+    drop(vmm);
+
+    // A truncated state file is refused with a reason; the VMM stays usable.
+    let bad = out_dir().join("vm-snapshot-truncated.state");
+    std::fs::write(
+        &bad,
+        br#"{"magic":"vessel-vm-snapshot","version":1,"machine":{"#,
+    )
+    .unwrap();
+    let vmm = Vmm::spawn("vm-snapshot-bad");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": "/dev/null"}}"#,
+        bad.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid snapshot state file"), "{body}");
+    let (code, body) = curl(&vmm.sock, "GET", "/", None);
+    assert_eq!(code, 200);
+    assert!(body.contains("Not started"), "{body}");
+}
