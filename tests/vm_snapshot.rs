@@ -128,7 +128,7 @@ fn counts(serial: &str) -> Vec<u64> {
 
 #[test]
 fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
-    let mut first = Vmm::spawn("vm-snapshot-first");
+    let first = Vmm::spawn("vm-snapshot-first");
     boot_counter(&first, 1);
     wait_for("the guest to count to 10", || {
         counts(&first.serial()).len() >= 10
@@ -239,4 +239,80 @@ fn snapshots_refuse_unsaved_devices_and_damaged_files() {
     let (code, body) = curl(&vmm.sock, "GET", "/", None);
     assert_eq!(code, 200);
     assert!(body.contains("Not started"), "{body}");
+}
+
+/// An interrupt-driven guest (PIT ticks through the PIC and LAPIC, keyboard IRQ, `hlt`
+/// between them) on 2 vCPUs: loaded paused, resumed over the API, it still takes keyboard
+/// interrupts and powers off on Ctrl-Alt-Del.
+#[test]
+fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
+    let kernel = multiboot_guest(
+        "service",
+        &["multiboot_header.S", "service_guest.c"],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-service-first");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "service"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the service guest", || {
+        first.serial().contains("service up")
+    });
+    // Let it take some PIT ticks, so a halted vCPU is kicked out of `hlt` for the snapshot.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join("vm-snapshot-service.state");
+    let mem = out_dir().join("vm-snapshot-service.mem");
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{body}");
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-service-second");
+    // The older body shape: mem_file_path instead of mem_backend; not resumed.
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{body}");
+    let (_, info) = curl(&second.sock, "GET", "/", None);
+    assert!(info.contains("\"state\":\"Paused\""), "{info}");
+    // Loaded means started: configuration and a second load are refused.
+    let (code, _) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 400);
+    assert_eq!(
+        second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#).0,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, body) = second.call("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let serial = second.serial();
+    assert_eq!(status, Some(0), "stderr: {err}\nserial: {serial}");
+    assert!(serial.contains("ctrl-alt-del: powering off"), "{serial}");
+    assert!(
+        !serial.contains("service up"),
+        "the guest restarted: {serial}"
+    );
 }
