@@ -198,7 +198,7 @@ impl VmmBackend for Backend {
         snapshot_path: &str,
         mem_path: &str,
         resume: bool,
-    ) -> Result<(), String> {
+    ) -> Result<MachineConfig, String> {
         let snapshot = vmm::snapshot::read_state_file(std::path::Path::new(snapshot_path))
             .map_err(|e| error_chain(&e))?;
         let host = VmConfig {
@@ -219,7 +219,12 @@ impl VmmBackend for Backend {
         if !resume {
             vm.handle().pause();
         }
-        self.launch(vm)
+        self.launch(vm)?;
+        Ok(MachineConfig {
+            vcpu_count: snapshot.machine.cpus,
+            mem_size_mib: snapshot.machine.memory >> 20,
+            ..MachineConfig::default()
+        })
     }
 
     fn send_ctrl_alt_del(&self) -> Result<(), String> {

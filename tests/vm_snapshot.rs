@@ -154,6 +154,8 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     let (code, body) = first.call("PUT", "/snapshot/create", &create);
     let create_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(code, 204, "{body}");
+    assert!(!out_dir().join("vm-snapshot.mem.partial").exists());
+    assert!(!out_dir().join("vm-snapshot.state.partial").exists());
     let before = first.serial();
     let reached = *counts(&before).last().unwrap();
     assert!(reached < STEPS, "the guest finished before the snapshot");
@@ -297,6 +299,9 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
     assert_eq!(code, 204, "{body}");
     let (_, info) = curl(&second.sock, "GET", "/", None);
     assert!(info.contains("\"state\":\"Paused\""), "{info}");
+    let (_, machine) = curl(&second.sock, "GET", "/machine-config", None);
+    assert!(machine.contains("\"vcpu_count\":2"), "{machine}");
+    assert!(machine.contains("\"mem_size_mib\":128"), "{machine}");
     // Loaded means started: configuration and a second load are refused.
     let (code, _) = second.call("PUT", "/snapshot/load", &load);
     assert_eq!(code, 400);

@@ -1,7 +1,7 @@
 //! The seam between the API and the VMM: the API owns configuration and the instance state
 //! machine, and asks the backend only to act on the VM.
 
-use crate::model::VmConfigSnapshot;
+use crate::model::{MachineConfig, VmConfigSnapshot};
 use crate::snapshot_model::SnapshotCreateParams;
 
 /// What the API server needs from a VMM. Calls come one at a time (the API serializes them)
@@ -36,13 +36,14 @@ pub trait VmmBackend: Send + Sync {
     }
 
     /// Builds the VM from a snapshot (`PUT /snapshot/load`) before anything was configured,
-    /// leaving it paused, or running when `resume` is set.
+    /// leaving it paused, or running when `resume` is set. Returns the machine the snapshot
+    /// describes (what `GET /machine-config` shows from then on).
     fn load_snapshot(
         &self,
         snapshot_path: &str,
         mem_path: &str,
         resume: bool,
-    ) -> Result<(), String> {
+    ) -> Result<MachineConfig, String> {
         let _ = (snapshot_path, mem_path, resume);
         Err("This VMM does not support snapshots.".to_string())
     }

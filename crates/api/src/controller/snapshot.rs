@@ -78,7 +78,8 @@ impl VmController {
         if params.enable_diff_snapshots || params.track_dirty_pages {
             return Err(SnapshotRequestError::DirtyTrackingNotSupported.into());
         }
-        self.backend
+        self.machine = self
+            .backend
             .load_snapshot(&params.snapshot_path, mem_path, params.resume_vm)
             .map_err(SnapshotRequestError::Load)?;
         self.state = if params.resume_vm {
@@ -125,12 +126,15 @@ mod tests {
                 .push(format!("create {}", p.snapshot_path));
             Ok(())
         }
-        fn load_snapshot(&self, s: &str, m: &str, resume: bool) -> Result<(), String> {
+        fn load_snapshot(&self, s: &str, m: &str, resume: bool) -> Result<MachineConfig, String> {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("load {s} {m} {resume}"));
-            Ok(())
+            Ok(MachineConfig {
+                vcpu_count: 3,
+                ..MachineConfig::default()
+            })
         }
     }
 
@@ -209,6 +213,7 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(c.state(), InstanceState::Running);
+        assert_eq!(c.full_config().machine_config.vcpu_count, 3);
         assert_eq!(*backend.calls.lock().unwrap(), ["load /s /m true"]);
         // Loaded: a second load is a post-boot request.
         let e = err(&mut c, ApiRequest::LoadSnapshot(load(Some("/m"), None)));

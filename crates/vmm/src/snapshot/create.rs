@@ -35,6 +35,20 @@ pub struct SnapshotSource {
     pub(crate) xsave2_size: usize,
 }
 
+/// `path` with `.partial` appended to its file name.
+fn partial_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    std::fs::rename(from, to).map_err(|source| SnapshotError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -74,8 +88,25 @@ impl SnapshotSource {
             vcpus,
             devices,
         };
-        let memory_bytes = save_memory(&self.mem, mem_path)?;
-        write_state_file(&snapshot, state_path)?;
+        // Both files are written under temporary names and renamed when complete, the state
+        // file last: a failed snapshot never leaves a state file next to a partial memory file.
+        let mem_partial = partial_path(mem_path);
+        let state_partial = partial_path(state_path);
+        let written = save_memory(&self.mem, &mem_partial)
+            .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
+            .and_then(|bytes| {
+                rename(&mem_partial, mem_path)?;
+                rename(&state_partial, state_path)?;
+                Ok(bytes)
+            });
+        let memory_bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&mem_partial);
+                let _ = std::fs::remove_file(&state_partial);
+                return Err(e);
+            }
+        };
         Ok(SnapshotReport { memory_bytes })
     }
 }
