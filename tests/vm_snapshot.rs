@@ -117,12 +117,14 @@ fn boot_counter(vmm: &Vmm, cpus: u8) {
     assert_eq!(code, 204, "{body}");
 }
 
-/// The numbers of the guest's `count=N` lines, in order.
+/// The numbers of the guest's `count=N` lines, in order. A line cut short (by a pause)
+/// is left out: in the output of both VMMs together it is whole, and a line broken any
+/// other way leaves a gap that the callers' sequence check finds.
 fn counts(serial: &str) -> Vec<u64> {
     serial
         .lines()
         .filter_map(|l| l.strip_prefix("count="))
-        .map(|n| n.parse().expect("a whole count line"))
+        .filter_map(|n| n.parse().ok())
         .collect()
 }
 
@@ -197,17 +199,104 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     );
 }
 
+/// Pauses `vmm`, snapshots it into `name`.state / `name`.mem, and returns their paths.
+fn snapshot(vmm: &Vmm, name: &str) -> (PathBuf, PathBuf) {
+    assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join(format!("{name}.state"));
+    let mem = out_dir().join(format!("{name}.mem"));
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{body}");
+    (state, mem)
+}
+
 #[test]
-fn snapshots_refuse_unsaved_devices_and_damaged_files() {
-    // A VM with a virtio-blk disk: its device state is not saved, so no snapshot is written.
-    let vmm = Vmm::spawn("vm-snapshot-disk");
-    let disk = out_dir().join("vm-snapshot-disk.img");
+fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
+    let kernel = multiboot_guest(
+        "counter_blk",
+        &["multiboot_header.S", "counter_blk_guest.c"],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-blk-first");
+    let disk = out_dir().join("vm-snapshot-blk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let drive = format!(
         r#"{{"drive_id": "data", "path_on_host": {:?}, "is_root_device": false, "is_read_only": false}}"#,
         disk.display().to_string()
     );
-    let (code, body) = vmm.call("PUT", "/drives/data", &drive);
+    let (code, body) = first.call("PUT", "/drives/data", &drive);
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the guest to count to 10", || {
+        counts(&first.serial()).len() >= 10
+    });
+    let (state, mem) = snapshot(&first, "vm-snapshot-blk");
+    let before = first.serial();
+    let reached = *counts(&before).last().unwrap();
+    assert!(reached < STEPS, "the guest finished before the snapshot");
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-blk-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(after.contains("disk verified"), "{after}");
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    let all = counts(&(before + &after));
+    assert_eq!(all, (1..=STEPS).collect::<Vec<_>>(), "{after}");
+    // Every sector the guest wrote, before and after the snapshot, is on the host's file.
+    let image = std::fs::read(&disk).unwrap();
+    for n in 1..=STEPS as usize {
+        let sector = &image[n * 512..(n + 1) * 512];
+        assert!(
+            sector
+                .chunks(4)
+                .all(|w| u32::from_le_bytes(w.try_into().unwrap()) == n as u32),
+            "sector {n}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_refuse_unsaved_devices_and_damaged_files() {
+    // A VM with a virtio-net interface (NAT): its backend's state is not saved, so no
+    // snapshot is written.
+    let vmm = Vmm::spawn("vm-snapshot-net");
+    let (code, body) = vmm.call("PUT", "/network-interfaces/eth0", r#"{"iface_id": "eth0", "mode": "nat"}"#);
     assert_eq!(code, 204, "{body}");
     boot_counter(&vmm, 1);
     assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
@@ -219,7 +308,7 @@ fn snapshots_refuse_unsaved_devices_and_damaged_files() {
     );
     let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("virtio-blk"), "{body}");
+    assert!(body.contains("virtio-net"), "{body}");
     assert!(!state.exists());
     drop(vmm);
 

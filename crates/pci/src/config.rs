@@ -84,6 +84,13 @@ struct Bar {
     mapped: u64,
 }
 
+/// A function's configuration space and where its BARs are mapped, for VM snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciConfigState {
+    pub regs: Vec<u8>,
+    pub bars_mapped: Vec<Option<u64>>,
+}
+
 /// Identification registers of a type-0 header.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PciHeader {
@@ -359,6 +366,36 @@ impl PciConfiguration {
             }
         }
         moves
+    }
+
+    pub fn state(&self) -> PciConfigState {
+        PciConfigState {
+            regs: self.regs.to_vec(),
+            bars_mapped: self.bars.iter().map(|b| b.map(|b| b.mapped)).collect(),
+        }
+    }
+
+    /// Takes `state` (from a snapshot of the same kind of function); false, leaving the
+    /// configuration unchanged, when its size or BARs do not match this function's.
+    pub fn restore(&mut self, state: &PciConfigState) -> bool {
+        if state.regs.len() != CONFIG_SPACE_SIZE || state.bars_mapped.len() != NUM_BARS {
+            return false;
+        }
+        let same_bars = self
+            .bars
+            .iter()
+            .zip(&state.bars_mapped)
+            .all(|(bar, mapped)| bar.is_some() == mapped.is_some());
+        if !same_bars {
+            return false;
+        }
+        self.regs.copy_from_slice(&state.regs);
+        for (bar, mapped) in self.bars.iter_mut().zip(&state.bars_mapped) {
+            if let (Some(bar), Some(mapped)) = (bar.as_mut(), mapped) {
+                bar.mapped = *mapped;
+            }
+        }
+        true
     }
 
     /// The address BAR `index` is mapped at on the VMM's bus.

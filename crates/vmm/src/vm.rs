@@ -150,12 +150,33 @@ impl Vm {
         snapshot: &crate::snapshot::VmSnapshot,
         mem_file: &std::path::Path,
     ) -> Result<Self, VmError> {
+        let mut disks = Vec::new();
+        for d in &snapshot.machine.disks {
+            let format = match &d.format {
+                Some(name) => {
+                    Some(
+                        name.parse::<block::Format>()
+                            .map_err(|source| VmError::Disk {
+                                path: d.path.clone(),
+                                source,
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            disks.push(crate::config::DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: d.id.clone(),
+                format,
+            });
+        }
         let cfg = VmConfig {
             memory: snapshot.machine.memory,
             cpus: snapshot.machine.cpus,
-            disks: Vec::new(),
+            disks,
             nics: Vec::new(),
-            rng: false,
+            rng: snapshot.machine.rng,
             console2: None,
             ..cfg.clone()
         };
@@ -377,7 +398,8 @@ impl Vm {
             u64::from(layout::ACPI_PM_PORT_LEN),
         )?;
         let mmio = Arc::new(Bus::new());
-        let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices)?;
+        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
+        let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices, saved_virtio)?;
         let pio = Arc::new(pio);
 
         let supported = kvm
@@ -429,10 +451,22 @@ impl Vm {
             serial: serial.clone(),
             i8042: i8042.clone(),
             cmos,
+            virtio: pci.devices.clone(),
             machine: crate::snapshot::MachineState {
                 memory: cfg.memory,
                 cpus: cfg.cpus,
                 pit: with_pit,
+                disks: cfg
+                    .disks
+                    .iter()
+                    .map(|d| crate::snapshot::SavedDisk {
+                        path: d.path.clone(),
+                        read_only: d.read_only,
+                        id: d.id.clone(),
+                        format: d.format.map(|f| f.name().to_string()),
+                    })
+                    .collect(),
+                rng: cfg.rng,
             },
             unsupported_device: unsupported_device(cfg),
             xsave2_size,
@@ -520,16 +554,11 @@ impl Vm {
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save (every virtio device).
+/// The first device of `cfg` whose state snapshots do not save (virtio-net, whose
+/// backend's connections cannot be saved, and virtio-console).
 fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    if let Some(d) = cfg.disks.first() {
-        return Some(format!("virtio-blk (disk {})", d.path.display()));
-    }
     if let Some(n) = cfg.nics.first() {
         return Some(format!("virtio-net ({:?})", n.mode));
-    }
-    if cfg.rng {
-        return Some("virtio-rng".into());
     }
     cfg.console2.as_ref().map(|_| "virtio-console".to_string())
 }

@@ -28,11 +28,29 @@ pub struct SnapshotSource {
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) cmos: Arc<Mutex<Cmos>>,
+    /// The virtio-pci functions, in slot order.
+    pub(crate) virtio: Vec<Arc<Mutex<virtio::VirtioPciDevice>>>,
     pub(crate) machine: MachineState,
     /// The first device whose state snapshots do not save, if the VM has one.
     pub(crate) unsupported_device: Option<String>,
     /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
     pub(crate) xsave2_size: usize,
+}
+
+/// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,
+/// with all of them frozen, calls `f` with their states.
+fn with_frozen_virtio<R>(
+    devices: &[Arc<Mutex<virtio::VirtioPciDevice>>],
+    mut states: Vec<virtio::VirtioPciState>,
+    f: &mut dyn FnMut(Vec<virtio::VirtioPciState>) -> R,
+) -> R {
+    match devices.split_first() {
+        None => f(states),
+        Some((first, rest)) => lock(first).with_frozen_state(|state| {
+            states.push(state);
+            with_frozen_virtio(rest, states, f)
+        }),
+    }
 }
 
 /// `path` with `.partial` appended to its file name.
@@ -79,8 +97,9 @@ impl SnapshotSource {
                 index,
                 nvram: nvram.to_vec(),
             },
+            virtio: Vec::new(),
         };
-        let snapshot = VmSnapshot {
+        let mut snapshot = VmSnapshot {
             magic: SNAPSHOT_MAGIC.into(),
             version: SNAPSHOT_VERSION,
             machine: self.machine.clone(),
@@ -92,13 +111,17 @@ impl SnapshotSource {
         // file last: a failed snapshot never leaves a state file next to a partial memory file.
         let mem_partial = partial_path(mem_path);
         let state_partial = partial_path(state_path);
-        let written = save_memory(&self.mem, &mem_partial)
-            .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
-            .and_then(|bytes| {
-                rename(&mem_partial, mem_path)?;
-                rename(&state_partial, state_path)?;
-                Ok(bytes)
-            });
+        // Guest memory is saved while the virtio queues are frozen with their state.
+        let written = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
+            snapshot.devices.virtio = states;
+            save_memory(&self.mem, &mem_partial)
+        })
+        .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
+        .and_then(|bytes| {
+            rename(&mem_partial, mem_path)?;
+            rename(&state_partial, state_path)?;
+            Ok(bytes)
+        });
         let memory_bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {

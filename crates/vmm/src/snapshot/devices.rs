@@ -46,6 +46,8 @@ pub struct DeviceStates {
     pub serial: UartState,
     pub i8042: KeyboardState,
     pub cmos: CmosState,
+    /// The virtio-pci functions, in slot order.
+    pub virtio: Vec<virtio::VirtioPciState>,
 }
 
 impl From<SerialState> for UartState {

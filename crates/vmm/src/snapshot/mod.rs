@@ -1,7 +1,8 @@
 //! Snapshots of a running VM (Firecracker's `PUT /snapshot/create` and `/snapshot/load`): a
 //! versioned JSON state file (machine shape, vCPUs, in-kernel irqchip/PIT/clock, legacy
 //! devices) and a raw file with guest RAM. Only full snapshots of paused VMs are taken, and
-//! only of VMs whose every device is saved: a VM with virtio devices is refused.
+//! only of VMs whose every device is saved: virtio-blk and virtio-rng are, a VM with
+//! virtio-net or virtio-console is refused.
 
 mod bytes;
 mod create;
@@ -15,7 +16,7 @@ pub use create::SnapshotSource;
 pub use devices::{CmosState, DeviceStates};
 pub use memory::{load_memory, save_memory};
 pub use state_file::{
-    read_state_file, write_state_file, MachineState, VmSnapshot, SNAPSHOT_VERSION,
+    read_state_file, write_state_file, MachineState, SavedDisk, VmSnapshot, SNAPSHOT_VERSION,
 };
 pub use vcpu_state::VcpuState;
 pub use vm_state::VmState;

@@ -24,7 +24,24 @@ pub struct MachineState {
     pub cpus: u8,
     /// Whether the VM has KVM's in-kernel PIT.
     pub pit: bool,
+    /// virtio-blk disks, in PCI slot order (reopened on load: they must still be there).
+    pub disks: Vec<SavedDisk>,
+    /// A virtio-rng device after the disks.
+    pub rng: bool,
 }
+
+/// A disk as the VM had it configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDisk {
+    pub path: std::path::PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+    /// Image format name (`raw`, `qcow2`, ...); detected when absent.
+    pub format: Option<String>,
+}
+
+/// Most disks a snapshot may list (the API allows 64).
+pub const MAX_DISKS: usize = 64;
 
 #[derive(Serialize, Deserialize)]
 pub struct VmSnapshot {
@@ -78,6 +95,26 @@ impl VmSnapshot {
             return Err(SnapshotError::Invalid(
                 "the PIT state does not match whether the machine has a PIT".into(),
             ));
+        }
+        if self.machine.disks.len() > MAX_DISKS {
+            return Err(SnapshotError::Invalid(format!(
+                "{} disks (at most {MAX_DISKS})",
+                self.machine.disks.len()
+            )));
+        }
+        let virtio = self.machine.disks.len() + usize::from(self.machine.rng);
+        if self.devices.virtio.len() != virtio {
+            return Err(SnapshotError::Invalid(format!(
+                "the machine has {virtio} virtio devices but {} device states are saved",
+                self.devices.virtio.len()
+            )));
+        }
+        for disk in &self.machine.disks {
+            if let Some(name) = &disk.format {
+                name.parse::<block::Format>().map_err(|e| {
+                    SnapshotError::Invalid(format!("disk {}: {e}", disk.path.display()))
+                })?;
+            }
         }
         self.vm.validate()?;
         self.devices.validate()
@@ -171,6 +208,8 @@ mod tests {
                 memory: 128 << 20,
                 cpus: 2,
                 pit: false,
+                disks: vec![],
+                rng: false,
             },
             vm: VmState {
                 pic_master: chip(0),
@@ -204,6 +243,7 @@ mod tests {
                     index: 0,
                     nvram: vec![0; 128],
                 },
+                virtio: vec![],
             },
         }
     }
@@ -284,5 +324,22 @@ mod tests {
         let mut s = sample();
         s.machine.pit = true;
         assert!(parse_state(&encode(&s)).is_err(), "PIT flag without state");
+        let mut s = sample();
+        s.machine.rng = true;
+        assert!(
+            parse_state(&encode(&s)).is_err(),
+            "a virtio-rng without its state"
+        );
+        let mut s = sample();
+        s.machine.disks = vec![
+            SavedDisk {
+                path: "/d".into(),
+                read_only: false,
+                id: None,
+                format: None,
+            };
+            MAX_DISKS + 1
+        ];
+        assert!(parse_state(&encode(&s)).is_err(), "too many disks");
     }
 }
