@@ -419,6 +419,32 @@ mod tests {
     }
 
     #[test]
+    fn state_round_trips_and_a_different_layout_is_refused() {
+        let m64 = BarKind::Memory64 {
+            prefetchable: false,
+        };
+        let mut c = PciConfiguration::new(&header());
+        c.add_bar(0, m64, 0x1000, 0xc000_0000).unwrap();
+        c.write(0x04, &[0x06, 0]);
+        c.write(0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(c.take_bar_moves().len(), 1);
+        let state = c.state();
+        let mut r = PciConfiguration::new(&header());
+        r.add_bar(0, m64, 0x1000, 0xc000_0000).unwrap();
+        assert!(r.restore(&state));
+        assert_eq!(r.bar_mapped_address(0), Some(0xd000_0000));
+        assert_eq!(r.command(), 0x06);
+        assert!(r.take_bar_moves().is_empty());
+        let other = PciConfiguration::new(&header());
+        let mut no_bar = PciConfiguration::new(&header());
+        assert!(!no_bar.restore(&state), "BAR 0 missing");
+        let mut short = state.clone();
+        short.regs.pop();
+        assert!(!r.restore(&short));
+        assert_eq!(no_bar.state(), other.state(), "unchanged after a refusal");
+    }
+
+    #[test]
     fn identification_and_readonly_registers() {
         let mut c = PciConfiguration::new(&header());
         assert_eq!(c.read_dword(0), 0x1042_1af4);
