@@ -16,7 +16,8 @@ pub use create::SnapshotSource;
 pub use devices::{CmosState, DeviceStates};
 pub use memory::{load_memory, save_memory};
 pub use state_file::{
-    read_state_file, write_state_file, MachineState, SavedDisk, VmSnapshot, SNAPSHOT_VERSION,
+    parse_state, read_state_file, write_state_file, MachineState, SavedDisk, VmSnapshot,
+    SNAPSHOT_VERSION,
 };
 pub use vcpu_state::VcpuState;
 pub use vm_state::VmState;
