@@ -13,6 +13,9 @@ use common::{multiboot_guest, out_dir, TIMEOUT};
 /// How far the guest counts, and how long it spins per step.
 const STEPS: u64 = 30;
 const DELAY: u64 = 100_000;
+/// The same for the 2-vCPU guest, whose AP spins on the second host CPU.
+const SMP_STEPS: u64 = 12;
+const SMP_DELAY: u64 = 30_000;
 
 fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut cmd = Command::new("curl");
@@ -117,14 +120,22 @@ fn boot_counter(vmm: &Vmm, cpus: u8) {
     assert_eq!(code, 204, "{body}");
 }
 
-/// The numbers of the guest's `count=N` lines, in order. A line cut short (by a pause)
+/// The numbers of the guest's `count=N ...` lines, in order. A line cut short (by a pause)
 /// is left out: in the output of both VMMs together it is whole, and a line broken any
 /// other way leaves a gap that the callers' sequence check finds.
 fn counts(serial: &str) -> Vec<u64> {
     serial
         .lines()
         .filter_map(|l| l.strip_prefix("count="))
-        .filter_map(|n| n.parse().ok())
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// The AP's counts the SMP guest prints (`count=N ap=M`), in order.
+fn ap_counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.split_once(" ap=")?.1.parse().ok())
         .collect()
 }
 
@@ -342,6 +353,84 @@ fn snapshots_refuse_unsaved_devices_and_damaged_files() {
     let (code, body) = curl(&vmm.sock, "GET", "/", None);
     assert_eq!(code, 200);
     assert!(body.contains("Not started"), "{body}");
+}
+
+/// Both vCPUs of a 2-vCPU guest run when the snapshot is taken: after the load the BSP's
+/// count goes on where it was and the AP goes on counting from its value (it neither
+/// restarts nor stops).
+#[test]
+fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
+    let kernel = multiboot_guest(
+        "counter_smp",
+        &[
+            "multiboot_header.S",
+            "smp_trampoline.S",
+            "counter_smp_guest.c",
+        ],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-smp-first");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={SMP_STEPS} delay={SMP_DELAY}"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the guest to count to 4", || {
+        counts(&first.serial()).len() >= 4
+    });
+    let (state, mem) = snapshot(&first, "vm-snapshot-smp");
+    let before = first.serial();
+    assert!(
+        *counts(&before).last().unwrap() < SMP_STEPS,
+        "finished too early"
+    );
+    let ap_before = *ap_counts(&before).last().unwrap();
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-smp-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    let all = counts(&(before.clone() + &after));
+    assert_eq!(all, (1..=SMP_STEPS).collect::<Vec<_>>(), "{after}");
+    let ap = ap_counts(&(before + &after));
+    assert!(
+        ap.windows(2).all(|w| w[0] <= w[1]),
+        "the AP count went back: {ap:?}"
+    );
+    let ap_after = ap_counts(&after);
+    assert!(
+        ap_after.first().is_some_and(|&first| first >= ap_before)
+            && ap_after.last() > ap_after.first(),
+        "the AP did not go on counting after the load: before {ap_before}, after {ap_after:?}"
+    );
 }
 
 /// An interrupt-driven guest (PIT ticks through the PIC and LAPIC, keyboard IRQ, `hlt`
