@@ -158,10 +158,9 @@ impl Backend {
     }
 }
 
-impl VmmBackend for Backend {
-    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone())?;
-        let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
+impl Backend {
+    /// Hands a built VM to the main thread to run.
+    fn launch(&self, vm: Vm) -> Result<(), String> {
         let handle = vm.handle();
         let sender = self
             .to_main
@@ -174,6 +173,58 @@ impl VmmBackend for Backend {
             .map_err(|_| "the VMM is shutting down".to_string())?;
         *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
+    }
+}
+
+impl VmmBackend for Backend {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+        let cfg = vm_config(config, self.serial.clone())?;
+        let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
+        self.launch(vm)
+    }
+
+    fn create_snapshot(&self, params: &api::SnapshotCreateParams) -> Result<(), String> {
+        self.handle()?
+            .create_snapshot(
+                std::path::Path::new(&params.snapshot_path),
+                std::path::Path::new(&params.mem_file_path),
+            )
+            .map(|_| ())
+            .map_err(|e| error_chain(&e))
+    }
+
+    fn load_snapshot(
+        &self,
+        snapshot_path: &str,
+        mem_path: &str,
+        resume: bool,
+    ) -> Result<MachineConfig, String> {
+        let snapshot = vmm::snapshot::read_state_file(std::path::Path::new(snapshot_path))
+            .map_err(|e| error_chain(&e))?;
+        let host = VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: snapshot.machine.memory,
+            cpus: snapshot.machine.cpus,
+            serial: self.serial.clone(),
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: Vec::new(),
+            pit: vmm::PitMode::Auto,
+        };
+        let vm = Vm::restore(&host, &snapshot, std::path::Path::new(mem_path))
+            .map_err(|e| error_chain(&e))?;
+        if !resume {
+            vm.handle().pause();
+        }
+        self.launch(vm)?;
+        Ok(MachineConfig {
+            vcpu_count: snapshot.machine.cpus,
+            mem_size_mib: snapshot.machine.memory >> 20,
+            ..MachineConfig::default()
+        })
     }
 
     fn send_ctrl_alt_del(&self) -> Result<(), String> {

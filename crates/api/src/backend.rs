@@ -1,7 +1,8 @@
 //! The seam between the API and the VMM: the API owns configuration and the instance state
 //! machine, and asks the backend only to act on the VM.
 
-use crate::model::VmConfigSnapshot;
+use crate::model::{MachineConfig, VmConfigSnapshot};
+use crate::snapshot_model::SnapshotCreateParams;
 
 /// What the API server needs from a VMM. Calls come one at a time (the API serializes them)
 /// from a worker thread of the API server, never concurrently with each other. An `Err`
@@ -25,5 +26,25 @@ pub trait VmmBackend: Send + Sync {
     /// configured.
     fn flush_metrics(&self) -> Result<(), String> {
         Err("No metrics sink is configured, so there are no metrics to flush.".to_string())
+    }
+
+    /// Writes a full snapshot of the paused VM (`PUT /snapshot/create`). The controller has
+    /// checked that the VM is paused and the type is `Full`.
+    fn create_snapshot(&self, params: &SnapshotCreateParams) -> Result<(), String> {
+        let _ = params;
+        Err("This VMM does not support snapshots.".to_string())
+    }
+
+    /// Builds the VM from a snapshot (`PUT /snapshot/load`) before anything was configured,
+    /// leaving it paused, or running when `resume` is set. Returns the machine the snapshot
+    /// describes (what `GET /machine-config` shows from then on).
+    fn load_snapshot(
+        &self,
+        snapshot_path: &str,
+        mem_path: &str,
+        resume: bool,
+    ) -> Result<MachineConfig, String> {
+        let _ = (snapshot_path, mem_path, resume);
+        Err("This VMM does not support snapshots.".to_string())
     }
 }

@@ -11,6 +11,7 @@ use crate::model::{
     ActionType, BootSource, Drive, FullVmConfig, InstanceInfo, InstanceState, MachineConfig,
     MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget,
 };
+use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{
     parse_mac, validate_boot_source, validate_drive, validate_machine_config,
     validate_network_interface, ValidationError,
@@ -35,6 +36,8 @@ pub enum ApiRequest {
     PutNetworkInterface(NetworkInterface),
     Action(ActionType),
     PatchVmState(VmStateTarget),
+    CreateSnapshot(SnapshotCreateParams),
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -74,9 +77,13 @@ pub enum ControlError {
     Resume(String),
     #[error("Failed to flush metrics: {0}")]
     FlushMetrics(String),
+    #[error("{0}")]
+    Snapshot(#[from] snapshot::SnapshotRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
+
+mod snapshot;
 
 /// Who this VMM says it is in `GET /` and `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +196,8 @@ impl VmController {
                 Ok(ApiReply::NoContent)
             }
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
+            ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
+            ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
         }
     }
 

@@ -30,6 +30,7 @@ mod controller;
 pub mod model;
 mod routes;
 mod server;
+pub mod snapshot_model;
 mod socket;
 mod validate;
 
@@ -43,6 +44,9 @@ pub use routes::{parse_request, RouteError};
 pub use server::{
     serve, ApiError, ApiServerHandle, ServerOptions, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,
+};
+pub use snapshot_model::{
+    MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
 };
 pub use socket::SocketError;
 pub use validate::{

@@ -10,6 +10,7 @@ use crate::model::{
     ActionBody, BootSource, Drive, MachineConfig, MachineConfigUpdate, NetworkInterface,
     VmStateBody,
 };
+use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{validate_id, ValidationError};
 
 #[derive(Debug, Error)]
@@ -62,6 +63,12 @@ pub fn parse_request(
             }
             ["boot-source"] => Ok(ApiRequest::PutBootSource(parse_body::<BootSource>(body)?)),
             ["machine-config"] => Ok(ApiRequest::PutMachineConfig(parse_body::<MachineConfig>(
+                body,
+            )?)),
+            ["snapshot", "create"] => Ok(ApiRequest::CreateSnapshot(parse_body::<
+                SnapshotCreateParams,
+            >(body)?)),
+            ["snapshot", "load"] => Ok(ApiRequest::LoadSnapshot(parse_body::<SnapshotLoadParams>(
                 body,
             )?)),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
@@ -223,6 +230,34 @@ mod tests {
         );
         let err = message(route("PUT", "/actions", r#"{"action_type":"Reboot"}"#));
         assert!(err.contains("unknown variant `Reboot`"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_requests() {
+        let create = route(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type":"Full","snapshot_path":"/s","mem_file_path":"/m"}"#,
+        )
+        .unwrap();
+        assert!(matches!(create, ApiRequest::CreateSnapshot(ref p) if p.mem_file_path == "/m"));
+        let load = route(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(load, ApiRequest::LoadSnapshot(ref p) if p.resume_vm));
+        let err = message(route(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path":"/s"}"#,
+        ));
+        assert!(err.contains("mem_file_path"), "{err}");
+        assert!(matches!(
+            route("GET", "/snapshot/create", ""),
+            Err(RouteError::InvalidPathMethod { .. })
+        ));
     }
 
     #[test]

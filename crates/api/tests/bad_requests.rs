@@ -423,7 +423,15 @@ fn unknown_paths_and_methods() {
     );
     server.expect_fault("PUT", "/vm", Some(r#"{"state": "Paused"}"#), invalid);
     server.expect_fault("PATCH", "/boot-source", Some("{}"), invalid);
-    server.expect_fault("PUT", "/snapshot/create", Some("{}"), invalid);
+    server.expect_fault("PUT", "/snapshot/merge", Some("{}"), invalid);
+    server.expect_fault("GET", "/snapshot/create", None, invalid);
+    // Snapshot routes exist; their bodies are checked like every other.
+    server.expect_fault(
+        "PUT",
+        "/snapshot/create",
+        Some("{}"),
+        "missing field `snapshot_path`",
+    );
     server.expect_fault("GET", "/vm/config/more", None, invalid);
     server.expect_fault(
         "GET",

@@ -84,6 +84,13 @@ struct Bar {
     mapped: u64,
 }
 
+/// A function's configuration space and where its BARs are mapped, for VM snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciConfigState {
+    pub regs: Vec<u8>,
+    pub bars_mapped: Vec<Option<u64>>,
+}
+
 /// Identification registers of a type-0 header.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PciHeader {
@@ -361,6 +368,36 @@ impl PciConfiguration {
         moves
     }
 
+    pub fn state(&self) -> PciConfigState {
+        PciConfigState {
+            regs: self.regs.to_vec(),
+            bars_mapped: self.bars.iter().map(|b| b.map(|b| b.mapped)).collect(),
+        }
+    }
+
+    /// Takes `state` (from a snapshot of the same kind of function); false, leaving the
+    /// configuration unchanged, when its size or BARs do not match this function's.
+    pub fn restore(&mut self, state: &PciConfigState) -> bool {
+        if state.regs.len() != CONFIG_SPACE_SIZE || state.bars_mapped.len() != NUM_BARS {
+            return false;
+        }
+        let same_bars = self
+            .bars
+            .iter()
+            .zip(&state.bars_mapped)
+            .all(|(bar, mapped)| bar.is_some() == mapped.is_some());
+        if !same_bars {
+            return false;
+        }
+        self.regs.copy_from_slice(&state.regs);
+        for (bar, mapped) in self.bars.iter_mut().zip(&state.bars_mapped) {
+            if let (Some(bar), Some(mapped)) = (bar.as_mut(), mapped) {
+                bar.mapped = *mapped;
+            }
+        }
+        true
+    }
+
     /// The address BAR `index` is mapped at on the VMM's bus.
     pub fn bar_mapped_address(&self, index: usize) -> Option<u64> {
         Some(self.bars.get(index)?.as_ref()?.mapped)
@@ -379,6 +416,32 @@ mod tests {
             subclass: 0x80,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn state_round_trips_and_a_different_layout_is_refused() {
+        let m64 = BarKind::Memory64 {
+            prefetchable: false,
+        };
+        let mut c = PciConfiguration::new(&header());
+        c.add_bar(0, m64, 0x1000, 0xc000_0000).unwrap();
+        c.write(0x04, &[0x06, 0]);
+        c.write(0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(c.take_bar_moves().len(), 1);
+        let state = c.state();
+        let mut r = PciConfiguration::new(&header());
+        r.add_bar(0, m64, 0x1000, 0xc000_0000).unwrap();
+        assert!(r.restore(&state));
+        assert_eq!(r.bar_mapped_address(0), Some(0xd000_0000));
+        assert_eq!(r.command(), 0x06);
+        assert!(r.take_bar_moves().is_empty());
+        let other = PciConfiguration::new(&header());
+        let mut no_bar = PciConfiguration::new(&header());
+        assert!(!no_bar.restore(&state), "BAR 0 missing");
+        let mut short = state.clone();
+        short.regs.pop();
+        assert!(!r.restore(&short));
+        assert_eq!(no_bar.state(), other.state(), "unchanged after a refusal");
     }
 
     #[test]

@@ -15,11 +15,13 @@ mod msix;
 mod root;
 
 pub use allocator::{AllocatorError, BarAllocator};
-pub use config::{BarKind, BarMove, ConfigError, PciConfiguration, PciHeader, NUM_BARS};
+pub use config::{
+    BarKind, BarMove, ConfigError, PciConfigState, PciConfiguration, PciHeader, NUM_BARS,
+};
 pub use config_access::{PciConfigIo, PciConfigMmio, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 pub use host_bridge::HostBridge;
 pub use interrupt::{IntxLine, MsiInterrupt, MsiMessage};
-pub use msix::{MsixTable, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
+pub use msix::{MsixState, MsixTable, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
 pub use root::{BarMoveHandler, PciDevice, PciRoot, RootError, ECAM_BUS_SIZE};
 
 /// Command register bits.

@@ -29,6 +29,16 @@ impl Default for Entry {
     }
 }
 
+/// The guest-visible MSI-X state, for VM snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    /// Per vector: (message address, message data, masked).
+    pub entries: Vec<(u64, u32, bool)>,
+    pub pending: Vec<u64>,
+    pub enabled: bool,
+    pub function_mask: bool,
+}
+
 /// MSI-X state of one function.
 pub struct MsixTable {
     entries: Vec<Entry>,
@@ -49,6 +59,40 @@ impl MsixTable {
             function_mask: false,
             route,
         }
+    }
+
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| (e.msg.address, e.msg.data, e.masked))
+                .collect(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_mask: self.function_mask,
+        }
+    }
+
+    /// Takes `state` and routes every vector accordingly; false, leaving the table
+    /// unchanged, when its vector count differs from this table's.
+    pub fn restore(&mut self, state: &MsixState) -> bool {
+        if state.entries.len() != self.entries.len() || state.pending.len() != self.pending.len() {
+            return false;
+        }
+        for (entry, &(address, data, masked)) in self.entries.iter_mut().zip(&state.entries) {
+            *entry = Entry {
+                msg: MsiMessage { address, data },
+                masked,
+            };
+        }
+        self.pending.copy_from_slice(&state.pending);
+        self.enabled = state.enabled;
+        self.function_mask = state.function_mask;
+        for vector in 0..self.entries.len() {
+            self.publish(vector);
+        }
+        true
     }
 
     pub fn num_vectors(&self) -> u16 {

@@ -11,6 +11,16 @@ use crate::transport::NO_VECTOR;
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
 
+/// The interrupt state a VM snapshot saves.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterruptState {
+    pub msix: pci::MsixState,
+    pub isr: u8,
+    pub intx_disabled: bool,
+    pub config_vector: u16,
+    pub queue_vectors: Vec<u16>,
+}
+
 /// Vector routing and legacy interrupt state, shared by the transport (vCPU threads) and
 /// the queue processor (I/O thread).
 pub struct VirtioInterrupt {
@@ -32,6 +42,48 @@ impl VirtioInterrupt {
             config_vector: AtomicU16::new(NO_VECTOR),
             queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
         }
+    }
+
+    pub(crate) fn state(&self) -> InterruptState {
+        InterruptState {
+            msix: self.msix().state(),
+            isr: self.isr.load(Ordering::SeqCst),
+            intx_disabled: self.intx_disabled.load(Ordering::SeqCst),
+            config_vector: self.config_vector.load(Ordering::SeqCst),
+            queue_vectors: self
+                .queue_vectors
+                .iter()
+                .map(|v| v.load(Ordering::SeqCst))
+                .collect(),
+        }
+    }
+
+    /// Takes `state`; false when its vector or queue counts are not this function's.
+    /// Vectors must be valid (below the table size) or NO_VECTOR.
+    pub(crate) fn restore(&self, state: &InterruptState) -> bool {
+        let vectors = self.msix().num_vectors();
+        let valid = |v: u16| v == NO_VECTOR || v < vectors;
+        if state.queue_vectors.len() != self.queue_vectors.len()
+            || !valid(state.config_vector)
+            || !state.queue_vectors.iter().all(|&v| valid(v))
+            || !self.msix().restore(&state.msix)
+        {
+            return false;
+        }
+        self.isr.store(state.isr, Ordering::SeqCst);
+        self.intx_disabled
+            .store(state.intx_disabled, Ordering::SeqCst);
+        self.config_vector
+            .store(state.config_vector, Ordering::SeqCst);
+        for (slot, &v) in self.queue_vectors.iter().zip(&state.queue_vectors) {
+            slot.store(v, Ordering::SeqCst);
+        }
+        if state.isr != 0 && !state.intx_disabled && !self.msix().enabled() {
+            if let Some(line) = &self.intx {
+                line.set_level(true);
+            }
+        }
+        true
     }
 
     pub(crate) fn msix(&self) -> MutexGuard<'_, MsixTable> {

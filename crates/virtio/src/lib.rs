@@ -40,11 +40,12 @@ mod transport;
 
 pub use chain_io::{ChainIoError, ChainReader, ChainWriter};
 pub use device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};
-pub use interrupt::VirtioInterrupt;
+pub use interrupt::{InterruptState, VirtioInterrupt};
 pub use processor::{ProcessError, QueueProcessor};
 pub use queue::{ChainError, Queue, QueueError, QueueLayout, Segment};
 pub use transport::{
-    bar_layout, TransportError, VirtioPciDevice, NO_VECTOR, VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
+    bar_layout, QueueState, StateError, TransportError, VirtioPciDevice, VirtioPciState, NO_VECTOR,
+    VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
 };
 
 /// Device status bits (virtio 1.2 §2.1).

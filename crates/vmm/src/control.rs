@@ -9,25 +9,93 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::kick;
 
-/// Whether vCPUs may run; vCPU threads wait here while the VM is paused.
+/// What a vCPU thread answers to a snapshot request.
+type SavedVcpu = Result<crate::snapshot::VcpuState, String>;
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    /// Incremented for every snapshot request; each vCPU answers each round once.
+    save_round: u64,
+    /// Per vCPU, its answer to the current round.
+    saved: Vec<Option<SavedVcpu>>,
+}
+
+/// Whether vCPUs may run; vCPU threads wait here while the VM is paused, and save their
+/// state here when a snapshot asks for it.
 #[derive(Default)]
 pub struct PauseGate {
-    paused: Mutex<bool>,
+    state: Mutex<GateState>,
     changed: Condvar,
 }
 
 impl PauseGate {
-    /// Block while paused, unless `stopping()` says the VM is ending.
-    pub fn wait_while_paused(&self, stopping: impl Fn() -> bool) {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        while *paused && !stopping() {
-            paused = self.changed.wait(paused).unwrap_or_else(|p| p.into_inner());
+    /// Block while paused, unless `stopping()` says the VM is ending. While waiting, vCPU
+    /// `id` answers snapshot requests it has not answered yet (`seen_round`) with `save()`.
+    pub fn wait_while_paused(
+        &self,
+        stopping: impl Fn() -> bool,
+        id: usize,
+        seen_round: &mut u64,
+        mut save: impl FnMut() -> SavedVcpu,
+    ) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while state.paused && !stopping() {
+            if state.save_round != *seen_round {
+                *seen_round = state.save_round;
+                let saved = save();
+                if let Some(slot) = state.saved.get_mut(id) {
+                    *slot = Some(saved);
+                }
+                self.changed.notify_all();
+                continue;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     fn set(&self, value: bool) {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = value;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).paused = value;
         self.changed.notify_all();
+    }
+
+    /// Asks each of `cpus` paused vCPU threads for its state and waits for all answers.
+    pub(crate) fn collect_vcpu_states(
+        &self,
+        cpus: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<crate::snapshot::VcpuState>, crate::snapshot::SnapshotError> {
+        use crate::snapshot::SnapshotError;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        state.save_round += 1;
+        state.saved = (0..cpus).map(|_| None).collect();
+        self.changed.notify_all();
+        while state.saved.iter().any(Option::is_none) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                let missing = state.saved.iter().filter(|s| s.is_none()).count();
+                return Err(SnapshotError::Vcpus(format!(
+                    "{missing} of {cpus} vCPUs did not stop within {timeout:?}"
+                )));
+            }
+            if !state.paused {
+                return Err(SnapshotError::NotPaused);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        std::mem::take(&mut state.saved)
+            .into_iter()
+            .flatten()
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(SnapshotError::Vcpus)
     }
 }
 
@@ -41,6 +109,8 @@ pub struct VmHandle {
     pub(crate) gate: Arc<PauseGate>,
     /// pthread ids of the vCPU threads, once they run.
     pub(crate) vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
+    /// What a snapshot of this VM reads.
+    pub(crate) snapshot: Arc<crate::snapshot::SnapshotSource>,
 }
 
 impl VmHandle {
@@ -68,6 +138,15 @@ impl VmHandle {
     pub fn pause(&self) {
         self.gate.set(true);
         self.kick_vcpus();
+    }
+
+    /// Writes a full snapshot (state file and memory file) of the paused VM.
+    pub fn create_snapshot(
+        &self,
+        state_path: &std::path::Path,
+        mem_path: &std::path::Path,
+    ) -> Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError> {
+        self.snapshot.create(&self.gate, state_path, mem_path)
     }
 
     pub fn resume(&self) {
@@ -103,13 +182,42 @@ mod tests {
         let gate = Arc::new(PauseGate::default());
         gate.set(true);
         let g = gate.clone();
-        let t = std::thread::spawn(move || g.wait_while_paused(|| false));
+        let t = std::thread::spawn(move || g.wait_while_paused(|| false, 0, &mut 0, no_save));
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!t.is_finished());
         gate.set(false);
         t.join().unwrap();
         // A stopping VM never blocks.
         gate.set(true);
-        gate.wait_while_paused(|| true);
+        gate.wait_while_paused(|| true, 0, &mut 0, no_save);
+    }
+
+    fn no_save() -> SavedVcpu {
+        Err("not saved".into())
+    }
+
+    #[test]
+    fn paused_vcpus_answer_snapshot_requests() {
+        let gate = Arc::new(PauseGate::default());
+        let t0 = std::time::Duration::from_secs(5);
+        assert!(matches!(
+            gate.collect_vcpu_states(1, t0),
+            Err(crate::snapshot::SnapshotError::NotPaused)
+        ));
+        gate.set(true);
+        let g = gate.clone();
+        let t = std::thread::spawn(move || {
+            g.wait_while_paused(|| false, 0, &mut 0, || Err("vCPU 0 says no".into()))
+        });
+        let err = gate.collect_vcpu_states(1, t0).unwrap_err().to_string();
+        assert!(err.contains("vCPU 0 says no"), "{err}");
+        // A vCPU that never answers is reported, not waited for forever.
+        let err = gate
+            .collect_vcpu_states(2, std::time::Duration::from_millis(50))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not stop"), "{err}");
+        gate.set(false);
+        t.join().unwrap();
     }
 }

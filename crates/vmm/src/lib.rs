@@ -12,6 +12,7 @@ mod io_thread;
 mod irq_routing;
 mod kick;
 mod pci_devices;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -34,6 +34,14 @@ pub enum PciSetupError {
     Ioeventfd(#[source] kvm_ioctls::Error),
     #[error("eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("snapshot holds {saved} virtio devices where the VM has {built}")]
+    SnapshotDeviceCount { saved: usize, built: usize },
+    #[error("virtio device in slot {slot}: cannot restore its state: {source}")]
+    RestoreDevice {
+        slot: u8,
+        #[source]
+        source: virtio::StateError,
+    },
 }
 
 /// Moves a device's MMIO range and its ioeventfds when the guest reprograms a BAR.
@@ -100,17 +108,30 @@ pub struct PciPlatform {
     pub processors: Vec<QueueProcessor>,
     /// `(fd, index into processors)` of backends the I/O thread polls.
     pub backend_fds: Vec<(std::os::fd::RawFd, usize)>,
+    /// The virtio functions in slot order, for snapshots.
+    pub devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
     _root: Arc<Mutex<PciRoot>>,
 }
 
-/// Build the PCI root on `pio`/`mmio` and plug in `devices` (slots 1, 2, …).
+/// Build the PCI root on `pio`/`mmio` and plug in `devices` (slots 1, 2, …); with
+/// `restore`, each device takes its saved state (one per device, in slot order) and its
+/// BAR goes where the guest had it.
 pub fn setup(
     vm: &Arc<VmFd>,
     mem: &GuestMemory,
     pio: &Bus,
     mmio: &Arc<Bus>,
     devices: Vec<DeviceSpec>,
+    restore: Option<&[virtio::VirtioPciState]>,
 ) -> Result<PciPlatform, PciSetupError> {
+    if let Some(states) = restore {
+        if states.len() != devices.len() {
+            return Err(PciSetupError::SnapshotDeviceCount {
+                saved: states.len(),
+                built: devices.len(),
+            });
+        }
+    }
     let mover = Arc::new(BarMover {
         vm: vm.clone(),
         mmio: mmio.clone(),
@@ -132,6 +153,7 @@ pub fn setup(
     let mut allocator = BarAllocator::new((PCI_MMIO32_START, PCI_MMIO32_SIZE), (0, 0))?;
     let mut processors = Vec::new();
     let mut backend_fds = Vec::new();
+    let mut functions = Vec::new();
     for (index, DeviceSpec { device, backend_fd }) in devices.into_iter().enumerate() {
         if let Some(fd) = backend_fd {
             backend_fds.push((fd, index));
@@ -152,6 +174,11 @@ pub fn setup(
         )?;
         let mut dev = VirtioPciDevice::new(device, mem.clone(), bar, msi, Some(intx))?;
         dev.config_mut().set_interrupt_line(gsi as u8);
+        if let Some(state) = restore.and_then(|states| states.get(index)) {
+            dev.restore(state)
+                .map_err(|source| PciSetupError::RestoreDevice { slot, source })?;
+        }
+        let bar = dev.bar_address();
         processors.push(dev.queue_processor());
         let mut notifiers = Vec::new();
         for (offset, fd) in dev.ioeventfds() {
@@ -160,6 +187,7 @@ pub fn setup(
             notifiers.push((offset, fd.try_clone().map_err(PciSetupError::EventFd)?));
         }
         let dev = Arc::new(Mutex::new(dev));
+        functions.push(dev.clone());
         root.lock()
             .unwrap_or_else(|p| p.into_inner())
             .add_device(Some(slot), dev.clone())?;
@@ -173,6 +201,7 @@ pub fn setup(
     Ok(PciPlatform {
         processors,
         backend_fds,
+        devices: functions,
         _root: root,
     })
 }

@@ -126,15 +126,24 @@ pub struct VcpuRunner {
     pub exit: VmExit,
     pub stop: Arc<AtomicBool>,
     pub gate: Arc<crate::control::PauseGate>,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    pub msr_indices: Arc<Vec<u32>>,
 }
 
 impl VcpuRunner {
     /// Run until the VM stops or this vCPU ends it.
     pub fn run(mut self) {
         kick::set_thread_immediate_exit(&mut self.vcpu.get_kvm_run().immediate_exit);
+        let mut save_round = 0;
         while !self.stop.load(Ordering::Acquire) {
             let stop = &self.stop;
-            self.gate.wait_while_paused(|| stop.load(Ordering::Acquire));
+            let (vcpu, id, msrs) = (&mut self.vcpu, usize::from(self.id), &self.msr_indices);
+            self.gate.wait_while_paused(
+                || stop.load(Ordering::Acquire),
+                id,
+                &mut save_round,
+                || crate::snapshot::save_vcpu(vcpu, id, msrs).map_err(|e| e.to_string()),
+            );
             if self.stop.load(Ordering::Acquire) {
                 break;
             }

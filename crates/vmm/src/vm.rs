@@ -103,6 +103,8 @@ pub enum VmError {
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
     EventLoop(#[from] crate::event_loop::EventLoopError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -137,17 +139,70 @@ pub struct Vm {
 impl Vm {
     /// Create the VM: KVM objects, guest memory, kernel and boot tables, devices, vCPUs.
     pub fn new(cfg: &VmConfig) -> Result<Self, VmError> {
+        Self::build(cfg, None)
+    }
+
+    /// Recreate the VM a snapshot was taken of, with its state and `mem_file` as its RAM,
+    /// ready to run from where it was. `cfg` gives the host side (serial output); the
+    /// machine's shape comes from the snapshot, which must already be validated.
+    pub fn restore(
+        cfg: &VmConfig,
+        snapshot: &crate::snapshot::VmSnapshot,
+        mem_file: &std::path::Path,
+    ) -> Result<Self, VmError> {
+        let mut disks = Vec::new();
+        for d in &snapshot.machine.disks {
+            let format = match &d.format {
+                Some(name) => {
+                    Some(
+                        name.parse::<block::Format>()
+                            .map_err(|source| VmError::Disk {
+                                path: d.path.clone(),
+                                source,
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            disks.push(crate::config::DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: d.id.clone(),
+                format,
+            });
+        }
+        let cfg = VmConfig {
+            memory: snapshot.machine.memory,
+            cpus: snapshot.machine.cpus,
+            disks,
+            nics: Vec::new(),
+            rng: snapshot.machine.rng,
+            console2: None,
+            ..cfg.clone()
+        };
+        Self::build(&cfg, Some((snapshot, mem_file)))
+    }
+
+    fn build(
+        cfg: &VmConfig,
+        restore: Option<(&crate::snapshot::VmSnapshot, &std::path::Path)>,
+    ) -> Result<Self, VmError> {
         let layout = RamLayout::new(cfg.memory)?;
-        let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile {
-            path: cfg.kernel.clone(),
-            source,
-        })?;
-        let initrd = match &cfg.initrd {
-            Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile {
-                path: p.clone(),
+        let (kernel, initrd) = if restore.is_some() {
+            (Vec::new(), None)
+        } else {
+            let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile {
+                path: cfg.kernel.clone(),
                 source,
-            })?),
-            None => None,
+            })?;
+            let initrd = match &cfg.initrd {
+                Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile {
+                    path: p.clone(),
+                    source,
+                })?),
+                None => None,
+            };
+            (kernel, initrd)
         };
         let mut console_socket = None;
         let serial_out: Box<dyn Write + Send> = match &cfg.serial {
@@ -230,32 +285,41 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
-        // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without them an
-        // ACPI guest such as Linux scans no PCI bus and sees none of the virtio devices.
-        let acpi = arch::acpi::AcpiConfig {
-            cpus: cfg.cpus,
-            extra_dsdt: arch::acpi_pci::host_bridge_aml(arch::layout::PCI_ECAM_START),
-            extra_tables: vec![arch::acpi_pci::mcfg(arch::layout::PCI_ECAM_START)],
+        let (entry, with_pit) = match restore {
+            Some((snapshot, mem_file)) => {
+                crate::snapshot::load_memory(&mem, mem_file)?;
+                (None, snapshot.machine.pit)
+            }
+            None => {
+                // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without
+                // them an ACPI guest such as Linux scans no PCI bus and sees none of the
+                // virtio devices.
+                let acpi = arch::acpi::AcpiConfig {
+                    cpus: cfg.cpus,
+                    extra_dsdt: arch::acpi_pci::host_bridge_aml(arch::layout::PCI_ECAM_START),
+                    extra_tables: vec![arch::acpi_pci::mcfg(arch::layout::PCI_ECAM_START)],
+                };
+                let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
+                arch::mptable::setup_mptable(&mem, cfg.cpus)?;
+                let initrd_name = cfg
+                    .initrd
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let boot = arch::boot::load(
+                    &mem,
+                    &layout,
+                    &arch::boot::BootConfig {
+                        kernel: &kernel,
+                        initrd: initrd.as_deref(),
+                        initrd_name: &initrd_name,
+                        cmdline: &cfg.cmdline,
+                        rsdp_addr,
+                    },
+                )?;
+                (Some(boot.entry), cfg.pit.wanted(boot.format))
+            }
         };
-        let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
-        arch::mptable::setup_mptable(&mem, cfg.cpus)?;
-        let initrd_name = cfg
-            .initrd
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let boot = arch::boot::load(
-            &mem,
-            &layout,
-            &arch::boot::BootConfig {
-                kernel: &kernel,
-                initrd: initrd.as_deref(),
-                initrd_name: &initrd_name,
-                cmdline: &cfg.cmdline,
-                rsdp_addr,
-            },
-        )?;
-        let with_pit = cfg.pit.wanted(boot.format);
         if with_pit {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
@@ -268,7 +332,19 @@ impl Vm {
         let serial_irq = EventFd::new(0).map_err(io_err("eventfd"))?;
         vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, serial_out)));
+        let serial = match restore {
+            Some((snapshot, _)) => {
+                let state = snapshot.devices.serial.to_serial_state();
+                Serial::from_state(serial_irq, serial_out, &state).ok_or(
+                    crate::snapshot::SnapshotError::DeviceState {
+                        device: "serial port",
+                        reason: "its receive FIFO holds more than 64 bytes".into(),
+                    },
+                )?
+            }
+            None => Serial::new(serial_irq, serial_out),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         let pio = Bus::new();
         if !with_pit {
             pio.insert(
@@ -288,7 +364,17 @@ impl Vm {
         let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm.register_irqfd(&kbd_irq, 1)
             .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone()).with_interrupt(kbd_irq)));
+        let mut keyboard = I8042::new(exit.clone()).with_interrupt(kbd_irq);
+        if let Some((snapshot, _)) = restore {
+            if !keyboard.restore(&snapshot.devices.i8042.to_i8042_state()) {
+                return Err(crate::snapshot::SnapshotError::DeviceState {
+                    device: "i8042",
+                    reason: "too much queued output".into(),
+                }
+                .into());
+            }
+        }
+        let i8042 = Arc::new(Mutex::new(keyboard));
         for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
             let dev = Arc::new(Mutex::new(I8042Port {
                 controller: i8042.clone(),
@@ -297,11 +383,13 @@ impl Vm {
             pio.insert(dev, u64::from(port), 1)?;
         }
         let above_4g = layout.total() - layout.low_end();
-        pio.insert(
-            Arc::new(Mutex::new(Cmos::new(layout.low_end(), above_4g))),
-            u64::from(CMOS_PORT),
-            u64::from(CMOS_LEN),
-        )?;
+        let mut rtc = Cmos::new(layout.low_end(), above_4g);
+        if let Some((snapshot, _)) = restore {
+            let state = &snapshot.devices.cmos;
+            rtc.restore(state.index, &state.nvram()?);
+        }
+        let cmos = Arc::new(Mutex::new(rtc));
+        pio.insert(cmos.clone(), u64::from(CMOS_PORT), u64::from(CMOS_LEN))?;
         pio.insert(
             Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
             u64::from(DEBUG_EXIT_PORT),
@@ -313,7 +401,8 @@ impl Vm {
             u64::from(layout::ACPI_PM_PORT_LEN),
         )?;
         let mmio = Arc::new(Bus::new());
-        let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices)?;
+        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
+        let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices, saved_virtio)?;
         let pio = Arc::new(pio);
 
         let supported = kvm
@@ -322,12 +411,19 @@ impl Vm {
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(crate::control::PauseGate::default());
+        let msr_indices = Arc::new(
+            kvm.get_msr_index_list()
+                .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+                .as_slice()
+                .to_vec(),
+        );
+        let xsave2_size = usize::try_from(vm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
         for id in 0..cfg.cpus {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let entry = (id == 0).then_some(boot.entry);
+            let entry = if id == 0 { entry } else { None };
             vcpu::configure(&fd, id, cfg.cpus, &supported, tsc_deadline, &mem, entry)?;
             runners.push(VcpuRunner {
                 id,
@@ -338,8 +434,46 @@ impl Vm {
                 exit: exit.clone(),
                 stop: stop.clone(),
                 gate: gate.clone(),
+                msr_indices: msr_indices.clone(),
             });
         }
+        if let Some((snapshot, _)) = restore {
+            snapshot.vm.restore(&vm)?;
+            for (runner, state) in runners.iter().zip(&snapshot.vcpus) {
+                crate::snapshot::restore_vcpu(
+                    &runner.vcpu,
+                    usize::from(runner.id),
+                    state,
+                    xsave2_size,
+                )?;
+            }
+        }
+        let snapshot_source = crate::snapshot::SnapshotSource {
+            vm: vm.clone(),
+            mem: mem.clone(),
+            serial: serial.clone(),
+            i8042: i8042.clone(),
+            cmos,
+            virtio: pci.devices.clone(),
+            machine: crate::snapshot::MachineState {
+                memory: cfg.memory,
+                cpus: cfg.cpus,
+                pit: with_pit,
+                disks: cfg
+                    .disks
+                    .iter()
+                    .map(|d| crate::snapshot::SavedDisk {
+                        path: d.path.clone(),
+                        read_only: d.read_only,
+                        id: d.id.clone(),
+                        format: d.format.map(|f| f.name().to_string()),
+                    })
+                    .collect(),
+                rng: cfg.rng,
+            },
+            unsupported_device: unsupported_device(cfg),
+            xsave2_size,
+        };
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
@@ -360,6 +494,7 @@ impl Vm {
                 power_button: Arc::new(power_button),
                 gate,
                 vcpu_threads: Arc::new(Mutex::new(Vec::new())),
+                snapshot: Arc::new(snapshot_source),
             },
         })
     }
@@ -420,6 +555,15 @@ impl Vm {
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// The first device of `cfg` whose state snapshots do not save (virtio-net, whose
+/// backend's connections cannot be saved, and virtio-console).
+fn unsupported_device(cfg: &VmConfig) -> Option<String> {
+    if let Some(n) = cfg.nics.first() {
+        return Some(format!("virtio-net ({:?})", n.mode));
+    }
+    cfg.console2.as_ref().map(|_| "virtio-console".to_string())
 }
 
 /// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console.

@@ -1,0 +1,193 @@
+//! The transport's state in a VM snapshot: configuration space, MSI-X and interrupt
+//! routing, feature and status registers, and per queue its registers and the index of the
+//! next available entry. Devices keep no other state a guest can see (virtio-blk and
+//! virtio-rng have read-only configuration), so a restored device is re-activated with the
+//! negotiated features and its rings resumed where they were.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::{QueueRegs, VirtioPciDevice};
+use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC};
+use crate::interrupt::InterruptState;
+use crate::processor::lock;
+use crate::queue::{Queue, QueueLayout};
+use crate::status;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    pub size: u16,
+    pub enabled: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+    /// The next available entry the device takes (for enabled queues).
+    pub next_avail: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioPciState {
+    /// The device type (virtio ids: 2 block, 4 rng, ...), checked on restore.
+    pub device_type: u16,
+    pub config: pci::PciConfigState,
+    pub interrupt: InterruptState,
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub status: u8,
+    pub queue_select: u16,
+    pub queues: Vec<QueueState>,
+    pub config_generation: u8,
+    pub needs_reset: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("the state is of virtio device type {found}, not {expected}")]
+    DeviceType { found: u16, expected: u16 },
+    #[error("{found} queues saved where the device has {expected}")]
+    QueueCount { found: usize, expected: usize },
+    #[error("queue {0}: size or ring addresses invalid")]
+    Queue(usize),
+    #[error("PCI configuration space does not match the device")]
+    Config,
+    #[error("MSI-X or interrupt state does not match the device")]
+    Interrupt,
+    #[error("driver features {0:#x} include ones the device does not offer")]
+    Features(u64),
+}
+
+impl VirtioPciDevice {
+    /// Calls `f` with the state to save while every queue stays locked, so the I/O thread
+    /// neither finishes nor starts a request (which would change guest memory and the
+    /// rings) until `f` returns: the caller saves guest memory inside `f`. Call with the VM
+    /// paused; a request being processed is waited for.
+    pub fn with_frozen_state<R>(&self, f: impl FnOnce(VirtioPciState) -> R) -> R {
+        let held: Vec<_> = self.shared.queues.iter().map(|q| lock(q)).collect();
+        let queues = self
+            .queues
+            .iter()
+            .zip(&held)
+            .map(|(regs, queue)| QueueState {
+                size: regs.size,
+                enabled: regs.enabled,
+                desc: regs.desc,
+                driver: regs.driver,
+                device: regs.device,
+                next_avail: queue.as_ref().map_or(0, Queue::next_avail),
+            })
+            .collect();
+        let state = VirtioPciState {
+            device_type: lock(&self.shared.device).device_type(),
+            config: self.config.state(),
+            interrupt: self.shared.interrupt.state(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            queue_select: self.queue_select,
+            queues,
+            config_generation: self.shared.config_generation.load(Ordering::SeqCst),
+            needs_reset: self.shared.needs_reset.load(Ordering::SeqCst),
+        };
+        let result = f(state);
+        drop(held);
+        result
+    }
+
+    /// Takes `state` (untrusted: checked against this device first) into a device that
+    /// has not run: registers, interrupts, activation with the negotiated features when
+    /// the driver had set DRIVER_OK, and every enabled ring resumed at its saved index.
+    pub fn restore(&mut self, state: &VirtioPciState) -> Result<(), StateError> {
+        let expected = lock(&self.shared.device).device_type();
+        if state.device_type != expected {
+            return Err(StateError::DeviceType {
+                found: state.device_type,
+                expected,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(StateError::QueueCount {
+                found: state.queues.len(),
+                expected: self.queues.len(),
+            });
+        }
+        if state.driver_features & !self.device_features != 0 {
+            return Err(StateError::Features(state.driver_features));
+        }
+        let event_idx = state.driver_features & RING_EVENT_IDX != 0;
+        let indirect = state.driver_features & RING_INDIRECT_DESC != 0;
+        let mut rings = Vec::with_capacity(state.queues.len());
+        for (index, (saved, regs)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if saved.size > regs.max_size {
+                return Err(StateError::Queue(index));
+            }
+            let ring = if saved.enabled {
+                let layout = QueueLayout {
+                    size: saved.size,
+                    desc: saved.desc,
+                    avail: saved.driver,
+                    used: saved.device,
+                };
+                Some(
+                    Queue::resume(
+                        &self.shared.mem,
+                        layout,
+                        event_idx,
+                        indirect,
+                        saved.next_avail,
+                    )
+                    .map_err(|_| StateError::Queue(index))?,
+                )
+            } else {
+                None
+            };
+            rings.push(ring);
+        }
+        // Each restore checks before it changes anything; a failure here fails the whole
+        // VM restore, which discards the device.
+        if !self.shared.interrupt.restore(&state.interrupt) {
+            return Err(StateError::Interrupt);
+        }
+        if !self.config.restore(&state.config) {
+            return Err(StateError::Config);
+        }
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.queue_select = state.queue_select;
+        for ((regs, saved), (slot, ring)) in self
+            .queues
+            .iter_mut()
+            .zip(&state.queues)
+            .zip(self.shared.queues.iter().zip(rings))
+        {
+            *regs = QueueRegs {
+                max_size: regs.max_size,
+                size: saved.size,
+                enabled: saved.enabled,
+                desc: saved.desc,
+                driver: saved.driver,
+                device: saved.device,
+            };
+            *lock(slot) = ring;
+        }
+        self.shared
+            .config_generation
+            .store(state.config_generation, Ordering::SeqCst);
+        self.shared
+            .needs_reset
+            .store(state.needs_reset, Ordering::SeqCst);
+        if state.status & status::DRIVER_OK != 0 {
+            lock(&self.shared.device).activate(state.driver_features);
+            self.shared.driver_ok.store(true, Ordering::SeqCst);
+            // Requests the driver queued before the snapshot get looked at.
+            for evt in &self.shared.notifiers {
+                let _ = evt.write(1);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Taking a snapshot of a paused VM: what the VM hands over for it and the order of work.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_ioctls::VmFd;
+
+use arch::GuestMemory;
+use devices::cmos::Cmos;
+use devices::i8042::I8042;
+use devices::serial::Serial;
+
+use super::state_file::{MachineState, VmSnapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
+use super::vcpu_state::XSAVE_AREA_SIZE;
+use super::{
+    save_memory, write_state_file, CmosState, DeviceStates, SnapshotError, SnapshotReport, VmState,
+};
+use crate::control::PauseGate;
+
+/// How long paused vCPU threads get to answer a snapshot request.
+const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything of a VM a snapshot reads besides the vCPUs.
+pub struct SnapshotSource {
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) cmos: Arc<Mutex<Cmos>>,
+    /// The virtio-pci functions, in slot order.
+    pub(crate) virtio: Vec<Arc<Mutex<virtio::VirtioPciDevice>>>,
+    pub(crate) machine: MachineState,
+    /// The first device whose state snapshots do not save, if the VM has one.
+    pub(crate) unsupported_device: Option<String>,
+    /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
+    pub(crate) xsave2_size: usize,
+}
+
+/// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,
+/// with all of them frozen, calls `f` with their states.
+fn with_frozen_virtio<R>(
+    devices: &[Arc<Mutex<virtio::VirtioPciDevice>>],
+    mut states: Vec<virtio::VirtioPciState>,
+    f: &mut dyn FnMut(Vec<virtio::VirtioPciState>) -> R,
+) -> R {
+    match devices.split_first() {
+        None => f(states),
+        Some((first, rest)) => lock(first).with_frozen_state(|state| {
+            states.push(state);
+            with_frozen_virtio(rest, states, f)
+        }),
+    }
+}
+
+/// `path` with `.partial` appended to its file name.
+fn partial_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    std::fs::rename(from, to).map_err(|source| SnapshotError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SnapshotSource {
+    /// Writes a full snapshot of the paused VM: vCPUs first (each on its own thread, which
+    /// also completes a pending I/O instruction), then VM-wide KVM state, devices, memory.
+    pub(crate) fn create(
+        &self,
+        gate: &PauseGate,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotReport, SnapshotError> {
+        if let Some(device) = &self.unsupported_device {
+            return Err(SnapshotError::UnsupportedDevice(device.clone()));
+        }
+        if self.xsave2_size > XSAVE_AREA_SIZE {
+            return Err(SnapshotError::XsaveTooLarge(0));
+        }
+        let vcpus =
+            gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
+        let vm = VmState::save(&self.vm, self.machine.pit)?;
+        let (index, nvram) = lock(&self.cmos).state();
+        let devices = DeviceStates {
+            serial: lock(&self.serial).state().into(),
+            i8042: lock(&self.i8042).state().into(),
+            cmos: CmosState {
+                index,
+                nvram: nvram.to_vec(),
+            },
+            virtio: Vec::new(),
+        };
+        let mut snapshot = VmSnapshot {
+            magic: SNAPSHOT_MAGIC.into(),
+            version: SNAPSHOT_VERSION,
+            machine: self.machine.clone(),
+            vm,
+            vcpus,
+            devices,
+        };
+        // Both files are written under temporary names and renamed when complete, the state
+        // file last: a failed snapshot never leaves a state file next to a partial memory file.
+        let mem_partial = partial_path(mem_path);
+        let state_partial = partial_path(state_path);
+        // Guest memory is saved while the virtio queues are frozen with their state.
+        let written = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
+            snapshot.devices.virtio = states;
+            save_memory(&self.mem, &mem_partial)
+        })
+        .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
+        .and_then(|bytes| {
+            rename(&mem_partial, mem_path)?;
+            rename(&state_partial, state_path)?;
+            Ok(bytes)
+        });
+        let memory_bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&mem_partial);
+                let _ = std::fs::remove_file(&state_partial);
+                return Err(e);
+            }
+        };
+        Ok(SnapshotReport { memory_bytes })
+    }
+}

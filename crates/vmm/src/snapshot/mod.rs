@@ -1,0 +1,76 @@
+//! Snapshots of a running VM (Firecracker's `PUT /snapshot/create` and `/snapshot/load`): a
+//! versioned JSON state file (machine shape, vCPUs, in-kernel irqchip/PIT/clock, legacy
+//! devices) and a raw file with guest RAM. Only full snapshots of paused VMs are taken, and
+//! only of VMs whose every device is saved: virtio-blk and virtio-rng are, a VM with
+//! virtio-net or virtio-console is refused.
+
+mod bytes;
+mod create;
+mod devices;
+mod memory;
+mod state_file;
+mod vcpu_state;
+mod vm_state;
+
+pub use create::SnapshotSource;
+pub use devices::{CmosState, DeviceStates};
+pub use memory::{load_memory, save_memory};
+pub use state_file::{
+    parse_state, read_state_file, write_state_file, MachineState, SavedDisk, VmSnapshot,
+    SNAPSHOT_VERSION,
+};
+pub use vcpu_state::VcpuState;
+pub use vm_state::VmState;
+
+pub(crate) use vcpu_state::{restore_vcpu, save_vcpu};
+
+/// What a snapshot operation reports back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// Bytes of guest memory written or read.
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the VM must be paused before a snapshot is created")]
+    NotPaused,
+    #[error("cannot snapshot this VM: its {0} device's state is not saved by vessel snapshots")]
+    UnsupportedDevice(String),
+    #[error("vCPU {id}: {what}: {source}")]
+    VcpuKvm {
+        id: usize,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{what}: {source}")]
+    VmKvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {id}: KVM accepted only {set} of {total} MSRs")]
+    Msrs { id: usize, set: usize, total: usize },
+    #[error("vCPU {0}: its XSAVE area is larger than the 4096 bytes vessel saves")]
+    XsaveTooLarge(usize),
+    #[error("the vCPUs did not answer the snapshot request: {0}")]
+    Vcpus(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid snapshot state file: {0}")]
+    Invalid(String),
+    #[error("snapshot state file version {found} is not supported (this vessel reads version {SNAPSHOT_VERSION})")]
+    Version { found: u32 },
+    #[error("the memory file is {file} bytes but the snapshot's VM has {expected} bytes of RAM")]
+    MemorySize { file: u64, expected: u64 },
+    #[error("invalid state for the {device}: {reason}")]
+    DeviceState {
+        device: &'static str,
+        reason: String,
+    },
+}

@@ -1,0 +1,345 @@
+//! The state file: JSON with a magic string and a format version, read back as untrusted
+//! input (size-capped, versioned, every count bounded before use).
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::devices::DeviceStates;
+use super::vcpu_state::{VcpuState, MAX_MSRS};
+use super::vm_state::VmState;
+use super::SnapshotError;
+
+pub const SNAPSHOT_MAGIC: &str = "vessel-vm-snapshot";
+pub const SNAPSHOT_VERSION: u32 = 1;
+/// A state file is a few tens of KiB per vCPU; anything above this is not one of ours.
+pub const MAX_STATE_FILE_BYTES: u64 = 64 << 20;
+
+/// The shape of the machine, enough to build the same VM again before its state is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub cpus: u8,
+    /// Whether the VM has KVM's in-kernel PIT.
+    pub pit: bool,
+    /// virtio-blk disks, in PCI slot order (reopened on load: they must still be there).
+    pub disks: Vec<SavedDisk>,
+    /// A virtio-rng device after the disks.
+    pub rng: bool,
+}
+
+/// A disk as the VM had it configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDisk {
+    pub path: std::path::PathBuf,
+    pub read_only: bool,
+    pub id: Option<String>,
+    /// Image format name (`raw`, `qcow2`, ...); detected when absent.
+    pub format: Option<String>,
+}
+
+/// Most disks a snapshot may list (the API allows 64).
+pub const MAX_DISKS: usize = 64;
+
+#[derive(Serialize, Deserialize)]
+pub struct VmSnapshot {
+    pub magic: String,
+    pub version: u32,
+    pub machine: MachineState,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: DeviceStates,
+}
+
+/// Only the fields that say whether the rest can be read.
+#[derive(Deserialize)]
+struct Header {
+    magic: String,
+    version: u32,
+}
+
+impl VmSnapshot {
+    /// Checks everything that does not need KVM: version, machine shape, counts.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        if self.magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::Invalid("not a vessel VM snapshot".into()));
+        }
+        if self.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version {
+                found: self.version,
+            });
+        }
+        let cpus = self.machine.cpus;
+        if cpus == 0 || cpus > crate::config::MAX_CPUS {
+            return Err(SnapshotError::Invalid(format!(
+                "{cpus} vCPUs (1 to {} are possible)",
+                crate::config::MAX_CPUS
+            )));
+        }
+        if self.vcpus.len() != usize::from(cpus) {
+            return Err(SnapshotError::Invalid(format!(
+                "the machine has {cpus} vCPUs but {} vCPU states are saved",
+                self.vcpus.len()
+            )));
+        }
+        arch::memory_map::RamLayout::new(self.machine.memory)
+            .map_err(|e| SnapshotError::Invalid(format!("memory size: {e}")))?;
+        if let Some(id) = self.vcpus.iter().position(|v| v.msrs.len() > MAX_MSRS) {
+            return Err(SnapshotError::Invalid(format!(
+                "vCPU {id} lists more than {MAX_MSRS} MSRs"
+            )));
+        }
+        if self.vm.pit.is_some() != self.machine.pit {
+            return Err(SnapshotError::Invalid(
+                "the PIT state does not match whether the machine has a PIT".into(),
+            ));
+        }
+        if self.machine.disks.len() > MAX_DISKS {
+            return Err(SnapshotError::Invalid(format!(
+                "{} disks (at most {MAX_DISKS})",
+                self.machine.disks.len()
+            )));
+        }
+        let virtio = self.machine.disks.len() + usize::from(self.machine.rng);
+        if self.devices.virtio.len() != virtio {
+            return Err(SnapshotError::Invalid(format!(
+                "the machine has {virtio} virtio devices but {} device states are saved",
+                self.devices.virtio.len()
+            )));
+        }
+        for disk in &self.machine.disks {
+            if let Some(name) = &disk.format {
+                name.parse::<block::Format>().map_err(|e| {
+                    SnapshotError::Invalid(format!("disk {}: {e}", disk.path.display()))
+                })?;
+            }
+        }
+        self.vm.validate()?;
+        self.devices.validate()
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn write_state_file(snapshot: &VmSnapshot, path: &Path) -> Result<(), SnapshotError> {
+    let text = serde_json::to_vec(snapshot)
+        .map_err(|e| SnapshotError::Invalid(format!("cannot encode: {e}")))?;
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut writer = std::io::BufWriter::new(file);
+    std::io::Write::write_all(&mut writer, &text).map_err(io_err(path))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| io_err(path)(e.into_error()))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Parses and validates a state file's bytes.
+pub fn parse_state(bytes: &[u8]) -> Result<VmSnapshot, SnapshotError> {
+    let header: Header = serde_json::from_slice(bytes)
+        .map_err(|e| SnapshotError::Invalid(format!("not a vessel state file: {e}")))?;
+    if header.magic != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::Invalid("not a vessel VM snapshot".into()));
+    }
+    if header.version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::Version {
+            found: header.version,
+        });
+    }
+    let snapshot: VmSnapshot =
+        serde_json::from_slice(bytes).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    snapshot.validate()?;
+    Ok(snapshot)
+}
+
+/// Reads and validates the state file at `path` (at most [`MAX_STATE_FILE_BYTES`]).
+pub fn read_state_file(path: &Path) -> Result<VmSnapshot, SnapshotError> {
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
+        return Err(SnapshotError::Invalid(format!(
+            "larger than {MAX_STATE_FILE_BYTES} bytes"
+        )));
+    }
+    parse_state(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::devices::{CmosState, KeyboardState, UartState};
+    use crate::snapshot::vcpu_state::MsrValue;
+
+    fn vcpu() -> VcpuState {
+        VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            lapic: Default::default(),
+            mp_state: Default::default(),
+            vcpu_events: Default::default(),
+            debugregs: Default::default(),
+            msrs: vec![MsrValue {
+                index: 0x10,
+                data: 42,
+            }],
+        }
+    }
+
+    fn sample() -> VmSnapshot {
+        let chip = |chip_id| kvm_bindings::kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        VmSnapshot {
+            magic: SNAPSHOT_MAGIC.into(),
+            version: SNAPSHOT_VERSION,
+            machine: MachineState {
+                memory: 128 << 20,
+                cpus: 2,
+                pit: false,
+                disks: vec![],
+                rng: false,
+            },
+            vm: VmState {
+                pic_master: chip(0),
+                pic_slave: chip(1),
+                ioapic: chip(2),
+                pit: None,
+                clock: Default::default(),
+            },
+            vcpus: vec![vcpu(), vcpu()],
+            devices: DeviceStates {
+                serial: UartState {
+                    baud_divisor_low: 12,
+                    baud_divisor_high: 0,
+                    interrupt_enable: 0,
+                    interrupt_identification: 1,
+                    line_control: 3,
+                    line_status: 0x60,
+                    modem_control: 8,
+                    modem_status: 0xb0,
+                    scratch: 0,
+                    in_buffer: vec![],
+                },
+                i8042: KeyboardState {
+                    status: 4,
+                    output: vec![],
+                    control: 1,
+                    outp: 1,
+                    pending_write: None,
+                },
+                cmos: CmosState {
+                    index: 0,
+                    nvram: vec![0; 128],
+                },
+                virtio: vec![],
+            },
+        }
+    }
+
+    fn encode(s: &VmSnapshot) -> Vec<u8> {
+        serde_json::to_vec(s).unwrap()
+    }
+
+    #[test]
+    fn a_written_file_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write_state_file(&sample(), &path).unwrap();
+        let back = read_state_file(&path).unwrap();
+        assert_eq!(back.machine, sample().machine);
+        assert_eq!(back.vcpus[1].msrs, sample().vcpus[1].msrs);
+        assert_eq!(back.devices, sample().devices);
+    }
+
+    #[test]
+    fn truncated_files_are_refused() {
+        let bytes = encode(&sample());
+        for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                matches!(parse_state(&bytes[..cut]), Err(SnapshotError::Invalid(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_versions_and_magic_are_refused() {
+        let mut s = sample();
+        s.version = 2;
+        assert!(matches!(
+            parse_state(&encode(&s)),
+            Err(SnapshotError::Version { found: 2 })
+        ));
+        let mut s = sample();
+        s.magic = "firecracker".into();
+        assert!(matches!(
+            parse_state(&encode(&s)),
+            Err(SnapshotError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn vcpu_counts_and_memory_sizes_are_bounded() {
+        let mut s = sample();
+        s.machine.cpus = 3;
+        assert!(parse_state(&encode(&s)).is_err(), "3 CPUs, 2 states");
+        s.machine.cpus = 0;
+        s.vcpus.clear();
+        assert!(parse_state(&encode(&s)).is_err(), "no CPU");
+        let mut s = sample();
+        s.machine.memory = 0;
+        assert!(parse_state(&encode(&s)).is_err(), "no memory");
+        let mut s = sample();
+        s.vcpus[0].msrs = vec![MsrValue { index: 0, data: 0 }; MAX_MSRS + 1];
+        assert!(parse_state(&encode(&s)).is_err(), "too many MSRs");
+    }
+
+    #[test]
+    fn damaged_structures_and_device_state_are_refused() {
+        let text = String::from_utf8(encode(&sample())).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["vcpus"][0]["regs"] = serde_json::json!([1, 2, 3]);
+        assert!(parse_state(&serde_json::to_vec(&v).unwrap()).is_err());
+        let mut s = sample();
+        s.devices.serial.in_buffer = vec![0; 65];
+        assert!(matches!(
+            parse_state(&encode(&s)),
+            Err(SnapshotError::DeviceState { .. })
+        ));
+        let mut s = sample();
+        s.devices.cmos.nvram = vec![0; 127];
+        assert!(parse_state(&encode(&s)).is_err());
+        let mut s = sample();
+        s.machine.pit = true;
+        assert!(parse_state(&encode(&s)).is_err(), "PIT flag without state");
+        let mut s = sample();
+        s.machine.rng = true;
+        assert!(
+            parse_state(&encode(&s)).is_err(),
+            "a virtio-rng without its state"
+        );
+        let mut s = sample();
+        s.machine.disks = vec![
+            SavedDisk {
+                path: "/d".into(),
+                read_only: false,
+                id: None,
+                format: None,
+            };
+            MAX_DISKS + 1
+        ];
+        assert!(parse_state(&encode(&s)).is_err(), "too many disks");
+    }
+}

@@ -1,0 +1,517 @@
+//! Snapshots of running VMs through Firecracker's API (`PUT /snapshot/create` and
+//! `/snapshot/load`): a counting guest is paused and snapshotted, its VMM killed, and a new
+//! `vessel run --api-sock` resumes it from the snapshot; the count goes on where it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{multiboot_guest, out_dir, TIMEOUT};
+
+/// How long a restored guest gets to count to the end: serial output is slow on a nested
+/// KVM, and slower when other VMs share the host's CPUs.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How far the guest counts, and how long it spins per step.
+const STEPS: u64 = 20;
+const DELAY: u64 = 100_000;
+/// The same for the 2-vCPU guest, whose AP spins on the second host CPU.
+const SMP_STEPS: u64 = 12;
+const SMP_DELAY: u64 = 30_000;
+
+fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock);
+    cmd.args(["-X", method, &format!("http://localhost{path}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Vmm {
+    child: Child,
+    sock: PathBuf,
+    serial: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vmm {
+    fn spawn(name: &str) -> Vmm {
+        let sock = out_dir().join(format!("{name}.sock"));
+        let serial = out_dir().join(format!("{name}-serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["run", "--api-sock", sock.to_str().unwrap(), "--serial"])
+            .arg(format!("file:{}", serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let vmm = Vmm {
+            child,
+            sock,
+            serial,
+        };
+        wait_for("the API socket", || vmm.sock.exists());
+        vmm
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        curl(&self.sock, method, path, Some(body))
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < RUN_TIMEOUT, "the VMM did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        (status.code(), err)
+    }
+}
+
+fn counter_guest() -> PathBuf {
+    multiboot_guest(
+        "counter",
+        &["multiboot_header.S", "counter_guest.c"],
+        "multiboot.ld",
+    )
+}
+
+/// Configures and starts the counting guest with 128 MiB and `cpus` vCPUs.
+fn boot_counter(vmm: &Vmm, cpus: u8) {
+    let machine = format!(r#"{{"vcpu_count": {cpus}, "mem_size_mib": 128}}"#);
+    assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        counter_guest().display().to_string()
+    );
+    assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = vmm.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+}
+
+/// The numbers of the guest's `count=N ...` lines, in order. A line cut short (by a pause)
+/// is left out: in the output of both VMMs together it is whole, and a line broken any
+/// other way leaves a gap that the callers' sequence check finds.
+fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("count="))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// The AP's counts the SMP guest prints (`count=N ap=M`), in order.
+fn ap_counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.split_once(" ap=")?.1.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
+    let first = Vmm::spawn("vm-snapshot-first");
+    boot_counter(&first, 1);
+    wait_for("the guest to count to 5", || {
+        counts(&first.serial()).len() >= 5
+    });
+    let state = out_dir().join("vm-snapshot.state");
+    let mem = out_dir().join("vm-snapshot.mem");
+    let create = format!(
+        r#"{{"snapshot_type": "Full", "snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    // Firecracker's rules: only a paused VM, only Full snapshots.
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("paused"), "{body}");
+    assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let diff = create.replace("Full", "Diff");
+    let (code, body) = first.call("PUT", "/snapshot/create", &diff);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Diff snapshots are not supported"), "{body}");
+
+    let started = Instant::now();
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    let create_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    assert!(!out_dir().join("vm-snapshot.mem.partial").exists());
+    assert!(!out_dir().join("vm-snapshot.state.partial").exists());
+    let before = first.serial();
+    let reached = *counts(&before).last().unwrap();
+    assert!(reached < STEPS, "the guest finished before the snapshot");
+    // The old VMM is gone for good: the guest lives on only in the snapshot.
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let started = Instant::now();
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    assert!(after.contains("counter done"), "{after}");
+    // The output of both VMMs together is one unbroken count (a line cut by the pause is
+    // finished by the restored guest), continuing past where the snapshot was taken.
+    let all = counts(&(before + &after));
+    assert_eq!(all, (1..=STEPS).collect::<Vec<_>>(), "{after}");
+    let first_after = counts(&after).first().copied().unwrap_or(STEPS);
+    assert!(first_after > reached.saturating_sub(1), "{after}");
+    eprintln!(
+        "snapshot of a 128 MiB guest: create {create_ms:.1} ms, load {load_ms:.1} ms, memory file {} bytes, state file {} bytes",
+        std::fs::metadata(&mem).unwrap().len(),
+        std::fs::metadata(&state).unwrap().len()
+    );
+}
+
+/// Pauses `vmm`, snapshots it into `name`.state / `name`.mem, and returns their paths.
+fn snapshot(vmm: &Vmm, name: &str) -> (PathBuf, PathBuf) {
+    assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join(format!("{name}.state"));
+    let mem = out_dir().join(format!("{name}.mem"));
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{body}");
+    (state, mem)
+}
+
+#[test]
+fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
+    let kernel = multiboot_guest(
+        "counter_blk",
+        &["multiboot_header.S", "counter_blk_guest.c"],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-blk-first");
+    let disk = out_dir().join("vm-snapshot-blk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": {:?}, "is_root_device": false, "is_read_only": false}}"#,
+        disk.display().to_string()
+    );
+    let (code, body) = first.call("PUT", "/drives/data", &drive);
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the guest to count to 5", || {
+        counts(&first.serial()).len() >= 5
+    });
+    let started = Instant::now();
+    let (state, mem) = snapshot(&first, "vm-snapshot-blk");
+    let create_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let before = first.serial();
+    let reached = *counts(&before).last().unwrap();
+    assert!(reached < STEPS, "the guest finished before the snapshot");
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-blk-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let started = Instant::now();
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    eprintln!(
+        "snapshot of a 128 MiB guest with a virtio-blk disk: pause + create {create_ms:.1} ms, load {load_ms:.1} ms, state file {} bytes",
+        std::fs::metadata(&state).unwrap().len()
+    );
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(after.contains("disk verified"), "{after}");
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    let all = counts(&(before + &after));
+    assert_eq!(all, (1..=STEPS).collect::<Vec<_>>(), "{after}");
+    // Every sector the guest wrote, before and after the snapshot, is on the host's file.
+    let image = std::fs::read(&disk).unwrap();
+    for n in 1..=STEPS as usize {
+        let sector = &image[n * 512..(n + 1) * 512];
+        assert!(
+            sector
+                .chunks(4)
+                .all(|w| u32::from_le_bytes(w.try_into().unwrap()) == n as u32),
+            "sector {n}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_refuse_unsaved_devices_and_damaged_files() {
+    // A VM with a virtio-net interface (NAT): its backend's state is not saved, so no
+    // snapshot is written.
+    let vmm = Vmm::spawn("vm-snapshot-net");
+    let (code, body) = vmm.call(
+        "PUT",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "mode": "nat"}"#,
+    );
+    assert_eq!(code, 204, "{body}");
+    boot_counter(&vmm, 1);
+    assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join("vm-snapshot-refused.state");
+    let _ = std::fs::remove_file(&state);
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": "/nonexistent/mem"}}"#,
+        state.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("virtio-net"), "{body}");
+    assert!(!state.exists());
+    drop(vmm);
+
+    // A truncated state file is refused with a reason; the VMM stays usable.
+    let bad = out_dir().join("vm-snapshot-truncated.state");
+    std::fs::write(
+        &bad,
+        br#"{"magic":"vessel-vm-snapshot","version":1,"machine":{"#,
+    )
+    .unwrap();
+    let vmm = Vmm::spawn("vm-snapshot-bad");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": "/dev/null"}}"#,
+        bad.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid snapshot state file"), "{body}");
+    let (code, body) = curl(&vmm.sock, "GET", "/", None);
+    assert_eq!(code, 200);
+    assert!(body.contains("Not started"), "{body}");
+}
+
+/// Both vCPUs of a 2-vCPU guest run when the snapshot is taken: after the load the BSP's
+/// count goes on where it was and the AP goes on counting from its value (it neither
+/// restarts nor stops).
+#[test]
+fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
+    let kernel = multiboot_guest(
+        "counter_smp",
+        &[
+            "multiboot_header.S",
+            "smp_trampoline.S",
+            "counter_smp_guest.c",
+        ],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-smp-first");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={SMP_STEPS} delay={SMP_DELAY}"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the guest to count to 4", || {
+        counts(&first.serial()).len() >= 4
+    });
+    let (state, mem) = snapshot(&first, "vm-snapshot-smp");
+    let before = first.serial();
+    assert!(
+        *counts(&before).last().unwrap() < SMP_STEPS,
+        "finished too early"
+    );
+    let ap_before = *ap_counts(&before).last().unwrap();
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-smp-second");
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let after = second.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    let all = counts(&(before.clone() + &after));
+    assert_eq!(all, (1..=SMP_STEPS).collect::<Vec<_>>(), "{after}");
+    let ap = ap_counts(&(before + &after));
+    assert!(
+        ap.windows(2).all(|w| w[0] <= w[1]),
+        "the AP count went back: {ap:?}"
+    );
+    let ap_after = ap_counts(&after);
+    assert!(
+        ap_after.first().is_some_and(|&first| first >= ap_before)
+            && ap_after.last() > ap_after.first(),
+        "the AP did not go on counting after the load: before {ap_before}, after {ap_after:?}"
+    );
+}
+
+/// An interrupt-driven guest (PIT ticks through the PIC and LAPIC, keyboard IRQ, `hlt`
+/// between them) on 2 vCPUs: loaded paused, resumed over the API, it still takes keyboard
+/// interrupts and powers off on Ctrl-Alt-Del.
+#[test]
+fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
+    let kernel = multiboot_guest(
+        "service",
+        &["multiboot_header.S", "service_guest.c"],
+        "multiboot.ld",
+    );
+    let first = Vmm::spawn("vm-snapshot-service-first");
+    assert_eq!(
+        first
+            .call(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 128}"#
+            )
+            .0,
+        204
+    );
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "service"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+    wait_for("the service guest", || {
+        first.serial().contains("service up")
+    });
+    // Let it take some PIT ticks, so a halted vCPU is kicked out of `hlt` for the snapshot.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = out_dir().join("vm-snapshot-service.state");
+    let mem = out_dir().join("vm-snapshot-service.mem");
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = first.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{body}");
+    drop(first);
+
+    let mut second = Vmm::spawn("vm-snapshot-service-second");
+    // The older body shape: mem_file_path instead of mem_backend; not resumed.
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{body}");
+    let (_, info) = curl(&second.sock, "GET", "/", None);
+    assert!(info.contains("\"state\":\"Paused\""), "{info}");
+    let (_, machine) = curl(&second.sock, "GET", "/machine-config", None);
+    assert!(machine.contains("\"vcpu_count\":2"), "{machine}");
+    assert!(machine.contains("\"mem_size_mib\":128"), "{machine}");
+    // Loaded means started: configuration and a second load are refused.
+    let (code, _) = second.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 400);
+    assert_eq!(
+        second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#).0,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, body) = second.call("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    assert_eq!(code, 204, "{body}");
+    let (status, err) = second.wait_exit();
+    let serial = second.serial();
+    assert_eq!(status, Some(0), "stderr: {err}\nserial: {serial}");
+    assert!(serial.contains("ctrl-alt-del: powering off"), "{serial}");
+    assert!(
+        !serial.contains("service up"),
+        "the guest restarted: {serial}"
+    );
+}
