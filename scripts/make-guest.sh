@@ -6,7 +6,9 @@
 #                           libraries) + an /init that prints "VESSEL-GUEST-READY <uptime>"
 #                           and powers the VM off; it loads the modules when the VM has a
 #                           virtio PCI device.
-#   $OUT/initramfs-nested.cpio  busybox and the same /init, uncompressed, for nested hosts.
+#   $OUT/initramfs-nested.cpio  busybox, the virtio-pci/blk/rng modules (unsigned, no BTF),
+#                           the tests/guests/tcg/nested-*.sh scripts and the same /init,
+#                           uncompressed, for nested hosts (docs/nested-kvm.md).
 # Test scripts: every tests/guests/tcg/*.sh is shipped as /tests/NAME.sh; a kernel command
 # line with `vessel.test=NAME` makes /init run it between "VESSEL-TEST-BEGIN NAME" and
 # "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off.
@@ -19,10 +21,11 @@ OUT=${OUT:-$ROOT/guest}
 WORK=$OUT/work
 TESTS=$ROOT/tests/guests/tcg
 MODULES=${MODULES:-"virtio_pci virtio_blk virtio_net virtio_console virtio_rng vmw_vsock_virtio_transport"}
+NESTED_MODULES="virtio_pci virtio_blk virtio_rng"
 log() { echo "[make-guest] $*" >&2; }
 
 missing=()
-for tool in dpkg-deb cpio gzip depmod modprobe lz4 xz zstd python3 mke2fs ldd flock; do
+for tool in dpkg-deb cpio gzip depmod modprobe lz4 xz zstd python3 mke2fs ldd flock objcopy; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing+=(busybox-static)
@@ -31,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq busybox-static cpio kmod lz4 xz-utils zstd gzip file python3 \
-        e2fsprogs libc-bin util-linux >/dev/null
+        e2fsprogs libc-bin util-linux binutils >/dev/null
 fi
 
 mkdir -p "$OUT" "$WORK"
@@ -160,10 +163,23 @@ pack "$IR" | gzip -9n > "$OUT/initramfs.cpio.gz"
 # emulated ring 0: inflating gzip took minutes, and every file costs (busybox's ~400 applet
 # links did); `busybox --install -s` in the guest makes the rest. No modprobe: without it the
 # kernel's module requests fail at once instead of running a user-mode helper each.
+# The virtio-pci, -blk and -rng modules go in without their signatures and BTF: checking a
+# signature (software SHA-256 and RSA) took ~20 s per module there, and the first module
+# with BTF makes the kernel parse the whole kernel's BTF (~100 s).
 NESTED=$WORK/initramfs-nested
 busybox_root "$NESTED" sh mount umount grep sed cat ls echo insmod poweroff reboot \
-    uname dmesg ps mkdir
+    uname dmesg ps mkdir dd sha256sum cut od tr sleep awk
 cp -p "$IR/init" "$NESTED/init"
+for m in $NESTED_MODULES; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; done |
+    awk '$1 == "insmod" {print $2}' |
+    while read -r ko; do
+        name=$(basename "$ko")
+        [ -e "$NESTED/lib/modules/$name" ] && continue
+        objcopy --remove-section=.BTF "$ko" "$NESTED/lib/modules/$name"
+        echo "$name" >> "$NESTED/etc/modules.order"
+    done
+mkdir -p "$NESTED/tests"
+for t in "$TESTS"/lib.sh "$TESTS"/nested-*.sh; do [ -e "$t" ] && install -m 755 "$t" "$NESTED/tests/"; done
 pack "$NESTED" > "$OUT/initramfs-nested.cpio"
 echo "$STAMP" > "$OUT/guest.stamp"
 log "initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), modules: $(tr '\n' ' ' < "$IR/etc/modules.order"), tests: $(cd "$IR/tests" && ls | tr '\n' ' ')"
