@@ -18,34 +18,9 @@ fn service_guest() -> PathBuf {
     )
 }
 
-struct State(PathBuf);
+use common::state_dir::TestState as State;
 
 impl State {
-    fn new(name: &str) -> Self {
-        let dir = out_dir().join(format!("state-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        State(dir)
-    }
-
-    fn vessel(&self, args: &[&str]) -> common::Run {
-        let mut all = vec!["--state-dir", self.0.to_str().unwrap()];
-        all.extend_from_slice(args);
-        vessel(&all, TIMEOUT)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let r = self.vessel(args);
-        assert_eq!(
-            r.status,
-            Some(0),
-            "{args:?}\nstdout: {}\nstderr: {}",
-            r.stdout,
-            r.stderr
-        );
-        r.stdout
-    }
-
     fn ls(&self) -> Vec<serde_json::Value> {
         serde_json::from_str::<Vec<serde_json::Value>>(&self.ok(&["ls", "--json"])).unwrap()
     }
@@ -71,22 +46,6 @@ impl State {
                 self.serial(name)
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        // Never leave VMMs behind, whatever the test did.
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        // SAFETY (test): best-effort kill of a VMM this test started.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
         }
     }
 }

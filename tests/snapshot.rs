@@ -15,51 +15,12 @@ use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
 
 const SIZE: usize = 4 << 20;
 
-struct State(PathBuf);
-
-impl Drop for State {
-    fn drop(&mut self) {
-        // Never leave a VMM behind, whatever the test did.
-        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-            if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    // SAFETY (test): best-effort kill of a VMM this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-    }
-}
+use common::state_dir::TestState as State;
 
 impl State {
-    fn new(name: &str) -> Self {
-        let dir = out_dir().join(format!("snapshot-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        State(dir)
-    }
-
-    fn run(&self, args: &[&str]) -> common::Run {
-        let mut all = vec!["--state-dir", self.0.to_str().unwrap()];
-        all.extend_from_slice(args);
-        vessel(&all, TIMEOUT)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_eq!(
-            r.status,
-            Some(0),
-            "{args:?}\nstdout: {}\nstderr: {}",
-            r.stdout,
-            r.stderr
-        );
-        r.stdout
-    }
-
     /// Run a command that must fail; its stderr.
     fn fails(&self, args: &[&str]) -> String {
-        let r = self.run(args);
+        let r = self.vessel(args);
         assert_eq!(r.status, Some(1), "{args:?} should fail: {}", r.stdout);
         r.stderr
     }
@@ -279,7 +240,7 @@ impl<'a> Vm<'a> {
 
 #[test]
 fn restore_brings_back_each_snapshots_content_and_rm_keeps_the_others() {
-    let st = State::new("restore");
+    let st = State::new("snapshot-restore");
     let mut vm = Vm::new(&st, "box");
     let s0 = vm.model.clone();
     vm.snapshot(&["take", "s1", "--description", "fresh install"]);
@@ -315,7 +276,7 @@ fn restore_brings_back_each_snapshots_content_and_rm_keeps_the_others() {
 
 #[test]
 fn rm_in_the_middle_of_a_chain_merges_into_the_child() {
-    let st = State::new("middle");
+    let st = State::new("snapshot-middle");
     let mut vm = Vm::new(&st, "chain");
     let s0 = vm.model.clone();
     vm.snapshot(&["take", "s1"]);
@@ -359,7 +320,7 @@ fn rm_in_the_middle_of_a_chain_merges_into_the_child() {
 
 #[test]
 fn restore_then_take_branches_the_tree() {
-    let st = State::new("branch");
+    let st = State::new("snapshot-branch");
     let mut vm = Vm::new(&st, "tree");
     vm.snapshot(&["take", "origin"]);
     vm.write(1, 0x03, 0, 4096);
@@ -405,7 +366,7 @@ fn restore_then_take_branches_the_tree() {
 
 #[test]
 fn refusals_leave_the_vm_as_it_was() {
-    let st = State::new("refuse");
+    let st = State::new("snapshot-refuse");
     let mut vm = Vm::new(&st, "strict");
     vm.snapshot(&["take", "s1"]);
     vm.write(0, 0x44, 0, 4096);
@@ -466,7 +427,7 @@ fn meta_of(st: &State, vm: &str) -> (PathBuf, toml::Table) {
 
 #[test]
 fn an_interrupted_command_is_finished_or_undone_by_the_next_one() {
-    let st = State::new("crash");
+    let st = State::new("snapshot-crash");
     let mut vm = Vm::new(&st, "fragile");
     vm.snapshot(&["take", "s1"]);
     vm.write(0, 0x55, 0, 4096);
@@ -533,7 +494,7 @@ fn an_interrupted_command_is_finished_or_undone_by_the_next_one() {
 
 #[test]
 fn vessel_rm_deletes_the_snapshot_files_but_not_the_users_images() {
-    let st = State::new("rm");
+    let st = State::new("snapshot-rm");
     let mut vm = Vm::new(&st, "gone");
     vm.snapshot(&["take", "s1"]);
     vm.write(0, 0x66, 0, 4096);
@@ -559,7 +520,7 @@ fn vessel_rm_deletes_the_snapshot_files_but_not_the_users_images() {
 
 #[test]
 fn clone_and_export_of_a_vm_with_snapshots_are_self_contained() {
-    let st = State::new("clone");
+    let st = State::new("snapshot-clone");
     let mut vm = Vm::new(&st, "src");
     vm.snapshot(&["take", "s1"]);
     vm.write(0, 0x88, 0, 8192);
@@ -600,7 +561,7 @@ fn clone_and_export_of_a_vm_with_snapshots_are_self_contained() {
 
 #[test]
 fn images_vessel_did_not_make_are_never_rewritten() {
-    let st = State::new("foreign");
+    let st = State::new("snapshot-foreign");
     let mut vm = Vm::new(&st, "mixed");
     vm.snapshot(&["take", "s1"]);
     vm.write(0, 0x12, 0, 4096);
@@ -669,7 +630,7 @@ fn wait_serial(st: &State, vm: &str, text: &str) {
 /// snapshot command refuses it while it runs, and it boots again after a restore.
 #[test]
 fn a_vm_boots_from_its_snapshots_and_is_refused_while_running() {
-    let st = State::new("boot");
+    let st = State::new("snapshot-boot");
     let kernel = multiboot_guest(
         "service",
         &["multiboot_header.S", "service_guest.c"],

@@ -124,6 +124,21 @@ fn boot_counter(vmm: &Vmm, cpus: u8) {
     assert_eq!(code, 204, "{body}");
 }
 
+/// Load a snapshot into `vmm` (Firecracker's `mem_backend` form) and resume the guest; how
+/// long the call took, in ms.
+fn load_and_resume(vmm: &Vmm, state: &Path, mem: &Path) -> f64 {
+    let load = format!(
+        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let started = Instant::now();
+    let (code, body) = vmm.call("PUT", "/snapshot/load", &load);
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{body}");
+    load_ms
+}
+
 /// The numbers of the guest's `count=N ...` lines, in order. A line cut short (by a pause)
 /// is left out: in the output of both VMMs together it is whole, and a line broken any
 /// other way leaves a gap that the callers' sequence check finds.
@@ -180,15 +195,7 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     drop(first);
 
     let mut second = Vmm::spawn("vm-snapshot-second");
-    let load = format!(
-        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
-        state.display().to_string(),
-        mem.display().to_string()
-    );
-    let started = Instant::now();
-    let (code, body) = second.call("PUT", "/snapshot/load", &load);
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(code, 204, "{body}");
+    let load_ms = load_and_resume(&second, &state, &mem);
     let (status, err) = second.wait_exit();
     let after = second.serial();
     assert_eq!(
@@ -274,15 +281,7 @@ fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
     drop(first);
 
     let mut second = Vmm::spawn("vm-snapshot-blk-second");
-    let load = format!(
-        r#"{{"snapshot_path": {:?}, "mem_backend": {{"backend_type": "File", "backend_path": {:?}}}, "resume_vm": true}}"#,
-        state.display().to_string(),
-        mem.display().to_string()
-    );
-    let started = Instant::now();
-    let (code, body) = second.call("PUT", "/snapshot/load", &load);
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(code, 204, "{body}");
+    let load_ms = load_and_resume(&second, &state, &mem);
     eprintln!(
         "snapshot of a 128 MiB guest with a virtio-blk disk: pause + create {create_ms:.1} ms, load {load_ms:.1} ms, state file {} bytes",
         std::fs::metadata(&state).unwrap().len()

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod state_dir;
 pub mod tcg;
 
 use std::path::{Path, PathBuf};
