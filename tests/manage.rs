@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api::curl;
 use common::{multiboot_guest, out_dir, vessel, TIMEOUT};
 
 fn service_guest() -> PathBuf {
@@ -361,19 +362,6 @@ fn linked_clone_is_an_overlay_and_full_clone_is_a_copy() {
     let r = st.vessel(&["clone", "linked", "again"]);
     assert!(r.stderr.contains("is running"), "{}", r.stderr);
     st.ok(&["stop", "linked", "--force"]);
-}
-
-fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(sock);
-    cmd.args(["-X", method, &format!("http://localhost{path}")]);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
-    }
-    let text = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 #[test]

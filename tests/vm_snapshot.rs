@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{multiboot_guest, out_dir, TIMEOUT};
+use common::api::curl;
+use common::{multiboot_guest, out_dir, wait_for};
 
 /// How long a restored guest gets to count to the end: serial output is slow on a nested
 /// KVM, and slower when other VMs share the host's CPUs.
@@ -20,28 +21,6 @@ const DELAY: u64 = 100_000;
 /// The same for the 2-vCPU guest, whose AP spins on the second host CPU.
 const SMP_STEPS: u64 = 12;
 const SMP_DELAY: u64 = 30_000;
-
-fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(sock);
-    cmd.args(["-X", method, &format!("http://localhost{path}")]);
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
-    }
-    let out = cmd.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 struct Vmm {
     child: Child,
@@ -113,11 +92,21 @@ fn counter_guest() -> PathBuf {
 
 /// Configures and starts the counting guest with 128 MiB and `cpus` vCPUs.
 fn boot_counter(vmm: &Vmm, cpus: u8) {
+    boot(
+        vmm,
+        &counter_guest(),
+        cpus,
+        &format!("steps={STEPS} delay={DELAY}"),
+    );
+}
+
+/// Configures and starts `kernel` with 128 MiB, `cpus` vCPUs and `args` as boot arguments.
+fn boot(vmm: &Vmm, kernel: &Path, cpus: u8, args: &str) {
     let machine = format!(r#"{{"vcpu_count": {cpus}, "mem_size_mib": 128}}"#);
     assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
     let boot = format!(
-        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
-        counter_guest().display().to_string()
+        r#"{{"kernel_image_path": {:?}, "boot_args": {args:?}}}"#,
+        kernel.display().to_string()
     );
     assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
     let (code, body) = vmm.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
@@ -252,23 +241,7 @@ fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
     );
     let (code, body) = first.call("PUT", "/drives/data", &drive);
     assert_eq!(code, 204, "{body}");
-    assert_eq!(
-        first
-            .call(
-                "PUT",
-                "/machine-config",
-                r#"{"vcpu_count": 1, "mem_size_mib": 128}"#
-            )
-            .0,
-        204
-    );
-    let boot = format!(
-        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
-        kernel.display().to_string()
-    );
-    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
-    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    assert_eq!(code, 204, "{body}");
+    boot(&first, &kernel, 1, &format!("steps={STEPS} delay={DELAY}"));
     wait_for("the guest to count to 5", || {
         counts(&first.serial()).len() >= 5
     });
@@ -373,23 +346,12 @@ fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
         "multiboot.ld",
     );
     let first = Vmm::spawn("vm-snapshot-smp-first");
-    assert_eq!(
-        first
-            .call(
-                "PUT",
-                "/machine-config",
-                r#"{"vcpu_count": 2, "mem_size_mib": 128}"#
-            )
-            .0,
-        204
+    boot(
+        &first,
+        &kernel,
+        2,
+        &format!("steps={SMP_STEPS} delay={SMP_DELAY}"),
     );
-    let boot = format!(
-        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={SMP_STEPS} delay={SMP_DELAY}"}}"#,
-        kernel.display().to_string()
-    );
-    assert_eq!(first.call("PUT", "/boot-source", &boot).0, 204);
-    let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    assert_eq!(code, 204, "{body}");
     wait_for("the guest to count to 4", || {
         counts(&first.serial()).len() >= 4
     });

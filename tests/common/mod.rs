@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod state_dir;
 pub mod tcg;
 
@@ -212,3 +213,12 @@ impl Run {
 }
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Poll `f` until it holds; fail the test after [`TIMEOUT`] saying what was awaited.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
