@@ -113,6 +113,23 @@ fn boot(vmm: &Vmm, kernel: &Path, cpus: u8, args: &str) {
     assert_eq!(code, 204, "{body}");
 }
 
+/// Wait for a restored counting guest to finish: exit status 43, and no sign that it
+/// booted again. Its serial output in the new VMM.
+fn finished_without_restart(vmm: &mut Vmm) -> String {
+    let (status, err) = vmm.wait_exit();
+    let after = vmm.serial();
+    assert_eq!(
+        status,
+        Some(43),
+        "stderr: {err}\nserial after restore: {after}"
+    );
+    assert!(
+        !after.contains("counter guest up"),
+        "the guest restarted: {after}"
+    );
+    after
+}
+
 /// Load a snapshot into `vmm` (Firecracker's `mem_backend` form) and resume the guest; how
 /// long the call took, in ms.
 fn load_and_resume(vmm: &Vmm, state: &Path, mem: &Path) -> f64 {
@@ -185,17 +202,7 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
 
     let mut second = Vmm::spawn("vm-snapshot-second");
     let load_ms = load_and_resume(&second, &state, &mem);
-    let (status, err) = second.wait_exit();
-    let after = second.serial();
-    assert_eq!(
-        status,
-        Some(43),
-        "stderr: {err}\nserial after restore: {after}"
-    );
-    assert!(
-        !after.contains("counter guest up"),
-        "the guest restarted: {after}"
-    );
+    let after = finished_without_restart(&mut second);
     assert!(after.contains("counter done"), "{after}");
     // The output of both VMMs together is one unbroken count (a line cut by the pause is
     // finished by the restored guest), continuing past where the snapshot was taken.
@@ -372,17 +379,7 @@ fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
     );
     let (code, body) = second.call("PUT", "/snapshot/load", &load);
     assert_eq!(code, 204, "{body}");
-    let (status, err) = second.wait_exit();
-    let after = second.serial();
-    assert_eq!(
-        status,
-        Some(43),
-        "stderr: {err}\nserial after restore: {after}"
-    );
-    assert!(
-        !after.contains("counter guest up"),
-        "the guest restarted: {after}"
-    );
+    let after = finished_without_restart(&mut second);
     let all = counts(&(before.clone() + &after));
     assert_eq!(all, (1..=SMP_STEPS).collect::<Vec<_>>(), "{after}");
     let ap = ap_counts(&(before + &after));
