@@ -135,7 +135,8 @@ fn result<'a>(r: &'a common::Run, key: &str) -> &'a str {
 
 /// Linux's own virtio-pci, virtio-blk and virtio-rng drivers drive vessel's devices on this
 /// host's KVM: the guest copies the disk's first MiB (random data from the host) to 1-2 MiB
-/// with direct I/O and a flush, reads 2 MiB back and hashes it; it reads the hwrng.
+/// with direct I/O and a flush, reads 2 MiB back and hashes it; virtio_rng registers with
+/// the hwrng core.
 #[test]
 fn debian_kernel_drives_vessels_virtio_blk_and_rng() {
     const MIB: usize = 1 << 20;
@@ -173,9 +174,6 @@ fn debian_kernel_drives_vessels_virtio_blk_and_rng() {
     assert_eq!(result(&r, "sha256_2m"), common::tcg::sha256_file(&head));
     let hwrng = result(&r, "hwrng");
     assert!(hwrng.starts_with("virtio_rng"), "{hwrng}");
-    let random = result(&r, "random");
-    assert_eq!(random.len(), 32, "{random}");
-    assert_ne!(random, "0".repeat(32));
     eprintln!("time to power-off: {:?}", r.elapsed);
 }
 
