@@ -101,19 +101,28 @@ busybox_root() {
     done
     : > "$dir/etc/modules.order"
 }
+# add_modules DIR COPY MODULE...: the MODULEs and what they depend on into DIR/lib/modules,
+# in load order (DIR/etc/modules.order); COPY SRC DST copies one.
+add_modules() {
+    local dir=$1 copy=$2; shift 2
+    for m in "$@"; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; done |
+        awk '$1 == "insmod" {print $2}' |
+        while read -r ko; do
+            name=$(basename "$ko")
+            [ -e "$dir/lib/modules/$name" ] && continue
+            $copy "$ko" "$dir/lib/modules/$name"
+            echo "$name" >> "$dir/etc/modules.order"
+        done
+}
+# strip_module SRC DST: a module without its BTF section and appended signature.
+strip_module() { objcopy --remove-section=.BTF "$1" "$2"; }
 # pack DIR: DIR as a reproducible newc cpio on stdout.
 pack() { (cd "$1" && find . -print0 | sort -z | cpio --null -o -H newc --reproducible --quiet); }
 
 IR=$WORK/initramfs
 busybox_root "$IR"
-for m in $MODULES; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; done |
-    awk '$1 == "insmod" {print $2}' |
-    while read -r ko; do
-        name=$(basename "$ko")
-        [ -e "$IR/lib/modules/$name" ] && continue
-        cp "$ko" "$IR/lib/modules/$name"
-        echo "$name" >> "$IR/etc/modules.order"
-    done
+# shellcheck disable=SC2086 # MODULES is a list
+add_modules "$IR" cp $MODULES
 # mkfs.ext4: e2fsprogs' mke2fs (busybox's makes ext2 only) with the libraries ldd names.
 # The busybox applet links go first: cp onto them would write through into busybox.
 MKE2FS=$(command -v mke2fs)
@@ -170,14 +179,8 @@ NESTED=$WORK/initramfs-nested
 busybox_root "$NESTED" sh mount umount grep sed cat ls echo insmod poweroff reboot \
     uname dmesg ps mkdir dd sha256sum cut od tr sleep awk
 cp -p "$IR/init" "$NESTED/init"
-for m in $NESTED_MODULES; do modprobe -d "$WORK/pkg" -S "$KVER" --show-depends "$m"; done |
-    awk '$1 == "insmod" {print $2}' |
-    while read -r ko; do
-        name=$(basename "$ko")
-        [ -e "$NESTED/lib/modules/$name" ] && continue
-        objcopy --remove-section=.BTF "$ko" "$NESTED/lib/modules/$name"
-        echo "$name" >> "$NESTED/etc/modules.order"
-    done
+# shellcheck disable=SC2086 # NESTED_MODULES is a list
+add_modules "$NESTED" strip_module $NESTED_MODULES
 mkdir -p "$NESTED/tests"
 for t in "$TESTS"/lib.sh "$TESTS"/nested-*.sh; do [ -e "$t" ] && install -m 755 "$t" "$NESTED/tests/"; done
 pack "$NESTED" > "$OUT/initramfs-nested.cpio"
