@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::tcg::{guest_result, sha256_file};
 use common::{elf64_guest, vessel, TIMEOUT};
 
 /// Build the 64-bit test guest `name` (tests/guests/NAME.c), run it, expect status 0.
@@ -124,15 +125,6 @@ fn boot_debian(extra: &[&str], extra_cmdline: &str) -> common::Run {
     vessel(&args, Duration::from_secs(30 * 60))
 }
 
-/// The value of the guest's `VESSEL-RESULT key=value` line.
-fn result<'a>(r: &'a common::Run, key: &str) -> &'a str {
-    let prefix = format!("VESSEL-RESULT {key}=");
-    r.stdout
-        .lines()
-        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {prefix} line in stdout:\n{}", r.stdout))
-}
-
 /// Linux's own virtio-pci, virtio-blk and virtio-rng drivers drive vessel's devices on this
 /// host's KVM: the guest copies the disk's first MiB (random data from the host) to 1-2 MiB
 /// with direct I/O and a flush, reads 2 MiB back and hashes it; virtio_rng registers with
@@ -155,7 +147,7 @@ fn debian_kernel_drives_vessels_virtio_blk_and_rng() {
     );
     r.expect_stdout("VESSEL-TEST-PASS nested-devices");
     r.expect_status(0);
-    assert_eq!(result(&r, "size_sectors"), "32768");
+    assert_eq!(guest_result(&r.stdout, "size_sectors"), "32768");
     let after = std::fs::read(&disk).unwrap();
     assert!(
         after[..MIB] == data[..MIB],
@@ -171,8 +163,8 @@ fn debian_kernel_drives_vessels_virtio_blk_and_rng() {
     );
     let head = common::out_dir().join("nested-devices.head");
     std::fs::write(&head, &after[..2 * MIB]).unwrap();
-    assert_eq!(result(&r, "sha256_2m"), common::tcg::sha256_file(&head));
-    let hwrng = result(&r, "hwrng");
+    assert_eq!(guest_result(&r.stdout, "sha256_2m"), sha256_file(&head));
+    let hwrng = guest_result(&r.stdout, "hwrng");
     assert!(hwrng.starts_with("virtio_rng"), "{hwrng}");
     eprintln!("time to power-off: {:?}", r.elapsed);
 }

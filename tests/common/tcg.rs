@@ -549,13 +549,19 @@ impl GuestRun {
 
     /// The value of the guest's `VESSEL-RESULT key=value` line.
     pub fn result(&self, key: &str) -> String {
-        let prefix = format!("VESSEL-RESULT {key}=");
-        self.output
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("guest printed no {prefix}…:\n{}", self.output))
+        guest_result(&self.output, key)
     }
+}
+
+/// The value of the `VESSEL-RESULT key=value` line in a guest's console `output` (a test
+/// script's result, see tests/guests/tcg/lib.sh); fails the test when there is none.
+pub fn guest_result(output: &str, key: &str) -> String {
+    let prefix = format!("VESSEL-RESULT {key}=");
+    output
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(&prefix))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("guest printed no {prefix}…:\n{output}"))
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; a small race accepted in tests).
