@@ -168,7 +168,8 @@ fn a_killed_vmm_shows_as_crashed_with_its_last_serial_lines() {
     st.wait_serial("victim", "service up\n");
     let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "victim"])).unwrap();
     let pid = inspect["pid"].as_i64().unwrap() as i32;
-    // SAFETY (test): killing the VMM this test started.
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; this kills the
+    // VMM this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let start = Instant::now();
     while st.state_of("victim") != "crashed" {

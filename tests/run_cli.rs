@@ -141,7 +141,7 @@ fn stop_with_signal(cmdline: &str, signal: i32) {
         assert!(n > 0, "guest output ended early");
         seen.extend_from_slice(&buf[..n]);
     }
-    // SAFETY (test): sending a signal to our own child process.
+    // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, signal) };
     let start = Instant::now();
     loop {

@@ -396,7 +396,7 @@ fn refusals_leave_the_vm_as_it_was() {
     assert!(e.contains("no VM named 'ghost'"), "{e}");
     // A running VMM holds the VM's lock; hold it the same way.
     let lock = std::fs::File::open(st.vm_dir("strict").join("lock")).unwrap();
-    // SAFETY (test): flock on an open file descriptor.
+    // SAFETY: flock on an open file descriptor.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     for args in [
         &["take", "strict", "s2"][..],

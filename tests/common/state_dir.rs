@@ -43,7 +43,8 @@ impl Drop for TestState {
         for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
             if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
-                    // SAFETY (test): best-effort kill of a VMM this test started.
+                    // SAFETY: kill(2) takes plain integers and touches no memory of ours; best-effort
+                    // kill of a VMM this test started.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
