@@ -96,7 +96,7 @@ busybox_root() {
     rm -rf "$dir" && mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules}
     cp /bin/busybox "$dir/bin/busybox"
     for applet in $(/bin/busybox --list-full); do
-        if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qx "$(basename "$applet")"; then continue; fi
+        if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qxF "$(basename "$applet")"; then continue; fi
         [ -e "$dir/$applet" ] || ln -s /bin/busybox "$dir/$applet"
     done
     : > "$dir/etc/modules.order"

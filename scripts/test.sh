@@ -1,31 +1,76 @@
 #!/usr/bin/env bash
-# test.sh - install what the test suite needs (Debian packages) and run all of it.
+# test.sh - install what the test suite needs (Debian packages, one apt transaction), check
+# that every tool is there afterwards, then run all of it: rustfmt, clippy and
+# `cargo test --workspace --all-targets --no-fail-fast`. Extra arguments go to cargo test.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-need=()
-for pair in gcc:gcc ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils iasl:acpica-tools \
-            ip:iproute2 passt:passt curl:curl tar:tar; do
-    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+command -v cargo >/dev/null || { echo "test.sh: cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+for c in rustfmt clippy; do
+    cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
 done
-# Network tests run udhcpc/nc/wget from busybox-static inside network namespaces.
-file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static file)
-# The vhost-user tests boot Debian's cloud kernel under QEMU's software CPU (TCG) with the
-# initramfs of scripts/make-guest.sh, and check images with debugfs (no GUI/firmware extras).
-tcg=()
-for pair in qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3 \
-            cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux \
-            sha256sum:coreutils; do
-    command -v "${pair%%:*}" >/dev/null || tcg+=("${pair#*:}")
-done
-if [ $((${#need[@]} + ${#tcg[@]})) -gt 0 ]; then
+
+# tool:package for everything the tests run. Network tests run udhcpc/nc/wget from
+# busybox-static in network namespaces; the vhost-user tests boot Debian's cloud kernel under
+# QEMU's software CPU (TCG) with scripts/make-guest.sh's initramfs and check images with
+# debugfs; scripts/kvm-unit-tests.sh builds the kvm-unit-tests suite (gcc, make, python3).
+TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils
+       iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
+       qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
+       cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
+       sha256sum:coreutils"
+static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
+
+missing_packages() {
+    local pair
+    for pair in $TOOLS; do
+        command -v "${pair%%:*}" >/dev/null || echo "${pair#*:}"
+    done
+    static_busybox || echo busybox-static
+}
+
+# qemu-utils and qemu-system-x86 come from one QEMU source package and must share its version:
+# a machine may carry a newer qemu-utils (a backport) that Debian's qemu-system-x86 conflicts
+# with, and apt would remove it to install the emulator. Ask for both at the emulator's version
+# (the installed one, else the candidate) so apt resolves them together.
+qemu_version() {
+    local v
+    v=$(dpkg-query -W -f '${Version}' qemu-system-x86 2>/dev/null || true)
+    [ -n "$v" ] || v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    [ -n "$v" ] && [ "$v" != "(none)" ] || { echo "test.sh: apt knows no qemu-system-x86" >&2; exit 1; }
+    echo "$v"
+}
+
+mapfile -t need < <(missing_packages | sort -u)
+if [ ${#need[@]} -gt 0 ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    [ ${#need[@]} -eq 0 ] || $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-    [ ${#tcg[@]} -eq 0 ] || $SUDO apt-get install -y -qq --no-install-recommends "${tcg[@]}" >/dev/null
+    echo "test.sh: installing ${need[*]}" >&2
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    pkgs=()
+    for p in "${need[@]}"; do
+        case $p in qemu-utils|qemu-system-x86) ;; *) pkgs+=("$p") ;; esac
+    done
+    if printf '%s\n' "${need[@]}" | grep -qxE 'qemu-utils|qemu-system-x86'; then
+        v=$(qemu_version)
+        pkgs+=("qemu-system-x86=$v" "qemu-utils=$v")
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+        --allow-downgrades "${pkgs[@]}" >/dev/null
+fi
+# Whatever was pre-installed and whatever apt did: every tool must be there now.
+mapfile -t still < <(missing_packages | sort -u)
+if [ ${#still[@]} -gt 0 ]; then
+    for pair in $TOOLS; do
+        command -v "${pair%%:*}" >/dev/null || echo "test.sh: ${pair%%:*} is missing (package ${pair#*:})" >&2
+    done
+    static_busybox || echo "test.sh: /bin/busybox is not the static one (package busybox-static)" >&2
+    exit 1
 fi
 [ -c /dev/kvm ] || echo "warning: /dev/kvm is missing; the tests that boot guests will fail" >&2
+
 cd "$ROOT"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # The TCG guest (kernel download + initramfs); the vhost-user tests fail rather than skip.
 "$ROOT/scripts/make-guest.sh"
 export VESSEL_REQUIRE_TCG=1
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets --no-fail-fast "$@"

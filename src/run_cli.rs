@@ -41,7 +41,8 @@ pub struct RunArgs {
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
     /// A virtio-net interface: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]; MODE is
-    /// nat, internal:NAME or tap:NAME (repeatable).
+    /// nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME
+    /// (repeatable; docs/networking.md).
     #[arg(long = "nic", value_parser = parse_nic)]
     nics: Vec<net::NicConfig>,
     /// KVM's in-kernel i8254 PIT: auto gives it to multiboot kernels only (Linux does not

@@ -37,7 +37,8 @@ pub struct NetArgs {
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
     /// The network: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22], as `vessel run
-    /// --nic`; MODE is nat, internal:NAME or tap:NAME. The guest's MAC is the frontend's.
+    /// --nic`; MODE is nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or
+    /// tap:NAME. The guest's MAC is the frontend's.
     #[arg(long, value_parser = parse_nic)]
     nic: net::NicConfig,
 }

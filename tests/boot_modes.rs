@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{multiboot_guest, vessel, TIMEOUT};
+use common::{multiboot_guest, multiboot_guest_default_ld, vessel, TIMEOUT};
 
 #[test]
 fn guest_prints_from_protected_and_real_mode_then_powers_off() {
@@ -121,4 +121,13 @@ fn multiboot_guest_without_exit_code_powers_off() {
     );
     assert_eq!(r.status, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("module: none\n"));
+}
+
+#[test]
+fn multiboot_elf_with_headers_in_the_bios_area_boots() {
+    // `ld -Ttext 0x100000` puts a LOAD segment with only the ELF headers at 0xff000, below
+    // 1 MiB; GRUB and QEMU load it, and so must vessel (the guest checks the bytes there).
+    let kernel = multiboot_guest_default_ld("low_segment", &["low_segment.S"]);
+    let r = vessel(&["run", "--kernel", kernel.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(0x21 << 1 | 1), "stderr: {}", r.stderr);
 }

@@ -169,3 +169,23 @@ fn sigterm_stops_a_spinning_guest() {
 fn sigint_stops_a_halted_guest() {
     stop_with_signal("hlt", libc::SIGINT);
 }
+
+#[test]
+fn help_names_every_network_mode() {
+    for cmd in [&["run", "--help"][..], &["vhost-user-net", "--help"][..]] {
+        let r = vessel(cmd, TIMEOUT);
+        assert_eq!(r.status, Some(0), "{cmd:?}: {}", r.stderr);
+        // clap wraps help text: compare with whitespace folded.
+        let help = r.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        for mode in [
+            "nat,",
+            "natnet:NAME",
+            "internal:NAME",
+            "hostonly:NAME",
+            "bridged:IFACE",
+            "tap:NAME",
+        ] {
+            assert!(help.contains(mode), "{cmd:?} does not name {mode}:\n{help}");
+        }
+    }
+}

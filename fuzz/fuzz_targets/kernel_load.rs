@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         initrd_name: "module0",
         cmdline: "console=ttyS0",
         rsdp_addr: 0xe0000,
+        acpi_end: 0xe1000,
     };
     let _ = arch::boot::load(&mem, &layout, &cfg);
 });

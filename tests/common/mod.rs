@@ -50,6 +50,17 @@ const CFLAGS: &[&str] = &[
 
 /// Build a 32-bit multiboot guest from `asm` and optional C sources; returns the ELF path.
 pub fn multiboot_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
+    let script = guests_src().join(linker_script);
+    link_multiboot(name, sources, &["-T".as_ref(), script.as_os_str()])
+}
+
+/// Build a 32-bit multiboot guest linked the default GNU ld way (`-Ttext 0x100000`, no
+/// script), as many hobby and test kernels are.
+pub fn multiboot_guest_default_ld(name: &str, sources: &[&str]) -> PathBuf {
+    link_multiboot(name, sources, &["-Ttext".as_ref(), "0x100000".as_ref()])
+}
+
+fn link_multiboot(name: &str, sources: &[&str], link_args: &[&std::ffi::OsStr]) -> PathBuf {
     let _g = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let out = out_dir().join(name);
     let src = guests_src();
@@ -75,9 +86,8 @@ pub fn multiboot_guest(name: &str, sources: &[&str], linker_script: &str) -> Pat
                 "-z",
                 "noexecstack",
                 "--no-warn-rwx-segments",
-                "-T",
             ])
-            .arg(src.join(linker_script))
+            .args(link_args)
             .arg("-o")
             .arg(&out)
             .args(&objs),

@@ -181,9 +181,17 @@ fn checksum(bytes: &[u8]) -> u8 {
         .wrapping_neg()
 }
 
-/// Write all tables to guest memory; returns the RSDP address (for PVH's start_info and the
-/// zero page's `acpi_rsdp_addr`).
-pub fn setup_acpi(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError> {
+/// Where the tables went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiPlacement {
+    /// The RSDP's address (for PVH's start_info and the zero page's `acpi_rsdp_addr`).
+    pub rsdp_addr: u64,
+    /// First byte after the last table: `[rsdp_addr, end)` must stay untouched by loaders.
+    pub end: u64,
+}
+
+/// Write all tables to guest memory.
+pub fn setup_acpi(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<AcpiPlacement, AcpiError> {
     let mut next = RSDP_ADDR + 64;
     let mut place = |bytes: &[u8]| -> Result<u64, AcpiError> {
         let addr = next;
@@ -207,7 +215,10 @@ pub fn setup_acpi(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError>
     let xsdt_addr = place(xsdt(&tables).as_slice())?;
     mem.write_slice(&rsdp(xsdt_addr), GuestAddress(RSDP_ADDR))
         .map_err(AcpiError::Write)?;
-    Ok(RSDP_ADDR)
+    Ok(AcpiPlacement {
+        rsdp_addr: RSDP_ADDR,
+        end: next,
+    })
 }
 
 #[cfg(test)]
@@ -226,7 +237,9 @@ mod tests {
             extra_dsdt: vec![],
             extra_tables: vec![],
         };
-        let rsdp_addr = setup_acpi(&mem, &cfg).unwrap();
+        let placed = setup_acpi(&mem, &cfg).unwrap();
+        assert!(placed.end > placed.rsdp_addr + 36 && placed.end <= ACPI_AREA_END);
+        let rsdp_addr = placed.rsdp_addr;
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp_addr)).unwrap();
         assert_eq!(&r[..8], b"RSD PTR ");

@@ -30,6 +30,8 @@ pub const CMDLINE_MAX_SIZE: usize = 0x10000 - 1;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_ADDR: u64 = EBDA_START;
 pub const RSDP_ADDR: u64 = 0xe0000;
+/// Start of the BIOS area (up to 1 MiB); vessel's ACPI tables live at its bottom.
+pub const BIOS_AREA_START: u64 = 0xe0000;
 /// End of the BIOS area that ACPI tables may occupy.
 pub const ACPI_AREA_END: u64 = 0x100000;
 pub const HIMEM_START: u64 = 0x100000;

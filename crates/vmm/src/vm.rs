@@ -299,7 +299,7 @@ impl Vm {
                     extra_dsdt: arch::acpi_pci::host_bridge_aml(arch::layout::PCI_ECAM_START),
                     extra_tables: vec![arch::acpi_pci::mcfg(arch::layout::PCI_ECAM_START)],
                 };
-                let rsdp_addr = arch::acpi::setup_acpi(&mem, &acpi)?;
+                let acpi = arch::acpi::setup_acpi(&mem, &acpi)?;
                 arch::mptable::setup_mptable(&mem, cfg.cpus)?;
                 let initrd_name = cfg
                     .initrd
@@ -314,7 +314,8 @@ impl Vm {
                         initrd: initrd.as_deref(),
                         initrd_name: &initrd_name,
                         cmdline: &cfg.cmdline,
-                        rsdp_addr,
+                        rsdp_addr: acpi.rsdp_addr,
+                        acpi_end: acpi.end,
                     },
                 )?;
                 (Some(boot.entry), cfg.pit.wanted(boot.format))

@@ -97,10 +97,11 @@ pub fn parse(image: &[u8]) -> Result<Elf32, Elf32Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn elf(phdrs: &[[u32; 8]]) -> Vec<u8> {
+    /// An ELF32 image (entry 1 MiB) with these program headers, padded to 512 bytes.
+    pub(crate) fn elf(phdrs: &[[u32; 8]]) -> Vec<u8> {
         let mut v = vec![0u8; 52];
         v[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
         v[18..20].copy_from_slice(&EM_386.to_le_bytes());

@@ -64,6 +64,9 @@ pub struct BootConfig<'a> {
     pub initrd_name: &'a str,
     pub cmdline: &'a str,
     pub rsdp_addr: u64,
+    /// End of the ACPI tables at `rsdp_addr`: a multiboot kernel may load into the BIOS
+    /// area, but not over them.
+    pub acpi_end: u64,
 }
 
 /// The result: how to enter the guest.
@@ -132,11 +135,13 @@ pub fn load(
     match detect_format(cfg.kernel)? {
         KernelFormat::Multiboot => {
             let header = multiboot::find_header(cfg.kernel).ok_or(BootError::UnknownFormat)?;
-            let loaded = multiboot::load(mem, cfg.kernel, &header, low_end)?;
+            let reserved =
+                multiboot::reserved_areas(cfg.cmdline.len(), cfg.rsdp_addr, cfg.acpi_end);
+            let loaded = multiboot::load(mem, cfg.kernel, &header, low_end, &reserved)?;
             write_cmdline(mem, cfg.cmdline, CMDLINE_MAX_SIZE)?;
             let module = match cfg.initrd {
                 Some(data) => {
-                    let addr = multiboot::module_address(loaded.end);
+                    let addr = multiboot::module_address(loaded.end.max(HIMEM_START));
                     let end = addr
                         .checked_add(data.len() as u64)
                         .filter(|e| *e <= low_end);

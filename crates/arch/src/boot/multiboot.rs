@@ -4,7 +4,10 @@
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{elf32, BootError, Initrd};
-use crate::layout::{BOOT_INFO_ADDR, BOOT_INFO_SIZE, EBDA_START, HIMEM_START};
+use crate::layout::{
+    BIOS_AREA_START, BOOT_INFO_ADDR, BOOT_INFO_SIZE, CMDLINE_ADDR, EBDA_START, GDT_ADDR,
+    HIMEM_START, IDT_ADDR,
+};
 use crate::memory_map::MemoryMapEntry;
 use crate::GuestMemory;
 
@@ -73,13 +76,70 @@ pub struct Loaded {
     pub end: u64,
 }
 
-fn check_range(start: u64, len: u64, ram_end: u64, what: &str) -> Result<(), BootError> {
+/// A guest-physical range that vessel itself fills for a multiboot boot, which a kernel
+/// must not load over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub start: u64,
+    pub end: u64,
+    pub what: &'static str,
+}
+
+/// What a multiboot boot writes below 1 MiB besides the kernel: GDT and IDT, the multiboot
+/// information page, the command line (`cmdline_len` bytes and its NUL) and the ACPI tables
+/// `[rsdp_addr, acpi_end)`. (The EBDA with the MP table lies in the hole `load` refuses.)
+pub fn reserved_areas(cmdline_len: usize, rsdp_addr: u64, acpi_end: u64) -> [Reserved; 4] {
+    [
+        Reserved {
+            start: GDT_ADDR,
+            end: IDT_ADDR + 8,
+            what: "vessel's GDT and IDT",
+        },
+        Reserved {
+            start: BOOT_INFO_ADDR,
+            end: BOOT_INFO_ADDR + BOOT_INFO_SIZE,
+            what: "the multiboot information",
+        },
+        Reserved {
+            start: CMDLINE_ADDR,
+            end: CMDLINE_ADDR + cmdline_len as u64 + 1,
+            what: "the kernel command line",
+        },
+        Reserved {
+            start: rsdp_addr,
+            end: acpi_end,
+            what: "vessel's ACPI tables",
+        },
+    ]
+}
+
+/// Check that `[start, start + len)` is loadable, as QEMU's multiboot loader allows:
+/// conventional RAM below the EBDA, the BIOS area `[0xe0000, 1 MiB)` and RAM from 1 MiB to
+/// `ram_end`, but nothing vessel itself writes (`reserved`).
+fn check_range(
+    start: u64,
+    len: u64,
+    ram_end: u64,
+    reserved: &[Reserved],
+    what: &str,
+) -> Result<(), BootError> {
     let end = start
         .checked_add(len)
         .ok_or_else(|| BootError::InvalidKernel(format!("{what} wraps")))?;
-    if start < HIMEM_START || end > ram_end {
+    if len == 0 {
+        return Ok(());
+    }
+    let in_hole = start < BIOS_AREA_START && end > EBDA_START;
+    if in_hole || end > ram_end {
         return Err(BootError::InvalidKernel(format!(
-            "{what} [{start:#x}, {end:#x}) is outside guest RAM [1 MiB, {ram_end:#x})"
+            "{what} [{start:#x}, {end:#x}) is outside loadable guest RAM \
+             ([0, {EBDA_START:#x}) and [{BIOS_AREA_START:#x}, {ram_end:#x}))"
+        )));
+    }
+    if let Some(r) = reserved.iter().find(|r| start < r.end && r.start < end) {
+        return Err(BootError::InvalidKernel(format!(
+            "{what} [{start:#x}, {end:#x}) overlaps {} [{:#x}, {:#x})",
+            r.what, r.start, r.end
         )));
     }
     Ok(())
@@ -91,15 +151,16 @@ pub fn load(
     image: &[u8],
     header: &Header,
     ram_end: u64,
+    reserved: &[Reserved],
 ) -> Result<Loaded, BootError> {
     if header.flags & FLAG_AOUT_KLUDGE != 0 {
-        return load_aout_kludge(mem, image, header, ram_end);
+        return load_aout_kludge(mem, image, header, ram_end, reserved);
     }
     let elf = elf32::parse(image)
         .map_err(|e| BootError::InvalidKernel(format!("multiboot ELF32: {e}")))?;
     let mut end = 0u64;
     for seg in &elf.segments {
-        check_range(seg.paddr, seg.mem_size, ram_end, "ELF segment")?;
+        check_range(seg.paddr, seg.mem_size, ram_end, reserved, "ELF segment")?;
         let data = &image[seg.file_offset..seg.file_offset + seg.file_size as usize];
         mem.write_slice(data, GuestAddress(seg.paddr))
             .map_err(BootError::Memory)?;
@@ -124,6 +185,7 @@ fn load_aout_kludge(
     image: &[u8],
     h: &Header,
     ram_end: u64,
+    reserved: &[Reserved],
 ) -> Result<Loaded, BootError> {
     let bad = |m: &str| BootError::InvalidKernel(format!("multiboot header: {m}"));
     if h.header_addr < h.load_addr {
@@ -159,7 +221,7 @@ fn load_aout_kludge(
     if end < load + load_len as u64 {
         return Err(bad("bss_end_addr is below load_end_addr"));
     }
-    check_range(load, end - load, ram_end, "multiboot image")?;
+    check_range(load, end - load, ram_end, reserved, "multiboot image")?;
     mem.write_slice(data, GuestAddress(load))
         .map_err(BootError::Memory)?;
     let zeroes = vec![0u8; (end - load - load_len as u64) as usize];
@@ -294,7 +356,7 @@ mod tests {
         );
         img.resize(0x40, 0xcc);
         let h = find_header(&img).unwrap();
-        let l = load(&mem, &img, &h, 0x40_0000).unwrap();
+        let l = load(&mem, &img, &h, 0x40_0000, &[]).unwrap();
         assert_eq!(
             l,
             Loaded {
@@ -310,7 +372,49 @@ mod tests {
         );
         let mut img2 = bad_entry;
         img2.resize(0x40, 0);
-        assert!(load(&mem, &img2, &find_header(&img2).unwrap(), 0x40_0000).is_err());
+        assert!(load(&mem, &img2, &find_header(&img2).unwrap(), 0x40_0000, &[]).is_err());
+    }
+
+    /// An ELF32 multiboot kernel with one LOAD segment of 0x20 file bytes at `paddr`.
+    fn elf_at(paddr: u32) -> (Vec<u8>, Header) {
+        use super::super::elf32::tests::elf;
+        let mut img = elf(&[[1, 0x100, paddr, paddr, 0x20, 0x40, 5, 4]]);
+        img[0x100..0x120].fill(0xab);
+        let hdr = header_bytes(0, &[]);
+        img[0x180..0x180 + hdr.len()].copy_from_slice(&hdr);
+        let h = find_header(&img).unwrap();
+        (img, h)
+    }
+
+    #[test]
+    fn elf_segments_load_below_1_mib_where_qemu_loads_them() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let reserved = reserved_areas(10, 0xe0000, 0xe0800);
+        // The BIOS area above the ACPI tables (ld's headers-only segment at 0xff000) and
+        // conventional memory away from vessel's structures load.
+        for paddr in [0xff000, 0x10000, 0x90000] {
+            let (img, h) = elf_at(paddr);
+            load(&mem, &img, &h, 0x40_0000, &reserved).unwrap();
+            let b: u8 = mem.read_obj(GuestAddress(u64::from(paddr) + 0x1f)).unwrap();
+            assert_eq!(b, 0xab, "{paddr:#x}");
+        }
+        let refused = |paddr: u32, why: &str| {
+            let (img, h) = elf_at(paddr);
+            let e = load(&mem, &img, &h, 0x40_0000, &reserved)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{paddr:#x}: {e}");
+        };
+        refused(0x9fc00, "outside loadable guest RAM"); // EBDA
+        refused(0xb8000, "outside loadable guest RAM"); // VGA hole
+        refused(0x3f_fff0, "outside loadable guest RAM"); // past the end of RAM
+        refused(0xe07f0, "vessel's ACPI tables");
+        refused(0x6010, "the multiboot information");
+        refused(0x20000, "the kernel command line");
+        refused(0x500, "vessel's GDT and IDT");
+        // Past the command line's NUL is free again.
+        let (img, h) = elf_at(0x2000b);
+        load(&mem, &img, &h, 0x40_0000, &reserved).unwrap();
     }
 
     #[test]
