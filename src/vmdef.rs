@@ -96,13 +96,9 @@ fn locate(text: &str, span: Range<usize>) -> (usize, usize) {
     (line, column)
 }
 
-/// VM names: a letter or digit, then letters, digits, '-', '_' or '.', at most 63 bytes.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+/// VM names follow the image store's rules (a letter or digit, then letters, digits, '-',
+/// '_' or '.', at most 63 bytes).
+pub use images::valid_name;
 
 pub const FORMATS: &[&str] = &["raw", "qcow2", "vdi", "vhd", "vmdk", "vhdx"];
 
