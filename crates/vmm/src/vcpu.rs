@@ -13,6 +13,7 @@ use arch::GuestMemory;
 use devices::{Bus, ExitReason, VmExit};
 
 use crate::diagnostics;
+use crate::emulation::KvmVcpu;
 use crate::kick;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,8 @@ pub struct VcpuRunner {
     pub gate: Arc<crate::control::PauseGate>,
     /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
     pub msr_indices: Arc<Vec<u32>>,
+    /// KVM_CAP_XSAVE2 of the VM: the size of the vCPU's XSAVE region (0: 4096 bytes).
+    pub xsave2_size: usize,
 }
 
 impl VcpuRunner {
@@ -163,7 +166,8 @@ impl VcpuRunner {
                     break;
                 }
                 Next::Debug(what) => {
-                    if crate::emulation::handle_debug_exit(&mut self.vcpu, &self.mem) {
+                    let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
+                    if crate::emulation::handle_debug_exit(&mut vcpu, &self.mem) {
                         continue;
                     }
                     let report = format!(
@@ -239,7 +243,8 @@ impl VcpuRunner {
         if internal.suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
             return false;
         }
-        match crate::emulation::emulate_reporting(&mut self.vcpu, &self.mem) {
+        let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
+        match crate::emulation::emulate_reporting(&mut vcpu, &self.mem) {
             Ok(_) => true,
             Err(e) => {
                 eprintln!(

@@ -436,6 +436,7 @@ impl Vm {
                 stop: stop.clone(),
                 gate: gate.clone(),
                 msr_indices: msr_indices.clone(),
+                xsave2_size,
             });
         }
         if let Some((snapshot, _)) = restore {

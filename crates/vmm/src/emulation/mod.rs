@@ -9,10 +9,11 @@
 //! resume after it. What it does not know stays an error, and the caller reports the fault.
 //!
 //! The module's parts: [`cpu`] (the vCPU state the handlers need, behind a trait so tests can
-//! use a fake vCPU), [`guest_virt`] (page-table walk and guest-virtual memory access),
-//! [`decode`] (fetch, decode, dispatch), [`segments`] (descriptor-table loads), and one file
-//! per group of instructions: [`control_flow`] (iret, int3/int n, sysret), [`system`]
-//! (swapgs), [`xsave`] (xsave family, fxsave/fxrstor), [`cmpxchg16b`].
+//! use a fake vCPU; [`kvm_vcpu`] implements it for KVM), [`guest_virt`] (page-table walk and
+//! guest-virtual memory access), [`decode`] (fetch, decode, dispatch), [`segments`]
+//! (descriptor-table loads), and one file per group of instructions: [`control_flow`] (iret,
+//! int3/int n, sysret), [`system`] (swapgs), [`xsave`] (xsave family and xgetbv, with the
+//! component layout of CPUID leaf 0DH in [`xsave_layout`]), [`cmpxchg16b`].
 //!
 //! Writes done here go straight to guest memory through vessel's mapping: they bypass
 //! KVM's write tracking of shadowed guest page tables. No handled instruction writes page
@@ -26,11 +27,13 @@ pub mod cpu;
 mod decode;
 mod fpu;
 pub mod guest_virt;
+mod kvm_vcpu;
 mod misc;
 mod segments;
 pub mod syscall_fixup;
 mod system;
 mod xsave;
+mod xsave_layout;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -38,6 +41,7 @@ use std::sync::Mutex;
 pub use cpu::{CpuError, GuestDebug, VcpuState};
 pub use decode::emulate_at_rip;
 pub use guest_virt::PageFault;
+pub use kvm_vcpu::KvmVcpu;
 
 /// Why an instruction could not be emulated; the caller falls back to its fault report.
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,12 @@
-//! Test fixtures: guest memory with 4-level page tables, long-mode segment state, and a fake
-//! vCPU that keeps its state in plain structs.
+//! Test fixtures: guest memory with 4-level page tables, long-mode segment state, a fake
+//! vCPU that keeps its state in plain structs, and the CPUID leaf 0DH of an AMX CPU.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use std::collections::HashMap;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::cpu::{CpuError, GuestDebug, VcpuState, XsaveRegion, XSAVE_REGION_SIZE};
+use super::cpu::{CpuError, GuestDebug, VcpuState};
+use super::xsave_layout::XsaveLayout;
 use arch::GuestMemory;
 
 pub const MEM_SIZE: u64 = 16 << 20;
@@ -130,11 +131,13 @@ pub fn long_mode_sregs(cr3: u64) -> kvm_sregs {
     }
 }
 
-/// A vCPU whose state is plain data.
+/// A vCPU whose state is plain data. Its XSAVE layout is the host's unless a test gives it
+/// another; its XSAVE region is as large as that layout's area for every component.
 pub struct FakeVcpu {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
-    pub xsave: XsaveRegion,
+    pub xsave: Vec<u8>,
+    pub layout: XsaveLayout,
     pub xcr0: u64,
     pub events: kvm_vcpu_events,
     pub msrs: HashMap<u32, u64>,
@@ -143,10 +146,12 @@ pub struct FakeVcpu {
 
 impl Default for FakeVcpu {
     fn default() -> Self {
+        let layout = XsaveLayout::host();
         FakeVcpu {
             regs: kvm_regs::default(),
             sregs: kvm_sregs::default(),
-            xsave: [0; XSAVE_REGION_SIZE],
+            xsave: vec![0; layout.max_size()],
+            layout,
             xcr0: 1,
             events: kvm_vcpu_events::default(),
             msrs: HashMap::new(),
@@ -170,12 +175,15 @@ impl VcpuState for FakeVcpu {
         self.sregs = *sregs;
         Ok(())
     }
-    fn xsave(&self) -> Result<XsaveRegion, CpuError> {
-        Ok(self.xsave)
+    fn xsave(&self) -> Result<Vec<u8>, CpuError> {
+        Ok(self.xsave.clone())
     }
-    fn set_xsave(&mut self, xsave: &XsaveRegion) -> Result<(), CpuError> {
-        self.xsave = *xsave;
+    fn set_xsave(&mut self, xsave: &[u8]) -> Result<(), CpuError> {
+        self.xsave = xsave.to_vec();
         Ok(())
+    }
+    fn xsave_layout(&self) -> Result<XsaveLayout, CpuError> {
+        Ok(self.layout.clone())
     }
     fn xcr0(&self) -> Result<u64, CpuError> {
         Ok(self.xcr0)
@@ -197,5 +205,30 @@ impl VcpuState for FakeVcpu {
     fn set_guest_debug_mode(&mut self, mode: GuestDebug) -> Result<(), CpuError> {
         self.debug = Some(mode);
         Ok(())
+    }
+}
+
+/// XCR0 of a Sapphire Rapids guest with every user component: x87, SSE, AVX, opmask,
+/// ZMM_Hi256, Hi16_ZMM, PKRU, AMX TILECFG (17) and TILEDATA (18).
+pub const SPR_XCR0: u64 = 0x602e7;
+
+/// CPUID leaf 0DH of an Intel Sapphire Rapids CPU (other leaves read as 0): a standard-format
+/// area of 11008 bytes, the 8 KiB of tile data last, XFD-capable.
+pub fn sapphire_rapids_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    if leaf != 0xd {
+        return [0; 4];
+    }
+    match sub {
+        0 => [SPR_XCR0 as u32, 11008, 11008, 0],
+        // XSAVEOPT, XSAVEC, XGETBV with ECX = 1, XSAVES, XFD.
+        1 => [0x1f, 0, 0, 0],
+        2 => [256, 576, 0, 0],
+        5 => [64, 1088, 0, 0],
+        6 => [512, 1152, 0, 0],
+        7 => [1024, 1664, 0, 0],
+        9 => [8, 2688, 0, 0],
+        17 => [64, 2752, 0b10, 0],
+        18 => [8192, 2816, 0b110, 0],
+        _ => [0; 4],
     }
 }
