@@ -2,6 +2,9 @@
 
 mod api_mode;
 mod disk_cli;
+mod image_boot;
+mod image_cli;
+mod image_run;
 mod manage_cli;
 mod run_cli;
 mod size;
@@ -34,6 +37,9 @@ enum Command {
     Disk(disk_cli::DiskCommand),
     #[command(flatten)]
     Manage(manage_cli::ManageCommand),
+    /// Disk images VMs boot from: import, ls, rm.
+    #[command(subcommand)]
+    Image(image_cli::ImageCommand),
     /// Disk snapshots of powered-off VMs: take, ls, restore, rm.
     #[command(subcommand)]
     Snapshot(snapshot_cli::SnapshotCommand),
@@ -57,6 +63,13 @@ fn main() {
             }
         },
         Command::Snapshot(cmd) => match snapshot_cli::run(cli.state_dir, cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                1
+            }
+        },
+        Command::Image(cmd) => match image_cli::run(cli.state_dir, cmd) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");

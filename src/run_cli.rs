@@ -15,11 +15,21 @@ pub const EXIT_HOST_ERROR: i32 = 6;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Guest kernel: bzImage, ELF vmlinux (PVH when it carries the note) or multiboot ELF32.
-    #[arg(long, required_unless_present = "api_sock")]
+    #[arg(long, required_unless_present_any = ["api_sock", "image"])]
     kernel: Option<PathBuf>,
+    /// Boot a disk image's own kernel, initrd and command line (an image in the store, or a
+    /// raw/qcow2/vdi/vhd/vmdk/vhdx file), on a throw-away overlay that is the first disk.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock"])]
+    image: Option<String>,
+    /// With --image: the overlay's virtual size (default: the image's).
+    #[arg(long, requires = "image", value_parser = parse_disk_size)]
+    disk_size: Option<u64>,
+    /// Words added at the end of the kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -92,6 +102,20 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    parse_size(s, 1 << 20)
+}
+
+/// The overlay of `--image`: vessel made it, so its format is known.
+fn overlay_disk(path: &std::path::Path) -> DiskConfig {
+    DiskConfig {
+        path: path.to_path_buf(),
+        read_only: false,
+        id: Some("root".into()),
+        format: Some(block::Format::Qcow2),
+    }
+}
+
 fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
     match s {
         "auto" => Ok(vmm::PitMode::Auto),
@@ -156,6 +180,29 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(socket) = args.api_sock {
         return crate::api_mode::run(socket, args.serial);
     }
+    let mut args = args;
+    // Kept until the VM ends: the run directory of --image goes with it.
+    let _image_run = match &args.image {
+        Some(spec) => match crate::image_run::prepare(spec, args.disk_size, &args.cmdline_append) {
+            Ok(run) => {
+                args.kernel = Some(run.kernel.clone());
+                args.initrd = run.initrd.clone();
+                args.cmdline = run.cmdline.clone();
+                args.disks.insert(0, overlay_disk(&run.overlay));
+                Some(run)
+            }
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                return EXIT_USAGE;
+            }
+        },
+        None => {
+            if !args.cmdline_append.trim().is_empty() {
+                args.cmdline = format!("{} {}", args.cmdline, args.cmdline_append.trim());
+            }
+            None
+        }
+    };
     let Some(kernel) = args.kernel else {
         eprintln!("vessel: error: --kernel is required");
         return EXIT_USAGE;

@@ -55,6 +55,37 @@ impl StateDir {
         })
     }
 
+    /// VMs with a disk whose backing chain reaches into the image store's `image` directory.
+    pub fn vms_using_image(&self, image_dir: &Path) -> Result<Vec<String>> {
+        let image_dir = std::fs::canonicalize(image_dir).unwrap_or(image_dir.to_path_buf());
+        let mut users = Vec::new();
+        for name in self.list()? {
+            let def = self.vm(&name)?.definition()?;
+            let uses = def.disks.iter().any(|d| {
+                let opts = block::OpenOptions {
+                    read_only: true,
+                    format: None,
+                };
+                let Ok(disk) = block::open(d.path.get_ref(), &opts) else {
+                    return false;
+                };
+                let mut layer = disk.backing();
+                while let Some(b) = layer {
+                    let p = std::fs::canonicalize(b.path()).unwrap_or(b.path().to_path_buf());
+                    if p.starts_with(&image_dir) {
+                        return true;
+                    }
+                    layer = b.backing();
+                }
+                false
+            });
+            if uses {
+                users.push(name);
+            }
+        }
+        Ok(users)
+    }
+
     /// Names of all VMs, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();

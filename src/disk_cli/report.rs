@@ -5,20 +5,7 @@ use std::path::Path;
 use block::{DiskImage, Format, OpenOptions};
 use serde_json::json;
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+use crate::size::human;
 
 fn image_json(image: &dyn DiskImage) -> anyhow::Result<serde_json::Value> {
     let details: serde_json::Map<String, serde_json::Value> = image

@@ -14,4 +14,6 @@ mod store;
 
 pub use manifest::{BootInfo, Manifest, MANIFEST_VERSION};
 pub use names::valid_name;
-pub use store::{BootFinder, Image, ImageStore, StoreError, BOOT_DIR};
+pub use store::{
+    check_importable, create_overlay, BootFinder, Image, ImageStore, StoreError, BOOT_DIR,
+};

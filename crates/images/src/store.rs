@@ -129,7 +129,7 @@ impl ImageStore {
         if dest.exists() {
             return Err(StoreError::Exists(name.into()));
         }
-        let format = check_importable(src)?;
+        let (format, _) = check_importable(src)?;
         let tmp = self
             .root
             .join(format!(".{name}.importing-{}", std::process::id()));
@@ -232,23 +232,27 @@ impl Image {
     /// with a virtual size of `size` or the base's, whichever is larger. Returns the size.
     pub fn create_overlay(&self, path: &Path, size: Option<u64>) -> Result<u64> {
         let size = size.unwrap_or(0).max(self.manifest.virtual_size);
-        let base = std::fs::canonicalize(self.base_path()).map_err(io(&self.dir))?;
-        let opts = block::CreateOptions {
-            backing: Some((base, Some(self.format()))),
-            ..Default::default()
-        };
-        block::create(path, block::Format::Qcow2, size, &opts).map_err(|source| {
-            StoreError::Disk {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        Ok(size)
+        create_overlay(&self.base_path(), self.format(), path, size)
     }
 }
 
-/// A regular file, readable as a disk image of one file with no backing chain; its format.
-fn check_importable(src: &Path) -> Result<block::Format> {
+/// Create a qcow2 image at `path` of `size` bytes backed by `base` (by its canonical path).
+pub fn create_overlay(base: &Path, format: block::Format, path: &Path, size: u64) -> Result<u64> {
+    let base = std::fs::canonicalize(base).map_err(io(base))?;
+    let opts = block::CreateOptions {
+        backing: Some((base, Some(format))),
+        ..Default::default()
+    };
+    block::create(path, block::Format::Qcow2, size, &opts).map_err(|source| StoreError::Disk {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(size)
+}
+
+/// A regular file, readable as a disk image of one file with no backing chain: its format
+/// and virtual size.
+pub fn check_importable(src: &Path) -> Result<(block::Format, u64)> {
     let meta = std::fs::metadata(src).map_err(io(src))?;
     if !meta.is_file() {
         return Err(StoreError::NotAFile(src.to_path_buf()));
@@ -266,10 +270,11 @@ fn check_importable(src: &Path) -> Result<block::Format> {
             return Err(StoreError::SplitVmdk(src.to_path_buf()));
         }
     }
-    if open_read_only(src, format)?.backing().is_some() {
+    let image = open_read_only(src, format)?;
+    if image.backing().is_some() {
         return Err(StoreError::HasBacking(src.to_path_buf()));
     }
-    Ok(format)
+    Ok((format, image.size()))
 }
 
 fn open_read_only(path: &Path, format: block::Format) -> Result<Box<dyn block::DiskImage>> {

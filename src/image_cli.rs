@@ -1,0 +1,104 @@
+//! `vessel image import/ls/rm`: the image store (crates/images) from the command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use images::ImageStore;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) into the image store;
+    /// vessel finds the kernel, initrd and command line it boots (grub.cfg or /vmlinuz).
+    Import {
+        path: PathBuf,
+        /// Name in the store (default: the file name without its extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image no VM uses.
+    Rm { name: String },
+}
+
+pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
+    let store = ImageStore::open(None)?;
+    match cmd {
+        ImageCommand::Import { path, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => default_name(&path)?,
+            };
+            let image = store.import(
+                &path,
+                &name,
+                Box::new(|base: &Path, format, boot: &Path| {
+                    crate::image_boot::extract(base, format, boot)
+                }),
+            )?;
+            let b = image.manifest.boot.as_ref();
+            println!(
+                "imported {name}: {} {}, boots {} ({})",
+                image.manifest.format,
+                crate::size::human(image.manifest.virtual_size),
+                b.map_or("?", |b| b.kernel.as_str()),
+                b.map_or("?", |b| b.found_by.as_str()),
+            );
+        }
+        ImageCommand::Ls { json } => list(&store, json)?,
+        ImageCommand::Rm { name } => {
+            let image = store.get(&name)?;
+            let users = crate::state::StateDir::new(state_dir)?.vms_using_image(&image.dir)?;
+            store.remove(&name, users)?;
+            println!("removed {name}");
+        }
+    }
+    Ok(0)
+}
+
+fn default_name(path: &Path) -> Result<String> {
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the image path has no file name: give --name")?;
+    let stem = stem.split('.').next().unwrap_or(stem);
+    Ok(stem.to_string())
+}
+
+fn list(store: &ImageStore, json: bool) -> Result<()> {
+    let images = store.list()?;
+    if json {
+        let rows: Vec<_> = images
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|i| serde_json::to_value(&i.manifest).unwrap_or_default())
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(["NAME", "FORMAT", "SIZE", "BOOTS", "SOURCE"]);
+    for image in images {
+        match image {
+            Ok(i) => {
+                let m = &i.manifest;
+                table.add_row([
+                    m.name.clone(),
+                    m.format.clone(),
+                    crate::size::human(m.virtual_size),
+                    m.boot.as_ref().map_or("-".into(), |b| b.kernel.clone()),
+                    m.source.clone(),
+                ]);
+            }
+            Err(e) => eprintln!("vessel: warning: {e}"),
+        }
+    }
+    println!("{table}");
+    Ok(())
+}
