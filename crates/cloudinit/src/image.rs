@@ -21,6 +21,35 @@ pub const MAX_FILES_BYTES: usize = 32 << 20;
 
 const MIB: usize = 1 << 20;
 
+/// Every file's timestamps: 1980-01-01 00:00, the FAT epoch (fatfs's own fallback, when
+/// built without chrono, is the invalid all-zero date).
+#[derive(Debug)]
+struct Epoch;
+
+impl fatfs::TimeProvider for Epoch {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static EPOCH: Epoch = Epoch;
+
 /// Why the seed image could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -63,8 +92,8 @@ pub fn build_image(files: &SeedFiles) -> Result<Vec<u8>, ImageError> {
         .volume_id(0x5eed_c1da);
     fatfs::format_volume(&mut disk, options).map_err(ImageError::Fat)?;
     {
-        let fs =
-            fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).map_err(ImageError::Fat)?;
+        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(&EPOCH))
+            .map_err(ImageError::Fat)?;
         for (name, body) in entries {
             let mut file = fs.root_dir().create_file(name).map_err(ImageError::Fat)?;
             file.write_all(body.as_bytes()).map_err(ImageError::Fat)?;

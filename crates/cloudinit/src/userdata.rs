@@ -71,7 +71,9 @@ pub enum UserDataError {
 #[derive(Serialize)]
 struct VesselConfig<'a> {
     users: [&'static str; 1],
-    /// Top-level keys go to the default user (cloud-init's `cc_ssh`).
+    /// Top-level keys go to the default user (cloud-init's `cc_ssh`); the schema wants
+    /// at least one, so an empty list is left out.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     ssh_authorized_keys: &'a [String],
     ssh_pwauth: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
