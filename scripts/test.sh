@@ -19,7 +19,7 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
        cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
-       sha256sum:coreutils sgdisk:gdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
+       sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client cloud-init:cloud-init"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 

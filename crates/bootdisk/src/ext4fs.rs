@@ -54,6 +54,12 @@ impl ExtFs {
         self.fs.metadata(path).is_ok_and(|m| m.is_dir())
     }
 
+    /// `path` with every symlink resolved inside the file system.
+    pub(crate) fn canonical(&self, path: &str) -> Option<String> {
+        let p = self.fs.canonicalize(path).ok()?;
+        p.to_str().ok().map(str::to_string)
+    }
+
     /// Target of the symlink `path`, if it is one.
     pub(crate) fn link_target(&self, path: &str) -> Option<String> {
         let target = self.fs.read_link(path).ok()?;

@@ -196,17 +196,18 @@ fn from_symlinks(
 fn follow(volumes: &[Volume], i: usize, path: &str) -> Option<(usize, String)> {
     let fs = volumes.get(i)?.fs.as_ref()?;
     if fs.exists(path) {
-        return Some((i, path.to_string()));
+        return Some((i, fs.canonical(path).unwrap_or_else(|| path.to_string())));
     }
     let target = fs.link_target(path)?;
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
     let absolute = normalize(&format!("{dir}/{target}"), &target)?;
     let rest = absolute.strip_prefix("/boot/")?;
     let rest = format!("/{rest}");
-    (0..volumes.len())
-        .filter(|&j| j != i)
-        .find(|&j| volumes[j].fs.as_ref().is_some_and(|f| f.exists(&rest)))
-        .map(|j| (j, rest))
+    (0..volumes.len()).filter(|&j| j != i).find_map(|j| {
+        let f = volumes[j].fs.as_ref()?;
+        f.exists(&rest)
+            .then(|| (j, f.canonical(&rest).unwrap_or_else(|| rest.clone())))
+    })
 }
 
 /// Normalize `joined` (dir + relative target), or `target` when it is absolute; resolves
