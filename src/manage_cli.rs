@@ -40,14 +40,9 @@ pub enum ManageCommand {
     /// Attach to a running VM's serial console (Ctrl-] detaches).
     Console { name: String },
     /// SSH into a VM through its forwarded SSH port.
-    Ssh {
-        name: String,
-        #[arg(long, default_value = "root")]
-        user: String,
-        /// Command to run instead of a shell.
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
+    Ssh(crate::ssh_cli::SshArgs),
+    /// Copy files between the host and a VM (NAME:PATH) over SSH (scp -r).
+    Cp(crate::ssh_cli::CpArgs),
     /// Delete a stopped VM (and the disks vessel created for it, unless --keep-disks).
     Rm {
         name: String,
@@ -92,9 +87,20 @@ pub struct CreateArgs {
     memory: String,
     #[arg(long, default_value_t = 1)]
     cpus: u8,
-    /// Create a dynamically allocated qcow2 disk of this size for the VM.
+    /// Create a dynamically allocated qcow2 disk of this size for the VM (with --image: the
+    /// size of the overlay, at least the image's).
     #[arg(long)]
     disk_size: Option<String>,
+    /// Boot this image of the store (`vessel image ls`): its kernel, an overlay of it as the
+    /// first disk, a cloud-init seed with your ssh key, and a NAT NIC with SSH forwarded.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "from"])]
+    image: Option<String>,
+    /// With --image: more cloud-init user-data (#cloud-config, a script, MIME).
+    #[arg(long, requires = "image")]
+    user_data: Option<PathBuf>,
+    /// Words added at the end of the kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline_append: String,
 }
 
 pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
@@ -113,11 +119,8 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Ls { json } => ls(&state, json),
         ManageCommand::Inspect { name } => inspect(&state, &name),
         ManageCommand::Console { name } => console(&state, &name),
-        ManageCommand::Ssh {
-            name,
-            user,
-            command,
-        } => ssh(&state, &name, &user, &command),
+        ManageCommand::Ssh(args) => crate::ssh_cli::ssh(&state, args),
+        ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
         ManageCommand::Vmm { name } => vmm_process(&state, &name),
         ManageCommand::Clone { src, dst, linked } => {
@@ -134,6 +137,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
 fn validate(file: &PathBuf) -> Result<i32> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::image_vm::fill_boot(&text)?.unwrap_or(text);
     match VmDefinition::parse(file, &text) {
         Ok(_) => {
             println!("{}: ok", file.display());
@@ -151,51 +155,99 @@ fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
     if vm.exists() {
         bail!("a VM named '{}' already exists", args.name);
     }
-    let text = match &args.from {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let mut def = VmDefinition::parse(file, &text)?;
-            let base = file.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-            def.resolve_paths(&std::fs::canonicalize(if base.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                base
-            })?);
-            def.name = toml::Spanned::new(0..0, args.name.clone());
-            toml::to_string_pretty(&def)?
+    let text = definition_text(&vm, &args)?;
+    let text = crate::image_vm::fill_boot(&text)?.unwrap_or(text);
+    // Check what we are about to store, then make its files; nothing is left of a VM
+    // whose creation failed.
+    let mut def = VmDefinition::parse(&vm.path(state::DEFINITION), &text)?;
+    let made = (|| -> Result<()> {
+        let disk_size = match &args.disk_size {
+            Some(s) if def.image.is_some() => {
+                Some(crate::size::parse_size(s, 1).map_err(|e| anyhow!(e))?)
+            }
+            _ => None,
+        };
+        let opts = crate::image_vm::Provision {
+            disk_size,
+            cmdline_append: &args.cmdline_append,
+        };
+        crate::image_vm::provision(state, &vm, &mut def, &opts)?;
+        state::ensure_dir(&vm.dir)?;
+        create_sized_disks(&def)?;
+        std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&vm.dir);
+        return Err(e);
+    }
+    println!("created VM '{}' in {}", args.name, vm.dir.display());
+    Ok(0)
+}
+
+/// The definition `create` starts from: the file of --from (paths made absolute), or one
+/// written from the flags.
+fn definition_text(vm: &VmDir, args: &CreateArgs) -> Result<String> {
+    if let Some(file) = &args.from {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let text = crate::image_vm::fill_boot(&text)?.unwrap_or(text);
+        let mut def = VmDefinition::parse(file, &text)?;
+        let base = file.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        def.resolve_paths(&std::fs::canonicalize(if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        })?);
+        def.name = toml::Spanned::new(0..0, args.name.clone());
+        return Ok(toml::to_string_pretty(&def)?);
+    }
+    let mut t = format!(
+        "name = {:?}\ncpus = {}\nmemory = {:?}\n",
+        args.name, args.cpus, args.memory
+    );
+    if let Some(image) = &args.image {
+        t += &format!("image = {image:?}\n");
+        if let Some(u) = &args.user_data {
+            let u =
+                std::fs::canonicalize(u).with_context(|| format!("user data {}", u.display()))?;
+            t += &format!("user_data = {u:?}\n");
         }
-        None => {
-            let kernel = args
-                .kernel
-                .as_ref()
-                .ok_or_else(|| anyhow!("give --from FILE or --kernel PATH"))?;
-            let kernel = std::fs::canonicalize(kernel)
-                .with_context(|| format!("kernel {}", kernel.display()))?;
-            let mut t = format!(
-                "name = {:?}\ncpus = {}\nmemory = {:?}\n\n[boot]\nkernel = {:?}\n",
-                args.name, args.cpus, args.memory, kernel
-            );
-            if let Some(i) = &args.initrd {
-                let i =
-                    std::fs::canonicalize(i).with_context(|| format!("initrd {}", i.display()))?;
-                t += &format!("initrd = {i:?}\n");
-            }
-            if let Some(c) = &args.cmdline {
-                t += &format!("cmdline = {c:?}\n");
-            }
-            if let Some(size) = &args.disk_size {
-                t += &format!(
-                    "\n[[disk]]\npath = {:?}\nformat = \"qcow2\"\nsize = {size:?}\n",
-                    vm.path("disk.qcow2")
-                );
-            }
-            t
-        }
+        return Ok(t);
+    }
+    let kernel = args
+        .kernel
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --from FILE, --image NAME or --kernel PATH"))?;
+    let kernel =
+        std::fs::canonicalize(kernel).with_context(|| format!("kernel {}", kernel.display()))?;
+    t += &format!("\n[boot]\nkernel = {kernel:?}\n");
+    if let Some(i) = &args.initrd {
+        let i = std::fs::canonicalize(i).with_context(|| format!("initrd {}", i.display()))?;
+        t += &format!("initrd = {i:?}\n");
+    }
+    let cmdline = match (&args.cmdline, args.cmdline_append.trim()) {
+        (Some(c), "") => Some(c.clone()),
+        (c, extra) if !extra.is_empty() => Some(format!(
+            "{} {extra}",
+            c.clone().unwrap_or_else(crate::vmdef::default_cmdline)
+        )),
+        _ => None,
     };
-    // Check what we are about to store, then create missing disks that have a size.
-    let def = VmDefinition::parse(&vm.path(state::DEFINITION), &text)?;
-    state::ensure_dir(&vm.dir)?;
+    if let Some(c) = cmdline {
+        t += &format!("cmdline = {c:?}\n");
+    }
+    if let Some(size) = &args.disk_size {
+        t += &format!(
+            "\n[[disk]]\npath = {:?}\nformat = \"qcow2\"\nsize = {size:?}\n",
+            vm.path("disk.qcow2")
+        );
+    }
+    Ok(t)
+}
+
+/// Create the disks of `def` that have a size and do not exist yet (sparse).
+fn create_sized_disks(def: &VmDefinition) -> Result<()> {
     for d in &def.disks {
         let path = d.path.get_ref();
         if let (Some(size), false) = (&d.size, path.exists()) {
@@ -211,9 +263,7 @@ fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
                 .with_context(|| format!("creating disk {}", path.display()))?;
         }
     }
-    std::fs::write(vm.path(state::DEFINITION), text)?;
-    println!("created VM '{}' in {}", args.name, vm.dir.display());
-    Ok(0)
+    Ok(())
 }
 
 fn start(state: &StateDir, name: &str) -> Result<i32> {
@@ -521,29 +571,6 @@ fn console(state: &StateDir, name: &str) -> Result<i32> {
     let _ = printer.join();
     eprintln!("\r\ndetached from '{name}'");
     Ok(0)
-}
-
-fn ssh(state: &StateDir, name: &str, user: &str, command: &[String]) -> Result<i32> {
-    let vm = state.vm(name)?;
-    let def = vm.definition()?;
-    let (_, addr, port, _) = def
-        .forwards()
-        .into_iter()
-        .find(|(p, _, _, g)| p == "tcp" && *g == 22)
-        .ok_or_else(|| anyhow!("VM '{name}' forwards no host port to its SSH port 22 (add forward = [\"tcp:127.0.0.1:2222-:22\"] to a nic)"))?;
-    let err = Command::new("ssh")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .arg(format!("{user}@{addr}"))
-        .args(command)
-        .exec();
-    Err(anyhow!("cannot run ssh: {err}"))
 }
 
 fn rm(state: &StateDir, name: &str, keep_disks: bool) -> Result<i32> {

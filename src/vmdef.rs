@@ -24,6 +24,22 @@ pub struct VmDefinition {
     pub nics: Vec<Nic>,
     #[serde(default)]
     pub serial: Serial,
+    /// An image of the store (`vessel image ls`) this VM boots: at create, vessel fills
+    /// `[boot]` from it, puts a qcow2 overlay of it first among the disks and a cloud-init
+    /// seed disk last (docs/images.md).
+    pub image: Option<Spanned<String>>,
+    /// With `image`: more cloud-init user-data (`#cloud-config`, a script, MIME, ...).
+    pub user_data: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub ssh: Ssh,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// The user `vessel ssh` and `vessel cp` log in as (default: the image's default user
+    /// `debian` for VMs made from an image, else root).
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -211,6 +227,25 @@ impl VmDefinition {
                 }
             }
         }
+        if let Some(image) = &def.image {
+            if !valid_name(image.get_ref()) {
+                err(
+                    image.span(),
+                    format!("invalid image name '{}'", image.get_ref()),
+                );
+            }
+        }
+        if let (Some(u), None) = (&def.user_data, &def.image) {
+            err(
+                u.span(),
+                "user_data is only for VMs made from an image".into(),
+            );
+        }
+        if let Some(user) = &def.ssh.user {
+            if let Err(e) = cloudinit::validate::user_name(user.get_ref()) {
+                err(user.span(), format!("ssh user: {e}"));
+            }
+        }
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -238,6 +273,9 @@ impl VmDefinition {
         }
         for d in &mut self.disks {
             abs(&mut d.path);
+        }
+        if let Some(u) = &mut self.user_data {
+            abs(u);
         }
     }
 

@@ -230,3 +230,126 @@ fn images_vessel_cannot_boot_are_refused_with_the_reason() {
         ls.stdout
     );
 }
+
+#[test]
+fn create_from_an_image_makes_overlay_seed_and_ssh_forward() {
+    let img = boot_image("create", "marker=create", "qcow2");
+    let home = data_home("create");
+    assert_eq!(
+        vessel(
+            &home,
+            &["image", "import", img.to_str().unwrap(), "--name", "deb"]
+        )
+        .status,
+        Some(0)
+    );
+
+    // Bad user-data is refused before anything is made.
+    let bad = home.join("bad.yaml");
+    std::fs::write(&bad, "#cloud-config\npackages: [a, b\n").unwrap();
+    let r = vessel(
+        &home,
+        &[
+            "create",
+            "web",
+            "--image",
+            "deb",
+            "--user-data",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status, Some(1));
+    assert!(r.stderr.contains("line"), "{}", r.stderr);
+    assert!(
+        !home.join("state/web").exists(),
+        "a failed create left the VM's directory"
+    );
+    let r = vessel(&home, &["create", "web", "--image", "nosuch"]);
+    assert!(r.stderr.contains("no image named 'nosuch'"), "{}", r.stderr);
+
+    let extra = home.join("extra.yaml");
+    std::fs::write(&extra, "#cloud-config\npackages: [htop]\n").unwrap();
+    let r = vessel(
+        &home,
+        &[
+            "create",
+            "web",
+            "--image",
+            "deb",
+            "--disk-size",
+            "64M",
+            "--user-data",
+            extra.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let def = std::fs::read_to_string(home.join("state/web/vm.toml")).unwrap();
+    let def: toml::Table = def.parse().unwrap();
+    assert_eq!(def["image"].as_str(), Some("deb"));
+    assert_eq!(def["ssh"]["user"].as_str(), Some("debian"));
+    let disks = def["disk"].as_array().unwrap();
+    assert_eq!(disks[0]["id"].as_str(), Some("root"));
+    assert_eq!(disks[1]["id"].as_str(), Some("cidata"));
+    assert_eq!(disks[1]["readonly"].as_bool(), Some(true));
+    let nic = &def["nic"].as_array().unwrap()[0];
+    assert!(nic["mac"].as_str().unwrap().starts_with("52:54:00:"));
+    assert!(nic["forward"][0].as_str().unwrap().ends_with("-:22"));
+    assert!(def["boot"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .contains("marker=create"));
+
+    // The seed is a FAT volume labelled CIDATA with the owner's key in user-data.
+    let seed = home.join("state/web/seed.img");
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    let blkid = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        blkid.contains("LABEL=CIDATA") && blkid.contains("TYPE=vfat"),
+        "{blkid}"
+    );
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(&seed)
+        .arg("::user-data")
+        .output()
+        .unwrap();
+    let user_data = String::from_utf8_lossy(&out.stdout);
+    let key = std::fs::read_to_string(home.join("vessel/ssh/id_ed25519.pub")).unwrap();
+    let key_blob = key.split_whitespace().nth(1).unwrap();
+    // The user's part goes in unchanged (base64); vessel's part merges into it.
+    assert!(
+        user_data.contains(key_blob) && user_data.contains("filename=\"user-data\""),
+        "{user_data}"
+    );
+    // The overlay is 64 MiB, backed by the store's base image.
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(home.join("state/web/disk.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 64 << 20);
+    assert!(info["backing-filename"]
+        .as_str()
+        .unwrap()
+        .ends_with("images/deb/base.qcow2"));
+
+    let busy = vessel(&home, &["image", "rm", "deb"]);
+    assert!(
+        busy.stderr.contains("in use by VM(s) web"),
+        "{}",
+        busy.stderr
+    );
+    assert_eq!(
+        vessel(
+            &home,
+            &["validate", home.join("state/web/vm.toml").to_str().unwrap()]
+        )
+        .status,
+        Some(0)
+    );
+}
