@@ -104,11 +104,12 @@ fn qemu_img(args: &[&str]) -> String {
 
 /// The virtual content of the image at `path` (through its backing chain).
 fn content(path: &Path, format: &str) -> Vec<u8> {
-    let raw = path.with_file_name(format!(
-        "{}.content",
-        path.file_name().unwrap().to_string_lossy()
+    // Unique per image path: tests running in parallel read images of the same file name.
+    let out = out_dir().join(format!(
+        "{}.{:08x}.content",
+        path.file_name().unwrap().to_string_lossy(),
+        common::fnv1a(path.as_os_str().as_encoded_bytes())
     ));
-    let out = out_dir().join(raw.file_name().unwrap());
     qemu_img(&[
         "convert",
         "-f",
