@@ -10,10 +10,12 @@ use crate::error::{Error, IoContext, Result};
 pub const PLACEHOLDER_HOSTNAME: &str = "debian";
 
 /// cloud-init settings: only the NoCloud seed (a `cidata` disk) or nothing, so boots without
-/// a seed don't wait for network metadata services.
+/// a seed don't wait for network metadata services; the locale stays the image's C.UTF-8
+/// (cloud-init's default en_US.UTF-8 is not generated, and its locale module fails on it).
 const CLOUD_CFG: &str = "\
 # Written by vessel's image builder.
 datasource_list: [ NoCloud, None ]
+locale: false
 ";
 
 /// A unit that makes ssh host keys when cloud-init did not (e.g. cloud-init disabled):
@@ -48,6 +50,7 @@ pub fn configure(root: &Path, fs_uuid: &str) -> Result<Configured> {
     write(root, "etc/hostname", &format!("{PLACEHOLDER_HOSTNAME}\n"))?;
     write(root, "etc/hosts", &hosts(PLACEHOLDER_HOSTNAME))?;
     write(root, "etc/cloud/cloud.cfg.d/99-vessel.cfg", CLOUD_CFG)?;
+    write(root, "etc/default/locale", "LANG=C.UTF-8\n")?;
     // dhclient writes the VM's resolver; the build host's must not stay.
     write(root, "etc/resolv.conf", "")?;
     // An empty machine-id makes systemd create a new one on each VM's first boot.

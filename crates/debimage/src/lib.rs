@@ -24,7 +24,9 @@ mod workdir;
 
 pub use build::{build, preflight, BuildOptions, Step, DEFAULT_SIZE};
 pub use configure::PLACEHOLDER_HOSTNAME;
-pub use disk::{print_table, Layout, LINUX_FS_TYPE, MIN_SIZE, PARTITION_OFFSET};
+pub use disk::{
+    print_table, sha256 as sha256_file, Layout, LINUX_FS_TYPE, MIN_SIZE, PARTITION_OFFSET,
+};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, Package};
 pub use mmdebstrap::{INITRAMFS_MODULES, PACKAGES};

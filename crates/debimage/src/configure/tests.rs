@@ -60,6 +60,8 @@ fn configure_writes_identity_free_cloud_tree() {
     assert!(read(root, "etc/hosts").contains("127.0.1.1\tdebian"));
     assert!(read(root, "etc/cloud/cloud.cfg.d/99-vessel.cfg")
         .contains("datasource_list: [ NoCloud, None ]"));
+    assert!(read(root, "etc/cloud/cloud.cfg.d/99-vessel.cfg").contains("locale: false"));
+    assert_eq!(read(root, "etc/default/locale"), "LANG=C.UTF-8\n");
     assert_eq!(read(root, "etc/machine-id"), "");
     assert_eq!(read(root, "etc/resolv.conf"), "");
     assert!(!root.join("var/lib/dbus/machine-id").exists());
