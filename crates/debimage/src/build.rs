@@ -29,7 +29,8 @@ pub struct BuildOptions {
     pub size: u64,
     /// Packages installed besides [`mmdebstrap::PACKAGES`].
     pub extra_packages: Vec<String>,
-    /// Where the scratch directory (about 500 MiB) is made; it is removed afterwards.
+    /// Where the scratch directory (about 500 MiB) is made; it is removed afterwards. By
+    /// default `/dev/shm` when it has room, else the temporary directory.
     pub work_dir: PathBuf,
     /// Root directory whose `etc/apt` sources give the mirror (`/`: the host's).
     pub apt_root: PathBuf,
@@ -44,7 +45,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Options for `suite` with the defaults: host mirror, 2 GiB, work in the temp directory.
+    /// Options for `suite` with the defaults: host mirror, 2 GiB, random UUIDs.
     pub fn new(suite: &str) -> BuildOptions {
         BuildOptions {
             suite: suite.to_string(),
@@ -52,7 +53,7 @@ impl BuildOptions {
             security_mirror: None,
             size: DEFAULT_SIZE,
             extra_packages: Vec::new(),
-            work_dir: std::env::temp_dir(),
+            work_dir: crate::workdir::default_parent(),
             apt_root: PathBuf::from("/"),
             fs_uuid: None,
             partition_uuid: None,

@@ -64,6 +64,8 @@ pub fn configure(root: &Path, fs_uuid: &str) -> Result<Configured> {
     )?;
     enable(root, HOSTKEYS_UNIT_NAME, "ssh.service")?;
     clean_apt(root)?;
+    // Left by mmdebstrap only if dpkg options were passed; the VM's dpkg runs with defaults.
+    remove_if_exists(&root.join("etc/dpkg/dpkg.cfg.d/99mmdebstrap"))?;
     let kernel_version = kernel_version(root)?;
     boot_symlinks(root, &kernel_version)?;
     Ok(Configured { kernel_version })

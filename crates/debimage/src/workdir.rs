@@ -7,6 +7,42 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{IoContext, Result};
 
+/// Space a build's scratch tree needs, with room to spare (the tree is about 500 MiB).
+const SCRATCH_BYTES: u64 = 2 << 30;
+
+/// Where builds work by default: `/dev/shm` when it is a tmpfs with room for the tree (dpkg's
+/// many small files and their removal are far faster in memory than on a slow disk), else the
+/// temporary directory.
+pub fn default_parent() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if is_tmpfs(shm) && available_bytes(shm).is_some_and(|b| b >= SCRATCH_BYTES) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn is_tmpfs(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fs_type = fields.iter().skip_while(|f| **f != "-").nth(1);
+        fields.get(4) == Some(&dir.to_string_lossy().as_ref()) && fs_type == Some(&"tmpfs")
+    })
+}
+
+/// Bytes an unprivileged user could still write under `dir`.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, for which all-zero bytes are a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a valid, writable statvfs that
+    // outlives the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// A directory removed with everything in it when dropped.
 #[derive(Debug)]
 pub struct WorkDir {
@@ -87,6 +123,14 @@ mod tests {
         std::fs::write(path.join("a/b/c"), "x").unwrap();
         drop(work);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn default_parent_is_a_directory() {
+        assert!(default_parent().is_dir());
+        assert!(available_bytes(Path::new("/")).is_some_and(|b| b > 0));
+        assert_eq!(available_bytes(Path::new("/nonexistent-vessel-dir")), None);
+        assert!(!is_tmpfs(Path::new("/nonexistent-vessel-dir")));
     }
 
     #[test]

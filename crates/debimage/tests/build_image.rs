@@ -146,6 +146,32 @@ fn root_file_system_is_a_bootable_cloud_image() {
     assert!(modules.contains("virtio_blk"), "{modules}");
 }
 
+/// A mirror that does not answer fails in mmdebstrap with its own words, leaves no image and
+/// removes the scratch directory.
+#[test]
+fn unreachable_mirror_fails_cleanly() {
+    if !tools_present(&[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("img.raw");
+    let mut opts = debimage::BuildOptions::new("debian-12");
+    opts.mirror = Some("http://127.0.0.1:9/debian".into());
+    opts.work_dir = dir.path().join("work");
+    let mut steps = Vec::new();
+    let err = debimage::build(&opts, &out, &mut |s| steps.push(s)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, debimage::Error::ToolFailed { .. }), "{text}");
+    assert!(text.starts_with("mmdebstrap failed"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    assert_eq!(steps, [Step::Mmdebstrap]);
+    assert!(!out.exists());
+    let partial = dir.path().join("img.raw.partial");
+    assert!(!partial.exists());
+    let left: Vec<_> = std::fs::read_dir(&opts.work_dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Boots the image under TCG with the manifest's command line and no cloud-init seed (the
 /// None datasource): the virtio disk and NIC come up, cloud-init makes ssh host keys and
 /// finishes, and the serial console offers a login.

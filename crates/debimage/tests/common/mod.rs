@@ -80,8 +80,8 @@ fn build() -> Result<Built, String> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debimage");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let image = dir.join("debian-12.raw");
-    let mut opts = BuildOptions::new("debian-12");
-    opts.work_dir = dir.join("work");
+    // The default work directory (/dev/shm when it has room), as users get it.
+    let opts = BuildOptions::new("debian-12");
     let mut steps = Vec::new();
     let start = Instant::now();
     let manifest = debimage::build(&opts, &image, &mut |s| {
