@@ -48,13 +48,19 @@ pub fn kvm_is_pvm() -> bool {
 /// `console=` becomes /dev/console), then the nested-host profile when `nested`, then what
 /// the user appends.
 pub fn vm_cmdline(image_cmdline: &str, nested: bool, append: &str) -> String {
-    let mut parts = vec![image_cmdline.trim().to_string(), "console=ttyS0".into()];
+    let mut words: Vec<&str> = image_cmdline.split_whitespace().collect();
+    words.push("console=ttyS0");
+    let profile = nested_profile();
     if nested {
-        parts.push(nested_profile());
+        // The profile repeats vessel's console; keep each of its words once.
+        for w in profile.split_whitespace() {
+            if !words.contains(&w) {
+                words.push(w);
+            }
+        }
     }
-    parts.push(append.trim().to_string());
-    parts.retain(|p| !p.is_empty());
-    parts.join(" ")
+    words.extend(append.split_whitespace());
+    words.join(" ")
 }
 
 /// The profile file without its comments, on one line.

@@ -17,6 +17,21 @@ pub enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Build a Debian cloud image from Debian's own packages (mmdebstrap, from the host's
+    /// apt sources; needs root): GPT + ext4 root, cloud-init, openssh-server, sudo.
+    Build {
+        /// Name in the store.
+        name: String,
+        /// Debian release: debian-12 (bookworm) or debian-13 (trixie).
+        #[arg(long, default_value = "debian-12")]
+        suite: String,
+        /// Disk size.
+        #[arg(long, default_value = "2G", value_parser = parse_image_size)]
+        size: u64,
+        /// More packages to install (repeatable).
+        #[arg(long = "package")]
+        packages: Vec<String>,
+    },
     /// List images.
     Ls {
         #[arg(long)]
@@ -50,6 +65,12 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
                 b.map_or("?", |b| b.found_by.as_str()),
             );
         }
+        ImageCommand::Build {
+            name,
+            suite,
+            size,
+            packages,
+        } => build(&store, &name, &suite, size, packages)?,
         ImageCommand::Ls { json } => list(&store, json)?,
         ImageCommand::Rm { name } => {
             let image = store.get(&name)?;
@@ -59,6 +80,70 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn parse_image_size(s: &str) -> Result<u64, String> {
+    crate::size::parse_size(s, 1 << 20)
+}
+
+/// Build with debimage into the store's directory, then import the result (which finds
+/// its kernel like any other image's) and record the packages.
+fn build(
+    store: &ImageStore,
+    name: &str,
+    suite: &str,
+    size: u64,
+    packages: Vec<String>,
+) -> Result<()> {
+    if store.get(name).is_ok() {
+        anyhow::bail!(
+            "an image named '{name}' exists already: remove it first (`vessel image rm`)"
+        );
+    }
+    let mut opts = debimage::BuildOptions::new(suite);
+    opts.size = size;
+    opts.extra_packages = packages;
+    let out = store
+        .root
+        .join(format!(".{name}.build-{}.raw", std::process::id()));
+    let bar = indicatif::ProgressBar::new(debimage::Step::ALL.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:20}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    let built = debimage::build(&opts, &out, &mut |step| {
+        bar.set_position(step.index() as u64);
+        bar.set_message(step.name());
+    });
+    bar.finish_and_clear();
+    let manifest = built.inspect_err(|_| {
+        let _ = std::fs::remove_file(&out);
+    })?;
+    let imported = store.import(
+        &out,
+        name,
+        Box::new(|base: &Path, format, boot: &Path| crate::image_boot::extract(base, format, boot)),
+    );
+    let _ = std::fs::remove_file(&out);
+    let mut image = imported?;
+    let packages = manifest
+        .packages
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect();
+    store.set_provenance(
+        &mut image,
+        &format!("build:{} ({})", manifest.suite, manifest.mirror),
+        packages,
+    )?;
+    println!(
+        "built {name}: Debian {} with kernel {}, {} packages",
+        manifest.suite,
+        manifest.kernel_version,
+        manifest.packages.len()
+    );
+    Ok(())
 }
 
 fn default_name(path: &Path) -> Result<String> {

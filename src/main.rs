@@ -39,7 +39,7 @@ enum Command {
     Disk(disk_cli::DiskCommand),
     #[command(flatten)]
     Manage(manage_cli::ManageCommand),
-    /// Disk images VMs boot from: import, ls, rm.
+    /// Disk images VMs boot from: build, import, ls, rm.
     #[command(subcommand)]
     Image(image_cli::ImageCommand),
     /// Disk snapshots of powered-off VMs: take, ls, restore, rm.

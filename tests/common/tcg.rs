@@ -296,12 +296,17 @@ impl Drop for Backend {
 
 /// QEMU arguments attaching a vhost-user-blk disk served on `socket` (vessel's device has one
 /// queue; QEMU would ask for one per vCPU).
+/// The chardev is named after the socket file, so one guest can have several disks.
 pub fn vhost_user_blk(socket: &Path) -> Vec<String> {
+    let id = format!(
+        "blk-{}",
+        socket.file_stem().unwrap_or_default().to_string_lossy()
+    );
     vec![
         "-chardev".into(),
-        format!("socket,id=blk0,path={}", socket.display()),
+        format!("socket,id={id},path={}", socket.display()),
         "-device".into(),
-        "vhost-user-blk-pci,chardev=blk0,num-queues=1".into(),
+        format!("vhost-user-blk-pci,chardev={id},num-queues=1"),
     ]
 }
 
@@ -342,14 +347,21 @@ impl Served {
     pub fn blk(socket: &Path, image: &Path, format: &str, readonly: bool) -> Served {
         let ro = if readonly { ",readonly=on" } else { "" };
         if reference_mode() {
-            let drive = format!("file={},if=none,id=d0,format={format}{ro}", image.display());
+            let id = format!(
+                "d-{}",
+                socket.file_stem().unwrap_or_default().to_string_lossy()
+            );
+            let drive = format!(
+                "file={},if=none,id={id},format={format}{ro}",
+                image.display()
+            );
             return Served {
                 backend: None,
                 qemu_args: vec![
                     "-drive".into(),
                     drive,
                     "-device".into(),
-                    "virtio-blk-pci,drive=d0".into(),
+                    format!("virtio-blk-pci,drive={id}"),
                 ],
             };
         }

@@ -190,6 +190,21 @@ impl ImageStore {
         Ok(manifest)
     }
 
+    /// Record where a built image came from and what went in (`name=version` each).
+    pub fn set_provenance(
+        &self,
+        image: &mut Image,
+        source: &str,
+        packages: Vec<String>,
+    ) -> Result<()> {
+        image.manifest.source = source.into();
+        image.manifest.packages = packages;
+        let path = image.dir.join(MANIFEST);
+        let tmp = image.dir.join(".manifest.toml.new");
+        std::fs::write(&tmp, image.manifest.to_toml()).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
     /// Remove `name`, unless a VM in `users` (the VMs whose definitions name it) needs it.
     pub fn remove(&self, name: &str, users: Vec<String>) -> Result<()> {
         let image = self.get(name)?;
