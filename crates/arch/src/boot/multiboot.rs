@@ -172,6 +172,18 @@ fn load_aout_kludge(
     Ok(Loaded { entry, end })
 }
 
+/// The command line a multiboot kernel gets: its own name, then the arguments, as GRUB
+/// and QEMU pass it (`"kernel.flat arg1 arg2"`). Kernels built for them (kvm-unit-tests,
+/// Xen, hobby kernels) take the first word as argv[0] and skip it; without it they would
+/// take the first argument for their own name and lose it.
+pub fn command_line(kernel_name: &str, args: &str) -> String {
+    match (kernel_name.is_empty(), args.is_empty()) {
+        (true, _) => args.to_string(),
+        (false, true) => kernel_name.to_string(),
+        (false, false) => format!("{kernel_name} {args}"),
+    }
+}
+
 const MBI_SIZE: u64 = 0x58;
 const MMAP_OFFSET: u64 = 0x100;
 const MODS_OFFSET: u64 = 0x300;
@@ -343,5 +355,16 @@ mod tests {
             mem.read_obj::<u32>(GuestAddress(mods + 4)).unwrap(),
             0x200064
         );
+    }
+
+    #[test]
+    fn command_line_starts_with_the_kernel_name() {
+        assert_eq!(
+            command_line("x86/vmexit.flat", "cpuid"),
+            "x86/vmexit.flat cpuid"
+        );
+        assert_eq!(command_line("x86/msr.flat", ""), "x86/msr.flat");
+        assert_eq!(command_line("", "a b"), "a b");
+        assert_eq!(command_line("", ""), "");
     }
 }
