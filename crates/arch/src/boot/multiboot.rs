@@ -4,7 +4,7 @@
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{elf32, BootError, Initrd};
-use crate::layout::{BOOT_INFO_ADDR, BOOT_INFO_SIZE, EBDA_START, HIMEM_START};
+use crate::layout::{BOOT_INFO_ADDR, BOOT_INFO_SIZE, CMDLINE_ADDR, EBDA_START, HIMEM_START};
 use crate::memory_map::MemoryMapEntry;
 use crate::GuestMemory;
 
@@ -73,13 +73,24 @@ pub struct Loaded {
     pub end: u64,
 }
 
+/// Conventional memory a multiboot image may also load into: between the multiboot
+/// information and the command line, which vessel writes there (the GDT below, the MP and
+/// ACPI tables above). Long-mode page tables and the Linux zero page, also in this window,
+/// are not written for a multiboot kernel. kvm-unit-tests' `realmode` links at 32 KiB;
+/// QEMU's multiboot loader takes any address.
+const LOW_LOAD_START: u64 = BOOT_INFO_ADDR + BOOT_INFO_SIZE;
+const LOW_LOAD_END: u64 = CMDLINE_ADDR;
+
 fn check_range(start: u64, len: u64, ram_end: u64, what: &str) -> Result<(), BootError> {
     let end = start
         .checked_add(len)
         .ok_or_else(|| BootError::InvalidKernel(format!("{what} wraps")))?;
-    if start < HIMEM_START || end > ram_end {
+    let high = start >= HIMEM_START && end <= ram_end;
+    let low = start >= LOW_LOAD_START && end <= LOW_LOAD_END;
+    if !(high || low) {
         return Err(BootError::InvalidKernel(format!(
-            "{what} [{start:#x}, {end:#x}) is outside guest RAM [1 MiB, {ram_end:#x})"
+            "{what} [{start:#x}, {end:#x}) is outside the RAM a multiboot kernel may use: \
+             [{LOW_LOAD_START:#x}, {LOW_LOAD_END:#x}) and [1 MiB, {ram_end:#x})"
         )));
     }
     Ok(())
@@ -259,9 +270,9 @@ pub fn write_info(
 }
 
 /// Where module 0 goes: after the kernel, page aligned (what header flag 0 asks for;
-/// vessel always aligns).
+/// vessel always aligns), and in high memory even when the kernel is in low memory.
 pub fn module_address(kernel_end: u64) -> u64 {
-    (kernel_end + 0xfff) & !0xfff
+    (kernel_end.max(HIMEM_START) + 0xfff) & !0xfff
 }
 
 #[cfg(test)]
@@ -366,5 +377,32 @@ mod tests {
         assert_eq!(command_line("x86/msr.flat", ""), "x86/msr.flat");
         assert_eq!(command_line("", "a b"), "a b");
         assert_eq!(command_line("", ""), "");
+    }
+
+    #[test]
+    fn segments_may_use_low_memory_between_boot_info_and_cmdline() {
+        let ram_end = 0x40_0000;
+        assert!(check_range(0x8000, 0x5a30, ram_end, "seg").is_ok());
+        assert!(check_range(HIMEM_START, 0x1000, ram_end, "seg").is_ok());
+        // The boot info, the command line, the EBDA and the BIOS area stay vessel's.
+        for (start, len) in [
+            (0x6000, 0x100),
+            (0x1f000, 0x2000),
+            (0x9f000, 0x1000),
+            (0xf0000, 0x100),
+        ] {
+            assert!(
+                check_range(start, len, ram_end, "seg").is_err(),
+                "{start:#x}"
+            );
+        }
+        assert!(check_range(0x3f_f000, 0x2000, ram_end, "seg").is_err());
+        assert!(check_range(u64::MAX, 2, ram_end, "seg").is_err());
+    }
+
+    #[test]
+    fn module_goes_above_1mib_after_the_kernel() {
+        assert_eq!(module_address(0xda30), HIMEM_START);
+        assert_eq!(module_address(0x10_0001), 0x10_1000);
     }
 }
