@@ -62,11 +62,9 @@ fn multiboot_guest_reads_cmdline_and_module_and_exits_with_code() {
         r.stdout,
         r.stderr
     );
-    assert!(
-        r.stdout.contains("cmdline: hello=world exit=42\n"),
-        "stdout: {}",
-        r.stdout
-    );
+    // Like GRUB and QEMU, the kernel's name comes first (argv[0]).
+    let expected = format!("cmdline: {} hello=world exit=42\n", kernel.display());
+    assert!(r.stdout.contains(&expected), "stdout: {}", r.stdout);
     assert!(
         r.stdout.contains("mem_lower=639 mem_upper=130048\n"),
         "stdout: {}",

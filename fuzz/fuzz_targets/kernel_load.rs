@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         kernel: data,
         initrd: Some(b"initrd contents"),
         initrd_name: "module0",
+        kernel_name: "kernel",
         cmdline: "console=ttyS0",
         rsdp_addr: 0xe0000,
         acpi_end: 0xe1000,

@@ -313,6 +313,7 @@ impl Vm {
                         kernel: &kernel,
                         initrd: initrd.as_deref(),
                         initrd_name: &initrd_name,
+                        kernel_name: &cfg.kernel.to_string_lossy(),
                         cmdline: &cfg.cmdline,
                         rsdp_addr: acpi.rsdp_addr,
                         acpi_end: acpi.end,

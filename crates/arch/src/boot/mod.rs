@@ -62,6 +62,9 @@ pub struct BootConfig<'a> {
     pub initrd: Option<&'a [u8]>,
     /// Name given to multiboot module 0 (its "command line").
     pub initrd_name: &'a str,
+    /// The kernel's name (its path): a multiboot boot loader puts it before the arguments,
+    /// as argv[0] (see [`multiboot::command_line`]).
+    pub kernel_name: &'a str,
     pub cmdline: &'a str,
     pub rsdp_addr: u64,
     /// End of the ACPI tables at `rsdp_addr`: a multiboot kernel may load into the BIOS
@@ -135,10 +138,10 @@ pub fn load(
     match detect_format(cfg.kernel)? {
         KernelFormat::Multiboot => {
             let header = multiboot::find_header(cfg.kernel).ok_or(BootError::UnknownFormat)?;
-            let reserved =
-                multiboot::reserved_areas(cfg.cmdline.len(), cfg.rsdp_addr, cfg.acpi_end);
+            let cmdline = multiboot::command_line(cfg.kernel_name, cfg.cmdline);
+            let reserved = multiboot::reserved_areas(cmdline.len(), cfg.rsdp_addr, cfg.acpi_end);
             let loaded = multiboot::load(mem, cfg.kernel, &header, low_end, &reserved)?;
-            write_cmdline(mem, cfg.cmdline, CMDLINE_MAX_SIZE)?;
+            write_cmdline(mem, &cmdline, CMDLINE_MAX_SIZE)?;
             let module = match cfg.initrd {
                 Some(data) => {
                     let addr = multiboot::module_address(loaded.end.max(HIMEM_START));

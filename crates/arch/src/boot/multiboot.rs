@@ -234,6 +234,18 @@ fn load_aout_kludge(
     Ok(Loaded { entry, end })
 }
 
+/// The command line a multiboot kernel gets: its own name, then the arguments, as GRUB
+/// and QEMU pass it (`"kernel.flat arg1 arg2"`). Kernels built for them (kvm-unit-tests,
+/// Xen, hobby kernels) take the first word as argv[0] and skip it; without it they would
+/// take the first argument for their own name and lose it.
+pub fn command_line(kernel_name: &str, args: &str) -> String {
+    match (kernel_name.is_empty(), args.is_empty()) {
+        (true, _) => args.to_string(),
+        (false, true) => kernel_name.to_string(),
+        (false, false) => format!("{kernel_name} {args}"),
+    }
+}
+
 const MBI_SIZE: u64 = 0x58;
 const MMAP_OFFSET: u64 = 0x100;
 const MODS_OFFSET: u64 = 0x300;
@@ -309,9 +321,9 @@ pub fn write_info(
 }
 
 /// Where module 0 goes: after the kernel, page aligned (what header flag 0 asks for;
-/// vessel always aligns).
+/// vessel always aligns), and in high memory even when the kernel is in low memory.
 pub fn module_address(kernel_end: u64) -> u64 {
-    (kernel_end + 0xfff) & !0xfff
+    (kernel_end.max(HIMEM_START) + 0xfff) & !0xfff
 }
 
 #[cfg(test)]
@@ -447,5 +459,32 @@ mod tests {
             mem.read_obj::<u32>(GuestAddress(mods + 4)).unwrap(),
             0x200064
         );
+    }
+
+    #[test]
+    fn command_line_starts_with_the_kernel_name() {
+        assert_eq!(
+            command_line("x86/vmexit.flat", "cpuid"),
+            "x86/vmexit.flat cpuid"
+        );
+        assert_eq!(command_line("x86/msr.flat", ""), "x86/msr.flat");
+        assert_eq!(command_line("", "a b"), "a b");
+        assert_eq!(command_line("", ""), "");
+    }
+
+    #[test]
+    fn kvm_unit_tests_realmode_loads_at_32_kib() {
+        // kvm-unit-tests' realmode.flat links at 0x8000: free conventional memory.
+        let reserved = reserved_areas(20, 0xe0000, 0xe0800);
+        let ram_end = 0x40_0000;
+        assert!(check_range(0x8000, 0x5a30, ram_end, &reserved, "seg").is_ok());
+        assert!(check_range(0x1f000, 0x2000, ram_end, &reserved, "seg").is_err());
+        assert!(check_range(u64::MAX, 2, ram_end, &reserved, "seg").is_err());
+    }
+
+    #[test]
+    fn module_goes_above_1mib_after_the_kernel() {
+        assert_eq!(module_address(0xda30), HIMEM_START);
+        assert_eq!(module_address(0x10_0001), 0x10_1000);
     }
 }

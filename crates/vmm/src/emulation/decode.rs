@@ -342,6 +342,7 @@ fn dispatch(ctx: &mut Ctx) -> Result<(), Failure> {
         | Mnemonic::Clwb => misc::ordering_no_op(ctx),
         Mnemonic::Rdtscp => misc::rdtscp(ctx),
         Mnemonic::Rdrand | Mnemonic::Rdseed => misc::random(ctx),
+        Mnemonic::Rdpru => misc::rdpru(ctx),
         Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr => fpu::mxcsr(ctx),
         Mnemonic::Cmpxchg16b => cmpxchg16b::cmpxchg16b(ctx),
         Mnemonic::Xsave

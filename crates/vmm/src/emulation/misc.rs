@@ -1,7 +1,7 @@
 //! Instructions whose effect vessel can give without touching guest state beyond registers:
 //! fences, prefetches and cache-line flushes (the exit to vessel already orders memory more
 //! strongly than any of them), `rdtscp` (guest TSC and TSC_AUX through KVM's MSRs),
-//! `rdrand`/`rdseed` (the host's).
+//! `rdrand`/`rdseed` (the host's), `rdpru` (#UD, as KVM never offers it).
 
 use iced_x86::Mnemonic;
 
@@ -76,6 +76,13 @@ pub fn random(ctx: &mut Ctx) -> Result<(), Failure> {
     }
     ctx.advance();
     Ok(())
+}
+
+/// `rdpru`: KVM never exposes RDPRU to a guest (CPUID 0x80000008 EBX[4] is not in
+/// KVM_GET_SUPPORTED_CPUID), and on hardware the instruction then raises #UD; a nested
+/// KVM that gives up on it gets the same result from vessel.
+pub fn rdpru(_ctx: &mut Ctx) -> Result<(), Failure> {
+    Err(Exception::InvalidOpcode.into())
 }
 
 #[cfg(test)]
@@ -159,5 +166,25 @@ mod tests {
         let (b, _) = run(&[0x48, 0x0f, 0xc7, 0xf0], |c| c.regs.rflags = 2);
         assert_eq!(a.regs.rflags & RFLAGS_CF, RFLAGS_CF);
         assert_ne!(a.regs.rax, b.regs.rax);
+    }
+
+    #[test]
+    fn rdpru_raises_invalid_opcode() {
+        let mut pt = PageTables::new();
+        pt.identity(0x10_0000);
+        let mem = pt.mem();
+        mem.write_slice(&[0x0f, 0x01, 0xfd], GuestAddress(0x8000))
+            .unwrap();
+        let mut cpu = FakeVcpu {
+            sregs: long_mode_sregs(pt.cr3()),
+            ..Default::default()
+        };
+        cpu.regs.rip = 0x8000;
+        // The fake vCPU has an empty IDT: delivering the #UD faults on vector 6's gate.
+        let err = emulate_at_rip(&mut cpu, &mem).unwrap_err().to_string();
+        assert!(
+            err.contains("rdpru") && err.contains("while delivering InvalidOpcode"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,90 @@
+//! kvm-unit-tests as a conformance suite: builds the upstream x86 tests from the tarball in
+//! `../shared/third_party` with `scripts/kvm-unit-tests.sh` (gcc, make, python3) and runs, under
+//! vessel, every entry of `x86/unittests.cfg` that QEMU's microvm passes on KVM; vessel must
+//! pass each of them too. About a minute on a nested KVM host, most of it the `vmexit_*`
+//! benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The entries QEMU 7.2 `-M microvm` (KVM, `-cpu host`) passes, measured with
+/// `scripts/kvm-unit-tests.sh --qemu` on a nested (kvm_pvm) host. None depends on a host CPU
+/// feature: the `vmexit_*` benchmarks skip what the CPU lacks and still end with status 1.
+const QEMU_MICROVM_PASSES: &[&str] = &[
+    "smptest",
+    "smptest3",
+    "vmexit_cpuid",
+    "vmexit_mov_from_cr8",
+    "vmexit_mov_to_cr8",
+    "vmexit_inl_pmtimer",
+    "vmexit_ipi",
+    "vmexit_ipi_halt",
+    "vmexit_ple_round_robin",
+    "vmexit_tscdeadline",
+    "vmexit_tscdeadline_immed",
+    "vmexit_cr0_wp",
+    "vmexit_cr4_pge",
+    "idt_test",
+    "setjmp",
+    "rmap_chain",
+    "la57",
+];
+
+fn tarball() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/third_party");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kvm-unit-tests-") && n.ends_with(".tar.gz"))
+        })
+}
+
+#[test]
+fn vessel_passes_what_qemu_microvm_passes() {
+    let Some(tarball) = tarball() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has no kvm-unit-tests tarball in ../shared/third_party"
+        );
+        eprintln!("skipped: no kvm-unit-tests tarball in ../shared/third_party");
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kvm-unit-tests");
+    let list = dir.join("results.txt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kvm-unit-tests.sh"))
+        .arg("--list")
+        .arg(&list)
+        .args(QEMU_MICROVM_PASSES)
+        .env("KUT_TARBALL", &tarball)
+        .env("KUT_DIR", &dir)
+        .env("VESSEL", env!("CARGO_BIN_EXE_vessel"))
+        .env("TIMEOUT", "60")
+        .output()
+        .expect("cannot run scripts/kvm-unit-tests.sh");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kvm-unit-tests.sh failed:\n{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = std::fs::read_to_string(&list).unwrap();
+    let not_passed: Vec<&str> = QEMU_MICROVM_PASSES
+        .iter()
+        .copied()
+        .filter(|name| {
+            !results
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([*name, "PASS"]))
+        })
+        .collect();
+    assert!(
+        not_passed.is_empty(),
+        "vessel does not pass {not_passed:?} (logs in {}):\n{table}",
+        dir.join("logs").display()
+    );
+}
