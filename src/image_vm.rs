@@ -44,6 +44,9 @@ pub fn fill_boot(text: &str) -> Result<Option<String>> {
         .boot_files()
         .ok_or_else(|| anyhow!("image '{name}' has no kernel vessel can boot directly"))?;
     let nested = crate::image_boot::kvm_is_pvm();
+    if nested {
+        eprintln!("vessel: /dev/kvm is kvm_pvm (software nested KVM): the VM's command line gets the nested-host boot profile of docs/nested-kvm.md; the guest will be slow");
+    }
     let mut boot = toml::Table::new();
     boot.insert("kernel".into(), path_value(&kernel));
     if let Some(i) = initrd {
