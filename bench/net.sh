@@ -4,7 +4,8 @@
 # nat backend (a passt helper over its socket); with the reference, pasta drives the
 # namespace's tap directly. Each at MTU 65520 (vessel's NAT offers it with
 # VIRTIO_NET_F_MTU; passt's default) and at 1500 (a guest that ignores the offer). The iperf3 server listens on the host's loopback, reached
-# through the gateway address 10.0.2.2 in both set-ups.
+# through the gateway address 10.0.2.2 in both set-ups (vessel's NAT opts in with
+# --host-loopback, i.e. --nic nat,host-loopback=on).
 # Needs root, iproute2, passt, iperf3, busybox-static. Usage: [RUNS=3] bench/net.sh [SECONDS]
 # Prints the median of RUNS runs per cell (set-ups alternate within each run).
 set -euo pipefail
@@ -32,14 +33,14 @@ trap cleanup EXIT
 iperf3 -s -B 127.0.0.1 -p 5211 >/dev/null 2>&1 & SERVER=$!
 
 ip netns add $V; ip -n $V link set lo up
-coproc RELAYPROC { "$BIN" $V; }
+coproc RELAYPROC { "$BIN" $V --host-loopback; }
 RELAY=$RELAYPROC_PID
 read -r ready <&"${RELAYPROC[0]}"
 ip -n $V link set eth0 mtu 65520 up
 ip -n $V addr add 10.0.2.15/24 dev eth0
 ip -n $V route add default via 10.0.2.2
 ip netns add $W; ip -n $W link set lo up
-coproc RELAYPROC2 { "$BIN" $W; }
+coproc RELAYPROC2 { "$BIN" $W --host-loopback; }
 RELAY2=$RELAYPROC2_PID
 read -r ready <&"${RELAYPROC2[0]}"
 ip -n $W link set eth0 up

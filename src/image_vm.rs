@@ -89,6 +89,7 @@ pub fn provision(
             mode: Spanned::new(0..0, "nat".into()),
             mac: None,
             forward: vec![Spanned::new(0..0, format!("tcp:127.0.0.1:{port}-:22"))],
+            host_loopback: None,
         });
     }
     let mut macs = Vec::new();

@@ -50,9 +50,11 @@ pub struct RunArgs {
     /// (repeatable; a bare path works too).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
-    /// A virtio-net interface: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]; MODE is
-    /// nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME
-    /// (repeatable; docs/networking.md).
+    /// A virtio-net interface: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]
+    /// [,host-loopback=on|off]; MODE is nat, natnet:NAME, internal:NAME, hostonly:NAME,
+    /// bridged:IFACE or tap:NAME (repeatable; docs/networking.md). host-loopback=on (nat
+    /// and natnet only; default off) lets the guest reach the host's 127.0.0.1 at the
+    /// gateway 10.0.2.2; forward= without a host address listens on 127.0.0.1.
     #[arg(long = "nic", value_parser = parse_nic)]
     nics: Vec<net::NicConfig>,
     /// KVM's in-kernel i8254 PIT: auto gives it to multiboot kernels only (Linux does not

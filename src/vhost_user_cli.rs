@@ -36,9 +36,10 @@ pub struct NetArgs {
     /// Unix socket to listen on (a stale socket at PATH is replaced).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// The network: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22], as `vessel run
-    /// --nic`; MODE is nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or
-    /// tap:NAME. The guest's MAC is the frontend's.
+    /// The network: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]
+    /// [,host-loopback=on|off], as `vessel run --nic`; MODE is nat, natnet:NAME,
+    /// internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME. The guest's MAC is the
+    /// frontend's.
     #[arg(long, value_parser = parse_nic)]
     nic: net::NicConfig,
 }

@@ -70,6 +70,9 @@ pub struct Nic {
     pub mac: Option<String>,
     #[serde(default)]
     pub forward: Vec<Spanned<String>>,
+    /// Let the guest reach the host's loopback at the gateway (nat and natnet only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_loopback: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -339,6 +342,13 @@ fn nic_spec(n: &Nic) -> String {
     for f in &n.forward {
         spec += &format!(",forward={}", f.get_ref());
     }
+    if let Some(on) = n.host_loopback {
+        spec += if on {
+            ",host-loopback=on"
+        } else {
+            ",host-loopback=off"
+        };
+    }
     spec
 }
 
@@ -438,6 +448,20 @@ forward = ["tcp:127.0.0.1:2222-:22"]
         assert!(e.errors[0].message.contains("forward="), "{e}");
         let natnet = GOOD.replace("mode = \"nat\"", "mode = \"natnet:lab\"");
         assert!(VmDefinition::parse(Path::new("vm.toml"), &natnet).is_ok());
+        let on = GOOD.replace("mode = \"nat\"", "mode = \"nat\"\nhost_loopback = true");
+        let d = VmDefinition::parse(Path::new("vm.toml"), &on).unwrap();
+        assert_eq!(
+            nic_spec(&d.nics[0]),
+            "nat,forward=tcp:127.0.0.1:2222-:22,host-loopback=on"
+        );
+        assert!(d.vm_config(vmm::SerialMode::None).unwrap().nics[0].host_loopback);
+        let plain = VmDefinition::parse(Path::new("vm.toml"), GOOD).unwrap();
+        assert!(!plain.vm_config(vmm::SerialMode::None).unwrap().nics[0].host_loopback);
+        let tap = GOOD
+            .replace("mode = \"nat\"", "mode = \"tap:t0\"\nhost_loopback = true")
+            .replace("forward = [\"tcp:127.0.0.1:2222-:22\"]", "");
+        let e = VmDefinition::parse(Path::new("vm.toml"), &tap).unwrap_err();
+        assert!(e.to_string().contains("host-loopback="), "{e}");
         let bad_name = GOOD.replace("mode = \"nat\"", "mode = \"hostonly:a/b\"");
         let e = VmDefinition::parse(Path::new("vm.toml"), &bad_name).unwrap_err();
         assert!(e.errors[0].message.contains("invalid name"), "{e}");

@@ -184,6 +184,7 @@ fn help_names_every_network_mode() {
             "hostonly:NAME",
             "bridged:IFACE",
             "tap:NAME",
+            "host-loopback=on|off",
         ] {
             assert!(help.contains(mode), "{cmd:?} does not name {mode}:\n{help}");
         }

@@ -372,7 +372,9 @@ impl Served {
         }
     }
 
-    /// A NIC on vessel's NAT: `vessel vhost-user-net --nic nat[,forward=tcp:127.0.0.1:HOST-:GUEST]`.
+    /// A NIC on vessel's NAT: `vessel vhost-user-net --nic
+    /// nat,host-loopback=on[,forward=tcp:127.0.0.1:HOST-:GUEST]`. The guests fetch from a
+    /// host server on the loopback through the gateway, so they opt in to reaching it.
     pub fn nat(socket: &Path, mac: &str, forward: Option<(u16, u16)>) -> Served {
         if reference_mode() {
             let fwd = forward
@@ -388,7 +390,7 @@ impl Served {
                 ],
             };
         }
-        let mut nic = format!("nat,mac={mac}");
+        let mut nic = format!("nat,mac={mac},host-loopback=on");
         if let Some((h, g)) = forward {
             nic.push_str(&format!(",forward=tcp:127.0.0.1:{h}-:{g}"));
         }

@@ -2,7 +2,8 @@
 //! `eth0` inside the namespace and relays its frames to a passt NAT backend until
 //! stdin closes. Used by bench/net.sh.
 //!
-//! Usage: netns_nat NETNS [FORWARD...]   (FORWARD as in --nic nat,forward=…)
+//! Usage: netns_nat NETNS [--host-loopback] [FORWARD...]   (FORWARD as in
+//! --nic nat,forward=…; --host-loopback as --nic nat,host-loopback=on)
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -14,9 +15,15 @@ use net::tap::TapBackend;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let netns = args.next().expect("usage: netns_nat NETNS [FORWARD...]");
+    let netns = args
+        .next()
+        .expect("usage: netns_nat NETNS [--host-loopback] [FORWARD...]");
+    let mut args = args.peekable();
+    let host_loopback = args.next_if(|a| a == "--host-loopback").is_some();
     let forwards = args.map(|f| parse_forward(&f).expect("forward")).collect();
-    let nat = PasstBackend::spawn(&PasstOptions::new(forwards)).expect("passt");
+    let mut options = PasstOptions::new(forwards);
+    options.host_loopback = host_loopback;
+    let nat = PasstBackend::spawn(&options).expect("passt");
     let path = format!("/var/run/netns/{netns}");
     let fd = std::thread::spawn(move || {
         let ns = std::fs::File::open(&path).expect("netns");

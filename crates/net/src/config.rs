@@ -1,5 +1,6 @@
-//! `--nic` option: `nat[,mac=52:54:00:12:34:56][,forward=tcp:127.0.0.1:2222-:22]...`,
-//! `natnet:NAME`, `internal:NAME`, `hostonly:NAME`, `bridged:IFACE`, `tap:NAME`.
+//! `--nic` option: `nat[,mac=52:54:00:12:34:56][,forward=tcp:127.0.0.1:2222-:22]...`
+//! `[,host-loopback=on|off]`, `natnet:NAME`, `internal:NAME`, `hostonly:NAME`,
+//! `bridged:IFACE`, `tap:NAME`.
 
 use std::net::Ipv4Addr;
 
@@ -17,7 +18,11 @@ pub enum ConfigError {
     BadForward(String),
     #[error("forward= is only for nat and natnet:NAME modes")]
     ForwardNotNat,
-    #[error("unknown NIC option {0:?} (mac=, forward=)")]
+    #[error("host-loopback= is only for nat and natnet:NAME modes")]
+    HostLoopbackNotNat,
+    #[error("invalid host-loopback value {0:?}: on or off")]
+    BadHostLoopback(String),
+    #[error("unknown NIC option {0:?} (mac=, forward=, host-loopback=)")]
     UnknownOption(String),
 }
 
@@ -48,7 +53,7 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
     pub protocol: Protocol,
-    /// Host address to listen on (None: all).
+    /// Host address to listen on (None: 127.0.0.1).
     pub host_addr: Option<Ipv4Addr>,
     pub host_port: u16,
     /// Guest address (None: the guest's DHCP address).
@@ -63,6 +68,14 @@ pub struct NicConfig {
     /// The guest's MAC (None: the VMM picks one, e.g. [`default_mac`]).
     pub mac: Option<[u8; 6]>,
     pub forwards: Vec<Forward>,
+    /// Whether the guest reaches the host's loopback (127.0.0.1) through the gateway
+    /// address (nat and natnet only; off by default: a hostile guest would otherwise reach
+    /// every local service of the host).
+    pub host_loopback: bool,
+}
+
+fn is_nat(mode: &NicMode) -> bool {
+    matches!(mode, NicMode::Nat | NicMode::NatNetwork(_))
 }
 
 fn check_name(name: &str) -> Result<String, ConfigError> {
@@ -153,15 +166,25 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
         mode,
         mac: None,
         forwards: Vec::new(),
+        host_loopback: false,
     };
     for item in items {
         if let Some(mac) = item.strip_prefix("mac=") {
             config.mac = Some(parse_mac(mac)?);
         } else if let Some(fwd) = item.strip_prefix("forward=") {
-            if !matches!(config.mode, NicMode::Nat | NicMode::NatNetwork(_)) {
+            if !is_nat(&config.mode) {
                 return Err(ConfigError::ForwardNotNat);
             }
             config.forwards.push(parse_forward(fwd)?);
+        } else if let Some(value) = item.strip_prefix("host-loopback=") {
+            if !is_nat(&config.mode) {
+                return Err(ConfigError::HostLoopbackNotNat);
+            }
+            config.host_loopback = match value {
+                "on" => true,
+                "off" => false,
+                _ => return Err(ConfigError::BadHostLoopback(value.to_owned())),
+            };
         } else {
             return Err(ConfigError::UnknownOption(item.to_owned()));
         }
@@ -274,6 +297,30 @@ mod tests {
             parse_nic("nat,speed=10"),
             Err(ConfigError::UnknownOption(_))
         ));
+    }
+
+    #[test]
+    fn host_loopback_is_an_opt_in_for_nat_modes() {
+        assert!(!parse_nic("nat").unwrap().host_loopback);
+        assert!(!parse_nic("natnet:lab").unwrap().host_loopback);
+        assert!(parse_nic("nat,host-loopback=on").unwrap().host_loopback);
+        assert!(
+            parse_nic("natnet:lab,host-loopback=on")
+                .unwrap()
+                .host_loopback
+        );
+        assert!(!parse_nic("nat,host-loopback=off").unwrap().host_loopback);
+        assert_eq!(
+            parse_nic("nat,host-loopback=yes"),
+            Err(ConfigError::BadHostLoopback("yes".into()))
+        );
+        for mode in ["internal:i", "hostonly:h", "bridged:br0", "tap:t0"] {
+            assert_eq!(
+                parse_nic(&format!("{mode},host-loopback=on")),
+                Err(ConfigError::HostLoopbackNotNat),
+                "{mode}"
+            );
+        }
     }
 
     #[test]

@@ -46,18 +46,23 @@ pub enum NetError {
     HostOnly(#[from] hostonly::HostOnlyError),
 }
 
+/// What passt runs with for a nat or natnet `--nic`.
+fn passt_options(config: &NicConfig) -> passt::PasstOptions {
+    let mut options = passt::PasstOptions::new(config.forwards.clone());
+    options.host_loopback = config.host_loopback;
+    options
+}
+
 /// Open the backend a `--nic` asks for.
 pub fn open_backend(config: &NicConfig) -> Result<Box<dyn Backend>, NetError> {
     Ok(match &config.mode {
-        NicMode::Nat => Box::new(passt::PasstBackend::spawn(&passt::PasstOptions::new(
-            config.forwards.clone(),
-        ))?),
+        NicMode::Nat => Box::new(passt::PasstBackend::spawn(&passt_options(config))?),
         NicMode::Internal(name) => Box::new(switch::SwitchPort::join(name)?),
         NicMode::Tap(name) => Box::new(tap::TapBackend::open(name, true)?),
         NicMode::NatNetwork(name) => Box::new(natnet::NatNetBackend::join(
             name,
             config.mac,
-            passt::PasstOptions::new(config.forwards.clone()),
+            passt_options(config),
         )?),
         NicMode::HostOnly(name) => Box::new(hostonly::HostOnlyBackend::join(name, config.mac)?),
         NicMode::Bridged(iface) => Box::new(bridge::bridged(iface)?),

@@ -2,7 +2,11 @@
 //! QEMU's stream protocol over a socketpair (`passt --fd`). passt provides the gateway,
 //! DHCP, TCP/UDP/ICMP through host sockets and port forwarding. DNS: DHCP hands out the
 //! host's resolvers; a loopback resolver (e.g. 127.0.0.1) is handed out as the gateway
-//! address, which passt maps to the host's loopback.
+//! address, whose port 53 passt relays to it.
+//!
+//! The guest is hostile: by default the gateway address does not lead to the host's
+//! loopback (`--no-map-gw`), so a guest cannot reach the host's local services; a NIC
+//! opts in with `host-loopback=on`. Forwards without a host address listen on 127.0.0.1.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -44,6 +48,8 @@ pub struct PasstOptions {
     pub guest_addr: Ipv4Addr,
     /// Log file for passt's messages (None: quiet).
     pub log_file: Option<String>,
+    /// Map the gateway address to the host's loopback (off: `--no-map-gw`).
+    pub host_loopback: bool,
 }
 
 impl PasstOptions {
@@ -53,6 +59,7 @@ impl PasstOptions {
             forwards,
             guest_addr: GUEST_ADDR,
             log_file: None,
+            host_loopback: false,
         }
     }
 
@@ -81,6 +88,9 @@ impl PasstOptions {
             Some(path) => args.extend(["--log-file".into(), path.clone()]),
             None => args.push("--quiet".into()),
         }
+        if !self.host_loopback {
+            args.extend(no_map_gw_args());
+        }
         for f in &self.forwards {
             if let Some(addr) = f.guest_addr.filter(|&a| a != self.guest_addr) {
                 return Err(PasstError::GuestAddress(addr, self.guest_addr));
@@ -91,12 +101,56 @@ impl PasstOptions {
             };
             let spec = match f.host_addr {
                 Some(a) => format!("{a}/{}:{}", f.host_port, f.guest_port),
-                None => format!("{}:{}", f.host_port, f.guest_port),
+                None => format!("{}/{}:{}", Ipv4Addr::LOCALHOST, f.host_port, f.guest_port),
             };
             args.extend([flag.into(), spec]);
         }
         Ok(args)
     }
+}
+
+/// passt's arguments that keep the guest away from the host's loopback, read where the
+/// helper starts (its mount namespace decides what /etc/resolv.conf is).
+fn no_map_gw_args() -> Vec<String> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let mut args = vec!["--no-map-gw".to_string()];
+    args.extend(dns_args(
+        &read("/etc/resolv.conf"),
+        &read("/run/systemd/resolve/resolv.conf"),
+    ));
+    args
+}
+
+/// The IPv4 nameservers of a resolv.conf text.
+fn nameservers(resolv: &str) -> Vec<Ipv4Addr> {
+    resolv
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// DNS for a guest kept off the host's loopback. passt drops loopback resolvers under
+/// `--no-map-gw`: if the host has only those, hand out systemd-resolved's upstream
+/// servers when there are any, else the gateway address, whose UDP port 53 passt then
+/// relays to the host's resolver on 127.0.0.1 (and nothing else of the loopback).
+fn dns_args(resolv: &str, resolved_upstream: &str) -> Vec<String> {
+    let servers = nameservers(resolv);
+    if servers.is_empty() || servers.iter().any(|a| !a.is_loopback()) {
+        return Vec::new();
+    }
+    let upstream: Vec<Ipv4Addr> = nameservers(resolved_upstream)
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+        .collect();
+    if !upstream.is_empty() {
+        return upstream
+            .iter()
+            .flat_map(|a| ["--dns".to_string(), a.to_string()])
+            .collect();
+    }
+    let gw = GATEWAY.to_string();
+    vec!["--dns".into(), gw.clone(), "--dns-forward".into(), gw]
 }
 
 /// Bytes passt may have in flight towards the VMM. passt drops what its socket does not
@@ -213,9 +267,42 @@ mod tests {
         ]);
         let args = opts.args().unwrap();
         let tail: Vec<&str> = args[args.len() - 4..].iter().map(|s| s.as_str()).collect();
-        assert_eq!(tail, ["-t", "127.0.0.1/2222:22", "-u", "5353:53"]);
+        assert_eq!(tail, ["-t", "127.0.0.1/2222:22", "-u", "127.0.0.1/5353:53"]);
         let bad = PasstOptions::new(vec![parse_forward("tcp::1-10.0.2.99:2").unwrap()]);
         assert!(matches!(bad.args(), Err(PasstError::GuestAddress(..))));
+    }
+
+    #[test]
+    fn forward_without_host_address_listens_on_loopback_only() {
+        let opts = PasstOptions::new(vec![parse_forward("tcp::2222-:22").unwrap()]);
+        let args = opts.args().unwrap();
+        let tail: Vec<&str> = args[args.len() - 2..].iter().map(|s| s.as_str()).collect();
+        assert_eq!(tail, ["-t", "127.0.0.1/2222:22"]);
+        let any = PasstOptions::new(vec![parse_forward("tcp:0.0.0.0:2222-:22").unwrap()]);
+        assert!(any.args().unwrap().contains(&"0.0.0.0/2222:22".to_string()));
+    }
+
+    #[test]
+    fn gateway_is_not_host_loopback_unless_asked() {
+        let mut opts = PasstOptions::new(Vec::new());
+        assert!(opts.args().unwrap().contains(&"--no-map-gw".to_string()));
+        opts.host_loopback = true;
+        assert!(!opts.args().unwrap().contains(&"--no-map-gw".to_string()));
+    }
+
+    #[test]
+    fn dns_without_host_loopback() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(dns_args("nameserver 192.0.2.1\n", ""), none);
+        assert_eq!(dns_args("", ""), none);
+        assert_eq!(
+            dns_args("nameserver 127.0.0.53\n", "nameserver 192.0.2.9\n"),
+            ["--dns", "192.0.2.9"]
+        );
+        assert_eq!(
+            dns_args("# local\nnameserver 127.0.0.1\n", ""),
+            ["--dns", "10.0.2.2", "--dns-forward", "10.0.2.2"]
+        );
     }
 
     #[test]

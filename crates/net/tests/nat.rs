@@ -1,7 +1,7 @@
 //! `nat` (passt) with a real Linux network stack as the guest: a network namespace whose
 //! tap is relayed to vessel's NAT backend. DHCP with busybox udhcpc, DNS through the NAT's
 //! relay to the host's resolver, TCP/UDP/ICMP to the host's loopback (the gateway address
-//! maps to it), port forwarding into the namespace, a bulk transfer checked by sha256, a
+//! maps to it with `host_loopback` only, and does not by default), port forwarding into the namespace, a bulk transfer checked by sha256, a
 //! peer vanishing mid-transfer.
 
 mod common;
@@ -24,9 +24,10 @@ use sha2::{Digest, Sha256};
 
 /// Start passt in a private mount namespace where /etc/resolv.conf is `resolv`: the
 /// "host's resolver" is then the test's DNS server.
-fn spawn_nat(forwards: &[&str], resolv: &Path) -> PasstBackend {
+fn spawn_nat(forwards: &[&str], resolv: &Path, host_loopback: bool) -> PasstBackend {
     let mut options =
         PasstOptions::new(forwards.iter().map(|f| parse_forward(f).unwrap()).collect());
+    options.host_loopback = host_loopback;
     options.log_file = std::env::var("VESSEL_PASST_LOG").ok();
     let resolv = std::ffi::CString::new(resolv.as_os_str().as_bytes()).unwrap();
     std::thread::scope(|s| {
@@ -66,18 +67,27 @@ fn spawn_nat(forwards: &[&str], resolv: &Path) -> PasstBackend {
     })
 }
 
+/// Held by the tests whose DNS server takes the host's 127.0.0.1:53.
+static PORT_53: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Guest {
     ns: Netns,
     _relay: Relay,
     tmp: TempDir,
 }
 
-/// A namespace on vessel's NAT, with its DHCP lease applied.
+/// A namespace on vessel's NAT that reaches the host's loopback through the gateway
+/// (`host-loopback=on`), with its DHCP lease applied.
 fn nat_guest(forwards: &[&str]) -> Guest {
+    nat_guest_with(forwards, true)
+}
+
+/// A namespace on vessel's NAT, with its DHCP lease applied.
+fn nat_guest_with(forwards: &[&str], host_loopback: bool) -> Guest {
     let tmp = TempDir::new("nat");
     let resolv = tmp.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
-    let nat = spawn_nat(forwards, &resolv);
+    let nat = spawn_nat(forwards, &resolv, host_loopback);
     let ns = Netns::new();
     let tap = ns.tap("eth0");
     let relay = Relay::start(Box::new(tap), Box::new(nat)).unwrap();
@@ -153,6 +163,7 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
     if !can_run(&[("passt", "passt"), ("python3", "python3")]) {
         return;
     }
+    let _port53 = PORT_53.lock().unwrap_or_else(|e| e.into_inner());
     let _dns = DnsServer::start("127.0.0.1:53");
     // Before passt starts: it checks for ping sockets once.
     let _ping = PingSockets::allow();
@@ -194,6 +205,35 @@ fn nat_dhcp_dns_tcp_udp_icmp_and_forwarding() {
 
     // Port forwarding: host 127.0.0.1:fwd_port reaches a listener in the guest.
     assert_forward_reaches(&g.ns, fwd_port, 8022);
+}
+
+/// The guest is hostile: by default the gateway address does not lead to the host's
+/// loopback, so a service listening on 127.0.0.1 stays out of the guest's reach; DNS
+/// through the gateway still works.
+#[test]
+fn nat_keeps_host_loopback_from_the_guest_by_default() {
+    if !can_run(&[("passt", "passt")]) {
+        return;
+    }
+    let _port53 = PORT_53.lock().unwrap_or_else(|e| e.into_inner());
+    let _dns = DnsServer::start("127.0.0.1:53");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let g = nat_guest_with(&[], false);
+    let out = g.ns.sh(&format!(
+        "echo secret | busybox nc -w 3 {GATEWAY} {port} && echo CONNECTED || echo REFUSED"
+    ));
+    assert!(
+        out.contains("REFUSED"),
+        "guest reached host loopback: {out}"
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's loopback listener got a connection from the guest"
+    );
+    let out = g.ns.sh(&format!("busybox nslookup {TEST_NAME} {GATEWAY}"));
+    assert!(out.contains("203.0.113.7"), "nslookup said: {out}");
 }
 
 /// Bytes of the bulk transfers (VESSEL_NET_BULK_MIB, default 1024).

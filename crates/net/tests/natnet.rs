@@ -26,7 +26,10 @@ struct Vm {
 
 /// A namespace on the NAT network in `dir` (MAC `mac`), its DHCP lease applied.
 fn vm_on(dir: &Path, tmp: &Path, mac: [u8; 6], forwards: &[String]) -> Vm {
-    let options = PasstOptions::new(forwards.iter().map(|f| parse_forward(f).unwrap()).collect());
+    // The VMs reach a host service on the loopback through the gateway: opted in.
+    let mut options =
+        PasstOptions::new(forwards.iter().map(|f| parse_forward(f).unwrap()).collect());
+    options.host_loopback = true;
     let backend = NatNetBackend::join_dir(dir, Some(mac), options).unwrap();
     let leased = backend.guest_addr();
     let ns = Netns::new();
