@@ -171,8 +171,8 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     wait_for("the guest to count to 5", || {
         counts(&first.serial()).len() >= 5
     });
-    let state = out_dir().join("vm-snapshot.state");
-    let mem = out_dir().join("vm-snapshot.mem");
+    let state = fresh("vm-snapshot.state");
+    let mem = fresh("vm-snapshot.mem");
     let create = format!(
         r#"{{"snapshot_type": "Full", "snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
         state.display().to_string(),
@@ -187,6 +187,7 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     let (code, body) = first.call("PUT", "/snapshot/create", &diff);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("Diff snapshots are not supported"), "{body}");
+    outputs_are_never_followed_nor_overwritten(&first);
 
     let started = Instant::now();
     let (code, body) = first.call("PUT", "/snapshot/create", &create);
@@ -217,11 +218,66 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     );
 }
 
+/// `name` in the output directory, with nothing left there (nor at its `.partial` name)
+/// by an earlier run: snapshots are never written over existing files.
+fn fresh(name: &str) -> PathBuf {
+    let path = out_dir().join(name);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(out_dir().join(format!("{name}.partial")));
+    path
+}
+
+/// The paused `vmm` refuses snapshot outputs where a file or a symlink already is (at the
+/// final or the `.partial` name), and the file a symlink points to is left untouched.
+fn outputs_are_never_followed_nor_overwritten(vmm: &Vmm) {
+    let victim = fresh("vm-snapshot-victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let create = |state: &Path, mem: &Path| {
+        let body = format!(
+            r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+            state.display().to_string(),
+            mem.display().to_string()
+        );
+        vmm.call("PUT", "/snapshot/create", &body)
+    };
+    // A symlink at the state path, then at the memory path.
+    let state = fresh("vm-snapshot-link.state");
+    let mem = fresh("vm-snapshot-link.mem");
+    std::os::unix::fs::symlink(&victim, &state).unwrap();
+    let (code, body) = create(&state, &mem);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("already exists"), "{body}");
+    assert!(!mem.exists());
+    std::fs::remove_file(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, &mem).unwrap();
+    let (code, body) = create(&state, &mem);
+    assert_eq!(code, 400, "{body}");
+    assert!(!state.exists());
+    std::fs::remove_file(&mem).unwrap();
+    // A symlink at the memory file's temporary name.
+    let partial = out_dir().join("vm-snapshot-link.mem.partial");
+    std::os::unix::fs::symlink(&victim, &partial).unwrap();
+    let (code, body) = create(&state, &mem);
+    assert_eq!(code, 400, "{body}");
+    std::fs::remove_file(&partial).unwrap();
+    // An existing regular file.
+    std::fs::write(&state, b"old").unwrap();
+    let (code, body) = create(&state, &mem);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(std::fs::read(&state).unwrap(), b"old");
+    assert!(!mem.exists() && !state.with_extension("state.partial").exists());
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "victim changed"
+    );
+}
+
 /// Pauses `vmm`, snapshots it into `name`.state / `name`.mem, and returns their paths.
 fn snapshot(vmm: &Vmm, name: &str) -> (PathBuf, PathBuf) {
     assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
-    let state = out_dir().join(format!("{name}.state"));
-    let mem = out_dir().join(format!("{name}.mem"));
+    let state = fresh(&format!("{name}.state"));
+    let mem = fresh(&format!("{name}.mem"));
     let create = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
         state.display().to_string(),
@@ -429,8 +485,8 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
     // Let it take some PIT ticks, so a halted vCPU is kicked out of `hlt` for the snapshot.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
-    let state = out_dir().join("vm-snapshot-service.state");
-    let mem = out_dir().join("vm-snapshot-service.mem");
+    let state = fresh("vm-snapshot-service.state");
+    let mem = fresh("vm-snapshot-service.mem");
     let create = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
         state.display().to_string(),

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,8 @@ pub enum ConnectionEnd {
 }
 
 /// Listen on `path`, replacing a stale socket left there (but no other kind of file, nor
-/// a socket somebody still listens on).
+/// a socket somebody still listens on). The socket is made owner-only (0600): whoever
+/// connects drives the device and maps guest memory.
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -68,10 +69,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
             source,
         })?;
     }
-    UnixListener::bind(path).map_err(|source| ServerError::Bind {
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
         path: path.into(),
         source,
-    })
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ServerError::Bind {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(listener)
 }
 
 /// Wait until `fd` or `stop` is readable (or hung up); returns whether `stop` is.
@@ -261,5 +269,22 @@ impl Backend {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn socket_is_owner_only_after_listen() {
+        let dir = std::env::temp_dir().join(format!("vhost-user-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -40,10 +41,12 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Bind `socket` (replacing a stale file) and open `log` for appending.
+    /// Bind `socket` (replacing a stale file; owner-only, 0600: a client types into the
+    /// guest's console) and open `log` for appending.
     pub fn bind(socket: &Path, log: &Path) -> std::io::Result<(Self, ConsoleOutput)> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -100,5 +103,22 @@ impl ConsoleSocket {
     pub fn detach(&mut self) {
         self.reader = None;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn console_socket_is_owner_only_after_listen() {
+        let dir = std::env::temp_dir().join(format!("vessel-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("console.sock");
+        let _console = ConsoleSocket::bind(&socket, &dir.join("serial.log")).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@ use devices::cmos::Cmos;
 use devices::i8042::I8042;
 use devices::serial::Serial;
 
+use super::output::{ensure_absent, publish};
 use super::state_file::{MachineState, VmSnapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 use super::vcpu_state::XSAVE_AREA_SIZE;
 use super::{
@@ -60,13 +61,6 @@ fn partial_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), SnapshotError> {
-    std::fs::rename(from, to).map_err(|source| SnapshotError::Io {
-        path: to.to_path_buf(),
-        source,
-    })
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -82,6 +76,15 @@ impl SnapshotSource {
     ) -> Result<SnapshotReport, SnapshotError> {
         if let Some(device) = &self.unsupported_device {
             return Err(SnapshotError::UnsupportedDevice(device.clone()));
+        }
+        // Both files are written under temporary names and given their names when
+        // complete, the state file last: a failed snapshot never leaves a state file next
+        // to a partial memory file. None of the four names may exist (nothing is
+        // overwritten, no symlink followed).
+        let mem_partial = partial_path(mem_path);
+        let state_partial = partial_path(state_path);
+        for path in [mem_path, state_path, &mem_partial, &state_partial] {
+            ensure_absent(path)?;
         }
         if self.xsave2_size > XSAVE_AREA_SIZE {
             return Err(SnapshotError::XsaveTooLarge(0));
@@ -107,10 +110,6 @@ impl SnapshotSource {
             vcpus,
             devices,
         };
-        // Both files are written under temporary names and renamed when complete, the state
-        // file last: a failed snapshot never leaves a state file next to a partial memory file.
-        let mem_partial = partial_path(mem_path);
-        let state_partial = partial_path(state_path);
         // Guest memory is saved while the virtio queues are frozen with their state.
         let written = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
             snapshot.devices.virtio = states;
@@ -118,15 +117,21 @@ impl SnapshotSource {
         })
         .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
         .and_then(|bytes| {
-            rename(&mem_partial, mem_path)?;
-            rename(&state_partial, state_path)?;
+            publish(&mem_partial, mem_path)?;
+            publish(&state_partial, state_path).inspect_err(|_| {
+                let _ = std::fs::remove_file(mem_path);
+            })?;
             Ok(bytes)
         });
         let memory_bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {
-                let _ = std::fs::remove_file(&mem_partial);
-                let _ = std::fs::remove_file(&state_partial);
+                // The partial files are ours, unless one appeared since the check above.
+                for path in [&mem_partial, &state_partial] {
+                    if !matches!(&e, SnapshotError::OutputExists(p) if p == path) {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
                 return Err(e);
             }
         };

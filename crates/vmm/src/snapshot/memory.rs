@@ -21,9 +21,10 @@ pub fn memory_size(mem: &GuestMemory) -> u64 {
     mem.iter().map(|r| r.len()).sum()
 }
 
-/// Writes all guest RAM to `path` (created or truncated); returns the bytes written.
+/// Writes all guest RAM to `path`, a new file (nothing, not even a symlink, may be there);
+/// returns the bytes written.
 pub fn save_memory(mem: &GuestMemory, path: &Path) -> Result<u64, SnapshotError> {
-    let mut file = File::create(path).map_err(io_err(path))?;
+    let mut file = super::output::create_new(path)?;
     for region in mem.iter() {
         let len = region.len() as usize;
         // SAFETY: the region maps `len` bytes at `as_ptr()` for as long as `mem` lives, and

@@ -8,6 +8,7 @@ mod bytes;
 mod create;
 mod devices;
 mod memory;
+mod output;
 mod state_file;
 mod vcpu_state;
 mod vm_state;
@@ -56,6 +57,8 @@ pub enum SnapshotError {
     XsaveTooLarge(usize),
     #[error("the vCPUs did not answer the snapshot request: {0}")]
     Vcpus(String),
+    #[error("{0}: already exists (a symlink counts); snapshot files are always created new, never overwritten: choose a path that does not exist")]
+    OutputExists(std::path::PathBuf),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

@@ -128,10 +128,11 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
+/// Writes `snapshot` to `path`, a new file (nothing, not even a symlink, may be there).
 pub fn write_state_file(snapshot: &VmSnapshot, path: &Path) -> Result<(), SnapshotError> {
     let text = serde_json::to_vec(snapshot)
         .map_err(|e| SnapshotError::Invalid(format!("cannot encode: {e}")))?;
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let file = super::output::create_new(path)?;
     let mut writer = std::io::BufWriter::new(file);
     std::io::Write::write_all(&mut writer, &text).map_err(io_err(path))?;
     let file = writer
