@@ -167,6 +167,8 @@ fn is_input_error(e: &VmError) -> bool {
     matches!(
         e,
         VmError::ReadFile { .. }
+            | VmError::NotRegularFile { .. }
+            | VmError::BootFileTooLarge { .. }
             | VmError::Boot(_)
             | VmError::Memory(_)
             | VmError::TooManyCpus { .. }

@@ -161,3 +161,72 @@ fn api_mode_refuses_a_kernel_on_the_command_line_too() {
     assert_eq!(r.status, Some(2));
     assert!(r.stderr.contains("cannot be used with"), "{}", r.stderr);
 }
+
+/// A kernel path naming `/dev/zero` or a FIFO is refused with a 400 (not read until memory
+/// runs out, not waited on), at PUT /boot-source and again at InstanceStart when the path
+/// was swapped after its check; the VMM stays usable.
+#[test]
+fn device_files_and_fifos_are_no_kernels() {
+    let sock = out_dir().join("api-run-kernels.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vmm = Vmm(child);
+    wait_for("the API socket", || sock.exists());
+    let boot = |path: &std::path::Path| {
+        let body = format!(
+            r#"{{"kernel_image_path": {:?}}}"#,
+            path.display().to_string()
+        );
+        curl(&sock, "PUT", "/boot-source", Some(&body))
+    };
+    let (code, body) = boot(std::path::Path::new("/dev/zero"));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("character device, not a regular file"),
+        "{body}"
+    );
+    let fifo = out_dir().join("api-run-kernel.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    let (code, body) = boot(&fifo);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("FIFO, not a regular file"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Checked at PUT /boot-source, then swapped for /dev/zero: InstanceStart refuses it.
+    let kernel = out_dir().join("api-run-swapped-kernel");
+    let _ = std::fs::remove_file(&kernel);
+    std::fs::write(&kernel, b"not a kernel yet").unwrap();
+    assert_eq!(boot(&kernel).0, 204);
+    std::fs::remove_file(&kernel).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &kernel).unwrap();
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("is a character device, not a regular file"),
+        "{body}"
+    );
+    let (code, body) = curl(&sock, "GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    let _ = std::fs::remove_file(&kernel);
+    let _ = std::fs::remove_file(&fifo);
+}

@@ -190,3 +190,37 @@ fn help_names_every_network_mode() {
         }
     }
 }
+
+/// A FIFO at `path` (replacing what was there).
+fn make_fifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_fifo_as_disk_exits_2_at_once() {
+    let k = spin_guest();
+    let fifo = out_dir().join("run-cli-disk.fifo");
+    make_fifo(&fifo);
+    for disk in [
+        fifo.display().to_string(),
+        format!("path={},readonly=on", fifo.display()),
+        format!("path={},format=raw", fifo.display()),
+    ] {
+        let started = Instant::now();
+        let r = vessel(
+            &["run", "--kernel", k.to_str().unwrap(), "--disk", &disk],
+            Duration::from_secs(20),
+        );
+        assert_eq!(r.status, Some(2), "{disk}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("is a FIFO, not an image"),
+            "{disk}: {}",
+            r.stderr
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{disk}");
+    }
+    let _ = std::fs::remove_file(&fifo);
+}

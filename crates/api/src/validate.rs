@@ -2,7 +2,8 @@
 //! host files a client names can be opened (as Firecracker checks them when they are PUT, so a
 //! typo fails at configuration time rather than at InstanceStart).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, FileType, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use thiserror::Error;
@@ -151,9 +152,16 @@ pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
     let opened = OpenOptions::new()
         .read(true)
         .write(!drive.is_read_only)
+        .custom_flags(libc::O_NONBLOCK)
         .open(&drive.path_on_host)
         .map_err(|e| e.to_string())
-        .and_then(|file| reject_directory(&file));
+        .and_then(|file| {
+            require_kind(
+                &file,
+                |k| k.is_file() || k.is_block_device(),
+                "a regular file or a block device",
+            )
+        });
     opened.map_err(|reason| ValidationError::DriveFile {
         path: drive.path_on_host.clone(),
         reason,
@@ -220,17 +228,42 @@ fn check_path_text(path: &str, field: &'static str) -> Result<(), ValidationErro
     Ok(())
 }
 
+/// Opens `path` for reading without blocking (a FIFO would otherwise hold the request
+/// until a writer comes) and requires a regular file: `/dev/zero` as a kernel would be read
+/// until memory runs out.
 fn check_readable_file(path: &str) -> Result<(), String> {
-    let file = File::open(Path::new(path)).map_err(|e| e.to_string())?;
-    reject_directory(&file)
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(Path::new(path))
+        .map_err(|e| e.to_string())?;
+    require_kind(&file, FileType::is_file, "a regular file")
 }
 
-fn reject_directory(file: &File) -> Result<(), String> {
-    let metadata = file.metadata().map_err(|e| e.to_string())?;
-    if metadata.is_dir() {
-        return Err("it is a directory".to_string());
+/// What a file other than the expected kinds is, for the error.
+fn kind_name(kind: FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
     }
-    Ok(())
+}
+
+fn require_kind(file: &File, ok: impl Fn(&FileType) -> bool, expected: &str) -> Result<(), String> {
+    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
+    if ok(&kind) {
+        Ok(())
+    } else {
+        Err(format!("it is {}, not {expected}", kind_name(kind)))
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Error {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("the image is read-only")]
     ReadOnly,
+    #[error("{path}: is a {kind}, not an image (a regular file or a block device)")]
+    NotAnImage { path: PathBuf, kind: &'static str },
     #[error("{0}")]
     InvalidArgument(String),
 }

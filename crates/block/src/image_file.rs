@@ -23,14 +23,7 @@ pub(crate) struct ImageFile {
 impl ImageFile {
     /// Open an existing file, read-only or read-write.
     pub(crate) fn open(path: &Path, read_only: bool, format: Format) -> Result<Self> {
-        let file = FsOpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = crate::open::open_image_file(path, read_only)?;
         Ok(ImageFile {
             file,
             path: path.to_path_buf(),

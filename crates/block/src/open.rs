@@ -1,9 +1,10 @@
 //! Opening images: format detection by content and dispatch to the format drivers.
 
 use std::cell::RefCell;
-use std::fs::File;
+use std::fs::{File, FileType};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{DiskImage, Error, Format, Result};
@@ -97,9 +98,60 @@ fn enter_chain(path: &Path) -> Result<ChainGuard> {
     })
 }
 
+/// What a file that is not an image is, for [`Error::NotAnImage`].
+fn kind_name(kind: FileType) -> &'static str {
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Open the existing image file at `path` for reading, and writing unless `read_only`.
+/// The open does not block (`O_NONBLOCK`: a FIFO named as an image, by the user or by a
+/// downloaded image's backing-file name, would wait forever for a writer); anything but a
+/// regular file or a block device is refused, then the file is made blocking again.
+pub(crate) fn open_image_file(path: &Path, read_only: bool) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let kind = file.metadata().map_err(|e| io_err(path, e))?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(Error::NotAnImage {
+            path: path.to_path_buf(),
+            kind: kind_name(kind),
+        });
+    }
+    clear_nonblock(&file).map_err(|e| io_err(path, e))?;
+    Ok(file)
+}
+
+fn clear_nonblock(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor `file` owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Detect the format of the image at `path` from its content (never from its name).
 pub fn detect(path: &Path) -> Result<Format> {
-    let mut file = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut file = open_image_file(path, true)?;
     let mut head = Vec::with_capacity(512);
     (&mut file)
         .take(512)
@@ -274,6 +326,55 @@ mod tests {
         assert_eq!(detect_bytes(&[0u8; 512], Some(&tail)), Format::Vhd);
         assert_eq!(detect_bytes(&[0u8; 512], Some(&[0u8; 512])), Format::Raw);
         assert_eq!(detect_bytes(b"", None), Format::Raw);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let ro = open(&path, &OpenOptions::default()).err();
+            let rw = open(
+                &path,
+                &OpenOptions {
+                    read_only: false,
+                    format: Some(Format::Raw),
+                },
+            )
+            .err();
+            let _ = tx.send((ro, rw));
+        });
+        let (ro, rw) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO as an image blocked");
+        for err in [ro, rw] {
+            let err = err.expect("a FIFO was opened as an image");
+            assert!(
+                matches!(err, Error::NotAnImage { kind: "FIFO", .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("is a FIFO, not an image"), "{err}");
+        }
+        let err = open(dir.path(), &OpenOptions::default()).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                Error::NotAnImage {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = open(Path::new("/dev/zero"), &OpenOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::NotAnImage { .. }), "{err}");
     }
 
     #[test]

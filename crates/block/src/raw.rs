@@ -23,11 +23,7 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
 }
 
 pub(crate) fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    let file = FsOpenOptions::new()
-        .read(true)
-        .write(!opts.read_only)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
+    let file = crate::open::open_image_file(path, opts.read_only)?;
     let size = file_size(&file).map_err(|e| io_err(path, e))?;
     Ok(Box::new(RawImage {
         file,

@@ -1,6 +1,7 @@
 //! The virtual machine monitor: assembles a VM from a [`config::VmConfig`] on KVM (memory,
 //! in-kernel irqchip and PIT, devices, vCPU threads) and runs it until it ends.
 
+mod boot_files;
 pub mod config;
 pub mod console;
 mod console_socket;

@@ -60,6 +60,19 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} {path} is a {kind}, not a regular file")]
+    NotRegularFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        kind: &'static str,
+    },
+    #[error("{what} {path} is {size} bytes, more than the {limit} bytes allowed")]
+    BootFileTooLarge {
+        what: &'static str,
+        path: std::path::PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot open serial output {path}: {source}")]
     SerialFile {
         path: std::path::PathBuf,
@@ -191,15 +204,11 @@ impl Vm {
         let (kernel, initrd) = if restore.is_some() {
             (Vec::new(), None)
         } else {
-            let kernel = std::fs::read(&cfg.kernel).map_err(|source| VmError::ReadFile {
-                path: cfg.kernel.clone(),
-                source,
-            })?;
+            use crate::boot_files::{read_boot_file, MAX_INITRD_BYTES, MAX_KERNEL_BYTES};
+            let kernel = read_boot_file(&cfg.kernel, "kernel", MAX_KERNEL_BYTES)?;
+            let initrd_limit = MAX_INITRD_BYTES.min(cfg.memory);
             let initrd = match &cfg.initrd {
-                Some(p) => Some(std::fs::read(p).map_err(|source| VmError::ReadFile {
-                    path: p.clone(),
-                    source,
-                })?),
+                Some(p) => Some(read_boot_file(p, "initrd", initrd_limit)?),
                 None => None,
             };
             (kernel, initrd)

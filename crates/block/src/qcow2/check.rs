@@ -2,7 +2,7 @@
 //! reference count from the header, L1/L2 tables, refcount structures and snapshots, and
 //! compare with the stored refcounts. Optionally repairs leaks.
 
-use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use super::compressed::compressed_range;
@@ -20,11 +20,7 @@ const MAX_MESSAGES: usize = 20;
 const MAX_ERRORS: u64 = 1000;
 
 pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    let file = FsOpenOptions::new()
-        .read(true)
-        .write(repair)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
+    let file = crate::open::open_image_file(path, !repair)?;
     check_file(&file, path, repair)
 }
 

@@ -16,7 +16,7 @@ mod io;
 mod refcount;
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -93,11 +93,7 @@ pub(crate) fn read_header(file: &File, path: &Path) -> Result<Header> {
 
 impl Qcow2 {
     pub(crate) fn open(path: &Path, opts: &OpenOptions) -> Result<Qcow2> {
-        let file = FsOpenOptions::new()
-            .read(true)
-            .write(!opts.read_only)
-            .open(path)
-            .map_err(|e| io_err(path, e))?;
+        let file = crate::open::open_image_file(path, opts.read_only)?;
         let mut header = read_header(&file, path)?;
         if !opts.read_only {
             if header.incompatible & INCOMPAT_CORRUPT != 0 {
