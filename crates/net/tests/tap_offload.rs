@@ -69,7 +69,19 @@ fn deliver(ns: &Netns, tap: &mut TapBackend, flags: u8, port: u16) -> String {
     let server = ns.spawn(&format!(
         "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.9.0.1', {port})); s.settimeout(2); print(s.recvfrom(100)[0].decode())\""
     ));
-    std::thread::sleep(Duration::from_millis(500));
+    // Send only once the listener is bound (python starts slowly on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ns
+        .sh(&format!("ss -Hnul 'sport = :{port}'"))
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the UDP listener on port {port} never bound"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let frame = udp_frame(ns_mac(ns), port, b"offloaded");
     let mut header = [0u8; NET_HDR_LEN];
     header[0] = flags;
