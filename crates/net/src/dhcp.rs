@@ -146,7 +146,8 @@ pub fn parse_client_message(frame: &[u8]) -> Option<ClientMessage> {
     })
 }
 
-fn checksum(bytes: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) of `bytes`, ready to store.
+pub(crate) fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

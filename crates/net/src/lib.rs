@@ -16,6 +16,7 @@
 pub mod bridge;
 pub mod config;
 pub mod dhcp;
+pub mod handshake;
 pub mod hostonly;
 pub mod lease;
 pub mod natnet;

@@ -7,15 +7,22 @@
 //! The guest is hostile: by default the gateway address does not lead to the host's
 //! loopback (`--no-map-gw`), so a guest cannot reach the host's local services; a NIC
 //! opts in with `host-loopback=on`. Forwards without a host address listen on 127.0.0.1.
+//!
+//! The backend completes the TCP handshakes of forwarded connections itself when passt
+//! leaves them open (see [`crate::handshake`]): otherwise a guest server that speaks
+//! first (sshd) never gets the connection.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 
 use crate::config::{Forward, Protocol};
+use crate::handshake::HandshakeAcks;
+use crate::pollset::{poll_set, RoomWatch};
 use crate::stream::StreamBackend;
 use crate::Backend;
 
@@ -182,6 +189,13 @@ fn grow_send_buffer(fd: RawFd) {
 pub struct PasstBackend {
     stream: StreamBackend,
     child: Child,
+    handshakes: HandshakeAcks,
+    /// Expires when a handshake ACK is due.
+    timer: OwnedFd,
+    /// The socket and `timer`: the fd the VMM polls. Readable when either has input, or
+    /// when passt can take more after it refused a frame.
+    epoll: OwnedFd,
+    room: RoomWatch,
 }
 
 impl PasstBackend {
@@ -215,7 +229,89 @@ impl PasstBackend {
         let child = cmd.spawn().map_err(PasstError::Spawn)?;
         drop(theirs);
         let stream = StreamBackend::new(OwnedFd::from(ours)).map_err(PasstError::Socket)?;
-        Ok(Self { stream, child })
+        // SAFETY: timerfd_create with valid flags; the result is checked.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            )
+        };
+        if raw < 0 {
+            return Err(PasstError::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh fd owned by nobody else.
+        let timer = unsafe { OwnedFd::from_raw_fd(raw) };
+        let epoll =
+            poll_set(&[stream.as_raw_fd(), timer.as_raw_fd()]).map_err(PasstError::Socket)?;
+        let room = RoomWatch::new(stream.as_raw_fd());
+        Ok(Self {
+            stream,
+            child,
+            handshakes: HandshakeAcks::default(),
+            timer,
+            epoll,
+            room,
+        })
+    }
+
+    /// Note a frame for passt: a SYN,ACK of the guest may call for an ACK later.
+    fn watch_sent(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.handshakes.from_guest(frame, Instant::now()) {
+            self.arm_timer()?;
+        }
+        Ok(())
+    }
+
+    /// Let the timer fire when the next ACK is due (or not at all).
+    fn arm_timer(&mut self) -> io::Result<()> {
+        let left = self
+            .handshakes
+            .next_due()
+            .map(|due| due.saturating_duration_since(Instant::now()));
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut spec = libc::itimerspec {
+            it_interval: zero,
+            it_value: zero,
+        };
+        if let Some(left) = left {
+            // A zero value disarms: at least a nanosecond.
+            spec.it_value.tv_sec = left.as_secs() as libc::time_t;
+            spec.it_value.tv_nsec = libc::c_long::from(left.subsec_nanos().max(1));
+        }
+        // SAFETY: a valid itimerspec for the call on our timerfd; no old value asked.
+        if unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// An ACK that is due into `buf`; rearms the timer for the next one.
+    fn take_due_ack(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if self.handshakes.next_due().is_none() {
+            return Ok(None);
+        }
+        let mut count = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from our non-blocking timerfd.
+        unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        let ack = self.handshakes.take_due(Instant::now());
+        self.arm_timer()?;
+        Ok(ack.map(|ack| {
+            let n = ack.len().min(buf.len());
+            buf[..n].copy_from_slice(&ack[..n]);
+            n
+        }))
+    }
+
+    /// After passt took or refused (part of) a frame: wait for room only while some waits.
+    fn track_room(&mut self, done: bool) -> io::Result<bool> {
+        self.room
+            .update(&self.epoll, !done || self.stream.has_pending())?;
+        Ok(done)
     }
 
     /// Whether part of a frame waits for passt to take it.
@@ -238,16 +334,32 @@ impl Drop for PasstBackend {
 
 impl Backend for PasstBackend {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        self.stream.recv(buf)
+        // The fd is readable when passt has room for a waiting tail too: send it on, for
+        // a caller that only reads when the fd is.
+        if self.stream.has_pending() {
+            if let Ok(drained) = self.stream.flush() {
+                self.track_room(drained)?;
+            }
+        }
+        if let Some(n) = self.stream.recv(buf)? {
+            self.handshakes.from_passt(&buf[..n]);
+            return Ok(Some(n));
+        }
+        self.take_due_ack(buf)
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        self.stream.send(frame)
+        let accepted = self.stream.send(frame)?;
+        if accepted {
+            self.watch_sent(frame)?;
+        }
+        self.track_room(accepted)
     }
     fn flush(&mut self) -> io::Result<bool> {
-        self.stream.flush()
+        let drained = self.stream.flush()?;
+        self.track_room(drained)
     }
     fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.epoll.as_raw_fd()
     }
     fn mtu(&self) -> Option<u16> {
         Some(MTU)
@@ -270,6 +382,93 @@ mod tests {
         assert_eq!(tail, ["-t", "127.0.0.1/2222:22", "-u", "127.0.0.1/5353:53"]);
         let bad = PasstOptions::new(vec![parse_forward("tcp::1-10.0.2.99:2").unwrap()]);
         assert!(matches!(bad.args(), Err(PasstError::GuestAddress(..))));
+    }
+
+    fn passt_installed() -> bool {
+        let found = Command::new("passt")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            eprintln!("SKIPPED: passt (apt-get install passt) is not installed");
+        }
+        found
+    }
+
+    /// The next frame from `backend` that `want` accepts, waiting on its fd until
+    /// `deadline`.
+    fn recv_until(
+        backend: &mut PasstBackend,
+        deadline: std::time::Instant,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; virtio::net::MAX_FRAME_LEN];
+        loop {
+            while let Some(n) = backend.recv(&mut buf).unwrap() {
+                if want(&buf[..n]) {
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut p = libc::pollfd {
+                fd: backend.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call.
+            unsafe { libc::poll(&mut p, 1, left.as_millis().min(100) as i32) };
+        }
+    }
+
+    #[test]
+    fn a_forwarded_connection_is_established_before_the_guest_speaks() {
+        use crate::handshake::tests::{acks_handshake, syn_ack_to, GUEST_MAC};
+        use std::time::{Duration, Instant};
+        if !passt_installed() {
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let forward = parse_forward(&format!("tcp:127.0.0.1:{port}-:22")).unwrap();
+        let mut passt = PasstBackend::spawn(&PasstOptions::new(vec![forward])).unwrap();
+        // The guest shows up (passt learns its MAC): an ARP request for the gateway.
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&GUEST_MAC);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&GUEST_MAC);
+        arp.extend_from_slice(&GUEST_ADDR.octets());
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&GATEWAY.octets());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let connected = loop {
+            // passt may still be starting up (binding the forwarded port).
+            assert!(passt.send(&arp).unwrap());
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "passt never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // A host client that waits for the server to speak first (as an SSH banner probe).
+        let is_syn = |f: &[u8]| f.len() >= 54 && f[12..14] == [8, 0] && f[47] == 0x02;
+        let syn = recv_until(&mut passt, deadline, is_syn).expect("passt's SYN to the guest");
+        let syn_ack = syn_ack_to(&syn, 0x1234_5678);
+        assert!(passt.send(&syn_ack).unwrap());
+        // The handshake's final ACK reaches the guest (from passt, or made by the
+        // backend for a passt that sends it only with data), so its listener accepts.
+        let ack = recv_until(&mut passt, Instant::now() + Duration::from_secs(3), |f| {
+            acks_handshake(f, &syn_ack).is_some()
+        });
+        assert!(ack.is_some(), "no ACK completed the guest's handshake");
+        drop(connected);
     }
 
     #[test]
