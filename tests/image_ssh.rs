@@ -2,8 +2,8 @@
 //! build` makes a Debian 12 cloud image, `vessel create --image` makes the VM (overlay,
 //! cloud-init seed with vessel's key, NAT NIC with SSH forwarded), and QEMU boots exactly
 //! the kernel, initrd and command line of its definition with vessel's devices behind it:
-//! the overlay and the seed served by `vessel vhost-user-blk`, the NIC on QEMU's user
-//! network forwarding the port vessel chose. Then `vessel ssh` (vessel's key,
+//! the overlay and the seed served by `vessel vhost-user-blk`, the NIC by `vessel
+//! vhost-user-net` on vessel's NAT forwarding the port vessel chose. Then `vessel ssh` (vessel's key,
 //! known_hosts from the host keys cloud-init printed on the console) and `vessel cp` run
 //! for real with OpenSSH.
 //!
@@ -108,14 +108,7 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
         "raw",
         true,
     );
-    // QEMU's user network forwards the VM's SSH port. (vessel's NAT over vhost-user-net
-    // leaves the forwarded connection unanswered with this guest: see docs/images.md.)
-    let nic = [
-        "-netdev".to_string(),
-        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
-        "-device".to_string(),
-        format!("virtio-net-pci,netdev=n0,mac={mac}"),
-    ];
+    let mut nat = Served::nat(&home.join("net.sock"), mac, Some((port, 22)));
     let serial = vm_dir.join("serial.log");
     let mem = "memory-backend-memfd,id=mem,size=1024M,share=on";
     let mut qemu = tcg::die_with_test(&mut Command::new(tcg::QEMU))
@@ -135,7 +128,7 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
         .args(["-device", "virtio-rng-pci"])
         .args(&root.qemu_args)
         .args(&seed.qemu_args)
-        .args(&nic)
+        .args(&nat.qemu_args)
         .arg("-kernel")
         .arg(boot["kernel"].as_str().unwrap())
         .arg("-initrd")
@@ -211,7 +204,7 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
         built.as_secs_f64(),
         to_ssh.as_secs_f64()
     );
-    for served in [&mut root, &mut seed] {
+    for served in [&mut root, &mut seed, &mut nat] {
         served.stop();
     }
 }
