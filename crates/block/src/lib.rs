@@ -23,8 +23,8 @@ pub mod workload;
 pub use error::{Error, Result};
 pub use format::Format;
 pub use open::{
-    check, create, detect, open, open_backing, resolve_backing, CheckReport, CreateOptions,
-    OpenOptions, MAX_CHAIN_DEPTH,
+    check, create, detect, file_kind_name, open, open_backing, resolve_backing, CheckReport,
+    CreateOptions, OpenOptions, MAX_CHAIN_DEPTH,
 };
 
 /// Whether a byte range of the virtual disk is backed by data in this image.

@@ -98,14 +98,19 @@ fn enter_chain(path: &Path) -> Result<ChainGuard> {
     })
 }
 
-/// What a file that is not an image is, for [`Error::NotAnImage`].
-fn kind_name(kind: FileType) -> &'static str {
-    if kind.is_dir() {
+/// What a file of `kind` is, in words, for errors about files of the wrong kind
+/// ([`Error::NotAnImage`], and the VMM's kernel and initrd checks).
+pub fn file_kind_name(kind: FileType) -> &'static str {
+    if kind.is_file() {
+        "regular file"
+    } else if kind.is_dir() {
         "directory"
     } else if kind.is_fifo() {
         "FIFO"
     } else if kind.is_char_device() {
         "character device"
+    } else if kind.is_block_device() {
+        "block device"
     } else if kind.is_socket() {
         "socket"
     } else {
@@ -128,7 +133,7 @@ pub(crate) fn open_image_file(path: &Path, read_only: bool) -> Result<File> {
     if !(kind.is_file() || kind.is_block_device()) {
         return Err(Error::NotAnImage {
             path: path.to_path_buf(),
-            kind: kind_name(kind),
+            kind: file_kind_name(kind),
         });
     }
     clear_nonblock(&file).map_err(|e| io_err(path, e))?;

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::vm::VmError;
@@ -18,23 +18,6 @@ fn read_error(path: &Path, source: std::io::Error) -> VmError {
     VmError::ReadFile {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// What a non-regular file is, for [`VmError::NotRegularFile`].
-fn kind_name(kind: std::fs::FileType) -> &'static str {
-    if kind.is_dir() {
-        "directory"
-    } else if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else if kind.is_socket() {
-        "socket"
-    } else {
-        "special file"
     }
 }
 
@@ -55,7 +38,7 @@ pub(crate) fn read_boot_file(
         return Err(VmError::NotRegularFile {
             what,
             path: path.to_path_buf(),
-            kind: kind_name(meta.file_type()),
+            kind: block::file_kind_name(meta.file_type()),
         });
     }
     let too_large = |size| VmError::BootFileTooLarge {
