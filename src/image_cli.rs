@@ -49,13 +49,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
                 Some(n) => n,
                 None => default_name(&path)?,
             };
-            let image = store.import(
-                &path,
-                &name,
-                Box::new(|base: &Path, format, boot: &Path| {
-                    crate::image_boot::extract(base, format, boot)
-                }),
-            )?;
+            let image = store.import(&path, &name, Box::new(crate::image_boot::extract))?;
             let b = image.manifest.boot.as_ref();
             println!(
                 "imported {name}: {} {}, boots {} ({})",
@@ -120,11 +114,7 @@ fn build(
     let manifest = built.inspect_err(|_| {
         let _ = std::fs::remove_file(&out);
     })?;
-    let imported = store.import(
-        &out,
-        name,
-        Box::new(|base: &Path, format, boot: &Path| crate::image_boot::extract(base, format, boot)),
-    );
+    let imported = store.import(&out, name, Box::new(crate::image_boot::extract));
     let _ = std::fs::remove_file(&out);
     let mut image = imported?;
     let packages = manifest

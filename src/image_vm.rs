@@ -62,27 +62,19 @@ fn path_value(p: &Path) -> toml::Value {
     p.to_string_lossy().into_owned().into()
 }
 
-/// What `provision` needs besides the definition.
-pub struct Provision<'a> {
-    pub disk_size: Option<u64>,
-    pub cmdline_append: &'a str,
-}
-
 /// Make the VM's files for an image VM and complete `def` to name them: overlay, seed,
-/// NIC. Nothing happens for a VM without an image.
+/// NIC; the overlay is `disk_size` bytes or the image's size. Nothing happens for a VM
+/// without an image.
 pub fn provision(
     state: &StateDir,
     vm: &VmDir,
     def: &mut VmDefinition,
-    opts: &Provision,
+    disk_size: Option<u64>,
 ) -> Result<()> {
     let Some(name) = def.image.as_ref().map(|i| i.get_ref().clone()) else {
         return Ok(());
     };
     let image = images::ImageStore::open(None)?.get(&name)?;
-    if !opts.cmdline_append.trim().is_empty() {
-        def.boot.cmdline = format!("{} {}", def.boot.cmdline, opts.cmdline_append.trim());
-    }
     if def.nics.is_empty() {
         let port = free_port(state)?;
         def.nics.push(Nic {
@@ -120,7 +112,7 @@ pub fn provision(
     // Check everything (user-data YAML included) before writing any file.
     let files = cloudinit::render(&seed).map_err(|e| anyhow!("cloud-init seed: {e}"))?;
     crate::state::ensure_dir(&vm.dir)?;
-    image.create_overlay(&vm.path(OVERLAY), opts.disk_size)?;
+    image.create_overlay(&vm.path(OVERLAY), disk_size)?;
     cloudinit::write_seed_image(&files, &vm.path(SEED))?;
     let disk = |file: &str, format: &str, id: &str, readonly: bool| Disk {
         path: Spanned::new(0..0, vm.path(file)),

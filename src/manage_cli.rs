@@ -96,7 +96,7 @@ pub struct CreateArgs {
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "from"])]
     image: Option<String>,
     /// With --image: more cloud-init user-data (#cloud-config, a script, MIME).
-    #[arg(long, requires = "image")]
+    #[arg(long)]
     user_data: Option<PathBuf>,
     /// Words added at the end of the kernel command line.
     #[arg(long, default_value = "")]
@@ -155,6 +155,9 @@ fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
     if vm.exists() {
         bail!("a VM named '{}' already exists", args.name);
     }
+    if args.user_data.is_some() && args.image.is_none() {
+        bail!("--user-data is only for --image");
+    }
     let text = definition_text(&vm, &args)?;
     let text = crate::image_vm::fill_boot(&text)?.unwrap_or(text);
     // Check what we are about to store, then make its files; nothing is left of a VM
@@ -167,11 +170,11 @@ fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
             }
             _ => None,
         };
-        let opts = crate::image_vm::Provision {
-            disk_size,
-            cmdline_append: &args.cmdline_append,
-        };
-        crate::image_vm::provision(state, &vm, &mut def, &opts)?;
+        let append = args.cmdline_append.trim();
+        if !append.is_empty() {
+            def.boot.cmdline = format!("{} {append}", def.boot.cmdline);
+        }
+        crate::image_vm::provision(state, &vm, &mut def, disk_size)?;
         state::ensure_dir(&vm.dir)?;
         create_sized_disks(&def)?;
         std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
@@ -226,15 +229,7 @@ fn definition_text(vm: &VmDir, args: &CreateArgs) -> Result<String> {
         let i = std::fs::canonicalize(i).with_context(|| format!("initrd {}", i.display()))?;
         t += &format!("initrd = {i:?}\n");
     }
-    let cmdline = match (&args.cmdline, args.cmdline_append.trim()) {
-        (Some(c), "") => Some(c.clone()),
-        (c, extra) if !extra.is_empty() => Some(format!(
-            "{} {extra}",
-            c.clone().unwrap_or_else(crate::vmdef::default_cmdline)
-        )),
-        _ => None,
-    };
-    if let Some(c) = cmdline {
+    if let Some(c) = &args.cmdline {
         t += &format!("cmdline = {c:?}\n");
     }
     if let Some(size) = &args.disk_size {

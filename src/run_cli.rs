@@ -22,7 +22,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock"])]
     image: Option<String>,
     /// With --image: the overlay's virtual size (default: the image's).
-    #[arg(long, requires = "image", value_parser = parse_disk_size)]
+    #[arg(long, value_parser = parse_disk_size)]
     disk_size: Option<u64>,
     /// Words added at the end of the kernel command line.
     #[arg(long, default_value = "")]
@@ -185,6 +185,10 @@ pub fn run(args: RunArgs) -> i32 {
         return crate::api_mode::run(socket, args.serial);
     }
     let mut args = args;
+    if args.disk_size.is_some() && args.image.is_none() {
+        eprintln!("vessel: error: --disk-size is only for --image");
+        return EXIT_USAGE;
+    }
     // Kept until the VM ends: the run directory of --image goes with it.
     let _image_run = match &args.image {
         Some(spec) => match crate::image_run::prepare(spec, args.disk_size, &args.cmdline_append) {

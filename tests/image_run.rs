@@ -353,3 +353,78 @@ fn create_from_an_image_makes_overlay_seed_and_ssh_forward() {
         Some(0)
     );
 }
+
+#[test]
+fn image_ssh_and_cp_commands_refuse_bad_input() {
+    let home = data_home("bad-input");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["image", "build", "x", "--suite", "debian-99"],
+            "debian-99",
+        ),
+        (&["image", "rm", "nosuch"], "no image named 'nosuch'"),
+        (
+            &["image", "import", "/nonexistent.qcow2", "--name", "x"],
+            "/nonexistent.qcow2",
+        ),
+        (
+            &["image", "import", "/etc/hostname", "--name", "../x"],
+            "invalid image name",
+        ),
+        (&["cp", "./a", "./b"], "NAME:PATH on exactly one side"),
+        (&["cp", "a:/x", "b:/y"], "NAME:PATH on exactly one side"),
+        (&["cp", "./a", "nosuch:/x"], "nosuch"),
+        (&["ssh", "nosuch"], "nosuch"),
+        (
+            &["run", "--disk-size", "1G", "--kernel", "/x"],
+            "--disk-size is only for --image",
+        ),
+        (
+            &[
+                "create",
+                "k",
+                "--kernel",
+                "/etc/hostname",
+                "--user-data",
+                "/etc/hostname",
+            ],
+            "--user-data is only for --image",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = vessel(&home, args);
+        assert!(
+            matches!(r.status, Some(1 | 2)),
+            "{args:?}: {:?} {}",
+            r.status,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(want),
+            "{args:?}: want {want:?} in {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn cmdline_append_extends_a_kernel_vms_command_line_too() {
+    let home = data_home("append");
+    let r = vessel(
+        &home,
+        &[
+            "create",
+            "k",
+            "--kernel",
+            "/etc/hostname",
+            "--cmdline-append",
+            "extra=1",
+        ],
+    );
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let def = std::fs::read_to_string(home.join("state/k/vm.toml")).unwrap();
+    assert!(
+        def.contains("console=ttyS0 reboot=k panic=-1 extra=1"),
+        "{def}"
+    );
+}
