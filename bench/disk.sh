@@ -54,7 +54,7 @@ bench() {
     [ "$fmt" = vhd ] && qfmt=vpc
     local v=() q=() qw=()
     for _ in $(seq "$RUNS"); do
-        v+=("$(time_cmd "$WORK/out.v" "$VESSEL" disk convert "$src" "$WORK/out.v" --format "$fmt")")
+        v+=("$(time_cmd "$WORK/out.v" "$VESSEL" disk convert "$src" "$WORK/out.v" -O "$fmt")")
         q+=("$(time_cmd "$WORK/out.q" qemu-img convert -O "$qfmt" "$src" "$WORK/out.q")")
         qw+=("$(time_cmd "$WORK/out.q" qemu-img convert -t writeback -O "$qfmt" "$src" "$WORK/out.q")")
     done
@@ -70,7 +70,7 @@ bench() {
 echo "median of $RUNS runs each"
 bench "raw -> qcow2" "$SRC" qcow2
 QCOW=$WORK/src.qcow2
-"$VESSEL" disk convert "$SRC" "$QCOW" --format qcow2
+"$VESSEL" disk convert "$SRC" "$QCOW" -O qcow2
 if "$VESSEL" disk create "$WORK/probe.vdi" --format vdi --size 1M 2>/dev/null; then
     bench "qcow2 -> vdi" "$QCOW" vdi
 else

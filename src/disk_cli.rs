@@ -1,7 +1,7 @@
 //! `vessel disk …`: create, inspect, convert, resize and check disk images.
 //!
-//! Exit status: 0 ok, 2 bad arguments or clear user errors, 3 `check` found corruption,
-//! 1 other errors.
+//! Exit status (crate::exit): 0 ok, 2 bad arguments or clear user errors, 3 `check` found
+//! corruption, 1 other errors.
 
 pub(crate) mod convert;
 mod report;
@@ -13,16 +13,19 @@ use anyhow::Context;
 use block::{CreateOptions, Format, OpenOptions};
 use clap::Subcommand;
 
+use crate::size::NewSize;
+
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
     /// Create a new, empty (sparse) image.
     Create {
+        /// The image file to create (refused when it exists).
         file: PathBuf,
         /// raw, qcow2, vdi, vhd, vmdk or vhdx.
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Format,
-        /// Virtual size, e.g. 8G (K, M, G, T suffixes; powers of 1024). Defaults to the
-        /// backing image's size.
+        /// Virtual size with its unit, e.g. 8G (B, K, M, G, T; powers of 1024). Defaults to
+        /// the backing image's size.
         #[arg(long, short = 's', value_parser = parse_size)]
         size: Option<u64>,
         /// Backing image (relative paths are relative to FILE's directory).
@@ -40,22 +43,27 @@ pub enum DiskCommand {
     },
     /// Show format, sizes and backing chain of an image.
     Info {
+        /// The image to describe.
         file: PathBuf,
         /// Skip detection and use this format.
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Option<Format>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Copy an image (with its backing chain flattened) into a new sparse image.
+    /// Options as qemu-img's: `-f` the input format, `-O` the output format.
     Convert {
+        /// The image to read (with its backing chain).
         src: PathBuf,
+        /// The image to write (refused when it exists).
         dst: PathBuf,
-        /// Output format.
-        #[arg(long, short = 'f', short_alias = 'O', value_parser = parse_format)]
+        /// Output format: raw, qcow2, vdi, vhd, vmdk or vhdx.
+        #[arg(long = "output-format", short = 'O', value_parser = parse_format)]
         format: Format,
-        /// Source format (detected from its content otherwise).
-        #[arg(long, value_parser = parse_format)]
+        /// Input format (detected from its content otherwise).
+        #[arg(long = "format", short = 'f', alias = "source-format", value_parser = parse_format)]
         source_format: Option<Format>,
         /// Output cluster / block size.
         #[arg(long, value_parser = parse_size)]
@@ -63,17 +71,23 @@ pub enum DiskCommand {
     },
     /// Change the virtual size (shrinking only when no data lies beyond the new end).
     Resize {
+        /// The image to resize.
         file: PathBuf,
-        #[arg(value_parser = parse_size)]
-        size: u64,
+        /// The new virtual size (e.g. 20G), or +SIZE to grow by SIZE (e.g. +10G).
+        #[arg(value_parser = crate::size::parse_new_size, allow_hyphen_values = true)]
+        size: NewSize,
+        /// The image's format (detected from its content otherwise).
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Option<Format>,
     },
     /// Check an image for corruption (exit status 3 when found).
     Check {
+        /// The image to check.
         file: PathBuf,
+        /// The image's format (detected from its content otherwise).
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Option<Format>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Free leaked clusters (qcow2).
@@ -83,24 +97,31 @@ pub enum DiskCommand {
     /// Random-read benchmark through the DiskImage trait (for bench/disk.sh).
     #[command(hide = true)]
     BenchRead {
+        /// The image to read.
         file: PathBuf,
+        /// Bytes per read.
         #[arg(long, default_value = "4096")]
         block_size: usize,
+        /// Number of reads.
         #[arg(long, default_value = "20000")]
         count: u64,
     },
     /// Endless deterministic random writes with periodic flushes (crash tests).
     #[command(hide = true)]
     Stress {
+        /// The image to write.
         file: PathBuf,
+        /// Seed of the operation sequence.
         #[arg(long)]
         seed: u64,
         /// After each completed flush, the index of the last operation it covers is
         /// appended to this file.
         #[arg(long)]
         log: PathBuf,
+        /// Operations between two flushes.
         #[arg(long, default_value = "16")]
         ops_per_flush: u64,
+        /// Largest write, in bytes.
         #[arg(long, default_value = "262144")]
         max_len: u64,
         /// Stop after this many operations (runs until killed otherwise).
@@ -109,66 +130,13 @@ pub enum DiskCommand {
     },
 }
 
-/// A user mistake (exit status 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 fn parse_format(s: &str) -> Result<Format, String> {
     s.parse::<Format>().map_err(|e| e.to_string())
 }
 
-/// Sizes in bytes: a number with an optional K, M, G, T or P suffix (powers of 1024).
+/// Sizes in bytes: a number with its unit (crate::size).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    crate::size::parse_size(s, 1)
-}
-
-/// Exit status for an error: 2 for user mistakes, 1 otherwise.
-fn exit_code(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if cause.downcast_ref::<UsageError>().is_some() {
-            return 2;
-        }
-        if let Some(e) = cause.downcast_ref::<block::Error>() {
-            return match e {
-                block::Error::InvalidArgument(_)
-                | block::Error::OutOfRange { .. }
-                | block::Error::Unsupported { .. }
-                | block::Error::ReadOnly => 2,
-                block::Error::Io { source, .. } => match source.kind() {
-                    std::io::ErrorKind::NotFound
-                    | std::io::ErrorKind::AlreadyExists
-                    | std::io::ErrorKind::PermissionDenied
-                    | std::io::ErrorKind::IsADirectory => 2,
-                    _ => 1,
-                },
-                _ => 1,
-            };
-        }
-    }
-    1
-}
-
-/// The error and its causes, skipping causes already spelled out by the message before.
-fn message(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
+    crate::size::parse_size(s)
 }
 
 pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
@@ -178,13 +146,7 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    match dispatch(cmd) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            eprintln!("vessel: error: {}", message(&e));
-            Ok(exit_code(&e))
-        }
-    }
+    Ok(crate::exit::finish(dispatch(cmd)))
 }
 
 fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
@@ -212,7 +174,7 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
                     image.size()
                 }
                 (None, None) => {
-                    return Err(UsageError("--size is required without --backing".into()).into())
+                    return Err(crate::exit::usage("--size is required without --backing"))
                 }
             };
             let opts = CreateOptions {
@@ -222,6 +184,15 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             };
             block::create(&file, format, size, &opts)
                 .with_context(|| format!("creating {}", file.display()))?;
+            let backing = match &opts.backing {
+                Some((b, _)) => format!(", backed by {}", b.display()),
+                None => String::new(),
+            };
+            println!(
+                "created {} ({format}, virtual size {}{backing})",
+                file.display(),
+                crate::size::human(size)
+            );
             Ok(0)
         }
         DiskCommand::Info { file, format, json } => report::info(&file, format, json),
@@ -231,7 +202,16 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             format,
             source_format,
             cluster_size,
-        } => convert::convert(&src, &dst, format, source_format, cluster_size),
+        } => {
+            let size = convert::convert(&src, &dst, format, source_format, cluster_size)?;
+            println!(
+                "converted {} to {} ({format}, virtual size {})",
+                src.display(),
+                dst.display(),
+                crate::size::human(size)
+            );
+            Ok(0)
+        }
         DiskCommand::Resize { file, size, format } => {
             let mut image = block::open(
                 &file,
@@ -240,8 +220,16 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
                     format,
                 },
             )?;
-            image.resize(size)?;
+            let old = image.size();
+            let new = size.apply(old).map_err(crate::exit::usage)?;
+            image.resize(new)?;
             image.flush()?;
+            println!(
+                "resized {} from {} to {}",
+                file.display(),
+                crate::size::human(old),
+                crate::size::human(new)
+            );
             Ok(0)
         }
         DiskCommand::Check {
@@ -272,7 +260,8 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("512").is_err(), "a size needs its unit");
+        assert_eq!(parse_size("512B"), Ok(512));
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("8G"), Ok(8 << 30));
         assert_eq!(parse_size("1t"), Ok(1 << 40));

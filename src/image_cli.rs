@@ -25,7 +25,7 @@ pub enum ImageCommand {
         /// Debian release: debian-12 (bookworm) or debian-13 (trixie).
         #[arg(long, default_value = "debian-12")]
         suite: String,
-        /// Disk size.
+        /// Disk size with its unit, e.g. 2G.
         #[arg(long, default_value = "2G", value_parser = parse_image_size)]
         size: u64,
         /// More packages to install (repeatable).
@@ -77,7 +77,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
 }
 
 fn parse_image_size(s: &str) -> Result<u64, String> {
-    crate::size::parse_size(s, 1 << 20)
+    crate::size::parse_size(s)
 }
 
 /// Build with debimage into the store's directory, then import the result (which finds

@@ -134,7 +134,7 @@ fn free_port(state: &StateDir) -> Result<u16> {
     let mut taken = Vec::new();
     for name in state.list()? {
         if let Ok(def) = state.vm(&name)?.definition() {
-            taken.extend(def.forwards().into_iter().map(|(_, _, port, _)| port));
+            taken.extend(def.forwards().into_iter().map(|f| f.host_port));
         }
     }
     for _ in 0..64 {

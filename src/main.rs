@@ -2,6 +2,7 @@
 
 mod api_mode;
 mod disk_cli;
+mod exit;
 mod image_boot;
 mod image_cli;
 mod image_run;
@@ -16,6 +17,8 @@ mod ssh_cli;
 mod state;
 mod vhost_user_cli;
 mod vm_archive;
+mod vm_create;
+mod vm_list;
 mod vmdef;
 
 use clap::{Parser, Subcommand};
@@ -57,34 +60,10 @@ fn main() {
         Command::Run(args) => run_cli::run(args),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
         Command::VhostUserNet(args) => vhost_user_cli::run_net(args),
-        Command::Manage(cmd) => match manage_cli::run(cli.state_dir, cmd) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                1
-            }
-        },
-        Command::Snapshot(cmd) => match snapshot_cli::run(cli.state_dir, cmd) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                1
-            }
-        },
-        Command::Image(cmd) => match image_cli::run(cli.state_dir, cmd) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                1
-            }
-        },
-        Command::Disk(cmd) => match disk_cli::run(cmd) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                1
-            }
-        },
+        Command::Manage(cmd) => exit::finish(manage_cli::run(cli.state_dir, cmd)),
+        Command::Snapshot(cmd) => exit::finish(snapshot_cli::run(cli.state_dir, cmd)),
+        Command::Image(cmd) => exit::finish(image_cli::run(cli.state_dir, cmd)),
+        Command::Disk(cmd) => exit::finish(disk_cli::run(cmd)),
     };
     std::process::exit(code);
 }

@@ -8,9 +8,9 @@ use vmm::{DiskConfig, ExitReason, SerialMode, Vm, VmConfig, VmError};
 use crate::size::parse_size;
 
 /// Exit status for invalid input (arguments, unreadable or invalid kernel/initrd).
-pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_USAGE: i32 = crate::exit::USAGE;
 /// Exit status when the host cannot run the VM (KVM missing, out of memory, ...).
-pub const EXIT_HOST_ERROR: i32 = 6;
+pub const EXIT_HOST_ERROR: i32 = crate::exit::HOST_ERROR;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -29,7 +29,9 @@ pub struct RunArgs {
     cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append"])]
+    /// The VM's configuration then comes from the API alone: the flags that configure a VM
+    /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append", "memory", "cpus", "cmdline", "pit"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -37,7 +39,7 @@ pub struct RunArgs {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
     cmdline: String,
-    /// Guest memory: a number with K/M/G suffix; a plain number is MiB.
+    /// Guest memory with its unit, e.g. 512M or 2G (K, M, G: powers of 1024).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     memory: u64,
     /// Number of vCPUs.
@@ -105,7 +107,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 }
 
 fn parse_disk_size(s: &str) -> Result<u64, String> {
-    parse_size(s, 1 << 20)
+    parse_size(s)
 }
 
 /// The overlay of `--image`: vessel made it, so its format is known.
@@ -138,8 +140,8 @@ fn parse_console2(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
-    let bytes = parse_size(s, 1 << 20)?;
+pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
     if bytes < arch::memory_map::MIN_MEMORY {
         return Err("vessel needs at least 2M of guest memory".into());
     }
@@ -319,7 +321,8 @@ mod tests {
 
     #[test]
     fn memory_sizes() {
-        assert_eq!(parse_memory("512"), Ok(512 << 20));
+        assert!(parse_memory("512").unwrap_err().contains("give a unit"));
+        assert_eq!(parse_memory("512M"), Ok(512 << 20));
         assert_eq!(parse_memory("1G"), Ok(1 << 30));
         assert!(parse_memory("1K").is_err());
         assert!(parse_memory("4097K").is_err());

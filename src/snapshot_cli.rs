@@ -68,10 +68,10 @@ fn open_stopped(state: &StateDir, name: &str) -> Result<Session> {
     vm.definition()?;
     vm.dir = std::fs::canonicalize(&vm.dir)?;
     let lock = vm.try_lock()?.ok_or_else(|| {
-        anyhow!(
+        crate::exit::usage(format!(
             "VM '{name}' is running (or another vessel command holds its lock): snapshots \
              are taken of powered-off VMs; stop it first with `vessel stop {name}`"
-        )
+        ))
     })?;
     let mut s = Session {
         meta: SnapshotMeta::load(&vm.dir)?,

@@ -52,12 +52,13 @@ struct Target {
 fn target(state: &StateDir, name: &str, user: Option<String>, timeout: u64) -> Result<Target> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
-    let (_, addr, port, _) = def
+    let forward = def
         .forwards()
         .into_iter()
-        .find(|(p, _, _, g)| p == "tcp" && *g == 22)
+        .find(|f| f.protocol == net::Protocol::Tcp && f.guest_port == 22)
         .ok_or_else(|| anyhow!("VM '{name}' forwards no host port to its SSH port 22 (add forward = [\"tcp:127.0.0.1:2222-:22\"] to a nic)"))?;
-    if addr != "127.0.0.1" {
+    let (addr, port) = (forward.listen_addr(), forward.host_port);
+    if !addr.is_loopback() && !addr.is_unspecified() {
         bail!("VM '{name}' forwards SSH on {addr}; vessel ssh connects to 127.0.0.1 only");
     }
     let keys = wait_for_sshd(&vm, &def, port, Duration::from_secs(timeout))?;
@@ -107,7 +108,10 @@ fn wait_for_sshd(
     let start = Instant::now();
     loop {
         if !matches!(vm.state()?, VmState::Running { .. }) {
-            bail!("VM '{}' is not running (vessel start {})", vm.name, vm.name);
+            return Err(crate::exit::usage(format!(
+                "VM '{}' is not running (vessel start {})",
+                vm.name, vm.name
+            )));
         }
         let keys = if def.image.is_some() {
             let console = std::fs::read(vm.path(state::SERIAL_LOG)).unwrap_or_default();

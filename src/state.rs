@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::vmdef::{valid_name, VmDefinition};
 
@@ -47,7 +47,7 @@ impl StateDir {
 
     pub fn vm(&self, name: &str) -> Result<VmDir> {
         if !valid_name(name) {
-            bail!("invalid VM name '{name}': use letters, digits, '-', '_' or '.', starting with a letter or digit");
+            return Err(crate::exit::usage(format!("invalid VM name '{name}': use letters, digits, '-', '_' or '.', starting with a letter or digit")));
         }
         Ok(VmDir {
             name: name.to_string(),
@@ -143,7 +143,7 @@ impl VmDir {
 
     pub fn definition(&self) -> Result<VmDefinition> {
         if !self.exists() {
-            bail!("no VM named '{}'", self.name);
+            return Err(crate::exit::usage(format!("no VM named '{}'", self.name)));
         }
         VmDefinition::load(&self.path(DEFINITION))
     }

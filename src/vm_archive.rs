@@ -13,7 +13,10 @@ use crate::vmdef::VmDefinition;
 fn stopped(vm: &VmDir) -> Result<VmDefinition> {
     let def = vm.definition()?;
     if matches!(vm.state()?, VmState::Running { .. }) {
-        bail!("VM '{}' is running; stop it first", vm.name);
+        return Err(crate::exit::usage(format!(
+            "VM '{}' is running; stop it first",
+            vm.name
+        )));
     }
     Ok(def)
 }
@@ -33,12 +36,14 @@ fn write_definition(vm: &VmDir, def: &VmDefinition) -> Result<()> {
 }
 
 /// `vessel clone SRC DST [--linked]`.
-pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool) -> Result<i32> {
+pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool, json: bool) -> Result<i32> {
     let from = state.vm(src)?;
     let mut def = stopped(&from)?;
     let to = state.vm(dst)?;
     if to.exists() {
-        bail!("a VM named '{dst}' already exists");
+        return Err(crate::exit::usage(format!(
+            "a VM named '{dst}' already exists"
+        )));
     }
     state::ensure_dir(&to.dir)?;
     let result = (|| -> Result<()> {
@@ -80,6 +85,9 @@ pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool) -> Result<i32
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&to.dir);
         return Err(e);
+    }
+    if json {
+        return Ok(0); // the caller prints the summary
     }
     println!(
         "cloned '{src}' to '{dst}'{}",
@@ -187,7 +195,9 @@ pub fn import(state: &StateDir, file: &Path, name: Option<&str>) -> Result<i32> 
             .unwrap_or_else(|| def.name.get_ref().clone());
         let vm = state.vm(&name)?;
         if vm.exists() {
-            bail!("a VM named '{name}' already exists (use --name)");
+            return Err(crate::exit::usage(format!(
+                "a VM named '{name}' already exists (use --name)"
+            )));
         }
         std::fs::rename(&staging, &vm.dir)
             .with_context(|| format!("moving into {}", vm.dir.display()))?;

@@ -78,8 +78,10 @@ pub struct Nic {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Serial {
-    /// Serial log file (background VMs: `serial.log` in the VM's state directory).
-    pub log: Option<PathBuf>,
+    /// Refused with an error: a background VM's serial output always goes to `serial.log`
+    /// in its state directory. Kept in the schema so the error says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Spanned<PathBuf>>,
 }
 
 fn default_cpus() -> Spanned<i64> {
@@ -154,7 +156,7 @@ impl VmDefinition {
                 format!("cpus must be between 1 and {}", vmm::config::MAX_CPUS),
             );
         }
-        match parse_size(def.memory.get_ref(), 1 << 20) {
+        match parse_size(def.memory.get_ref()) {
             Ok(b) if b < arch::memory_map::MIN_MEMORY => {
                 err(def.memory.span(), "memory must be at least 2M".into())
             }
@@ -178,7 +180,7 @@ impl VmDefinition {
                 }
             }
             if let Some(s) = &d.size {
-                if let Err(e) = parse_size(s.get_ref(), 1) {
+                if let Err(e) = parse_size(s.get_ref()) {
                     err(s.span(), e);
                 }
             }
@@ -209,15 +211,9 @@ impl VmDefinition {
             }
             let mut forwards_ok = true;
             for f in &n.forward {
-                if parse_forward(f.get_ref()).is_none() {
+                if let Err(e) = net::config::parse_forward(f.get_ref()) {
                     forwards_ok = false;
-                    err(
-                        f.span(),
-                        format!(
-                            "invalid forward '{}' (expected tcp:HOSTADDR:HOSTPORT-:GUESTPORT)",
-                            f.get_ref()
-                        ),
-                    );
+                    err(f.span(), e.to_string());
                 }
             }
             // What the NIC parser says beyond the checks above (a bad name, a MAC,
@@ -244,6 +240,9 @@ impl VmDefinition {
                 "user_data is only for VMs made from an image".into(),
             );
         }
+        if let Some(log) = &def.serial.log {
+            err(log.span(), "serial.log is not supported: a background VM's serial output goes to serial.log in its state directory (vessel inspect shows where)".into());
+        }
         if let Some(user) = &def.ssh.user {
             if let Err(e) = cloudinit::validate::user_name(user.get_ref()) {
                 err(user.span(), format!("ssh user: {e}"));
@@ -253,6 +252,45 @@ impl VmDefinition {
             Ok(def)
         } else {
             Err(fail(errors))
+        }
+    }
+
+    /// Check that the files the definition names exist (paths already made absolute):
+    /// kernel, initrd, user_data, and disks without a `size` to create them from.
+    /// `validate` and `create` run it; loading a VM's definition does not, so a VM whose
+    /// disk went away still lists and reports the missing file when it starts.
+    pub fn check_files(&self, file: &Path, text: &str) -> Result<(), DefinitionErrors> {
+        let mut errors = Vec::new();
+        let mut need = |p: &Spanned<PathBuf>, what: &str| {
+            if !p.get_ref().is_file() {
+                let (line, column) = locate(text, p.span());
+                errors.push(DefinitionError {
+                    line,
+                    column,
+                    message: format!(
+                        "{what} {} does not exist or is not a file",
+                        p.get_ref().display()
+                    ),
+                });
+            }
+        };
+        need(&self.boot.kernel, "kernel");
+        if let Some(i) = &self.boot.initrd {
+            need(i, "initrd");
+        }
+        if let Some(u) = &self.user_data {
+            need(u, "user_data");
+        }
+        for d in self.disks.iter().filter(|d| d.size.is_none()) {
+            need(&d.path, "disk");
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DefinitionErrors {
+                file: file.to_path_buf(),
+                errors,
+            })
         }
     }
 
@@ -283,14 +321,18 @@ impl VmDefinition {
     }
 
     pub fn memory_bytes(&self) -> u64 {
-        parse_size(self.memory.get_ref(), 1 << 20).unwrap_or(512 << 20)
+        parse_size(self.memory.get_ref()).unwrap_or(512 << 20)
     }
 
-    /// Host ports forwarded to the guest: `(proto, host address, host port, guest port)`.
-    pub fn forwards(&self) -> Vec<(String, String, u16, u16)> {
+    /// Host ports forwarded to the guest, read by the parser `--nic` uses.
+    pub fn forwards(&self) -> Vec<net::Forward> {
         self.nics
             .iter()
-            .flat_map(|n| n.forward.iter().filter_map(|f| parse_forward(f.get_ref())))
+            .flat_map(|n| {
+                n.forward
+                    .iter()
+                    .filter_map(|f| net::config::parse_forward(f.get_ref()).ok())
+            })
             .collect()
     }
 
@@ -352,26 +394,6 @@ fn nic_spec(n: &Nic) -> String {
     spec
 }
 
-/// `tcp:127.0.0.1:2222-:22` → ("tcp", "127.0.0.1", 2222, 22).
-pub fn parse_forward(s: &str) -> Option<(String, String, u16, u16)> {
-    let (proto, rest) = s.split_once(':')?;
-    if proto != "tcp" && proto != "udp" {
-        return None;
-    }
-    let (host, guest) = rest.split_once("-:")?;
-    let (addr, port) = host.rsplit_once(':').unwrap_or(("127.0.0.1", host));
-    Some((
-        proto.into(),
-        if addr.is_empty() {
-            "127.0.0.1".into()
-        } else {
-            addr.into()
-        },
-        port.parse().ok()?,
-        guest.parse().ok()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,10 +424,7 @@ forward = ["tcp:127.0.0.1:2222-:22"]
         assert_eq!(d.memory_bytes(), 1 << 30);
         d.resolve_paths(Path::new("/vms"));
         assert_eq!(d.boot.kernel.get_ref(), Path::new("/vms/bzImage"));
-        assert_eq!(
-            d.forwards(),
-            vec![("tcp".into(), "127.0.0.1".into(), 2222, 22)]
-        );
+        assert_eq!(d.forwards()[0].to_string(), "tcp:127.0.0.1:2222-:22");
         assert_eq!(d.boot.cmdline, default_cmdline());
     }
 
@@ -420,6 +439,13 @@ forward = ["tcp:127.0.0.1:2222-:22"]
         assert!(
             e.to_string()
                 .contains("vm.toml:3:8: cpus must be between 1 and 254"),
+            "{e}"
+        );
+        let log = format!("{GOOD}\n[serial]\nlog = \"/tmp/x\"\n");
+        let e = VmDefinition::parse(Path::new("vm.toml"), &log).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("vm.toml:20:7: serial.log is not supported"),
             "{e}"
         );
         let unknown = GOOD.replace("memory = \"1G\"", "memroy = \"1G\"");
@@ -468,6 +494,25 @@ forward = ["tcp:127.0.0.1:2222-:22"]
     }
 
     #[test]
+    fn missing_files_are_named_at_their_line() {
+        let dir = std::env::temp_dir().join(format!("vmdef-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bzImage"), b"k").unwrap();
+        let mut d = VmDefinition::parse(Path::new("vm.toml"), GOOD).unwrap();
+        d.resolve_paths(&dir);
+        let e = d.check_files(Path::new("vm.toml"), GOOD).unwrap_err();
+        // The initrd is missing; the disk has a size, so create makes it.
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert!(e.to_string().contains("vm.toml:8:10: initrd "), "{e}");
+        let no_size = GOOD.replace("size = \"8G\"\n", "");
+        let mut d = VmDefinition::parse(Path::new("vm.toml"), &no_size).unwrap();
+        d.resolve_paths(&dir);
+        let e = d.check_files(Path::new("vm.toml"), &no_size).unwrap_err();
+        assert!(e.to_string().contains("vm.toml:11:8: disk "), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn names_and_forwards() {
         assert!(valid_name("web-1.test_a"));
         assert!(
@@ -476,14 +521,23 @@ forward = ["tcp:127.0.0.1:2222-:22"]
                 && !valid_name("a/b")
                 && !valid_name(&"a".repeat(64))
         );
-        assert_eq!(
-            parse_forward("tcp::8080-:80"),
-            Some(("tcp".into(), "127.0.0.1".into(), 8080, 80))
-        );
-        assert_eq!(
-            parse_forward("tcp:2222-:22"),
-            Some(("tcp".into(), "127.0.0.1".into(), 2222, 22))
-        );
-        assert!(parse_forward("sctp:1-:2").is_none() && parse_forward("tcp:1:2").is_none());
+        // One parser for TOML and --nic: what one takes, the other takes.
+        for (text, listen) in [
+            ("tcp::8080-:80", "127.0.0.1:8080"),
+            ("tcp::80-10.0.2.15:80", "127.0.0.1:80"),
+            ("tcp:0.0.0.0:2222-:22", "0.0.0.0:2222"),
+        ] {
+            let toml = GOOD.replace("tcp:127.0.0.1:2222-:22", text);
+            let d = VmDefinition::parse(Path::new("vm.toml"), &toml).unwrap();
+            let f = d.forwards()[0];
+            assert_eq!(format!("{}:{}", f.listen_addr(), f.host_port), listen);
+            assert!(net::parse_nic(&format!("nat,forward={text}")).is_ok());
+        }
+        for bad in ["tcp:2222-:22", "sctp::1-:2", "tcp:1:2"] {
+            let toml = GOOD.replace("tcp:127.0.0.1:2222-:22", bad);
+            let e = VmDefinition::parse(Path::new("vm.toml"), &toml).unwrap_err();
+            assert!(e.to_string().contains("vm.toml:17:"), "{e}");
+            assert!(net::parse_nic(&format!("nat,forward={bad}")).is_err());
+        }
     }
 }

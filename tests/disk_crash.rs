@@ -137,5 +137,5 @@ fn sigkill_during_random_writes_64k_clusters() {
 #[test]
 fn sigkill_during_random_writes_512b_clusters() {
     // Small clusters: refcount blocks and the refcount table grow during the run.
-    crash_rounds("512", "16M", 8, 2);
+    crash_rounds("512B", "16M", 8, 2);
 }

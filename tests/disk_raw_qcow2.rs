@@ -284,7 +284,7 @@ fn fresh_8g_qcow2_is_small_and_convert_keeps_holes() {
     let raw_used = std::fs::metadata(&r).unwrap().blocks() * 512;
     for (fmt, name) in [("qcow2", "half.qcow2"), ("raw", "half2.raw")] {
         let out = dir.path().join(name);
-        ok(VESSEL, &["disk", "convert", p(&r), p(&out), "-f", fmt]);
+        ok(VESSEL, &["disk", "convert", p(&r), p(&out), "-O", fmt]);
         let used = std::fs::metadata(&out).unwrap().blocks() * 512;
         assert!(used < raw_used + (2 << 20), "{fmt}: {used} vs {raw_used}");
         assert!(used < 40 << 20, "{fmt}: {used}");
@@ -298,7 +298,7 @@ fn fresh_8g_qcow2_is_small_and_convert_keeps_holes() {
             "convert",
             p(&dir.path().join("half.qcow2")),
             p(&back),
-            "-f",
+            "-O",
             "raw",
         ],
     );

@@ -202,7 +202,7 @@ fn qemu_created_images_read_byte_exact() {
         let out = dir.join("vessel.raw");
         ok(
             VESSEL,
-            &["disk", "convert", "-f", "raw", p(&img_path), p(&out)],
+            &["disk", "convert", "-O", "raw", p(&img_path), p(&out)],
         );
         assert!(
             std::fs::read(&out).unwrap() == expected,
@@ -252,7 +252,7 @@ fn stream_optimized_vmdk_reads_byte_exact() {
         ],
     );
     let out = dir.join("back.raw");
-    ok(VESSEL, &["disk", "convert", "-f", "raw", p(&st), p(&out)]);
+    ok(VESSEL, &["disk", "convert", "-O", "raw", p(&st), p(&out)]);
     assert!(std::fs::read(&out).unwrap() == data);
 }
 
@@ -278,7 +278,7 @@ fn convert_keeps_holes_and_content() {
     );
     for (fmt, qfmt) in FORMATS {
         let dst = dir.join(&format!("c.{fmt}"));
-        ok(VESSEL, &["disk", "convert", "-f", fmt, p(&raw), p(&dst)]);
+        ok(VESSEL, &["disk", "convert", "-O", fmt, p(&raw), p(&dst)]);
         ok(
             "qemu-img",
             &["compare", "-f", qfmt, "-F", "raw", p(&dst), p(&raw)],
@@ -346,7 +346,7 @@ fn differencing_chains_read_through_parents() {
         let out = dir.join("flat.raw");
         ok(
             VESSEL,
-            &["disk", "convert", "-f", "raw", p(&child), p(&out)],
+            &["disk", "convert", "-O", "raw", p(&child), p(&out)],
         );
         assert!(
             std::fs::read(&out).unwrap() == model,

@@ -164,7 +164,11 @@ fn imported_image_boots_by_name_and_is_removed() {
         &home,
         &["image", "import", img.to_str().unwrap(), "--name", "deb"],
     );
-    assert_eq!(again.status, Some(1));
+    assert_eq!(
+        again.status,
+        Some(2),
+        "a name already taken (docs/vm-definition.md)"
+    );
     assert!(again.stderr.contains("exists already"), "{}", again.stderr);
 
     let r = vessel(

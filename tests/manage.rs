@@ -145,7 +145,8 @@ fn lifecycle_create_start_console_stop_rm() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "web"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "web", "--json"])).unwrap();
     assert_eq!(inspect["state"], "running");
     assert!(inspect["pid"].as_i64().unwrap() > 0);
 
@@ -166,7 +167,8 @@ fn a_killed_vmm_shows_as_crashed_with_its_last_serial_lines() {
     st.ok(&["create", "victim", "--from", file.to_str().unwrap()]);
     st.ok(&["start", "victim"]);
     st.wait_serial("victim", "service up\n");
-    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "victim"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "victim", "--json"])).unwrap();
     let pid = inspect["pid"].as_i64().unwrap() as i32;
     // SAFETY: kill(2) takes plain integers and touches no memory of ours; this kills the
     // VMM this test started.
@@ -176,7 +178,8 @@ fn a_killed_vmm_shows_as_crashed_with_its_last_serial_lines() {
         assert!(start.elapsed() < TIMEOUT, "never shown as crashed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "victim"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "victim", "--json"])).unwrap();
     assert!(
         inspect["last_serial_lines"]
             .as_array()
@@ -307,7 +310,8 @@ fn export_import_round_trip_keeps_disks_and_boots() {
     // Sparse: the archive holds the data, not the 64 MiB of virtual size.
     assert!(std::fs::metadata(&archive).unwrap().len() < 8 << 20);
     st.ok(&["import", archive.to_str().unwrap(), "--name", "copy"]);
-    let inspect: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "copy"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "copy", "--json"])).unwrap();
     let copied = PathBuf::from(inspect["definition"]["disk"][0]["path"].as_str().unwrap());
     assert!(copied.starts_with(st.0.join("copy")), "{copied:?}");
     qemu_img(&["compare", disk.to_str().unwrap(), copied.to_str().unwrap()]);
@@ -324,7 +328,8 @@ fn linked_clone_is_an_overlay_and_full_clone_is_a_copy() {
     let disk = vm_with_disk(&st, "base");
     st.ok(&["clone", "base", "linked", "--linked"]);
     st.ok(&["clone", "base", "full"]);
-    let linked: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "linked"])).unwrap();
+    let linked: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "linked", "--json"])).unwrap();
     let overlay = linked["definition"]["disk"][0]["path"]
         .as_str()
         .unwrap()
@@ -351,7 +356,8 @@ fn linked_clone_is_an_overlay_and_full_clone_is_a_copy() {
         "{}",
         String::from_utf8_lossy(&base_read.stdout)
     );
-    let full: serde_json::Value = serde_json::from_str(&st.ok(&["inspect", "full"])).unwrap();
+    let full: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "full", "--json"])).unwrap();
     let copy = full["definition"]["disk"][0]["path"]
         .as_str()
         .unwrap()

@@ -20,13 +20,14 @@ fn is_zero(buf: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+/// Copy `src` into a new image `dst`; returns its virtual size.
 pub fn convert(
     src: &Path,
     dst: &Path,
     format: Format,
     source_format: Option<Format>,
     cluster_size: Option<u64>,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<u64> {
     let mut source = block::open(
         src,
         &OpenOptions {
@@ -55,7 +56,7 @@ pub fn convert(
     if result.is_err() {
         let _ = std::fs::remove_file(dst);
     }
-    result.map(|()| 0)
+    result.map(|()| size)
 }
 
 fn copy(source: &mut dyn DiskImage, target: &mut dyn DiskImage) -> anyhow::Result<()> {

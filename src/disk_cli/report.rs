@@ -85,11 +85,15 @@ pub fn check(
             } else {
                 println!("{}: corrupt: {reason}", path.display());
             }
-            return Ok(3);
+            return Ok(crate::exit::CORRUPT);
         }
         Err(e) => return Err(e.into()),
     };
-    let code = if report.error_count > 0 { 3 } else { 0 };
+    let code = if report.error_count > 0 {
+        crate::exit::CORRUPT
+    } else {
+        0
+    };
     if as_json {
         let out = json!({
             "filename": path.display().to_string(),

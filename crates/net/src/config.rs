@@ -14,7 +14,7 @@ pub enum ConfigError {
     BadName(String),
     #[error("invalid MAC address {0:?}: six hex bytes separated by ':', unicast")]
     BadMac(String),
-    #[error("invalid forward {0:?}: tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")]
+    #[error("invalid forward {0:?}: expected tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp:127.0.0.1:2222-:22 or tcp::2222-:22")]
     BadForward(String),
     #[error("forward= is only for nat and natnet:NAME modes")]
     ForwardNotNat,
@@ -140,6 +140,31 @@ pub fn parse_forward(s: &str) -> Result<Forward, ConfigError> {
         guest_addr,
         guest_port,
     })
+}
+
+impl Forward {
+    /// The host address the forward listens on: the one given, else 127.0.0.1.
+    pub fn listen_addr(&self) -> Ipv4Addr {
+        self.host_addr.unwrap_or(Ipv4Addr::LOCALHOST)
+    }
+}
+
+/// The canonical spelling, which [`parse_forward`] reads back: `tcp:127.0.0.1:2222-:22`.
+impl std::fmt::Display for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let guest = self.guest_addr.map(|a| a.to_string()).unwrap_or_default();
+        write!(
+            f,
+            "{proto}:{}:{}-{guest}:{}",
+            self.listen_addr(),
+            self.host_port,
+            self.guest_port
+        )
+    }
 }
 
 /// Parse one `--nic` value.
@@ -321,6 +346,27 @@ mod tests {
                 "{mode}"
             );
         }
+    }
+
+    #[test]
+    fn forwards_print_in_the_form_they_parse_from() {
+        for (text, canonical) in [
+            ("tcp::2222-:22", "tcp:127.0.0.1:2222-:22"),
+            ("udp:0.0.0.0:53-10.0.2.15:53", "udp:0.0.0.0:53-10.0.2.15:53"),
+            ("tcp::80-10.0.2.15:80", "tcp:127.0.0.1:80-10.0.2.15:80"),
+        ] {
+            let f = parse_forward(text).unwrap();
+            assert_eq!(f.to_string(), canonical);
+            assert_eq!(
+                parse_forward(canonical).unwrap().listen_addr(),
+                f.listen_addr()
+            );
+        }
+        // The host address is written with its colon, as QEMU's hostfwd does.
+        assert!(matches!(
+            parse_forward("tcp:2222-:22"),
+            Err(ConfigError::BadForward(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! vessel's command line as a new user meets it, without booting a guest: sizes, `disk`
+//! options as qemu-img's, one forward syntax, `create` flags and files, `ls` with a broken
+//! VM, exit statuses, completions and man pages. Each test runs the binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::state_dir::TestState as State;
+use common::{out_dir, vessel, Run, TIMEOUT};
+
+fn run(args: &[&str]) -> Run {
+    vessel(args, TIMEOUT)
+}
+
+/// The status and stderr of a command that must fail with `code`, stderr naming `want`.
+fn fails(r: &Run, code: i32, want: &str) {
+    assert_eq!(
+        r.status,
+        Some(code),
+        "stdout {}\nstderr {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains(want), "want {want:?} in {}", r.stderr);
+}
+
+/// A scratch directory of this test's own.
+fn scratch(name: &str) -> PathBuf {
+    let dir = out_dir().join(format!("cli-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A file that stands for a kernel (create and validate only check that it exists).
+fn kernel(dir: &Path) -> String {
+    let k = dir.join("kernel");
+    std::fs::write(&k, b"not booted").unwrap();
+    k.to_str().unwrap().into()
+}
+
+fn write_def(dir: &Path, name: &str, body: &str) -> String {
+    let f = dir.join(format!("{name}.vm.toml"));
+    let k = kernel(dir);
+    std::fs::write(
+        &f,
+        format!("name = \"{name}\"\nmemory = \"32M\"\n\n[boot]\nkernel = {k:?}\n{body}"),
+    )
+    .unwrap();
+    f.to_str().unwrap().into()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_size_without_unit_is_refused_everywhere() {
+    let dir = scratch("sizes");
+    let k = kernel(&dir);
+    let img = dir.join("x.qcow2");
+    let img = img.to_str().unwrap();
+    let st = State::new("cli-sizes");
+    for r in [
+        run(&["run", "--kernel", &k, "--memory", "512"]),
+        run(&["disk", "create", img, "-f", "qcow2", "--size", "20"]),
+        st.vessel(&["create", "v", "--kernel", &k, "--disk-size", "20"]),
+        st.vessel(&["create", "v", "--kernel", &k, "--memory", "64"]),
+    ] {
+        fails(&r, 2, "give a unit, e.g.");
+    }
+    assert!(!Path::new(img).exists());
+    let def = write_def(&dir, "plain", "");
+    std::fs::write(
+        &def,
+        std::fs::read_to_string(&def)
+            .unwrap()
+            .replace("\"32M\"", "\"32\""),
+    )
+    .unwrap();
+    fails(
+        &run(&["validate", &def]),
+        2,
+        "plain.vm.toml:2:10: invalid size '32'",
+    );
+    // Bytes are written as such.
+    assert_eq!(
+        run(&["disk", "create", img, "-f", "raw", "--size", "4096B"]).status,
+        Some(0)
+    );
+}
+
+#[test]
+fn disk_convert_reads_f_as_input_and_o_as_output_format() {
+    let dir = scratch("convert");
+    let q = dir.join("a.qcow2");
+    let raw = dir.join("a.raw");
+    let (q, raw) = (q.to_str().unwrap(), raw.to_str().unwrap());
+    let r = run(&["disk", "create", q, "-f", "qcow2", "-s", "16M"]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("created") && r.stdout.contains("qcow2, virtual size 16.0 MiB"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&["disk", "convert", "-f", "qcow2", "-O", "raw", q, raw]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("converted"), "{}", r.stdout);
+    let info = json(&run(&["disk", "info", raw, "--json"]).stdout);
+    assert_eq!(info["format"], "raw", "{info}");
+    // -f alone names the input: the output format is still needed.
+    let other = dir.join("b.raw");
+    fails(
+        &run(&["disk", "convert", "-f", "raw", q, other.to_str().unwrap()]),
+        2,
+        "--output-format",
+    );
+    // A wrong input format is an error, not a silent guess.
+    let r = run(&[
+        "disk",
+        "convert",
+        "-f",
+        "vdi",
+        "-O",
+        "raw",
+        q,
+        other.to_str().unwrap(),
+    ]);
+    assert_ne!(r.status, Some(0), "{}", r.stdout);
+    assert!(r.stderr.contains("vdi"), "{}", r.stderr);
+}
+
+#[test]
+fn disk_resize_grows_by_plus_and_says_what_it_did() {
+    let dir = scratch("resize");
+    let q = dir.join("a.qcow2");
+    let q = q.to_str().unwrap();
+    assert_eq!(
+        run(&["disk", "create", q, "-f", "qcow2", "-s", "20M"]).status,
+        Some(0)
+    );
+    let r = run(&["disk", "resize", q, "+10M"]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("from 20.0 MiB to 30.0 MiB"),
+        "{}",
+        r.stdout
+    );
+    let info = json(&run(&["disk", "info", q, "--json"]).stdout);
+    assert_eq!(info["virtual-size"], 30 << 20, "{info}");
+    let r = run(&["disk", "resize", q, "40M"]);
+    assert!(r.stdout.contains("to 40.0 MiB"), "{}", r.stdout);
+    fails(
+        &run(&["disk", "resize", q, "-1G"]),
+        2,
+        "shrink by giving the new size",
+    );
+}
+
+#[test]
+fn toml_and_nic_take_the_same_forwards() {
+    let dir = scratch("forwards");
+    let ok = write_def(
+        &dir,
+        "fwd",
+        "[[nic]]\nmode = \"nat\"\nforward = [\"tcp::80-10.0.2.15:80\"]\n",
+    );
+    let r = run(&["validate", &ok]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let bad = write_def(
+        &dir,
+        "short",
+        "[[nic]]\nmode = \"nat\"\nforward = [\"tcp:2222-:22\"]\n",
+    );
+    fails(&run(&["validate", &bad]), 2, "short.vm.toml:8:");
+    let k = kernel(&dir);
+    fails(
+        &run(&["run", "--kernel", &k, "--nic", "nat,forward=tcp:2222-:22"]),
+        2,
+        "invalid forward",
+    );
+}
+
+#[test]
+fn ls_shows_where_forwards_listen_and_lists_past_a_broken_vm() {
+    let dir = scratch("ls");
+    let st = State::new("cli-ls");
+    let def = write_def(
+        &dir,
+        "web",
+        "[[nic]]\nmode = \"nat\"\nforward = [\"tcp::2222-:22\", \"tcp:0.0.0.0:8080-:80\"]\n",
+    );
+    st.ok(&["create", "web", "--from", &def]);
+    st.ok(&["create", "other", "--from", &def]);
+    std::fs::write(st.0.join("other/vm.toml"), "name = = 1\n").unwrap();
+    let r = st.vessel(&["ls"]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("127.0.0.1:2222->22/tcp,0.0.0.0:8080->80/tcp"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("other") && r.stdout.contains("broken"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("other/vm.toml:1:"), "{}", r.stderr);
+    let list = json(&st.ok(&["ls", "--json"]));
+    let web = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web")
+        .unwrap();
+    assert_eq!(web["memory_mib"], 32);
+    assert_eq!(
+        web["ports"][0],
+        serde_json::json!({"protocol": "tcp", "host_address": "127.0.0.1", "host_port": 2222, "guest_address": null, "guest_port": 22})
+    );
+    assert_eq!(web["ports"][1]["host_address"], "0.0.0.0");
+    let other = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "other")
+        .unwrap();
+    assert_eq!(other["state"], "broken");
+}
+
+#[test]
+fn create_from_a_file_applies_the_flags_over_it() {
+    let dir = scratch("overrides");
+    let st = State::new("cli-overrides");
+    let def = write_def(&dir, "base", "");
+    let out = st.ok(&[
+        "create",
+        "big",
+        "--from",
+        &def,
+        "--cpus",
+        "4",
+        "--memory",
+        "1G",
+        "--cmdline",
+        "quiet",
+        "--disk-size",
+        "8M",
+        "--json",
+    ]);
+    let v = json(&out);
+    assert_eq!(
+        (v["cpus"].as_i64(), v["memory_mib"].as_i64()),
+        (Some(4), Some(1024))
+    );
+    assert_eq!(v["disks"], 1);
+    let toml = std::fs::read_to_string(st.0.join("big/vm.toml")).unwrap();
+    assert!(toml.contains("cmdline = \"quiet\""), "{toml}");
+    assert!(st.0.join("big/disk.qcow2").is_file());
+}
+
+#[test]
+fn flag_errors_name_the_flag_not_a_generated_file() {
+    let dir = scratch("flags");
+    let st = State::new("cli-flags");
+    let k = kernel(&dir);
+    for (args, want) in [
+        (
+            vec!["create", "v", "--kernel", &k, "--memory", "lots"],
+            "--memory",
+        ),
+        (vec!["create", "v", "--kernel", &k, "--cpus", "0"], "--cpus"),
+        (
+            vec!["create", "v", "--kernel", "/no/such/kernel"],
+            "--kernel /no/such/kernel does not exist",
+        ),
+        (
+            vec!["create", "v", "--kernel", &k, "--initrd", "/no/initrd"],
+            "--initrd /no/initrd does not exist",
+        ),
+        (
+            vec!["create", "v"],
+            "give --from FILE, --image NAME or --kernel PATH",
+        ),
+    ] {
+        let r = st.vessel(&args);
+        fails(&r, 2, want);
+        assert!(!r.stderr.contains("vm.toml"), "{args:?}: {}", r.stderr);
+    }
+    assert!(!st.0.join("v").exists());
+}
+
+#[test]
+fn validate_and_create_check_that_files_exist() {
+    let dir = scratch("files");
+    let st = State::new("cli-files");
+    let def = write_def(
+        &dir,
+        "files",
+        "initrd = \"missing.cpio\"\n\n[[disk]]\npath = \"gone.raw\"\n\n[[disk]]\npath = \"new.qcow2\"\nsize = \"8M\"\n",
+    );
+    let r = run(&["validate", &def]);
+    fails(&r, 2, "files.vm.toml:6:10: initrd ");
+    assert!(
+        r.stderr.contains("files.vm.toml:9:8: disk "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("new.qcow2"),
+        "a disk with a size is made by create"
+    );
+    fails(
+        &st.vessel(&["create", "files", "--from", &def]),
+        2,
+        "does not exist",
+    );
+    assert!(!st.0.join("files").exists());
+}
+
+#[test]
+fn run_with_api_sock_refuses_the_flags_that_configure_a_vm() {
+    let sock = out_dir().join("cli-api.sock");
+    let sock = sock.to_str().unwrap();
+    for flag in [
+        &["--memory", "1G"][..],
+        &["--cpus", "2"],
+        &["--cmdline", "quiet"],
+        &["--pit", "on"],
+    ] {
+        let mut args = vec!["run", "--api-sock", sock];
+        args.extend_from_slice(flag);
+        fails(&run(&args), 2, "cannot be used with");
+    }
+}
+
+#[test]
+fn exit_statuses_follow_one_scheme() {
+    let st = State::new("cli-exit");
+    // Asking for what does not exist or is not allowed: 2, in every command family.
+    fails(&st.vessel(&["start", "nosuch"]), 2, "no VM named 'nosuch'");
+    fails(&st.vessel(&["inspect", "bad/name"]), 2, "invalid VM name");
+    fails(&st.vessel(&["snapshot", "ls", "nosuch"]), 2, "no VM named");
+    fails(&run(&["disk", "info", "/no/such.img"]), 2, "/no/such.img");
+    fails(&run(&["frobnicate"]), 2, "unrecognized subcommand");
+}
