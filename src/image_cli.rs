@@ -12,6 +12,7 @@ pub enum ImageCommand {
     /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) into the image store;
     /// vessel finds the kernel, initrd and command line it boots (grub.cfg or /vmlinuz).
     Import {
+        /// The disk image file (raw, qcow2, vdi, vhd, vmdk or vhdx) holding a bootable system.
         path: PathBuf,
         /// Name in the store (default: the file name without its extension).
         #[arg(long)]
@@ -34,11 +35,15 @@ pub enum ImageCommand {
     },
     /// List images.
     Ls {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove an image no VM uses.
-    Rm { name: String },
+    Rm {
+        /// The image to remove.
+        name: String,
+    },
 }
 
 pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {

@@ -1,6 +1,7 @@
 //! vessel: a virtual machine monitor on KVM.
 
 mod api_mode;
+mod cli_docs;
 mod disk_cli;
 mod exit;
 mod image_boot;
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "vessel", version, about = "A KVM virtual machine monitor")]
 struct Cli {
-    /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel).
+    /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel); for the
+    /// commands that manage VMs.
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -52,10 +54,28 @@ enum Command {
     VhostUserBlk(vhost_user_cli::BlkArgs),
     /// Serve a network interface to another VMM (QEMU...) as a vhost-user-net backend.
     VhostUserNet(vhost_user_cli::NetArgs),
+    /// Print a shell completion script (e.g. `vessel completions bash > /etc/bash_completion.d/vessel`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages, one per command (vessel.1, vessel-run.1, vessel-disk-create.1...).
+    Man {
+        /// The directory to write them into (made when missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    let uses_state_dir = matches!(
+        cli.command,
+        Command::Manage(_) | Command::Snapshot(_) | Command::Image(_)
+    );
+    if cli.state_dir.is_some() && !uses_state_dir {
+        eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
+        std::process::exit(exit::USAGE);
+    }
     let code = match cli.command {
         Command::Run(args) => run_cli::run(args),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
@@ -64,6 +84,8 @@ fn main() {
         Command::Snapshot(cmd) => exit::finish(snapshot_cli::run(cli.state_dir, cmd)),
         Command::Image(cmd) => exit::finish(image_cli::run(cli.state_dir, cmd)),
         Command::Disk(cmd) => exit::finish(disk_cli::run(cmd)),
+        Command::Completions { shell } => exit::finish(cli_docs::completions(shell)),
+        Command::Man { dir } => exit::finish(cli_docs::man(&dir)),
     };
     std::process::exit(code);
 }

@@ -24,21 +24,36 @@ pub enum SnapshotCommand {
     /// Snapshot the disks of a stopped VM: their images become read-only, the VM writes
     /// to new overlays.
     Take {
+        /// The stopped VM.
         vm: String,
+        /// Name of the new snapshot.
         name: String,
+        /// A note shown by `snapshot ls`.
         #[arg(long)]
         description: Option<String>,
     },
     /// Show a VM's snapshots as a tree, and where the current state hangs.
     Ls {
+        /// The VM.
         vm: String,
+        /// Print JSON: each snapshot's parent, children, time, description and disks.
         #[arg(long)]
         json: bool,
     },
     /// Discard the current state of a stopped VM's disks and go back to a snapshot.
-    Restore { vm: String, name: String },
+    Restore {
+        /// The stopped VM.
+        vm: String,
+        /// The snapshot to go back to.
+        name: String,
+    },
     /// Delete a snapshot, merging its data into the images that depend on it.
-    Rm { vm: String, name: String },
+    Rm {
+        /// The stopped VM.
+        vm: String,
+        /// The snapshot to delete.
+        name: String,
+    },
 }
 
 pub fn run(state_dir: Option<PathBuf>, cmd: SnapshotCommand) -> Result<i32> {

@@ -18,6 +18,7 @@ const KNOWN_HOSTS: &str = "known_hosts";
 
 #[derive(Debug, Args)]
 pub struct SshArgs {
+    /// The running VM to log in to.
     pub name: String,
     /// User to log in as (default: the definition's [ssh] user, else root).
     #[arg(long)]
@@ -36,8 +37,10 @@ pub struct CpArgs {
     pub src: String,
     /// Destination: a host path or NAME:PATH in a VM.
     pub dst: String,
+    /// User to log in as (default: the definition's [ssh] user, else root).
     #[arg(long)]
     pub user: Option<String>,
+    /// Seconds to wait for the guest's sshd (and its host keys on the console).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
 }

@@ -346,3 +346,86 @@ fn exit_statuses_follow_one_scheme() {
     fails(&run(&["disk", "info", "/no/such.img"]), 2, "/no/such.img");
     fails(&run(&["frobnicate"]), 2, "unrecognized subcommand");
 }
+
+#[test]
+fn state_dir_is_refused_where_it_means_nothing() {
+    let dir = scratch("state-dir");
+    let d = dir.to_str().unwrap();
+    fails(
+        &run(&["--state-dir", d, "disk", "info", "x"]),
+        2,
+        "--state-dir is only for",
+    );
+    fails(
+        &run(&["run", "--state-dir", d, "--kernel", "k"]),
+        2,
+        "--state-dir is only for",
+    );
+}
+
+/// stdout of a command that succeeds and may print more than a pipe holds.
+fn big_output(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn bash_completion_knows_the_commands() {
+    let bash = big_output(&["completions", "bash"]);
+    for word in [
+        "create",
+        "snapshot",
+        "convert",
+        "--output-format",
+        "--state-dir",
+    ] {
+        assert!(bash.contains(word), "no {word} in the bash completion");
+    }
+    for shell in ["zsh", "fish"] {
+        assert!(
+            big_output(&["completions", shell]).contains("create"),
+            "{shell}"
+        );
+    }
+    fails(&run(&["completions", "tcsh"]), 2, "invalid value 'tcsh'");
+}
+
+#[test]
+fn man_writes_a_page_per_command() {
+    let dir = scratch("man");
+    let r = run(&["man", dir.to_str().unwrap()]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    for page in [
+        "vessel.1",
+        "vessel-run.1",
+        "vessel-create.1",
+        "vessel-ls.1",
+        "vessel-disk.1",
+        "vessel-disk-convert.1",
+        "vessel-snapshot-take.1",
+        "vessel-image-import.1",
+        "vessel-completions.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}; wrote {}", r.stdout));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+    let convert = std::fs::read_to_string(dir.join("vessel-disk-convert.1")).unwrap();
+    assert!(convert.contains("Input format"), "{convert}");
+    // Hidden commands (the VMM process vessel start runs) have no page.
+    assert!(!dir.join("vessel-vmm.1").exists());
+    // One page per visible command, and nothing else.
+    let pages = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(pages, r.stdout.lines().count());
+}
