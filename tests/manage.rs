@@ -538,3 +538,34 @@ fn import_refuses_archives_that_point_outside_themselves() {
     assert!(r.stderr.contains("outside the archive"), "{}", r.stderr);
     assert!(st.ls().is_empty());
 }
+
+#[test]
+fn json_of_create_start_stop_clone_and_the_human_inspect() {
+    let st = State::new("json");
+    let file = definition(&out_dir(), "jvm", &service_guest());
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = st.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let created = json(&["create", "jvm", "--from", file.to_str().unwrap(), "--json"]);
+    assert_eq!(created["state"], "stopped");
+    assert_eq!(created["memory_mib"], 32);
+    assert_eq!(created["ports"], serde_json::json!([]));
+    let started = json(&["start", "jvm", "--json"]);
+    assert_eq!(started["state"], "running");
+    assert!(started["pid"].as_i64().unwrap() > 0);
+    st.wait_serial("jvm", "service up\n");
+    // inspect speaks to people unless asked for JSON.
+    let page = st.ok(&["inspect", "jvm"]);
+    assert!(page.contains("State:      running (pid "), "{page}");
+    assert!(page.contains("Memory:     32 MiB"), "{page}");
+    assert!(serde_json::from_str::<serde_json::Value>(&page).is_err());
+    let stopped = json(&["stop", "jvm", "--timeout", "20", "--json"]);
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped["pid"], serde_json::Value::Null);
+    let cloned = json(&["clone", "jvm", "jvm2", "--json"]);
+    assert_eq!(
+        (cloned["name"].as_str(), cloned["state"].as_str()),
+        (Some("jvm2"), Some("stopped"))
+    );
+}
