@@ -20,6 +20,7 @@ mod vhost_user_cli;
 mod vm_archive;
 mod vm_create;
 mod vm_list;
+mod vm_set;
 mod vmdef;
 
 use clap::{Parser, Subcommand};

@@ -18,6 +18,8 @@ use crate::vmdef::VmDefinition;
 pub enum ManageCommand {
     /// Define a new VM, from a definition file or from flags.
     Create(crate::vm_create::CreateArgs),
+    /// Change a stopped VM: CPUs, memory, NICs, forwards, disks... (create's flags).
+    Set(crate::vm_set::SetArgs),
     /// Start a VM in the background; returns once the guest is running.
     Start {
         /// The VM to start.
@@ -119,6 +121,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
     let state = StateDir::new(state_dir)?;
     match cmd {
         ManageCommand::Create(args) => crate::vm_create::create(&state, args),
+        ManageCommand::Set(args) => crate::vm_set::set(&state, args),
         ManageCommand::Start { name, json } => {
             start(&state, &name, json)?;
             summary_if(json, &state, &name)

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::exit::usage;
 use crate::state::{self, StateDir, VmDir};
-use crate::vmdef::{Disk, VmDefinition};
+use crate::vmdef::{Disk, Nic, VmDefinition};
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -60,6 +60,43 @@ pub struct VmFlags {
     /// image: the size of the overlay, at least the image's).
     #[arg(long, value_parser = checked_size)]
     disk_size: Option<String>,
+    /// A virtio-blk disk: path=IMG[,readonly=on][,id=NAME][,format=FMT] or IMG, as
+    /// `vessel run --disk`; added after the VM's disks (repeatable).
+    #[arg(long = "disk", value_name = "SPEC", value_parser = crate::run_cli::parse_disk)]
+    disks: Vec<vmm::DiskConfig>,
+    /// A virtio-net interface, as `vessel run --nic`: MODE[,mac=…][,forward=…]
+    /// [,host-loopback=on|off]; MODE is nat, natnet:NAME, internal:NAME, hostonly:NAME,
+    /// bridged:IFACE or tap:NAME. Given once or more, these replace the VM's NICs.
+    #[arg(long = "nic", value_name = "SPEC", value_parser = Nic::from_spec)]
+    nics: Vec<Nic>,
+    /// A port forward added to the VM's first nat/natnet NIC:
+    /// tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22 (repeatable).
+    #[arg(long = "forward", value_name = "SPEC", value_parser = checked_forward)]
+    forwards: Vec<String>,
+    /// A virtio-rng device fed from the host's getrandom (--rng, or --rng off to remove it).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on", value_parser = on_off)]
+    rng: Option<bool>,
+    /// KVM's in-kernel PIT: auto (multiboot kernels only), on or off.
+    #[arg(long, value_parser = checked_pit)]
+    pit: Option<String>,
+}
+
+fn checked_forward(s: &str) -> Result<String, String> {
+    net::config::parse_forward(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn checked_pit(s: &str) -> Result<String, String> {
+    crate::vmdef::parse_pit(s).map(|_| s.to_string())
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("invalid value '{s}': on or off")),
+    }
 }
 
 /// A memory size as written, once it is known to be valid.
@@ -82,6 +119,7 @@ pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
         None => from_flags(&vm, &args)?,
     };
     apply_flags(&mut def, &vm, &args)?;
+    let mut def = recheck(&def, &vm)?;
     // Make the VM's files; nothing is left of a VM whose creation failed.
     let made = (|| -> Result<()> {
         let disk_size = match &args.vm.disk_size {
@@ -90,7 +128,11 @@ pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
             }
             _ => None,
         };
+        let had_nics = !def.nics.is_empty();
         crate::image_vm::provision(state, &vm, &mut def, disk_size)?;
+        if def.image.is_some() && !had_nics {
+            args.vm.add_forwards(&mut def)?;
+        }
         state::ensure_dir(&vm.dir)?;
         create_sized_disks(&def)?;
         std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
@@ -138,7 +180,18 @@ fn from_flags(vm: &VmDir, args: &CreateArgs) -> Result<VmDefinition> {
         (None, None) => return Err(usage("give --from FILE, --image NAME or --kernel PATH")),
     }
     let t = crate::image_vm::fill_boot(&t)?.unwrap_or(t);
-    VmDefinition::parse(&vm.path(state::DEFINITION), &t).map_err(|e| {
+    let def = VmDefinition::parse(&vm.path(state::DEFINITION), &t).map_err(|e| {
+        let messages: Vec<String> = e.errors.into_iter().map(|e| e.message).collect();
+        usage(messages.join("; "))
+    })?;
+    Ok(def)
+}
+
+/// Check a definition the flags changed as a whole, as `vm.toml` would be read back. The
+/// text is vessel's: errors carry no line.
+pub fn recheck(def: &VmDefinition, vm: &VmDir) -> Result<VmDefinition> {
+    let text = toml::to_string_pretty(def)?;
+    VmDefinition::parse(&vm.path(state::DEFINITION), &text).map_err(|e| {
         let messages: Vec<String> = e.errors.into_iter().map(|e| e.message).collect();
         usage(messages.join("; "))
     })
@@ -154,45 +207,15 @@ fn absolute(p: &Path, what: &str) -> Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("--{what} {}", p.display()))
 }
 
-/// Put the flags into `def`, over what the file said.
+/// Put the create-only flags into `def`, then the VM flags.
 fn apply_flags(def: &mut VmDefinition, vm: &VmDir, args: &CreateArgs) -> Result<()> {
-    let f = &args.vm;
-    let boot_flags = f.kernel.is_some() || f.initrd.is_some() || f.cmdline.is_some();
-    if boot_flags && def.image.is_some() {
-        return Err(usage(
-            "--kernel, --initrd and --cmdline do not apply to a VM made from an image (use --cmdline-append)",
-        ));
-    }
-    if let Some(k) = &f.kernel {
-        def.boot.kernel = Spanned::new(0..0, absolute(k, "kernel")?);
-    }
-    if let Some(i) = &f.initrd {
-        def.boot.initrd = Some(Spanned::new(0..0, absolute(i, "initrd")?));
-    }
-    if let Some(c) = &f.cmdline {
-        def.boot.cmdline = c.clone();
-    }
-    if let Some(m) = &f.memory {
-        def.memory = Spanned::new(0..0, m.clone());
-    }
-    if let Some(c) = f.cpus {
-        def.cpus = Spanned::new(0..0, i64::from(c));
-    }
     if let Some(u) = &args.user_data {
         if def.image.is_none() {
             return Err(usage("--user-data is only for VMs made from an image"));
         }
         def.user_data = Some(Spanned::new(0..0, absolute(u, "user-data")?));
     }
-    if let (Some(size), None) = (&f.disk_size, &def.image) {
-        def.disks.push(Disk {
-            path: Spanned::new(0..0, vm.path("disk.qcow2")),
-            format: Some(Spanned::new(0..0, "qcow2".into())),
-            readonly: false,
-            id: None,
-            size: Some(Spanned::new(0..0, size.clone())),
-        });
-    }
+    args.vm.apply(def, vm)?;
     let append = args.cmdline_append.trim();
     if !append.is_empty() {
         def.boot.cmdline = format!("{} {append}", def.boot.cmdline);
@@ -200,8 +223,116 @@ fn apply_flags(def: &mut VmDefinition, vm: &VmDir, args: &CreateArgs) -> Result<
     Ok(())
 }
 
+impl VmFlags {
+    /// Whether any flag was given.
+    pub fn changes_something(&self) -> bool {
+        self.kernel.is_some()
+            || self.initrd.is_some()
+            || self.cmdline.is_some()
+            || self.memory.is_some()
+            || self.cpus.is_some()
+            || self.disk_size.is_some()
+            || !self.disks.is_empty()
+            || !self.nics.is_empty()
+            || !self.forwards.is_empty()
+            || self.rng.is_some()
+            || self.pit.is_some()
+    }
+
+    /// Put the flags into `def`, over what it said (create --from, set).
+    pub fn apply(&self, def: &mut VmDefinition, vm: &VmDir) -> Result<()> {
+        let f = self;
+        let boot_flags = f.kernel.is_some() || f.initrd.is_some() || f.cmdline.is_some();
+        if boot_flags && def.image.is_some() {
+            return Err(usage(
+                "--kernel, --initrd and --cmdline do not apply to a VM made from an image (use --cmdline-append)",
+            ));
+        }
+        if let Some(k) = &f.kernel {
+            def.boot.kernel = Spanned::new(0..0, absolute(k, "kernel")?);
+        }
+        if let Some(i) = &f.initrd {
+            def.boot.initrd = Some(Spanned::new(0..0, absolute(i, "initrd")?));
+        }
+        if let Some(c) = &f.cmdline {
+            def.boot.cmdline = c.clone();
+        }
+        if let Some(m) = &f.memory {
+            def.memory = Spanned::new(0..0, m.clone());
+        }
+        if let Some(c) = f.cpus {
+            def.cpus = Spanned::new(0..0, i64::from(c));
+        }
+        if let Some(size) = &f.disk_size {
+            self.add_sized_disk(def, vm, size)?;
+        }
+        for d in &f.disks {
+            def.disks.push(Disk {
+                path: Spanned::new(0..0, absolute(&d.path, "disk")?),
+                format: d.format.map(|f| Spanned::new(0..0, f.to_string())),
+                readonly: d.read_only,
+                id: d.id.clone().map(|i| Spanned::new(0..0, i)),
+                size: None,
+            });
+        }
+        if !f.nics.is_empty() {
+            def.nics = f.nics.clone();
+        }
+        if let Some(on) = f.rng {
+            def.rng = on;
+        }
+        if let Some(p) = &f.pit {
+            def.pit = Some(Spanned::new(0..0, p.clone()));
+        }
+        // An image VM without NICs gets its NAT NIC when it is provisioned: forwards wait.
+        if def.image.is_none() || !def.nics.is_empty() {
+            self.add_forwards(def)?;
+        }
+        Ok(())
+    }
+
+    /// `--disk-size`: the overlay's size for an image VM (used at provisioning), else a new
+    /// `disk.qcow2`.
+    fn add_sized_disk(&self, def: &mut VmDefinition, vm: &VmDir, size: &str) -> Result<()> {
+        if def.image.is_some() {
+            return Ok(());
+        }
+        let path = vm.path("disk.qcow2");
+        if path.exists() || def.disks.iter().any(|d| d.path.get_ref() == &path) {
+            return Err(usage(format!(
+                "VM '{}' already has {}: add other disks with --disk",
+                vm.name,
+                path.display()
+            )));
+        }
+        def.disks.push(Disk {
+            path: Spanned::new(0..0, path),
+            format: Some(Spanned::new(0..0, "qcow2".into())),
+            readonly: false,
+            id: None,
+            size: Some(Spanned::new(0..0, size.to_string())),
+        });
+        Ok(())
+    }
+
+    /// `--forward`: onto the first nat/natnet NIC.
+    pub fn add_forwards(&self, def: &mut VmDefinition) -> Result<()> {
+        if self.forwards.is_empty() {
+            return Ok(());
+        }
+        let nic =
+            def.nics.iter_mut().find(|n| n.is_nat()).ok_or_else(|| {
+                usage("--forward needs a nat or natnet NIC (add one with --nic nat)")
+            })?;
+        for f in &self.forwards {
+            nic.forward.push(Spanned::new(0..0, f.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Create the disks of `def` that have a size and do not exist yet (sparse).
-fn create_sized_disks(def: &VmDefinition) -> Result<()> {
+pub fn create_sized_disks(def: &VmDefinition) -> Result<()> {
     for d in &def.disks {
         let path = d.path.get_ref();
         if let (Some(size), false) = (&d.size, path.exists()) {

@@ -206,6 +206,15 @@ fn inspect_page(v: &Value, def: &VmDefinition) -> String {
         }
         lines.push(("Disk", text));
     }
+    if def.rng {
+        lines.push(("RNG", "virtio-rng".into()));
+    }
+    if let Some(p) = &def.pit {
+        lines.push(("PIT", p.get_ref().clone()));
+    }
+    if let Some(c) = &def.console2 {
+        lines.push(("Console 2", c.get_ref().display().to_string()));
+    }
     for n in &def.nics {
         let mut text = n.mode.get_ref().clone();
         for f in &n.forward {

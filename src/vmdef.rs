@@ -32,6 +32,15 @@ pub struct VmDefinition {
     pub user_data: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub ssh: Ssh,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rng: bool,
+    /// KVM's in-kernel PIT: `auto` (default: multiboot kernels only), `on` or `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pit: Option<Spanned<String>>,
+    /// A second console (virtio-console) whose output goes to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console2: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -240,6 +249,11 @@ impl VmDefinition {
                 "user_data is only for VMs made from an image".into(),
             );
         }
+        if let Some(pit) = &def.pit {
+            if let Err(e) = parse_pit(pit.get_ref()) {
+                err(pit.span(), e);
+            }
+        }
         if let Some(log) = &def.serial.log {
             err(log.span(), "serial.log is not supported: a background VM's serial output goes to serial.log in its state directory (vessel inspect shows where)".into());
         }
@@ -318,6 +332,9 @@ impl VmDefinition {
         if let Some(u) = &mut self.user_data {
             abs(u);
         }
+        if let Some(c) = &mut self.console2 {
+            abs(c);
+        }
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -367,11 +384,54 @@ impl VmDefinition {
             cpus: *self.cpus.get_ref() as u8,
             serial,
             disks,
-            rng: false,
-            console2: None,
+            rng: self.rng,
+            console2: self.console2.as_ref().map(|c| c.get_ref().clone()),
             nics,
-            pit: vmm::PitMode::Auto,
+            pit: match &self.pit {
+                Some(p) => parse_pit(p.get_ref()).map_err(|e| anyhow::anyhow!(e))?,
+                None => vmm::PitMode::Auto,
+            },
         })
+    }
+}
+
+/// `auto`, `on` or `off`.
+pub fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
+    match s {
+        "auto" => Ok(vmm::PitMode::Auto),
+        "on" => Ok(vmm::PitMode::On),
+        "off" => Ok(vmm::PitMode::Off),
+        _ => Err(format!("invalid pit '{s}': expected auto, on or off")),
+    }
+}
+
+impl Nic {
+    /// The `[[nic]]` of a `--nic` value (`nat,mac=…,forward=…,host-loopback=on`), checked
+    /// by the parser `vessel run` uses; the forwards keep their spelling.
+    pub fn from_spec(spec: &str) -> Result<Nic, String> {
+        net::parse_nic(spec).map_err(|e| e.to_string())?;
+        let mut items = spec.split(',');
+        let mut nic = Nic {
+            mode: Spanned::new(0..0, items.next().unwrap_or_default().to_string()),
+            mac: None,
+            forward: Vec::new(),
+            host_loopback: None,
+        };
+        for item in items {
+            match item.split_once('=') {
+                Some(("mac", m)) => nic.mac = Some(m.to_string()),
+                Some(("forward", f)) => nic.forward.push(Spanned::new(0..0, f.to_string())),
+                Some(("host-loopback", v)) => nic.host_loopback = Some(v == "on"),
+                _ => return Err(format!("unknown NIC option {item:?}")),
+            }
+        }
+        Ok(nic)
+    }
+
+    /// Whether forwards may be added (nat and natnet).
+    pub fn is_nat(&self) -> bool {
+        let mode = self.mode.get_ref();
+        mode == "nat" || mode.starts_with("natnet:")
     }
 }
 
@@ -510,6 +570,64 @@ forward = ["tcp:127.0.0.1:2222-:22"]
         let e = d.check_files(Path::new("vm.toml"), &no_size).unwrap_err();
         assert!(e.to_string().contains("vm.toml:11:8: disk "), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_fields_rng_pit_console2() {
+        let text = GOOD.replace(
+            "memory = \"1G\"",
+            "memory = \"1G\"\nrng = true\npit = \"on\"\nconsole2 = \"c2.log\"",
+        );
+        let mut d = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap();
+        d.resolve_paths(Path::new("/vms"));
+        let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
+        assert!(cfg.rng);
+        assert_eq!(cfg.pit, vmm::PitMode::On);
+        assert_eq!(cfg.console2, Some(PathBuf::from("/vms/c2.log")));
+        let bad = GOOD.replace("memory = \"1G\"", "memory = \"1G\"\npit = \"maybe\"");
+        let e = VmDefinition::parse(Path::new("vm.toml"), &bad).unwrap_err();
+        assert!(
+            e.to_string().contains("vm.toml:5:7: invalid pit 'maybe'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_example_parses_with_its_optional_fields_too() {
+        let text = include_str!("../examples/dev.vm.toml");
+        VmDefinition::parse(Path::new("dev.vm.toml"), text).unwrap();
+        // Uncomment `# key = ...` and `# [table]` lines: every field shown is a real one.
+        let all: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let d = VmDefinition::parse(Path::new("dev.vm.toml"), &all)
+            .unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert!(d.rng && d.nics.len() == 1 && d.ssh.user.is_some());
+    }
+
+    #[test]
+    fn nics_from_nic_flags() {
+        let n = Nic::from_spec("nat,mac=52:54:00:00:00:01,forward=tcp::80-:80,host-loopback=on")
+            .unwrap();
+        assert_eq!(
+            nic_spec(&n),
+            "nat,mac=52:54:00:00:00:01,forward=tcp::80-:80,host-loopback=on"
+        );
+        assert!(n.is_nat() && !Nic::from_spec("tap:t0").unwrap().is_nat());
+        assert!(Nic::from_spec("tap:t0,forward=tcp::1-:2").is_err());
+        assert!(Nic::from_spec("nat,forward=tcp:1-:2").is_err());
     }
 
     #[test]

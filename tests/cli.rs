@@ -429,3 +429,93 @@ fn man_writes_a_page_per_command() {
     let pages = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(pages, r.stdout.lines().count());
 }
+
+#[test]
+fn set_changes_a_stopped_vm_with_the_checks_of_create() {
+    let dir = scratch("set");
+    let st = State::new("cli-set");
+    let k = kernel(&dir);
+    let extra = dir.join("extra.raw");
+    let extra = extra.to_str().unwrap();
+    assert_eq!(
+        run(&["disk", "create", extra, "-f", "raw", "-s", "1M"]).status,
+        Some(0)
+    );
+    let v = json(&st.ok(&[
+        "create",
+        "s",
+        "--kernel",
+        &k,
+        "--nic",
+        "nat",
+        "--forward",
+        "tcp::2222-:22",
+        "--rng",
+        "--json",
+    ]));
+    assert_eq!(v["ports"][0]["host_port"], 2222);
+    let r = st.vessel(&[
+        "set",
+        "s",
+        "--cpus",
+        "4",
+        "--memory",
+        "2G",
+        "--forward",
+        "tcp:0.0.0.0:8080-:80",
+        "--disk",
+        extra,
+        "--disk-size",
+        "8M",
+        "--pit",
+        "off",
+        "--rng",
+        "off",
+    ]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("updated VM 's'"), "{}", r.stdout);
+    let v = json(&st.ok(&["ls", "--json"]))[0].clone();
+    assert_eq!(
+        (v["cpus"].as_i64(), v["memory_mib"].as_i64()),
+        (Some(4), Some(2048))
+    );
+    assert_eq!(v["disks"], 2);
+    assert_eq!(v["ports"][1]["host_address"], "0.0.0.0");
+    assert!(st.0.join("s/disk.qcow2").is_file());
+    let toml = std::fs::read_to_string(st.0.join("s/vm.toml")).unwrap();
+    assert!(
+        toml.contains("pit = \"off\"") && !toml.contains("rng"),
+        "{toml}"
+    );
+    let before = toml;
+    for (args, want) in [
+        (vec!["set", "s"], "nothing to change"),
+        (vec!["set", "s", "--cpus", "0"], "--cpus"),
+        (vec!["set", "s", "--memory", "2"], "give a unit"),
+        (
+            vec!["set", "s", "--disk", "/no/disk"],
+            "--disk /no/disk does not exist",
+        ),
+        (vec!["set", "s", "--disk-size", "8M"], "already has"),
+        (
+            vec!["set", "s", "--nic", "tap:t0", "--forward", "tcp::1-:2"],
+            "--forward needs a nat",
+        ),
+        (
+            vec!["set", "s", "--nic", "nat,forward=tcp:1-:2"],
+            "invalid forward",
+        ),
+        (vec!["set", "nosuch", "--cpus", "2"], "no VM named"),
+    ] {
+        fails(&st.vessel(&args), 2, want);
+    }
+    let after = std::fs::read_to_string(st.0.join("s/vm.toml")).unwrap();
+    assert_eq!(before, after, "a refused set changes nothing");
+    // --nic replaces the NICs.
+    st.ok(&["set", "s", "--nic", "internal:lab"]);
+    let v = json(&st.ok(&["ls", "--json"]))[0].clone();
+    assert_eq!(
+        (v["nics"].as_i64(), v["ports"].as_array().map(Vec::len)),
+        (Some(1), Some(0))
+    );
+}

@@ -555,6 +555,13 @@ fn json_of_create_start_stop_clone_and_the_human_inspect() {
     assert_eq!(started["state"], "running");
     assert!(started["pid"].as_i64().unwrap() > 0);
     st.wait_serial("jvm", "service up\n");
+    let r = st.vessel(&["set", "jvm", "--cpus", "2"]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is running; stop it first"),
+        "{}",
+        r.stderr
+    );
     // inspect speaks to people unless asked for JSON.
     let page = st.ok(&["inspect", "jvm"]);
     assert!(page.contains("State:      running (pid "), "{page}");
