@@ -15,8 +15,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         None if t.bytes().all(|b| b == b'0') => (t, 1),
         None => {
             return Err(format!(
-                "invalid size '{text}': give a unit, e.g. {t}M for MiB, {t}G for GiB or {t}B \
-                 for bytes (K, M, G, T, P are powers of 1024)"
+                "invalid size '{text}': give a unit: B for bytes ({t}B) or K, M, G, T, P \
+                 (powers of 1024), e.g. 512M"
             ))
         }
         Some((i, _)) => {
@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn plain_numbers_and_bad_sizes_are_refused() {
         let e = parse_size("20").unwrap_err();
-        assert!(e.contains("give a unit, e.g. 20M for MiB"), "{e}");
+        assert!(e.contains("give a unit: B for bytes (20B)"), "{e}");
         assert!(parse_size("").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("12X").is_err());

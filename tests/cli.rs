@@ -68,7 +68,7 @@ fn a_size_without_unit_is_refused_everywhere() {
         st.vessel(&["create", "v", "--kernel", &k, "--disk-size", "20"]),
         st.vessel(&["create", "v", "--kernel", &k, "--memory", "64"]),
     ] {
-        fails(&r, 2, "give a unit, e.g.");
+        fails(&r, 2, "give a unit: B for bytes");
     }
     assert!(!Path::new(img).exists());
     let def = write_def(&dir, "plain", "");

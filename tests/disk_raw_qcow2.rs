@@ -320,7 +320,7 @@ fn resize_and_check_through_the_cli() {
             "--size",
             "1M",
             "--cluster-size",
-            "512",
+            "512B",
         ],
     );
     ok(VESSEL, &["disk", "resize", p(&q), "1G"]);
@@ -528,7 +528,7 @@ fn odd_sizes_round_trip() {
             "-f",
             "qcow2",
             "--size",
-            &size.to_string(),
+            &format!("{size}B"),
         ],
     );
     {
