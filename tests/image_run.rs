@@ -86,9 +86,12 @@ struct Run {
 }
 
 fn vessel(data_home: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .args(["--state-dir"])
-        .arg(data_home.join("state"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel"));
+    // `run` has no state directory (and refuses --state-dir).
+    if args.first() != Some(&"run") {
+        cmd.arg("--state-dir").arg(data_home.join("state"));
+    }
+    let out = cmd
         .args(args)
         .env("XDG_DATA_HOME", data_home)
         .stdin(Stdio::null())
@@ -392,7 +395,7 @@ fn image_ssh_and_cp_commands_refuse_bad_input() {
                 "--user-data",
                 "/etc/hostname",
             ],
-            "--user-data is only for --image",
+            "--user-data is only for VMs made from an image",
         ),
     ];
     for (args, want) in cases {
