@@ -139,6 +139,9 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
                 read_only: d.is_read_only,
                 id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
                 format: d.format.map(format_of),
+                // Not offered by the API: images named there follow only names inside
+                // their own directory.
+                allow_external_backing: false,
             })
             .collect(),
         rng: false,

@@ -46,6 +46,10 @@ pub enum DiskCommand {
         format: Option<Format>,
         #[arg(long)]
         json: bool,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Copy an image (with its backing chain flattened) into a new sparse image.
     Convert {
@@ -60,6 +64,10 @@ pub enum DiskCommand {
         /// Output cluster / block size.
         #[arg(long, value_parser = parse_size)]
         cluster_size: Option<u64>,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Change the virtual size (shrinking only when no data lies beyond the new end).
     Resize {
@@ -68,6 +76,10 @@ pub enum DiskCommand {
         size: u64,
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Option<Format>,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Check an image for corruption (exit status 3 when found).
     Check {
@@ -79,6 +91,10 @@ pub enum DiskCommand {
         /// Free leaked clusters (qcow2).
         #[arg(long)]
         repair: bool,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Random-read benchmark through the DiskImage trait (for bench/disk.sh).
     #[command(hide = true)]
@@ -141,6 +157,9 @@ fn exit_code(err: &anyhow::Error) -> i32 {
                 block::Error::InvalidArgument(_)
                 | block::Error::OutOfRange { .. }
                 | block::Error::Unsupported { .. }
+                | block::Error::ExternalReference { .. }
+                | block::Error::Symlink { .. }
+                | block::Error::NotAnImage { .. }
                 | block::Error::ReadOnly => 2,
                 block::Error::Io { source, .. } => match source.kind() {
                     std::io::ErrorKind::NotFound
@@ -207,6 +226,9 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
                         &OpenOptions {
                             read_only: true,
                             format: backing_format,
+                            // The user named this backing file; its own chain is only
+                            // read here, for the size.
+                            allow_external_backing: true,
                         },
                     )?;
                     image.size()
@@ -224,20 +246,47 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
                 .with_context(|| format!("creating {}", file.display()))?;
             Ok(0)
         }
-        DiskCommand::Info { file, format, json } => report::info(&file, format, json),
+        DiskCommand::Info {
+            file,
+            format,
+            json,
+            allow_external_backing,
+        } => report::info(
+            &file,
+            &OpenOptions {
+                read_only: true,
+                format,
+                allow_external_backing,
+            },
+            json,
+        ),
         DiskCommand::Convert {
             src,
             dst,
             format,
             source_format,
             cluster_size,
-        } => convert::convert(&src, &dst, format, source_format, cluster_size),
-        DiskCommand::Resize { file, size, format } => {
+            allow_external_backing,
+        } => {
+            let source = OpenOptions {
+                read_only: true,
+                format: source_format,
+                allow_external_backing,
+            };
+            convert::convert(&src, &dst, format, &source, cluster_size)
+        }
+        DiskCommand::Resize {
+            file,
+            size,
+            format,
+            allow_external_backing,
+        } => {
             let mut image = block::open(
                 &file,
                 &OpenOptions {
                     read_only: false,
                     format,
+                    allow_external_backing,
                 },
             )?;
             image.resize(size)?;
@@ -249,7 +298,8 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             format,
             json,
             repair,
-        } => report::check(&file, format, json, repair),
+            allow_external_backing,
+        } => report::check(&file, format, json, repair, allow_external_backing),
         DiskCommand::BenchRead {
             file,
             block_size,

@@ -2,6 +2,7 @@
 
 mod api_mode;
 mod disk_cli;
+mod disk_formats;
 mod image_boot;
 mod image_cli;
 mod image_run;

@@ -178,6 +178,8 @@ fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
         state::ensure_dir(&vm.dir)?;
         create_sized_disks(&def)?;
         std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
+        // Detected once, here: later starts never probe what the guest may have written.
+        crate::disk_formats::record(&vm.path(state::DEFINITION))?;
         Ok(())
     })();
     if let Err(e) = made {
@@ -268,6 +270,14 @@ fn start(state: &StateDir, name: &str) -> Result<i32> {
         bail!(
             "VM '{name}' is already running (pid {})",
             vm.pid().unwrap_or(0)
+        );
+    }
+    // Disks added to vm.toml by hand since creation get their format recorded now, before
+    // any guest ran on them.
+    for (path, format) in crate::disk_formats::record(&vm.path(state::DEFINITION))? {
+        eprintln!(
+            "vessel: recorded format {format} for disk {} in vm.toml",
+            path.display()
         );
     }
     let mut fds = [0; 2];

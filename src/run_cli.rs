@@ -47,6 +47,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     serial: SerialMode,
     /// A virtio-blk disk: path=IMG[,readonly=on][,id=NAME][,format=raw|qcow2|vdi|vhd|vmdk|vhdx]
+    /// [,allow-external-backing=on]
     /// (repeatable; a bare path works too).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
@@ -75,16 +76,19 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         read_only: false,
         id: None,
         format: None,
+        allow_external_backing: false,
+    };
+    let switch = |key: &str, v: &str| match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("invalid {key} value '{v}' (on or off)")),
     };
     for (i, part) in s.split(',').enumerate() {
         match part.split_once('=') {
             Some(("path", v)) => disk.path = v.into(),
-            Some(("readonly" | "ro", v)) => {
-                disk.read_only = match v {
-                    "on" | "true" | "yes" => true,
-                    "off" | "false" | "no" => false,
-                    _ => return Err(format!("invalid readonly value '{v}' (on or off)")),
-                }
+            Some(("readonly" | "ro", v)) => disk.read_only = switch("readonly", v)?,
+            Some(("allow-external-backing", v)) => {
+                disk.allow_external_backing = switch("allow-external-backing", v)?
             }
             Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
             Some(("format", v)) => {
@@ -93,7 +97,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             None if i == 0 && !part.is_empty() => disk.path = part.into(),
             _ => {
                 return Err(format!(
-                    "invalid disk option '{part}' (expected path=, readonly=, id= or format=)"
+                    "invalid disk option '{part}' (expected path=, readonly=, id=, format= or allow-external-backing=)"
                 ))
             }
         }
@@ -108,13 +112,15 @@ fn parse_disk_size(s: &str) -> Result<u64, String> {
     parse_size(s, 1 << 20)
 }
 
-/// The overlay of `--image`: vessel made it, so its format is known.
+/// The overlay of `--image`: vessel made it, so its format is known, and it names the
+/// store's base image by its absolute path (the store's image was checked at import).
 fn overlay_disk(path: &std::path::Path) -> DiskConfig {
     DiskConfig {
         path: path.to_path_buf(),
         read_only: false,
         id: Some("root".into()),
         format: Some(block::Format::Qcow2),
+        allow_external_backing: true,
     }
 }
 
@@ -314,6 +320,14 @@ mod tests {
         assert!(parse_disk("readonly=on").is_err());
         assert!(parse_disk("path=/a,readonly=maybe").is_err());
         assert!(parse_disk("path=/a,format=floppy").is_err());
+        assert!(!parse_disk("/a").unwrap().allow_external_backing);
+        assert!(
+            parse_disk("/a,allow-external-backing=on")
+                .unwrap()
+                .allow_external_backing
+        );
+        let err = parse_disk("/a,allow-external-backing=maybe").unwrap_err();
+        assert!(err.contains("allow-external-backing"), "{err}");
         assert!(parse_disk("path=/a,bogus=1").is_err());
     }
 

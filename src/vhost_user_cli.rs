@@ -25,7 +25,8 @@ pub struct BlkArgs {
     /// Unix socket to listen on (a stale socket at PATH is replaced).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// The disk: IMG[,readonly=on][,format=raw|qcow2|vdi|vhd|vmdk|vhdx][,id=SERIAL], as
+    /// The disk: IMG[,readonly=on][,format=raw|qcow2|vdi|vhd|vmdk|vhdx][,id=SERIAL]
+    /// [,allow-external-backing=on], as
     /// `vessel run --disk` (the format is detected from the content unless given).
     #[arg(long, value_parser = crate::run_cli::parse_disk)]
     disk: DiskConfig,
@@ -123,6 +124,7 @@ pub fn run_blk(args: BlkArgs) -> i32 {
     let opts = block::OpenOptions {
         read_only: d.read_only,
         format: d.format,
+        allow_external_backing: d.allow_external_backing,
     };
     let image = match block::open(&d.path, &opts) {
         Ok(image) => image,

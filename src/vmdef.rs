@@ -61,6 +61,14 @@ pub struct Disk {
     pub id: Option<Spanned<String>>,
     /// Create the image with this virtual size when it does not exist yet (sparse).
     pub size: Option<Spanned<String>>,
+    /// Follow backing files, parents and extents the image names by absolute paths or with
+    /// `..` (refused otherwise). vessel sets it on overlays it makes over files elsewhere.
+    #[serde(
+        default,
+        rename = "allow-external-backing",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub allow_external_backing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -310,6 +318,7 @@ impl VmDefinition {
                     ),
                     None => None,
                 },
+                allow_external_backing: d.allow_external_backing,
             });
         }
         let mut nics = Vec::new();

@@ -49,8 +49,12 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Serial number the guest reads with GET_ID (at most 20 bytes); `vessel-diskN` when unset.
     pub id: Option<String>,
-    /// Image format; detected from the content when unset.
+    /// Image format; detected from the content when unset (and then guest writes that
+    /// would make the content detect as another format are refused).
     pub format: Option<block::Format>,
+    /// Follow backing files / parents / extents the image names by absolute paths or
+    /// with `..` (`allow-external-backing`; see [`block::OpenOptions`]).
+    pub allow_external_backing: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -163,6 +163,7 @@ impl Vm {
         snapshot: &crate::snapshot::VmSnapshot,
         mem_file: &std::path::Path,
     ) -> Result<Self, VmError> {
+        snapshot.check_disk_files()?;
         let mut disks = Vec::new();
         for d in &snapshot.machine.disks {
             let format = match &d.format {
@@ -182,6 +183,9 @@ impl Vm {
                 read_only: d.read_only,
                 id: d.id.clone(),
                 format,
+                // A snapshot file cannot grant this: images it names follow only names
+                // inside their own directory.
+                allow_external_backing: false,
             });
         }
         let cfg = VmConfig {
@@ -586,6 +590,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
         let opts = block::OpenOptions {
             read_only: d.read_only,
             format: d.format,
+            allow_external_backing: d.allow_external_backing,
         };
         let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk {
             path: d.path.clone(),

@@ -157,7 +157,12 @@ impl Qcow2 {
                     ),
                     None => None,
                 };
-                Some(crate::open_backing(path, Path::new(name), format)?)
+                Some(crate::open_backing(
+                    path,
+                    Path::new(name),
+                    format,
+                    opts.allow_external_backing,
+                )?)
             }
             None => None,
         };

@@ -60,11 +60,16 @@ pub struct VhdxImage {
 
 /// Open a VHDX image.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    Ok(Box::new(VhdxImage::open(path, opts.read_only)?))
+    Ok(Box::new(VhdxImage::open(
+        path,
+        opts.read_only,
+        opts.allow_external_backing,
+    )?))
 }
 
 impl VhdxImage {
-    fn open(path: &Path, read_only: bool) -> Result<VhdxImage> {
+    /// `allow_external` as in [`OpenOptions::allow_external_backing`], for the parent.
+    fn open(path: &Path, read_only: bool, allow_external: bool) -> Result<VhdxImage> {
         let file = ImageFile::open(path, read_only, Format::Vhdx)?;
         let (mut header, mut header_slot) = read_current_header(&file)?;
         let mut overlay = Vec::new();
@@ -201,7 +206,11 @@ impl VhdxImage {
             next_block,
         };
         if img.meta.has_parent {
-            img.parent = Some(parent::open_parent(&img.file, &img.meta.parent_locator)?);
+            img.parent = Some(parent::open_parent(
+                &img.file,
+                &img.meta.parent_locator,
+                allow_external,
+            )?);
         }
         Ok(img)
     }

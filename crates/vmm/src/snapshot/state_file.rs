@@ -119,6 +119,17 @@ impl VmSnapshot {
         self.vm.validate()?;
         self.devices.validate()
     }
+
+    /// The disks the file names are opened read-write on load, and the file is untrusted:
+    /// each must exist, not be a symbolic link, and be a regular file or a block device
+    /// (never a FIFO, a device like /dev/zero or a directory).
+    pub fn check_disk_files(&self) -> Result<(), SnapshotError> {
+        for disk in &self.machine.disks {
+            block::check_disk_path(&disk.path)
+                .map_err(|e| SnapshotError::Invalid(format!("disk: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
@@ -342,5 +353,35 @@ mod tests {
             MAX_DISKS + 1
         ];
         assert!(parse_state(&encode(&s)).is_err(), "too many disks");
+    }
+
+    #[test]
+    fn disks_named_by_the_file_must_be_plain_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let disk = |path: &Path| SavedDisk {
+            path: path.to_path_buf(),
+            read_only: false,
+            id: None,
+            format: None,
+        };
+        let mut s = sample();
+        s.machine.disks = vec![disk(&image)];
+        s.check_disk_files().unwrap();
+        for (bad, why) in [
+            (link.as_path(), "symbolic link"),
+            (Path::new("/dev/zero"), "character device"),
+            (dir.path(), "directory"),
+        ] {
+            s.machine.disks = vec![disk(&image), disk(bad)];
+            let err = s.check_disk_files().unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains(&*bad.to_string_lossy()),
+                "{err}"
+            );
+        }
     }
 }
