@@ -27,6 +27,17 @@ pub enum Error {
     ReadOnly,
     #[error("{path}: is a {kind}, not an image (a regular file or a block device)")]
     NotAnImage { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path}: its {what} ({bytes} bytes) would take the metadata held in memory for this \
+         backing chain past {limit} bytes ({used} bytes already held for the images above it)"
+    )]
+    MetadataBudget {
+        path: PathBuf,
+        what: String,
+        bytes: u64,
+        used: u64,
+        limit: u64,
+    },
     #[error("{0}")]
     InvalidArgument(String),
 }
