@@ -455,3 +455,28 @@ pub(crate) fn new_sparse_layout(
     }
     (file, desc_offset * SECTOR, desc_size * SECTOR)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grain_table_cache_stays_bounded() {
+        // 4100 grain tables (512 grains of 64 KiB each): a guest reading across the disk
+        // loads every one of them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.vmdk");
+        let size = 4100 * 512 * 65536;
+        crate::create(path.as_path(), Format::Vmdk, size, &Default::default()).unwrap();
+        let mut extent = SparseExtent::open(&path, true).unwrap();
+        let tables = extent.gd.len() as u64;
+        assert!(tables > MAX_CACHED_TABLES as u64);
+        let mut most = 0;
+        for i in 0..tables {
+            extent.lookup(i * extent.gt_entries()).unwrap();
+            most = most.max(extent.gt_cache.len());
+        }
+        assert_eq!(most, MAX_CACHED_TABLES);
+        assert!(matches!(extent.lookup(0).unwrap(), Grain::Unallocated));
+    }
+}
