@@ -41,6 +41,17 @@ pub enum Error {
         path: PathBuf,
         format: crate::Format,
     },
+    #[error(
+        "{path}: its {what} ({bytes} bytes) would take the metadata held in memory for this \
+         backing chain past {limit} bytes ({used} bytes already held for the images above it)"
+    )]
+    MetadataBudget {
+        path: PathBuf,
+        what: String,
+        bytes: u64,
+        used: u64,
+        limit: u64,
+    },
     #[error("{0}")]
     InvalidArgument(String),
 }

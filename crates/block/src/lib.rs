@@ -6,6 +6,7 @@
 //! [`Error`] values that name the problem; they never panic on bad bytes and never allocate
 //! sizes taken from a header without bounding them first.
 
+mod budget;
 mod error;
 mod format;
 mod image_file;
@@ -21,6 +22,7 @@ mod vhdx;
 mod vmdk;
 pub mod workload;
 
+pub use budget::CHAIN_METADATA_BUDGET;
 pub use error::{Error, Result};
 pub use format::Format;
 pub use open::{

@@ -234,6 +234,7 @@ pub(crate) fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> Format {
 /// that reach the same file twice are refused.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     let _guard = enter_chain(path)?;
+    let _budget = crate::budget::enter();
     let (format, probed) = match opts.format {
         Some(format) => (format, false),
         None => (detect(path)?, true),

@@ -4,6 +4,7 @@
 mod boot_files;
 pub mod config;
 pub mod console;
+pub mod console_log;
 mod console_socket;
 pub mod control;
 pub mod diagnostics;

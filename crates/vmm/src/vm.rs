@@ -1,6 +1,5 @@
 //! Assembling a VM on KVM and running it until it ends.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +26,7 @@ use devices::{Bus, ExitReason, VmExit};
 
 use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
+use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
@@ -220,16 +220,14 @@ impl Vm {
         let mut console_socket = None;
         let serial_out: Box<dyn Write + Send> = match &cfg.serial {
             SerialMode::Stdio => Box::new(std::io::stdout()),
-            SerialMode::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| VmError::SerialFile {
+            SerialMode::File(path) => {
+                Box::new(ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| {
+                    VmError::SerialFile {
                         path: path.clone(),
                         source,
-                    })?,
-            ),
+                    }
+                })?)
+            }
             SerialMode::None => Box::new(std::io::sink()),
             SerialMode::Background { log, socket } => {
                 let (sock, out) =
@@ -633,11 +631,8 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
         devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
     }
     if let Some(path) = &cfg.console2 {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| VmError::ConsoleFile {
+        let out =
+            ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
                 path: path.clone(),
                 source,
             })?;

@@ -144,6 +144,7 @@ impl VhdImage {
                 "BAT at {bat_off:#x} ({bat_bytes} bytes) is outside the file"
             )));
         }
+        crate::budget::charge(file.path(), "BAT", bat_bytes)?;
         let mut raw_bat = vec![0u8; bat_bytes as usize];
         file.read_exact_at(&mut raw_bat, bat_off, "BAT")?;
         let bat: Vec<u32> = raw_bat.chunks_exact(4).map(|c| be_u32(c, 0)).collect();

@@ -148,6 +148,7 @@ impl VhdxImage {
                 bat_region.length
             )));
         }
+        crate::budget::charge(path, "BAT", bat_bytes)?;
         let mut raw = vec![0u8; bat_bytes as usize];
         src.read_exact_at(&mut raw, bat_region.offset, "BAT")?;
         let bat: Vec<u64> = raw.chunks_exact(8).map(|c| le_u64(c, 0)).collect();
