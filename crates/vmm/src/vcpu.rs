@@ -13,8 +13,8 @@ use arch::GuestMemory;
 use devices::{Bus, ExitReason, VmExit};
 
 use crate::diagnostics;
-use crate::emulation::KvmVcpu;
 use crate::kick;
+use crate::kvm_vcpu::KvmVcpu;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -167,7 +167,7 @@ impl VcpuRunner {
                 }
                 Next::Debug(what) => {
                     let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-                    if crate::emulation::handle_debug_exit(&mut vcpu, &self.mem) {
+                    if x86_emulator::handle_debug_exit(&mut vcpu, &self.mem) {
                         continue;
                     }
                     let report = format!(
@@ -244,14 +244,14 @@ impl VcpuRunner {
             return false;
         }
         let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-        match crate::emulation::emulate_reporting(&mut vcpu, &self.mem) {
+        match x86_emulator::emulate_reporting(&mut vcpu, &self.mem) {
             Ok(_) => true,
             Err(e) => {
                 eprintln!(
                     "vessel: vCPU {}: cannot emulate the instruction: {e}",
                     self.id
                 );
-                if let Some(hint) = crate::emulation::nested_host_hint() {
+                if let Some(hint) = crate::emulator_fixups::nested_host_hint() {
                     eprintln!("vessel: {hint}");
                 }
                 false

@@ -20,10 +20,10 @@ use std::cell::Cell;
 
 use kvm_bindings::kvm_segment;
 
-use super::cpu::{GuestDebug, VcpuState};
-use super::guest_virt::{GuestVirt, Privilege};
-use super::EmulationError;
-use arch::GuestMemory;
+use crate::cpu::{GuestDebug, VcpuState};
+use crate::guest_virt::{GuestVirt, Privilege};
+use crate::EmulationError;
+use crate::GuestMemory;
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_STAR: u32 = 0xc000_0081;
@@ -170,7 +170,7 @@ pub fn on_debug_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
     use vm_memory::{Bytes, GuestAddress};
 
     const IDT: u64 = 0x2000;
