@@ -38,6 +38,10 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
             &["run", "--kernel", k, "--pit", "maybe"],
             "expected auto, on or off",
         ),
+        (
+            &["run", "--kernel", k, "--emulator-fixups", "yes"],
+            "invalid emulator-fixups 'yes': expected auto, on or off",
+        ),
     ];
     for (args, msg) in cases {
         let r = vessel(args, TIMEOUT);

@@ -21,4 +21,5 @@ pub mod vm;
 pub use config::{DiskConfig, PitMode, SerialMode, VmConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
+pub use emulator_fixups::EmulatorFixups;
 pub use vm::{Vm, VmError};

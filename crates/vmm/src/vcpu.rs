@@ -13,6 +13,7 @@ use arch::GuestMemory;
 use devices::{Bus, ExitReason, VmExit};
 
 use crate::diagnostics;
+use crate::emulator_fixups::Fallback;
 use crate::kick;
 use crate::kvm_vcpu::KvmVcpu;
 
@@ -131,6 +132,8 @@ pub struct VcpuRunner {
     pub msr_indices: Arc<Vec<u32>>,
     /// KVM_CAP_XSAVE2 of the VM: the size of the vCPU's XSAVE region (0: 4096 bytes).
     pub xsave2_size: usize,
+    /// Whether KVM's emulation failures fall back to vessel's emulator.
+    pub fallback: Fallback,
 }
 
 impl VcpuRunner {
@@ -167,7 +170,7 @@ impl VcpuRunner {
                 }
                 Next::Debug(what) => {
                     let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-                    if x86_emulator::handle_debug_exit(&mut vcpu, &self.mem) {
+                    if self.fallback.debug_exit(&mut vcpu, &self.mem) {
                         continue;
                     }
                     let report = format!(
@@ -234,8 +237,8 @@ impl VcpuRunner {
         }
     }
 
-    /// On an emulation failure, let vessel's emulator carry out the instruction KVM could not;
-    /// true if it did and the vCPU can resume.
+    /// On an emulation failure, let vessel's emulator (when the VM's fallback is enabled)
+    /// carry out the instruction KVM could not; true if it did and the vCPU can resume.
     fn emulate_failed_instruction(&mut self) -> bool {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
         // member of the kvm_run exit union.
@@ -244,9 +247,10 @@ impl VcpuRunner {
             return false;
         }
         let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-        match x86_emulator::emulate_reporting(&mut vcpu, &self.mem) {
-            Ok(_) => true,
-            Err(e) => {
+        match self.fallback.emulation_failure(&mut vcpu, &self.mem) {
+            None => false,
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
                 eprintln!(
                     "vessel: vCPU {}: cannot emulate the instruction: {e}",
                     self.id

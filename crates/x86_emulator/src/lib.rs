@@ -4,9 +4,10 @@
 //! KVM's instruction emulator, which lacks some instructions a stock Linux kernel executes
 //! (`int3`, `iretq`, `sysretq`, `swapgs`, `xsave`/`xrstor`, `cmpxchg16b`, ...). KVM then
 //! stops the vCPU with KVM_EXIT_INTERNAL_ERROR (suberror "emulation failure") and leaves RIP
-//! on the instruction. [`emulate_at_rip`] decodes that instruction, carries it out against the vCPU's
-//! registers and guest memory (through the guest's page tables), and leaves the vCPU ready to
-//! resume after it. What it does not know stays an error, and the caller reports the fault.
+//! on the instruction. [`emulate_at_rip`] decodes that instruction, carries it out against
+//! the vCPU's registers and guest memory (through the guest's page tables), and leaves the
+//! vCPU ready to resume after it. What it does not know stays an error, and the caller
+//! reports the fault.
 //!
 //! The crate knows nothing of KVM's file descriptors or of the VMM: the vCPU is a
 //! [`VcpuState`] (vmm's `KvmVcpu` implements it over KVM's ioctls; `test_support::FakeVcpu`,
