@@ -39,6 +39,10 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
             "expected auto, on or off",
         ),
         (
+            &["--log-level", "loud", "run", "--kernel", k],
+            "invalid value 'loud' for '--log-level <LOG_LEVEL>'",
+        ),
+        (
             &["run", "--kernel", k, "--emulator-fixups", "yes"],
             "invalid emulator-fixups 'yes': expected auto, on or off",
         ),

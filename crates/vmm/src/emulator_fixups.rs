@@ -64,9 +64,12 @@ impl EmulatorFixups {
 
     /// The decision on this host.
     pub fn fallback(self) -> Fallback {
-        Fallback {
-            enabled: self.enabled_on(host_is_pvm()),
-        }
+        let pvm = host_is_pvm();
+        let enabled = self.enabled_on(pvm);
+        tracing::debug!(
+            "emulator fix-ups {self:?}: host kvm_pvm {pvm}, fallback enabled {enabled}"
+        );
+        Fallback { enabled }
     }
 }
 

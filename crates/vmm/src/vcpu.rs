@@ -251,12 +251,9 @@ impl VcpuRunner {
             None => false,
             Some(Ok(_)) => true,
             Some(Err(e)) => {
-                eprintln!(
-                    "vessel: vCPU {}: cannot emulate the instruction: {e}",
-                    self.id
-                );
+                tracing::error!("vCPU {}: cannot emulate the instruction: {e}", self.id);
                 if let Some(hint) = crate::emulator_fixups::nested_host_hint() {
-                    eprintln!("vessel: {hint}");
+                    tracing::info!("{hint}");
                 }
                 false
             }

@@ -145,9 +145,9 @@ impl Outcome {
 
 static ANNOUNCED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-/// Emulate the instruction a vCPU stopped on, saying once per mnemonic on stderr that vessel
-/// emulated it (so users on nested hosts see why it runs), or with `VESSEL_EMULATION_LOG`
-/// set, every time.
+/// Emulate the instruction a vCPU stopped on, logging once per mnemonic at info level that
+/// vessel emulated it (so users on nested hosts see why it runs), and every other time at
+/// debug level (at info with `VESSEL_EMULATION_LOG` set).
 pub fn emulate_reporting(
     vcpu: &mut dyn VcpuState,
     mem: &GuestMemory,
@@ -161,15 +161,15 @@ pub fn emulate_reporting(
         seen.get_or_insert_with(HashSet::new)
             .insert(outcome.mnemonic().to_string())
     };
+    let raising = match &outcome {
+        Outcome::Raised(_, e) => format!(", raising {e:?}"),
+        Outcome::Emulated(_) => String::new(),
+    };
+    let mnemonic = outcome.mnemonic();
     if first || every {
-        eprintln!(
-            "vessel: emulated `{}` for the guest (the host's KVM could not){}",
-            outcome.mnemonic(),
-            match &outcome {
-                Outcome::Raised(_, e) => format!(", raising {e:?}"),
-                Outcome::Emulated(_) => String::new(),
-            }
-        );
+        tracing::info!("emulated `{mnemonic}` for the guest (the host's KVM could not){raising}");
+    } else {
+        tracing::debug!("emulated `{mnemonic}` for the guest (the host's KVM could not){raising}");
     }
     Ok(outcome)
 }
@@ -185,16 +185,16 @@ pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> bool {
                     .get_or_insert_with(HashSet::new)
                     .insert("syscall".into())
                 {
-                    eprintln!(
-                        "vessel: completed a user-mode `syscall` the host's KVM left in ring 3"
-                    );
+                    tracing::info!("completed a user-mode `syscall` the host's KVM left in ring 3");
                 }
+            } else {
+                tracing::trace!("guest page-fault breakpoint: {hit:?}");
             }
             true
         }
         Ok(None) => false,
         Err(e) => {
-            eprintln!("vessel: cannot handle the debug exit: {e}");
+            tracing::warn!("cannot handle the debug exit: {e}");
             false
         }
     }
