@@ -19,6 +19,8 @@ struct Backend {
     serial: SerialMode,
     to_main: Mutex<Option<mpsc::Sender<Vm>>>,
     handle: Mutex<Option<VmHandle>>,
+    /// `vessel run --emulator-fixups`, for the VM the client starts or loads.
+    emulator_fixups: vmm::EmulatorFixups,
 }
 
 fn format_of(f: DriveFormat) -> block::Format {
@@ -87,6 +89,7 @@ pub fn serve_running(
         serial: cfg.serial.clone(),
         to_main: Mutex::new(None),
         handle: Mutex::new(Some(handle)),
+        emulator_fixups: cfg.emulator_fixups,
     });
     api::serve(
         socket,
@@ -99,7 +102,11 @@ pub fn serve_running(
 }
 
 /// The VMM configuration an API client described.
-fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, String> {
+fn vm_config(
+    cfg: &VmConfigSnapshot,
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
         let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
@@ -148,6 +155,7 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
         console2: None,
         nics,
         pit: vmm::PitMode::Auto,
+        emulator_fixups,
     })
 }
 
@@ -181,7 +189,7 @@ impl Backend {
 
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone())?;
+        let cfg = vm_config(config, self.serial.clone(), self.emulator_fixups)?;
         let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
         self.launch(vm)
     }
@@ -216,6 +224,7 @@ impl VmmBackend for Backend {
             console2: None,
             nics: Vec::new(),
             pit: vmm::PitMode::Auto,
+            emulator_fixups: self.emulator_fixups,
         };
         let vm = Vm::restore(&host, &snapshot, std::path::Path::new(mem_path))
             .map_err(|e| error_chain(&e))?;
@@ -272,13 +281,14 @@ fn stop_requested(set: &libc::sigset_t) -> bool {
     sig == libc::SIGINT || sig == libc::SIGTERM
 }
 
-pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
+pub fn run(socket: PathBuf, serial: SerialMode, emulator_fixups: vmm::EmulatorFixups) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
     let backend = Arc::new(Backend {
         serial,
         to_main: Mutex::new(Some(tx)),
         handle: Mutex::new(None),
+        emulator_fixups,
     });
     let server = match api::serve(&socket, backend, api::ServerOptions::default()) {
         Ok(s) => s,

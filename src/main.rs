@@ -7,6 +7,7 @@ mod image_boot;
 mod image_cli;
 mod image_run;
 mod image_vm;
+mod logging;
 mod manage_cli;
 mod run_cli;
 mod size;
@@ -27,6 +28,9 @@ struct Cli {
     /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel).
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
+    /// The most verbose messages of the VMM written to stderr (a started VM's vmm.log).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
+    log_level: logging::LogLevel,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +58,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    logging::init(cli.log_level);
     let code = match cli.command {
         Command::Run(args) => run_cli::run(args),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),

@@ -292,7 +292,9 @@ fn start(state: &StateDir, name: &str) -> Result<i32> {
     let exe = std::env::current_exe()?;
     let ready_fd = write_end.as_raw_fd();
     let mut cmd = Command::new(exe);
-    cmd.arg("--state-dir").arg(&state.root).arg("vmm").arg(name);
+    cmd.arg("--state-dir").arg(&state.root);
+    cmd.arg("--log-level").arg(crate::logging::level().as_arg());
+    cmd.arg("vmm").arg(name);
     cmd.env("VESSEL_READY_FD", ready_fd.to_string());
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)

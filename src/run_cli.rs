@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// use it on vessel's HW-reduced ACPI platform), on/off force it.
     #[arg(long, default_value = "auto", value_parser = parse_pit)]
     pit: vmm::PitMode,
+    /// vessel's instruction emulator for what the host's KVM cannot emulate, with its
+    /// user-mode `syscall` fix-up: auto enables it where /dev/kvm is kvm_pvm (the software
+    /// nested KVM it exists for, docs/nested-kvm.md), on/off force it.
+    #[arg(long, default_value = "auto", value_parser = parse_emulator_fixups)]
+    emulator_fixups: vmm::EmulatorFixups,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -133,6 +138,11 @@ fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
     }
 }
 
+fn parse_emulator_fixups(s: &str) -> Result<vmm::EmulatorFixups, String> {
+    s.parse()
+        .map_err(|e: vmm::emulator_fixups::ParseError| e.to_string())
+}
+
 fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
     net::parse_nic(s).map_err(|e| e.to_string())
 }
@@ -188,7 +198,7 @@ fn is_input_error(e: &VmError) -> bool {
 
 pub fn run(args: RunArgs) -> i32 {
     if let Some(socket) = args.api_sock {
-        return crate::api_mode::run(socket, args.serial);
+        return crate::api_mode::run(socket, args.serial, args.emulator_fixups);
     }
     let mut args = args;
     if args.disk_size.is_some() && args.image.is_none() {
@@ -244,6 +254,7 @@ pub fn run(args: RunArgs) -> i32 {
         console2: args.console2,
         nics: args.nics,
         pit: args.pit,
+        emulator_fixups: args.emulator_fixups,
     };
     let vm = match Vm::new(&cfg) {
         Ok(vm) => vm,

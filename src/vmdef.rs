@@ -338,6 +338,7 @@ impl VmDefinition {
             console2: None,
             nics,
             pit: vmm::PitMode::Auto,
+            emulator_fixups: vmm::EmulatorFixups::Auto,
         })
     }
 }

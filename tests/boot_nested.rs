@@ -57,6 +57,82 @@ fn a_user_mode_syscall_enters_the_kernel_at_ring_0() {
     r.expect_stdout("syscall: cs=0x10\n");
 }
 
+/// The emulator's messages are info-level log lines: shown by default (on kvm_pvm, where it
+/// runs), hidden by `--log-level warn`, every emulation shown by `--log-level debug`.
+#[test]
+fn log_level_selects_the_emulators_messages() {
+    let kernel = elf64_guest(
+        "nested_insns",
+        &["linux64_start.S", "nested_insns.c"],
+        "linux64.ld",
+    );
+    let run = |level: &str| {
+        let r = vessel(
+            &[
+                "--log-level",
+                level,
+                "run",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--memory",
+                "64M",
+            ],
+            TIMEOUT,
+        );
+        r.expect_status(0);
+        r
+    };
+    let warn = run("warn");
+    assert!(!warn.stderr.contains("vessel: "), "{}", warn.stderr);
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        let info = run("info");
+        assert!(
+            info.stderr
+                .contains("vessel: emulated `int3` for the guest (the host's KVM could not)\n"),
+            "{}",
+            info.stderr
+        );
+        assert!(!info.stderr.contains("vessel: debug: "), "{}", info.stderr);
+        let debug = run("debug");
+        assert!(
+            debug
+                .stderr
+                .contains("vessel: debug: x86_emulator: emulated `"),
+            "{}",
+            debug.stderr
+        );
+    }
+}
+
+/// `--emulator-fixups=off`: KVM's emulation failures stay the guest's fault, reported as
+/// KVM reported them; nothing is emulated. On hardware KVM the guest runs natively.
+#[test]
+fn with_emulator_fixups_off_an_emulation_failure_is_a_fault() {
+    let kernel = elf64_guest(
+        "nested_insns",
+        &["linux64_start.S", "nested_insns.c"],
+        "linux64.ld",
+    );
+    let r = vessel(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--emulator-fixups=off",
+        ],
+        TIMEOUT,
+    );
+    assert!(!r.stderr.contains("vessel: emulated"), "{}", r.stderr);
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_ne!(r.status, Some(0), "{}", r.stderr);
+        assert!(r.stderr.contains("emulation failure"), "{}", r.stderr);
+    } else {
+        r.expect_status(0);
+    }
+}
+
 /// The stock Debian guest of scripts/make-guest.sh, in $VESSEL_GUEST_DIR or guest/ (the
 /// directory the TCG tests share; the script does nothing when it is built already): the ELF
 /// vmlinux (the bzImage's decompressor is slow where ring 0 is emulated) and the small

@@ -64,7 +64,7 @@ fn serve(core: &Mutex<Core>, epoll: &Epoll) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("vessel: vhost-user worker: epoll_wait: {e}");
+                tracing::error!("vhost-user worker: epoll_wait: {e}");
                 return;
             }
         };

@@ -74,6 +74,8 @@ pub struct VmConfig {
     /// virtio-net interfaces, in PCI slot order after the disks.
     pub nics: Vec<net::NicConfig>,
     pub pit: PitMode,
+    /// Whether vessel's instruction emulator stands in for KVM's (kvm_pvm hosts).
+    pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -73,7 +73,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("vessel: I/O thread: epoll_wait: {e}");
+                tracing::error!("I/O thread: epoll_wait: {e}");
                 return;
             }
         };
@@ -86,7 +86,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
                 if let Some(p) = processors.get((token & !BACKEND_TOKEN) as usize) {
                     for q in 0..p.num_queues() {
                         if let Err(e) = p.process_queue(q) {
-                            eprintln!("vessel: virtio device queue {q}: {e}");
+                            tracing::warn!("virtio device queue {q}: {e}");
                         }
                     }
                 }
@@ -96,7 +96,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
             if let Some(p) = processors.get(device) {
                 // A broken ring has already flagged DEVICE_NEEDS_RESET for the guest.
                 if let Err(e) = p.handle_notify(queue) {
-                    eprintln!("vessel: virtio device {device} queue {queue}: {e}");
+                    tracing::warn!("virtio device {device} queue {queue}: {e}");
                 }
             }
         }

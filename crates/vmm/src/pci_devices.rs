@@ -55,9 +55,12 @@ struct BarMover {
 impl BarMoveHandler for BarMover {
     fn move_bar(&self, mv: &BarMove) {
         if let Err(e) = self.try_move(mv) {
-            eprintln!(
-                "vessel: warning: cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}",
-                mv.bar, mv.slot, mv.old, mv.new
+            tracing::warn!(
+                "cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}",
+                mv.bar,
+                mv.slot,
+                mv.old,
+                mv.new
             );
         }
     }

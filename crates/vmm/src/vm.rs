@@ -431,6 +431,7 @@ impl Vm {
                 .to_vec(),
         );
         let xsave2_size = usize::try_from(vm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+        let fallback = cfg.emulator_fixups.fallback();
         let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
         for id in 0..cfg.cpus {
             let fd = vm
@@ -449,6 +450,7 @@ impl Vm {
                 gate: gate.clone(),
                 msr_indices: msr_indices.clone(),
                 xsave2_size,
+                fallback,
             });
         }
         if let Some((snapshot, _)) = restore {

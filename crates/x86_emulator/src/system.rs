@@ -3,8 +3,8 @@
 
 use iced_x86::Mnemonic;
 
-use super::decode::Ctx;
-use super::{Exception, Failure};
+use crate::decode::Ctx;
+use crate::{Exception, Failure};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_TSC_AUX: u32 = 0xc000_0103;
@@ -78,8 +78,8 @@ pub fn swapgs(ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
-    use crate::emulation::{emulate_at_rip, Outcome};
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::{emulate_at_rip, Outcome};
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]

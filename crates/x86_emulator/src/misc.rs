@@ -5,9 +5,9 @@
 
 use iced_x86::Mnemonic;
 
-use super::decode::Ctx;
-use super::guest_virt::Access;
-use super::{Exception, Failure};
+use crate::decode::Ctx;
+use crate::guest_virt::Access;
+use crate::{Exception, Failure};
 
 const MSR_TSC: u32 = 0x10;
 const MSR_TSC_AUX: u32 = 0xc000_0103;
@@ -88,8 +88,8 @@ pub fn rdpru(_ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
-    use crate::emulation::{emulate_at_rip, Outcome};
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::{emulate_at_rip, Outcome};
     use vm_memory::{Bytes, GuestAddress};
 
     fn run(code: &[u8], setup: impl FnOnce(&mut FakeVcpu)) -> (FakeVcpu, Outcome) {

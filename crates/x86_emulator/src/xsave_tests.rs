@@ -11,8 +11,8 @@
 use std::sync::OnceLock;
 
 use super::*;
-use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
-use crate::emulation::{emulate_at_rip, Exception, Outcome};
+use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+use crate::{emulate_at_rip, Exception, Outcome};
 use vm_memory::{Bytes, GuestAddress};
 
 const PKRU: u64 = 1 << 9;

@@ -4,12 +4,12 @@
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use super::cpu::VcpuState;
-use super::guest_virt::{Access, AccessError, GuestVirt, Privilege};
-use super::segments::cpl;
-use super::{bits, cmpxchg16b, control_flow, fpu, misc, system, xsave};
-use super::{EmulationError, Exception, Failure, Outcome};
-use arch::GuestMemory;
+use crate::cpu::VcpuState;
+use crate::guest_virt::{Access, AccessError, GuestVirt, Privilege};
+use crate::segments::cpl;
+use crate::GuestMemory;
+use crate::{bits, cmpxchg16b, control_flow, fpu, misc, system, xsave};
+use crate::{EmulationError, Exception, Failure, Outcome};
 
 const MAX_INSTRUCTION_LEN: usize = 15;
 const CR0_PE: u64 = 1;

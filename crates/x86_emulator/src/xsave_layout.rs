@@ -196,7 +196,7 @@ impl XsaveLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{sapphire_rapids_cpuid, SPR_XCR0};
+    use crate::test_support::{sapphire_rapids_cpuid, SPR_XCR0};
 
     #[test]
     fn amx_layout_from_cpuid() {

@@ -3,8 +3,8 @@
 
 use kvm_bindings::{kvm_segment, kvm_sregs};
 
-use super::guest_virt::{GuestVirt, Privilege};
-use super::{Exception, Failure};
+use crate::guest_virt::{GuestVirt, Privilege};
+use crate::{Exception, Failure};
 
 /// A raw 8-byte code/data segment descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,9 @@
 //! KVM's region uses the standard (non-compacted) format: the 512-byte legacy (FXSAVE) area,
 //! the 64-byte header at 512 (XSTATE_BV, XCOMP_BV), and component i >= 2 at its offset from
 //! CPUID leaf 0DH; the region is as long as KVM's area for the vCPU, which exceeds 4096 bytes
-//! once AMX tile data is enabled (see [`super::kvm_vcpu`]). Guest memory holds the standard
-//! format, or the compacted one (XCOMP_BV bit 63) where components follow each other from
-//! offset 576 in index order. Sizes and offsets come from the guest's CPUID
+//! once AMX tile data is enabled (see vmm's KVM adapter, `kvm_vcpu.rs`). Guest memory holds
+//! the standard format, or the compacted one (XCOMP_BV bit 63) where components follow each
+//! other from offset 576 in index order. Sizes and offsets come from the guest's CPUID
 //! ([`XsaveLayout`]); nothing assumes a region size. State a header marks as not in use is
 //! written to KVM as explicit initial values (zeros for every component from 2 on), which is
 //! the same state.
@@ -20,9 +20,9 @@
 
 use iced_x86::Mnemonic;
 
-use super::decode::Ctx;
-use super::xsave_layout::{XsaveLayout, EXTENDED, HEADER, LEGACY_COMPONENTS};
-use super::{EmulationError, Exception, Failure};
+use crate::decode::Ctx;
+use crate::xsave_layout::{XsaveLayout, EXTENDED, HEADER, LEGACY_COMPONENTS};
+use crate::{EmulationError, Exception, Failure};
 
 const COMPACTED: u64 = 1 << 63;
 const X87: u64 = 1;

@@ -4,10 +4,10 @@
 use iced_x86::{Mnemonic, OpKind};
 use kvm_bindings::kvm_segment;
 
-use super::decode::{vector_of, Ctx};
-use super::guest_virt::Privilege;
-use super::segments::{null_segment, read_descriptor};
-use super::{Exception, Failure};
+use crate::decode::{vector_of, Ctx};
+use crate::guest_virt::Privilege;
+use crate::segments::{null_segment, read_descriptor};
+use crate::{Exception, Failure};
 
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_TF: u64 = 1 << 8;
@@ -383,8 +383,8 @@ pub fn sysret(ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, segment, FakeVcpu, PageTables};
-    use crate::emulation::{emulate_at_rip, Outcome};
+    use crate::test_support::{long_mode_sregs, segment, FakeVcpu, PageTables};
+    use crate::{emulate_at_rip, Outcome};
     use vm_memory::{Bytes, GuestAddress};
 
     const GDT: u64 = 0x1000;
@@ -420,7 +420,7 @@ mod tests {
 
     /// A 64-bit CPL-0 vCPU at CODE running `code`, with GDT, IDT (#BP, #GP, #PF, int 0x80
     /// gates) and a TSS whose RSP0 is STACK + 0x800 and IST1 STACK + 0x1000.
-    fn machine(code: &[u8]) -> (FakeVcpu, arch::GuestMemory) {
+    fn machine(code: &[u8]) -> (FakeVcpu, crate::GuestMemory) {
         let mut pt = PageTables::new();
         pt.identity(0x10_0000);
         let mem = pt.mem();
@@ -456,13 +456,13 @@ mod tests {
         (cpu, mem)
     }
 
-    fn push_frame(mem: &arch::GuestMemory, at: u64, frame: &[u64]) {
+    fn push_frame(mem: &crate::GuestMemory, at: u64, frame: &[u64]) {
         for (i, v) in frame.iter().enumerate() {
             mem.write_obj(*v, GuestAddress(at + 8 * i as u64)).unwrap();
         }
     }
 
-    fn stack(mem: &arch::GuestMemory, at: u64, n: usize) -> Vec<u64> {
+    fn stack(mem: &crate::GuestMemory, at: u64, n: usize) -> Vec<u64> {
         (0..n)
             .map(|i| mem.read_obj(GuestAddress(at + 8 * i as u64)).unwrap())
             .collect()

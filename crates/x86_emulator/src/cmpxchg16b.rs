@@ -1,9 +1,9 @@
 //! `lock cmpxchg16b m128` (SLUB's double-word cmpxchg), done atomically on guest memory
 //! through vessel's mapping with the host's own `lock cmpxchg16b`.
 
-use super::decode::Ctx;
-use super::guest_virt::Access;
-use super::{Exception, Failure};
+use crate::decode::Ctx;
+use crate::guest_virt::Access;
+use crate::{Exception, Failure};
 
 const RFLAGS_ZF: u64 = 1 << 6;
 
@@ -71,8 +71,8 @@ pub fn cmpxchg16b(ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
-    use crate::emulation::{emulate_at_rip, Exception, Outcome};
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::{emulate_at_rip, Exception, Outcome};
     use vm_memory::{Bytes, GuestAddress};
 
     /// `lock cmpxchg16b 0x20(%rbp)`, the instruction SLUB stopped on.

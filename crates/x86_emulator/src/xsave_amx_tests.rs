@@ -4,11 +4,9 @@
 //! the emulator refuses.
 
 use super::*;
-use crate::emulation::test_support::{
-    long_mode_sregs, sapphire_rapids_cpuid, FakeVcpu, PageTables, SPR_XCR0,
-};
-use crate::emulation::{emulate_at_rip, EmulationError, Exception, Outcome};
-use arch::GuestMemory;
+use crate::test_support::{long_mode_sregs, sapphire_rapids_cpuid, FakeVcpu, PageTables, SPR_XCR0};
+use crate::GuestMemory;
+use crate::{emulate_at_rip, EmulationError, Exception, Outcome};
 use vm_memory::{Bytes, GuestAddress};
 
 /// The standard-format area of SPR_XCR0.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kvm_bindings::kvm_sregs;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use arch::GuestMemory;
+use crate::GuestMemory;
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_WP: u64 = 1 << 16;
@@ -314,7 +314,7 @@ impl<'a> GuestVirt<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, PageTables};
+    use crate::test_support::{long_mode_sregs, PageTables};
 
     #[test]
     fn four_level_walk_maps_4k_2m_and_1g_pages() {

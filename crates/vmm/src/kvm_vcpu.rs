@@ -19,15 +19,17 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
-use super::cpu::{CpuError, GuestDebug, VcpuState};
-use super::xsave_layout::XsaveLayout;
+use x86_emulator::{CpuError, GuestDebug, VcpuState, XsaveLayout};
 
 /// Size of `struct kvm_xsave`, the region of KVM_GET_XSAVE.
 const LEGACY_REGION: usize = std::mem::size_of::<kvm_xsave>();
 const WORD: usize = std::mem::size_of::<u32>();
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
-    move |source| CpuError::Kvm { what, source }
+    move |source| CpuError::Hypervisor {
+        what,
+        source: std::io::Error::from_raw_os_error(source.errno()),
+    }
 }
 
 /// A KVM vCPU as the emulator sees it.

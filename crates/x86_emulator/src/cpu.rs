@@ -1,17 +1,19 @@
 //! The vCPU state the instruction handlers read and write, behind a trait: KVM's vCPU in
-//! production ([`super::kvm_vcpu`]), a plain struct in tests.
+//! production (vmm's `KvmVcpu`), a plain struct in tests.
 
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_vcpu_events};
 
-use super::xsave_layout::XsaveLayout;
+use crate::xsave_layout::XsaveLayout;
 
+/// Why the vCPU's state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
+    /// The hypervisor refused a request (`what` names it, e.g. the ioctl).
     #[error("{what}: {source}")]
-    Kvm {
+    Hypervisor {
         what: &'static str,
         #[source]
-        source: kvm_ioctls::Error,
+        source: std::io::Error,
     },
     #[error("KVM refused MSR {0:#x}")]
     Msr(u32),

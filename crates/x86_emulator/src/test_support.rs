@@ -1,13 +1,15 @@
 //! Test fixtures: guest memory with 4-level page tables, long-mode segment state, a fake
 //! vCPU that keeps its state in plain structs, and the CPUID leaf 0DH of an AMX CPU.
+//!
+//! For tests and fuzzing only (feature `test-support`): the builders panic on misuse.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events};
 use std::collections::HashMap;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::cpu::{CpuError, GuestDebug, VcpuState};
-use super::xsave_layout::XsaveLayout;
-use arch::GuestMemory;
+use crate::cpu::{CpuError, GuestDebug, VcpuState};
+use crate::xsave_layout::XsaveLayout;
+use crate::GuestMemory;
 
 pub const MEM_SIZE: u64 = 16 << 20;
 const TABLES_START: u64 = 0x10_0000;
@@ -17,6 +19,12 @@ pub struct PageTables {
     mem: GuestMemory,
     cr3: u64,
     next: u64,
+}
+
+impl Default for PageTables {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PageTables {

@@ -3,8 +3,8 @@
 
 use iced_x86::Mnemonic;
 
-use super::decode::Ctx;
-use super::{Exception, Failure};
+use crate::decode::Ctx;
+use crate::{Exception, Failure};
 
 const CR0_MP: u64 = 1 << 1;
 const CR0_EM: u64 = 1 << 2;
@@ -66,14 +66,14 @@ pub fn mxcsr(ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
-    use crate::emulation::{emulate_at_rip, Outcome};
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::{emulate_at_rip, Outcome};
     use vm_memory::{Bytes, GuestAddress};
 
     fn run(
         code: &[u8],
         setup: impl FnOnce(&mut FakeVcpu),
-    ) -> (FakeVcpu, arch::GuestMemory, Result<Outcome, String>) {
+    ) -> (FakeVcpu, crate::GuestMemory, Result<Outcome, String>) {
         let mut pt = PageTables::new();
         pt.identity(0x10_0000);
         let mem = pt.mem();

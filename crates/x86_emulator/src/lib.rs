@@ -1,19 +1,26 @@
-//! Fallback emulation of the guest instructions the host's KVM gives up on.
+//! Emulation of the x86-64 guest instructions the host's KVM gives up on.
 //!
 //! On nested hosts whose `/dev/kvm` is a software KVM (kvm_pvm), guest ring-0 code runs through
 //! KVM's instruction emulator, which lacks some instructions a stock Linux kernel executes
 //! (`int3`, `iretq`, `sysretq`, `swapgs`, `xsave`/`xrstor`, `cmpxchg16b`, ...). KVM then
 //! stops the vCPU with KVM_EXIT_INTERNAL_ERROR (suberror "emulation failure") and leaves RIP
-//! on the instruction. [`emulate`] decodes that instruction, carries it out against the vCPU's
-//! registers and guest memory (through the guest's page tables), and leaves the vCPU ready to
-//! resume after it. What it does not know stays an error, and the caller reports the fault.
+//! on the instruction. [`emulate_at_rip`] decodes that instruction, carries it out against
+//! the vCPU's registers and guest memory (through the guest's page tables), and leaves the
+//! vCPU ready to resume after it. What it does not know stays an error, and the caller
+//! reports the fault.
 //!
-//! The module's parts: [`cpu`] (the vCPU state the handlers need, behind a trait so tests can
-//! use a fake vCPU; [`kvm_vcpu`] implements it for KVM), [`guest_virt`] (page-table walk and
-//! guest-virtual memory access), [`decode`] (fetch, decode, dispatch), [`segments`]
-//! (descriptor-table loads), and one file per group of instructions: [`control_flow`] (iret,
-//! int3/int n, sysret), [`system`] (swapgs), [`xsave`] (xsave family and xgetbv, with the
-//! component layout of CPUID leaf 0DH in [`xsave_layout`]), [`cmpxchg16b`].
+//! The crate knows nothing of KVM's file descriptors or of the VMM: the vCPU is a
+//! [`VcpuState`] (vmm's `KvmVcpu` implements it over KVM's ioctls; `test_support::FakeVcpu`,
+//! built with the `test-support` feature, over plain data), guest memory a
+//! `vm_memory::GuestMemoryMmap`.
+//!
+//! The crate's parts: [`cpu`] (the vCPU state the handlers need, behind a trait),
+//! [`guest_virt`] (page-table walk and guest-virtual memory access), `decode` (fetch,
+//! decode, dispatch), `segments` (descriptor-table loads), and one file per group of
+//! instructions: `control_flow` (iret, int3/int n, sysret), `system` (swapgs), `xsave`
+//! (xsave family and xgetbv, with the component layout of CPUID leaf 0DH in
+//! [`xsave_layout`]), `cmpxchg16b`, `bits`, `fpu`, `misc`; [`syscall_fixup`] completes the
+//! user-mode `syscall` kvm_pvm leaves half done.
 //!
 //! Writes done here go straight to guest memory through vessel's mapping: they bypass
 //! KVM's write tracking of shadowed guest page tables. No handled instruction writes page
@@ -27,13 +34,12 @@ pub mod cpu;
 mod decode;
 mod fpu;
 pub mod guest_virt;
-mod kvm_vcpu;
 mod misc;
 mod segments;
 pub mod syscall_fixup;
 mod system;
 mod xsave;
-mod xsave_layout;
+pub mod xsave_layout;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -41,7 +47,10 @@ use std::sync::Mutex;
 pub use cpu::{CpuError, GuestDebug, VcpuState};
 pub use decode::emulate_at_rip;
 pub use guest_virt::PageFault;
-pub use kvm_vcpu::KvmVcpu;
+pub use xsave_layout::XsaveLayout;
+
+/// Guest memory as the emulator reads and writes it (the same type as vessel's `arch`).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
 /// Why an instruction could not be emulated; the caller falls back to its fault report.
 #[derive(Debug, thiserror::Error)]
@@ -136,12 +145,12 @@ impl Outcome {
 
 static ANNOUNCED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-/// Emulate the instruction a vCPU stopped on, saying once per mnemonic on stderr that vessel
-/// emulated it (so users on nested hosts see why it runs), or with `VESSEL_EMULATION_LOG`
-/// set, every time.
+/// Emulate the instruction a vCPU stopped on, logging once per mnemonic at info level that
+/// vessel emulated it (so users on nested hosts see why it runs), and every other time at
+/// debug level (at info with `VESSEL_EMULATION_LOG` set).
 pub fn emulate_reporting(
     vcpu: &mut dyn VcpuState,
-    mem: &arch::GuestMemory,
+    mem: &GuestMemory,
 ) -> Result<Outcome, EmulationError> {
     // Best effort: a guest without a usable IDT yet simply gets no breakpoint.
     let _ = syscall_fixup::arm(vcpu, mem);
@@ -152,35 +161,22 @@ pub fn emulate_reporting(
         seen.get_or_insert_with(HashSet::new)
             .insert(outcome.mnemonic().to_string())
     };
+    let raising = match &outcome {
+        Outcome::Raised(_, e) => format!(", raising {e:?}"),
+        Outcome::Emulated(_) => String::new(),
+    };
+    let mnemonic = outcome.mnemonic();
     if first || every {
-        eprintln!(
-            "vessel: emulated `{}` for the guest (the host's KVM could not){}",
-            outcome.mnemonic(),
-            match &outcome {
-                Outcome::Raised(_, e) => format!(", raising {e:?}"),
-                Outcome::Emulated(_) => String::new(),
-            }
-        );
+        tracing::info!("emulated `{mnemonic}` for the guest (the host's KVM could not){raising}");
+    } else {
+        tracing::debug!("emulated `{mnemonic}` for the guest (the host's KVM could not){raising}");
     }
     Ok(outcome)
 }
 
-/// A hint for the user when the host's `/dev/kvm` is kvm_pvm, the software nested KVM this
-/// emulator exists for, and an instruction could not be emulated: stock kernels boot there
-/// with the nested-host profile of docs/nested-kvm.md.
-pub fn nested_host_hint() -> Option<&'static str> {
-    std::path::Path::new("/sys/module/kvm_pvm")
-        .exists()
-        .then_some(
-            "this host's /dev/kvm is kvm_pvm, a software nested KVM that emulates guest ring 0; \
-         Linux boots there with the nested-host profile (ELF vmlinux, 1 vCPU, \
-         scripts/nested-host.cmdline): see docs/nested-kvm.md",
-        )
-}
-
 /// Handle KVM_EXIT_DEBUG from vessel's breakpoint on the guest's #PF handler (see
 /// [`syscall_fixup`]); false when the exit is not vessel's.
-pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &arch::GuestMemory) -> bool {
+pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> bool {
     match syscall_fixup::on_debug_exit(vcpu, mem) {
         Ok(Some(hit)) => {
             if hit == syscall_fixup::DebugHit::SyscallCompleted {
@@ -189,20 +185,20 @@ pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &arch::GuestMemory) -> b
                     .get_or_insert_with(HashSet::new)
                     .insert("syscall".into())
                 {
-                    eprintln!(
-                        "vessel: completed a user-mode `syscall` the host's KVM left in ring 3"
-                    );
+                    tracing::info!("completed a user-mode `syscall` the host's KVM left in ring 3");
                 }
+            } else {
+                tracing::trace!("guest page-fault breakpoint: {hit:?}");
             }
             true
         }
         Ok(None) => false,
         Err(e) => {
-            eprintln!("vessel: cannot handle the debug exit: {e}");
+            tracing::warn!("cannot handle the debug exit: {e}");
             false
         }
     }
 }
 
-#[cfg(test)]
-mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;

@@ -3,8 +3,8 @@
 
 use iced_x86::Mnemonic;
 
-use super::decode::Ctx;
-use super::Failure;
+use crate::decode::Ctx;
+use crate::Failure;
 
 const RFLAGS_CF: u64 = 1 << 0;
 const RFLAGS_PF: u64 = 1 << 2;
@@ -62,8 +62,8 @@ pub fn count(ctx: &mut Ctx) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulation::emulate_at_rip;
-    use crate::emulation::test_support::{long_mode_sregs, FakeVcpu, PageTables};
+    use crate::emulate_at_rip;
+    use crate::test_support::{long_mode_sregs, FakeVcpu, PageTables};
     use vm_memory::{Bytes, GuestAddress};
 
     /// Run `op %rdi, %rax` (or 32/16-bit forms) natively: (rax, rflags & ARITH_FLAGS).
