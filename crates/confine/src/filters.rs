@@ -177,7 +177,10 @@ pub fn allow_list(role: Role) -> AllowList {
     let (extra, ioctls): (Vec<&[i64]>, &[u32]) = match role {
         // Device emulation of port/MMIO exits runs here (virtio config, serial output to
         // its file, tap offloads); the kick signal interrupts KVM_RUN.
-        Role::Vcpu => (vec![BLOCK_IO, EPOLL, &[libc::SYS_tgkill]], VCPU_IOCTLS),
+        Role::Vcpu => (
+            vec![BLOCK_IO, EPOLL, &[libc::SYS_tgkill, libc::SYS_fcntl]],
+            VCPU_IOCTLS,
+        ),
         Role::Io => (vec![BLOCK_IO, NET_IO, EPOLL], IO_IOCTLS),
         // The event loop: signals, stdin or the console socket, kicking vCPUs; at the end
         // it stops NIC helpers (passt) and writes the exit note of a background VM.

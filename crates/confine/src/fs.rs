@@ -26,11 +26,14 @@ pub enum FsError {
 }
 
 /// What stays reachable: `read` paths (files, or directories and what is beneath) for
-/// reading, `write` paths for everything (reading, writing, creating and removing beneath).
+/// reading, `write` paths for everything (reading, writing, creating and removing beneath),
+/// `remove_dir` directories only for removing directories in them (a run directory that
+/// goes when the VM ends).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FsRules {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
+    pub remove_dir: Vec<PathBuf>,
 }
 
 impl FsRules {
@@ -78,6 +81,9 @@ pub fn restrict_thread(rules: &FsRules) -> Result<Enforced, FsError> {
     }
     for path in &rules.write {
         ruleset = ruleset.add_rule(rule(path, all)?)?;
+    }
+    for path in &rules.remove_dir {
+        ruleset = ruleset.add_rule(rule(path, AccessFs::RemoveDir.into())?)?;
     }
     let status = ruleset.restrict_self()?;
     Ok(match status.ruleset {
@@ -129,7 +135,7 @@ mod tests {
     fn a_missing_path_is_an_error() {
         let rules = FsRules {
             read: vec!["/nonexistent/vessel-landlock".into()],
-            write: Vec::new(),
+            ..FsRules::default()
         };
         let r = std::thread::spawn(move || restrict_thread(&rules).map(|_| ()))
             .join()

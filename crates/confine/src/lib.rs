@@ -26,8 +26,8 @@ pub use seccomp::{Role, SeccompMode};
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub seccomp: SeccompMode,
-    /// Files and directories the VMM may still use; `None` leaves the filesystem open.
-    pub fs: Option<FsRules>,
+    /// Whether [`lock_down`] limits the filesystem with landlock.
+    pub landlock: bool,
     /// User to become after set-up (only when started as root).
     pub user: Option<privileges::User>,
 }
@@ -62,10 +62,11 @@ pub fn policy() -> Option<&'static Policy> {
     POLICY.get()
 }
 
-/// End of set-up, on the thread that did it: switch user, apply the landlock rules, drop
-/// every capability and set `no_new_privs`. Threads started afterwards inherit all of this;
-/// threads started before must call [`enter`], which drops their capabilities too.
-pub fn lock_down() -> Result<(), Error> {
+/// End of set-up, on the thread that did it: switch user, limit the filesystem to `files`
+/// (when the policy asks for landlock), drop every capability and set `no_new_privs`.
+/// Threads started afterwards inherit all of this; threads started before are not
+/// landlocked and must call [`enter`], which drops their capabilities too.
+pub fn lock_down(files: &FsRules) -> Result<(), Error> {
     let Some(policy) = POLICY.get() else {
         return Ok(());
     };
@@ -74,8 +75,8 @@ pub fn lock_down() -> Result<(), Error> {
         privileges::switch_user(user)?;
     }
     privileges::drop_all()?;
-    if let Some(rules) = &policy.fs {
-        fs::restrict_thread(rules)?;
+    if policy.landlock {
+        fs::restrict_thread(files)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod boot_files;
 pub mod config;
+mod confinement;
 pub mod console;
 mod console_socket;
 pub mod control;
