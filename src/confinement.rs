@@ -15,7 +15,7 @@ pub struct ConfineArgs {
     #[arg(long, default_value = "on", value_parser = parse_seccomp)]
     pub seccomp: SeccompMode,
     /// Landlock: after set-up the VMM may open only the VM's own files (on or off).
-    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub landlock: bool,
     /// When started as root: become this user (name or uid) once the VM is set up (taps
     /// and bridges are created as root first).

@@ -118,6 +118,7 @@ fn bad_confinement_flags_are_refused() {
     assert!(r.stderr.contains("expected on, off or log"), "{}", r.stderr);
     let r = vessel(&["run", "--kernel", k, "--landlock=yes"], TIMEOUT);
     r.expect_status(2);
+    assert!(r.stderr.contains("expected on or off"), "{}", r.stderr);
     let r = vessel(
         &["run", "--kernel", k, "--user", "no-such-user-vessel"],
         TIMEOUT,
