@@ -9,6 +9,10 @@ use crate::seccomp::Role;
 pub struct AllowList {
     pub syscalls: Vec<i64>,
     pub ioctls: Vec<u32>,
+    /// The role opens no files, but glibc's malloc may open
+    /// /proc/sys/vm/overcommit_memory when it first shrinks a thread's heap: openat is
+    /// answered EACCES (by a second filter) instead of stopping the VMM.
+    pub deny_open: bool,
 }
 
 /// What every thread needs: the Rust runtime (memory, locks, thread exit, stderr for
@@ -33,6 +37,7 @@ const COMMON: &[i64] = &[
     libc::SYS_rseq,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
     libc::SYS_sched_getaffinity,
     libc::SYS_sched_yield,
     libc::SYS_set_robust_list,
@@ -83,8 +88,18 @@ const EPOLL: &[i64] = &[
     libc::SYS_eventfd2,
 ];
 
-/// Starting threads (the API's blocking pool, vhost-user workers per connection).
-const THREADS: &[i64] = &[libc::SYS_clone, libc::SYS_clone3, libc::SYS_prctl];
+/// Starting threads (the API's blocking pool, vhost-user workers per connection). A
+/// thread inherits its creator's filter, so what a new thread calls to enter its own role
+/// is here too: dropping capabilities (capget/capset/prctl, which can only lower them)
+/// and adding its filter (seccomp, which can only narrow what is allowed).
+const THREADS: &[i64] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_prctl,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_seccomp,
+];
 
 /// Creating snapshot files (state, memory) and reading back what was written.
 const FILE_CREATE: &[i64] = &[
@@ -245,6 +260,15 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_fcntl,
                     libc::SYS_setsockopt,
                     libc::SYS_dup,
+                    // SIGPIPE is ignored around each connection.
+                    libc::SYS_rt_sigaction,
+                    // Its socket goes when it stops.
+                    libc::SYS_unlink,
+                    // A NAT backend stops its passt helper when it ends.
+                    libc::SYS_shutdown,
+                    libc::SYS_kill,
+                    libc::SYS_wait4,
+                    libc::SYS_waitid,
                 ],
             ],
             &[],
@@ -256,9 +280,15 @@ pub fn allow_list(role: Role) -> AllowList {
     }
     syscalls.sort_unstable();
     syscalls.dedup();
+    let deny_open = !syscalls.contains(&libc::SYS_openat);
+    if deny_open {
+        syscalls.push(libc::SYS_openat);
+        syscalls.sort_unstable();
+    }
     AllowList {
         syscalls,
         ioctls: ioctls.to_vec(),
+        deny_open,
     }
 }
 
@@ -297,7 +327,8 @@ mod tests {
         assert!(list.ioctls.contains(&KVM_RUN));
         assert!(list.syscalls.contains(&libc::SYS_write));
         assert!(list.syscalls.contains(&libc::SYS_exit_group));
-        assert!(!list.syscalls.contains(&libc::SYS_openat));
+        assert!(list.deny_open);
+        assert!(!allow_list(Role::Io).deny_open);
         assert!(!allow_list(Role::Io).ioctls.contains(&KVM_RUN));
     }
 }

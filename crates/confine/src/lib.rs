@@ -87,6 +87,7 @@ pub fn enter(role: Role) -> Result<(), Error> {
     let Some(policy) = POLICY.get() else {
         return Ok(());
     };
+    sigsys::set_role(role.name());
     privileges::drop_all()?;
     seccomp::install(role, policy.seccomp)?;
     Ok(())

@@ -132,11 +132,33 @@ pub fn install(role: Role, mode: SeccompMode) -> Result<(), SeccompError> {
         SeccompMode::On => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let bpf = program(role, mismatch)?;
-    seccompiler::apply_filter(&bpf).map_err(|source| SeccompError::Install {
+    let install_err = |source| SeccompError::Install {
         role: role.name(),
         source,
-    })
+    };
+    if crate::filters::allow_list(role).deny_open {
+        seccompiler::apply_filter(&deny_open_program(role)?).map_err(install_err)?;
+    }
+    let bpf = program(role, mismatch)?;
+    seccompiler::apply_filter(&bpf).map_err(install_err)
+}
+
+/// A filter that answers openat with EACCES and lets everything else through (to the
+/// role's own filter, which allows openat so that this answer is the one that counts).
+fn deny_open_program(role: Role) -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build {
+        role: role.name(),
+        source,
+    };
+    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    filter.try_into().map_err(build)
 }
 
 #[cfg(test)]
