@@ -74,6 +74,15 @@ fn rule(
 
 /// Restrict the calling thread (and the threads it starts afterwards) to `rules`.
 pub fn restrict_thread(rules: &FsRules) -> Result<Enforced, FsError> {
+    enforce(prepare(rules)?)
+}
+
+/// A ruleset whose paths are open, ready for [`enforce`]: made before a user switch, while
+/// the paths can still be opened.
+pub struct Prepared(landlock::RulesetCreated);
+
+/// Open `rules`' paths into a ruleset.
+pub fn prepare(rules: &FsRules) -> Result<Prepared, FsError> {
     let all = AccessFs::from_all(ABI_VERSION);
     let mut ruleset = Ruleset::default().handle_access(all)?.create()?;
     for path in &rules.read {
@@ -85,7 +94,12 @@ pub fn restrict_thread(rules: &FsRules) -> Result<Enforced, FsError> {
     for path in &rules.remove_dir {
         ruleset = ruleset.add_rule(rule(path, AccessFs::RemoveDir.into())?)?;
     }
-    let status = ruleset.restrict_self()?;
+    Ok(Prepared(ruleset))
+}
+
+/// Restrict the calling thread (and the threads it starts afterwards) to a prepared ruleset.
+pub fn enforce(prepared: Prepared) -> Result<Enforced, FsError> {
+    let status = prepared.0.restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => Enforced::Fully,
         RulesetStatus::PartiallyEnforced => Enforced::Partially,

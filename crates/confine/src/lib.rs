@@ -70,13 +70,19 @@ pub fn lock_down(files: &FsRules) -> Result<(), Error> {
     let Some(policy) = POLICY.get() else {
         return Ok(());
     };
+    // The paths are opened before the user switch: the new user may not reach them.
+    let ruleset = if policy.landlock {
+        Some(fs::prepare(files)?)
+    } else {
+        None
+    };
     privileges::drop_bounding()?;
     if let Some(user) = &policy.user {
         privileges::switch_user(user)?;
     }
     privileges::drop_all()?;
-    if policy.landlock {
-        fs::restrict_thread(files)?;
+    if let Some(ruleset) = ruleset {
+        fs::enforce(ruleset)?;
     }
     Ok(())
 }
