@@ -150,6 +150,8 @@ pub const TUNSETOFFLOAD: u32 = 0x4004_54d0;
 /// Whether stdin is a terminal (the console).
 pub const TCGETS: u32 = 0x5401;
 pub const TCSETS: u32 = 0x5402;
+/// set_nonblocking on a socket (the console socket's client).
+pub const FIONBIO: u32 = 0x5421;
 
 /// A vCPU's own state, read for snapshots and fault reports and written by the
 /// instruction emulator; the VM-wide calls a guest's MMIO/PIO writes lead to (MSI-X
@@ -193,7 +195,17 @@ pub fn allow_list(role: Role) -> AllowList {
         // Device emulation of port/MMIO exits runs here (virtio config, serial output to
         // its file, tap offloads); the kick signal interrupts KVM_RUN.
         Role::Vcpu => (
-            vec![BLOCK_IO, EPOLL, &[libc::SYS_tgkill, libc::SYS_fcntl]],
+            vec![
+                BLOCK_IO,
+                EPOLL,
+                // Serial output also goes to a background VM's console client.
+                &[
+                    libc::SYS_tgkill,
+                    libc::SYS_fcntl,
+                    libc::SYS_sendto,
+                    libc::SYS_sendmsg,
+                ],
+            ],
             VCPU_IOCTLS,
         ),
         Role::Io => (vec![BLOCK_IO, NET_IO, EPOLL], IO_IOCTLS),
@@ -213,9 +225,12 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_rt_sigtimedwait,
                     libc::SYS_accept4,
                     libc::SYS_shutdown,
+                    // The console socket's client.
+                    libc::SYS_setsockopt,
+                    libc::SYS_getsockopt,
                 ],
             ],
-            &[TCGETS, TCSETS],
+            &[TCGETS, TCSETS, FIONBIO],
         ),
         // Trusted local clients over a unix socket; snapshots and vCPU pause/resume.
         Role::Api => (
