@@ -14,10 +14,21 @@ use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
 
 use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR};
 
-/// Builds the VM on InstanceStart and hands it to the main thread to run.
+/// Builds the VM (on the main thread).
+type BuildVm = Box<dyn FnOnce(&VmConfig) -> Result<Vm, String> + Send>;
+
+/// A VM for the main thread to build (with its host privileges, before it confines
+/// itself) and run; the outcome of the build goes back to the API thread.
+struct Launch {
+    cfg: VmConfig,
+    build: BuildVm,
+    reply: mpsc::Sender<Result<VmHandle, String>>,
+}
+
+/// Asks the main thread to build the VM on InstanceStart (or snapshot load) and run it.
 struct Backend {
     serial: SerialMode,
-    to_main: Mutex<Option<mpsc::Sender<Vm>>>,
+    to_main: Mutex<Option<mpsc::Sender<Launch>>>,
     handle: Mutex<Option<VmHandle>>,
     /// `vessel run --emulator-fixups`, for the VM the client starts or loads.
     emulator_fixups: vmm::EmulatorFixups,
@@ -170,18 +181,18 @@ impl Backend {
 }
 
 impl Backend {
-    /// Hands a built VM to the main thread to run.
-    fn launch(&self, vm: Vm) -> Result<(), String> {
-        let handle = vm.handle();
-        let sender = self
-            .to_main
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or("the VM was already started")?;
+    /// Has the main thread build the VM with `build` and run it; waits for the build.
+    fn launch(&self, cfg: VmConfig, build: BuildVm) -> Result<(), String> {
+        let mut to_main = self.to_main.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = to_main.as_ref().ok_or("the VM was already started")?;
+        let (reply, answer) = mpsc::channel();
         sender
-            .send(vm)
+            .send(Launch { cfg, build, reply })
             .map_err(|_| "the VMM is shutting down".to_string())?;
+        let handle = answer
+            .recv()
+            .map_err(|_| "the VMM is shutting down".to_string())??;
+        *to_main = None;
         *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }
@@ -190,8 +201,10 @@ impl Backend {
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
         let cfg = vm_config(config, self.serial.clone(), self.emulator_fixups)?;
-        let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
-        self.launch(vm)
+        self.launch(
+            cfg,
+            Box::new(|cfg: &VmConfig| Vm::new(cfg).map_err(|e| error_chain(&e))),
+        )
     }
 
     fn create_snapshot(&self, params: &api::SnapshotCreateParams) -> Result<(), String> {
@@ -226,17 +239,36 @@ impl VmmBackend for Backend {
             pit: vmm::PitMode::Auto,
             emulator_fixups: self.emulator_fixups,
         };
-        let vm = Vm::restore(&host, &snapshot, std::path::Path::new(mem_path))
-            .map_err(|e| error_chain(&e))?;
-        if !resume {
-            vm.handle().pause();
-        }
-        self.launch(vm)?;
-        Ok(MachineConfig {
+        let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
             mem_size_mib: snapshot.machine.memory >> 20,
             ..MachineConfig::default()
-        })
+        };
+        // The files the restored VM keeps using (its disks) are the snapshot's.
+        let mut files = host.clone();
+        files.disks = snapshot
+            .machine
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: None,
+                format: None,
+            })
+            .collect();
+        let mem_path = PathBuf::from(mem_path);
+        self.launch(
+            files,
+            Box::new(move |_: &VmConfig| {
+                let vm = Vm::restore(&host, &snapshot, &mem_path).map_err(|e| error_chain(&e))?;
+                if !resume {
+                    vm.handle().pause();
+                }
+                Ok(vm)
+            }),
+        )?;
+        Ok(machine)
     }
 
     fn send_ctrl_alt_del(&self) -> Result<(), String> {
@@ -303,7 +335,14 @@ pub fn run(socket: PathBuf, serial: SerialMode, emulator_fixups: vmm::EmulatorFi
     };
     let vm = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(vm) => break Some(vm),
+            Ok(launch) => match build(launch) {
+                Built::Vm(vm) => break Some(*vm),
+                Built::Refused => continue,
+                Built::Unconfined => {
+                    let _ = server.shutdown();
+                    return EXIT_HOST_ERROR;
+                }
+            },
             Err(RecvTimeoutError::Timeout) if !stop_requested(&signals) => continue,
             Err(_) => break None,
         }
@@ -320,4 +359,31 @@ pub fn run(socket: PathBuf, serial: SerialMode, emulator_fixups: vmm::EmulatorFi
     };
     let _ = server.shutdown();
     code
+}
+
+/// What became of a launch request.
+enum Built {
+    Vm(Box<Vm>),
+    /// It could not be built; the API client has the error and may try again.
+    Refused,
+    /// Built, but the VMM could not be confined: it must not run the guest.
+    Unconfined,
+}
+
+/// Build a VM the API asked for, confine the VMM and answer the API thread.
+fn build(launch: Launch) -> Built {
+    let vm = match (launch.build)(&launch.cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = launch.reply.send(Err(e));
+            return Built::Refused;
+        }
+    };
+    if let Err(e) = crate::confinement::lock_down(&launch.cfg, &[]) {
+        eprintln!("vessel: error: {e:#}");
+        let _ = launch.reply.send(Err(format!("{e:#}")));
+        return Built::Unconfined;
+    }
+    let _ = launch.reply.send(Ok(vm.handle()));
+    Built::Vm(Box::new(vm))
 }

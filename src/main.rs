@@ -1,6 +1,7 @@
 //! vessel: a virtual machine monitor on KVM.
 
 mod api_mode;
+mod confinement;
 mod disk_cli;
 mod disk_formats;
 mod image_boot;

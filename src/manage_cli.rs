@@ -342,6 +342,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
             unsafe { std::fs::File::from_raw_fd(fd) }
         });
     let vm = state.vm(name)?;
+    crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())?;
     // Before any thread starts (the API server's): the VM's event loop reads these signals.
     crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
@@ -361,9 +362,9 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
                 .map_err(|e| {
                     anyhow!("cannot serve the API: {}", crate::run_cli::error_chain(&e))
                 })?;
-        Ok((lock, machine, api_server))
+        Ok((lock, machine, api_server, cfg))
     })();
-    let (_lock, machine, api_server) = match result {
+    let (_lock, machine, api_server, cfg) = match result {
         Ok(x) => x,
         Err(e) => {
             report(&mut ready, &format!("{e:#}"));
@@ -375,6 +376,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         vm.path(state::PID_FILE),
         format!("{}\n", std::process::id()),
     )?;
+    crate::confinement::lock_down(&cfg, &[vm.dir.as_path()])?;
     report(&mut ready, "ready");
     let outcome = machine.run();
     let _ = api_server.shutdown();

@@ -73,6 +73,8 @@ pub struct RunArgs {
     /// A second console (virtio-console): file:PATH receives its output.
     #[arg(long, value_parser = parse_console2)]
     console2: Option<PathBuf>,
+    #[command(flatten)]
+    confine: crate::confinement::ConfineArgs,
 }
 
 pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -197,6 +199,10 @@ fn is_input_error(e: &VmError) -> bool {
 }
 
 pub fn run(args: RunArgs) -> i32 {
+    if let Err(e) = crate::confinement::set_policy(&args.confine) {
+        eprintln!("vessel: error: {e:#}");
+        return EXIT_USAGE;
+    }
     if let Some(socket) = args.api_sock {
         return crate::api_mode::run(socket, args.serial, args.emulator_fixups);
     }
@@ -267,6 +273,11 @@ pub fn run(args: RunArgs) -> i32 {
             };
         }
     };
+    let extra: Vec<&std::path::Path> = _image_run.iter().map(|r| r.dir.as_path()).collect();
+    if let Err(e) = crate::confinement::lock_down(&cfg, &extra) {
+        eprintln!("vessel: error: {e:#}");
+        return EXIT_HOST_ERROR;
+    }
     match vm.run() {
         Ok(reason) => report_end(&reason),
         Err(e) => {

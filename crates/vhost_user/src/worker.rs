@@ -30,7 +30,13 @@ impl Worker {
         )?;
         let handle = std::thread::Builder::new()
             .name("vhost-user".into())
-            .spawn(move || serve(&core, &epoll))?;
+            .spawn(move || {
+                if let Err(e) = confine::enter(confine::Role::VhostUserWorker) {
+                    eprintln!("vessel: error: confining the vhost-user worker: {e}");
+                    std::process::exit(1);
+                }
+                serve(&core, &epoll)
+            })?;
         Ok(Self {
             stop,
             handle: Some(handle),

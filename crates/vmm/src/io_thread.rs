@@ -58,7 +58,10 @@ impl IoThread {
         }
         let handle = std::thread::Builder::new()
             .name("io".into())
-            .spawn(move || serve(epoll, processors))?;
+            .spawn(move || {
+                crate::confinement::enter(confine::Role::Io);
+                serve(epoll, processors)
+            })?;
         Ok(Self {
             stop,
             handle: Some(handle),

@@ -3,6 +3,7 @@
 
 mod boot_files;
 pub mod config;
+mod confinement;
 pub mod console;
 pub mod console_log;
 mod console_socket;

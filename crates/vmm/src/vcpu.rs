@@ -203,6 +203,9 @@ impl VcpuRunner {
                     Next::Continue
                 }
                 VcpuExit::IoOut(port, data) => {
+                    if port == confine::hooks::HOOK_PORT && confine::hooks::port_write() {
+                        return Next::Continue;
+                    }
                     self.pio.write(u64::from(port), data);
                     Next::Continue
                 }

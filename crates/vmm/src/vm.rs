@@ -541,7 +541,10 @@ impl Vm {
             let name = format!("vcpu{}", runner.id);
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || runner.run())
+                .spawn(move || {
+                    crate::confinement::enter(confine::Role::Vcpu);
+                    runner.run()
+                })
                 .map_err(io_err("spawning a vCPU thread"))?;
             threads.push(handle);
         }
@@ -555,6 +558,7 @@ impl Vm {
             ids.extend(threads.iter().map(|t| t.as_pthread_t()));
         }
 
+        crate::confinement::enter(confine::Role::Main);
         let result =
             crate::event_loop::run(&self.exit, &signals, &self.serial, input, &self.handle);
         self.stop.store(true, Ordering::Release);
