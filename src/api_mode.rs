@@ -17,6 +17,8 @@ use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR};
 /// Builds the VM on InstanceStart and hands it to the main thread to run.
 struct Backend {
     serial: SerialMode,
+    /// `--console2`: a virtio-console whose output goes to this file.
+    console2: Option<PathBuf>,
     to_main: Mutex<Option<mpsc::Sender<Vm>>>,
     handle: Mutex<Option<VmHandle>>,
 }
@@ -85,6 +87,7 @@ pub fn serve_running(
 ) -> Result<api::ApiServerHandle, api::ApiError> {
     let backend = Arc::new(Backend {
         serial: cfg.serial.clone(),
+        console2: cfg.console2.clone(),
         to_main: Mutex::new(None),
         handle: Mutex::new(Some(handle)),
     });
@@ -99,7 +102,11 @@ pub fn serve_running(
 }
 
 /// The VMM configuration an API client described.
-fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, String> {
+fn vm_config(
+    cfg: &VmConfigSnapshot,
+    serial: SerialMode,
+    console2: Option<PathBuf>,
+) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
         let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
@@ -145,7 +152,7 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
             })
             .collect(),
         rng: false,
-        console2: None,
+        console2,
         nics,
         pit: vmm::PitMode::Auto,
     })
@@ -181,7 +188,7 @@ impl Backend {
 
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone())?;
+        let cfg = vm_config(config, self.serial.clone(), self.console2.clone())?;
         let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
         self.launch(vm)
     }
@@ -272,11 +279,12 @@ fn stop_requested(set: &libc::sigset_t) -> bool {
     sig == libc::SIGINT || sig == libc::SIGTERM
 }
 
-pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
+pub fn run(socket: PathBuf, serial: SerialMode, console2: Option<PathBuf>) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
     let backend = Arc::new(Backend {
         serial,
+        console2,
         to_main: Mutex::new(Some(tx)),
         handle: Mutex::new(None),
     });
