@@ -28,6 +28,8 @@ struct Launch {
 /// Asks the main thread to build the VM on InstanceStart (or snapshot load) and run it.
 struct Backend {
     serial: SerialMode,
+    /// `--console2`: a virtio-console whose output goes to this file.
+    console2: Option<PathBuf>,
     to_main: Mutex<Option<mpsc::Sender<Launch>>>,
     handle: Mutex<Option<VmHandle>>,
     /// `vessel run --emulator-fixups`, for the VM the client starts or loads.
@@ -98,6 +100,7 @@ pub fn serve_running(
 ) -> Result<api::ApiServerHandle, api::ApiError> {
     let backend = Arc::new(Backend {
         serial: cfg.serial.clone(),
+        console2: cfg.console2.clone(),
         to_main: Mutex::new(None),
         handle: Mutex::new(Some(handle)),
         emulator_fixups: cfg.emulator_fixups,
@@ -117,6 +120,7 @@ fn vm_config(
     cfg: &VmConfigSnapshot,
     serial: SerialMode,
     emulator_fixups: vmm::EmulatorFixups,
+    console2: Option<PathBuf>,
 ) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
@@ -163,7 +167,7 @@ fn vm_config(
             })
             .collect(),
         rng: false,
-        console2: None,
+        console2,
         nics,
         pit: vmm::PitMode::Auto,
         emulator_fixups,
@@ -200,7 +204,7 @@ impl Backend {
 
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone(), self.emulator_fixups)?;
+        let cfg = vm_config(config, self.serial.clone(), self.emulator_fixups, self.console2.clone())?;
         self.launch(
             cfg,
             Box::new(|cfg: &VmConfig| Vm::new(cfg).map_err(|e| error_chain(&e))),
@@ -313,11 +317,17 @@ fn stop_requested(set: &libc::sigset_t) -> bool {
     sig == libc::SIGINT || sig == libc::SIGTERM
 }
 
-pub fn run(socket: PathBuf, serial: SerialMode, emulator_fixups: vmm::EmulatorFixups) -> i32 {
+pub fn run(
+    socket: PathBuf,
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+    console2: Option<PathBuf>,
+) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
     let backend = Arc::new(Backend {
         serial,
+        console2,
         to_main: Mutex::new(Some(tx)),
         handle: Mutex::new(None),
         emulator_fixups,

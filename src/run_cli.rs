@@ -29,7 +29,7 @@ pub struct RunArgs {
     cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "cmdline_append"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -70,7 +70,8 @@ pub struct RunArgs {
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
-    /// A second console (virtio-console): file:PATH receives its output.
+    /// A second console (virtio-console): file:PATH receives its output (with --api-sock
+    /// too; a snapshot loaded there reopens the file its state names instead).
     #[arg(long, value_parser = parse_console2)]
     console2: Option<PathBuf>,
     #[command(flatten)]
@@ -204,7 +205,7 @@ pub fn run(args: RunArgs) -> i32 {
         return EXIT_USAGE;
     }
     if let Some(socket) = args.api_sock {
-        return crate::api_mode::run(socket, args.serial, args.emulator_fixups);
+        return crate::api_mode::run(socket, args.serial, args.emulator_fixups, args.console2);
     }
     let mut args = args;
     if args.disk_size.is_some() && args.image.is_none() {

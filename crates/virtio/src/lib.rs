@@ -33,6 +33,7 @@ mod device;
 mod drain;
 mod interrupt;
 pub mod net;
+mod persist;
 mod processor;
 pub mod queue;
 pub mod rng;
@@ -41,11 +42,12 @@ mod transport;
 pub use chain_io::{ChainIoError, ChainReader, ChainWriter};
 pub use device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};
 pub use interrupt::{InterruptState, VirtioInterrupt};
+pub use persist::{DeviceState, Persist, PersistError};
 pub use processor::{ProcessError, QueueProcessor};
 pub use queue::{ChainError, Queue, QueueError, QueueLayout, Segment};
 pub use transport::{
-    bar_layout, QueueState, StateError, TransportError, VirtioPciDevice, VirtioPciState, NO_VECTOR,
-    VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
+    bar_layout, QueueState, StateError, TransportArgs, TransportError, VirtioPciDevice,
+    VirtioPciState, NO_VECTOR, TRANSPORT_STATE_VERSION, VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
 };
 
 /// Device status bits (virtio 1.2 §2.1).

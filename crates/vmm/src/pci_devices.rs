@@ -178,7 +178,7 @@ pub fn setup(
         let mut dev = VirtioPciDevice::new(device, mem.clone(), bar, msi, Some(intx))?;
         dev.config_mut().set_interrupt_line(gsi as u8);
         if let Some(state) = restore.and_then(|states| states.get(index)) {
-            dev.restore(state)
+            dev.restore_registers(state)
                 .map_err(|source| PciSetupError::RestoreDevice { slot, source })?;
         }
         let bar = dev.bar_address();

@@ -188,13 +188,19 @@ impl Vm {
                 allow_external_backing: false,
             });
         }
+        let nics = snapshot
+            .machine
+            .nics
+            .iter()
+            .map(crate::snapshot::SavedNic::to_config)
+            .collect::<Result<_, _>>()?;
         let cfg = VmConfig {
             memory: snapshot.machine.memory,
             cpus: snapshot.machine.cpus,
             disks,
-            nics: Vec::new(),
+            nics,
             rng: snapshot.machine.rng,
-            console2: None,
+            console2: snapshot.machine.console.clone(),
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -204,6 +210,8 @@ impl Vm {
         cfg: &VmConfig,
         restore: Option<(&crate::snapshot::VmSnapshot, &std::path::Path)>,
     ) -> Result<Self, VmError> {
+        // Each NIC's MAC is chosen once: the device and the snapshot's record share it.
+        let cfg = &crate::snapshot::with_nic_macs(cfg);
         let layout = RamLayout::new(cfg.memory)?;
         let (kernel, initrd) = if restore.is_some() {
             (Vec::new(), None)
@@ -263,7 +271,8 @@ impl Vm {
                 max: max_cpus,
             });
         }
-        let virtio_devices = virtio_devices(cfg)?;
+        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
+        let virtio_devices = virtio_devices(cfg, saved_virtio)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -414,7 +423,6 @@ impl Vm {
             u64::from(layout::ACPI_PM_PORT_LEN),
         )?;
         let mmio = Arc::new(Bus::new());
-        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
         let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices, saved_virtio)?;
         let pio = Arc::new(pio);
 
@@ -485,9 +493,17 @@ impl Vm {
                         format: d.format.map(|f| f.name().to_string()),
                     })
                     .collect(),
+                nics: cfg
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        crate::snapshot::SavedNic::new(n, crate::snapshot::effective_mac(i, n))
+                    })
+                    .collect(),
                 rng: cfg.rng,
+                console: cfg.console2.as_deref().map(crate::snapshot::console_path),
             },
-            unsupported_device: unsupported_device(cfg),
             xsave2_size,
         };
         Ok(Self {
@@ -577,19 +593,16 @@ impl Vm {
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save (virtio-net, whose
-/// backend's connections cannot be saved, and virtio-console).
-fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    if let Some(n) = cfg.nics.first() {
-        return Some(format!("virtio-net ({:?})", n.mode));
-    }
-    cfg.console2.as_ref().map(|_| "virtio-console".to_string())
-}
-
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console;
+/// with `saved` (a snapshot's states in slot order), each restored from its state.
+fn virtio_devices(
+    cfg: &VmConfig,
+    saved: Option<&[virtio::VirtioPciState]>,
+) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
     use crate::pci_devices::DeviceSpec;
+    use crate::snapshot::restore_model;
     let mut devices: Vec<DeviceSpec> = Vec::new();
+    let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
     for (i, d) in cfg.disks.iter().enumerate() {
         let opts = block::OpenOptions {
             read_only: d.read_only,
@@ -616,7 +629,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
     }
     for (index, nic) in cfg.nics.iter().enumerate() {
         // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
-        let mac = nic.mac.unwrap_or_else(|| net::default_mac(index as u8));
+        let mac = crate::snapshot::effective_mac(index, nic);
         let nic = net::NicConfig {
             mac: Some(mac),
             ..nic.clone()
@@ -626,7 +639,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
             mode: format!("{:?}", nic.mode),
             source,
         })?;
-        let (device, _link) = virtio::net::Net::new(backend, mac);
+        let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
         let fd = device.backend_fd();
         devices.push(DeviceSpec {
             device: Box::new(device),
@@ -642,7 +655,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
                 path: path.clone(),
                 source,
             })?;
-        let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
+        let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
         devices.push(DeviceSpec::new(Box::new(console)));
     }
     Ok(devices)

@@ -32,8 +32,6 @@ pub struct SnapshotSource {
     /// The virtio-pci functions, in slot order.
     pub(crate) virtio: Vec<Arc<Mutex<virtio::VirtioPciDevice>>>,
     pub(crate) machine: MachineState,
-    /// The first device whose state snapshots do not save, if the VM has one.
-    pub(crate) unsupported_device: Option<String>,
     /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
     pub(crate) xsave2_size: usize,
 }
@@ -74,9 +72,6 @@ impl SnapshotSource {
         state_path: &Path,
         mem_path: &Path,
     ) -> Result<SnapshotReport, SnapshotError> {
-        if let Some(device) = &self.unsupported_device {
-            return Err(SnapshotError::UnsupportedDevice(device.clone()));
-        }
         // Both files are written under temporary names and given their names when
         // complete, the state file last: a failed snapshot never leaves a state file next
         // to a partial memory file. None of the four names may exist (nothing is
