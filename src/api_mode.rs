@@ -73,6 +73,12 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             })
             .collect(),
         network_interfaces: Vec::new(),
+        vsock: cfg.vsock.as_ref().map(|v| api::Vsock {
+            vsock_id: None,
+            // The CLI and VM definitions only take CIDs below 2^32 - 1.
+            guest_cid: v.cid as u32,
+            uds_path: v.uds.display().to_string(),
+        }),
     }
 }
 
@@ -145,6 +151,10 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
         console2: None,
         nics,
         pit: vmm::PitMode::Auto,
+        vsock: cfg.vsock.as_ref().map(|v| vmm::VsockConfig {
+            cid: u64::from(v.guest_cid),
+            uds: PathBuf::from(&v.uds_path),
+        }),
     })
 }
 
@@ -213,6 +223,7 @@ impl VmmBackend for Backend {
             console2: None,
             nics: Vec::new(),
             pit: vmm::PitMode::Auto,
+            vsock: None,
         };
         let vm = Vm::restore(&host, &snapshot, std::path::Path::new(mem_path))
             .map_err(|e| error_chain(&e))?;

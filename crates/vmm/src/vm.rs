@@ -112,6 +112,8 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("vsock: {0}")]
+    Vsock(#[source] virtio::vsock::VsockError),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -191,6 +193,7 @@ impl Vm {
             nics: Vec::new(),
             rng: snapshot.machine.rng,
             console2: None,
+            vsock: None,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -569,16 +572,20 @@ impl Vm {
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save (virtio-net, whose
-/// backend's connections cannot be saved, and virtio-console).
+/// The first device of `cfg` whose state snapshots do not save (virtio-net and
+/// virtio-vsock, whose host connections cannot be saved, and virtio-console).
 fn unsupported_device(cfg: &VmConfig) -> Option<String> {
     if let Some(n) = cfg.nics.first() {
         return Some(format!("virtio-net ({:?})", n.mode));
     }
+    if cfg.vsock.is_some() {
+        return Some("virtio-vsock (its host connections cannot be saved)".to_string());
+    }
     cfg.console2.as_ref().map(|_| "virtio-console".to_string())
 }
 
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console.
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
+/// vsock.
 fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
     use crate::pci_devices::DeviceSpec;
     let mut devices: Vec<DeviceSpec> = Vec::new();
@@ -638,6 +645,14 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
             })?;
         let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
         devices.push(DeviceSpec::new(Box::new(console)));
+    }
+    if let Some(v) = &cfg.vsock {
+        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
+        let fd = device.backend_fd();
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fd: Some(fd),
+        });
     }
     Ok(devices)
 }

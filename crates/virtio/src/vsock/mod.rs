@@ -46,12 +46,27 @@ pub const MIN_GUEST_CID: u64 = 3;
 /// `u32::MAX` is VMADDR_CID_ANY.
 pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 
+/// Longest host socket path: a Unix socket path holds 107 bytes, and guest connections
+/// to port P go to `<path>_P`, up to 11 bytes longer.
+pub const MAX_UDS_PATH_LEN: usize = 107 - 11;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     #[error(
         "guest CID {0} is out of range: it must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}"
     )]
     Cid(u64),
+    #[error(
+        "guest CID {0} is out of range: it must be between {MIN_GUEST_CID} and {MAX_GUEST_CID}"
+    )]
+    NegativeCid(i64),
+    #[error("socket path {path} is {len} bytes long: at most {MAX_UDS_PATH_LEN} (Unix socket paths hold 107 bytes and vessel appends _PORT)")]
+    PathTooLong {
+        path: std::path::PathBuf,
+        len: usize,
+    },
+    #[error("the socket path is empty")]
+    EmptyPath,
     #[error(transparent)]
     Muxer(#[from] MuxerError),
 }
@@ -65,6 +80,24 @@ pub struct VsockStats {
     pub tx_invalid: u64,
     /// Receive chains too small for a header.
     pub rx_unusable: u64,
+}
+
+/// Check a guest CID and host socket path before anything is created.
+pub fn check_config(cid: u64, uds: &Path) -> Result<(), VsockError> {
+    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+        return Err(VsockError::Cid(cid));
+    }
+    let len = uds.as_os_str().len();
+    if len == 0 {
+        return Err(VsockError::EmptyPath);
+    }
+    if len > MAX_UDS_PATH_LEN {
+        return Err(VsockError::PathTooLong {
+            path: uds.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
 }
 
 struct RxChain {
@@ -86,9 +119,7 @@ pub struct Vsock {
 impl Vsock {
     /// Check `cid` and listen at `uds` (see [`uds::bind_listener`]).
     pub fn new(cid: u64, uds: &Path) -> Result<Self, VsockError> {
-        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
-            return Err(VsockError::Cid(cid));
-        }
+        check_config(cid, uds)?;
         Ok(Self {
             cid,
             muxer: Muxer::new(uds, cid)?,
