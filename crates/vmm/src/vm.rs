@@ -149,6 +149,9 @@ pub struct Vm {
     runners: Vec<VcpuRunner>,
     stop: Arc<AtomicBool>,
     handle: crate::control::VmHandle,
+    /// The vsock device's listening socket, removed when the VM ends (the device itself
+    /// stays referenced by the PCI buses until the process exits).
+    vsock_uds: Option<std::path::PathBuf>,
 }
 
 impl Vm {
@@ -503,6 +506,7 @@ impl Vm {
             }),
             runners,
             stop,
+            vsock_uds: cfg.vsock.as_ref().map(|v| v.uds.clone()),
             handle: crate::control::VmHandle {
                 exit: exit.clone(),
                 i8042,
@@ -567,6 +571,10 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        if let Some(uds) = &self.vsock_uds {
+            // Only stale from now on; a later VM would replace it anyway.
+            let _ = std::fs::remove_file(uds);
+        }
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
