@@ -664,3 +664,33 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
     }
     Ok(devices)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_vsock() {
+        let mut cfg = VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: true,
+            console2: None,
+            nics: Vec::new(),
+            pit: crate::PitMode::Auto,
+            vsock: None,
+        };
+        assert_eq!(unsupported_device(&cfg), None);
+        cfg.vsock = Some(crate::VsockConfig {
+            cid: 3,
+            uds: "/tmp/v.sock".into(),
+        });
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-vsock"), "{what}");
+    }
+}
