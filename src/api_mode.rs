@@ -88,6 +88,12 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             })
             .collect(),
         network_interfaces: Vec::new(),
+        vsock: cfg.vsock.as_ref().map(|v| api::Vsock {
+            vsock_id: None,
+            // The CLI and VM definitions only take CIDs below 2^32 - 1.
+            guest_cid: v.cid as u32,
+            uds_path: v.uds.display().to_string(),
+        }),
     }
 }
 
@@ -171,6 +177,10 @@ fn vm_config(
         nics,
         pit: vmm::PitMode::Auto,
         emulator_fixups,
+        vsock: cfg.vsock.as_ref().map(|v| vmm::VsockConfig {
+            cid: u64::from(v.guest_cid),
+            uds: PathBuf::from(&v.uds_path),
+        }),
     })
 }
 
@@ -242,6 +252,7 @@ impl VmmBackend for Backend {
             nics: Vec::new(),
             pit: vmm::PitMode::Auto,
             emulator_fixups: self.emulator_fixups,
+            vsock: None,
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -259,6 +270,7 @@ impl VmmBackend for Backend {
                 read_only: d.read_only,
                 id: None,
                 format: None,
+                allow_external_backing: false,
             })
             .collect();
         let mem_path = PathBuf::from(mem_path);

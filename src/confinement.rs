@@ -94,6 +94,12 @@ pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
     if let Some(p) = &cfg.console2 {
         rules.allow_write(p);
     }
+    // vsock: UDS_PATH is removed at the end, UDS_PATH_<port> are connected to.
+    if let Some(v) = &cfg.vsock {
+        if let Some(dir) = v.uds.parent() {
+            rules.allow_write(non_empty(dir));
+        }
+    }
     for nic in &cfg.nics {
         match &nic.mode {
             net::NicMode::Internal(name) => rules.allow_write(net::switch::switch_dir(name)),

@@ -29,7 +29,7 @@ pub struct RunArgs {
     cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "cmdline_append"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -76,6 +76,11 @@ pub struct RunArgs {
     console2: Option<PathBuf>,
     #[command(flatten)]
     confine: crate::confinement::ConfineArgs,
+    /// A virtio-vsock device: cid=N,uds=PATH (guest CID N >= 3). Host clients connect to
+    /// PATH and send "CONNECT <port>\n"; guest connections to host port P go to PATH_P
+    /// (Firecracker's protocol, docs/vsock.md). A stale socket at PATH is replaced.
+    #[arg(long, value_parser = parse_vsock)]
+    vsock: Option<vmm::VsockConfig>,
 }
 
 pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -157,6 +162,33 @@ fn parse_console2(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+pub(crate) fn parse_vsock(s: &str) -> Result<vmm::VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) if cid.is_none() => {
+                cid = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("invalid vsock cid '{v}': expected a number"))?,
+                )
+            }
+            Some(("uds", v)) if uds.is_none() => uds = Some(PathBuf::from(v)),
+            _ => {
+                return Err(format!(
+                    "invalid vsock option '{part}': expected cid=N,uds=PATH, each once"
+                ))
+            }
+        }
+    }
+    let (Some(cid), Some(uds)) = (cid, uds) else {
+        return Err(format!(
+            "invalid vsock '{s}': both cid=N and uds=PATH are needed"
+        ));
+    };
+    virtio::vsock::check_config(cid, &uds).map_err(|e| format!("invalid vsock: {e}"))?;
+    Ok(vmm::VsockConfig { cid, uds })
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s, 1 << 20)?;
     if bytes < arch::memory_map::MIN_MEMORY {
@@ -196,6 +228,7 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::DiskSize { .. }
             | VmError::DiskId(_)
             | VmError::ConsoleFile { .. }
+            | VmError::Vsock(_)
     )
 }
 
@@ -262,6 +295,7 @@ pub fn run(args: RunArgs) -> i32 {
         nics: args.nics,
         pit: args.pit,
         emulator_fixups: args.emulator_fixups,
+        vsock: args.vsock,
     };
     let vm = match Vm::new(&cfg) {
         Ok(vm) => vm,
@@ -352,6 +386,30 @@ mod tests {
         let err = parse_disk("/a,allow-external-backing=maybe").unwrap_err();
         assert!(err.contains("allow-external-backing"), "{err}");
         assert!(parse_disk("path=/a,bogus=1").is_err());
+    }
+
+    #[test]
+    fn vsock_options() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds), (3, PathBuf::from("/tmp/v.sock")));
+        assert_eq!(
+            parse_vsock("uds=/v,cid=4294967294").unwrap().cid,
+            4294967294
+        );
+        for bad in [
+            "cid=2,uds=/v",
+            "cid=4294967295,uds=/v",
+            "cid=x,uds=/v",
+            "cid=3",
+            "uds=/v",
+            "cid=3,uds=",
+            "cid=3,uds=/v,cid=4",
+            "cid=3,uds=/v,port=1",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad}");
+        }
+        let long = format!("cid=3,uds=/{}", "x".repeat(96));
+        assert!(parse_vsock(&long).unwrap_err().contains("at most 96"));
     }
 
     #[test]

@@ -32,6 +32,16 @@ pub struct VmDefinition {
     pub user_data: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub ssh: Ssh,
+    /// A virtio-vsock device (docs/vsock.md).
+    pub vsock: Option<VsockDef>,
+}
+
+/// `[vsock]`: the guest's CID and the host socket (relative to the definition's directory).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDef {
+    pub cid: Spanned<i64>,
+    pub uds: Spanned<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -257,6 +267,21 @@ impl VmDefinition {
                 err(user.span(), format!("ssh user: {e}"));
             }
         }
+        if let Some(v) = &def.vsock {
+            let check = u64::try_from(*v.cid.get_ref())
+                .map_err(|_| virtio::vsock::VsockError::NegativeCid(*v.cid.get_ref()))
+                .and_then(|cid| virtio::vsock::check_config(cid, v.uds.get_ref()));
+            match check {
+                Err(e @ virtio::vsock::VsockError::NegativeCid(_)) => {
+                    err(v.cid.span(), format!("vsock: {e}"))
+                }
+                Err(e @ virtio::vsock::VsockError::Cid(_)) => {
+                    err(v.cid.span(), format!("vsock: {e}"))
+                }
+                Err(e) => err(v.uds.span(), format!("vsock: {e}")),
+                Ok(()) => {}
+            }
+        }
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -287,6 +312,9 @@ impl VmDefinition {
         }
         if let Some(u) = &mut self.user_data {
             abs(u);
+        }
+        if let Some(v) = &mut self.vsock {
+            abs(&mut v.uds);
         }
     }
 
@@ -339,6 +367,10 @@ impl VmDefinition {
             nics,
             pit: vmm::PitMode::Auto,
             emulator_fixups: vmm::EmulatorFixups::Auto,
+            vsock: self.vsock.as_ref().map(|v| vmm::VsockConfig {
+                cid: *v.cid.get_ref() as u64,
+                uds: v.uds.get_ref().clone(),
+            }),
         })
     }
 }
@@ -417,6 +449,33 @@ forward = ["tcp:127.0.0.1:2222-:22"]
             vec![("tcp".into(), "127.0.0.1".into(), 2222, 22)]
         );
         assert_eq!(d.boot.cmdline, default_cmdline());
+    }
+
+    #[test]
+    fn vsock_section() {
+        let text = format!("{GOOD}\n[vsock]\ncid = 5\nuds = \"v.sock\"\n");
+        let mut d = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap();
+        d.resolve_paths(Path::new("/vms"));
+        let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
+        assert_eq!(
+            cfg.vsock,
+            Some(vmm::VsockConfig {
+                cid: 5,
+                uds: "/vms/v.sock".into()
+            })
+        );
+        for (bad, line, what) in [
+            ("cid = 2\nuds = \"v\"", 20, "guest CID 2"),
+            ("cid = -1\nuds = \"v\"", 20, "guest CID -1"),
+            ("cid = 3\nuds = \"\"", 21, "empty"),
+            ("cid = 3", 19, "missing field `uds`"),
+            ("cid = 3\nuds = \"v\"\nport = 1", 22, "unknown field"),
+        ] {
+            let text = format!("{GOOD}\n[vsock]\n{bad}\n");
+            let e = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap_err();
+            assert_eq!(e.errors[0].line, line, "{bad}: {e}");
+            assert!(e.errors[0].message.contains(what), "{bad}: {e}");
+        }
     }
 
     #[test]

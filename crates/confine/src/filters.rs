@@ -209,6 +209,24 @@ pub fn allow_list(role: Role) -> AllowList {
             VCPU_IOCTLS,
         ),
         Role::Io => (vec![BLOCK_IO, NET_IO, EPOLL], IO_IOCTLS),
+        // vsock's host side: accepting clients of UDS_PATH and connecting to
+        // UDS_PATH_<port> (Unix stream sockets; landlock still limits which files).
+        Role::IoVsock => (
+            vec![
+                BLOCK_IO,
+                NET_IO,
+                EPOLL,
+                &[
+                    libc::SYS_socket,
+                    libc::SYS_connect,
+                    libc::SYS_accept4,
+                    libc::SYS_shutdown,
+                    libc::SYS_getsockopt,
+                    libc::SYS_setsockopt,
+                ],
+            ],
+            IO_IOCTLS,
+        ),
         // The event loop: signals, stdin or the console socket, kicking vCPUs; at the end
         // it stops NIC helpers (passt) and writes the exit note of a background VM.
         Role::Main => (
@@ -315,6 +333,7 @@ mod tests {
     fn no_role_may_exec_fork_or_open_sockets() {
         for role in Role::ALL {
             let list = allow_list(role);
+            let sockets_allowed = role == Role::IoVsock;
             for forbidden in [
                 libc::SYS_execve,
                 libc::SYS_execveat,
@@ -327,6 +346,9 @@ mod tests {
                 libc::SYS_personality,
                 libc::SYS_ioctl,
             ] {
+                if sockets_allowed && [libc::SYS_socket, libc::SYS_connect].contains(&forbidden) {
+                    continue;
+                }
                 assert!(
                     !list.syscalls.contains(&forbidden),
                     "{role:?} allows {}",

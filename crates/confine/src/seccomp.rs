@@ -14,6 +14,9 @@ pub enum Role {
     Vcpu,
     /// Serves virtqueues and NIC backends.
     Io,
+    /// The I/O thread of a VM with a virtio-vsock device: also accepts host clients and
+    /// connects to the host's Unix sockets (`UDS_PATH_<port>`).
+    IoVsock,
     /// The VMM's main thread once the VM runs: signals, console input, the VM's end.
     Main,
     /// The REST API server (and its blocking pool).
@@ -25,9 +28,10 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Vcpu,
         Role::Io,
+        Role::IoVsock,
         Role::Main,
         Role::Api,
         Role::VhostUserMain,
@@ -38,7 +42,7 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Vcpu => "vCPU",
-            Role::Io => "I/O",
+            Role::Io | Role::IoVsock => "I/O",
             Role::Main => "main",
             Role::Api => "API",
             Role::VhostUserMain => "vhost-user server",

@@ -1,5 +1,6 @@
 //! virtio 1.x devices for vessel: the modern PCI transport, split virtqueues and the
-//! virtio-blk, virtio-rng and virtio-console device models. No KVM here.
+//! virtio-blk, virtio-net, virtio-rng, virtio-console and virtio-vsock device models. No
+//! KVM here.
 //!
 //! # Wiring a device into the VMM
 //!
@@ -38,6 +39,7 @@ mod processor;
 pub mod queue;
 pub mod rng;
 mod transport;
+pub mod vsock;
 
 pub use chain_io::{ChainIoError, ChainReader, ChainWriter};
 pub use device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};

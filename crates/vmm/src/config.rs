@@ -57,6 +57,16 @@ pub struct DiskConfig {
     pub allow_external_backing: bool,
 }
 
+/// A virtio-vsock device with Firecracker's host side (docs/vsock.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 ..= 2^32 - 2).
+    pub cid: u64,
+    /// The host's Unix socket: clients connect here with `CONNECT <port>`; guest
+    /// connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -76,6 +86,8 @@ pub struct VmConfig {
     pub pit: PitMode,
     /// Whether vessel's instruction emulator stands in for KVM's (kvm_pvm hosts).
     pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
+    /// A virtio-vsock device, after the consoles in PCI slot order.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

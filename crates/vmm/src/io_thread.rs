@@ -22,10 +22,11 @@ pub struct IoThread {
 }
 
 impl IoThread {
-    /// Start serving `processors` (one per virtio device).
+    /// Start serving `processors` (one per virtio device), confined as `role`.
     pub fn spawn(
         processors: Vec<QueueProcessor>,
         backend_fds: Vec<(std::os::fd::RawFd, usize)>,
+        role: confine::Role,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -59,7 +60,7 @@ impl IoThread {
         let handle = std::thread::Builder::new()
             .name("io".into())
             .spawn(move || {
-                crate::confinement::enter(confine::Role::Io);
+                crate::confinement::enter(role);
                 serve(epoll, processors)
             })?;
         Ok(Self {

@@ -112,6 +112,8 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("vsock: {0}")]
+    Vsock(#[source] virtio::vsock::VsockError),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -147,6 +149,9 @@ pub struct Vm {
     runners: Vec<VcpuRunner>,
     stop: Arc<AtomicBool>,
     handle: crate::control::VmHandle,
+    /// The vsock device's listening socket, removed when the VM ends (the device itself
+    /// stays referenced by the PCI buses until the process exits).
+    vsock_uds: Option<std::path::PathBuf>,
 }
 
 impl Vm {
@@ -201,6 +206,7 @@ impl Vm {
             nics,
             rng: snapshot.machine.rng,
             console2: snapshot.machine.console.clone(),
+            vsock: None,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -505,6 +511,7 @@ impl Vm {
                 console: cfg.console2.as_deref().map(crate::snapshot::console_path),
             },
             xsave2_size,
+            unsupported_device: unsupported_device(cfg),
         };
         Ok(Self {
             _kvm: kvm,
@@ -520,6 +527,7 @@ impl Vm {
             }),
             runners,
             stop,
+            vsock_uds: cfg.vsock.as_ref().map(|v| v.uds.clone()),
             handle: crate::control::VmHandle {
                 exit: exit.clone(),
                 i8042,
@@ -550,6 +558,11 @@ impl Vm {
         let _io_thread = crate::io_thread::IoThread::spawn(
             self.pci.processors.clone(),
             self.pci.backend_fds.clone(),
+            if self.vsock_uds.is_some() {
+                confine::Role::IoVsock
+            } else {
+                confine::Role::Io
+            },
         )
         .map_err(io_err("starting the I/O thread"))?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -588,12 +601,25 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        if let Some(uds) = &self.vsock_uds {
+            // Only stale from now on; a later VM would replace it anyway.
+            let _ = std::fs::remove_file(uds);
+        }
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
 
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console;
+/// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
+/// connections cannot be saved.
+fn unsupported_device(cfg: &VmConfig) -> Option<String> {
+    cfg.vsock
+        .as_ref()
+        .map(|_| "virtio-vsock (its host connections cannot be saved)".to_string())
+}
+
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
+/// vsock;
 /// with `saved` (a snapshot's states in slot order), each restored from its state.
 fn virtio_devices(
     cfg: &VmConfig,
@@ -658,5 +684,44 @@ fn virtio_devices(
         let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
         devices.push(DeviceSpec::new(Box::new(console)));
     }
+    if let Some(v) = &cfg.vsock {
+        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
+        let fd = device.backend_fd();
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fd: Some(fd),
+        });
+    }
     Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_vsock() {
+        let mut cfg = VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: true,
+            console2: None,
+            nics: Vec::new(),
+            pit: crate::PitMode::Auto,
+            emulator_fixups: crate::EmulatorFixups::Auto,
+            vsock: None,
+        };
+        assert_eq!(unsupported_device(&cfg), None);
+        cfg.vsock = Some(crate::VsockConfig {
+            cid: 3,
+            uds: "/tmp/v.sock".into(),
+        });
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-vsock"), "{what}");
+    }
 }

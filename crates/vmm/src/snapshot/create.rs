@@ -34,6 +34,8 @@ pub struct SnapshotSource {
     pub(crate) machine: MachineState,
     /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
     pub(crate) xsave2_size: usize,
+    /// The first device whose state snapshots do not save, if the VM has one.
+    pub(crate) unsupported_device: Option<String>,
 }
 
 /// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,
@@ -72,6 +74,9 @@ impl SnapshotSource {
         state_path: &Path,
         mem_path: &Path,
     ) -> Result<SnapshotReport, SnapshotError> {
+        if let Some(device) = &self.unsupported_device {
+            return Err(SnapshotError::UnsupportedDevice(device.clone()));
+        }
         // Both files are written under temporary names and given their names when
         // complete, the state file last: a failed snapshot never leaves a state file next
         // to a partial memory file. None of the four names may exist (nothing is

@@ -42,6 +42,8 @@ pub struct SnapshotReport {
 pub enum SnapshotError {
     #[error("the VM must be paused before a snapshot is created")]
     NotPaused,
+    #[error("cannot snapshot this VM: its {0} device's state is not saved by vessel snapshots")]
+    UnsupportedDevice(String),
     #[error("vCPU {id}: {what}: {source}")]
     VcpuKvm {
         id: usize,
