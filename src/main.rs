@@ -6,6 +6,7 @@ mod image_boot;
 mod image_cli;
 mod image_run;
 mod image_vm;
+mod jail_cli;
 mod manage_cli;
 mod run_cli;
 mod size;

@@ -19,7 +19,7 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// Boot a disk image's own kernel, initrd and command line (an image in the store, or a
     /// raw/qcow2/vdi/vhd/vmdk/vhdx file), on a throw-away overlay that is the first disk.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock", "jail"])]
     image: Option<String>,
     /// With --image: the overlay's virtual size (default: the image's).
     #[arg(long, value_parser = parse_disk_size)]
@@ -29,7 +29,7 @@ pub struct RunArgs {
     cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -67,6 +67,8 @@ pub struct RunArgs {
     /// A second console (virtio-console): file:PATH receives its output.
     #[arg(long, value_parser = parse_console2)]
     console2: Option<PathBuf>,
+    #[command(flatten)]
+    jail: crate::jail_cli::JailArgs,
 }
 
 pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -239,7 +241,15 @@ pub fn run(args: RunArgs) -> i32 {
         nics: args.nics,
         pit: args.pit,
     };
-    let vm = match Vm::new(&cfg) {
+    if args.jail.dir.is_some() {
+        return crate::jail_cli::run(&args.jail, cfg);
+    }
+    boot(&cfg)
+}
+
+/// Create the VM and run it to its end; the exit status.
+pub fn boot(cfg: &VmConfig) -> i32 {
+    let vm = match Vm::new(cfg) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));
