@@ -258,11 +258,9 @@ impl Cgroup {
             Err(e) => return Err(io("cannot create", &path)(e)),
         }
         let cgroup = Cgroup { path };
-        for s in settings {
-            if let Err(e) = write_file(&cgroup.path.join(&s.key), &s.value) {
-                let _ = cgroup.remove();
-                return Err(e);
-            }
+        if let Err(e) = write_settings(&cgroup.path, settings) {
+            let _ = cgroup.remove();
+            return Err(e);
         }
         Ok(cgroup)
     }
@@ -292,6 +290,13 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// Write each setting to its interface file in the cgroup directory `path`.
+fn write_settings(path: &Path, settings: &[Setting]) -> Result<(), CgroupError> {
+    settings
+        .iter()
+        .try_for_each(|s| write_file(&path.join(&s.key), &s.value))
 }
 
 fn enable_controllers(dir: &Path, needed: &[&str]) -> Result<(), CgroupError> {
@@ -396,6 +401,22 @@ mod tests {
             find_mount("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"),
             Err(CgroupError::NotMounted)
         ));
+    }
+
+    #[test]
+    fn settings_go_to_their_interface_files() {
+        let t = tempfile::tempdir().unwrap();
+        for f in ["memory.max", "cpu.max"] {
+            std::fs::write(t.path().join(f), "").unwrap();
+        }
+        let s = [
+            parse_setting("memory.max=2G").unwrap(),
+            parse_setting("cpu.max=25000 100000").unwrap(),
+        ];
+        write_settings(t.path(), &s).unwrap();
+        let read = |f| std::fs::read_to_string(t.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), "2147483648");
+        assert_eq!(read("cpu.max"), "25000 100000");
     }
 
     /// A fake hierarchy (a plain directory) stands in for cgroupfs: the files vessel writes.
