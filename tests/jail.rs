@@ -406,6 +406,10 @@ fn bad_jail_input_is_refused_clearly() {
             vec!["--jail", &fresh, "--serial", "file:rel.log"],
             "must be absolute",
         ),
+        (
+            vec!["--jail", &fresh, "--console2", "file:rel.log"],
+            "must be absolute",
+        ),
     ];
     for (extra, msg) in cases {
         let args: Vec<&str> = base.iter().copied().chain(extra).collect();
@@ -417,4 +421,66 @@ fn bad_jail_input_is_refused_clearly() {
             r.stderr
         );
     }
+    // Not supported in a jail: refused, not ignored.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "--api-sock", "/tmp/x.sock", "--jail", &fresh],
+            "cannot be used with",
+        ),
+        (
+            vec!["run", "--image", "debian", "--jail", &fresh],
+            "cannot be used with",
+        ),
+    ];
+    for (args, msg) in cases {
+        let r = vessel(&args, TIMEOUT);
+        assert_eq!(r.status, Some(2), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(msg),
+            "{args:?}: want {msg:?} in {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_tap_nic_works_in_a_jail_on_the_hosts_network() {
+    if !root_only() {
+        return;
+    }
+    let tap = "vjail0";
+    let _ = Command::new("ip").args(["link", "del", tap]).output();
+    let made = Command::new("ip")
+        .args(["tuntap", "add", "dev", tap, "mode", "tap"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let dir = jail_dir("tap");
+    let k = spin_guest();
+    let nic = format!("tap:{tap}");
+    let child = start_spinning(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        "spin",
+        "--nic",
+        &nic,
+        "--jail",
+        dir.to_str().unwrap(),
+    ]);
+    let pid = vmm_pid(&dir);
+    let tun = std::fs::metadata(format!("/proc/{pid}/root/dev/net/tun")).unwrap();
+    assert_eq!(
+        tun.rdev(),
+        std::fs::metadata("/dev/net/tun").unwrap().rdev()
+    );
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(theirs, std::fs::read_link("/proc/self/ns/net").unwrap());
+    stop(child);
+    let _ = Command::new("ip").args(["link", "del", tap]).output();
 }
