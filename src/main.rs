@@ -8,6 +8,7 @@ mod image_boot;
 mod image_cli;
 mod image_run;
 mod image_vm;
+mod jail_cli;
 mod logging;
 mod manage_cli;
 mod run_cli;

@@ -19,7 +19,7 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// Boot a disk image's own kernel, initrd and command line (an image in the store, or a
     /// raw/qcow2/vdi/vhd/vmdk/vhdx file), on a throw-away overlay that is the first disk.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock", "jail"])]
     image: Option<String>,
     /// With --image: the overlay's virtual size (default: the image's).
     #[arg(long, value_parser = parse_disk_size)]
@@ -29,7 +29,7 @@ pub struct RunArgs {
     cmdline_append: String,
     /// Serve the REST API (Firecracker's shape) on this unix socket and wait for the VM's
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -81,6 +81,8 @@ pub struct RunArgs {
     /// (Firecracker's protocol, docs/vsock.md). A stale socket at PATH is replaced.
     #[arg(long, value_parser = parse_vsock)]
     vsock: Option<vmm::VsockConfig>,
+    #[command(flatten)]
+    jail: crate::jail_cli::JailArgs,
 }
 
 pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -297,7 +299,17 @@ pub fn run(args: RunArgs) -> i32 {
         emulator_fixups: args.emulator_fixups,
         vsock: args.vsock,
     };
-    let vm = match Vm::new(&cfg) {
+    if args.jail.dir.is_some() {
+        return crate::jail_cli::run(&args.jail, cfg);
+    }
+    let extra: Vec<&std::path::Path> = _image_run.iter().map(|r| r.dir.as_path()).collect();
+    boot(&cfg, &extra)
+}
+
+/// Create the VM, confine the process (landlock rules: the VM's files plus `extra` dirs)
+/// and run the VM to its end; the exit status.
+pub fn boot(cfg: &VmConfig, extra: &[&std::path::Path]) -> i32 {
+    let vm = match Vm::new(cfg) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));
@@ -308,8 +320,7 @@ pub fn run(args: RunArgs) -> i32 {
             };
         }
     };
-    let extra: Vec<&std::path::Path> = _image_run.iter().map(|r| r.dir.as_path()).collect();
-    if let Err(e) = crate::confinement::lock_down(&cfg, &extra) {
+    if let Err(e) = crate::confinement::lock_down(cfg, extra) {
         eprintln!("vessel: error: {e:#}");
         return EXIT_HOST_ERROR;
     }
