@@ -214,7 +214,12 @@ impl Backend {
 
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone(), self.emulator_fixups, self.console2.clone())?;
+        let cfg = vm_config(
+            config,
+            self.serial.clone(),
+            self.emulator_fixups,
+            self.console2.clone(),
+        )?;
         self.launch(
             cfg,
             Box::new(|cfg: &VmConfig| Vm::new(cfg).map_err(|e| error_chain(&e))),

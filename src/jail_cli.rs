@@ -101,8 +101,10 @@ fn describe(args: &JailArgs, mut cfg: VmConfig) -> Result<(Jail, VmConfig), Stri
     }
     for d in &mut cfg.disks {
         d.path = abs(&d.path)?;
-        files
-            .extend(jail::disk_files(&d.path, d.format, d.read_only, d.allow_external_backing).map_err(|e| error_chain(&e))?);
+        files.extend(
+            jail::disk_files(&d.path, d.format, d.read_only, d.allow_external_backing)
+                .map_err(|e| error_chain(&e))?,
+        );
     }
     let mut devices = vec![Device::Kvm];
     for nic in &cfg.nics {
