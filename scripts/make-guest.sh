@@ -21,7 +21,7 @@ OUT=${OUT:-$ROOT/guest}
 WORK=$OUT/work
 TESTS=$ROOT/tests/guests/tcg
 MODULES=${MODULES:-"virtio_pci virtio_blk virtio_net virtio_console virtio_rng vmw_vsock_virtio_transport"}
-NESTED_MODULES="virtio_pci virtio_blk virtio_rng"
+NESTED_MODULES="virtio_pci virtio_blk virtio_rng vmw_vsock_virtio_transport"
 log() { echo "[make-guest] $*" >&2; }
 
 missing=()
@@ -172,7 +172,7 @@ pack "$IR" | gzip -9n > "$OUT/initramfs.cpio.gz"
 # emulated ring 0: inflating gzip took minutes, and every file costs (busybox's ~400 applet
 # links did); `busybox --install -s` in the guest makes the rest. No modprobe: without it the
 # kernel's module requests fail at once instead of running a user-mode helper each.
-# The virtio-pci, -blk and -rng modules go in without their signatures and BTF: checking a
+# The virtio-pci, -blk, -rng and vsock modules go in without their signatures and BTF: checking a
 # signature (software SHA-256 and RSA) took ~20 s per module there, and the first module
 # with BTF makes the kernel parse the whole kernel's BTF (~100 s).
 NESTED=$WORK/initramfs-nested

@@ -14,11 +14,26 @@ use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
 
 use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR};
 
-/// Builds the VM on InstanceStart and hands it to the main thread to run.
+/// Builds the VM (on the main thread).
+type BuildVm = Box<dyn FnOnce(&VmConfig) -> Result<Vm, String> + Send>;
+
+/// A VM for the main thread to build (with its host privileges, before it confines
+/// itself) and run; the outcome of the build goes back to the API thread.
+struct Launch {
+    cfg: VmConfig,
+    build: BuildVm,
+    reply: mpsc::Sender<Result<VmHandle, String>>,
+}
+
+/// Asks the main thread to build the VM on InstanceStart (or snapshot load) and run it.
 struct Backend {
     serial: SerialMode,
-    to_main: Mutex<Option<mpsc::Sender<Vm>>>,
+    /// `--console2`: a virtio-console whose output goes to this file.
+    console2: Option<PathBuf>,
+    to_main: Mutex<Option<mpsc::Sender<Launch>>>,
     handle: Mutex<Option<VmHandle>>,
+    /// `vessel run --emulator-fixups`, for the VM the client starts or loads.
+    emulator_fixups: vmm::EmulatorFixups,
 }
 
 fn format_of(f: DriveFormat) -> block::Format {
@@ -73,6 +88,12 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             })
             .collect(),
         network_interfaces: Vec::new(),
+        vsock: cfg.vsock.as_ref().map(|v| api::Vsock {
+            vsock_id: None,
+            // The CLI and VM definitions only take CIDs below 2^32 - 1.
+            guest_cid: v.cid as u32,
+            uds_path: v.uds.display().to_string(),
+        }),
     }
 }
 
@@ -85,8 +106,10 @@ pub fn serve_running(
 ) -> Result<api::ApiServerHandle, api::ApiError> {
     let backend = Arc::new(Backend {
         serial: cfg.serial.clone(),
+        console2: cfg.console2.clone(),
         to_main: Mutex::new(None),
         handle: Mutex::new(Some(handle)),
+        emulator_fixups: cfg.emulator_fixups,
     });
     api::serve(
         socket,
@@ -99,7 +122,12 @@ pub fn serve_running(
 }
 
 /// The VMM configuration an API client described.
-fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, String> {
+fn vm_config(
+    cfg: &VmConfigSnapshot,
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+    console2: Option<PathBuf>,
+) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
         let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
@@ -139,12 +167,20 @@ fn vm_config(cfg: &VmConfigSnapshot, serial: SerialMode) -> Result<VmConfig, Str
                 read_only: d.is_read_only,
                 id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
                 format: d.format.map(format_of),
+                // Not offered by the API: images named there follow only names inside
+                // their own directory.
+                allow_external_backing: false,
             })
             .collect(),
         rng: false,
-        console2: None,
+        console2,
         nics,
         pit: vmm::PitMode::Auto,
+        emulator_fixups,
+        vsock: cfg.vsock.as_ref().map(|v| vmm::VsockConfig {
+            cid: u64::from(v.guest_cid),
+            uds: PathBuf::from(&v.uds_path),
+        }),
     })
 }
 
@@ -159,18 +195,18 @@ impl Backend {
 }
 
 impl Backend {
-    /// Hands a built VM to the main thread to run.
-    fn launch(&self, vm: Vm) -> Result<(), String> {
-        let handle = vm.handle();
-        let sender = self
-            .to_main
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or("the VM was already started")?;
+    /// Has the main thread build the VM with `build` and run it; waits for the build.
+    fn launch(&self, cfg: VmConfig, build: BuildVm) -> Result<(), String> {
+        let mut to_main = self.to_main.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = to_main.as_ref().ok_or("the VM was already started")?;
+        let (reply, answer) = mpsc::channel();
         sender
-            .send(vm)
+            .send(Launch { cfg, build, reply })
             .map_err(|_| "the VMM is shutting down".to_string())?;
+        let handle = answer
+            .recv()
+            .map_err(|_| "the VMM is shutting down".to_string())??;
+        *to_main = None;
         *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
     }
@@ -178,9 +214,16 @@ impl Backend {
 
 impl VmmBackend for Backend {
     fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
-        let cfg = vm_config(config, self.serial.clone())?;
-        let vm = Vm::new(&cfg).map_err(|e| error_chain(&e))?;
-        self.launch(vm)
+        let cfg = vm_config(
+            config,
+            self.serial.clone(),
+            self.emulator_fixups,
+            self.console2.clone(),
+        )?;
+        self.launch(
+            cfg,
+            Box::new(|cfg: &VmConfig| Vm::new(cfg).map_err(|e| error_chain(&e))),
+        )
     }
 
     fn create_snapshot(&self, params: &api::SnapshotCreateParams) -> Result<(), String> {
@@ -213,18 +256,40 @@ impl VmmBackend for Backend {
             console2: None,
             nics: Vec::new(),
             pit: vmm::PitMode::Auto,
+            emulator_fixups: self.emulator_fixups,
+            vsock: None,
         };
-        let vm = Vm::restore(&host, &snapshot, std::path::Path::new(mem_path))
-            .map_err(|e| error_chain(&e))?;
-        if !resume {
-            vm.handle().pause();
-        }
-        self.launch(vm)?;
-        Ok(MachineConfig {
+        let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
             mem_size_mib: snapshot.machine.memory >> 20,
             ..MachineConfig::default()
-        })
+        };
+        // The files the restored VM keeps using (its disks) are the snapshot's.
+        let mut files = host.clone();
+        files.disks = snapshot
+            .machine
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                id: None,
+                format: None,
+                allow_external_backing: false,
+            })
+            .collect();
+        let mem_path = PathBuf::from(mem_path);
+        self.launch(
+            files,
+            Box::new(move |_: &VmConfig| {
+                let vm = Vm::restore(&host, &snapshot, &mem_path).map_err(|e| error_chain(&e))?;
+                if !resume {
+                    vm.handle().pause();
+                }
+                Ok(vm)
+            }),
+        )?;
+        Ok(machine)
     }
 
     fn send_ctrl_alt_del(&self) -> Result<(), String> {
@@ -269,13 +334,20 @@ fn stop_requested(set: &libc::sigset_t) -> bool {
     sig == libc::SIGINT || sig == libc::SIGTERM
 }
 
-pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
+pub fn run(
+    socket: PathBuf,
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+    console2: Option<PathBuf>,
+) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
     let backend = Arc::new(Backend {
         serial,
+        console2,
         to_main: Mutex::new(Some(tx)),
         handle: Mutex::new(None),
+        emulator_fixups,
     });
     let server = match api::serve(&socket, backend, api::ServerOptions::default()) {
         Ok(s) => s,
@@ -290,7 +362,14 @@ pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
     };
     let vm = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(vm) => break Some(vm),
+            Ok(launch) => match build(launch) {
+                Built::Vm(vm) => break Some(*vm),
+                Built::Refused => continue,
+                Built::Unconfined => {
+                    let _ = server.shutdown();
+                    return EXIT_HOST_ERROR;
+                }
+            },
             Err(RecvTimeoutError::Timeout) if !stop_requested(&signals) => continue,
             Err(_) => break None,
         }
@@ -307,4 +386,31 @@ pub fn run(socket: PathBuf, serial: SerialMode) -> i32 {
     };
     let _ = server.shutdown();
     code
+}
+
+/// What became of a launch request.
+enum Built {
+    Vm(Box<Vm>),
+    /// It could not be built; the API client has the error and may try again.
+    Refused,
+    /// Built, but the VMM could not be confined: it must not run the guest.
+    Unconfined,
+}
+
+/// Build a VM the API asked for, confine the VMM and answer the API thread.
+fn build(launch: Launch) -> Built {
+    let vm = match (launch.build)(&launch.cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = launch.reply.send(Err(e));
+            return Built::Refused;
+        }
+    };
+    if let Err(e) = crate::confinement::lock_down(&launch.cfg, &[]) {
+        eprintln!("vessel: error: {e:#}");
+        let _ = launch.reply.send(Err(format!("{e:#}")));
+        return Built::Unconfined;
+    }
+    let _ = launch.reply.send(Ok(vm.handle()));
+    Built::Vm(Box::new(vm))
 }

@@ -51,6 +51,10 @@ pub enum DiskCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Copy an image (with its backing chain flattened) into a new sparse image.
     /// Options as qemu-img's: `-f` the input format, `-O` the output format.
@@ -68,6 +72,10 @@ pub enum DiskCommand {
         /// Output cluster / block size.
         #[arg(long, value_parser = parse_size)]
         cluster_size: Option<u64>,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Change the virtual size (shrinking only when no data lies beyond the new end).
     Resize {
@@ -79,6 +87,10 @@ pub enum DiskCommand {
         /// The image's format (detected from its content otherwise).
         #[arg(long, short = 'f', value_parser = parse_format)]
         format: Option<Format>,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Check an image for corruption (exit status 3 when found).
     Check {
@@ -93,6 +105,10 @@ pub enum DiskCommand {
         /// Free leaked clusters (qcow2).
         #[arg(long)]
         repair: bool,
+        /// Follow backing files, parents and extents that the image names by an absolute
+        /// path or with `..` (refused otherwise: see docs/disks.md).
+        #[arg(long)]
+        allow_external_backing: bool,
     },
     /// Random-read benchmark through the DiskImage trait (for bench/disk.sh).
     #[command(hide = true)]
@@ -169,6 +185,9 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
                         &OpenOptions {
                             read_only: true,
                             format: backing_format,
+                            // The user named this backing file; its own chain is only
+                            // read here, for the size.
+                            allow_external_backing: true,
                         },
                     )?;
                     image.size()
@@ -195,15 +214,34 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        DiskCommand::Info { file, format, json } => report::info(&file, format, json),
+        DiskCommand::Info {
+            file,
+            format,
+            json,
+            allow_external_backing,
+        } => report::info(
+            &file,
+            &OpenOptions {
+                read_only: true,
+                format,
+                allow_external_backing,
+            },
+            json,
+        ),
         DiskCommand::Convert {
             src,
             dst,
             format,
             source_format,
             cluster_size,
+            allow_external_backing,
         } => {
-            let size = convert::convert(&src, &dst, format, source_format, cluster_size)?;
+            let source = OpenOptions {
+                read_only: true,
+                format: source_format,
+                allow_external_backing,
+            };
+            let size = convert::convert(&src, &dst, format, &source, cluster_size)?;
             println!(
                 "converted {} to {} ({format}, virtual size {})",
                 src.display(),
@@ -212,12 +250,18 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        DiskCommand::Resize { file, size, format } => {
+        DiskCommand::Resize {
+            file,
+            size,
+            format,
+            allow_external_backing,
+        } => {
             let mut image = block::open(
                 &file,
                 &OpenOptions {
                     read_only: false,
                     format,
+                    allow_external_backing,
                 },
             )?;
             let old = image.size();
@@ -237,7 +281,8 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             format,
             json,
             repair,
-        } => report::check(&file, format, json, repair),
+            allow_external_backing,
+        } => report::check(&file, format, json, repair, allow_external_backing),
         DiskCommand::BenchRead {
             file,
             block_size,

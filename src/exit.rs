@@ -61,6 +61,9 @@ pub fn code(err: &anyhow::Error) -> i32 {
                 block::Error::InvalidArgument(_)
                 | block::Error::OutOfRange { .. }
                 | block::Error::Unsupported { .. }
+                | block::Error::ExternalReference { .. }
+                | block::Error::Symlink { .. }
+                | block::Error::NotAnImage { .. }
                 | block::Error::ReadOnly => USAGE,
                 block::Error::Io { source, .. } => io_code(source),
                 _ => FAILURE,

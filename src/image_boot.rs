@@ -14,6 +14,7 @@ pub fn extract(base: &Path, format: block::Format, dir: &Path) -> Result<BootInf
     let opts = block::OpenOptions {
         read_only: true,
         format: Some(format),
+        allow_external_backing: false,
     };
     let mut disk = block::open(base, &opts).map_err(|e| e.to_string())?;
     let found = bootdisk::find_boot(&mut disk).map_err(|e| e.to_string())?;

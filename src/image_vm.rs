@@ -120,6 +120,8 @@ pub fn provision(
         readonly,
         id: Some(Spanned::new(0..0, id.into())),
         size: None,
+        // The overlay names the store's base by its absolute path (checked at import).
+        allow_external_backing: file == OVERLAY,
     };
     def.disks.insert(0, disk(OVERLAY, "qcow2", "root", false));
     def.disks.push(disk(SEED, "raw", "cidata", true));

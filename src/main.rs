@@ -2,12 +2,16 @@
 
 mod api_mode;
 mod cli_docs;
+mod confinement;
 mod disk_cli;
+mod disk_formats;
 mod exit;
 mod image_boot;
 mod image_cli;
 mod image_run;
 mod image_vm;
+mod jail_cli;
+mod logging;
 mod manage_cli;
 mod run_cli;
 mod size;
@@ -32,6 +36,9 @@ struct Cli {
     /// commands that manage VMs.
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
+    /// The most verbose messages of the VMM written to stderr (a started VM's vmm.log).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
+    log_level: logging::LogLevel,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +84,7 @@ fn main() {
         eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
         std::process::exit(exit::USAGE);
     }
+    logging::init(cli.log_level);
     let code = match cli.command {
         Command::Run(args) => run_cli::run(args),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),

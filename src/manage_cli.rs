@@ -198,6 +198,14 @@ fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
             vm.pid().unwrap_or(0)
         )));
     }
+    // Disks added to vm.toml by hand since creation get their format recorded now, before
+    // any guest ran on them.
+    for (path, format) in crate::disk_formats::record(&vm.path(state::DEFINITION))? {
+        eprintln!(
+            "vessel: recorded format {format} for disk {} in vm.toml",
+            path.display()
+        );
+    }
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two new descriptors into a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -210,7 +218,9 @@ fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let exe = std::env::current_exe()?;
     let ready_fd = write_end.as_raw_fd();
     let mut cmd = Command::new(exe);
-    cmd.arg("--state-dir").arg(&state.root).arg("vmm").arg(name);
+    cmd.arg("--state-dir").arg(&state.root);
+    cmd.arg("--log-level").arg(crate::logging::level().as_arg());
+    cmd.arg("vmm").arg(name);
     cmd.env("VESSEL_READY_FD", ready_fd.to_string());
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -260,6 +270,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
             unsafe { std::fs::File::from_raw_fd(fd) }
         });
     let vm = state.vm(name)?;
+    crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())?;
     // Before any thread starts (the API server's): the VM's event loop reads these signals.
     crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
@@ -279,9 +290,9 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
                 .map_err(|e| {
                     anyhow!("cannot serve the API: {}", crate::run_cli::error_chain(&e))
                 })?;
-        Ok((lock, machine, api_server))
+        Ok((lock, machine, api_server, cfg))
     })();
-    let (_lock, machine, api_server) = match result {
+    let (_lock, machine, api_server, cfg) = match result {
         Ok(x) => x,
         Err(e) => {
             report(&mut ready, &format!("{e:#}"));
@@ -293,6 +304,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         vm.path(state::PID_FILE),
         format!("{}\n", std::process::id()),
     )?;
+    crate::confinement::lock_down(&cfg, &[vm.dir.as_path()])?;
     report(&mut ready, "ready");
     let outcome = machine.run();
     let _ = api_server.shutdown();

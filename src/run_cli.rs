@@ -19,7 +19,7 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// Boot a disk image's own kernel, initrd and command line (an image in the store, or a
     /// raw/qcow2/vdi/vhd/vmdk/vhdx file), on a throw-away overlay that is the first disk.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "api_sock", "jail"])]
     image: Option<String>,
     /// With --image: the overlay's virtual size (default: the image's).
     #[arg(long, value_parser = parse_disk_size)]
@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
     /// The VM's configuration then comes from the API alone: the flags that configure a VM
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "console2", "cmdline_append", "memory", "cpus", "cmdline", "pit"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -49,6 +49,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     serial: SerialMode,
     /// A virtio-blk disk: path=IMG[,readonly=on][,id=NAME][,format=raw|qcow2|vdi|vhd|vmdk|vhdx]
+    /// [,allow-external-backing=on]
     /// (repeatable; a bare path works too).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
@@ -63,12 +64,27 @@ pub struct RunArgs {
     /// use it on vessel's HW-reduced ACPI platform), on/off force it.
     #[arg(long, default_value = "auto", value_parser = parse_pit)]
     pit: vmm::PitMode,
+    /// vessel's instruction emulator for what the host's KVM cannot emulate, with its
+    /// user-mode `syscall` fix-up: auto enables it where /dev/kvm is kvm_pvm (the software
+    /// nested KVM it exists for, docs/nested-kvm.md), on/off force it.
+    #[arg(long, default_value = "auto", value_parser = parse_emulator_fixups)]
+    emulator_fixups: vmm::EmulatorFixups,
     /// Add a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
-    /// A second console (virtio-console): file:PATH receives its output.
+    /// A second console (virtio-console): file:PATH receives its output (with --api-sock
+    /// too; a snapshot loaded there reopens the file its state names instead).
     #[arg(long, value_parser = parse_console2)]
     console2: Option<PathBuf>,
+    #[command(flatten)]
+    confine: crate::confinement::ConfineArgs,
+    /// A virtio-vsock device: cid=N,uds=PATH (guest CID N >= 3). Host clients connect to
+    /// PATH and send "CONNECT <port>\n"; guest connections to host port P go to PATH_P
+    /// (Firecracker's protocol, docs/vsock.md). A stale socket at PATH is replaced.
+    #[arg(long, value_parser = parse_vsock)]
+    vsock: Option<vmm::VsockConfig>,
+    #[command(flatten)]
+    jail: crate::jail_cli::JailArgs,
 }
 
 pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -77,16 +93,19 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         read_only: false,
         id: None,
         format: None,
+        allow_external_backing: false,
+    };
+    let switch = |key: &str, v: &str| match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("invalid {key} value '{v}' (on or off)")),
     };
     for (i, part) in s.split(',').enumerate() {
         match part.split_once('=') {
             Some(("path", v)) => disk.path = v.into(),
-            Some(("readonly" | "ro", v)) => {
-                disk.read_only = match v {
-                    "on" | "true" | "yes" => true,
-                    "off" | "false" | "no" => false,
-                    _ => return Err(format!("invalid readonly value '{v}' (on or off)")),
-                }
+            Some(("readonly" | "ro", v)) => disk.read_only = switch("readonly", v)?,
+            Some(("allow-external-backing", v)) => {
+                disk.allow_external_backing = switch("allow-external-backing", v)?
             }
             Some(("id", v)) if !v.is_empty() => disk.id = Some(v.to_string()),
             Some(("format", v)) => {
@@ -95,7 +114,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             None if i == 0 && !part.is_empty() => disk.path = part.into(),
             _ => {
                 return Err(format!(
-                    "invalid disk option '{part}' (expected path=, readonly=, id= or format=)"
+                    "invalid disk option '{part}' (expected path=, readonly=, id=, format= or allow-external-backing=)"
                 ))
             }
         }
@@ -110,13 +129,15 @@ fn parse_disk_size(s: &str) -> Result<u64, String> {
     parse_size(s)
 }
 
-/// The overlay of `--image`: vessel made it, so its format is known.
+/// The overlay of `--image`: vessel made it, so its format is known, and it names the
+/// store's base image by its absolute path (the store's image was checked at import).
 fn overlay_disk(path: &std::path::Path) -> DiskConfig {
     DiskConfig {
         path: path.to_path_buf(),
         read_only: false,
         id: Some("root".into()),
         format: Some(block::Format::Qcow2),
+        allow_external_backing: true,
     }
 }
 
@@ -129,6 +150,11 @@ fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
     }
 }
 
+fn parse_emulator_fixups(s: &str) -> Result<vmm::EmulatorFixups, String> {
+    s.parse()
+        .map_err(|e: vmm::emulator_fixups::ParseError| e.to_string())
+}
+
 fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
     net::parse_nic(s).map_err(|e| e.to_string())
 }
@@ -138,6 +164,33 @@ fn parse_console2(s: &str) -> Result<PathBuf, String> {
         Some(p) if !p.is_empty() => Ok(p.into()),
         _ => Err(format!("invalid console2 '{s}': expected file:PATH")),
     }
+}
+
+pub(crate) fn parse_vsock(s: &str) -> Result<vmm::VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) if cid.is_none() => {
+                cid = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("invalid vsock cid '{v}': expected a number"))?,
+                )
+            }
+            Some(("uds", v)) if uds.is_none() => uds = Some(PathBuf::from(v)),
+            _ => {
+                return Err(format!(
+                    "invalid vsock option '{part}': expected cid=N,uds=PATH, each once"
+                ))
+            }
+        }
+    }
+    let (Some(cid), Some(uds)) = (cid, uds) else {
+        return Err(format!(
+            "invalid vsock '{s}': both cid=N and uds=PATH are needed"
+        ));
+    };
+    virtio::vsock::check_config(cid, &uds).map_err(|e| format!("invalid vsock: {e}"))?;
+    Ok(vmm::VsockConfig { cid, uds })
 }
 
 pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
@@ -179,12 +232,17 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::DiskSize { .. }
             | VmError::DiskId(_)
             | VmError::ConsoleFile { .. }
+            | VmError::Vsock(_)
     )
 }
 
 pub fn run(args: RunArgs) -> i32 {
+    if let Err(e) = crate::confinement::set_policy(&args.confine) {
+        eprintln!("vessel: error: {e:#}");
+        return EXIT_USAGE;
+    }
     if let Some(socket) = args.api_sock {
-        return crate::api_mode::run(socket, args.serial);
+        return crate::api_mode::run(socket, args.serial, args.emulator_fixups, args.console2);
     }
     let mut args = args;
     if args.disk_size.is_some() && args.image.is_none() {
@@ -240,8 +298,20 @@ pub fn run(args: RunArgs) -> i32 {
         console2: args.console2,
         nics: args.nics,
         pit: args.pit,
+        emulator_fixups: args.emulator_fixups,
+        vsock: args.vsock,
     };
-    let vm = match Vm::new(&cfg) {
+    if args.jail.dir.is_some() {
+        return crate::jail_cli::run(&args.jail, cfg);
+    }
+    let extra: Vec<&std::path::Path> = _image_run.iter().map(|r| r.dir.as_path()).collect();
+    boot(&cfg, &extra)
+}
+
+/// Create the VM, confine the process (landlock rules: the VM's files plus `extra` dirs)
+/// and run the VM to its end; the exit status.
+pub fn boot(cfg: &VmConfig, extra: &[&std::path::Path]) -> i32 {
+    let vm = match Vm::new(cfg) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));
@@ -252,6 +322,10 @@ pub fn run(args: RunArgs) -> i32 {
             };
         }
     };
+    if let Err(e) = crate::confinement::lock_down(cfg, extra) {
+        eprintln!("vessel: error: {e:#}");
+        return EXIT_HOST_ERROR;
+    }
     match vm.run() {
         Ok(reason) => report_end(&reason),
         Err(e) => {
@@ -316,7 +390,39 @@ mod tests {
         assert!(parse_disk("readonly=on").is_err());
         assert!(parse_disk("path=/a,readonly=maybe").is_err());
         assert!(parse_disk("path=/a,format=floppy").is_err());
+        assert!(!parse_disk("/a").unwrap().allow_external_backing);
+        assert!(
+            parse_disk("/a,allow-external-backing=on")
+                .unwrap()
+                .allow_external_backing
+        );
+        let err = parse_disk("/a,allow-external-backing=maybe").unwrap_err();
+        assert!(err.contains("allow-external-backing"), "{err}");
         assert!(parse_disk("path=/a,bogus=1").is_err());
+    }
+
+    #[test]
+    fn vsock_options() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds), (3, PathBuf::from("/tmp/v.sock")));
+        assert_eq!(
+            parse_vsock("uds=/v,cid=4294967294").unwrap().cid,
+            4294967294
+        );
+        for bad in [
+            "cid=2,uds=/v",
+            "cid=4294967295,uds=/v",
+            "cid=x,uds=/v",
+            "cid=3",
+            "uds=/v",
+            "cid=3,uds=",
+            "cid=3,uds=/v,cid=4",
+            "cid=3,uds=/v,port=1",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad}");
+        }
+        let long = format!("cid=3,uds=/{}", "x".repeat(96));
+        assert!(parse_vsock(&long).unwrap_err().contains("at most 96"));
     }
 
     #[test]

@@ -112,6 +112,19 @@ fn disk_format(d: &crate::vmdef::Disk) -> Result<block::Format> {
     }
 }
 
+/// The disk's image opens with its own `allow-external-backing` setting: overlays made
+/// over it follow its chain, so a chain the VM could not start with is refused here.
+fn check_chain(d: &crate::vmdef::Disk, format: block::Format) -> Result<()> {
+    let opts = block::OpenOptions {
+        read_only: true,
+        format: Some(format),
+        allow_external_backing: d.allow_external_backing,
+    };
+    block::open(d.path.get_ref(), &opts)
+        .map(drop)
+        .with_context(|| format!("disk {}", d.path.get_ref().display()))
+}
+
 fn parse_format(name: &str) -> Result<block::Format> {
     name.parse().map_err(|e: block::Error| anyhow!("{e}"))
 }
@@ -126,6 +139,8 @@ fn write_definition(vm: &VmDir, def: &VmDefinition) -> Result<()> {
 /// Point disk `index` of `def` at a new overlay.
 fn use_overlay(def: &mut VmDefinition, index: usize, overlay: &Path) {
     let d = &mut def.disks[index];
+    // An overlay over a disk in another directory names it by its absolute path.
+    d.allow_external_backing |= d.path.get_ref().parent() != overlay.parent();
     d.path = Spanned::new(0..0, overlay.to_path_buf());
     d.format = Some(Spanned::new(0..0, "qcow2".into()));
     d.size = None;
@@ -259,6 +274,7 @@ fn take(state: &StateDir, vm_name: &str, name: &str, description: String) -> Res
         let d = &def.disks[i];
         let image = d.path.get_ref().clone();
         let format = disk_format(d)?;
+        check_chain(d, format)?;
         if d.readonly {
             disks.push(SnapshotDisk {
                 index: i,

@@ -12,12 +12,17 @@ const CHUNK: u64 = 2 << 20;
 /// Allocation maps are asked for this much virtual disk at a time.
 const WINDOW: u64 = 1 << 30;
 
+/// Open a disk of a VM's definition, or a layer vessel made over one. Names leading
+/// outside a directory are followed: the definition is the user's, vessel's overlays name
+/// the disks they were made over by absolute path, and `vessel snapshot take` checked the
+/// disk's own chain with the disk's `allow-external-backing` setting before making them.
 fn open_ro(path: &Path, format: Option<Format>) -> Result<Box<dyn DiskImage>> {
     block::open(
         path,
         &OpenOptions {
             read_only: true,
             format,
+            allow_external_backing: true,
         },
     )
     .with_context(|| format!("cannot open {}", path.display()))
@@ -87,6 +92,7 @@ pub fn merge_into_child(parent: &Path, child: &Path, tmp: &Path) -> Result<()> {
             &OpenOptions {
                 read_only: false,
                 format: Some(Format::Qcow2),
+                allow_external_backing: true,
             },
         )?;
         copy_merged(up.as_mut(), down.as_mut(), out.as_mut())?;
@@ -212,7 +218,7 @@ mod tests {
             Some(base.canonicalize().unwrap())
         );
         assert_eq!(read(&mid, 0, size as usize), before_mid, "parent untouched");
-        let report = block::check(&top, None, false).unwrap();
+        let report = block::check(&top, None, false, false).unwrap();
         assert_eq!(report.error_count, 0, "{:?}", report.errors);
         assert!(!dir.path().join("top.tmp").exists());
         // The base's data still comes from the base: not copied.

@@ -65,6 +65,7 @@ impl StateDir {
                 let opts = block::OpenOptions {
                     read_only: true,
                     format: None,
+                    allow_external_backing: d.allow_external_backing,
                 };
                 let Ok(disk) = block::open(d.path.get_ref(), &opts) else {
                     return false;

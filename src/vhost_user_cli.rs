@@ -25,7 +25,8 @@ pub struct BlkArgs {
     /// Unix socket to listen on (a stale socket at PATH is replaced).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// The disk: IMG[,readonly=on][,format=raw|qcow2|vdi|vhd|vmdk|vhdx][,id=SERIAL], as
+    /// The disk: IMG[,readonly=on][,format=raw|qcow2|vdi|vhd|vmdk|vhdx][,id=SERIAL]
+    /// [,allow-external-backing=on], as
     /// `vessel run --disk` (the format is detected from the content unless given).
     #[arg(long, value_parser = crate::run_cli::parse_disk)]
     disk: DiskConfig,
@@ -72,8 +73,21 @@ fn stop_signals() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Confine the backend once it listens (crates/confine): only the served disk or network
+/// directory and the socket's directory stay reachable; this thread takes the vhost-user
+/// server role, and each connection's worker its own.
+fn confine_server(socket: &Path, files: &confine::FsRules) -> Result<(), String> {
+    let mut files = files.clone();
+    match socket.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => files.allow_write(dir),
+        _ => files.allow_write("."),
+    }
+    confine::lock_down(&files).map_err(|e| e.to_string())?;
+    confine::enter(confine::Role::VhostUserMain).map_err(|e| e.to_string())
+}
+
 /// Listen on `socket` and serve `backend` until SIGINT / SIGTERM.
-fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend) -> i32 {
+fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend, files: &confine::FsRules) -> i32 {
     let stop = match stop_signals() {
         Ok(fd) => fd,
         Err(e) => {
@@ -95,6 +109,10 @@ fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend) -> i32 {
             return EXIT_ERROR;
         }
     };
+    if let Err(e) = confine_server(socket, files) {
+        eprintln!("vessel: error: confining the backend: {e}");
+        return EXIT_ERROR;
+    }
     eprintln!(
         "vessel: vhost-user-{kind} listening on {}",
         socket.display()
@@ -111,7 +129,17 @@ fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend) -> i32 {
     }
 }
 
+/// The backend's confinement: everything on (the VMM's defaults).
+fn set_policy() -> Result<(), String> {
+    crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())
+        .map_err(|e| format!("{e:#}"))
+}
+
 pub fn run_blk(args: BlkArgs) -> i32 {
+    if let Err(e) = set_policy() {
+        eprintln!("vessel: error: {e}");
+        return EXIT_ERROR;
+    }
     let d = &args.disk;
     let serial = d.id.clone().unwrap_or_else(|| DEFAULT_SERIAL.into());
     if serial.len() > virtio::blk::SERIAL_LEN {
@@ -123,6 +151,7 @@ pub fn run_blk(args: BlkArgs) -> i32 {
     let opts = block::OpenOptions {
         read_only: d.read_only,
         format: d.format,
+        allow_external_backing: d.allow_external_backing,
     };
     let image = match block::open(&d.path, &opts) {
         Ok(image) => image,
@@ -141,7 +170,15 @@ pub fn run_blk(args: BlkArgs) -> i32 {
     }
     let device = virtio::blk::Block::new(image, &serial);
     match vhost_user::Backend::new(Box::new(device), 1, None) {
-        Ok(backend) => serve("blk", &args.socket, backend),
+        Ok(backend) => {
+            let mut files = confine::FsRules::default();
+            if d.read_only {
+                files.allow_read(&d.path);
+            } else {
+                files.allow_write(&d.path);
+            }
+            serve("blk", &args.socket, backend, &files)
+        }
         Err(e) => {
             eprintln!("vessel: error: {e}");
             EXIT_ERROR
@@ -150,6 +187,10 @@ pub fn run_blk(args: BlkArgs) -> i32 {
 }
 
 pub fn run_net(args: NetArgs) -> i32 {
+    if let Err(e) = set_policy() {
+        eprintln!("vessel: error: {e}");
+        return EXIT_ERROR;
+    }
     // Opened before SIGINT/SIGTERM are blocked: a helper process (passt) must not inherit
     // the blocked mask.
     let backend = match net::open_backend(&args.nic) {
@@ -164,7 +205,15 @@ pub fn run_net(args: NetArgs) -> i32 {
     let fd = device.backend_fd();
     // GET_QUEUE_NUM counts queue pairs for virtio-net.
     match vhost_user::Backend::new(Box::new(device), 1, Some(fd)) {
-        Ok(backend) => serve("net", &args.socket, backend),
+        Ok(backend) => {
+            let mut files = confine::FsRules::default();
+            match &args.nic.mode {
+                net::NicMode::Internal(name) => files.allow_write(net::switch::switch_dir(name)),
+                net::NicMode::NatNetwork(name) => files.allow_write(net::natnet::natnet_dir(name)),
+                _ => {}
+            }
+            serve("net", &args.socket, backend, &files)
+        }
         Err(e) => {
             eprintln!("vessel: error: {e}");
             EXIT_ERROR

@@ -60,6 +60,7 @@ pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool, json: bool) -
                     &block::OpenOptions {
                         read_only: true,
                         format: None,
+                        allow_external_backing: disk.allow_external_backing,
                     },
                 )?
                 .size();
@@ -71,11 +72,17 @@ pub fn clone(state: &StateDir, src: &str, dst: &str, linked: bool, json: bool) -
                     .with_context(|| format!("creating overlay {}", target.display()))?;
                 disk.path = toml::Spanned::new(0..0, target);
                 disk.format = Some(toml::Spanned::new(0..0, "qcow2".into()));
+                // The overlay names the source disk by its path, in another directory.
+                disk.allow_external_backing = true;
             } else {
                 let format = block::detect(&source)?;
-                crate::disk_cli::convert::convert(&source, &target, format, Some(format), None)
+                let from = source_opts(format, disk.allow_external_backing);
+                crate::disk_cli::convert::convert(&source, &target, format, &from, None)
                     .with_context(|| format!("copying {}", source.display()))?;
                 disk.path = toml::Spanned::new(0..0, target);
+                disk.format = Some(toml::Spanned::new(0..0, format.name().into()));
+                // A full copy is one file.
+                disk.allow_external_backing = false;
             }
             disk.size = None;
         }
@@ -128,15 +135,16 @@ pub fn export(state: &StateDir, name: &str, file: &Path) -> Result<i32> {
         }
         for (n, d) in def.disks.iter_mut().enumerate() {
             let rel = format!("disks/{n}-{}", file_name(d.path.get_ref()));
-            let rel = if has_backing(d.path.get_ref())? {
+            let rel = if has_backing(d.path.get_ref(), d.allow_external_backing)? {
                 // An overlay (snapshots, linked clones) names files outside the archive:
                 // export its flattened content instead.
                 let format = block::detect(d.path.get_ref())?;
+                let from = source_opts(format, d.allow_external_backing);
                 crate::disk_cli::convert::convert(
                     d.path.get_ref(),
                     &staging.join(&rel),
                     format,
-                    Some(format),
+                    &from,
                     None,
                 )
                 .with_context(|| format!("flattening {}", d.path.get_ref().display()))?;
@@ -146,6 +154,7 @@ pub fn export(state: &StateDir, name: &str, file: &Path) -> Result<i32> {
             };
             d.path = toml::Spanned::new(0..0, rel);
             d.size = None;
+            d.allow_external_backing = false;
         }
         std::fs::write(
             staging.join(state::DEFINITION),
@@ -203,6 +212,10 @@ pub fn import(state: &StateDir, file: &Path, name: Option<&str>) -> Result<i32> 
             .with_context(|| format!("moving into {}", vm.dir.display()))?;
         def.resolve_paths(&vm.dir);
         def.name = toml::Spanned::new(0..0, name.clone());
+        // An archive cannot grant its images names outside their directory.
+        for d in &mut def.disks {
+            d.allow_external_backing = false;
+        }
         write_definition(&vm, &def)?;
         Ok(name)
     })();
@@ -246,33 +259,43 @@ fn check_archive_paths(def: &VmDefinition, staging: &Path) -> Result<()> {
             &block::OpenOptions {
                 read_only: true,
                 format: None,
+                allow_external_backing: false,
             },
         )
         .with_context(|| format!("disk {} in the archive", d.path.get_ref().display()))?;
-        let mut layer: Option<&dyn block::DiskImage> = Some(image.as_ref());
-        while let Some(l) = layer {
-            let real = std::fs::canonicalize(l.path()).unwrap_or_else(|_| l.path().to_path_buf());
+        // Every file the image opened: backing chain, parents, and each VMDK extent.
+        for file in image.files() {
+            let real = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
             if !real.starts_with(&root) {
                 bail!(
-                    "disk {} in the archive is backed by {}, outside the archive",
+                    "disk {} in the archive reads {}, outside the archive",
                     d.path.get_ref().display(),
-                    l.path().display()
+                    file.display()
                 );
             }
-            layer = l.backing();
         }
     }
     Ok(())
 }
 
+/// How a VM's disk of `format` is read to copy it.
+fn source_opts(format: block::Format, allow_external_backing: bool) -> block::OpenOptions {
+    block::OpenOptions {
+        read_only: true,
+        format: Some(format),
+        allow_external_backing,
+    }
+}
+
 /// Whether the image at `path` reads through a backing file (qcow2 overlay, differencing
 /// VHD/VHDX, VMDK delta).
-fn has_backing(path: &Path) -> Result<bool> {
+fn has_backing(path: &Path, allow_external_backing: bool) -> Result<bool> {
     let image = block::open(
         path,
         &block::OpenOptions {
             read_only: true,
             format: None,
+            allow_external_backing,
         },
     )
     .with_context(|| format!("disk {}", path.display()))?;

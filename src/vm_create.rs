@@ -136,6 +136,8 @@ pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
         state::ensure_dir(&vm.dir)?;
         create_sized_disks(&def)?;
         std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
+        // Detected once, here: later starts never probe what the guest may have written.
+        crate::disk_formats::record(&vm.path(state::DEFINITION))?;
         Ok(())
     })();
     if let Err(e) = made {
@@ -273,6 +275,7 @@ impl VmFlags {
                 readonly: d.read_only,
                 id: d.id.clone().map(|i| Spanned::new(0..0, i)),
                 size: None,
+                allow_external_backing: d.allow_external_backing,
             });
         }
         if !f.nics.is_empty() {
@@ -311,6 +314,7 @@ impl VmFlags {
             readonly: false,
             id: None,
             size: Some(Spanned::new(0..0, size.to_string())),
+            allow_external_backing: false,
         });
         Ok(())
     }

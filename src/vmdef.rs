@@ -41,6 +41,16 @@ pub struct VmDefinition {
     /// A second console (virtio-console) whose output goes to this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console2: Option<Spanned<PathBuf>>,
+    /// A virtio-vsock device (docs/vsock.md).
+    pub vsock: Option<VsockDef>,
+}
+
+/// `[vsock]`: the guest's CID and the host socket (relative to the definition's directory).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDef {
+    pub cid: Spanned<i64>,
+    pub uds: Spanned<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -70,6 +80,14 @@ pub struct Disk {
     pub id: Option<Spanned<String>>,
     /// Create the image with this virtual size when it does not exist yet (sparse).
     pub size: Option<Spanned<String>>,
+    /// Follow backing files, parents and extents the image names by absolute paths or with
+    /// `..` (refused otherwise). vessel sets it on overlays it makes over files elsewhere.
+    #[serde(
+        default,
+        rename = "allow-external-backing",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub allow_external_backing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -262,6 +280,21 @@ impl VmDefinition {
                 err(user.span(), format!("ssh user: {e}"));
             }
         }
+        if let Some(v) = &def.vsock {
+            let check = u64::try_from(*v.cid.get_ref())
+                .map_err(|_| virtio::vsock::VsockError::NegativeCid(*v.cid.get_ref()))
+                .and_then(|cid| virtio::vsock::check_config(cid, v.uds.get_ref()));
+            match check {
+                Err(e @ virtio::vsock::VsockError::NegativeCid(_)) => {
+                    err(v.cid.span(), format!("vsock: {e}"))
+                }
+                Err(e @ virtio::vsock::VsockError::Cid(_)) => {
+                    err(v.cid.span(), format!("vsock: {e}"))
+                }
+                Err(e) => err(v.uds.span(), format!("vsock: {e}")),
+                Ok(()) => {}
+            }
+        }
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -335,6 +368,9 @@ impl VmDefinition {
         if let Some(c) = &mut self.console2 {
             abs(c);
         }
+        if let Some(v) = &mut self.vsock {
+            abs(&mut v.uds);
+        }
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -369,6 +405,7 @@ impl VmDefinition {
                     ),
                     None => None,
                 },
+                allow_external_backing: d.allow_external_backing,
             });
         }
         let mut nics = Vec::new();
@@ -391,6 +428,11 @@ impl VmDefinition {
                 Some(p) => parse_pit(p.get_ref()).map_err(|e| anyhow::anyhow!(e))?,
                 None => vmm::PitMode::Auto,
             },
+            emulator_fixups: vmm::EmulatorFixups::Auto,
+            vsock: self.vsock.as_ref().map(|v| vmm::VsockConfig {
+                cid: *v.cid.get_ref() as u64,
+                uds: v.uds.get_ref().clone(),
+            }),
         })
     }
 }
@@ -486,6 +528,33 @@ forward = ["tcp:127.0.0.1:2222-:22"]
         assert_eq!(d.boot.kernel.get_ref(), Path::new("/vms/bzImage"));
         assert_eq!(d.forwards()[0].to_string(), "tcp:127.0.0.1:2222-:22");
         assert_eq!(d.boot.cmdline, default_cmdline());
+    }
+
+    #[test]
+    fn vsock_section() {
+        let text = format!("{GOOD}\n[vsock]\ncid = 5\nuds = \"v.sock\"\n");
+        let mut d = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap();
+        d.resolve_paths(Path::new("/vms"));
+        let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
+        assert_eq!(
+            cfg.vsock,
+            Some(vmm::VsockConfig {
+                cid: 5,
+                uds: "/vms/v.sock".into()
+            })
+        );
+        for (bad, line, what) in [
+            ("cid = 2\nuds = \"v\"", 20, "guest CID 2"),
+            ("cid = -1\nuds = \"v\"", 20, "guest CID -1"),
+            ("cid = 3\nuds = \"\"", 21, "empty"),
+            ("cid = 3", 19, "missing field `uds`"),
+            ("cid = 3\nuds = \"v\"\nport = 1", 22, "unknown field"),
+        ] {
+            let text = format!("{GOOD}\n[vsock]\n{bad}\n");
+            let e = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap_err();
+            assert_eq!(e.errors[0].line, line, "{bad}: {e}");
+            assert!(e.errors[0].message.contains(what), "{bad}: {e}");
+        }
     }
 
     #[test]

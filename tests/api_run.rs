@@ -25,6 +25,8 @@ fn firecracker_style_client_boots_pauses_resumes_and_stops_a_vm() {
         "multiboot.ld",
     );
     let sock = out_dir().join("api-run.sock");
+    // A socket left by an earlier run would look ready before this VMM listens.
+    let _ = std::fs::remove_file(&sock);
     let serial = out_dir().join("api-run-serial.log");
     let _ = std::fs::remove_file(&serial);
     let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
@@ -168,6 +170,8 @@ fn api_mode_refuses_a_kernel_on_the_command_line_too() {
 #[test]
 fn device_files_and_fifos_are_no_kernels() {
     let sock = out_dir().join("api-run-kernels.sock");
+    // A socket left by an earlier run would look ready before this VMM listens.
+    let _ = std::fs::remove_file(&sock);
     let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
         .args([
             "run",
@@ -228,5 +232,54 @@ fn device_files_and_fifos_are_no_kernels() {
     let (code, body) = curl(&sock, "GET", "/", None);
     assert_eq!(code, 200, "{body}");
     let _ = std::fs::remove_file(&kernel);
+    let _ = std::fs::remove_file(&fifo);
+}
+
+/// A FIFO (or `/dev/zero`) named as a drive through the API is refused with a 400 at
+/// PUT /drives, without waiting for a writer; the VMM stays usable.
+#[test]
+fn fifos_and_devices_are_no_drives() {
+    let sock = out_dir().join("api-run-drives.sock");
+    // A socket left by an earlier run would look ready before this VMM listens.
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args([
+            "run",
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--serial",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vmm = Vmm(child);
+    wait_for("the API socket", || sock.exists());
+    let fifo = out_dir().join("api-run-drive.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let drive = |path: &std::path::Path, read_only: bool| {
+        let body = format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": {:?}, "is_root_device": false, "is_read_only": {read_only}}}"#,
+            path.display().to_string()
+        );
+        curl(&sock, "PUT", "/drives/rootfs", Some(&body))
+    };
+    for read_only in [true, false] {
+        let started = Instant::now();
+        let (code, body) = drive(&fifo, read_only);
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("FIFO"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    let (code, body) = drive(std::path::Path::new("/dev/zero"), true);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("character device"), "{body}");
+    let (code, body) = curl(&sock, "GET", "/", None);
+    assert_eq!(code, 200, "{body}");
     let _ = std::fs::remove_file(&fifo);
 }

@@ -30,6 +30,7 @@ fn read_image(path: &Path) -> Vec<u8> {
         &OpenOptions {
             read_only: true,
             format: None,
+            allow_external_backing: false,
         },
     )
     .unwrap();

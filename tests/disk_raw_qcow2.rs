@@ -39,6 +39,7 @@ fn open_ro(path: &Path) -> Box<dyn DiskImage> {
         &OpenOptions {
             read_only: true,
             format: None,
+            allow_external_backing: false,
         },
     )
     .unwrap()

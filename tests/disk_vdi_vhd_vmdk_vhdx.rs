@@ -65,6 +65,7 @@ fn open(path: &Path, read_only: bool) -> Box<dyn DiskImage> {
         &OpenOptions {
             read_only,
             format: None,
+            allow_external_backing: false,
         },
     )
     .unwrap()
@@ -398,6 +399,7 @@ fn corrupt_headers_give_clear_errors() {
             &OpenOptions {
                 read_only: true,
                 format: Some(format),
+                allow_external_backing: false,
             },
         ) {
             Err(block::Error::Corrupt { reason, .. }) => assert!(!reason.is_empty()),

@@ -535,8 +535,68 @@ fn import_refuses_archives_that_point_outside_themselves() {
     assert!(status.success());
     let r = st.vessel(&["import", archive.to_str().unwrap()]);
     assert_ne!(r.status, Some(0));
-    assert!(r.stderr.contains("outside the archive"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("backing file") && r.stderr.contains("is an absolute path"),
+        "{}",
+        r.stderr
+    );
     assert!(st.ls().is_empty());
+    // A VMDK descriptor in the archive whose writable FLAT extent leaves it.
+    std::fs::remove_file(&overlay).unwrap();
+    std::fs::write(
+        dir.join("disks/evil.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW 16 FLAT \"../../evil-victim.txt\" 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("vm.toml"),
+        "name = \"evil\"\nmemory = \"32M\"\n[boot]\nkernel = \"boot/kernel\"\n[[disk]]\npath = \"disks/evil.vmdk\"\n",
+    )
+    .unwrap();
+    let archive = out_dir().join("evil-extent.tar");
+    let status = Command::new("tar")
+        .args(["-cf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .args(["vm.toml", "boot", "disks"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = st.vessel(&["import", archive.to_str().unwrap()]);
+    assert_ne!(r.status, Some(0));
+    assert!(
+        r.stderr
+            .contains("extent '../../evil-victim.txt' leaves the image's directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(st.ls().is_empty());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[test]
+fn create_records_the_detected_disk_format() {
+    let st = State::new("record-format");
+    let disk = st.0.join("guest.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let file = definition(&out_dir(), "fmt", &service_guest());
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text += &format!("\n[[disk]]\npath = {disk:?}\n");
+    std::fs::write(&file, text).unwrap();
+    st.ok(&["create", "fmt", "--from", file.to_str().unwrap()]);
+    let stored = std::fs::read_to_string(st.0.join("fmt").join("vm.toml")).unwrap();
+    assert!(stored.contains("format = \"raw\""), "{stored}");
+    // What a guest writes later cannot change that: a qcow2 header naming a host file.
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[..4].copy_from_slice(b"QFI\xfb");
+    std::fs::write(&disk, bytes).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "fmt", "--json"])).unwrap();
+    assert_eq!(
+        inspect["definition"]["disk"][0]["format"], "raw",
+        "{inspect}"
+    );
 }
 
 #[test]

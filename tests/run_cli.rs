@@ -38,6 +38,14 @@ fn invalid_arguments_exit_2_with_a_clear_message() {
             &["run", "--kernel", k, "--pit", "maybe"],
             "expected auto, on or off",
         ),
+        (
+            &["--log-level", "loud", "run", "--kernel", k],
+            "invalid value 'loud' for '--log-level <LOG_LEVEL>'",
+        ),
+        (
+            &["run", "--kernel", k, "--emulator-fixups", "yes"],
+            "invalid emulator-fixups 'yes': expected auto, on or off",
+        ),
     ];
     for (args, msg) in cases {
         let r = vessel(args, TIMEOUT);

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let opts = OpenOptions {
             read_only,
             format: Some(Format::Qcow2),
+            allow_external_backing: false,
         };
         let Ok(mut image) = block::open(&path, &opts) else {
             continue;

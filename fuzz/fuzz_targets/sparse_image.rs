@@ -45,6 +45,7 @@ pub fn exercise(data: &[u8], format: Format, writable: bool) {
         let opts = OpenOptions {
             read_only,
             format: Some(format),
+            allow_external_backing: false,
         };
         let Ok(mut image) = block::open(&path, &opts) else {
             continue;

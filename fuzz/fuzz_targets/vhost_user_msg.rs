@@ -33,14 +33,19 @@ fn disk_path() -> &'static PathBuf {
     })
 }
 
+/// Guest memory sealed against shrinking, as the backend requires.
 fn memfd(contents: &[u8]) -> File {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: the name is a NUL-terminated literal; flags are constants.
-    let fd = unsafe { libc::memfd_create(c"vhost-user-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"vhost-user-fuzz".as_ptr(), flags) };
     assert!(fd >= 0);
     // SAFETY: memfd_create returned a new fd that nothing else owns.
     let mut file = unsafe { File::from_raw_fd(fd) };
     file.set_len(MEM_SIZE).unwrap();
     file.write_all(contents).unwrap();
+    // SAFETY: F_ADD_SEALS on a descriptor `file` owns; no memory is passed.
+    let sealed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+    assert_eq!(sealed, 0);
     file
 }
 

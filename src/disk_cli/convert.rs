@@ -25,16 +25,10 @@ pub fn convert(
     src: &Path,
     dst: &Path,
     format: Format,
-    source_format: Option<Format>,
+    source_opts: &OpenOptions,
     cluster_size: Option<u64>,
 ) -> anyhow::Result<u64> {
-    let mut source = block::open(
-        src,
-        &OpenOptions {
-            read_only: true,
-            format: source_format,
-        },
-    )?;
+    let mut source = block::open(src, source_opts)?;
     let size = source.size();
     let opts = CreateOptions {
         cluster_size,
@@ -47,6 +41,7 @@ pub fn convert(
             &OpenOptions {
                 read_only: false,
                 format: Some(format),
+                allow_external_backing: false,
             },
         )?;
         copy(source.as_mut(), target.as_mut())?;

@@ -22,14 +22,8 @@ fn image_json(image: &dyn DiskImage) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-pub fn info(path: &Path, format: Option<Format>, as_json: bool) -> anyhow::Result<i32> {
-    let image = block::open(
-        path,
-        &OpenOptions {
-            read_only: true,
-            format,
-        },
-    )?;
+pub fn info(path: &Path, opts: &OpenOptions, as_json: bool) -> anyhow::Result<i32> {
+    let image = block::open(path, opts)?;
     let mut chain = Vec::new();
     let mut next = image.backing();
     while let Some(b) = next {
@@ -74,8 +68,9 @@ pub fn check(
     format: Option<Format>,
     as_json: bool,
     repair: bool,
+    allow_external_backing: bool,
 ) -> anyhow::Result<i32> {
-    let report = match block::check(path, format, repair) {
+    let report = match block::check(path, format, repair, allow_external_backing) {
         Ok(report) => report,
         Err(block::Error::Corrupt { reason, .. }) => {
             if as_json {

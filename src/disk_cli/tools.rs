@@ -15,6 +15,7 @@ pub fn bench_read(path: &Path, block_size: usize, count: u64) -> anyhow::Result<
         &OpenOptions {
             read_only: true,
             format: None,
+            allow_external_backing: false,
         },
     )?;
     let blocks = image.size() / block_size as u64;

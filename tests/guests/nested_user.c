@@ -3,7 +3,7 @@
  * from ring 3 through the IDT on the TSS's RSP0 stack. Prints what ring the syscall entry
  * runs at ("syscall: cs=0x10" when it works) or which fault ends the test, then powers
  * off. On kvm_pvm the host leaves a user-mode syscall in ring 3 and vessel completes it
- * (crates/vmm/src/emulation/syscall_fixup.rs). */
+ * (crates/x86_emulator/src/syscall_fixup.rs). */
 #include "guest.h"
 
 struct gate {

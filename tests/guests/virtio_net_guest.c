@@ -3,7 +3,10 @@
  * receives; after that it sends a few more (so its peer hears it too) and powers off.
  * "rounds=N" on the command line bounds how long it tries (default 4000).
  * With "dhcp=1" it instead broadcasts DHCPDISCOVERs and prints the address the first
- * DHCPOFFER for it carries, and the MTU the device offers (VIRTIO_NET_F_MTU). */
+ * DHCPOFFER for it carries, and the MTU the device offers (VIRTIO_NET_F_MTU).
+ * "console=1": also writes a line to a virtio-console when the NIC is up and another when
+ * the exchange is done. "wait=N" (with "delay=D"): counts N steps ("wait=i" lines) before
+ * the exchange, so a snapshot can be taken in between. */
 #include "virtio_pci.h"
 
 #define QS 8
@@ -19,7 +22,37 @@
 #define HDR 12u
 #define F_MAC (1u << 5)
 
+#define CON_DESC 0x340000u
+#define CON_AVAIL 0x341000u
+#define CON_USED 0x342000u
+#define CON_BUF 0x350000u
+
 static u8 mac[6];
+static int have_con;
+static uptr con_notify;
+static u16 con_used_seen;
+
+/* Write `s` to the virtio-console's transmitq and wait until the device took it. */
+static void con_write(const char *s) {
+    if (!have_con) return;
+    u8 *b = (u8 *)CON_BUF;
+    u32 n = 0;
+    while (s[n]) { b[n] = (u8)s[n]; n++; }
+    volatile struct vq_desc *d = (volatile struct vq_desc *)CON_DESC;
+    d[0].addr = CON_BUF; d[0].len = n; d[0].flags = 0; d[0].next = 0;
+    vq_publish(CON_AVAIL, QS, 0, con_notify, 1);
+    for (u32 spins = 0; vr16(CON_USED + 2) == con_used_seen && spins < 10000000u; spins++) pause();
+    con_used_seen = vr16(CON_USED + 2);
+}
+
+static void con_setup(void) {
+    struct vdev con = {0};
+    if (!vdev_find(&con, 0x10431af4u)) { puts("virtio-console: no device\n"); debug_exit(0x44); }
+    if (!vdev_negotiate(&con, 0)) { puts("virtio-console: features refused\n"); debug_exit(0x45); }
+    con_notify = vq_setup(&con, 1, QS, CON_DESC, CON_AVAIL, CON_USED);
+    vdev_driver_ok(&con);
+    have_con = 1;
+}
 static uptr rx_notify, tx_notify;
 static u16 tx_used_seen;
 
@@ -122,6 +155,7 @@ static void dhcp_main(struct vdev *dev, long rounds) {
                 puts("virtio-net: dhcp offer ");
                 for (int i = 3; i >= 0; i--) { put_u32((yiaddr >> (8 * i)) & 255); if (i) putc('.'); }
                 puts("\n");
+                con_write("console: dhcp done\n");
                 acpi_poweroff();
             }
             vq_publish(RX_AVAIL, QS, (u16)(id % QS), rx_notify, 0);
@@ -152,6 +186,13 @@ void guest_main(u32 magic, struct mb_info *mbi) {
         rd[i].addr = RX_BUF + i * RX_BUF_LEN; rd[i].len = RX_BUF_LEN; rd[i].flags = VQ_F_WRITE; rd[i].next = 0;
         vq_publish(RX_AVAIL, QS, i, rx_notify, 0);
     }
+    if (cmdline_number(cmdline, "console") == 1) { con_setup(); con_write("console: net up\n"); }
+    long wait = cmdline_number(cmdline, "wait");
+    long delay = cmdline_number(cmdline, "delay");
+    for (long i = 1; i <= wait; i++) {
+        puts("wait="); put_u32((u32)i); puts("\n");
+        for (long s = 0; s < delay; s++) pause();
+    }
     if (cmdline_number(cmdline, "dhcp") == 1) dhcp_main(&dev, rounds);
     u16 rx_seen = 0;
     int heard = 0, extra = 0;
@@ -175,5 +216,6 @@ void guest_main(u32 magic, struct mb_info *mbi) {
         }
     }
     if (!heard) { puts("virtio-net: nothing received\n"); debug_exit(0x42); }
+    con_write("console: frames exchanged\n");
     acpi_poweroff();
 }

@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::backend::VmmBackend;
 use crate::model::{
     ActionType, BootSource, Drive, FullVmConfig, InstanceInfo, InstanceState, MachineConfig,
-    MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget,
+    MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget, Vsock,
 };
 use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{
@@ -34,6 +34,7 @@ pub enum ApiRequest {
     PutBootSource(BootSource),
     PutDrive(Drive),
     PutNetworkInterface(NetworkInterface),
+    PutVsock(Vsock),
     Action(ActionType),
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
@@ -79,11 +80,14 @@ pub enum ControlError {
     FlushMetrics(String),
     #[error("{0}")]
     Snapshot(#[from] snapshot::SnapshotRequestError),
+    #[error("{0}")]
+    Vsock(#[from] vsock::VsockRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
 mod snapshot;
+mod vsock;
 
 /// Who this VMM says it is in `GET /` and `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,7 @@ pub struct VmController {
     boot_source: Option<BootSource>,
     drives: Vec<Drive>,
     network_interfaces: Vec<NetworkInterface>,
+    vsock: Option<Vsock>,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -123,6 +128,7 @@ impl VmController {
             boot_source: None,
             drives: Vec::new(),
             network_interfaces: Vec::new(),
+            vsock: None,
             backend,
         }
     }
@@ -140,6 +146,7 @@ impl VmController {
             boot_source: Some(config.boot_source),
             drives: config.drives,
             network_interfaces: config.network_interfaces,
+            vsock: config.vsock,
             backend,
         }
     }
@@ -155,6 +162,7 @@ impl VmController {
             drives: self.drives.clone(),
             machine_config: self.machine.clone(),
             network_interfaces: self.network_interfaces.clone(),
+            vsock: self.vsock.clone(),
         }
     }
 
@@ -181,6 +189,7 @@ impl VmController {
             ApiRequest::PutBootSource(boot) => self.set_boot_source(boot),
             ApiRequest::PutDrive(drive) => self.insert_drive(drive),
             ApiRequest::PutNetworkInterface(iface) => self.insert_network_interface(iface),
+            ApiRequest::PutVsock(vsock) => self.set_vsock(vsock),
             ApiRequest::Action(ActionType::InstanceStart) => self.start(),
             ApiRequest::Action(ActionType::SendCtrlAltDel) => {
                 self.require_started()?;
@@ -311,6 +320,7 @@ impl VmController {
             boot_source,
             drives: self.drives.clone(),
             network_interfaces: self.network_interfaces.clone(),
+            vsock: self.vsock.clone(),
         };
         self.backend.start(&snapshot).map_err(ControlError::Start)?;
         self.state = InstanceState::Running;
@@ -494,6 +504,29 @@ mod tests {
         assert_eq!(started.machine, machine);
         assert_eq!(started.boot_source, boot_source);
         assert_eq!(started.drives.len(), 1);
+        assert_eq!(started.vsock, None);
+    }
+
+    #[test]
+    fn vsock_is_configured_before_start_and_replaced_by_a_later_put() {
+        let mut fx = fixture();
+        let b = boot(&fx);
+        let dir = tempfile::tempdir().unwrap();
+        let vsock = |cid| crate::model::Vsock {
+            vsock_id: Some("vsock0".into()),
+            guest_cid: cid,
+            uds_path: dir.path().join("v.sock").display().to_string(),
+        };
+        let c = &mut fx.controller;
+        c.handle(ApiRequest::PutBootSource(b)).unwrap();
+        assert!(c.handle(ApiRequest::PutVsock(vsock(2))).is_err());
+        c.handle(ApiRequest::PutVsock(vsock(3))).unwrap();
+        c.handle(ApiRequest::PutVsock(vsock(7))).unwrap();
+        assert_eq!(c.full_config().vsock, Some(vsock(7)));
+        c.handle(ApiRequest::Action(ActionType::InstanceStart))
+            .unwrap();
+        let started = fx.backend.started_with.lock().unwrap().clone().unwrap();
+        assert_eq!(started.vsock, Some(vsock(7)));
     }
 
     #[test]
@@ -510,6 +543,11 @@ mod tests {
             ApiRequest::PutBootSource(b),
             ApiRequest::PutDrive(drive("d", &fx.file, false)),
             ApiRequest::PutNetworkInterface(tap("eth0", "tap0", None)),
+            ApiRequest::PutVsock(crate::model::Vsock {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: "/nonexistent/v.sock".into(),
+            }),
             ApiRequest::Action(ActionType::InstanceStart),
         ];
         for request in refused {

@@ -207,6 +207,19 @@ impl NetworkInterface {
     }
 }
 
+/// `PUT /vsock`: a virtio-vsock device with Firecracker's host side (docs/vsock.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Deprecated in Firecracker and optional; kept and shown when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context ID, at least 3.
+    pub guest_cid: u32,
+    /// The host's Unix socket; guest connections to host port P go to `<uds_path>_P`.
+    pub uds_path: String,
+}
+
 /// `PUT /actions` body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +282,8 @@ pub struct FullVmConfig {
     pub machine_config: MachineConfig,
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
 }
 
 /// The whole validated configuration handed to [`crate::VmmBackend::start`].
@@ -279,6 +294,7 @@ pub struct VmConfigSnapshot {
     /// In guest order: the root device (if any) first, then the others as they were added.
     pub drives: Vec<Drive>,
     pub network_interfaces: Vec<NetworkInterface>,
+    pub vsock: Option<Vsock>,
 }
 
 #[cfg(test)]

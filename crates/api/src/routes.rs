@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::controller::ApiRequest;
 use crate::model::{
     ActionBody, BootSource, Drive, MachineConfig, MachineConfigUpdate, NetworkInterface,
-    VmStateBody,
+    VmStateBody, Vsock,
 };
 use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{validate_id, ValidationError};
@@ -71,6 +71,7 @@ pub fn parse_request(
             ["snapshot", "load"] => Ok(ApiRequest::LoadSnapshot(parse_body::<SnapshotLoadParams>(
                 body,
             )?)),
+            ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
             ["drives", id] => {
                 validate_id(id)?;
@@ -230,6 +231,34 @@ mod tests {
         );
         let err = message(route("PUT", "/actions", r#"{"action_type":"Reboot"}"#));
         assert!(err.contains("unknown variant `Reboot`"), "{err}");
+    }
+
+    #[test]
+    fn vsock_is_firecrackers_shape() {
+        assert_eq!(
+            route(
+                "PUT",
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"/tmp/v.sock"}"#
+            )
+            .unwrap(),
+            ApiRequest::PutVsock(Vsock {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: "/tmp/v.sock".into(),
+            })
+        );
+        let with_id = r#"{"vsock_id":"v","guest_cid":3,"uds_path":"/v"}"#;
+        assert!(route("PUT", "/vsock", with_id).is_ok());
+        for bad in [
+            r#"{"guest_cid":3}"#,
+            r#"{"guest_cid":-1,"uds_path":"/v"}"#,
+            r#"{"guest_cid":4294967296,"uds_path":"/v"}"#,
+            r#"{"guest_cid":3,"uds_path":"/v","extra":1}"#,
+        ] {
+            assert!(route("PUT", "/vsock", bad).is_err(), "{bad}");
+        }
+        assert!(route("GET", "/vsock", "").is_err());
     }
 
     #[test]

@@ -182,6 +182,10 @@ pub fn serve(
     let thread = std::thread::Builder::new()
         .name("vessel-api".to_string())
         .spawn(move || {
+            if let Err(e) = confine::enter(confine::Role::Api) {
+                eprintln!("vessel: error: confining the API thread: {e}");
+                std::process::exit(6);
+            }
             runtime.block_on(accept_loop(
                 listener,
                 thread_shared,

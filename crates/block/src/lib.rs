@@ -6,12 +6,14 @@
 //! [`Error`] values that name the problem; they never panic on bad bytes and never allocate
 //! sizes taken from a header without bounding them first.
 
+mod budget;
 mod error;
 mod format;
 mod image_file;
 mod open;
 mod qcow2;
 mod raw;
+mod reference;
 #[cfg(test)]
 mod test_support;
 mod vdi;
@@ -20,12 +22,14 @@ mod vhdx;
 mod vmdk;
 pub mod workload;
 
+pub use budget::CHAIN_METADATA_BUDGET;
 pub use error::{Error, Result};
 pub use format::Format;
 pub use open::{
-    check, create, detect, file_kind_name, open, open_backing, resolve_backing, CheckReport,
+    check, check_disk_path, create, detect, file_kind_name, open, open_backing, CheckReport,
     CreateOptions, OpenOptions, MAX_CHAIN_DEPTH,
 };
+pub use reference::{resolve_backing, resolve_reference};
 
 /// Whether a byte range of the virtual disk is backed by data in this image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +84,16 @@ pub trait DiskImage: Send {
     }
     /// Path of this image file, as given when it was opened.
     fn path(&self) -> &std::path::Path;
+    /// Every host file this image opened, as opened: its own (a VMDK descriptor and each
+    /// extent) then those of its backing chain, top first. For callers that must vet every
+    /// file an image reaches (import, snapshot load).
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut out = vec![self.path().to_path_buf()];
+        if let Some(backing) = self.backing() {
+            out.extend(backing.files());
+        }
+        out
+    }
     /// Change the virtual size. Growing is always allowed where the format supports it;
     /// shrinking only when no data of this image lies beyond the new size.
     fn resize(&mut self, new_size: u64) -> Result<()> {

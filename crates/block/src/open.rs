@@ -17,8 +17,16 @@ pub const MAX_CHAIN_DEPTH: usize = 32;
 pub struct OpenOptions {
     /// Open without write access; writes fail with [`crate::Error::ReadOnly`].
     pub read_only: bool,
-    /// Skip content detection and use this format.
+    /// Skip content detection and use this format. When `None` and the content looks raw,
+    /// writes that would make the first or last sector look like another format are
+    /// refused ([`crate::Error::FormatChange`]): a guest must not be able to turn its disk
+    /// into, say, a qcow2 image naming a host file as its backing file.
     pub format: Option<Format>,
+    /// Follow names recorded in images (qcow2 backing files, VHD/VHDX parent locators,
+    /// VMDK extents and parents) that are absolute or leave the image's directory (`..`).
+    /// Off: such names are refused with [`crate::Error::ExternalReference`]; only files in
+    /// the image's directory or below it are opened.
+    pub allow_external_backing: bool,
 }
 
 /// How to create an image.
@@ -120,15 +128,25 @@ pub fn file_kind_name(kind: FileType) -> &'static str {
 
 /// Open the existing image file at `path` for reading, and writing unless `read_only`.
 /// The open does not block (`O_NONBLOCK`: a FIFO named as an image, by the user or by a
-/// downloaded image's backing-file name, would wait forever for a writer); anything but a
-/// regular file or a block device is refused, then the file is made blocking again.
+/// downloaded image's backing-file name, would wait forever for a writer) and does not
+/// follow a symbolic link in the last component (`O_NOFOLLOW`: a link planted next to an
+/// image must not redirect a writable open to another file); anything but a regular file
+/// or a block device is refused, then the file is made blocking again.
 pub(crate) fn open_image_file(path: &Path, read_only: bool) -> Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(!read_only)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| io_err(path, e))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_err(path, e)
+            }
+        })?;
     let kind = file.metadata().map_err(|e| io_err(path, e))?.file_type();
     if !(kind.is_file() || kind.is_block_device()) {
         return Err(Error::NotAnImage {
@@ -138,6 +156,13 @@ pub(crate) fn open_image_file(path: &Path, read_only: bool) -> Result<File> {
     }
     clear_nonblock(&file).map_err(|e| io_err(path, e))?;
     Ok(file)
+}
+
+/// Check that `path` names a disk vessel may open: it exists, is not a symbolic link, and
+/// is a regular file or a block device (opened read-only, without blocking, to find out).
+/// For paths from places that do not open the image themselves, e.g. snapshot state.
+pub fn check_disk_path(path: &Path) -> Result<()> {
+    open_image_file(path, true).map(drop)
 }
 
 fn clear_nonblock(file: &File) -> std::io::Result<()> {
@@ -209,12 +234,13 @@ pub(crate) fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> Format {
 /// that reach the same file twice are refused.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     let _guard = enter_chain(path)?;
-    let format = match opts.format {
-        Some(format) => format,
-        None => detect(path)?,
+    let _budget = crate::budget::enter();
+    let (format, probed) = match opts.format {
+        Some(format) => (format, false),
+        None => (detect(path)?, true),
     };
     match format {
-        Format::Raw => crate::raw::open(path, opts),
+        Format::Raw => crate::raw::open(path, opts, probed),
         Format::Qcow2 => crate::qcow2::open(path, opts),
         Format::Vdi => crate::vdi::open(path, opts),
         Format::Vhd => crate::vhd::open(path, opts),
@@ -223,30 +249,21 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     }
 }
 
-/// Where the backing file `name`, as recorded in the image at `image`, lives: absolute
-/// names as they are, relative names against the directory of `image`.
-pub fn resolve_backing(image: &Path, name: &Path) -> PathBuf {
-    if name.is_absolute() {
-        return name.to_path_buf();
-    }
-    match image.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
-        _ => name.to_path_buf(),
-    }
-}
-
-/// Open the backing file `name` recorded in the image at `image` (read-only), for drivers.
+/// Open the backing file `name` recorded in the image at `image` (read-only), for drivers;
+/// `allow_external` as in [`OpenOptions::allow_external_backing`].
 pub fn open_backing(
     image: &Path,
     name: &Path,
     format: Option<Format>,
+    allow_external: bool,
 ) -> Result<Box<dyn DiskImage>> {
-    let path = resolve_backing(image, name);
+    let path = crate::resolve_reference(image, name, "backing file", allow_external)?;
     open(
         &path,
         &OpenOptions {
             read_only: true,
             format,
+            allow_external_backing: allow_external,
         },
     )
 }
@@ -265,8 +282,14 @@ pub fn create(path: &Path, format: Format, size: u64, opts: &CreateOptions) -> R
 
 /// Check the consistency of the image at `path`. qcow2 images get a full refcount check
 /// (`repair` fixes leaked clusters); other formats are validated by opening them and
-/// walking their whole allocation map.
-pub fn check(path: &Path, format: Option<Format>, repair: bool) -> Result<CheckReport> {
+/// walking their whole allocation map (with their chains; `allow_external` as in
+/// [`OpenOptions::allow_external_backing`]).
+pub fn check(
+    path: &Path,
+    format: Option<Format>,
+    repair: bool,
+    allow_external: bool,
+) -> Result<CheckReport> {
     let format = match format {
         Some(format) => format,
         None => detect(path)?,
@@ -279,6 +302,7 @@ pub fn check(path: &Path, format: Option<Format>, repair: bool) -> Result<CheckR
         &OpenOptions {
             read_only: true,
             format: Some(format),
+            allow_external_backing: allow_external,
         },
     )?;
     let size = image.size();
@@ -349,6 +373,7 @@ mod tests {
                 &OpenOptions {
                     read_only: false,
                     format: Some(Format::Raw),
+                    ..OpenOptions::default()
                 },
             )
             .err();
@@ -380,21 +405,5 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, Error::NotAnImage { .. }), "{err}");
-    }
-
-    #[test]
-    fn relative_backing_resolves_against_image_dir() {
-        assert_eq!(
-            resolve_backing(Path::new("/a/b/top.qcow2"), Path::new("base.raw")),
-            PathBuf::from("/a/b/base.raw")
-        );
-        assert_eq!(
-            resolve_backing(Path::new("top.qcow2"), Path::new("base.raw")),
-            PathBuf::from("base.raw")
-        );
-        assert_eq!(
-            resolve_backing(Path::new("/a/top.qcow2"), Path::new("/x/base")),
-            PathBuf::from("/x/base")
-        );
     }
 }

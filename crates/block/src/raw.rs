@@ -1,7 +1,7 @@
 //! Raw images: the file is the disk, byte for byte. Holes in the file are unallocated.
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,12 @@ pub(crate) struct RawImage {
     path: PathBuf,
     size: u64,
     read_only: bool,
+    /// The format was detected, not given: writes must not make the content detect as
+    /// another format ([`RawImage::check_format_kept`]).
+    probed: bool,
+    /// Detection also reads the last sector (regular files; a block device's length reads
+    /// as 0 from its metadata).
+    probe_tail: bool,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> Error {
@@ -22,14 +28,19 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-pub(crate) fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+/// Open a raw image; `probed` when its format was detected from the content rather than
+/// given by the user.
+pub(crate) fn open(path: &Path, opts: &OpenOptions, probed: bool) -> Result<Box<dyn DiskImage>> {
     let file = crate::open::open_image_file(path, opts.read_only)?;
+    let meta = file.metadata().map_err(|e| io_err(path, e))?;
     let size = file_size(&file).map_err(|e| io_err(path, e))?;
     Ok(Box::new(RawImage {
         file,
         path: path.to_path_buf(),
         size,
         read_only: opts.read_only,
+        probed: probed && (meta.is_file() || meta.file_type().is_block_device()),
+        probe_tail: meta.is_file(),
     }))
 }
 
@@ -176,6 +187,47 @@ impl RawImage {
         }
     }
 
+    /// Refuse a write of `buf` at `offset` after which [`crate::open::detect_bytes`] would
+    /// see another format than raw in the first or last sector (the sectors detection
+    /// reads). Only for probed disks: a guest must not turn its raw disk into an image
+    /// header whose backing file names a host file, to be followed on the next open.
+    fn check_format_kept(&self, buf: &[u8], offset: u64) -> Result<()> {
+        const SECTOR: u64 = 512;
+        let end = offset + buf.len() as u64;
+        let tail_start = self.size.checked_sub(SECTOR).filter(|_| self.probe_tail);
+        let touches_head = offset < SECTOR;
+        let touches_tail = tail_start.is_some_and(|t| end > t);
+        if !self.probed || !(touches_head || touches_tail) {
+            return Ok(());
+        }
+        let window = |start: u64, len: u64| -> Result<Vec<u8>> {
+            let mut bytes = vec![0u8; len as usize];
+            self.file
+                .read_exact_at(&mut bytes, start)
+                .map_err(|e| io_err(&self.path, e))?;
+            // Overlay the part of the write that falls into [start, start + len).
+            let lo = offset.max(start);
+            let hi = end.min(start + len);
+            if lo < hi {
+                bytes[(lo - start) as usize..(hi - start) as usize]
+                    .copy_from_slice(&buf[(lo - offset) as usize..(hi - offset) as usize]);
+            }
+            Ok(bytes)
+        };
+        let head = window(0, self.size.min(SECTOR))?;
+        let tail = match tail_start {
+            Some(t) => Some(window(t, SECTOR)?),
+            None => None,
+        };
+        match crate::open::detect_bytes(&head, tail.as_deref()) {
+            Format::Raw => Ok(()),
+            format => Err(Error::FormatChange {
+                path: self.path.clone(),
+                format,
+            }),
+        }
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly)
@@ -219,6 +271,7 @@ impl DiskImage for RawImage {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64)?;
+        self.check_format_kept(buf, offset)?;
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| io_err(&self.path, e))
@@ -284,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.raw");
         create(&path, 8 << 20, &CreateOptions::default()).unwrap();
-        let mut img = open(&path, &OpenOptions::default()).unwrap();
+        let mut img = open(&path, &OpenOptions::default(), false).unwrap();
         assert_eq!(img.size(), 8 << 20);
         assert!(img.allocated_bytes().unwrap() < 64 * 1024);
         img.write_at(&[0xabu8; 8192], 1 << 20).unwrap();
@@ -310,7 +363,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.raw");
         create(&path, 4 << 20, &CreateOptions::default()).unwrap();
-        let mut img = open(&path, &OpenOptions::default()).unwrap();
+        let mut img = open(&path, &OpenOptions::default(), false).unwrap();
         img.write_at(&[1u8; 4096], 3 << 20).unwrap();
         assert!(img.resize(2 << 20).is_err());
         img.resize(16 << 20).unwrap();
@@ -327,10 +380,74 @@ mod tests {
             &path,
             &OpenOptions {
                 read_only: true,
-                format: None,
+                ..OpenOptions::default()
             },
+            false,
         )
         .unwrap();
         assert!(matches!(img.write_at(&[1], 0), Err(Error::ReadOnly)));
+    }
+
+    /// A qcow2 header whose backing file is `/etc/shadow`, as a guest would write it.
+    fn hostile_qcow2_header() -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+        h[16..20].copy_from_slice(&11u32.to_be_bytes());
+        h[0x200 - 0x100..0x200 - 0x100 + 11].copy_from_slice(b"/etc/shadow");
+        h
+    }
+
+    #[test]
+    fn probed_raw_refuses_writes_that_change_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("guest.img");
+        create(&path, 1 << 20, &CreateOptions::default()).unwrap();
+        let mut img = crate::open(&path, &OpenOptions::default()).unwrap();
+        let err = img.write_at(&hostile_qcow2_header(), 0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FormatChange {
+                    format: Format::Qcow2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("look like a qcow2 image"), "{err}");
+        // The magic alone, written one byte past the start, and a VHD footer at the end.
+        assert!(img.write_at(b"FI\xfb", 1).is_ok());
+        assert!(matches!(
+            img.write_at(b"Q", 0),
+            Err(Error::FormatChange { .. })
+        ));
+        assert!(matches!(
+            img.write_at(b"conectix", (1 << 20) - 512),
+            Err(Error::FormatChange {
+                format: Format::Vhd,
+                ..
+            })
+        ));
+        // Ordinary writes to the same sectors (a partition table) still work.
+        let mut mbr = vec![0u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        img.write_at(&mbr, 0).unwrap();
+        img.write_at(&[7u8; 4096], (1 << 20) - 4096).unwrap();
+        assert_eq!(crate::detect(&path).unwrap(), Format::Raw);
+        // Given explicitly as raw, the disk may hold anything.
+        drop(img);
+        let mut img = crate::open(
+            &path,
+            &OpenOptions {
+                format: Some(Format::Raw),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        img.write_at(&hostile_qcow2_header(), 0).unwrap();
+        assert_eq!(crate::detect(&path).unwrap(), Format::Qcow2);
     }
 }

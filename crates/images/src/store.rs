@@ -296,6 +296,7 @@ fn open_read_only(path: &Path, format: block::Format) -> Result<Box<dyn block::D
     let opts = block::OpenOptions {
         read_only: true,
         format: Some(format),
+        allow_external_backing: false,
     };
     block::open(path, &opts).map_err(|source| StoreError::Disk {
         path: path.to_path_buf(),

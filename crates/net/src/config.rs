@@ -217,6 +217,49 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
     Ok(config)
 }
 
+impl NicConfig {
+    /// Checks a configuration that was not made by [`parse_nic`] (a snapshot file's, which
+    /// is untrusted) by the same rules: names, a unicast MAC, non-zero forward ports, and
+    /// forwards and host-loopback only in the NAT modes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.mode {
+            NicMode::Nat => {}
+            NicMode::NatNetwork(n)
+            | NicMode::Internal(n)
+            | NicMode::HostOnly(n)
+            | NicMode::Bridged(n)
+            | NicMode::Tap(n) => {
+                check_name(n)?;
+            }
+        }
+        if let Some(mac) = self.mac {
+            if mac[0] & 1 != 0 {
+                let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+                return Err(ConfigError::BadMac(hex.join(":")));
+            }
+        }
+        if !is_nat(&self.mode) {
+            if !self.forwards.is_empty() {
+                return Err(ConfigError::ForwardNotNat);
+            }
+            if self.host_loopback {
+                return Err(ConfigError::HostLoopbackNotNat);
+            }
+        }
+        if let Some(f) = self
+            .forwards
+            .iter()
+            .find(|f| f.host_port == 0 || f.guest_port == 0)
+        {
+            return Err(ConfigError::BadForward(format!(
+                "port 0 in {}-{}",
+                f.host_port, f.guest_port
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A locally administered MAC in QEMU's 52:54:00 range, distinct per `index` and
 /// random otherwise.
 pub fn default_mac(index: u8) -> [u8; 6] {
@@ -257,6 +300,29 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn validate_applies_the_parser_rules() {
+        for ok in [
+            "nat,forward=tcp::2222-:22,host-loopback=on",
+            "internal:lab",
+            "tap:tap0",
+        ] {
+            parse_nic(ok).unwrap().validate().unwrap();
+        }
+        let mut c = parse_nic("internal:lab").unwrap();
+        c.mode = NicMode::Internal("../etc".into());
+        assert_eq!(c.validate(), Err(ConfigError::BadName("../etc".into())));
+        let mut c = parse_nic("tap:tap0").unwrap();
+        c.host_loopback = true;
+        assert_eq!(c.validate(), Err(ConfigError::HostLoopbackNotNat));
+        let mut c = parse_nic("nat").unwrap();
+        c.mac = Some([1, 0, 0, 0, 0, 0]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadMac(_))));
+        let mut c = parse_nic("nat,forward=tcp::2222-:22").unwrap();
+        c.forwards[0].guest_port = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::BadForward(_))));
     }
 
     #[test]

@@ -327,6 +327,10 @@ impl PasstBackend {
 
 impl Drop for PasstBackend {
     fn drop(&mut self) {
+        // passt runs --one-off: closing our end ends it even where the kill is refused (a
+        // confined VMM has no CAP_KILL for a passt that dropped to another user).
+        // SAFETY: shutdown on the stream's own descriptor, still open here.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -35,9 +35,10 @@
 //! * QEMU 7.2 under TCG crashes (SIGSEGV in `msix_set_vector_notifiers`, from
 //!   `vhost_net_start`) when a vhost-user-net device uses MSI-X, whatever the backend:
 //!   `vectors=0` avoids it.
-//! * A frontend that shrinks the file behind its memory after SET_MEM_TABLE makes the
-//!   backend fault on access (SIGBUS); sizes are checked when the table arrives, QEMU's
-//!   memfd backend seals the file against shrinking.
+//! * Guest memory must come from a memfd sealed against shrinking (`F_SEAL_SHRINK`),
+//!   which QEMU's `memory-backend-memfd` is by default: a frontend that shrank the file
+//!   behind its memory after SET_MEM_TABLE would make the backend fault on access
+//!   (SIGBUS). Unsealed files (`memory-backend-file`, `seal=off`) get an error reply.
 //!
 //! ```text
 //! let listener = vhost_user::bind(Path::new("/run/disk.sock"))?;

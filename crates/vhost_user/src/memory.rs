@@ -6,8 +6,16 @@
 //! page-aligned file offset, a regular file (or memfd) long enough to back the whole
 //! region (a mapping past the end of its file would fault on access), and no overlap
 //! with another region in either address space.
+//!
+//! The file must also be sealed against shrinking (`F_SEAL_SHRINK`): otherwise the
+//! frontend could truncate it after the table is accepted and the backend would die of
+//! SIGBUS on its next access to guest memory. QEMU's `memory-backend-memfd` seals by
+//! default (`seal=on`); plain files (`memory-backend-file`, hugetlbfs paths) cannot be
+//! sealed and are refused. libvhost-user and the rust-vmm backends map without this
+//! check; vessel prefers a clear refusal to a SIGBUS handler around every access.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 
 use vhost::vhost_user::message::VhostUserMemoryRegion;
 use vm_memory::mmap::MmapRegionError;
@@ -36,6 +44,12 @@ pub enum MemoryError {
     },
     #[error("region {0}: its fd is not a regular file or memfd")]
     NotAFile(usize),
+    #[error(
+        "region {0}: its file is not sealed against shrinking (F_SEAL_SHRINK), so the \
+         frontend could truncate it under the backend; share guest memory through a sealed \
+         memfd (QEMU: memory-backend-memfd, which seals by default)"
+    )]
+    NotSealed(usize),
     #[error(
         "region {index}: {offset:#x}+{size:#x} goes past the end of its {file_len:#x}-byte file"
     )]
@@ -79,6 +93,13 @@ fn page_size() -> u64 {
     // SAFETY: sysconf only reads a system constant.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096).max(1)
+}
+
+/// Whether `file` carries `F_SEAL_SHRINK` (files that do not support seals do not).
+fn sealed_against_shrinking(file: &File) -> bool {
+    // SAFETY: F_GET_SEALS on a descriptor `file` owns; no memory is passed.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
 /// Index pairs of the first two overlapping ranges among `(start, len, index)`.
@@ -148,6 +169,9 @@ impl GuestRam {
             if !meta.is_file() {
                 return Err(MemoryError::NotAFile(index));
             }
+            if !sealed_against_shrinking(&file) {
+                return Err(MemoryError::NotSealed(index));
+            }
             // offset + size does not wrap (checked above).
             if offset + a.size > meta.len() {
                 return Err(MemoryError::PastEnd {
@@ -190,11 +214,7 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    fn memfd(len: u64) -> File {
-        let f = tempfile::tempfile().unwrap();
-        f.set_len(len).unwrap();
-        f
-    }
+    use crate::tests::{memfd, unsealed_memfd};
 
     fn region(gpa: u64, size: u64, va: u64, offset: u64) -> VhostUserMemoryRegion {
         VhostUserMemoryRegion::new(gpa, size, va, offset)
@@ -266,5 +286,27 @@ mod tests {
             GuestRam::map(&[region(0, 0x1000, 0, 0)], vec![dir]),
             Err(MemoryError::NotAFile(0))
         ));
+    }
+
+    #[test]
+    fn files_that_may_shrink_are_refused() {
+        let r = [region(0, 0x1000, 0, 0)];
+        let err = GuestRam::map(&r, vec![unsealed_memfd(0x4000)])
+            .err()
+            .unwrap();
+        assert!(matches!(err, MemoryError::NotSealed(0)), "{err}");
+        assert!(err.to_string().contains("F_SEAL_SHRINK"), "{err}");
+        // A plain file cannot be sealed at all.
+        let plain = tempfile::tempfile().unwrap();
+        plain.set_len(0x4000).unwrap();
+        assert!(matches!(
+            GuestRam::map(&r, vec![plain]),
+            Err(MemoryError::NotSealed(0))
+        ));
+        // The sealed memfd cannot shrink under the mapping.
+        let sealed = memfd(0x4000);
+        let ram = GuestRam::map(&r, vec![sealed.try_clone().unwrap()]).unwrap();
+        assert!(sealed.set_len(0).is_err());
+        assert!(ram.memory().read_obj::<u64>(GuestAddress(0x800)).is_ok());
     }
 }

@@ -234,7 +234,7 @@ impl Backend {
                 Ok(()) => {}
                 Err(e) if is_disconnect(&e) => break Ok(ConnectionEnd::Disconnected),
                 Err(VhostError::ReqHandlerError(e)) => {
-                    eprintln!("vessel: vhost-user: request refused: {e}");
+                    tracing::warn!("vhost-user: request refused: {e}");
                 }
                 // SET_VRING_ENABLE before SET_FEATURES (QEMU's vhost-user-net, without
                 // asking for a reply): applied by Connection::handle_request.
@@ -262,10 +262,10 @@ impl Backend {
             match self.serve_connection(stream, stop)? {
                 ConnectionEnd::Stopped => return Ok(()),
                 ConnectionEnd::Disconnected => {
-                    eprintln!("vessel: vhost-user: frontend disconnected; waiting for the next")
+                    tracing::info!("vhost-user: frontend disconnected; waiting for the next")
                 }
                 ConnectionEnd::Failed(e) => {
-                    eprintln!("vessel: vhost-user: connection closed: {e}; waiting for the next")
+                    tracing::warn!("vhost-user: connection closed: {e}; waiting for the next")
                 }
             }
         }

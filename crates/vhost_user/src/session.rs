@@ -320,7 +320,7 @@ impl Core {
             if let Some(q) = vring.queue.take() {
                 vring.base = q.next_avail();
                 if let Err(e) = self.start(i) {
-                    eprintln!("vessel: vhost-user: queue {i} stopped by the new memory table: {e}");
+                    tracing::error!("vhost-user: queue {i} stopped by the new memory table: {e}");
                     if let Some(s) = &self.session {
                         s.vrings[i].signal_error();
                     }
@@ -608,7 +608,7 @@ impl Core {
             Ok(true) => session.pending |= 1 << i,
             Ok(false) => {}
             Err(e) => {
-                eprintln!("vessel: vhost-user: queue {i} is broken and stopped: {e}");
+                tracing::error!("vhost-user: queue {i} is broken and stopped: {e}");
                 vring.queue = None;
                 vring.signal_error();
             }

@@ -30,7 +30,13 @@ impl Worker {
         )?;
         let handle = std::thread::Builder::new()
             .name("vhost-user".into())
-            .spawn(move || serve(&core, &epoll))?;
+            .spawn(move || {
+                if let Err(e) = confine::enter(confine::Role::VhostUserWorker) {
+                    eprintln!("vessel: error: confining the vhost-user worker: {e}");
+                    std::process::exit(1);
+                }
+                serve(&core, &epoll)
+            })?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -64,7 +70,7 @@ fn serve(core: &Mutex<Core>, epoll: &Epoll) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("vessel: vhost-user worker: epoll_wait: {e}");
+                tracing::error!("vhost-user worker: epoll_wait: {e}");
                 return;
             }
         };

@@ -13,6 +13,9 @@ use crate::drain::drain;
 use crate::processor::lock;
 use crate::queue::{Queue, QueueError, Segment};
 
+mod persist;
+pub use persist::{ConsoleArgs, ConsoleState, CONSOLE_STATE_VERSION};
+
 /// Queue index of receiveq (host → guest) and transmitq (guest → host).
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -23,7 +26,7 @@ pub const INPUT_CAPACITY: usize = 64 << 10;
 pub const F_SIZE: u64 = 1 << 0;
 pub const F_EMERG_WRITE: u64 = 1 << 2;
 const CONFIG_LEN: usize = 12;
-const DEVICE_TYPE_CONSOLE: u16 = 3;
+pub(crate) const DEVICE_TYPE_CONSOLE: u16 = 3;
 const TX_CHUNK: usize = 4096;
 /// Output taken from one transmit chain at most; the rest of a larger chain is dropped.
 pub const MAX_TX_PER_CHAIN: u64 = 1 << 20;
@@ -183,6 +186,9 @@ impl VirtioDevice for Console {
         {
             data.copy_from_slice(src);
         }
+    }
+    fn save_state(&self) -> crate::DeviceState {
+        crate::DeviceState::Console(crate::Persist::save(self))
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // emerg_wr: one character written straight to the output.

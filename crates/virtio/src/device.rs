@@ -26,6 +26,11 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver set DRIVER_OK having negotiated `features`.
     fn activate(&mut self, _features: u64) {}
+    /// The device-specific state a VM snapshot saves (the transport saves the rest);
+    /// a device with such state implements [`crate::Persist`] and returns its state here.
+    fn save_state(&self) -> crate::DeviceState {
+        crate::DeviceState::Stateless
+    }
     /// The driver reset the device: drop all per-driver state.
     fn reset(&mut self) {}
     /// Make completed work durable (a disk flushes): the driver is gone without a word,

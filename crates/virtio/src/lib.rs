@@ -1,5 +1,6 @@
 //! virtio 1.x devices for vessel: the modern PCI transport, split virtqueues and the
-//! virtio-blk, virtio-rng and virtio-console device models. No KVM here.
+//! virtio-blk, virtio-net, virtio-rng, virtio-console and virtio-vsock device models. No
+//! KVM here.
 //!
 //! # Wiring a device into the VMM
 //!
@@ -33,19 +34,22 @@ mod device;
 mod drain;
 mod interrupt;
 pub mod net;
+mod persist;
 mod processor;
 pub mod queue;
 pub mod rng;
 mod transport;
+pub mod vsock;
 
 pub use chain_io::{ChainIoError, ChainReader, ChainWriter};
 pub use device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};
 pub use interrupt::{InterruptState, VirtioInterrupt};
+pub use persist::{DeviceState, Persist, PersistError};
 pub use processor::{ProcessError, QueueProcessor};
 pub use queue::{ChainError, Queue, QueueError, QueueLayout, Segment};
 pub use transport::{
-    bar_layout, QueueState, StateError, TransportError, VirtioPciDevice, VirtioPciState, NO_VECTOR,
-    VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
+    bar_layout, QueueState, StateError, TransportArgs, TransportError, VirtioPciDevice,
+    VirtioPciState, NO_VECTOR, TRANSPORT_STATE_VERSION, VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE,
 };
 
 /// Device status bits (virtio 1.2 §2.1).

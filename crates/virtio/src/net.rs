@@ -39,6 +39,9 @@ use crate::chain_io::{split, ChainReader, ChainWriter};
 use crate::device::VirtioDevice;
 use crate::queue::{Queue, QueueError, Segment};
 
+mod persist;
+pub use persist::{NetArgs, NetState, NET_STATE_VERSION};
+
 /// Queue indices: receiveq1 (host → guest) and transmitq1 (guest → host).
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -57,7 +60,7 @@ const CONFIG_LEN: usize = 12;
 /// [`MAX_FRAME_LEN`]).
 pub const MAX_MTU: u16 = u16::MAX;
 const _: () = assert!(MAX_MTU as usize + MIN_FRAME_LEN <= MAX_FRAME_LEN);
-const DEVICE_TYPE_NET: u16 = 1;
+pub(crate) const DEVICE_TYPE_NET: u16 = 1;
 
 pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 pub const F_STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
@@ -251,6 +254,9 @@ pub struct Net {
     rx_frame: Vec<u8>,
     rx_len: Option<usize>,
     rx_chains: VecDeque<RxChain>,
+    /// Heads of receive chains a restored device had kept: read again from the ring
+    /// before the next receive.
+    restored_rx: Vec<u16>,
     /// A transmitted frame the backend refused for now.
     tx_frame: Vec<u8>,
     tx_stalled: bool,
@@ -274,6 +280,7 @@ impl Net {
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_len: None,
             rx_chains: VecDeque::new(),
+            restored_rx: Vec::new(),
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             tx_stalled: false,
             segs: Vec::new(),
@@ -396,6 +403,9 @@ impl Net {
     }
 
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        if !self.restored_rx.is_empty() {
+            self.take_restored_chains(queue, mem)?;
+        }
         for _ in 0..BUDGET {
             let len = match self.rx_len {
                 Some(len) => len,
@@ -573,9 +583,13 @@ impl VirtioDevice for Net {
                 .set_guest_offloads(GuestOffloads::from_features(features));
         }
     }
+    fn save_state(&self) -> crate::DeviceState {
+        crate::DeviceState::Net(crate::Persist::save(self))
+    }
     fn reset(&mut self) {
         // Kept chains belonged to the old rings; a frame in flight is lost, as on a wire.
         self.rx_chains.clear();
+        self.restored_rx.clear();
         self.rx_len = None;
         self.tx_stalled = false;
         self.mrg_rxbuf = false;

@@ -493,3 +493,37 @@ fn io_thread_serves_kicks_and_reset_waits_for_it() {
     stop.store(true, Ordering::SeqCst);
     io_thread.join().unwrap();
 }
+
+/// A guest must not turn a raw disk whose format was detected into another format: a qcow2
+/// header it writes to sector 0 (backing file /etc/shadow) would be opened as qcow2, and
+/// the backing file followed, on the next start.
+#[test]
+fn probed_raw_disk_refuses_a_qcow2_header_in_sector_0() {
+    let dir = std::env::temp_dir().join(format!("vessel-blk-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("guest.img");
+    std::fs::write(&path, vec![0u8; DISK_SIZE]).unwrap();
+    let image = block::open(&path, &block::OpenOptions::default()).unwrap();
+    let mut d = Driver::plug(Box::new(Block::new(image, "probed")));
+    d.init(Setup::default());
+
+    let mut header = [0u8; 512];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[4..8].copy_from_slice(&3u32.to_be_bytes());
+    header[8..16].copy_from_slice(&0x100u64.to_be_bytes());
+    header[16..20].copy_from_slice(&11u32.to_be_bytes());
+    header[0x100..0x10b].copy_from_slice(b"/etc/shadow");
+    let buf = d.alloc(512, 0);
+    d.mem_write(buf, &header);
+    let (st, _) = submit(&mut d, T_OUT, 0, &[Buf::r(buf, 512)]);
+    assert_eq!(st, S_IOERR, "the qcow2 header was written");
+    // An ordinary boot sector goes through.
+    let mut mbr = [0u8; 512];
+    mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+    d.mem_write(buf, &mbr);
+    let (st, _) = submit(&mut d, T_OUT, 0, &[Buf::r(buf, 512)]);
+    assert_eq!(st, S_OK);
+    assert_eq!(block::detect(&path).unwrap(), block::Format::Raw);
+    assert_eq!(std::fs::read(&path).unwrap()[510..512], [0x55, 0xaa]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

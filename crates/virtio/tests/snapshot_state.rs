@@ -7,7 +7,7 @@ mod harness;
 use harness::vring::Buf;
 use harness::{Driver, Setup, MEM_SIZE};
 use virtio::rng::Rng;
-use virtio::{StateError, VirtioPciState};
+use virtio::{DeviceState, StateError, VirtioPciState};
 use vm_memory::{Bytes, GuestAddress};
 
 fn used_rng() -> Driver {
@@ -36,7 +36,7 @@ fn a_restored_device_goes_on_where_it_was() {
     let mut ram = vec![0u8; MEM_SIZE];
     old.mem.read_slice(&mut ram, GuestAddress(0)).unwrap();
     new.mem.write_slice(&ram, GuestAddress(0)).unwrap();
-    new.dev.lock().unwrap().restore(&state).unwrap();
+    new.dev.lock().unwrap().restore_registers(&state).unwrap();
     assert_eq!(state_of(&new), state);
     // The MSI-X routes are published again on restore: vector 1 (queue 0) unmasked.
     let routes = new.msi.routes.lock().unwrap().clone();
@@ -69,36 +69,58 @@ fn state_that_does_not_fit_the_device_is_refused() {
             .dev
             .lock()
             .unwrap()
-            .restore(s)
+            .restore_registers(s)
+    };
+    let refused = |s: &VirtioPciState, reason: &str| {
+        let err = restore(s).unwrap_err().to_string();
+        assert!(err.contains(reason), "{err} (expected: {reason})");
+        err
     };
     let mut s = good.clone();
+    s.version = 7;
+    refused(&s, "version 7");
+    let mut s = good.clone();
     s.device_type = 2;
-    assert_eq!(
+    assert!(matches!(
         restore(&s),
         Err(StateError::DeviceType {
             found: 2,
             expected: 4
         })
-    );
+    ));
+    let mut s = good.clone();
+    s.device = DeviceState::Console(virtio::console::ConsoleState {
+        version: 1,
+        cols: 80,
+        rows: 25,
+        input: vec![],
+    });
+    refused(&s, "device type 3");
     let mut s = good.clone();
     s.queues.push(s.queues[0].clone());
     assert!(matches!(restore(&s), Err(StateError::QueueCount { .. })));
     let mut s = good.clone();
     s.queues[0].size = u16::MAX;
-    assert_eq!(restore(&s), Err(StateError::Queue(0)));
+    refused(&s, "queue 0: size 65535 above the maximum");
+    let mut s = good.clone();
+    s.queues[0].size = 3;
+    refused(&s, "not a power of two");
     let mut s = good.clone();
     s.queues[0].desc = u64::MAX - 8;
-    assert_eq!(restore(&s), Err(StateError::Queue(0)));
+    refused(&s, "queue 0: ");
+    let mut s = good.clone();
+    s.queues[0].driver = MEM_SIZE as u64 + 0x1000;
+    refused(&s, "queue 0: ");
     let mut s = good.clone();
     s.driver_features |= 1 << 40;
     assert!(matches!(restore(&s), Err(StateError::Features(_))));
     let mut s = good.clone();
     s.config.regs.truncate(10);
-    assert_eq!(restore(&s), Err(StateError::Config));
+    assert!(matches!(restore(&s), Err(StateError::Config)));
     let mut s = good.clone();
     s.interrupt.msix.entries.pop();
-    assert_eq!(restore(&s), Err(StateError::Interrupt));
+    assert!(matches!(restore(&s), Err(StateError::Interrupt)));
     let mut s = good;
     s.interrupt.config_vector = 77;
-    assert_eq!(restore(&s), Err(StateError::Interrupt));
+    assert!(matches!(restore(&s), Err(StateError::Interrupt)));
 }

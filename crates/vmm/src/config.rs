@@ -49,8 +49,22 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Serial number the guest reads with GET_ID (at most 20 bytes); `vessel-diskN` when unset.
     pub id: Option<String>,
-    /// Image format; detected from the content when unset.
+    /// Image format; detected from the content when unset (and then guest writes that
+    /// would make the content detect as another format are refused).
     pub format: Option<block::Format>,
+    /// Follow backing files / parents / extents the image names by absolute paths or
+    /// with `..` (`allow-external-backing`; see [`block::OpenOptions`]).
+    pub allow_external_backing: bool,
+}
+
+/// A virtio-vsock device with Firecracker's host side (docs/vsock.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 ..= 2^32 - 2).
+    pub cid: u64,
+    /// The host's Unix socket: clients connect here with `CONNECT <port>`; guest
+    /// connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +84,10 @@ pub struct VmConfig {
     /// virtio-net interfaces, in PCI slot order after the disks.
     pub nics: Vec<net::NicConfig>,
     pub pit: PitMode,
+    /// Whether vessel's instruction emulator stands in for KVM's (kvm_pvm hosts).
+    pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
+    /// A virtio-vsock device, after the consoles in PCI slot order.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -1,17 +1,19 @@
-//! The serial console of a background VM: output is appended to a log file and copied to
-//! the client attached to a unix socket (`vessel console`), whose input goes to the guest.
+//! The serial console of a background VM: output is appended to a log file (rotated at
+//! [`CONSOLE_LOG_LIMIT`]) and copied to the client attached to a unix socket
+//! (`vessel console`), whose input goes to the guest.
 //! One client at a time; a newer client replaces the older one.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
+
 /// Where serial output goes: the log, and the attached client if any.
 pub struct ConsoleOutput {
-    log: File,
+    log: ConsoleLog,
     client: Arc<Mutex<Option<UnixStream>>>,
 }
 
@@ -48,10 +50,7 @@ impl ConsoleSocket {
         let listener = UnixListener::bind(socket)?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
+        let log = ConsoleLog::open(log, CONSOLE_LOG_LIMIT)?;
         let client = Arc::new(Mutex::new(None));
         Ok((
             Self {

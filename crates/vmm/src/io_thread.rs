@@ -22,10 +22,11 @@ pub struct IoThread {
 }
 
 impl IoThread {
-    /// Start serving `processors` (one per virtio device).
+    /// Start serving `processors` (one per virtio device), confined as `role`.
     pub fn spawn(
         processors: Vec<QueueProcessor>,
         backend_fds: Vec<(std::os::fd::RawFd, usize)>,
+        role: confine::Role,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -58,7 +59,10 @@ impl IoThread {
         }
         let handle = std::thread::Builder::new()
             .name("io".into())
-            .spawn(move || serve(epoll, processors))?;
+            .spawn(move || {
+                crate::confinement::enter(role);
+                serve(epoll, processors)
+            })?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -73,7 +77,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("vessel: I/O thread: epoll_wait: {e}");
+                tracing::error!("I/O thread: epoll_wait: {e}");
                 return;
             }
         };
@@ -86,7 +90,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
                 if let Some(p) = processors.get((token & !BACKEND_TOKEN) as usize) {
                     for q in 0..p.num_queues() {
                         if let Err(e) = p.process_queue(q) {
-                            eprintln!("vessel: virtio device queue {q}: {e}");
+                            tracing::warn!("virtio device queue {q}: {e}");
                         }
                     }
                 }
@@ -96,7 +100,7 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
             if let Some(p) = processors.get(device) {
                 // A broken ring has already flagged DEVICE_NEEDS_RESET for the guest.
                 if let Err(e) = p.handle_notify(queue) {
-                    eprintln!("vessel: virtio device {device} queue {queue}: {e}");
+                    tracing::warn!("virtio device {device} queue {queue}: {e}");
                 }
             }
         }

@@ -164,7 +164,7 @@ impl IntxLine for KvmIntx {
 }
 
 fn warn(msg: &str) {
-    eprintln!("vessel: warning: {msg}");
+    tracing::warn!("{msg}");
 }
 
 #[cfg(test)]

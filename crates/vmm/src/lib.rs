@@ -3,21 +3,25 @@
 
 mod boot_files;
 pub mod config;
+mod confinement;
 pub mod console;
+pub mod console_log;
 mod console_socket;
 pub mod control;
 pub mod diagnostics;
-pub mod emulation;
+pub mod emulator_fixups;
 mod event_loop;
 mod io_thread;
 mod irq_routing;
 mod kick;
+mod kvm_vcpu;
 mod pci_devices;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{DiskConfig, PitMode, SerialMode, VmConfig};
+pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
+pub use emulator_fixups::EmulatorFixups;
 pub use vm::{Vm, VmError};

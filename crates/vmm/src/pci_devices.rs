@@ -55,9 +55,12 @@ struct BarMover {
 impl BarMoveHandler for BarMover {
     fn move_bar(&self, mv: &BarMove) {
         if let Err(e) = self.try_move(mv) {
-            eprintln!(
-                "vessel: warning: cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}",
-                mv.bar, mv.slot, mv.old, mv.new
+            tracing::warn!(
+                "cannot move BAR {} of slot {} from {:#x} to {:#x}: {e}",
+                mv.bar,
+                mv.slot,
+                mv.old,
+                mv.new
             );
         }
     }
@@ -175,7 +178,7 @@ pub fn setup(
         let mut dev = VirtioPciDevice::new(device, mem.clone(), bar, msi, Some(intx))?;
         dev.config_mut().set_interrupt_line(gsi as u8);
         if let Some(state) = restore.and_then(|states| states.get(index)) {
-            dev.restore(state)
+            dev.restore_registers(state)
                 .map_err(|source| PciSetupError::RestoreDevice { slot, source })?;
         }
         let bar = dev.bar_address();

@@ -13,8 +13,9 @@ use arch::GuestMemory;
 use devices::{Bus, ExitReason, VmExit};
 
 use crate::diagnostics;
-use crate::emulation::KvmVcpu;
+use crate::emulator_fixups::Fallback;
 use crate::kick;
+use crate::kvm_vcpu::KvmVcpu;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -131,6 +132,8 @@ pub struct VcpuRunner {
     pub msr_indices: Arc<Vec<u32>>,
     /// KVM_CAP_XSAVE2 of the VM: the size of the vCPU's XSAVE region (0: 4096 bytes).
     pub xsave2_size: usize,
+    /// Whether KVM's emulation failures fall back to vessel's emulator.
+    pub fallback: Fallback,
 }
 
 impl VcpuRunner {
@@ -167,7 +170,7 @@ impl VcpuRunner {
                 }
                 Next::Debug(what) => {
                     let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-                    if crate::emulation::handle_debug_exit(&mut vcpu, &self.mem) {
+                    if self.fallback.debug_exit(&mut vcpu, &self.mem) {
                         continue;
                     }
                     let report = format!(
@@ -200,6 +203,9 @@ impl VcpuRunner {
                     Next::Continue
                 }
                 VcpuExit::IoOut(port, data) => {
+                    if port == confine::hooks::HOOK_PORT && confine::hooks::port_write() {
+                        return Next::Continue;
+                    }
                     self.pio.write(u64::from(port), data);
                     Next::Continue
                 }
@@ -234,8 +240,8 @@ impl VcpuRunner {
         }
     }
 
-    /// On an emulation failure, let vessel's emulator carry out the instruction KVM could not;
-    /// true if it did and the vCPU can resume.
+    /// On an emulation failure, let vessel's emulator (when the VM's fallback is enabled)
+    /// carry out the instruction KVM could not; true if it did and the vCPU can resume.
     fn emulate_failed_instruction(&mut self) -> bool {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
         // member of the kvm_run exit union.
@@ -244,15 +250,13 @@ impl VcpuRunner {
             return false;
         }
         let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
-        match crate::emulation::emulate_reporting(&mut vcpu, &self.mem) {
-            Ok(_) => true,
-            Err(e) => {
-                eprintln!(
-                    "vessel: vCPU {}: cannot emulate the instruction: {e}",
-                    self.id
-                );
-                if let Some(hint) = crate::emulation::nested_host_hint() {
-                    eprintln!("vessel: {hint}");
+        match self.fallback.emulation_failure(&mut vcpu, &self.mem) {
+            None => false,
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                tracing::error!("vCPU {}: cannot emulate the instruction: {e}", self.id);
+                if let Some(hint) = crate::emulator_fixups::nested_host_hint() {
+                    tracing::info!("{hint}");
                 }
                 false
             }

@@ -1,6 +1,5 @@
 //! Assembling a VM on KVM and running it until it ends.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +26,7 @@ use devices::{Bus, ExitReason, VmExit};
 
 use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
+use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
@@ -112,6 +112,8 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("vsock: {0}")]
+    Vsock(#[source] virtio::vsock::VsockError),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -147,6 +149,9 @@ pub struct Vm {
     runners: Vec<VcpuRunner>,
     stop: Arc<AtomicBool>,
     handle: crate::control::VmHandle,
+    /// The vsock device's listening socket, removed when the VM ends (the device itself
+    /// stays referenced by the PCI buses until the process exits).
+    vsock_uds: Option<std::path::PathBuf>,
 }
 
 impl Vm {
@@ -163,6 +168,7 @@ impl Vm {
         snapshot: &crate::snapshot::VmSnapshot,
         mem_file: &std::path::Path,
     ) -> Result<Self, VmError> {
+        snapshot.check_disk_files()?;
         let mut disks = Vec::new();
         for d in &snapshot.machine.disks {
             let format = match &d.format {
@@ -182,15 +188,25 @@ impl Vm {
                 read_only: d.read_only,
                 id: d.id.clone(),
                 format,
+                // A snapshot file cannot grant this: images it names follow only names
+                // inside their own directory.
+                allow_external_backing: false,
             });
         }
+        let nics = snapshot
+            .machine
+            .nics
+            .iter()
+            .map(crate::snapshot::SavedNic::to_config)
+            .collect::<Result<_, _>>()?;
         let cfg = VmConfig {
             memory: snapshot.machine.memory,
             cpus: snapshot.machine.cpus,
             disks,
-            nics: Vec::new(),
+            nics,
             rng: snapshot.machine.rng,
-            console2: None,
+            console2: snapshot.machine.console.clone(),
+            vsock: None,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -200,6 +216,8 @@ impl Vm {
         cfg: &VmConfig,
         restore: Option<(&crate::snapshot::VmSnapshot, &std::path::Path)>,
     ) -> Result<Self, VmError> {
+        // Each NIC's MAC is chosen once: the device and the snapshot's record share it.
+        let cfg = &crate::snapshot::with_nic_macs(cfg);
         let layout = RamLayout::new(cfg.memory)?;
         let (kernel, initrd) = if restore.is_some() {
             (Vec::new(), None)
@@ -216,16 +234,14 @@ impl Vm {
         let mut console_socket = None;
         let serial_out: Box<dyn Write + Send> = match &cfg.serial {
             SerialMode::Stdio => Box::new(std::io::stdout()),
-            SerialMode::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| VmError::SerialFile {
+            SerialMode::File(path) => {
+                Box::new(ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| {
+                    VmError::SerialFile {
                         path: path.clone(),
                         source,
-                    })?,
-            ),
+                    }
+                })?)
+            }
             SerialMode::None => Box::new(std::io::sink()),
             SerialMode::Background { log, socket } => {
                 let (sock, out) =
@@ -261,7 +277,8 @@ impl Vm {
                 max: max_cpus,
             });
         }
-        let virtio_devices = virtio_devices(cfg)?;
+        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
+        let virtio_devices = virtio_devices(cfg, saved_virtio)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -412,7 +429,6 @@ impl Vm {
             u64::from(layout::ACPI_PM_PORT_LEN),
         )?;
         let mmio = Arc::new(Bus::new());
-        let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
         let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices, saved_virtio)?;
         let pio = Arc::new(pio);
 
@@ -429,6 +445,7 @@ impl Vm {
                 .to_vec(),
         );
         let xsave2_size = usize::try_from(vm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+        let fallback = cfg.emulator_fixups.fallback();
         let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
         for id in 0..cfg.cpus {
             let fd = vm
@@ -447,6 +464,7 @@ impl Vm {
                 gate: gate.clone(),
                 msr_indices: msr_indices.clone(),
                 xsave2_size,
+                fallback,
             });
         }
         if let Some((snapshot, _)) = restore {
@@ -481,10 +499,19 @@ impl Vm {
                         format: d.format.map(|f| f.name().to_string()),
                     })
                     .collect(),
+                nics: cfg
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        crate::snapshot::SavedNic::new(n, crate::snapshot::effective_mac(i, n))
+                    })
+                    .collect(),
                 rng: cfg.rng,
+                console: cfg.console2.as_deref().map(crate::snapshot::console_path),
             },
-            unsupported_device: unsupported_device(cfg),
             xsave2_size,
+            unsupported_device: unsupported_device(cfg),
         };
         Ok(Self {
             _kvm: kvm,
@@ -500,6 +527,7 @@ impl Vm {
             }),
             runners,
             stop,
+            vsock_uds: cfg.vsock.as_ref().map(|v| v.uds.clone()),
             handle: crate::control::VmHandle {
                 exit: exit.clone(),
                 i8042,
@@ -530,6 +558,11 @@ impl Vm {
         let _io_thread = crate::io_thread::IoThread::spawn(
             self.pci.processors.clone(),
             self.pci.backend_fds.clone(),
+            if self.vsock_uds.is_some() {
+                confine::Role::IoVsock
+            } else {
+                confine::Role::Io
+            },
         )
         .map_err(io_err("starting the I/O thread"))?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -537,7 +570,10 @@ impl Vm {
             let name = format!("vcpu{}", runner.id);
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || runner.run())
+                .spawn(move || {
+                    crate::confinement::enter(confine::Role::Vcpu);
+                    runner.run()
+                })
                 .map_err(io_err("spawning a vCPU thread"))?;
             threads.push(handle);
         }
@@ -551,6 +587,7 @@ impl Vm {
             ids.extend(threads.iter().map(|t| t.as_pthread_t()));
         }
 
+        crate::confinement::enter(confine::Role::Main);
         let result =
             crate::event_loop::run(&self.exit, &signals, &self.serial, input, &self.handle);
         self.stop.store(true, Ordering::Release);
@@ -564,28 +601,39 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        if let Some(uds) = &self.vsock_uds {
+            // Only stale from now on; a later VM would replace it anyway.
+            let _ = std::fs::remove_file(uds);
+        }
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save (virtio-net, whose
-/// backend's connections cannot be saved, and virtio-console).
+/// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
+/// connections cannot be saved.
 fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    if let Some(n) = cfg.nics.first() {
-        return Some(format!("virtio-net ({:?})", n.mode));
-    }
-    cfg.console2.as_ref().map(|_| "virtio-console".to_string())
+    cfg.vsock
+        .as_ref()
+        .map(|_| "virtio-vsock (its host connections cannot be saved)".to_string())
 }
 
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
+/// vsock;
+/// with `saved` (a snapshot's states in slot order), each restored from its state.
+fn virtio_devices(
+    cfg: &VmConfig,
+    saved: Option<&[virtio::VirtioPciState]>,
+) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
     use crate::pci_devices::DeviceSpec;
+    use crate::snapshot::restore_model;
     let mut devices: Vec<DeviceSpec> = Vec::new();
+    let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
     for (i, d) in cfg.disks.iter().enumerate() {
         let opts = block::OpenOptions {
             read_only: d.read_only,
             format: d.format,
+            allow_external_backing: d.allow_external_backing,
         };
         let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk {
             path: d.path.clone(),
@@ -607,7 +655,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
     }
     for (index, nic) in cfg.nics.iter().enumerate() {
         // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
-        let mac = nic.mac.unwrap_or_else(|| net::default_mac(index as u8));
+        let mac = crate::snapshot::effective_mac(index, nic);
         let nic = net::NicConfig {
             mac: Some(mac),
             ..nic.clone()
@@ -617,7 +665,7 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
             mode: format!("{:?}", nic.mode),
             source,
         })?;
-        let (device, _link) = virtio::net::Net::new(backend, mac);
+        let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
         let fd = device.backend_fd();
         devices.push(DeviceSpec {
             device: Box::new(device),
@@ -628,16 +676,52 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<crate::pci_devices::DeviceSpec>,
         devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
     }
     if let Some(path) = &cfg.console2 {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| VmError::ConsoleFile {
+        let out =
+            ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
                 path: path.clone(),
                 source,
             })?;
-        let (console, _input) = virtio::console::Console::new(Box::new(out), 80, 25);
+        let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
         devices.push(DeviceSpec::new(Box::new(console)));
     }
+    if let Some(v) = &cfg.vsock {
+        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
+        let fd = device.backend_fd();
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fd: Some(fd),
+        });
+    }
     Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_vsock() {
+        let mut cfg = VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: true,
+            console2: None,
+            nics: Vec::new(),
+            pit: crate::PitMode::Auto,
+            emulator_fixups: crate::EmulatorFixups::Auto,
+            vsock: None,
+        };
+        assert_eq!(unsupported_device(&cfg), None);
+        cfg.vsock = Some(crate::VsockConfig {
+            cid: 3,
+            uds: "/tmp/v.sock".into(),
+        });
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-vsock"), "{what}");
+    }
 }

@@ -138,7 +138,8 @@ impl Qcow2 {
                 "L1 or refcount table lies beyond the end of the file",
             ));
         }
-        // Bounded by the header validation (MAX_L1_BYTES).
+        // Bounded by the header validation (MAX_L1_BYTES) and the chain's budget.
+        crate::budget::charge(path, "L1 table", l1_bytes)?;
         let mut raw = vec![0u8; l1_bytes as usize];
         read_full(&file, path, &mut raw, header.l1_table_offset)?;
         let l1: Vec<u64> = raw
@@ -157,7 +158,12 @@ impl Qcow2 {
                     ),
                     None => None,
                 };
-                Some(crate::open_backing(path, Path::new(name), format)?)
+                Some(crate::open_backing(
+                    path,
+                    Path::new(name),
+                    format,
+                    opts.allow_external_backing,
+                )?)
             }
             None => None,
         };

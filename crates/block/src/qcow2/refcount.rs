@@ -96,7 +96,8 @@ impl Refcounts {
     pub fn load(file: &File, path: &Path, h: &Header, cache_bytes: u64) -> Result<Refcounts> {
         let cs = h.cluster_size();
         let bytes = h.refcount_table_clusters as u64 * cs;
-        // Bounded by the header validation (MAX_REFTABLE_BYTES).
+        // Bounded by the header validation (MAX_REFTABLE_BYTES) and the chain's budget.
+        crate::budget::charge(path, "refcount table", bytes)?;
         let mut raw = vec![0u8; bytes as usize];
         read_full(file, path, &mut raw, h.refcount_table_offset)?;
         let table = raw

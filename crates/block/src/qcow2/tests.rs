@@ -24,7 +24,7 @@ fn open_rw(path: &Path) -> Box<dyn DiskImage> {
 }
 
 fn assert_clean(path: &Path) {
-    let report = crate::check(path, None, false).unwrap();
+    let report = crate::check(path, None, false, false).unwrap();
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
     assert_eq!(report.leaked_clusters, 0);
 }
@@ -219,7 +219,7 @@ fn crash_leaks_are_repaired_on_reopen() {
     img.write_at(&[4u8; 200000], 1 << 20).unwrap();
     // Simulate a crash: refcounts reach the disk, the L2 update does not.
     std::mem::forget(img);
-    let report = crate::check(&path, None, false).unwrap();
+    let report = crate::check(&path, None, false, false).unwrap();
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
     let img = open_rw(&path);
     drop(img);
@@ -257,13 +257,14 @@ fn corrupt_images_give_errors_not_panics() {
             &OpenOptions {
                 read_only: true,
                 format: Some(Format::Qcow2),
+                allow_external_backing: false,
             },
         ) {
             let mut buf = vec![0u8; 65536 * 3];
             let _ = img.read_at(&mut buf, 0);
             let _ = img.allocation(0, img.size());
         }
-        let _ = crate::check(&p, Some(Format::Qcow2), false);
+        let _ = crate::check(&p, Some(Format::Qcow2), false, false);
     }
 }
 
@@ -324,7 +325,7 @@ fn tiny_caches_evict_in_crash_safe_order() {
         if i % 5 == 2 {
             // What a SIGKILL now would leave: the file as it is.
             std::fs::copy(&path, &snapshot).unwrap();
-            let report = crate::check(&snapshot, None, false).unwrap();
+            let report = crate::check(&snapshot, None, false, false).unwrap();
             assert_eq!(report.error_count, 0, "op {i}: {:?}", report.errors);
             let mut back = vec![0u8; size as usize];
             let mut reopened = open_rw(&snapshot);

@@ -88,7 +88,9 @@ impl VdiImage {
     fn open(path: &Path, read_only: bool) -> Result<VdiImage> {
         let file = ImageFile::open(path, read_only, Format::Vdi)?;
         let header = Header::read(&file)?;
-        let mut raw = vec![0u8; header.blocks_in_image as usize * 4];
+        let bmap_bytes = u64::from(header.blocks_in_image) * 4;
+        crate::budget::charge(path, "block map", bmap_bytes)?;
+        let mut raw = vec![0u8; bmap_bytes as usize];
         file.read_exact_at(&mut raw, u64::from(header.offset_bmap), "block map")?;
         let bmap: Vec<u32> = raw
             .chunks_exact(4)

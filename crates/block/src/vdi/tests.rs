@@ -8,6 +8,7 @@ fn rw() -> OpenOptions {
     OpenOptions {
         read_only: false,
         format: Some(Format::Vdi),
+        allow_external_backing: false,
     }
 }
 
@@ -62,6 +63,7 @@ fn qemu_writes_vessel_reads() {
             &OpenOptions {
                 read_only: true,
                 format: None,
+                allow_external_backing: false,
             },
         )
         .unwrap();

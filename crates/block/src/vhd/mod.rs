@@ -38,11 +38,17 @@ pub struct VhdImage {
     sparse: Option<Sparse>,
     parent: Option<Box<dyn DiskImage>>,
     read_only: bool,
+    /// [`OpenOptions::allow_external_backing`], for the parent locators.
+    allow_external: bool,
 }
 
 /// Open a VHD image (and the parent chain of a differencing disk).
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    Ok(Box::new(VhdImage::open(path, opts.read_only)?))
+    Ok(Box::new(VhdImage::open(
+        path,
+        opts.read_only,
+        opts.allow_external_backing,
+    )?))
 }
 
 /// Read the footer at the end of `file`, falling back to the copy at offset 0 of a
@@ -73,7 +79,7 @@ pub(crate) fn identity(path: &Path) -> Result<([u8; 16], u32, u64)> {
 }
 
 impl VhdImage {
-    fn open(path: &Path, read_only: bool) -> Result<VhdImage> {
+    fn open(path: &Path, read_only: bool, allow_external: bool) -> Result<VhdImage> {
         let file = ImageFile::open(path, read_only, Format::Vhd)?;
         let (footer, end_valid) = read_footer(&file)?;
         let file_len = file.len()?;
@@ -83,6 +89,7 @@ impl VhdImage {
             sparse: None,
             parent: None,
             read_only,
+            allow_external,
         };
         if img.footer.disk_type == TYPE_FIXED {
             if img.footer.virtual_size > file_len - FOOTER_SIZE as u64 {
@@ -137,6 +144,7 @@ impl VhdImage {
                 "BAT at {bat_off:#x} ({bat_bytes} bytes) is outside the file"
             )));
         }
+        crate::budget::charge(file.path(), "BAT", bat_bytes)?;
         let mut raw_bat = vec![0u8; bat_bytes as usize];
         file.read_exact_at(&mut raw_bat, bat_off, "BAT")?;
         let bat: Vec<u32> = raw_bat.chunks_exact(4).map(|c| be_u32(c, 0)).collect();
@@ -194,20 +202,10 @@ impl VhdImage {
             self.file
                 .corrupt("differencing disk without a dynamic header")
         })?;
-        let candidates =
-            parent::parent_candidates(&self.file, &sparse.header.raw, self.file.path())?;
-        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            return Err(Error::InvalidArgument(format!(
-                "{}: parent of the differencing VHD not found (tried: {})",
-                self.file.path().display(),
-                if tried.is_empty() {
-                    "no locators".into()
-                } else {
-                    tried.join(", ")
-                }
-            )));
-        };
+        let names = parent::parent_candidates(&self.file, &sparse.header.raw)?;
+        let path =
+            crate::reference::pick_parent(self.file.path(), &names, "VHD", self.allow_external)?;
+        let path = path.as_path();
         if let Ok((uid, _, _)) = identity(path) {
             if uid != sparse.header.parent_unique_id {
                 return Err(self.file.corrupt(format!(
@@ -221,6 +219,7 @@ impl VhdImage {
             &OpenOptions {
                 read_only: true,
                 format: None,
+                allow_external_backing: self.allow_external,
             },
         )
     }

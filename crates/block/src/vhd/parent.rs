@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::footer::SECTOR;
 use crate::image_file::{be_u32, be_u64, ImageFile};
+use crate::reference::windows_relative;
 use crate::Result;
 
 /// Offset of the 8 locator entries in the dynamic header.
@@ -40,26 +41,11 @@ fn utf16(bytes: &[u8], big_endian: bool) -> String {
     String::from_utf16_lossy(&units)
 }
 
-/// A Windows-style relative path (`.\dir\parent.vhd`) as a host path under `dir`.
-fn relative_to(dir: &Path, windows_path: &str) -> PathBuf {
-    let mut p = dir.to_path_buf();
-    for part in windows_path.split(['\\', '/']) {
-        if !part.is_empty() && part != "." {
-            p.push(part);
-        }
-    }
-    p
-}
-
-/// Candidate parent paths from the locators in `dyn_header`, best first: relative
+/// Candidate parent names from the locators in `dyn_header`, best first: relative
 /// Unicode (W2ru), absolute Unicode (W2ku), Mac OS X URL (MacX), then the parent name
-/// next to the child. `child` is the differencing disk's path.
-pub(crate) fn parent_candidates(
-    file: &ImageFile,
-    dyn_header: &[u8],
-    child: &Path,
-) -> Result<Vec<PathBuf>> {
-    let dir = dir_of(child);
+/// next to the child. Relative names are relative to the child's directory; they are
+/// resolved, and checked against the external-name policy, by the caller.
+pub(crate) fn parent_candidates(file: &ImageFile, dyn_header: &[u8]) -> Result<Vec<PathBuf>> {
     let file_len = file.len()?;
     let mut found: Vec<(u8, PathBuf)> = Vec::new();
     for i in 0..8 {
@@ -84,22 +70,21 @@ pub(crate) fn parent_candidates(
         let mut data = vec![0u8; len as usize];
         file.read_exact_at(&mut data, offset, "parent locator")?;
         match code {
-            b"W2ru" => found.push((0, relative_to(dir, &utf16(&data, false)))),
+            b"W2ru" => found.push((0, windows_relative(&utf16(&data, false)))),
             b"W2ku" => {
                 let s = utf16(&data, false);
                 if s.starts_with('/') {
                     found.push((1, PathBuf::from(s)));
                 } else if let Some(name) = s.rsplit(['\\', '/']).next().filter(|n| !n.is_empty()) {
                     // A Windows drive path: the parent may sit next to the child.
-                    found.push((3, dir.join(name)));
+                    found.push((3, PathBuf::from(name)));
                 }
             }
             b"MacX" => {
                 let s = String::from_utf8_lossy(&data);
                 let s = s.trim_end_matches('\0');
                 if let Some(p) = s.strip_prefix("file://") {
-                    let p = PathBuf::from(p);
-                    found.push((2, if p.is_absolute() { p } else { dir.join(p) }));
+                    found.push((2, PathBuf::from(p)));
                 }
             }
             _ => {} // Deprecated or foreign platform codes (Wi2r, Wi2k, Mac alias).
@@ -110,7 +95,7 @@ pub(crate) fn parent_candidates(
         true,
     );
     if !name.is_empty() {
-        found.push((4, relative_to(dir, &name)));
+        found.push((4, windows_relative(&name)));
     }
     found.sort_by_key(|(rank, _)| *rank);
     Ok(found.into_iter().map(|(_, p)| p).collect())

@@ -8,6 +8,7 @@ fn rw() -> OpenOptions {
     OpenOptions {
         read_only: false,
         format: Some(Format::Vhd),
+        allow_external_backing: false,
     }
 }
 
@@ -90,6 +91,7 @@ fn qemu_writes_vessel_reads_with_qemu_size() {
             &OpenOptions {
                 read_only: true,
                 format: None,
+                allow_external_backing: false,
             },
         )
         .unwrap();
@@ -339,19 +341,32 @@ fn parent_found_by_mac_url_and_windows_path() {
         },
     )
     .unwrap();
-    let read_first = |p: &Path| {
-        let mut c = open(p, &rw()).unwrap();
+    let read_with = |p: &Path, opts: &OpenOptions| {
+        let mut c = open(p, opts).unwrap();
         let mut b = [0u8; 512];
         c.read_at(&mut b, 0).unwrap();
         b
     };
-    // MacX with an absolute file URL to a parent in another directory.
+    let read_first = |p: &Path| read_with(p, &rw());
+    // MacX with an absolute file URL to a parent in another directory: refused unless
+    // external parents are allowed.
     let moved = elsewhere.join("base.vhd");
     std::fs::rename(&base, &moved).unwrap();
     let url = format!("file://{}", moved.display());
     set_locator(&child, 0, b"MacX", url.as_bytes());
     set_locator(&child, 1, b"Wi2k", b"ignored");
-    assert_eq!(read_first(&child), [0x37; 512]);
+    match open(&child, &rw()) {
+        Err(e @ Error::ExternalReference { .. }) => {
+            assert!(e.to_string().contains(&moved.display().to_string()), "{e}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("followed an absolute parent locator"),
+    }
+    let external = OpenOptions {
+        allow_external_backing: true,
+        ..rw()
+    };
+    assert_eq!(read_with(&child, &external), [0x37; 512]);
     // A Windows absolute path: the parent is looked for next to the child by name.
     std::fs::rename(&moved, &base).unwrap();
     let win: Vec<u8> = "C:\\Images\\base.vhd"
@@ -367,4 +382,33 @@ fn parent_found_by_mac_url_and_windows_path() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened without its parent"),
     }
+}
+
+#[test]
+fn escaping_parent_locator_is_refused() {
+    let dir = TempDir::new("vhd-dotdot");
+    let outside = TempDir::new("vhd-dotdot-parent");
+    let base = outside.join("base.vhd");
+    let child = dir.join("child.vhd");
+    create(&base, 2 << 20, &CreateOptions::default()).unwrap();
+    let backing = Some((base.clone(), None));
+    let opts = CreateOptions {
+        backing,
+        ..Default::default()
+    };
+    create(&child, 0, &opts).unwrap();
+    let outside_dir = base.parent().and_then(|p| p.file_name()).unwrap();
+    let hostile = format!("..\\{}\\base.vhd", outside_dir.to_string_lossy());
+    let w2ru: Vec<u8> = hostile.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    set_locator(&child, 0, b"W2ru", &w2ru);
+    let err = open(&child, &rw()).err().expect("followed ..");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::ExternalReference { .. }), "{msg}");
+    assert!(msg.contains("leaves the image's directory"), "{msg}");
+    let external = OpenOptions {
+        allow_external_backing: true,
+        ..rw()
+    };
+    let img = open(&child, &external).unwrap();
+    assert_eq!(img.files().len(), 2);
 }

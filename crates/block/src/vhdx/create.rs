@@ -45,7 +45,8 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
                 _ => parent_path.clone(),
             }
         };
-        let parent_img = VhdxImage::open(&resolved, true)?;
+        // The user named this parent; its own chain is only read here.
+        let parent_img = VhdxImage::open(&resolved, true, true)?;
         if size != 0 && size != parent_img.size() {
             return Err(Error::InvalidArgument(format!(
                 "a differencing VHDX has its parent's size {}",

@@ -60,11 +60,16 @@ pub struct VhdxImage {
 
 /// Open a VHDX image.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    Ok(Box::new(VhdxImage::open(path, opts.read_only)?))
+    Ok(Box::new(VhdxImage::open(
+        path,
+        opts.read_only,
+        opts.allow_external_backing,
+    )?))
 }
 
 impl VhdxImage {
-    fn open(path: &Path, read_only: bool) -> Result<VhdxImage> {
+    /// `allow_external` as in [`OpenOptions::allow_external_backing`], for the parent.
+    fn open(path: &Path, read_only: bool, allow_external: bool) -> Result<VhdxImage> {
         let file = ImageFile::open(path, read_only, Format::Vhdx)?;
         let (mut header, mut header_slot) = read_current_header(&file)?;
         let mut overlay = Vec::new();
@@ -143,6 +148,7 @@ impl VhdxImage {
                 bat_region.length
             )));
         }
+        crate::budget::charge(path, "BAT", bat_bytes)?;
         let mut raw = vec![0u8; bat_bytes as usize];
         src.read_exact_at(&mut raw, bat_region.offset, "BAT")?;
         let bat: Vec<u64> = raw.chunks_exact(8).map(|c| le_u64(c, 0)).collect();
@@ -201,7 +207,11 @@ impl VhdxImage {
             next_block,
         };
         if img.meta.has_parent {
-            img.parent = Some(parent::open_parent(&img.file, &img.meta.parent_locator)?);
+            img.parent = Some(parent::open_parent(
+                &img.file,
+                &img.meta.parent_locator,
+                allow_external,
+            )?);
         }
         Ok(img)
     }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::headers::{read_current_header, Guid};
 use crate::image_file::ImageFile;
-use crate::{DiskImage, Error, Format, OpenOptions, Result};
+use crate::reference::{pick_parent, windows_relative};
+use crate::{DiskImage, Format, OpenOptions, Result};
 
 /// `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}` for an on-disk GUID.
 pub(crate) fn guid_string(g: &Guid) -> String {
@@ -22,21 +23,12 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// A Windows-style path relative to `dir`.
-fn relative_to(dir: &Path, windows_path: &str) -> PathBuf {
-    let mut p = dir.to_path_buf();
-    for part in windows_path.split(['\\', '/']) {
-        if !part.is_empty() && part != "." {
-            p.push(part);
-        }
-    }
-    p
-}
-
-/// Find and open the parent named by `locator` (relative path first, then absolute).
+/// Find and open the parent named by `locator` (relative path first, then absolute);
+/// `allow_external` as in [`OpenOptions::allow_external_backing`].
 pub(crate) fn open_parent(
     child: &ImageFile,
     locator: &[(String, String)],
+    allow_external: bool,
 ) -> Result<Box<dyn DiskImage>> {
     let get = |k: &str| {
         locator
@@ -44,31 +36,22 @@ pub(crate) fn open_parent(
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     };
-    let dir = dir_of(child.path());
-    let mut candidates = Vec::new();
+    let mut names = Vec::new();
     if let Some(rel) = get("relative_path") {
-        candidates.push(relative_to(dir, rel));
+        names.push(windows_relative(rel));
     }
     for key in ["absolute_win32_path", "volume_path"] {
         if let Some(abs) = get(key) {
             if abs.starts_with('/') {
-                candidates.push(PathBuf::from(abs));
+                names.push(PathBuf::from(abs));
             } else if let Some(name) = abs.rsplit(['\\', '/']).next().filter(|n| !n.is_empty()) {
-                candidates.push(dir.join(name));
+                // A Windows drive path: the parent may sit next to the child.
+                names.push(PathBuf::from(name));
             }
         }
     }
-    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-        return Err(Error::InvalidArgument(format!(
-            "{}: parent of the differencing VHDX not found (tried: {})",
-            child.path().display(),
-            candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    };
+    let path = pick_parent(child.path(), &names, "VHDX", allow_external)?;
+    let path = path.as_path();
     if let Some(linkage) = get("parent_linkage") {
         let parent = ImageFile::open(path, true, Format::Vhdx)?;
         let (h, _) = read_current_header(&parent)?;
@@ -84,6 +67,7 @@ pub(crate) fn open_parent(
         &OpenOptions {
             read_only: true,
             format: None,
+            allow_external_backing: allow_external,
         },
     )
 }

@@ -13,6 +13,7 @@ fn rw() -> OpenOptions {
     OpenOptions {
         read_only: false,
         format: Some(Format::Vhdx),
+        allow_external_backing: false,
     }
 }
 
@@ -20,6 +21,7 @@ fn ro() -> OpenOptions {
     OpenOptions {
         read_only: true,
         format: Some(Format::Vhdx),
+        allow_external_backing: false,
     }
 }
 
@@ -127,7 +129,7 @@ fn craft_logged_image(dir: &TempDir) -> (PathBuf, Vec<u8>) {
         img.write_at(&vec![0x11; 1 << 20], 0).unwrap();
         model[..1 << 20].fill(0x11);
     }
-    let img = VhdxImage::open(&path, true).unwrap();
+    let img = VhdxImage::open(&path, true, false).unwrap();
     let block0 = (img.bat[0] >> 20) * MIB;
     let file_len = img.file.len().unwrap();
     let new_block = file_len.div_ceil(MIB) * MIB;
@@ -249,7 +251,7 @@ fn damaged_log_entry_is_not_replayed() {
         .unwrap()
         .write_at(&[0x22; 4096], 0)
         .unwrap();
-    let img = VhdxImage::open(&path, true).unwrap();
+    let img = VhdxImage::open(&path, true, false).unwrap();
     let block0 = (img.bat[0] >> 20) * MIB;
     let log_offset = img.header.log_offset;
     drop(img);
@@ -345,7 +347,7 @@ fn partially_present_block_mixes_child_and_parent() {
     )
     .unwrap();
     // Hand-build: block 0 partially present, sectors 0..8 (4 KiB) in the child.
-    let img = VhdxImage::open(&child, true).unwrap();
+    let img = VhdxImage::open(&child, true, false).unwrap();
     let (bat_offset, ratio) = (img.bat_offset, img.chunk_ratio);
     let end = img.file.len().unwrap().div_ceil(MIB) * MIB;
     drop(img);
@@ -481,4 +483,71 @@ fn random_damage_never_panics() {
             let _ = img.allocation(0, size);
         }
     }
+}
+
+#[test]
+fn parent_outside_the_child_directory_needs_the_allow_option() {
+    let dir = TempDir::new("vhdx-ext");
+    let elsewhere = TempDir::new("vhdx-ext-parent");
+    let base = elsewhere.join("base.vhdx");
+    let child = dir.join("child.vhdx");
+    create(&base, 4 << 20, &CreateOptions::default()).unwrap();
+    open(&base, &rw())
+        .unwrap()
+        .write_at(&[0x5a; 512], 0)
+        .unwrap();
+    let opts = CreateOptions {
+        backing: Some((base.clone(), None)),
+        ..Default::default()
+    };
+    create(&child, 0, &opts).unwrap();
+    // The locator holds only the absolute path: refused by default, naming it.
+    let err = open(&child, &ro())
+        .err()
+        .expect("followed an absolute locator");
+    assert!(matches!(err, Error::ExternalReference { .. }), "{err}");
+    let base_abs = std::fs::canonicalize(&base).unwrap();
+    assert!(
+        err.to_string().contains(&*base_abs.to_string_lossy()),
+        "{err}"
+    );
+    let external = OpenOptions {
+        allow_external_backing: true,
+        ..ro()
+    };
+    let mut c = open(&child, &external).unwrap();
+    let mut buf = [0u8; 512];
+    c.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0x5a; 512]);
+    assert_eq!(c.files(), vec![child.clone(), base_abs]);
+}
+
+#[test]
+fn escaping_relative_locator_is_refused() {
+    let dir = TempDir::new("vhdx-dotdot");
+    let outside = TempDir::new("vhdx-dotdot-target");
+    let target = outside.join("base.vhdx");
+    create(&target, 1 << 20, &CreateOptions::default()).unwrap();
+    let child = dir.join("child.vhdx");
+    create(&child, 1 << 20, &CreateOptions::default()).unwrap();
+    let file = ImageFile::open(&child, true, Format::Vhdx).unwrap();
+    let outside_name = outside.join("x");
+    let outside_name = outside_name
+        .parent()
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let hostile = format!("..\\{outside_name}\\base.vhdx");
+    let locator = vec![("relative_path".to_string(), hostile.clone())];
+    let err = parent::open_parent(&file, &locator, false)
+        .err()
+        .expect("followed a relative locator with ..");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::ExternalReference { .. }), "{msg}");
+    assert!(
+        msg.contains("../") && msg.contains("leaves the image's directory"),
+        "{msg}"
+    );
+    assert!(parent::open_parent(&file, &locator, true).is_ok());
 }

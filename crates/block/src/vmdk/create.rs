@@ -30,7 +30,8 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         } else {
             dir_of(path).join(parent_path)
         };
-        let img = VmdkImage::open(&resolved, true)?;
+        // The user named this parent; its own extents and chain are only read here.
+        let img = VmdkImage::open(&resolved, true, true)?;
         let cid = parent_cid(&resolved)?;
         if size == 0 {
             size = img.size();
@@ -121,7 +122,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
 
 /// The CID of the VMDK at `path` (its descriptor, embedded or separate).
 fn parent_cid(path: &Path) -> Result<u32> {
-    let img = VmdkImage::open(path, true)?;
+    let img = VmdkImage::open(path, true, true)?;
     if img.descriptor_file.is_some() {
         let text = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),

@@ -47,7 +47,11 @@ pub struct VmdkImage {
 
 /// Open a VMDK image (descriptor or monolithic sparse file) with its parent, if any.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    Ok(Box::new(VmdkImage::open(path, opts.read_only)?))
+    Ok(Box::new(VmdkImage::open(
+        path,
+        opts.read_only,
+        opts.allow_external_backing,
+    )?))
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
@@ -66,7 +70,9 @@ fn dir_of(path: &Path) -> &Path {
 }
 
 impl VmdkImage {
-    fn open(path: &Path, read_only: bool) -> Result<VmdkImage> {
+    /// `allow_external` as in [`OpenOptions::allow_external_backing`], for extents and the
+    /// parent.
+    fn open(path: &Path, read_only: bool, allow_external: bool) -> Result<VmdkImage> {
         let probe = ImageFile::open(path, true, Format::Vmdk)?;
         let mut magic = [0u8; 4];
         probe.read_padded_at(&mut magic, 0)?;
@@ -100,7 +106,7 @@ impl VmdkImage {
             probe.read_exact_at(&mut text, 0, "descriptor")?;
             let desc =
                 Descriptor::parse(&text).map_err(|e| corrupt(path, format!("descriptor: {e}")))?;
-            let pieces = Self::open_extents(path, &desc, read_only)?;
+            let pieces = Self::open_extents(path, &desc, read_only, allow_external)?;
             let file = ImageFile::open(path, read_only, Format::Vmdk)?;
             (Some(file), pieces, Some(desc))
         };
@@ -118,20 +124,26 @@ impl VmdkImage {
             let hint = d
                 .parent_hint
                 .ok_or_else(|| corrupt(path, "delta disk without parentFileNameHint"))?;
-            let parent_path = dir_of(path).join(&hint);
+            let parent_path =
+                crate::resolve_reference(path, Path::new(&hint), "parent", allow_external)?;
             img.parent = Some(crate::open(
                 &parent_path,
                 &OpenOptions {
                     read_only: true,
                     format: None,
+                    allow_external_backing: allow_external,
                 },
             )?);
         }
         Ok(img)
     }
 
-    fn open_extents(path: &Path, desc: &Descriptor, read_only: bool) -> Result<Vec<Piece>> {
-        let dir = dir_of(path);
+    fn open_extents(
+        path: &Path,
+        desc: &Descriptor,
+        read_only: bool,
+        allow_external: bool,
+    ) -> Result<Vec<Piece>> {
         let mut pieces = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
         for (i, e) in desc.extents.iter().enumerate() {
@@ -146,15 +158,12 @@ impl VmdkImage {
                     )
                 })?;
             let ro = read_only || !e.writable;
-            let file_path = dir.join(&e.file);
-            // Extents are image files: never devices, FIFOs or directories a descriptor
-            // might name.
-            if e.kind != ExtentKind::Zero && !file_path.is_file() {
-                return Err(corrupt(
-                    path,
-                    format!("extent {i} ({}) is not a regular file", file_path.display()),
-                ));
-            }
+            // Extents live next to the descriptor (unless allowed otherwise) and are image
+            // files: ImageFile::open refuses symbolic links, FIFOs and directories.
+            let file_path = match e.kind {
+                ExtentKind::Zero => PathBuf::new(),
+                _ => crate::resolve_reference(path, Path::new(&e.file), "extent", allow_external)?,
+            };
             let storage = match e.kind {
                 ExtentKind::Zero => Storage::Zero,
                 ExtentKind::Flat => {
@@ -503,6 +512,24 @@ impl DiskImage for VmdkImage {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.path.clone()];
+        for piece in &self.pieces {
+            let file = match &piece.storage {
+                Storage::Sparse(s) => s.file.path(),
+                Storage::Flat { file, .. } => file.path(),
+                Storage::Zero => continue,
+            };
+            if !out.iter().any(|p| p == file) {
+                out.push(file.to_path_buf());
+            }
+        }
+        if let Some(parent) = &self.parent {
+            out.extend(parent.files());
+        }
+        out
     }
 }
 

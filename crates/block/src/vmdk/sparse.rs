@@ -105,6 +105,9 @@ pub(crate) struct SparseExtent {
     next_free: u64,
 }
 
+/// Most grain tables kept in memory per extent (at most 16 KiB each: 64 MiB).
+const MAX_CACHED_TABLES: usize = 4096;
+
 fn read_u32_table(file: &ImageFile, offset: u64, entries: u64, what: &str) -> Result<Vec<u32>> {
     let bytes = entries * 4;
     if bytes > MAX_TABLE_BYTES
@@ -155,6 +158,12 @@ impl SparseExtent {
             .gd_offset
             .checked_mul(SECTOR)
             .ok_or_else(|| file.corrupt("bad grain directory offset"))?;
+        let copies = if header.flags & FLAG_RGD != 0 && header.rgd_offset != 0 {
+            2
+        } else {
+            1
+        };
+        crate::budget::charge(path, "grain directory", entries.saturating_mul(4 * copies))?;
         let gd = read_u32_table(&file, gd_offset, entries, "grain directory")?;
         let rgd = if header.flags & FLAG_RGD != 0 && header.rgd_offset != 0 {
             let off = header
@@ -218,6 +227,11 @@ impl SparseExtent {
             return Ok(None);
         }
         if !self.gt_cache.contains_key(&gd_index) {
+            // Tables are written through to the file, so dropping them loses nothing; the
+            // guest cannot make the cache grow with the size of the disk.
+            if self.gt_cache.len() >= MAX_CACHED_TABLES {
+                self.gt_cache.clear();
+            }
             let t = read_u32_table(
                 &self.file,
                 u64::from(gt) * SECTOR,
@@ -318,6 +332,9 @@ impl SparseExtent {
         let sector = (primary / SECTOR) as u32;
         self.file.write_all_at(&sector.to_le_bytes(), gd_pos)?;
         self.gd[gd_index as usize] = sector;
+        if self.gt_cache.len() >= MAX_CACHED_TABLES {
+            self.gt_cache.clear();
+        }
         self.gt_cache
             .insert(gd_index, vec![0; self.gt_entries() as usize]);
         Ok(())
@@ -437,4 +454,29 @@ pub(crate) fn new_sparse_layout(
         }
     }
     (file, desc_offset * SECTOR, desc_size * SECTOR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grain_table_cache_stays_bounded() {
+        // 4100 grain tables (512 grains of 64 KiB each): a guest reading across the disk
+        // loads every one of them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.vmdk");
+        let size = 4100 * 512 * 65536;
+        crate::create(path.as_path(), Format::Vmdk, size, &Default::default()).unwrap();
+        let mut extent = SparseExtent::open(&path, true).unwrap();
+        let tables = extent.gd.len() as u64;
+        assert!(tables > MAX_CACHED_TABLES as u64);
+        let mut most = 0;
+        for i in 0..tables {
+            extent.lookup(i * extent.gt_entries()).unwrap();
+            most = most.max(extent.gt_cache.len());
+        }
+        assert_eq!(most, MAX_CACHED_TABLES);
+        assert!(matches!(extent.lookup(0).unwrap(), Grain::Unallocated));
+    }
 }

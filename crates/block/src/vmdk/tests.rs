@@ -9,6 +9,7 @@ fn rw() -> OpenOptions {
     OpenOptions {
         read_only: false,
         format: Some(Format::Vmdk),
+        allow_external_backing: false,
     }
 }
 
@@ -16,6 +17,7 @@ fn ro() -> OpenOptions {
     OpenOptions {
         read_only: true,
         format: Some(Format::Vmdk),
+        allow_external_backing: false,
     }
 }
 

@@ -66,6 +66,32 @@ fn bad_memory_tables_are_refused() {
 }
 
 #[test]
+fn memory_the_frontend_may_shrink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blk_backend(&disk_image(dir.path()));
+    let (mut fe, served) = serve(&backend);
+    negotiate(&mut fe);
+    // Accepting this table and then seeing the file shrunk would kill the backend with
+    // SIGBUS on its next access to the ring.
+    let unsealed = unsealed_memfd(MEM_SIZE);
+    assert!(fe
+        .set_mem_table(&[region(0, MEM_SIZE, FRONTEND_VA, 0, &unsealed)])
+        .is_err());
+    unsealed.set_len(0).unwrap();
+    // Sealed memory is accepted, cannot be shrunk, and serves requests.
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()]).unwrap();
+    assert!(guest.file.set_len(0).is_err());
+    let mut ring = Ring::new(0, QUEUE_SIZE);
+    let (kick, call) = start_ring(&mut fe, 0, &ring);
+    request(&guest, &mut ring, 0, 0);
+    kick.write(1).unwrap();
+    assert!(readable(&call, 5000));
+    drop(fe);
+    assert!(matches!(served.join(), ConnectionEnd::Disconnected));
+}
+
+#[test]
 fn bad_rings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let backend = blk_backend(&disk_image(dir.path()));

@@ -29,9 +29,22 @@ pub const USED: u64 = 0x3000;
 pub const QUEUE_SIZE: u16 = 16;
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A memfd of `len` bytes sealed against shrinking and growing, as QEMU's
+/// memory-backend-memfd makes them.
 pub fn memfd(len: u64) -> File {
+    let file = unsealed_memfd(len);
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    // SAFETY: F_ADD_SEALS on a descriptor `file` owns; no memory is passed.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(r, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    file
+}
+
+/// A memfd of `len` bytes that its owner may still shrink.
+pub fn unsealed_memfd(len: u64) -> File {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: the name is a NUL-terminated literal; flags are plain constants.
-    let fd = unsafe { libc::memfd_create(c"vhost-user-test".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"vhost-user-test".as_ptr(), flags) };
     assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
     // SAFETY: memfd_create returned a new fd nobody else owns.
     let file = unsafe { File::from_raw_fd(fd) };

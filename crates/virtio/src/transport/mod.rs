@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use caps::{bar_layout, VIRTIO_PCI_BAR, VIRTIO_PCI_BAR_SIZE};
 use common_cfg::{decode, extract_u64, merge_u64, Field};
-pub use state::{QueueState, StateError, VirtioPciState};
+pub use state::{QueueState, StateError, TransportArgs, VirtioPciState, TRANSPORT_STATE_VERSION};
 
 use crate::device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};
 use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};

@@ -1,16 +1,22 @@
-//! The transport's state in a VM snapshot: configuration space, MSI-X and interrupt
-//! routing, feature and status registers, and per queue its registers and the index of the
-//! next available entry. Devices keep no other state a guest can see (virtio-blk and
-//! virtio-rng have read-only configuration), so a restored device is re-activated with the
-//! negotiated features and its rings resumed where they were.
+//! The transport's state in a VM snapshot ([`Persist`] for [`VirtioPciDevice`]):
+//! configuration space, MSI-X and interrupt routing, feature and status registers, per
+//! queue its registers and the index of the next available entry, and the device model's
+//! own state ([`DeviceState`], saved by the model's `Persist`). A restored device is
+//! re-activated with the negotiated features and its rings resumed where they were.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{QueueRegs, VirtioPciDevice};
+use pci::{IntxLine, MsiInterrupt};
+use vm_memory::GuestMemoryMmap;
+
+use super::{QueueRegs, TransportError, VirtioPciDevice};
+use crate::device::VirtioDevice;
 use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC};
 use crate::interrupt::InterruptState;
+use crate::persist::{DeviceState, Persist};
 use crate::processor::lock;
 use crate::queue::{Queue, QueueLayout};
 use crate::status;
@@ -26,8 +32,12 @@ pub struct QueueState {
     pub next_avail: u16,
 }
 
+/// Format version of [`VirtioPciState`].
+pub const TRANSPORT_STATE_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioPciState {
+    pub version: u32,
     /// The device type (virtio ids: 2 block, 4 rng, ...), checked on restore.
     pub device_type: u16,
     pub config: pci::PciConfigState,
@@ -40,16 +50,36 @@ pub struct VirtioPciState {
     pub queues: Vec<QueueState>,
     pub config_generation: u8,
     pub needs_reset: bool,
+    /// The device model's own state.
+    pub device: DeviceState,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// What [`VirtioPciDevice::new`] takes: the device model (already restored from the
+/// state's [`DeviceState`] by its own `Persist`), guest memory, BAR and interrupts.
+pub struct TransportArgs {
+    pub device: Box<dyn VirtioDevice>,
+    pub mem: GuestMemoryMmap,
+    pub bar_addr: u64,
+    pub msi: Arc<dyn MsiInterrupt>,
+    pub intx: Option<Arc<dyn IntxLine>>,
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("virtio transport state version {found} is not supported (this vessel reads version {TRANSPORT_STATE_VERSION})")]
+    Version { found: u32 },
     #[error("the state is of virtio device type {found}, not {expected}")]
     DeviceType { found: u16, expected: u16 },
     #[error("{found} queues saved where the device has {expected}")]
     QueueCount { found: usize, expected: usize },
-    #[error("queue {0}: size or ring addresses invalid")]
-    Queue(usize),
+    #[error("queue {index}: {reason}")]
+    Queue { index: usize, reason: String },
+    #[error(
+        "the device model's state is for virtio device type {found}, the device is {expected}"
+    )]
+    DeviceStateType { found: u16, expected: u16 },
+    #[error("creating the device: {0}")]
+    Transport(#[from] TransportError),
     #[error("PCI configuration space does not match the device")]
     Config,
     #[error("MSI-X or interrupt state does not match the device")]
@@ -78,8 +108,13 @@ impl VirtioPciDevice {
                 next_avail: queue.as_ref().map_or(0, Queue::next_avail),
             })
             .collect();
+        let (device_type, device) = {
+            let model = lock(&self.shared.device);
+            (model.device_type(), model.save_state())
+        };
         let state = VirtioPciState {
-            device_type: lock(&self.shared.device).device_type(),
+            version: TRANSPORT_STATE_VERSION,
+            device_type,
             config: self.config.state(),
             interrupt: self.shared.interrupt.state(),
             device_feature_select: self.device_feature_select,
@@ -90,6 +125,7 @@ impl VirtioPciDevice {
             queues,
             config_generation: self.shared.config_generation.load(Ordering::SeqCst),
             needs_reset: self.shared.needs_reset.load(Ordering::SeqCst),
+            device,
         };
         let result = f(state);
         drop(held);
@@ -99,13 +135,22 @@ impl VirtioPciDevice {
     /// Takes `state` (untrusted: checked against this device first) into a device that
     /// has not run: registers, interrupts, activation with the negotiated features when
     /// the driver had set DRIVER_OK, and every enabled ring resumed at its saved index.
-    pub fn restore(&mut self, state: &VirtioPciState) -> Result<(), StateError> {
+    /// The device model's own state is not applied here (see [`TransportArgs`]).
+    pub fn restore_registers(&mut self, state: &VirtioPciState) -> Result<(), StateError> {
+        if state.version != TRANSPORT_STATE_VERSION {
+            return Err(StateError::Version {
+                found: state.version,
+            });
+        }
         let expected = lock(&self.shared.device).device_type();
         if state.device_type != expected {
             return Err(StateError::DeviceType {
                 found: state.device_type,
                 expected,
             });
+        }
+        if let Some(found) = state.device.device_type().filter(|&t| t != expected) {
+            return Err(StateError::DeviceStateType { found, expected });
         }
         if state.queues.len() != self.queues.len() {
             return Err(StateError::QueueCount {
@@ -121,7 +166,10 @@ impl VirtioPciDevice {
         let mut rings = Vec::with_capacity(state.queues.len());
         for (index, (saved, regs)) in state.queues.iter().zip(&self.queues).enumerate() {
             if saved.size > regs.max_size {
-                return Err(StateError::Queue(index));
+                return Err(StateError::Queue {
+                    index,
+                    reason: format!("size {} above the maximum {}", saved.size, regs.max_size),
+                });
             }
             let ring = if saved.enabled {
                 let layout = QueueLayout {
@@ -138,7 +186,10 @@ impl VirtioPciDevice {
                         indirect,
                         saved.next_avail,
                     )
-                    .map_err(|_| StateError::Queue(index))?,
+                    .map_err(|e| StateError::Queue {
+                        index,
+                        reason: e.to_string(),
+                    })?,
                 )
             } else {
                 None
@@ -189,5 +240,24 @@ impl VirtioPciDevice {
             }
         }
         Ok(())
+    }
+}
+
+impl Persist for VirtioPciDevice {
+    type State = VirtioPciState;
+    type ConstructorArgs = TransportArgs;
+    type Error = StateError;
+
+    /// The state now; a VM snapshot uses [`VirtioPciDevice::with_frozen_state`] instead,
+    /// to keep the queues still while guest memory is saved.
+    fn save(&self) -> VirtioPciState {
+        self.with_frozen_state(|state| state)
+    }
+
+    fn restore(args: TransportArgs, state: &VirtioPciState) -> Result<Self, StateError> {
+        let mut dev =
+            VirtioPciDevice::new(args.device, args.mem, args.bar_addr, args.msi, args.intx)?;
+        dev.restore_registers(state)?;
+        Ok(dev)
     }
 }

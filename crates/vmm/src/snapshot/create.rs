@@ -32,10 +32,10 @@ pub struct SnapshotSource {
     /// The virtio-pci functions, in slot order.
     pub(crate) virtio: Vec<Arc<Mutex<virtio::VirtioPciDevice>>>,
     pub(crate) machine: MachineState,
-    /// The first device whose state snapshots do not save, if the VM has one.
-    pub(crate) unsupported_device: Option<String>,
     /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
     pub(crate) xsave2_size: usize,
+    /// The first device whose state snapshots do not save, if the VM has one.
+    pub(crate) unsupported_device: Option<String>,
 }
 
 /// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,

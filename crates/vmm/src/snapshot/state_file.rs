@@ -7,12 +7,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::devices::DeviceStates;
+use super::saved_nic::{SavedNic, MAX_NICS};
 use super::vcpu_state::{VcpuState, MAX_MSRS};
 use super::vm_state::VmState;
 use super::SnapshotError;
 
 pub const SNAPSHOT_MAGIC: &str = "vessel-vm-snapshot";
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// 2: virtio-net and virtio-console saved (NICs and console in the machine, each virtio
+/// function with its device model's state).
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// A state file is a few tens of KiB per vCPU; anything above this is not one of ours.
 pub const MAX_STATE_FILE_BYTES: u64 = 64 << 20;
 
@@ -26,8 +29,12 @@ pub struct MachineState {
     pub pit: bool,
     /// virtio-blk disks, in PCI slot order (reopened on load: they must still be there).
     pub disks: Vec<SavedDisk>,
-    /// A virtio-rng device after the disks.
+    /// virtio-net interfaces after the disks (their backends are opened again on load).
+    pub nics: Vec<SavedNic>,
+    /// A virtio-rng device after the NICs.
     pub rng: bool,
+    /// A virtio-console last, its output appended to this file.
+    pub console: Option<std::path::PathBuf>,
 }
 
 /// A disk as the VM had it configured.
@@ -102,12 +109,15 @@ impl VmSnapshot {
                 self.machine.disks.len()
             )));
         }
-        let virtio = self.machine.disks.len() + usize::from(self.machine.rng);
-        if self.devices.virtio.len() != virtio {
+        if self.machine.nics.len() > MAX_NICS {
             return Err(SnapshotError::Invalid(format!(
-                "the machine has {virtio} virtio devices but {} device states are saved",
-                self.devices.virtio.len()
+                "{} network interfaces (at most {MAX_NICS})",
+                self.machine.nics.len()
             )));
+        }
+        self.check_device_set()?;
+        for nic in &self.machine.nics {
+            nic.to_config()?;
         }
         for disk in &self.machine.disks {
             if let Some(name) = &disk.format {
@@ -118,6 +128,48 @@ impl VmSnapshot {
         }
         self.vm.validate()?;
         self.devices.validate()
+    }
+
+    /// The saved virtio functions are the machine's devices, in slot order: disks (type
+    /// 2), NICs (1), rng (4), console (3).
+    fn check_device_set(&self) -> Result<(), SnapshotError> {
+        let m = &self.machine;
+        let expected: Vec<u16> = std::iter::repeat_n(2, m.disks.len())
+            .chain(std::iter::repeat_n(1, m.nics.len()))
+            .chain(m.rng.then_some(4))
+            .chain(m.console.is_some().then_some(3))
+            .collect();
+        if self.devices.virtio.len() != expected.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "the machine has {} virtio devices but {} device states are saved",
+                expected.len(),
+                self.devices.virtio.len()
+            )));
+        }
+        for (slot, (state, want)) in self.devices.virtio.iter().zip(expected).enumerate() {
+            if state.device_type != want {
+                return Err(SnapshotError::Invalid(format!(
+                    "virtio function {}: a saved device of type {} where the machine has type {want}",
+                    slot + 1,
+                    state.device_type
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The disks the file names are opened read-write on load, and the file is untrusted:
+    /// each must exist, not be a symbolic link, and be a regular file or a block device
+    /// (never a FIFO, a device like /dev/zero or a directory).
+    pub fn check_disk_files(&self) -> Result<(), SnapshotError> {
+        for disk in &self.machine.disks {
+            block::check_disk_path(&disk.path)
+                .map_err(|e| SnapshotError::Invalid(format!("disk: {e}")))?;
+        }
+        if let Some(path) = &self.machine.console {
+            super::saved_nic::check_console_file(path)?;
+        }
+        Ok(())
     }
 }
 
@@ -210,7 +262,9 @@ mod tests {
                 cpus: 2,
                 pit: false,
                 disks: vec![],
+                nics: vec![],
                 rng: false,
+                console: None,
             },
             vm: VmState {
                 pic_master: chip(0),
@@ -278,10 +332,10 @@ mod tests {
     #[test]
     fn other_versions_and_magic_are_refused() {
         let mut s = sample();
-        s.version = 2;
+        s.version = 1;
         assert!(matches!(
             parse_state(&encode(&s)),
-            Err(SnapshotError::Version { found: 2 })
+            Err(SnapshotError::Version { found: 1 })
         ));
         let mut s = sample();
         s.magic = "firecracker".into();
@@ -342,5 +396,35 @@ mod tests {
             MAX_DISKS + 1
         ];
         assert!(parse_state(&encode(&s)).is_err(), "too many disks");
+    }
+
+    #[test]
+    fn disks_named_by_the_file_must_be_plain_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let disk = |path: &Path| SavedDisk {
+            path: path.to_path_buf(),
+            read_only: false,
+            id: None,
+            format: None,
+        };
+        let mut s = sample();
+        s.machine.disks = vec![disk(&image)];
+        s.check_disk_files().unwrap();
+        for (bad, why) in [
+            (link.as_path(), "symbolic link"),
+            (Path::new("/dev/zero"), "character device"),
+            (dir.path(), "directory"),
+        ] {
+            s.machine.disks = vec![disk(&image), disk(bad)];
+            let err = s.check_disk_files().unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains(&*bad.to_string_lossy()),
+                "{err}"
+            );
+        }
     }
 }

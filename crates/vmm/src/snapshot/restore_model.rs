@@ -1,0 +1,50 @@
+//! Building the virtio device models that keep state of their own: new at boot, from
+//! their saved state ([`virtio::Persist`]) when a snapshot is loaded.
+
+use std::io::Write;
+
+use virtio::console::{Console, ConsoleArgs};
+use virtio::net::{Net, NetArgs};
+use virtio::{DeviceState, Persist, PersistError};
+
+use super::SnapshotError;
+
+fn persist_err(index: usize) -> impl Fn(PersistError) -> SnapshotError {
+    move |source| SnapshotError::VirtioDevice {
+        slot: index + 1,
+        source,
+    }
+}
+
+/// The NIC at virtio `index` over `backend` with `mac`, restored from `saved` if given.
+pub fn net(
+    backend: Box<dyn virtio::net::NetBackend>,
+    mac: [u8; 6],
+    saved: Option<&DeviceState>,
+    index: usize,
+) -> Result<Net, SnapshotError> {
+    match saved {
+        None => Ok(Net::new(backend, mac).0),
+        Some(DeviceState::Net(state)) => {
+            Net::restore(NetArgs { backend, mac }, state).map_err(persist_err(index))
+        }
+        Some(_) => Err(persist_err(index)(PersistError::WrongDevice("virtio-net"))),
+    }
+}
+
+/// The console at virtio `index` writing to `output`, restored from `saved` if given.
+pub fn console(
+    output: Box<dyn Write + Send>,
+    saved: Option<&DeviceState>,
+    index: usize,
+) -> Result<Console, SnapshotError> {
+    match saved {
+        None => Ok(Console::new(output, 80, 25).0),
+        Some(DeviceState::Console(state)) => {
+            Console::restore(ConsoleArgs { output }, state).map_err(persist_err(index))
+        }
+        Some(_) => Err(persist_err(index)(PersistError::WrongDevice(
+            "virtio-console",
+        ))),
+    }
+}
