@@ -54,7 +54,13 @@ fn import_list_overlay_and_remove() {
         img.create_overlay(&overlay, Some(8 << 20)).unwrap(),
         8 << 20
     );
-    let mut disk = block::open(&overlay, &block::OpenOptions::default()).unwrap();
+    // The overlay names the store's base by its absolute path, which vessel allows for
+    // the overlays it makes itself.
+    let opts = block::OpenOptions {
+        allow_external_backing: true,
+        ..Default::default()
+    };
+    let mut disk = block::open(&overlay, &opts).unwrap();
     let mut buf = [0u8; 8];
     disk.read_at(&mut buf, 512).unwrap();
     assert_eq!(&buf, b"EFI PART");
@@ -106,13 +112,23 @@ fn failed_imports_leave_nothing_behind() {
     let base = tmp.path().join("base.qcow2");
     block::create(&base, block::Format::Qcow2, 1 << 20, &Default::default()).unwrap();
     let top = tmp.path().join("top.qcow2");
+    // A backing file next to the image: refused because a base must stand alone.
     let opts = block::CreateOptions {
-        backing: Some((base, None)),
+        backing: Some(("base.qcow2".into(), None)),
         ..Default::default()
     };
     block::create(&top, block::Format::Qcow2, 1 << 20, &opts).unwrap();
     let e = store.import(&top, "chain", boot_ok()).unwrap_err();
     assert!(matches!(e, StoreError::HasBacking(_)), "{e}");
+    // One named by an absolute path is refused before it is even opened.
+    let abs = tmp.path().join("abs.qcow2");
+    let opts = block::CreateOptions {
+        backing: Some((base, None)),
+        ..Default::default()
+    };
+    block::create(&abs, block::Format::Qcow2, 1 << 20, &opts).unwrap();
+    let e = store.import(&abs, "chain2", boot_ok()).unwrap_err();
+    assert!(e.to_string().contains("allow-external-backing"), "{e}");
 
     let names: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
