@@ -96,12 +96,8 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
         .unwrap();
 
     let _lock = hold_lock(&vm_dir);
-    let mut root = Served::blk(
-        &home.join("root.sock"),
-        &vm_dir.join("disk.qcow2"),
-        "qcow2",
-        false,
-    );
+    let mut root =
+        Served::blk_overlay(&home.join("root.sock"), &vm_dir.join("disk.qcow2"), "qcow2");
     let mut seed = Served::blk(
         &home.join("seed.sock"),
         &vm_dir.join("seed.img"),

@@ -345,6 +345,16 @@ pub struct Served {
 impl Served {
     /// A disk: `vessel vhost-user-blk --disk IMAGE,format=FORMAT[,readonly=on]`.
     pub fn blk(socket: &Path, image: &Path, format: &str, readonly: bool) -> Served {
+        Self::blk_with(socket, image, format, readonly, "")
+    }
+
+    /// An overlay vessel made on a stored image: it names its base by absolute path, which
+    /// vessel allows for its own overlays (`allow-external-backing=on`).
+    pub fn blk_overlay(socket: &Path, image: &Path, format: &str) -> Served {
+        Self::blk_with(socket, image, format, false, ",allow-external-backing=on")
+    }
+
+    fn blk_with(socket: &Path, image: &Path, format: &str, readonly: bool, opts: &str) -> Served {
         let ro = if readonly { ",readonly=on" } else { "" };
         if reference_mode() {
             let id = format!(
@@ -365,7 +375,7 @@ impl Served {
                 ],
             };
         }
-        let disk = format!("{},format={format}{ro}", image.display());
+        let disk = format!("{},format={format}{ro}{opts}", image.display());
         Served {
             backend: Some(Backend::start("blk", socket, &["--disk", &disk])),
             qemu_args: vhost_user_blk(socket),

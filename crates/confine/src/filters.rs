@@ -123,6 +123,8 @@ pub const KVM_TRANSLATE: u32 = 0xc018_ae85;
 pub const KVM_GET_MSRS: u32 = 0xc008_ae88;
 pub const KVM_SET_MSRS: u32 = 0x4008_ae89;
 pub const KVM_GET_FPU: u32 = 0x81a0_ae8c;
+/// _IOWR(KVMIO, 0x91, struct kvm_cpuid2): the emulator reads the guest's CPUID (XSAVE layout).
+pub const KVM_GET_CPUID2: u32 = 0xc008_ae91;
 pub const KVM_SET_FPU: u32 = 0x41a0_ae8d;
 pub const KVM_GET_LAPIC: u32 = 0x8400_ae8e;
 pub const KVM_SET_LAPIC: u32 = 0x4400_ae8f;
@@ -166,15 +168,24 @@ const VCPU_IOCTLS: &[u32] = &[
     KVM_GET_MSRS,
     KVM_SET_MSRS,
     KVM_GET_FPU,
+    // The instruction emulator (kvm_pvm hosts) writes back what it executed: FPU/SSE and
+    // XSAVE state (fxrstor, xrstor, cmpxchg16b's flags...), XCR0, debug registers.
+    KVM_SET_FPU,
+    KVM_GET_CPUID2,
     KVM_GET_LAPIC,
+    KVM_SET_LAPIC,
     KVM_GET_MP_STATE,
+    KVM_SET_MP_STATE,
     KVM_SET_GUEST_DEBUG,
     KVM_GET_VCPU_EVENTS,
     KVM_SET_VCPU_EVENTS,
     KVM_GET_DEBUGREGS,
+    KVM_SET_DEBUGREGS,
     KVM_GET_XSAVE,
+    KVM_SET_XSAVE,
     KVM_GET_XSAVE2,
     KVM_GET_XCRS,
+    KVM_SET_XCRS,
     KVM_IRQ_LINE,
     KVM_SET_GSI_ROUTING,
     KVM_IRQFD,
@@ -184,6 +195,9 @@ const VCPU_IOCTLS: &[u32] = &[
 
 /// The I/O thread raises INTx lines and may set tap offloads.
 const IO_IOCTLS: &[u32] = &[KVM_IRQ_LINE, KVM_IRQFD, TUNSETOFFLOAD];
+
+/// With vsock, it also makes the Unix sockets it accepts and connects non-blocking.
+const IO_VSOCK_IOCTLS: &[u32] = &[KVM_IRQ_LINE, KVM_IRQFD, TUNSETOFFLOAD, FIONBIO];
 
 /// VM-wide state a snapshot saves from the API thread.
 const API_IOCTLS: &[u32] = &[KVM_GET_CLOCK, KVM_GET_PIT2, KVM_GET_IRQCHIP, KVM_IRQ_LINE];
@@ -225,7 +239,7 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_setsockopt,
                 ],
             ],
-            IO_IOCTLS,
+            IO_VSOCK_IOCTLS,
         ),
         // The event loop: signals, stdin or the console socket, kicking vCPUs; at the end
         // it stops NIC helpers (passt) and writes the exit note of a background VM.
