@@ -18,6 +18,10 @@ pub struct AllowList {
 /// What every thread needs: the Rust runtime (memory, locks, thread exit, stderr for
 /// error messages), and the SIGSYS handler's write and exit_group.
 const COMMON: &[i64] = &[
+    // The passt backend's handshake timer (crates/net/src/handshake.rs), armed by whichever
+    // thread runs the NIC's queues (the vhost-user server thread too, at activation).
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     libc::SYS_brk,
     libc::SYS_close,
     libc::SYS_exit,
