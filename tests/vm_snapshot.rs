@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::api::curl;
@@ -22,65 +21,7 @@ const DELAY: u64 = 100_000;
 const SMP_STEPS: u64 = 12;
 const SMP_DELAY: u64 = 30_000;
 
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    serial: PathBuf,
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Vmm {
-    fn spawn(name: &str) -> Vmm {
-        let sock = out_dir().join(format!("{name}.sock"));
-        let serial = out_dir().join(format!("{name}-serial.log"));
-        let _ = std::fs::remove_file(&serial);
-        let _ = std::fs::remove_file(&sock);
-        let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .args(["run", "--api-sock", sock.to_str().unwrap(), "--serial"])
-            .arg(format!("file:{}", serial.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let vmm = Vmm {
-            child,
-            sock,
-            serial,
-        };
-        wait_for("the API socket", || vmm.sock.exists());
-        vmm
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        curl(&self.sock, method, path, Some(body))
-    }
-
-    fn serial(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self) -> (Option<i32>, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(start.elapsed() < RUN_TIMEOUT, "the VMM did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        use std::io::Read;
-        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
-        (status.code(), err)
-    }
-}
+use common::api::ApiVmm as Vmm;
 
 fn counter_guest() -> PathBuf {
     multiboot_guest(
@@ -116,7 +57,7 @@ fn boot(vmm: &Vmm, kernel: &Path, cpus: u8, args: &str) {
 /// Wait for a restored counting guest to finish: exit status 43, and no sign that it
 /// booted again. Its serial output in the new VMM.
 fn finished_without_restart(vmm: &mut Vmm) -> String {
-    let (status, err) = vmm.wait_exit();
+    let (status, err) = vmm.wait_exit(RUN_TIMEOUT);
     let after = vmm.serial();
     assert_eq!(
         status,
@@ -166,7 +107,7 @@ fn ap_counts(serial: &str) -> Vec<u64> {
 
 #[test]
 fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
-    let first = Vmm::spawn("vm-snapshot-first");
+    let first = Vmm::spawn("vm-snapshot-first", &[]);
     boot_counter(&first, 1);
     wait_for("the guest to count to 5", || {
         counts(&first.serial()).len() >= 5
@@ -201,7 +142,7 @@ fn a_snapshot_of_a_counting_guest_resumes_in_a_new_vmm_where_it_was() {
     // The old VMM is gone for good: the guest lives on only in the snapshot.
     drop(first);
 
-    let mut second = Vmm::spawn("vm-snapshot-second");
+    let mut second = Vmm::spawn("vm-snapshot-second", &[]);
     let load_ms = load_and_resume(&second, &state, &mem);
     let after = finished_without_restart(&mut second);
     assert!(after.contains("counter done"), "{after}");
@@ -295,7 +236,7 @@ fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
         &["multiboot_header.S", "counter_blk_guest.c"],
         "multiboot.ld",
     );
-    let first = Vmm::spawn("vm-snapshot-blk-first");
+    let first = Vmm::spawn("vm-snapshot-blk-first", &[]);
     let disk = out_dir().join("vm-snapshot-blk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let drive = format!(
@@ -316,13 +257,13 @@ fn a_guest_keeps_using_its_virtio_blk_disk_after_restore() {
     assert!(reached < STEPS, "the guest finished before the snapshot");
     drop(first);
 
-    let mut second = Vmm::spawn("vm-snapshot-blk-second");
+    let mut second = Vmm::spawn("vm-snapshot-blk-second", &[]);
     let load_ms = load_and_resume(&second, &state, &mem);
     eprintln!(
         "snapshot of a 128 MiB guest with a virtio-blk disk: pause + create {create_ms:.1} ms, load {load_ms:.1} ms, state file {} bytes",
         std::fs::metadata(&state).unwrap().len()
     );
-    let (status, err) = second.wait_exit();
+    let (status, err) = second.wait_exit(RUN_TIMEOUT);
     let after = second.serial();
     assert_eq!(
         status,
@@ -358,7 +299,7 @@ fn snapshots_refuse_damaged_files() {
         br#"{"magic":"vessel-vm-snapshot","version":1,"machine":{"#,
     )
     .unwrap();
-    let vmm = Vmm::spawn("vm-snapshot-bad");
+    let vmm = Vmm::spawn("vm-snapshot-bad", &[]);
     let load = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": "/dev/null"}}"#,
         bad.display().to_string()
@@ -385,7 +326,7 @@ fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
         ],
         "multiboot.ld",
     );
-    let first = Vmm::spawn("vm-snapshot-smp-first");
+    let first = Vmm::spawn("vm-snapshot-smp-first", &[]);
     boot(
         &first,
         &kernel,
@@ -404,7 +345,7 @@ fn both_running_vcpus_of_an_smp_guest_go_on_after_restore() {
     let ap_before = *ap_counts(&before).last().unwrap();
     drop(first);
 
-    let mut second = Vmm::spawn("vm-snapshot-smp-second");
+    let mut second = Vmm::spawn("vm-snapshot-smp-second", &[]);
     let load = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}, "resume_vm": true}}"#,
         state.display().to_string(),
@@ -438,7 +379,7 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
         &["multiboot_header.S", "service_guest.c"],
         "multiboot.ld",
     );
-    let first = Vmm::spawn("vm-snapshot-service-first");
+    let first = Vmm::spawn("vm-snapshot-service-first", &[]);
     assert_eq!(
         first
             .call(
@@ -473,7 +414,7 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
     assert_eq!(code, 204, "{body}");
     drop(first);
 
-    let mut second = Vmm::spawn("vm-snapshot-service-second");
+    let mut second = Vmm::spawn("vm-snapshot-service-second", &[]);
     // The older body shape: mem_file_path instead of mem_backend; not resumed.
     let load = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
@@ -497,7 +438,7 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
     std::thread::sleep(Duration::from_millis(200));
     let (code, body) = second.call("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
     assert_eq!(code, 204, "{body}");
-    let (status, err) = second.wait_exit();
+    let (status, err) = second.wait_exit(RUN_TIMEOUT);
     let serial = second.serial();
     assert_eq!(status, Some(0), "stderr: {err}\nserial: {serial}");
     assert!(serial.contains("ctrl-alt-del: powering off"), "{serial}");

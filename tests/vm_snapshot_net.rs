@@ -6,93 +6,33 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::api::curl;
+use common::api::ApiVmm as Vmm;
 use common::{multiboot_guest, out_dir, wait_for};
 
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    serial: PathBuf,
+/// Starts a VMM named `name`, with a virtio-console writing to `console2` when given.
+fn spawn(name: &str, console2: Option<&Path>) -> Vmm {
+    let extra: Vec<String> = console2
+        .map(|p| vec!["--console2".into(), format!("file:{}", p.display())])
+        .unwrap_or_default();
+    Vmm::spawn(name, &extra)
 }
 
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Vmm {
-    fn spawn(name: &str, console2: Option<&Path>) -> Vmm {
-        let sock = out_dir().join(format!("{name}.sock"));
-        let serial = out_dir().join(format!("{name}-serial.log"));
-        let _ = std::fs::remove_file(&serial);
-        let _ = std::fs::remove_file(&sock);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel"));
-        cmd.args(["run", "--api-sock", sock.to_str().unwrap(), "--serial"])
-            .arg(format!("file:{}", serial.display()));
-        if let Some(path) = console2 {
-            cmd.arg("--console2")
-                .arg(format!("file:{}", path.display()));
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let vmm = Vmm {
-            child,
-            sock,
-            serial,
-        };
-        wait_for("the API socket", || vmm.sock.exists());
-        vmm
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        curl(&self.sock, method, path, Some(body))
-    }
-
-    fn serial(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self) -> (Option<i32>, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "the VMM did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        use std::io::Read;
-        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
-        (status.code(), err)
-    }
-
-    /// Pauses the VM and snapshots it into `name`.state / `name`.mem.
-    fn snapshot(&self, name: &str) -> (PathBuf, PathBuf) {
-        assert_eq!(self.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
-        let state = fresh(&format!("{name}.state"));
-        let mem = fresh(&format!("{name}.mem"));
-        let create = format!(
-            r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
-            state.display().to_string(),
-            mem.display().to_string()
-        );
-        let (code, body) = self.call("PUT", "/snapshot/create", &create);
-        assert_eq!(code, 204, "{body}");
-        (state, mem)
-    }
+/// Pauses the VM and snapshots it into `name`.state / `name`.mem.
+fn snapshot(vmm: &Vmm, name: &str) -> (PathBuf, PathBuf) {
+    assert_eq!(vmm.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let state = fresh(&format!("{name}.state"));
+    let mem = fresh(&format!("{name}.mem"));
+    let create = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, body) = vmm.call("PUT", "/snapshot/create", &create);
+    assert_eq!(code, 204, "{body}");
+    (state, mem)
 }
 
 fn fresh(name: &str) -> PathBuf {
@@ -156,7 +96,7 @@ fn a_nat_vm_with_a_console_round_trips_and_keeps_its_devices_working() {
         "multiboot.ld",
     );
     let console = fresh("vm-snapshot-net-console.log");
-    let first = Vmm::spawn("vm-snapshot-net-first", Some(&console));
+    let first = spawn("vm-snapshot-net-first", Some(&console));
     let (code, body) = first.call(
         "PUT",
         "/network-interfaces/eth0",
@@ -175,7 +115,7 @@ fn a_nat_vm_with_a_console_round_trips_and_keeps_its_devices_working() {
     wait_for("the guest to wait 3 steps", || {
         first.serial().contains("wait=3\n")
     });
-    let (state1, mem1) = first.snapshot("vm-snapshot-net-1");
+    let (state1, mem1) = snapshot(&first, "vm-snapshot-net-1");
     let before = first.serial();
     assert!(
         !before.contains("wait=40"),
@@ -188,7 +128,7 @@ fn a_nat_vm_with_a_console_round_trips_and_keeps_its_devices_working() {
 
     // Loaded paused into a new VMM (no --console2: the state names the file), then
     // saved again.
-    let mut second = Vmm::spawn("vm-snapshot-net-second", None);
+    let mut second = spawn("vm-snapshot-net-second", None);
     let load = format!(
         r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}, "resume_vm": false}}"#,
         state1.display().to_string(),
@@ -198,7 +138,7 @@ fn a_nat_vm_with_a_console_round_trips_and_keeps_its_devices_working() {
     let (code, body) = second.call("PUT", "/snapshot/load", &load);
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(code, 204, "{body}");
-    let (state2, mem2) = second.snapshot("vm-snapshot-net-2");
+    let (state2, mem2) = snapshot(&second, "vm-snapshot-net-2");
     let s1: serde_json::Value = serde_json::from_slice(&std::fs::read(&state1).unwrap()).unwrap();
     let s2: serde_json::Value = serde_json::from_slice(&std::fs::read(&state2).unwrap()).unwrap();
     assert_eq!(s1["machine"], s2["machine"]);
@@ -224,7 +164,7 @@ fn a_nat_vm_with_a_console_round_trips_and_keeps_its_devices_working() {
         second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#).0,
         204
     );
-    let (status, err) = second.wait_exit();
+    let (status, err) = second.wait_exit(Duration::from_secs(120));
     let after = second.serial();
     assert_eq!(status, Some(0), "stderr: {err}\nserial: {after}");
     assert!(
