@@ -169,24 +169,8 @@ fn api_mode_refuses_a_kernel_on_the_command_line_too() {
 /// was swapped after its check; the VMM stays usable.
 #[test]
 fn device_files_and_fifos_are_no_kernels() {
-    let sock = out_dir().join("api-run-kernels.sock");
-    // A socket left by an earlier run would look ready before this VMM listens.
-    let _ = std::fs::remove_file(&sock);
-    let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .args([
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--serial",
-            "none",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vmm = Vmm(child);
-    wait_for("the API socket", || sock.exists());
+    let vmm = common::api::ApiVmm::spawn("api-run-kernels", &[]);
+    let sock = vmm.sock.clone();
     let boot = |path: &std::path::Path| {
         let body = format!(
             r#"{{"kernel_image_path": {:?}}}"#,
@@ -239,24 +223,8 @@ fn device_files_and_fifos_are_no_kernels() {
 /// PUT /drives, without waiting for a writer; the VMM stays usable.
 #[test]
 fn fifos_and_devices_are_no_drives() {
-    let sock = out_dir().join("api-run-drives.sock");
-    // A socket left by an earlier run would look ready before this VMM listens.
-    let _ = std::fs::remove_file(&sock);
-    let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .args([
-            "run",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--serial",
-            "none",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _vmm = Vmm(child);
-    wait_for("the API socket", || sock.exists());
+    let vmm = common::api::ApiVmm::spawn("api-run-drives", &[]);
+    let sock = vmm.sock.clone();
     let fifo = out_dir().join("api-run-drive.fifo");
     let _ = std::fs::remove_file(&fifo);
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
