@@ -82,7 +82,7 @@ pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
         }
     }
     match &cfg.serial {
-        SerialMode::File(p) => rules.allow_write(p),
+        SerialMode::File(p) => allow_log(&mut rules, p),
         SerialMode::Background { log, socket } => {
             rules.allow_write(log);
             if let Some(dir) = socket.parent() {
@@ -92,7 +92,7 @@ pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
         SerialMode::Stdio | SerialMode::None => {}
     }
     if let Some(p) = &cfg.console2 {
-        rules.allow_write(p);
+        allow_log(&mut rules, p);
     }
     // vsock: UDS_PATH is removed at the end, UDS_PATH_<port> are connected to.
     if let Some(v) = &cfg.vsock {
@@ -115,6 +115,16 @@ pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
         }
     }
     rules
+}
+
+/// A console log: a regular file is rotated at its cap (renamed to `PATH.1` in its
+/// directory, vmm::console_log), so its directory is writable; anything else (`/dev/null`,
+/// a terminal) only the file itself.
+fn allow_log(rules: &mut FsRules, path: &Path) {
+    match path.parent() {
+        Some(dir) if path.is_file() => rules.allow_write(non_empty(dir)),
+        _ => rules.allow_write(path),
+    }
 }
 
 fn non_empty(dir: &Path) -> PathBuf {
