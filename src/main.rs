@@ -13,6 +13,7 @@ mod image_vm;
 mod jail_cli;
 mod logging;
 mod manage_cli;
+mod project_cli;
 mod run_cli;
 mod size;
 mod snapshot_cli;
@@ -62,6 +63,8 @@ enum Command {
     VhostUserBlk(vhost_user_cli::BlkArgs),
     /// Serve a network interface to another VMM (QEMU...) as a vhost-user-net backend.
     VhostUserNet(vhost_user_cli::NetArgs),
+    /// List the VMs of every state directory vessel created VMs in (Vagrant's global-status).
+    GlobalStatus(project_cli::GlobalStatusArgs),
     /// Print a shell completion script (e.g. `vessel completions bash > /etc/bash_completion.d/vessel`).
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -93,6 +96,7 @@ fn main() {
         Command::Snapshot(cmd) => exit::finish(snapshot_cli::run(cli.state_dir, cmd)),
         Command::Image(cmd) => exit::finish(image_cli::run(cli.state_dir, cmd)),
         Command::Disk(cmd) => exit::finish(disk_cli::run(cmd)),
+        Command::GlobalStatus(args) => exit::finish(project_cli::global_status(args)),
         Command::Completions { shell } => exit::finish(cli_docs::completions(shell)),
         Command::Man { dir } => exit::finish(cli_docs::man(&dir)),
     };

@@ -18,6 +18,11 @@ use crate::vmdef::VmDefinition;
 pub enum ManageCommand {
     /// Define a new VM, from a definition file or from flags.
     Create(crate::vm_create::CreateArgs),
+    /// Create the VM from ./vessel.toml (or --from FILE) if it does not exist, start it and
+    /// wait for its sshd (Vagrant's `up`).
+    Up(crate::project_cli::UpArgs),
+    /// Stop a VM, apply what changed in its project file, start it again (Vagrant's `reload`).
+    Reload(crate::project_cli::ReloadArgs),
     /// Change a stopped VM: CPUs, memory, NICs, forwards, disks... (create's flags).
     Set(crate::vm_set::SetArgs),
     /// Start a VM in the background; returns once the guest is running.
@@ -122,6 +127,8 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
     match cmd {
         ManageCommand::Create(args) => crate::vm_create::create(&state, args),
         ManageCommand::Set(args) => crate::vm_set::set(&state, args),
+        ManageCommand::Up(args) => crate::project_cli::up(&state, args),
+        ManageCommand::Reload(args) => crate::project_cli::reload(&state, args),
         ManageCommand::Start { name, json } => {
             start(&state, &name, json)?;
             summary_if(json, &state, &name)
@@ -149,11 +156,14 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
             json,
         } => {
             crate::vm_archive::clone(&state, &src, &dst, linked, json)?;
+            crate::project_cli::register_state_dir(&state)?;
             summary_if(json, &state, &dst)
         }
         ManageCommand::Export { name, file } => crate::vm_archive::export(&state, &name, &file),
         ManageCommand::Import { file, name } => {
-            crate::vm_archive::import(&state, &file, name.as_deref())
+            let code = crate::vm_archive::import(&state, &file, name.as_deref())?;
+            crate::project_cli::register_state_dir(&state)?;
+            Ok(code)
         }
         ManageCommand::Validate { .. } => unreachable!("handled above"),
     }
@@ -189,7 +199,7 @@ fn validate(file: &PathBuf) -> Result<i32> {
     }
 }
 
-fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
+pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let vm = state.vm(name)?;
     vm.definition()?;
     if vm.try_lock()?.is_none() {
@@ -336,7 +346,13 @@ fn signal(vm: &VmDir, sig: i32) -> Result<bool> {
     }
 }
 
-fn stop(state: &StateDir, name: &str, force: bool, timeout: u64, json: bool) -> Result<i32> {
+pub(crate) fn stop(
+    state: &StateDir,
+    name: &str,
+    force: bool,
+    timeout: u64,
+    json: bool,
+) -> Result<i32> {
     // With --json the summary that follows says it all.
     let say = |msg: String| {
         if !json {

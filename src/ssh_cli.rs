@@ -154,6 +154,12 @@ fn sshd_answers(port: u16) -> bool {
     s.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
 }
 
+/// Wait until the VM's sshd answers on its forwarded port (and, for an image VM, its host
+/// keys are on the console): what `vessel up` waits for.
+pub fn wait_until_reachable(state: &StateDir, name: &str, timeout: u64) -> Result<()> {
+    target(state, name, None, timeout).map(|_| ())
+}
+
 pub fn ssh(state: &StateDir, args: SshArgs) -> Result<i32> {
     let t = target(state, &args.name, args.user, args.timeout)?;
     let err = Command::new("ssh")

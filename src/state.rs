@@ -45,6 +45,16 @@ impl StateDir {
         Ok(Self { root })
     }
 
+    /// A state directory that must exist already (never made).
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            anyhow::bail!("{} is not a directory", root.display());
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
     pub fn vm(&self, name: &str) -> Result<VmDir> {
         if !valid_name(name) {
             return Err(crate::exit::usage(format!("invalid VM name '{name}': use letters, digits, '-', '_' or '.', starting with a letter or digit")));

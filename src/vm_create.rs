@@ -109,16 +109,17 @@ fn checked_size(s: &str) -> Result<String, String> {
     crate::size::parse_size(s).map(|_| s.to_string())
 }
 
-pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
+/// Make the VM's directory, definition and disks; nothing is left when it fails.
+fn make(state: &StateDir, args: &CreateArgs) -> Result<()> {
     let vm = state.vm(&args.name).map_err(|e| usage(e.to_string()))?;
     if vm.exists() {
         return Err(usage(format!("a VM named '{}' already exists", args.name)));
     }
     let mut def = match &args.from {
-        Some(file) => from_file(file, &args)?,
-        None => from_flags(&vm, &args)?,
+        Some(file) => from_file(file, args)?,
+        None => from_flags(&vm, args)?,
     };
-    apply_flags(&mut def, &vm, &args)?;
+    apply_flags(&mut def, &vm, args)?;
     let mut def = recheck(&def, &vm)?;
     // Make the VM's files; nothing is left of a VM whose creation failed.
     let made = (|| -> Result<()> {
@@ -144,12 +145,46 @@ pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
         let _ = std::fs::remove_dir_all(&vm.dir);
         return Err(e);
     }
+    crate::project_cli::register_state_dir(state)
+}
+
+/// `vessel up`: create VM `name` from a definition file, as `create NAME --from FILE`.
+pub fn create_from_file(state: &StateDir, name: &str, file: &Path) -> Result<()> {
+    let args = CreateArgs {
+        name: name.to_string(),
+        from: Some(file.to_path_buf()),
+        image: None,
+        user_data: None,
+        cmdline_append: String::new(),
+        vm: VmFlags::none(),
+        json: false,
+    };
+    make(state, &args)
+}
+
+pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
+    make(state, &args)?;
+    let vm = state.vm(&args.name)?;
     if args.json {
         crate::vm_list::print_summary(&vm)?;
     } else {
         println!("created VM '{}' in {}", args.name, vm.dir.display());
     }
     Ok(0)
+}
+
+/// `vessel reload`: a definition file read and checked as `create --from` reads it.
+pub fn definition_from_file(file: &Path, name: &str) -> Result<VmDefinition> {
+    let args = CreateArgs {
+        name: name.to_string(),
+        from: Some(file.to_path_buf()),
+        image: None,
+        user_data: None,
+        cmdline_append: String::new(),
+        vm: VmFlags::none(),
+        json: false,
+    };
+    from_file(file, &args)
 }
 
 /// The definition of `--from FILE`: checked (files included), paths made absolute, named
@@ -226,6 +261,23 @@ fn apply_flags(def: &mut VmDefinition, vm: &VmDir, args: &CreateArgs) -> Result<
 }
 
 impl VmFlags {
+    /// No flag given.
+    fn none() -> Self {
+        VmFlags {
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            memory: None,
+            cpus: None,
+            disk_size: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            forwards: Vec::new(),
+            rng: None,
+            pit: None,
+        }
+    }
+
     /// Whether any flag was given.
     pub fn changes_something(&self) -> bool {
         self.kernel.is_some()
