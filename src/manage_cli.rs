@@ -23,12 +23,20 @@ pub enum ManageCommand {
     Up(crate::project_cli::UpArgs),
     /// Stop a VM, apply what changed in its project file, start it again (Vagrant's `reload`).
     Reload(crate::project_cli::ReloadArgs),
+    /// Run a running VM's [[provision]] entries over SSH (all, or --only one).
+    Provision(crate::provision_cli::ProvisionArgs),
+    /// Print an Ansible inventory of the running VMs that answer on SSH (JSON, or --ini).
+    Inventory(crate::inventory_cli::InventoryArgs),
     /// Change a stopped VM: CPUs, memory, NICs, forwards, disks... (create's flags).
     Set(crate::vm_set::SetArgs),
-    /// Start a VM in the background; returns once the guest is running.
+    /// Start a VM in the background; returns once the guest is running (and, on its first
+    /// start, once its [[provision]] entries ran over SSH).
     Start {
         /// The VM to start.
         name: String,
+        /// Do not run the provisioners that never ran.
+        #[arg(long)]
+        no_provision: bool,
         /// Print the VM's summary as JSON (the fields of `vessel ls --json`).
         #[arg(long)]
         json: bool,
@@ -127,10 +135,22 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
     match cmd {
         ManageCommand::Create(args) => crate::vm_create::create(&state, args),
         ManageCommand::Set(args) => crate::vm_set::set(&state, args),
+        ManageCommand::Provision(args) => crate::provision_cli::provision(&state, args),
+        ManageCommand::Inventory(args) => crate::inventory_cli::inventory(&state, args),
         ManageCommand::Up(args) => crate::project_cli::up(&state, args),
         ManageCommand::Reload(args) => crate::project_cli::reload(&state, args),
-        ManageCommand::Start { name, json } => {
+        ManageCommand::Start {
+            name,
+            no_provision,
+            json,
+        } => {
             start(&state, &name, json)?;
+            if !no_provision {
+                let code = crate::provision_cli::run_pending(&state, &name, 300)?;
+                if code != 0 {
+                    return Ok(code);
+                }
+            }
             summary_if(json, &state, &name)
         }
         ManageCommand::Stop {

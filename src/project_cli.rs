@@ -25,9 +25,12 @@ pub struct UpArgs {
     /// The VM definition file (default: ./vessel.toml); used when the VM does not exist yet.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
-    /// Do not wait for the guest's sshd once the VM runs.
+    /// Do not wait for the guest's sshd once the VM runs (nor provision it).
     #[arg(long)]
     no_wait: bool,
+    /// Do not run the [[provision]] entries that never ran.
+    #[arg(long)]
+    no_provision: bool,
     /// Seconds to wait for the guest's sshd (VMs that forward a host port to port 22).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -105,6 +108,12 @@ pub fn up(state: &StateDir, args: UpArgs) -> Result<i32> {
         say(format!("started VM '{name}'"));
     }
     wait_for_ssh(state, &name, args.no_wait, args.timeout, &say)?;
+    if !args.no_wait && !args.no_provision {
+        let code = crate::provision_cli::run_pending(state, &name, args.timeout)?;
+        if code != 0 {
+            return Ok(code);
+        }
+    }
     finish(args.json, state, &name)
 }
 
@@ -336,6 +345,8 @@ pub fn apply_project(cur: &mut VmDefinition, new: VmDefinition) -> Result<()> {
     cur.console2 = new.console2;
     cur.vsock = new.vsock;
     cur.serial = new.serial;
+    cur.groups = new.groups;
+    cur.provisions = new.provisions;
     if new.ssh.user.is_some() || !from_image {
         cur.ssh = new.ssh;
     }

@@ -46,13 +46,23 @@ pub struct CpArgs {
 }
 
 /// How to reach one VM's sshd.
-struct Target {
-    user: String,
-    port: u16,
-    options: Vec<String>,
+pub(crate) struct Target {
+    pub user: String,
+    pub port: u16,
+    /// OpenSSH options: vessel's key, its known_hosts, batch mode.
+    pub options: Vec<String>,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// `yes` when the host keys came from the console, `accept-new` otherwise.
+    pub strict: &'static str,
 }
 
-fn target(state: &StateDir, name: &str, user: Option<String>, timeout: u64) -> Result<Target> {
+pub(crate) fn target(
+    state: &StateDir,
+    name: &str,
+    user: Option<String>,
+    timeout: u64,
+) -> Result<Target> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
     let forward = def
@@ -97,6 +107,9 @@ fn target(state: &StateDir, name: &str, user: Option<String>, timeout: u64) -> R
         user,
         port,
         options: options.to_vec(),
+        key: key.private_key.clone(),
+        known_hosts,
+        strict,
     })
 }
 

@@ -43,6 +43,12 @@ pub struct VmDefinition {
     pub console2: Option<Spanned<PathBuf>>,
     /// A virtio-vsock device (docs/vsock.md).
     pub vsock: Option<VsockDef>,
+    /// Ansible groups the VM is in (`vessel inventory`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Spanned<String>>,
+    /// What runs in the guest over SSH on its first start and on `vessel provision`.
+    #[serde(default, rename = "provision", skip_serializing_if = "Vec::is_empty")]
+    pub provisions: Vec<Spanned<crate::provision_def::Provisioner>>,
 }
 
 /// `[vsock]`: the guest's CID and the host socket (relative to the definition's directory).
@@ -174,6 +180,20 @@ impl VmDefinition {
                 message,
             });
         };
+        for (span, message) in crate::provision_def::problems(&def.provisions) {
+            err(span, message);
+        }
+        for g in &def.groups {
+            if !valid_name(g.get_ref()) || g.get_ref().contains('.') {
+                err(
+                    g.span(),
+                    format!(
+                        "invalid group '{}': use letters, digits, '-' or '_'",
+                        g.get_ref()
+                    ),
+                );
+            }
+        }
         if !valid_name(def.name.get_ref()) {
             err(def.name.span(), format!("invalid VM name '{}': use letters, digits, '-', '_' or '.', starting with a letter or digit (at most 63)", def.name.get_ref()));
         }
@@ -331,6 +351,14 @@ impl VmDefinition {
         for d in self.disks.iter().filter(|d| d.size.is_none()) {
             need(&d.path, "disk");
         }
+        for (span, message) in crate::provision_def::missing_files(&self.provisions) {
+            let (line, column) = locate(text, span);
+            errors.push(DefinitionError {
+                line,
+                column,
+                message,
+            });
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -371,6 +399,7 @@ impl VmDefinition {
         if let Some(v) = &mut self.vsock {
             abs(&mut v.uds);
         }
+        crate::provision_def::resolve_paths(&mut self.provisions, dir);
     }
 
     pub fn memory_bytes(&self) -> u64 {

@@ -189,6 +189,8 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
         "{guest_sum}"
     );
 
+    provisioners_and_ansible_inventory_work(&home, &vm_dir, port);
+
     let _ = vessel(&home, &["ssh", "web", "--", "sudo poweroff"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while qemu.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -203,4 +205,121 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
     for served in [&mut root, &mut seed, &mut nat] {
         served.stop();
     }
+}
+
+/// `[[provision]]` shell/script/file/ansible entries run by `vessel provision` (a failure
+/// stops the run with its status, `--only` re-runs one), and `vessel inventory` drives
+/// ansible-playbook through scripts/vessel-inventory (facts gathered, a file copied, a
+/// command run).
+fn provisioners_and_ansible_inventory_work(home: &Path, vm_dir: &Path, port: u16) {
+    tcg::require_tool("ansible-playbook", "ansible-core");
+    let project = home.join("project");
+    std::fs::create_dir_all(project.join("site")).unwrap();
+    std::fs::write(
+        project.join("setup.sh"),
+        "#!/bin/sh\necho \"setup says $1\"\necho by-script > /etc/vessel-marker\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("site/index.html"), "hello from the host\n").unwrap();
+    std::fs::write(
+        project.join("site.yml"),
+        "- hosts: all\n  become: true\n  tasks:\n    - copy:\n        content: \"{{ ansible_facts['distribution'] }} {{ port }}\\n\"\n        dest: /etc/vessel-facts\n    - command: cat /etc/vessel-facts\n      register: facts\n    - debug:\n        var: facts.stdout\n",
+    )
+    .unwrap();
+    let file = vm_dir.join("vm.toml");
+    let mut def: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let p = |s: &str| project.join(s).display().to_string();
+    let provision: toml::Value = toml::from_str::<toml::Table>(&format!(
+        "[[provision]]\nshell = \"echo inline as $(id -un)\"\n[[provision]]\nscript = {:?}\nargs = [\"one two\"]\n[[provision]]\nfile = {{ source = {:?}, destination = \"/tmp/site\" }}\n[[provision]]\nname = \"site\"\nansible = {{ playbook = {:?}, extra_vars = {{ port = 8080 }} }}\n[[provision]]\nname = \"fails\"\nshell = \"echo about to fail; exit 5\"\n",
+        p("setup.sh"),
+        p("site"),
+        p("site.yml")
+    ))
+    .unwrap()["provision"]
+        .clone();
+    def.insert("provision".into(), provision);
+    def.insert(
+        "groups".into(),
+        toml::Value::Array(vec!["webservers".into()]),
+    );
+    std::fs::write(&file, toml::to_string(&def).unwrap()).unwrap();
+
+    let started = Instant::now();
+    let out = vessel(home, &["provision", "web"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("==> web: running provisioner shell-1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    web/shell-1: inline as root"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    web/shell-2: setup says one two"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("    web/fails: about to fail"), "{stdout}");
+    let done = std::fs::read_to_string(vm_dir.join("provisioned")).unwrap();
+    assert_eq!(done, "shell-1\nshell-2\nfile-3\nsite\n");
+    let seen = ok(
+        home,
+        &[
+            "ssh",
+            "web",
+            "--",
+            "cat /etc/vessel-marker /tmp/site/index.html /etc/vessel-facts",
+        ],
+    );
+    assert_eq!(seen, "by-script\nhello from the host\nDebian 8080\n");
+    // --only runs one, whether it ran before or not; an unknown name is a usage error.
+    let again = ok(home, &["provision", "web", "--only", "site"]);
+    assert!(again.contains("running provisioner site"), "{again}");
+    assert!(!again.contains("shell-1"), "{again}");
+    assert_eq!(
+        vessel(home, &["provision", "web", "--only", "nope"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let provisioned = started.elapsed();
+
+    // The dynamic inventory: the VM in its group, with vessel's key and known_hosts.
+    let inv: serde_json::Value = serde_json::from_str(&ok(home, &["inventory", "--list"])).unwrap();
+    assert_eq!(inv["webservers"]["hosts"], serde_json::json!(["web"]));
+    assert_eq!(inv["_meta"]["hostvars"]["web"]["ansible_port"], port);
+    let play = project.join("uname.yml");
+    std::fs::write(
+        &play,
+        "- hosts: webservers\n  tasks:\n    - command: uname -s\n      register: u\n    - assert:\n        that: u.stdout == 'Linux'\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/vessel-inventory");
+    let out = Command::new("ansible-playbook")
+        .arg("-i")
+        .arg(&script)
+        .arg(&play)
+        .env("VESSEL", env!("CARGO_BIN_EXE_vessel"))
+        .env("VESSEL_STATE_DIR", home.join("state"))
+        .env("XDG_DATA_HOME", home)
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("web") && text.contains("failed=0"), "{text}");
+    eprintln!(
+        "provisioners (shell, script, file, ansible, failing) and --only: {:.1} s",
+        provisioned.as_secs_f64()
+    );
 }

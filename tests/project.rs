@@ -163,3 +163,30 @@ fn global_status_prune_forgets_state_dirs_that_are_gone() {
     let index = std::fs::read_to_string(data.join("vessel/state-dirs")).unwrap();
     assert!(index.trim().is_empty(), "{index}");
 }
+
+#[test]
+fn validate_refuses_provisioners_whose_files_are_missing() {
+    let p = Project::new("prov");
+    p.write(
+        "prov",
+        "32M",
+        "groups = [\"web\"]\n[[provision]]\nscript = \"missing.sh\"\n[[provision]]\nfile = { source = \"site\", destination = \"srv\" }\n",
+    );
+    let (code, _, err) = p.run(&["validate", "vessel.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("destination 'srv' must be an absolute guest path"), "{err}");
+    std::fs::create_dir_all(p.dir.join("site")).unwrap();
+    p.write(
+        "prov",
+        "32M",
+        "[[provision]]\nscript = \"missing.sh\"\n[[provision]]\nfile = { source = \"site\", destination = \"/srv\" }\n",
+    );
+    let (code, _, err) = p.run(&["validate", "vessel.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(":6:") || err.contains("missing.sh"), "{err}");
+    assert!(err.contains("provision script"), "{err}");
+    // A VM without provisioners starts without waiting for SSH; one whose provisioners
+    // ran is not provisioned again (covered with a real guest in tests/image_ssh.rs).
+    let (code, _, err) = p.run(&["create", "prov", "--from", "vessel.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+}
