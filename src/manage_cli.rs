@@ -76,6 +76,8 @@ pub enum ManageCommand {
     },
     /// SSH into a VM through its forwarded SSH port.
     Ssh(crate::ssh_cli::SshArgs),
+    /// Print an OpenSSH config block (or JSON) to reach a running VM as `vessel ssh` does.
+    SshConfig(crate::ssh_cli::SshConfigArgs),
     /// Copy files between the host and a VM (NAME:PATH) over SSH (scp -r).
     Cp(crate::ssh_cli::CpArgs),
     /// Delete a stopped VM (and the disks vessel created for it, unless --keep-disks).
@@ -167,6 +169,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Console { name } => console(&state, &name),
         ManageCommand::Ssh(args) => crate::ssh_cli::ssh(&state, args),
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
+        ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
         ManageCommand::Vmm { name } => vmm_process(&state, &name),
         ManageCommand::Clone {
@@ -255,10 +258,18 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, close_range, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
+            // A daemon keeps none of its caller's descriptors: a caller that waits for its
+            // pipes to close (Vagrant, CI runners) would wait for the VM's whole life.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             let flags = libc::fcntl(ready_fd, libc::F_GETFD);
             libc::fcntl(ready_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             Ok(())
@@ -296,6 +307,10 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .map(|fd| {
+            // Not inherited by what the VMM spawns (passt, helpers): `vessel start` waits
+            // for every copy of the write end to close.
+            // SAFETY: fcntl on a descriptor number; a bad one fails with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
             // SAFETY: `vessel start` passed this descriptor for us alone.
             unsafe { std::fs::File::from_raw_fd(fd) }
         });

@@ -45,6 +45,21 @@ pub struct CpArgs {
     pub timeout: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// The running VM.
+    pub name: String,
+    /// User to log in as (default: the definition's [ssh] user, else root).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Seconds to wait for the guest's sshd (0: fail at once when it does not answer).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Print JSON: host, port, user, identity_file, known_hosts_file, strict_host_key_checking.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// How to reach one VM's sshd.
 pub(crate) struct Target {
     pub user: String,
@@ -182,6 +197,34 @@ pub fn ssh(state: &StateDir, args: SshArgs) -> Result<i32> {
         .args(&args.command)
         .exec();
     Err(anyhow!("cannot run ssh: {err}"))
+}
+
+/// `vessel ssh-config`: an OpenSSH `Host` block (or JSON) for the VM, as `vagrant ssh-config`
+/// prints, so `ssh -F FILE NAME`, editors and other tools reach it as `vessel ssh` does.
+pub fn ssh_config(state: &StateDir, args: SshConfigArgs) -> Result<i32> {
+    let t = target(state, &args.name, args.user, args.timeout)?;
+    if args.json {
+        let v = serde_json::json!({
+            "host": "127.0.0.1",
+            "port": t.port,
+            "user": t.user,
+            "identity_file": t.key.display().to_string(),
+            "known_hosts_file": t.known_hosts.display().to_string(),
+            "strict_host_key_checking": t.strict,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "Host {}\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking {}\n  LogLevel ERROR",
+            args.name,
+            t.port,
+            t.user,
+            t.key.display(),
+            t.known_hosts.display(),
+            t.strict
+        );
+    }
+    Ok(0)
 }
 
 /// `NAME:PATH` → (NAME, PATH); a host path otherwise (one with a '/' before any ':').

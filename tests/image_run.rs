@@ -11,72 +11,17 @@ use std::process::{Command, Stdio};
 
 use common::{fnv1a, multiboot_guest, out_dir};
 
-const INITRD: &[u8] = b"the image's own initrd\n";
-
-fn tool(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::boot_image::INITRD;
 
 /// A GPT disk with one ext4 partition holding /boot with the guest kernel, an initrd and a
 /// grub.cfg whose default entry (the second) carries `marker`, as `format`.
 fn boot_image(name: &str, marker: &str, format: &str) -> PathBuf {
-    let dir = out_dir().join(format!("image-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("boot/grub")).unwrap();
     let kernel = multiboot_guest(
         "multiboot",
         &["multiboot_header.S", "multiboot_guest.c"],
         "multiboot.ld",
     );
-    std::fs::copy(kernel, root.join("boot/vmlinuz-6.1.0-test")).unwrap();
-    std::fs::write(root.join("boot/initrd.img-6.1.0-test"), INITRD).unwrap();
-    let grub = format!(
-        "set default=\"1\"\n\
-         menuentry 'rescue' {{\n\tlinux /boot/vmlinuz-6.1.0-test rescue exit=9\n}}\n\
-         menuentry 'Debian GNU/Linux' --class debian {{\n\
-         \tinsmod ext2\n\
-         \tlinux\t/boot/vmlinuz-6.1.0-test root=UUID=0b3ea1ed-0000-4000-8000-000000000001 ro {marker} exit=42\n\
-         \tinitrd\t/boot/initrd.img-6.1.0-test\n}}\n"
-    );
-    std::fs::write(root.join("boot/grub/grub.cfg"), grub).unwrap();
-    let fs = dir.join("fs.ext4");
-    tool(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&root)
-            .arg(&fs)
-            .arg("16M"),
-    );
-    let raw = dir.join("disk.raw");
-    tool(Command::new("truncate").args(["-s", "20M"]).arg(&raw));
-    tool(
-        Command::new("sgdisk")
-            .args(["-n", "1:2048:0", "-t", "1:8300"])
-            .arg(&raw),
-    );
-    tool(
-        Command::new("dd")
-            .arg(format!("if={}", fs.display()))
-            .arg(format!("of={}", raw.display()))
-            .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
-    );
-    if format == "raw" {
-        return raw;
-    }
-    let out = dir.join(format!("disk.{format}"));
-    tool(
-        Command::new("qemu-img")
-            .args(["convert", "-O", format])
-            .arg(&raw)
-            .arg(&out),
-    );
-    out
+    common::boot_image::make(name, &kernel, &format!("{marker} exit=42"), format)
 }
 
 struct Run {

@@ -190,6 +190,7 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
     );
 
     provisioners_and_ansible_inventory_work(&home, &vm_dir, port);
+    vagrant_reaches_the_vm_through_the_plugin(&home, port);
 
     let _ = vessel(&home, &["ssh", "web", "--", "sudo poweroff"]);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -321,5 +322,37 @@ fn provisioners_and_ansible_inventory_work(home: &Path, vm_dir: &Path, port: u16
     eprintln!(
         "provisioners (shell, script, file, ansible, failing) and --only: {:.1} s",
         provisioned.as_secs_f64()
+    );
+}
+
+/// Vagrant with the vagrant-vessel plugin on a machine whose vessel VM is `web`: ssh-config,
+/// `vagrant ssh -c` and Vagrant's own shell provisioner reach the guest through vessel's
+/// ssh path (`vessel ssh-config`). The lifecycle (box add, up, halt, destroy) runs on vessel
+/// in tests/vagrant.rs.
+fn vagrant_reaches_the_vm_through_the_plugin(home: &Path, port: u16) {
+    tcg::require_tool("vagrant", "vagrant");
+    let config = ok(home, &["ssh-config", "web"]);
+    assert!(config.contains(&format!("Port {port}")), "{config}");
+    assert!(config.contains("StrictHostKeyChecking yes"), "{config}");
+    let p = common::vagrant::Project::new(
+        &home.join("vagrant"),
+        &home.join("state"),
+        home,
+        "  config.vm.box = \"tiny\"\n  config.vm.synced_folder \".\", \"/vagrant\", disabled: true\n  config.vm.provision \"shell\", inline: \"echo from-vagrant > /tmp/vagrant-marker\"\n  config.vm.provider :vessel do |v|\n    v.state_dir = \"STATE\"\n  end\n",
+    );
+    let id_dir = p.dir.join(".vagrant/machines/default/vessel");
+    std::fs::create_dir_all(&id_dir).unwrap();
+    std::fs::write(id_dir.join("id"), "web").unwrap();
+    assert!(p.ok(&["status"]).contains("running (vessel)"));
+    let cfg = p.ok(&["ssh-config"]);
+    assert!(
+        cfg.contains(&format!("Port {port}")) && cfg.contains("User debian"),
+        "{cfg}"
+    );
+    assert_eq!(p.ok(&["ssh", "-c", "uname -s"]).trim(), "Linux");
+    p.ok(&["provision"]);
+    assert_eq!(
+        ok(home, &["ssh", "web", "--", "cat /tmp/vagrant-marker"]),
+        "from-vagrant\n"
     );
 }

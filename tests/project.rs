@@ -174,7 +174,10 @@ fn validate_refuses_provisioners_whose_files_are_missing() {
     );
     let (code, _, err) = p.run(&["validate", "vessel.toml"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("destination 'srv' must be an absolute guest path"), "{err}");
+    assert!(
+        err.contains("destination 'srv' must be an absolute guest path"),
+        "{err}"
+    );
     std::fs::create_dir_all(p.dir.join("site")).unwrap();
     p.write(
         "prov",
@@ -189,4 +192,52 @@ fn validate_refuses_provisioners_whose_files_are_missing() {
     // ran is not provisioned again (covered with a real guest in tests/image_ssh.rs).
     let (code, _, err) = p.run(&["create", "prov", "--from", "vessel.toml"]);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// `vessel start` returns once the guest runs, and the VMM keeps none of its caller's
+/// descriptors: a caller that waits for a pipe it handed down to close (Vagrant does)
+/// is not kept waiting for the VM's whole life — with a `nat` NIC, whose passt the VMM
+/// spawns, too.
+#[test]
+fn start_leaves_the_callers_descriptors_and_returns_with_a_nat_nic() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let p = Project::new("fds");
+    p.write("fds", "32M", "");
+    p.ok(&["create", "fds", "--from", "vessel.toml", "--nic", "nat"]);
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two new descriptors (inheritable: no O_CLOEXEC, on purpose).
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just made and are owned here.
+    let (mut read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .arg("--state-dir")
+        .arg(&p.state.0)
+        .args(["start", "fds"])
+        .env("XDG_DATA_HOME", p.dir.join("data"))
+        .spawn()
+        .unwrap();
+    drop(write_end);
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = read_end.read_to_end(&mut buf);
+        let _ = tx.send(());
+    });
+    let eof = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        eof.is_ok(),
+        "the caller's pipe stayed open after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.summary("fds")["state"], "running");
+    p.ok(&["stop", "fds", "--force"]);
 }

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod boot_image;
 pub mod state_dir;
 pub mod tcg;
+pub mod vagrant;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
