@@ -17,14 +17,15 @@ done
 # make, python3); crates/cloudinit's tests check seed disks with dosfstools, mtools and
 # blkid, and read them with Debian's cloud-init (its python3 modules; its services are never
 # started here); vessel ssh/cp run OpenSSH's client; the ansible provisioner and vessel
-# inventory are checked with ansible-core's ansible-playbook.
+# inventory are checked with ansible-core's ansible-playbook, the vagrant-vessel plugin with
+# Debian's vagrant.
 TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils
        iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
        cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client mmdebstrap:mmdebstrap cloud-init:cloud-init
-       ansible-playbook:ansible-core"
+       ansible-playbook:ansible-core vagrant:vagrant"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 
 missing_packages() {
