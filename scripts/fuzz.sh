@@ -12,9 +12,10 @@
 # A single input running longer than FUZZ_UNIT_TIMEOUT seconds (default 10) counts as a
 # finding: that is how quadratic work on hostile input shows up.
 #
-# Builds are release with debug assertions. FUZZ_SANITIZER (default address) picks the
-# sanitizer: ASan for long runs; CI (scripts/test.sh) uses none, which builds much faster
-# and still finds every panic, overflow and timeout (the code under test is safe Rust).
+# Builds are release with debug assertions. FUZZ_BUILD picks the rest: `long` (default:
+# AddressSanitizer, one codegen unit, for long runs) or `ci` (scripts/test.sh: no sanitizer
+# and 16 codegen units, a much cheaper build that still finds every panic, overflow and
+# timeout; the code under test is safe Rust).
 # Crashes print the end of the target's log, with the reproducer's path, to stderr.
 #
 # cargo-fuzz needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain
@@ -27,13 +28,12 @@ case $secs in
     '' | *[!0-9]*) echo "fuzz.sh: SECONDS must be a whole number, not '$secs'" >&2; exit 2 ;;
 esac
 unit_timeout=${FUZZ_UNIT_TIMEOUT:-10}
-sanitizer=${FUZZ_SANITIZER:-address}
-case $sanitizer in
-    address | none) ;;
-    *) echo "fuzz.sh: FUZZ_SANITIZER must be address or none, not '$sanitizer'" >&2; exit 2 ;;
-esac
 cargo_fuzz_version=0.13.2
-build_flags=(--debug-assertions --sanitizer "$sanitizer")
+case ${FUZZ_BUILD:-long} in
+    long) build_flags=(--debug-assertions --sanitizer address) ;;
+    ci) build_flags=(--debug-assertions --sanitizer none --codegen-units 16) ;;
+    *) echo "fuzz.sh: FUZZ_BUILD must be long or ci, not '$FUZZ_BUILD'" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/fuzz"
 export RUSTC_BOOTSTRAP=1
@@ -65,7 +65,7 @@ else
         cargo fuzz build "${build_flags[@]}" "$t"
     done
 fi
-echo "fuzz.sh: built ${#targets[@]} targets (sanitizer $sanitizer) in $(($(date +%s) - build_start)) s"
+echo "fuzz.sh: built ${#targets[@]} targets (${FUZZ_BUILD:-long} build) in $(($(date +%s) - build_start)) s"
 
 logs=$root/fuzz/target-logs
 mkdir -p "$logs"

@@ -14,7 +14,9 @@ fn clock() -> WallClock {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&size, mut rest)) = data.split_first() else { return };
+    let Some((&size, mut rest)) = data.split_first() else {
+        return;
+    };
     let below = u64::from(size) << 24;
     let mut cmos = Cmos::with_clock(below, below << 4, clock);
     if let Some((&flag, tail)) = rest.split_first() {

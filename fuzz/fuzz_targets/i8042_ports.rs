@@ -13,7 +13,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(exit) = VmExit::new() else { return };
-    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else { return };
+    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+        return;
+    };
     let mut kbd = I8042::new(exit).with_interrupt(irq);
     for pair in data.chunks_exact(2) {
         let (op, value) = (pair[0], pair[1]);

@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use net::natnet::{route, Route};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, frame)) = data.split_first() else { return };
+    let Some((&n, frame)) = data.split_first() else {
+        return;
+    };
     // The first byte says how many leading 6-byte groups of the frame are learned peers.
     let peers: HashSet<[u8; 6]> = frame
         .chunks_exact(6)

@@ -11,7 +11,10 @@ use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::EventFd;
 
 fn uart() -> Option<Serial> {
-    Some(Serial::new(EventFd::new(libc::EFD_NONBLOCK).ok()?, Box::new(std::io::sink())))
+    Some(Serial::new(
+        EventFd::new(libc::EFD_NONBLOCK).ok()?,
+        Box::new(std::io::sink()),
+    ))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -33,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let state = serial.state();
-                let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else { return };
+                let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+                    return;
+                };
                 let restored = Serial::from_state(irq, Box::new(std::io::sink()), &state);
                 let Some(restored) = restored else {
                     panic!("a UART's own state does not restore");

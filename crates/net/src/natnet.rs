@@ -264,7 +264,10 @@ mod tests {
         assert_eq!(route(&[0xff; 5], &peers), Route::Nat);
         // Broadcast cut off before the ARP target: both ways.
         assert_eq!(route(&[0xff; 14], &peers), Route::Both);
-        assert_eq!(route(&arp_request([10, 0, 2, 16])[..40], &peers), Route::Both);
+        assert_eq!(
+            route(&arp_request([10, 0, 2, 16])[..40], &peers),
+            Route::Both
+        );
         assert_eq!(route(&arp_request([10, 0, 2, 16]), &peers), Route::Switch);
         assert_eq!(route(&[1, 0, 0x5e, 0, 0, 1], &peers), Route::Switch);
         assert_eq!(route(&[2, 0, 0, 0, 0, 9], &peers), Route::Switch);
