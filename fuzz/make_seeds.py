@@ -53,6 +53,19 @@ def arp_request(src_mac, src_ip, target_ip):
             + src_mac + bytes(src_ip) + b"\x00" * 6 + bytes(target_ip))
 
 
+def dhcp_frame(kind, requested=None):
+    """A client's DHCPDISCOVER (kind 1) or DHCPREQUEST (3) as a broadcast Ethernet frame."""
+    mac = bytes([2, 0, 0, 0, 0, 1])
+    opts = bytes([53, 1, kind]) + (bytes([50, 4]) + bytes(requested) if requested else b"")
+    opts += bytes([55, 3, 1, 3, 6, 255])
+    bootp = (bytes([1, 1, 6, 0]) + b"\x12\x34\x56\x78" + b"\x00" * 20 + mac + b"\x00" * 202
+             + b"\x63\x82\x53\x63" + opts)
+    udp = struct.pack(">HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     b"\x00" * 4, b"\xff" * 4) + udp
+    return b"\xff" * 6 + mac + b"\x08\x00" + ip
+
+
 def port_io_seeds():
     """Guest port I/O as Linux and firmware do it (see each *_ports target's framing)."""
     # CMOS: op bit 0 write, bit 1 data port. Read the clock, switch to BCD 12 h, read again.
@@ -92,7 +105,9 @@ def port_io_seeds():
 
 
 def frame_seeds():
-    """Guest Ethernet frames for the NAT network's steering and the switch."""
+    """Guest Ethernet frames: DHCP, the NAT network's steering and the switch."""
+    put("dhcp_request", "discover", dhcp_frame(1))
+    put("dhcp_request", "request", dhcp_frame(3, (192, 168, 56, 101)))
     me, peer = bytes([2, 0, 0, 0, 0, 1]), bytes([2, 0, 0, 0, 0, 2])
     put("natnet_route", "arp_peer", b"\x00" + arp_request(me, (10, 0, 2, 15), (10, 0, 2, 16)))
     put("natnet_route", "arp_gateway", b"\x00" + arp_request(me, (10, 0, 2, 15), (10, 0, 2, 2)))
