@@ -44,6 +44,89 @@ def records(image):
     return bytes(out)
 
 
+def pairs(*ops):
+    return bytes(b for op in ops for b in op)
+
+
+def arp_request(src_mac, src_ip, target_ip):
+    return (b"\xff" * 6 + src_mac + b"\x08\x06" + bytes([0, 1, 8, 0, 6, 4, 0, 1])
+            + src_mac + bytes(src_ip) + b"\x00" * 6 + bytes(target_ip))
+
+
+def dhcp_frame(kind, requested=None):
+    """A client's DHCPDISCOVER (kind 1) or DHCPREQUEST (3) as a broadcast Ethernet frame."""
+    mac = bytes([2, 0, 0, 0, 0, 1])
+    opts = bytes([53, 1, kind]) + (bytes([50, 4]) + bytes(requested) if requested else b"")
+    opts += bytes([55, 3, 1, 3, 6, 255])
+    bootp = (bytes([1, 1, 6, 0]) + b"\x12\x34\x56\x78" + b"\x00" * 20 + mac + b"\x00" * 202
+             + b"\x63\x82\x53\x63" + opts)
+    udp = struct.pack(">HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     b"\x00" * 4, b"\xff" * 4) + udp
+    return b"\xff" * 6 + mac + b"\x08\x00" + ip
+
+
+def port_io_seeds():
+    """Guest port I/O as Linux and firmware do it (see each *_ports target's framing)."""
+    # CMOS: op bit 0 write, bit 1 data port. Read the clock, switch to BCD 12 h, read again.
+    sel, rd, wr = 1, 2, 3
+    clock = pairs(*[op for r in (0, 2, 4, 6, 7, 8, 9, 0x0a, 0x0b, 0x0c, 0x0d, 0x32)
+                    for op in ((sel, r), (rd, 0))])
+    put("cmos_ports", "read_clock", bytes([0x40, 0]) + clock)
+    put("cmos_ports", "bcd_12h", bytes([0x40, 0]) + pairs((sel, 0x0b), (wr, 0x00)) + clock)
+    put("cmos_ports", "nvram_rw", bytes([0xff, 0]) + pairs(
+        (sel, 0x8f), (wr, 0x5a), (rd, 0), (sel, 0x7f), (wr, 0xa5), (rd, 0), (sel | 8, 0x34),
+        (rd | 4, 0)))
+    put("cmos_ports", "restored", bytes([0x10, 0x15]) + bytes(range(128)) + clock)
+    # 16550: op = offset << 2 | kind (0 read, 1 write, 2 host input, 3 snapshot round trip).
+    def uart(kind, reg, value=0):
+        return (reg << 2 | kind, value)
+    init = [uart(1, 1, 0), uart(1, 3, 0x80), uart(1, 0, 1), uart(1, 1, 0), uart(1, 3, 3),
+            uart(1, 2, 0xc7), uart(1, 4, 0x0b), uart(1, 1, 0x0f)]
+    put("serial_ports", "linux_init_and_echo", pairs(
+        *init, *[uart(1, 0, c) for c in b"login: "], uart(0, 5), uart(0, 2),
+        uart(2, 0, 0x41), uart(0, 5), uart(0, 0), uart(0, 0), uart(0, 2), uart(3, 0),
+        uart(0, 0)))
+    put("serial_ports", "loopback", pairs(
+        *init, uart(1, 4, 0x1f), uart(1, 0, 0x55), uart(0, 5), uart(0, 0), uart(0, 6),
+        uart(2, 0, 0xff), uart(1, 7, 0x99), uart(0, 7), uart(3, 0), uart(1, 4, 0x0b),
+        uart(0, 0)))
+    put("serial_ports", "fifo_overrun", pairs(*init, *[uart(2, 0, 0xf8)] * 8,
+                                              *[uart(0, 0)] * 70, uart(0, 5)))
+    # i8042: op & 7: 0 read data, 1 read status, 2 write data, 3 command, 4 Ctrl-Alt-Del,
+    # 5 state round trip, 6/7 restore a crafted state.
+    put("i8042_ports", "linux_probe", pairs(
+        (3, 0xad), (3, 0xa7), (1, 0), (0, 0), (3, 0x20), (1, 0), (0, 0), (3, 0x60),
+        (2, 0x45), (3, 0xaa), (0, 0), (3, 0xab), (0, 0), (3, 0xae), (2, 0xff), (0, 0),
+        (0, 0), (2, 0xf2), (0, 0), (0, 0), (0, 0)))
+    put("i8042_ports", "reset_and_restore", pairs(
+        (4, 0), (5, 0), (1, 0), (0, 0), (3, 0xd0), (0, 0), (3, 0xd1), (2, 0xdf), (3, 0xfe),
+        (0x86, 0x21), (0xfe, 0xaa), (0, 0)))
+
+
+def frame_seeds():
+    """Guest Ethernet frames: DHCP, the NAT network's steering and the switch."""
+    put("dhcp_request", "discover", dhcp_frame(1))
+    put("dhcp_request", "request", dhcp_frame(3, (192, 168, 56, 101)))
+    me, peer = bytes([2, 0, 0, 0, 0, 1]), bytes([2, 0, 0, 0, 0, 2])
+    put("natnet_route", "arp_peer", b"\x00" + arp_request(me, (10, 0, 2, 15), (10, 0, 2, 16)))
+    put("natnet_route", "arp_gateway", b"\x00" + arp_request(me, (10, 0, 2, 15), (10, 0, 2, 2)))
+    put("natnet_route", "unicast_learned", b"\x01" + peer + me + b"\x08\x00" + b"\x45" * 20)
+    put("natnet_route", "multicast", b"\x00" + bytes([1, 0, 0x5e, 0, 0, 0xfb]) + me + b"\x08\x00")
+    put("natnet_route", "dhcp_broadcast", b"\x00" + b"\xff" * 6 + me + b"\x08\x00" + b"\x45" * 30)
+    # switch: a header byte (port | length / 4 << 2) before each frame.
+    def frame(port, dst, src, body):
+        f = dst + src + b"\x08\x00" + body
+        f += b"\x00" * (-len(f) % 4)
+        return bytes([port | (len(f) // 4) << 2]) + f
+    arp = arp_request(me, (10, 0, 2, 15), (10, 0, 2, 16))
+    put("switch_frames", "learn_then_unicast", frame(0, b"\xff" * 6, me, arp[14:])
+        + frame(1, me, peer, b"reply" * 8) + frame(0, peer, me, b"data" * 10)
+        + frame(2, bytes([1, 0, 0x5e, 0, 0, 1]), bytes([2, 0, 0, 0, 0, 3]), b"m" * 40))
+    put("switch_frames", "runts", bytes([0 | 1 << 2]) + b"\xff" * 4 + bytes([1 | 2 << 2])
+        + b"\xff" * 8 + bytes([2 | 3 << 2]) + b"\xff" * 6 + me)
+
+
 def main():
     put("qcow2_open", "small", qemu_image("qcow2", 1 << 20, "cluster_size=512"))
     put("vdi_open", "small", records(qemu_image("vdi", 1 << 20)))
@@ -68,6 +151,10 @@ def main():
                    "virtio_net", "virtio_pci", "vm_snapshot_state"]:
         put(target, "zeros", bytes(64))
         put(target, "pattern", bytes(range(256)) * 2)
+
+
+    port_io_seeds()
+    frame_seeds()
 
 
 if __name__ == "__main__":

@@ -90,3 +90,6 @@ cargo test --workspace --all-targets --no-fail-fast "$@"
 # The confinement tests that need the guest-reachable debug hook (a feature release builds
 # never have): a forbidden system call stops the VMM with its name; landlock refuses a file.
 cargo test --features test-hooks --test confinement_hooks
+# Every fuzz target for 10 s from its seed corpus (docs/fuzzing.md): a crash fails the run
+# and prints its reproducer's path. The ci build (no sanitizer) keeps the one build cheap.
+FUZZ_BUILD=ci "$ROOT/scripts/fuzz.sh" 10

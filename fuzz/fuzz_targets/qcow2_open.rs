@@ -41,5 +41,5 @@ fuzz_target!(|data: &[u8]| {
             let _ = image.flush();
         }
     }
-    let _ = block::check(&path, Some(Format::Qcow2), false);
+    let _ = block::check(&path, Some(Format::Qcow2), false, false);
 });

@@ -61,12 +61,47 @@ fn on_subnet(addr: Ipv4Addr) -> bool {
     u32::from(addr) & mask == u32::from(GUEST_ADDR) & mask
 }
 
-/// Where a frame from the guest goes.
+/// Where [`route`] sends a guest frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub enum Route {
     Nat,
     Switch,
     Both,
+}
+
+/// Where a guest frame goes: broadcast ARP for a subnet peer and multicast to the switch,
+/// frames for a learned peer MAC (`peers`) to the switch, the rest to the NAT. Pure, so the
+/// fuzz target `natnet_route` drives it on arbitrary guest frames.
+pub fn route(frame: &[u8], peers: &HashSet<[u8; 6]>) -> Route {
+    let Some(dst) = frame.get(..6) else {
+        return Route::Nat;
+    };
+    if dst == [0xff; 6] {
+        let arp_target = (frame.get(12..14) == Some(&ETHERTYPE_ARP[..]))
+            .then(|| frame.get(ETH_HEADER + 24..ETH_HEADER + 28))
+            .flatten();
+        return match arp_target {
+            Some(t) => {
+                let target = Ipv4Addr::new(t[0], t[1], t[2], t[3]);
+                if on_subnet(target) && target != GATEWAY {
+                    Route::Switch
+                } else {
+                    Route::Nat
+                }
+            }
+            None => Route::Both,
+        };
+    }
+    if dst[0] & 1 != 0 {
+        return Route::Switch;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(dst);
+    if peers.contains(&mac) {
+        Route::Switch
+    } else {
+        Route::Nat
+    }
 }
 
 /// One VM's NIC on a NAT network.
@@ -125,35 +160,7 @@ impl NatNetBackend {
     }
 
     fn route(&self, frame: &[u8]) -> Route {
-        let Some(dst) = frame.get(..6) else {
-            return Route::Nat;
-        };
-        if dst == [0xff; 6] {
-            let arp_target = (frame.get(12..14) == Some(&ETHERTYPE_ARP[..]))
-                .then(|| frame.get(ETH_HEADER + 24..ETH_HEADER + 28))
-                .flatten();
-            return match arp_target {
-                Some(t) => {
-                    let target = Ipv4Addr::new(t[0], t[1], t[2], t[3]);
-                    if on_subnet(target) && target != GATEWAY {
-                        Route::Switch
-                    } else {
-                        Route::Nat
-                    }
-                }
-                None => Route::Both,
-            };
-        }
-        if dst[0] & 1 != 0 {
-            return Route::Switch;
-        }
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(dst);
-        if self.peers.contains(&mac) {
-            Route::Switch
-        } else {
-            Route::Nat
-        }
+        route(frame, &self.peers)
     }
 
     /// After passt took or refused a frame: wait for room only while something waits.
@@ -248,6 +255,23 @@ mod tests {
         f.extend_from_slice(&[0; 6]);
         f.extend_from_slice(&target);
         f
+    }
+
+    #[test]
+    fn route_handles_short_and_odd_frames_without_passt() {
+        let peers: HashSet<[u8; 6]> = [[2, 0, 0, 0, 0, 9]].into_iter().collect();
+        assert_eq!(route(&[], &peers), Route::Nat);
+        assert_eq!(route(&[0xff; 5], &peers), Route::Nat);
+        // Broadcast cut off before the ARP target: both ways.
+        assert_eq!(route(&[0xff; 14], &peers), Route::Both);
+        assert_eq!(
+            route(&arp_request([10, 0, 2, 16])[..40], &peers),
+            Route::Both
+        );
+        assert_eq!(route(&arp_request([10, 0, 2, 16]), &peers), Route::Switch);
+        assert_eq!(route(&[1, 0, 0x5e, 0, 0, 1], &peers), Route::Switch);
+        assert_eq!(route(&[2, 0, 0, 0, 0, 9], &peers), Route::Switch);
+        assert_eq!(route(&[2, 0, 0, 0, 0, 8, 0], &peers), Route::Nat);
     }
 
     #[test]
