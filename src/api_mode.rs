@@ -151,11 +151,13 @@ fn vm_config(
     Ok(VmConfig {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
         initrd: cfg.boot_source.initrd_path.as_ref().map(PathBuf::from),
-        cmdline: cfg
-            .boot_source
-            .boot_args
-            .clone()
-            .unwrap_or_else(crate::vmdef::default_cmdline),
+        cmdline: api::with_root_args(
+            &cfg.boot_source
+                .boot_args
+                .clone()
+                .unwrap_or_else(crate::vmdef::default_cmdline),
+            &cfg.drives,
+        ),
         memory: cfg.machine.mem_size_bytes(),
         cpus: cfg.machine.vcpu_count,
         serial,

@@ -28,6 +28,7 @@
 mod backend;
 mod controller;
 pub mod model;
+mod root_device;
 mod routes;
 mod server;
 pub mod snapshot_model;
@@ -40,6 +41,7 @@ pub use controller::{
     MAX_NETWORK_INTERFACES,
 };
 pub use model::*;
+pub use root_device::{root_args, with_root_args};
 pub use routes::{parse_request, RouteError};
 pub use server::{
     serve, ApiError, ApiServerHandle, ServerOptions, DEFAULT_MAX_BODY_BYTES,

@@ -8,7 +8,10 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::model::{BootSource, Drive, HugePages, MachineConfig, NetworkInterface, NetworkMode};
+use crate::model::{
+    BootSource, Drive, HugePages, IoEngine, MachineConfig, NetworkInterface, NetworkMode,
+    RateLimiter, TokenBucket,
+};
 
 /// Most vCPUs vessel gives a VM (xAPIC ids are 8 bits and the IOAPIC takes one).
 pub const MAX_VCPU_COUNT: u8 = 254;
@@ -71,10 +74,37 @@ pub enum ValidationError {
     MissingHostDevName,
     #[error("host_dev_name cannot be given for a network interface in nat mode.")]
     HostDevNameWithNat,
+    #[error(
+        "io_engine \"Async\" (io_uring) is not supported by vessel: drives use the \"Sync\" \
+         engine; omit io_engine or send \"Sync\"."
+    )]
+    AsyncIoEngineUnsupported,
+    #[error(
+        "{field} is not supported by vessel yet: send null, omit it, or give buckets with size \
+         0 or refill_time 0 (no limit, as in Firecracker)."
+    )]
+    RateLimiterUnsupported { field: &'static str },
     #[error("Invalid guest_mac {0:?}: expected six hex octets such as 06:00:ac:10:00:02.")]
     InvalidMac(String),
     #[error("Invalid guest_mac {0}: a multicast address cannot be a unicast interface's MAC.")]
     MulticastMac(String),
+}
+
+/// Refuses a rate limiter that would limit anything: vessel's devices do not throttle yet,
+/// and a limit accepted and not enforced would mislead the client. A bucket with `size` or
+/// `refill_time` 0 limits nothing in Firecracker, so it is accepted.
+fn refuse_rate_limiter(
+    limiter: Option<&RateLimiter>,
+    field: &'static str,
+) -> Result<(), ValidationError> {
+    let limits =
+        |bucket: &Option<TokenBucket>| bucket.is_some_and(|b| b.size != 0 && b.refill_time != 0);
+    match limiter {
+        Some(l) if limits(&l.bandwidth) || limits(&l.ops) => {
+            Err(ValidationError::RateLimiterUnsupported { field })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Firecracker's id rule (non-empty, alphanumeric or `_`) plus a length bound.
@@ -144,6 +174,10 @@ pub fn validate_boot_source(boot: &BootSource) -> Result<(), ValidationError> {
 pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
     validate_id(&drive.drive_id)?;
     check_path_text(&drive.path_on_host, "path_on_host")?;
+    if drive.io_engine == IoEngine::Async {
+        return Err(ValidationError::AsyncIoEngineUnsupported);
+    }
+    refuse_rate_limiter(drive.rate_limiter.as_ref(), "rate_limiter")?;
     if let Some(partuuid) = &drive.partuuid {
         if partuuid.contains('\0') {
             return Err(ValidationError::NulByte { field: "partuuid" });
@@ -170,6 +204,8 @@ pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
 
 pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), ValidationError> {
     validate_id(&iface.iface_id)?;
+    refuse_rate_limiter(iface.rx_rate_limiter.as_ref(), "rx_rate_limiter")?;
+    refuse_rate_limiter(iface.tx_rate_limiter.as_ref(), "tx_rate_limiter")?;
     match (iface.effective_mode(), &iface.host_dev_name) {
         (NetworkMode::Tap, None) => return Err(ValidationError::MissingHostDevName),
         (NetworkMode::Tap, Some(name)) => validate_host_dev_name(name)?,
@@ -409,6 +445,21 @@ mod tests {
             validate_network_interface(&iface),
             Err(ValidationError::MulticastMac(_))
         ));
+        iface.guest_mac = None;
+        iface.tx_rate_limiter = Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket {
+                size: 100,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+        });
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::RateLimiterUnsupported {
+                field: "tx_rate_limiter"
+            })
+        );
     }
 
     #[test]
@@ -428,6 +479,36 @@ mod tests {
             format: None,
         };
         assert!(validate_drive(&drive).is_ok());
+        drive.io_engine = IoEngine::Async;
+        assert_eq!(
+            validate_drive(&drive),
+            Err(ValidationError::AsyncIoEngineUnsupported)
+        );
+        drive.io_engine = IoEngine::Sync;
+        let bucket = |size, refill_time| TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time,
+        };
+        drive.rate_limiter = Some(RateLimiter {
+            bandwidth: Some(bucket(0, 100)),
+            ops: Some(bucket(10, 0)),
+        });
+        assert!(
+            validate_drive(&drive).is_ok(),
+            "empty buckets limit nothing"
+        );
+        drive.rate_limiter = Some(RateLimiter {
+            bandwidth: Some(bucket(1 << 20, 100)),
+            ops: None,
+        });
+        assert_eq!(
+            validate_drive(&drive),
+            Err(ValidationError::RateLimiterUnsupported {
+                field: "rate_limiter"
+            })
+        );
+        drive.rate_limiter = None;
         drive.path_on_host = dir.path().to_str().unwrap().into();
         drive.is_read_only = true;
         assert!(matches!(

@@ -93,15 +93,15 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
     let rootfs = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
         "is_root_device": true, "is_read_only": false, "partuuid": "0eaa91a0-01",
         "cache_type": "Writeback", "io_engine": "Sync", "format": "raw",
-        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000},
-                         "ops": {"size": 100, "one_time_burst": 50, "refill_time": 1000}}});
+        "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 1000},
+                         "ops": {"size": 100, "one_time_burst": 50, "refill_time": 0}}});
     server.expect_no_content("PUT", "/drives/rootfs", &rootfs.to_string());
     let data = json!({"drive_id": "data1", "path_on_host": server.rootfs,
                       "is_root_device": false, "is_read_only": true});
     server.expect_no_content("PUT", "/drives/data1", &data.to_string());
     let tap = json!({"iface_id": "eth0", "host_dev_name": "tap0",
                      "guest_mac": "06:00:AC:10:00:02",
-                     "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+                     "rx_rate_limiter": {"ops": {"size": 0, "refill_time": 100}}});
     server.expect_no_content("PUT", "/network-interfaces/eth0", &tap.to_string());
     let nat = json!({"iface_id": "eth1", "mode": "nat"});
     server.expect_no_content("PUT", "/network-interfaces/eth1", &nat.to_string());
@@ -125,6 +125,39 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
         handle_config.network_interfaces[1].mode,
         Some(NetworkMode::Nat)
     );
+}
+
+#[test]
+fn limits_and_engines_vessel_cannot_honour_are_refused() {
+    let server = TestServer::start();
+    let limited = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+        "is_root_device": true,
+        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}});
+    server.expect_fault(
+        "PUT",
+        "/drives/rootfs",
+        Some(&limited.to_string()),
+        "rate_limiter is not supported",
+    );
+    let engine = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+        "is_root_device": true, "io_engine": "Async"});
+    server.expect_fault(
+        "PUT",
+        "/drives/rootfs",
+        Some(&engine.to_string()),
+        "io_engine \"Async\"",
+    );
+    let iface = json!({"iface_id": "eth0", "mode": "nat",
+        "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}});
+    server.expect_fault(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(&iface.to_string()),
+        "tx_rate_limiter is not supported",
+    );
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(config["drives"], json!([]));
+    assert_eq!(config["network-interfaces"], json!([]));
 }
 
 #[test]
