@@ -441,6 +441,7 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: None,
+            network: None,
         }
     }
 
@@ -750,6 +751,7 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: Some(NetworkMode::Nat),
+            network: None,
         };
         c.handle(ApiRequest::PutNetworkInterface(nat)).unwrap();
         let cfg = c.full_config();

@@ -52,6 +52,6 @@ pub use snapshot_model::{
 };
 pub use socket::SocketError;
 pub use validate::{
-    ValidationError, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_MEM_SIZE_MIB,
-    MAX_VCPU_COUNT, MIN_MEM_SIZE_MIB,
+    validate_network_interface, ValidationError, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN,
+    MAX_ID_LEN, MAX_MEM_SIZE_MIB, MAX_VCPU_COUNT, MIN_MEM_SIZE_MIB,
 };

@@ -72,8 +72,16 @@ pub enum ValidationError {
     InvalidHostDevName(String),
     #[error("host_dev_name is required for a tap network interface.")]
     MissingHostDevName,
-    #[error("host_dev_name cannot be given for a network interface in nat mode.")]
+    #[error("host_dev_name is only for a network interface in tap mode.")]
     HostDevNameWithNat,
+    #[error("network is required for a network interface in natnet, internal, hostonly or bridged mode.")]
+    MissingNetwork,
+    #[error(
+        "network is only for a network interface in natnet, internal, hostonly or bridged mode."
+    )]
+    NetworkWithoutMode,
+    #[error("Invalid network {0:?}: 1 to {MAX_HOST_DEV_NAME_LEN} characters of [A-Za-z0-9_.-].")]
+    InvalidNetworkName(String),
     #[error(
         "io_engine \"Async\" (io_uring) is not supported by vessel: drives use the \"Sync\" \
          engine; omit io_engine or send \"Sync\"."
@@ -206,11 +214,18 @@ pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), Valida
     validate_id(&iface.iface_id)?;
     refuse_rate_limiter(iface.rx_rate_limiter.as_ref(), "rx_rate_limiter")?;
     refuse_rate_limiter(iface.tx_rate_limiter.as_ref(), "tx_rate_limiter")?;
-    match (iface.effective_mode(), &iface.host_dev_name) {
+    let mode = iface.effective_mode();
+    match (mode, &iface.host_dev_name) {
         (NetworkMode::Tap, None) => return Err(ValidationError::MissingHostDevName),
         (NetworkMode::Tap, Some(name)) => validate_host_dev_name(name)?,
-        (NetworkMode::Nat, Some(_)) => return Err(ValidationError::HostDevNameWithNat),
-        (NetworkMode::Nat, None) => {}
+        (_, Some(_)) => return Err(ValidationError::HostDevNameWithNat),
+        (_, None) => {}
+    }
+    match (mode.needs_network(), &iface.network) {
+        (true, None) => return Err(ValidationError::MissingNetwork),
+        (true, Some(name)) => validate_network_name(name)?,
+        (false, Some(_)) => return Err(ValidationError::NetworkWithoutMode),
+        (false, None) => {}
     }
     if let Some(mac) = &iface.guest_mac {
         let octets = parse_mac(mac)?;
@@ -219,6 +234,21 @@ pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), Valida
         }
     }
     Ok(())
+}
+
+/// The rule `--nic` applies to network and bridge names.
+fn validate_network_name(name: &str) -> Result<(), ValidationError> {
+    let valid = (1..=MAX_HOST_DEV_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidNetworkName(name.to_string()))
+    }
 }
 
 fn validate_host_dev_name(name: &str) -> Result<(), ValidationError> {
@@ -420,6 +450,7 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: None,
+            network: None,
         };
         assert!(validate_network_interface(&iface).is_ok());
         iface.mode = Some(NetworkMode::Nat);
@@ -446,6 +477,29 @@ mod tests {
             Err(ValidationError::MulticastMac(_))
         ));
         iface.guest_mac = None;
+        iface.mode = Some(NetworkMode::Internal);
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::HostDevNameWithNat)
+        );
+        iface.host_dev_name = None;
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::MissingNetwork)
+        );
+        iface.network = Some("lab/1".into());
+        assert!(matches!(
+            validate_network_interface(&iface),
+            Err(ValidationError::InvalidNetworkName(_))
+        ));
+        iface.network = Some("lab1".into());
+        assert!(validate_network_interface(&iface).is_ok());
+        iface.mode = Some(NetworkMode::Nat);
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::NetworkWithoutMode)
+        );
+        iface.network = None;
         iface.tx_rate_limiter = Some(RateLimiter {
             bandwidth: None,
             ops: Some(TokenBucket {
