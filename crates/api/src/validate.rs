@@ -73,7 +73,7 @@ pub enum ValidationError {
     #[error("host_dev_name is required for a tap network interface.")]
     MissingHostDevName,
     #[error("host_dev_name is only for a network interface in tap mode.")]
-    HostDevNameWithNat,
+    HostDevNameWithoutTap,
     #[error("network is required for a network interface in natnet, internal, hostonly or bridged mode.")]
     MissingNetwork,
     #[error(
@@ -218,7 +218,7 @@ pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), Valida
     match (mode, &iface.host_dev_name) {
         (NetworkMode::Tap, None) => return Err(ValidationError::MissingHostDevName),
         (NetworkMode::Tap, Some(name)) => validate_host_dev_name(name)?,
-        (_, Some(_)) => return Err(ValidationError::HostDevNameWithNat),
+        (_, Some(_)) => return Err(ValidationError::HostDevNameWithoutTap),
         (_, None) => {}
     }
     match (mode.needs_network(), &iface.network) {
@@ -456,7 +456,7 @@ mod tests {
         iface.mode = Some(NetworkMode::Nat);
         assert_eq!(
             validate_network_interface(&iface),
-            Err(ValidationError::HostDevNameWithNat)
+            Err(ValidationError::HostDevNameWithoutTap)
         );
         iface.host_dev_name = None;
         assert!(validate_network_interface(&iface).is_ok());
@@ -480,7 +480,7 @@ mod tests {
         iface.mode = Some(NetworkMode::Internal);
         assert_eq!(
             validate_network_interface(&iface),
-            Err(ValidationError::HostDevNameWithNat)
+            Err(ValidationError::HostDevNameWithoutTap)
         );
         iface.host_dev_name = None;
         assert_eq!(
