@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{
-    BootSource, Drive, DriveFormat, MachineConfig, NetworkMode, VmConfigSnapshot, VmmBackend,
+    BootSource, CacheType, Drive, DriveFormat, MachineConfig, NetworkMode, VmConfigSnapshot,
+    VmmBackend,
 };
 use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
 
@@ -81,7 +82,11 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
                 is_root_device: false,
                 is_read_only: d.read_only,
                 partuuid: None,
-                cache_type: Default::default(),
+                cache_type: if d.honour_flush {
+                    CacheType::Writeback
+                } else {
+                    CacheType::Unsafe
+                },
                 io_engine: Default::default(),
                 rate_limiter: None,
                 format: d.format.map(drive_format),
@@ -209,6 +214,7 @@ fn vm_config(
                 // Not offered by the API: images named there follow only names inside
                 // their own directory.
                 allow_external_backing: false,
+                honour_flush: d.cache_type == CacheType::Writeback,
             })
             .collect(),
         rng: false,
@@ -315,6 +321,7 @@ impl VmmBackend for Backend {
                 id: None,
                 format: None,
                 allow_external_backing: false,
+                honour_flush: true,
             })
             .collect();
         let mem_path = PathBuf::from(mem_path);
@@ -517,5 +524,11 @@ mod tests {
         });
         let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
         assert_eq!(cfg.cmdline, "console=ttyS0 root=/dev/vda ro");
+        // Firecracker's default cache type, Unsafe, offers no flush.
+        assert!(!cfg.disks[0].honour_flush);
+        shown.drives[0].cache_type = CacheType::Writeback;
+        let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
+        assert!(cfg.disks[0].honour_flush);
+        assert_eq!(snapshot(&cfg).drives[0].cache_type, CacheType::Writeback);
     }
 }
