@@ -161,6 +161,44 @@ fn limits_and_engines_vessel_cannot_honour_are_refused() {
 }
 
 #[test]
+fn metrics_are_written_as_firecracker_json_lines_on_flush() {
+    let server = TestServer::start();
+    let path = server.dir.path().join("metrics.fifo-or-file");
+    let config = json!({"metrics_path": path}).to_string();
+    server.expect_fault(
+        "PUT",
+        "/metrics",
+        Some(&config),
+        "Cannot open the metrics file",
+    );
+    std::fs::write(&path, "").unwrap();
+    server.expect_no_content("PUT", "/metrics", &config);
+    server.expect_fault(
+        "PUT",
+        "/metrics",
+        Some(&config),
+        "Reinitialization of metrics not allowed.",
+    );
+    assert_eq!(server.request("GET", "/", None).status, 200);
+    let flush = json!({"action_type": "FlushMetrics"}).to_string();
+    server.expect_no_content("PUT", "/actions", &flush);
+    server.expect_no_content("PUT", "/actions", &flush);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0]["utc_timestamp_ms"].as_u64().unwrap() > 0);
+    assert_eq!(lines[0]["put_api_requests"]["metrics_count"], 2);
+    assert_eq!(lines[0]["put_api_requests"]["metrics_fails"], 1);
+    // expect_fault's check that the server still answers, and the explicit GET.
+    assert_eq!(lines[0]["get_api_requests"]["instance_info_count"], 2);
+    // The first flush is counted in the second line.
+    assert_eq!(lines[1]["put_api_requests"]["actions_count"], 1);
+}
+
+#[test]
 fn null_optional_fields_mean_absent() {
     let server = TestServer::start();
     let boot = json!({"kernel_image_path": server.kernel, "boot_args": null, "initrd_path": null});
