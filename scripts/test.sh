@@ -25,7 +25,8 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client mmdebstrap:mmdebstrap cloud-init:cloud-init
-       ansible-playbook:ansible-core vagrant:vagrant"
+       ansible-playbook:ansible-core vagrant:vagrant
+       pip3:python3-pip"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 
 missing_packages() {
@@ -81,6 +82,10 @@ fi
 [ -c /dev/kvm ] || echo "warning: /dev/kvm is missing; the tests that boot guests will fail" >&2
 
 cd "$ROOT"
+# tests/firecracker_python.rs drives vessel with the unmodified PyPI client (pinned); --target
+# keeps it out of the system's python (and out of PEP 668's way).
+[ -f target/fcpy/firecracker/api.py ] ||
+    python3 -m pip install -q --disable-pip-version-check --target target/fcpy firecracker-python==0.0.5
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The TCG guest (kernel download + initramfs); the vhost-user tests fail rather than skip.

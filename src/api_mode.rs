@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{
-    BootSource, Drive, DriveFormat, MachineConfig, NetworkMode, VmConfigSnapshot, VmmBackend,
+    BootSource, CacheType, Drive, DriveFormat, MachineConfig, NetworkMode, VmConfigSnapshot,
+    VmmBackend,
 };
 use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
 
@@ -81,19 +82,55 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
                 is_root_device: false,
                 is_read_only: d.read_only,
                 partuuid: None,
-                cache_type: Default::default(),
+                cache_type: if d.honour_flush {
+                    CacheType::Writeback
+                } else {
+                    CacheType::Unsafe
+                },
                 io_engine: Default::default(),
                 rate_limiter: None,
                 format: d.format.map(drive_format),
             })
             .collect(),
-        network_interfaces: Vec::new(),
+        network_interfaces: cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| network_interface(i, nic))
+            .collect(),
         vsock: cfg.vsock.as_ref().map(|v| api::Vsock {
             vsock_id: None,
             // The CLI and VM definitions only take CIDs below 2^32 - 1.
             guest_cid: v.cid as u32,
             uds_path: v.uds.display().to_string(),
         }),
+    }
+}
+
+/// How the API shows the `index`th NIC of a VM configured elsewhere: its mode, host device
+/// or network, and its MAC when the definition names one.
+fn network_interface(index: usize, nic: &net::NicConfig) -> api::NetworkInterface {
+    let (mode, host_dev_name, network) = match &nic.mode {
+        net::NicMode::Nat => (NetworkMode::Nat, None, None),
+        net::NicMode::Tap(dev) => (NetworkMode::Tap, Some(dev.clone()), None),
+        net::NicMode::NatNetwork(n) => (NetworkMode::Natnet, None, Some(n.clone())),
+        net::NicMode::Internal(n) => (NetworkMode::Internal, None, Some(n.clone())),
+        net::NicMode::HostOnly(n) => (NetworkMode::Hostonly, None, Some(n.clone())),
+        net::NicMode::Bridged(n) => (NetworkMode::Bridged, None, Some(n.clone())),
+    };
+    api::NetworkInterface {
+        iface_id: format!("net{index}"),
+        host_dev_name,
+        guest_mac: nic.mac.map(|mac| {
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        }),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+        mode: Some(mode),
+        network,
     }
 }
 
@@ -130,8 +167,13 @@ fn vm_config(
 ) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
+        let network = nic.network.as_deref().unwrap_or_default();
         let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
             (NetworkMode::Nat, _) => "nat".to_string(),
+            (NetworkMode::Natnet, _) => format!("natnet:{network}"),
+            (NetworkMode::Internal, _) => format!("internal:{network}"),
+            (NetworkMode::Hostonly, _) => format!("hostonly:{network}"),
+            (NetworkMode::Bridged, _) => format!("bridged:{network}"),
             (NetworkMode::Tap, Some(dev)) => format!("tap:{dev}"),
             (NetworkMode::Tap, None) => {
                 return Err(format!(
@@ -151,11 +193,13 @@ fn vm_config(
     Ok(VmConfig {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
         initrd: cfg.boot_source.initrd_path.as_ref().map(PathBuf::from),
-        cmdline: cfg
-            .boot_source
-            .boot_args
-            .clone()
-            .unwrap_or_else(crate::vmdef::default_cmdline),
+        cmdline: api::with_root_args(
+            &cfg.boot_source
+                .boot_args
+                .clone()
+                .unwrap_or_else(crate::vmdef::default_cmdline),
+            &cfg.drives,
+        ),
         memory: cfg.machine.mem_size_bytes(),
         cpus: cfg.machine.vcpu_count,
         serial,
@@ -170,6 +214,7 @@ fn vm_config(
                 // Not offered by the API: images named there follow only names inside
                 // their own directory.
                 allow_external_backing: false,
+                honour_flush: d.cache_type == CacheType::Writeback,
             })
             .collect(),
         rng: false,
@@ -276,6 +321,7 @@ impl VmmBackend for Backend {
                 id: None,
                 format: None,
                 allow_external_backing: false,
+                honour_flush: true,
             })
             .collect();
         let mem_path = PathBuf::from(mem_path);
@@ -413,4 +459,76 @@ fn build(launch: Launch) -> Built {
     }
     let _ = launch.reply.send(Ok(vm.handle()));
     Built::Vm(Box::new(vm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_nics(specs: &[&str]) -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("/k"),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: specs.iter().map(|s| net::parse_nic(s).unwrap()).collect(),
+            pit: vmm::PitMode::Auto,
+            emulator_fixups: Default::default(),
+            vsock: None,
+        }
+    }
+
+    #[test]
+    fn a_background_vm_reports_its_nics() {
+        let cfg = config_with_nics(&["nat,mac=52:54:00:12:34:56", "tap:tap7", "internal:lab"]);
+        let shown = serde_json::to_value(snapshot(&cfg).network_interfaces).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!([
+                {"iface_id": "net0", "guest_mac": "52:54:00:12:34:56", "mode": "nat"},
+                {"iface_id": "net1", "host_dev_name": "tap7", "mode": "tap"},
+                {"iface_id": "net2", "mode": "internal", "network": "lab"},
+            ])
+        );
+    }
+
+    #[test]
+    fn every_reported_nic_converts_back() {
+        let cfg = config_with_nics(&["natnet:n1", "hostonly:h1", "bridged:br0", "tap:tap7"]);
+        let shown = snapshot(&cfg);
+        for nic in &shown.network_interfaces {
+            assert_eq!(api::validate_network_interface(nic), Ok(()), "{nic:?}");
+        }
+        let back = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
+        assert_eq!(back.nics, cfg.nics);
+    }
+
+    #[test]
+    fn the_root_drive_reaches_the_kernel_command_line() {
+        let mut shown = snapshot(&config_with_nics(&[]));
+        shown.drives.push(Drive {
+            drive_id: "rootfs".into(),
+            path_on_host: "/img".into(),
+            is_root_device: true,
+            is_read_only: true,
+            partuuid: None,
+            cache_type: Default::default(),
+            io_engine: Default::default(),
+            rate_limiter: None,
+            format: None,
+        });
+        let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
+        assert_eq!(cfg.cmdline, "console=ttyS0 root=/dev/vda ro");
+        // Firecracker's default cache type, Unsafe, offers no flush.
+        assert!(!cfg.disks[0].honour_flush);
+        shown.drives[0].cache_type = CacheType::Writeback;
+        let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
+        assert!(cfg.disks[0].honour_flush);
+        assert_eq!(snapshot(&cfg).drives[0].cache_type, CacheType::Writeback);
+    }
 }

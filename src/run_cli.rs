@@ -94,6 +94,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         id: None,
         format: None,
         allow_external_backing: false,
+        honour_flush: true,
     };
     let switch = |key: &str, v: &str| match v {
         "on" | "true" | "yes" => Ok(true),
@@ -138,6 +139,7 @@ fn overlay_disk(path: &std::path::Path) -> DiskConfig {
         id: Some("root".into()),
         format: Some(block::Format::Qcow2),
         allow_external_backing: true,
+        honour_flush: true,
     }
 }
 

@@ -435,6 +435,7 @@ impl VmDefinition {
                     None => None,
                 },
                 allow_external_backing: d.allow_external_backing,
+                honour_flush: true,
             });
         }
         let mut nics = Vec::new();

@@ -35,6 +35,7 @@ pub enum ApiRequest {
     PutDrive(Drive),
     PutNetworkInterface(NetworkInterface),
     PutVsock(Vsock),
+    PutMetrics(metrics::MetricsConfig),
     Action(ActionType),
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
@@ -82,10 +83,13 @@ pub enum ControlError {
     Snapshot(#[from] snapshot::SnapshotRequestError),
     #[error("{0}")]
     Vsock(#[from] vsock::VsockRequestError),
+    #[error("{0}")]
+    Metrics(#[from] metrics::MetricsError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+pub(crate) mod metrics;
 mod snapshot;
 mod vsock;
 
@@ -116,6 +120,7 @@ pub struct VmController {
     drives: Vec<Drive>,
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
+    metrics: Option<metrics::MetricsSink>,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -129,6 +134,7 @@ impl VmController {
             drives: Vec::new(),
             network_interfaces: Vec::new(),
             vsock: None,
+            metrics: None,
             backend,
         }
     }
@@ -147,6 +153,7 @@ impl VmController {
             drives: config.drives,
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
+            metrics: None,
             backend,
         }
     }
@@ -168,6 +175,13 @@ impl VmController {
 
     /// Carries out one request.
     pub fn handle(&mut self, request: ApiRequest) -> Result<ApiReply, ControlError> {
+        let metric = metrics::metric_name(&request);
+        let result = self.dispatch(request);
+        self.count_request(metric, result.is_err());
+        result
+    }
+
+    fn dispatch(&mut self, request: ApiRequest) -> Result<ApiReply, ControlError> {
         match request {
             ApiRequest::GetInstanceInfo => json(&InstanceInfo {
                 id: self.identity.id.clone(),
@@ -198,12 +212,8 @@ impl VmController {
                     .map_err(ControlError::SendCtrlAltDel)?;
                 Ok(ApiReply::NoContent)
             }
-            ApiRequest::Action(ActionType::FlushMetrics) => {
-                self.backend
-                    .flush_metrics()
-                    .map_err(ControlError::FlushMetrics)?;
-                Ok(ApiReply::NoContent)
-            }
+            ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
+            ApiRequest::PutMetrics(config) => self.set_metrics(&config),
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
@@ -441,6 +451,7 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: None,
+            network: None,
         }
     }
 
@@ -750,6 +761,7 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: Some(NetworkMode::Nat),
+            network: None,
         };
         c.handle(ApiRequest::PutNetworkInterface(nat)).unwrap();
         let cfg = c.full_config();

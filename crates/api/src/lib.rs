@@ -28,6 +28,7 @@
 mod backend;
 mod controller;
 pub mod model;
+mod root_device;
 mod routes;
 mod server;
 pub mod snapshot_model;
@@ -35,11 +36,13 @@ mod socket;
 mod validate;
 
 pub use backend::VmmBackend;
+pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
 pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
     MAX_NETWORK_INTERFACES,
 };
 pub use model::*;
+pub use root_device::{root_args, with_root_args};
 pub use routes::{parse_request, RouteError};
 pub use server::{
     serve, ApiError, ApiServerHandle, ServerOptions, DEFAULT_MAX_BODY_BYTES,
@@ -50,6 +53,6 @@ pub use snapshot_model::{
 };
 pub use socket::SocketError;
 pub use validate::{
-    ValidationError, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_MEM_SIZE_MIB,
-    MAX_VCPU_COUNT, MIN_MEM_SIZE_MIB,
+    validate_network_interface, ValidationError, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN,
+    MAX_ID_LEN, MAX_MEM_SIZE_MIB, MAX_VCPU_COUNT, MIN_MEM_SIZE_MIB,
 };

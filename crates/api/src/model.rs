@@ -178,6 +178,21 @@ pub enum NetworkMode {
     Tap,
     /// User-mode NAT by the VMM; needs no host device.
     Nat,
+    /// Several VMs behind one NAT, named by `network`.
+    Natnet,
+    /// A switch between VMs on the network named by `network` only.
+    Internal,
+    /// VMs and the host through the host bridge named by `network`.
+    Hostonly,
+    /// A tap enslaved to the existing host bridge named by `network`.
+    Bridged,
+}
+
+impl NetworkMode {
+    /// Whether the mode names a network (`network` field) rather than a host tap.
+    pub fn needs_network(self) -> bool {
+        !matches!(self, NetworkMode::Tap | NetworkMode::Nat)
+    }
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net interface.
@@ -198,6 +213,10 @@ pub struct NetworkInterface {
     /// vessel extension; `tap` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<NetworkMode>,
+    /// vessel extension: the network (natnet, internal, hostonly) or host bridge (bridged)
+    /// of the modes that name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl NetworkInterface {

@@ -72,6 +72,7 @@ pub fn parse_request(
                 body,
             )?)),
             ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
+            ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
             ["drives", id] => {
                 validate_id(id)?;

@@ -22,6 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::backend::VmmBackend;
+use crate::controller::metrics::METRICS_FLUSH_INTERVAL;
 use crate::controller::{ApiReply, InstanceIdentity, VmController};
 use crate::model::{FullVmConfig, InstanceState, VmConfigSnapshot};
 use crate::routes::parse_request;
@@ -211,9 +212,17 @@ async fn accept_loop(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let mut metrics_timer = tokio::time::interval_at(
+        tokio::time::Instant::now() + METRICS_FLUSH_INTERVAL,
+        METRICS_FLUSH_INTERVAL,
+    );
     loop {
         let slot = tokio::select! {
             _ = &mut shutdown => return,
+            _ = metrics_timer.tick() => {
+                shared.controller().flush_metrics_periodically();
+                continue;
+            }
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => return,
@@ -221,6 +230,10 @@ async fn accept_loop(
         };
         let stream = tokio::select! {
             _ = &mut shutdown => return,
+            _ = metrics_timer.tick() => {
+                shared.controller().flush_metrics_periodically();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(_) => {

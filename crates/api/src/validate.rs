@@ -8,7 +8,10 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::model::{BootSource, Drive, HugePages, MachineConfig, NetworkInterface, NetworkMode};
+use crate::model::{
+    BootSource, Drive, HugePages, IoEngine, MachineConfig, NetworkInterface, NetworkMode,
+    RateLimiter, TokenBucket,
+};
 
 /// Most vCPUs vessel gives a VM (xAPIC ids are 8 bits and the IOAPIC takes one).
 pub const MAX_VCPU_COUNT: u8 = 254;
@@ -69,12 +72,47 @@ pub enum ValidationError {
     InvalidHostDevName(String),
     #[error("host_dev_name is required for a tap network interface.")]
     MissingHostDevName,
-    #[error("host_dev_name cannot be given for a network interface in nat mode.")]
-    HostDevNameWithNat,
+    #[error("host_dev_name is only for a network interface in tap mode.")]
+    HostDevNameWithoutTap,
+    #[error("network is required for a network interface in natnet, internal, hostonly or bridged mode.")]
+    MissingNetwork,
+    #[error(
+        "network is only for a network interface in natnet, internal, hostonly or bridged mode."
+    )]
+    NetworkWithoutMode,
+    #[error("Invalid network {0:?}: 1 to {MAX_HOST_DEV_NAME_LEN} characters of [A-Za-z0-9_.-].")]
+    InvalidNetworkName(String),
+    #[error(
+        "io_engine \"Async\" (io_uring) is not supported by vessel: drives use the \"Sync\" \
+         engine; omit io_engine or send \"Sync\"."
+    )]
+    AsyncIoEngineUnsupported,
+    #[error(
+        "{field} is not supported by vessel yet: send null, omit it, or give buckets with size \
+         0 or refill_time 0 (no limit, as in Firecracker)."
+    )]
+    RateLimiterUnsupported { field: &'static str },
     #[error("Invalid guest_mac {0:?}: expected six hex octets such as 06:00:ac:10:00:02.")]
     InvalidMac(String),
     #[error("Invalid guest_mac {0}: a multicast address cannot be a unicast interface's MAC.")]
     MulticastMac(String),
+}
+
+/// Refuses a rate limiter that would limit anything: vessel's devices do not throttle yet,
+/// and a limit accepted and not enforced would mislead the client. A bucket with `size` or
+/// `refill_time` 0 limits nothing in Firecracker, so it is accepted.
+fn refuse_rate_limiter(
+    limiter: Option<&RateLimiter>,
+    field: &'static str,
+) -> Result<(), ValidationError> {
+    let limits =
+        |bucket: &Option<TokenBucket>| bucket.is_some_and(|b| b.size != 0 && b.refill_time != 0);
+    match limiter {
+        Some(l) if limits(&l.bandwidth) || limits(&l.ops) => {
+            Err(ValidationError::RateLimiterUnsupported { field })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Firecracker's id rule (non-empty, alphanumeric or `_`) plus a length bound.
@@ -144,6 +182,10 @@ pub fn validate_boot_source(boot: &BootSource) -> Result<(), ValidationError> {
 pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
     validate_id(&drive.drive_id)?;
     check_path_text(&drive.path_on_host, "path_on_host")?;
+    if drive.io_engine == IoEngine::Async {
+        return Err(ValidationError::AsyncIoEngineUnsupported);
+    }
+    refuse_rate_limiter(drive.rate_limiter.as_ref(), "rate_limiter")?;
     if let Some(partuuid) = &drive.partuuid {
         if partuuid.contains('\0') {
             return Err(ValidationError::NulByte { field: "partuuid" });
@@ -170,11 +212,20 @@ pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
 
 pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), ValidationError> {
     validate_id(&iface.iface_id)?;
-    match (iface.effective_mode(), &iface.host_dev_name) {
+    refuse_rate_limiter(iface.rx_rate_limiter.as_ref(), "rx_rate_limiter")?;
+    refuse_rate_limiter(iface.tx_rate_limiter.as_ref(), "tx_rate_limiter")?;
+    let mode = iface.effective_mode();
+    match (mode, &iface.host_dev_name) {
         (NetworkMode::Tap, None) => return Err(ValidationError::MissingHostDevName),
         (NetworkMode::Tap, Some(name)) => validate_host_dev_name(name)?,
-        (NetworkMode::Nat, Some(_)) => return Err(ValidationError::HostDevNameWithNat),
-        (NetworkMode::Nat, None) => {}
+        (_, Some(_)) => return Err(ValidationError::HostDevNameWithoutTap),
+        (_, None) => {}
+    }
+    match (mode.needs_network(), &iface.network) {
+        (true, None) => return Err(ValidationError::MissingNetwork),
+        (true, Some(name)) => validate_network_name(name)?,
+        (false, Some(_)) => return Err(ValidationError::NetworkWithoutMode),
+        (false, None) => {}
     }
     if let Some(mac) = &iface.guest_mac {
         let octets = parse_mac(mac)?;
@@ -183,6 +234,21 @@ pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), Valida
         }
     }
     Ok(())
+}
+
+/// The rule `--nic` applies to network and bridge names.
+fn validate_network_name(name: &str) -> Result<(), ValidationError> {
+    let valid = (1..=MAX_HOST_DEV_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidNetworkName(name.to_string()))
+    }
 }
 
 fn validate_host_dev_name(name: &str) -> Result<(), ValidationError> {
@@ -384,12 +450,13 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             mode: None,
+            network: None,
         };
         assert!(validate_network_interface(&iface).is_ok());
         iface.mode = Some(NetworkMode::Nat);
         assert_eq!(
             validate_network_interface(&iface),
-            Err(ValidationError::HostDevNameWithNat)
+            Err(ValidationError::HostDevNameWithoutTap)
         );
         iface.host_dev_name = None;
         assert!(validate_network_interface(&iface).is_ok());
@@ -409,6 +476,44 @@ mod tests {
             validate_network_interface(&iface),
             Err(ValidationError::MulticastMac(_))
         ));
+        iface.guest_mac = None;
+        iface.mode = Some(NetworkMode::Internal);
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::HostDevNameWithoutTap)
+        );
+        iface.host_dev_name = None;
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::MissingNetwork)
+        );
+        iface.network = Some("lab/1".into());
+        assert!(matches!(
+            validate_network_interface(&iface),
+            Err(ValidationError::InvalidNetworkName(_))
+        ));
+        iface.network = Some("lab1".into());
+        assert!(validate_network_interface(&iface).is_ok());
+        iface.mode = Some(NetworkMode::Nat);
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::NetworkWithoutMode)
+        );
+        iface.network = None;
+        iface.tx_rate_limiter = Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket {
+                size: 100,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+        });
+        assert_eq!(
+            validate_network_interface(&iface),
+            Err(ValidationError::RateLimiterUnsupported {
+                field: "tx_rate_limiter"
+            })
+        );
     }
 
     #[test]
@@ -428,6 +533,36 @@ mod tests {
             format: None,
         };
         assert!(validate_drive(&drive).is_ok());
+        drive.io_engine = IoEngine::Async;
+        assert_eq!(
+            validate_drive(&drive),
+            Err(ValidationError::AsyncIoEngineUnsupported)
+        );
+        drive.io_engine = IoEngine::Sync;
+        let bucket = |size, refill_time| TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time,
+        };
+        drive.rate_limiter = Some(RateLimiter {
+            bandwidth: Some(bucket(0, 100)),
+            ops: Some(bucket(10, 0)),
+        });
+        assert!(
+            validate_drive(&drive).is_ok(),
+            "empty buckets limit nothing"
+        );
+        drive.rate_limiter = Some(RateLimiter {
+            bandwidth: Some(bucket(1 << 20, 100)),
+            ops: None,
+        });
+        assert_eq!(
+            validate_drive(&drive),
+            Err(ValidationError::RateLimiterUnsupported {
+                field: "rate_limiter"
+            })
+        );
+        drive.rate_limiter = None;
         drive.path_on_host = dir.path().to_str().unwrap().into();
         drive.is_read_only = true;
         assert!(matches!(

@@ -356,7 +356,7 @@ fn invalid_values_are_explained() {
             "PUT",
             "/network-interfaces/e",
             json!({"iface_id": "e", "mode": "nat", "host_dev_name": "tap0"}),
-            "nat mode",
+            "only for a network interface in tap mode",
         ),
     ];
     for (method, path, body, needle) in cases {

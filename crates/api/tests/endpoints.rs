@@ -93,15 +93,15 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
     let rootfs = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
         "is_root_device": true, "is_read_only": false, "partuuid": "0eaa91a0-01",
         "cache_type": "Writeback", "io_engine": "Sync", "format": "raw",
-        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000},
-                         "ops": {"size": 100, "one_time_burst": 50, "refill_time": 1000}}});
+        "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 1000},
+                         "ops": {"size": 100, "one_time_burst": 50, "refill_time": 0}}});
     server.expect_no_content("PUT", "/drives/rootfs", &rootfs.to_string());
     let data = json!({"drive_id": "data1", "path_on_host": server.rootfs,
                       "is_root_device": false, "is_read_only": true});
     server.expect_no_content("PUT", "/drives/data1", &data.to_string());
     let tap = json!({"iface_id": "eth0", "host_dev_name": "tap0",
                      "guest_mac": "06:00:AC:10:00:02",
-                     "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+                     "rx_rate_limiter": {"ops": {"size": 0, "refill_time": 100}}});
     server.expect_no_content("PUT", "/network-interfaces/eth0", &tap.to_string());
     let nat = json!({"iface_id": "eth1", "mode": "nat"});
     server.expect_no_content("PUT", "/network-interfaces/eth1", &nat.to_string());
@@ -125,6 +125,77 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
         handle_config.network_interfaces[1].mode,
         Some(NetworkMode::Nat)
     );
+}
+
+#[test]
+fn limits_and_engines_vessel_cannot_honour_are_refused() {
+    let server = TestServer::start();
+    let limited = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+        "is_root_device": true,
+        "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}});
+    server.expect_fault(
+        "PUT",
+        "/drives/rootfs",
+        Some(&limited.to_string()),
+        "rate_limiter is not supported",
+    );
+    let engine = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
+        "is_root_device": true, "io_engine": "Async"});
+    server.expect_fault(
+        "PUT",
+        "/drives/rootfs",
+        Some(&engine.to_string()),
+        "io_engine \"Async\"",
+    );
+    let iface = json!({"iface_id": "eth0", "mode": "nat",
+        "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}});
+    server.expect_fault(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(&iface.to_string()),
+        "tx_rate_limiter is not supported",
+    );
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(config["drives"], json!([]));
+    assert_eq!(config["network-interfaces"], json!([]));
+}
+
+#[test]
+fn metrics_are_written_as_firecracker_json_lines_on_flush() {
+    let server = TestServer::start();
+    let path = server.dir.path().join("metrics.fifo-or-file");
+    let config = json!({"metrics_path": path}).to_string();
+    server.expect_fault(
+        "PUT",
+        "/metrics",
+        Some(&config),
+        "Cannot open the metrics file",
+    );
+    std::fs::write(&path, "").unwrap();
+    server.expect_no_content("PUT", "/metrics", &config);
+    server.expect_fault(
+        "PUT",
+        "/metrics",
+        Some(&config),
+        "Reinitialization of metrics not allowed.",
+    );
+    assert_eq!(server.request("GET", "/", None).status, 200);
+    let flush = json!({"action_type": "FlushMetrics"}).to_string();
+    server.expect_no_content("PUT", "/actions", &flush);
+    server.expect_no_content("PUT", "/actions", &flush);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0]["utc_timestamp_ms"].as_u64().unwrap() > 0);
+    assert_eq!(lines[0]["put_api_requests"]["metrics_count"], 2);
+    assert_eq!(lines[0]["put_api_requests"]["metrics_fails"], 1);
+    // expect_fault's check that the server still answers, and the explicit GET.
+    assert_eq!(lines[0]["get_api_requests"]["instance_info_count"], 2);
+    // The first flush is counted in the second line.
+    assert_eq!(lines[1]["put_api_requests"]["actions_count"], 1);
 }
 
 #[test]

@@ -113,6 +113,27 @@ fn flush_reaches_the_disk() {
 }
 
 #[test]
+fn unsafe_cache_offers_no_flush_and_does_none() {
+    let (disk, state) = MemDisk::new(DISK_SIZE, false);
+    let block = Block::new(Box::new(disk), "x").ignoring_flush();
+    let mut d = Driver::plug(Box::new(block));
+    d.init(Setup::default());
+    assert_eq!(
+        d.device_features() & (1 << 9),
+        0,
+        "VIRTIO_BLK_F_FLUSH offered"
+    );
+    assert_eq!(submit(&mut d, T_FLUSH, 0, &[]), (S_OK, 1));
+    assert_eq!(state.flushes(), 0);
+}
+
+#[test]
+fn writeback_cache_offers_flush() {
+    let (d, _) = blk(false, Setup::default());
+    assert_ne!(d.device_features() & (1 << 9), 0);
+}
+
+#[test]
 fn get_id_returns_the_serial() {
     let (mut d, _) = blk(false, Setup::default());
     let buf = d.alloc(20, 0xff);

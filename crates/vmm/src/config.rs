@@ -55,6 +55,9 @@ pub struct DiskConfig {
     /// Follow backing files / parents / extents the image names by absolute paths or
     /// with `..` (`allow-external-backing`; see [`block::OpenOptions`]).
     pub allow_external_backing: bool,
+    /// Offer VIRTIO_BLK_F_FLUSH and sync the image on the guest's FLUSH requests; `false` is
+    /// Firecracker's `Unsafe` cache type (no flush offered, none done).
+    pub honour_flush: bool,
 }
 
 /// A virtio-vsock device with Firecracker's host side (docs/vsock.md).

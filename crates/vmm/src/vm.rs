@@ -191,6 +191,9 @@ impl Vm {
                 // A snapshot file cannot grant this: images it names follow only names
                 // inside their own directory.
                 allow_external_backing: false,
+                // Flushes are honoured after a restore whatever the saved VM did: the
+                // guest's acked features stay a subset of the offered ones.
+                honour_flush: true,
             });
         }
         let nics = snapshot
@@ -649,9 +652,13 @@ fn virtio_devices(
         if serial.len() > 20 {
             return Err(VmError::DiskId(serial));
         }
-        devices.push(DeviceSpec::new(Box::new(virtio::blk::Block::new(
-            image, &serial,
-        ))));
+        let block = virtio::blk::Block::new(image, &serial);
+        let block = if d.honour_flush {
+            block
+        } else {
+            block.ignoring_flush()
+        };
+        devices.push(DeviceSpec::new(Box::new(block)));
     }
     for (index, nic) in cfg.nics.iter().enumerate() {
         // The MAC is chosen first: a natnet backend gives a MAC its previous address back.

@@ -42,6 +42,8 @@ pub struct Block {
     segs: Vec<Segment>,
     /// Scratch list of the data part of a request's writable buffers.
     data_segs: Vec<Segment>,
+    /// Whether guest FLUSH requests reach the disk (Firecracker's `Writeback` cache type).
+    honour_flush: bool,
 }
 
 impl Block {
@@ -83,7 +85,17 @@ impl Block {
             bounce: BounceBuffer::new(),
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             data_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            honour_flush: true,
         }
+    }
+
+    /// Firecracker's `Unsafe` cache type: VIRTIO_BLK_F_FLUSH is not offered and a FLUSH the
+    /// guest sends anyway completes without syncing the image, so guest writes stay in the
+    /// host's page cache until the host writes them back (or the VMM stops).
+    pub fn ignoring_flush(mut self) -> Self {
+        self.features &= !(1u64 << VIRTIO_BLK_F_FLUSH);
+        self.honour_flush = false;
+        self
     }
 }
 

@@ -88,6 +88,9 @@ impl Block {
                 if reader.remaining() != 0 || writer.remaining() != 0 {
                     return Err(IOERR);
                 }
+                if !self.honour_flush {
+                    return Ok(());
+                }
                 self.disk.flush().map_err(|_| IOERR)
             }
             VIRTIO_BLK_T_GET_ID => {

@@ -1,0 +1,79 @@
+//! The unmodified firecracker-python client (PyPI `firecracker-python`, installed by
+//! scripts/test.sh into target/fcpy) drives `vessel run --api-sock` through its
+//! `firecracker.api.Api`: Firecracker's boot sequence with a root drive (whose `root=` and
+//! `rw` reach the guest's command line), refusals of rate limiters and the Async engine, and
+//! a metrics flush (tests/firecracker_python/client.py).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{multiboot_guest, out_dir, wait_for};
+
+/// Where scripts/test.sh installs the client (`FCPY_PATH` overrides).
+fn client_path() -> PathBuf {
+    std::env::var_os("FCPY_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fcpy"))
+}
+
+#[test]
+fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
+    let site = client_path();
+    assert!(
+        site.join("firecracker/api.py").exists(),
+        "firecracker-python is not installed in {} (scripts/test.sh installs it)",
+        site.display()
+    );
+    let kernel = multiboot_guest(
+        "multiboot",
+        &["multiboot_header.S", "multiboot_guest.c"],
+        "multiboot.ld",
+    );
+    let dir = out_dir().join("fcpy");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sock, serial, disk, metrics) = (
+        dir.join("api.sock"),
+        dir.join("serial.log"),
+        dir.join("rootfs.img"),
+        dir.join("metrics.json"),
+    );
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&metrics, "").unwrap();
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .arg("run")
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the API socket", || sock.exists());
+    let client = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/firecracker_python/client.py"
+        ))
+        .args([&sock, &kernel, &disk, &metrics])
+        .env("PYTHONPATH", &site)
+        .output()
+        .unwrap();
+    if !client.status.success() {
+        let _ = vmm.kill();
+    }
+    assert!(
+        client.status.success(),
+        "client: {}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let status = vmm.wait().unwrap();
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    // The guest leaves through the debug-exit port: code 0 is status (0 << 1) | 1.
+    assert_eq!(status.code(), Some(1), "vessel: {status}; serial: {log}");
+    // The kernel's name comes first (argv[0]), then the client's boot_args and the root.
+    assert!(log.contains(" exit=0 root=/dev/vda rw\n"), "serial: {log}");
+}
