@@ -174,7 +174,10 @@ fn validate_refuses_provisioners_whose_files_are_missing() {
     );
     let (code, _, err) = p.run(&["validate", "vessel.toml"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("destination 'srv' must be an absolute guest path"), "{err}");
+    assert!(
+        err.contains("destination 'srv' must be an absolute guest path"),
+        "{err}"
+    );
     std::fs::create_dir_all(p.dir.join("site")).unwrap();
     p.write(
         "prov",
