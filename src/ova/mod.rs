@@ -273,7 +273,7 @@ fn convert_disk(src: &Path, dst: &Path) -> Result<u64> {
         );
     }
     drop(img);
-    crate::disk_cli::convert::convert(src, dst, format, &opts, None)
+    crate::disk_cli::convert::convert(src, dst, block::Format::Qcow2, &opts, None)
         .with_context(|| format!("converting {} to qcow2", src.display()))
 }
 
