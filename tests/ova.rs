@@ -419,7 +419,13 @@ fn hostile_or_broken_ovas_are_refused_and_leave_nothing() {
     let blank_vmdk = blank_dir.join("b.vmdk");
     stream_vmdk(&blank_raw, &blank_vmdk);
     let blank = ova_entries(&ovf, &std::fs::read(&blank_vmdk).unwrap());
-    let cases: [(&str, Vec<Entry<'_>>, &str); 5] = [
+    let wrong_size = vbox_ovf(20 << 20).replace(
+        "ovf:href=\"appliance-disk001.vmdk\"",
+        "ovf:href=\"appliance-disk001.vmdk\" ovf:size=\"1\"",
+    );
+    let sized = ova_entries(&wrong_size, &vmdk);
+    let cases: [(&str, Vec<Entry<'_>>, &str); 6] = [
+        ("sized", sized, "but the OVF's References say 1; refused"),
         ("tampered", tampered, "does not match"),
         ("missing", missing, "which the OVA does not hold"),
         ("dotdot", dotdot, "'../escape.vmdk' is refused"),

@@ -25,6 +25,8 @@ const MAX_ENTRIES: usize = 256;
 pub struct Hashes {
     pub sha1: String,
     pub sha256: String,
+    /// Bytes in the file.
+    pub len: u64,
 }
 
 /// An unpacked OVA.
@@ -138,6 +140,7 @@ pub fn copy_hashed(from: &mut impl Read, to: &mut File) -> Result<Hashes> {
     Ok(Hashes {
         sha1: hex(&sha1.finalize()),
         sha256: hex(&sha256.finalize()),
+        len: total,
     })
 }
 
@@ -157,6 +160,7 @@ pub fn check_manifest(
         Hashes {
             sha1: hex(&s1.finalize()),
             sha256: hex(&s2.finalize()),
+            len: ovf.0.len() as u64,
         }
     };
     let mut listed = std::collections::HashSet::new();

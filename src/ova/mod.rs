@@ -4,13 +4,15 @@
 //! writes it, streamOptimized VMDKs, a SHA256 manifest). docs/appliances.md.
 
 mod archive;
+mod export;
 mod ovf;
 
+pub use export::export;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::state::{self, StateDir};
 use crate::vmdef::VmDefinition;
@@ -82,16 +84,6 @@ fn nic_mode(connection: &str, bridge: Option<&str>) -> (String, Option<String>) 
     }
 }
 
-/// The VirtualBox network name for a vessel NIC mode.
-fn vbox_network(mode: &str) -> &'static str {
-    match mode.split_once(':').map_or(mode, |(k, _)| k) {
-        "hostonly" => "HostOnly",
-        "internal" => "Internal",
-        "bridged" | "tap" => "Bridged",
-        _ => "NAT",
-    }
-}
-
 /// `vessel import FILE.ova [--name NAME] [--bridge IFACE]`.
 pub fn import(
     state: &StateDir,
@@ -150,10 +142,22 @@ fn import_staged(
     }
     let mut disks = Vec::new();
     for (i, d) in app.disks.iter().enumerate() {
-        if !unpacked.files.contains_key(&d.href) || !archive::plain_name(&d.href) {
+        let Some(held) = unpacked
+            .files
+            .get(&d.href)
+            .filter(|_| archive::plain_name(&d.href))
+        else {
             bail!(
                 "the OVF names disk file '{}', which the OVA does not hold",
                 d.href
+            );
+        };
+        if d.file_size.is_some_and(|s| s != held.len) {
+            bail!(
+                "disk file '{}' has {} bytes, but the OVF's References say {}; refused",
+                d.href,
+                held.len,
+                d.file_size.unwrap_or(0)
             );
         }
         let src = staging.join(&d.href);
@@ -277,100 +281,6 @@ fn convert_disk(src: &Path, dst: &Path) -> Result<u64> {
         .with_context(|| format!("converting {} to qcow2", src.display()))
 }
 
-/// `vessel export NAME --format ova FILE.ova`.
-pub fn export(state: &StateDir, name: &str, file: &Path) -> Result<i32> {
-    let vm = state.vm(name)?;
-    let def = crate::vm_archive::stopped(&vm)?;
-    if file.exists() {
-        bail!(
-            "{} exists already; refusing to overwrite it",
-            file.display()
-        );
-    }
-    let staging = state
-        .root
-        .join(format!(".ova-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
-    let result = export_staged(&def, name, &staging, file);
-    let _ = std::fs::remove_dir_all(&staging);
-    if result.is_err() {
-        let _ = std::fs::remove_file(file);
-    }
-    result?;
-    println!("exported '{name}' to {} (OVA, OVF 1.0)", file.display());
-    Ok(0)
-}
-
-fn export_staged(def: &VmDefinition, name: &str, staging: &Path, file: &Path) -> Result<()> {
-    let stem = vm_name(name);
-    let mut disks = Vec::new();
-    for (i, d) in def.disks.iter().enumerate() {
-        let opts = block::OpenOptions {
-            read_only: true,
-            format: d
-                .format
-                .as_ref()
-                .map(|f| f.get_ref().parse::<block::Format>())
-                .transpose()
-                .map_err(|e| anyhow!("disk format: {e}"))?,
-            allow_external_backing: d.allow_external_backing,
-        };
-        let mut img = block::open(d.path.get_ref(), &opts)
-            .with_context(|| format!("disk {}", d.path.get_ref().display()))?;
-        let vmdk = format!("{stem}-disk{:03}.vmdk", i + 1);
-        let path = staging.join(&vmdk);
-        let written = block::write_stream_optimized(img.as_mut(), &path)
-            .with_context(|| format!("writing {vmdk}"))?;
-        disks.push((vmdk, written, img.size()));
-    }
-    let nics = def
-        .nics
-        .iter()
-        .map(|n| vbox_network(n.mode.get_ref()))
-        .collect();
-    let ovf_name = format!("{stem}.ovf");
-    let text = ovf::render(&ovf::ExportSpec {
-        name,
-        cpus: u32::try_from(*def.cpus.get_ref()).unwrap_or(1),
-        memory_mib: def.memory_bytes() >> 20,
-        disks: disks.clone(),
-        nics,
-    });
-    std::fs::write(staging.join(&ovf_name), &text)?;
-    let mut mf = format!(
-        "SHA256({ovf_name})= {}\n",
-        sha256_hex(&mut text.as_bytes())?
-    );
-    for (vmdk, _, _) in &disks {
-        let mut f = std::fs::File::open(staging.join(vmdk))?;
-        mf.push_str(&format!("SHA256({vmdk})= {}\n", sha256_hex(&mut f)?));
-    }
-    let mf_name = format!("{stem}.mf");
-    std::fs::write(staging.join(&mf_name), mf)?;
-    let out = std::fs::File::create_new(file).with_context(|| format!("{}", file.display()))?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(out));
-    tar.mode(tar::HeaderMode::Deterministic);
-    let mut order: Vec<PathBuf> = vec![ovf_name.into()];
-    order.extend(disks.iter().map(|d| PathBuf::from(&d.0)));
-    order.push(mf_name.into());
-    for f in order {
-        tar.append_path_with_name(staging.join(&f), &f)
-            .with_context(|| format!("writing {}", file.display()))?;
-    }
-    tar.into_inner()?
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-    Ok(())
-}
-
-fn sha256_hex(r: &mut impl Read) -> Result<String> {
-    let mut h = Sha256::new();
-    std::io::copy(r, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,15 +299,6 @@ mod tests {
         assert!(note.unwrap().contains("--bridge"));
         assert_eq!(nic_mode("lab", None).0, "internal:lab");
         assert_eq!(nic_mode("a b/c", None).0, "nat");
-        for (mode, net) in [
-            ("nat", "NAT"),
-            ("natnet:x", "NAT"),
-            ("hostonly:h", "HostOnly"),
-            ("internal:i", "Internal"),
-            ("bridged:e", "Bridged"),
-        ] {
-            assert_eq!(vbox_network(mode), net);
-        }
         assert_eq!(vm_name("My VM (1)"), "My-VM--1-");
         assert_eq!(vm_name("-x"), "vm-x");
     }

@@ -26,6 +26,8 @@ pub struct OvfDisk {
     pub href: String,
     /// Virtual size in bytes, when the DiskSection gives it.
     pub capacity: Option<u64>,
+    /// The file's size in bytes, when References gives it (`ovf:size`).
+    pub file_size: Option<u64>,
 }
 
 /// What vessel takes from a VirtualSystem.
@@ -106,7 +108,11 @@ pub fn parse(text: &str) -> Result<Appliance> {
         for f in refs.children().filter(|c| c.tag_name().name() == "File") {
             let id = attr(f, "id").ok_or_else(|| anyhow!("a References/File has no id"))?;
             let href = attr(f, "href").ok_or_else(|| anyhow!("File '{id}' has no href"))?;
-            files.insert(id.to_string(), href.to_string());
+            let size = match attr(f, "size") {
+                Some(n) => Some(number(Some(n), &format!("File '{id}' size"))?),
+                None => None,
+            };
+            files.insert(id.to_string(), (href.to_string(), size));
         }
     }
     let mut disks_by_id = std::collections::HashMap::new();
@@ -116,7 +122,7 @@ pub fn parse(text: &str) -> Result<Appliance> {
             let file = attr(d, "fileRef").ok_or_else(|| {
                 anyhow!("Disk '{id}' has no fileRef (empty disks are not supported)")
             })?;
-            let href = files.get(file).ok_or_else(|| {
+            let (href, file_size) = files.get(file).ok_or_else(|| {
                 anyhow!("Disk '{id}' names file '{file}', which References does not list")
             })?;
             let capacity = match attr(d, "capacity") {
@@ -135,6 +141,7 @@ pub fn parse(text: &str) -> Result<Appliance> {
                 OvfDisk {
                     href: href.clone(),
                     capacity,
+                    file_size: *file_size,
                 },
             );
         }
@@ -169,6 +176,16 @@ pub fn parse(text: &str) -> Result<Appliance> {
     }
     if app.disks.len() > MAX_DEVICES || app.nics.len() > MAX_DEVICES {
         bail!("more than {MAX_DEVICES} disks or NICs");
+    }
+    let systems = env
+        .descendants()
+        .filter(|n| n.tag_name().name() == "VirtualSystem")
+        .count();
+    if systems > 1 {
+        app.unmapped.push(format!(
+            "{} more VirtualSystems (only the first was imported)",
+            systems - 1
+        ));
     }
     if first(env, "DeploymentOptionSection").is_some() {
         app.unmapped

@@ -45,7 +45,8 @@ fn maps_what_virtualbox_writes_and_reports_the_rest() {
         app.disks,
         vec![OvfDisk {
             href: "deb-disk001.vmdk".into(),
-            capacity: Some(64 << 20)
+            capacity: Some(64 << 20),
+            file_size: None,
         }]
     );
     assert_eq!(app.nics, vec!["NAT", "HostOnly"]);
@@ -124,6 +125,7 @@ fn rendered_envelope_parses_back() {
     assert_eq!((app.cpus, app.memory_mib), (3, 768));
     assert_eq!(app.disks[0].href, "web-disk1.vmdk");
     assert_eq!(app.disks[0].capacity, Some(8 << 30));
+    assert_eq!(app.disks[0].file_size, Some(1234));
     assert_eq!(app.nics, vec!["NAT", "Internal"]);
     assert_eq!(app.unmapped.len(), 1, "{:?}", app.unmapped);
 }
