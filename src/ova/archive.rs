@@ -66,6 +66,8 @@ pub fn unpack(ova: &Path, dir: &Path) -> Result<Unpacked> {
     let mut archive = tar::Archive::new(BufReader::new(file));
     let mut ovf = None;
     let mut files = HashMap::new();
+    let free = available_bytes(dir);
+    let mut declared = 0u64;
     let entries = archive
         .entries()
         .with_context(|| format!("{} is not a tar archive", ova.display()))?;
@@ -92,6 +94,14 @@ pub fn unpack(ova: &Path, dir: &Path) -> Result<Unpacked> {
             ovf = Some((name, text));
             continue;
         }
+        declared = declared.saturating_add(entry.header().size().unwrap_or(u64::MAX));
+        if free.is_some_and(|f| declared > f) {
+            bail!(
+                "entry '{name}' takes the OVA's files to {declared} bytes, more than the {} bytes free in {}",
+                free.unwrap_or(0),
+                dir.display()
+            );
+        }
         let path = dir.join(&name);
         let mut out = File::create_new(&path).with_context(|| format!("{}", path.display()))?;
         let hashes =
@@ -103,6 +113,18 @@ pub fn unpack(ova: &Path, dir: &Path) -> Result<Unpacked> {
         ovf: (text, name),
         files,
     })
+}
+
+/// Bytes an unprivileged user could still write under `dir`.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, for which all-zero bytes are a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a valid, writable statvfs that
+    // outlives the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn read_text(entry: &mut impl Read, name: &str) -> Result<String> {
@@ -213,6 +235,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn huge_declared_sizes_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ova = dir.path().join("huge.ova");
+        let mut b = tar::Builder::new(File::create(&ova).unwrap());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("disk.vmdk").unwrap();
+        h.set_size(1 << 60);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let e = unpack(&ova, &out).unwrap_err();
+        assert!(e.to_string().contains("bytes free"), "{e}");
+        assert!(!out.join("disk.vmdk").exists());
     }
 
     #[test]
