@@ -31,6 +31,13 @@ pub enum BoxError {
     NoDisk { path: PathBuf },
     #[error("{path}: a box for the '{provider}' provider; vessel imports libvirt boxes (provider \"libvirt\", format \"qcow2\")")]
     WrongProvider { path: PathBuf, provider: String },
+    #[error("{path}: box.img has {size} bytes, more than the {free} bytes free in {dir}")]
+    NoSpace {
+        path: PathBuf,
+        size: u64,
+        free: u64,
+        dir: PathBuf,
+    },
     #[error("{path}: entry '{name}' is refused: {reason}")]
     BadEntry {
         path: PathBuf,
@@ -125,6 +132,15 @@ pub fn unpack_box(src: &Path, dir: &Path) -> Result<(PathBuf, BoxMetadata), BoxE
                 metadata = Some(read_metadata(&mut entry, src)?);
             }
             "box.img" if disk.is_none() => {
+                let size = entry.header().size().unwrap_or(u64::MAX);
+                if let Some(free) = available_bytes(dir).filter(|f| size > *f) {
+                    return Err(BoxError::NoSpace {
+                        path: src.to_path_buf(),
+                        size,
+                        free,
+                        dir: dir.to_path_buf(),
+                    });
+                }
                 let dest = dir.join("box.img");
                 let mut out = File::create_new(&dest).map_err(|source| BoxError::Io {
                     path: dest.clone(),
@@ -150,6 +166,18 @@ pub fn unpack_box(src: &Path, dir: &Path) -> Result<(PathBuf, BoxMetadata), BoxE
         path: src.to_path_buf(),
     })?;
     Ok((disk, metadata))
+}
+
+/// Bytes an unprivileged user could still write under `dir`.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, for which all-zero bytes are a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a valid, writable statvfs that
+    // outlives the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// The name of a top-level file (`x` or `./x`), `None` for deeper entries and `.`;

@@ -130,6 +130,22 @@ fn refuses_hostile_names_and_links() {
     assert!(e.to_string().contains("twice"), "{e}");
     let (e, _d) = unpack_err(&[]);
     assert!(matches!(e, BoxError::NoMetadata { .. }), "{e}");
+    // A header claiming 2^60 bytes is refused before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("huge.box");
+    let mut builder = tar::Builder::new(File::create(&b).unwrap());
+    let mut h = header(b"box.img", 0, FILE);
+    h.set_size(1 << 60);
+    h.set_cksum();
+    builder.append(&h, &[][..]).unwrap();
+    builder.into_inner().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let e = unpack_box(&b, &out).unwrap_err();
+    assert!(matches!(e, BoxError::NoSpace { .. }), "{e}");
+    assert!(!out.join("box.img").exists());
+    let (e, _d) = unpack_err(&[]);
+    assert!(matches!(e, BoxError::NoMetadata { .. }), "{e}");
     // Not a tar at all.
     let dir = tempfile::tempdir().unwrap();
     let b = dir.path().join("junk.box");
