@@ -197,15 +197,17 @@ fn import_staged(
         nics.push(mode);
     }
     let text = definition(&name, &app, &found, &nics, disks.len());
-    let def = VmDefinition::parse(Path::new(state::DEFINITION), &text)
+    let mut def = VmDefinition::parse(Path::new(state::DEFINITION), &text)
         .map_err(|e| anyhow!("the VM definition made from the OVF: {e}"))?;
-    std::fs::write(staging.join(state::DEFINITION), &text)?;
-    drop(def);
+    // Paths as they will be once the staging directory is the VM's: nothing can fail
+    // after the rename.
+    def.resolve_paths(&vm.dir);
+    std::fs::write(
+        staging.join(state::DEFINITION),
+        toml::to_string_pretty(&def)?,
+    )?;
     std::fs::rename(staging, &vm.dir)
         .with_context(|| format!("moving into {}", vm.dir.display()))?;
-    let mut def = VmDefinition::load(&vm.path(state::DEFINITION))?;
-    def.resolve_paths(&vm.dir);
-    std::fs::write(vm.path(state::DEFINITION), toml::to_string_pretty(&def)?)?;
     Ok((name, report))
 }
 
