@@ -9,10 +9,12 @@ use images::ImageStore;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) into the image store;
-    /// vessel finds the kernel, initrd and command line it boots (grub.cfg or /vmlinuz).
+    /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) or a Vagrant libvirt box
+    /// (.box) into the image store; vessel finds the kernel, initrd and command line it boots
+    /// (grub.cfg or /vmlinuz).
     Import {
-        /// The disk image file (raw, qcow2, vdi, vhd, vmdk or vhdx) holding a bootable system.
+        /// The disk image file (raw, qcow2, vdi, vhd, vmdk or vhdx) or Vagrant libvirt box
+        /// (tar or tar.gz with box.img and metadata.json) holding a bootable system.
         path: PathBuf,
         /// Name in the store (default: the file name without its extension).
         #[arg(long)]
@@ -54,7 +56,11 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
                 Some(n) => n,
                 None => default_name(&path)?,
             };
-            let image = store.import(&path, &name, Box::new(crate::image_boot::extract))?;
+            let image = if images::looks_like_box(&path) {
+                store.import_box(&path, &name, Box::new(crate::image_boot::extract))?
+            } else {
+                store.import(&path, &name, Box::new(crate::image_boot::extract))?
+            };
             let b = image.manifest.boot.as_ref();
             println!(
                 "imported {name}: {} {}, boots {} ({})",

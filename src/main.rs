@@ -14,6 +14,7 @@ mod inventory_cli;
 mod jail_cli;
 mod logging;
 mod manage_cli;
+mod ova;
 mod project_cli;
 mod provision_cli;
 mod provision_def;

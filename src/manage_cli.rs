@@ -14,6 +14,13 @@ use clap::Subcommand;
 use crate::state::{self, StateDir, VmDir, VmState};
 use crate::vmdef::VmDefinition;
 
+/// What `vessel export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Vessel,
+    Ova,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ManageCommand {
     /// Define a new VM, from a definition file or from flags.
@@ -107,14 +114,22 @@ pub enum ManageCommand {
         name: String,
         /// The archive to write.
         file: PathBuf,
+        /// vessel (vessel's own archive) or ova (OVF 1.0 appliance with streamOptimized
+        /// VMDKs and a SHA256 manifest, as VirtualBox writes it).
+        #[arg(long, value_enum, default_value_t = ExportFormat::Vessel)]
+        format: ExportFormat,
     },
     /// Create a VM from an archive made by `vessel export`.
     Import {
-        /// The archive to read.
+        /// The archive to read: vessel's own, or an OVA appliance (.ova, OVF 1.x/2.x).
         file: PathBuf,
         /// Name of the new VM (default: the name in the archive).
         #[arg(long)]
         name: Option<String>,
+        /// OVA only: the host interface for the appliance's bridged NICs (without it they
+        /// become nat, as the import reports).
+        #[arg(long)]
+        bridge: Option<String>,
     },
     /// Check a VM definition file (fields, and that its files exist); errors name the line.
     Validate {
@@ -182,9 +197,20 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
             crate::project_cli::register_state_dir(&state)?;
             summary_if(json, &state, &dst)
         }
-        ManageCommand::Export { name, file } => crate::vm_archive::export(&state, &name, &file),
-        ManageCommand::Import { file, name } => {
-            let code = crate::vm_archive::import(&state, &file, name.as_deref())?;
+        ManageCommand::Export { name, file, format } => match format {
+            ExportFormat::Vessel => crate::vm_archive::export(&state, &name, &file),
+            ExportFormat::Ova => crate::ova::export(&state, &name, &file),
+        },
+        ManageCommand::Import { file, name, bridge } => {
+            let code = if crate::ova::looks_like_ova(&file) {
+                crate::ova::import(&state, &file, name.as_deref(), bridge.as_deref())?
+            } else if bridge.is_some() {
+                return Err(crate::exit::usage(
+                    "--bridge applies to OVA appliances only".to_string(),
+                ));
+            } else {
+                crate::vm_archive::import(&state, &file, name.as_deref())?
+            };
             crate::project_cli::register_state_dir(&state)?;
             Ok(code)
         }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::state::{self, StateDir, VmDir, VmState};
 use crate::vmdef::VmDefinition;
 
-fn stopped(vm: &VmDir) -> Result<VmDefinition> {
+pub(crate) fn stopped(vm: &VmDir) -> Result<VmDefinition> {
     let def = vm.definition()?;
     if matches!(vm.state()?, VmState::Running { .. }) {
         return Err(crate::exit::usage(format!(

@@ -30,6 +30,7 @@ pub use open::{
     CreateOptions, OpenOptions, MAX_CHAIN_DEPTH,
 };
 pub use reference::{resolve_backing, resolve_reference};
+pub use vmdk::write_stream_optimized;
 
 /// Whether a byte range of the virtual disk is backed by data in this image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

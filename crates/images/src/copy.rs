@@ -11,6 +11,14 @@ const BLOCK: usize = 64 * 1024;
 /// Copy all of `src` to `dst` (an empty file), leaving zero blocks as holes; returns the
 /// sha256 of the bytes copied, in hex, and their count.
 pub fn sparse_copy_hashed(src: &mut File, dst: &mut File) -> std::io::Result<(String, u64)> {
+    sparse_copy_hashed_from(src, dst)
+}
+
+/// [`sparse_copy_hashed`] from any reader (a tar entry, say).
+pub fn sparse_copy_hashed_from(
+    src: &mut impl Read,
+    dst: &mut File,
+) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BLOCK];
     let mut total = 0u64;
@@ -37,7 +45,7 @@ pub fn sparse_copy_hashed(src: &mut File, dst: &mut File) -> std::io::Result<(St
 }
 
 /// Read until `buf` is full or the file ends.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match f.read(&mut buf[got..]) {

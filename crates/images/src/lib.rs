@@ -6,14 +6,18 @@
 //! ([`Image::create_overlay`]). Its format is detected once, at import, and recorded in the
 //! manifest; every later open uses the recorded format (a base image is not guest-writable,
 //! but its recorded format is the one vessel checked).
+//!
+//! Vagrant `libvirt` boxes are unpacked ([`unpack_box`]) and their `box.img` imported.
 
 mod copy;
 mod manifest;
 mod names;
 mod store;
+mod vagrant_box;
 
 pub use manifest::{BootInfo, Manifest, MANIFEST_VERSION};
 pub use names::valid_name;
 pub use store::{
     check_importable, create_overlay, BootFinder, Image, ImageStore, StoreError, BOOT_DIR,
 };
+pub use vagrant_box::{looks_like_box, unpack_box, BoxError, BoxMetadata};

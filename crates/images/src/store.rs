@@ -42,6 +42,13 @@ pub enum StoreError {
     NotBootable { path: PathBuf, reason: String },
     #[error("{path}: bad manifest: {reason}")]
     BadManifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Box(#[from] crate::vagrant_box::BoxError),
+    #[error("{path}: box.img is {format}, but a libvirt box holds qcow2")]
+    BoxNotQcow2 {
+        path: PathBuf,
+        format: block::Format,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -146,6 +153,40 @@ impl ImageStore {
             let _ = std::fs::remove_dir_all(&tmp);
         }
         done
+    }
+
+    /// Import a Vagrant libvirt box (see [`crate::unpack_box`]): its `box.img` becomes the
+    /// base image, recorded as coming from `src`. Nothing is left behind on failure.
+    pub fn import_box(
+        &self,
+        src: &Path,
+        name: &str,
+        find_boot: Box<BootFinder<'_>>,
+    ) -> Result<Image> {
+        let dest = self.dir_of(name)?;
+        if dest.exists() {
+            return Err(StoreError::Exists(name.into()));
+        }
+        let unpack = self
+            .root
+            .join(format!(".{name}.box-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack).map_err(io(&unpack))?;
+        let result = (|| {
+            let (disk, _) = crate::vagrant_box::unpack_box(src, &unpack)?;
+            let (format, _) = check_importable(&disk)?;
+            if format != block::Format::Qcow2 {
+                return Err(StoreError::BoxNotQcow2 {
+                    path: src.to_path_buf(),
+                    format,
+                });
+            }
+            let mut image = self.import(&disk, name, find_boot)?;
+            self.set_provenance(&mut image, &src.display().to_string(), Vec::new())?;
+            Ok(image)
+        })();
+        let _ = std::fs::remove_dir_all(&unpack);
+        result
     }
 
     fn import_into(

@@ -1,16 +1,19 @@
 //! VMDK images: monolithicSparse (read/write/create), monolithicFlat, twoGbMaxExtentSparse
-//! and twoGbMaxExtentFlat (descriptor + extent files), streamOptimized (read-only), and
-//! delta disks with a parent (`parentFileNameHint`).
+//! and twoGbMaxExtentFlat (descriptor + extent files), streamOptimized (read; written whole
+//! by [`write_stream_optimized`] for OVA export), and delta disks with a parent
+//! (`parentFileNameHint`).
 
 mod create;
 mod descriptor;
 mod sparse;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
 pub use create::create;
 use descriptor::{Descriptor, ExtentKind};
 use sparse::{Grain, SparseExtent, MAGIC, SECTOR};
+pub use stream::write_stream_optimized;
 
 use crate::image_file::{check_range, push_extent, random_uuid, ImageFile};
 use crate::{Allocation, DiskImage, Error, Extent, Format, OpenOptions, Result};
@@ -533,5 +536,7 @@ impl DiskImage for VmdkImage {
     }
 }
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
