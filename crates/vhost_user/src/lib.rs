@@ -46,6 +46,7 @@
 //! backend.serve(&listener, stop_fd.as_fd())?;   // returns when stop_fd is readable
 //! ```
 
+pub mod frontend;
 mod handler;
 pub mod memory;
 mod server;

@@ -2,6 +2,7 @@
 //! with a memfd as guest memory that both sides map, and a split ring written by hand.
 
 mod blk;
+mod frontend;
 mod hostile;
 mod net;
 
