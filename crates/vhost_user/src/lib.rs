@@ -47,6 +47,7 @@
 //! ```
 
 pub mod frontend;
+pub mod fs;
 mod handler;
 pub mod memory;
 mod server;
