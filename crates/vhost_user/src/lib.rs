@@ -52,6 +52,7 @@ mod handler;
 pub mod memory;
 mod server;
 mod session;
+pub mod virtiofsd;
 mod vring;
 mod worker;
 

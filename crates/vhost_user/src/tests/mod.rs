@@ -5,6 +5,7 @@ mod blk;
 mod frontend;
 mod hostile;
 mod net;
+mod virtiofsd;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
