@@ -17,12 +17,13 @@
 //! the frontend's virtual addresses through the memory table and refused when outside it,
 //! since the backend's view of them is only the table.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a virtio feature bit that only vhost-user uses.
@@ -51,6 +52,11 @@ pub enum FrontendError {
         gpa: u64,
         len: u64,
     },
+    #[error(
+        "guest memory at {gpa:#x} is not backed by a shareable file: a vhost-user device \
+         needs memfd-backed guest memory"
+    )]
+    NotShared { gpa: u64 },
     #[error("queue {queue}: size {size} is not a power of two in 1..=32768")]
     BadQueueSize { queue: usize, size: u16 },
 }
@@ -66,6 +72,26 @@ pub struct MemoryRegion<'a> {
     /// The file behind it and the region's offset in that file.
     pub fd: BorrowedFd<'a>,
     pub offset: u64,
+}
+
+/// The regions of `mem` as SET_MEM_TABLE sends them; every region must be file-backed
+/// (vmm's `shared_memory`), anonymous memory cannot be handed to another process.
+pub fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<MemoryRegion<'_>>, FrontendError> {
+    mem.iter()
+        .map(|region| {
+            let gpa = region.start_addr().0;
+            let file = region
+                .file_offset()
+                .ok_or(FrontendError::NotShared { gpa })?;
+            Ok(MemoryRegion {
+                gpa,
+                size: region.len(),
+                host_addr: region.as_ptr() as u64,
+                fd: file.file().as_fd(),
+                offset: file.start(),
+            })
+        })
+        .collect()
 }
 
 /// A split ring as the driver programmed it (guest-physical addresses).

@@ -160,3 +160,18 @@ fn a_backend_that_hangs_up_is_an_error() {
     let err = conn.negotiate(VERSION_1, VERSION_1, 1).unwrap_err();
     assert!(matches!(err, FrontendError::Message { .. }), "{err}");
 }
+
+#[test]
+fn memory_regions_come_from_file_backed_guest_memory() {
+    let guest = Guest::new();
+    let regions = crate::frontend::memory_regions(&guest.mem).unwrap();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(
+        (regions[0].gpa, regions[0].size, regions[0].offset),
+        (0, MEM_SIZE, 0)
+    );
+    let anonymous =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let err = crate::frontend::memory_regions(&anonymous).unwrap_err();
+    assert!(matches!(err, FrontendError::NotShared { gpa: 0 }), "{err}");
+}
