@@ -118,6 +118,7 @@ impl RingLayout {
 /// The frontend's half of one connected vhost-user device.
 pub struct DeviceConnection {
     frontend: Frontend,
+    offered_features: u64,
     acked_features: u64,
     /// (gpa, size, host address) of the memory table last sent.
     regions: Vec<(u64, u64, u64)>,
@@ -138,24 +139,27 @@ impl DeviceConnection {
     pub fn from_frontend(frontend: Frontend) -> Self {
         Self {
             frontend,
+            offered_features: 0,
             acked_features: 0,
             regions: Vec::new(),
         }
     }
 
-    /// The virtio features the backend offers (what the device shows the driver).
-    pub fn backend_features(&mut self) -> Result<u64, FrontendError> {
-        self.frontend.get_features().map_err(msg("GET_FEATURES"))
-    }
-
-    /// The handshake up to SET_FEATURES: `required` must all be offered, the driver's
-    /// `driver_features` are acked as far as offered, and `queues` must be servable.
+    /// [`handshake`](Self::handshake) then [`ack_features`](Self::ack_features).
     pub fn negotiate(
         &mut self,
         required: u64,
         driver_features: u64,
         queues: usize,
     ) -> Result<u64, FrontendError> {
+        self.handshake(required, queues)?;
+        self.ack_features(driver_features)
+    }
+
+    /// Once per connection: SET_OWNER, GET_FEATURES (`required` must all be offered),
+    /// the protocol features and the queue count (`queues` must be servable). Returns the
+    /// offered virtio features.
+    pub fn handshake(&mut self, required: u64, queues: usize) -> Result<u64, FrontendError> {
         let f = &mut self.frontend;
         f.set_owner().map_err(msg("SET_OWNER"))?;
         let offered = f.get_features().map_err(msg("GET_FEATURES"))?;
@@ -185,10 +189,23 @@ impl DeviceConnection {
                 });
             }
         }
-        let acked = (driver_features & offered) | PROTOCOL_FEATURES_BIT;
-        f.set_features(acked).map_err(msg("SET_FEATURES"))?;
+        self.offered_features = offered;
+        Ok(offered)
+    }
+
+    /// SET_FEATURES with the driver's features as far as offered (at every DRIVER_OK).
+    pub fn ack_features(&mut self, driver_features: u64) -> Result<u64, FrontendError> {
+        let acked = (driver_features & self.offered_features) | PROTOCOL_FEATURES_BIT;
+        self.frontend
+            .set_features(acked)
+            .map_err(msg("SET_FEATURES"))?;
         self.acked_features = acked;
         Ok(acked)
+    }
+
+    /// The virtio features the backend offered in [`handshake`](Self::handshake).
+    pub fn offered_features(&self) -> u64 {
+        self.offered_features
     }
 
     /// The features acked in [`negotiate`](Self::negotiate).

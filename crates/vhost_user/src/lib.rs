@@ -48,6 +48,7 @@
 
 pub mod frontend;
 pub mod fs;
+pub mod fs_device;
 mod handler;
 pub mod memory;
 mod server;
