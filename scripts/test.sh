@@ -79,6 +79,17 @@ if [ ${#still[@]} -gt 0 ]; then
     static_busybox || echo "test.sh: /bin/busybox is not the static one (package busybox-static)" >&2
     exit 1
 fi
+# Shared folders (virtio-fs) run the Rust virtiofsd; Debian 12 has none, so cargo builds it
+# (pinned; ~1m45s on 2 cores) against libseccomp and libcap-ng.
+VIRTIOFSD_VERSION=1.14.0
+if ! command -v virtiofsd >/dev/null && [ -z "${VESSEL_VIRTIOFSD:-}" ]; then
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+        libseccomp-dev libcap-ng-dev pkg-config >/dev/null
+    cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked
+fi
+command -v virtiofsd >/dev/null || [ -n "${VESSEL_VIRTIOFSD:-}" ] || { echo "test.sh: virtiofsd is missing" >&2; exit 1; }
 [ -c /dev/kvm ] || echo "warning: /dev/kvm is missing; the tests that boot guests will fail" >&2
 
 cd "$ROOT"

@@ -45,11 +45,19 @@
 //! let backend = Backend::new(Box::new(Block::new(image, "serial")), 1, None)?;
 //! backend.serve(&listener, stop_fd.as_fd())?;   // returns when stop_fd is readable
 //! ```
+//!
+//! The other direction — vessel as the vhost-user *frontend* of a device served by another
+//! process — is [`frontend`] (the protocol), [`fs`] / [`fs_device`] / [`virtiofsd`]
+//! (shared folders served by virtiofsd; docs/shared-folders.md).
 
+pub mod frontend;
+pub mod fs;
+pub mod fs_device;
 mod handler;
 pub mod memory;
 mod server;
 mod session;
+pub mod virtiofsd;
 mod vring;
 mod worker;
 

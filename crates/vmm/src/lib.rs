@@ -16,6 +16,7 @@ mod irq_routing;
 mod kick;
 mod kvm_vcpu;
 mod pci_devices;
+pub mod shared_memory;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -2,8 +2,10 @@
 //! with a memfd as guest memory that both sides map, and a split ring written by hand.
 
 mod blk;
+mod frontend;
 mod hostile;
 mod net;
+mod virtiofsd;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};

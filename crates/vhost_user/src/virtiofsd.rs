@@ -1,0 +1,235 @@
+//! Running `virtiofsd` (the Rust one, <https://gitlab.com/virtio-fs/virtiofsd>) for one
+//! share: vessel starts it before confinement, waits for its socket, and stops it (kill,
+//! reap) when the [`Virtiofsd`] is dropped with the VM.
+//!
+//! * Found as `$VESSEL_VIRTIOFSD`, else `virtiofsd` on `PATH`, else Debian's
+//!   `/usr/libexec/virtiofsd`; missing, the error says how to install it.
+//! * As non-root it runs with `--sandbox=namespace` (user namespaces); as root with its
+//!   default sandbox.
+//! * `readonly=on` needs `--readonly` (virtiofsd 1.11 and later); an older virtiofsd is an
+//!   error rather than a writable share.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fs::Share;
+
+/// The environment variable naming the virtiofsd binary.
+pub const BINARY_ENV: &str = "VESSEL_VIRTIOFSD";
+const LIBEXEC: &str = "/usr/libexec/virtiofsd";
+/// How long virtiofsd may take to create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors starting virtiofsd.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtiofsdError {
+    #[error(
+        "virtiofsd is needed for shared folders and was not found (${BINARY_ENV}, PATH, \
+         {LIBEXEC}): install it with `cargo install virtiofsd --locked` (needs Debian's \
+         libseccomp-dev and libcap-ng-dev) or `apt install virtiofsd`"
+    )]
+    NotFound,
+    #[error("cannot run {}: {source}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} has no --readonly option (virtiofsd 1.11 or later has): cannot share {} readonly",
+        binary.display(), dir.display()
+    )]
+    NoReadonly { binary: PathBuf, dir: PathBuf },
+    #[error("virtiofsd for {} exited ({status}) before serving: {stderr}", dir.display())]
+    Exited {
+        dir: PathBuf,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("virtiofsd for {} did not create {} within {START_TIMEOUT:?}", dir.display(), socket.display())]
+    Timeout { dir: PathBuf, socket: PathBuf },
+}
+
+/// Where virtiofsd is, or [`VirtiofsdError::NotFound`].
+pub fn find() -> Result<PathBuf, VirtiofsdError> {
+    if let Some(path) = std::env::var_os(BINARY_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(VirtiofsdError::NotFound)
+        };
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("virtiofsd"));
+    on_path
+        .chain(std::iter::once(PathBuf::from(LIBEXEC)))
+        .find(|p| p.is_file())
+        .ok_or(VirtiofsdError::NotFound)
+}
+
+/// Whether `binary` knows `--readonly` (from its `--help`).
+pub fn supports_readonly(binary: &Path) -> Result<bool, VirtiofsdError> {
+    let out = Command::new(binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| VirtiofsdError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    let help = [out.stdout, out.stderr].concat();
+    Ok(String::from_utf8_lossy(&help).contains("--readonly"))
+}
+
+/// The command line for `share` served on `socket`.
+pub fn arguments(share: &Share, socket: &Path, root: bool) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--socket-path".into(),
+        socket.into(),
+        "--shared-dir".into(),
+        share.dir.clone().into(),
+    ];
+    if !root {
+        args.push("--sandbox=namespace".into());
+    }
+    if share.readonly {
+        args.push("--readonly".into());
+    }
+    args
+}
+
+/// A running virtiofsd; killed and reaped on drop.
+#[derive(Debug)]
+pub struct Virtiofsd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Virtiofsd {
+    /// Start `binary` for `share` and wait until it listens on `socket`.
+    pub fn start(binary: &Path, share: &Share, socket: &Path) -> Result<Self, VirtiofsdError> {
+        if share.readonly && !supports_readonly(binary)? {
+            return Err(VirtiofsdError::NoReadonly {
+                binary: binary.to_path_buf(),
+                dir: share.dir.clone(),
+            });
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let child = Command::new(binary)
+            .args(arguments(share, socket, root))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| VirtiofsdError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            })?;
+        tracing::info!(pid = child.id(), dir = %share.dir.display(), tag = %share.tag, "virtiofsd started");
+        let mut running = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        running.wait_for_socket(share)?;
+        Ok(running)
+    }
+
+    /// The socket the device connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn wait_for_socket(&mut self, share: &Share) -> Result<(), VirtiofsdError> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    // Best effort: the message is only for the error text.
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(VirtiofsdError::Exited {
+                    dir: share.dir.clone(),
+                    status,
+                    stderr: stderr.trim().to_string(),
+                });
+            }
+            if self.socket.exists() {
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                return Err(VirtiofsdError::Timeout {
+                    dir: share.dir.clone(),
+                    socket: self.socket.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        if let Err(err) = self.child.kill() {
+            tracing::debug!(%err, "virtiofsd already gone");
+        }
+        match self.child.wait() {
+            Ok(status) => tracing::info!(%status, "virtiofsd stopped"),
+            Err(err) => tracing::warn!(%err, "cannot reap virtiofsd"),
+        }
+        // virtiofsd leaves its socket (and a .pid file) behind when killed.
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = Share::new(dir.path(), "t", true).unwrap();
+        let args = arguments(&share, Path::new("/run/fs.sock"), false);
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        let want = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            args,
+            [
+                "--socket-path",
+                "/run/fs.sock",
+                "--shared-dir",
+                &want.to_string_lossy(),
+                "--sandbox=namespace",
+                "--readonly"
+            ]
+        );
+        let rw = Share::new(dir.path(), "t", false).unwrap();
+        assert_eq!(arguments(&rw, Path::new("/s"), true).len(), 4);
+    }
+
+    #[test]
+    fn a_virtiofsd_that_exits_is_reported_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("virtiofsd");
+        std::fs::write(&fake, "#!/bin/sh\necho 'bad things' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let share = Share::new(dir.path(), "t", false).unwrap();
+        let err = Virtiofsd::start(&fake, &share, &dir.path().join("s")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("bad things") && text.contains("exited"),
+            "{text}"
+        );
+        // And readonly with a virtiofsd whose help lacks --readonly is refused.
+        let ro = Share::new(dir.path(), "t", true).unwrap();
+        let err = Virtiofsd::start(&fake, &ro, &dir.path().join("s")).unwrap_err();
+        assert!(matches!(err, VirtiofsdError::NoReadonly { .. }), "{err}");
+    }
+}
