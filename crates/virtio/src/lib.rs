@@ -27,6 +27,7 @@
 //! * Console input: `ConsoleHandle::push_input` then `process_queue(console::RX_QUEUE)`;
 //!   console resize: `ConsoleHandle::set_size` then `signal_config_change()`.
 
+pub mod balloon;
 pub mod blk;
 mod chain_io;
 pub mod console;
