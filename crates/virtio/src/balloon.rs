@@ -411,6 +411,55 @@ mod tests {
         assert_eq!((d, r), (2, 2));
     }
 
+    /// One chain of one device-readable buffer at 0x8000 on an 8-entry queue at 0x1000.
+    fn queue_with_buffer(m: &GuestMemoryMmap, len: u32) -> Queue {
+        let mut desc = [0u8; 16];
+        desc[0..8].copy_from_slice(&0x8000u64.to_le_bytes());
+        desc[8..12].copy_from_slice(&len.to_le_bytes());
+        m.write_slice(&desc, GuestAddress(0x1000)).unwrap();
+        m.write_obj(0u16, GuestAddress(0x2004)).unwrap();
+        m.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        m.write_obj(0u16, GuestAddress(0x3002)).unwrap();
+        let layout = crate::QueueLayout {
+            size: 8,
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+        };
+        Queue::new(m, layout, false, false).unwrap()
+    }
+
+    #[test]
+    fn inflate_queue_discards_and_stats_buffer_is_held() {
+        let m = mem();
+        m.write_obj(7u32, GuestAddress(0x5000)).unwrap();
+        let pfns: Vec<u8> = [5u32, 0x10_0000]
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect();
+        m.write_slice(&pfns, GuestAddress(0x8000)).unwrap();
+        let mut b = Balloon::new(cfg());
+        let mut q = queue_with_buffer(&m, 8);
+        assert!(!b.process_queue(0, &mut q, &m).unwrap());
+        assert_eq!(b.counters(), (1, 1));
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x5000)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+
+        let mut stat = 6u16.to_le_bytes().to_vec();
+        stat.extend_from_slice(&99u64.to_le_bytes());
+        m.write_slice(&stat, GuestAddress(0x8000)).unwrap();
+        let mut q = queue_with_buffer(&m, 10);
+        b.process_queue(2, &mut q, &m).unwrap();
+        assert_eq!(b.stats()[&6], 99);
+        // Held until the poll asks for fresh statistics.
+        assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 0);
+        assert!(b.request_stats(&mut q, &m).unwrap());
+        assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+        assert!(!b.request_stats(&mut q, &m).unwrap());
+        // A queue index the device does not have is ignored.
+        assert!(!b.process_queue(9, &mut q, &m).unwrap());
+    }
+
     #[test]
     fn stats_parse_whole_entries() {
         let mut buf = Vec::new();
