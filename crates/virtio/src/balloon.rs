@@ -53,6 +53,13 @@ enum QueueRole {
 
 /// Returns guest pages to the host.
 fn discard_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> bool {
+    // madvise wants page-aligned ranges; a hostile unaligned report is refused up front.
+    if len == 0
+        || !addr.0.is_multiple_of(BALLOON_PAGE_SIZE)
+        || !len.is_multiple_of(BALLOON_PAGE_SIZE)
+    {
+        return false;
+    }
     let Some(region) = mem.find_region(addr) else {
         return false;
     };
@@ -391,6 +398,8 @@ mod tests {
         assert!(!discard_range(&m, GuestAddress(1 << 20), BALLOON_PAGE_SIZE));
         assert!(!discard_range(&m, GuestAddress((1 << 20) - 4096), 8192));
         assert!(!discard_range(&m, GuestAddress(u64::MAX - 10), u64::MAX));
+        assert!(!discard_range(&m, GuestAddress(0x3001), BALLOON_PAGE_SIZE));
+        assert!(!discard_range(&m, GuestAddress(0x3000), 100));
     }
 
     #[test]
