@@ -1,6 +1,6 @@
 //! virtio 1.x devices for vessel: the modern PCI transport, split virtqueues and the
-//! virtio-blk, virtio-net, virtio-rng, virtio-console and virtio-vsock device models. No
-//! KVM here.
+//! virtio-blk, virtio-net, virtio-rng, virtio-console, virtio-vsock and virtio-balloon
+//! device models. No KVM here.
 //!
 //! # Wiring a device into the VMM
 //!
@@ -27,6 +27,7 @@
 //! * Console input: `ConsoleHandle::push_input` then `process_queue(console::RX_QUEUE)`;
 //!   console resize: `ConsoleHandle::set_size` then `signal_config_change()`.
 
+pub mod balloon;
 pub mod blk;
 mod chain_io;
 pub mod console;
