@@ -191,7 +191,7 @@ fn validate(file: &PathBuf) -> Result<i32> {
 
 fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let vm = state.vm(name)?;
-    vm.definition()?;
+    let def = vm.definition()?;
     if vm.try_lock()?.is_none() {
         return Err(crate::exit::usage(format!(
             "VM '{name}' is already running (pid {})",
@@ -206,6 +206,7 @@ fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
             path.display()
         );
     }
+    crate::vm_ports::choose(state, &vm, &def)?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two new descriptors into a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -266,15 +267,21 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .map(|fd| {
-            // SAFETY: `vessel start` passed this descriptor for us alone.
-            unsafe { std::fs::File::from_raw_fd(fd) }
+            // SAFETY: `vessel start` passed this descriptor for us alone; close-on-exec
+            // again so helpers the VMM spawns (passt for a nat NIC) do not hold the pipe
+            // open, which kept `vessel start` waiting for its end until they exited.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                std::fs::File::from_raw_fd(fd)
+            }
         });
     let vm = state.vm(name)?;
     crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())?;
     // Before any thread starts (the API server's): the VM's event loop reads these signals.
     crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
-        let def = vm.definition()?;
+        let mut def = vm.definition()?;
+        crate::vm_ports::resolve(&vm, &mut def)?;
         let lock = vm
             .try_lock()?
             .ok_or_else(|| anyhow!("VM '{name}' is already running"))?;

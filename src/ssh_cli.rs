@@ -55,6 +55,13 @@ struct Target {
 fn target(state: &StateDir, name: &str, user: Option<String>, timeout: u64) -> Result<Target> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
+    if !matches!(vm.state()?, VmState::Running { .. }) {
+        return Err(crate::exit::usage(format!(
+            "VM '{name}' is not running (vessel start {name})"
+        )));
+    }
+    // The host port may have been chosen at start (crate::vm_ports).
+    let def = crate::vm_ports::current(&vm, def);
     let forward = def
         .forwards()
         .into_iter()
