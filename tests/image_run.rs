@@ -495,7 +495,15 @@ fn image_vm_ssh_port_is_chosen_at_start() {
     let first = start("a");
     stop("a");
     // Another program takes the port between two starts: the next start picks another.
-    let _taken = std::net::TcpListener::bind(("127.0.0.1", first as u16)).unwrap();
+    // (The stopped VM's passt may hold it for a moment after the VMM ended.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _taken = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", first as u16)) {
+            Ok(l) => break l,
+            Err(e) if std::time::Instant::now() > deadline => panic!("port {first}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
     let second = start("a");
     assert_ne!(second, first);
     let other = start("b");
