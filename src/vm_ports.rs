@@ -63,6 +63,14 @@ fn auto_slots(def: &VmDefinition) -> Vec<(usize, usize)> {
     slots
 }
 
+/// The forwards whose host port is still `auto` (with a placeholder port).
+pub fn auto_forwards(def: &VmDefinition) -> Vec<net::Forward> {
+    auto_slots(def)
+        .into_iter()
+        .filter_map(|(n, i)| parse(def.nics[n].forward[i].get_ref()).ok())
+        .collect()
+}
+
 /// At `vessel start`: choose a free port for each `auto` forward of `vm` and record them;
 /// a VM without any gets no ports file.
 pub fn choose(state: &StateDir, vm: &VmDir, def: &VmDefinition) -> Result<()> {
