@@ -1,14 +1,14 @@
 //! VMs made from an image (`vessel create --image`, `image = "…"` in a definition): their
 //! `[boot]` comes from the image, their first disk is a qcow2 overlay of it, their last a
 //! cloud-init seed disk giving the default user the owner's ssh key, and without NICs of
-//! their own they get a `nat` NIC forwarding a free 127.0.0.1 port to the guest's port 22.
+//! their own they get a `nat` NIC forwarding a 127.0.0.1 port chosen at start to the guest's port 22.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use toml::Spanned;
 
-use crate::state::{StateDir, VmDir};
+use crate::state::VmDir;
 use crate::vmdef::{Disk, Nic, VmDefinition};
 
 /// The image's default user on Debian's cloud images (cloud-init's `default_user`).
@@ -65,22 +65,17 @@ fn path_value(p: &Path) -> toml::Value {
 /// Make the VM's files for an image VM and complete `def` to name them: overlay, seed,
 /// NIC; the overlay is `disk_size` bytes or the image's size. Nothing happens for a VM
 /// without an image.
-pub fn provision(
-    state: &StateDir,
-    vm: &VmDir,
-    def: &mut VmDefinition,
-    disk_size: Option<u64>,
-) -> Result<()> {
+pub fn provision(vm: &VmDir, def: &mut VmDefinition, disk_size: Option<u64>) -> Result<()> {
     let Some(name) = def.image.as_ref().map(|i| i.get_ref().clone()) else {
         return Ok(());
     };
     let image = images::ImageStore::open(None)?.get(&name)?;
     if def.nics.is_empty() {
-        let port = free_port(state)?;
+        // The host port is chosen by each `vessel start` (crate::vm_ports).
         def.nics.push(Nic {
             mode: Spanned::new(0..0, "nat".into()),
             mac: None,
-            forward: vec![Spanned::new(0..0, format!("tcp:127.0.0.1:{port}-:22"))],
+            forward: vec![Spanned::new(0..0, crate::vm_ports::auto_ssh_forward())],
             host_loopback: None,
         });
     }
@@ -129,25 +124,6 @@ pub fn provision(
         def.ssh.user = Some(Spanned::new(0..0, DEFAULT_IMAGE_USER.into()));
     }
     Ok(())
-}
-
-/// A 127.0.0.1 port nothing listens on now and no other VM forwards.
-fn free_port(state: &StateDir) -> Result<u16> {
-    let mut taken = Vec::new();
-    for name in state.list()? {
-        if let Ok(def) = state.vm(&name)?.definition() {
-            taken.extend(def.forwards().into_iter().map(|f| f.host_port));
-        }
-    }
-    for _ in 0..64 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        if !taken.contains(&port) {
-            return Ok(port);
-        }
-    }
-    bail!("found no free TCP port on 127.0.0.1")
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6]> {

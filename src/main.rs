@@ -29,6 +29,7 @@ mod vhost_user_cli;
 mod vm_archive;
 mod vm_create;
 mod vm_list;
+mod vm_ports;
 mod vm_set;
 mod vmdef;
 

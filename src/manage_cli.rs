@@ -250,7 +250,7 @@ fn validate(file: &PathBuf) -> Result<i32> {
 
 pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let vm = state.vm(name)?;
-    vm.definition()?;
+    let def = vm.definition()?;
     if vm.try_lock()?.is_none() {
         return Err(crate::exit::usage(format!(
             "VM '{name}' is already running (pid {})",
@@ -265,6 +265,7 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
             path.display()
         );
     }
+    crate::vm_ports::choose(state, &vm, &def)?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two new descriptors into a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -345,7 +346,8 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
     // Before any thread starts (the API server's): the VM's event loop reads these signals.
     crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
-        let def = vm.definition()?;
+        let mut def = vm.definition()?;
+        crate::vm_ports::resolve(&vm, &mut def)?;
         let lock = vm
             .try_lock()?
             .ok_or_else(|| anyhow!("VM '{name}' is already running"))?;

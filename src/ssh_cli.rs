@@ -79,12 +79,17 @@ pub(crate) fn target(
     timeout: u64,
 ) -> Result<Target> {
     let vm = state.vm(name)?;
-    let def = vm.definition()?;
-    let forward = def
-        .forwards()
-        .into_iter()
-        .find(|f| f.protocol == net::Protocol::Tcp && f.guest_port == 22)
-        .ok_or_else(|| anyhow!("VM '{name}' forwards no host port to its SSH port 22 (add forward = [\"tcp:127.0.0.1:2222-:22\"] to a nic)"))?;
+    // The host port may be chosen at start (crate::vm_ports): known while the VM runs.
+    let def = crate::vm_ports::current(&vm, vm.definition()?);
+    let is_ssh = |f: &net::Forward| f.protocol == net::Protocol::Tcp && f.guest_port == 22;
+    let Some(forward) = def.forwards().into_iter().find(is_ssh) else {
+        if crate::vm_ports::auto_forwards(&def).iter().any(is_ssh) {
+            return Err(crate::exit::usage(format!(
+                "VM '{name}' is not running (vessel start {name})"
+            )));
+        }
+        bail!("VM '{name}' forwards no host port to its SSH port 22 (add forward = [\"tcp:127.0.0.1:2222-:22\"] to a nic)");
+    };
     let (addr, port) = (forward.listen_addr(), forward.host_port);
     if !addr.is_loopback() && !addr.is_unspecified() {
         bail!("VM '{name}' forwards SSH on {addr}; vessel ssh connects to 127.0.0.1 only");

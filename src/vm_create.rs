@@ -130,7 +130,7 @@ fn make(state: &StateDir, args: &CreateArgs) -> Result<()> {
             _ => None,
         };
         let had_nics = !def.nics.is_empty();
-        crate::image_vm::provision(state, &vm, &mut def, disk_size)?;
+        crate::image_vm::provision(&vm, &mut def, disk_size)?;
         if def.image.is_some() && !had_nics {
             args.vm.add_forwards(&mut def)?;
         }

@@ -41,7 +41,8 @@ fn summary_of(vm: &VmDir, def: &VmDefinition, st: &VmState) -> Value {
 /// The summary of one VM; a VM whose definition does not load is `"state": "broken"` with
 /// the reason in `"error"`.
 pub fn summary(vm: &VmDir) -> Value {
-    match vm.definition().and_then(|d| Ok((vm.state()?, d))) {
+    let def = vm.definition().map(|d| crate::vm_ports::current(vm, d));
+    match def.and_then(|d| Ok((vm.state()?, d))) {
         Ok((st, def)) => summary_of(vm, &def, &st),
         Err(e) => json!({"name": vm.name, "state": "broken", "error": format!("{e:#}")}),
     }
@@ -160,7 +161,7 @@ fn inspect_value(vm: &VmDir, def: &VmDefinition) -> Result<Value> {
 /// `inspect`: a page for people by default, the JSON form with `--json`.
 pub fn inspect(state: &StateDir, name: &str, json_out: bool) -> Result<i32> {
     let vm = state.vm(name)?;
-    let def = vm.definition()?;
+    let def = crate::vm_ports::current(&vm, vm.definition()?);
     let v = inspect_value(&vm, &def)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);

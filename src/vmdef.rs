@@ -258,15 +258,15 @@ impl VmDefinition {
             }
             let mut forwards_ok = true;
             for f in &n.forward {
-                if let Err(e) = net::config::parse_forward(f.get_ref()) {
+                if let Err(e) = crate::vm_ports::parse(f.get_ref()) {
                     forwards_ok = false;
-                    err(f.span(), e.to_string());
+                    err(f.span(), e);
                 }
             }
             // What the NIC parser says beyond the checks above (a bad name, a MAC,
             // forwards on a mode without NAT), at the NIC's mode.
             if forwards_ok {
-                if let Err(e) = net::parse_nic(&nic_spec(n)) {
+                if let Err(e) = net::parse_nic(&crate::vm_ports::placeholder_ports(&nic_spec(n))) {
                     if !matches!(e, net::ConfigError::UnknownMode(_)) {
                         err(n.mode.span(), format!("NIC: {e}"));
                     }
@@ -441,6 +441,9 @@ impl VmDefinition {
         let mut nics = Vec::new();
         for n in &self.nics {
             let spec = nic_spec(n);
+            if crate::vm_ports::is_auto(&spec) {
+                anyhow::bail!("nic '{spec}': its host port is chosen by `vessel start`");
+            }
             nics.push(net::parse_nic(&spec).map_err(|e| anyhow::anyhow!("nic '{spec}': {e}"))?);
         }
         Ok(vmm::VmConfig {

@@ -380,3 +380,83 @@ fn cmdline_append_extends_a_kernel_vms_command_line_too() {
         "{def}"
     );
 }
+
+/// The VM's SSH port as `vessel ls --json` reports it (`None` when it forwards none).
+fn ls_ssh_port(home: &Path, name: &str) -> Option<u64> {
+    let ls = vessel(home, &["ls", "--json"]);
+    let vms: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
+    let vm = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap();
+    vm["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["guest_port"] == 22)
+        .map(|p| p["host_port"].as_u64().unwrap())
+}
+
+#[test]
+fn image_vm_ssh_port_is_chosen_at_start() {
+    let img = boot_image("ports", "marker=ports", "qcow2");
+    let home = data_home("ports");
+    let import = ["image", "import", img.to_str().unwrap(), "--name", "deb"];
+    assert_eq!(vessel(&home, &import).status, Some(0));
+    for name in ["a", "b"] {
+        let args = ["create", name, "--image", "deb", "--memory", "128M"];
+        let r = vessel(
+            &home,
+            &[&args[..], &["--cmdline-append", "hang=1"]].concat(),
+        );
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+        let def = std::fs::read_to_string(home.join(format!("state/{name}/vm.toml"))).unwrap();
+        assert!(def.contains("tcp:127.0.0.1:auto-:22"), "{def}");
+        // No port before start.
+        assert_eq!(ls_ssh_port(&home, name), None);
+    }
+    let start = |name: &str| {
+        let r = vessel(&home, &["start", name]);
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+        let port = ls_ssh_port(&home, name).expect("a running VM shows its SSH port");
+        let inspect = vessel(&home, &["inspect", name]);
+        assert!(
+            inspect
+                .stdout
+                .contains(&format!("tcp:127.0.0.1:{port}-:22")),
+            "{}",
+            inspect.stdout
+        );
+        // The VMM listens there.
+        std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+        port
+    };
+    let stop = |name: &str| {
+        let r = vessel(&home, &["stop", name, "--force"]);
+        assert_eq!(r.status, Some(0), "{}", r.stderr);
+    };
+    let first = start("a");
+    stop("a");
+    // Another program takes the port between two starts: the next start picks another.
+    // (The stopped VM's passt may hold it for a moment after the VMM ended.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _taken = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", first as u16)) {
+            Ok(l) => break l,
+            Err(e) if std::time::Instant::now() > deadline => panic!("port {first}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    let second = start("a");
+    assert_ne!(second, first);
+    let other = start("b");
+    assert!(
+        other != second && other != first,
+        "{other} {second} {first}"
+    );
+    stop("a");
+    stop("b");
+    assert_eq!(ls_ssh_port(&home, "a"), None);
+}

@@ -3,7 +3,7 @@
 //! cloud-init seed with vessel's key, NAT NIC with SSH forwarded), and QEMU boots exactly
 //! the kernel, initrd and command line of its definition with vessel's devices behind it:
 //! the overlay and the seed served by `vessel vhost-user-blk`, the NIC by `vessel
-//! vhost-user-net` on vessel's NAT forwarding the port vessel chose. Then `vessel ssh` (vessel's key,
+//! vhost-user-net` on vessel's NAT forwarding the port the test chose as `vessel start` would. Then `vessel ssh` (vessel's key,
 //! known_hosts from the host keys cloud-init printed on the console) and `vessel cp` run
 //! for real with OpenSSH.
 //!
@@ -84,16 +84,15 @@ fn built_image_boots_with_cloud_init_and_vessel_ssh_and_cp_work() {
     let boot = &def["boot"];
     let nic = &def["nic"].as_array().unwrap()[0];
     let mac = nic["mac"].as_str().unwrap();
-    let forward = nic["forward"][0].as_str().unwrap();
-    let port: u16 = forward
-        .split(':')
-        .nth(2)
+    // The host port is chosen at `vessel start`; QEMU stands in for the VMM here, so the
+    // test chooses it and records it in the VM's runtime state as `vessel start` does.
+    assert_eq!(nic["forward"][0].as_str(), Some("tcp:127.0.0.1:auto-:22"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .split('-')
-        .next()
+        .local_addr()
         .unwrap()
-        .parse()
-        .unwrap();
+        .port();
+    std::fs::write(vm_dir.join("ports"), format!("tcp:127.0.0.1:{port}-:22\n")).unwrap();
 
     let _lock = hold_lock(&vm_dir);
     let mut root =

@@ -37,6 +37,9 @@ void guest_main(u32 magic, struct mb_info *mbi) {
     } else {
         puts("module: none\n");
     }
+    /* hang=1: stay running (halted) until the VMM stops the VM. */
+    if (cmdline_number(cmdline, "hang") > 0)
+        for (;;) __asm__ volatile("cli; hlt");
     long code = cmdline_number(cmdline, "exit");
     if (code < 0) acpi_poweroff();
     debug_exit((u32)code);
