@@ -30,6 +30,8 @@ pub struct BlkArgs {
     /// `vessel run --disk` (the format is detected from the content unless given).
     #[arg(long, value_parser = crate::run_cli::parse_disk)]
     disk: DiskConfig,
+    #[command(flatten)]
+    confine: crate::confinement::ConfineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +45,8 @@ pub struct NetArgs {
     /// frontend's.
     #[arg(long, value_parser = parse_nic)]
     nic: net::NicConfig,
+    #[command(flatten)]
+    confine: crate::confinement::ConfineArgs,
 }
 
 fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
@@ -129,14 +133,14 @@ fn serve(kind: &str, socket: &Path, backend: vhost_user::Backend, files: &confin
     }
 }
 
-/// The backend's confinement: everything on (the VMM's defaults).
-fn set_policy() -> Result<(), String> {
-    crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())
-        .map_err(|e| format!("{e:#}"))
+/// The backend's confinement, from its `--seccomp`, `--landlock` and `--user` flags (the
+/// same as `vessel run`'s, on by default); applied by [`confine_server`] once it listens.
+fn set_policy(args: &crate::confinement::ConfineArgs) -> Result<(), String> {
+    crate::confinement::set_policy(args).map_err(|e| format!("{e:#}"))
 }
 
 pub fn run_blk(args: BlkArgs) -> i32 {
-    if let Err(e) = set_policy() {
+    if let Err(e) = set_policy(&args.confine) {
         eprintln!("vessel: error: {e}");
         return EXIT_ERROR;
     }
@@ -187,7 +191,7 @@ pub fn run_blk(args: BlkArgs) -> i32 {
 }
 
 pub fn run_net(args: NetArgs) -> i32 {
-    if let Err(e) = set_policy() {
+    if let Err(e) = set_policy(&args.confine) {
         eprintln!("vessel: error: {e}");
         return EXIT_ERROR;
     }

@@ -198,3 +198,61 @@ fn user_is_refused_without_root() {
         );
     }
 }
+
+/// Start `vessel vhost-user-blk` on a scratch disk with `extra` flags and wait until it
+/// listens (it confines itself right before saying so).
+fn start_blk_backend(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    let disk = dir.join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let socket = dir.join("blk.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["vhost-user-blk", "--socket", socket.to_str().unwrap()])
+        .args(["--disk", &format!("{},format=raw", disk.display())])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("listening on") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "backend ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child
+}
+
+#[test]
+fn vhost_user_backend_takes_the_confinement_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, seccomp) in [(&[][..], "2"), (&["--seccomp=off"][..], "0")] {
+        let mut child = start_blk_backend(dir.path(), flags);
+        for (name, status) in threads(child.id()) {
+            assert_eq!(field(&status, "Seccomp:"), seccomp, "{flags:?} {name}");
+            assert_eq!(field(&status, "NoNewPrivs:"), "1", "{flags:?} {name}");
+            assert_eq!(field(&status, "CapEff:"), "0000000000000000", "{name}");
+        }
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
+    let r = vessel(
+        &[
+            "vhost-user-net",
+            "--socket",
+            "x",
+            "--nic",
+            "nat",
+            "--landlock=yes",
+        ],
+        TIMEOUT,
+    );
+    r.expect_status(2);
+    assert!(r.stderr.contains("expected on or off"), "{}", r.stderr);
+}
