@@ -25,7 +25,7 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client mmdebstrap:mmdebstrap cloud-init:cloud-init
-       ansible-playbook:ansible-core vagrant:vagrant
+       ansible-playbook:ansible-core vagrant:vagrant rsync:rsync
        pip3:python3-pip"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 

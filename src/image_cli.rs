@@ -1,4 +1,4 @@
-//! `vessel image import/ls/rm`: the image store (crates/images) from the command line.
+//! `vessel image import/build/ls/box/rm`: the image store (crates/images) from the command line.
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +9,12 @@ use images::ImageStore;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) or a Vagrant libvirt box
-    /// (.box) into the image store; vessel finds the kernel, initrd and command line it boots
-    /// (grub.cfg or /vmlinuz).
+    /// Import a disk image file (raw, qcow2, vdi, vhd, vmdk, vhdx) or a Vagrant box (.box,
+    /// libvirt or vessel provider) into the image store; vessel finds the kernel, initrd and
+    /// command line it boots (grub.cfg or /vmlinuz).
     Import {
-        /// The disk image file (raw, qcow2, vdi, vhd, vmdk or vhdx) or Vagrant libvirt box
-        /// (tar or tar.gz with box.img and metadata.json) holding a bootable system.
+        /// The disk image file (raw, qcow2, vdi, vhd, vmdk or vhdx) or Vagrant box (tar or
+        /// tar.gz with box.img and metadata.json) holding a bootable system.
         path: PathBuf,
         /// Name in the store (default: the file name without its extension).
         #[arg(long)]
@@ -40,6 +40,15 @@ pub enum ImageCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a Vagrant box of an image (`vessel` provider: metadata.json + box.img, a
+    /// compact qcow2 copy) for `vagrant box add` with the vagrant-vessel plugin, or for
+    /// `vessel image import` on another machine.
+    Box {
+        /// The image.
+        name: String,
+        /// The box file to write (must not exist), e.g. debian-12.box.
+        file: PathBuf,
     },
     /// Remove an image no VM uses.
     Rm {
@@ -77,6 +86,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
             packages,
         } => build(&store, &name, &suite, size, packages)?,
         ImageCommand::Ls { json } => list(&store, json)?,
+        ImageCommand::Box { name, file } => write_box(&store, &name, &file)?,
         ImageCommand::Rm { name } => {
             let image = store.get(&name)?;
             let users = crate::state::StateDir::new(state_dir)?.vms_using_image(&image.dir)?;
@@ -85,6 +95,44 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ImageCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The image's disk flattened into a qcow2 staged next to `file`, then packed into the box.
+fn write_box(store: &ImageStore, name: &str, file: &Path) -> Result<()> {
+    let image = store.get(name)?;
+    if file.symlink_metadata().is_ok() {
+        return Err(crate::exit::usage(format!(
+            "{} exists already; vessel does not replace it",
+            file.display()
+        )));
+    }
+    let staged = file.with_file_name(format!(
+        ".{}.box-img-{}",
+        file.file_name()
+            .map_or("box".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let opts = block::OpenOptions {
+        read_only: true,
+        format: Some(image.format()),
+        allow_external_backing: false,
+    };
+    let packed = crate::disk_cli::convert::convert(
+        &image.base_path(),
+        &staged,
+        block::Format::Qcow2,
+        &opts,
+        None,
+    )
+    .and_then(|size| Ok(images::pack_box(&staged, "qcow2", size, file)?));
+    let _ = std::fs::remove_file(&staged);
+    packed?;
+    println!(
+        "wrote {}: box of {name} (vessel provider; vagrant box add --name {name} {})",
+        file.display(),
+        file.display()
+    );
+    Ok(())
 }
 
 fn parse_image_size(s: &str) -> Result<u64, String> {

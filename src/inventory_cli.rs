@@ -59,11 +59,7 @@ fn reachable(state: &StateDir) -> Result<Vec<Host>> {
         if !matches!(vm.state()?, VmState::Running { .. }) {
             continue;
         }
-        let ssh = def
-            .forwards()
-            .iter()
-            .any(|f| f.protocol == net::Protocol::Tcp && f.guest_port == 22);
-        if !ssh {
+        if !crate::vm_ports::forwards_ssh(&def) {
             continue;
         }
         match crate::ssh_cli::target(state, &name, None, 0) {

@@ -293,11 +293,7 @@ fn wait_for_ssh(
     say: &dyn Fn(String),
 ) -> Result<()> {
     let def = state.vm(name)?.definition()?;
-    let has_ssh = def
-        .forwards()
-        .iter()
-        .any(|f| f.protocol == net::Protocol::Tcp && f.guest_port == 22);
-    if no_wait || !has_ssh {
+    if no_wait || !crate::vm_ports::forwards_ssh(&def) {
         return Ok(());
     }
     say(format!("waiting for VM '{name}' to answer on SSH..."));

@@ -63,6 +63,12 @@ fn auto_slots(def: &VmDefinition) -> Vec<(usize, usize)> {
     slots
 }
 
+/// Whether `def` forwards a host port to the guest's SSH port 22, fixed or chosen at start.
+pub fn forwards_ssh(def: &VmDefinition) -> bool {
+    let is_ssh = |f: &net::Forward| f.protocol == net::Protocol::Tcp && f.guest_port == 22;
+    def.forwards().iter().any(is_ssh) || auto_forwards(def).iter().any(is_ssh)
+}
+
 /// The forwards whose host port is still `auto` (with a placeholder port).
 pub fn auto_forwards(def: &VmDefinition) -> Vec<net::Forward> {
     auto_slots(def)
@@ -180,6 +186,22 @@ mod tests {
             .contains("127.0.0.1"));
         assert!(parse("tcp:127.0.0.1:auto-:x").is_err());
         assert!(parse("tcp:127.0.0.1:2222-:22").is_ok());
+    }
+
+    fn def_with(forward: &str) -> VmDefinition {
+        let text = format!(
+            "name = \"d\"\n[boot]\nkernel = \"k\"\n[[nic]]\nmode = \"nat\"\nforward = [\"{forward}\"]\n"
+        );
+        VmDefinition::parse(std::path::Path::new("vm.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn ssh_forwards_are_seen_whether_fixed_or_chosen_at_start() {
+        // `vessel up` waits for sshd and `vessel inventory` lists the VM in both cases.
+        assert!(forwards_ssh(&def_with(&auto_ssh_forward())));
+        assert!(forwards_ssh(&def_with("tcp:127.0.0.1:2222-:22")));
+        assert!(!forwards_ssh(&def_with("tcp:127.0.0.1:8080-:80")));
+        assert!(!forwards_ssh(&def_with("tcp:127.0.0.1:auto-:80")));
     }
 
     #[test]

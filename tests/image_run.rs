@@ -136,6 +136,29 @@ fn imported_image_boots_by_name_and_is_removed() {
     let base = home.join("vessel/images/deb/base.qcow2");
     assert!(base.is_file());
 
+    // A vessel box of the image imports under another name and boots the same entry.
+    let boxed = home.join("deb.box");
+    let _ = std::fs::remove_file(&boxed);
+    let r = vessel(&home, &["image", "box", "deb", boxed.to_str().unwrap()]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let again = vessel(&home, &["image", "box", "deb", boxed.to_str().unwrap()]);
+    assert_eq!(again.status, Some(2), "{}", again.stderr);
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let r = vessel(
+        &home,
+        &[
+            "image",
+            "import",
+            boxed.to_str().unwrap(),
+            "--name",
+            "boxed",
+        ],
+    );
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let r = vessel(&home, &["run", "--image", "boxed", "--memory", "128M"]);
+    assert_booted_default_entry(&r, "marker=store");
+    assert_eq!(vessel(&home, &["image", "rm", "boxed"]).status, Some(0));
+
     assert_eq!(vessel(&home, &["image", "rm", "deb"]).status, Some(0));
     let gone = vessel(&home, &["run", "--image", "deb"]);
     assert_eq!(gone.status, Some(2));

@@ -325,8 +325,8 @@ fn provisioners_and_ansible_inventory_work(home: &Path, vm_dir: &Path, port: u16
 }
 
 /// Vagrant with the vagrant-vessel plugin on a machine whose vessel VM is `web`: ssh-config,
-/// `vagrant ssh -c` and Vagrant's own shell provisioner reach the guest through vessel's
-/// ssh path (`vessel ssh-config`). The lifecycle (box add, up, halt, destroy) runs on vessel
+/// `vagrant ssh -c`, Vagrant's own shell provisioner and its rsync synced folder reach the
+/// guest through vessel's ssh path (`vessel ssh-config`). The lifecycle (box add, up, halt, destroy) runs on vessel
 /// in tests/vagrant.rs.
 fn vagrant_reaches_the_vm_through_the_plugin(home: &Path, port: u16) {
     tcg::require_tool("vagrant", "vagrant");
@@ -337,7 +337,7 @@ fn vagrant_reaches_the_vm_through_the_plugin(home: &Path, port: u16) {
         &home.join("vagrant"),
         &home.join("state"),
         home,
-        "  config.vm.box = \"tiny\"\n  config.vm.synced_folder \".\", \"/vagrant\", disabled: true\n  config.vm.provision \"shell\", inline: \"echo from-vagrant > /tmp/vagrant-marker\"\n  config.vm.provider :vessel do |v|\n    v.state_dir = \"STATE\"\n  end\n",
+        "  config.vm.box = \"tiny\"\n  config.vm.synced_folder \".\", \"/vagrant\", type: \"rsync\", rsync__exclude: \".vagrant/\"\n  config.vm.provision \"shell\", inline: \"echo from-vagrant > /tmp/vagrant-marker\"\n  config.vm.provider :vessel do |v|\n    v.state_dir = \"STATE\"\n  end\n",
     );
     let id_dir = p.dir.join(".vagrant/machines/default/vessel");
     std::fs::create_dir_all(&id_dir).unwrap();
@@ -353,5 +353,22 @@ fn vagrant_reaches_the_vm_through_the_plugin(home: &Path, port: u16) {
     assert_eq!(
         ok(home, &["ssh", "web", "--", "cat /tmp/vagrant-marker"]),
         "from-vagrant\n"
+    );
+    // Vagrant's rsync synced folder, over the same ssh path (rsync is in vessel's image).
+    // `vagrant rsync` syncs the folders `vagrant up` recorded when it booted the machine;
+    // this test adopted a running machine instead, so it records them as `up` does.
+    let synced = serde_json::json!({"rsync": {"/vagrant": {
+        "guestpath": "/vagrant",
+        "hostpath": p.dir.display().to_string(),
+        "type": "rsync",
+        "exclude": [".vagrant/"],
+    }}});
+    std::fs::write(id_dir.join("synced_folders"), synced.to_string()).unwrap();
+    std::fs::write(p.dir.join("synced.txt"), "synced by vagrant rsync\n").unwrap();
+    let out = p.ok(&["rsync"]);
+    assert!(out.contains("Rsyncing folder"), "{out}");
+    assert_eq!(
+        ok(home, &["ssh", "web", "--", "cat /vagrant/synced.txt"]),
+        "synced by vagrant rsync\n"
     );
 }

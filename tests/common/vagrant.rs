@@ -66,23 +66,35 @@ impl Project {
     }
 }
 
-/// A vessel box (metadata.json with provider "vessel" + box.img) holding a small bootable
-/// image whose kernel is `kernel` booted with `words`, added to Vagrant as `name`.
+/// A vessel box holding a small bootable image whose kernel is `kernel` booted with
+/// `words`, written by `vessel image box` and added to Vagrant as `name`. The image it was
+/// made from is removed again, so Vagrant's first `up` imports the box's own copy.
 pub fn add_box(p: &Project, name: &str, kernel: &Path, words: &str) {
     let image = boot_image::make(&format!("box-{name}"), kernel, words, "qcow2");
-    let dir = image.parent().unwrap().join("box");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&image, dir.join("box.img")).unwrap();
-    std::fs::write(dir.join("metadata.json"), "{\"provider\": \"vessel\"}\n").unwrap();
-    let file = dir.parent().unwrap().join(format!("{name}.box"));
-    boot_image::tool(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&file)
-            .args(["metadata.json", "box.img"]),
-    );
+    let file = image.parent().unwrap().join(format!("{name}.box"));
+    let _ = std::fs::remove_file(&file);
+    let source = format!("box-source-{name}");
+    let vessel = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(args)
+            .env("XDG_DATA_HOME", &p.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vessel {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    vessel(&[
+        "image",
+        "import",
+        image.to_str().unwrap(),
+        "--name",
+        &source,
+    ]);
+    vessel(&["image", "box", &source, file.to_str().unwrap()]);
+    vessel(&["image", "rm", &source]);
     p.ok(&[
         "box",
         "add",

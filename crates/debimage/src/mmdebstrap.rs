@@ -9,7 +9,8 @@ use crate::tools::{self, MMDEBSTRAP};
 
 /// The packages of the image on top of mmdebstrap's `apt` variant (Essential: yes and apt),
 /// close to Debian's own genericcloud images: cloud kernel and initramfs, systemd, cloud-init
-/// with ifupdown + ISC dhclient (cloud-init renders network config to ENI on bookworm), ssh.
+/// with ifupdown + ISC dhclient (cloud-init renders network config to ENI on bookworm), ssh,
+/// rsync (what Vagrant's default synced folder uses).
 pub const PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "initramfs-tools",
@@ -26,6 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "netbase",
     "ca-certificates",
     "e2fsprogs",
+    "rsync",
 ];
 
 /// Modules forced into the initramfs: vessel's disks and NICs are virtio-pci, and the cloud

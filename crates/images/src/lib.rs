@@ -7,7 +7,8 @@
 //! manifest; every later open uses the recorded format (a base image is not guest-writable,
 //! but its recorded format is the one vessel checked).
 //!
-//! Vagrant `libvirt` boxes are unpacked ([`unpack_box`]) and their `box.img` imported.
+//! Vagrant boxes (`libvirt` and vessel's own) are unpacked ([`unpack_box`]) and their
+//! `box.img` imported; [`pack_box`] writes a vessel box.
 
 mod copy;
 mod manifest;
@@ -20,4 +21,6 @@ pub use names::valid_name;
 pub use store::{
     check_importable, create_overlay, BootFinder, Image, ImageStore, StoreError, BOOT_DIR,
 };
-pub use vagrant_box::{looks_like_box, unpack_box, BoxError, BoxMetadata};
+pub use vagrant_box::{
+    looks_like_box, pack_box, unpack_box, BoxError, BoxMetadata, VESSEL_PROVIDER,
+};

@@ -44,6 +44,12 @@ pub enum StoreError {
     BadManifest { path: PathBuf, reason: String },
     #[error(transparent)]
     Box(#[from] crate::vagrant_box::BoxError),
+    #[error("{path}: metadata.json says box.img is {named}, but it is {format}")]
+    BoxFormatMismatch {
+        path: PathBuf,
+        named: String,
+        format: block::Format,
+    },
     #[error("{path}: box.img is {format}, but a libvirt box holds qcow2")]
     BoxNotQcow2 {
         path: PathBuf,
@@ -155,8 +161,8 @@ impl ImageStore {
         done
     }
 
-    /// Import a Vagrant libvirt box (see [`crate::unpack_box`]): its `box.img` becomes the
-    /// base image, recorded as coming from `src`. Nothing is left behind on failure.
+    /// Import a Vagrant box (libvirt or vessel; see [`crate::unpack_box`]): its `box.img`
+    /// becomes the base image, recorded as coming from `src`. Nothing is left behind on failure.
     pub fn import_box(
         &self,
         src: &Path,
@@ -173,11 +179,20 @@ impl ImageStore {
         let _ = std::fs::remove_dir_all(&unpack);
         std::fs::create_dir_all(&unpack).map_err(io(&unpack))?;
         let result = (|| {
-            let (disk, _) = crate::vagrant_box::unpack_box(src, &unpack)?;
+            let (disk, meta) = crate::vagrant_box::unpack_box(src, &unpack)?;
             let (format, _) = check_importable(&disk)?;
-            if format != block::Format::Qcow2 {
+            let vessel_box = meta.provider.as_deref() == Some(crate::vagrant_box::VESSEL_PROVIDER);
+            if !vessel_box && format != block::Format::Qcow2 {
                 return Err(StoreError::BoxNotQcow2 {
                     path: src.to_path_buf(),
+                    format,
+                });
+            }
+            let named = meta.format.as_deref().unwrap_or(format.name());
+            if named != format.name() {
+                return Err(StoreError::BoxFormatMismatch {
+                    path: src.to_path_buf(),
+                    named: named.into(),
                     format,
                 });
             }

@@ -1,11 +1,13 @@
-//! Vagrant `libvirt` boxes: a tar archive (plain or gzip-compressed) holding `box.img`
-//! (qcow2), `metadata.json` (`{"provider":"libvirt","format":"qcow2","virtual_size":N}`) and
-//! optionally a `Vagrantfile`.
+//! Vagrant boxes vessel reads: `libvirt` boxes, a tar archive (plain or gzip-compressed)
+//! holding `box.img` (qcow2), `metadata.json`
+//! (`{"provider":"libvirt","format":"qcow2","virtual_size":N}`) and optionally a
+//! `Vagrantfile`; and `vessel` boxes (provider "vessel", `box.img` in any format vessel
+//! reads), which [`pack_box`] writes.
 //!
-//! The archive is hostile input: it is read as a stream, only regular files at the top
-//! level are looked at (`./` prefixes allowed), names with `..` or a leading `/` and links
-//! are refused, `metadata.json` is bounded in size, and only `box.img` is written, to a
-//! fixed name in the directory the caller gives.
+//! The archive is hostile input: it is read as a stream, only regular files (plain or GNU
+//! sparse, as vessel writes them) at the top level are looked at (`./` prefixes allowed),
+//! names with `..` or a leading `/` and links are refused, `metadata.json` is bounded in
+//! size, and only `box.img` is written, to a fixed name in the directory the caller gives.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -29,8 +31,10 @@ pub enum BoxError {
     NoMetadata { path: PathBuf },
     #[error("{path}: the box has no box.img disk")]
     NoDisk { path: PathBuf },
-    #[error("{path}: a box for the '{provider}' provider; vessel imports libvirt boxes (provider \"libvirt\", format \"qcow2\")")]
+    #[error("{path}: a box for the '{provider}' provider; vessel imports boxes for the \"vessel\" and \"libvirt\" (qcow2) providers")]
     WrongProvider { path: PathBuf, provider: String },
+    #[error("{path} exists already; vessel does not replace it")]
+    Exists { path: PathBuf },
     #[error("{path}: box.img has {size} bytes, more than the {free} bytes free in {dir}")]
     NoSpace {
         path: PathBuf,
@@ -122,7 +126,7 @@ pub fn unpack_box(src: &Path, dir: &Path) -> Result<(PathBuf, BoxMetadata), BoxE
         if kind.is_dir() {
             continue;
         }
-        if !kind.is_file() {
+        if !kind.is_file() && !kind.is_gnu_sparse() {
             return Err(bad(
                 "only regular files are accepted in a box (no links or devices)",
             ));
@@ -132,7 +136,11 @@ pub fn unpack_box(src: &Path, dir: &Path) -> Result<(PathBuf, BoxMetadata), BoxE
                 metadata = Some(read_metadata(&mut entry, src)?);
             }
             "box.img" if disk.is_none() => {
-                let size = entry.header().size().unwrap_or(u64::MAX);
+                // A GNU sparse entry stores less than it expands to: check the expanded size.
+                let size = match entry.header().as_gnu() {
+                    Some(gnu) if kind.is_gnu_sparse() => gnu.real_size().unwrap_or(u64::MAX),
+                    _ => entry.header().size().unwrap_or(u64::MAX),
+                };
                 if let Some(free) = available_bytes(dir).filter(|f| size > *f) {
                     return Err(BoxError::NoSpace {
                         path: src.to_path_buf(),
@@ -221,6 +229,9 @@ fn read_metadata(entry: &mut impl Read, src: &Path) -> Result<BoxMetadata, BoxEr
 
 fn check_metadata(m: &BoxMetadata, src: &Path) -> Result<(), BoxError> {
     let provider = m.provider.as_deref().unwrap_or("");
+    if provider == pack::VESSEL_PROVIDER {
+        return Ok(()); // box.img in any format vessel reads, detected at import
+    }
     if provider != "libvirt" {
         return Err(BoxError::WrongProvider {
             path: src.to_path_buf(),
@@ -239,6 +250,9 @@ fn check_metadata(m: &BoxMetadata, src: &Path) -> Result<(), BoxError> {
         }),
     }
 }
+
+mod pack;
+pub use pack::{pack_box, VESSEL_PROVIDER};
 
 #[cfg(test)]
 mod tests;

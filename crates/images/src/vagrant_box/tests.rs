@@ -200,3 +200,60 @@ fn store_imports_a_box_and_refuses_a_raw_box_img() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("deb")]);
 }
+
+#[test]
+fn a_packed_vessel_box_imports_and_is_never_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    std::fs::write(&disk, qcow2(dir.path())).unwrap();
+    let b = dir.path().join("out.box");
+    pack_box(&disk, "qcow2", 4 << 20, &b).unwrap();
+    let e = pack_box(&disk, "qcow2", 4 << 20, &b).unwrap_err();
+    assert!(matches!(e, BoxError::Exists { .. }), "{e}");
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let (img, meta) = unpack_box(&b, &unpacked).unwrap();
+    assert_eq!(meta.provider.as_deref(), Some(VESSEL_PROVIDER));
+    assert_eq!(meta.format.as_deref(), Some("qcow2"));
+    assert_eq!(meta.virtual_size, Some(1), "4 MiB rounds up to 1 GiB");
+    assert_eq!(std::fs::read(img).unwrap(), std::fs::read(&disk).unwrap());
+    let store = ImageStore::open(Some(dir.path().join("store"))).unwrap();
+    let image = store.import_box(&b, "again", Box::new(boot)).unwrap();
+    assert_eq!(image.manifest.virtual_size, 4 << 20);
+    // No staging file is left next to the box.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn a_vessel_box_whose_metadata_names_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = qcow2(dir.path());
+    let b = dir.path().join("v.box");
+    let meta = br#"{"provider":"vessel","format":"vmdk"}"#;
+    make_box(
+        &b,
+        &[(b"metadata.json", meta, FILE), (b"box.img", &img, FILE)],
+        false,
+    );
+    let store = ImageStore::open(Some(dir.path().join("store"))).unwrap();
+    let e = store.import_box(&b, "v", Box::new(boot)).unwrap_err();
+    assert!(matches!(e, StoreError::BoxFormatMismatch { .. }), "{e}");
+    // A vessel box may hold a raw disk.
+    let raw = dir.path().join("raw.box");
+    let meta = br#"{"provider":"vessel"}"#;
+    make_box(
+        &raw,
+        &[
+            (b"metadata.json", meta, FILE),
+            (b"box.img", &[0u8; 4096], FILE),
+        ],
+        false,
+    );
+    let image = store.import_box(&raw, "raw", Box::new(boot)).unwrap();
+    assert_eq!(image.manifest.format, "raw");
+}
