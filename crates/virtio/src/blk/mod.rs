@@ -11,8 +11,10 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::GuestMemoryMmap;
 
 use crate::device::VirtioDevice;
-use crate::drain::drain;
+use crate::chain_io::split;
+use crate::drain::drain_admitted;
 use crate::queue::{Queue, QueueError, Segment};
+use crate::rate_limiter::RateLimiterHandle;
 use bounce::BounceBuffer;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever `blk_size` says).
@@ -44,6 +46,8 @@ pub struct Block {
     data_segs: Vec<Segment>,
     /// Whether guest FLUSH requests reach the disk (Firecracker's `Writeback` cache type).
     honour_flush: bool,
+    /// Requests wait while it is short of bytes or operations.
+    rate_limiter: Option<RateLimiterHandle>,
 }
 
 impl Block {
@@ -86,7 +90,14 @@ impl Block {
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             data_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             honour_flush: true,
+            rate_limiter: None,
         }
+    }
+
+    /// Requests go through `limiter` (one operation each, and the bytes they move).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiterHandle) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
     }
 
     /// Firecracker's `Unsafe` cache type: VIRTIO_BLK_F_FLUSH is not offered and a FLUSH the
@@ -97,6 +108,14 @@ impl Block {
         self.honour_flush = false;
         self
     }
+}
+
+/// The data bytes a request moves, as a rate limiter counts them: its buffers less the
+/// 16-byte header and the status byte (0 for a flush, the data of a read or write).
+fn request_bytes(segs: &[Segment]) -> u64 {
+    let (readable, writable) = split(segs);
+    let sum = |s: &[Segment]| s.iter().map(|s| u64::from(s.len)).sum::<u64>();
+    (sum(readable) + sum(writable)).saturating_sub(17)
 }
 
 impl VirtioDevice for Block {
@@ -135,7 +154,12 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
         let mut segs = std::mem::take(&mut self.segs);
-        let result = drain(queue, mem, &mut segs, |mem, chain| match chain {
+        let limiter = self.rate_limiter.clone();
+        let admit = |segs: &[Segment]| match &limiter {
+            Some(limiter) => limiter.consume(request_bytes(segs)),
+            None => true,
+        };
+        let result = drain_admitted(queue, mem, &mut segs, admit, |mem, chain| match chain {
             Ok(segs) => self.serve(mem, segs),
             Err(_) => 0,
         });
