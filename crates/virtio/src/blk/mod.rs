@@ -32,6 +32,15 @@ pub const MAX_REQUEST_BYTES: u64 = 32 << 20;
 const CONFIG_LEN: usize = 60;
 const DEVICE_TYPE_BLOCK: u16 = 2;
 
+/// Why a disk cannot take another image at run time.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockSwapError {
+    #[error("the new image must be read-only exactly when the old one is")]
+    ReadOnlyMismatch,
+    #[error("the new image's size ({0} bytes) is not a multiple of 512")]
+    Size(u64),
+}
+
 /// A virtio block device.
 pub struct Block {
     disk: Box<dyn DiskImage>,
@@ -94,6 +103,27 @@ impl Block {
         }
     }
 
+    /// Serves `disk` from now on instead of the current image (flushed first), with its
+    /// capacity in the configuration space; the caller signals the configuration change.
+    /// The new image must match the old one in being read-only, since the driver
+    /// negotiated VIRTIO_BLK_F_RO with the old one.
+    pub fn replace_disk(&mut self, disk: Box<dyn DiskImage>) -> Result<(), BlockSwapError> {
+        if disk.read_only() != self.disk.read_only() {
+            return Err(BlockSwapError::ReadOnlyMismatch);
+        }
+        if !disk.size().is_multiple_of(SECTOR_SIZE) {
+            return Err(BlockSwapError::Size(disk.size()));
+        }
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!("flushing the disk image being replaced: {e}");
+        }
+        let capacity = disk.size() / SECTOR_SIZE;
+        self.config[..8].copy_from_slice(&capacity.to_le_bytes());
+        self.capacity_bytes = capacity * SECTOR_SIZE;
+        self.disk = disk;
+        Ok(())
+    }
+
     /// Requests go through `limiter` (one operation each, and the bytes they move).
     pub fn with_rate_limiter(mut self, limiter: RateLimiterHandle) -> Self {
         self.rate_limiter = Some(limiter);
@@ -146,6 +176,9 @@ impl VirtioDevice for Block {
     }
     fn sync(&mut self) {
         let _ = self.disk.flush();
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
     fn process_queue(
         &mut self,
