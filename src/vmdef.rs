@@ -94,6 +94,12 @@ pub struct Disk {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub allow_external_backing: bool,
+    /// Bandwidth limit in bytes per second (`10M`), as `--disk …,rate=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Spanned<String>>,
+    /// Requests per second, as `--disk …,iops=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,6 +112,14 @@ pub struct Nic {
     /// Let the guest reach the host's loopback at the gateway (nat and natnet only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_loopback: Option<bool>,
+    /// Bandwidth limits in bytes per second, as `--nic …,rate=` (both directions),
+    /// `rx-rate=` and `tx-rate=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -436,6 +450,7 @@ impl VmDefinition {
                 },
                 allow_external_backing: d.allow_external_backing,
                 honour_flush: true,
+                rate_limit: d.rate_limit()?,
             });
         }
         let mut nics = Vec::new();
@@ -480,6 +495,19 @@ pub fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
     }
 }
 
+impl Disk {
+    /// The limits of `rate` and `iops`, read by the parsers `--disk` uses.
+    pub fn rate_limit(&self) -> anyhow::Result<virtio::rate_limiter::Limits> {
+        use virtio::rate_limiter::{parse_byte_rate, parse_ops_rate};
+        let bandwidth = self.rate.as_ref().map(|r| parse_byte_rate(r.get_ref()));
+        let ops = self.iops.as_ref().map(|r| parse_ops_rate(r.get_ref()));
+        Ok(virtio::rate_limiter::Limits {
+            bandwidth: bandwidth.transpose()?,
+            ops: ops.transpose()?,
+        })
+    }
+}
+
 impl Nic {
     /// The `[[nic]]` of a `--nic` value (`nat,mac=…,forward=…,host-loopback=on`), checked
     /// by the parser `vessel run` uses; the forwards keep their spelling.
@@ -491,10 +519,16 @@ impl Nic {
             mac: None,
             forward: Vec::new(),
             host_loopback: None,
+            rate: None,
+            rx_rate: None,
+            tx_rate: None,
         };
         for item in items {
             match item.split_once('=') {
                 Some(("mac", m)) => nic.mac = Some(m.to_string()),
+                Some(("rate", r)) => nic.rate = Some(r.to_string()),
+                Some(("rx-rate", r)) => nic.rx_rate = Some(r.to_string()),
+                Some(("tx-rate", r)) => nic.tx_rate = Some(r.to_string()),
                 Some(("forward", f)) => nic.forward.push(Spanned::new(0..0, f.to_string())),
                 Some(("host-loopback", v)) => nic.host_loopback = Some(v == "on"),
                 _ => return Err(format!("unknown NIC option {item:?}")),

@@ -8,8 +8,9 @@ use thiserror::Error;
 
 use crate::backend::VmmBackend;
 use crate::model::{
-    ActionType, BootSource, Drive, FullVmConfig, InstanceInfo, InstanceState, MachineConfig,
-    MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget, Vsock,
+    ActionType, BootSource, Drive, DriveUpdate, FullVmConfig, InstanceInfo, InstanceState,
+    MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, VersionInfo,
+    VmConfigSnapshot, VmStateTarget, Vsock,
 };
 use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{
@@ -36,6 +37,9 @@ pub enum ApiRequest {
     PutNetworkInterface(NetworkInterface),
     PutVsock(Vsock),
     PutMetrics(metrics::MetricsConfig),
+    PutLogger(logger::LoggerConfig),
+    PatchDrive(DriveUpdate),
+    PatchNetworkInterface(NetworkInterfaceUpdate),
     Action(ActionType),
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
@@ -85,11 +89,17 @@ pub enum ControlError {
     Vsock(#[from] vsock::VsockRequestError),
     #[error("{0}")]
     Metrics(#[from] metrics::MetricsError),
+    #[error("{0}")]
+    Logger(#[from] logger::LoggerError),
+    #[error("{0}")]
+    Patch(#[from] patch::PatchError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+pub(crate) mod logger;
 pub(crate) mod metrics;
+mod patch;
 mod snapshot;
 mod vsock;
 
@@ -121,6 +131,8 @@ pub struct VmController {
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
     metrics: Option<metrics::MetricsSink>,
+    /// Whether `PUT /logger` succeeded (it is accepted once).
+    logger_configured: bool,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -135,6 +147,7 @@ impl VmController {
             network_interfaces: Vec::new(),
             vsock: None,
             metrics: None,
+            logger_configured: false,
             backend,
         }
     }
@@ -154,6 +167,7 @@ impl VmController {
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
             metrics: None,
+            logger_configured: false,
             backend,
         }
     }
@@ -214,6 +228,9 @@ impl VmController {
             }
             ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
             ApiRequest::PutMetrics(config) => self.set_metrics(&config),
+            ApiRequest::PutLogger(config) => self.set_logger(&config),
+            ApiRequest::PatchDrive(update) => self.patch_drive(update),
+            ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),

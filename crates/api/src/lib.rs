@@ -36,6 +36,7 @@ mod socket;
 mod validate;
 
 pub use backend::VmmBackend;
+pub use controller::logger::{LogLevel, LoggerConfig};
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
 pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,

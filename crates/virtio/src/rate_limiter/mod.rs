@@ -11,6 +11,7 @@
 //! a request the old ones held back is retried at once.
 
 mod bucket;
+mod text;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,10 @@ use thiserror::Error;
 use vmm_sys_util::timerfd::TimerFd;
 
 pub use bucket::{BucketConfig, TokenBucket};
+pub use text::{
+    bucket_rate_per_second, parse_byte_rate, parse_ops_rate, per_second_bucket, RateParseError,
+    RATE_REFILL_MS,
+};
 
 use crate::processor::lock;
 
