@@ -103,7 +103,7 @@ impl VmHandle {
     ) -> Result<block::Format, DeviceControlError> {
         let control = self.disk(index)?;
         let image = open_disk(&disk.path, disk)?;
-        let format = image.format();
+        let (format, size) = (image.format(), image.size());
         let swapped = control.processor.with_device(|device| {
             let block = device
                 .as_any_mut()
@@ -118,6 +118,11 @@ impl VmHandle {
         });
         swapped?;
         control.processor.signal_config_change();
+        tracing::info!(
+            "disk {index}: now {} ({format:?}, {} bytes)",
+            disk.path.display(),
+            size
+        );
         Ok(format)
     }
 }
