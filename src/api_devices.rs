@@ -34,7 +34,11 @@ pub fn api_limiter(limits: &Limits) -> Option<RateLimiter> {
         refill_time: b.refill_time_ms,
     };
     limits.limits().then(|| RateLimiter {
-        bandwidth: limits.bandwidth.filter(BucketConfig::limits).as_ref().map(shown),
+        bandwidth: limits
+            .bandwidth
+            .filter(BucketConfig::limits)
+            .as_ref()
+            .map(shown),
         ops: limits.ops.filter(BucketConfig::limits).as_ref().map(shown),
     })
 }

@@ -83,7 +83,10 @@ impl Settings {
         let level_ok = self.level.is_some_and(|max| *meta.level() <= max);
         let module_ok = self.module.as_deref().is_none_or(|m| {
             let target = meta.target();
-            target == m || target.strip_prefix(m).is_some_and(|rest| rest.starts_with("::"))
+            target == m
+                || target
+                    .strip_prefix(m)
+                    .is_some_and(|rest| rest.starts_with("::"))
         });
         level_ok && module_ok
     }
@@ -279,7 +282,10 @@ mod tests {
             text.starts_with("vessel: [DEBUG] [src/logging.rs:"),
             "{text}"
         );
-        assert!(text.ends_with("] debug: vessel::logging::x: kept\n"), "{text}");
+        assert!(
+            text.ends_with("] debug: vessel::logging::x: kept\n"),
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 1, "{text}");
         settings.write().unwrap().level = None;
         assert_eq!(logged_with(settings, || tracing::error!("off")), "");

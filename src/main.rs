@@ -1,7 +1,7 @@
 //! vessel: a virtual machine monitor on KVM.
 
-mod api_mode;
 mod api_devices;
+mod api_mode;
 mod cli_docs;
 mod confinement;
 mod disk_cli;

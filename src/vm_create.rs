@@ -412,9 +412,7 @@ pub fn create_sized_disks(def: &VmDefinition) -> Result<()> {
 }
 
 /// A `--disk` rate as vm.toml spells it: the per-second figure it was parsed from.
-fn rate_text(
-    bucket: Option<virtio::rate_limiter::BucketConfig>,
-) -> Option<Spanned<String>> {
+fn rate_text(bucket: Option<virtio::rate_limiter::BucketConfig>) -> Option<Spanned<String>> {
     bucket.map(|b| {
         let per_second = virtio::rate_limiter::bucket_rate_per_second(&b);
         Spanned::new(0..0, per_second.to_string())

@@ -130,6 +130,9 @@ fn firecracker_python_patches_a_running_vm_and_sets_its_logger() {
     assert!(status.code().is_some(), "vessel died by a signal: {status}");
     // The VMM's log went to the logger's file, with levels shown.
     let log = std::fs::read_to_string(dir.join("vessel.log")).unwrap();
-    let swap = format!("vessel: [INFO] disk 0: now {}", dir.join("scratch-new.img").display());
+    let swap = format!(
+        "vessel: [INFO] disk 0: now {}",
+        dir.join("scratch-new.img").display()
+    );
     assert!(log.contains(&swap), "log: {log}");
 }

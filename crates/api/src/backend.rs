@@ -5,7 +5,7 @@ use std::fs::File;
 
 use crate::controller::logger::LoggerConfig;
 use crate::model::{
-    Drive, DriveFormat, MachineConfig, NetworkInterfaceUpdate, VmConfigSnapshot, DriveUpdate,
+    Drive, DriveFormat, DriveUpdate, MachineConfig, NetworkInterfaceUpdate, VmConfigSnapshot,
 };
 use crate::snapshot_model::SnapshotCreateParams;
 

@@ -202,7 +202,12 @@ fn patches_follow_firecracker_rules_after_boot() {
         "drive update (patch): device error: ",
     );
     let other = json!({"drive_id": "other", "rate_limiter": {}}).to_string();
-    server.expect_fault("PATCH", "/drives/other", Some(&other), "Invalid block device ID");
+    server.expect_fault(
+        "PATCH",
+        "/drives/other",
+        Some(&other),
+        "Invalid block device ID",
+    );
     server.expect_no_content("PATCH", "/drives/scratch", &limits);
     let swap = json!({"drive_id": "scratch", "path_on_host": server.rootfs}).to_string();
     server.expect_no_content("PATCH", "/drives/scratch", &swap);

@@ -25,7 +25,9 @@ pub enum ConfigError {
     HostLoopbackNotNat,
     #[error("invalid host-loopback value {0:?}: on or off")]
     BadHostLoopback(String),
-    #[error("unknown NIC option {0:?} (mac=, forward=, host-loopback=, rate=, rx-rate=, tx-rate=)")]
+    #[error(
+        "unknown NIC option {0:?} (mac=, forward=, host-loopback=, rate=, rx-rate=, tx-rate=)"
+    )]
     UnknownOption(String),
     #[error("{0}")]
     BadRate(#[from] virtio::rate_limiter::RateParseError),
@@ -441,7 +443,10 @@ mod tests {
         assert_eq!(rate(both.rx_limit), Some(50 << 20));
         assert_eq!(rate(both.tx_limit), Some(50 << 20));
         let tx = parse_nic("tap:t0,tx-rate=10M").unwrap();
-        assert_eq!((rate(tx.rx_limit), rate(tx.tx_limit)), (None, Some(10 << 20)));
+        assert_eq!(
+            (rate(tx.rx_limit), rate(tx.tx_limit)),
+            (None, Some(10 << 20))
+        );
         assert!(!parse_nic("nat").unwrap().rx_limit.limits());
         assert!(matches!(
             parse_nic("nat,rx-rate=fast"),

@@ -157,7 +157,14 @@ pub fn setup(
     let mut processors = Vec::new();
     let mut backend_fds = Vec::new();
     let mut functions = Vec::new();
-    for (index, DeviceSpec { device, backend_fds: fds }) in devices.into_iter().enumerate() {
+    for (
+        index,
+        DeviceSpec {
+            device,
+            backend_fds: fds,
+        },
+    ) in devices.into_iter().enumerate()
+    {
         backend_fds.extend(fds.into_iter().map(|fd| (fd, index)));
         let slot = (index + 1) as u8;
         let vectors = device.queue_max_sizes().len() as u16 + 1;

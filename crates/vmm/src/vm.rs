@@ -28,10 +28,12 @@ use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
 use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
+use crate::device_control::{
+    open_disk, DeviceControlError, DeviceControls, DiskControl, NicControl,
+};
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
 use crate::vcpu::{self, VcpuRunner};
-use crate::device_control::{open_disk, DeviceControlError, DeviceControls, DiskControl, NicControl};
 use virtio::rate_limiter::RateLimiterHandle;
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,13 @@ pub enum LogLevel {
     Off,
     #[serde(alias = "error", alias = "ERROR")]
     Error,
-    #[serde(alias = "warning", alias = "WARNING", alias = "Warn", alias = "warn", alias = "WARN")]
+    #[serde(
+        alias = "warning",
+        alias = "WARNING",
+        alias = "Warn",
+        alias = "warn",
+        alias = "WARN"
+    )]
     Warning,
     #[serde(alias = "info", alias = "INFO")]
     Info,

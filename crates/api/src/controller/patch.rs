@@ -66,10 +66,20 @@ impl VmController {
             .map_err(PatchError::Interface)?;
         let iface = &mut self.network_interfaces[index];
         if let Some(limiter) = &update.rx_rate_limiter {
-            iface.rx_rate_limiter = Some(iface.rx_rate_limiter.unwrap_or_default().updated_by(limiter));
+            iface.rx_rate_limiter = Some(
+                iface
+                    .rx_rate_limiter
+                    .unwrap_or_default()
+                    .updated_by(limiter),
+            );
         }
         if let Some(limiter) = &update.tx_rate_limiter {
-            iface.tx_rate_limiter = Some(iface.tx_rate_limiter.unwrap_or_default().updated_by(limiter));
+            iface.tx_rate_limiter = Some(
+                iface
+                    .tx_rate_limiter
+                    .unwrap_or_default()
+                    .updated_by(limiter),
+            );
         }
         Ok(ApiReply::NoContent)
     }

@@ -10,8 +10,8 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::GuestMemoryMmap;
 
-use crate::device::VirtioDevice;
 use crate::chain_io::split;
+use crate::device::VirtioDevice;
 use crate::drain::drain_admitted;
 use crate::queue::{Queue, QueueError, Segment};
 use crate::rate_limiter::RateLimiterHandle;

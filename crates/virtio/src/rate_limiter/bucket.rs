@@ -186,7 +186,10 @@ mod tests {
         b.consume(3000, t0);
         // ... and the bucket owes 2000: a full bucket again only after 300 ms.
         assert_eq!(b.wait_for(3000, t0), Some(ms(300)));
-        assert_eq!(b.wait_for(1, t0 + ms(200)), Some(Duration::from_micros(100)));
+        assert_eq!(
+            b.wait_for(1, t0 + ms(200)),
+            Some(Duration::from_micros(100))
+        );
         assert_eq!(b.wait_for(3000, t0 + ms(300)), None);
     }
 

@@ -75,7 +75,16 @@ mod tests {
         assert_eq!(parse_byte_rate("1k").unwrap().size, 103);
         assert_eq!(parse_byte_rate("5").unwrap().size, 1);
         assert_eq!(parse_byte_rate("2G").unwrap().size, (2 << 30) / 10 + 1);
-        for bad in ["", "M", "0", "0M", "-1", "1.5M", "10MB", "99999999999999999999G"] {
+        for bad in [
+            "",
+            "M",
+            "0",
+            "0M",
+            "-1",
+            "1.5M",
+            "10MB",
+            "99999999999999999999G",
+        ] {
             assert!(parse_byte_rate(bad).is_err(), "{bad}");
         }
     }
