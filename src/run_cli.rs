@@ -395,6 +395,19 @@ mod tests {
     }
 
     #[test]
+    fn disk_rate_limits() {
+        use virtio::rate_limiter::bucket_rate_per_second;
+        let d = parse_disk("/a.img,rate=10M,iops=500").unwrap();
+        let bandwidth = d.rate_limit.bandwidth.unwrap();
+        assert_eq!(bucket_rate_per_second(&bandwidth), 10 << 20);
+        assert_eq!(bucket_rate_per_second(&d.rate_limit.ops.unwrap()), 500);
+        assert!(!parse_disk("/a.img").unwrap().rate_limit.limits());
+        let e = parse_disk("/a.img,rate=10MB").unwrap_err();
+        assert!(e.contains("invalid rate \"10MB\""), "{e}");
+        assert!(parse_disk("/a.img,iops=0").is_err());
+    }
+
+    #[test]
     fn disk_options() {
         let d = parse_disk("path=/a.img,readonly=on,id=root,format=qcow2").unwrap();
         assert_eq!(d.path, PathBuf::from("/a.img"));

@@ -197,6 +197,9 @@ impl VmDefinition {
         for (span, message) in crate::provision_def::problems(&def.provisions) {
             err(span, message);
         }
+        for (span, message) in crate::vmdef_rates::problems(&def.disks) {
+            err(span, message);
+        }
         for g in &def.groups {
             if !valid_name(g.get_ref()) || g.get_ref().contains('.') {
                 err(
@@ -495,19 +498,6 @@ pub fn parse_pit(s: &str) -> Result<vmm::PitMode, String> {
     }
 }
 
-impl Disk {
-    /// The limits of `rate` and `iops`, read by the parsers `--disk` uses.
-    pub fn rate_limit(&self) -> anyhow::Result<virtio::rate_limiter::Limits> {
-        use virtio::rate_limiter::{parse_byte_rate, parse_ops_rate};
-        let bandwidth = self.rate.as_ref().map(|r| parse_byte_rate(r.get_ref()));
-        let ops = self.iops.as_ref().map(|r| parse_ops_rate(r.get_ref()));
-        Ok(virtio::rate_limiter::Limits {
-            bandwidth: bandwidth.transpose()?,
-            ops: ops.transpose()?,
-        })
-    }
-}
-
 impl Nic {
     /// The `[[nic]]` of a `--nic` value (`nat,mac=…,forward=…,host-loopback=on`), checked
     /// by the parser `vessel run` uses; the forwards keep their spelling.
@@ -559,6 +549,11 @@ fn nic_spec(n: &Nic) -> String {
         } else {
             ",host-loopback=off"
         };
+    }
+    for (key, rate) in [("rate", &n.rate), ("rx-rate", &n.rx_rate), ("tx-rate", &n.tx_rate)] {
+        if let Some(rate) = rate {
+            spec += &format!(",{key}={rate}");
+        }
     }
     spec
 }
