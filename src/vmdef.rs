@@ -550,7 +550,11 @@ fn nic_spec(n: &Nic) -> String {
             ",host-loopback=off"
         };
     }
-    for (key, rate) in [("rate", &n.rate), ("rx-rate", &n.rx_rate), ("tx-rate", &n.tx_rate)] {
+    for (key, rate) in [
+        ("rate", &n.rate),
+        ("rx-rate", &n.rx_rate),
+        ("tx-rate", &n.tx_rate),
+    ] {
         if let Some(rate) = rate {
             spec += &format!(",{key}={rate}");
         }
