@@ -5,11 +5,13 @@
 //!
 //! Usage: rate_limit_bench overhead <seconds per round> <rounds>
 //!        rate_limit_bench rate <MiB/s> <seconds>
+//!        rate_limit_bench net-rate <Mbit/s> <seconds>
 //! `overhead` alternates three devices per round — no limiter, the limiter every VMM disk
 //! gets (no buckets), buckets too large to ever run short — and prints the medians of the
 //! per-round request rates and their ratios to the first. `rate` reads through a
 //! bandwidth limit, sleeping on the limiter's timerfd as the I/O thread would, and prints
 //! the rate achieved against the limit (the first tenth of a second is the full bucket).
+//! `net-rate` does the same for virtio-net's transmit limit with 1514-byte frames.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,6 +34,9 @@ const STATUS: u64 = 0x20000;
 const DATA: u64 = 0x100000;
 const MEM_SIZE: usize = 8 << 20;
 const DISK_SIZE: u64 = 64 << 20;
+
+#[path = "rate_limit_bench/net_rate.rs"]
+mod net_rate;
 
 struct MemDisk(Vec<u8>, PathBuf);
 
@@ -155,7 +160,7 @@ impl Bench {
     }
 }
 
-fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+pub(crate) fn desc(mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
     let mut raw = [0u8; 16];
     raw[0..8].copy_from_slice(&addr.to_le_bytes());
     raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -260,8 +265,11 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("overhead") => overhead(number(2, "seconds"), number(3, "rounds") as usize),
         Some("rate") => limited(number(2, "MiB/s") as u64, number(3, "seconds")),
+        Some("net-rate") => net_rate::run(number(2, "Mbit/s") as u64, number(3, "seconds")),
         _ => {
-            eprintln!("usage: rate_limit_bench overhead SECS ROUNDS | rate MIB_PER_S SECS");
+            eprintln!(
+                "usage: rate_limit_bench overhead SECS ROUNDS | rate MIB_PER_S SECS | net-rate MBIT_PER_S SECS"
+            );
             std::process::exit(2);
         }
     }
