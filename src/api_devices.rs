@@ -61,36 +61,38 @@ fn format_of(f: block::Format) -> DriveFormat {
     }
 }
 
-/// `PATCH /drives/{id}`: limits first (they cannot fail), then the new image, opened as at
-/// boot (no symbolic link, a regular file or block device, format detected).
+/// `PATCH /drives/{id}`: the new image first, opened as at boot (no symbolic link, a
+/// regular file or block device, format detected), so a refused one changes nothing; then
+/// the limits (which cannot fail on a drive that exists).
 pub fn update_drive(
     handle: &VmHandle,
     index: usize,
     drive: &Drive,
     update: &DriveUpdate,
 ) -> Result<Option<DriveFormat>, String> {
+    let mut format = drive.format;
+    if update.path_on_host.is_some() {
+        let disk = DiskConfig {
+            path: PathBuf::from(&drive.path_on_host),
+            read_only: drive.is_read_only,
+            id: None,
+            format: None,
+            allow_external_backing: false,
+            honour_flush: true,
+            rate_limit: Limits::default(),
+        };
+        let opened = handle
+            .replace_disk(index, &disk)
+            .map_err(|e| crate::run_cli::error_chain(&e))?;
+        format = Some(format_of(opened));
+    }
     if update.rate_limiter.is_some() {
         let (bandwidth, ops) = bucket_updates(update.rate_limiter.as_ref());
         handle
             .update_disk_limits(index, bandwidth, ops)
             .map_err(|e| e.to_string())?;
     }
-    if update.path_on_host.is_none() {
-        return Ok(drive.format);
-    }
-    let disk = DiskConfig {
-        path: PathBuf::from(&drive.path_on_host),
-        read_only: drive.is_read_only,
-        id: None,
-        format: None,
-        allow_external_backing: false,
-        honour_flush: true,
-        rate_limit: Limits::default(),
-    };
-    let format = handle
-        .replace_disk(index, &disk)
-        .map_err(|e| crate::run_cli::error_chain(&e))?;
-    Ok(Some(format_of(format)))
+    Ok(format)
 }
 
 /// `PATCH /network-interfaces/{id}`.
