@@ -3,8 +3,6 @@
 //! `PATCH /network-interfaces/{id}`). Disks and NICs are addressed by their index in
 //! [`crate::VmConfig`].
 
-use std::path::Path;
-
 use virtio::blk::{Block, BlockSwapError};
 use virtio::rate_limiter::{BucketConfig, RateLimiterHandle};
 use virtio::QueueProcessor;
@@ -102,7 +100,10 @@ impl VmHandle {
         disk: &DiskConfig,
     ) -> Result<block::Format, DeviceControlError> {
         let control = self.disk(index)?;
-        let image = open_disk(&disk.path, disk)?;
+        let image = open_disk(disk).map_err(|source| DeviceControlError::Open {
+            path: disk.path.clone(),
+            source,
+        })?;
         let (format, size) = (image.format(), image.size());
         let swapped = control.processor.with_device(|device| {
             let block = device
@@ -128,17 +129,11 @@ impl VmHandle {
 }
 
 /// Opens a disk image as the VM's start-up does.
-pub(crate) fn open_disk(
-    path: &Path,
-    disk: &DiskConfig,
-) -> Result<Box<dyn block::DiskImage>, DeviceControlError> {
+pub(crate) fn open_disk(disk: &DiskConfig) -> block::Result<Box<dyn block::DiskImage>> {
     let opts = block::OpenOptions {
         read_only: disk.read_only,
         format: disk.format,
         allow_external_backing: disk.allow_external_backing,
     };
-    block::open(path, &opts).map_err(|source| DeviceControlError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
+    block::open(&disk.path, &opts)
 }

@@ -28,9 +28,7 @@ use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
 use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
-use crate::device_control::{
-    open_disk, DeviceControlError, DeviceControls, DiskControl, NicControl,
-};
+use crate::device_control::{open_disk, DeviceControls, DiskControl, NicControl};
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
 use crate::vcpu::{self, VcpuRunner};
@@ -99,8 +97,6 @@ pub enum VmError {
         #[source]
         source: block::Error,
     },
-    #[error("{0}")]
-    DeviceControl(#[source] crate::device_control::DeviceControlError),
     #[error("{0}")]
     RateLimiter(#[source] virtio::rate_limiter::RateLimiterError),
     #[error("disk {path}: its size ({size} bytes) is not a multiple of 512-byte sectors")]
@@ -675,13 +671,10 @@ fn virtio_devices(
     let mut limiters = Limiters::default();
     let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
     for (i, d) in cfg.disks.iter().enumerate() {
-        let image = match open_disk(&d.path, d) {
-            Ok(image) => image,
-            Err(DeviceControlError::Open { path, source }) => {
-                return Err(VmError::Disk { path, source })
-            }
-            Err(e) => return Err(VmError::DeviceControl(e)),
-        };
+        let image = open_disk(d).map_err(|source| VmError::Disk {
+            path: d.path.clone(),
+            source,
+        })?;
         if image.size() % 512 != 0 {
             return Err(VmError::DiskSize {
                 path: d.path.clone(),
