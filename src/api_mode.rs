@@ -88,7 +88,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
                     CacheType::Unsafe
                 },
                 io_engine: Default::default(),
-                rate_limiter: None,
+                rate_limiter: crate::api_devices::api_limiter(&d.rate_limit),
                 format: d.format.map(drive_format),
             })
             .collect(),
@@ -127,8 +127,8 @@ fn network_interface(index: usize, nic: &net::NicConfig) -> api::NetworkInterfac
                 .collect::<Vec<_>>()
                 .join(":")
         }),
-        rx_rate_limiter: None,
-        tx_rate_limiter: None,
+        rx_rate_limiter: crate::api_devices::api_limiter(&nic.rx_limit),
+        tx_rate_limiter: crate::api_devices::api_limiter(&nic.tx_limit),
         mode: Some(mode),
         network,
     }
@@ -185,10 +185,11 @@ fn vm_config(
         if let Some(mac) = &nic.guest_mac {
             spec += &format!(",mac={mac}");
         }
-        nics.push(
-            net::parse_nic(&spec)
-                .map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?,
-        );
+        let mut config = net::parse_nic(&spec)
+            .map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?;
+        config.rx_limit = crate::api_devices::limits(nic.rx_rate_limiter.as_ref());
+        config.tx_limit = crate::api_devices::limits(nic.tx_rate_limiter.as_ref());
+        nics.push(config);
     }
     Ok(VmConfig {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
@@ -215,6 +216,7 @@ fn vm_config(
                 // their own directory.
                 allow_external_backing: false,
                 honour_flush: d.cache_type == CacheType::Writeback,
+                rate_limit: crate::api_devices::limits(d.rate_limiter.as_ref()),
             })
             .collect(),
         rng: false,
@@ -322,6 +324,7 @@ impl VmmBackend for Backend {
                 format: None,
                 allow_external_backing: false,
                 honour_flush: true,
+                rate_limit: Default::default(),
             })
             .collect();
         let mem_path = PathBuf::from(mem_path);
@@ -351,6 +354,31 @@ impl VmmBackend for Backend {
     fn resume(&self) -> Result<(), String> {
         self.handle()?.resume();
         Ok(())
+    }
+
+    fn update_drive(
+        &self,
+        index: usize,
+        drive: &Drive,
+        update: &api::DriveUpdate,
+    ) -> Result<Option<DriveFormat>, String> {
+        crate::api_devices::update_drive(&self.handle()?, index, drive, update)
+    }
+
+    fn update_network_interface(
+        &self,
+        index: usize,
+        update: &api::NetworkInterfaceUpdate,
+    ) -> Result<(), String> {
+        crate::api_devices::update_network_interface(&self.handle()?, index, update)
+    }
+
+    fn configure_logger(
+        &self,
+        file: Option<std::fs::File>,
+        config: &api::LoggerConfig,
+    ) -> Result<(), String> {
+        crate::logging::configure(file, config)
     }
 }
 

@@ -77,6 +77,9 @@ pub fn provision(vm: &VmDir, def: &mut VmDefinition, disk_size: Option<u64>) -> 
             mac: None,
             forward: vec![Spanned::new(0..0, crate::vm_ports::auto_ssh_forward())],
             host_loopback: None,
+            rate: None,
+            rx_rate: None,
+            tx_rate: None,
         });
     }
     let mut macs = Vec::new();
@@ -117,6 +120,8 @@ pub fn provision(vm: &VmDir, def: &mut VmDefinition, disk_size: Option<u64>) -> 
         size: None,
         // The overlay names the store's base by its absolute path (checked at import).
         allow_external_backing: file == OVERLAY,
+        rate: None,
+        iops: None,
     };
     def.disks.insert(0, disk(OVERLAY, "qcow2", "root", false));
     def.disks.push(disk(SEED, "raw", "cidata", true));

@@ -1,5 +1,6 @@
 //! vessel: a virtual machine monitor on KVM.
 
+mod api_devices;
 mod api_mode;
 mod cli_docs;
 mod confinement;
@@ -32,6 +33,7 @@ mod vm_list;
 mod vm_ports;
 mod vm_set;
 mod vmdef;
+mod vmdef_rates;
 
 use clap::{Parser, Subcommand};
 

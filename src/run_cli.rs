@@ -49,13 +49,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     serial: SerialMode,
     /// A virtio-blk disk: path=IMG[,readonly=on][,id=NAME][,format=raw|qcow2|vdi|vhd|vmdk|vhdx]
-    /// [,allow-external-backing=on]
-    /// (repeatable; a bare path works too).
+    /// [,allow-external-backing=on][,rate=BYTES_PER_S][,iops=N]
+    /// (repeatable; a bare path works too). rate= limits bandwidth (10M = 10 MiB/s; K, M,
+    /// G are binary), iops= requests per second (token buckets, as Firecracker's).
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
     /// A virtio-net interface: MODE[,mac=52:54:..][,forward=tcp:127.0.0.1:2222-:22]
-    /// [,host-loopback=on|off]; MODE is nat, natnet:NAME, internal:NAME, hostonly:NAME,
-    /// bridged:IFACE or tap:NAME (repeatable; docs/networking.md). host-loopback=on (nat
+    /// [,host-loopback=on|off][,rate=BYTES_PER_S][,rx-rate=..][,tx-rate=..]; MODE is nat,
+    /// natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME (repeatable;
+    /// docs/networking.md). rate= limits both directions (10M = 10 MiB/s), rx-rate= frames
+    /// to the guest, tx-rate= frames from it. host-loopback=on (nat
     /// and natnet only; default off) lets the guest reach the host's 127.0.0.1 at the
     /// gateway 10.0.2.2; forward= without a host address listens on 127.0.0.1.
     #[arg(long = "nic", value_parser = parse_nic)]
@@ -95,6 +98,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         format: None,
         allow_external_backing: false,
         honour_flush: true,
+        rate_limit: Default::default(),
     };
     let switch = |key: &str, v: &str| match v {
         "on" | "true" | "yes" => Ok(true),
@@ -112,10 +116,18 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             Some(("format", v)) => {
                 disk.format = Some(v.parse().map_err(|e: block::Error| e.to_string())?)
             }
+            Some(("rate", v)) => {
+                let bucket = virtio::rate_limiter::parse_byte_rate(v).map_err(|e| e.to_string())?;
+                disk.rate_limit.bandwidth = Some(bucket);
+            }
+            Some(("iops", v)) => {
+                let bucket = virtio::rate_limiter::parse_ops_rate(v).map_err(|e| e.to_string())?;
+                disk.rate_limit.ops = Some(bucket);
+            }
             None if i == 0 && !part.is_empty() => disk.path = part.into(),
             _ => {
                 return Err(format!(
-                    "invalid disk option '{part}' (expected path=, readonly=, id=, format= or allow-external-backing=)"
+                    "invalid disk option '{part}' (expected path=, readonly=, id=, format=, allow-external-backing=, rate= or iops=)"
                 ))
             }
         }
@@ -140,6 +152,7 @@ fn overlay_disk(path: &std::path::Path) -> DiskConfig {
         format: Some(block::Format::Qcow2),
         allow_external_backing: true,
         honour_flush: true,
+        rate_limit: Default::default(),
     }
 }
 
@@ -379,6 +392,19 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn disk_rate_limits() {
+        use virtio::rate_limiter::bucket_rate_per_second;
+        let d = parse_disk("/a.img,rate=10M,iops=500").unwrap();
+        let bandwidth = d.rate_limit.bandwidth.unwrap();
+        assert_eq!(bucket_rate_per_second(&bandwidth), 10 << 20);
+        assert_eq!(bucket_rate_per_second(&d.rate_limit.ops.unwrap()), 500);
+        assert!(!parse_disk("/a.img").unwrap().rate_limit.limits());
+        let e = parse_disk("/a.img,rate=10MB").unwrap_err();
+        assert!(e.contains("invalid rate \"10MB\""), "{e}");
+        assert!(parse_disk("/a.img,iops=0").is_err());
     }
 
     #[test]

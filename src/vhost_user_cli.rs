@@ -28,7 +28,7 @@ pub struct BlkArgs {
     /// The disk: IMG[,readonly=on][,format=raw|qcow2|vdi|vhd|vmdk|vhdx][,id=SERIAL]
     /// [,allow-external-backing=on], as
     /// `vessel run --disk` (the format is detected from the content unless given).
-    #[arg(long, value_parser = crate::run_cli::parse_disk)]
+    #[arg(long, value_parser = parse_disk)]
     disk: DiskConfig,
     #[command(flatten)]
     confine: crate::confinement::ConfineArgs,
@@ -49,8 +49,23 @@ pub struct NetArgs {
     confine: crate::confinement::ConfineArgs,
 }
 
+/// A backend has no rate limiter: `rate=`/`iops=` belong to `vessel run`.
+const NO_LIMITS: &str = "rate limits are not available in a vhost-user backend (the frontend VMM can limit its device); remove rate=/iops=";
+
 fn parse_nic(s: &str) -> Result<net::NicConfig, String> {
-    net::parse_nic(s).map_err(|e| e.to_string())
+    let nic = net::parse_nic(s).map_err(|e| e.to_string())?;
+    if nic.rx_limit.limits() || nic.tx_limit.limits() {
+        return Err(NO_LIMITS.into());
+    }
+    Ok(nic)
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let disk = crate::run_cli::parse_disk(s)?;
+    if disk.rate_limit.limits() {
+        return Err(NO_LIMITS.into());
+    }
+    Ok(disk)
 }
 
 /// Block SIGINT and SIGTERM in this thread (and the threads it starts) and return a
@@ -222,5 +237,18 @@ pub fn run_net(args: NetArgs) -> i32 {
             eprintln!("vessel: error: {e}");
             EXIT_ERROR
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_refuse_rate_limits_they_cannot_enforce() {
+        assert!(parse_nic("internal:lab").is_ok());
+        assert_eq!(parse_nic("internal:lab,rate=1M").unwrap_err(), NO_LIMITS);
+        assert!(parse_disk("/a.img").is_ok());
+        assert_eq!(parse_disk("/a.img,iops=10").unwrap_err(), NO_LIMITS);
     }
 }

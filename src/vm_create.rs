@@ -328,6 +328,8 @@ impl VmFlags {
                 id: d.id.clone().map(|i| Spanned::new(0..0, i)),
                 size: None,
                 allow_external_backing: d.allow_external_backing,
+                rate: rate_text(d.rate_limit.bandwidth),
+                iops: rate_text(d.rate_limit.ops),
             });
         }
         if !f.nics.is_empty() {
@@ -367,6 +369,8 @@ impl VmFlags {
             id: None,
             size: Some(Spanned::new(0..0, size.to_string())),
             allow_external_backing: false,
+            rate: None,
+            iops: None,
         });
         Ok(())
     }
@@ -405,4 +409,12 @@ pub fn create_sized_disks(def: &VmDefinition) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `--disk` rate as vm.toml spells it: the per-second figure it was parsed from.
+fn rate_text(bucket: Option<virtio::rate_limiter::BucketConfig>) -> Option<Spanned<String>> {
+    bucket.map(|b| {
+        let per_second = virtio::rate_limiter::bucket_rate_per_second(&b);
+        Spanned::new(0..0, per_second.to_string())
+    })
 }

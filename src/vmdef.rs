@@ -94,6 +94,12 @@ pub struct Disk {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub allow_external_backing: bool,
+    /// Bandwidth limit in bytes per second (`10M`), as `--disk …,rate=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Spanned<String>>,
+    /// Requests per second, as `--disk …,iops=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,6 +112,14 @@ pub struct Nic {
     /// Let the guest reach the host's loopback at the gateway (nat and natnet only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_loopback: Option<bool>,
+    /// Bandwidth limits in bytes per second, as `--nic …,rate=` (both directions),
+    /// `rx-rate=` and `tx-rate=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -181,6 +195,9 @@ impl VmDefinition {
             });
         };
         for (span, message) in crate::provision_def::problems(&def.provisions) {
+            err(span, message);
+        }
+        for (span, message) in crate::vmdef_rates::problems(&def.disks) {
             err(span, message);
         }
         for g in &def.groups {
@@ -436,6 +453,7 @@ impl VmDefinition {
                 },
                 allow_external_backing: d.allow_external_backing,
                 honour_flush: true,
+                rate_limit: d.rate_limit()?,
             });
         }
         let mut nics = Vec::new();
@@ -491,10 +509,16 @@ impl Nic {
             mac: None,
             forward: Vec::new(),
             host_loopback: None,
+            rate: None,
+            rx_rate: None,
+            tx_rate: None,
         };
         for item in items {
             match item.split_once('=') {
                 Some(("mac", m)) => nic.mac = Some(m.to_string()),
+                Some(("rate", r)) => nic.rate = Some(r.to_string()),
+                Some(("rx-rate", r)) => nic.rx_rate = Some(r.to_string()),
+                Some(("tx-rate", r)) => nic.tx_rate = Some(r.to_string()),
                 Some(("forward", f)) => nic.forward.push(Spanned::new(0..0, f.to_string())),
                 Some(("host-loopback", v)) => nic.host_loopback = Some(v == "on"),
                 _ => return Err(format!("unknown NIC option {item:?}")),
@@ -525,6 +549,15 @@ fn nic_spec(n: &Nic) -> String {
         } else {
             ",host-loopback=off"
         };
+    }
+    for (key, rate) in [
+        ("rate", &n.rate),
+        ("rx-rate", &n.rx_rate),
+        ("tx-rate", &n.tx_rate),
+    ] {
+        if let Some(rate) = rate {
+            spec += &format!(",{key}={rate}");
+        }
     }
     spec
 }

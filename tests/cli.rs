@@ -262,6 +262,38 @@ fn create_from_a_file_applies_the_flags_over_it() {
 }
 
 #[test]
+fn create_keeps_disk_and_nic_rate_limits_in_vm_toml() {
+    let dir = scratch("rates");
+    let st = State::new("cli-rates");
+    let k = kernel(&dir);
+    let img = dir.join("data.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!("{},rate=10M,iops=500", img.display());
+    st.ok(&[
+        "create",
+        "r",
+        "--kernel",
+        &k,
+        "--disk",
+        &disk,
+        "--nic",
+        "nat,rx-rate=1M",
+    ]);
+    let toml = std::fs::read_to_string(st.0.join("r/vm.toml")).unwrap();
+    // Per-second figures: 10 MiB and 500 requests; the NIC's as given.
+    for want in ["rate = \"10485760\"", "iops = \"500\"", "rx_rate = \"1M\""] {
+        assert!(toml.contains(want), "want {want}: {toml}");
+    }
+    st.ok(&["validate", st.0.join("r/vm.toml").to_str().unwrap()]);
+    let bad = format!("{},rate=fast", img.display());
+    fails(
+        &st.vessel(&["create", "r2", "--kernel", &k, "--disk", &bad]),
+        2,
+        "invalid rate \"fast\"",
+    );
+}
+
+#[test]
 fn flag_errors_name_the_flag_not_a_generated_file() {
     let dir = scratch("flags");
     let st = State::new("cli-flags");

@@ -140,3 +140,22 @@ fn without_msix_completions_raise_intx_through_the_ioapic() {
     );
     r.expect_stdout("virtio-blk: flush status 0\n");
 }
+
+/// `--disk …,rate=1M`: the guest reads a 4 MiB disk as fast as it can, and the run cannot
+/// be faster than the budget allows (only a lower bound, with generous slack: the run
+/// also boots the guest, and a loaded host only makes it slower).
+#[test]
+fn a_rate_limited_disk_reads_no_faster_than_its_budget() {
+    const SIZE: usize = 4 << 20;
+    let (img, _) = image("vblk-rate.raw", SIZE / 512);
+    let disk = format!("path={},rate=1M", img.display());
+    let r = run_guest(&disk, &["--memory", "64M", "--cmdline", "readall"]);
+    r.expect_status(0);
+    r.expect_stdout(&format!("virtio-blk: read {SIZE} bytes\n"));
+    // 4 MiB at 1 MiB/s, less the bucket's tenth of a second: 3.9 s; allow 3 s.
+    assert!(
+        r.elapsed >= std::time::Duration::from_secs(3),
+        "read 4 MiB through a 1 MiB/s limit in {:?}",
+        r.elapsed
+    );
+}

@@ -88,6 +88,37 @@ fn two_vms_on_an_internal_network_exchange_frames() {
     );
 }
 
+/// Tight limits (2 KiB/s: a bucket of about three greetings) on one VM's both directions
+/// and the other's receive: frames wait for their budget on the limiters' timers and
+/// still get through, with the VMMs confined as always.
+#[test]
+fn rate_limited_vms_still_exchange_frames() {
+    let kernel = multiboot_guest(
+        "virtio_net",
+        &["multiboot_header.S", "virtio_net_guest.c"],
+        "multiboot.ld",
+    );
+    let runtime = out_dir().join("net-runtime-rate");
+    let _ = std::fs::remove_dir_all(&runtime);
+    std::fs::create_dir_all(&runtime).unwrap();
+    let nic_a = "internal:lanR,mac=52:54:00:00:00:0a,rate=2K";
+    let nic_b = "internal:lanR,mac=52:54:00:00:00:0b,rx-rate=2K";
+    let a = start(&kernel, nic_a, &runtime, "net");
+    let b = start(&kernel, nic_b, &runtime, "net");
+    let (code_a, out_a, err_a) = finish(a, TIMEOUT);
+    let (code_b, out_b, err_b) = finish(b, TIMEOUT);
+    assert_eq!(code_a, Some(0), "A: {out_a}\n{err_a}");
+    assert_eq!(code_b, Some(0), "B: {out_b}\n{err_b}");
+    assert!(
+        out_a.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0b"),
+        "{out_a}"
+    );
+    assert!(
+        out_b.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0a"),
+        "{out_b}"
+    );
+}
+
 #[test]
 fn a_vm_on_another_internal_network_hears_nothing() {
     let kernel = multiboot_guest(

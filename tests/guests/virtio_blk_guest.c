@@ -31,6 +31,9 @@ struct desc { u64 addr; u32 len; u16 flags, next; };
 #define HDR 0x303000u
 #define DATA 0x304000u
 #define STATUS 0x305000u
+/* `readall`: the whole disk is read in BIG_LEN pieces into BIG. */
+#define BIG 0x400000u
+#define BIG_LEN 0x10000u
 
 static uptr common, notify_addr, devcfg;
 static u16 used_seen;
@@ -52,6 +55,7 @@ static u16 r16(uptr a) { return *(volatile u16 *)a; }
 static u32 r32(uptr a) { return *(volatile u32 *)a; }
 
 /* One request: header (type, sector), a data buffer of len bytes, a status byte. */
+static uptr data_addr = DATA;
 static u8 request(u32 type, u32 sector, u32 len, int device_writes) {
     volatile u32 *hdr = (volatile u32 *)HDR;
     hdr[0] = type; hdr[1] = 0; hdr[2] = sector; hdr[3] = 0;
@@ -60,7 +64,7 @@ static u8 request(u32 type, u32 sector, u32 len, int device_writes) {
     d[0].addr = HDR; d[0].len = 16; d[0].flags = 1; d[0].next = 1;
     int n = 1;
     if (len) {
-        d[1].addr = DATA; d[1].len = len; d[1].flags = 1 | (device_writes ? 2 : 0); d[1].next = 2;
+        d[1].addr = data_addr; d[1].len = len; d[1].flags = 1 | (device_writes ? 2 : 0); d[1].next = 2;
         n = 2;
     }
     d[n].addr = STATUS; d[n].len = 1; d[n].flags = 2; d[n].next = 0;
@@ -81,8 +85,11 @@ static u8 request(u32 type, u32 sector, u32 len, int device_writes) {
 void guest_main(u32 magic, struct mb_info *mbi) {
     (void)magic;
     const char *cmdline = (mbi->flags & 4) ? (const char *)(uptr)mbi->cmdline : "";
-    int intx = 0;
-    for (const char *p = cmdline; *p; p++) if (starts_with(p, "intx")) intx = 1;
+    int intx = 0, readall = 0;
+    for (const char *p = cmdline; *p; p++) {
+        if (starts_with(p, "intx")) intx = 1;
+        if (starts_with(p, "readall")) readall = 1;
+    }
     uptr isr_addr = 0;
     u32 slot_found = 0;
     for (u32 slot = 0; slot < 32; slot++) {
@@ -163,6 +170,18 @@ void guest_main(u32 magic, struct mb_info *mbi) {
     u32 cap_lo = r32(devcfg), cap_hi = r32(devcfg + 4);
     puts("virtio-blk: capacity "); put_dec(((u64)cap_hi << 32) | cap_lo); puts(" sectors\n");
 
+    if (readall) {
+        /* Read the whole disk (a rate-limited one: the host times this run). */
+        w32(table_base + 16 + 12, 0);
+        data_addr = BIG;
+        u32 done = 0;
+        for (u32 sector = 0; sector + BIG_LEN / 512 <= cap_lo; sector += BIG_LEN / 512) {
+            if (request(0, sector, BIG_LEN, 1) != 0) fail("readall");
+            done += BIG_LEN;
+        }
+        puts("virtio-blk: read "); put_dec(done); puts(" bytes\n");
+        acpi_poweroff();
+    }
     if (request(0, 0, 512, 1) != 0) fail("read of sector 0");
     puts("virtio-blk: sector 0 fnv1a="); put_hex(fnv1a((const u8 *)DATA, 512)); puts("\n");
     if (intx) {

@@ -1,7 +1,12 @@
 //! The seam between the API and the VMM: the API owns configuration and the instance state
 //! machine, and asks the backend only to act on the VM.
 
-use crate::model::{MachineConfig, VmConfigSnapshot};
+use std::fs::File;
+
+use crate::controller::logger::LoggerConfig;
+use crate::model::{
+    Drive, DriveFormat, DriveUpdate, MachineConfig, NetworkInterfaceUpdate, VmConfigSnapshot,
+};
 use crate::snapshot_model::SnapshotCreateParams;
 
 /// What the API server needs from a VMM. Calls come one at a time (the API serializes them)
@@ -26,6 +31,37 @@ pub trait VmmBackend: Send + Sync {
     /// configured.
     fn flush_metrics(&self) -> Result<(), String> {
         Err("No metrics sink is configured, so there are no metrics to flush.".to_string())
+    }
+
+    /// `PATCH /drives/{id}` on the running VM: drive `index` (in the order of the
+    /// configuration it started with) becomes `drive`; `update` says what changed (a new
+    /// `path_on_host`, which the VMM opens and checks as at boot; the buckets its
+    /// `rate_limiter` gives, which replace the drive's). Returns the new image's format.
+    fn update_drive(
+        &self,
+        index: usize,
+        drive: &Drive,
+        update: &DriveUpdate,
+    ) -> Result<Option<DriveFormat>, String> {
+        let _ = (index, drive, update);
+        Err("This VMM cannot change drives after boot.".to_string())
+    }
+
+    /// `PATCH /network-interfaces/{id}`: the buckets `update` gives replace those of
+    /// interface `index`.
+    fn update_network_interface(
+        &self,
+        index: usize,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), String> {
+        let _ = (index, update);
+        Err("This VMM cannot change network interfaces after boot.".to_string())
+    }
+
+    /// `PUT /logger`: log to `file` (standard error when `None`) as `config` says.
+    fn configure_logger(&self, file: Option<File>, config: &LoggerConfig) -> Result<(), String> {
+        let _ = (file, config);
+        Err("This VMM has no configurable logger.".to_string())
     }
 
     /// Writes a full snapshot of the paused VM (`PUT /snapshot/create`). The controller has

@@ -1,6 +1,7 @@
 //! The microVM's configuration and life-cycle state machine, as Firecracker runs it: devices and
 //! machine settings are configured before `InstanceStart`, after which only actions on the
-//! running VM (pause, resume, Ctrl+Alt+Del) are accepted.
+//! running VM (pause, resume, Ctrl+Alt+Del, snapshots, patches of drives and network
+//! interfaces) are accepted.
 
 use std::sync::Arc;
 
@@ -8,14 +9,12 @@ use thiserror::Error;
 
 use crate::backend::VmmBackend;
 use crate::model::{
-    ActionType, BootSource, Drive, FullVmConfig, InstanceInfo, InstanceState, MachineConfig,
-    MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget, Vsock,
+    ActionType, BootSource, Drive, DriveUpdate, FullVmConfig, InstanceInfo, InstanceState,
+    MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, VersionInfo,
+    VmConfigSnapshot, VmStateTarget, Vsock,
 };
 use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
-use crate::validate::{
-    parse_mac, validate_boot_source, validate_drive, validate_machine_config,
-    validate_network_interface, ValidationError,
-};
+use crate::validate::{validate_boot_source, validate_machine_config, ValidationError};
 
 /// Most drives a VM can be given through the API.
 pub const MAX_DRIVES: usize = 64;
@@ -36,6 +35,9 @@ pub enum ApiRequest {
     PutNetworkInterface(NetworkInterface),
     PutVsock(Vsock),
     PutMetrics(metrics::MetricsConfig),
+    PutLogger(logger::LoggerConfig),
+    PatchDrive(DriveUpdate),
+    PatchNetworkInterface(NetworkInterfaceUpdate),
     Action(ActionType),
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
@@ -85,11 +87,18 @@ pub enum ControlError {
     Vsock(#[from] vsock::VsockRequestError),
     #[error("{0}")]
     Metrics(#[from] metrics::MetricsError),
+    #[error("{0}")]
+    Logger(#[from] logger::LoggerError),
+    #[error("{0}")]
+    Patch(#[from] patch::PatchError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+mod devices;
+pub(crate) mod logger;
 pub(crate) mod metrics;
+mod patch;
 mod snapshot;
 mod vsock;
 
@@ -121,6 +130,8 @@ pub struct VmController {
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
     metrics: Option<metrics::MetricsSink>,
+    /// Whether `PUT /logger` succeeded (it is accepted once).
+    logger_configured: bool,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -135,6 +146,7 @@ impl VmController {
             network_interfaces: Vec::new(),
             vsock: None,
             metrics: None,
+            logger_configured: false,
             backend,
         }
     }
@@ -154,6 +166,7 @@ impl VmController {
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
             metrics: None,
+            logger_configured: false,
             backend,
         }
     }
@@ -214,6 +227,9 @@ impl VmController {
             }
             ApiRequest::Action(ActionType::FlushMetrics) => self.flush_metrics(),
             ApiRequest::PutMetrics(config) => self.set_metrics(&config),
+            ApiRequest::PutLogger(config) => self.set_logger(&config),
+            ApiRequest::PatchDrive(update) => self.patch_drive(update),
+            ApiRequest::PatchNetworkInterface(update) => self.patch_network_interface(update),
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
@@ -247,75 +263,6 @@ impl VmController {
         self.require_not_started()?;
         validate_boot_source(&boot)?;
         self.boot_source = Some(boot);
-        Ok(ApiReply::NoContent)
-    }
-
-    /// Adds a drive, or replaces the one with the same id. The root device is kept first, as
-    /// Firecracker does, so it becomes the guest's first disk.
-    fn insert_drive(&mut self, drive: Drive) -> Result<ApiReply, ControlError> {
-        self.require_not_started()?;
-        validate_drive(&drive)?;
-        let existing = self
-            .drives
-            .iter()
-            .position(|d| d.drive_id == drive.drive_id);
-        let other_root = self
-            .drives
-            .iter()
-            .any(|d| d.is_root_device && d.drive_id != drive.drive_id);
-        if drive.is_root_device && other_root {
-            return Err(ControlError::RootDeviceExists);
-        }
-        match existing {
-            Some(index) => {
-                self.drives.remove(index);
-            }
-            None if self.drives.len() >= MAX_DRIVES => return Err(ControlError::TooManyDrives),
-            None => {}
-        }
-        match (drive.is_root_device, existing) {
-            (true, _) => self.drives.insert(0, drive),
-            (false, Some(index)) => self.drives.insert(index, drive),
-            (false, None) => self.drives.push(drive),
-        }
-        Ok(ApiReply::NoContent)
-    }
-
-    /// Adds an interface, or replaces the one with the same id; host devices and MAC
-    /// addresses must stay unique.
-    fn insert_network_interface(
-        &mut self,
-        iface: NetworkInterface,
-    ) -> Result<ApiReply, ControlError> {
-        self.require_not_started()?;
-        validate_network_interface(&iface)?;
-        let others = self
-            .network_interfaces
-            .iter()
-            .filter(|other| other.iface_id != iface.iface_id);
-        for other in others {
-            if let (Some(mine), Some(theirs)) = (&iface.host_dev_name, &other.host_dev_name) {
-                if mine == theirs {
-                    return Err(ControlError::HostDevNameInUse(mine.clone()));
-                }
-            }
-            if let (Some(mine), Some(theirs)) = (&iface.guest_mac, &other.guest_mac) {
-                if parse_mac(mine)? == parse_mac(theirs)? {
-                    return Err(ControlError::GuestMacInUse(mine.clone()));
-                }
-            }
-        }
-        let existing = self
-            .network_interfaces
-            .iter()
-            .position(|other| other.iface_id == iface.iface_id);
-        match existing {
-            Some(index) => self.network_interfaces[index] = iface,
-            None if self.network_interfaces.len() >= MAX_NETWORK_INTERFACES => {
-                return Err(ControlError::TooManyNetworkInterfaces)
-            }
-            None => self.network_interfaces.push(iface),
-        }
         Ok(ApiReply::NoContent)
     }
 

@@ -3,8 +3,9 @@
 //! can drive vessel.
 //!
 //! The crate owns the pre-boot configuration and the instance state machine
-//! ([`VmController`]); the VMM plugs in through [`VmmBackend`], which it only asks to start,
-//! pause, resume or send Ctrl+Alt+Del. [`serve`] runs the server on its own thread:
+//! ([`VmController`]); the VMM plugs in through [`VmmBackend`], which it asks to start,
+//! pause, resume, send Ctrl+Alt+Del, snapshot, change a running VM's drives and network
+//! interfaces, or point its log elsewhere. [`serve`] runs the server on its own thread:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -36,6 +37,7 @@ mod socket;
 mod validate;
 
 pub use backend::VmmBackend;
+pub use controller::logger::{LogLevel, LoggerConfig};
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
 pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,

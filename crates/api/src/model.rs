@@ -170,6 +170,40 @@ pub struct Drive {
     pub format: Option<DriveFormat>,
 }
 
+/// `PATCH /drives/{drive_id}` after boot: a new image behind the drive, new limits, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    /// Buckets given replace the drive's; a bucket left out stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` after boot: new limits (buckets given replace
+/// the interface's; a bucket left out stays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+impl RateLimiter {
+    /// `self` with the buckets `update` gives replaced.
+    pub fn updated_by(self, update: &RateLimiter) -> RateLimiter {
+        RateLimiter {
+            bandwidth: update.bandwidth.or(self.bandwidth),
+            ops: update.ops.or(self.ops),
+        }
+    }
+}
+
 /// vessel extension: how a network interface reaches the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,8 +7,8 @@ use thiserror::Error;
 
 use crate::controller::ApiRequest;
 use crate::model::{
-    ActionBody, BootSource, Drive, MachineConfig, MachineConfigUpdate, NetworkInterface,
-    VmStateBody, Vsock,
+    ActionBody, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate,
+    NetworkInterface, NetworkInterfaceUpdate, VmStateBody, Vsock,
 };
 use crate::snapshot_model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::validate::{validate_id, ValidationError};
@@ -29,6 +29,8 @@ pub enum RouteError {
     NotAnObject,
     #[error("The request body cannot contain arrays: every field is a string, number, boolean or object.")]
     ArrayInBody,
+    #[error("Please specify at least one property to patch: path_on_host, rate_limiter.")]
+    NothingToPatch,
     #[error("The id from the path does not match the id from the body!")]
     IdMismatch,
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
@@ -73,6 +75,7 @@ pub fn parse_request(
             )?)),
             ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
             ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
+            ["logger"] => Ok(ApiRequest::PutLogger(parse_body(body)?)),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
             ["drives", id] => {
                 validate_id(id)?;
@@ -99,6 +102,25 @@ pub fn parse_request(
             ["vm"] => {
                 let target: VmStateBody = parse_body(body)?;
                 Ok(ApiRequest::PatchVmState(target.state))
+            }
+            ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
+            ["drives", id] => {
+                validate_id(id)?;
+                let update: DriveUpdate = parse_body(body)?;
+                check_ids_match(id, &update.drive_id)?;
+                if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+                    return Err(RouteError::NothingToPatch);
+                }
+                Ok(ApiRequest::PatchDrive(update))
+            }
+            ["network-interfaces"] | ["network-interfaces", ""] => {
+                Err(ValidationError::EmptyId.into())
+            }
+            ["network-interfaces", id] => {
+                validate_id(id)?;
+                let update: NetworkInterfaceUpdate = parse_body(body)?;
+                check_ids_match(id, &update.iface_id)?;
+                Ok(ApiRequest::PatchNetworkInterface(update))
             }
             _ => Err(invalid()),
         },

@@ -10,7 +10,6 @@ use thiserror::Error;
 
 use crate::model::{
     BootSource, Drive, HugePages, IoEngine, MachineConfig, NetworkInterface, NetworkMode,
-    RateLimiter, TokenBucket,
 };
 
 /// Most vCPUs vessel gives a VM (xAPIC ids are 8 bits and the IOAPIC takes one).
@@ -87,32 +86,10 @@ pub enum ValidationError {
          engine; omit io_engine or send \"Sync\"."
     )]
     AsyncIoEngineUnsupported,
-    #[error(
-        "{field} is not supported by vessel yet: send null, omit it, or give buckets with size \
-         0 or refill_time 0 (no limit, as in Firecracker)."
-    )]
-    RateLimiterUnsupported { field: &'static str },
     #[error("Invalid guest_mac {0:?}: expected six hex octets such as 06:00:ac:10:00:02.")]
     InvalidMac(String),
     #[error("Invalid guest_mac {0}: a multicast address cannot be a unicast interface's MAC.")]
     MulticastMac(String),
-}
-
-/// Refuses a rate limiter that would limit anything: vessel's devices do not throttle yet,
-/// and a limit accepted and not enforced would mislead the client. A bucket with `size` or
-/// `refill_time` 0 limits nothing in Firecracker, so it is accepted.
-fn refuse_rate_limiter(
-    limiter: Option<&RateLimiter>,
-    field: &'static str,
-) -> Result<(), ValidationError> {
-    let limits =
-        |bucket: &Option<TokenBucket>| bucket.is_some_and(|b| b.size != 0 && b.refill_time != 0);
-    match limiter {
-        Some(l) if limits(&l.bandwidth) || limits(&l.ops) => {
-            Err(ValidationError::RateLimiterUnsupported { field })
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Firecracker's id rule (non-empty, alphanumeric or `_`) plus a length bound.
@@ -185,7 +162,6 @@ pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
     if drive.io_engine == IoEngine::Async {
         return Err(ValidationError::AsyncIoEngineUnsupported);
     }
-    refuse_rate_limiter(drive.rate_limiter.as_ref(), "rate_limiter")?;
     if let Some(partuuid) = &drive.partuuid {
         if partuuid.contains('\0') {
             return Err(ValidationError::NulByte { field: "partuuid" });
@@ -212,8 +188,6 @@ pub fn validate_drive(drive: &Drive) -> Result<(), ValidationError> {
 
 pub fn validate_network_interface(iface: &NetworkInterface) -> Result<(), ValidationError> {
     validate_id(&iface.iface_id)?;
-    refuse_rate_limiter(iface.rx_rate_limiter.as_ref(), "rx_rate_limiter")?;
-    refuse_rate_limiter(iface.tx_rate_limiter.as_ref(), "tx_rate_limiter")?;
     let mode = iface.effective_mode();
     match (mode, &iface.host_dev_name) {
         (NetworkMode::Tap, None) => return Err(ValidationError::MissingHostDevName),
@@ -335,7 +309,7 @@ fn require_kind(file: &File, ok: impl Fn(&FileType) -> bool, expected: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CacheType, IoEngine};
+    use crate::model::{CacheType, IoEngine, RateLimiter, TokenBucket};
 
     fn machine(vcpu_count: u8, mem_size_mib: u64) -> MachineConfig {
         MachineConfig {
@@ -508,12 +482,7 @@ mod tests {
                 refill_time: 1000,
             }),
         });
-        assert_eq!(
-            validate_network_interface(&iface),
-            Err(ValidationError::RateLimiterUnsupported {
-                field: "tx_rate_limiter"
-            })
-        );
+        assert_eq!(validate_network_interface(&iface), Ok(()));
     }
 
     #[test]
@@ -556,12 +525,7 @@ mod tests {
             bandwidth: Some(bucket(1 << 20, 100)),
             ops: None,
         });
-        assert_eq!(
-            validate_drive(&drive),
-            Err(ValidationError::RateLimiterUnsupported {
-                field: "rate_limiter"
-            })
-        );
+        assert_eq!(validate_drive(&drive), Ok(()));
         drive.rate_limiter = None;
         drive.path_on_host = dir.path().to_str().unwrap().into();
         drive.is_read_only = true;

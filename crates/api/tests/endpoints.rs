@@ -128,36 +128,137 @@ fn boot_source_drives_and_interfaces_show_in_vm_config() {
 }
 
 #[test]
-fn limits_and_engines_vessel_cannot_honour_are_refused() {
+fn rate_limiters_are_accepted_and_the_async_engine_refused() {
     let server = TestServer::start();
     let limited = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
         "is_root_device": true,
         "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}});
+    server.expect_no_content("PUT", "/drives/rootfs", &limited.to_string());
+    let engine = json!({"drive_id": "scratch", "path_on_host": server.rootfs,
+        "is_root_device": false, "io_engine": "Async"});
     server.expect_fault(
         "PUT",
-        "/drives/rootfs",
-        Some(&limited.to_string()),
-        "rate_limiter is not supported",
-    );
-    let engine = json!({"drive_id": "rootfs", "path_on_host": server.rootfs,
-        "is_root_device": true, "io_engine": "Async"});
-    server.expect_fault(
-        "PUT",
-        "/drives/rootfs",
+        "/drives/scratch",
         Some(&engine.to_string()),
         "io_engine \"Async\"",
     );
     let iface = json!({"iface_id": "eth0", "mode": "nat",
         "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}});
+    server.expect_no_content("PUT", "/network-interfaces/eth0", &iface.to_string());
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(
+        config["drives"][0]["rate_limiter"]["bandwidth"],
+        json!({"size": 1048576, "refill_time": 100})
+    );
+    assert_eq!(
+        config["network-interfaces"][0]["tx_rate_limiter"]["ops"]["size"],
+        100
+    );
+}
+
+#[test]
+fn patches_follow_firecracker_rules_after_boot() {
+    let server = TestServer::start();
+    let drive = json!({"drive_id": "scratch", "path_on_host": server.rootfs,
+        "is_root_device": false,
+        "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+    server.expect_no_content("PUT", "/drives/scratch", &drive.to_string());
+    let iface = json!({"iface_id": "eth0", "mode": "nat"});
+    server.expect_no_content("PUT", "/network-interfaces/eth0", &iface.to_string());
+    let limits = json!({"drive_id": "scratch",
+        "rate_limiter": {"bandwidth": {"size": 5000, "refill_time": 100}}})
+    .to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/scratch",
+        Some(&limits),
+        "not supported before starting",
+    );
+    let boot = json!({"kernel_image_path": server.kernel}).to_string();
+    server.expect_no_content("PUT", "/boot-source", &boot);
+    server.expect_no_content("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+
+    let empty = json!({"drive_id": "scratch"}).to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/scratch",
+        Some(&empty),
+        "at least one property to patch: path_on_host, rate_limiter",
+    );
+    let read_only = json!({"drive_id": "scratch", "path_on_host": server.rootfs,
+        "is_read_only": true})
+    .to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/scratch",
+        Some(&read_only),
+        "unknown field `is_read_only`",
+    );
+    let missing = json!({"drive_id": "scratch", "path_on_host": "/no/such/file"}).to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/scratch",
+        Some(&missing),
+        "drive update (patch): device error: ",
+    );
+    let other = json!({"drive_id": "other", "rate_limiter": {}}).to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/other",
+        Some(&other),
+        "Invalid block device ID",
+    );
+    server.expect_no_content("PATCH", "/drives/scratch", &limits);
+    let swap = json!({"drive_id": "scratch", "path_on_host": server.rootfs}).to_string();
+    server.expect_no_content("PATCH", "/drives/scratch", &swap);
+    let rx = json!({"iface_id": "eth0",
+        "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 10}}})
+    .to_string();
+    server.expect_no_content("PATCH", "/network-interfaces/eth0", &rx);
+    let nope = json!({"iface_id": "eth1"}).to_string();
+    server.expect_fault(
+        "PATCH",
+        "/network-interfaces/eth1",
+        Some(&nope),
+        "Invalid network interface ID",
+    );
+    // The patched buckets replace theirs; the others stay.
+    let config = server.request("GET", "/vm/config", None).json();
+    assert_eq!(
+        config["drives"][0]["rate_limiter"],
+        json!({"bandwidth": {"size": 5000, "refill_time": 100},
+               "ops": {"size": 10, "refill_time": 100}})
+    );
+    assert_eq!(config["drives"][0]["format"], "raw");
+    assert_eq!(
+        config["network-interfaces"][0]["rx_rate_limiter"]["bandwidth"]["size"],
+        1000
+    );
+    let calls = server.backend.calls();
+    let count = |name: &str| calls.iter().filter(|c| *c == name).count();
+    assert_eq!(count("update_drive"), 2);
+    assert_eq!(count("update_network_interface"), 1);
+}
+
+#[test]
+fn the_logger_is_configured_once_before_boot() {
+    let server = TestServer::start();
+    let path = server.dir.path().join("vessel.log");
+    let config = json!({"log_path": path, "level": "Debug", "show_level": true,
+        "show_log_origin": true, "module": "virtio::blk"})
+    .to_string();
+    server.expect_fault("PUT", "/logger", Some(&config), "Cannot open the log file");
+    std::fs::write(&path, "").unwrap();
+    let bad_level = json!({"log_path": path, "level": "Loud"}).to_string();
+    server.expect_fault("PUT", "/logger", Some(&bad_level), "unknown variant `Loud`");
+    server.expect_no_content("PUT", "/logger", &config);
     server.expect_fault(
         "PUT",
-        "/network-interfaces/eth0",
-        Some(&iface.to_string()),
-        "tx_rate_limiter is not supported",
+        "/logger",
+        Some(&config),
+        "Reinitialization of logger not allowed.",
     );
-    let config = server.request("GET", "/vm/config", None).json();
-    assert_eq!(config["drives"], json!([]));
-    assert_eq!(config["network-interfaces"], json!([]));
+    assert_eq!(server.backend.calls(), vec!["configure_logger"]);
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! `--nic` option: `nat[,mac=52:54:00:12:34:56][,forward=tcp:127.0.0.1:2222-:22]...`
-//! `[,host-loopback=on|off]`, `natnet:NAME`, `internal:NAME`, `hostonly:NAME`,
-//! `bridged:IFACE`, `tap:NAME`.
+//! `[,host-loopback=on|off][,rate=10M][,rx-rate=…][,tx-rate=…]`, `natnet:NAME`,
+//! `internal:NAME`, `hostonly:NAME`, `bridged:IFACE`, `tap:NAME`. Rates are bytes per
+//! second (`virtio::rate_limiter::parse_byte_rate`); `rate=` limits both directions.
 
 use std::net::Ipv4Addr;
+
+use virtio::rate_limiter::{parse_byte_rate, Limits};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -22,8 +25,12 @@ pub enum ConfigError {
     HostLoopbackNotNat,
     #[error("invalid host-loopback value {0:?}: on or off")]
     BadHostLoopback(String),
-    #[error("unknown NIC option {0:?} (mac=, forward=, host-loopback=)")]
+    #[error(
+        "unknown NIC option {0:?} (mac=, forward=, host-loopback=, rate=, rx-rate=, tx-rate=)"
+    )]
     UnknownOption(String),
+    #[error("{0}")]
+    BadRate(#[from] virtio::rate_limiter::RateParseError),
 }
 
 /// How the NIC reaches the outside.
@@ -72,6 +79,10 @@ pub struct NicConfig {
     /// address (nat and natnet only; off by default: a hostile guest would otherwise reach
     /// every local service of the host).
     pub host_loopback: bool,
+    /// Frames to the guest (`rx-rate=`; Firecracker's `rx_rate_limiter`).
+    pub rx_limit: Limits,
+    /// Frames from the guest (`tx-rate=`; Firecracker's `tx_rate_limiter`).
+    pub tx_limit: Limits,
 }
 
 fn is_nat(mode: &NicMode) -> bool {
@@ -192,6 +203,8 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
         mac: None,
         forwards: Vec::new(),
         host_loopback: false,
+        rx_limit: Limits::default(),
+        tx_limit: Limits::default(),
     };
     for item in items {
         if let Some(mac) = item.strip_prefix("mac=") {
@@ -210,6 +223,14 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
                 "off" => false,
                 _ => return Err(ConfigError::BadHostLoopback(value.to_owned())),
             };
+        } else if let Some(rate) = item.strip_prefix("rate=") {
+            let bucket = Some(parse_byte_rate(rate)?);
+            config.rx_limit.bandwidth = bucket;
+            config.tx_limit.bandwidth = bucket;
+        } else if let Some(rate) = item.strip_prefix("rx-rate=") {
+            config.rx_limit.bandwidth = Some(parse_byte_rate(rate)?);
+        } else if let Some(rate) = item.strip_prefix("tx-rate=") {
+            config.tx_limit.bandwidth = Some(parse_byte_rate(rate)?);
         } else {
             return Err(ConfigError::UnknownOption(item.to_owned()));
         }
@@ -412,6 +433,25 @@ mod tests {
                 "{mode}"
             );
         }
+    }
+
+    #[test]
+    fn rates_limit_one_or_both_directions() {
+        use virtio::rate_limiter::bucket_rate_per_second;
+        let rate = |l: Limits| l.bandwidth.map(|b| bucket_rate_per_second(&b));
+        let both = parse_nic("nat,rate=50M").unwrap();
+        assert_eq!(rate(both.rx_limit), Some(50 << 20));
+        assert_eq!(rate(both.tx_limit), Some(50 << 20));
+        let tx = parse_nic("tap:t0,tx-rate=10M").unwrap();
+        assert_eq!(
+            (rate(tx.rx_limit), rate(tx.tx_limit)),
+            (None, Some(10 << 20))
+        );
+        assert!(!parse_nic("nat").unwrap().rx_limit.limits());
+        assert!(matches!(
+            parse_nic("nat,rx-rate=fast"),
+            Err(ConfigError::BadRate(_))
+        ));
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub trait VirtioDevice: Send {
     /// Make completed work durable (a disk flushes): the driver is gone without a word,
     /// e.g. a vhost-user frontend disconnected.
     fn sync(&mut self) {}
+    /// The model as `Any`, for the VMM to change a running device of a known type (a
+    /// disk swapped for another); `None` for devices nothing changes at run time.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
     /// Handle the available requests of queue `index`. Returns whether requests are left
     /// (the device stopped after a bounded amount of work and wants to be called again).
     /// An error means the queue is broken: the transport sets DEVICE_NEEDS_RESET.

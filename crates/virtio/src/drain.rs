@@ -14,9 +14,26 @@ pub(crate) fn drain<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     scratch: &mut Vec<Segment>,
+    handle: F,
+) -> Result<bool, QueueError>
+where
+    F: FnMut(&GuestMemoryMmap, Result<&[Segment], ChainError>) -> u32,
+{
+    drain_admitted(queue, mem, scratch, |_| true, handle)
+}
+
+/// [`drain`], asking `admit` first about each well-formed chain: when it says no (a rate
+/// limiter is short), the chain stays in the ring for the next call and this one returns
+/// `Ok(false)` — the limiter's timer, not a kick, resumes the queue.
+pub(crate) fn drain_admitted<A, F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    scratch: &mut Vec<Segment>,
+    mut admit: A,
     mut handle: F,
 ) -> Result<bool, QueueError>
 where
+    A: FnMut(&[Segment]) -> bool,
     F: FnMut(&GuestMemoryMmap, Result<&[Segment], ChainError>) -> u32,
 {
     let mut done = 0;
@@ -25,6 +42,12 @@ where
             let chain = queue
                 .read_chain(mem, head, scratch)
                 .map(|()| scratch.as_slice());
+            if let Ok(segs) = chain {
+                if !admit(segs) {
+                    queue.undo_pop();
+                    return Ok(false);
+                }
+            }
             let len = handle(mem, chain);
             queue.add_used(mem, head, len)?;
             done += 1;

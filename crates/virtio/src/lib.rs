@@ -38,6 +38,7 @@ pub mod net;
 mod persist;
 mod processor;
 pub mod queue;
+pub mod rate_limiter;
 pub mod rng;
 mod transport;
 pub mod vsock;

@@ -38,6 +38,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::chain_io::{split, ChainReader, ChainWriter};
 use crate::device::VirtioDevice;
 use crate::queue::{Queue, QueueError, Segment};
+use crate::rate_limiter::RateLimiterHandle;
 
 mod persist;
 pub use persist::{NetArgs, NetState, NET_STATE_VERSION};
@@ -260,8 +261,14 @@ pub struct Net {
     /// A transmitted frame the backend refused for now.
     tx_frame: Vec<u8>,
     tx_stalled: bool,
+    /// The frame in `tx_frame` waits for `tx_limiter`, not for the backend.
+    tx_throttled: bool,
     segs: Vec<Segment>,
     stats: NetStats,
+    /// Frames to the guest wait (in the backend) while it is short.
+    rx_limiter: Option<RateLimiterHandle>,
+    /// Frames from the guest wait (in `tx_frame`, then the ring) while it is short.
+    tx_limiter: Option<RateLimiterHandle>,
 }
 
 impl Net {
@@ -283,10 +290,30 @@ impl Net {
             restored_rx: Vec::new(),
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             tx_stalled: false,
+            tx_throttled: false,
             segs: Vec::new(),
             stats: NetStats::default(),
+            rx_limiter: None,
+            tx_limiter: None,
         };
         (net, LinkHandle(link))
+    }
+
+    /// Received and transmitted frames go through these limiters (one operation each,
+    /// and the frame's bytes).
+    pub fn with_rate_limiters(
+        mut self,
+        rx: Option<RateLimiterHandle>,
+        tx: Option<RateLimiterHandle>,
+    ) -> Self {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+        self
+    }
+
+    /// Whether `limiter` (if any) lets a frame of `len` bytes through now.
+    fn admit(limiter: &Option<RateLimiterHandle>, len: usize) -> bool {
+        limiter.as_ref().is_none_or(|l| l.consume(len as u64))
     }
 
     /// The backend's fd, for the I/O thread's epoll (see [`NetBackend::as_raw_fd`]).
@@ -443,6 +470,10 @@ impl Net {
                 self.rx_len = None;
                 continue;
             }
+            if !Self::admit(&self.rx_limiter, len) {
+                // Kept in `rx_frame`; the limiter's timer runs the queue again.
+                return Ok(false);
+            }
             self.deliver(queue, mem, len)?;
             self.rx_len = None;
             self.stats.rx_frames += 1;
@@ -500,6 +531,12 @@ impl Net {
         if matches!(self.backend.flush(), Ok(false)) {
             return Ok(false);
         }
+        if self.tx_throttled {
+            if !Self::admit(&self.tx_limiter, self.tx_frame.len()) {
+                return Ok(false);
+            }
+            self.tx_throttled = false;
+        }
         if self.tx_stalled && !self.send_tx_frame() {
             return Ok(false);
         }
@@ -514,6 +551,10 @@ impl Net {
                 queue.add_used(mem, head, 0)?;
                 if !frame {
                     self.stats.tx_dropped += 1;
+                } else if !Self::admit(&self.tx_limiter, self.tx_frame.len()) {
+                    // Kept in `tx_frame`; the limiter's timer runs the queue again.
+                    (self.tx_stalled, self.tx_throttled) = (true, true);
+                    return Ok(false);
                 } else if !self.send_tx_frame() {
                     // Resumed when the backend's fd turns writable.
                     return Ok(false);
@@ -592,6 +633,7 @@ impl VirtioDevice for Net {
         self.restored_rx.clear();
         self.rx_len = None;
         self.tx_stalled = false;
+        self.tx_throttled = false;
         self.mrg_rxbuf = false;
         self.features = 0;
         if self.backend.offloads() {

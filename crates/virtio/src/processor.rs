@@ -113,6 +113,13 @@ impl QueueProcessor {
         }
     }
 
+    /// Runs `f` on the device model, between requests (the I/O thread holds the same lock
+    /// while it processes a queue).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut dyn VirtioDevice) -> R) -> R {
+        let mut device = lock(&self.shared.device);
+        f(device.as_mut())
+    }
+
     /// The device changed its configuration (e.g. console size): bump the generation and
     /// send a configuration-change interrupt.
     pub fn signal_config_change(&self) {

@@ -209,6 +209,12 @@ impl Queue {
         Ok(Some(head))
     }
 
+    /// Give back the head the last [`Queue::pop`] took, unused: it is popped again next
+    /// time (a rate-limited device defers the request).
+    pub fn undo_pop(&mut self) {
+        self.next_avail = self.next_avail.wrapping_sub(1);
+    }
+
     /// Collect the buffers of the chain starting at `head` into `out` (cleared first).
     /// Zero-length descriptors carry no data and are skipped.
     pub fn read_chain(

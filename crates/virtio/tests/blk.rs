@@ -548,3 +548,66 @@ fn probed_raw_disk_refuses_a_qcow2_header_in_sector_0() {
     assert_eq!(std::fs::read(&path).unwrap()[510..512], [0x55, 0xaa]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_rate_limited_disk_defers_requests_until_the_limit_allows() {
+    use virtio::rate_limiter::{BucketConfig, Limits, RateLimiterHandle};
+    let one_op_per_age = BucketConfig {
+        size: 1,
+        one_time_burst: 0,
+        refill_time_ms: 1 << 40,
+    };
+    let limiter = RateLimiterHandle::new(Limits {
+        bandwidth: None,
+        ops: Some(one_op_per_age),
+    })
+    .unwrap();
+    let (disk, _) = MemDisk::new(DISK_SIZE, false);
+    let block = Block::new(Box::new(disk), "x").with_rate_limiter(limiter.clone());
+    let mut d = Driver::plug(Box::new(block));
+    d.init(Setup::default());
+    let buf = d.alloc(4096, 0);
+    assert_eq!(submit(&mut d, T_IN, 0, &[Buf::w(buf, 4096)]).0, S_OK);
+    // The bucket is empty: the next request stays in the ring, kicks or not.
+    let h = header(&mut d, T_IN, 0);
+    let s = d.alloc(1, 0xee);
+    let head = d.queues[0].chain(&d.mem, &[Buf::r(h, 16), Buf::w(buf, 4096), Buf::w(s, 1)]);
+    d.queues[0].offer(&d.mem, head);
+    d.kick(0);
+    d.kick(0);
+    assert!(d.queues[0].take_used(&d.mem).is_empty());
+    // Lifting the limit (PATCH) lets it through on the next run of the queue.
+    let unlimited = BucketConfig::default();
+    limiter.update(None, Some(unlimited));
+    d.kick(0);
+    let used = d.queues[0].take_used(&d.mem);
+    assert_eq!(used.len(), 1);
+    assert_eq!(d.read_mem(s, 1)[0], S_OK);
+}
+
+#[test]
+fn a_swapped_disk_serves_the_new_image_with_its_capacity() {
+    use virtio::blk::BlockSwapError;
+    let (mut d, _) = blk(false, Setup::default());
+    let (bigger, bigger_state) = MemDisk::new(2 * DISK_SIZE, false);
+    let (read_only, _) = MemDisk::new(DISK_SIZE, true);
+    let swap = |d: &Driver, disk: MemDisk| {
+        d.processor.with_device(|dev| {
+            let block = dev.as_any_mut().unwrap().downcast_mut::<Block>().unwrap();
+            block.replace_disk(Box::new(disk))
+        })
+    };
+    assert_eq!(swap(&d, read_only), Err(BlockSwapError::ReadOnlyMismatch));
+    swap(&d, bigger).unwrap();
+    let mut cap = [0u8; 8];
+    d.device_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), (2 * DISK_SIZE / 512) as u64);
+    // A read past the old end comes from the new image.
+    let buf = d.alloc(512, 0);
+    let sector = (DISK_SIZE / 512 + 1) as u64;
+    assert_eq!(submit(&mut d, T_IN, sector, &[Buf::w(buf, 512)]).0, S_OK);
+    assert_eq!(
+        d.read_mem(buf, 512),
+        bigger_state.bytes(DISK_SIZE + 512, 512)
+    );
+}

@@ -576,3 +576,52 @@ fn without_guest_csum_data_valid_is_cleared() {
     assert_eq!(d.queues[RX_QUEUE].take_used(&d.mem).len(), 1);
     assert_eq!(d.read_mem(addr, 1)[0], 0, "DATA_VALID only for GUEST_CSUM");
 }
+
+#[test]
+fn rate_limited_frames_wait_both_ways_until_the_limit_allows() {
+    use virtio::rate_limiter::{BucketConfig, Limits, RateLimiterHandle};
+    let one_frame = Limits {
+        bandwidth: None,
+        ops: Some(BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 1 << 40,
+        }),
+    };
+    let rx = RateLimiterHandle::new(one_frame).unwrap();
+    let tx = RateLimiterHandle::new(one_frame).unwrap();
+    let wire = Arc::new(Mutex::new(Wire::default()));
+    let backend = MemBackend {
+        wire: wire.clone(),
+        fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        mtu: None,
+    };
+    let (net, _) = Net::new(Box::new(backend), MAC);
+    let net = net.with_rate_limiters(Some(rx.clone()), Some(tx.clone()));
+    let mut d = Driver::plug(Box::new(net));
+    d.init(Setup::default());
+    // Transmit: the first frame goes, the second waits in the device.
+    let (a, b) = (frame(100, 1), frame(100, 2));
+    send_tx(&mut d, &a);
+    send_tx(&mut d, &b);
+    d.kick(TX_QUEUE as u16);
+    d.kick(TX_QUEUE as u16);
+    assert_eq!(wire.lock().unwrap().from_guest, vec![a.clone()]);
+    // Receive: the first frame is delivered, the second stays with the backend.
+    let (c, e) = (frame(80, 3), frame(80, 4));
+    wire.lock().unwrap().to_guest.extend([c.clone(), e.clone()]);
+    post_rx(&mut d, 1526);
+    post_rx(&mut d, 1526);
+    d.kick(RX_QUEUE as u16);
+    assert_eq!(d.queues[RX_QUEUE].take_used(&d.mem).len(), 1);
+    // Lifting the limits (PATCH) lets both through when the queues run again (the
+    // limiter's timer fires at once; the I/O thread would run every queue).
+    let unlimited = Some(BucketConfig::default());
+    rx.update(None, unlimited);
+    tx.update(None, unlimited);
+    d.processor.process_queue(TX_QUEUE).unwrap();
+    d.processor.process_queue(RX_QUEUE).unwrap();
+    assert_eq!(wire.lock().unwrap().from_guest, vec![a, b]);
+    assert_eq!(d.queues[RX_QUEUE].take_used(&d.mem).len(), 1);
+    assert!(wire.lock().unwrap().to_guest.is_empty());
+}

@@ -58,6 +58,8 @@ pub struct DiskConfig {
     /// Offer VIRTIO_BLK_F_FLUSH and sync the image on the guest's FLUSH requests; `false` is
     /// Firecracker's `Unsafe` cache type (no flush offered, none done).
     pub honour_flush: bool,
+    /// Bandwidth and request limits (`rate=`, `iops=`; Firecracker's `rate_limiter`).
+    pub rate_limit: virtio::rate_limiter::Limits,
 }
 
 /// A virtio-vsock device with Firecracker's host side (docs/vsock.md).

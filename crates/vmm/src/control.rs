@@ -111,6 +111,8 @@ pub struct VmHandle {
     pub(crate) vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
     /// What a snapshot of this VM reads.
     pub(crate) snapshot: Arc<crate::snapshot::SnapshotSource>,
+    /// Run-time controls of the disks and NICs.
+    pub(crate) devices: Arc<crate::device_control::DeviceControls>,
 }
 
 impl VmHandle {

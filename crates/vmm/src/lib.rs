@@ -8,6 +8,7 @@ pub mod console;
 pub mod console_log;
 mod console_socket;
 pub mod control;
+pub mod device_control;
 pub mod diagnostics;
 pub mod emulator_fixups;
 mod event_loop;

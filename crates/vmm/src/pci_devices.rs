@@ -90,18 +90,18 @@ impl BarMover {
     }
 }
 
-/// A virtio device to plug in, and the host fd its backend signals on (a NIC's), which
-/// the I/O thread polls to run the device's queues.
+/// A virtio device to plug in, and the host fds that signal it (a NIC's backend, a rate
+/// limiter's timer), which the I/O thread polls to run the device's queues.
 pub struct DeviceSpec {
     pub device: Box<dyn VirtioDevice>,
-    pub backend_fd: Option<std::os::fd::RawFd>,
+    pub backend_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl DeviceSpec {
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
         Self {
             device,
-            backend_fd: None,
+            backend_fds: Vec::new(),
         }
     }
 }
@@ -157,10 +157,15 @@ pub fn setup(
     let mut processors = Vec::new();
     let mut backend_fds = Vec::new();
     let mut functions = Vec::new();
-    for (index, DeviceSpec { device, backend_fd }) in devices.into_iter().enumerate() {
-        if let Some(fd) = backend_fd {
-            backend_fds.push((fd, index));
-        }
+    for (
+        index,
+        DeviceSpec {
+            device,
+            backend_fds: fds,
+        },
+    ) in devices.into_iter().enumerate()
+    {
+        backend_fds.extend(fds.into_iter().map(|fd| (fd, index)));
         let slot = (index + 1) as u8;
         let vectors = device.queue_max_sizes().len() as u16 + 1;
         let msi = Arc::new(KvmMsiVectors::new(router.clone(), vm, vectors)?);

@@ -28,9 +28,11 @@ use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
 use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
+use crate::device_control::{open_disk, DeviceControls, DiskControl, NicControl};
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
 use crate::vcpu::{self, VcpuRunner};
+use virtio::rate_limiter::RateLimiterHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -95,6 +97,8 @@ pub enum VmError {
         #[source]
         source: block::Error,
     },
+    #[error("{0}")]
+    RateLimiter(#[source] virtio::rate_limiter::RateLimiterError),
     #[error("disk {path}: its size ({size} bytes) is not a multiple of 512-byte sectors")]
     DiskSize { path: std::path::PathBuf, size: u64 },
     #[error("disk id '{0}' is longer than the 20 bytes virtio-blk allows")]
@@ -194,6 +198,8 @@ impl Vm {
                 // Flushes are honoured after a restore whatever the saved VM did: the
                 // guest's acked features stay a subset of the offered ones.
                 honour_flush: true,
+                // Limits are not saved in snapshots.
+                rate_limit: Default::default(),
             });
         }
         let nics = snapshot
@@ -281,7 +287,7 @@ impl Vm {
             });
         }
         let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
-        let virtio_devices = virtio_devices(cfg, saved_virtio)?;
+        let (virtio_devices, limiters) = virtio_devices(cfg, saved_virtio)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -433,6 +439,7 @@ impl Vm {
         )?;
         let mmio = Arc::new(Bus::new());
         let pci = crate::pci_devices::setup(&vm, &mem, &pio, &mmio, virtio_devices, saved_virtio)?;
+        let devices = limiters.into_controls(&pci.processors);
         let pio = Arc::new(pio);
 
         let supported = kvm
@@ -538,6 +545,7 @@ impl Vm {
                 gate,
                 vcpu_threads: Arc::new(Mutex::new(Vec::new())),
                 snapshot: Arc::new(snapshot_source),
+                devices: Arc::new(devices),
             },
         })
     }
@@ -621,24 +629,49 @@ fn unsupported_device(cfg: &VmConfig) -> Option<String> {
         .map(|_| "virtio-vsock (its host connections cannot be saved)".to_string())
 }
 
+/// The rate limiters of the disks (slots 0..) and NICs (after the disks).
+#[derive(Default)]
+struct Limiters {
+    disks: Vec<RateLimiterHandle>,
+    nics: Vec<(RateLimiterHandle, RateLimiterHandle)>,
+}
+
+impl Limiters {
+    /// The run-time controls, given the queue processors in slot order.
+    fn into_controls(self, processors: &[virtio::QueueProcessor]) -> DeviceControls {
+        DeviceControls {
+            disks: self
+                .disks
+                .into_iter()
+                .zip(processors)
+                .map(|(limiter, processor)| DiskControl {
+                    limiter,
+                    processor: processor.clone(),
+                })
+                .collect(),
+            nics: self
+                .nics
+                .into_iter()
+                .map(|(rx, tx)| NicControl { rx, tx })
+                .collect(),
+        }
+    }
+}
+
 /// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
 /// vsock;
 /// with `saved` (a snapshot's states in slot order), each restored from its state.
 fn virtio_devices(
     cfg: &VmConfig,
     saved: Option<&[virtio::VirtioPciState]>,
-) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
+) -> Result<(Vec<crate::pci_devices::DeviceSpec>, Limiters), VmError> {
     use crate::pci_devices::DeviceSpec;
     use crate::snapshot::restore_model;
     let mut devices: Vec<DeviceSpec> = Vec::new();
+    let mut limiters = Limiters::default();
     let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
     for (i, d) in cfg.disks.iter().enumerate() {
-        let opts = block::OpenOptions {
-            read_only: d.read_only,
-            format: d.format,
-            allow_external_backing: d.allow_external_backing,
-        };
-        let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk {
+        let image = open_disk(d).map_err(|source| VmError::Disk {
             path: d.path.clone(),
             source,
         })?;
@@ -658,7 +691,12 @@ fn virtio_devices(
         } else {
             block.ignoring_flush()
         };
-        devices.push(DeviceSpec::new(Box::new(block)));
+        let limiter = RateLimiterHandle::new(d.rate_limit).map_err(VmError::RateLimiter)?;
+        devices.push(DeviceSpec {
+            device: Box::new(block.with_rate_limiter(limiter.clone())),
+            backend_fds: vec![limiter.timer_fd()],
+        });
+        limiters.disks.push(limiter);
     }
     for (index, nic) in cfg.nics.iter().enumerate() {
         // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
@@ -673,11 +711,15 @@ fn virtio_devices(
             source,
         })?;
         let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
-        let fd = device.backend_fd();
+        let rx = RateLimiterHandle::new(nic.rx_limit).map_err(VmError::RateLimiter)?;
+        let tx = RateLimiterHandle::new(nic.tx_limit).map_err(VmError::RateLimiter)?;
+        let fds = vec![device.backend_fd(), rx.timer_fd(), tx.timer_fd()];
+        let device = device.with_rate_limiters(Some(rx.clone()), Some(tx.clone()));
         devices.push(DeviceSpec {
             device: Box::new(device),
-            backend_fd: Some(fd),
+            backend_fds: fds,
         });
+        limiters.nics.push((rx, tx));
     }
     if cfg.rng {
         devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
@@ -696,10 +738,10 @@ fn virtio_devices(
         let fd = device.backend_fd();
         devices.push(DeviceSpec {
             device: Box::new(device),
-            backend_fd: Some(fd),
+            backend_fds: vec![fd],
         });
     }
-    Ok(devices)
+    Ok((devices, limiters))
 }
 
 #[cfg(test)]

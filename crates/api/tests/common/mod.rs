@@ -48,6 +48,29 @@ impl VmmBackend for MockBackend {
     fn resume(&self) -> Result<(), String> {
         self.record("resume")
     }
+    fn update_drive(
+        &self,
+        _index: usize,
+        _drive: &api::Drive,
+        _update: &api::DriveUpdate,
+    ) -> Result<Option<api::DriveFormat>, String> {
+        self.record("update_drive")
+            .map(|()| Some(api::DriveFormat::Raw))
+    }
+    fn update_network_interface(
+        &self,
+        _index: usize,
+        _update: &api::NetworkInterfaceUpdate,
+    ) -> Result<(), String> {
+        self.record("update_network_interface")
+    }
+    fn configure_logger(
+        &self,
+        _file: Option<std::fs::File>,
+        _config: &api::LoggerConfig,
+    ) -> Result<(), String> {
+        self.record("configure_logger")
+    }
 }
 
 /// A server on a fresh socket in a temporary directory, with a kernel and disk image there.

@@ -10,9 +10,11 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::GuestMemoryMmap;
 
+use crate::chain_io::split;
 use crate::device::VirtioDevice;
-use crate::drain::drain;
+use crate::drain::drain_admitted;
 use crate::queue::{Queue, QueueError, Segment};
+use crate::rate_limiter::RateLimiterHandle;
 use bounce::BounceBuffer;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever `blk_size` says).
@@ -30,6 +32,15 @@ pub const MAX_REQUEST_BYTES: u64 = 32 << 20;
 const CONFIG_LEN: usize = 60;
 const DEVICE_TYPE_BLOCK: u16 = 2;
 
+/// Why a disk cannot take another image at run time.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlockSwapError {
+    #[error("the new image must be read-only exactly when the old one is")]
+    ReadOnlyMismatch,
+    #[error("the new image's size ({0} bytes) is not a multiple of 512")]
+    Size(u64),
+}
+
 /// A virtio block device.
 pub struct Block {
     disk: Box<dyn DiskImage>,
@@ -44,6 +55,8 @@ pub struct Block {
     data_segs: Vec<Segment>,
     /// Whether guest FLUSH requests reach the disk (Firecracker's `Writeback` cache type).
     honour_flush: bool,
+    /// Requests wait while it is short of bytes or operations.
+    rate_limiter: Option<RateLimiterHandle>,
 }
 
 impl Block {
@@ -86,7 +99,35 @@ impl Block {
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             data_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             honour_flush: true,
+            rate_limiter: None,
         }
+    }
+
+    /// Serves `disk` from now on instead of the current image (flushed first), with its
+    /// capacity in the configuration space; the caller signals the configuration change.
+    /// The new image must match the old one in being read-only, since the driver
+    /// negotiated VIRTIO_BLK_F_RO with the old one.
+    pub fn replace_disk(&mut self, disk: Box<dyn DiskImage>) -> Result<(), BlockSwapError> {
+        if disk.read_only() != self.disk.read_only() {
+            return Err(BlockSwapError::ReadOnlyMismatch);
+        }
+        if !disk.size().is_multiple_of(SECTOR_SIZE) {
+            return Err(BlockSwapError::Size(disk.size()));
+        }
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!("flushing the disk image being replaced: {e}");
+        }
+        let capacity = disk.size() / SECTOR_SIZE;
+        self.config[..8].copy_from_slice(&capacity.to_le_bytes());
+        self.capacity_bytes = capacity * SECTOR_SIZE;
+        self.disk = disk;
+        Ok(())
+    }
+
+    /// Requests go through `limiter` (one operation each, and the bytes they move).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiterHandle) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
     }
 
     /// Firecracker's `Unsafe` cache type: VIRTIO_BLK_F_FLUSH is not offered and a FLUSH the
@@ -97,6 +138,14 @@ impl Block {
         self.honour_flush = false;
         self
     }
+}
+
+/// The data bytes a request moves, as a rate limiter counts them: its buffers less the
+/// 16-byte header and the status byte (0 for a flush, the data of a read or write).
+fn request_bytes(segs: &[Segment]) -> u64 {
+    let (readable, writable) = split(segs);
+    let sum = |s: &[Segment]| s.iter().map(|s| u64::from(s.len)).sum::<u64>();
+    (sum(readable) + sum(writable)).saturating_sub(17)
 }
 
 impl VirtioDevice for Block {
@@ -128,6 +177,9 @@ impl VirtioDevice for Block {
     fn sync(&mut self) {
         let _ = self.disk.flush();
     }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
     fn process_queue(
         &mut self,
         _index: usize,
@@ -135,7 +187,12 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError> {
         let mut segs = std::mem::take(&mut self.segs);
-        let result = drain(queue, mem, &mut segs, |mem, chain| match chain {
+        let limiter = self.rate_limiter.clone();
+        let admit = |segs: &[Segment]| match &limiter {
+            Some(limiter) => limiter.consume(request_bytes(segs)),
+            None => true,
+        };
+        let result = drain_admitted(queue, mem, &mut segs, admit, |mem, chain| match chain {
             Ok(segs) => self.serve(mem, segs),
             Err(_) => 0,
         });

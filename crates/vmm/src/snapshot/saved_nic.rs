@@ -133,6 +133,9 @@ impl SavedNic {
             mac: Some(self.mac),
             forwards,
             host_loopback: self.host_loopback,
+            // Limits are not saved: the VM that loads the snapshot sets its own.
+            rx_limit: Default::default(),
+            tx_limit: Default::default(),
         };
         config
             .validate()
