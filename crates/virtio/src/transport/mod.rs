@@ -9,6 +9,7 @@
 
 mod caps;
 mod common_cfg;
+mod external;
 mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -93,7 +94,7 @@ impl VirtioPciDevice {
     /// kind); MSI-X vectors (one per queue plus one for configuration changes) are
     /// delivered through `msi`, legacy interrupts through `intx` when given.
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         bar_addr: u64,
         msi: Arc<dyn MsiInterrupt>,
@@ -137,6 +138,13 @@ impl VirtioPciDevice {
         let notifiers = (0..max_sizes.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
+        let relays = if device.queue_server().is_some() {
+            (0..max_sizes.len())
+                .map(|_| EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let device_features = device.features() | DEVICE_FEATURES_TRANSPORT;
         let shared = Arc::new(Shared {
             mem,
@@ -144,6 +152,7 @@ impl VirtioPciDevice {
             queues: max_sizes.iter().map(|_| Mutex::new(None)).collect(),
             interrupt: VirtioInterrupt::new(msix, intx, max_sizes.len()),
             notifiers,
+            relays,
             driver_ok: AtomicBool::new(false),
             needs_reset: AtomicBool::new(false),
             config_generation: AtomicU8::new(0),
@@ -214,7 +223,7 @@ impl VirtioPciDevice {
         lock(&shared.device).reset();
         shared.needs_reset.store(false, Ordering::SeqCst);
         shared.interrupt.reset();
-        for evt in &shared.notifiers {
+        for evt in shared.notifiers.iter().chain(&shared.relays) {
             let _ = evt.read();
         }
         self.device_feature_select = 0;
@@ -247,6 +256,9 @@ impl VirtioPciDevice {
             } else {
                 lock(&self.shared.device).activate(self.driver_features);
                 self.shared.driver_ok.store(true, Ordering::SeqCst);
+                if self.shared.is_external() {
+                    self.start_external();
+                }
                 // Requests may have been queued (and kicked) before DRIVER_OK.
                 for evt in &self.shared.notifiers {
                     let _ = evt.write(1);
