@@ -38,7 +38,8 @@ impl VirtioDevice for Served {
         &[64, 64]
     }
     fn features(&self) -> u64 {
-        0
+        // Served devices offer the whole set themselves (no transport bits added).
+        virtio::features::VERSION_1
     }
     fn config_len(&self) -> usize {
         0
@@ -96,6 +97,7 @@ fn served(setup: Setup, refuse: bool) -> (Driver, Arc<Mutex<Log>>) {
 fn with_msix_each_queue_gets_its_vectors_irqfd_and_its_ioeventfd() {
     let (d, log) = served(Setup::default(), false);
     assert!(d.processor.is_external());
+    assert_eq!(d.device_features(), virtio::features::VERSION_1);
     let started = log.lock().unwrap().started.clone();
     assert_eq!(started.len(), 2);
     for (q, (index, layout, kick, call)) in started.into_iter().enumerate() {

@@ -8,6 +8,7 @@
 //! (scripts/test.sh installs everything and sets it): then it fails.
 
 use virtio::features::VERSION_1;
+use virtio::VirtioDevice as _;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -81,7 +82,7 @@ fn start(binary: &std::path::Path, share: Share, socket: &std::path::Path) -> St
     let mut device = FsDevice::start(binary, share, socket).unwrap();
     assert_eq!(device.device_type(), 26);
     assert_eq!(device.queue_max_sizes().len(), 2);
-    assert_ne!(device.features() & VERSION_1, 0);
+    assert_ne!(device.offered_features() & VERSION_1, 0);
     let guest = Guest::new();
     let rings = [Ring::new(0, QUEUE_SIZE), Ring::new(1, QUEUE_SIZE)];
     let fds: Vec<(EventFd, EventFd)> = (0..2)
@@ -152,7 +153,7 @@ fn virtiofsd_serves_the_share_through_vessels_frontend() {
     assert_eq!(error, 0);
     assert!(shared.join("new").is_file());
 
-    t.device.reset().unwrap();
+    t.device.stop_queues().unwrap();
     drop(t);
     assert!(!socket.exists(), "the socket is removed with virtiofsd");
 }

@@ -145,7 +145,13 @@ impl VirtioPciDevice {
         } else {
             Vec::new()
         };
-        let device_features = device.features() | DEVICE_FEATURES_TRANSPORT;
+        // A device served elsewhere offers only what its server does (the ring features
+        // are the server's to implement).
+        let device_features = if relays.is_empty() {
+            device.features() | DEVICE_FEATURES_TRANSPORT
+        } else {
+            device.features()
+        };
         let shared = Arc::new(Shared {
             mem,
             device: Mutex::new(device),
