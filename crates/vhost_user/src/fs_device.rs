@@ -4,6 +4,7 @@
 //! and the queues to virtiofsd ([`FsDevice::activate`]). As a [`VirtioDevice`] with a
 //! [`QueueServer`] it sits behind vessel's PCI transport, which hands it the queues.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +42,12 @@ pub enum FsDeviceError {
         #[source]
         source: FrontendError,
     },
+    #[error("share {tag:?}: duplicating the vhost-user connection: {source}")]
+    Duplicate {
+        tag: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A queue the driver enabled, with the eventfds that connect it to the guest.
@@ -62,7 +69,29 @@ pub struct FsDevice {
     /// Queues handed to virtiofsd since the last DRIVER_OK.
     started: Vec<usize>,
     // Dropped last: virtiofsd is stopped after the connection is closed.
-    daemon: Arc<Mutex<Virtiofsd>>,
+    daemon: Arc<DaemonHandle>,
+}
+
+/// Stops a device's virtiofsd when the VM ends (the device itself may outlive the VM's
+/// run, referenced by the PCI buses).
+#[derive(Debug)]
+pub struct DaemonHandle {
+    daemon: Mutex<Virtiofsd>,
+    /// The frontend's end of the vhost-user connection (a duplicate).
+    connection: OwnedFd,
+}
+
+impl DaemonHandle {
+    /// Close the connection (virtiofsd exits when its frontend goes: this stops it even
+    /// when the VMM switched to a user that may not signal it), then kill and reap it.
+    pub fn stop(&self) {
+        // SAFETY: shutdown on a socket descriptor this handle owns.
+        unsafe { libc::shutdown(self.connection.as_raw_fd(), libc::SHUT_RDWR) };
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop();
+    }
 }
 
 impl FsDevice {
@@ -77,6 +106,11 @@ impl FsDevice {
         let mut connection =
             DeviceConnection::connect(daemon.socket(), queues).map_err(frontend)?;
         daemon.remove_socket();
+        let duplicate = connection.as_fd().try_clone_to_owned();
+        let connection_fd = duplicate.map_err(|source| FsDeviceError::Duplicate {
+            tag: share.tag.clone(),
+            source,
+        })?;
         let features = connection
             .handshake(VERSION_1, queues as usize)
             .map_err(frontend)?;
@@ -87,13 +121,15 @@ impl FsDevice {
             features,
             queue_sizes: vec![QUEUE_SIZE; REQUEST_QUEUES as usize + 1],
             started: Vec::new(),
-            daemon: Arc::new(Mutex::new(daemon)),
+            daemon: Arc::new(DaemonHandle {
+                daemon: Mutex::new(daemon),
+                connection: connection_fd,
+            }),
         })
     }
 
-    /// The running virtiofsd, for the VMM to stop when the VM ends (the device itself may
-    /// outlive the VM's run, referenced by the PCI buses).
-    pub fn daemon(&self) -> Arc<Mutex<Virtiofsd>> {
+    /// What stops this device's virtiofsd when the VM ends.
+    pub fn daemon(&self) -> Arc<DaemonHandle> {
         self.daemon.clone()
     }
 
