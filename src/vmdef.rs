@@ -186,7 +186,7 @@ impl VmDefinition {
         for (span, message) in crate::provision_def::problems(&def.provisions) {
             err(span, message);
         }
-        for (span, message) in crate::share_def::problems(&def.shares) {
+        for (span, message) in crate::share_def::problems(&def.shares, def.image.is_some()) {
             err(span, message);
         }
         for g in &def.groups {
