@@ -95,7 +95,10 @@ mod tests {
         def.resolve_paths(dir.path());
         let shares = super::to_shares(&def.shares).unwrap();
         assert_eq!(shares.len(), 2);
-        assert_eq!(shares[0].dir, dir.path().join("src").canonicalize().unwrap());
+        assert_eq!(
+            shares[0].dir,
+            dir.path().join("src").canonicalize().unwrap()
+        );
         assert!(!shares[0].readonly && shares[1].readonly);
     }
 
@@ -104,7 +107,11 @@ mod tests {
         for (share, line, what) in [
             ("dir = \"a\"\ntag = \"\"", 6, "1 to 36 bytes"),
             ("dir = \"a\"\ntag = \"a:b\"", 6, "may not contain"),
-            ("dir = \"a\"\ntag = \"src\"\n[[share]]\ndir = \"b\"\ntag = \"src\"", 9, "used twice"),
+            (
+                "dir = \"a\"\ntag = \"src\"\n[[share]]\ndir = \"b\"\ntag = \"src\"",
+                9,
+                "used twice",
+            ),
             ("dir = \"a\"", 4, "missing field `tag`"),
             ("dir = \"a\"\ntag = \"t\"\nmode = 1", 7, "unknown field"),
         ] {
@@ -124,7 +131,9 @@ mod tests {
         def.resolve_paths(Path::new("/nonexistent"));
         let e = def.check_files(Path::new("vm.toml"), &spaced).unwrap_err();
         assert!(
-            e.errors.iter().any(|e| e.message.contains("share directory")),
+            e.errors
+                .iter()
+                .any(|e| e.message.contains("share directory")),
             "{e}"
         );
     }

@@ -404,11 +404,8 @@ fn virtiofs_dirs(name: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::create_dir_all(&ro).unwrap();
     let mut data = vec![0u8; 1 << 20];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").unwrap(),
-        &mut data,
-    )
-    .unwrap();
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+        .unwrap();
     std::fs::write(rw.join("host.bin"), &data).unwrap();
     std::fs::write(ro.join("ro.txt"), "readonly content\n").unwrap();
     (rw, ro)

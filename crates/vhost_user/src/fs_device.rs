@@ -87,10 +87,7 @@ impl DaemonHandle {
     pub fn stop(&self) {
         // SAFETY: shutdown on a socket descriptor this handle owns.
         unsafe { libc::shutdown(self.connection.as_raw_fd(), libc::SHUT_RDWR) };
-        self.daemon
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stop();
+        self.daemon.lock().unwrap_or_else(|p| p.into_inner()).stop();
     }
 }
 

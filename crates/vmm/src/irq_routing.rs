@@ -151,7 +151,7 @@ impl KvmMsiVectors {
     /// Attach (unmasked) or detach (masked) the vector's irqfd.
     fn attach(&self, v: &MsiVector, masked: bool) -> Result<(), IrqError> {
         let mut attached = v.attached.lock().unwrap_or_else(|p| p.into_inner());
-        if *attached == !masked {
+        if *attached != masked {
             return Ok(());
         }
         if masked {

@@ -48,7 +48,10 @@ fn body(part: &str) -> String {
 fn plain_without_extra() {
     let text = render(&keys(), None, None, &[]).unwrap_or_default();
     assert!(text.starts_with("#cloud-config\n"));
-    assert_eq!(render(&keys(), None, Some(" \n"), &[]).unwrap_or_default(), text);
+    assert_eq!(
+        render(&keys(), None, Some(" \n"), &[]).unwrap_or_default(),
+        text
+    );
 }
 
 #[test]
