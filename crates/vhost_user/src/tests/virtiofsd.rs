@@ -18,14 +18,14 @@ use crate::fs::Share;
 use crate::fs_device::{ActiveQueue, FsDevice};
 use crate::virtiofsd;
 
-const REQ: u64 = 0x20000;
-const REPLY: u64 = 0x30000;
+pub(super) const REQ: u64 = 0x20000;
+pub(super) const REPLY: u64 = 0x30000;
 const FUSE_LOOKUP: u32 = 1;
-const FUSE_INIT: u32 = 26;
+pub(super) const FUSE_INIT: u32 = 26;
 const FUSE_CREATE: u32 = 35;
 const ROOT_NODE: u64 = 1;
 
-fn binary() -> Option<std::path::PathBuf> {
+pub(super) fn binary() -> Option<std::path::PathBuf> {
     match virtiofsd::find() {
         Ok(path) => Some(path),
         Err(err) if std::env::var_os("VESSEL_REQUIRE_TCG").is_some() => panic!("{err}"),
@@ -36,7 +36,7 @@ fn binary() -> Option<std::path::PathBuf> {
     }
 }
 
-fn in_header(len: usize, opcode: u32, unique: u64, node: u64) -> Vec<u8> {
+pub(super) fn in_header(len: usize, opcode: u32, unique: u64, node: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(40);
     h.extend_from_slice(&(40 + len as u32).to_le_bytes());
     h.extend_from_slice(&opcode.to_le_bytes());
@@ -172,7 +172,7 @@ fn a_readonly_share_refuses_writes() {
 }
 
 /// FUSE_CREATE of `name` in the root, read-write, mode 0644.
-fn create_request(unique: u64, name: &[u8]) -> Vec<u8> {
+pub(super) fn create_request(unique: u64, name: &[u8]) -> Vec<u8> {
     let mut req = in_header(16 + name.len(), FUSE_CREATE, unique, ROOT_NODE);
     for v in [
         libc::O_RDWR as u32 | libc::O_CREAT as u32,
