@@ -148,8 +148,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 # The virtio modules, when the VM has a virtio PCI device (vendor 0x1af4): module loading is
 # ring-0 work that takes minutes where ring 0 is emulated (docs/nested-kvm.md).
+# vessel.modules=a,b,... loads only those (names as in /etc/modules.order, without .ko).
+only=$(sed -n 's/.*vessel\.modules=\([^ ]*\).*/\1/p' /proc/cmdline)
 if grep -qsx 0x1af4 /sys/bus/pci/devices/*/vendor; then
-    while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.order
+    while read -r m; do
+        case ",$only," in ",,"|*",${m%.ko},"*) insmod "/lib/modules/$m" 2>/dev/null ;; esac
+    done < /etc/modules.order
 fi
 read -r up _ < /proc/uptime
 echo "VESSEL-GUEST-READY $up kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
