@@ -481,16 +481,3 @@ fn guest_uses_shares(name: &str, extra: &[&str]) {
 fn debian_kernel_mounts_vessels_virtio_fs_shares() {
     guest_uses_shares("nested-virtiofs", &[]);
 }
-
-/// The same with the VMM dropping to `nobody` after set-up (`--user`): virtiofsd, started
-/// during set-up, keeps serving, and is still stopped and reaped at the end (the VMM closes
-/// the connection; it may no longer signal a root virtiofsd).
-#[test]
-fn shares_work_when_the_vmm_drops_to_an_unprivileged_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: --user needs root");
-        return;
-    }
-    guest_uses_shares("nested-virtiofs-user", &["--user", "nobody"]);
-}
