@@ -8,7 +8,9 @@
 #                           virtio PCI device.
 #   $OUT/initramfs-nested.cpio  busybox, the virtio-pci/blk/rng modules (unsigned, no BTF),
 #                           the tests/guests/tcg/nested-*.sh scripts and the same /init,
-#                           uncompressed, for nested hosts (docs/nested-kvm.md).
+#                           uncompressed, for nested hosts (docs/nested-kvm.md); fuse and
+#                           virtiofs in /lib/modules/fs (listed in /etc/modules.fs), loaded
+#                           by the test that mounts a share rather than by /init.
 # Test scripts: every tests/guests/tcg/*.sh is shipped as /tests/NAME.sh; a kernel command
 # line with `vessel.test=NAME` makes /init run it between "VESSEL-TEST-BEGIN NAME" and
 # "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off.
@@ -146,8 +148,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 # The virtio modules, when the VM has a virtio PCI device (vendor 0x1af4): module loading is
 # ring-0 work that takes minutes where ring 0 is emulated (docs/nested-kvm.md).
+# vessel.modules=a,b,... loads only those (names as in /etc/modules.order, without .ko).
+only=$(sed -n 's/.*vessel\.modules=\([^ ]*\).*/\1/p' /proc/cmdline)
 if grep -qsx 0x1af4 /sys/bus/pci/devices/*/vendor; then
-    while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.order
+    while read -r m; do
+        case ",$only," in ",,"|*",${m%.ko},"*) insmod "/lib/modules/$m" 2>/dev/null ;; esac
+    done < /etc/modules.order
 fi
 read -r up _ < /proc/uptime
 echo "VESSEL-GUEST-READY $up kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
@@ -177,10 +183,21 @@ pack "$IR" | gzip -9n > "$OUT/initramfs.cpio.gz"
 # with BTF makes the kernel parse the whole kernel's BTF (~100 s).
 NESTED=$WORK/initramfs-nested
 busybox_root "$NESTED" sh mount umount grep sed cat ls echo insmod poweroff reboot \
-    uname dmesg ps mkdir dd sha256sum cut od tr sleep awk
+    uname dmesg ps mkdir dd sha256sum cut od tr sleep awk sync
 cp -p "$IR/init" "$NESTED/init"
 # shellcheck disable=SC2086 # NESTED_MODULES is a list
 add_modules "$NESTED" strip_module $NESTED_MODULES
+# fuse and virtiofs (kernel/fs/fuse), stripped the same way, for nested-virtiofs.sh.
+FSMOD=$WORK/nested-fs-modules
+rm -rf "$FSMOD" && mkdir -p "$FSMOD/lib/modules" "$FSMOD/etc" && : > "$FSMOD/etc/modules.order"
+add_modules "$FSMOD" strip_module fuse virtiofs
+mkdir -p "$NESTED/lib/modules/fs"
+: > "$NESTED/etc/modules.fs"
+while read -r m; do   # what /init loads already (virtio core) stays out
+    [ -e "$NESTED/lib/modules/$m" ] && continue
+    cp "$FSMOD/lib/modules/$m" "$NESTED/lib/modules/fs/$m"
+    echo "$m" >> "$NESTED/etc/modules.fs"
+done < "$FSMOD/etc/modules.order"
 mkdir -p "$NESTED/tests"
 for t in "$TESTS"/lib.sh "$TESTS"/nested-*.sh; do [ -e "$t" ] && install -m 755 "$t" "$NESTED/tests/"; done
 pack "$NESTED" > "$OUT/initramfs-nested.cpio"

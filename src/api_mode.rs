@@ -228,6 +228,8 @@ fn vm_config(
             cid: u64::from(v.guest_cid),
             uds: PathBuf::from(&v.uds_path),
         }),
+        // Firecracker's API has no shared folders.
+        shares: Vec::new(),
     })
 }
 
@@ -305,6 +307,7 @@ impl VmmBackend for Backend {
             pit: vmm::PitMode::Auto,
             emulator_fixups: self.emulator_fixups,
             vsock: None,
+            shares: Vec::new(),
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -508,6 +511,7 @@ mod tests {
             pit: vmm::PitMode::Auto,
             emulator_fixups: Default::default(),
             vsock: None,
+            shares: Vec::new(),
         }
     }
 

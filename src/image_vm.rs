@@ -106,6 +106,15 @@ pub fn provision(vm: &VmDir, def: &mut VmDefinition, disk_size: Option<u64>) -> 
         extra_user_data: user_data,
         nics: macs,
         default_user: None,
+        // Cloud images mount each share at /mnt/TAG (cloud-init `mounts:`).
+        mounts: def
+            .shares
+            .iter()
+            .map(|s| cloudinit::SeedMount {
+                tag: s.tag.get_ref().clone(),
+                readonly: s.readonly,
+            })
+            .collect(),
     };
     // Check everything (user-data YAML included) before writing any file.
     let files = cloudinit::render(&seed).map_err(|e| anyhow!("cloud-init seed: {e}"))?;

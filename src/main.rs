@@ -20,6 +20,7 @@ mod project_cli;
 mod provision_cli;
 mod provision_def;
 mod run_cli;
+mod share_def;
 mod size;
 mod snapshot_cli;
 mod snapshot_merge;

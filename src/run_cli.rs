@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
     /// The VM's configuration then comes from the API alone: the flags that configure a VM
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "shares", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// (Firecracker's protocol, docs/vsock.md). A stale socket at PATH is replaced.
     #[arg(long, value_parser = parse_vsock)]
     vsock: Option<vmm::VsockConfig>,
+    /// A shared folder: HOST_DIR:TAG[,readonly=on] (repeatable). The guest mounts it with
+    /// `mount -t virtiofs TAG /mnt`; served by virtiofsd, which vessel starts
+    /// (docs/shared-folders.md). The tag is what follows the last ':'.
+    #[arg(long = "share", value_parser = parse_share, conflicts_with = "jail")]
+    shares: Vec<vhost_user::fs::Share>,
     #[command(flatten)]
     jail: crate::jail_cli::JailArgs,
 }
@@ -208,6 +213,10 @@ pub(crate) fn parse_vsock(s: &str) -> Result<vmm::VsockConfig, String> {
     Ok(vmm::VsockConfig { cid, uds })
 }
 
+fn parse_share(s: &str) -> Result<vhost_user::fs::Share, String> {
+    vhost_user::fs::Share::parse(s).map_err(|e| e.to_string())
+}
+
 pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s)?;
     if bytes < arch::memory_map::MIN_MEMORY {
@@ -248,6 +257,7 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::DiskId(_)
             | VmError::ConsoleFile { .. }
             | VmError::Vsock(_)
+            | VmError::Shares(vmm::shares::SharesError::Virtiofsd(_))
     )
 }
 
@@ -315,7 +325,12 @@ pub fn run(args: RunArgs) -> i32 {
         pit: args.pit,
         emulator_fixups: args.emulator_fixups,
         vsock: args.vsock,
+        shares: args.shares,
     };
+    if let Err(e) = vhost_user::fs::check_unique(&cfg.shares) {
+        eprintln!("vessel: error: {e}");
+        return EXIT_USAGE;
+    }
     if args.jail.dir.is_some() {
         return crate::jail_cli::run(&args.jail, cfg);
     }

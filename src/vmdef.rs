@@ -43,6 +43,9 @@ pub struct VmDefinition {
     pub console2: Option<Spanned<PathBuf>>,
     /// A virtio-vsock device (docs/vsock.md).
     pub vsock: Option<VsockDef>,
+    /// Shared folders (virtio-fs; docs/shared-folders.md).
+    #[serde(default, rename = "share", skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<crate::share_def::ShareDef>,
     /// Ansible groups the VM is in (`vessel inventory`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Spanned<String>>,
@@ -198,6 +201,9 @@ impl VmDefinition {
             err(span, message);
         }
         for (span, message) in crate::vmdef_rates::problems(&def.disks) {
+            err(span, message);
+        }
+        for (span, message) in crate::share_def::problems(&def.shares, def.image.is_some()) {
             err(span, message);
         }
         for g in &def.groups {
@@ -368,7 +374,9 @@ impl VmDefinition {
         for d in self.disks.iter().filter(|d| d.size.is_none()) {
             need(&d.path, "disk");
         }
-        for (span, message) in crate::provision_def::missing_files(&self.provisions) {
+        let missing = crate::provision_def::missing_files(&self.provisions);
+        let missing_dirs = crate::share_def::missing_dirs(&self.shares);
+        for (span, message) in missing.into_iter().chain(missing_dirs) {
             let (line, column) = locate(text, span);
             errors.push(DefinitionError {
                 line,
@@ -417,6 +425,7 @@ impl VmDefinition {
             abs(&mut v.uds);
         }
         crate::provision_def::resolve_paths(&mut self.provisions, dir);
+        crate::share_def::resolve_paths(&mut self.shares, dir);
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -484,6 +493,7 @@ impl VmDefinition {
                 cid: *v.cid.get_ref() as u64,
                 uds: v.uds.get_ref().clone(),
             }),
+            shares: crate::share_def::to_shares(&self.shares)?,
         })
     }
 }

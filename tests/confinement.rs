@@ -175,6 +175,55 @@ fn a_root_vmm_runs_nat_natnet_and_internal_nics_as_another_user() {
     }
 }
 
+/// Pids of the processes whose parent is `pid` and whose name is `name`.
+fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // "PID (COMM) STATE PPID ..."
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            comm.ends_with(&format!("({name}"))
+                && rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// A shared folder under a root VMM that drops to `nobody`: virtiofsd, started during
+/// set-up, runs while the VM does; at the end the VMM (no longer allowed to signal a root
+/// virtiofsd) closes the connection, which ends virtiofsd, and reaps it, all within its
+/// seccomp filters.
+#[test]
+fn a_root_vmm_with_a_share_stops_its_virtiofsd_as_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: --user needs the test to run as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let share = format!("{}:data", dir.path().display());
+    let child = start_spinning(&["--user", "nobody", "--share", &share]);
+    let pid = child.id();
+    let daemons = children_named(pid, "virtiofsd");
+    assert_eq!(daemons.len(), 1, "one virtiofsd for the share");
+    for (name, status) in threads(pid) {
+        let uids: Vec<&str> = field(&status, "Uid:").split_whitespace().collect();
+        assert_eq!(uids, ["65534"; 4], "{name}");
+    }
+    let err = stop(child);
+    assert!(err.contains("stopped by signal"), "{err}");
+    for d in daemons {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{d}")).exists(),
+            "virtiofsd {d} outlived the VM:\n{err}"
+        );
+    }
+}
+
 #[test]
 fn user_is_refused_without_root() {
     // SAFETY: geteuid has no preconditions.

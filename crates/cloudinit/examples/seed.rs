@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         }],
         default_user: None,
+        mounts: Vec::new(),
     };
     let files = render(&config)?;
     write_seed_image(&files, Path::new(out))?;

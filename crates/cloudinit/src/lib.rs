@@ -15,6 +15,7 @@
 
 pub mod hostkeys;
 pub mod image;
+pub mod mounts;
 pub mod network;
 pub mod sshkey;
 pub mod sshwire;
@@ -24,6 +25,7 @@ pub mod yaml;
 
 pub use hostkeys::{known_hosts_lines, parse_console_host_keys, HostKey, HostKeyError};
 pub use image::{write_seed_image, ImageError};
+pub use mounts::SeedMount;
 pub use sshkey::{ensure_user_key, KeyError, KeyPair};
 pub use userdata::{UserDataError, MAX_EXTRA_USER_DATA};
 pub use validate::ValidateError;
@@ -46,6 +48,8 @@ pub struct SeedConfig {
     pub nics: Vec<SeedNic>,
     /// A name for the image's default user instead of the distribution's (`debian`).
     pub default_user: Option<String>,
+    /// virtio-fs shares to mount at `/mnt/TAG` ([`mounts`]).
+    pub mounts: Vec<SeedMount>,
 }
 
 /// One NIC of the VM.
@@ -107,6 +111,9 @@ pub fn render(config: &SeedConfig) -> Result<SeedFiles, Error> {
         validate::mac(mac)?;
     }
     validate::distinct_macs(&macs)?;
+    for m in &config.mounts {
+        mounts::check_tag(&m.tag)?;
+    }
     let meta = MetaData {
         instance_id: &config.instance_id,
         local_hostname: &config.hostname,
@@ -117,6 +124,7 @@ pub fn render(config: &SeedConfig) -> Result<SeedFiles, Error> {
             &keys,
             config.default_user.as_deref(),
             config.extra_user_data.as_deref(),
+            &mounts::entries(&config.mounts),
         )?,
         network_config: network::render(&macs)?,
     })
@@ -140,6 +148,7 @@ mod tests {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             }],
             default_user: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -171,6 +180,34 @@ mod tests {
     }
 
     #[test]
+    fn shares_are_mounted_at_mnt_tag() {
+        let mut c = config();
+        c.mounts = vec![
+            SeedMount {
+                tag: "src".into(),
+                readonly: false,
+            },
+            SeedMount {
+                tag: "data".into(),
+                readonly: true,
+            },
+        ];
+        let files = render(&c).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            files.user_data.ends_with(
+                "mounts:\n- - \"src\"\n  - \"/mnt/src\"\n  - \"virtiofs\"\n  - \"rw,nofail\"\n  - \"0\"\n  - \"0\"\n\
+                 - - \"data\"\n  - \"/mnt/data\"\n  - \"virtiofs\"\n  - \"ro,nofail\"\n  - \"0\"\n  - \"0\"\n"
+            ),
+            "{}",
+            files.user_data
+        );
+        // Valid YAML whose mounts are what cloud-init's cc_mounts reads.
+        let body = files.user_data.trim_start_matches("#cloud-config\n");
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(body).unwrap();
+        assert_eq!(doc["mounts"][1][1].as_str(), Some("/mnt/data"));
+    }
+
+    #[test]
     fn invalid_inputs_are_refused() {
         let cases: Vec<fn(&mut SeedConfig)> = vec![
             |c| c.instance_id = "a/b".into(),
@@ -180,6 +217,12 @@ mod tests {
             |c| c.ssh_authorized_keys.push("ssh-ed25519 AAAA".into()),
             |c| c.nics.push(c.nics[0]),
             |c| c.nics[0].mac = [0xff; 6],
+            |c| {
+                c.mounts.push(SeedMount {
+                    tag: "../etc".into(),
+                    readonly: false,
+                })
+            },
         ];
         for (i, change) in cases.into_iter().enumerate() {
             let mut c = config();

@@ -78,6 +78,9 @@ struct VesselConfig<'a> {
     ssh_pwauth: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_info: Option<SystemInfo<'a>>,
+    /// cloud-init's `mounts:` (virtio-fs shares, [`crate::mounts`]).
+    #[serde(skip_serializing_if = "<[[String; 6]]>::is_empty")]
+    mounts: &'a [[String; 6]],
 }
 
 /// `system_info: { default_user: { name: ... } }`: renames the distribution's default user
@@ -160,12 +163,14 @@ pub fn check_cloud_config(text: &str) -> Result<(), UserDataError> {
     }
 }
 
-/// Renders `user-data`: vessel's cloud-config for these (validated) keys and default user
-/// name, combined with `extra` as described in the module documentation.
+/// Renders `user-data`: vessel's cloud-config for these (validated) keys, default user
+/// name and `mounts:` entries, combined with `extra` as described in the module
+/// documentation.
 pub fn render(
     keys: &[String],
     default_user: Option<&str>,
     extra: Option<&str>,
+    mounts: &[[String; 6]],
 ) -> Result<String, UserDataError> {
     let config = VesselConfig {
         users: ["default"],
@@ -174,6 +179,7 @@ pub fn render(
         system_info: default_user.map(|name| SystemInfo {
             default_user: DefaultUser { name },
         }),
+        mounts,
     };
     let ours = format!("#cloud-config\n{}", yaml::to_string(&config)?);
     let Some(extra) = extra.filter(|e| !e.trim().is_empty()) else {

@@ -30,6 +30,12 @@ pub enum ValidateError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A share tag that cannot name the mount point `/mnt/TAG` in a cloud image.
+    #[error(
+        "share tag {0:?}: a VM made from an image mounts it at /mnt/TAG, so the tag must be \
+         1 to 36 of A-Z a-z 0-9 . _ -, not \".\" or \"..\""
+    )]
+    MountTag(String),
 }
 
 /// Checks an RFC 1123 host name (a single label or dotted FQDN, at most 253 characters,

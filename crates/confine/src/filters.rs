@@ -216,12 +216,15 @@ pub fn allow_list(role: Role) -> AllowList {
             vec![
                 BLOCK_IO,
                 EPOLL,
-                // Serial output also goes to a background VM's console client.
+                // Serial output also goes to a background VM's console client. A
+                // virtio-fs device's DRIVER_OK and reset talk vhost-user to virtiofsd
+                // (messages with descriptors, acknowledged replies).
                 &[
                     libc::SYS_tgkill,
                     libc::SYS_fcntl,
                     libc::SYS_sendto,
                     libc::SYS_sendmsg,
+                    libc::SYS_recvmsg,
                 ],
             ],
             VCPU_IOCTLS,

@@ -16,6 +16,13 @@ pub trait MsiInterrupt: Send + Sync {
     /// Fire `vector` now. Only called for enabled, unmasked vectors; must not block
     /// (an eventfd write).
     fn trigger(&self, vector: u16);
+    /// The eventfd whose write fires `vector` (a KVM irqfd), for a device served by another
+    /// process (vhost-user), which then signals the guest without going through the VMM.
+    /// While the vector is masked, writes must stay pending until it is unmasked.
+    /// `None` when vectors are not delivered through eventfds.
+    fn irqfd(&self, _vector: u16) -> Option<&vmm_sys_util::eventfd::EventFd> {
+        None
+    }
 }
 
 /// A level-triggered legacy interrupt line (INTx pin A), which the VMM maps to an IOAPIC

@@ -95,6 +95,11 @@ impl MsixTable {
         true
     }
 
+    /// Where vectors are delivered (for a device whose server signals irqfds itself).
+    pub fn route(&self) -> Arc<dyn MsiInterrupt> {
+        self.route.clone()
+    }
+
     pub fn num_vectors(&self) -> u16 {
         self.entries.len() as u16
     }

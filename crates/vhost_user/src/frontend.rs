@@ -203,6 +203,12 @@ impl DeviceConnection {
         Ok(acked)
     }
 
+    /// The connection's socket.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to `self.frontend` and lives as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) }
+    }
+
     /// The virtio features the backend offered in [`handshake`](Self::handshake).
     pub fn offered_features(&self) -> u64 {
         self.offered_features

@@ -102,7 +102,8 @@ impl Share {
     }
 }
 
-fn check_tag(tag: &str) -> Result<(), ShareError> {
+/// Whether `tag` can be a share's tag (1–36 bytes, no NUL, ':' or ',').
+pub fn check_tag(tag: &str) -> Result<(), ShareError> {
     if tag.is_empty() || tag.len() > TAG_MAX {
         return Err(ShareError::TagLength {
             tag: tag.to_string(),

@@ -1,10 +1,15 @@
 //! One vhost-user-fs device as the VMM sees it: the share, its running virtiofsd and the
 //! frontend connection to it. It offers what the PCI transport shows the driver (device
 //! ID, features, queue sizes, configuration space) and, at DRIVER_OK, hands guest memory
-//! and the queues to virtiofsd ([`FsDevice::activate`]).
+//! and the queues to virtiofsd ([`FsDevice::activate`]). As a [`VirtioDevice`] with a
+//! [`QueueServer`] it sits behind vessel's PCI transport, which hands it the queues.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use virtio::external::{ExternalQueue, QueueServer, QueueServerError};
+use virtio::{Queue, QueueError, VirtioDevice};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,6 +23,13 @@ pub const REQUEST_QUEUES: u32 = 1;
 pub const QUEUE_SIZE: u16 = 1024;
 /// `VIRTIO_F_VERSION_1`: a modern device only.
 const VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_F_RING_INDIRECT_DESC` and `VIRTIO_F_RING_EVENT_IDX`: ring features the
+/// transport's split-ring layout carries unchanged.
+const RING_FEATURES: u64 = (1 << 28) | (1 << 29);
+/// Device-specific feature bits (0 to 23).
+const DEVICE_SPECIFIC: u64 = 0xff_ffff;
+/// PCI class of a mass storage controller, subclass "other" (as QEMU's vhost-user-fs-pci).
+const PCI_CLASS: (u8, u8) = (0x01, 0x80);
 
 /// Errors of a virtio-fs device.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,12 @@ pub enum FsDeviceError {
         tag: String,
         #[source]
         source: FrontendError,
+    },
+    #[error("share {tag:?}: duplicating the vhost-user connection: {source}")]
+    Duplicate {
+        tag: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -46,10 +64,31 @@ pub struct FsDevice {
     share: Share,
     connection: DeviceConnection,
     features: u64,
+    queue_sizes: Vec<u16>,
+    config: [u8; CONFIG_LEN],
     /// Queues handed to virtiofsd since the last DRIVER_OK.
     started: Vec<usize>,
     // Dropped last: virtiofsd is stopped after the connection is closed.
-    _daemon: Virtiofsd,
+    daemon: Arc<DaemonHandle>,
+}
+
+/// Stops a device's virtiofsd when the VM ends (the device itself may outlive the VM's
+/// run, referenced by the PCI buses).
+#[derive(Debug)]
+pub struct DaemonHandle {
+    daemon: Mutex<Virtiofsd>,
+    /// The frontend's end of the vhost-user connection (a duplicate).
+    connection: OwnedFd,
+}
+
+impl DaemonHandle {
+    /// Close the connection (virtiofsd exits when its frontend goes: this stops it even
+    /// when the VMM switched to a user that may not signal it), then kill and reap it.
+    pub fn stop(&self) {
+        // SAFETY: shutdown on a socket descriptor this handle owns.
+        unsafe { libc::shutdown(self.connection.as_raw_fd(), libc::SHUT_RDWR) };
+        self.daemon.lock().unwrap_or_else(|p| p.into_inner()).stop();
+    }
 }
 
 impl FsDevice {
@@ -63,16 +102,37 @@ impl FsDevice {
         let queues = u64::from(REQUEST_QUEUES) + 1;
         let mut connection =
             DeviceConnection::connect(daemon.socket(), queues).map_err(frontend)?;
+        daemon.remove_socket();
+        let duplicate = connection.as_fd().try_clone_to_owned();
+        let connection_fd = duplicate.map_err(|source| FsDeviceError::Duplicate {
+            tag: share.tag.clone(),
+            source,
+        })?;
         let features = connection
             .handshake(VERSION_1, queues as usize)
             .map_err(frontend)?;
         Ok(Self {
+            config: share.config_space(REQUEST_QUEUES),
             share,
             connection,
             features,
+            queue_sizes: vec![QUEUE_SIZE; REQUEST_QUEUES as usize + 1],
             started: Vec::new(),
-            _daemon: daemon,
+            daemon: Arc::new(DaemonHandle {
+                daemon: Mutex::new(daemon),
+                connection: connection_fd,
+            }),
         })
+    }
+
+    /// What stops this device's virtiofsd when the VM ends.
+    pub fn daemon(&self) -> Arc<DaemonHandle> {
+        self.daemon.clone()
+    }
+
+    /// The share this device serves.
+    pub fn share(&self) -> &Share {
+        &self.share
     }
 
     /// virtio device ID (26).
@@ -80,19 +140,16 @@ impl FsDevice {
         crate::fs::DEVICE_ID
     }
 
-    /// Features to offer the driver: virtiofsd's, without the vhost-user-only bit.
-    pub fn features(&self) -> u64 {
-        self.features & !crate::frontend::PROTOCOL_FEATURES_BIT
-    }
-
-    /// Maximum size of each queue: high-priority, then the request queues.
-    pub fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE; REQUEST_QUEUES as usize + 1]
+    /// Features to offer the driver: virtiofsd's device-specific ones, VERSION_1 and the
+    /// split-ring features, without the vhost-user-only bit (nor anything the transport
+    /// does not carry, such as packed rings).
+    pub fn offered_features(&self) -> u64 {
+        self.features & (DEVICE_SPECIFIC | VERSION_1 | RING_FEATURES)
     }
 
     /// The configuration space: the tag and the number of request queues.
     pub fn config(&self) -> [u8; CONFIG_LEN] {
-        self.share.config_space(REQUEST_QUEUES)
+        self.config
     }
 
     /// DRIVER_OK: negotiate `driver_features`, send guest memory and hand over `queues`
@@ -122,8 +179,8 @@ impl FsDevice {
         Ok(())
     }
 
-    /// The driver reset the device: take the queues back from virtiofsd.
-    pub fn reset(&mut self) -> Result<(), FsDeviceError> {
+    /// The driver reset the device: take the queues back from virtiofsd (GET_VRING_BASE).
+    pub fn stop_queues(&mut self) -> Result<(), FsDeviceError> {
         for index in std::mem::take(&mut self.started) {
             self.connection
                 .stop_queue(index)
@@ -133,5 +190,81 @@ impl FsDevice {
                 })?;
         }
         Ok(())
+    }
+}
+
+impl VirtioDevice for FsDevice {
+    fn device_type(&self) -> u16 {
+        crate::fs::DEVICE_ID
+    }
+    fn pci_class(&self) -> (u8, u8) {
+        PCI_CLASS
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        self.offered_features()
+    }
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(bytes) = self.config.get(start..) {
+            let n = bytes.len().min(data.len());
+            data[..n].copy_from_slice(&bytes[..n]);
+        }
+    }
+    fn queue_server(&mut self) -> Option<&mut dyn QueueServer> {
+        Some(self)
+    }
+    fn reset(&mut self) {
+        if let Err(e) = self.stop_queues() {
+            tracing::warn!("virtio-fs reset: {e}");
+        }
+    }
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        _queue: &mut Queue,
+        _mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        // virtiofsd runs the queues; the transport never asks.
+        Ok(false)
+    }
+}
+
+impl QueueServer for FsDevice {
+    fn start(
+        &mut self,
+        features: u64,
+        mem: &GuestMemoryMmap,
+        queues: &[ExternalQueue<'_>],
+    ) -> Result<(), QueueServerError> {
+        let active: Vec<(usize, ActiveQueue<'_>)> = queues
+            .iter()
+            .map(|q| {
+                let layout = RingLayout {
+                    size: q.layout.size,
+                    desc: q.layout.desc,
+                    avail: q.layout.avail,
+                    used: q.layout.used,
+                };
+                (
+                    q.index,
+                    ActiveQueue {
+                        layout,
+                        kick: q.kick,
+                        call: q.call,
+                    },
+                )
+            })
+            .collect();
+        self.activate(features, mem, &active)
+            .map_err(|e| QueueServerError(Box::new(e)))
     }
 }

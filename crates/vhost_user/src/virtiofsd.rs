@@ -107,6 +107,7 @@ pub fn arguments(share: &Share, socket: &Path, root: bool) -> Vec<std::ffi::OsSt
 pub struct Virtiofsd {
     child: Child,
     socket: PathBuf,
+    stopped: bool,
 }
 
 impl Virtiofsd {
@@ -134,6 +135,7 @@ impl Virtiofsd {
         let mut running = Self {
             child,
             socket: socket.to_path_buf(),
+            stopped: false,
         };
         running.wait_for_socket(share)?;
         Ok(running)
@@ -142,6 +144,33 @@ impl Virtiofsd {
     /// The socket the device connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The device is connected: virtiofsd serves that one connection and accepts no other,
+    /// so its socket and the `.pid` lock file it keeps beside it can go now (no stale files,
+    /// and nothing left to remove once the VMM is confined).
+    pub fn remove_socket(&self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let mut pid_file = self.socket.clone().into_os_string();
+        pid_file.push(".pid");
+        let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// Stop virtiofsd: kill and reap it, remove its socket. Does nothing the second time.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Err(err) = self.child.kill() {
+            tracing::debug!(%err, "virtiofsd already gone");
+        }
+        match self.child.wait() {
+            Ok(status) => tracing::info!(%status, "virtiofsd stopped"),
+            Err(err) => tracing::warn!(%err, "cannot reap virtiofsd"),
+        }
+        // virtiofsd leaves its socket (and a .pid file) behind when killed.
+        self.remove_socket();
     }
 
     fn wait_for_socket(&mut self, share: &Share) -> Result<(), VirtiofsdError> {
@@ -175,15 +204,7 @@ impl Virtiofsd {
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        if let Err(err) = self.child.kill() {
-            tracing::debug!(%err, "virtiofsd already gone");
-        }
-        match self.child.wait() {
-            Ok(status) => tracing::info!(%status, "virtiofsd stopped"),
-            Err(err) => tracing::warn!(%err, "cannot reap virtiofsd"),
-        }
-        // virtiofsd leaves its socket (and a .pid file) behind when killed.
-        let _ = std::fs::remove_file(&self.socket);
+        self.stop();
     }
 }
 

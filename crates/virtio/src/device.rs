@@ -31,6 +31,12 @@ pub trait VirtioDevice: Send {
     fn save_state(&self) -> crate::DeviceState {
         crate::DeviceState::Stateless
     }
+    /// A device whose queues another process serves returns its server: the transport
+    /// then hands the queues over at DRIVER_OK instead of running them
+    /// ([`crate::external`]), and never calls [`VirtioDevice::process_queue`].
+    fn queue_server(&mut self) -> Option<&mut dyn crate::external::QueueServer> {
+        None
+    }
     /// The driver reset the device: drop all per-driver state.
     fn reset(&mut self) {}
     /// Make completed work durable (a disk flushes): the driver is gone without a word,

@@ -33,6 +33,7 @@ mod chain_io;
 pub mod console;
 mod device;
 mod drain;
+pub mod external;
 mod interrupt;
 pub mod net;
 mod persist;

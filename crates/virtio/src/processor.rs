@@ -36,12 +36,20 @@ pub(crate) struct Shared {
     pub interrupt: VirtioInterrupt,
     /// One per queue: written by a notify access (or by KVM as an ioeventfd).
     pub notifiers: Vec<EventFd>,
+    /// For a device whose queues another process serves ([`crate::external`]): one per
+    /// queue, written by that server when the queue has no irqfd to signal (INTx, no
+    /// vector); empty for other devices.
+    pub relays: Vec<EventFd>,
     pub driver_ok: AtomicBool,
     pub needs_reset: AtomicBool,
     pub config_generation: AtomicU8,
 }
 
 impl Shared {
+    pub fn is_external(&self) -> bool {
+        !self.relays.is_empty()
+    }
+
     pub fn fail(&self) {
         if !self.needs_reset.swap(true, Ordering::SeqCst) {
             self.config_generation.fetch_add(1, Ordering::SeqCst);
@@ -67,6 +75,30 @@ impl QueueProcessor {
         self.shared.notifiers.get(queue)
     }
 
+    /// Whether another process serves the queues ([`crate::external`]): the I/O thread
+    /// then watches [`QueueProcessor::call_relay`] instead of the notifiers, whose kicks
+    /// are that server's to read.
+    pub fn is_external(&self) -> bool {
+        self.shared.is_external()
+    }
+
+    /// The relay eventfd of `queue` of an external device.
+    pub fn call_relay(&self, queue: usize) -> Option<&EventFd> {
+        self.shared.relays.get(queue)
+    }
+
+    /// The external server signalled `queue` through its relay: interrupt the driver
+    /// (ISR and INTx, or the queue's MSI-X vector).
+    pub fn relay_call(&self, queue: usize) -> Result<(), ProcessError> {
+        let evt = self
+            .call_relay(queue)
+            .ok_or(ProcessError::NoSuchQueue(queue))?;
+        if evt.read().is_ok() {
+            self.shared.interrupt.signal_queue(queue);
+        }
+        Ok(())
+    }
+
     /// Consume a pending kick of `queue` (non-blocking) and process the queue.
     pub fn handle_notify(&self, queue: usize) -> Result<(), ProcessError> {
         let evt = self
@@ -86,7 +118,10 @@ impl QueueProcessor {
             .queues
             .get(queue)
             .ok_or(ProcessError::NoSuchQueue(queue))?;
-        if !shared.driver_ok.load(Ordering::SeqCst) || shared.needs_reset.load(Ordering::SeqCst) {
+        if !shared.driver_ok.load(Ordering::SeqCst)
+            || shared.needs_reset.load(Ordering::SeqCst)
+            || self.is_external()
+        {
             return Ok(());
         }
         let mut slot = lock(slot);

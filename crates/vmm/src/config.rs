@@ -93,6 +93,9 @@ pub struct VmConfig {
     pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
     /// A virtio-vsock device, after the consoles in PCI slot order.
     pub vsock: Option<VsockConfig>,
+    /// Shared folders (virtio-fs, each served by its own virtiofsd), after vsock in PCI
+    /// slot order; with any, guest memory is a shared memfd (docs/shared-folders.md).
+    pub shares: Vec<vhost_user::fs::Share>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -1,7 +1,8 @@
 //! The device I/O thread: waits on every virtqueue's notification eventfd (the
 //! ioeventfds KVM signals when the guest kicks) and runs that queue, off the vCPU threads;
 //! and on the fds of device backends (a NIC's), whose readiness runs all of the device's
-//! queues (frames arrived, or room to send again).
+//! queues (frames arrived, or room to send again); and, for devices whose queues another
+//! process serves (virtio-fs), on their call relays (interrupts without an MSI-X irqfd).
 
 use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
@@ -15,6 +16,9 @@ use virtio::QueueProcessor;
 /// have BACKEND_TOKEN set and the device index below.
 const STOP_TOKEN: u64 = u64::MAX;
 const BACKEND_TOKEN: u64 = 1 << 40;
+/// Set on the tokens of the call relays of devices another process serves (virtio-fs):
+/// their kicks are that process's, only its interrupts without an irqfd come here.
+const RELAY_TOKEN: u64 = 1 << 41;
 
 pub struct IoThread {
     stop: EventFd,
@@ -36,9 +40,16 @@ impl IoThread {
             EpollEvent::new(EventSet::IN, STOP_TOKEN),
         )?;
         for (d, p) in processors.iter().enumerate() {
+            let external = p.is_external();
             for q in 0..p.num_queues() {
-                if let Some(fd) = p.notifier(q) {
-                    let token = ((d as u64) << 16) | q as u64;
+                let fd = if external {
+                    p.call_relay(q)
+                } else {
+                    p.notifier(q)
+                };
+                if let Some(fd) = fd {
+                    let relay = if external { RELAY_TOKEN } else { 0 };
+                    let token = relay | ((d as u64) << 16) | q as u64;
                     epoll.ctl(
                         ControlOperation::Add,
                         fd.as_raw_fd(),
@@ -96,7 +107,16 @@ fn serve(epoll: Epoll, processors: Vec<QueueProcessor>) {
                 }
                 continue;
             }
-            let (device, queue) = ((token >> 16) as usize, (token & 0xffff) as usize);
+            let (device, queue) = (
+                ((token & !RELAY_TOKEN) >> 16) as usize,
+                (token & 0xffff) as usize,
+            );
+            if token & RELAY_TOKEN != 0 {
+                if let Some(p) = processors.get(device) {
+                    let _ = p.relay_call(queue);
+                }
+                continue;
+            }
             if let Some(p) = processors.get(device) {
                 // A broken ring has already flagged DEVICE_NEEDS_RESET for the guest.
                 if let Err(e) = p.handle_notify(queue) {

@@ -111,41 +111,85 @@ fn irqchip_route(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
 }
 
 /// The MSI-X vectors of one device: a GSI and an irqfd each.
+///
+/// An irqfd is attached to KVM only while its vector is unmasked: a device served by
+/// another process (vhost-user) writes the irqfd directly, and a masked vector must hold
+/// that interrupt pending. Detached, the eventfd's counter keeps the writes; KVM delivers
+/// them when the irqfd is attached again (KVM_IRQFD checks for a pending count).
 pub struct KvmMsiVectors {
     router: Arc<GsiRouter>,
-    vectors: Vec<(u32, EventFd)>,
+    vm: Arc<VmFd>,
+    vectors: Vec<MsiVector>,
+}
+
+struct MsiVector {
+    gsi: u32,
+    irqfd: EventFd,
+    attached: Mutex<bool>,
 }
 
 impl KvmMsiVectors {
-    pub fn new(router: Arc<GsiRouter>, vm: &VmFd, count: u16) -> Result<Self, IrqError> {
+    pub fn new(router: Arc<GsiRouter>, vm: &Arc<VmFd>, count: u16) -> Result<Self, IrqError> {
         let mut vectors = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let gsi = router.allocate()?;
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(IrqError::EventFd)?;
-            vm.register_irqfd(&fd, gsi).map_err(IrqError::Irqfd)?;
-            vectors.push((gsi, fd));
+            let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(IrqError::EventFd)?;
+            // Every vector is masked after reset: attached on its first unmask.
+            vectors.push(MsiVector {
+                gsi,
+                irqfd,
+                attached: Mutex::new(false),
+            });
         }
-        Ok(Self { router, vectors })
+        Ok(Self {
+            router,
+            vm: vm.clone(),
+            vectors,
+        })
+    }
+
+    /// Attach (unmasked) or detach (masked) the vector's irqfd.
+    fn attach(&self, v: &MsiVector, masked: bool) -> Result<(), IrqError> {
+        let mut attached = v.attached.lock().unwrap_or_else(|p| p.into_inner());
+        if *attached != masked {
+            return Ok(());
+        }
+        if masked {
+            self.vm
+                .unregister_irqfd(&v.irqfd, v.gsi)
+                .map_err(IrqError::Irqfd)?;
+        } else {
+            self.vm
+                .register_irqfd(&v.irqfd, v.gsi)
+                .map_err(IrqError::Irqfd)?;
+        }
+        *attached = !masked;
+        Ok(())
     }
 }
 
 impl MsiInterrupt for KvmMsiVectors {
     fn update(&self, vector: u16, msg: MsiMessage, masked: bool) {
-        let Some((gsi, _)) = self.vectors.get(usize::from(vector)) else {
+        let Some(v) = self.vectors.get(usize::from(vector)) else {
             return;
         };
-        // A masked vector keeps its route: the device holds it pending and does not fire.
-        let _ = masked;
-        if let Err(e) = self.router.set_msi(*gsi, Some(msg)) {
+        if let Err(e) = self.router.set_msi(v.gsi, Some(msg)) {
+            warn(&format!("MSI-X vector {vector}: {e}"));
+        }
+        if let Err(e) = self.attach(v, masked) {
             warn(&format!("MSI-X vector {vector}: {e}"));
         }
     }
 
     fn trigger(&self, vector: u16) {
-        if let Some((_, fd)) = self.vectors.get(usize::from(vector)) {
+        if let Some(v) = self.vectors.get(usize::from(vector)) {
             // The counter cannot overflow in practice; a full counter still interrupts.
-            let _ = fd.write(1);
+            let _ = v.irqfd.write(1);
         }
+    }
+
+    fn irqfd(&self, vector: u16) -> Option<&EventFd> {
+        self.vectors.get(usize::from(vector)).map(|v| &v.irqfd)
     }
 }
 

@@ -18,6 +18,7 @@ mod kick;
 mod kvm_vcpu;
 mod pci_devices;
 pub mod shared_memory;
+pub mod shares;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -118,6 +118,10 @@ pub enum VmError {
     },
     #[error("vsock: {0}")]
     Vsock(#[source] virtio::vsock::VsockError),
+    #[error("shared folder: {0}")]
+    Shares(#[from] crate::shares::SharesError),
+    #[error("shared guest memory for shared folders: {0}")]
+    SharedMemory(#[from] crate::shared_memory::SharedMemoryError),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -156,6 +160,8 @@ pub struct Vm {
     /// The vsock device's listening socket, removed when the VM ends (the device itself
     /// stays referenced by the PCI buses until the process exits).
     vsock_uds: Option<std::path::PathBuf>,
+    /// The shares' virtiofsd processes, stopped when the VM ends.
+    shares: crate::shares::ShareDaemons,
 }
 
 impl Vm {
@@ -216,6 +222,8 @@ impl Vm {
             rng: snapshot.machine.rng,
             console2: snapshot.machine.console.clone(),
             vsock: None,
+            // A VM with shares is never snapshotted (unsupported_device).
+            shares: Vec::new(),
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -287,7 +295,10 @@ impl Vm {
             });
         }
         let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
-        let (virtio_devices, limiters) = virtio_devices(cfg, saved_virtio)?;
+        let (mut virtio_devices, limiters) = virtio_devices(cfg, saved_virtio)?;
+        // virtiofsd starts now, before the VMM is confined.
+        let (share_devices, shares) = crate::shares::start(&cfg.shares)?;
+        virtio_devices.extend(share_devices);
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -301,10 +312,15 @@ impl Vm {
             .iter()
             .map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize))
             .collect();
-        let mem = GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
-            size: cfg.memory,
-            source,
-        })?;
+        let mem = if cfg.shares.is_empty() {
+            GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
+                size: cfg.memory,
+                source,
+            })?
+        } else {
+            // virtiofsd maps guest memory itself.
+            crate::shared_memory::shared_guest_memory(&ranges)?
+        };
         for (slot, region) in mem.iter().enumerate() {
             let region_desc = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -538,6 +554,7 @@ impl Vm {
             runners,
             stop,
             vsock_uds: cfg.vsock.as_ref().map(|v| v.uds.clone()),
+            shares,
             handle: crate::control::VmHandle {
                 exit: exit.clone(),
                 i8042,
@@ -616,17 +633,25 @@ impl Vm {
             // Only stale from now on; a later VM would replace it anyway.
             let _ = std::fs::remove_file(uds);
         }
+        self.shares.stop();
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
 
 /// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
-/// connections cannot be saved.
+/// connections cannot be saved, and virtio-fs, whose virtiofsd cannot save its open files
+/// (a restored guest would hold stale FUSE handles).
 fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    cfg.vsock
-        .as_ref()
-        .map(|_| "virtio-vsock (its host connections cannot be saved)".to_string())
+    if cfg.vsock.is_some() {
+        return Some("virtio-vsock (its host connections cannot be saved)".to_string());
+    }
+    cfg.shares.first().map(|s| {
+        format!(
+            "virtio-fs share {:?} (virtiofsd cannot save its open files and inodes)",
+            s.tag
+        )
+    })
 }
 
 /// The rate limiters of the disks (slots 0..) and NICs (after the disks).
@@ -764,6 +789,7 @@ mod tests {
             pit: crate::PitMode::Auto,
             emulator_fixups: crate::EmulatorFixups::Auto,
             vsock: None,
+            shares: Vec::new(),
         };
         assert_eq!(unsupported_device(&cfg), None);
         cfg.vsock = Some(crate::VsockConfig {
@@ -772,5 +798,28 @@ mod tests {
         });
         let what = unsupported_device(&cfg).unwrap();
         assert!(what.starts_with("virtio-vsock"), "{what}");
+    }
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_shares() {
+        let dir = std::env::temp_dir();
+        let cfg = VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: Vec::new(),
+            pit: crate::PitMode::Auto,
+            emulator_fixups: crate::EmulatorFixups::Auto,
+            vsock: None,
+            shares: vec![vhost_user::fs::Share::new(&dir, "src", false).unwrap()],
+        };
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-fs share \"src\""), "{what}");
     }
 }

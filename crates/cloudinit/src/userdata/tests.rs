@@ -46,9 +46,12 @@ fn body(part: &str) -> String {
 
 #[test]
 fn plain_without_extra() {
-    let text = render(&keys(), None, None).unwrap_or_default();
+    let text = render(&keys(), None, None, &[]).unwrap_or_default();
     assert!(text.starts_with("#cloud-config\n"));
-    assert_eq!(render(&keys(), None, Some(" \n")).unwrap_or_default(), text);
+    assert_eq!(
+        render(&keys(), None, Some(" \n"), &[]).unwrap_or_default(),
+        text
+    );
 }
 
 #[test]
@@ -89,7 +92,7 @@ fn classification() {
 #[test]
 fn cloud_config_is_merged_by_cloud_init() {
     let extra = "#cloud-config\npackages: [htop]\nssh_authorized_keys: [\"x\"]\n";
-    let text = render(&keys(), None, Some(extra)).unwrap_or_default();
+    let text = render(&keys(), None, Some(extra), &[]).unwrap_or_default();
     assert!(text.starts_with("Content-Type: multipart/mixed; boundary=\"vessel-seed-"));
     let (boundary, p) = parts(&text);
     assert_eq!(p.len(), 2);
@@ -103,7 +106,7 @@ fn cloud_config_is_merged_by_cloud_init() {
 #[test]
 fn scripts_keep_every_byte() {
     let script = "#!/bin/sh\necho 'héllo ✓' > /x\n--vessel-seed-0\n\n";
-    let text = render(&keys(), Some("vessel"), Some(script)).unwrap_or_default();
+    let text = render(&keys(), Some("vessel"), Some(script), &[]).unwrap_or_default();
     let (_, p) = parts(&text);
     assert!(p[0].starts_with("Content-Type: text/x-shellscript;"));
     assert_eq!(body(&p[0]), script);
@@ -119,14 +122,14 @@ fn mime_goes_in_verbatim_with_a_fresh_boundary() {
             "Content-Type: multipart/mixed; boundary=\"b\"\nMIME-Version: 1.0\n\n--b\n\
              Content-Type: text/x-shellscript\n\n#!/bin/sh\ntrue\n{seed}\n--b--\n"
         );
-        let text = render(&keys(), None, Some(&candidate)).unwrap_or_default();
+        let text = render(&keys(), None, Some(&candidate), &[]).unwrap_or_default();
         let (boundary, _) = parts(&text);
         if seed.contains(&boundary) || seed.len() > 200 {
             break candidate;
         }
         seed.push_str(&format!("--{boundary}"));
     };
-    let text = render(&keys(), None, Some(&mime)).unwrap_or_default();
+    let text = render(&keys(), None, Some(&mime), &[]).unwrap_or_default();
     let (boundary, p) = parts(&text);
     assert!(!mime.contains(&boundary));
     assert_eq!(p[0], mime);
@@ -134,7 +137,7 @@ fn mime_goes_in_verbatim_with_a_fresh_boundary() {
 
 #[test]
 fn refusals() {
-    let yaml_err = render(&keys(), None, Some("#cloud-config\na: b\n  c: [d\n")).err();
+    let yaml_err = render(&keys(), None, Some("#cloud-config\na: b\n  c: [d\n"), &[]).err();
     match yaml_err {
         Some(UserDataError::Yaml {
             line,
@@ -147,25 +150,25 @@ fn refusals() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        render(&keys(), None, Some("#cloud-config\n- a\n")),
+        render(&keys(), None, Some("#cloud-config\n- a\n"), &[]),
         Err(UserDataError::NotAMapping("list"))
     ));
     assert!(matches!(
-        render(&keys(), None, Some("#cloud-config\nx\n")),
+        render(&keys(), None, Some("#cloud-config\nx\n"), &[]),
         Err(UserDataError::NotAMapping("scalar"))
     ));
-    assert!(render(&keys(), None, Some("#cloud-config\n")).is_ok());
+    assert!(render(&keys(), None, Some("#cloud-config\n"), &[]).is_ok());
     assert!(matches!(
-        render(&keys(), None, Some("echo hi")),
+        render(&keys(), None, Some("echo hi"), &[]),
         Err(UserDataError::UnknownFormat(_))
     ));
     assert!(matches!(
-        render(&keys(), None, Some("\nMIME-Version: 1.0\n")),
+        render(&keys(), None, Some("\nMIME-Version: 1.0\n"), &[]),
         Err(UserDataError::MimeHeaders)
     ));
     let big = format!("#!/bin/sh\n{}", "#".repeat(MAX_EXTRA_USER_DATA));
     assert!(matches!(
-        render(&keys(), None, Some(&big)),
+        render(&keys(), None, Some(&big), &[]),
         Err(UserDataError::TooLarge { .. })
     ));
 }

@@ -95,6 +95,7 @@ pub fn config(extra: Option<&str>) -> SeedConfig {
             },
         ],
         default_user: None,
+        mounts: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod blk;
 mod frontend;
+mod fs_transport;
 mod hostile;
 mod net;
 mod virtiofsd;

@@ -8,6 +8,7 @@
 //! (scripts/test.sh installs everything and sets it): then it fails.
 
 use virtio::features::VERSION_1;
+use virtio::VirtioDevice as _;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -17,14 +18,14 @@ use crate::fs::Share;
 use crate::fs_device::{ActiveQueue, FsDevice};
 use crate::virtiofsd;
 
-const REQ: u64 = 0x20000;
-const REPLY: u64 = 0x30000;
+pub(super) const REQ: u64 = 0x20000;
+pub(super) const REPLY: u64 = 0x30000;
 const FUSE_LOOKUP: u32 = 1;
-const FUSE_INIT: u32 = 26;
+pub(super) const FUSE_INIT: u32 = 26;
 const FUSE_CREATE: u32 = 35;
 const ROOT_NODE: u64 = 1;
 
-fn binary() -> Option<std::path::PathBuf> {
+pub(super) fn binary() -> Option<std::path::PathBuf> {
     match virtiofsd::find() {
         Ok(path) => Some(path),
         Err(err) if std::env::var_os("VESSEL_REQUIRE_TCG").is_some() => panic!("{err}"),
@@ -35,7 +36,7 @@ fn binary() -> Option<std::path::PathBuf> {
     }
 }
 
-fn in_header(len: usize, opcode: u32, unique: u64, node: u64) -> Vec<u8> {
+pub(super) fn in_header(len: usize, opcode: u32, unique: u64, node: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(40);
     h.extend_from_slice(&(40 + len as u32).to_le_bytes());
     h.extend_from_slice(&opcode.to_le_bytes());
@@ -81,7 +82,7 @@ fn start(binary: &std::path::Path, share: Share, socket: &std::path::Path) -> St
     let mut device = FsDevice::start(binary, share, socket).unwrap();
     assert_eq!(device.device_type(), 26);
     assert_eq!(device.queue_max_sizes().len(), 2);
-    assert_ne!(device.features() & VERSION_1, 0);
+    assert_ne!(device.offered_features() & VERSION_1, 0);
     let guest = Guest::new();
     let rings = [Ring::new(0, QUEUE_SIZE), Ring::new(1, QUEUE_SIZE)];
     let fds: Vec<(EventFd, EventFd)> = (0..2)
@@ -152,7 +153,7 @@ fn virtiofsd_serves_the_share_through_vessels_frontend() {
     assert_eq!(error, 0);
     assert!(shared.join("new").is_file());
 
-    t.device.reset().unwrap();
+    t.device.stop_queues().unwrap();
     drop(t);
     assert!(!socket.exists(), "the socket is removed with virtiofsd");
 }
@@ -171,7 +172,7 @@ fn a_readonly_share_refuses_writes() {
 }
 
 /// FUSE_CREATE of `name` in the root, read-write, mode 0644.
-fn create_request(unique: u64, name: &[u8]) -> Vec<u8> {
+pub(super) fn create_request(unique: u64, name: &[u8]) -> Vec<u8> {
     let mut req = in_header(16 + name.len(), FUSE_CREATE, unique, ROOT_NODE);
     for v in [
         libc::O_RDWR as u32 | libc::O_CREAT as u32,

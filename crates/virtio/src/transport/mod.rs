@@ -9,6 +9,7 @@
 
 mod caps;
 mod common_cfg;
+mod external;
 mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -93,7 +94,7 @@ impl VirtioPciDevice {
     /// kind); MSI-X vectors (one per queue plus one for configuration changes) are
     /// delivered through `msi`, legacy interrupts through `intx` when given.
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         bar_addr: u64,
         msi: Arc<dyn MsiInterrupt>,
@@ -137,13 +138,27 @@ impl VirtioPciDevice {
         let notifiers = (0..max_sizes.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
-        let device_features = device.features() | DEVICE_FEATURES_TRANSPORT;
+        let relays = if device.queue_server().is_some() {
+            (0..max_sizes.len())
+                .map(|_| EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        // A device served elsewhere offers only what its server does (the ring features
+        // are the server's to implement).
+        let device_features = if relays.is_empty() {
+            device.features() | DEVICE_FEATURES_TRANSPORT
+        } else {
+            device.features()
+        };
         let shared = Arc::new(Shared {
             mem,
             device: Mutex::new(device),
             queues: max_sizes.iter().map(|_| Mutex::new(None)).collect(),
             interrupt: VirtioInterrupt::new(msix, intx, max_sizes.len()),
             notifiers,
+            relays,
             driver_ok: AtomicBool::new(false),
             needs_reset: AtomicBool::new(false),
             config_generation: AtomicU8::new(0),
@@ -214,7 +229,7 @@ impl VirtioPciDevice {
         lock(&shared.device).reset();
         shared.needs_reset.store(false, Ordering::SeqCst);
         shared.interrupt.reset();
-        for evt in &shared.notifiers {
+        for evt in shared.notifiers.iter().chain(&shared.relays) {
             let _ = evt.read();
         }
         self.device_feature_select = 0;
@@ -247,6 +262,9 @@ impl VirtioPciDevice {
             } else {
                 lock(&self.shared.device).activate(self.driver_features);
                 self.shared.driver_ok.store(true, Ordering::SeqCst);
+                if self.shared.is_external() {
+                    self.start_external();
+                }
                 // Requests may have been queued (and kicked) before DRIVER_OK.
                 for evt in &self.shared.notifiers {
                     let _ = evt.write(1);

@@ -4,11 +4,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use pci::{IntxLine, MsiInterrupt, MsiMessage};
+use vmm_sys_util::eventfd::EventFd;
 
-#[derive(Default)]
 pub struct RecordingMsi {
     pub fired: Mutex<Vec<u16>>,
     pub routes: Mutex<Vec<(u16, MsiMessage, bool)>>,
+    /// One eventfd per vector, as KVM's irqfds (handed to external queue servers).
+    pub irqfds: Vec<EventFd>,
+}
+
+impl Default for RecordingMsi {
+    fn default() -> Self {
+        Self {
+            fired: Mutex::default(),
+            routes: Mutex::default(),
+            irqfds: (0..16).map(|_| EventFd::new(0).unwrap()).collect(),
+        }
+    }
 }
 
 impl RecordingMsi {
@@ -23,6 +35,9 @@ impl MsiInterrupt for RecordingMsi {
     }
     fn trigger(&self, vector: u16) {
         self.fired.lock().unwrap().push(vector);
+    }
+    fn irqfd(&self, vector: u16) -> Option<&EventFd> {
+        self.irqfds.get(usize::from(vector))
     }
 }
 
