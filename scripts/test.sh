@@ -91,6 +91,13 @@ if ! command -v virtiofsd >/dev/null && [ -z "${VESSEL_VIRTIOFSD:-}" ]; then
 fi
 command -v virtiofsd >/dev/null || [ -n "${VESSEL_VIRTIOFSD:-}" ] || { echo "test.sh: virtiofsd is missing" >&2; exit 1; }
 [ -c /dev/kvm ] || echo "warning: /dev/kvm is missing; the tests that boot guests will fail" >&2
+# /dev/kvm as Debian's udev rules leave it on a standard host (root:kvm, 0660), so that
+# tests/confinement.rs can start a VMM as an unprivileged member of the kvm group. Only a
+# device left root:root (as some nested hosts leave it) is changed.
+if [ -c /dev/kvm ] && [ "$(id -u)" = 0 ] && [ "$(stat -c %G /dev/kvm)" = root ]; then
+    getent group kvm >/dev/null || groupadd --system kvm
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 
 cd "$ROOT"
 # tests/firecracker_python.rs drives vessel with the unmodified PyPI client (pinned); --target
