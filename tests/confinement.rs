@@ -347,7 +347,7 @@ fn start_blk_backend(dir: &std::path::Path, extra: &[&str]) -> std::process::Chi
 fn vhost_user_backend_takes_the_confinement_flags() {
     let dir = tempfile::tempdir().unwrap();
     for (flags, seccomp) in [(&[][..], "2"), (&["--seccomp=off"][..], "0")] {
-        let mut child = start_blk_backend(dir.path(), flags);
+        let child = start_blk_backend(dir.path(), flags);
         for (name, status) in threads(child.id()) {
             assert_eq!(field(&status, "Seccomp:"), seccomp, "{flags:?} {name}");
             assert_eq!(field(&status, "NoNewPrivs:"), "1", "{flags:?} {name}");
