@@ -104,6 +104,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             guest_cid: v.cid as u32,
             uds_path: v.uds.display().to_string(),
         }),
+        balloon: cfg.balloon.as_ref().map(crate::api_balloon::to_api),
     }
 }
 
@@ -226,6 +227,7 @@ fn vm_config(
             cid: u64::from(v.guest_cid),
             uds: PathBuf::from(&v.uds_path),
         }),
+        balloon: cfg.balloon.as_ref().map(crate::api_balloon::from_api),
     })
 }
 
@@ -303,6 +305,7 @@ impl VmmBackend for Backend {
             pit: vmm::PitMode::Auto,
             emulator_fixups: self.emulator_fixups,
             vsock: None,
+            balloon: None,
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -351,6 +354,22 @@ impl VmmBackend for Backend {
     fn resume(&self) -> Result<(), String> {
         self.handle()?.resume();
         Ok(())
+    }
+
+    fn balloon_config(&self) -> Result<api::Balloon, String> {
+        crate::api_balloon::config(&self.handle()?)
+    }
+
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+        crate::api_balloon::update(&self.handle()?, amount_mib)
+    }
+
+    fn balloon_statistics(&self) -> Result<api::BalloonStatistics, String> {
+        crate::api_balloon::get_statistics(&self.handle()?)
+    }
+
+    fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
+        crate::api_balloon::update_statistics(&self.handle()?, secs)
     }
 }
 
@@ -480,6 +499,7 @@ mod tests {
             pit: vmm::PitMode::Auto,
             emulator_fixups: Default::default(),
             vsock: None,
+            balloon: None,
         }
     }
 

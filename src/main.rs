@@ -1,6 +1,8 @@
 //! vessel: a virtual machine monitor on KVM.
 
+mod api_balloon;
 mod api_mode;
+mod balloon_def;
 mod cli_docs;
 mod confinement;
 mod disk_cli;

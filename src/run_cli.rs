@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
     /// The VM's configuration then comes from the API alone: the flags that configure a VM
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// (Firecracker's protocol, docs/vsock.md). A stale socket at PATH is replaced.
     #[arg(long, value_parser = parse_vsock)]
     vsock: Option<vmm::VsockConfig>,
+    /// A virtio-balloon device: amount_mib=N[,deflate_on_oom=on][,stats_polling_interval_s=S]
+    /// [,free_page_reporting=on] (N MiB taken from the guest at boot; docs/balloon.md).
+    #[arg(long, value_parser = crate::balloon_def::parse_balloon)]
+    balloon: Option<vmm::BalloonConfig>,
     #[command(flatten)]
     jail: crate::jail_cli::JailArgs,
 }
@@ -235,6 +239,7 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::DiskId(_)
             | VmError::ConsoleFile { .. }
             | VmError::Vsock(_)
+            | VmError::Balloon(_)
     )
 }
 
@@ -302,6 +307,7 @@ pub fn run(args: RunArgs) -> i32 {
         pit: args.pit,
         emulator_fixups: args.emulator_fixups,
         vsock: args.vsock,
+        balloon: args.balloon,
     };
     if args.jail.dir.is_some() {
         return crate::jail_cli::run(&args.jail, cfg);

@@ -43,6 +43,9 @@ pub struct VmDefinition {
     pub console2: Option<Spanned<PathBuf>>,
     /// A virtio-vsock device (docs/vsock.md).
     pub vsock: Option<VsockDef>,
+    /// A virtio-balloon device (docs/balloon.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::balloon_def::BalloonDef>,
     /// Ansible groups the VM is in (`vessel inventory`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Spanned<String>>,
@@ -315,6 +318,11 @@ impl VmDefinition {
                 Ok(()) => {}
             }
         }
+        if let Some(b) = &def.balloon {
+            for (span, message) in b.check(def.memory_bytes() >> 20) {
+                err(span, message);
+            }
+        }
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -466,6 +474,7 @@ impl VmDefinition {
                 cid: *v.cid.get_ref() as u64,
                 uds: v.uds.get_ref().clone(),
             }),
+            balloon: self.balloon.as_ref().map(|b| b.to_config()),
         })
     }
 }

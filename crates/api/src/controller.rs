@@ -7,6 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::backend::VmmBackend;
+use crate::balloon_model::Balloon;
 use crate::model::{
     ActionType, BootSource, Drive, FullVmConfig, InstanceInfo, InstanceState, MachineConfig,
     MachineConfigUpdate, NetworkInterface, VersionInfo, VmConfigSnapshot, VmStateTarget, Vsock,
@@ -40,6 +41,7 @@ pub enum ApiRequest {
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
     LoadSnapshot(SnapshotLoadParams),
+    Balloon(balloon::BalloonRequest),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -84,11 +86,14 @@ pub enum ControlError {
     #[error("{0}")]
     Vsock(#[from] vsock::VsockRequestError),
     #[error("{0}")]
+    Balloon(#[from] balloon::BalloonRequestError),
+    #[error("{0}")]
     Metrics(#[from] metrics::MetricsError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+pub(crate) mod balloon;
 pub(crate) mod metrics;
 mod snapshot;
 mod vsock;
@@ -120,6 +125,7 @@ pub struct VmController {
     drives: Vec<Drive>,
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
+    balloon: Option<Balloon>,
     metrics: Option<metrics::MetricsSink>,
     backend: Arc<dyn VmmBackend>,
 }
@@ -134,6 +140,7 @@ impl VmController {
             drives: Vec::new(),
             network_interfaces: Vec::new(),
             vsock: None,
+            balloon: None,
             metrics: None,
             backend,
         }
@@ -153,6 +160,7 @@ impl VmController {
             drives: config.drives,
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
+            balloon: config.balloon,
             metrics: None,
             backend,
         }
@@ -170,6 +178,7 @@ impl VmController {
             machine_config: self.machine.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
         }
     }
 
@@ -217,6 +226,7 @@ impl VmController {
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
+            ApiRequest::Balloon(request) => self.balloon_request(request),
         }
     }
 
@@ -331,6 +341,7 @@ impl VmController {
             drives: self.drives.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
         };
         self.backend.start(&snapshot).map_err(ControlError::Start)?;
         self.state = InstanceState::Running;

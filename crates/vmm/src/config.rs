@@ -91,6 +91,8 @@ pub struct VmConfig {
     pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
     /// A virtio-vsock device, after the consoles in PCI slot order.
     pub vsock: Option<VsockConfig>,
+    /// A virtio-balloon device, last in PCI slot order (docs/balloon.md).
+    pub balloon: Option<virtio::balloon::BalloonConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -1,5 +1,5 @@
 //! Controlling a running VM from other threads (the API server, signal handlers): pause
-//! and resume the vCPUs, press Ctrl-Alt-Del, stop.
+//! and resume the vCPUs, press Ctrl-Alt-Del, stop, reach the balloon.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -111,6 +111,8 @@ pub struct VmHandle {
     pub(crate) vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
     /// What a snapshot of this VM reads.
     pub(crate) snapshot: Arc<crate::snapshot::SnapshotSource>,
+    /// The virtio-balloon, when the VM has one.
+    pub(crate) balloon: Option<crate::BalloonControl>,
 }
 
 impl VmHandle {
@@ -147,6 +149,16 @@ impl VmHandle {
         mem_path: &std::path::Path,
     ) -> Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError> {
         self.snapshot.create(&self.gate, state_path, mem_path)
+    }
+
+    /// The VM's balloon, if it has one.
+    pub fn balloon(&self) -> Option<&crate::BalloonControl> {
+        self.balloon.as_ref()
+    }
+
+    /// Guest RAM in MiB (the most a balloon may take).
+    pub fn memory_mib(&self) -> u64 {
+        self.snapshot.machine.memory >> 20
     }
 
     pub fn resume(&self) {

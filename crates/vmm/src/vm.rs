@@ -114,6 +114,8 @@ pub enum VmError {
     },
     #[error("vsock: {0}")]
     Vsock(#[source] virtio::vsock::VsockError),
+    #[error("balloon: {0}")]
+    Balloon(String),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -210,6 +212,7 @@ impl Vm {
             rng: snapshot.machine.rng,
             console2: snapshot.machine.console.clone(),
             vsock: None,
+            balloon: snapshot.machine.balloon,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -281,7 +284,10 @@ impl Vm {
             });
         }
         let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
-        let virtio_devices = virtio_devices(cfg, saved_virtio)?;
+        let crate::virtio_devices::VirtioDevices {
+            devices: virtio_devices,
+            balloon,
+        } = crate::virtio_devices::virtio_devices(cfg, saved_virtio)?;
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -481,6 +487,10 @@ impl Vm {
                 )?;
             }
         }
+        let balloon_control = balloon.and_then(|(index, handle)| {
+            let processor = pci.processors.get(index)?.clone();
+            Some(crate::BalloonControl::new(handle, processor))
+        });
         let snapshot_source = crate::snapshot::SnapshotSource {
             vm: vm.clone(),
             mem: mem.clone(),
@@ -512,9 +522,10 @@ impl Vm {
                     .collect(),
                 rng: cfg.rng,
                 console: cfg.console2.as_deref().map(crate::snapshot::console_path),
+                balloon: cfg.balloon,
             },
             xsave2_size,
-            unsupported_device: unsupported_device(cfg),
+            unsupported_device: crate::virtio_devices::unsupported_device(cfg),
         };
         Ok(Self {
             _kvm: kvm,
@@ -538,6 +549,7 @@ impl Vm {
                 gate,
                 vcpu_threads: Arc::new(Mutex::new(Vec::new())),
                 snapshot: Arc::new(snapshot_source),
+                balloon: balloon_control,
             },
         })
     }
@@ -613,122 +625,3 @@ impl Vm {
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
-/// connections cannot be saved.
-fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    cfg.vsock
-        .as_ref()
-        .map(|_| "virtio-vsock (its host connections cannot be saved)".to_string())
-}
-
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
-/// vsock;
-/// with `saved` (a snapshot's states in slot order), each restored from its state.
-fn virtio_devices(
-    cfg: &VmConfig,
-    saved: Option<&[virtio::VirtioPciState]>,
-) -> Result<Vec<crate::pci_devices::DeviceSpec>, VmError> {
-    use crate::pci_devices::DeviceSpec;
-    use crate::snapshot::restore_model;
-    let mut devices: Vec<DeviceSpec> = Vec::new();
-    let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
-    for (i, d) in cfg.disks.iter().enumerate() {
-        let opts = block::OpenOptions {
-            read_only: d.read_only,
-            format: d.format,
-            allow_external_backing: d.allow_external_backing,
-        };
-        let image = block::open(&d.path, &opts).map_err(|source| VmError::Disk {
-            path: d.path.clone(),
-            source,
-        })?;
-        if image.size() % 512 != 0 {
-            return Err(VmError::DiskSize {
-                path: d.path.clone(),
-                size: image.size(),
-            });
-        }
-        let serial = d.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
-        if serial.len() > 20 {
-            return Err(VmError::DiskId(serial));
-        }
-        let block = virtio::blk::Block::new(image, &serial);
-        let block = if d.honour_flush {
-            block
-        } else {
-            block.ignoring_flush()
-        };
-        devices.push(DeviceSpec::new(Box::new(block)));
-    }
-    for (index, nic) in cfg.nics.iter().enumerate() {
-        // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
-        let mac = crate::snapshot::effective_mac(index, nic);
-        let nic = net::NicConfig {
-            mac: Some(mac),
-            ..nic.clone()
-        };
-        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
-            index,
-            mode: format!("{:?}", nic.mode),
-            source,
-        })?;
-        let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
-        let fd = device.backend_fd();
-        devices.push(DeviceSpec {
-            device: Box::new(device),
-            backend_fd: Some(fd),
-        });
-    }
-    if cfg.rng {
-        devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
-    }
-    if let Some(path) = &cfg.console2 {
-        let out =
-            ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
-                path: path.clone(),
-                source,
-            })?;
-        let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
-        devices.push(DeviceSpec::new(Box::new(console)));
-    }
-    if let Some(v) = &cfg.vsock {
-        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
-        let fd = device.backend_fd();
-        devices.push(DeviceSpec {
-            device: Box::new(device),
-            backend_fd: Some(fd),
-        });
-    }
-    Ok(devices)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshots_refuse_a_vm_with_vsock() {
-        let mut cfg = VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: true,
-            console2: None,
-            nics: Vec::new(),
-            pit: crate::PitMode::Auto,
-            emulator_fixups: crate::EmulatorFixups::Auto,
-            vsock: None,
-        };
-        assert_eq!(unsupported_device(&cfg), None);
-        cfg.vsock = Some(crate::VsockConfig {
-            cid: 3,
-            uds: "/tmp/v.sock".into(),
-        });
-        let what = unsupported_device(&cfg).unwrap();
-        assert!(what.starts_with("virtio-vsock"), "{what}");
-    }
-}
