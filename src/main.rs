@@ -16,6 +16,7 @@ mod inventory_cli;
 mod jail_cli;
 mod logging;
 mod manage_cli;
+mod memory_cli;
 mod ova;
 mod project_cli;
 mod provision_cli;
