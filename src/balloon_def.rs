@@ -37,7 +37,9 @@ impl BalloonDef {
         if u64::try_from(amount).map_or(true, |a| a > memory_mib) {
             errors.push((
                 self.amount_mib.span(),
-                format!("balloon amount_mib {amount}: between 0 and the VM's memory, {memory_mib} MiB"),
+                format!(
+                    "balloon amount_mib {amount}: between 0 and the VM's memory, {memory_mib} MiB"
+                ),
             ));
         }
         let interval = *self.stats_polling_interval_s.get_ref();
@@ -104,7 +106,8 @@ pub fn parse_balloon(s: &str) -> Result<BalloonConfig, String> {
             }
         }
     }
-    cfg.amount_mib = amount.ok_or_else(|| format!("invalid balloon '{s}': amount_mib=N is needed"))?;
+    cfg.amount_mib =
+        amount.ok_or_else(|| format!("invalid balloon '{s}': amount_mib=N is needed"))?;
     Ok(cfg)
 }
 
@@ -114,13 +117,16 @@ mod tests {
 
     #[test]
     fn cli_spec_parses_and_refuses_bad_input() {
-        let c = parse_balloon("amount_mib=64,deflate_on_oom=on,stats_polling_interval_s=2").unwrap();
+        let c =
+            parse_balloon("amount_mib=64,deflate_on_oom=on,stats_polling_interval_s=2").unwrap();
         assert_eq!(c.amount_mib, 64);
         assert!(c.deflate_on_oom && !c.free_page_reporting);
         assert_eq!(c.stats_polling_interval_s, 2);
-        assert!(parse_balloon("amount_mib=0,free_page_reporting=on")
-            .unwrap()
-            .free_page_reporting);
+        assert!(
+            parse_balloon("amount_mib=0,free_page_reporting=on")
+                .unwrap()
+                .free_page_reporting
+        );
         for bad in [
             "",
             "deflate_on_oom=on",
@@ -136,11 +142,13 @@ mod tests {
 
     #[test]
     fn definition_is_checked_against_memory() {
-        let def: BalloonDef = toml::from_str("amount_mib = 600\nstats_polling_interval_s = -1").unwrap();
+        let def: BalloonDef =
+            toml::from_str("amount_mib = 600\nstats_polling_interval_s = -1").unwrap();
         let errors = def.check(512);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].1.contains("512 MiB"));
-        let def: BalloonDef = toml::from_str("amount_mib = 128\nfree_page_reporting = true").unwrap();
+        let def: BalloonDef =
+            toml::from_str("amount_mib = 128\nfree_page_reporting = true").unwrap();
         assert!(def.check(512).is_empty());
         assert_eq!(def.to_config().amount_mib, 128);
         assert!(toml::from_str::<BalloonDef>("amount = 1").is_err());

@@ -27,12 +27,18 @@ pub struct MemoryArgs {
 }
 
 /// One request on the VM's API socket: (HTTP status, body).
-fn api_call(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+fn api_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the VMM's API socket {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(Value::to_string).unwrap_or_default();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if !body.is_empty() {
         request += &format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -146,7 +152,10 @@ fn report(name: &str, memory_mib: u64, balloon: &Value, stats: Option<&Value>) -
 }
 
 fn print_report(r: &Value) {
-    let shown = |v: &Value| v.as_u64().map_or_else(|| "-".to_string(), |n| format!("{n} MiB"));
+    let shown = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "-".to_string(), |n| format!("{n} MiB"))
+    };
     println!("VM {}", r["name"].as_str().unwrap_or_default());
     for (label, key) in [
         ("memory", "memory_mib"),
@@ -180,7 +189,10 @@ mod tests {
 
     #[test]
     fn a_fault_message_is_unwrapped() {
-        assert_eq!(fault(r#"{"fault_message": "No balloon device found."}"#), "No balloon device found.");
+        assert_eq!(
+            fault(r#"{"fault_message": "No balloon device found."}"#),
+            "No balloon device found."
+        );
         assert_eq!(fault("plain"), "plain");
     }
 }

@@ -459,7 +459,11 @@ fn debian_kernel_gives_memory_back_through_vessels_balloon() {
         "boot_args": cmdline,
     });
     for (method, path, body) in [
-        ("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 384}"#.to_string()),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 384}"#.to_string(),
+        ),
         ("PUT", "/boot-source", boot.to_string()),
         (
             "PUT",
@@ -467,7 +471,11 @@ fn debian_kernel_gives_memory_back_through_vessels_balloon() {
             r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#
                 .to_string(),
         ),
-        ("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#.to_string()),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_string(),
+        ),
     ] {
         let (code, answer) = vmm.call(method, path, &body);
         assert_eq!(code, 204, "{method} {path}: {answer}");
@@ -481,9 +489,7 @@ fn debian_kernel_gives_memory_back_through_vessels_balloon() {
     let inflated = wait_for_balloon(&vmm, 128);
     let reclaim = start.elapsed();
     let after = vm_rss_kib(pid);
-    eprintln!(
-        "VmRSS {full} KiB -> {after} KiB after inflating 128 MiB in {reclaim:?}; {inflated}"
-    );
+    eprintln!("VmRSS {full} KiB -> {after} KiB after inflating 128 MiB in {reclaim:?}; {inflated}");
     assert!(
         full.saturating_sub(after) >= 100 * 1024,
         "VmRSS fell by {} KiB only",

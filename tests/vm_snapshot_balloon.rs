@@ -63,7 +63,10 @@ fn a_vm_with_a_balloon_round_trips_through_a_snapshot() {
     let (code, body) = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     assert_eq!(code, 204, "{body}");
     // Changed at run time, so the snapshot must carry them rather than the boot values.
-    assert_eq!(first.call("PATCH", "/balloon", r#"{"amount_mib": 48}"#).0, 204);
+    assert_eq!(
+        first.call("PATCH", "/balloon", r#"{"amount_mib": 48}"#).0,
+        204
+    );
     let (code, body) = first.call(
         "PATCH",
         "/balloon/statistics",

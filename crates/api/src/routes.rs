@@ -104,10 +104,12 @@ pub fn parse_request(
                 let target: VmStateBody = parse_body(body)?;
                 Ok(ApiRequest::PatchVmState(target.state))
             }
-            ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Patch(parse_body(body)?))),
-            ["balloon", "statistics"] => Ok(ApiRequest::Balloon(
-                BalloonRequest::PatchStatistics(parse_body(body)?),
-            )),
+            ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Patch(parse_body(
+                body,
+            )?))),
+            ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::PatchStatistics(
+                parse_body(body)?,
+            ))),
             _ => Err(invalid()),
         },
         _ => Err(invalid()),
@@ -254,8 +256,12 @@ mod tests {
             ApiRequest::Balloon(BalloonRequest::Patch(_))
         ));
         assert!(matches!(
-            route("PATCH", "/balloon/statistics", r#"{"stats_polling_interval_s":2}"#)
-                .unwrap(),
+            route(
+                "PATCH",
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s":2}"#
+            )
+            .unwrap(),
             ApiRequest::Balloon(BalloonRequest::PatchStatistics(_))
         ));
         assert_eq!(

@@ -20,13 +20,13 @@ mod pci_devices;
 pub mod shared_memory;
 pub mod snapshot;
 pub mod vcpu;
-pub mod vm;
 mod virtio_devices;
+pub mod vm;
 
-pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use balloon_control::BalloonControl;
+pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use control::VmHandle;
-pub use virtio::balloon::{BalloonConfig, BalloonReport};
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;
+pub use virtio::balloon::{BalloonConfig, BalloonReport};
 pub use vm::{Vm, VmError};

@@ -130,6 +130,7 @@ fn balloon(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SerialMode;
 
     #[test]
     fn snapshots_refuse_a_vm_with_vsock() {

@@ -624,4 +624,3 @@ impl Vm {
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
 }
-

@@ -6,8 +6,8 @@
 use thiserror::Error;
 
 use super::{json, ApiReply, ControlError, VmController};
-use crate::model::InstanceState;
 use crate::balloon_model::{Balloon, BalloonStatsUpdate, BalloonUpdate};
+use crate::model::InstanceState;
 
 /// A balloon request the router understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,9 +162,14 @@ mod tests {
         let ApiReply::Json(body) = call(&mut c, BalloonRequest::Get).unwrap() else {
             panic!("no body");
         };
-        assert_eq!(serde_json::from_slice::<Balloon>(&body).unwrap(), balloon(64));
+        assert_eq!(
+            serde_json::from_slice::<Balloon>(&body).unwrap(),
+            balloon(64)
+        );
         let patch = BalloonRequest::Patch(BalloonUpdate { amount_mib: 1 });
-        assert!(call(&mut c, patch.clone()).unwrap_err().contains("before starting"));
+        assert!(call(&mut c, patch.clone())
+            .unwrap_err()
+            .contains("before starting"));
         assert!(call(&mut c, BalloonRequest::GetStatistics).is_err());
 
         let dir = tempfile::tempdir().unwrap();
@@ -194,6 +199,8 @@ mod tests {
         let stats = BalloonRequest::PatchStatistics(BalloonStatsUpdate {
             stats_polling_interval_s: 1,
         });
-        assert!(call(&mut c, stats).unwrap_err().contains("No balloon device"));
+        assert!(call(&mut c, stats)
+            .unwrap_err()
+            .contains("No balloon device"));
     }
 }

@@ -137,7 +137,9 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
 /// Firecracker's counters of the balloon requests.
 fn balloon_metric(request: &BalloonRequest) -> Option<Metric> {
     match request {
-        BalloonRequest::Put(_) => Some(("put_api_requests", ("balloon_count", Some("balloon_fails")))),
+        BalloonRequest::Put(_) => {
+            Some(("put_api_requests", ("balloon_count", Some("balloon_fails"))))
+        }
         BalloonRequest::Patch(_) | BalloonRequest::PatchStatistics(_) => Some((
             "patch_api_requests",
             ("balloon_count", Some("balloon_fails")),

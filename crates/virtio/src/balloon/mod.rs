@@ -18,9 +18,9 @@ pub use control::{BalloonError, BalloonHandle, BalloonReport};
 pub use persist::{BalloonState, BALLOON_STATE_VERSION};
 
 use crate::chain_io::{split, ChainReader};
-use crate::processor::lock;
 use crate::device::VirtioDevice;
 use crate::drain::drain;
+use crate::processor::lock;
 use crate::queue::{Queue, QueueError, Segment};
 
 /// Queue size of every balloon queue.
