@@ -104,6 +104,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             guest_cid: v.cid as u32,
             uds_path: v.uds.display().to_string(),
         }),
+        balloon: cfg.balloon.as_ref().map(crate::api_balloon::to_api),
     }
 }
 
@@ -230,6 +231,7 @@ fn vm_config(
         }),
         // Firecracker's API has no shared folders.
         shares: Vec::new(),
+        balloon: cfg.balloon.as_ref().map(crate::api_balloon::from_api),
     })
 }
 
@@ -308,6 +310,7 @@ impl VmmBackend for Backend {
             emulator_fixups: self.emulator_fixups,
             vsock: None,
             shares: Vec::new(),
+            balloon: None,
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -382,6 +385,22 @@ impl VmmBackend for Backend {
         config: &api::LoggerConfig,
     ) -> Result<(), String> {
         crate::logging::configure(file, config)
+    }
+
+    fn balloon_config(&self) -> Result<api::Balloon, String> {
+        crate::api_balloon::config(&self.handle()?)
+    }
+
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+        crate::api_balloon::update(&self.handle()?, amount_mib)
+    }
+
+    fn balloon_statistics(&self) -> Result<api::BalloonStatistics, String> {
+        crate::api_balloon::get_statistics(&self.handle()?)
+    }
+
+    fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
+        crate::api_balloon::update_statistics(&self.handle()?, secs)
     }
 }
 
@@ -512,6 +531,7 @@ mod tests {
             emulator_fixups: Default::default(),
             vsock: None,
             shares: Vec::new(),
+            balloon: None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! vessel: a virtual machine monitor on KVM.
 
+mod api_balloon;
 mod api_devices;
 mod api_mode;
+mod balloon_def;
 mod cli_docs;
 mod confinement;
 mod disk_cli;
@@ -15,6 +17,7 @@ mod inventory_cli;
 mod jail_cli;
 mod logging;
 mod manage_cli;
+mod memory_cli;
 mod ova;
 mod project_cli;
 mod provision_cli;

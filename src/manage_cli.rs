@@ -76,6 +76,8 @@ pub enum ManageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show or set a running VM's memory through its balloon ([balloon] in its definition).
+    Memory(crate::memory_cli::MemoryArgs),
     /// Attach to a running VM's serial console (Ctrl-] detaches).
     Console {
         /// The running VM whose console to attach to.
@@ -182,6 +184,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Ls { json } => crate::vm_list::ls(&state, json),
         ManageCommand::Inspect { name, json } => crate::vm_list::inspect(&state, &name, json),
         ManageCommand::Console { name } => console(&state, &name),
+        ManageCommand::Memory(args) => crate::memory_cli::memory(&state, args),
         ManageCommand::Ssh(args) => crate::ssh_cli::ssh(&state, args),
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),

@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// configuration and InstanceStart there, like `firecracker --api-sock`.
     /// The VM's configuration then comes from the API alone: the flags that configure a VM
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "shares", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// (docs/shared-folders.md). The tag is what follows the last ':'.
     #[arg(long = "share", value_parser = parse_share, conflicts_with = "jail")]
     shares: Vec<vhost_user::fs::Share>,
+    /// A virtio-balloon device: amount_mib=N[,deflate_on_oom=on][,stats_polling_interval_s=S]
+    /// [,free_page_reporting=on] (N MiB taken from the guest at boot; docs/balloon.md).
+    #[arg(long, value_parser = crate::balloon_def::parse_balloon)]
+    balloon: Option<vmm::BalloonConfig>,
     #[command(flatten)]
     jail: crate::jail_cli::JailArgs,
 }
@@ -258,6 +262,7 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::ConsoleFile { .. }
             | VmError::Vsock(_)
             | VmError::Shares(vmm::shares::SharesError::Virtiofsd(_))
+            | VmError::Balloon(_)
     )
 }
 
@@ -326,6 +331,7 @@ pub fn run(args: RunArgs) -> i32 {
         emulator_fixups: args.emulator_fixups,
         vsock: args.vsock,
         shares: args.shares,
+        balloon: args.balloon,
     };
     if let Err(e) = vhost_user::fs::check_unique(&cfg.shares) {
         eprintln!("vessel: error: {e}");

@@ -46,6 +46,9 @@ pub struct VmDefinition {
     /// Shared folders (virtio-fs; docs/shared-folders.md).
     #[serde(default, rename = "share", skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<crate::share_def::ShareDef>,
+    /// A virtio-balloon device (docs/balloon.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::balloon_def::BalloonDef>,
     /// Ansible groups the VM is in (`vessel inventory`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Spanned<String>>,
@@ -338,6 +341,11 @@ impl VmDefinition {
                 Ok(()) => {}
             }
         }
+        if let Some(b) = &def.balloon {
+            for (span, message) in b.check(def.memory_bytes() >> 20) {
+                err(span, message);
+            }
+        }
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -494,6 +502,7 @@ impl VmDefinition {
                 uds: v.uds.get_ref().clone(),
             }),
             shares: crate::share_def::to_shares(&self.shares)?,
+            balloon: self.balloon.as_ref().map(|b| b.to_config()),
         })
     }
 }

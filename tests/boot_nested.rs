@@ -481,3 +481,126 @@ fn guest_uses_shares(name: &str, extra: &[&str]) {
 fn debian_kernel_mounts_vessels_virtio_fs_shares() {
     guest_uses_shares("nested-virtiofs", &[]);
 }
+
+/// VmRSS of process `pid`, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// `GET /balloon/statistics` as JSON.
+fn balloon_statistics(vmm: &common::api::ApiVmm) -> serde_json::Value {
+    let (code, body) = common::api::curl(&vmm.sock, "GET", "/balloon/statistics", None);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Poll the balloon's statistics until the driver holds `mib` MiB.
+fn wait_for_balloon(vmm: &common::api::ApiVmm, mib: u64) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let stats = balloon_statistics(vmm);
+        if stats["actual_mib"] == mib {
+            return stats;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30 * 60),
+            "the balloon never reached {mib} MiB: {stats}\n{}",
+            vmm.serial()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait (at most 60 minutes: the boot is slow where ring 0 is emulated, and slower on a
+/// loaded host) for `marker` on the serial console.
+fn wait_for_serial(vmm: &mut common::api::ApiVmm, marker: &str) {
+    let start = std::time::Instant::now();
+    while !vmm.serial().contains(marker) {
+        let exited = vmm.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && start.elapsed() < Duration::from_secs(60 * 60),
+            "no {marker} ({exited:?}):\n{}",
+            vmm.serial()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Linux's virtio_balloon driver against vessel's balloon through Firecracker's API: the
+/// guest touches nearly all its memory and frees it, `PATCH /balloon` inflates the balloon
+/// by 128 MiB and the VMM's RSS drops by at least 100 MiB, then the balloon deflates, and
+/// `GET /balloon/statistics` reports the guest's own figures.
+#[test]
+#[ignore = "not yet seen passing: on this loaded kvm_pvm host its boots outlasted the time limit; run with --ignored"]
+fn debian_kernel_gives_memory_back_through_vessels_balloon() {
+    let (kernel, initrd) = debian_guest();
+    let mut vmm = common::api::ApiVmm::spawn("nested-balloon", &[]);
+    let cmdline = format!("{} vessel.test=nested-balloon", nested_cmdline());
+    let boot = serde_json::json!({
+        "kernel_image_path": kernel,
+        "initrd_path": initrd,
+        "boot_args": cmdline,
+    });
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 384}"#.to_string(),
+        ),
+        ("PUT", "/boot-source", boot.to_string()),
+        (
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#
+                .to_string(),
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_string(),
+        ),
+    ] {
+        let (code, answer) = vmm.call(method, path, &body);
+        assert_eq!(code, 204, "{method} {path}: {answer}");
+    }
+    let pid = vmm.child.id();
+    wait_for_serial(&mut vmm, "VESSEL-BALLOON-TOUCHED");
+    let full = vm_rss_kib(pid);
+    let start = std::time::Instant::now();
+    let (code, answer) = vmm.call("PATCH", "/balloon", r#"{"amount_mib": 128}"#);
+    assert_eq!(code, 204, "{answer}");
+    let inflated = wait_for_balloon(&vmm, 128);
+    let reclaim = start.elapsed();
+    let after = vm_rss_kib(pid);
+    eprintln!("VmRSS {full} KiB -> {after} KiB after inflating 128 MiB in {reclaim:?}; {inflated}");
+    assert!(
+        full.saturating_sub(after) >= 100 * 1024,
+        "VmRSS fell by {} KiB only",
+        full.saturating_sub(after)
+    );
+    wait_for_serial(&mut vmm, "VESSEL-BALLOON-INFLATED");
+    let stats = balloon_statistics(&vmm);
+    for key in ["free_memory", "total_memory", "available_memory"] {
+        assert!(stats[key].as_u64().is_some_and(|v| v > 0), "{key}: {stats}");
+    }
+    assert!(
+        stats["total_memory"].as_u64().unwrap() < 384 << 20,
+        "the guest's total memory excludes what it gave away: {stats}"
+    );
+    let (code, answer) = vmm.call("PATCH", "/balloon", r#"{"amount_mib": 0}"#);
+    assert_eq!(code, 204, "{answer}");
+    wait_for_balloon(&vmm, 0);
+    let (status, stderr) = vmm.wait_exit(Duration::from_secs(30 * 60));
+    let serial = vmm.serial();
+    assert!(
+        serial.contains("VESSEL-TEST-PASS nested-balloon"),
+        "{serial}\n{stderr}"
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+    eprintln!("time to reclaim 128 MiB: {reclaim:?}; statistics: {stats}");
+}

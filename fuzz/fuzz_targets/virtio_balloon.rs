@@ -39,12 +39,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut queue) = Queue::new(&mem, layout, flags & 1 != 0, flags & 2 != 0) else {
         return;
     };
-    let mut balloon = Balloon::new(BalloonConfig {
+    let Ok((mut balloon, _handle)) = Balloon::new(BalloonConfig {
         amount_mib: u32::from(ctl[11]),
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
         free_page_reporting: true,
-    });
+    }) else {
+        return;
+    };
     for _ in 0..rounds {
         match balloon.process_queue(index, &mut queue, &mem) {
             Ok(_) => {

@@ -83,4 +83,26 @@ pub trait VmmBackend: Send + Sync {
         let _ = (snapshot_path, mem_path, resume);
         Err("This VMM does not support snapshots.".to_string())
     }
+
+    /// The running VM's balloon as `GET /balloon` shows it.
+    fn balloon_config(&self) -> Result<crate::Balloon, String> {
+        Err("No balloon device found.".to_string())
+    }
+
+    /// A new balloon target (`PATCH /balloon`); the controller checked it against memory.
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+        let _ = amount_mib;
+        Err("No balloon device found.".to_string())
+    }
+
+    /// The balloon's size and the guest's last statistics (`GET /balloon/statistics`).
+    fn balloon_statistics(&self) -> Result<crate::BalloonStatistics, String> {
+        Err("No balloon device found.".to_string())
+    }
+
+    /// A new statistics polling interval (`PATCH /balloon/statistics`).
+    fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
+        let _ = secs;
+        Err("No balloon device found.".to_string())
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::backend::VmmBackend;
+use crate::balloon_model::Balloon;
 use crate::model::{
     ActionType, BootSource, Drive, DriveUpdate, FullVmConfig, InstanceInfo, InstanceState,
     MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, VersionInfo,
@@ -42,6 +43,7 @@ pub enum ApiRequest {
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
     LoadSnapshot(SnapshotLoadParams),
+    Balloon(balloon::BalloonRequest),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -86,6 +88,8 @@ pub enum ControlError {
     #[error("{0}")]
     Vsock(#[from] vsock::VsockRequestError),
     #[error("{0}")]
+    Balloon(#[from] balloon::BalloonRequestError),
+    #[error("{0}")]
     Metrics(#[from] metrics::MetricsError),
     #[error("{0}")]
     Logger(#[from] logger::LoggerError),
@@ -95,6 +99,7 @@ pub enum ControlError {
     Encode(#[from] serde_json::Error),
 }
 
+pub(crate) mod balloon;
 mod devices;
 pub(crate) mod logger;
 pub(crate) mod metrics;
@@ -129,6 +134,7 @@ pub struct VmController {
     drives: Vec<Drive>,
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
+    balloon: Option<Balloon>,
     metrics: Option<metrics::MetricsSink>,
     /// Whether `PUT /logger` succeeded (it is accepted once).
     logger_configured: bool,
@@ -145,6 +151,7 @@ impl VmController {
             drives: Vec::new(),
             network_interfaces: Vec::new(),
             vsock: None,
+            balloon: None,
             metrics: None,
             logger_configured: false,
             backend,
@@ -165,6 +172,7 @@ impl VmController {
             drives: config.drives,
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
+            balloon: config.balloon,
             metrics: None,
             logger_configured: false,
             backend,
@@ -183,6 +191,7 @@ impl VmController {
             machine_config: self.machine.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
         }
     }
 
@@ -233,6 +242,7 @@ impl VmController {
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
+            ApiRequest::Balloon(request) => self.balloon_request(request),
         }
     }
 
@@ -278,6 +288,7 @@ impl VmController {
             drives: self.drives.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
         };
         self.backend.start(&snapshot).map_err(ControlError::Start)?;
         self.state = InstanceState::Running;

@@ -27,6 +27,7 @@
 //! ```
 
 mod backend;
+pub mod balloon_model;
 mod controller;
 pub mod model;
 mod root_device;
@@ -37,6 +38,8 @@ mod socket;
 mod validate;
 
 pub use backend::VmmBackend;
+pub use balloon_model::{Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate};
+pub use controller::balloon::{BalloonRequest, BalloonRequestError};
 pub use controller::logger::{LogLevel, LoggerConfig};
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
 pub use controller::{

@@ -337,6 +337,8 @@ pub struct FullVmConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::balloon_model::Balloon>,
 }
 
 /// The whole validated configuration handed to [`crate::VmmBackend::start`].
@@ -348,6 +350,7 @@ pub struct VmConfigSnapshot {
     pub drives: Vec<Drive>,
     pub network_interfaces: Vec<NetworkInterface>,
     pub vsock: Option<Vsock>,
+    pub balloon: Option<crate::balloon_model::Balloon>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::controller::balloon::BalloonRequest;
 use crate::controller::ApiRequest;
 use crate::model::{
     ActionBody, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate,
@@ -55,6 +56,8 @@ pub fn parse_request(
             ["version"] => Ok(ApiRequest::GetVersion),
             ["machine-config"] => Ok(ApiRequest::GetMachineConfig),
             ["vm", "config"] => Ok(ApiRequest::GetVmConfig),
+            ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Get)),
+            ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::GetStatistics)),
             _ => Err(invalid()),
         },
         ("PUT", None) => Err(RouteError::EmptyPut),
@@ -76,6 +79,7 @@ pub fn parse_request(
             ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
             ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
             ["logger"] => Ok(ApiRequest::PutLogger(parse_body(body)?)),
+            ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Put(parse_body(body)?))),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
             ["drives", id] => {
                 validate_id(id)?;
@@ -122,6 +126,12 @@ pub fn parse_request(
                 check_ids_match(id, &update.iface_id)?;
                 Ok(ApiRequest::PatchNetworkInterface(update))
             }
+            ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Patch(parse_body(
+                body,
+            )?))),
+            ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::PatchStatistics(
+                parse_body(body)?,
+            ))),
             _ => Err(invalid()),
         },
         _ => Err(invalid()),
@@ -254,6 +264,34 @@ mod tests {
         );
         let err = message(route("PUT", "/actions", r#"{"action_type":"Reboot"}"#));
         assert!(err.contains("unknown variant `Reboot`"), "{err}");
+    }
+
+    #[test]
+    fn balloon_routes() {
+        let put = r#"{"amount_mib":64,"deflate_on_oom":false,"stats_polling_interval_s":1}"#;
+        assert!(matches!(
+            route("PUT", "/balloon", put).unwrap(),
+            ApiRequest::Balloon(BalloonRequest::Put(_))
+        ));
+        assert!(matches!(
+            route("PATCH", "/balloon", r#"{"amount_mib":8}"#).unwrap(),
+            ApiRequest::Balloon(BalloonRequest::Patch(_))
+        ));
+        assert!(matches!(
+            route(
+                "PATCH",
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s":2}"#
+            )
+            .unwrap(),
+            ApiRequest::Balloon(BalloonRequest::PatchStatistics(_))
+        ));
+        assert_eq!(
+            route("GET", "/balloon/statistics", "").unwrap(),
+            ApiRequest::Balloon(BalloonRequest::GetStatistics)
+        );
+        assert!(route("PATCH", "/balloon", r#"{"amount_mib":8,"x":1}"#).is_err());
+        assert!(route("PUT", "/balloon/statistics", put).is_err());
     }
 
     #[test]

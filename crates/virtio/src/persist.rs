@@ -31,6 +31,7 @@ pub enum DeviceState {
     Stateless,
     Net(crate::net::NetState),
     Console(crate::console::ConsoleState),
+    Balloon(crate::balloon::BalloonState),
 }
 
 impl DeviceState {
@@ -40,6 +41,7 @@ impl DeviceState {
             DeviceState::Stateless => None,
             DeviceState::Net(_) => Some(crate::net::DEVICE_TYPE_NET),
             DeviceState::Console(_) => Some(crate::console::DEVICE_TYPE_CONSOLE),
+            DeviceState::Balloon(_) => Some(crate::balloon::DEVICE_TYPE_BALLOON),
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct VmConfig {
     /// Shared folders (virtio-fs, each served by its own virtiofsd), after vsock in PCI
     /// slot order; with any, guest memory is a shared memfd (docs/shared-folders.md).
     pub shares: Vec<vhost_user::fs::Share>,
+    /// A virtio-balloon device, last in PCI slot order (docs/balloon.md).
+    pub balloon: Option<virtio::balloon::BalloonConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -1,5 +1,5 @@
 //! Controlling a running VM from other threads (the API server, signal handlers): pause
-//! and resume the vCPUs, press Ctrl-Alt-Del, stop.
+//! and resume the vCPUs, press Ctrl-Alt-Del, stop, reach the balloon.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -113,6 +113,8 @@ pub struct VmHandle {
     pub(crate) snapshot: Arc<crate::snapshot::SnapshotSource>,
     /// Run-time controls of the disks and NICs.
     pub(crate) devices: Arc<crate::device_control::DeviceControls>,
+    /// The virtio-balloon, when the VM has one.
+    pub(crate) balloon: Option<crate::BalloonControl>,
 }
 
 impl VmHandle {
@@ -149,6 +151,16 @@ impl VmHandle {
         mem_path: &std::path::Path,
     ) -> Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError> {
         self.snapshot.create(&self.gate, state_path, mem_path)
+    }
+
+    /// The VM's balloon, if it has one.
+    pub fn balloon(&self) -> Option<&crate::BalloonControl> {
+        self.balloon.as_ref()
+    }
+
+    /// Guest RAM in MiB (the most a balloon may take).
+    pub fn memory_mib(&self) -> u64 {
+        self.snapshot.machine.memory >> 20
     }
 
     pub fn resume(&self) {

@@ -1,6 +1,7 @@
 //! The virtual machine monitor: assembles a VM from a [`config::VmConfig`] on KVM (memory,
 //! in-kernel irqchip and PIT, devices, vCPU threads) and runs it until it ends.
 
+mod balloon_control;
 mod boot_files;
 pub mod config;
 mod confinement;
@@ -21,10 +22,13 @@ pub mod shared_memory;
 pub mod shares;
 pub mod snapshot;
 pub mod vcpu;
+mod virtio_devices;
 pub mod vm;
 
+pub use balloon_control::BalloonControl;
 pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;
+pub use virtio::balloon::{BalloonConfig, BalloonReport};
 pub use vm::{Vm, VmError};

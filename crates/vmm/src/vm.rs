@@ -28,11 +28,9 @@ use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
 use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::console_socket::ConsoleSocket;
-use crate::device_control::{open_disk, DeviceControls, DiskControl, NicControl};
 use crate::event_loop::{ControlSignals, SerialInput};
 use crate::kick;
 use crate::vcpu::{self, VcpuRunner};
-use virtio::rate_limiter::RateLimiterHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -122,6 +120,8 @@ pub enum VmError {
     Shares(#[from] crate::shares::SharesError),
     #[error("shared guest memory for shared folders: {0}")]
     SharedMemory(#[from] crate::shared_memory::SharedMemoryError),
+    #[error("balloon: {0}")]
+    Balloon(String),
     #[error("PCI: {0}")]
     Pci(#[from] crate::pci_devices::PciSetupError),
     #[error(transparent)]
@@ -224,6 +224,7 @@ impl Vm {
             vsock: None,
             // A VM with shares is never snapshotted (unsupported_device).
             shares: Vec::new(),
+            balloon: snapshot.machine.balloon,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -295,7 +296,11 @@ impl Vm {
             });
         }
         let saved_virtio = restore.map(|(snapshot, _)| snapshot.devices.virtio.as_slice());
-        let (mut virtio_devices, limiters) = virtio_devices(cfg, saved_virtio)?;
+        let crate::virtio_devices::VirtioDevices {
+            devices: mut virtio_devices,
+            balloon,
+            limiters,
+        } = crate::virtio_devices::virtio_devices(cfg, saved_virtio)?;
         // virtiofsd starts now, before the VMM is confined.
         let (share_devices, shares) = crate::shares::start(&cfg.shares)?;
         virtio_devices.extend(share_devices);
@@ -504,6 +509,10 @@ impl Vm {
                 )?;
             }
         }
+        let balloon_control = balloon.and_then(|(index, handle)| {
+            let processor = pci.processors.get(index)?.clone();
+            Some(crate::BalloonControl::new(handle, processor))
+        });
         let snapshot_source = crate::snapshot::SnapshotSource {
             vm: vm.clone(),
             mem: mem.clone(),
@@ -535,9 +544,10 @@ impl Vm {
                     .collect(),
                 rng: cfg.rng,
                 console: cfg.console2.as_deref().map(crate::snapshot::console_path),
+                balloon: cfg.balloon,
             },
             xsave2_size,
-            unsupported_device: unsupported_device(cfg),
+            unsupported_device: crate::virtio_devices::unsupported_device(cfg),
         };
         Ok(Self {
             _kvm: kvm,
@@ -563,6 +573,7 @@ impl Vm {
                 vcpu_threads: Arc::new(Mutex::new(Vec::new())),
                 snapshot: Arc::new(snapshot_source),
                 devices: Arc::new(devices),
+                balloon: balloon_control,
             },
         })
     }
@@ -636,190 +647,5 @@ impl Vm {
         self.shares.stop();
         result?;
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
-    }
-}
-
-/// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
-/// connections cannot be saved, and virtio-fs, whose virtiofsd cannot save its open files
-/// (a restored guest would hold stale FUSE handles).
-fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    if cfg.vsock.is_some() {
-        return Some("virtio-vsock (its host connections cannot be saved)".to_string());
-    }
-    cfg.shares.first().map(|s| {
-        format!(
-            "virtio-fs share {:?} (virtiofsd cannot save its open files and inodes)",
-            s.tag
-        )
-    })
-}
-
-/// The rate limiters of the disks (slots 0..) and NICs (after the disks).
-#[derive(Default)]
-struct Limiters {
-    disks: Vec<RateLimiterHandle>,
-    nics: Vec<(RateLimiterHandle, RateLimiterHandle)>,
-}
-
-impl Limiters {
-    /// The run-time controls, given the queue processors in slot order.
-    fn into_controls(self, processors: &[virtio::QueueProcessor]) -> DeviceControls {
-        DeviceControls {
-            disks: self
-                .disks
-                .into_iter()
-                .zip(processors)
-                .map(|(limiter, processor)| DiskControl {
-                    limiter,
-                    processor: processor.clone(),
-                })
-                .collect(),
-            nics: self
-                .nics
-                .into_iter()
-                .map(|(rx, tx)| NicControl { rx, tx })
-                .collect(),
-        }
-    }
-}
-
-/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
-/// vsock;
-/// with `saved` (a snapshot's states in slot order), each restored from its state.
-fn virtio_devices(
-    cfg: &VmConfig,
-    saved: Option<&[virtio::VirtioPciState]>,
-) -> Result<(Vec<crate::pci_devices::DeviceSpec>, Limiters), VmError> {
-    use crate::pci_devices::DeviceSpec;
-    use crate::snapshot::restore_model;
-    let mut devices: Vec<DeviceSpec> = Vec::new();
-    let mut limiters = Limiters::default();
-    let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
-    for (i, d) in cfg.disks.iter().enumerate() {
-        let image = open_disk(d).map_err(|source| VmError::Disk {
-            path: d.path.clone(),
-            source,
-        })?;
-        if image.size() % 512 != 0 {
-            return Err(VmError::DiskSize {
-                path: d.path.clone(),
-                size: image.size(),
-            });
-        }
-        let serial = d.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
-        if serial.len() > 20 {
-            return Err(VmError::DiskId(serial));
-        }
-        let block = virtio::blk::Block::new(image, &serial);
-        let block = if d.honour_flush {
-            block
-        } else {
-            block.ignoring_flush()
-        };
-        let limiter = RateLimiterHandle::new(d.rate_limit).map_err(VmError::RateLimiter)?;
-        devices.push(DeviceSpec {
-            device: Box::new(block.with_rate_limiter(limiter.clone())),
-            backend_fds: vec![limiter.timer_fd()],
-        });
-        limiters.disks.push(limiter);
-    }
-    for (index, nic) in cfg.nics.iter().enumerate() {
-        // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
-        let mac = crate::snapshot::effective_mac(index, nic);
-        let nic = net::NicConfig {
-            mac: Some(mac),
-            ..nic.clone()
-        };
-        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
-            index,
-            mode: format!("{:?}", nic.mode),
-            source,
-        })?;
-        let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
-        let rx = RateLimiterHandle::new(nic.rx_limit).map_err(VmError::RateLimiter)?;
-        let tx = RateLimiterHandle::new(nic.tx_limit).map_err(VmError::RateLimiter)?;
-        let fds = vec![device.backend_fd(), rx.timer_fd(), tx.timer_fd()];
-        let device = device.with_rate_limiters(Some(rx.clone()), Some(tx.clone()));
-        devices.push(DeviceSpec {
-            device: Box::new(device),
-            backend_fds: fds,
-        });
-        limiters.nics.push((rx, tx));
-    }
-    if cfg.rng {
-        devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
-    }
-    if let Some(path) = &cfg.console2 {
-        let out =
-            ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
-                path: path.clone(),
-                source,
-            })?;
-        let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
-        devices.push(DeviceSpec::new(Box::new(console)));
-    }
-    if let Some(v) = &cfg.vsock {
-        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
-        let fd = device.backend_fd();
-        devices.push(DeviceSpec {
-            device: Box::new(device),
-            backend_fds: vec![fd],
-        });
-    }
-    Ok((devices, limiters))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshots_refuse_a_vm_with_vsock() {
-        let mut cfg = VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: true,
-            console2: None,
-            nics: Vec::new(),
-            pit: crate::PitMode::Auto,
-            emulator_fixups: crate::EmulatorFixups::Auto,
-            vsock: None,
-            shares: Vec::new(),
-        };
-        assert_eq!(unsupported_device(&cfg), None);
-        cfg.vsock = Some(crate::VsockConfig {
-            cid: 3,
-            uds: "/tmp/v.sock".into(),
-        });
-        let what = unsupported_device(&cfg).unwrap();
-        assert!(what.starts_with("virtio-vsock"), "{what}");
-    }
-
-    #[test]
-    fn snapshots_refuse_a_vm_with_shares() {
-        let dir = std::env::temp_dir();
-        let cfg = VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: false,
-            console2: None,
-            nics: Vec::new(),
-            pit: crate::PitMode::Auto,
-            emulator_fixups: crate::EmulatorFixups::Auto,
-            vsock: None,
-            shares: vec![vhost_user::fs::Share::new(&dir, "src", false).unwrap()],
-        };
-        let what = unsupported_device(&cfg).unwrap();
-        assert!(what.starts_with("virtio-fs share \"src\""), "{what}");
     }
 }

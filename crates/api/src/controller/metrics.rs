@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::balloon::BalloonRequest;
 use super::{ApiReply, ApiRequest, ControlError, VmController};
 
 /// How often the server flushes configured metrics on its own (Firecracker's period).
@@ -132,6 +133,23 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
         ApiRequest::PatchVmState(_) => None,
         ApiRequest::CreateSnapshot(_) => put("snapshot_create_count", "snapshot_create_fails"),
         ApiRequest::LoadSnapshot(_) => put("snapshot_load_count", "snapshot_load_fails"),
+        ApiRequest::Balloon(request) => balloon_metric(request),
+    }
+}
+
+/// Firecracker's counters of the balloon requests.
+fn balloon_metric(request: &BalloonRequest) -> Option<Metric> {
+    match request {
+        BalloonRequest::Put(_) => {
+            Some(("put_api_requests", ("balloon_count", Some("balloon_fails"))))
+        }
+        BalloonRequest::Patch(_) | BalloonRequest::PatchStatistics(_) => Some((
+            "patch_api_requests",
+            ("balloon_count", Some("balloon_fails")),
+        )),
+        BalloonRequest::Get | BalloonRequest::GetStatistics => {
+            Some(("get_api_requests", ("balloon_count", None)))
+        }
     }
 }
 

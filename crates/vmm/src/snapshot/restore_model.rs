@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use virtio::balloon::{Balloon, BalloonConfig};
 use virtio::console::{Console, ConsoleArgs};
 use virtio::net::{Net, NetArgs};
 use virtio::{DeviceState, Persist, PersistError};
@@ -45,6 +46,30 @@ pub fn console(
         }
         Some(_) => Err(persist_err(index)(PersistError::WrongDevice(
             "virtio-console",
+        ))),
+    }
+}
+
+/// The balloon at virtio `index` configured as `config`, restored from `saved` if given.
+pub fn balloon(
+    config: BalloonConfig,
+    saved: Option<&DeviceState>,
+    index: usize,
+) -> Result<Balloon, SnapshotError> {
+    match saved {
+        None => Balloon::new(config)
+            .map(|(balloon, _)| balloon)
+            .map_err(|e| {
+                persist_err(index)(PersistError::Invalid {
+                    device: "virtio-balloon",
+                    reason: e.to_string(),
+                })
+            }),
+        Some(DeviceState::Balloon(state)) => {
+            Balloon::restore(config, state).map_err(persist_err(index))
+        }
+        Some(_) => Err(persist_err(index)(PersistError::WrongDevice(
+            "virtio-balloon",
         ))),
     }
 }

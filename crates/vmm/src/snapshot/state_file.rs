@@ -33,8 +33,11 @@ pub struct MachineState {
     pub nics: Vec<SavedNic>,
     /// A virtio-rng device after the NICs.
     pub rng: bool,
-    /// A virtio-console last, its output appended to this file.
+    /// A virtio-console after the rng, its output appended to this file.
     pub console: Option<std::path::PathBuf>,
+    /// A virtio-balloon last (after a vsock, which snapshots refuse).
+    #[serde(default)]
+    pub balloon: Option<virtio::balloon::BalloonConfig>,
 }
 
 /// A disk as the VM had it configured.
@@ -131,13 +134,14 @@ impl VmSnapshot {
     }
 
     /// The saved virtio functions are the machine's devices, in slot order: disks (type
-    /// 2), NICs (1), rng (4), console (3).
+    /// 2), NICs (1), rng (4), console (3), balloon (5).
     fn check_device_set(&self) -> Result<(), SnapshotError> {
         let m = &self.machine;
         let expected: Vec<u16> = std::iter::repeat_n(2, m.disks.len())
             .chain(std::iter::repeat_n(1, m.nics.len()))
             .chain(m.rng.then_some(4))
             .chain(m.console.is_some().then_some(3))
+            .chain(m.balloon.is_some().then_some(5))
             .collect();
         if self.devices.virtio.len() != expected.len() {
             return Err(SnapshotError::Invalid(format!(
@@ -265,6 +269,7 @@ mod tests {
                 nics: vec![],
                 rng: false,
                 console: None,
+                balloon: None,
             },
             vm: VmState {
                 pic_master: chip(0),

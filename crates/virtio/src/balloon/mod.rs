@@ -10,16 +10,24 @@ use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
+mod control;
+mod persist;
+mod timer;
+
+pub use control::{BalloonError, BalloonHandle, BalloonReport};
+pub use persist::{BalloonState, BALLOON_STATE_VERSION};
+
 use crate::chain_io::{split, ChainReader};
 use crate::device::VirtioDevice;
 use crate::drain::drain;
+use crate::processor::lock;
 use crate::queue::{Queue, QueueError, Segment};
 
 /// Queue size of every balloon queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The balloon's page size: PFNs in the inflate/deflate queues count 4 KiB pages.
 pub const BALLOON_PAGE_SIZE: u64 = 4096;
-const DEVICE_TYPE_BALLOON: u16 = 5;
+pub const DEVICE_TYPE_BALLOON: u16 = 5;
 /// VIRTIO_BALLOON_F_STATS_VQ.
 pub const F_STATS_VQ: u64 = 1 << 1;
 /// VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
@@ -28,11 +36,13 @@ pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
 pub const F_REPORTING: u64 = 1 << 5;
 /// Size of one statistics entry (le16 tag, le64 value).
 const STAT_ENTRY_LEN: usize = 10;
+/// Most statistics entries read from one buffer (virtio 1.2 defines 16 tags).
+pub(crate) const STAT_TAGS_MAX: usize = 64;
 /// Config space: le32 num_pages, le32 actual.
 const CONFIG_LEN: usize = 8;
 
 /// What the user configures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonConfig {
     /// Target balloon size in MiB.
     pub amount_mib: u32,
@@ -120,23 +130,23 @@ pub fn parse_stats(bytes: &[u8]) -> BalloonStats {
 
 /// A memory balloon.
 pub struct Balloon {
-    config: BalloonConfig,
+    handle: BalloonHandle,
     queue_sizes: Vec<u16>,
     roles: Vec<QueueRole>,
-    /// Target in 4 KiB pages (config `num_pages`).
-    num_pages: u32,
-    /// What the driver says it holds (config `actual`).
-    actual: u32,
-    stats: BalloonStats,
     /// The stats buffer the driver handed over; returned to ask for fresh statistics.
     held_stats_head: Option<u16>,
     segs: Vec<Segment>,
-    discarded_pages: u64,
-    rejected_pfns: u64,
 }
 
 impl Balloon {
-    pub fn new(config: BalloonConfig) -> Self {
+    /// The device and the handle that controls it from other threads.
+    pub fn new(config: BalloonConfig) -> Result<(Self, BalloonHandle), BalloonError> {
+        let handle = BalloonHandle::new(config)?;
+        Ok((Self::with_handle(handle.clone()), handle))
+    }
+
+    pub(crate) fn with_handle(handle: BalloonHandle) -> Self {
+        let config = handle.features;
         let mut roles = vec![QueueRole::Inflate, QueueRole::Deflate];
         if config.stats_polling_interval_s > 0 {
             roles.push(QueueRole::Stats);
@@ -145,41 +155,26 @@ impl Balloon {
             roles.push(QueueRole::Reporting);
         }
         Self {
-            num_pages: mib_to_pages(config.amount_mib),
-            config,
+            handle,
             queue_sizes: vec![QUEUE_SIZE; roles.len()],
             roles,
-            actual: 0,
-            stats: BalloonStats::new(),
             held_stats_head: None,
             segs: Vec::new(),
-            discarded_pages: 0,
-            rejected_pfns: 0,
         }
     }
 
-    /// Set a new target (the caller then signals a config change).
-    pub fn set_target_mib(&mut self, amount_mib: u32) {
-        self.config.amount_mib = amount_mib;
-        self.num_pages = mib_to_pages(amount_mib);
+    /// A handle on this device for other threads.
+    pub fn handle(&self) -> BalloonHandle {
+        self.handle.clone()
     }
 
-    /// Pages the driver reports it holds, in MiB.
-    pub fn actual_mib(&self) -> u32 {
-        self.actual / (((1 << 20) / BALLOON_PAGE_SIZE) as u32)
-    }
-
-    pub fn stats(&self) -> &BalloonStats {
-        &self.stats
-    }
-
-    /// Pages given back to the host, and guest PFNs refused as out of range.
-    pub fn counters(&self) -> (u64, u64) {
-        (self.discarded_pages, self.rejected_pfns)
+    /// The statistics timer the I/O thread polls (its expiry runs the device's queues).
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.handle.timer_fd()
     }
 
     /// Return the held statistics buffer so the driver refreshes it (the polling timer
-    /// calls this). Returns whether a buffer was returned (the caller interrupts).
+    /// does this). Returns whether a buffer was returned (the caller interrupts).
     pub fn request_stats(
         &mut self,
         queue: &mut Queue,
@@ -247,20 +242,42 @@ impl Balloon {
                 let mut reader = ChainReader::new(mem, readable);
                 let len = usize::try_from(reader.remaining())
                     .unwrap_or(usize::MAX)
-                    .min(STAT_ENTRY_LEN * 64);
+                    .min(STAT_ENTRY_LEN * STAT_TAGS_MAX);
                 let mut buf = vec![0u8; len];
                 if reader.read_exact(&mut buf).is_ok() {
-                    self.stats = parse_stats(&buf);
+                    lock(&self.handle.status).stats = parse_stats(&buf);
                 }
             }
             self.held_stats_head = Some(head);
         }
         Ok(true)
     }
+
+    /// The statistics queue: new buffers from the driver, then a buffer back when the
+    /// polling timer expired.
+    fn process_stats(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        let more = self.serve_stats(queue, mem)?;
+        let due = self.handle.timer.as_ref().is_some_and(|t| t.take_expired());
+        if due {
+            self.request_stats(queue, mem)?;
+        }
+        Ok(more)
+    }
 }
 
-fn mib_to_pages(mib: u32) -> u32 {
-    mib.saturating_mul(((1 << 20) / BALLOON_PAGE_SIZE) as u32)
+/// 4 KiB pages per MiB.
+const PAGES_PER_MIB: u32 = ((1 << 20) / BALLOON_PAGE_SIZE) as u32;
+
+pub(crate) fn mib_to_pages(mib: u32) -> u32 {
+    mib.saturating_mul(PAGES_PER_MIB)
+}
+
+pub(crate) fn pages_to_mib(pages: u32) -> u32 {
+    pages / PAGES_PER_MIB
 }
 
 impl VirtioDevice for Balloon {
@@ -274,14 +291,15 @@ impl VirtioDevice for Balloon {
         &self.queue_sizes
     }
     fn features(&self) -> u64 {
+        let config = &self.handle.features;
         let mut f = 0;
-        if self.config.stats_polling_interval_s > 0 {
+        if config.stats_polling_interval_s > 0 {
             f |= F_STATS_VQ;
         }
-        if self.config.deflate_on_oom {
+        if config.deflate_on_oom {
             f |= F_DEFLATE_ON_OOM;
         }
-        if self.config.free_page_reporting {
+        if config.free_page_reporting {
             f |= F_REPORTING;
         }
         f
@@ -291,8 +309,11 @@ impl VirtioDevice for Balloon {
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut cfg = [0u8; CONFIG_LEN];
-        cfg[..4].copy_from_slice(&self.num_pages.to_le_bytes());
-        cfg[4..].copy_from_slice(&self.actual.to_le_bytes());
+        {
+            let status = lock(&self.handle.status);
+            cfg[..4].copy_from_slice(&status.target_pages.to_le_bytes());
+            cfg[4..].copy_from_slice(&status.actual_pages.to_le_bytes());
+        }
         data.fill(0);
         let start = usize::try_from(offset)
             .unwrap_or(CONFIG_LEN)
@@ -303,11 +324,15 @@ impl VirtioDevice for Balloon {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` (bytes 4..8) is driver-writable; a whole-field write only.
         if offset == 4 && data.len() == 4 {
-            self.actual = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            lock(&self.handle.status).actual_pages =
+                u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         }
     }
+    fn save_state(&self) -> crate::DeviceState {
+        crate::DeviceState::Balloon(crate::Persist::save(self))
+    }
     fn reset(&mut self) {
-        self.actual = 0;
+        lock(&self.handle.status).actual_pages = 0;
         self.held_stats_head = None;
     }
     fn process_queue(
@@ -319,11 +344,11 @@ impl VirtioDevice for Balloon {
         let Some(role) = self.roles.get(index).copied() else {
             return Ok(false);
         };
-        let (discarded, rejected) = (&mut self.discarded_pages, &mut self.rejected_pfns);
-        match role {
+        let (mut discarded, mut rejected) = (0, 0);
+        let outcome = match role {
             QueueRole::Inflate => drain(queue, mem, &mut self.segs, |mem, chain| {
                 if let Ok(segs) = chain {
-                    Self::serve_inflate(mem, segs, discarded, rejected);
+                    Self::serve_inflate(mem, segs, &mut discarded, &mut rejected);
                 }
                 0
             }),
@@ -331,12 +356,18 @@ impl VirtioDevice for Balloon {
             QueueRole::Deflate => drain(queue, mem, &mut self.segs, |_, _| 0),
             QueueRole::Reporting => drain(queue, mem, &mut self.segs, |mem, chain| {
                 if let Ok(segs) = chain {
-                    Self::serve_reporting(mem, segs, discarded);
+                    Self::serve_reporting(mem, segs, &mut discarded);
                 }
                 0
             }),
-            QueueRole::Stats => self.serve_stats(queue, mem),
+            QueueRole::Stats => self.process_stats(queue, mem),
+        };
+        if discarded > 0 || rejected > 0 {
+            let mut status = lock(&self.handle.status);
+            status.discarded_pages = status.discarded_pages.saturating_add(discarded);
+            status.rejected_pfns = status.rejected_pfns.saturating_add(rejected);
         }
+        outcome
     }
 }
 
@@ -360,33 +391,37 @@ mod tests {
 
     #[test]
     fn features_and_queues_follow_config() {
-        let b = Balloon::new(cfg());
+        let (b, _) = Balloon::new(cfg()).unwrap();
         assert_eq!(b.features(), F_STATS_VQ | F_DEFLATE_ON_OOM | F_REPORTING);
         assert_eq!(b.queue_max_sizes().len(), 4);
-        let b = Balloon::new(BalloonConfig {
+        let (b, _) = Balloon::new(BalloonConfig {
             stats_polling_interval_s: 0,
             free_page_reporting: false,
             deflate_on_oom: false,
             ..cfg()
-        });
+        })
+        .unwrap();
         assert_eq!(b.features(), 0);
         assert_eq!(b.queue_max_sizes().len(), 2);
     }
 
     #[test]
     fn config_space_reads_target_and_takes_actual() {
-        let mut b = Balloon::new(cfg());
+        let (mut b, h) = Balloon::new(cfg()).unwrap();
         let mut d = [0u8; 4];
         b.read_config(0, &mut d);
         assert_eq!(u32::from_le_bytes(d), 64 * 256);
+        h.set_target_mib(100);
+        b.read_config(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 100 * 256);
         b.write_config(4, &(256u32 * 3).to_le_bytes());
-        assert_eq!(b.actual_mib(), 3);
+        assert_eq!(h.report().actual_mib(), 3);
         // Out-of-range and partial accesses neither panic nor change state.
         b.read_config(u64::MAX, &mut d);
         assert_eq!(d, [0; 4]);
         b.write_config(0, &[1, 2, 3, 4]);
         b.write_config(5, &[1]);
-        assert_eq!(b.actual_mib(), 3);
+        assert_eq!(h.report().actual_mib(), 3);
     }
 
     #[test]
@@ -447,10 +482,11 @@ mod tests {
             .flat_map(|p| p.to_le_bytes())
             .collect();
         m.write_slice(&pfns, GuestAddress(0x8000)).unwrap();
-        let mut b = Balloon::new(cfg());
+        let (mut b, h) = Balloon::new(cfg()).unwrap();
         let mut q = queue_with_buffer(&m, 8);
         assert!(!b.process_queue(0, &mut q, &m).unwrap());
-        assert_eq!(b.counters(), (1, 1));
+        let r = h.report();
+        assert_eq!((r.discarded_pages, r.rejected_pfns), (1, 1));
         assert_eq!(m.read_obj::<u32>(GuestAddress(0x5000)).unwrap(), 0);
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
 
@@ -459,7 +495,7 @@ mod tests {
         m.write_slice(&stat, GuestAddress(0x8000)).unwrap();
         let mut q = queue_with_buffer(&m, 10);
         b.process_queue(2, &mut q, &m).unwrap();
-        assert_eq!(b.stats()[&6], 99);
+        assert_eq!(h.report().stats[&6], 99);
         // Held until the poll asks for fresh statistics.
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 0);
         assert!(b.request_stats(&mut q, &m).unwrap());

@@ -1,0 +1,236 @@
+//! The virtio device models a VM is built with, new or from a snapshot's saved states,
+//! in PCI slot order, with the rate limiters of its disks and NICs; and which of them
+//! snapshots cannot save.
+
+use virtio::rate_limiter::RateLimiterHandle;
+
+use crate::config::VmConfig;
+use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
+use crate::device_control::{open_disk, DeviceControls, DiskControl, NicControl};
+use crate::pci_devices::DeviceSpec;
+use crate::vm::VmError;
+
+/// The devices to plug in, the balloon's slot index and handle when there is one, and the
+/// rate limiters.
+pub(crate) struct VirtioDevices {
+    pub devices: Vec<DeviceSpec>,
+    pub balloon: Option<(usize, virtio::balloon::BalloonHandle)>,
+    pub limiters: Limiters,
+}
+
+/// The rate limiters of the disks (slots 0..) and NICs (after the disks).
+#[derive(Default)]
+pub(crate) struct Limiters {
+    disks: Vec<RateLimiterHandle>,
+    nics: Vec<(RateLimiterHandle, RateLimiterHandle)>,
+}
+
+impl Limiters {
+    /// The run-time controls, given the queue processors in slot order.
+    pub(crate) fn into_controls(self, processors: &[virtio::QueueProcessor]) -> DeviceControls {
+        DeviceControls {
+            disks: self
+                .disks
+                .into_iter()
+                .zip(processors)
+                .map(|(limiter, processor)| DiskControl {
+                    limiter,
+                    processor: processor.clone(),
+                })
+                .collect(),
+            nics: self
+                .nics
+                .into_iter()
+                .map(|(rx, tx)| NicControl { rx, tx })
+                .collect(),
+        }
+    }
+}
+
+/// The first device of `cfg` whose state snapshots do not save: virtio-vsock, whose host
+/// connections cannot be saved, and virtio-fs, whose virtiofsd cannot save its open files
+/// (a restored guest would hold stale FUSE handles).
+pub(crate) fn unsupported_device(cfg: &VmConfig) -> Option<String> {
+    if cfg.vsock.is_some() {
+        return Some("virtio-vsock (its host connections cannot be saved)".to_string());
+    }
+    cfg.shares.first().map(|s| {
+        format!(
+            "virtio-fs share {:?} (virtiofsd cannot save its open files and inodes)",
+            s.tag
+        )
+    })
+}
+
+/// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
+/// vsock, balloon (the shares' devices follow, from crate::shares); with `saved` (a
+/// snapshot's states in slot order), each restored from its state.
+pub(crate) fn virtio_devices(
+    cfg: &VmConfig,
+    saved: Option<&[virtio::VirtioPciState]>,
+) -> Result<VirtioDevices, VmError> {
+    use crate::snapshot::restore_model;
+    let mut devices: Vec<DeviceSpec> = Vec::new();
+    let mut limiters = Limiters::default();
+    let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let (spec, limiter) = disk(i, d)?;
+        devices.push(spec);
+        limiters.disks.push(limiter);
+    }
+    for (index, nic) in cfg.nics.iter().enumerate() {
+        // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
+        let mac = crate::snapshot::effective_mac(index, nic);
+        let nic = net::NicConfig {
+            mac: Some(mac),
+            ..nic.clone()
+        };
+        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
+            index,
+            mode: format!("{:?}", nic.mode),
+            source,
+        })?;
+        let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
+        let rx = RateLimiterHandle::new(nic.rx_limit).map_err(VmError::RateLimiter)?;
+        let tx = RateLimiterHandle::new(nic.tx_limit).map_err(VmError::RateLimiter)?;
+        let fds = vec![device.backend_fd(), rx.timer_fd(), tx.timer_fd()];
+        let device = device.with_rate_limiters(Some(rx.clone()), Some(tx.clone()));
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fds: fds,
+        });
+        limiters.nics.push((rx, tx));
+    }
+    if cfg.rng {
+        devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
+    }
+    if let Some(path) = &cfg.console2 {
+        let out =
+            ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
+                path: path.clone(),
+                source,
+            })?;
+        let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
+        devices.push(DeviceSpec::new(Box::new(console)));
+    }
+    if let Some(v) = &cfg.vsock {
+        let device = virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?;
+        let fd = device.backend_fd();
+        devices.push(DeviceSpec {
+            device: Box::new(device),
+            backend_fds: vec![fd],
+        });
+    }
+    let balloon = match &cfg.balloon {
+        Some(b) => Some(balloon(cfg, b, state(devices.len()), &mut devices)?),
+        None => None,
+    };
+    Ok(VirtioDevices {
+        devices,
+        balloon,
+        limiters,
+    })
+}
+
+/// Disk `i`: its virtio-blk device behind its rate limiter.
+fn disk(
+    i: usize,
+    d: &crate::config::DiskConfig,
+) -> Result<(DeviceSpec, RateLimiterHandle), VmError> {
+    let image = open_disk(d).map_err(|source| VmError::Disk {
+        path: d.path.clone(),
+        source,
+    })?;
+    if image.size() % 512 != 0 {
+        return Err(VmError::DiskSize {
+            path: d.path.clone(),
+            size: image.size(),
+        });
+    }
+    let serial = d.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
+    if serial.len() > 20 {
+        return Err(VmError::DiskId(serial));
+    }
+    let block = virtio::blk::Block::new(image, &serial);
+    let block = if d.honour_flush {
+        block
+    } else {
+        block.ignoring_flush()
+    };
+    let limiter = RateLimiterHandle::new(d.rate_limit).map_err(VmError::RateLimiter)?;
+    let spec = DeviceSpec {
+        device: Box::new(block.with_rate_limiter(limiter.clone())),
+        backend_fds: vec![limiter.timer_fd()],
+    };
+    Ok((spec, limiter))
+}
+
+/// Plug in the balloon; returns its slot index and its handle.
+fn balloon(
+    cfg: &VmConfig,
+    b: &virtio::balloon::BalloonConfig,
+    saved: Option<&virtio::DeviceState>,
+    devices: &mut Vec<DeviceSpec>,
+) -> Result<(usize, virtio::balloon::BalloonHandle), VmError> {
+    let memory_mib = cfg.memory >> 20;
+    if u64::from(b.amount_mib) > memory_mib {
+        return Err(VmError::Balloon(format!(
+            "Requested memory should be less than {memory_mib}MiB"
+        )));
+    }
+    let device = crate::snapshot::restore_model::balloon(*b, saved, devices.len())?;
+    let handle = device.handle();
+    let index = devices.len();
+    devices.push(DeviceSpec {
+        backend_fds: device.backend_fd().into_iter().collect(),
+        device: Box::new(device),
+    });
+    Ok((index, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SerialMode;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: true,
+            console2: None,
+            nics: Vec::new(),
+            pit: crate::PitMode::Auto,
+            emulator_fixups: crate::EmulatorFixups::Auto,
+            vsock: None,
+            shares: Vec::new(),
+            balloon: None,
+        }
+    }
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_vsock() {
+        let mut cfg = config();
+        assert_eq!(unsupported_device(&cfg), None);
+        cfg.vsock = Some(crate::VsockConfig {
+            cid: 3,
+            uds: "/tmp/v.sock".into(),
+        });
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-vsock"), "{what}");
+    }
+
+    #[test]
+    fn snapshots_refuse_a_vm_with_shares() {
+        let dir = std::env::temp_dir();
+        let mut cfg = config();
+        cfg.shares = vec![vhost_user::fs::Share::new(&dir, "src", false).unwrap()];
+        let what = unsupported_device(&cfg).unwrap();
+        assert!(what.starts_with("virtio-fs share \"src\""), "{what}");
+    }
+}
