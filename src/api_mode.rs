@@ -104,6 +104,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             guest_cid: v.cid as u32,
             uds_path: v.uds.display().to_string(),
         }),
+        mmds: None,
     }
 }
 
@@ -226,7 +227,30 @@ fn vm_config(
             cid: u64::from(v.guest_cid),
             uds: PathBuf::from(&v.uds_path),
         }),
+        mmds: mmds_config(cfg)?,
     })
+}
+
+/// The MMDS on the NICs `PUT /mmds/config` named, by their position in the VM.
+fn mmds_config(cfg: &VmConfigSnapshot) -> Result<Option<vmm::MmdsConfig>, String> {
+    let Some(m) = &cfg.mmds else {
+        return Ok(None);
+    };
+    let nics = m
+        .network_interfaces
+        .iter()
+        .map(|id| {
+            cfg.network_interfaces
+                .iter()
+                .position(|n| &n.iface_id == id)
+                .ok_or_else(|| format!("MMDS network interface '{id}' does not exist"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(vmm::MmdsConfig {
+        service: m.service.clone(),
+        ipv4: m.ipv4,
+        nics,
+    }))
 }
 
 impl Backend {
@@ -303,6 +327,7 @@ impl VmmBackend for Backend {
             pit: vmm::PitMode::Auto,
             emulator_fixups: self.emulator_fixups,
             vsock: None,
+            mmds: None,
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -385,6 +410,7 @@ pub fn run(
     serial: SerialMode,
     emulator_fixups: vmm::EmulatorFixups,
     console2: Option<PathBuf>,
+    mmds_size_limit: usize,
 ) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
@@ -395,7 +421,11 @@ pub fn run(
         handle: Mutex::new(None),
         emulator_fixups,
     });
-    let server = match api::serve(&socket, backend, api::ServerOptions::default()) {
+    let options = api::ServerOptions {
+        mmds_size_limit,
+        ..api::ServerOptions::default()
+    };
+    let server = match api::serve(&socket, backend, options) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -480,6 +510,7 @@ mod tests {
             pit: vmm::PitMode::Auto,
             emulator_fixups: Default::default(),
             vsock: None,
+            mmds: None,
         }
     }
 

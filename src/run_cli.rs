@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
+    /// With --api-sock: the largest MMDS document `PUT/PATCH /mmds` accept, in bytes of
+    /// its JSON (Firecracker's --mmds-size-limit).
+    #[arg(long, requires = "api_sock", default_value_t = mmds::DEFAULT_SIZE_LIMIT)]
+    mmds_size_limit: usize,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -244,7 +248,13 @@ pub fn run(args: RunArgs) -> i32 {
         return EXIT_USAGE;
     }
     if let Some(socket) = args.api_sock {
-        return crate::api_mode::run(socket, args.serial, args.emulator_fixups, args.console2);
+        return crate::api_mode::run(
+            socket,
+            args.serial,
+            args.emulator_fixups,
+            args.console2,
+            args.mmds_size_limit,
+        );
     }
     let mut args = args;
     if args.disk_size.is_some() && args.image.is_none() {
@@ -302,6 +312,7 @@ pub fn run(args: RunArgs) -> i32 {
         pit: args.pit,
         emulator_fixups: args.emulator_fixups,
         vsock: args.vsock,
+        mmds: None,
     };
     if args.jail.dir.is_some() {
         return crate::jail_cli::run(&args.jail, cfg);

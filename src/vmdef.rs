@@ -466,6 +466,7 @@ impl VmDefinition {
                 cid: *v.cid.get_ref() as u64,
                 uds: v.uds.get_ref().clone(),
             }),
+            mmds: None,
         })
     }
 }

@@ -40,6 +40,10 @@ pub enum ApiRequest {
     PatchVmState(VmStateTarget),
     CreateSnapshot(SnapshotCreateParams),
     LoadSnapshot(SnapshotLoadParams),
+    GetMmds,
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    PutMmdsConfig(mmds::MmdsConfig),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -85,13 +89,27 @@ pub enum ControlError {
     Vsock(#[from] vsock::VsockRequestError),
     #[error("{0}")]
     Metrics(#[from] metrics::MetricsError),
+    #[error("{0}")]
+    Mmds(#[from] mmds::MmdsRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
 pub(crate) mod metrics;
+pub(crate) mod mmds;
 mod snapshot;
 mod vsock;
+
+impl ControlError {
+    /// The HTTP status of the fault: `413` for an MMDS document over its limit, `400`
+    /// otherwise.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ControlError::Mmds(mmds::MmdsRequestError::LimitExceeded(_)) => 413,
+            _ => 400,
+        }
+    }
+}
 
 /// Who this VMM says it is in `GET /` and `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +139,10 @@ pub struct VmController {
     network_interfaces: Vec<NetworkInterface>,
     vsock: Option<Vsock>,
     metrics: Option<metrics::MetricsSink>,
+    /// The metadata service, made on the first MMDS request.
+    mmds: Option<::mmds::SharedMmds>,
+    mmds_config: Option<mmds::MmdsConfig>,
+    mmds_size_limit: usize,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -135,6 +157,9 @@ impl VmController {
             network_interfaces: Vec::new(),
             vsock: None,
             metrics: None,
+            mmds: None,
+            mmds_config: None,
+            mmds_size_limit: ::mmds::DEFAULT_SIZE_LIMIT,
             backend,
         }
     }
@@ -154,8 +179,17 @@ impl VmController {
             network_interfaces: config.network_interfaces,
             vsock: config.vsock,
             metrics: None,
+            mmds: config.mmds.as_ref().map(|m| m.service.clone()),
+            mmds_config: None,
+            mmds_size_limit: ::mmds::DEFAULT_SIZE_LIMIT,
             backend,
         }
+    }
+
+    /// The largest MMDS document accepted (Firecracker's `--mmds-size-limit`); before any
+    /// MMDS request.
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.mmds_size_limit = limit;
     }
 
     pub fn state(&self) -> InstanceState {
@@ -170,6 +204,7 @@ impl VmController {
             machine_config: self.machine.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            mmds_config: self.mmds_config.clone(),
         }
     }
 
@@ -217,6 +252,10 @@ impl VmController {
             ApiRequest::PatchVmState(target) => self.change_vm_state(target),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
+            ApiRequest::GetMmds => self.get_mmds(),
+            ApiRequest::PutMmds(data) => self.put_mmds(data),
+            ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
+            ApiRequest::PutMmdsConfig(config) => self.set_mmds_config(config),
         }
     }
 
@@ -331,6 +370,7 @@ impl VmController {
             drives: self.drives.clone(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
+            mmds: self.mmds_attachment(),
         };
         self.backend.start(&snapshot).map_err(ControlError::Start)?;
         self.state = InstanceState::Running;

@@ -37,6 +37,7 @@ mod validate;
 
 pub use backend::VmmBackend;
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
+pub use controller::mmds::{MmdsAttachment, MmdsConfig, MmdsRequestError, MmdsVersion};
 pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
     MAX_NETWORK_INTERFACES,

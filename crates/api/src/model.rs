@@ -303,6 +303,12 @@ pub struct FullVmConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<crate::controller::mmds::MmdsConfig>,
 }
 
 /// The whole validated configuration handed to [`crate::VmmBackend::start`].
@@ -314,6 +320,8 @@ pub struct VmConfigSnapshot {
     pub drives: Vec<Drive>,
     pub network_interfaces: Vec<NetworkInterface>,
     pub vsock: Option<Vsock>,
+    /// The metadata service and the NICs that reach it.
+    pub mmds: Option<crate::controller::mmds::MmdsAttachment>,
 }
 
 #[cfg(test)]

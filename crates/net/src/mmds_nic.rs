@@ -182,7 +182,9 @@ mod tests {
 
     fn arp_request_for(ip: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
-        f.extend_from_slice(&[0x52, 0x54, 0, 1, 2, 3, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[
+            0x52, 0x54, 0, 1, 2, 3, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1,
+        ]);
         f.extend_from_slice(&[0x52, 0x54, 0, 1, 2, 3, 10, 0, 2, 15]);
         f.extend_from_slice(&[0; 6]);
         f.extend_from_slice(&ip);
@@ -195,19 +197,24 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         theirs.set_nonblocking(true).unwrap();
         let service = Arc::new(Mutex::new(mmds::Mmds::new(1024).unwrap()));
-        let mut nic =
-            MmdsNic::new(Box::new(Datagrams(ours)), service, mmds::DEFAULT_IPV4).unwrap();
+        let mut nic = MmdsNic::new(Box::new(Datagrams(ours)), service, mmds::DEFAULT_IPV4).unwrap();
         let mut buf = vec![0; 2048];
         // Drain the initial writable edge.
         assert_eq!(nic.recv(&mut buf).unwrap(), None);
         assert!(!readable(nic.as_raw_fd()));
 
         assert!(nic.send(&arp_request_for([169, 254, 169, 254])).unwrap());
-        assert!(readable(nic.as_raw_fd()), "the endpoint's reply wakes the device");
+        assert!(
+            readable(nic.as_raw_fd()),
+            "the endpoint's reply wakes the device"
+        );
         let n = nic.recv(&mut buf).unwrap().unwrap();
         assert_eq!(&buf[20..22], &[0, 2]);
         assert_eq!(&buf[22..28], &mmds::MMDS_MAC);
-        assert!(theirs.recv(&mut [0; 64]).is_err(), "nothing reached the backend");
+        assert!(
+            theirs.recv(&mut [0; 64]).is_err(),
+            "nothing reached the backend"
+        );
         assert_eq!(nic.recv(&mut buf).unwrap(), None);
         assert!(!readable(nic.as_raw_fd()));
         assert!(n >= 42);

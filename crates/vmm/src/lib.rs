@@ -21,7 +21,7 @@ pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
+pub use config::{DiskConfig, MmdsConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;

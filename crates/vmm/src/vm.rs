@@ -210,6 +210,7 @@ impl Vm {
             rng: snapshot.machine.rng,
             console2: snapshot.machine.console.clone(),
             vsock: None,
+            mmds: None,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))
@@ -667,11 +668,17 @@ fn virtio_devices(
             mac: Some(mac),
             ..nic.clone()
         };
-        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
+        let nic_error = |source| VmError::Nic {
             index,
             mode: format!("{:?}", nic.mode),
             source,
-        })?;
+        };
+        let mut backend = net::open_backend(&nic).map_err(nic_error)?;
+        if let Some(m) = cfg.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
+            let with_mmds = net::mmds_nic::MmdsNic::new(backend, m.service.clone(), m.ipv4)
+                .map_err(|e| nic_error(e.into()))?;
+            backend = Box::new(with_mmds);
+        }
         let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
         let fd = device.backend_fd();
         devices.push(DeviceSpec {
@@ -722,6 +729,7 @@ mod tests {
             pit: crate::PitMode::Auto,
             emulator_fixups: crate::EmulatorFixups::Auto,
             vsock: None,
+            mmds: None,
         };
         assert_eq!(unsupported_device(&cfg), None);
         cfg.vsock = Some(crate::VsockConfig {
