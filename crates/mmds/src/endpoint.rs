@@ -109,7 +109,7 @@ impl Device for Wire {
     }
 
     fn transmit(&mut self, _: Instant) -> Option<OutToken<'_>> {
-        (self.outgoing.len() < MAX_QUEUED_FRAMES).then(|| OutToken(&mut self.outgoing))
+        (self.outgoing.len() < MAX_QUEUED_FRAMES).then_some(OutToken(&mut self.outgoing))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
