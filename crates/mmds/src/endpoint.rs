@@ -143,6 +143,8 @@ pub struct Endpoint {
     sockets: SocketSet<'static>,
     connections: Vec<Connection>,
     wire: Wire,
+    /// Whether a connection is open (then each [`Endpoint::next_frame`] runs the stack).
+    active: bool,
     origin: std::time::Instant,
 }
 
@@ -191,6 +193,7 @@ impl Endpoint {
             sockets,
             connections,
             wire,
+            active: false,
             origin: std::time::Instant::now(),
         })
     }
@@ -232,7 +235,7 @@ impl Endpoint {
     }
 
     pub fn next_frame_at(&mut self, buf: &mut [u8], now: Instant) -> Option<usize> {
-        if self.wire.outgoing.is_empty() {
+        if self.wire.outgoing.is_empty() && self.active {
             self.poll(now);
         }
         while let Some(frame) = self.wire.outgoing.pop_front() {
@@ -250,6 +253,10 @@ impl Endpoint {
             self.serve(index, now);
         }
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
+        self.active = self
+            .connections
+            .iter()
+            .any(|c| self.sockets.get::<tcp::Socket>(c.handle).state() != tcp::State::Listen);
     }
 
     /// Moves one connection on: read its request, answer it, close, listen again.

@@ -88,25 +88,33 @@ impl MmdsNic {
 
 impl Backend for MmdsNic {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        self.clear_readiness();
-        if let Some(n) = self.endpoint.next_frame(buf) {
-            return Ok(Some(n));
-        }
-        self.inner.recv(buf)
+        let mut header = [0u8; NET_HDR_LEN];
+        self.recv_with_header(&mut header, buf)
     }
 
+    /// The endpoint's frames first, then the backend's. The set's readiness is cleared
+    /// only when both are empty, and both are asked again after that, so a frame that came
+    /// meanwhile is taken now or wakes the I/O thread again.
     fn recv_with_header(
         &mut self,
         header: &mut [u8; NET_HDR_LEN],
         buf: &mut [u8],
     ) -> io::Result<Option<usize>> {
-        self.clear_readiness();
-        if let Some(n) = self.endpoint.next_frame(buf) {
-            // Full checksums, no segmentation.
-            header.fill(0);
-            return Ok(Some(n));
+        for attempt in 0..2 {
+            if let Some(n) = self.endpoint.next_frame(buf) {
+                // Full checksums, no segmentation.
+                header.fill(0);
+                return Ok(Some(n));
+            }
+            let got = self.inner.recv_with_header(header, buf)?;
+            if got.is_some() {
+                return Ok(got);
+            }
+            if attempt == 0 {
+                self.clear_readiness();
+            }
         }
-        self.inner.recv_with_header(header, buf)
+        Ok(None)
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
