@@ -150,7 +150,7 @@ fn debian_guest_reads_mmds_v2_with_a_token_through_virtio_net() {
         r#"{"latest": {"meta-data": {"instance-id": "i-vessel-42", "local-hostname": "guest"}}}"#,
     );
     call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-    let (status, stderr) = vmm.wait_exit(Duration::from_secs(30 * 60));
+    let (status, stderr) = vmm.wait_exit(Duration::from_secs(50 * 60));
     let serial = vmm.serial();
     eprintln!("time to power-off: {:?}", started.elapsed());
     assert!(
