@@ -248,6 +248,12 @@ impl Endpoint {
     }
 
     fn poll(&mut self, now: Instant) {
+        // A connection's idle time starts when its SYN arrives, not at the last poll.
+        for conn in &mut self.connections {
+            if self.sockets.get::<tcp::Socket>(conn.handle).state() == tcp::State::Listen {
+                conn.last_progress = now;
+            }
+        }
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
         for index in 0..self.connections.len() {
             self.serve(index, now);

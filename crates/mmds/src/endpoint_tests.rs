@@ -145,6 +145,20 @@ fn syn_gets_syn_ack_and_a_request_gets_its_response() {
 }
 
 #[test]
+fn a_syn_long_after_the_last_frame_is_accepted() {
+    let mut ep = endpoint(MmdsVersion::V1);
+    let t = Instant::from_millis(1);
+    ep.receive_frame_at(&arp_request(), t);
+    drain(&mut ep, t);
+    // A slow guest: its next connection comes minutes later.
+    let later = t + smoltcp::time::Duration::from_secs(300);
+    ep.receive_frame_at(&tcp_frame(40001, SYN, 5, 0, &[]), later);
+    let flags: Vec<u8> = drain(&mut ep, later).iter().map(|f| tcp_of(f).0).collect();
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert_eq!(flags[0] & (SYN | ACK | RST), SYN | ACK, "{flags:?}");
+}
+
+#[test]
 fn connections_beyond_the_limit_are_reset() {
     let mut ep = endpoint(MmdsVersion::V1);
     let t = Instant::from_millis(1);
