@@ -127,6 +127,31 @@ def frame_seeds():
         + b"\xff" * 8 + bytes([2 | 3 << 2]) + b"\xff" * 6 + me)
 
 
+def mmds_seeds():
+    """The MMDS endpoint: frames with a u16 length each after an odd mode byte; HTTP
+    requests after an even one."""
+    guest, mmds = bytes([0x52, 0x54, 0, 0x12, 0x34, 0x56]), bytes([6, 1, 0x23, 0x45, 0x67, 1])
+    guest_ip, mmds_ip = bytes([10, 0, 2, 15]), bytes([169, 254, 169, 254])
+
+    def tcp(flags, seq, payload=b""):
+        ip = (b"\x45\x00" + struct.pack(">H", 40 + len(payload)) + b"\0\0\x40\0\x40\x06\0\0"
+              + guest_ip + mmds_ip)
+        return (mmds + guest + b"\x08\x00" + ip
+                + struct.pack(">HHIIBBHHH", 40000, 80, seq, 0, 0x50, flags, 65535, 0, 0) + payload)
+
+    def frames(*fs):
+        return b"\x01" + b"".join(struct.pack(">H", len(f)) + f for f in fs)
+    arp = arp_request(guest, tuple(guest_ip), tuple(mmds_ip))
+    req = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+    put("mmds_frames", "arp", frames(arp))
+    put("mmds_frames", "syn", frames(arp, tcp(0x02, 1000)))
+    put("mmds_frames", "request", frames(arp, tcp(0x02, 1000), tcp(0x10, 1001),
+                                         tcp(0x18, 1001, req), tcp(0x11, 1001 + len(req))))
+    put("mmds_frames", "http_get", b"\x00" + req)
+    put("mmds_frames", "http_token", b"\x00PUT /latest/api/token HTTP/1.1\r\n"
+        b"X-metadata-token-ttl-seconds: 60\r\n\r\n")
+
+
 def main():
     put("qcow2_open", "small", qemu_image("qcow2", 1 << 20, "cluster_size=512"))
     put("vdi_open", "small", records(qemu_image("vdi", 1 << 20)))
@@ -155,6 +180,7 @@ def main():
 
     port_io_seeds()
     frame_seeds()
+    mmds_seeds()
 
 
 if __name__ == "__main__":

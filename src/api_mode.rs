@@ -105,6 +105,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
             uds_path: v.uds.display().to_string(),
         }),
         balloon: cfg.balloon.as_ref().map(crate::api_balloon::to_api),
+        mmds: None,
     }
 }
 
@@ -232,7 +233,30 @@ fn vm_config(
         // Firecracker's API has no shared folders.
         shares: Vec::new(),
         balloon: cfg.balloon.as_ref().map(crate::api_balloon::from_api),
+        mmds: mmds_config(cfg)?,
     })
+}
+
+/// The MMDS on the NICs `PUT /mmds/config` named, by their position in the VM.
+fn mmds_config(cfg: &VmConfigSnapshot) -> Result<Option<vmm::MmdsConfig>, String> {
+    let Some(m) = &cfg.mmds else {
+        return Ok(None);
+    };
+    let nics = m
+        .network_interfaces
+        .iter()
+        .map(|id| {
+            cfg.network_interfaces
+                .iter()
+                .position(|n| &n.iface_id == id)
+                .ok_or_else(|| format!("MMDS network interface '{id}' does not exist"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(vmm::MmdsConfig {
+        service: m.service.clone(),
+        ipv4: m.ipv4,
+        nics,
+    }))
 }
 
 impl Backend {
@@ -311,6 +335,7 @@ impl VmmBackend for Backend {
             vsock: None,
             shares: Vec::new(),
             balloon: None,
+            mmds: None,
         };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
@@ -435,6 +460,7 @@ pub fn run(
     serial: SerialMode,
     emulator_fixups: vmm::EmulatorFixups,
     console2: Option<PathBuf>,
+    mmds_size_limit: usize,
 ) -> i32 {
     let signals = block_control_signals();
     let (tx, rx) = mpsc::channel();
@@ -445,7 +471,11 @@ pub fn run(
         handle: Mutex::new(None),
         emulator_fixups,
     });
-    let server = match api::serve(&socket, backend, api::ServerOptions::default()) {
+    let options = api::ServerOptions {
+        mmds_size_limit,
+        ..api::ServerOptions::default()
+    };
+    let server = match api::serve(&socket, backend, options) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -532,6 +562,7 @@ mod tests {
             vsock: None,
             shares: Vec::new(),
             balloon: None,
+            mmds: None,
         }
     }
 

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
+    /// With --api-sock: the largest MMDS document `PUT/PATCH /mmds` accept, in bytes of
+    /// its JSON (Firecracker's --mmds-size-limit).
+    #[arg(long, requires = "api_sock", default_value_t = mmds::DEFAULT_SIZE_LIMIT)]
+    mmds_size_limit: usize,
     /// Initial ramdisk (module 0 for multiboot kernels).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -272,7 +276,13 @@ pub fn run(args: RunArgs) -> i32 {
         return EXIT_USAGE;
     }
     if let Some(socket) = args.api_sock {
-        return crate::api_mode::run(socket, args.serial, args.emulator_fixups, args.console2);
+        return crate::api_mode::run(
+            socket,
+            args.serial,
+            args.emulator_fixups,
+            args.console2,
+            args.mmds_size_limit,
+        );
     }
     let mut args = args;
     if args.disk_size.is_some() && args.image.is_none() {
@@ -332,6 +342,7 @@ pub fn run(args: RunArgs) -> i32 {
         vsock: args.vsock,
         shares: args.shares,
         balloon: args.balloon,
+        mmds: None,
     };
     if let Err(e) = vhost_user::fs::check_unique(&cfg.shares) {
         eprintln!("vessel: error: {e}");

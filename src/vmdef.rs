@@ -503,6 +503,7 @@ impl VmDefinition {
             }),
             shares: crate::share_def::to_shares(&self.shares)?,
             balloon: self.balloon.as_ref().map(|b| b.to_config()),
+            mmds: None,
         })
     }
 }

@@ -44,6 +44,10 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     LoadSnapshot(SnapshotLoadParams),
     Balloon(balloon::BalloonRequest),
+    GetMmds,
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    PutMmdsConfig(mmds::MmdsConfig),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -95,6 +99,8 @@ pub enum ControlError {
     Logger(#[from] logger::LoggerError),
     #[error("{0}")]
     Patch(#[from] patch::PatchError),
+    #[error("{0}")]
+    Mmds(#[from] mmds::MmdsRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -103,9 +109,21 @@ pub(crate) mod balloon;
 mod devices;
 pub(crate) mod logger;
 pub(crate) mod metrics;
+pub(crate) mod mmds;
 mod patch;
 mod snapshot;
 mod vsock;
+
+impl ControlError {
+    /// The HTTP status of the fault: `413` for an MMDS document over its limit, `400`
+    /// otherwise.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ControlError::Mmds(mmds::MmdsRequestError::LimitExceeded(_)) => 413,
+            _ => 400,
+        }
+    }
+}
 
 /// Who this VMM says it is in `GET /` and `GET /version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +156,10 @@ pub struct VmController {
     metrics: Option<metrics::MetricsSink>,
     /// Whether `PUT /logger` succeeded (it is accepted once).
     logger_configured: bool,
+    /// The metadata service, made on the first MMDS request.
+    mmds: Option<::mmds::SharedMmds>,
+    mmds_config: Option<mmds::MmdsConfig>,
+    mmds_size_limit: usize,
     backend: Arc<dyn VmmBackend>,
 }
 
@@ -154,6 +176,9 @@ impl VmController {
             balloon: None,
             metrics: None,
             logger_configured: false,
+            mmds: None,
+            mmds_config: None,
+            mmds_size_limit: ::mmds::DEFAULT_SIZE_LIMIT,
             backend,
         }
     }
@@ -175,8 +200,17 @@ impl VmController {
             balloon: config.balloon,
             metrics: None,
             logger_configured: false,
+            mmds: config.mmds.as_ref().map(|m| m.service.clone()),
+            mmds_config: None,
+            mmds_size_limit: ::mmds::DEFAULT_SIZE_LIMIT,
             backend,
         }
+    }
+
+    /// The largest MMDS document accepted (Firecracker's `--mmds-size-limit`); before any
+    /// MMDS request.
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.mmds_size_limit = limit;
     }
 
     pub fn state(&self) -> InstanceState {
@@ -192,6 +226,7 @@ impl VmController {
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
+            mmds_config: self.mmds_config.clone(),
         }
     }
 
@@ -243,6 +278,10 @@ impl VmController {
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(&params),
             ApiRequest::Balloon(request) => self.balloon_request(request),
+            ApiRequest::GetMmds => self.get_mmds(),
+            ApiRequest::PutMmds(data) => self.put_mmds(data),
+            ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
+            ApiRequest::PutMmdsConfig(config) => self.set_mmds_config(config),
         }
     }
 
@@ -289,6 +328,7 @@ impl VmController {
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
+            mmds: self.mmds_attachment(),
         };
         self.backend.start(&snapshot).map_err(ControlError::Start)?;
         self.state = InstanceState::Running;

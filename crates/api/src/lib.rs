@@ -42,6 +42,7 @@ pub use balloon_model::{Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonU
 pub use controller::balloon::{BalloonRequest, BalloonRequestError};
 pub use controller::logger::{LogLevel, LoggerConfig};
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
+pub use controller::mmds::{MmdsAttachment, MmdsConfig, MmdsRequestError, MmdsVersion};
 pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
     MAX_NETWORK_INTERFACES,

@@ -339,6 +339,12 @@ pub struct FullVmConfig {
     pub vsock: Option<Vsock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<crate::balloon_model::Balloon>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<crate::controller::mmds::MmdsConfig>,
 }
 
 /// The whole validated configuration handed to [`crate::VmmBackend::start`].
@@ -351,6 +357,8 @@ pub struct VmConfigSnapshot {
     pub network_interfaces: Vec<NetworkInterface>,
     pub vsock: Option<Vsock>,
     pub balloon: Option<crate::balloon_model::Balloon>,
+    /// The metadata service and the NICs that reach it.
+    pub mmds: Option<crate::controller::mmds::MmdsAttachment>,
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub enum RouteError {
     ArrayInBody,
     #[error("Please specify at least one property to patch: path_on_host, rate_limiter.")]
     NothingToPatch,
+    #[error("Unrecognized PUT request path `{0}`.")]
+    UnrecognizedPath(String),
     #[error("The id from the path does not match the id from the body!")]
     IdMismatch,
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
@@ -58,6 +60,7 @@ pub fn parse_request(
             ["vm", "config"] => Ok(ApiRequest::GetVmConfig),
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Get)),
             ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::GetStatistics)),
+            ["mmds"] => Ok(ApiRequest::GetMmds),
             _ => Err(invalid()),
         },
         ("PUT", None) => Err(RouteError::EmptyPut),
@@ -80,6 +83,10 @@ pub fn parse_request(
             ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
             ["logger"] => Ok(ApiRequest::PutLogger(parse_body(body)?)),
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Put(parse_body(body)?))),
+            // MMDS documents hold any JSON, arrays included.
+            ["mmds"] => Ok(ApiRequest::PutMmds(serde_json::from_slice(body)?)),
+            ["mmds", "config"] => Ok(ApiRequest::PutMmdsConfig(serde_json::from_slice(body)?)),
+            ["mmds", other] => Err(RouteError::UnrecognizedPath(other.to_string())),
             ["drives"] | ["drives", ""] => Err(ValidationError::EmptyId.into()),
             ["drives", id] => {
                 validate_id(id)?;
@@ -132,6 +139,7 @@ pub fn parse_request(
             ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::PatchStatistics(
                 parse_body(body)?,
             ))),
+            ["mmds"] => Ok(ApiRequest::PatchMmds(serde_json::from_slice(body)?)),
             _ => Err(invalid()),
         },
         _ => Err(invalid()),
@@ -216,6 +224,36 @@ mod tests {
             message(route("GET", "/", "{}")),
             "GET request cannot have a body."
         );
+    }
+
+    #[test]
+    fn mmds_routes() {
+        assert_eq!(route("GET", "/mmds", "").unwrap(), ApiRequest::GetMmds);
+        assert_eq!(
+            route("PUT", "/mmds", r#"{"a": [1, {"b": null}]}"#).unwrap(),
+            ApiRequest::PutMmds(serde_json::json!({"a": [1, {"b": null}]}))
+        );
+        assert_eq!(
+            route("PATCH", "/mmds", r#"{"a": null}"#).unwrap(),
+            ApiRequest::PatchMmds(serde_json::json!({"a": null}))
+        );
+        assert!(matches!(
+            route(
+                "PUT",
+                "/mmds/config",
+                r#"{"version": "V2", "network_interfaces": ["eth0"]}"#
+            ),
+            Ok(ApiRequest::PutMmdsConfig(_))
+        ));
+        assert_eq!(
+            message(route("PUT", "/mmds/nope", "{}")),
+            "Unrecognized PUT request path `nope`."
+        );
+        assert!(
+            message(route("PUT", "/mmds", "{")).starts_with("An error occurred when deserializing")
+        );
+        assert_eq!(message(route("PUT", "/mmds", "")), "Empty PUT request.");
+        assert!(route("PATCH", "/mmds/config", "{}").is_err());
     }
 
     #[test]

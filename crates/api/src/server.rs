@@ -65,6 +65,9 @@ pub struct ServerOptions {
     /// The VM already runs with this configuration (a VMM started from a VM definition):
     /// the API starts in the Running state and serves only run-time requests.
     pub running: Option<VmConfigSnapshot>,
+    /// The largest MMDS document `PUT/PATCH /mmds` accept, serialized (Firecracker's
+    /// `--mmds-size-limit`).
+    pub mmds_size_limit: usize,
 }
 
 impl Default for ServerOptions {
@@ -75,6 +78,7 @@ impl Default for ServerOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_timeout: DEFAULT_READ_TIMEOUT,
             running: None,
+            mmds_size_limit: mmds::DEFAULT_SIZE_LIMIT,
         }
     }
 }
@@ -168,11 +172,13 @@ pub fn serve(
         let _entered = runtime.enter();
         UnixListener::from_std(std_listener).map_err(|e| cleanup_on_error(ApiError::Listener(e)))?
     };
+    let mut controller = match options.running {
+        Some(config) => VmController::running(options.identity, backend, config),
+        None => VmController::new(options.identity, backend),
+    };
+    controller.set_mmds_size_limit(options.mmds_size_limit);
     let shared = Arc::new(Shared {
-        controller: Mutex::new(match options.running {
-            Some(config) => VmController::running(options.identity, backend, config),
-            None => VmController::new(options.identity, backend),
-        }),
+        controller: Mutex::new(controller),
         max_body_bytes: options.max_body_bytes,
         read_timeout: options.read_timeout,
     });
@@ -301,7 +307,10 @@ async fn handle_request(
     Ok(match outcome {
         Ok(Ok(ApiReply::NoContent)) => empty(StatusCode::NO_CONTENT),
         Ok(Ok(ApiReply::Json(body))) => json(StatusCode::OK, body),
-        Ok(Err(err)) => fault(StatusCode::BAD_REQUEST, err.to_string()),
+        Ok(Err(err)) => fault(
+            StatusCode::from_u16(err.status_code()).unwrap_or(StatusCode::BAD_REQUEST),
+            err.to_string(),
+        ),
         Err(_) => fault(
             StatusCode::INTERNAL_SERVER_ERROR,
             "The VMM failed while handling the request.".to_string(),

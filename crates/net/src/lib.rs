@@ -10,6 +10,9 @@
 //! * `hostonly:NAME` — [`hostonly::HostOnlyBackend`]: a tap on a host-only bridge and a
 //!   DHCP server for the VM (CAP_NET_ADMIN).
 //!
+//! * [`mmds_nic::MmdsNic`] — any of them with the MMDS (Firecracker's metadata service) on
+//!   the wire.
+//!
 //! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
 //! it to `virtio::net::Net::new`, and let the I/O thread poll [`Backend::as_raw_fd`].
 
@@ -19,6 +22,7 @@ pub mod dhcp;
 pub mod handshake;
 pub mod hostonly;
 pub mod lease;
+pub mod mmds_nic;
 pub mod natnet;
 pub mod passt;
 pub mod pollset;
@@ -45,6 +49,8 @@ pub enum NetError {
     Bridge(#[from] bridge::BridgeError),
     #[error(transparent)]
     HostOnly(#[from] hostonly::HostOnlyError),
+    #[error(transparent)]
+    Mmds(#[from] mmds_nic::MmdsNicError),
 }
 
 /// What passt runs with for a nat or natnet `--nic`.

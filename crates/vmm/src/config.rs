@@ -72,6 +72,16 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
+/// The MMDS (Firecracker's metadata service) on some NICs: frames they send to `ipv4`
+/// (ARP, TCP port 80) are answered by `service` instead of their backend.
+#[derive(Debug, Clone)]
+pub struct MmdsConfig {
+    pub service: mmds::SharedMmds,
+    pub ipv4: std::net::Ipv4Addr,
+    /// Indices into [`VmConfig::nics`].
+    pub nics: Vec<usize>,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -98,6 +108,8 @@ pub struct VmConfig {
     pub shares: Vec<vhost_user::fs::Share>,
     /// A virtio-balloon device, last in PCI slot order (docs/balloon.md).
     pub balloon: Option<virtio::balloon::BalloonConfig>,
+    /// The metadata service on some of the NICs.
+    pub mmds: Option<MmdsConfig>,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.

@@ -26,7 +26,7 @@ mod virtio_devices;
 pub mod vm;
 
 pub use balloon_control::BalloonControl;
-pub use config::{DiskConfig, PitMode, SerialMode, VmConfig, VsockConfig};
+pub use config::{DiskConfig, MmdsConfig, PitMode, SerialMode, VmConfig, VsockConfig};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;

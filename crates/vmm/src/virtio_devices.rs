@@ -85,11 +85,17 @@ pub(crate) fn virtio_devices(
             mac: Some(mac),
             ..nic.clone()
         };
-        let backend = net::open_backend(&nic).map_err(|source| VmError::Nic {
+        let nic_error = |source| VmError::Nic {
             index,
             mode: format!("{:?}", nic.mode),
             source,
-        })?;
+        };
+        let mut backend = net::open_backend(&nic).map_err(nic_error)?;
+        if let Some(m) = cfg.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
+            let with_mmds = net::mmds_nic::MmdsNic::new(backend, m.service.clone(), m.ipv4)
+                .map_err(|e| nic_error(e.into()))?;
+            backend = Box::new(with_mmds);
+        }
         let device = restore_model::net(backend, mac, state(devices.len()), devices.len())?;
         let rx = RateLimiterHandle::new(nic.rx_limit).map_err(VmError::RateLimiter)?;
         let tx = RateLimiterHandle::new(nic.tx_limit).map_err(VmError::RateLimiter)?;
@@ -210,6 +216,7 @@ mod tests {
             vsock: None,
             shares: Vec::new(),
             balloon: None,
+            mmds: None,
         }
     }
 

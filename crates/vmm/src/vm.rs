@@ -225,6 +225,7 @@ impl Vm {
             // A VM with shares is never snapshotted (unsupported_device).
             shares: Vec::new(),
             balloon: snapshot.machine.balloon,
+            mmds: None,
             ..cfg.clone()
         };
         Self::build(&cfg, Some((snapshot, mem_file)))

@@ -133,6 +133,9 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
         ApiRequest::PatchVmState(_) => None,
         ApiRequest::CreateSnapshot(_) => put("snapshot_create_count", "snapshot_create_fails"),
         ApiRequest::LoadSnapshot(_) => put("snapshot_load_count", "snapshot_load_fails"),
+        ApiRequest::GetMmds => get("mmds_count"),
+        ApiRequest::PutMmds(_) | ApiRequest::PutMmdsConfig(_) => put("mmds_count", "mmds_fails"),
+        ApiRequest::PatchMmds(_) => patch("mmds_count", "mmds_fails"),
         ApiRequest::Balloon(request) => balloon_metric(request),
     }
 }
