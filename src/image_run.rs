@@ -59,7 +59,7 @@ pub fn prepare(spec: &str, disk_size: Option<u64>, cmdline_append: &str) -> Resu
     }
     run.cmdline = crate::image_boot::vm_cmdline(&cmdline, nested, cmdline_append);
     run.kernel = crate::image_boot::kernel_for_host(&kernel, nested);
-    run.initrd = initrd;
+    run.initrd = initrd.map(|i| crate::image_boot::initrd_for_host(&i, nested));
     Ok(run)
 }
 

@@ -51,6 +51,7 @@ pub fn fill_boot(text: &str) -> Result<Option<String>> {
     let kernel = crate::image_boot::kernel_for_host(&kernel, nested);
     boot.insert("kernel".into(), path_value(&kernel));
     if let Some(i) = initrd {
+        let i = crate::image_boot::initrd_for_host(&i, nested);
         boot.insert("initrd".into(), path_value(&i));
     }
     let cmdline = crate::image_boot::vm_cmdline(cmdline, nested, "");

@@ -4,6 +4,7 @@
 //! inside a bzImage ([`vmlinux`]).
 
 mod boot;
+pub mod decompress;
 pub mod ext4fs;
 mod extract;
 pub mod grub;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::*;
+use crate::decompress::Compression;
 
 /// A fake 64-bit ELF kernel of `len` bytes, compressible but not trivially.
 fn fake_elf(len: usize) -> Vec<u8> {
@@ -59,7 +60,12 @@ fn every_kernel_compression_the_tools_make_decompresses_to_the_elf() {
     // LZ4 over 8 MiB: two blocks of its legacy format.
     for (tool, args, want, len) in [
         ("gzip", &["-9", "-c"][..], Compression::Gzip, 1 << 20),
-        ("lz4", &["-l", "-9", "-c"][..], Compression::Lz4Legacy, 9 << 20),
+        (
+            "lz4",
+            &["-l", "-9", "-c"][..],
+            Compression::Lz4Legacy,
+            9 << 20,
+        ),
         ("zstd", &["-19", "-q", "-c"][..], Compression::Zstd, 1 << 20),
         ("xz", &["--check=crc32", "-c"][..], Compression::Xz, 1 << 20),
     ] {
@@ -97,7 +103,7 @@ fn bad_bzimages_are_refused_with_their_reason() {
     let mut lz4 = compress("lz4", &["-l", "-c"], &elf);
     let cut = lz4.len() / 2;
     lz4[cut..].fill(0xff);
-    assert!(err(&bzimage(&lz4)).contains("cannot decompress the bzImage's LZ4"));
+    assert!(err(&bzimage(&lz4)).contains("payload: cannot decompress its LZ4"));
     let mut gz = compress("gzip", &["-c"], &elf);
     gz.truncate(gz.len() / 2);
     assert!(err(&bzimage(&gz)).contains("gzip"));
