@@ -11,6 +11,7 @@ import argparse
 import fcntl
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -256,6 +257,8 @@ def report(results):
 
 
 def main():
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every run's VM, QEMU and backends go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     for opt in ("vessel", "state-dir", "data-home", "logs", "image", "memory", "cmdline-append"):
         ap.add_argument(f"--{opt}", required=opt != "cmdline-append", default="")
