@@ -14,7 +14,7 @@ fn fake_elf(len: usize) -> Vec<u8> {
     let mut x: u32 = 12345;
     while elf.len() < len {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let word = if x % 4 == 0 { x } else { x >> 28 };
+        let word = if x.is_multiple_of(4) { x } else { x >> 28 };
         elf.extend_from_slice(&word.to_le_bytes());
     }
     elf.truncate(len);
