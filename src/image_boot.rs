@@ -130,7 +130,7 @@ fn plain_initrd(initrd: &Path) -> Result<PathBuf, String> {
         return Ok(initrd.to_path_buf());
     }
     let (cpio, _) = bootdisk::decompress::decompress(&data, MAX_PLAIN_INITRD)
-        .map_err(|e| format!("it is {e}"))?;
+        .map_err(|e| e.to_string())?;
     if !cpio.starts_with(b"0707") {
         return Err("it does not decompress to a cpio archive".into());
     }
