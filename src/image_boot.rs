@@ -129,8 +129,8 @@ fn plain_initrd(initrd: &Path) -> Result<PathBuf, String> {
     if data.starts_with(b"0707") {
         return Ok(initrd.to_path_buf());
     }
-    let (cpio, _) = bootdisk::decompress::decompress(&data, MAX_PLAIN_INITRD)
-        .map_err(|e| e.to_string())?;
+    let (cpio, _) =
+        bootdisk::decompress::decompress(&data, MAX_PLAIN_INITRD).map_err(|e| e.to_string())?;
     if !cpio.starts_with(b"0707") {
         return Err("it does not decompress to a cpio archive".into());
     }
@@ -182,7 +182,7 @@ mod tests {
         // The image words come after the profile; none of it on hardware KVM.
         let timeout = "systemd.default_timeout_start_sec=";
         assert!(nested.find(timeout) > nested.find("initcall_blacklist="));
-        assert!(nested.contains("systemd.mask=systemd-binfmt.service"));
+        assert!(nested.contains("systemd.service_watchdogs=0"));
         let plain = vm_cmdline("root=UUID=1", false, "quiet");
         assert!(!plain.contains(timeout) && !plain.contains("systemd.mask"));
         // The user's words come last, so they override.
