@@ -59,7 +59,8 @@ fn reachable(state: &StateDir) -> Result<Vec<Host>> {
         if !matches!(vm.state()?, VmState::Running { .. }) {
             continue;
         }
-        let ssh = def
+        // A host port chosen at start (`auto`) is known from the VM's runtime state.
+        let ssh = crate::vm_ports::current(&vm, def.clone())
             .forwards()
             .iter()
             .any(|f| f.protocol == net::Protocol::Tcp && f.guest_port == 22);
