@@ -55,11 +55,11 @@ pub fn prepare(spec: &str, disk_size: Option<u64>, cmdline_append: &str) -> Resu
     };
     let nested = crate::image_boot::kvm_is_pvm();
     if nested {
-        eprintln!("vessel: /dev/kvm is kvm_pvm (software nested KVM): adding the nested-host boot profile of docs/nested-kvm.md to the command line; the guest will be slow");
+        eprintln!("{}", crate::image_boot::NESTED_NOTICE);
     }
     run.cmdline = crate::image_boot::vm_cmdline(&cmdline, nested, cmdline_append);
-    run.kernel = kernel;
-    run.initrd = initrd;
+    run.kernel = crate::image_boot::kernel_for_host(&kernel, nested);
+    run.initrd = initrd.map(|i| crate::image_boot::initrd_for_host(&i, nested));
     Ok(run)
 }
 

@@ -45,11 +45,13 @@ pub fn fill_boot(text: &str) -> Result<Option<String>> {
         .ok_or_else(|| anyhow!("image '{name}' has no kernel vessel can boot directly"))?;
     let nested = crate::image_boot::kvm_is_pvm();
     if nested {
-        eprintln!("vessel: /dev/kvm is kvm_pvm (software nested KVM): the VM's command line gets the nested-host boot profile of docs/nested-kvm.md; the guest will be slow");
+        eprintln!("{}", crate::image_boot::NESTED_NOTICE);
     }
     let mut boot = toml::Table::new();
+    let kernel = crate::image_boot::kernel_for_host(&kernel, nested);
     boot.insert("kernel".into(), path_value(&kernel));
     if let Some(i) = initrd {
+        let i = crate::image_boot::initrd_for_host(&i, nested);
         boot.insert("initrd".into(), path_value(&i));
     }
     let cmdline = crate::image_boot::vm_cmdline(cmdline, nested, "");
