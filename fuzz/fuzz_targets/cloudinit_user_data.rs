@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
             mac: [0x52, 0x54, 0, 0, 0, 1],
         }],
         default_user: None,
+        mounts: Vec::new(),
     };
     let _ = render(&config);
     let mut no_key = config;
