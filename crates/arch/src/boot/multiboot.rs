@@ -191,9 +191,10 @@ fn load_aout_kludge(
     if h.header_addr < h.load_addr {
         return Err(bad("header_addr is below load_addr"));
     }
-    let file_start = h.offset as u64 - u64::from(h.header_addr - h.load_addr);
-    let file_start =
-        usize::try_from(file_start).map_err(|_| bad("load_addr is before the file"))?;
+    let file_start = (h.offset as u64)
+        .checked_sub(u64::from(h.header_addr - h.load_addr))
+        .and_then(|start| usize::try_from(start).ok())
+        .ok_or_else(|| bad("load_addr is before the file"))?;
     let load_len = if h.load_end_addr == 0 {
         image
             .len()
@@ -385,6 +386,22 @@ mod tests {
         let mut img2 = bad_entry;
         img2.resize(0x40, 0);
         assert!(load(&mem, &img2, &find_header(&img2).unwrap(), 0x40_0000, &[]).is_err());
+    }
+
+    /// The fuzzer's find: a header at offset 0 claiming to sit 0x1000 bytes past
+    /// `load_addr` puts the file's start before byte 0. That is an error, not an overflow.
+    #[test]
+    fn aout_kludge_refuses_a_load_addr_before_the_file() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let mut img = header_bytes(
+            FLAG_AOUT_KLUDGE,
+            &[0x101000, 0x100000, 0x100040, 0x101000, 0x100030],
+        );
+        img.resize(0x40, 0);
+        let e = load(&mem, &img, &find_header(&img).unwrap(), 0x40_0000, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("load_addr is before the file"), "{e}");
     }
 
     /// An ELF32 multiboot kernel with one LOAD segment of 0x20 file bytes at `paddr`.
