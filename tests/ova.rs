@@ -14,20 +14,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::boot_image::tool;
 use common::{fnv1a, multiboot_guest, out_dir};
 use sha2::{Digest, Sha256};
 
 const INITRD: &[u8] = b"the appliance's initrd\n";
-
-fn tool(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A raw GPT disk whose ext4 partition has /boot (guest kernel, initrd, grub.cfg), or an
 /// empty partition when `bootable` is false.
@@ -48,28 +39,7 @@ fn raw_disk(dir: &Path, bootable: bool) -> PathBuf {
         )
         .unwrap();
     }
-    let fs = dir.join("fs.ext4");
-    tool(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&root)
-            .arg(&fs)
-            .arg("16M"),
-    );
-    let raw = dir.join("disk.raw");
-    tool(Command::new("truncate").args(["-s", "20M"]).arg(&raw));
-    tool(
-        Command::new("sgdisk")
-            .args(["-n", "1:2048:0", "-t", "1:8300"])
-            .arg(&raw),
-    );
-    tool(
-        Command::new("dd")
-            .arg(format!("if={}", fs.display()))
-            .arg(format!("of={}", raw.display()))
-            .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
-    );
-    raw
+    common::boot_image::gpt_ext4_disk(&root, dir)
 }
 
 fn stream_vmdk(raw: &Path, out: &Path) {

@@ -10,13 +10,15 @@ use super::out_dir;
 /// What the images' initrd holds.
 pub const INITRD: &[u8] = b"the image's own initrd\n";
 
-pub fn tool(cmd: &mut Command) {
+/// Runs `cmd`, which must succeed; returns its standard output.
+pub fn tool(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `image-NAME/disk.FORMAT`: grub.cfg's default entry boots `kernel` with `words`.
@@ -36,11 +38,28 @@ pub fn make(name: &str, kernel: &Path, words: &str, format: &str) -> PathBuf {
          \tinitrd\t/boot/initrd.img-6.1.0-test\n}}\n"
     );
     std::fs::write(root.join("boot/grub/grub.cfg"), grub).unwrap();
+    let raw = gpt_ext4_disk(&root, &dir);
+    if format == "raw" {
+        return raw;
+    }
+    let out = dir.join(format!("disk.{format}"));
+    tool(
+        Command::new("qemu-img")
+            .args(["convert", "-O", format])
+            .arg(&raw)
+            .arg(&out),
+    );
+    out
+}
+
+/// `DIR/disk.raw`: a 20 MiB GPT disk whose one partition (from 1 MiB) is a 16 MiB ext4
+/// file system holding the files under `root`.
+pub fn gpt_ext4_disk(root: &Path, dir: &Path) -> PathBuf {
     let fs = dir.join("fs.ext4");
     tool(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
-            .arg(&root)
+            .arg(root)
             .arg(&fs)
             .arg("16M"),
     );
@@ -57,15 +76,5 @@ pub fn make(name: &str, kernel: &Path, words: &str, format: &str) -> PathBuf {
             .arg(format!("of={}", raw.display()))
             .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
     );
-    if format == "raw" {
-        return raw;
-    }
-    let out = dir.join(format!("disk.{format}"));
-    tool(
-        Command::new("qemu-img")
-            .args(["convert", "-O", format])
-            .arg(&raw)
-            .arg(&out),
-    );
-    out
+    raw
 }
