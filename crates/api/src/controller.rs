@@ -110,6 +110,7 @@ mod devices;
 pub(crate) mod logger;
 pub(crate) mod metrics;
 pub(crate) mod mmds;
+mod output_file;
 mod patch;
 mod snapshot;
 mod vsock;

@@ -5,12 +5,12 @@
 //! The API checks and opens the file; the backend points its log (vessel's `tracing`
 //! subscriber) at it.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::fs::File;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::output_file::{open_output_file, OutputFileError};
 use super::{ApiReply, ControlError, VmController};
 
 /// Firecracker's log levels (any capitalisation; `Warn` too).
@@ -76,28 +76,18 @@ pub enum LoggerError {
     Backend(String),
 }
 
+impl From<OutputFileError> for LoggerError {
+    fn from(e: OutputFileError) -> Self {
+        match e {
+            OutputFileError::BadPath => LoggerError::BadPath,
+            OutputFileError::Open { path, reason } => LoggerError::Open { path, reason },
+        }
+    }
+}
+
 /// Opens `path` as Firecracker does: it must exist (a regular file or a FIFO).
 pub fn open_log_file(path: &str) -> Result<File, LoggerError> {
-    if path.is_empty() || path.contains('\0') {
-        return Err(LoggerError::BadPath);
-    }
-    let open_error = |reason: String| LoggerError::Open {
-        path: path.to_string(),
-        reason,
-    };
-    let file = OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| open_error(e.to_string()))?;
-    let kind = file
-        .metadata()
-        .map_err(|e| open_error(e.to_string()))?
-        .file_type();
-    if !(kind.is_file() || kind.is_fifo()) {
-        return Err(open_error("not a regular file or a FIFO".into()));
-    }
-    Ok(file)
+    Ok(open_output_file(path)?)
 }
 
 impl VmController {

@@ -6,15 +6,15 @@
 //! previous flush, as Firecracker's shared incremental metrics do.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::balloon::BalloonRequest;
+use super::output_file::{open_output_file, OutputFileError};
 use super::{ApiReply, ApiRequest, ControlError, VmController};
 
 /// How often the server flushes configured metrics on its own (Firecracker's period).
@@ -39,6 +39,15 @@ pub enum MetricsError {
     Write(#[from] std::io::Error),
 }
 
+impl From<OutputFileError> for MetricsError {
+    fn from(e: OutputFileError) -> Self {
+        match e {
+            OutputFileError::BadPath => MetricsError::BadPath,
+            OutputFileError::Open { path, reason } => MetricsError::Open { path, reason },
+        }
+    }
+}
+
 /// The open metrics file and the counts since the last flush.
 #[derive(Debug)]
 pub struct MetricsSink {
@@ -49,25 +58,7 @@ pub struct MetricsSink {
 impl MetricsSink {
     /// Opens `path` as Firecracker does: it must exist (a regular file or a FIFO).
     pub fn open(path: &str) -> Result<Self, MetricsError> {
-        if path.is_empty() || path.contains('\0') {
-            return Err(MetricsError::BadPath);
-        }
-        let open_error = |reason: String| MetricsError::Open {
-            path: path.to_string(),
-            reason,
-        };
-        let file = OpenOptions::new()
-            .append(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| open_error(e.to_string()))?;
-        let kind = file
-            .metadata()
-            .map_err(|e| open_error(e.to_string()))?
-            .file_type();
-        if !(kind.is_file() || kind.is_fifo()) {
-            return Err(open_error("not a regular file or a FIFO".into()));
-        }
+        let file = open_output_file(path)?;
         Ok(MetricsSink {
             file,
             counts: BTreeMap::new(),
