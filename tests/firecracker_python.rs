@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use common::{multiboot_guest, out_dir, wait_for};
 
@@ -19,8 +19,8 @@ fn client_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fcpy"))
 }
 
-#[test]
-fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
+/// The installed client's site directory and the multiboot guest it boots.
+fn client_and_guest() -> (PathBuf, PathBuf) {
     let site = client_path();
     assert!(
         site.join("firecracker/api.py").exists(),
@@ -32,6 +32,27 @@ fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
         &["multiboot_header.S", "multiboot_guest.c"],
         "multiboot.ld",
     );
+    (site, kernel)
+}
+
+/// `vessel run --api-sock SOCK --serial SERIAL`, once its socket is there.
+fn api_vmm(sock: &Path, serial: &str) -> Child {
+    let vmm = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .arg("run")
+        .arg("--api-sock")
+        .arg(sock)
+        .arg("--serial")
+        .arg(serial)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the API socket", || sock.exists());
+    vmm
+}
+
+#[test]
+fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
+    let (site, kernel) = client_and_guest();
     let dir = out_dir().join("fcpy");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,16 +64,7 @@ fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
     );
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     std::fs::write(&metrics, "").unwrap();
-    let mut vmm = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .arg("run")
-        .arg("--api-sock")
-        .arg(&sock)
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the API socket", || sock.exists());
+    let mut vmm = api_vmm(&sock, &format!("file:{}", serial.display()));
     let client = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -81,31 +93,12 @@ fn firecracker_python_boots_a_root_drive_and_flushes_metrics() {
 
 #[test]
 fn firecracker_python_patches_a_running_vm_and_sets_its_logger() {
-    let site = client_path();
-    assert!(
-        site.join("firecracker/api.py").exists(),
-        "firecracker-python is not installed in {} (scripts/test.sh installs it)",
-        site.display()
-    );
-    let kernel = multiboot_guest(
-        "multiboot",
-        &["multiboot_header.S", "multiboot_guest.c"],
-        "multiboot.ld",
-    );
+    let (site, kernel) = client_and_guest();
     let dir = out_dir().join("fcpy-patch");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
-    let mut vmm = Command::new(env!("CARGO_BIN_EXE_vessel"))
-        .arg("run")
-        .arg("--api-sock")
-        .arg(&sock)
-        .arg("--serial")
-        .arg("none")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the API socket", || sock.exists());
+    let mut vmm = api_vmm(&sock, "none");
     let client = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
