@@ -5,12 +5,13 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{multiboot_guest, out_dir, TIMEOUT};
 
-fn start(kernel: &std::path::Path, nic: &str, runtime: &std::path::Path, cmdline: &str) -> Child {
+fn start(kernel: &Path, nic: &str, runtime: &Path, cmdline: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_vessel"))
         .args([
             "run",
@@ -48,61 +49,28 @@ fn finish(mut child: Child, timeout: Duration) -> (Option<i32>, String, String) 
     )
 }
 
-#[test]
-fn two_vms_on_an_internal_network_exchange_frames() {
-    let kernel = multiboot_guest(
+/// The multiboot guest that drives virtio-net (tests/guests/virtio_net_guest.c).
+fn net_guest() -> PathBuf {
+    multiboot_guest(
         "virtio_net",
         &["multiboot_header.S", "virtio_net_guest.c"],
         "multiboot.ld",
-    );
-    let runtime = out_dir().join("net-runtime");
-    let _ = std::fs::remove_dir_all(&runtime);
-    std::fs::create_dir_all(&runtime).unwrap();
-    let a = start(
-        &kernel,
-        "internal:lan1,mac=52:54:00:00:00:0a",
-        &runtime,
-        "net",
-    );
-    let b = start(
-        &kernel,
-        "internal:lan1,mac=52:54:00:00:00:0b",
-        &runtime,
-        "net",
-    );
-    let (code_a, out_a, err_a) = finish(a, TIMEOUT);
-    let (code_b, out_b, err_b) = finish(b, TIMEOUT);
-    assert_eq!(code_a, Some(0), "A: {out_a}\n{err_a}");
-    assert_eq!(code_b, Some(0), "B: {out_b}\n{err_b}");
-    assert!(
-        out_a.contains("virtio-net: mac 52:54:00:00:00:0a\n"),
-        "{out_a}"
-    );
-    assert!(
-        out_a.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0b"),
-        "{out_a}"
-    );
-    assert!(
-        out_b.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0a"),
-        "{out_b}"
-    );
+    )
 }
 
-/// Tight limits (2 KiB/s: a bucket of about three greetings) on one VM's both directions
-/// and the other's receive: frames wait for their budget on the limiters' timers and
-/// still get through, with the VMMs confined as always.
-#[test]
-fn rate_limited_vms_still_exchange_frames() {
-    let kernel = multiboot_guest(
-        "virtio_net",
-        &["multiboot_header.S", "virtio_net_guest.c"],
-        "multiboot.ld",
-    );
-    let runtime = out_dir().join("net-runtime-rate");
+/// An empty `XDG_RUNTIME_DIR` for one test's networks.
+fn fresh_runtime(name: &str) -> PathBuf {
+    let runtime = out_dir().join(name);
     let _ = std::fs::remove_dir_all(&runtime);
     std::fs::create_dir_all(&runtime).unwrap();
-    let nic_a = "internal:lanR,mac=52:54:00:00:00:0a,rate=2K";
-    let nic_b = "internal:lanR,mac=52:54:00:00:00:0b,rx-rate=2K";
+    runtime
+}
+
+/// Two VMs with NICs `nic_a` (MAC …:0a) and `nic_b` (MAC …:0b) greet each other; both
+/// must exit 0 having heard the other. Returns A's output.
+fn greet_pair(nic_a: &str, nic_b: &str, runtime: &str) -> String {
+    let kernel = net_guest();
+    let runtime = fresh_runtime(runtime);
     let a = start(&kernel, nic_a, &runtime, "net");
     let b = start(&kernel, nic_b, &runtime, "net");
     let (code_a, out_a, err_a) = finish(a, TIMEOUT);
@@ -117,18 +85,38 @@ fn rate_limited_vms_still_exchange_frames() {
         out_b.contains("received \"vessel-net-test hello\" from 52:54:00:00:00:0a"),
         "{out_b}"
     );
+    out_a
+}
+
+#[test]
+fn two_vms_on_an_internal_network_exchange_frames() {
+    let out_a = greet_pair(
+        "internal:lan1,mac=52:54:00:00:00:0a",
+        "internal:lan1,mac=52:54:00:00:00:0b",
+        "net-runtime",
+    );
+    assert!(
+        out_a.contains("virtio-net: mac 52:54:00:00:00:0a\n"),
+        "{out_a}"
+    );
+}
+
+/// Tight limits (2 KiB/s: a bucket of about three greetings) on one VM's both directions
+/// and the other's receive: frames wait for their budget on the limiters' timers and
+/// still get through, with the VMMs confined as always.
+#[test]
+fn rate_limited_vms_still_exchange_frames() {
+    greet_pair(
+        "internal:lanR,mac=52:54:00:00:00:0a,rate=2K",
+        "internal:lanR,mac=52:54:00:00:00:0b,rx-rate=2K",
+        "net-runtime-rate",
+    );
 }
 
 #[test]
 fn a_vm_on_another_internal_network_hears_nothing() {
-    let kernel = multiboot_guest(
-        "virtio_net",
-        &["multiboot_header.S", "virtio_net_guest.c"],
-        "multiboot.ld",
-    );
-    let runtime = out_dir().join("net-runtime-isolated");
-    let _ = std::fs::remove_dir_all(&runtime);
-    std::fs::create_dir_all(&runtime).unwrap();
+    let kernel = net_guest();
+    let runtime = fresh_runtime("net-runtime-isolated");
     let a = start(&kernel, "internal:lanA", &runtime, "rounds=30");
     let c = start(&kernel, "internal:lanC", &runtime, "rounds=30");
     let (code_a, out_a, _) = finish(a, TIMEOUT);
@@ -149,14 +137,8 @@ fn two_vms_on_a_nat_network_get_distinct_dhcp_offers() {
         eprintln!("SKIPPED: passt (apt-get install passt) is not installed");
         return;
     }
-    let kernel = multiboot_guest(
-        "virtio_net",
-        &["multiboot_header.S", "virtio_net_guest.c"],
-        "multiboot.ld",
-    );
-    let runtime = out_dir().join("natnet-runtime");
-    let _ = std::fs::remove_dir_all(&runtime);
-    std::fs::create_dir_all(&runtime).unwrap();
+    let kernel = net_guest();
+    let runtime = fresh_runtime("natnet-runtime");
     // b held 10.0.2.16 before (a lease file records its MAC): it gets it back, whatever
     // the order the two VMMs start in; a gets the lowest free address.
     let leases = runtime.join("vessel/natnet/lab/leases");
@@ -197,14 +179,8 @@ fn a_vm_on_a_host_only_network_gets_its_address_by_dhcp() {
         eprintln!("SKIPPED: host-only networks need CAP_NET_ADMIN (run as root)");
         return;
     }
-    let kernel = multiboot_guest(
-        "virtio_net",
-        &["multiboot_header.S", "virtio_net_guest.c"],
-        "multiboot.ld",
-    );
-    let runtime = out_dir().join("hostonly-runtime");
-    let _ = std::fs::remove_dir_all(&runtime);
-    std::fs::create_dir_all(&runtime).unwrap();
+    let kernel = net_guest();
+    let runtime = fresh_runtime("hostonly-runtime");
     let name = format!("h{}", std::process::id() % 100_000);
     let vm = start(
         &kernel,
