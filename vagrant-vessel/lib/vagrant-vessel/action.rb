@@ -56,37 +56,23 @@ module VagrantPlugins
       end
 
       def self.destroy
-        Vagrant::Action::Builder.new.tap do |b|
-          b.use ConfigValidate
-          b.use Call, IsState, :not_created do |env, b2|
-            if env[:result]
-              b2.use Steps::Say, "machine is not created"
-              next
-            end
-            b2.use Call, DestroyConfirm do |env2, b3|
-              if env2[:result]
-                b3.use ProvisionerCleanup, :before
-                b3.use Steps::Destroy
-                b3.use SyncedFolderCleanup
-              else
-                b3.use Steps::Say, "machine will not be destroyed"
-              end
+        created_only do |b2|
+          b2.use Call, DestroyConfirm do |env2, b3|
+            if env2[:result]
+              b3.use ProvisionerCleanup, :before
+              b3.use Steps::Destroy
+              b3.use SyncedFolderCleanup
+            else
+              b3.use Steps::Say, "machine will not be destroyed"
             end
           end
         end
       end
 
       def self.reload
-        Vagrant::Action::Builder.new.tap do |b|
-          b.use ConfigValidate
-          b.use Call, IsState, :not_created do |env, b2|
-            if env[:result]
-              b2.use Steps::Say, "machine is not created"
-              next
-            end
-            b2.use halt
-            b2.use boot
-          end
+        created_only do |b2|
+          b2.use halt
+          b2.use boot
         end
       end
 
@@ -100,6 +86,20 @@ module VagrantPlugins
 
       def self.ssh_run
         running_only { |b| b.use SSHRun }
+      end
+
+      # The steps in the block run for a created machine; others are told it is not.
+      def self.created_only
+        Vagrant::Action::Builder.new.tap do |b|
+          b.use ConfigValidate
+          b.use Call, IsState, :not_created do |env, b2|
+            if env[:result]
+              b2.use Steps::Say, "machine is not created"
+              next
+            end
+            yield b2
+          end
+        end
       end
 
       def self.running_only
