@@ -50,7 +50,8 @@ fn bucket_updates(limiter: Option<&RateLimiter>) -> (Option<BucketConfig>, Optio
     (l.bandwidth, l.ops)
 }
 
-fn format_of(f: block::Format) -> DriveFormat {
+/// The API's name of a disk format.
+pub fn drive_format(f: block::Format) -> DriveFormat {
     match f {
         block::Format::Raw => DriveFormat::Raw,
         block::Format::Qcow2 => DriveFormat::Qcow2,
@@ -58,6 +59,18 @@ fn format_of(f: block::Format) -> DriveFormat {
         block::Format::Vhd => DriveFormat::Vhd,
         block::Format::Vmdk => DriveFormat::Vmdk,
         block::Format::Vhdx => DriveFormat::Vhdx,
+    }
+}
+
+/// The disk format an API drive names.
+pub fn block_format(f: DriveFormat) -> block::Format {
+    match f {
+        DriveFormat::Raw => block::Format::Raw,
+        DriveFormat::Qcow2 => block::Format::Qcow2,
+        DriveFormat::Vdi => block::Format::Vdi,
+        DriveFormat::Vhd => block::Format::Vhd,
+        DriveFormat::Vmdk => block::Format::Vmdk,
+        DriveFormat::Vhdx => block::Format::Vhdx,
     }
 }
 
@@ -84,7 +97,7 @@ pub fn update_drive(
         let opened = handle
             .replace_disk(index, &disk)
             .map_err(|e| crate::run_cli::error_chain(&e))?;
-        format = Some(format_of(opened));
+        format = Some(drive_format(opened));
     }
     if update.rate_limiter.is_some() {
         let (bandwidth, ops) = bucket_updates(update.rate_limiter.as_ref());

@@ -37,28 +37,6 @@ struct Backend {
     emulator_fixups: vmm::EmulatorFixups,
 }
 
-fn format_of(f: DriveFormat) -> block::Format {
-    match f {
-        DriveFormat::Raw => block::Format::Raw,
-        DriveFormat::Qcow2 => block::Format::Qcow2,
-        DriveFormat::Vdi => block::Format::Vdi,
-        DriveFormat::Vhd => block::Format::Vhd,
-        DriveFormat::Vmdk => block::Format::Vmdk,
-        DriveFormat::Vhdx => block::Format::Vhdx,
-    }
-}
-
-fn drive_format(f: block::Format) -> DriveFormat {
-    match f {
-        block::Format::Raw => DriveFormat::Raw,
-        block::Format::Qcow2 => DriveFormat::Qcow2,
-        block::Format::Vdi => DriveFormat::Vdi,
-        block::Format::Vhd => DriveFormat::Vhd,
-        block::Format::Vmdk => DriveFormat::Vmdk,
-        block::Format::Vhdx => DriveFormat::Vhdx,
-    }
-}
-
 /// How the API shows a VM that was configured elsewhere (a VM definition).
 fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
     VmConfigSnapshot {
@@ -89,7 +67,7 @@ fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
                 },
                 io_engine: Default::default(),
                 rate_limiter: crate::api_devices::api_limiter(&d.rate_limit),
-                format: d.format.map(drive_format),
+                format: d.format.map(crate::api_devices::drive_format),
             })
             .collect(),
         network_interfaces: cfg
@@ -213,7 +191,7 @@ fn vm_config(
                 path: PathBuf::from(&d.path_on_host),
                 read_only: d.is_read_only,
                 id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
-                format: d.format.map(format_of),
+                format: d.format.map(crate::api_devices::block_format),
                 // Not offered by the API: images named there follow only names inside
                 // their own directory.
                 allow_external_backing: false,

@@ -150,16 +150,22 @@ fn make(state: &StateDir, args: &CreateArgs) -> Result<()> {
 
 /// `vessel up`: create VM `name` from a definition file, as `create NAME --from FILE`.
 pub fn create_from_file(state: &StateDir, name: &str, file: &Path) -> Result<()> {
-    let args = CreateArgs {
-        name: name.to_string(),
-        from: Some(file.to_path_buf()),
-        image: None,
-        user_data: None,
-        cmdline_append: String::new(),
-        vm: VmFlags::none(),
-        json: false,
-    };
-    make(state, &args)
+    make(state, &CreateArgs::from_file(name, file))
+}
+
+impl CreateArgs {
+    /// `create NAME --from FILE` with no other flag.
+    fn from_file(name: &str, file: &Path) -> Self {
+        CreateArgs {
+            name: name.to_string(),
+            from: Some(file.to_path_buf()),
+            image: None,
+            user_data: None,
+            cmdline_append: String::new(),
+            vm: VmFlags::none(),
+            json: false,
+        }
+    }
 }
 
 pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
@@ -175,16 +181,7 @@ pub fn create(state: &StateDir, args: CreateArgs) -> Result<i32> {
 
 /// `vessel reload`: a definition file read and checked as `create --from` reads it.
 pub fn definition_from_file(file: &Path, name: &str) -> Result<VmDefinition> {
-    let args = CreateArgs {
-        name: name.to_string(),
-        from: Some(file.to_path_buf()),
-        image: None,
-        user_data: None,
-        cmdline_append: String::new(),
-        vm: VmFlags::none(),
-        json: false,
-    };
-    from_file(file, &args)
+    from_file(file, &CreateArgs::from_file(name, file))
 }
 
 /// The definition of `--from FILE`: checked (files included), paths made absolute, named
