@@ -147,6 +147,11 @@ fn nested_cmdline_is_one_line_of_options() {
 /// Boot the Debian guest with the nested-host profile, `extra` arguments to `vessel run`
 /// and `extra_cmdline` appended to the command line.
 fn boot_debian(extra: &[&str], extra_cmdline: &str) -> common::Run {
+    boot_debian_within(extra, extra_cmdline, Duration::from_secs(30 * 60))
+}
+
+/// [`boot_debian`], allowed `limit` to finish.
+fn boot_debian_within(extra: &[&str], extra_cmdline: &str, limit: Duration) -> common::Run {
     let (kernel, initrd) = debian_guest();
     let cmdline = format!("{} {extra_cmdline}", nested_cmdline());
     let mut args = vec![
@@ -163,7 +168,7 @@ fn boot_debian(extra: &[&str], extra_cmdline: &str) -> common::Run {
         cmdline.trim_end(),
     ];
     args.extend_from_slice(extra);
-    vessel(&args, Duration::from_secs(30 * 60))
+    vessel(&args, limit)
 }
 
 /// Linux's own virtio-pci, virtio-blk and virtio-rng drivers drive vessel's devices on this
@@ -397,27 +402,12 @@ fn guest_uses_shares(name: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     // Only the virtio-pci modules before the test's fuse and virtiofs: every module load
     // costs minutes where ring 0 is emulated.
-    let cmdline = format!(
-        "{} {} vessel.test=nested-virtiofs",
-        nested_cmdline(),
-        "vessel.modules=virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci"
+    let r = boot_debian_within(
+        &args,
+        "vessel.modules=virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci \
+         vessel.test=nested-virtiofs",
+        Duration::from_secs(55 * 60),
     );
-    let (kernel, initrd) = debian_guest();
-    let mut run = vec![
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--memory",
-        "256M",
-        "--cpus",
-        "1",
-        "--cmdline",
-        &cmdline,
-    ];
-    run.extend_from_slice(&args);
-    let r = vessel(&run, Duration::from_secs(55 * 60));
     r.expect_stdout("VESSEL-TEST-PASS nested-virtiofs");
     r.expect_status(0);
     assert_eq!(
