@@ -22,6 +22,7 @@ pub fn from_api(b: &api::Balloon) -> BalloonConfig {
         deflate_on_oom: b.deflate_on_oom,
         stats_polling_interval_s: b.stats_polling_interval_s,
         free_page_reporting: b.free_page_reporting,
+        dynamic: None,
     }
 }
 
@@ -46,6 +47,12 @@ pub fn config(handle: &VmHandle) -> Result<api::Balloon, String> {
 
 pub fn update(handle: &VmHandle, amount_mib: u32) -> Result<(), String> {
     let b = balloon(handle)?;
+    if b.config().dynamic.is_some() {
+        return Err(
+            "The balloon's target follows the guest's use (dynamic memory in the VM definition)."
+                .to_string(),
+        );
+    }
     if u64::from(amount_mib) > handle.memory_mib() {
         return Err(format!(
             "Requested memory should be less than {}MiB",
@@ -77,6 +84,7 @@ mod tests {
             amount_mib: 7,
             deflate_on_oom: true,
             stats_polling_interval_s: 3,
+            dynamic: None,
             free_page_reporting: true,
         };
         assert_eq!(from_api(&to_api(&cfg)), cfg);

@@ -99,6 +99,14 @@ pub fn memory(state: &StateDir, args: MemoryArgs) -> Result<i32> {
         }
         Err(e) => return Err(e),
     };
+    let dynamic = def.balloon.as_ref().and_then(|b| b.to_config().dynamic);
+    if let (Some(_), Some(d)) = (args.target, dynamic) {
+        return Err(crate::exit::usage(format!(
+            "VM '{}' has dynamic memory (at least {} MiB, {} % buffer): its balloon follows the \
+             guest's use; remove [balloon.dynamic] from its definition to set a target by hand",
+            args.name, d.min_mib, d.buffer_percent
+        )));
+    }
     if let Some(target) = args.target {
         let target_mib = target >> 20;
         if target_mib == 0 || target_mib > memory_mib {
@@ -124,7 +132,8 @@ pub fn memory(state: &StateDir, args: MemoryArgs) -> Result<i32> {
     };
     // Statistics exist only when the balloon polls them.
     let stats = get_json(&socket, "/balloon/statistics").ok();
-    let report = report(&args.name, memory_mib, &balloon, stats.as_ref());
+    let mut report = report(&args.name, memory_mib, &balloon, stats.as_ref());
+    report["dynamic"] = serde_json::to_value(dynamic)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -168,6 +177,15 @@ fn print_report(r: &Value) {
     ] {
         println!("  {label:<16} {}", shown(&r[key]));
     }
+    let d = &r["dynamic"];
+    let dynamic = match (d["min_mib"].as_u64(), d["buffer_percent"].as_u64()) {
+        (Some(min), Some(buffer)) => format!(
+            "at least {min} MiB, {buffer} % buffer, shrinks after {} s",
+            d["shrink_delay_s"].as_u64().unwrap_or(0)
+        ),
+        _ => "off".to_string(),
+    };
+    println!("  {:<16} {dynamic}", "dynamic memory");
 }
 
 #[cfg(test)]

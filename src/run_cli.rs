@@ -96,7 +96,9 @@ pub struct RunArgs {
     #[arg(long = "share", value_parser = parse_share, conflicts_with = "jail")]
     shares: Vec<vhost_user::fs::Share>,
     /// A virtio-balloon device: amount_mib=N[,deflate_on_oom=on][,stats_polling_interval_s=S]
-    /// [,free_page_reporting=on] (N MiB taken from the guest at boot; docs/balloon.md).
+    /// [,free_page_reporting=on][,dynamic=on,min_mib=M[,buffer_percent=P][,shrink_delay_s=D]]
+    /// (N MiB taken from the guest at boot; dynamic: the target follows the guest's use;
+    /// docs/balloon.md).
     #[arg(long, value_parser = crate::balloon_def::parse_balloon)]
     balloon: Option<vmm::BalloonConfig>,
     #[command(flatten)]

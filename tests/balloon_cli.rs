@@ -122,3 +122,51 @@ fn memory_sets_the_balloon_of_a_started_vm() {
     st.ok(&["stop", "ballooned", "--force"]);
     st.ok(&["stop", "plain", "--force"]);
 }
+
+/// With `[balloon.dynamic]` the balloon follows the guest's use: `vessel memory` shows the
+/// policy and refuses a target by hand, and so does the API's PATCH /balloon.
+#[test]
+fn dynamic_memory_owns_the_balloon_of_a_started_vm() {
+    let st = State::new("balloon-dynamic");
+    let kernel = service_guest();
+    let file = definition(
+        "dynamic",
+        &kernel,
+        "\n[balloon]\namount_mib = 0\nstats_polling_interval_s = 1\n\n[balloon.dynamic]\nmin_mib = 32\n",
+    );
+    vessel(&["validate", file.to_str().unwrap()], TIMEOUT).expect_status(0);
+    st.ok(&["create", "dynamic", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "dynamic", "--no-provision"]);
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&st.ok(&["memory", "dynamic", "--json"])).unwrap();
+    assert_eq!(shown["dynamic"]["min_mib"], 32, "{shown}");
+    assert_eq!(shown["dynamic"]["buffer_percent"], 20, "{shown}");
+    let table = st.ok(&["memory", "dynamic"]);
+    assert!(
+        table.contains("dynamic memory   at least 32 MiB, 20 % buffer, shrinks after 30 s"),
+        "{table}"
+    );
+    let r = st.vessel(&["memory", "dynamic", "--target", "40M"]);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("has dynamic memory"), "{}", r.stderr);
+    let sock = st.0.join("dynamic").join("api.sock");
+    let (code, body) = common::api::curl(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 16}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("dynamic memory"), "{body}");
+    st.ok(&["stop", "dynamic", "--force"]);
+
+    let bad = definition(
+        "dynamic-bad",
+        &kernel,
+        "\n[balloon]\namount_mib = 0\n\n[balloon.dynamic]\nmin_mib = 128\n",
+    );
+    let r = vessel(&["validate", bad.to_str().unwrap()], TIMEOUT);
+    assert_eq!(r.status, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("set stats_polling_interval_s"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("dynamic min_mib 128"), "{}", r.stderr);
+}

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use virtio::balloon::{Balloon, BalloonConfig};
+use virtio::balloon::{Balloon, BalloonConfig, DynamicMemory};
 use virtio::{Queue, QueueLayout, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -44,6 +44,12 @@ fuzz_target!(|data: &[u8]| {
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
         free_page_reporting: true,
+        // Dynamic memory on half the runs: hostile statistics reach its policy.
+        dynamic: (flags & 4 != 0).then_some(DynamicMemory {
+            min_mib: u32::from(ctl[9]) << 2,
+            buffer_percent: u16::from(ctl[10]),
+            shrink_delay_s: 0,
+        }),
     }) else {
         return;
     };

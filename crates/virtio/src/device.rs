@@ -47,6 +47,12 @@ pub trait VirtioDevice: Send {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
+    /// Whether the device changed its configuration space on its own while it processed
+    /// a queue (a balloon's new target); the transport then sends the driver a
+    /// configuration-change interrupt. Reading clears it.
+    fn take_config_change(&mut self) -> bool {
+        false
+    }
     /// Handle the available requests of queue `index`. Returns whether requests are left
     /// (the device stopped after a bounded amount of work and wants to be called again).
     /// An error means the queue is broken: the transport sets DEVICE_NEEDS_RESET.

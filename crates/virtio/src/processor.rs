@@ -128,9 +128,16 @@ impl QueueProcessor {
         let Some(q) = slot.as_mut() else {
             return Ok(());
         };
-        let outcome = lock(&shared.device).process_queue(queue, q, &shared.mem);
+        let (outcome, config_changed) = {
+            let mut device = lock(&shared.device);
+            let outcome = device.process_queue(queue, q, &shared.mem);
+            (outcome, device.take_config_change())
+        };
         let notify = q.needs_notification(&shared.mem);
         drop(slot);
+        if config_changed {
+            self.signal_config_change();
+        }
         if matches!(notify, Ok(true)) {
             shared.interrupt.signal_queue(queue);
         }

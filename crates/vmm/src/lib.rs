@@ -30,5 +30,5 @@ pub use config::{DiskConfig, MmdsConfig, PitMode, SerialMode, VmConfig, VsockCon
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;
-pub use virtio::balloon::{BalloonConfig, BalloonReport};
+pub use virtio::balloon::{BalloonConfig, BalloonReport, DynamicMemory, MAX_BUFFER_PERCENT};
 pub use vm::{Vm, VmError};

@@ -184,6 +184,25 @@ fn balloon(
             "Requested memory should be less than {memory_mib}MiB"
         )));
     }
+    if let Some(d) = &b.dynamic {
+        if b.stats_polling_interval_s == 0 {
+            return Err(VmError::Balloon(
+                "dynamic memory follows the guest's statistics: set stats_polling_interval_s"
+                    .into(),
+            ));
+        }
+        if u64::from(d.min_mib) > memory_mib
+            || d.buffer_percent > virtio::balloon::MAX_BUFFER_PERCENT
+        {
+            return Err(VmError::Balloon(format!(
+                "dynamic memory: min_mib {} must be at most the VM's {memory_mib} MiB and \
+                 buffer_percent {} at most {}",
+                d.min_mib,
+                d.buffer_percent,
+                virtio::balloon::MAX_BUFFER_PERCENT
+            )));
+        }
+    }
     let device = crate::snapshot::restore_model::balloon(*b, saved, devices.len())?;
     let handle = device.handle();
     let index = devices.len();

@@ -151,6 +151,7 @@ mod tests {
             deflate_on_oom: false,
             stats_polling_interval_s: interval,
             free_page_reporting: false,
+            dynamic: None,
         }
     }
 

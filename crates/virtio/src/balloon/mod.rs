@@ -11,10 +11,12 @@ use vm_memory::{
 };
 
 mod control;
+mod dynamic;
 mod persist;
 mod timer;
 
 pub use control::{BalloonError, BalloonHandle, BalloonReport};
+pub use dynamic::{DynamicMemory, DynamicPolicy, MAX_BUFFER_PERCENT};
 pub use persist::{BalloonState, BALLOON_STATE_VERSION};
 
 use crate::chain_io::{split, ChainReader};
@@ -50,6 +52,9 @@ pub struct BalloonConfig {
     /// 0 disables the statistics queue.
     pub stats_polling_interval_s: u16,
     pub free_page_reporting: bool,
+    /// The target follows the guest's use ([`dynamic`]); needs statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicMemory>,
 }
 
 /// What a queue of this device is for (indices depend on the offered features).
@@ -136,6 +141,10 @@ pub struct Balloon {
     /// The stats buffer the driver handed over; returned to ask for fresh statistics.
     held_stats_head: Option<u16>,
     segs: Vec<Segment>,
+    /// Dynamic memory's state, when it is on.
+    policy: Option<DynamicPolicy>,
+    /// The device changed its target itself; the transport tells the driver.
+    config_changed: bool,
 }
 
 impl Balloon {
@@ -160,6 +169,8 @@ impl Balloon {
             roles,
             held_stats_head: None,
             segs: Vec::new(),
+            policy: config.dynamic.map(DynamicPolicy::new),
+            config_changed: false,
         }
     }
 
@@ -246,11 +257,28 @@ impl Balloon {
                 let mut buf = vec![0u8; len];
                 if reader.read_exact(&mut buf).is_ok() {
                     lock(&self.handle.status).stats = parse_stats(&buf);
+                    self.apply_policy(mem);
                 }
             }
             self.held_stats_head = Some(head);
         }
         Ok(true)
+    }
+
+    /// Dynamic memory: a new target from the statistics just read, when it should change.
+    fn apply_policy(&mut self, mem: &GuestMemoryMmap) {
+        let Some(policy) = self.policy.as_mut() else {
+            return;
+        };
+        let ram_bytes: u64 = mem.iter().map(|r| r.len()).sum();
+        let ram_mib = u32::try_from(ram_bytes >> 20).unwrap_or(u32::MAX);
+        let mut status = lock(&self.handle.status);
+        let target = pages_to_mib(status.target_pages);
+        if let Some(next) = policy.next_target(&status.stats, ram_mib, target, status.interval_s) {
+            tracing::debug!(from_mib = target, to_mib = next, "balloon: dynamic memory");
+            status.target_pages = mib_to_pages(next);
+            self.config_changed = true;
+        }
     }
 
     /// The statistics queue: new buffers from the driver, then a buffer back when the
@@ -334,6 +362,10 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         lock(&self.handle.status).actual_pages = 0;
         self.held_stats_head = None;
+        self.config_changed = false;
+    }
+    fn take_config_change(&mut self) -> bool {
+        std::mem::take(&mut self.config_changed)
     }
     fn process_queue(
         &mut self,
@@ -386,6 +418,7 @@ mod tests {
             deflate_on_oom: true,
             stats_polling_interval_s: 1,
             free_page_reporting: true,
+            dynamic: None,
         }
     }
 
@@ -503,6 +536,35 @@ mod tests {
         assert!(!b.request_stats(&mut q, &m).unwrap());
         // A queue index the device does not have is ignored.
         assert!(!b.process_queue(9, &mut q, &m).unwrap());
+    }
+
+    /// A 64 MiB guest reports that it uses 60 MiB with the balloon at 32: the device
+    /// empties the balloon and asks the transport to tell the driver.
+    #[test]
+    fn dynamic_memory_moves_the_target_from_the_guests_statistics() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let (mut b, h) = Balloon::new(BalloonConfig {
+            amount_mib: 32,
+            dynamic: Some(DynamicMemory {
+                min_mib: 16,
+                buffer_percent: 10,
+                shrink_delay_s: 60,
+            }),
+            ..cfg()
+        })
+        .unwrap();
+        let mut stat = Vec::new();
+        for (tag, mib) in [(5u16, 62u64), (6, 2)] {
+            stat.extend_from_slice(&tag.to_le_bytes());
+            stat.extend_from_slice(&(mib << 20).to_le_bytes());
+        }
+        m.write_slice(&stat, GuestAddress(0x8000)).unwrap();
+        assert!(!b.take_config_change());
+        let mut q = queue_with_buffer(&m, stat.len() as u32);
+        b.process_queue(2, &mut q, &m).unwrap();
+        assert_eq!(h.report().target_mib(), 0);
+        assert!(b.take_config_change());
+        assert!(!b.take_config_change(), "reading clears it");
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl Persist for Balloon {
                 return Err(invalid(format!("held statistics buffer {head}")));
             }
         }
+        if state.config.dynamic.is_some() && state.config.stats_polling_interval_s == 0 {
+            return Err(invalid("dynamic memory without statistics".into()));
+        }
         if state.stats.len() > STAT_TAGS_MAX {
             return Err(invalid(format!("{} statistics", state.stats.len())));
         }
@@ -110,6 +113,7 @@ mod tests {
             deflate_on_oom: true,
             stats_polling_interval_s: 2,
             free_page_reporting: false,
+            dynamic: None,
         }
     }
 
