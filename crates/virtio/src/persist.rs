@@ -32,6 +32,7 @@ pub enum DeviceState {
     Net(crate::net::NetState),
     Console(crate::console::ConsoleState),
     Balloon(crate::balloon::BalloonState),
+    Vsock(crate::vsock::VsockState),
 }
 
 impl DeviceState {
@@ -42,6 +43,7 @@ impl DeviceState {
             DeviceState::Net(_) => Some(crate::net::DEVICE_TYPE_NET),
             DeviceState::Console(_) => Some(crate::console::DEVICE_TYPE_CONSOLE),
             DeviceState::Balloon(_) => Some(crate::balloon::DEVICE_TYPE_BALLOON),
+            DeviceState::Vsock(_) => Some(crate::vsock::DEVICE_TYPE_VSOCK),
         }
     }
 }

@@ -63,7 +63,7 @@ pub struct DiskConfig {
 }
 
 /// A virtio-vsock device with Firecracker's host side (docs/vsock.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The guest's context ID (3 ..= 2^32 - 2).
     pub cid: u64,

@@ -221,7 +221,7 @@ impl Vm {
             nics,
             rng: snapshot.machine.rng,
             console2: snapshot.machine.console.clone(),
-            vsock: None,
+            vsock: snapshot.machine.vsock.clone(),
             // A VM with shares is never snapshotted (unsupported_device).
             shares: Vec::new(),
             balloon: snapshot.machine.balloon,
@@ -545,6 +545,7 @@ impl Vm {
                     .collect(),
                 rng: cfg.rng,
                 console: cfg.console2.as_deref().map(crate::snapshot::console_path),
+                vsock: cfg.vsock.clone(),
                 balloon: cfg.balloon,
             },
             xsave2_size,

@@ -2,8 +2,8 @@
 //! streams to the host (CID 2) become Unix stream connections, see [`muxer`].
 //!
 //! * Queues: receive (device → guest), transmit (guest → device), event. The event queue's
-//!   buffers are kept unused (the device sends no events: there is no transport reset
-//!   without snapshots).
+//!   buffers are kept unused except for one transport-reset event after a snapshot is
+//!   restored ([`persist`]): host connections do not survive, and the guest is told so.
 //! * Transmit: each chain is one packet, checked by [`packet::read_tx`] field by field
 //!   before anything acts on it; a bad packet from the guest's own CID gets an RST, any
 //!   other is dropped. Chains go back at once (their bytes are copied out).
@@ -16,6 +16,7 @@
 pub mod conn;
 pub mod muxer;
 pub mod packet;
+pub mod persist;
 pub mod uds;
 
 use std::os::fd::RawFd;
@@ -29,6 +30,7 @@ use crate::queue::{Queue, QueueError, Segment};
 
 pub use muxer::{Muxer, MuxerError};
 pub use packet::{Header, PacketError, HDR_LEN, HOST_CID, MAX_PAYLOAD};
+pub use persist::{VsockArgs, VsockState, VSOCK_STATE_VERSION};
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -36,9 +38,11 @@ pub const EVENT_QUEUE: usize = 2;
 pub const QUEUE_SIZE: u16 = 256;
 /// VIRTIO_VSOCK_F_STREAM.
 pub const F_STREAM: u64 = 1;
-const DEVICE_TYPE_VSOCK: u16 = 19;
+pub const DEVICE_TYPE_VSOCK: u16 = 19;
 /// Packets moved per call and direction before yielding to the I/O thread.
 const BUDGET: u32 = 256;
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, the event's le32 id.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The lowest CID a guest may have (0-2 are the hypervisor, local and the host).
 pub const MIN_GUEST_CID: u64 = 3;
@@ -114,6 +118,10 @@ pub struct Vsock {
     held: Option<RxChain>,
     payload: Vec<u8>,
     stats: VsockStats,
+    /// After a restore: the receive chain held when the snapshot was taken, to read again.
+    restored_rx_head: Option<u16>,
+    /// After a restore: the guest is still to be told that its connections are gone.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -128,6 +136,8 @@ impl Vsock {
             held: None,
             payload: Vec::with_capacity(MAX_PAYLOAD as usize),
             stats: VsockStats::default(),
+            restored_rx_head: None,
+            reset_pending: false,
         })
     }
 
@@ -179,6 +189,41 @@ impl Vsock {
         Ok(more)
     }
 
+    /// The transport-reset event a restored device owes the guest, in the first event
+    /// buffer that can hold it (others go back empty, which the driver ignores).
+    fn send_reset(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        while self.reset_pending {
+            let Some(head) = queue.pop(mem)? else {
+                // The driver's next kick of the event queue brings a buffer.
+                return Ok(false);
+            };
+            let mut segs = Vec::new();
+            let usable = queue.read_chain(mem, head, &mut segs).is_ok() && {
+                let (readable, writable) = split(&segs);
+                readable.is_empty() && writable.iter().map(|s| u64::from(s.len)).sum::<u64>() >= 4
+            };
+            if !usable {
+                queue.add_used(mem, head, 0)?;
+                continue;
+            }
+            let mut writer = ChainWriter::new(mem, &segs);
+            let _ = writer.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes());
+            queue.add_used(mem, head, writer.written() as u32)?;
+            self.reset_pending = false;
+        }
+        Ok(false)
+    }
+
+    /// The receive chain a restored device held, read again from the restored queue.
+    fn restored_rx_chain(&mut self, queue: &Queue, mem: &GuestMemoryMmap) -> Option<RxChain> {
+        let head = self.restored_rx_head.take()?;
+        let mut segs = Vec::new();
+        queue.read_chain(mem, head, &mut segs).ok()?;
+        let (readable, writable) = split(&segs);
+        let room: u64 = writable.iter().map(|s| u64::from(s.len)).sum();
+        (readable.is_empty() && room >= HDR_LEN as u64).then_some(RxChain { head, segs })
+    }
+
     /// The next receive chain able to hold a header; chains too small go back empty.
     fn take_rx_chain(
         &mut self,
@@ -202,6 +247,12 @@ impl Vsock {
     }
 
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        if let Some(head) = self.restored_rx_head {
+            match self.restored_rx_chain(queue, mem) {
+                Some(chain) => self.held = Some(chain),
+                None => queue.add_used(mem, head, 0)?,
+            }
+        }
         self.muxer.poll_host();
         for _ in 0..BUDGET {
             let chain = match self.held.take() {
@@ -263,8 +314,13 @@ impl VirtioDevice for Vsock {
             data.copy_from_slice(src);
         }
     }
+    fn save_state(&self) -> crate::DeviceState {
+        crate::DeviceState::Vsock(crate::Persist::save(self))
+    }
     fn reset(&mut self) {
         self.held = None;
+        self.restored_rx_head = None;
+        self.reset_pending = false;
         self.muxer.reset();
     }
     fn process_queue(
@@ -276,6 +332,7 @@ impl VirtioDevice for Vsock {
         match index {
             RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
+            EVENT_QUEUE => self.send_reset(queue, mem),
             _ => Ok(false),
         }
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 use virtio::balloon::{Balloon, BalloonConfig};
 use virtio::console::{Console, ConsoleArgs};
 use virtio::net::{Net, NetArgs};
+use virtio::vsock::{Vsock, VsockArgs};
 use virtio::{DeviceState, Persist, PersistError};
 
 use super::SnapshotError;
@@ -70,6 +71,28 @@ pub fn balloon(
         }
         Some(_) => Err(persist_err(index)(PersistError::WrongDevice(
             "virtio-balloon",
+        ))),
+    }
+}
+
+/// The vsock device at virtio `index` as `config` says, restored from `saved` (without
+/// connections: the guest gets a transport reset).
+pub fn vsock(
+    config: &crate::VsockConfig,
+    saved: &DeviceState,
+    index: usize,
+) -> Result<Vsock, SnapshotError> {
+    match saved {
+        DeviceState::Vsock(state) => Vsock::restore(
+            VsockArgs {
+                cid: config.cid,
+                uds: config.uds.clone(),
+            },
+            state,
+        )
+        .map_err(persist_err(index)),
+        _ => Err(persist_err(index)(PersistError::WrongDevice(
+            "virtio-vsock",
         ))),
     }
 }

@@ -35,7 +35,11 @@ pub struct MachineState {
     pub rng: bool,
     /// A virtio-console after the rng, its output appended to this file.
     pub console: Option<std::path::PathBuf>,
-    /// A virtio-balloon last (after a vsock, which snapshots refuse).
+    /// A virtio-vsock after the console: its guest CID and host socket (bound again on
+    /// load; the guest's connections are reset).
+    #[serde(default)]
+    pub vsock: Option<crate::VsockConfig>,
+    /// A virtio-balloon last.
     #[serde(default)]
     pub balloon: Option<virtio::balloon::BalloonConfig>,
 }
@@ -118,6 +122,10 @@ impl VmSnapshot {
                 self.machine.nics.len()
             )));
         }
+        if let Some(v) = &self.machine.vsock {
+            virtio::vsock::check_config(v.cid, &v.uds)
+                .map_err(|e| SnapshotError::Invalid(format!("vsock: {e}")))?;
+        }
         self.check_device_set()?;
         for nic in &self.machine.nics {
             nic.to_config()?;
@@ -134,13 +142,18 @@ impl VmSnapshot {
     }
 
     /// The saved virtio functions are the machine's devices, in slot order: disks (type
-    /// 2), NICs (1), rng (4), console (3), balloon (5).
+    /// 2), NICs (1), rng (4), console (3), vsock (19), balloon (5).
     fn check_device_set(&self) -> Result<(), SnapshotError> {
         let m = &self.machine;
         let expected: Vec<u16> = std::iter::repeat_n(2, m.disks.len())
             .chain(std::iter::repeat_n(1, m.nics.len()))
             .chain(m.rng.then_some(4))
             .chain(m.console.is_some().then_some(3))
+            .chain(
+                m.vsock
+                    .is_some()
+                    .then_some(virtio::vsock::DEVICE_TYPE_VSOCK),
+            )
             .chain(m.balloon.is_some().then_some(5))
             .collect();
         if self.devices.virtio.len() != expected.len() {
@@ -269,6 +282,7 @@ mod tests {
                 nics: vec![],
                 rng: false,
                 console: None,
+                vsock: None,
                 balloon: None,
             },
             vm: VmState {
@@ -390,6 +404,13 @@ mod tests {
             parse_state(&encode(&s)).is_err(),
             "a virtio-rng without its state"
         );
+        let mut s = sample();
+        s.machine.vsock = Some(crate::VsockConfig {
+            cid: 1,
+            uds: "/tmp/v.sock".into(),
+        });
+        let e = parse_state(&encode(&s)).err().unwrap().to_string();
+        assert!(e.contains("vsock"), "a reserved CID: {e}");
         let mut s = sample();
         s.machine.disks = vec![
             SavedDisk {
