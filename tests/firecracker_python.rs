@@ -3,7 +3,8 @@
 //! `firecracker.api.Api`: Firecracker's boot sequence with a root drive (whose `root=` and
 //! `rw` reach the guest's command line), a rate-limited drive, a refusal of the Async
 //! engine, and a metrics flush (tests/firecracker_python/client.py); PUT /logger and
-//! PATCH of drives and interfaces on a running VM (tests/firecracker_python/patch_client.py).
+//! PATCH of drives and interfaces on a running VM, and vsock and balloon configuration
+//! (tests/firecracker_python/patch_client.py).
 
 mod common;
 

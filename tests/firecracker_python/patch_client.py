@@ -1,14 +1,16 @@
 """Drives `vessel run --api-sock` with the unmodified firecracker-python client (PyPI
 firecracker-python 0.0.5): PUT /logger before boot, then after InstanceStart
 PATCH /drives/{id} (new limits, a new image, Firecracker's refusals) and
-PATCH /network-interfaces/{id}, checked in GET /vm/config.
+PATCH /network-interfaces/{id}, checked in GET /vm/config; vsock through the client's
+`api.vsock` and the balloon through its `Resource` class (0.0.5 has no balloon
+attribute): PUT before boot, PATCH and GET after, with Firecracker's refusals.
 
 Usage: patch_client.py SOCKET KERNEL DIR
 """
 import os
 import sys
 
-from firecracker.api import Api
+from firecracker.api import Api, Resource
 from firecracker.exceptions import APIError
 
 
@@ -46,7 +48,24 @@ def main(socket, kernel, d):
     bandwidth = {"bandwidth": {"size": 1 << 20, "refill_time": 100}}
     expect_fault(api.drive.patch, "not supported before starting", drive_id="scratch",
                  rate_limiter=bandwidth)
+    vsock_uds = os.path.join(d, "v.sock")
+    expect_fault(api.vsock.put, "Invalid vsock guest_cid 2", guest_cid=2, uds_path=vsock_uds)
+    api.vsock.put(guest_cid=3, uds_path=vsock_uds)
+    balloon = Resource(api, "/balloon")
+    balloon_stats = Resource(api, "/balloon/statistics")
+    balloon.put(amount_mib=16, deflate_on_oom=True, stats_polling_interval_s=1)
+    expect_fault(balloon.patch, "not supported before starting", amount_mib=8)
     api.actions.put(action_type="InstanceStart")
+    assert os.path.exists(vsock_uds), "the vsock socket is listening"
+
+    # The balloon of a running VM (this guest has no driver: nothing is inflated).
+    balloon.patch(amount_mib=24)
+    assert balloon.get().json()["amount_mib"] == 24
+    expect_fault(balloon.patch, "Amount of pages requested is too large", amount_mib=65)
+    expect_fault(balloon.put, "after starting", amount_mib=1, deflate_on_oom=False)
+    Resource(api, "/balloon/statistics").patch(stats_polling_interval_s=2)
+    stats = balloon_stats.get().json()
+    assert stats["target_mib"] == 24 and stats["actual_mib"] == 0, stats
 
     # Firecracker's drive patch scenarios.
     expect_fault(api.drive.patch, "at least one property to patch: path_on_host, rate_limiter",
