@@ -19,6 +19,9 @@
 pub mod bridge;
 pub mod config;
 pub mod dhcp;
+pub mod forward_frames;
+pub mod forward_relay;
+mod forward_wire;
 pub mod handshake;
 pub mod hostonly;
 pub mod lease;
