@@ -69,7 +69,6 @@ pub fn fault(body: &str) -> String {
         .unwrap_or_else(|| body.trim().to_string())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

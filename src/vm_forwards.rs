@@ -153,7 +153,10 @@ pub fn remove_live(vm: &VmDir, def: &mut VmDefinition, host_port: u16) -> Result
         bail!("the VMM refused to remove the forward: {}", fault(&reply));
     }
     remove_from(def, host_port);
-    println!("stopped forwarding host port {host_port} on running VM '{}'", vm.name);
+    println!(
+        "stopped forwarding host port {host_port} on running VM '{}'",
+        vm.name
+    );
     Ok(())
 }
 
