@@ -68,6 +68,8 @@ pub struct ForwardNic {
     ready: Epoll,
     wake: Arc<EventFd>,
     timer: OwnedFd,
+    /// Whether `timer` may fire (then it is rearmed or disarmed after each run).
+    timer_armed: bool,
 }
 
 fn timerfd() -> io::Result<OwnedFd> {
@@ -145,6 +147,7 @@ impl ForwardNic {
                 ready,
                 wake,
                 timer,
+                timer_armed: false,
             },
             control,
         ))
@@ -171,7 +174,11 @@ impl ForwardNic {
         }
         let frame = relay.next_frame(buf);
         let now = relay.now();
-        arm(&self.timer, relay.poll_delay(now));
+        let delay = relay.poll_delay(now);
+        if delay.is_some() || self.timer_armed {
+            arm(&self.timer, delay);
+            self.timer_armed = delay.is_some();
+        }
         frame
     }
 

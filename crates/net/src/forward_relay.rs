@@ -176,21 +176,24 @@ fn check_listener(fd: OwnedFd, forward: &Forward) -> Result<TcpListener, RelayEr
         SocketAddr::V4(a) if *a.ip() == host_addr && a.port() == forward.host_port => {}
         _ => return Err(RelayError::NotAListener(wanted)),
     }
-    // SAFETY: fcntl on an open fd with integer arguments.
-    let flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe {
-            libc::fcntl(
-                listener.as_raw_fd(),
-                libc::F_SETFL,
-                flags | libc::O_NONBLOCK,
-            )
-        } < 0
-    {
-        return Err(RelayError::Socket(io::Error::last_os_error()));
-    }
+    set_nonblocking(&listener).map_err(RelayError::Socket)?;
     Ok(listener)
+}
+
+/// O_NONBLOCK on `listener` (fcntl: std's `set_nonblocking` is an ioctl the API thread's
+/// seccomp filter does not allow).
+fn set_nonblocking(listener: &TcpListener) -> io::Result<()> {
+    let fd = listener.as_raw_fd();
+    // SAFETY: fcntl on an open fd with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A connection from a listener, non-blocking; `Ok(None)` when none waits.
@@ -221,10 +224,16 @@ fn accept(listener: &TcpListener) -> io::Result<Option<TcpStream>> {
 impl Relay {
     /// A relay to the guest at `guest_ip` from the gateway at `gateway_ip`.
     pub fn new(guest_ip: Ipv4Addr, gateway_ip: Ipv4Addr) -> io::Result<Self> {
+        Self::with_seed(guest_ip, gateway_ip, random_seed())
+    }
+
+    /// [`Self::new`] with smoltcp's random seed (initial sequence numbers) given: for
+    /// reproducible fuzzing.
+    pub fn with_seed(guest_ip: Ipv4Addr, gateway_ip: Ipv4Addr, seed: u64) -> io::Result<Self> {
         let host_events = Epoll::new()?;
         let mut wire = Wire::default();
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(PLACEHOLDER_MAC)));
-        config.random_seed = random_seed();
+        config.random_seed = seed;
         let mut iface = Interface::new(config, &mut wire, Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(gateway_ip.into(), 24));
@@ -333,6 +342,14 @@ impl Relay {
         !self.connections.is_empty()
     }
 
+    /// The open connections' (guest port, relay port) pairs.
+    pub fn connection_ports(&self) -> Vec<(u16, u16)> {
+        self.connections
+            .iter()
+            .map(|c| (c.guest_port, c.local_port))
+            .collect()
+    }
+
     /// Notes a frame the backend (passt) sent the guest: its source is the gateway's MAC.
     pub fn learn(&mut self, frame: &[u8]) {
         if let Some(mac) = gateway_mac_of(frame) {
@@ -438,10 +455,7 @@ impl Relay {
 
     fn accept_all(&mut self, now: Instant) {
         for index in 0..self.forwards.len() {
-            loop {
-                let Some(listening) = self.forwards.get(index) else {
-                    break;
-                };
+            while let Some(listening) = self.forwards.get(index) {
                 match accept(&listening.listener) {
                     Ok(Some(stream)) => self.start_connection(index, stream, now),
                     Ok(None) => break,

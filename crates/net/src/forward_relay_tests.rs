@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::*;
 use crate::forward_wire::Wire;
@@ -46,10 +46,7 @@ impl Guest {
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(GUEST_IP.into(), 24)).unwrap();
         });
-        iface
-            .routes_mut()
-            .add_default_ipv4_route(Ipv4Address::from(GATEWAY))
-            .unwrap();
+        iface.routes_mut().add_default_ipv4_route(GATEWAY).unwrap();
         let mut sockets = SocketSet::new(Vec::new());
         let server = sockets.add(listening());
         Self {
