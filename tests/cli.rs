@@ -562,10 +562,8 @@ fn hold_lock(st: &State, name: &str) -> std::fs::File {
         .open(st.0.join(name).join("lock"))
         .unwrap();
     // SAFETY: flock on an open file.
-    assert_eq!(
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
     file
 }
 
