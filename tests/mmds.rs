@@ -145,6 +145,11 @@ fn wait_for_listener(vmm: &mut ApiVmm, timeout: Duration) {
         if let Some(status) = vmm.child.try_wait().unwrap() {
             panic!("the VMM exited ({status}) first:\n{}", vmm.serial());
         }
+        let serial = vmm.serial();
+        assert!(
+            !serial.contains("VESSEL-TEST-FAIL") && !serial.contains("VESSEL-ERROR"),
+            "the guest failed before serving:\n{serial}"
+        );
         assert!(start.elapsed() < timeout, "no listener:\n{}", vmm.serial());
         std::thread::sleep(Duration::from_millis(200));
     }
