@@ -152,7 +152,37 @@ def mmds_seeds():
         b"X-metadata-token-ttl-seconds: 60\r\n\r\n")
 
 
+def forward_relay_seeds():
+    """The run-time forward relay: a flags byte, then frames with a u16 length each. The
+    guest's segments are rewritten onto the relay's connection (flags bit 0) and
+    acknowledge its last segment (bit 1): an ARP reply to the gateway, the SYN-ACK, data,
+    FIN, and a reset."""
+    guest, gw = bytes([0x52, 0x54, 0, 0x12, 0x34, 0x56]), bytes([0x9a, 0x55] * 3)
+    guest_ip, gw_ip = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2])
+    arp_reply = (gw + guest + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x02"
+                 + guest + guest_ip + gw + gw_ip)
+
+    def tcp(flags, seq, payload=b""):
+        ip = (b"\x45\x00" + struct.pack(">H", 40 + len(payload)) + b"\0\0\x40\0\x40\x06\0\0"
+              + guest_ip + gw_ip)
+        return (gw + guest + b"\x08\x00" + ip
+                + struct.pack(">HHIIBBHHH", 8000, 61000, seq, 0, 0x50, flags, 65535, 0, 0)
+                + payload)
+
+    def frames(flags, *fs):
+        return bytes([flags]) + b"".join(struct.pack(">H", len(f)) + f for f in fs)
+    put("net_forward_relay", "handshake", frames(3, arp_reply, tcp(0x12, 5000)))
+    put("net_forward_relay", "data_fin", frames(7, arp_reply, tcp(0x12, 5000),
+                                                tcp(0x18, 5001, b"guest says hi\n"),
+                                                tcp(0x11, 5015)))
+    put("net_forward_relay", "reset", frames(3, arp_reply, tcp(0x12, 5000), tcp(0x04, 5001)))
+    put("net_forward_relay", "garbage", frames(0, b"\xff" * 60, arp_reply[:30], b""))
+    idle = frames(3, arp_reply, tcp(0x12, 5000))
+    put("net_forward_relay", "idle", idle + struct.pack(">H", 0x8000 | 20) + b"\0" * 20)
+
+
 def main():
+    forward_relay_seeds()
     put("qcow2_open", "small", qemu_image("qcow2", 1 << 20, "cluster_size=512"))
     put("vdi_open", "small", records(qemu_image("vdi", 1 << 20)))
     put("vhd_open", "dynamic", records(qemu_image("vpc", 1 << 20)))

@@ -405,6 +405,23 @@ impl VmmBackend for Backend {
     fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
         crate::api_balloon::update_statistics(&self.handle()?, secs)
     }
+
+    fn forwards(&self, index: usize) -> Result<Vec<api::LivePortForward>, String> {
+        crate::api_forwards::list(&self.handle()?, index)
+    }
+
+    fn add_forward(
+        &self,
+        index: usize,
+        forward: &api::PortForward,
+        listener: std::os::fd::OwnedFd,
+    ) -> Result<(), String> {
+        crate::api_forwards::add(&self.handle()?, index, forward, listener)
+    }
+
+    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), String> {
+        crate::api_forwards::remove(&self.handle()?, index, host_port)
+    }
 }
 
 /// SIGINT, SIGTERM and SIGUSR1 are blocked in every thread from here on (the VM's event loop

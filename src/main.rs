@@ -1,7 +1,9 @@
 //! vessel: a virtual machine monitor on KVM.
 
 mod api_balloon;
+mod api_client;
 mod api_devices;
+mod api_forwards;
 mod api_mode;
 mod balloon_def;
 mod cli_docs;
@@ -33,6 +35,7 @@ mod state;
 mod vhost_user_cli;
 mod vm_archive;
 mod vm_create;
+mod vm_forwards;
 mod vm_list;
 mod vm_ports;
 mod vm_set;

@@ -3,14 +3,12 @@
 //! takes the rest. The VMM is asked over its API socket (`api.sock` in the VM's directory)
 //! with Firecracker's balloon requests.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use crate::api_client::{api_call, fault};
 use crate::state::{self, StateDir, VmState};
 
 #[derive(Debug, clap::Args)]
@@ -24,50 +22,6 @@ pub struct MemoryArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// One request on the VM's API socket: (HTTP status, body).
-fn api_call(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, String)> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("cannot reach the VMM's API socket {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if !body.is_empty() {
-        request += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-    }
-    request += "\r\n";
-    request += &body;
-    stream.write_all(request.as_bytes())?;
-    let mut response = Vec::new();
-    stream.take(1 << 20).read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("the VMM's API answered no HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("the VMM's API answered a bad status line"))?;
-    Ok((status, body.to_string()))
-}
-
-/// The API's `fault_message`, or the body.
-fn fault(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["fault_message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.trim().to_string())
 }
 
 fn get_json(socket: &Path, path: &str) -> Result<Value> {
@@ -203,14 +157,5 @@ mod tests {
         assert!(r["guest_free_mib"].is_null());
         let r = report("dev", 1024, &balloon, None);
         assert!(r["balloon_actual_mib"].is_null());
-    }
-
-    #[test]
-    fn a_fault_message_is_unwrapped() {
-        assert_eq!(
-            fault(r#"{"fault_message": "No balloon device found."}"#),
-            "No balloon device found."
-        );
-        assert_eq!(fault("plain"), "plain");
     }
 }

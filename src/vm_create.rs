@@ -39,7 +39,7 @@ pub struct CreateArgs {
 }
 
 /// The flags that set fields of a definition (create, and as overrides of --from).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct VmFlags {
     /// Guest kernel: bzImage, ELF vmlinux (PVH) or multiboot ELF32.
     #[arg(long, value_name = "PATH")]
@@ -288,6 +288,20 @@ impl VmFlags {
             || !self.forwards.is_empty()
             || self.rng.is_some()
             || self.pit.is_some()
+    }
+
+    /// Whether a flag other than `--forward` was given (a running VM refuses them).
+    pub fn changes_more_than_forwards(&self) -> bool {
+        let forwards_only = VmFlags {
+            forwards: Vec::new(),
+            ..self.clone()
+        };
+        forwards_only.changes_something()
+    }
+
+    /// The `--forward` values, as given.
+    pub fn forward_specs(&self) -> &[String] {
+        &self.forwards
     }
 
     /// Put the flags into `def`, over what it said (create --from, set).

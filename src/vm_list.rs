@@ -151,6 +151,13 @@ fn inspect_value(vm: &VmDir, def: &VmDefinition) -> Result<Value> {
         "last_serial_lines": vm.last_serial_lines(10),
         "definition": serde_json::to_value(def)?,
         "snapshots": crate::snapshot_cli::inspect_json(vm),
+        // Forwards added while the VM runs (also in `ports` and vm.toml), with their
+        // open connections.
+        "live_forwards": if matches!(st, VmState::Running { .. }) {
+            crate::vm_forwards::live_json(vm, def)
+        } else {
+            Vec::new()
+        },
     });
     if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
         v.extend(extra);
@@ -225,6 +232,18 @@ fn inspect_page(v: &Value, def: &VmDefinition) -> String {
             }
         }
         lines.push(("NIC", text));
+    }
+    for f in v["live_forwards"].as_array().into_iter().flatten() {
+        lines.push((
+            "Live fwd",
+            format!(
+                "tcp {}:{} -> guest port {}, {} connection(s) open",
+                f["host_addr"].as_str().unwrap_or("127.0.0.1"),
+                f["host_port"],
+                f["guest_port"],
+                f["connections"]
+            ),
+        ));
     }
     lines.extend([
         ("Directory", s(&v["directory"])),

@@ -551,3 +551,111 @@ fn set_changes_a_stopped_vm_with_the_checks_of_create() {
         (Some(1), Some(0))
     );
 }
+
+/// Holds VM `name`'s lock as its running VMM does: `vessel set` sees a running VM.
+fn hold_lock(st: &State, name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(st.0.join(name).join("lock"))
+        .unwrap();
+    // SAFETY: flock on an open file.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
+    file
+}
+
+#[test]
+fn set_on_a_running_vm_takes_only_forwards_and_refuses_clearly() {
+    let dir = scratch("set-running");
+    let st = State::new("cli-set-running");
+    let k = kernel(&dir);
+    st.ok(&[
+        "create",
+        "r",
+        "--kernel",
+        &k,
+        "--nic",
+        "nat",
+        "--forward",
+        "tcp::2222-:22",
+    ]);
+    st.ok(&["create", "nn", "--kernel", &k, "--nic", "natnet:lab"]);
+    st.ok(&["create", "t", "--kernel", &k, "--nic", "internal:lab"]);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let busy_fwd = format!("tcp::{busy_port}-:80");
+    let _locks = [
+        hold_lock(&st, "r"),
+        hold_lock(&st, "nn"),
+        hold_lock(&st, "t"),
+    ];
+    let before = std::fs::read_to_string(st.0.join("r/vm.toml")).unwrap();
+    for (args, want) in [
+        (
+            vec!["set", "r", "--cpus", "2"],
+            "only --forward and --remove-forward",
+        ),
+        (
+            vec!["set", "r", "--forward", "tcp::8000-:80", "--memory", "1G"],
+            "stop it first",
+        ),
+        (
+            vec!["set", "r", "--forward", "udp::5353-:53"],
+            "UDP forwards cannot be added to a running VM",
+        ),
+        (
+            vec!["set", "r", "--forward", "tcp::2222-:2022"],
+            "host port 2222 is already forwarded",
+        ),
+        (vec!["set", "r", "--forward", &busy_fwd], "is in use"),
+        (
+            vec!["set", "nn", "--forward", "tcp::8001-:80"],
+            "only a nat NIC takes forwards while the VM runs",
+        ),
+        (
+            vec!["set", "t", "--forward", "tcp::8002-:80"],
+            "has no nat NIC",
+        ),
+    ] {
+        fails(&st.vessel(&args), 2, want);
+    }
+    let after = std::fs::read_to_string(st.0.join("r/vm.toml")).unwrap();
+    assert_eq!(before, after, "a refused set changes nothing");
+}
+
+#[test]
+fn remove_forward_takes_a_forward_out_of_a_stopped_vm() {
+    let dir = scratch("remove-forward");
+    let st = State::new("cli-remove-forward");
+    let k = kernel(&dir);
+    st.ok(&[
+        "create",
+        "s",
+        "--kernel",
+        &k,
+        "--nic",
+        "nat",
+        "--forward",
+        "tcp::2222-:22",
+        "--forward",
+        "tcp::8080-:80",
+    ]);
+    fails(
+        &st.vessel(&["set", "s", "--remove-forward", "9999"]),
+        2,
+        "forwards no host port 9999",
+    );
+    fails(
+        &st.vessel(&["set", "s", "--remove-forward", "0"]),
+        2,
+        "--remove-forward",
+    );
+    st.ok(&["set", "s", "--remove-forward", "2222"]);
+    let v = json(&st.ok(&["ls", "--json"]))[0].clone();
+    let ports = v["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["host_port"], 8080);
+}

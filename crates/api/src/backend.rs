@@ -2,8 +2,10 @@
 //! machine, and asks the backend only to act on the VM.
 
 use std::fs::File;
+use std::os::fd::OwnedFd;
 
 use crate::controller::logger::LoggerConfig;
+use crate::forward_model::{LivePortForward, PortForward};
 use crate::model::{
     Drive, DriveFormat, DriveUpdate, MachineConfig, NetworkInterfaceUpdate, VmConfigSnapshot,
 };
@@ -104,5 +106,29 @@ pub trait VmmBackend: Send + Sync {
     fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
         let _ = secs;
         Err("No balloon device found.".to_string())
+    }
+
+    /// Run-time port forwards of interface `index` (vessel's extension).
+    fn forwards(&self, index: usize) -> Result<Vec<LivePortForward>, String> {
+        let _ = index;
+        Err("This VMM has no run-time port forwards.".to_string())
+    }
+
+    /// Forwards `forward` on interface `index` from `listener`, a socket the client bound
+    /// and listens on.
+    fn add_forward(
+        &self,
+        index: usize,
+        forward: &PortForward,
+        listener: OwnedFd,
+    ) -> Result<(), String> {
+        let _ = (index, forward, listener);
+        Err("This VMM has no run-time port forwards.".to_string())
+    }
+
+    /// Removes interface `index`'s run-time forward on `host_port`.
+    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), String> {
+        let _ = (index, host_port);
+        Err("This VMM has no run-time port forwards.".to_string())
     }
 }

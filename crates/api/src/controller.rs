@@ -48,6 +48,7 @@ pub enum ApiRequest {
     PutMmds(serde_json::Value),
     PatchMmds(serde_json::Value),
     PutMmdsConfig(mmds::MmdsConfig),
+    Forward(forwards::ForwardRequest),
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -101,12 +102,15 @@ pub enum ControlError {
     Patch(#[from] patch::PatchError),
     #[error("{0}")]
     Mmds(#[from] mmds::MmdsRequestError),
+    #[error("{0}")]
+    Forward(#[from] forwards::ForwardRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
 pub(crate) mod balloon;
 mod devices;
+pub(crate) mod forwards;
 pub(crate) mod logger;
 pub(crate) mod metrics;
 pub(crate) mod mmds;
@@ -283,6 +287,7 @@ impl VmController {
             ApiRequest::PutMmds(data) => self.put_mmds(data),
             ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
             ApiRequest::PutMmdsConfig(config) => self.set_mmds_config(config),
+            ApiRequest::Forward(request) => self.forward_request(request, None),
         }
     }
 

@@ -5,7 +5,7 @@
 //! The crate owns the pre-boot configuration and the instance state machine
 //! ([`VmController`]); the VMM plugs in through [`VmmBackend`], which it asks to start,
 //! pause, resume, send Ctrl+Alt+Del, snapshot, change a running VM's drives and network
-//! interfaces, or point its log elsewhere. [`serve`] runs the server on its own thread:
+//! interfaces (their port forwards too), or point its log elsewhere. [`serve`] runs the server on its own thread:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -29,6 +29,8 @@
 mod backend;
 pub mod balloon_model;
 mod controller;
+mod fd_stream;
+pub mod forward_model;
 pub mod model;
 mod root_device;
 mod routes;
@@ -40,6 +42,7 @@ mod validate;
 pub use backend::VmmBackend;
 pub use balloon_model::{Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate};
 pub use controller::balloon::{BalloonRequest, BalloonRequestError};
+pub use controller::forwards::{ForwardRequest, ForwardRequestError};
 pub use controller::logger::{LogLevel, LoggerConfig};
 pub use controller::metrics::{MetricsConfig, METRICS_FLUSH_INTERVAL};
 pub use controller::mmds::{MmdsAttachment, MmdsConfig, MmdsRequestError, MmdsVersion};
@@ -47,6 +50,8 @@ pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
     MAX_NETWORK_INTERFACES,
 };
+pub use fd_stream::send_with_fd;
+pub use forward_model::{ForwardProtocol, LivePortForward, PortForward};
 pub use model::*;
 pub use root_device::{root_args, with_root_args};
 pub use routes::{parse_request, RouteError};

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::controller::balloon::BalloonRequest;
+use crate::controller::forwards::ForwardRequest;
 use crate::controller::ApiRequest;
 use crate::model::{
     ActionBody, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate,
@@ -32,6 +33,8 @@ pub enum RouteError {
     ArrayInBody,
     #[error("Please specify at least one property to patch: path_on_host, rate_limiter.")]
     NothingToPatch,
+    #[error("`{0}` is not a host port (1-65535).")]
+    BadHostPort(String),
     #[error("Unrecognized PUT request path `{0}`.")]
     UnrecognizedPath(String),
     #[error("The id from the path does not match the id from the body!")]
@@ -61,6 +64,12 @@ pub fn parse_request(
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Get)),
             ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::GetStatistics)),
             ["mmds"] => Ok(ApiRequest::GetMmds),
+            ["network-interfaces", id, "forwards"] => {
+                validate_id(id)?;
+                Ok(ApiRequest::Forward(ForwardRequest::List {
+                    iface_id: id.to_string(),
+                }))
+            }
             _ => Err(invalid()),
         },
         ("PUT", None) => Err(RouteError::EmptyPut),
@@ -96,6 +105,13 @@ pub fn parse_request(
             }
             ["network-interfaces"] | ["network-interfaces", ""] => {
                 Err(ValidationError::EmptyId.into())
+            }
+            ["network-interfaces", id, "forwards"] => {
+                validate_id(id)?;
+                Ok(ApiRequest::Forward(ForwardRequest::Add {
+                    iface_id: id.to_string(),
+                    forward: parse_body(body)?,
+                }))
             }
             ["network-interfaces", id] => {
                 validate_id(id)?;
@@ -140,6 +156,21 @@ pub fn parse_request(
                 parse_body(body)?,
             ))),
             ["mmds"] => Ok(ApiRequest::PatchMmds(serde_json::from_slice(body)?)),
+            _ => Err(invalid()),
+        },
+        ("DELETE", None) => match tokens.as_slice() {
+            ["network-interfaces", id, "forwards", port] => {
+                validate_id(id)?;
+                let host_port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| RouteError::BadHostPort(port.to_string()))?;
+                Ok(ApiRequest::Forward(ForwardRequest::Remove {
+                    iface_id: id.to_string(),
+                    host_port,
+                }))
+            }
             _ => Err(invalid()),
         },
         _ => Err(invalid()),

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -23,7 +24,8 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::backend::VmmBackend;
 use crate::controller::metrics::METRICS_FLUSH_INTERVAL;
-use crate::controller::{ApiReply, InstanceIdentity, VmController};
+use crate::controller::{ApiReply, ApiRequest, InstanceIdentity, VmController};
+use crate::fd_stream::{self, FdStream};
 use crate::model::{FullVmConfig, InstanceState, VmConfigSnapshot};
 use crate::routes::parse_request;
 use crate::socket::{bind_api_socket, remove_api_socket, SocketError};
@@ -259,7 +261,9 @@ async fn accept_loop(
 
 async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let read_timeout = shared.read_timeout;
-    let service = service_fn(move |request| handle_request(request, shared.clone()));
+    let (stream, fds) = FdStream::new(stream);
+    let service =
+        service_fn(move |request| handle_request(request, shared.clone(), fd_stream::take(&fds)));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
@@ -268,9 +272,12 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let _ = connection.await;
 }
 
+/// Serves one request; `passed` is the descriptor the client sent with it (SCM_RIGHTS),
+/// which only adding a port forward uses.
 async fn handle_request(
     request: Request<Incoming>,
     shared: Arc<Shared>,
+    passed: Option<OwnedFd>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
@@ -302,8 +309,11 @@ async fn handle_request(
         Ok(api_request) => api_request,
         Err(err) => return Ok(fault(StatusCode::BAD_REQUEST, err.to_string())),
     };
-    let outcome =
-        tokio::task::spawn_blocking(move || shared.controller().handle(api_request)).await;
+    let outcome = tokio::task::spawn_blocking(move || match api_request {
+        ApiRequest::Forward(request) => shared.controller().forward_request(request, passed),
+        other => shared.controller().handle(other),
+    })
+    .await;
     Ok(match outcome {
         Ok(Ok(ApiReply::NoContent)) => empty(StatusCode::NO_CONTENT),
         Ok(Ok(ApiReply::Json(body))) => json(StatusCode::OK, body),

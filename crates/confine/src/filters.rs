@@ -229,7 +229,17 @@ pub fn allow_list(role: Role) -> AllowList {
             ],
             VCPU_IOCTLS,
         ),
-        Role::Io => (vec![BLOCK_IO, NET_IO, EPOLL], IO_IOCTLS),
+        // A nat NIC's run-time forwards: accepting on the listeners the CLI handed over
+        // (crates/net/src/forward_relay.rs) and half-closing host connections.
+        Role::Io => (
+            vec![
+                BLOCK_IO,
+                NET_IO,
+                EPOLL,
+                &[libc::SYS_accept4, libc::SYS_shutdown],
+            ],
+            IO_IOCTLS,
+        ),
         // vsock's host side: accepting clients of UDS_PATH and connecting to
         // UDS_PATH_<port> (Unix stream sockets; landlock still limits which files).
         Role::IoVsock => (
@@ -289,6 +299,12 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_timerfd_create,
                     libc::SYS_timerfd_settime,
                     libc::SYS_socketpair,
+                    // A run-time port forward: its listening socket arrives with the
+                    // request (SCM_RIGHTS) and is checked (address, kind) and made
+                    // non-blocking before the NIC's relay takes it.
+                    libc::SYS_recvmsg,
+                    libc::SYS_getsockname,
+                    libc::SYS_fcntl,
                     // A root VMM switching user later: glibc runs set*id in every thread.
                     libc::SYS_setresuid,
                     libc::SYS_setresgid,

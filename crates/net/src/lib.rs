@@ -12,6 +12,8 @@
 //!
 //! * [`mmds_nic::MmdsNic`] — any of them with the MMDS (Firecracker's metadata service) on
 //!   the wire.
+//! * [`forward_nic::ForwardNic`] — `nat` with the relay of port forwards added at run time
+//!   ([`forward_relay`]).
 //!
 //! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
 //! it to `virtio::net::Net::new`, and let the I/O thread poll [`Backend::as_raw_fd`].
@@ -19,6 +21,10 @@
 pub mod bridge;
 pub mod config;
 pub mod dhcp;
+pub mod forward_frames;
+pub mod forward_nic;
+pub mod forward_relay;
+mod forward_wire;
 pub mod handshake;
 pub mod hostonly;
 pub mod lease;
@@ -51,6 +57,8 @@ pub enum NetError {
     HostOnly(#[from] hostonly::HostOnlyError),
     #[error(transparent)]
     Mmds(#[from] mmds_nic::MmdsNicError),
+    #[error(transparent)]
+    Forwards(#[from] forward_nic::ForwardNicError),
 }
 
 /// What passt runs with for a nat or natnet `--nic`.

@@ -1,5 +1,5 @@
-//! Changing the devices of a running VM: the rate limits of a disk or a NIC, and the
-//! image behind a disk (Firecracker's `PATCH /drives/{id}` and
+//! Changing the devices of a running VM: the rate limits of a disk or a NIC, the port
+//! forwards of a `nat` NIC (vessel's extension), and the image behind a disk (Firecracker's `PATCH /drives/{id}` and
 //! `PATCH /network-interfaces/{id}`). Disks and NICs are addressed by their index in
 //! [`crate::VmConfig`].
 
@@ -30,6 +30,12 @@ pub enum DeviceControlError {
     },
     #[error("disk {0} is not a virtio-blk device")]
     NotABlockDevice(usize),
+    #[error(
+        "network interface {0} is not in nat mode: only nat interfaces take run-time port forwards"
+    )]
+    NotNat(usize),
+    #[error(transparent)]
+    Forward(#[from] net::forward_relay::RelayError),
 }
 
 /// A disk's run-time controls.
@@ -42,6 +48,8 @@ pub(crate) struct DiskControl {
 pub(crate) struct NicControl {
     pub rx: RateLimiterHandle,
     pub tx: RateLimiterHandle,
+    /// The run-time forwards of a `nat` NIC.
+    pub forwards: Option<net::forward_nic::ForwardControl>,
 }
 
 /// The run-time controls of a VM's disks and NICs, in configuration order.
@@ -71,6 +79,47 @@ impl VmHandle {
     ) -> Result<(), DeviceControlError> {
         self.disk(index)?.limiter.update(bandwidth, ops);
         Ok(())
+    }
+
+    fn nic_forwards(
+        &self,
+        index: usize,
+    ) -> Result<&net::forward_nic::ForwardControl, DeviceControlError> {
+        self.devices
+            .nics
+            .get(index)
+            .ok_or(DeviceControlError::NoSuchNic(index))?
+            .forwards
+            .as_ref()
+            .ok_or(DeviceControlError::NotNat(index))
+    }
+
+    /// Forwards `forward` (TCP) on NIC `index` from `listener`, a socket the caller bound
+    /// and listens on where the forward says (the VMM opens no sockets).
+    pub fn add_forward(
+        &self,
+        index: usize,
+        forward: net::Forward,
+        listener: std::os::fd::OwnedFd,
+    ) -> Result<(), DeviceControlError> {
+        Ok(self.nic_forwards(index)?.add(forward, listener)?)
+    }
+
+    /// Removes NIC `index`'s run-time forward on `host_port`.
+    pub fn remove_forward(
+        &self,
+        index: usize,
+        host_port: u16,
+    ) -> Result<net::Forward, DeviceControlError> {
+        Ok(self.nic_forwards(index)?.remove(host_port)?)
+    }
+
+    /// NIC `index`'s run-time forwards.
+    pub fn forwards(
+        &self,
+        index: usize,
+    ) -> Result<Vec<net::forward_relay::LiveForward>, DeviceControlError> {
+        Ok(self.nic_forwards(index)?.list())
     }
 
     /// Sets new limits on NIC `index`: `rx` and `tx` are (bytes, operations).

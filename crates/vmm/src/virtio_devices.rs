@@ -1,6 +1,6 @@
 //! The virtio device models a VM is built with, new or from a snapshot's saved states,
 //! in PCI slot order, with the rate limiters of its disks and NICs; and which of them
-//! snapshots cannot save.
+//! snapshots cannot save. A `nat` NIC carries the relay of run-time port forwards.
 
 use virtio::rate_limiter::RateLimiterHandle;
 
@@ -22,7 +22,11 @@ pub(crate) struct VirtioDevices {
 #[derive(Default)]
 pub(crate) struct Limiters {
     disks: Vec<RateLimiterHandle>,
-    nics: Vec<(RateLimiterHandle, RateLimiterHandle)>,
+    nics: Vec<(
+        RateLimiterHandle,
+        RateLimiterHandle,
+        Option<net::forward_nic::ForwardControl>,
+    )>,
 }
 
 impl Limiters {
@@ -41,7 +45,7 @@ impl Limiters {
             nics: self
                 .nics
                 .into_iter()
-                .map(|(rx, tx)| NicControl { rx, tx })
+                .map(|(rx, tx, forwards)| NicControl { rx, tx, forwards })
                 .collect(),
         }
     }
@@ -88,6 +92,17 @@ pub(crate) fn virtio_devices(
             source,
         };
         let mut backend = net::open_backend(&nic).map_err(nic_error)?;
+        let mut forwards = None;
+        if nic.mode == net::NicMode::Nat {
+            let (with_relay, control) = net::forward_nic::ForwardNic::new(
+                backend,
+                net::passt::GUEST_ADDR,
+                net::passt::GATEWAY,
+            )
+            .map_err(|e| nic_error(e.into()))?;
+            backend = Box::new(with_relay);
+            forwards = Some(control);
+        }
         if let Some(m) = cfg.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
             let with_mmds = net::mmds_nic::MmdsNic::new(backend, m.service.clone(), m.ipv4)
                 .map_err(|e| nic_error(e.into()))?;
@@ -102,7 +117,7 @@ pub(crate) fn virtio_devices(
             device: Box::new(device),
             backend_fds: fds,
         });
-        limiters.nics.push((rx, tx));
+        limiters.nics.push((rx, tx, forwards));
     }
     if cfg.rng {
         devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));

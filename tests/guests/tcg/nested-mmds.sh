@@ -28,3 +28,21 @@ result "mmds_get_status=$(status "$r")"
 result "mmds_instance_id=$(body "$r")"
 r=$(http GET /latest/meta-data/ "X-metadata-token: $token") || fail "listing failed"
 result "mmds_listing=$(body "$r" | $bb tr '\n' ',')"
+# A port forward added while the VM runs (docs/networking.md): the host forwards a port to
+# 8000 through vessel's relay and sends a line; nc answers it. The NIC is nat: passt's
+# frames (its ARP reply for the gateway here) tell the relay the gateway's MAC.
+$bb ip route add default via 10.0.2.2 dev eth0
+$bb ping -c 1 -W 10 10.0.2.2 >/dev/null 2>&1 || true
+printf '#!/bin/sh\nread -r line\necho "$line" > /tmp/received\necho "guest heard: $line"\n' > /tmp/reply.sh
+$bb chmod 755 /tmp/reply.sh
+$bb nc -l -p 8000 -e /tmp/reply.sh &
+listener=$!
+tries=0
+until $bb grep -q ":1F40 00000000:0000 0A" /proc/net/tcp; do
+    tries=$((tries + 1))
+    [ "$tries" -le 600 ] || fail "nc is not listening on 8000"
+    sleep 0.1
+done
+echo "VESSEL-LISTENING 8000"
+wait "$listener" || fail "nc failed"
+result "fwd_received=$($bb cat /tmp/received)"

@@ -128,6 +128,8 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
         ApiRequest::PutMmds(_) | ApiRequest::PutMmdsConfig(_) => put("mmds_count", "mmds_fails"),
         ApiRequest::PatchMmds(_) => patch("mmds_count", "mmds_fails"),
         ApiRequest::Balloon(request) => balloon_metric(request),
+        // vessel's extension: Firecracker has no counter for it.
+        ApiRequest::Forward(_) => None,
     }
 }
 

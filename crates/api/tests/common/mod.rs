@@ -202,6 +202,17 @@ impl Connection {
         }
     }
 
+    /// A connection on a stream the test already wrote to.
+    pub fn from_stream(stream: UnixStream) -> Connection {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Connection {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
     pub fn into_stream(self) -> UnixStream {
         self.stream
     }
