@@ -1,13 +1,11 @@
-//! The microVM around the agent: the container root's `/proc`, `/sys` and `/dev`, the vsock
-//! stream to the host, and powering off.
+//! The microVM around the agent: the vsock stream to the host, the kernel's release, and
+//! powering off.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 
 use crate::protocol::AGENT_PORT;
@@ -18,34 +16,8 @@ const HOST_CID: u32 = 2;
 /// Errors preparing the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("mount {what} at {target}: {source}")]
-    Mount {
-        what: &'static str,
-        target: String,
-        source: nix::Error,
-    },
-    #[error("create {0}: {1}")]
-    Mkdir(String, std::io::Error),
     #[error("connect to the host over vsock (port {AGENT_PORT}) for {0:?}: {1}")]
     Connect(Duration, nix::Error),
-}
-
-/// Mounts proc, sysfs and devtmpfs in the container's root.
-pub fn prepare_root(root: &Path) -> Result<(), GuestError> {
-    for (what, dir) in [("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")] {
-        let target = root.join(dir);
-        std::fs::create_dir_all(&target)
-            .map_err(|e| GuestError::Mkdir(target.display().to_string(), e))?;
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-        mount(Some(what), &target, Some(what), flags, None::<&str>).map_err(|source| {
-            GuestError::Mount {
-                what,
-                target: target.display().to_string(),
-                source,
-            }
-        })?;
-    }
-    Ok(())
 }
 
 /// Connects to the shim (the host, [`AGENT_PORT`]), retrying while the vsock driver comes

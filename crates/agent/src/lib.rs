@@ -4,6 +4,7 @@
 //! reports its exit status, over the framed protocol in [`protocol`].
 
 pub mod guest;
+pub mod mounts;
 pub mod process;
 pub mod protocol;
 pub mod session;

@@ -21,10 +21,6 @@ fn main() -> ExitCode {
 
 fn run() -> ExitCode {
     let root = Path::new(ROOT);
-    if let Err(e) = guest::prepare_root(root) {
-        println!("vessel-agent: {e}");
-        return ExitCode::FAILURE;
-    }
     let stream = match guest::connect_host(Duration::from_secs(120)) {
         Ok(s) => s,
         Err(e) => {

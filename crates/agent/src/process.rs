@@ -17,6 +17,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub enum ProcessError {
     #[error("{0}: executable file not found in the container's $PATH")]
     NotFound(String),
+    #[error("unknown resource limit {0:?}")]
+    Rlimit(String),
     #[error("a NUL byte in {0}")]
     Nul(&'static str),
     #[error("start {program}: {source}")]
@@ -53,9 +55,26 @@ fn inside(root: &Path, path: &str) -> PathBuf {
 /// Starts `spec` in `root` with piped stdin, stdout and stderr.
 pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
     let program = resolve_program(root, spec)?;
-    let c_root = CString::new(root.as_os_str().as_bytes()).map_err(|_| ProcessError::Nul("root"))?;
+    let c_root =
+        CString::new(root.as_os_str().as_bytes()).map_err(|_| ProcessError::Nul("root"))?;
     let c_cwd = CString::new(spec.cwd.as_bytes()).map_err(|_| ProcessError::Nul("cwd"))?;
     let groups: Vec<libc::gid_t> = spec.additional_gids.clone();
+    let rlimits = spec
+        .rlimits
+        .iter()
+        .map(|r| {
+            let resource = rlimit_resource(&r.resource)
+                .ok_or_else(|| ProcessError::Rlimit(r.resource.clone()))?;
+            Ok((
+                resource,
+                libc::rlimit {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, ProcessError>>()?;
+    let no_new_privs = spec.no_new_privileges;
     let (uid, gid) = (spec.uid, spec.gid);
     let mut command = Command::new(&program);
     command
@@ -78,6 +97,12 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
                     Err(std::io::Error::last_os_error())
                 }
             };
+            for (resource, limit) in &rlimits {
+                check(libc::setrlimit(*resource, limit))?;
+            }
+            if no_new_privs {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
             check(libc::chroot(c_root.as_ptr()))?;
             check(libc::chdir(c_cwd.as_ptr()))?;
             check(libc::setgroups(groups.len(), groups.as_ptr()))?;
@@ -88,6 +113,30 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
     command
         .spawn()
         .map_err(|source| ProcessError::Spawn { program, source })
+}
+
+/// The resource number of an OCI `RLIMIT_*` name.
+pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    let resource = match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    };
+    Some(resource)
 }
 
 /// The exit status the shim reports for a wait status: the exit code, or 128 + the signal.
@@ -112,7 +161,16 @@ mod tests {
             uid: 0,
             gid: 0,
             additional_gids: vec![],
+            rlimits: vec![],
+            no_new_privileges: false,
         }
+    }
+
+    #[test]
+    fn rlimit_names_map_to_resources() {
+        assert_eq!(rlimit_resource("RLIMIT_NOFILE"), Some(libc::RLIMIT_NOFILE));
+        assert_eq!(rlimit_resource("RLIMIT_BOGUS"), None);
+        assert_eq!(rlimit_resource("nofile"), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum ProtocolError {
     Truncated,
     #[error("malformed message: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("invalid process: {0}")]
+    #[error("invalid container spec: {0}")]
     InvalidProcess(String),
 }
 
@@ -48,6 +48,88 @@ pub struct ProcessSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// `RLIMIT_*` names with their soft and hard limits.
+    pub rlimits: Vec<Rlimit>,
+    /// Set `no_new_privs` before `execve`.
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit of the OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// One file system the agent mounts in the container's root (OCI `mounts`, kernel file
+/// systems only: proc, sysfs, tmpfs, devpts, mqueue, cgroup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+}
+
+/// Everything the agent needs to run the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub process: ProcessSpec,
+    pub hostname: Option<String>,
+    pub mounts: Vec<MountSpec>,
+    /// Paths made inaccessible (OCI `linux.maskedPaths`).
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only (OCI `linux.readonlyPaths`).
+    pub readonly_paths: Vec<String>,
+}
+
+/// The file systems a [`MountSpec`] may name.
+pub const MOUNT_TYPES: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+impl ContainerSpec {
+    /// Validates the process, and that every path is absolute, free of `..` and NUL, and
+    /// every mount's type one of [`MOUNT_TYPES`].
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        self.process.validate()?;
+        let bad = |what: String| Err(ProtocolError::InvalidProcess(what));
+        let paths = self.mounts.iter().map(|m| &m.destination);
+        let paths = paths.chain(&self.masked_paths).chain(&self.readonly_paths);
+        for p in paths {
+            if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
+                return bad(format!("path {p:?} is not absolute and plain"));
+            }
+        }
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| !MOUNT_TYPES.contains(&m.fstype.as_str()))
+        {
+            return bad(format!("mount type {:?} at {}", m.fstype, m.destination));
+        }
+        let options = self.mounts.iter().flat_map(|m| &m.options);
+        let resources = self.process.rlimits.iter().map(|r| &r.resource);
+        if options.chain(resources).any(|o| o.contains('\0')) {
+            return bad("a NUL byte in a mount option or rlimit".into());
+        }
+        let lists = [
+            self.mounts.len(),
+            self.masked_paths.len(),
+            self.readonly_paths.len(),
+            self.process.rlimits.len(),
+        ];
+        if lists.iter().any(|&n| n > MAX_LIST) {
+            return bad(format!("more than {MAX_LIST} mounts, paths or rlimits"));
+        }
+        match &self.hostname {
+            Some(h) if h.len() > 64 || h.contains('\0') => bad(format!("hostname {h:?}")),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl ProcessSpec {
@@ -71,7 +153,11 @@ impl ProcessSpec {
         if !self.cwd.starts_with('/') {
             return bad(format!("cwd {:?} is not absolute", self.cwd));
         }
-        if let Some(e) = self.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        if let Some(e) = self
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
             return bad(format!("environment entry {e:?} is not KEY=VALUE"));
         }
         Ok(())
@@ -82,8 +168,8 @@ impl ProcessSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMessage {
-    /// Run the container's process (once per VM).
-    Run { process: ProcessSpec },
+    /// Run the container (once per VM).
+    Run { container: ContainerSpec },
     /// Deliver a signal (1..=64) to the container's process.
     Signal { signal: i32 },
     /// Bytes for the process's stdin.
@@ -99,15 +185,27 @@ pub enum HostMessage {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
     /// The agent is up and waits for [`HostMessage::Run`].
-    Ready { kernel: String },
+    Ready {
+        kernel: String,
+    },
     /// The process runs, with this pid in the guest.
-    Started { pid: u32 },
-    Stdout { data: Vec<u8> },
-    Stderr { data: Vec<u8> },
+    Started {
+        pid: u32,
+    },
+    Stdout {
+        data: Vec<u8>,
+    },
+    Stderr {
+        data: Vec<u8>,
+    },
     /// The process ended: its exit code, or 128 + the signal that ended it.
-    Exited { status: u32 },
+    Exited {
+        status: u32,
+    },
     /// The agent could not do what was asked.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// The signal numbers a [`HostMessage::Signal`] may carry.

@@ -14,9 +14,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use crate::mounts::{self, MountError};
 use crate::process::{self, ProcessError};
 use crate::protocol::{
-    read_frame, valid_signal, write_frame, AgentMessage, HostMessage, ProtocolError, MAX_CHUNK,
+    read_frame, valid_signal, write_frame, AgentMessage, ContainerSpec, HostMessage, ProtocolError,
+    MAX_CHUNK,
 };
 
 /// How long the agent waits for the host's `Shutdown` after reporting the exit.
@@ -29,6 +31,8 @@ pub enum SessionError {
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
     #[error("the host closed the stream before sending a process to run")]
     NoRun,
     #[error("wait for the process: {0}")]
@@ -38,7 +42,9 @@ pub enum SessionError {
 type Writer = Arc<Mutex<File>>;
 
 fn send(writer: &Writer, message: &AgentMessage) -> Result<(), ProtocolError> {
-    let mut w = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut w = writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     write_frame(&mut *w, message)
 }
 
@@ -47,9 +53,9 @@ pub fn serve(stream: File, root: &Path, kernel: String) -> Result<u32, SessionEr
     let mut reader = stream.try_clone().map_err(ProtocolError::Io)?;
     let writer: Writer = Arc::new(Mutex::new(stream));
     send(&writer, &AgentMessage::Ready { kernel })?;
-    let spec = loop {
+    let container = loop {
         match read_frame::<_, HostMessage>(&mut reader)? {
-            Some(HostMessage::Run { process }) => break process,
+            Some(HostMessage::Run { container }) => break container,
             Some(HostMessage::Shutdown) | None => return Err(SessionError::NoRun),
             Some(other) => {
                 let message = format!("{other:?} before a process runs");
@@ -57,10 +63,7 @@ pub fn serve(stream: File, root: &Path, kernel: String) -> Result<u32, SessionEr
             }
         }
     };
-    let started = spec
-        .validate()
-        .map_err(SessionError::from)
-        .and_then(|()| Ok(process::spawn(root, &spec)?));
+    let started = start(root, &container);
     let mut child = match started {
         Ok(child) => child,
         Err(e) => {
@@ -72,8 +75,14 @@ pub fn serve(stream: File, root: &Path, kernel: String) -> Result<u32, SessionEr
     let pid = child.id();
     send(&writer, &AgentMessage::Started { pid })?;
     let pumps = [
-        child.stdout.take().map(|out| pump(out, writer.clone(), Stream::Out)),
-        child.stderr.take().map(|err| pump(err, writer.clone(), Stream::Err)),
+        child
+            .stdout
+            .take()
+            .map(|out| pump(out, writer.clone(), Stream::Out)),
+        child
+            .stderr
+            .take()
+            .map(|err| pump(err, writer.clone(), Stream::Err)),
     ];
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     let stdin = child.stdin.take();
@@ -86,6 +95,13 @@ pub fn serve(stream: File, root: &Path, kernel: String) -> Result<u32, SessionEr
     send(&writer, &AgentMessage::Exited { status })?;
     let _ = shutdown_rx.recv_timeout(SHUTDOWN_WAIT);
     Ok(status)
+}
+
+/// Validates the container, prepares its root and starts its process.
+fn start(root: &Path, container: &ContainerSpec) -> Result<std::process::Child, SessionError> {
+    container.validate()?;
+    mounts::prepare(root, container)?;
+    Ok(process::spawn(root, &container.process)?)
 }
 
 enum Stream {

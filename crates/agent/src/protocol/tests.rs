@@ -10,6 +10,22 @@ fn spec() -> ProcessSpec {
         uid: 0,
         gid: 0,
         additional_gids: vec![],
+        rlimits: vec![],
+        no_new_privileges: true,
+    }
+}
+
+fn container() -> ContainerSpec {
+    ContainerSpec {
+        process: spec(),
+        hostname: Some("c1".into()),
+        mounts: vec![MountSpec {
+            destination: "/proc".into(),
+            fstype: "proc".into(),
+            options: vec!["nosuid".into()],
+        }],
+        masked_paths: vec!["/proc/kcore".into()],
+        readonly_paths: vec!["/proc/sys".into()],
     }
 }
 
@@ -22,12 +38,23 @@ fn frame(body: &[u8]) -> Vec<u8> {
 #[test]
 fn messages_round_trip() {
     let mut buf = Vec::new();
-    write_frame(&mut buf, &HostMessage::Run { process: spec() }).unwrap();
+    write_frame(
+        &mut buf,
+        &HostMessage::Run {
+            container: container(),
+        },
+    )
+    .unwrap();
     write_frame(&mut buf, &HostMessage::Signal { signal: 15 }).unwrap();
     write_frame(&mut buf, &AgentMessage::Exited { status: 3 }).unwrap();
     let mut r = buf.as_slice();
     let run: HostMessage = read_frame(&mut r).unwrap().unwrap();
-    assert_eq!(run, HostMessage::Run { process: spec() });
+    assert_eq!(
+        run,
+        HostMessage::Run {
+            container: container()
+        }
+    );
     let sig: HostMessage = read_frame(&mut r).unwrap().unwrap();
     assert_eq!(sig, HostMessage::Signal { signal: 15 });
     let exit: AgentMessage = read_frame(&mut r).unwrap().unwrap();
@@ -39,7 +66,10 @@ fn messages_round_trip() {
 fn oversized_and_empty_frames_are_refused_before_reading_the_body() {
     let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
     let err = read_frame::<_, AgentMessage>(&mut huge.as_slice()).unwrap_err();
-    assert!(matches!(err, ProtocolError::TooLarge(n) if n == MAX_FRAME + 1), "{err}");
+    assert!(
+        matches!(err, ProtocolError::TooLarge(n) if n == MAX_FRAME + 1),
+        "{err}"
+    );
     let max = u32::MAX.to_be_bytes();
     assert!(matches!(
         read_frame::<_, AgentMessage>(&mut max.as_slice()),
@@ -129,4 +159,29 @@ fn frames_larger_than_the_limit_are_not_written() {
         Err(ProtocolError::TooLarge(_))
     ));
     assert!(buf.is_empty());
+}
+
+#[test]
+fn container_specs_are_validated() {
+    assert!(container().validate().is_ok());
+    let cases: Vec<(fn(&mut ContainerSpec), &str)> = vec![
+        (|c| c.mounts[0].destination = "proc".into(), "not absolute"),
+        (
+            |c| c.mounts[0].destination = "/a/../../etc".into(),
+            "not absolute",
+        ),
+        (|c| c.masked_paths.push("/x\0".into()), "not absolute"),
+        (|c| c.readonly_paths.push("".into()), "not absolute"),
+        (|c| c.mounts[0].fstype = "ext4".into(), "mount type"),
+        (|c| c.mounts[0].fstype = "bind".into(), "mount type"),
+        (|c| c.mounts[0].options.push("a\0".into()), "NUL"),
+        (|c| c.hostname = Some("h".repeat(65)), "hostname"),
+        (|c| c.process.args.clear(), "args is empty"),
+    ];
+    for (break_it, expect) in cases {
+        let mut c = container();
+        break_it(&mut c);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains(expect), "{err} (expected {expect})");
+    }
 }
