@@ -169,7 +169,7 @@ impl ProcessSpec {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMessage {
     /// Run the container (once per VM).
-    Run { container: ContainerSpec },
+    Run { container: Box<ContainerSpec> },
     /// Deliver a signal (1..=64) to the container's process.
     Signal { signal: i32 },
     /// Bytes for the process's stdin.

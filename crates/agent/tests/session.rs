@@ -66,7 +66,13 @@ fn run(root: &Path, container: ContainerSpec) -> (String, String, u32) {
             kernel: "test".into()
         }
     );
-    write_frame(&mut w, &HostMessage::Run { container }).unwrap();
+    write_frame(
+        &mut w,
+        &HostMessage::Run {
+            container: Box::new(container),
+        },
+    )
+    .unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let status = loop {
         match read_frame::<_, AgentMessage>(&mut r).unwrap().unwrap() {
@@ -122,7 +128,13 @@ fn a_missing_program_is_an_error_message_not_a_hang() {
     let mut c = container("");
     c.process.args = vec!["no-such-program".into()];
     c.mounts.clear();
-    write_frame(&mut w, &HostMessage::Run { container: c }).unwrap();
+    write_frame(
+        &mut w,
+        &HostMessage::Run {
+            container: Box::new(c),
+        },
+    )
+    .unwrap();
     match read_frame::<_, AgentMessage>(&mut r).unwrap().unwrap() {
         AgentMessage::Error { message } => assert!(message.contains("not found"), "{message}"),
         other => panic!("{other:?}"),

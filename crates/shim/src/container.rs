@@ -210,7 +210,7 @@ impl Container {
             Some(other) => return Err(ContainerError::Unexpected(Box::new(other), "ready")),
             None => return Err(ContainerError::AgentGone),
         }
-        let container = self.spec.container.clone();
+        let container = Box::new(self.spec.container.clone());
         write_frame(&mut stream, &HostMessage::Run { container })?;
         match read_frame::<_, AgentMessage>(&mut stream)? {
             Some(AgentMessage::Started { pid }) => Ok((stream, pid)),

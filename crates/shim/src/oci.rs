@@ -111,7 +111,6 @@ struct Mount {
 struct Linux {
     #[allow(dead_code)]
     namespaces: Option<Value>,
-    #[allow(dead_code)]
     resources: Option<Resources>,
     #[allow(dead_code)]
     cgroups_path: Option<String>,
@@ -126,6 +125,33 @@ struct Linux {
 struct Resources {
     #[allow(dead_code)]
     devices: Option<Value>,
+    cpu: Option<Cpu>,
+}
+
+/// `linux.resources.cpu`: ctr fills it in; only what sets no limit is accepted (the
+/// VM's size is the limit; mapping limits to vCPUs is not done yet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Cpu {
+    #[allow(dead_code)]
+    shares: Option<u64>,
+    quota: Option<i64>,
+    #[allow(dead_code)]
+    period: Option<u64>,
+    realtime_runtime: Option<i64>,
+    realtime_period: Option<u64>,
+    cpus: Option<String>,
+    mems: Option<String>,
+}
+
+impl Cpu {
+    fn limits(&self) -> bool {
+        self.quota.is_some_and(|q| q > 0)
+            || self.realtime_runtime.is_some_and(|r| r != 0)
+            || self.realtime_period.is_some_and(|p| p != 0)
+            || self.cpus.as_ref().is_some_and(|c| !c.is_empty())
+            || self.mems.as_ref().is_some_and(|m| !m.is_empty())
+    }
 }
 
 /// What the bundle asks for: the container for the agent and the root's path.
@@ -208,6 +234,15 @@ fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
         });
     }
     let linux = spec.linux;
+    let cpu = linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .and_then(|r| r.cpu.as_ref());
+    if cpu.is_some_and(Cpu::limits) {
+        return Err(unsupported(
+            "linux.resources.cpu: CPU limits (quota, cpusets, realtime) are not supported yet",
+        ));
+    }
     let (masked_paths, readonly_paths) = linux
         .map(|l| (l.masked_paths, l.readonly_paths))
         .unwrap_or_default();

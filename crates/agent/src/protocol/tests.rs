@@ -41,7 +41,7 @@ fn messages_round_trip() {
     write_frame(
         &mut buf,
         &HostMessage::Run {
-            container: container(),
+            container: Box::new(container()),
         },
     )
     .unwrap();
@@ -52,7 +52,7 @@ fn messages_round_trip() {
     assert_eq!(
         run,
         HostMessage::Run {
-            container: container()
+            container: Box::new(container())
         }
     );
     let sig: HostMessage = read_frame(&mut r).unwrap().unwrap();
@@ -125,7 +125,7 @@ fn malformed_unknown_and_mistyped_messages_are_refused() {
 #[test]
 fn process_specs_are_validated() {
     assert!(spec().validate().is_ok());
-    let cases: Vec<(fn(&mut ProcessSpec), &str)> = vec![
+    let cases: Vec<ProcessBreaker> = vec![
         (|s| s.args.clear(), "args is empty"),
         (|s| s.args[0] = String::new(), "args is empty"),
         (|s| s.args[1] = "a\0b".into(), "NUL"),
@@ -164,7 +164,7 @@ fn frames_larger_than_the_limit_are_not_written() {
 #[test]
 fn container_specs_are_validated() {
     assert!(container().validate().is_ok());
-    let cases: Vec<(fn(&mut ContainerSpec), &str)> = vec![
+    let cases: Vec<ContainerBreaker> = vec![
         (|c| c.mounts[0].destination = "proc".into(), "not absolute"),
         (
             |c| c.mounts[0].destination = "/a/../../etc".into(),
@@ -185,3 +185,9 @@ fn container_specs_are_validated() {
         assert!(err.contains(expect), "{err} (expected {expect})");
     }
 }
+
+/// A change that breaks a valid value, and what the error must say.
+type ProcessBreaker = (fn(&mut ProcessSpec), &'static str);
+
+/// A change that breaks a valid value, and what the error must say.
+type ContainerBreaker = (fn(&mut ContainerSpec), &'static str);

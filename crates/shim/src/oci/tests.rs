@@ -20,7 +20,9 @@ fn load_value(spec: &serde_json::Value) -> Result<BundleSpec, SpecError> {
 
 #[test]
 fn ctrs_default_spec_is_accepted() {
-    let b = load_value(&ctr_spec()).unwrap();
+    let mut spec = ctr_spec();
+    spec["linux"]["resources"]["cpu"] = serde_json::json!({"shares": 1024, "quota": -1});
+    let b = load_value(&spec).unwrap();
     let c = &b.container;
     assert_eq!(c.process.args, ["/bin/sh", "-c", "echo hi; exit 3"]);
     assert_eq!(c.process.cwd, "/");
@@ -51,8 +53,15 @@ fn unknown_fields_are_refused_by_name() {
 
 #[test]
 fn unsupported_values_get_clear_errors() {
-    let cases: Vec<(fn(&mut serde_json::Value), &str)> = vec![
+    let cases: Vec<Breaker> = vec![
         (|s| s["process"]["terminal"] = true.into(), "TTYs"),
+        (
+            |s| {
+                s["linux"]["resources"]["cpu"] =
+                    serde_json::json!({"quota": 50000, "period": 100000})
+            },
+            "CPU limits",
+        ),
         (|s| s["root"]["readonly"] = true.into(), "read-only root"),
         (
             |s| s["hooks"] = serde_json::json!({"prestart": [{"path": "/x"}]}),
@@ -99,3 +108,6 @@ fn a_huge_or_missing_config_is_an_error() {
     f.set_len(MAX_SPEC + 1).unwrap();
     assert!(matches!(load(dir.path()), Err(SpecError::TooLarge(_))));
 }
+
+/// A change that breaks a valid value, and what the error must say.
+type Breaker = (fn(&mut serde_json::Value), &'static str);
