@@ -37,6 +37,7 @@ fn ctr_runs_a_container_in_a_vessel_vm_and_gets_its_output_and_exit_status() {
         String::from_utf8_lossy(&import.stderr)
     );
 
+    let shim_sockets = shim_sockets();
     let started = std::time::Instant::now();
     let run = ctd.ctr_within(
         &[
@@ -67,6 +68,22 @@ fn ctr_runs_a_container_in_a_vessel_vm_and_gets_its_output_and_exit_status() {
         "the guest kernel's release"
     );
     assert_nothing_left(&ctd);
+    let left: Vec<_> = shim_sockets().difference(&shim_sockets).cloned().collect();
+    assert!(
+        left.is_empty(),
+        "shim sockets left in {SHIM_SOCKETS}: {left:?}"
+    );
+}
+
+/// Where containerd-shim puts every shim's ttrpc socket, whichever containerd started it.
+const SHIM_SOCKETS: &str = "/run/containerd/s";
+
+fn shim_sockets() -> std::collections::BTreeSet<std::ffi::OsString> {
+    let entries = std::fs::read_dir(SHIM_SOCKETS)
+        .into_iter()
+        .flatten()
+        .flatten();
+    entries.map(|e| e.file_name()).collect()
 }
 
 /// No VMM or shim process, socket, initramfs or mount of the container is left.

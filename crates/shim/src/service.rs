@@ -27,6 +27,8 @@ pub const RUNTIME_ID: &str = "io.containerd.vessel.v2";
 pub struct Service {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The shim's own ttrpc socket (`unix:///run/containerd/s/...`).
+    socket: String,
     container: Arc<Mutex<Option<Arc<Container>>>>,
     publisher: Option<Arc<RemotePublisher>>,
 }
@@ -102,6 +104,7 @@ impl containerd_shim::Shim for Service {
         Service {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             container: Arc::new(Mutex::new(None)),
             publisher: None,
         }
@@ -127,8 +130,16 @@ impl containerd_shim::Shim for Service {
         })
     }
 
+    /// Waits for Shutdown, then unlinks the shim's socket: containerd-shim removes it only
+    /// through the bundle's `address` file, which containerd has deleted by then. The
+    /// server keeps its listening descriptor until it stops.
     fn wait(&mut self) {
         self.exit.wait();
+        if let Some(path) = self.socket.strip_prefix("unix://") {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!("remove the shim's socket {path}: {e}");
+            }
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
