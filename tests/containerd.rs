@@ -37,7 +37,7 @@ fn ctr_runs_a_container_in_a_vessel_vm_and_gets_its_output_and_exit_status() {
         String::from_utf8_lossy(&import.stderr)
     );
 
-    let shim_sockets = shim_sockets();
+    let sockets_before = shim_sockets();
     let started = std::time::Instant::now();
     let run = ctd.ctr_within(
         &[
@@ -68,7 +68,10 @@ fn ctr_runs_a_container_in_a_vessel_vm_and_gets_its_output_and_exit_status() {
         "the guest kernel's release"
     );
     assert_nothing_left(&ctd);
-    let left: Vec<_> = shim_sockets().difference(&shim_sockets).cloned().collect();
+    let left: Vec<_> = shim_sockets()
+        .difference(&sockets_before)
+        .cloned()
+        .collect();
     assert!(
         left.is_empty(),
         "shim sockets left in {SHIM_SOCKETS}: {left:?}"

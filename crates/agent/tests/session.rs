@@ -141,3 +141,48 @@ fn a_missing_program_is_an_error_message_not_a_hang() {
     }
     assert!(agent.join().unwrap().is_err());
 }
+
+#[test]
+fn signals_from_the_host_reach_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    if !busybox_root(dir.path()) {
+        return;
+    }
+    let (host, guest) = UnixStream::pair().unwrap();
+    let root = dir.path().to_path_buf();
+    let agent = std::thread::spawn(move || {
+        agent::session::serve(File::from(OwnedFd::from(guest)), &root, "test".into())
+    });
+    let mut r = host.try_clone().unwrap();
+    let mut w = host;
+    let _ready: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    let mut c = container("echo up; exec busybox sleep 600");
+    c.mounts.clear();
+    write_frame(
+        &mut w,
+        &HostMessage::Run {
+            container: Box::new(c),
+        },
+    )
+    .unwrap();
+    let started: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert!(
+        matches!(started, AgentMessage::Started { .. }),
+        "{started:?}"
+    );
+    let up: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(
+        up,
+        AgentMessage::Stdout {
+            data: b"up\n".to_vec()
+        }
+    );
+    // Out-of-range signals are ignored; SIGTERM ends the process.
+    write_frame(&mut w, &HostMessage::Signal { signal: 0 }).unwrap();
+    write_frame(&mut w, &HostMessage::Signal { signal: 99 }).unwrap();
+    write_frame(&mut w, &HostMessage::Signal { signal: 15 }).unwrap();
+    let exited: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(exited, AgentMessage::Exited { status: 128 + 15 });
+    write_frame(&mut w, &HostMessage::Shutdown).unwrap();
+    assert_eq!(agent.join().unwrap().unwrap(), 143);
+}

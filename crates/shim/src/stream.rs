@@ -84,3 +84,61 @@ pub fn forward_stdin(container: Arc<Container>) {
         let _ = container.send(&HostMessage::CloseStdin);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::protocol::write_frame;
+
+    fn stdio(dir: &std::path::Path) -> StdioPaths {
+        for f in ["out", "err"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        StdioPaths {
+            stdin: String::new(),
+            stdout: dir.join("out").display().to_string(),
+            stderr: dir.join("err").display().to_string(),
+        }
+    }
+
+    #[test]
+    fn output_goes_to_its_stream_and_the_exit_status_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        for m in [
+            AgentMessage::Stdout {
+                data: b"hi\n".to_vec(),
+            },
+            AgentMessage::Stderr {
+                data: b"oops\n".to_vec(),
+            },
+            AgentMessage::Started { pid: 9 },
+            AgentMessage::Exited { status: 3 },
+        ] {
+            write_frame(&mut guest, &m).unwrap();
+        }
+        assert_eq!(copy_output(host, &stdio(dir.path())), 3);
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"hi\n");
+        assert_eq!(std::fs::read(dir.path().join("err")).unwrap(), b"oops\n");
+    }
+
+    #[test]
+    fn a_hostile_or_vanished_guest_ends_the_task_with_the_lost_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = ((agent::protocol::MAX_FRAME + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        let mut garbage = 9u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(b"not json!");
+        let mut unknown = Vec::new();
+        let body = br#"{"type":"exited","status":0,"evil":true}"#;
+        unknown.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        unknown.extend_from_slice(body);
+        for bytes in [huge, garbage, unknown, vec![0, 0], Vec::new()] {
+            let (mut guest, host) = UnixStream::pair().unwrap();
+            guest.write_all(&bytes).unwrap();
+            drop(guest);
+            assert_eq!(copy_output(host, &stdio(dir.path())), LOST, "{bytes:?}");
+        }
+    }
+}
