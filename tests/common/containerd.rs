@@ -132,6 +132,18 @@ impl Containerd {
         child.wait_with_output().unwrap()
     }
 
+    /// `ctr` in the background with its stdout piped (no deadline: the caller reads it).
+    pub fn ctr_spawn(&self, args: &[&str]) -> Child {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("ctd.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run ctr")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
