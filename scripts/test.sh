@@ -18,7 +18,8 @@ done
 # blkid, and read them with Debian's cloud-init (its python3 modules; its services are never
 # started here); vessel ssh/cp run OpenSSH's client; the ansible provisioner and vessel
 # inventory are checked with ansible-core's ansible-playbook, the vagrant-vessel plugin with
-# Debian's vagrant.
+# Debian's vagrant; tests/containerd.rs runs containers under Debian's containerd 1.6 with
+# vessel's runtime.
 TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils
        iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
@@ -26,7 +27,7 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client mmdebstrap:mmdebstrap cloud-init:cloud-init
        ansible-playbook:ansible-core vagrant:vagrant rsync:rsync
-       pip3:python3-pip"
+       pip3:python3-pip containerd:containerd ctr:containerd"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 
 missing_packages() {

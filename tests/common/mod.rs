@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod boot_image;
+pub mod containerd;
 pub mod nested;
 pub mod state_dir;
 pub mod tcg;

@@ -1,0 +1,183 @@
+//! The container root's file systems from the OCI spec: kernel file systems at their
+//! destinations, masked and read-only paths, and the hostname.
+//!
+//! The VM's devices are the container's: a `tmpfs` at `/dev` becomes the guest's
+//! `devtmpfs`, and a v1 `cgroup` mount the guest's `cgroup2` hierarchy.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use crate::protocol::{ContainerSpec, MountSpec};
+
+/// Errors preparing the container's root.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount {fstype} at {target}: {source}")]
+    Mount {
+        fstype: String,
+        target: String,
+        source: nix::Error,
+    },
+    #[error("create {0}: {1}")]
+    Mkdir(String, std::io::Error),
+    #[error("set the hostname: {0}")]
+    Hostname(nix::Error),
+}
+
+/// Mount flags by option name; `true` sets the flag, `false` clears it.
+const FLAGS: [(&str, MsFlags, bool); 13] = [
+    ("ro", MsFlags::MS_RDONLY, true),
+    ("rw", MsFlags::MS_RDONLY, false),
+    ("nosuid", MsFlags::MS_NOSUID, true),
+    ("suid", MsFlags::MS_NOSUID, false),
+    ("nodev", MsFlags::MS_NODEV, true),
+    ("dev", MsFlags::MS_NODEV, false),
+    ("noexec", MsFlags::MS_NOEXEC, true),
+    ("exec", MsFlags::MS_NOEXEC, false),
+    ("relatime", MsFlags::MS_RELATIME, true),
+    ("strictatime", MsFlags::MS_STRICTATIME, true),
+    ("noatime", MsFlags::MS_NOATIME, true),
+    ("sync", MsFlags::MS_SYNCHRONOUS, true),
+    ("dirsync", MsFlags::MS_DIRSYNC, true),
+];
+
+/// Splits OCI mount options into flags and the file system's own data (`a=b,c`).
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match FLAGS.iter().find(|(name, _, _)| name == option) {
+            Some((_, flag, true)) => flags |= *flag,
+            Some((_, flag, false)) => flags &= !*flag,
+            None => data.push(option.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// What the guest mounts for `m`: (file system type, data).
+fn guest_fstype(m: &MountSpec, data: String) -> (&str, Option<String>) {
+    match (m.fstype.as_str(), m.destination.as_str()) {
+        ("tmpfs", "/dev") => ("devtmpfs", None),
+        ("cgroup", _) | ("cgroup2", _) => ("cgroup2", None),
+        (fstype, _) => (fstype, Some(data).filter(|d| !d.is_empty())),
+    }
+}
+
+fn inside(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+fn mkdir(path: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(path).map_err(|e| MountError::Mkdir(path.display().to_string(), e))
+}
+
+fn mount_at(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    mount(
+        source.or(Some(Path::new(fstype))),
+        target,
+        Some(fstype),
+        flags,
+        data,
+    )
+    .map_err(|source| MountError::Mount {
+        fstype: fstype.to_string(),
+        target: target.display().to_string(),
+        source,
+    })
+}
+
+/// Mounts the spec's file systems in `root`, masks and write-protects its paths, and sets
+/// the hostname.
+pub fn prepare(root: &Path, spec: &ContainerSpec) -> Result<(), MountError> {
+    for m in &spec.mounts {
+        let target = inside(root, &m.destination);
+        mkdir(&target)?;
+        let (flags, data) = parse_options(&m.options);
+        let (fstype, data) = guest_fstype(m, data);
+        mount_at(None, &target, fstype, flags, data.as_deref())?;
+    }
+    for path in &spec.masked_paths {
+        let target = inside(root, path);
+        if target.is_dir() {
+            mount_at(None, &target, "tmpfs", MsFlags::MS_RDONLY, None)?;
+        } else if target.exists() {
+            mount_at(
+                Some(Path::new("/dev/null")),
+                &target,
+                "none",
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+    }
+    for path in &spec.readonly_paths {
+        let target = inside(root, path);
+        if !target.exists() {
+            continue;
+        }
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount_at(Some(&target), &target, "none", bind, None)?;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount_at(None, &target, "none", ro, None)?;
+    }
+    if let Some(name) = &spec.hostname {
+        nix::unistd::sethostname(name).map_err(MountError::Hostname)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, data) = parse_options(&strings(&[
+            "nosuid",
+            "strictatime",
+            "mode=755",
+            "size=65536k",
+        ]));
+        assert_eq!(flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert_eq!(data, "mode=755,size=65536k");
+        let (flags, data) = parse_options(&strings(&["ro", "rw", "nodev"]));
+        assert_eq!(flags, MsFlags::MS_NODEV);
+        assert_eq!(data, "");
+    }
+
+    #[test]
+    fn dev_and_cgroup_mounts_become_the_guests_own() {
+        let m = |fstype: &str, destination: &str| MountSpec {
+            destination: destination.into(),
+            fstype: fstype.into(),
+            options: vec![],
+        };
+        assert_eq!(
+            guest_fstype(&m("tmpfs", "/dev"), "mode=755".into()),
+            ("devtmpfs", None)
+        );
+        assert_eq!(
+            guest_fstype(&m("cgroup", "/sys/fs/cgroup"), "x".into()),
+            ("cgroup2", None)
+        );
+        let shm_mount = m("tmpfs", "/dev/shm");
+        let shm = guest_fstype(&shm_mount, "size=1k".into());
+        assert_eq!(shm, ("tmpfs", Some("size=1k".to_string())));
+        assert_eq!(
+            guest_fstype(&m("proc", "/proc"), String::new()),
+            ("proc", None)
+        );
+    }
+}

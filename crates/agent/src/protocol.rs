@@ -1,0 +1,268 @@
+//! The framed protocol between `containerd-shim-vessel-v2` on the host and `vessel-agent` in
+//! the guest, over one vsock stream (the agent connects to the host's CID 2, [`AGENT_PORT`]).
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON: one
+//! [`HostMessage`] (host → guest) or one [`AgentMessage`] (guest → host). Both ends treat
+//! the other as hostile: a frame is at most [`MAX_FRAME`] bytes, unknown fields and message
+//! types are refused, and every value is checked before use ([`ProcessSpec::validate`],
+//! [`HostMessage::Signal`]'s number).
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The vsock port the agent connects to on the host (`<uds>_1024` on vessel's vsock).
+pub const AGENT_PORT: u32 = 1024;
+/// The largest frame either side accepts, in bytes of JSON.
+pub const MAX_FRAME: usize = 1 << 20;
+/// The most output bytes one [`AgentMessage::Stdout`]/[`AgentMessage::Stderr`] carries.
+pub const MAX_CHUNK: usize = 32 * 1024;
+/// The most arguments, environment entries or supplementary groups a process may have.
+pub const MAX_LIST: usize = 4096;
+
+/// Errors reading or writing frames, and values that fail validation.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("vsock stream: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes (the limit is {MAX_FRAME})")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("the stream ended inside a frame")]
+    Truncated,
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid container spec: {0}")]
+    InvalidProcess(String),
+}
+
+/// The process the agent runs in the container's root, from the OCI spec's `process`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// `RLIMIT_*` names with their soft and hard limits.
+    pub rlimits: Vec<Rlimit>,
+    /// Set `no_new_privs` before `execve`.
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit of the OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// One file system the agent mounts in the container's root (OCI `mounts`, kernel file
+/// systems only: proc, sysfs, tmpfs, devpts, mqueue, cgroup).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+}
+
+/// Everything the agent needs to run the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub process: ProcessSpec,
+    pub hostname: Option<String>,
+    pub mounts: Vec<MountSpec>,
+    /// Paths made inaccessible (OCI `linux.maskedPaths`).
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only (OCI `linux.readonlyPaths`).
+    pub readonly_paths: Vec<String>,
+}
+
+/// The file systems a [`MountSpec`] may name.
+pub const MOUNT_TYPES: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+impl ContainerSpec {
+    /// Validates the process, and that every path is absolute, free of `..` and NUL, and
+    /// every mount's type one of [`MOUNT_TYPES`].
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        self.process.validate()?;
+        let bad = |what: String| Err(ProtocolError::InvalidProcess(what));
+        let paths = self.mounts.iter().map(|m| &m.destination);
+        let paths = paths.chain(&self.masked_paths).chain(&self.readonly_paths);
+        for p in paths {
+            if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
+                return bad(format!("path {p:?} is not absolute and plain"));
+            }
+        }
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| !MOUNT_TYPES.contains(&m.fstype.as_str()))
+        {
+            return bad(format!("mount type {:?} at {}", m.fstype, m.destination));
+        }
+        let options = self.mounts.iter().flat_map(|m| &m.options);
+        let resources = self.process.rlimits.iter().map(|r| &r.resource);
+        if options.chain(resources).any(|o| o.contains('\0')) {
+            return bad("a NUL byte in a mount option or rlimit".into());
+        }
+        let lists = [
+            self.mounts.len(),
+            self.masked_paths.len(),
+            self.readonly_paths.len(),
+            self.process.rlimits.len(),
+        ];
+        if lists.iter().any(|&n| n > MAX_LIST) {
+            return bad(format!("more than {MAX_LIST} mounts, paths or rlimits"));
+        }
+        match &self.hostname {
+            Some(h) if h.len() > 64 || h.contains('\0') => bad(format!("hostname {h:?}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ProcessSpec {
+    /// Checks what `execve` and `chdir` need: at least one argument, no NUL bytes, an
+    /// absolute cwd, `KEY=VALUE` environment entries, bounded list lengths.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |what: String| Err(ProtocolError::InvalidProcess(what));
+        if self.args.is_empty() || self.args[0].is_empty() {
+            return bad("no program to run (args is empty)".into());
+        }
+        if self.args.len() > MAX_LIST
+            || self.env.len() > MAX_LIST
+            || self.additional_gids.len() > MAX_LIST
+        {
+            return bad(format!("more than {MAX_LIST} args, env entries or groups"));
+        }
+        let strings = self.args.iter().chain(&self.env).chain([&self.cwd]);
+        if strings.clone().any(|s| s.contains('\0')) {
+            return bad("a NUL byte in args, env or cwd".into());
+        }
+        if !self.cwd.starts_with('/') {
+            return bad(format!("cwd {:?} is not absolute", self.cwd));
+        }
+        if let Some(e) = self
+            .env
+            .iter()
+            .find(|e| !e.contains('=') || e.starts_with('='))
+        {
+            return bad(format!("environment entry {e:?} is not KEY=VALUE"));
+        }
+        Ok(())
+    }
+}
+
+/// Host → guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HostMessage {
+    /// Run the container (once per VM).
+    Run { container: Box<ContainerSpec> },
+    /// Deliver a signal (1..=64) to the container's process.
+    Signal { signal: i32 },
+    /// Bytes for the process's stdin.
+    Stdin { data: Vec<u8> },
+    /// Close the process's stdin.
+    CloseStdin,
+    /// The host has what it needs: power the VM off.
+    Shutdown,
+}
+
+/// Guest → host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// The agent is up and waits for [`HostMessage::Run`].
+    Ready {
+        kernel: String,
+    },
+    /// The process runs, with this pid in the guest.
+    Started {
+        pid: u32,
+    },
+    Stdout {
+        data: Vec<u8>,
+    },
+    Stderr {
+        data: Vec<u8>,
+    },
+    /// The process ended: its exit code, or 128 + the signal that ended it.
+    Exited {
+        status: u32,
+    },
+    /// The agent could not do what was asked.
+    Error {
+        message: String,
+    },
+}
+
+/// The signal numbers a [`HostMessage::Signal`] may carry.
+pub fn valid_signal(signal: i32) -> bool {
+    (1..=64).contains(&signal)
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, message: &T) -> Result<(), ProtocolError> {
+    let body = serde_json::to_vec(message)?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(body.len()));
+    }
+    let len = u32::try_from(body.len()).map_err(|_| ProtocolError::TooLarge(body.len()))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame: `Ok(None)` when the stream ends cleanly between frames.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, ProtocolError> {
+    let mut len = [0u8; 4];
+    match read_full(r, &mut len)? {
+        0 => return Ok(None),
+        4 => {}
+        _ => return Err(ProtocolError::Truncated),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 {
+        return Err(ProtocolError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    if read_full(r, &mut body)? != len {
+        return Err(ProtocolError::Truncated);
+    }
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests;

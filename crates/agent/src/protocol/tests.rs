@@ -1,0 +1,193 @@
+//! Frames both ways, and the hostile input either end may get.
+
+use super::*;
+
+fn spec() -> ProcessSpec {
+    ProcessSpec {
+        args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        rlimits: vec![],
+        no_new_privileges: true,
+    }
+}
+
+fn container() -> ContainerSpec {
+    ContainerSpec {
+        process: spec(),
+        hostname: Some("c1".into()),
+        mounts: vec![MountSpec {
+            destination: "/proc".into(),
+            fstype: "proc".into(),
+            options: vec!["nosuid".into()],
+        }],
+        masked_paths: vec!["/proc/kcore".into()],
+        readonly_paths: vec!["/proc/sys".into()],
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn messages_round_trip() {
+    let mut buf = Vec::new();
+    write_frame(
+        &mut buf,
+        &HostMessage::Run {
+            container: Box::new(container()),
+        },
+    )
+    .unwrap();
+    write_frame(&mut buf, &HostMessage::Signal { signal: 15 }).unwrap();
+    write_frame(&mut buf, &AgentMessage::Exited { status: 3 }).unwrap();
+    let mut r = buf.as_slice();
+    let run: HostMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(
+        run,
+        HostMessage::Run {
+            container: Box::new(container())
+        }
+    );
+    let sig: HostMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(sig, HostMessage::Signal { signal: 15 });
+    let exit: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(exit, AgentMessage::Exited { status: 3 });
+    assert!(read_frame::<_, AgentMessage>(&mut r).unwrap().is_none());
+}
+
+#[test]
+fn oversized_and_empty_frames_are_refused_before_reading_the_body() {
+    let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+    let err = read_frame::<_, AgentMessage>(&mut huge.as_slice()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::TooLarge(n) if n == MAX_FRAME + 1),
+        "{err}"
+    );
+    let max = u32::MAX.to_be_bytes();
+    assert!(matches!(
+        read_frame::<_, AgentMessage>(&mut max.as_slice()),
+        Err(ProtocolError::TooLarge(_))
+    ));
+    let empty = 0u32.to_be_bytes();
+    assert!(matches!(
+        read_frame::<_, AgentMessage>(&mut empty.as_slice()),
+        Err(ProtocolError::Empty)
+    ));
+}
+
+#[test]
+fn truncated_frames_are_errors_not_clean_ends() {
+    assert!(matches!(
+        read_frame::<_, AgentMessage>(&mut [0u8, 0].as_slice()),
+        Err(ProtocolError::Truncated)
+    ));
+    let mut f = frame(br#"{"type":"exited","status":3}"#);
+    f.truncate(f.len() - 2);
+    assert!(matches!(
+        read_frame::<_, AgentMessage>(&mut f.as_slice()),
+        Err(ProtocolError::Truncated)
+    ));
+}
+
+#[test]
+fn malformed_unknown_and_mistyped_messages_are_refused() {
+    for body in [
+        &b"not json"[..],
+        br#"{"type":"format_disk"}"#,
+        br#"{"type":"exited","status":3,"extra":1}"#,
+        br#"{"type":"exited","status":-1}"#,
+        br#"{"type":"exited","status":"3"}"#,
+        br#"{"type":"stdout","data":[256]}"#,
+        br#"{"type":"started"}"#,
+        br#"[1,2,3]"#,
+    ] {
+        let f = frame(body);
+        assert!(
+            matches!(
+                read_frame::<_, AgentMessage>(&mut f.as_slice()),
+                Err(ProtocolError::Json(_))
+            ),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let f = frame(br#"{"type":"signal","signal":9,"pid":1}"#);
+    assert!(read_frame::<_, HostMessage>(&mut f.as_slice()).is_err());
+}
+
+#[test]
+fn process_specs_are_validated() {
+    assert!(spec().validate().is_ok());
+    let cases: Vec<ProcessBreaker> = vec![
+        (|s| s.args.clear(), "args is empty"),
+        (|s| s.args[0] = String::new(), "args is empty"),
+        (|s| s.args[1] = "a\0b".into(), "NUL"),
+        (|s| s.cwd = "relative".into(), "not absolute"),
+        (|s| s.env.push("NOEQUALS".into()), "KEY=VALUE"),
+        (|s| s.env.push("=x".into()), "KEY=VALUE"),
+        (|s| s.env = vec!["A=b".into(); MAX_LIST + 1], "more than"),
+    ];
+    for (break_it, expect) in cases {
+        let mut s = spec();
+        break_it(&mut s);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains(expect), "{err} (expected {expect})");
+    }
+}
+
+#[test]
+fn only_real_signal_numbers_are_valid() {
+    assert!(valid_signal(1) && valid_signal(15) && valid_signal(64));
+    assert!(!valid_signal(0) && !valid_signal(-9) && !valid_signal(65));
+}
+
+#[test]
+fn frames_larger_than_the_limit_are_not_written() {
+    let big = AgentMessage::Stdout {
+        data: vec![255; MAX_FRAME],
+    };
+    let mut buf = Vec::new();
+    assert!(matches!(
+        write_frame(&mut buf, &big),
+        Err(ProtocolError::TooLarge(_))
+    ));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn container_specs_are_validated() {
+    assert!(container().validate().is_ok());
+    let cases: Vec<ContainerBreaker> = vec![
+        (|c| c.mounts[0].destination = "proc".into(), "not absolute"),
+        (
+            |c| c.mounts[0].destination = "/a/../../etc".into(),
+            "not absolute",
+        ),
+        (|c| c.masked_paths.push("/x\0".into()), "not absolute"),
+        (|c| c.readonly_paths.push("".into()), "not absolute"),
+        (|c| c.mounts[0].fstype = "ext4".into(), "mount type"),
+        (|c| c.mounts[0].fstype = "bind".into(), "mount type"),
+        (|c| c.mounts[0].options.push("a\0".into()), "NUL"),
+        (|c| c.hostname = Some("h".repeat(65)), "hostname"),
+        (|c| c.process.args.clear(), "args is empty"),
+    ];
+    for (break_it, expect) in cases {
+        let mut c = container();
+        break_it(&mut c);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains(expect), "{err} (expected {expect})");
+    }
+}
+
+/// A change that breaks a valid value, and what the error must say.
+type ProcessBreaker = (fn(&mut ProcessSpec), &'static str);
+
+/// A change that breaks a valid value, and what the error must say.
+type ContainerBreaker = (fn(&mut ContainerSpec), &'static str);

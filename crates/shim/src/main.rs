@@ -1,0 +1,22 @@
+//! `containerd-shim-vessel-v2`: containerd's shim v2 for the runtime
+//! `io.containerd.vessel.v2`. Each container runs in its own vessel microVM; vessel-agent
+//! in the guest runs its process (docs/kubernetes.md).
+
+mod config;
+mod container;
+mod initramfs;
+mod oci;
+mod rootfs;
+mod service;
+mod stream;
+mod vm;
+
+fn main() {
+    let config = containerd_shim::Config {
+        // The shim waits for its own children (vessel); a reaper would take their status.
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    containerd_shim::run::<service::Service>(service::RUNTIME_ID, Some(config));
+}

@@ -1,0 +1,202 @@
+//! The container's microVM: `vessel run` with the guest kernel, the initramfs of
+//! [`crate::initramfs`] and a vsock device whose `<uds>_1024` listener the shim holds; the
+//! agent's connection; stopping the VM and removing its files.
+
+use std::fs::File;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agent::protocol::AGENT_PORT;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::config::ShimConfig;
+use crate::initramfs::INIT_PATH;
+
+/// The guest's vsock context ID: vessel's vsock is a Unix-socket device, so CIDs need not
+/// differ between VMs.
+const GUEST_CID: u32 = 3;
+/// The longest vsock socket path vessel takes (docs/vsock.md).
+const MAX_UDS: usize = 96;
+
+/// Errors running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("the vsock socket path {0} is longer than {MAX_UDS} bytes (a shorter containerd state dir helps)")]
+    UdsTooLong(PathBuf),
+    #[error("start {0}: {1}")]
+    Spawn(PathBuf, std::io::Error),
+    #[error("the VM ended before its agent connected ({status}); its console: {log}")]
+    EndedEarly { status: String, log: String },
+    #[error("the VM's agent did not connect within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The files of one VM, all in the bundle directory.
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    pub initramfs: PathBuf,
+    pub uds: PathBuf,
+    pub agent_listener: PathBuf,
+    pub console_log: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+impl VmFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        let uds = dir.join("vsock.sock");
+        VmFiles {
+            initramfs: dir.join("vm-initramfs.cpio"),
+            agent_listener: PathBuf::from(format!("{}_{AGENT_PORT}", uds.display())),
+            uds,
+            console_log: dir.join("vm-console.log"),
+            pid_file: dir.join("vessel.pid"),
+        }
+    }
+
+    /// Removes every file the VM left (what does not exist is fine).
+    pub fn remove(&self) {
+        for f in [
+            &self.initramfs,
+            &self.uds,
+            &self.agent_listener,
+            &self.pid_file,
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// A running `vessel run`.
+pub struct Vm {
+    child: Child,
+    listener: UnixListener,
+    pub files: VmFiles,
+}
+
+impl Vm {
+    /// Starts the VM; the agent connects later ([`Vm::accept_agent`]).
+    pub fn boot(config: &ShimConfig, files: VmFiles) -> Result<Vm, VmError> {
+        if files.uds.as_os_str().len() > MAX_UDS {
+            return Err(VmError::UdsTooLong(files.uds));
+        }
+        let _ = std::fs::remove_file(&files.agent_listener);
+        let listener = UnixListener::bind(&files.agent_listener)
+            .map_err(|e| VmError::Io(files.agent_listener.clone(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| VmError::Io(files.agent_listener.clone(), e))?;
+        let log = File::create(&files.console_log)
+            .map_err(|e| VmError::Io(files.console_log.clone(), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| VmError::Io(files.console_log.clone(), e))?;
+        let cmdline = format!("{} rdinit={INIT_PATH}", config.kernel_cmdline());
+        let child = Command::new(&config.vessel)
+            .arg("run")
+            .arg("--kernel")
+            .arg(&config.kernel)
+            .arg("--initrd")
+            .arg(&files.initramfs)
+            .args(["--memory", &format!("{}M", config.memory_mib)])
+            .args(["--cpus", &config.vcpus().to_string()])
+            .args(["--cmdline", &cmdline])
+            .arg("--vsock")
+            .arg(format!("cid={GUEST_CID},uds={}", files.uds.display()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| VmError::Spawn(config.vessel.clone(), e))?;
+        let _ = std::fs::write(&files.pid_file, child.id().to_string());
+        Ok(Vm {
+            child,
+            listener,
+            files,
+        })
+    }
+
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the agent's connection, for at most `timeout`, or until the VM ends.
+    pub fn accept_agent(&mut self, timeout: Duration) -> Result<UnixStream, VmError> {
+        let start = Instant::now();
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .map_err(|e| VmError::Io(self.files.agent_listener.clone(), e))?;
+                    return Ok(stream);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(VmError::Io(self.files.agent_listener.clone(), e)),
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = console_tail(&self.files.console_log);
+                return Err(VmError::EndedEarly {
+                    status: status.to_string(),
+                    log,
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(VmError::Timeout(timeout));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `grace` for the VM to power off, then kills it; removes its files.
+    pub fn stop(mut self, grace: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            tracing::info!(
+                "vessel {} did not power off in {grace:?}: killing it",
+                self.child.id()
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.files.remove();
+    }
+}
+
+/// The end of the VM's console log, for error messages.
+pub fn console_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let tail = text
+        .get(text.len().saturating_sub(2000)..)
+        .unwrap_or_default();
+    String::from_utf8_lossy(tail).into_owned()
+}
+
+/// Kills the VMM a dead shim left in `dir` (its pid file) and removes the VM's files.
+pub fn clean_up_after(dir: &Path) {
+    let files = VmFiles::in_dir(dir);
+    let pid = std::fs::read_to_string(&files.pid_file).ok();
+    if let Some(pid) = pid
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1)
+    {
+        // Only a vessel process: the pid may have been reused.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "vessel" {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    files.remove();
+}
