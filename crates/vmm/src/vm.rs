@@ -318,14 +318,18 @@ impl Vm {
             .iter()
             .map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize))
             .collect();
-        let mem = if cfg.shares.is_empty() {
-            GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
-                size: cfg.memory,
-                source,
-            })?
-        } else {
+        let mem = match restore {
+            // The snapshot's memory file, mapped copy-on-write (a VM with shares is never
+            // snapshotted).
+            Some((_, mem_file)) => crate::snapshot::restore_memory(&ranges, mem_file)?.0,
+            None if cfg.shares.is_empty() => {
+                GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
+                    size: cfg.memory,
+                    source,
+                })?
+            }
             // virtiofsd maps guest memory itself.
-            crate::shared_memory::shared_guest_memory(&ranges)?
+            None => crate::shared_memory::shared_guest_memory(&ranges)?,
         };
         for (slot, region) in mem.iter().enumerate() {
             let region_desc = kvm_userspace_memory_region {
@@ -343,10 +347,7 @@ impl Vm {
         }
 
         let (entry, with_pit) = match restore {
-            Some((snapshot, mem_file)) => {
-                crate::snapshot::load_memory(&mem, mem_file)?;
-                (None, snapshot.machine.pit)
-            }
+            Some((snapshot, _)) => (None, snapshot.machine.pit),
             None => {
                 // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without
                 // them an ACPI guest such as Linux scans no PCI bus and sees none of the
