@@ -17,7 +17,7 @@ mod vcpu_state;
 mod vm_state;
 
 pub use create::SnapshotSource;
-pub use devices::{CmosState, DeviceStates};
+pub use devices::DeviceStates;
 pub use memory::{restore_memory, save_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
 pub use saved_nic::{
     console_path, effective_mac, with_nic_macs, SavedForward, SavedNic, SavedNicMode,
@@ -88,9 +88,6 @@ pub enum SnapshotError {
         #[source]
         source: virtio::PersistError,
     },
-    #[error("invalid state for the {device}: {reason}")]
-    DeviceState {
-        device: &'static str,
-        reason: String,
-    },
+    #[error("invalid snapshot state file: {0}")]
+    LegacyDevice(#[from] ::devices::PersistError),
 }
