@@ -4,7 +4,7 @@
 1. RSS of one idle 128 MiB PVH guest (bench/tiny_pvh.py --idle: it writes 'U' to COM1
    and halts): vessel vs QEMU microvm (and Firecracker, when FIRECRACKER names its
    binary), each started RUNS times alternately; RSS read from /proc/PID/status one
-   second after the guest's 'U', medians.
+   second after the guest's 'U', medians; PSS and anonymous memory from smaps_rollup too.
 2. N idle 64 MiB vessel VMs started one after the other: time from the first exec until
    every guest has written its 'U', and the total RSS of the N processes then."""
 import json
@@ -18,12 +18,15 @@ SETTLE_S = 1.0
 UP_TIMEOUT_S = 120.0
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
+def memory_kib(pid):
+    """(RSS, PSS, anonymous) of process `pid`, KiB (smaps_rollup)."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] in ("Rss:", "Pss:", "Anonymous:"):
+                fields[parts[0]] = int(parts[1])
+    return fields.get("Rss:", 0), fields.get("Pss:", 0), fields.get("Anonymous:", 0)
 
 
 def start(name, kernel, mib, serial, tmp):
@@ -82,14 +85,16 @@ def one_idle_vm(names, kernel, tmp, runs):
             p = start(name, kernel, 128, serial, tmp)
             wait_up([(p, serial)])
             time.sleep(SETTLE_S)
-            results[name].append(rss_kib(p.pid) / 1024)
+            results[name].append(tuple(v / 1024 for v in memory_kib(p.pid)))
             stop([(p, serial)])
     print(f"idle 128 MiB PVH guest, RSS (median of {runs}, alternating):")
-    med = {n: statistics.median(v) for n, v in results.items()}
+    print(f"  {'':12} {'RSS MiB':>8} {'PSS MiB':>8} {'anon MiB':>9}")
+    med = {}
     for name in names:
-        print(f"  {name:12} {med[name]:7.1f} MiB  (min {min(results[name]):.1f}, max {max(results[name]):.1f})")
+        med[name] = [statistics.median(r[i] for r in results[name]) for i in range(3)]
+        print(f"  {name:12} {med[name][0]:8.1f} {med[name][1]:8.1f} {med[name][2]:9.1f}")
     ref = "firecracker" if "firecracker" in med else "qemu"
-    print(f"  vessel/{ref} RSS ratio: {med['vessel'] / med[ref]:.3f}")
+    print(f"  vessel/{ref} RSS ratio: {med['vessel'][0] / med[ref][0]:.3f}")
 
 
 def many_vms(kernel, tmp, n):
@@ -101,11 +106,13 @@ def many_vms(kernel, tmp, n):
             procs.append((start("vessel", kernel, 64, serial, tmp), serial))
         wait_up(procs)
         up_s = time.perf_counter() - started
-        total = sum(rss_kib(p.pid) for p, _ in procs) / 1024
+        usage = [memory_kib(p.pid) for p, _ in procs]
     finally:
         stop(procs)
+    rss, pss = (sum(u[i] for u in usage) / 1024 for i in (0, 1))
     print(f"{n} idle 64 MiB vessel VMs: all up in {up_s:.2f} s ({up_s / n * 1000:.1f} ms per VM), "
-          f"total RSS {total:.0f} MiB ({total / n:.2f} MiB per VM)")
+          f"total RSS {rss:.0f} MiB ({rss / n:.2f} per VM), total PSS {pss:.0f} MiB "
+          f"({pss / n:.2f} per VM: the binary's pages are shared)")
 
 
 def main():
