@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Write a minimal PVH kernel: an ELF64 with one PT_LOAD at 1 MiB and a Xen
 PHYS32_ENTRY note; the entry's first instruction writes to port 0xf4 (isa-debug-exit).
+With --idle, the guest instead writes 'U' to COM1 (0x3f8) and halts for good (interrupts
+are off at the PVH entry): an idle VM whose serial output says it is up.
 Both vessel and QEMU's microvm machine boot PVH ELFs directly."""
 import struct
 import sys
+
+IDLE = "--idle" in sys.argv[1:]
+sys.argv = [a for a in sys.argv if a != "--idle"]
 
 BASE = 0x100000
 EHDR, PHDR = 64, 56
@@ -13,6 +18,9 @@ code_off = note_off + len(note) + 4
 entry = BASE + code_off
 note += struct.pack("<I", entry)
 code = b"\xe6\xf4" + b"\xf4\xeb\xfd"                 # out %al,$0xf4 ; hlt ; jmp .-1
+if IDLE:
+    # mov $0x3f8,%edx ; mov $'U',%al ; out %al,(%dx) ; hlt ; jmp .-1
+    code = b"\xba\xf8\x03\x00\x00" + b"\xb0\x55" + b"\xee" + b"\xf4\xeb\xfd"
 size = code_off + len(code)
 
 ehdr = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)

@@ -447,3 +447,74 @@ fn a_halting_interrupt_driven_guest_takes_interrupts_after_a_paused_load() {
         "the guest restarted: {serial}"
     );
 }
+
+/// The `machine` and `devices` sections of a state file.
+fn machine_and_devices(state: &Path) -> (serde_json::Value, serde_json::Value) {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    (json["machine"].take(), json["devices"].take())
+}
+
+/// Whether the process `pid` has `path` mapped.
+fn maps_file(pid: u32, path: &Path) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let path = path.canonicalize().unwrap();
+    maps.lines().any(|l| l.ends_with(path.to_str().unwrap()))
+}
+
+/// save → load → save gives the same memory file byte for byte, and the same machine and
+/// device sections, whether the load maps the memory file (the default for a file of the
+/// user's own) or copies it (`VESSEL_SNAPSHOT_MEMORY=copy`). A mapped load keeps the file
+/// mapped and never writes it: after the guest ran on to its end, the file is unchanged.
+#[test]
+fn a_loaded_snapshot_saves_the_same_memory_again_mapped_or_copied() {
+    let first = Vmm::spawn("vm-snapshot-again-first", &[]);
+    boot_counter(&first, 1);
+    wait_for("the guest to count to 3", || {
+        counts(&first.serial()).len() >= 3
+    });
+    let (state1, mem1) = snapshot(&first, "vm-snapshot-again-1");
+    drop(first);
+    let saved = std::fs::read(&mem1).unwrap();
+    for (env, name) in [(None, "mapped"), (Some("copy"), "copied")] {
+        let env: Vec<_> = env
+            .map(|v| ("VESSEL_SNAPSHOT_MEMORY", v))
+            .into_iter()
+            .collect();
+        let mut second = Vmm::spawn_with_env(&format!("vm-snapshot-again-{name}"), &[], &env);
+        let load = format!(
+            r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+            state1.display().to_string(),
+            mem1.display().to_string()
+        );
+        let (code, body) = second.call("PUT", "/snapshot/load", &load);
+        assert_eq!(code, 204, "{body}");
+        assert_eq!(
+            maps_file(second.child.id(), &mem1),
+            env.is_empty(),
+            "{name}"
+        );
+        let (state2, mem2) = snapshot(&second, &format!("vm-snapshot-again-{name}-2"));
+        assert!(
+            std::fs::read(&mem2).unwrap() == saved,
+            "{name}: the memory files differ"
+        );
+        assert_eq!(
+            machine_and_devices(&state1),
+            machine_and_devices(&state2),
+            "{name}"
+        );
+        if env.is_empty() {
+            assert_eq!(
+                second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#).0,
+                204
+            );
+            let after = finished_without_restart(&mut second);
+            assert!(after.contains("counter done"), "{after}");
+            assert!(
+                std::fs::read(&mem1).unwrap() == saved,
+                "the memory file was written"
+            );
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! The CMOS/RTC at ports 0x70/0x71 under arbitrary guest port I/O (and an arbitrary
-//! restored snapshot NVRAM): never a panic, reads always fill the access.
+//! restored snapshot NVRAM): never a panic, reads always fill the access, and its own
+//! state always restores.
 //!
 //! Input: byte 0 selects the RAM size, then 128 NVRAM bytes when byte 1 is odd (a restore),
 //! then (op, value) pairs: op bit 0 read/write, bit 1 index/data port, bits 2-3 access size.
 #![no_main]
 
-use devices::cmos::{Cmos, WallClock};
-use devices::BusDevice;
+use devices::cmos::{Cmos, CmosArgs, CmosState, WallClock};
+use devices::{BusDevice, Persist};
 use libfuzzer_sys::fuzz_target;
 
 fn clock() -> WallClock {
@@ -23,7 +24,16 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         if flag & 1 == 1 {
             if let Some((nvram, tail)) = rest.split_first_chunk::<128>() {
-                cmos.restore(flag >> 1, nvram);
+                let state = CmosState {
+                    version: 1,
+                    index: flag >> 1,
+                    nvram: nvram.to_vec(),
+                };
+                // A crafted state: refused unless it is one the CMOS can have.
+                if let Ok(restored) = Cmos::restore(CmosArgs { clock }, &state) {
+                    assert_eq!(restored.save(), state);
+                    cmos = restored;
+                }
                 rest = tail;
             }
         }
@@ -39,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
             cmos.write(offset, &[value; 8][..len]);
         }
     }
-    let (index, _) = cmos.state();
-    assert!(index < 0x80);
+    let state = cmos.save();
+    assert!(state.index < 0x80);
+    // Whatever the guest did, the CMOS's own state restores.
+    assert!(Cmos::restore(CmosArgs { clock }, &state).is_ok());
 });

@@ -5,8 +5,8 @@
 //! bits 2-4 the register offset (bit 5 adds an out-of-range offset), bits 6-7 access size.
 #![no_main]
 
-use devices::serial::Serial;
-use devices::BusDevice;
+use devices::serial::{Serial, SerialArgs};
+use devices::{BusDevice, Persist};
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,15 +35,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                let state = serial.state();
-                let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+                let state = serial.save();
+                let Ok(interrupt) = EventFd::new(libc::EFD_NONBLOCK) else {
                     return;
                 };
-                let restored = Serial::from_state(irq, Box::new(std::io::sink()), &state);
-                let Some(restored) = restored else {
-                    panic!("a UART's own state does not restore");
+                let args = SerialArgs {
+                    interrupt,
+                    output: Box::new(std::io::sink()),
                 };
-                serial = restored;
+                match Serial::restore(args, &state) {
+                    Ok(restored) => serial = restored,
+                    Err(e) => panic!("a UART's own state does not restore: {e}"),
+                }
+                assert_eq!(serial.save(), state);
             }
         }
     }

@@ -36,6 +36,11 @@ impl ApiVmm {
     /// Start a VMM named `name` (its socket and serial log in the output directory, fresh)
     /// with `extra` arguments, and wait until its API socket is there.
     pub fn spawn(name: &str, extra: &[String]) -> ApiVmm {
+        Self::spawn_with_env(name, extra, &[])
+    }
+
+    /// [`ApiVmm::spawn`] with `env` (name, value) added to the VMM's environment.
+    pub fn spawn_with_env(name: &str, extra: &[String], env: &[(&str, &str)]) -> ApiVmm {
         use std::process::Stdio;
         let sock = super::out_dir().join(format!("{name}.sock"));
         let serial = super::out_dir().join(format!("{name}-serial.log"));
@@ -45,6 +50,7 @@ impl ApiVmm {
             .args(["run", "--api-sock", sock.to_str().unwrap(), "--serial"])
             .arg(format!("file:{}", serial.display()))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -3,6 +3,9 @@
 
 use crate::bus::BusDevice;
 
+mod persist;
+pub use persist::{CmosArgs, CmosState, CMOS_STATE_VERSION, NVRAM_LEN};
+
 pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_LEN: u16 = 2;
 
@@ -108,17 +111,6 @@ impl Cmos {
         }
     }
 
-    /// The selected register and the NVRAM, for snapshots (the clock registers read the
-    /// host's wall clock and are not state).
-    pub fn state(&self) -> (u8, [u8; 128]) {
-        (self.index, self.nvram)
-    }
-
-    pub fn restore(&mut self, index: u8, nvram: &[u8; 128]) {
-        self.index = index & 0x7f;
-        self.nvram = *nvram;
-    }
-
     fn read_register(&mut self, reg: u8) -> u8 {
         let status_b = self.nvram[REG_STATUS_B as usize];
         let enc = |v: u8| {
@@ -201,18 +193,6 @@ mod tests {
         let mut b = [0u8];
         c.read(1, &mut b);
         b[0]
-    }
-
-    #[test]
-    fn state_round_trips_index_and_nvram() {
-        let mut c = Cmos::with_clock(64 << 20, 0, fixed);
-        c.write(0, &[0x40]);
-        c.write(1, &[0x99]);
-        let (index, nvram) = c.state();
-        let mut r = Cmos::with_clock(0, 0, fixed);
-        r.restore(index, &nvram);
-        assert_eq!(r.state(), (0x40, nvram));
-        assert_eq!(read(&mut r, 0x40), 0x99);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::BusDevice;
 use crate::vm_exit::{ExitReason, VmExit};
 
+mod persist;
+pub use persist::{I8042Args, I8042State, I8042_STATE_VERSION};
+
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 
@@ -40,16 +43,6 @@ const SC2_RELEASE: u8 = 0xf0;
 /// keyboard must not grow the queue without bound).
 const OUTPUT_LIMIT: usize = 64;
 
-/// The controller's guest-visible state, for snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct I8042State {
-    pub status: u8,
-    pub output: Vec<u8>,
-    pub control: u8,
-    pub outp: u8,
-    pub pending_write: Option<u8>,
-}
-
 /// The controller, mapped as two one-byte devices: data (0x60) and command/status (0x64).
 pub struct I8042 {
     exit: VmExit,
@@ -79,30 +72,6 @@ impl I8042 {
     pub fn with_interrupt(mut self, irq: EventFd) -> Self {
         self.irq = Some(irq);
         self
-    }
-
-    pub fn state(&self) -> I8042State {
-        I8042State {
-            status: self.status,
-            output: self.output.iter().copied().collect(),
-            control: self.control,
-            outp: self.outp,
-            pending_write: self.pending_write,
-        }
-    }
-
-    /// Takes `state` (from a snapshot); false, leaving the controller unchanged, when it
-    /// queues more output than the controller ever holds.
-    pub fn restore(&mut self, state: &I8042State) -> bool {
-        if state.output.len() > OUTPUT_LIMIT {
-            return false;
-        }
-        self.status = state.status;
-        self.output = state.output.iter().copied().collect();
-        self.control = state.control;
-        self.outp = state.outp;
-        self.pending_write = state.pending_write;
-        true
     }
 
     fn push_output(&mut self, byte: u8) {
@@ -229,20 +198,6 @@ impl BusDevice for I8042Port {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_round_trips_and_oversized_output_is_refused() {
-        let mut k = I8042::new(VmExit::new().unwrap());
-        k.send_ctrl_alt_del();
-        let state = k.state();
-        let mut r = I8042::new(VmExit::new().unwrap());
-        assert!(r.restore(&state));
-        assert_eq!(r.state(), state);
-        assert_eq!(r.read_data(), SC2_CTRL);
-        let mut bad = state.clone();
-        bad.output = vec![0; OUTPUT_LIMIT + 1];
-        assert!(!r.restore(&bad));
-    }
 
     #[test]
     fn reset_command_requests_reset() {

@@ -6,9 +6,11 @@ pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
+pub mod persist;
 pub mod port61;
 pub mod serial;
 pub mod vm_exit;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use persist::{Persist, PersistError};
 pub use vm_exit::{ExitReason, VmExit};

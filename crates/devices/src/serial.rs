@@ -4,11 +4,14 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::serial::NoEvents;
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+
+mod persist;
+pub use persist::{SerialArgs, SerialState, SERIAL_STATE_VERSION, UART_FIFO_LEN};
 
 pub const SERIAL_PORT_LEN: u16 = 8;
 
@@ -43,27 +46,6 @@ impl Serial {
             uart: Uart::new(EventFdTrigger::new(interrupt), output),
             pending_input: VecDeque::new(),
         }
-    }
-
-    /// A UART resumed from `state` (a snapshot); `None` when the state is invalid (more
-    /// received bytes than the FIFO holds).
-    pub fn from_state(
-        interrupt: EventFd,
-        output: Box<dyn Write + Send>,
-        state: &SerialState,
-    ) -> Option<Self> {
-        let uart =
-            Uart::from_state(state, EventFdTrigger::new(interrupt), NoEvents, output).ok()?;
-        Some(Self {
-            uart,
-            pending_input: VecDeque::new(),
-        })
-    }
-
-    /// The UART's registers and receive FIFO, for a snapshot (queued host input that has
-    /// not reached the FIFO is host-side and not part of it).
-    pub fn state(&self) -> SerialState {
-        self.uart.state()
     }
 
     /// Queue host input for the guest; moves as much as fits into the FIFO now.
@@ -159,26 +141,5 @@ mod tests {
         }
         assert_eq!(got, input);
         assert!(s.wants_input());
-    }
-
-    #[test]
-    fn state_round_trips_registers_and_fifo() {
-        let mut s = Serial::new(EventFd::new(0).unwrap(), Box::new(std::io::sink()));
-        s.write(7, &[0x5a]);
-        s.write(1, &[0x01]);
-        s.queue_input(b"ab");
-        let state = s.state();
-        let mut r = Serial::from_state(EventFd::new(0).unwrap(), Box::new(std::io::sink()), &state)
-            .unwrap();
-        let mut b = [0u8];
-        r.read(7, &mut b);
-        assert_eq!(b[0], 0x5a);
-        r.read(0, &mut b);
-        assert_eq!(b[0], b'a');
-        let mut bad = state.clone();
-        bad.in_buffer = vec![0; 4096];
-        assert!(
-            Serial::from_state(EventFd::new(0).unwrap(), Box::new(std::io::sink()), &bad).is_none()
-        );
     }
 }

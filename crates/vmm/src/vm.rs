@@ -22,7 +22,7 @@ use devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use devices::i8042::{I8042Port, I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use devices::serial::{Serial, SERIAL_PORT_LEN};
-use devices::{Bus, ExitReason, VmExit};
+use devices::{Bus, ExitReason, Persist, VmExit};
 
 use crate::config::{SerialMode, VmConfig};
 use crate::console::RawTerminal;
@@ -318,14 +318,18 @@ impl Vm {
             .iter()
             .map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize))
             .collect();
-        let mem = if cfg.shares.is_empty() {
-            GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
-                size: cfg.memory,
-                source,
-            })?
-        } else {
+        let mem = match restore {
+            // The snapshot's memory file, mapped copy-on-write (a VM with shares is never
+            // snapshotted).
+            Some((_, mem_file)) => crate::snapshot::restore_memory(&ranges, mem_file)?.0,
+            None if cfg.shares.is_empty() => {
+                GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
+                    size: cfg.memory,
+                    source,
+                })?
+            }
             // virtiofsd maps guest memory itself.
-            crate::shared_memory::shared_guest_memory(&ranges)?
+            None => crate::shared_memory::shared_guest_memory(&ranges)?,
         };
         for (slot, region) in mem.iter().enumerate() {
             let region_desc = kvm_userspace_memory_region {
@@ -343,10 +347,7 @@ impl Vm {
         }
 
         let (entry, with_pit) = match restore {
-            Some((snapshot, mem_file)) => {
-                crate::snapshot::load_memory(&mem, mem_file)?;
-                (None, snapshot.machine.pit)
-            }
+            Some((snapshot, _)) => (None, snapshot.machine.pit),
             None => {
                 // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without
                 // them an ACPI guest such as Linux scans no PCI bus and sees none of the
@@ -392,15 +393,14 @@ impl Vm {
         vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let serial = match restore {
-            Some((snapshot, _)) => {
-                let state = snapshot.devices.serial.to_serial_state();
-                Serial::from_state(serial_irq, serial_out, &state).ok_or(
-                    crate::snapshot::SnapshotError::DeviceState {
-                        device: "serial port",
-                        reason: "its receive FIFO holds more than 64 bytes".into(),
-                    },
-                )?
-            }
+            Some((snapshot, _)) => Serial::restore(
+                devices::serial::SerialArgs {
+                    interrupt: serial_irq,
+                    output: serial_out,
+                },
+                &snapshot.devices.serial,
+            )
+            .map_err(crate::snapshot::SnapshotError::from)?,
             None => Serial::new(serial_irq, serial_out),
         };
         let serial = Arc::new(Mutex::new(serial));
@@ -423,16 +423,17 @@ impl Vm {
         let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm.register_irqfd(&kbd_irq, 1)
             .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
-        let mut keyboard = I8042::new(exit.clone()).with_interrupt(kbd_irq);
-        if let Some((snapshot, _)) = restore {
-            if !keyboard.restore(&snapshot.devices.i8042.to_i8042_state()) {
-                return Err(crate::snapshot::SnapshotError::DeviceState {
-                    device: "i8042",
-                    reason: "too much queued output".into(),
-                }
-                .into());
-            }
-        }
+        let keyboard = match restore {
+            Some((snapshot, _)) => I8042::restore(
+                devices::i8042::I8042Args {
+                    exit: exit.clone(),
+                    irq: Some(kbd_irq),
+                },
+                &snapshot.devices.i8042,
+            )
+            .map_err(crate::snapshot::SnapshotError::from)?,
+            None => I8042::new(exit.clone()).with_interrupt(kbd_irq),
+        };
         let i8042 = Arc::new(Mutex::new(keyboard));
         for (port, is_command) in [(I8042_DATA_PORT, false), (I8042_COMMAND_PORT, true)] {
             let dev = Arc::new(Mutex::new(I8042Port {
@@ -442,11 +443,16 @@ impl Vm {
             pio.insert(dev, u64::from(port), 1)?;
         }
         let above_4g = layout.total() - layout.low_end();
-        let mut rtc = Cmos::new(layout.low_end(), above_4g);
-        if let Some((snapshot, _)) = restore {
-            let state = &snapshot.devices.cmos;
-            rtc.restore(state.index, &state.nvram()?);
-        }
+        let rtc = match restore {
+            Some((snapshot, _)) => Cmos::restore(
+                devices::cmos::CmosArgs {
+                    clock: devices::cmos::WallClock::now,
+                },
+                &snapshot.devices.cmos,
+            )
+            .map_err(crate::snapshot::SnapshotError::from)?,
+            None => Cmos::new(layout.low_end(), above_4g),
+        };
         let cmos = Arc::new(Mutex::new(rtc));
         pio.insert(cmos.clone(), u64::from(CMOS_PORT), u64::from(CMOS_LEN))?;
         pio.insert(

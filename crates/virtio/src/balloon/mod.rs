@@ -94,14 +94,18 @@ fn discard_in_region(region: &GuestRegionMmap, offset: u64, len: u64) -> bool {
     let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(offset)) else {
         return false;
     };
+    let Ok(len) = usize::try_from(len) else {
+        return false;
+    };
+    let from_file = region.file_offset().is_some();
+    if from_file && region.flags() & libc::MAP_PRIVATE != 0 {
+        return zero_private_file_pages(host, len);
+    }
     // Shared file-backed memory (memfd) keeps its pages with MADV_DONTNEED; punch them.
-    let advice = if region.file_offset().is_some() {
+    let advice = if from_file {
         libc::MADV_REMOVE
     } else {
         libc::MADV_DONTNEED
-    };
-    let Ok(len) = usize::try_from(len) else {
-        return false;
     };
     // SAFETY: `host..host+len` lies inside one mapped guest memory region (checked by the
     // caller against the region's length). Discarding guest pages only changes guest-visible
@@ -111,6 +115,33 @@ fn discard_in_region(region: &GuestRegionMmap, offset: u64, len: u64) -> bool {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
             "balloon: madvise failed"
+        );
+        return false;
+    }
+    true
+}
+
+/// Guest memory mapped copy-on-write from a snapshot's memory file: MADV_DONTNEED would
+/// bring the file's old pages back, so fresh anonymous zero pages are mapped over the range.
+fn zero_private_file_pages(host: *mut u8, len: usize) -> bool {
+    // SAFETY: `host..host+len` lies inside one mapped guest memory region (checked by the
+    // caller), which stays mapped for as long as guest memory lives; MAP_FIXED replaces
+    // just those pages with the same protection, so the region's mapping stays whole.
+    // Only guest-visible contents change, to zero, as the guest asked.
+    let addr = unsafe {
+        libc::mmap(
+            host.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "balloon: mapping zero pages failed"
         );
         return false;
     }
@@ -468,6 +499,37 @@ mod tests {
         assert!(!discard_range(&m, GuestAddress(u64::MAX - 10), u64::MAX));
         assert!(!discard_range(&m, GuestAddress(0x3001), BALLOON_PAGE_SIZE));
         assert!(!discard_range(&m, GuestAddress(0x3000), 100));
+    }
+
+    #[test]
+    fn discard_of_memory_mapped_private_from_a_file_reads_zero_not_the_file() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0xaa; 0x4000]).unwrap();
+        let mapping = vm_memory::mmap::MmapRegion::build(
+            Some(vm_memory::FileOffset::new(file, 0)),
+            0x4000,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+        )
+        .unwrap();
+        let region = GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap();
+        let m = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        m.write_obj(0x1234_u32, GuestAddress(0x1000)).unwrap();
+        assert!(discard_range(
+            &m,
+            GuestAddress(0x1000),
+            2 * BALLOON_PAGE_SIZE
+        ));
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x2ffc)).unwrap(), 0);
+        // Pages outside the range keep the file's contents, and the region works on.
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),
+            0xaaaa_aaaa
+        );
+        m.write_obj(7_u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 7);
     }
 
     #[test]

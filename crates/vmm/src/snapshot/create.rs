@@ -10,13 +10,12 @@ use arch::GuestMemory;
 use devices::cmos::Cmos;
 use devices::i8042::I8042;
 use devices::serial::Serial;
+use devices::Persist;
 
 use super::output::{ensure_absent, publish};
 use super::state_file::{MachineState, VmSnapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 use super::vcpu_state::XSAVE_AREA_SIZE;
-use super::{
-    save_memory, write_state_file, CmosState, DeviceStates, SnapshotError, SnapshotReport, VmState,
-};
+use super::{save_memory, write_state_file, DeviceStates, SnapshotError, SnapshotReport, VmState};
 use crate::control::PauseGate;
 
 /// How long paused vCPU threads get to answer a snapshot request.
@@ -92,14 +91,10 @@ impl SnapshotSource {
         let vcpus =
             gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
         let vm = VmState::save(&self.vm, self.machine.pit)?;
-        let (index, nvram) = lock(&self.cmos).state();
         let devices = DeviceStates {
-            serial: lock(&self.serial).state().into(),
-            i8042: lock(&self.i8042).state().into(),
-            cmos: CmosState {
-                index,
-                nvram: nvram.to_vec(),
-            },
+            serial: lock(&self.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            cmos: lock(&self.cmos).save(),
             virtio: Vec::new(),
         };
         let mut snapshot = VmSnapshot {

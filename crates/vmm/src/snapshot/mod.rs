@@ -17,8 +17,8 @@ mod vcpu_state;
 mod vm_state;
 
 pub use create::SnapshotSource;
-pub use devices::{CmosState, DeviceStates};
-pub use memory::{load_memory, save_memory};
+pub use devices::DeviceStates;
+pub use memory::{restore_memory, save_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
 pub use saved_nic::{
     console_path, effective_mac, with_nic_macs, SavedForward, SavedNic, SavedNicMode,
 };
@@ -75,6 +75,11 @@ pub enum SnapshotError {
     Invalid(String),
     #[error("snapshot state file version {found} is not supported (this vessel reads version {SNAPSHOT_VERSION})")]
     Version { found: u32 },
+    #[error("memory file {path}: {reason}")]
+    MemoryFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("the memory file is {file} bytes but the snapshot's VM has {expected} bytes of RAM")]
     MemorySize { file: u64, expected: u64 },
     #[error("virtio function {slot}: {source}")]
@@ -83,9 +88,6 @@ pub enum SnapshotError {
         #[source]
         source: virtio::PersistError,
     },
-    #[error("invalid state for the {device}: {reason}")]
-    DeviceState {
-        device: &'static str,
-        reason: String,
-    },
+    #[error("invalid snapshot state file: {0}")]
+    LegacyDevice(#[from] ::devices::PersistError),
 }

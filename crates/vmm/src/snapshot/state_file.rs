@@ -246,8 +246,8 @@ pub fn read_state_file(path: &Path) -> Result<VmSnapshot, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::devices::{CmosState, KeyboardState, UartState};
     use crate::snapshot::vcpu_state::MsrValue;
+    use ::devices::Persist;
 
     fn vcpu() -> VcpuState {
         VcpuState {
@@ -294,29 +294,13 @@ mod tests {
             },
             vcpus: vec![vcpu(), vcpu()],
             devices: DeviceStates {
-                serial: UartState {
-                    baud_divisor_low: 12,
-                    baud_divisor_high: 0,
-                    interrupt_enable: 0,
-                    interrupt_identification: 1,
-                    line_control: 3,
-                    line_status: 0x60,
-                    modem_control: 8,
-                    modem_status: 0xb0,
-                    scratch: 0,
-                    in_buffer: vec![],
-                },
-                i8042: KeyboardState {
-                    status: 4,
-                    output: vec![],
-                    control: 1,
-                    outp: 1,
-                    pending_write: None,
-                },
-                cmos: CmosState {
-                    index: 0,
-                    nvram: vec![0; 128],
-                },
+                serial: ::devices::serial::Serial::new(
+                    vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                    Box::new(std::io::sink()),
+                )
+                .save(),
+                i8042: ::devices::i8042::I8042::new(::devices::VmExit::new().unwrap()).save(),
+                cmos: ::devices::cmos::Cmos::new(128 << 20, 0).save(),
                 virtio: vec![],
             },
         }
@@ -381,6 +365,30 @@ mod tests {
     }
 
     #[test]
+    fn legacy_device_states_are_versioned_and_unversioned_ones_are_read_as_version_1() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        for device in ["serial", "i8042", "cmos"] {
+            v["devices"][device]
+                .as_object_mut()
+                .unwrap()
+                .remove("version");
+        }
+        let back = parse_state(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back.devices, sample().devices);
+        for device in ["serial", "i8042", "cmos"] {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            v["devices"][device]["version"] = 9.into();
+            let err = parse_state(&serde_json::to_vec(&v).unwrap())
+                .map(|_| ())
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("state version 9 is not supported"),
+                "{device}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn damaged_structures_and_device_state_are_refused() {
         let text = String::from_utf8(encode(&sample())).unwrap();
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -390,7 +398,7 @@ mod tests {
         s.devices.serial.in_buffer = vec![0; 65];
         assert!(matches!(
             parse_state(&encode(&s)),
-            Err(SnapshotError::DeviceState { .. })
+            Err(SnapshotError::LegacyDevice(_))
         ));
         let mut s = sample();
         s.devices.cmos.nvram = vec![0; 127];
