@@ -389,6 +389,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         Ok(vmm::ExitReason::Reset) => "guest reset".to_string(),
         Ok(vmm::ExitReason::TripleFault) => "guest triple-faulted".to_string(),
         Ok(vmm::ExitReason::Stopped) => "stopped by the host".to_string(),
+        Ok(vmm::ExitReason::Migrated) => "migrated to another VMM".to_string(),
         Ok(vmm::ExitReason::DebugExit(c)) => format!("guest exited with debug-exit code {c}"),
         Ok(vmm::ExitReason::Fault(report)) => format!("guest fault:\n{report}"),
         Err(e) => format!("VMM error: {}", crate::run_cli::error_chain(e)),

@@ -48,6 +48,9 @@ pub enum ApiRequest {
     PutMmds(serde_json::Value),
     PatchMmds(serde_json::Value),
     PutMmdsConfig(mmds::MmdsConfig),
+    SendMigration(crate::migration_model::MigrationSendParams),
+    GetMigration,
+    CancelMigration,
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -101,6 +104,8 @@ pub enum ControlError {
     Patch(#[from] patch::PatchError),
     #[error("{0}")]
     Mmds(#[from] mmds::MmdsRequestError),
+    #[error("{0}")]
+    Migration(#[from] migration::MigrationRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -109,6 +114,7 @@ pub(crate) mod balloon;
 mod devices;
 pub(crate) mod logger;
 pub(crate) mod metrics;
+pub(crate) mod migration;
 pub(crate) mod mmds;
 mod patch;
 mod snapshot;
@@ -282,6 +288,9 @@ impl VmController {
             ApiRequest::PutMmds(data) => self.put_mmds(data),
             ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
             ApiRequest::PutMmdsConfig(config) => self.set_mmds_config(config),
+            ApiRequest::SendMigration(params) => self.send_migration(&params),
+            ApiRequest::GetMigration => migration::migration_status(self.backend.as_ref()),
+            ApiRequest::CancelMigration => migration::cancel_migration(self.backend.as_ref()),
         }
     }
 

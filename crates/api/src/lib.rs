@@ -29,6 +29,7 @@
 mod backend;
 pub mod balloon_model;
 mod controller;
+pub mod migration_model;
 pub mod model;
 mod root_device;
 mod routes;
@@ -47,6 +48,7 @@ pub use controller::{
     ApiReply, ApiRequest, ControlError, InstanceIdentity, VmController, MAX_DRIVES,
     MAX_NETWORK_INTERFACES,
 };
+pub use migration_model::{MigrationCancelParams, MigrationSendParams};
 pub use model::*;
 pub use root_device::{root_args, with_root_args};
 pub use routes::{parse_request, RouteError};

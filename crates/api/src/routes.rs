@@ -61,6 +61,7 @@ pub fn parse_request(
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Get)),
             ["balloon", "statistics"] => Ok(ApiRequest::Balloon(BalloonRequest::GetStatistics)),
             ["mmds"] => Ok(ApiRequest::GetMmds),
+            ["migration"] => Ok(ApiRequest::GetMigration),
             _ => Err(invalid()),
         },
         ("PUT", None) => Err(RouteError::EmptyPut),
@@ -80,6 +81,11 @@ pub fn parse_request(
                 body,
             )?)),
             ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
+            ["migration", "send"] => Ok(ApiRequest::SendMigration(parse_body(body)?)),
+            ["migration", "cancel"] => {
+                parse_body::<crate::migration_model::MigrationCancelParams>(body)?;
+                Ok(ApiRequest::CancelMigration)
+            }
             ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
             ["logger"] => Ok(ApiRequest::PutLogger(parse_body(body)?)),
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Put(parse_body(body)?))),

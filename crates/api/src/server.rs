@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::backend::VmmBackend;
 use crate::controller::metrics::METRICS_FLUSH_INTERVAL;
-use crate::controller::{ApiReply, InstanceIdentity, VmController};
+use crate::controller::{ApiReply, ApiRequest, InstanceIdentity, VmController};
 use crate::model::{FullVmConfig, InstanceState, VmConfigSnapshot};
 use crate::routes::parse_request;
 use crate::socket::{bind_api_socket, remove_api_socket, SocketError};
@@ -85,6 +85,9 @@ impl Default for ServerOptions {
 
 struct Shared {
     controller: Mutex<VmController>,
+    /// The controller's backend, for the requests answered while the controller is busy
+    /// (migration progress and cancellation during a send).
+    backend: Arc<dyn VmmBackend>,
     max_body_bytes: usize,
     read_timeout: Duration,
 }
@@ -173,12 +176,13 @@ pub fn serve(
         UnixListener::from_std(std_listener).map_err(|e| cleanup_on_error(ApiError::Listener(e)))?
     };
     let mut controller = match options.running {
-        Some(config) => VmController::running(options.identity, backend, config),
-        None => VmController::new(options.identity, backend),
+        Some(config) => VmController::running(options.identity, backend.clone(), config),
+        None => VmController::new(options.identity, backend.clone()),
     };
     controller.set_mmds_size_limit(options.mmds_size_limit);
     let shared = Arc::new(Shared {
         controller: Mutex::new(controller),
+        backend,
         max_body_bytes: options.max_body_bytes,
         read_timeout: options.read_timeout,
     });
@@ -302,8 +306,17 @@ async fn handle_request(
         Ok(api_request) => api_request,
         Err(err) => return Ok(fault(StatusCode::BAD_REQUEST, err.to_string())),
     };
-    let outcome =
-        tokio::task::spawn_blocking(move || shared.controller().handle(api_request)).await;
+    let outcome = tokio::task::spawn_blocking(move || match api_request {
+        // Answered while a migration holds the controller.
+        ApiRequest::GetMigration => {
+            crate::controller::migration::migration_status(shared.backend.as_ref())
+        }
+        ApiRequest::CancelMigration => {
+            crate::controller::migration::cancel_migration(shared.backend.as_ref())
+        }
+        other => shared.controller().handle(other),
+    })
+    .await;
     Ok(match outcome {
         Ok(Ok(ApiReply::NoContent)) => empty(StatusCode::NO_CONTENT),
         Ok(Ok(ApiReply::Json(body))) => json(StatusCode::OK, body),

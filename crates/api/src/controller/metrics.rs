@@ -137,6 +137,9 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
         ApiRequest::PutMmds(_) | ApiRequest::PutMmdsConfig(_) => put("mmds_count", "mmds_fails"),
         ApiRequest::PatchMmds(_) => patch("mmds_count", "mmds_fails"),
         ApiRequest::Balloon(request) => balloon_metric(request),
+        ApiRequest::SendMigration(_) | ApiRequest::GetMigration | ApiRequest::CancelMigration => {
+            None
+        }
     }
 }
 

@@ -231,7 +231,7 @@ pub fn read_state_file(path: &Path) -> Result<VmSnapshot, SnapshotError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::devices::{CmosState, KeyboardState, UartState};
     use crate::snapshot::vcpu_state::MsrValue;
@@ -253,7 +253,7 @@ mod tests {
         }
     }
 
-    fn sample() -> VmSnapshot {
+    pub(crate) fn sample() -> VmSnapshot {
         let chip = |chip_id| kvm_bindings::kvm_irqchip {
             chip_id,
             ..Default::default()
