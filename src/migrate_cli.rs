@@ -15,6 +15,7 @@ pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), 
         .destination_url
         .parse()
         .map_err(|e: migration::MigrationError| e.to_string())?;
+    let target = url.to_string();
     handle
         .migration()
         .send(SendOptions {
@@ -22,7 +23,16 @@ pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), 
             max_downtime_ms: params.max_downtime_ms,
             bandwidth_mib_s: params.bandwidth_mib_s,
         })
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| error_chain(&e))?;
+    let p = handle.migration().progress();
+    eprintln!(
+        "vessel: VM migrated to {target}: {} rounds, {:.1} MiB of memory sent, {} ms paused, {} ms in all",
+        p.rounds,
+        p.sent_bytes as f64 / f64::from(1 << 20),
+        p.downtime_ms.unwrap_or_default(),
+        p.total_ms.unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// The host side of a received VM: where its serial console goes, and the emulator

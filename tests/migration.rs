@@ -5,8 +5,9 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::api::ApiVmm as Vmm;
@@ -17,10 +18,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 const STEPS: u64 = 20;
 const DELAY: u64 = 100_000;
 
-/// `vessel run --incoming unix:SOCK` with its serial console in a file, killed when dropped.
+/// `vessel run --incoming URL` with its serial console in a file, killed when dropped.
 struct Receiver {
     child: Child,
-    socket: PathBuf,
+    stderr: BufReader<ChildStderr>,
+    url: String,
     serial: PathBuf,
 }
 
@@ -32,33 +34,35 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
+    /// A receiver on a unix socket in the output directory.
     fn spawn(name: &str) -> Receiver {
         let socket = out_dir().join(format!("{name}.migration"));
-        let serial = out_dir().join(format!("{name}-serial.log"));
         let _ = std::fs::remove_file(&socket);
+        Self::spawn_at(name, &format!("unix:{}", socket.display()))
+    }
+
+    /// A receiver listening at `url`, once it says it listens.
+    fn spawn_at(name: &str, url: &str) -> Receiver {
+        let serial = out_dir().join(format!("{name}-serial.log"));
         let _ = std::fs::remove_file(&serial);
-        let child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .arg("run")
-            .arg("--incoming")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--serial")
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["run", "--incoming", url, "--serial"])
             .arg(format!("file:{}", serial.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let receiver = Receiver {
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("waiting for a migration"), "{line}");
+        Receiver {
             child,
-            socket,
+            stderr,
+            url: url.to_string(),
             serial,
-        };
-        wait_for("the migration socket", || receiver.socket.exists());
-        receiver
-    }
-
-    fn url(&self) -> String {
-        format!("unix:{}", self.socket.display())
+        }
     }
 
     fn serial(&self) -> String {
@@ -76,8 +80,7 @@ impl Receiver {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut err = String::new();
-        use std::io::Read;
-        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        let _ = self.stderr.read_to_string(&mut err);
         (status.code(), err)
     }
 }
@@ -124,15 +127,31 @@ fn send(source: &mut Vmm, body: &str) -> (u16, String) {
 
 /// Migrates `source` to `receiver`; the call's time in ms. The source must exit 0.
 fn migrate(source: &mut Vmm, receiver: &Receiver) -> f64 {
-    let body = format!(r#"{{"destination_url": {:?}}}"#, receiver.url());
+    migrate_with(source, receiver, "").0
+}
+
+/// Migrates `source` to `receiver` with `extra` fields in the request; the call's time in
+/// ms and the source's stderr, which reports the migration. The source must exit 0.
+fn migrate_with(source: &mut Vmm, receiver: &Receiver, extra: &str) -> (f64, String) {
+    let body = format!(r#"{{"destination_url": {:?}{extra}}}"#, receiver.url);
     let started = Instant::now();
     let (code, reply) = send(source, &body);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(code, 204, "{reply}");
     let (status, err) = source.wait_exit(Duration::from_secs(30));
     assert_eq!(status, Some(0), "source stderr: {err}");
-    assert!(err.contains("migrated"), "{err}");
-    ms
+    assert!(err.contains("VM migrated to"), "{err}");
+    (ms, err)
+}
+
+/// The number before " rounds" in the source's report.
+fn rounds(report: &str) -> u32 {
+    report
+        .split(" rounds")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rounds in {report}"))
 }
 
 /// The receiver runs the guest to its end (debug-exit 21: status 43) without a restart;
@@ -246,6 +265,73 @@ fn a_failed_migration_leaves_the_source_running() {
     let (code, reply) = source.call("PUT", "/migration/cancel", "{}");
     assert_eq!(code, 400, "{reply}");
     // The guest counted on through all of it and finishes here.
+    let (status, err) = source.wait_exit(RUN_TIMEOUT);
+    let serial = source.serial();
+    assert_eq!(status, Some(43), "{err}\n{serial}");
+    assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+}
+
+/// With no downtime allowed, pre-copy goes round after round (up to its cap) while the
+/// guest counts and writes its memory; over TCP on the loopback. The count still goes on
+/// without a gap or a repeat.
+#[test]
+fn pre_copy_rounds_over_tcp_lose_nothing_the_guest_wrote() {
+    let mut source = Vmm::spawn("migration-tcp-source", &[]);
+    boot(&source, &counter_guest(), 256);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut receiver =
+        Receiver::spawn_at("migration-tcp-receiver", &format!("tcp:127.0.0.1:{port}"));
+    let (ms, report) = migrate_with(
+        &mut source,
+        &receiver,
+        r#", "max_downtime_ms": 0, "bandwidth_mib_s": 512"#,
+    );
+    assert!(rounds(&report) > 2, "{report}");
+    let before = source.serial();
+    finishes_the_count(&mut receiver, &before);
+    eprintln!("pre-copy migration of a 256 MiB guest over TCP: {ms:.1} ms; {report}");
+}
+
+/// A migration to a receiver that stops reading is cancelled: the call fails with
+/// "cancelled", `GET /migration` says so, and the guest counts on in the source.
+#[test]
+fn a_cancelled_migration_leaves_the_source_running() {
+    let mut source = Vmm::spawn("migration-cancel-source", &[]);
+    boot(&source, &counter_guest(), 256);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let socket = out_dir().join("migration-stuck.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let sock = source.sock.clone();
+    let body = format!(
+        r#"{{"destination_url": "unix:{}", "max_downtime_ms": 0}}"#,
+        socket.display()
+    );
+    let call =
+        std::thread::spawn(move || common::api::curl(&sock, "PUT", "/migration/send", Some(&body)));
+    // Accepted, and never read.
+    let (_stuck, _) = listener.accept().unwrap();
+    wait_for("the migration to be under way", || {
+        let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+        status.contains(r#""state":"sending""#) || status.contains(r#""state":"paused""#)
+    });
+    let (code, reply) = source.call("PUT", "/migration/cancel", "{}");
+    assert_eq!(code, 204, "{reply}");
+    let (code, reply) = call.join().unwrap();
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("cancelled"), "{reply}");
+    let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+    assert!(status.contains(r#""state":"cancelled""#), "{status}");
+    let _ = std::fs::remove_file(&socket);
     let (status, err) = source.wait_exit(RUN_TIMEOUT);
     let serial = source.serial();
     assert_eq!(status, Some(43), "{err}\n{serial}");

@@ -222,13 +222,21 @@ async fn accept_loop(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Told to the connections at shutdown: each finishes the request it is handling (its
+    // reply is written) and closes; idle ones close at once.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let drain = |slots: Arc<Semaphore>| async move {
+        let _ = stopping.send(true);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+    };
     let mut metrics_timer = tokio::time::interval_at(
         tokio::time::Instant::now() + METRICS_FLUSH_INTERVAL,
         METRICS_FLUSH_INTERVAL,
     );
     loop {
         let slot = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return drain(slots).await,
             _ = metrics_timer.tick() => {
                 shared.controller().flush_metrics_periodically();
                 continue;
@@ -239,7 +247,10 @@ async fn accept_loop(
             },
         };
         let stream = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                drop(slot);
+                return drain(slots).await;
+            }
             _ = metrics_timer.tick() => {
                 shared.controller().flush_metrics_periodically();
                 continue;
@@ -254,21 +265,34 @@ async fn accept_loop(
             },
         };
         let connection_shared = shared.clone();
+        let connection_stopping = stopping_rx.clone();
         tokio::spawn(async move {
-            serve_connection(stream, connection_shared).await;
+            serve_connection(stream, connection_shared, connection_stopping).await;
             drop(slot);
         });
     }
 }
 
-async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+async fn serve_connection(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let read_timeout = shared.read_timeout;
     let service = service_fn(move |request| handle_request(request, shared.clone()));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
     // A client that hangs up or sends garbage only ends its own connection.
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopping.wait_for(|s| *s) => {}
+    }
+    // The VMM is ending (a migrated VM's too): the request in progress still gets its
+    // reply, the connection then closes.
+    connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
 

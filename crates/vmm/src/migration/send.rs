@@ -51,9 +51,13 @@ struct MemoryWriter<'a> {
     bytes_per_s: Option<u64>,
 }
 
+/// A page of zeros to compare with (slice equality is one `memcmp`).
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
 fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+    ZERO_PAGE
+        .get(..page.len())
+        .is_some_and(|zeros| page == zeros)
 }
 
 impl MemoryWriter<'_> {
@@ -142,6 +146,28 @@ pub(crate) fn send(
     }
     let stream = Stream::connect(&opts.url)?;
     let answers = stream.try_clone().map_err(wire::WireError::from)?;
+    shared.set_connection(stream.try_clone().ok());
+    let result = send_on(handle, opts, shared, stream, answers);
+    shared.set_connection(None);
+    match result {
+        // A cancel shuts the connection down: whatever failed then, it was the cancel.
+        Err(e)
+            if shared.cancel.load(Ordering::Acquire)
+                && !matches!(e, MigrationError::Unconfirmed(_)) =>
+        {
+            Err(MigrationError::Cancelled)
+        }
+        other => other,
+    }
+}
+
+fn send_on(
+    handle: &VmHandle,
+    opts: &SendOptions,
+    shared: &Shared,
+    stream: Stream,
+    answers: Stream,
+) -> Result<(), MigrationError> {
     answers
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(wire::WireError::from)?;
@@ -155,7 +181,14 @@ pub(crate) fn send(
     let was_running = !handle.gate.is_paused();
     let outcome = copy_and_pause(handle, opts, &mut writer, answers, was_running);
     match outcome {
-        Ok(paused_at) => hand_over(handle, writer, paused_at, shared),
+        Ok(paused_at) if shared.begin_hand_over() => hand_over(handle, writer, paused_at, shared),
+        Ok((_, answers)) => {
+            super::receive::refuse(&mut { answers }, "cancelled");
+            if was_running {
+                handle.resume();
+            }
+            Err(MigrationError::Cancelled)
+        }
         Err((e, answers)) => {
             if let Some(mut answers) = answers {
                 super::receive::refuse(&mut answers, &e.to_string());
@@ -215,6 +248,7 @@ fn copy_and_pause(
     writer
         .shared
         .update(|p| p.state = super::MigrationState::Paused);
+    writer.shared.update(|p| p.rounds += 1);
     let captured = source.capture(handle.gate.as_ref(), &mut |mem| match (&log, &pending) {
         (Some(log), Some(earlier)) => {
             let mut maps = log.take()?;

@@ -23,6 +23,8 @@ pub enum MigrationState {
     Sending,
     /// The guest is paused; the rest and the state are being sent.
     Paused,
+    /// The receiver was told to resume; no cancelling any more.
+    HandingOver,
     /// The receiver runs the VM; this VMM ends.
     Completed,
     /// It failed; the VM goes on here.
@@ -58,11 +60,38 @@ pub struct MigrationProgress {
 pub(crate) struct Shared {
     progress: Mutex<MigrationProgress>,
     pub(crate) cancel: AtomicBool,
+    /// The migration's connection, shut down by a cancel so that a send blocked on a
+    /// receiver that stopped reading fails at once.
+    connection: Mutex<Option<super::Stream>>,
 }
 
 impl Shared {
     pub(crate) fn update(&self, f: impl FnOnce(&mut MigrationProgress)) {
         f(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Moves to `HandingOver` unless a cancel came first (then `false`).
+    pub(crate) fn begin_hand_over(&self) -> bool {
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if self.cancel.load(Ordering::Acquire) {
+            return false;
+        }
+        progress.state = MigrationState::HandingOver;
+        true
+    }
+
+    /// Remembers the connection of the migration in progress (`None` when it ends).
+    pub(crate) fn set_connection(&self, stream: Option<super::Stream>) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = stream;
+        if self.cancel.load(Ordering::Acquire) {
+            self.shut_down();
+        }
+    }
+
+    fn shut_down(&self) {
+        if let Some(s) = &*self.connection.lock().unwrap_or_else(|p| p.into_inner()) {
+            s.shutdown();
+        }
     }
 
     fn snapshot(&self) -> MigrationProgress {
@@ -107,7 +136,10 @@ impl MigrationControl {
                 .unwrap_or_else(|p| p.into_inner());
             if matches!(
                 progress.state,
-                MigrationState::Sending | MigrationState::Paused | MigrationState::Completed
+                MigrationState::Sending
+                    | MigrationState::Paused
+                    | MigrationState::HandingOver
+                    | MigrationState::Completed
             ) {
                 return Err(MigrationError::InProgress);
             }
@@ -144,12 +176,23 @@ impl MigrationControl {
 
     /// Asks a running migration to stop (before the hand-over); whether one was running.
     pub fn cancel(&self) -> bool {
-        let running = matches!(
-            self.shared.snapshot().state,
-            MigrationState::Sending | MigrationState::Paused
-        );
+        let running = {
+            let progress = self
+                .shared
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let running = matches!(
+                progress.state,
+                MigrationState::Sending | MigrationState::Paused
+            );
+            if running {
+                self.shared.cancel.store(true, Ordering::Release);
+            }
+            running
+        };
         if running {
-            self.shared.cancel.store(true, Ordering::Release);
+            self.shared.shut_down();
         }
         running
     }

@@ -171,3 +171,18 @@ fn the_senders_error_is_reported() {
     let err = failure(run(&out));
     assert!(err.to_string().contains("cancelled"), "{err}");
 }
+
+/// Writes the fuzz target's seeds (`fuzz/corpus/migration_stream/`): run with
+/// `VESSEL_FUZZ_SEED_DIR=fuzz/corpus/migration_stream cargo test -p vmm write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("VESSEL_FUZZ_SEED_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = good_stream(&[(0x1000, &[0x90; 64]), (0x10_0000, &[1, 2, 3, 4])]);
+    std::fs::write(dir.join("two-chunks"), &good).unwrap();
+    std::fs::write(dir.join("no-memory"), good_stream(&[])).unwrap();
+}
