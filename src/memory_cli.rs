@@ -33,9 +33,20 @@ fn api_call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String)> {
+    api_call_waiting(socket, method, path, body, Duration::from_secs(30))
+}
+
+/// One request on the VM's API socket, its answer awaited at most `timeout`.
+pub(crate) fn api_call_waiting(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the VMM's API socket {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(timeout))?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -63,7 +74,7 @@ fn api_call(
 }
 
 /// The API's `fault_message`, or the body.
-fn fault(body: &str) -> String {
+pub(crate) fn fault(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["fault_message"].as_str().map(str::to_string))

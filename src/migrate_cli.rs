@@ -26,7 +26,7 @@ pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), 
         .map_err(|e| error_chain(&e))?;
     let p = handle.migration().progress();
     eprintln!(
-        "vessel: VM migrated to {target}: {} rounds, {:.1} MiB of memory sent, {} ms paused, {} ms in all",
+        "vessel: VM migrated to {target}: {} rounds, {:.2} MiB of memory sent, {} ms paused, {} ms in all",
         p.rounds,
         p.sent_bytes as f64 / f64::from(1 << 20),
         p.downtime_ms.unwrap_or_default(),
@@ -145,4 +145,81 @@ pub fn incoming(url: &str, serial: SerialMode, emulator_fixups: vmm::EmulatorFix
             EXIT_HOST_ERROR
         }
     }
+}
+
+/// `vessel migrate NAME --to URL`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The running VM.
+    name: String,
+    /// Where the receiver listens: unix:PATH or tcp:HOST:PORT (an IP address; trusted
+    /// networks only).
+    #[arg(long)]
+    to: String,
+    /// The pause the guest may see, in ms.
+    #[arg(long, default_value_t = 300)]
+    max_downtime_ms: u64,
+    /// At most this many MiB/s of guest memory.
+    #[arg(long)]
+    bandwidth_mib_s: Option<u64>,
+}
+
+/// Asks the VM's VMM (over its API socket) to migrate, showing progress until it is done.
+pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Result<i32> {
+    use crate::memory_cli::{api_call_waiting, fault};
+    use std::time::Duration;
+    let vm = state.vm(&args.name)?;
+    if !matches!(vm.state()?, crate::state::VmState::Running { .. }) {
+        return Err(crate::exit::usage(format!(
+            "VM '{}' is not running",
+            args.name
+        )));
+    }
+    if let Err(e) = args.to.parse::<MigrationUrl>() {
+        return Err(crate::exit::usage(e.to_string()));
+    }
+    let socket = vm.path(crate::state::API_SOCKET);
+    let mut body = serde_json::json!({
+        "destination_url": args.to,
+        "max_downtime_ms": args.max_downtime_ms,
+    });
+    if let Some(rate) = args.bandwidth_mib_s {
+        body["bandwidth_mib_s"] = rate.into();
+    }
+    let send_socket = socket.clone();
+    let sending = std::thread::spawn(move || {
+        api_call_waiting(
+            &send_socket,
+            "PUT",
+            "/migration/send",
+            Some(&body),
+            Duration::from_secs(24 * 3600),
+        )
+    });
+    while !sending.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok((200, status)) =
+            api_call_waiting(&socket, "GET", "/migration", None, Duration::from_secs(5))
+        {
+            let p: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            eprint!(
+                "\rvessel: migrating '{}': {} round {}, {:.1} MiB sent, {} pages dirty, ~{} ms pause   ",
+                args.name,
+                p["state"].as_str().unwrap_or("?"),
+                p["rounds"],
+                p["sent_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20),
+                p["dirty_pages"],
+                p["expected_downtime_ms"],
+            );
+        }
+    }
+    eprintln!();
+    let (status, reply) = sending
+        .join()
+        .map_err(|_| anyhow::anyhow!("the migration request failed"))??;
+    if status != 204 {
+        anyhow::bail!("migration failed: {}", fault(&reply));
+    }
+    eprintln!("vessel: VM '{}' migrated to {}", args.name, args.to);
+    Ok(0)
 }

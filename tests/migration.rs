@@ -337,3 +337,33 @@ fn a_cancelled_migration_leaves_the_source_running() {
     assert_eq!(status, Some(43), "{err}\n{serial}");
     assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
 }
+
+/// `vessel migrate NAME --to URL` moves a background VM (`vessel start`) to a receiver,
+/// showing progress; the VM's count goes on there.
+#[test]
+fn vessel_migrate_moves_a_background_vm() {
+    let st = common::state_dir::TestState::new("migrate-cli");
+    let file = out_dir().join("migrant.vm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"migrant\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY}\"\n",
+            counter_guest()
+        ),
+    )
+    .unwrap();
+    st.ok(&["create", "migrant", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "migrant"]);
+    let serial =
+        || std::fs::read_to_string(st.0.join("migrant").join("serial.log")).unwrap_or_default();
+    wait_for("the guest to count to 3", || counts(&serial()).len() >= 3);
+    let mut receiver = Receiver::spawn("migration-cli-receiver");
+    let run = st.vessel(&["migrate", "migrant", "--to", &receiver.url]);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("migrated to"), "{}", run.stderr);
+    let before = serial();
+    finishes_the_count(&mut receiver, &before);
+    // Refused: a VM that does not exist.
+    let run = st.vessel(&["migrate", "nosuchvm", "--to", &receiver.url]);
+    assert_ne!(run.status, Some(0), "{}", run.stderr);
+}
