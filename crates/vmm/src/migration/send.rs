@@ -225,10 +225,9 @@ fn copy_and_pause(
     {
         return Err(fail(e.into(), answers));
     }
-    // Pre-copy needs every write to guest memory logged; vessel's device models write it
-    // without KVM seeing (used rings, buffers), so VMs with virtio devices are copied
-    // while paused.
-    let precopy = was_running && source.virtio.is_empty();
+    // Pre-copy while the guest runs; KVM logs the vCPUs' writes, `dirty_log` the device
+    // models' and the emulator's. A paused VM is copied as it is.
+    let precopy = was_running;
     let log = if precopy {
         match DirtyLog::start(&source.vm, &source.mem) {
             Ok(log) => Some(log),
@@ -294,6 +293,10 @@ fn precopy_rounds(
     for round in 2..=MAX_ROUNDS + 1 {
         let maps = log.take()?;
         let dirty_bytes = dirty::count(&maps) * PAGE_SIZE;
+        tracing::debug!(
+            "pre-copy round {round}: {} dirty pages",
+            dirty_bytes / PAGE_SIZE
+        );
         let expected_ms = (dirty_bytes as f64 / writer.bandwidth() * 1000.0) as u64;
         writer.shared.update(|p| {
             p.dirty_pages = dirty_bytes / PAGE_SIZE;
