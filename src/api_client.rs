@@ -18,7 +18,19 @@ pub fn api_call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String)> {
-    api_call_with_fd(socket, method, path, body, None)
+    api_call_waiting(socket, method, path, body, Duration::from_secs(30))
+}
+
+/// [`api_call`], its answer awaited at most `timeout` (a migration's call lasts as long as
+/// the copy).
+pub fn api_call_waiting(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    call(socket, method, path, body, None, timeout)
 }
 
 /// [`api_call`], with `fd` sent along with the request's bytes.
@@ -29,9 +41,20 @@ pub fn api_call_with_fd(
     body: Option<&Value>,
     fd: Option<BorrowedFd<'_>>,
 ) -> Result<(u16, String)> {
+    call(socket, method, path, body, fd, Duration::from_secs(30))
+}
+
+fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    fd: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the VMM's API socket {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(timeout))?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");

@@ -350,6 +350,18 @@ impl VmmBackend for Backend {
         Ok(machine)
     }
 
+    fn send_migration(&self, params: &api::MigrationSendParams) -> Result<(), String> {
+        crate::migrate_cli::send(&self.handle()?, params)
+    }
+
+    fn migration_status(&self) -> Result<serde_json::Value, String> {
+        serde_json::to_value(self.handle()?.migration().progress()).map_err(|e| e.to_string())
+    }
+
+    fn cancel_migration(&self) -> Result<bool, String> {
+        Ok(self.handle()?.migration().cancel())
+    }
+
     fn send_ctrl_alt_del(&self) -> Result<(), String> {
         self.handle()?.send_ctrl_alt_del();
         Ok(())

@@ -20,6 +20,7 @@ mod jail_cli;
 mod logging;
 mod manage_cli;
 mod memory_cli;
+mod migrate_cli;
 mod ova;
 mod project_cli;
 mod provision_cli;

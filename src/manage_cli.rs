@@ -78,6 +78,9 @@ pub enum ManageCommand {
     },
     /// Show or set a running VM's memory through its balloon ([balloon] in its definition).
     Memory(crate::memory_cli::MemoryArgs),
+    /// Live-migrate a running VM to a receiver (`vessel run --incoming URL`), progress on
+    /// stderr (docs/migration.md).
+    Migrate(crate::migrate_cli::MigrateArgs),
     /// Attach to a running VM's serial console (Ctrl-] detaches).
     Console {
         /// The running VM whose console to attach to.
@@ -185,6 +188,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Inspect { name, json } => crate::vm_list::inspect(&state, &name, json),
         ManageCommand::Console { name } => console(&state, &name),
         ManageCommand::Memory(args) => crate::memory_cli::memory(&state, args),
+        ManageCommand::Migrate(args) => crate::migrate_cli::migrate(&state, args),
         ManageCommand::Ssh(args) => crate::ssh_cli::ssh(&state, args),
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
@@ -389,6 +393,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         Ok(vmm::ExitReason::Reset) => "guest reset".to_string(),
         Ok(vmm::ExitReason::TripleFault) => "guest triple-faulted".to_string(),
         Ok(vmm::ExitReason::Stopped) => "stopped by the host".to_string(),
+        Ok(vmm::ExitReason::Migrated) => "migrated to another VMM".to_string(),
         Ok(vmm::ExitReason::DebugExit(c)) => format!("guest exited with debug-exit code {c}"),
         Ok(vmm::ExitReason::Fault(report)) => format!("guest fault:\n{report}"),
         Err(e) => format!("VMM error: {}", crate::run_cli::error_chain(e)),

@@ -15,7 +15,7 @@ pub const EXIT_HOST_ERROR: i32 = crate::exit::HOST_ERROR;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Guest kernel: bzImage, ELF vmlinux (PVH when it carries the note) or multiboot ELF32.
-    #[arg(long, required_unless_present_any = ["api_sock", "image"])]
+    #[arg(long, required_unless_present_any = ["api_sock", "image", "incoming"])]
     kernel: Option<PathBuf>,
     /// Boot a disk image's own kernel, initrd and command line (an image in the store, or a
     /// raw/qcow2/vdi/vhd/vmdk/vhdx file), on a throw-away overlay that is the first disk.
@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// (--memory, --cpus, --cmdline, --pit, --disk, --nic...) are refused with it.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail"])]
     api_sock: Option<PathBuf>,
+    /// Wait for a VM migrated from another vessel (`PUT /migration/send`) on unix:PATH or
+    /// tcp:HOST:PORT, then run it (docs/migration.md). The VM's shape and devices come from
+    /// the stream: the flags that configure a VM are refused with it.
+    #[arg(long, conflicts_with_all = ["kernel", "image", "api_sock", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail", "console2"])]
+    incoming: Option<String>,
     /// With --api-sock: the largest MMDS document `PUT/PATCH /mmds` accept, in bytes of
     /// its JSON (Firecracker's --mmds-size-limit).
     #[arg(long, requires = "api_sock", default_value_t = mmds::DEFAULT_SIZE_LIMIT)]
@@ -277,6 +282,9 @@ pub fn run(args: RunArgs) -> i32 {
         eprintln!("vessel: error: {e:#}");
         return EXIT_USAGE;
     }
+    if let Some(url) = &args.incoming {
+        return crate::migrate_cli::incoming(url, args.serial, args.emulator_fixups);
+    }
     if let Some(socket) = args.api_sock {
         return crate::api_mode::run(
             socket,
@@ -394,6 +402,7 @@ pub fn report_end(reason: &ExitReason) -> i32 {
             eprintln!("vessel: guest fault, VM stopped:\n{}", report.trim_end())
         }
         ExitReason::Stopped => eprintln!("vessel: VM stopped by signal"),
+        ExitReason::Migrated => eprintln!("vessel: VM migrated; it runs on the receiver now"),
         _ => {}
     }
     reason.exit_code()

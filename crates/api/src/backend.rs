@@ -86,6 +86,26 @@ pub trait VmmBackend: Send + Sync {
         Err("This VMM does not support snapshots.".to_string())
     }
 
+    /// Migrates the running VM to the receiver at `params.destination_url`; returns once
+    /// the receiver runs it (this VMM then ends) or with the reason it failed (the VM goes
+    /// on here unless the error says otherwise).
+    fn send_migration(&self, params: &crate::MigrationSendParams) -> Result<(), String> {
+        let _ = params;
+        Err("This VMM does not support live migration.".to_string())
+    }
+
+    /// Where the last migration stands (`GET /migration`), as JSON. Called without
+    /// waiting for a migration in progress.
+    fn migration_status(&self) -> Result<serde_json::Value, String> {
+        Err("This VMM does not support live migration.".to_string())
+    }
+
+    /// Cancels a migration in progress (`PUT /migration/cancel`); whether one was.
+    /// Called without waiting for the migration.
+    fn cancel_migration(&self) -> Result<bool, String> {
+        Err("This VMM does not support live migration.".to_string())
+    }
+
     /// The running VM's balloon as `GET /balloon` shows it.
     fn balloon_config(&self) -> Result<crate::Balloon, String> {
         Err("No balloon device found.".to_string())

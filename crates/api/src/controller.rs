@@ -49,6 +49,9 @@ pub enum ApiRequest {
     PatchMmds(serde_json::Value),
     PutMmdsConfig(mmds::MmdsConfig),
     Forward(forwards::ForwardRequest),
+    SendMigration(crate::migration_model::MigrationSendParams),
+    GetMigration,
+    CancelMigration,
 }
 
 /// A successful answer: `204 No Content`, or `200 OK` with a JSON body.
@@ -104,6 +107,8 @@ pub enum ControlError {
     Mmds(#[from] mmds::MmdsRequestError),
     #[error("{0}")]
     Forward(#[from] forwards::ForwardRequestError),
+    #[error("{0}")]
+    Migration(#[from] migration::MigrationRequestError),
     #[error("Failed to encode the response: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -113,6 +118,7 @@ mod devices;
 pub(crate) mod forwards;
 pub(crate) mod logger;
 pub(crate) mod metrics;
+pub(crate) mod migration;
 pub(crate) mod mmds;
 mod output_file;
 mod patch;
@@ -288,6 +294,9 @@ impl VmController {
             ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
             ApiRequest::PutMmdsConfig(config) => self.set_mmds_config(config),
             ApiRequest::Forward(request) => self.forward_request(request, None),
+            ApiRequest::SendMigration(params) => self.send_migration(&params),
+            ApiRequest::GetMigration => migration::migration_status(self.backend.as_ref()),
+            ApiRequest::CancelMigration => migration::cancel_migration(self.backend.as_ref()),
         }
     }
 

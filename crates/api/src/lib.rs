@@ -31,6 +31,7 @@ pub mod balloon_model;
 mod controller;
 mod fd_stream;
 pub mod forward_model;
+pub mod migration_model;
 pub mod model;
 mod root_device;
 mod routes;
@@ -52,6 +53,7 @@ pub use controller::{
 };
 pub use fd_stream::send_with_fd;
 pub use forward_model::{ForwardProtocol, LivePortForward, PortForward};
+pub use migration_model::{MigrationCancelParams, MigrationSendParams};
 pub use model::*;
 pub use root_device::{root_args, with_root_args};
 pub use routes::{parse_request, RouteError};

@@ -70,6 +70,7 @@ pub fn parse_request(
                     iface_id: id.to_string(),
                 }))
             }
+            ["migration"] => Ok(ApiRequest::GetMigration),
             _ => Err(invalid()),
         },
         ("PUT", None) => Err(RouteError::EmptyPut),
@@ -89,6 +90,11 @@ pub fn parse_request(
                 body,
             )?)),
             ["vsock"] => Ok(ApiRequest::PutVsock(parse_body::<Vsock>(body)?)),
+            ["migration", "send"] => Ok(ApiRequest::SendMigration(parse_body(body)?)),
+            ["migration", "cancel"] => {
+                parse_body::<crate::migration_model::MigrationCancelParams>(body)?;
+                Ok(ApiRequest::CancelMigration)
+            }
             ["metrics"] => Ok(ApiRequest::PutMetrics(parse_body(body)?)),
             ["logger"] => Ok(ApiRequest::PutLogger(parse_body(body)?)),
             ["balloon"] => Ok(ApiRequest::Balloon(BalloonRequest::Put(parse_body(body)?))),

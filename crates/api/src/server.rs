@@ -87,6 +87,9 @@ impl Default for ServerOptions {
 
 struct Shared {
     controller: Mutex<VmController>,
+    /// The controller's backend, for the requests answered while the controller is busy
+    /// (migration progress and cancellation during a send).
+    backend: Arc<dyn VmmBackend>,
     max_body_bytes: usize,
     read_timeout: Duration,
 }
@@ -175,12 +178,13 @@ pub fn serve(
         UnixListener::from_std(std_listener).map_err(|e| cleanup_on_error(ApiError::Listener(e)))?
     };
     let mut controller = match options.running {
-        Some(config) => VmController::running(options.identity, backend, config),
-        None => VmController::new(options.identity, backend),
+        Some(config) => VmController::running(options.identity, backend.clone(), config),
+        None => VmController::new(options.identity, backend.clone()),
     };
     controller.set_mmds_size_limit(options.mmds_size_limit);
     let shared = Arc::new(Shared {
         controller: Mutex::new(controller),
+        backend,
         max_body_bytes: options.max_body_bytes,
         read_timeout: options.read_timeout,
     });
@@ -220,13 +224,21 @@ async fn accept_loop(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Told to the connections at shutdown: each finishes the request it is handling (its
+    // reply is written) and closes; idle ones close at once.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let drain = |slots: Arc<Semaphore>| async move {
+        let _ = stopping.send(true);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+    };
     let mut metrics_timer = tokio::time::interval_at(
         tokio::time::Instant::now() + METRICS_FLUSH_INTERVAL,
         METRICS_FLUSH_INTERVAL,
     );
     loop {
         let slot = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return drain(slots).await,
             _ = metrics_timer.tick() => {
                 shared.controller().flush_metrics_periodically();
                 continue;
@@ -237,7 +249,10 @@ async fn accept_loop(
             },
         };
         let stream = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                drop(slot);
+                return drain(slots).await;
+            }
             _ = metrics_timer.tick() => {
                 shared.controller().flush_metrics_periodically();
                 continue;
@@ -252,14 +267,19 @@ async fn accept_loop(
             },
         };
         let connection_shared = shared.clone();
+        let connection_stopping = stopping_rx.clone();
         tokio::spawn(async move {
-            serve_connection(stream, connection_shared).await;
+            serve_connection(stream, connection_shared, connection_stopping).await;
             drop(slot);
         });
     }
 }
 
-async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+async fn serve_connection(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let read_timeout = shared.read_timeout;
     let (stream, fds) = FdStream::new(stream);
     let service =
@@ -268,7 +288,15 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
     // A client that hangs up or sends garbage only ends its own connection.
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopping.wait_for(|s| *s) => {}
+    }
+    // The VMM is ending (a migrated VM's too): the request in progress still gets its
+    // reply, the connection then closes.
+    connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
 
@@ -311,6 +339,13 @@ async fn handle_request(
     };
     let outcome = tokio::task::spawn_blocking(move || match api_request {
         ApiRequest::Forward(request) => shared.controller().forward_request(request, passed),
+        // Answered while a migration holds the controller.
+        ApiRequest::GetMigration => {
+            crate::controller::migration::migration_status(shared.backend.as_ref())
+        }
+        ApiRequest::CancelMigration => {
+            crate::controller::migration::cancel_migration(shared.backend.as_ref())
+        }
         other => shared.controller().handle(other),
     })
     .await;

@@ -151,6 +151,10 @@ pub const KVM_IRQFD: u32 = 0x4020_ae76;
 pub const KVM_IOEVENTFD: u32 = 0x4040_ae79;
 pub const KVM_GET_CLOCK: u32 = 0x8030_ae7c;
 pub const KVM_GET_PIT2: u32 = 0x8070_ae9f;
+/// _IOW(KVMIO, 0x46, struct kvm_userspace_memory_region): dirty logging on and off.
+pub const KVM_SET_USER_MEMORY_REGION: u32 = 0x4020_ae46;
+/// _IOW(KVMIO, 0x42, struct kvm_dirty_log).
+pub const KVM_GET_DIRTY_LOG: u32 = 0x4010_ae42;
 /// The tap's offload flags, set when the guest acks virtio-net features.
 pub const TUNSETOFFLOAD: u32 = 0x4004_54d0;
 /// Whether stdin is a terminal (the console).
@@ -205,6 +209,15 @@ const IO_VSOCK_IOCTLS: &[u32] = &[KVM_IRQ_LINE, KVM_IRQFD, TUNSETOFFLOAD, FIONBI
 
 /// VM-wide state a snapshot saves from the API thread.
 const API_IOCTLS: &[u32] = &[KVM_GET_CLOCK, KVM_GET_PIT2, KVM_GET_IRQCHIP, KVM_IRQ_LINE];
+
+/// Live migration: the VM-wide state a snapshot saves, and KVM's dirty page log.
+const MIGRATION_IOCTLS: &[u32] = &[
+    KVM_GET_CLOCK,
+    KVM_GET_PIT2,
+    KVM_GET_IRQCHIP,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_GET_DIRTY_LOG,
+];
 
 /// The allow-list of `role`.
 pub fn allow_list(role: Role) -> AllowList {
@@ -313,6 +326,26 @@ pub fn allow_list(role: Role) -> AllowList {
             ],
             API_IOCTLS,
         ),
+        // Live migration: connecting to the receiver (unix or TCP stream socket, IP
+        // literals: no name lookup), the stream, pausing and kicking the vCPUs.
+        Role::Migration => (
+            vec![
+                BLOCK_IO,
+                &[
+                    libc::SYS_socket,
+                    libc::SYS_connect,
+                    libc::SYS_sendto,
+                    libc::SYS_recvfrom,
+                    libc::SYS_setsockopt,
+                    libc::SYS_getsockopt,
+                    libc::SYS_shutdown,
+                    libc::SYS_fcntl,
+                    libc::SYS_poll,
+                    libc::SYS_tgkill,
+                ],
+            ],
+            MIGRATION_IOCTLS,
+        ),
         // The vhost-user server: frontend messages (with fds), guest memory maps, one
         // worker thread per connection.
         Role::VhostUserMain => (
@@ -370,7 +403,7 @@ mod tests {
     fn no_role_may_exec_fork_or_open_sockets() {
         for role in Role::ALL {
             let list = allow_list(role);
-            let sockets_allowed = role == Role::IoVsock;
+            let sockets_allowed = matches!(role, Role::IoVsock | Role::Migration);
             for forbidden in [
                 libc::SYS_execve,
                 libc::SYS_execveat,

@@ -21,6 +21,9 @@ pub enum Role {
     Main,
     /// The REST API server (and its blocking pool).
     Api,
+    /// Sends the VM to another VMM (live migration): connects to it, reads guest memory
+    /// and KVM's dirty log.
+    Migration,
     /// `vessel vhost-user-*`: the thread serving the frontend's messages.
     VhostUserMain,
     /// `vessel vhost-user-*`: the data path of a connection.
@@ -28,12 +31,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Vcpu,
         Role::Io,
         Role::IoVsock,
         Role::Main,
         Role::Api,
+        Role::Migration,
         Role::VhostUserMain,
         Role::VhostUserWorker,
     ];
@@ -45,6 +49,7 @@ impl Role {
             Role::Io | Role::IoVsock => "I/O",
             Role::Main => "main",
             Role::Api => "API",
+            Role::Migration => "migration",
             Role::VhostUserMain => "vhost-user server",
             Role::VhostUserWorker => "vhost-user worker",
         }

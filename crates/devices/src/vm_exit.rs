@@ -20,6 +20,8 @@ pub enum ExitReason {
     Stopped,
     /// A vCPU hit something vessel cannot handle; the text is the diagnostic.
     Fault(String),
+    /// The VM was migrated to another VMM, which runs it now.
+    Migrated,
 }
 
 impl ExitReason {
@@ -29,7 +31,8 @@ impl ExitReason {
             ExitReason::PowerOff
             | ExitReason::Reset
             | ExitReason::TripleFault
-            | ExitReason::Stopped => 0,
+            | ExitReason::Stopped
+            | ExitReason::Migrated => 0,
             ExitReason::DebugExit(code) => ((code.wrapping_shl(1)) | 1) as i32 & 0xff,
             ExitReason::Fault(_) => FAULT_EXIT_CODE,
         }

@@ -197,7 +197,8 @@ impl<'a> ChainWriter<'a> {
         if self.remaining() < len as u64 {
             return None;
         }
-        let ptr = host_range(self.mem, self.cursor.contiguous()?, len, align)?;
+        let addr = self.cursor.contiguous()?;
+        let ptr = host_range(self.mem, addr, len, align)?;
         // SAFETY: `host_range` checked that `len` bytes at `ptr` lie inside one mapped
         // guest memory region, which stays mapped while `self.mem` is borrowed, and no
         // other reference to guest memory is held by the VMM meanwhile (all other accesses
@@ -205,6 +206,8 @@ impl<'a> ChainWriter<'a> {
         // concurrently, as it could during a real device's DMA; any u8 value is valid.
         let buf = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
         let result = fill(buf);
+        // Logged even when `fill` failed part-way: it may have written some of the bytes.
+        dirty_log::mark(addr.0, len as u64);
         if result.is_ok() {
             self.cursor.advance(len);
             self.written += len as u64;
@@ -221,6 +224,7 @@ impl<'a> ChainWriter<'a> {
                 .next_piece(buf.len() - done)
                 .ok_or(ChainIoError::Short)?;
             self.mem.write_slice(&buf[done..done + n], addr)?;
+            dirty_log::mark(addr.0, n as u64);
             done += n;
             self.written += n as u64;
         }

@@ -306,9 +306,12 @@ impl Queue {
         let mut elem = [0u8; 8];
         elem[0..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..8].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&elem, self.used_addr(4 + 8 * slot))?;
+        let elem_addr = self.used_addr(4 + 8 * slot);
+        mem.write_slice(&elem, elem_addr)?;
+        dirty_log::mark(elem_addr.0, 8);
         self.next_used = self.next_used.wrapping_add(1);
         mem.store(self.next_used, self.used_addr(2), Ordering::Release)?;
+        dirty_log::mark(self.used_addr(2).0, 2);
         Ok(())
     }
 
@@ -341,6 +344,7 @@ impl Queue {
         if self.event_idx {
             let avail_event = self.used_addr(4 + 8 * u64::from(self.layout.size));
             mem.store(self.next_avail, avail_event, Ordering::Release)?;
+            dirty_log::mark(avail_event.0, 2);
         }
         fence(Ordering::SeqCst);
         Ok(self.pending(mem)? != 0)

@@ -54,6 +54,11 @@ impl PauseGate {
         }
     }
 
+    /// Whether the vCPUs are told to stay paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).paused
+    }
+
     fn set(&self, value: bool) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).paused = value;
         self.changed.notify_all();
@@ -115,6 +120,8 @@ pub struct VmHandle {
     pub(crate) devices: Arc<crate::device_control::DeviceControls>,
     /// The virtio-balloon, when the VM has one.
     pub(crate) balloon: Option<crate::BalloonControl>,
+    /// Live migration of this VM to another VMM.
+    pub(crate) migration: Arc<crate::migration::MigrationControl>,
 }
 
 impl VmHandle {
@@ -151,6 +158,11 @@ impl VmHandle {
         mem_path: &std::path::Path,
     ) -> Result<crate::snapshot::SnapshotReport, crate::snapshot::SnapshotError> {
         self.snapshot.create(&self.gate, state_path, mem_path)
+    }
+
+    /// Live migration of this VM (send, progress, cancel).
+    pub fn migration(&self) -> &crate::migration::MigrationControl {
+        &self.migration
     }
 
     /// The VM's balloon, if it has one.

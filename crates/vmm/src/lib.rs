@@ -17,6 +17,7 @@ mod io_thread;
 mod irq_routing;
 mod kick;
 mod kvm_vcpu;
+pub mod migration;
 mod pci_devices;
 pub mod shared_memory;
 pub mod shares;

@@ -162,6 +162,17 @@ pub struct Vm {
     vsock_uds: Option<std::path::PathBuf>,
     /// The shares' virtiofsd processes, stopped when the VM ends.
     shares: crate::shares::ShareDaemons,
+    /// Called once the vCPU threads run (a migration receiver confirms the resume).
+    on_started: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Where a restored VM's RAM comes from.
+#[derive(Clone, Copy)]
+enum RestoreMemory<'a> {
+    /// A snapshot's memory file, read into fresh RAM.
+    File(&'a std::path::Path),
+    /// RAM already filled (by a migration stream), laid out for the snapshot's machine.
+    Filled(&'a GuestMemory),
 }
 
 impl Vm {
@@ -177,6 +188,31 @@ impl Vm {
         cfg: &VmConfig,
         snapshot: &crate::snapshot::VmSnapshot,
         mem_file: &std::path::Path,
+    ) -> Result<Self, VmError> {
+        Self::restore_from(cfg, snapshot, RestoreMemory::File(mem_file))
+    }
+
+    /// Recreate a VM received by live migration: its state and its RAM, already filled.
+    pub fn restore_received(
+        cfg: &VmConfig,
+        received: &crate::migration::Received,
+    ) -> Result<Self, VmError> {
+        Self::restore_from(
+            cfg,
+            &received.snapshot,
+            RestoreMemory::Filled(&received.mem),
+        )
+    }
+
+    /// Runs `f` once the VM's vCPU threads have started.
+    pub fn on_started(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.on_started = Some(f);
+    }
+
+    fn restore_from(
+        cfg: &VmConfig,
+        snapshot: &crate::snapshot::VmSnapshot,
+        memory: RestoreMemory<'_>,
     ) -> Result<Self, VmError> {
         snapshot.check_disk_files()?;
         let mut disks = Vec::new();
@@ -228,12 +264,12 @@ impl Vm {
             mmds: None,
             ..cfg.clone()
         };
-        Self::build(&cfg, Some((snapshot, mem_file)))
+        Self::build(&cfg, Some((snapshot, memory)))
     }
 
     fn build(
         cfg: &VmConfig,
-        restore: Option<(&crate::snapshot::VmSnapshot, &std::path::Path)>,
+        restore: Option<(&crate::snapshot::VmSnapshot, RestoreMemory<'_>)>,
     ) -> Result<Self, VmError> {
         // Each NIC's MAC is chosen once: the device and the snapshot's record share it.
         let cfg = &crate::snapshot::with_nic_macs(cfg);
@@ -319,9 +355,13 @@ impl Vm {
             .map(|&(a, s)| (vm_memory::GuestAddress(a), s as usize))
             .collect();
         let mem = match restore {
+            // Laid out by the receiver from the same machine (`RamLayout` of its size).
+            Some((_, RestoreMemory::Filled(mem))) => mem.clone(),
             // The snapshot's memory file, mapped copy-on-write (a VM with shares is never
             // snapshotted).
-            Some((_, mem_file)) => crate::snapshot::restore_memory(&ranges, mem_file)?.0,
+            Some((_, RestoreMemory::File(mem_file))) => {
+                crate::snapshot::restore_memory(&ranges, mem_file)?.0
+            }
             None if cfg.shares.is_empty() => {
                 GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
                     size: cfg.memory,
@@ -582,7 +622,9 @@ impl Vm {
                 snapshot: Arc::new(snapshot_source),
                 devices: Arc::new(devices),
                 balloon: balloon_control,
+                migration: Arc::default(),
             },
+            on_started: None,
         })
     }
 
@@ -634,10 +676,18 @@ impl Vm {
             ids.extend(threads.iter().map(|t| t.as_pthread_t()));
         }
 
+        // The migration thread starts before this thread confines itself: its role has
+        // sockets, which the main thread's has not.
+        crate::migration::spawn_worker(self.handle.clone())
+            .map_err(io_err("starting the migration thread"))?;
+        if let Some(started) = self.on_started.take() {
+            started();
+        }
         crate::confinement::enter(confine::Role::Main);
         let result =
             crate::event_loop::run(&self.exit, &signals, &self.serial, input, &self.handle);
         self.stop.store(true, Ordering::Release);
+        self.handle.migration.close();
         self.handle.resume();
         self.handle.kick_vcpus();
         for t in threads {

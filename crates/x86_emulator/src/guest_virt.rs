@@ -272,6 +272,8 @@ impl<'a> GuestVirt<'a> {
             self.mem
                 .write_slice(&buf[done..done + len], GuestAddress(phys))
                 .map_err(|_| AccessError::NotRam(phys))?;
+            // KVM's dirty log does not see this write: a live migration's log does.
+            dirty_log::mark(phys, len as u64);
             done += len;
         }
         Ok(())

@@ -130,6 +130,9 @@ pub(super) fn metric_name(request: &ApiRequest) -> Option<Metric> {
         ApiRequest::Balloon(request) => balloon_metric(request),
         // vessel's extension: Firecracker has no counter for it.
         ApiRequest::Forward(_) => None,
+        ApiRequest::SendMigration(_) | ApiRequest::GetMigration | ApiRequest::CancelMigration => {
+            None
+        }
     }
 }
 

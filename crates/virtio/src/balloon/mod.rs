@@ -87,7 +87,10 @@ fn discard_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> bool {
     if end > region.len() {
         return false;
     }
-    discard_in_region(region, offset, len)
+    let discarded = discard_in_region(region, offset, len);
+    // The pages read as zeros now: a migration copying memory must send them again.
+    dirty_log::mark(addr.0, len);
+    discarded
 }
 
 fn discard_in_region(region: &GuestRegionMmap, offset: u64, len: u64) -> bool {

@@ -53,6 +53,7 @@ impl Block {
         if mem.write_obj(status, status_addr).is_err() {
             return 0;
         }
+        dirty_log::mark(status_addr.0, 1);
         // Bounded by MAX_REQUEST_BYTES (reads) or the 20-byte serial.
         u32::try_from(written + 1).unwrap_or(u32::MAX)
     }

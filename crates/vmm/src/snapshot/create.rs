@@ -65,6 +65,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SnapshotSource {
+    /// The paused VM's state: vCPUs first (each on its own thread, which also completes a
+    /// pending I/O instruction), then VM-wide KVM state and devices; `with_memory` runs
+    /// while every virtio queue is frozen with its saved state, so guest memory read there
+    /// matches the device states (snapshots write it to a file, migration to a stream).
+    pub(crate) fn capture<R, E: From<SnapshotError>>(
+        &self,
+        gate: &PauseGate,
+        with_memory: &mut dyn FnMut(&GuestMemory) -> Result<R, E>,
+    ) -> Result<(VmSnapshot, R), E> {
+        if let Some(device) = &self.unsupported_device {
+            return Err(SnapshotError::UnsupportedDevice(device.clone()).into());
+        }
+        if self.xsave2_size > XSAVE_AREA_SIZE {
+            return Err(SnapshotError::XsaveTooLarge(0).into());
+        }
+        let vcpus =
+            gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
+        let vm = VmState::save(&self.vm, self.machine.pit)?;
+        let devices = DeviceStates {
+            serial: lock(&self.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            cmos: lock(&self.cmos).save(),
+            virtio: Vec::new(),
+        };
+        let mut snapshot = VmSnapshot {
+            magic: SNAPSHOT_MAGIC.into(),
+            version: SNAPSHOT_VERSION,
+            machine: self.machine.clone(),
+            vm,
+            vcpus,
+            devices,
+        };
+        let result = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
+            snapshot.devices.virtio = states;
+            with_memory(&self.mem)
+        })?;
+        Ok((snapshot, result))
+    }
     /// Writes a full snapshot of the paused VM: vCPUs first (each on its own thread, which
     /// also completes a pending I/O instruction), then VM-wide KVM state, devices, memory.
     pub(crate) fn create(
@@ -85,39 +123,18 @@ impl SnapshotSource {
         for path in [mem_path, state_path, &mem_partial, &state_partial] {
             ensure_absent(path)?;
         }
-        if self.xsave2_size > XSAVE_AREA_SIZE {
-            return Err(SnapshotError::XsaveTooLarge(0));
-        }
-        let vcpus =
-            gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
-        let vm = VmState::save(&self.vm, self.machine.pit)?;
-        let devices = DeviceStates {
-            serial: lock(&self.serial).save(),
-            i8042: lock(&self.i8042).save(),
-            cmos: lock(&self.cmos).save(),
-            virtio: Vec::new(),
-        };
-        let mut snapshot = VmSnapshot {
-            magic: SNAPSHOT_MAGIC.into(),
-            version: SNAPSHOT_VERSION,
-            machine: self.machine.clone(),
-            vm,
-            vcpus,
-            devices,
-        };
-        // Guest memory is saved while the virtio queues are frozen with their state.
-        let written = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
-            snapshot.devices.virtio = states;
-            save_memory(&self.mem, &mem_partial)
-        })
-        .and_then(|bytes| write_state_file(&snapshot, &state_partial).map(|()| bytes))
-        .and_then(|bytes| {
-            publish(&mem_partial, mem_path)?;
-            publish(&state_partial, state_path).inspect_err(|_| {
-                let _ = std::fs::remove_file(mem_path);
-            })?;
-            Ok(bytes)
-        });
+        let written = self
+            .capture(gate, &mut |mem| save_memory(mem, &mem_partial))
+            .and_then(|(snapshot, bytes)| {
+                write_state_file(&snapshot, &state_partial).map(|()| bytes)
+            })
+            .and_then(|bytes| {
+                publish(&mem_partial, mem_path)?;
+                publish(&state_partial, state_path).inspect_err(|_| {
+                    let _ = std::fs::remove_file(mem_path);
+                })?;
+                Ok(bytes)
+            });
         let memory_bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {

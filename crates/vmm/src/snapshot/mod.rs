@@ -31,6 +31,10 @@ pub use vm_state::VmState;
 
 pub(crate) use vcpu_state::{restore_vcpu, save_vcpu};
 
+/// A valid state (2 vCPUs, 128 MiB, no virtio device) for other modules' tests.
+#[cfg(test)]
+pub(crate) use state_file::tests::sample as sample_state;
+
 /// What a snapshot operation reports back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotReport {

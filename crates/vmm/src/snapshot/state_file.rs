@@ -244,7 +244,7 @@ pub fn read_state_file(path: &Path) -> Result<VmSnapshot, SnapshotError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::vcpu_state::MsrValue;
     use ::devices::Persist;
@@ -266,7 +266,7 @@ mod tests {
         }
     }
 
-    fn sample() -> VmSnapshot {
+    pub(crate) fn sample() -> VmSnapshot {
         let chip = |chip_id| kvm_bindings::kvm_irqchip {
             chip_id,
             ..Default::default()

@@ -1,0 +1,225 @@
+//! Live migration from the command line: `vessel run --incoming URL` (the receiver) and
+//! the sender behind `PUT /migration/send` (docs/migration.md).
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use vmm::migration::{self, Listener, MigrationUrl, SendOptions};
+use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
+
+use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR, EXIT_USAGE};
+
+/// The sender: migrates the VM of `handle` as the API request asks.
+pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), String> {
+    let url: MigrationUrl = params
+        .destination_url
+        .parse()
+        .map_err(|e: migration::MigrationError| e.to_string())?;
+    let target = url.to_string();
+    handle
+        .migration()
+        .send(SendOptions {
+            url,
+            max_downtime_ms: params.max_downtime_ms,
+            bandwidth_mib_s: params.bandwidth_mib_s,
+        })
+        .map_err(|e| error_chain(&e))?;
+    let p = handle.migration().progress();
+    eprintln!(
+        "vessel: VM migrated to {target}: {} rounds, {:.2} MiB of memory sent, {} ms paused, {} ms in all",
+        p.rounds,
+        p.sent_bytes as f64 / f64::from(1 << 20),
+        p.downtime_ms.unwrap_or_default(),
+        p.total_ms.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The host side of a received VM: where its serial console goes, and the emulator
+/// setting; everything else comes from the stream.
+fn host_config(
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+    machine: &vmm::snapshot::MachineState,
+) -> VmConfig {
+    VmConfig {
+        kernel: PathBuf::new(),
+        initrd: None,
+        cmdline: String::new(),
+        memory: machine.memory,
+        cpus: machine.cpus,
+        serial,
+        disks: Vec::new(),
+        rng: false,
+        console2: None,
+        nics: Vec::new(),
+        pit: vmm::PitMode::Auto,
+        emulator_fixups,
+        vsock: None,
+        shares: Vec::new(),
+        balloon: None,
+        mmds: None,
+    }
+}
+
+/// `vessel run --incoming URL`: waits for one sender, builds its VM, confines the VMM,
+/// resumes the VM when the sender says so and runs it to its end.
+pub fn incoming(url: &str, serial: SerialMode, emulator_fixups: vmm::EmulatorFixups) -> i32 {
+    let url: MigrationUrl = match url.parse() {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("vessel: error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let listener = match Listener::bind(&url) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vessel: error: {}", error_chain(&e));
+            return EXIT_HOST_ERROR;
+        }
+    };
+    eprintln!("vessel: waiting for a migration on {url}");
+    let stream = match listener.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vessel: error: accepting the migration on {url}: {e}");
+            return EXIT_HOST_ERROR;
+        }
+    };
+    drop(listener);
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let received = migration::receive(&mut reader, u64::MAX);
+    let mut stream = reader.into_inner();
+    let fail = |stream: &mut migration::Stream, what: String| {
+        migration::refuse(stream, &what);
+        eprintln!("vessel: error: {what}");
+        EXIT_HOST_ERROR
+    };
+    let received = match received {
+        Ok(r) => r,
+        Err(e) => return fail(&mut stream, error_chain(&e)),
+    };
+    let machine = &received.snapshot.machine;
+    let host = host_config(serial, emulator_fixups, machine);
+    let mut vm = match Vm::restore_received(&host, &received) {
+        Ok(vm) => vm,
+        Err(e) => return fail(&mut stream, error_chain(&e)),
+    };
+    // The files the VM keeps using (its disks) are the stream's.
+    let mut files = host.clone();
+    files.disks = machine
+        .disks
+        .iter()
+        .map(|d| DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: None,
+            format: None,
+            allow_external_backing: false,
+            honour_flush: true,
+            rate_limit: Default::default(),
+        })
+        .collect();
+    drop(received);
+    if let Err(e) = crate::confinement::lock_down(&files, &[]) {
+        return fail(&mut stream, format!("{e:#}"));
+    }
+    if let Err(e) = migration::ready_and_wait_go(&mut stream) {
+        eprintln!(
+            "vessel: error: the sender did not hand the VM over: {}",
+            error_chain(&e)
+        );
+        return EXIT_HOST_ERROR;
+    }
+    vm.on_started(Box::new(move || {
+        if let Err(e) = migration::confirm_resumed(&mut stream) {
+            tracing::warn!("telling the sender the VM runs here: {e}");
+        }
+    }));
+    eprintln!("vessel: migration received; the VM runs here now");
+    match vm.run() {
+        Ok(reason) => report_end(&reason),
+        Err(e) => {
+            eprintln!("vessel: error: {}", error_chain(&e));
+            EXIT_HOST_ERROR
+        }
+    }
+}
+
+/// `vessel migrate NAME --to URL`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The running VM.
+    name: String,
+    /// Where the receiver listens: unix:PATH or tcp:HOST:PORT (an IP address; trusted
+    /// networks only).
+    #[arg(long)]
+    to: String,
+    /// The pause the guest may see, in ms.
+    #[arg(long, default_value_t = 300)]
+    max_downtime_ms: u64,
+    /// At most this many MiB/s of guest memory.
+    #[arg(long)]
+    bandwidth_mib_s: Option<u64>,
+}
+
+/// Asks the VM's VMM (over its API socket) to migrate, showing progress until it is done.
+pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Result<i32> {
+    use crate::api_client::{api_call_waiting, fault};
+    use std::time::Duration;
+    let vm = state.vm(&args.name)?;
+    if !matches!(vm.state()?, crate::state::VmState::Running { .. }) {
+        return Err(crate::exit::usage(format!(
+            "VM '{}' is not running",
+            args.name
+        )));
+    }
+    if let Err(e) = args.to.parse::<MigrationUrl>() {
+        return Err(crate::exit::usage(e.to_string()));
+    }
+    let socket = vm.path(crate::state::API_SOCKET);
+    let mut body = serde_json::json!({
+        "destination_url": args.to,
+        "max_downtime_ms": args.max_downtime_ms,
+    });
+    if let Some(rate) = args.bandwidth_mib_s {
+        body["bandwidth_mib_s"] = rate.into();
+    }
+    let send_socket = socket.clone();
+    let sending = std::thread::spawn(move || {
+        api_call_waiting(
+            &send_socket,
+            "PUT",
+            "/migration/send",
+            Some(&body),
+            Duration::from_secs(24 * 3600),
+        )
+    });
+    while !sending.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok((200, status)) =
+            api_call_waiting(&socket, "GET", "/migration", None, Duration::from_secs(5))
+        {
+            let p: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            eprint!(
+                "\rvessel: migrating '{}': {} round {}, {:.1} MiB sent, {} pages dirty, ~{} ms pause   ",
+                args.name,
+                p["state"].as_str().unwrap_or("?"),
+                p["rounds"],
+                p["sent_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20),
+                p["dirty_pages"],
+                p["expected_downtime_ms"],
+            );
+        }
+    }
+    eprintln!();
+    let (status, reply) = sending
+        .join()
+        .map_err(|_| anyhow::anyhow!("the migration request failed"))??;
+    if status != 204 {
+        anyhow::bail!("migration failed: {}", fault(&reply));
+    }
+    eprintln!("vessel: VM '{}' migrated to {}", args.name, args.to);
+    Ok(0)
+}

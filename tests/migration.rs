@@ -1,0 +1,379 @@
+//! Live migration between two vessel processes (`PUT /migration/send` to
+//! `vessel run --incoming`): a counting guest moves mid-run and its count goes on in the
+//! receiver without a gap, a repeat or a restart; the source exits 0. A migration that
+//! fails leaves the source's guest running.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::api::ApiVmm as Vmm;
+use common::{multiboot_guest, out_dir, wait_for};
+
+/// How long a guest gets to count to the end after the move.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+const STEPS: u64 = 20;
+const DELAY: u64 = 100_000;
+
+/// `vessel run --incoming URL` with its serial console in a file, killed when dropped.
+struct Receiver {
+    child: Child,
+    stderr: BufReader<ChildStderr>,
+    url: String,
+    serial: PathBuf,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    /// A receiver on a unix socket in the output directory.
+    fn spawn(name: &str) -> Receiver {
+        let socket = out_dir().join(format!("{name}.migration"));
+        let _ = std::fs::remove_file(&socket);
+        Self::spawn_at(name, &format!("unix:{}", socket.display()))
+    }
+
+    /// A receiver listening at `url`, once it says it listens.
+    fn spawn_at(name: &str, url: &str) -> Receiver {
+        let serial = out_dir().join(format!("{name}-serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .args(["run", "--incoming", url, "--serial"])
+            .arg(format!("file:{}", serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("waiting for a migration"), "{line}");
+        Receiver {
+            child,
+            stderr,
+            url: url.to_string(),
+            serial,
+        }
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Its exit status and stderr (waiting at most `timeout`).
+    fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < timeout, "the receiver did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        let _ = self.stderr.read_to_string(&mut err);
+        (status.code(), err)
+    }
+}
+
+fn counter_guest() -> PathBuf {
+    multiboot_guest(
+        "counter",
+        &["multiboot_header.S", "counter_guest.c"],
+        "multiboot.ld",
+    )
+}
+
+/// Configures and starts `kernel` with `mib` MiB and 1 vCPU.
+fn boot(vmm: &Vmm, kernel: &Path, mib: u32) {
+    let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": {mib}}}"#);
+    assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
+    let boot = format!(
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        kernel.display().to_string()
+    );
+    assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
+    let (code, body) = vmm.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(code, 204, "{body}");
+}
+
+/// The numbers of the guest's `count=N` lines, in order.
+fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("count="))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// `PUT /migration/send` with `body`; a source that dies on it fails the test with its
+/// stderr.
+fn send(source: &mut Vmm, body: &str) -> (u16, String) {
+    let (code, reply) = source.call("PUT", "/migration/send", body);
+    if code == 0 {
+        panic!("the source died: {:?}", source.wait_exit(RUN_TIMEOUT));
+    }
+    (code, reply)
+}
+
+/// Migrates `source` to `receiver`; the call's time in ms. The source must exit 0.
+fn migrate(source: &mut Vmm, receiver: &Receiver) -> f64 {
+    migrate_with(source, receiver, "").0
+}
+
+/// Migrates `source` to `receiver` with `extra` fields in the request; the call's time in
+/// ms and the source's stderr, which reports the migration. The source must exit 0.
+fn migrate_with(source: &mut Vmm, receiver: &Receiver, extra: &str) -> (f64, String) {
+    let body = format!(r#"{{"destination_url": {:?}{extra}}}"#, receiver.url);
+    let started = Instant::now();
+    let (code, reply) = send(source, &body);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(code, 204, "{reply}");
+    let (status, err) = source.wait_exit(Duration::from_secs(30));
+    assert_eq!(status, Some(0), "source stderr: {err}");
+    assert!(err.contains("VM migrated to"), "{err}");
+    (ms, err)
+}
+
+/// The number before " rounds" in the source's report.
+fn rounds(report: &str) -> u32 {
+    report
+        .split(" rounds")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rounds in {report}"))
+}
+
+/// The receiver runs the guest to its end (debug-exit 21: status 43) without a restart;
+/// the output of both processes together is one unbroken count.
+fn finishes_the_count(receiver: &mut Receiver, before: &str) -> String {
+    let (status, err) = receiver.wait_exit(RUN_TIMEOUT);
+    let after = receiver.serial();
+    assert_eq!(status, Some(43), "receiver stderr: {err}\nserial: {after}");
+    assert!(!after.contains("guest up"), "the guest restarted: {after}");
+    let all = counts(&format!("{before}{after}"));
+    assert_eq!(
+        all,
+        (1..=STEPS).collect::<Vec<_>>(),
+        "before: {before}\nafter: {after}"
+    );
+    assert!(
+        !counts(&after).is_empty(),
+        "nothing counted after the move: {after}"
+    );
+    after
+}
+
+#[test]
+fn a_counting_guest_moves_to_another_vmm_and_goes_on() {
+    let mut source = Vmm::spawn("migration-source", &[]);
+    boot(&source, &counter_guest(), 128);
+    wait_for("the guest to count to 5", || {
+        counts(&source.serial()).len() >= 5
+    });
+    let mut receiver = Receiver::spawn("migration-receiver");
+    let ms = migrate(&mut source, &receiver);
+    let before = source.serial();
+    assert!(
+        *counts(&before).last().unwrap() < STEPS,
+        "the guest finished before the move"
+    );
+    let after = finishes_the_count(&mut receiver, &before);
+    assert!(after.contains("counter done"), "{after}");
+    eprintln!("migration of a 128 MiB counting guest over a unix socket: {ms:.1} ms");
+}
+
+#[test]
+fn a_guest_keeps_using_its_virtio_blk_disk_after_migration() {
+    let kernel = multiboot_guest(
+        "counter_blk",
+        &["multiboot_header.S", "counter_blk_guest.c"],
+        "multiboot.ld",
+    );
+    let mut source = Vmm::spawn("migration-blk-source", &[]);
+    let disk = out_dir().join("migration-blk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": {:?}, "is_root_device": false, "is_read_only": false}}"#,
+        disk.display().to_string()
+    );
+    let (code, body) = source.call("PUT", "/drives/data", &drive);
+    assert_eq!(code, 204, "{body}");
+    boot(&source, &kernel, 128);
+    wait_for("the guest to count to 5", || {
+        counts(&source.serial()).len() >= 5
+    });
+    let mut receiver = Receiver::spawn("migration-blk-receiver");
+    // Pre-copy rounds (no downtime allowed, a slow link) while the guest reads and writes
+    // its disk: the device model's writes to guest memory are logged too.
+    let (ms, report) = migrate_with(
+        &mut source,
+        &receiver,
+        r#", "max_downtime_ms": 0, "bandwidth_mib_s": 1"#,
+    );
+    // The copy while running and the one while paused at least (stop-and-copy: 1).
+    assert!(rounds(&report) >= 2, "{report}");
+    eprintln!("migration of a 128 MiB guest with a virtio-blk disk: {ms:.1} ms; {report}");
+    let before = source.serial();
+    let after = finishes_the_count(&mut receiver, &before);
+    assert!(after.contains("disk verified"), "{after}");
+    let image = std::fs::read(&disk).unwrap();
+    for n in 1..=STEPS as usize {
+        let sector = &image[n * 512..(n + 1) * 512];
+        assert!(
+            sector
+                .chunks(4)
+                .all(|w| u32::from_le_bytes(w.try_into().unwrap()) == n as u32),
+            "sector {n}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_migration_leaves_the_source_running() {
+    let mut source = Vmm::spawn("migration-fail-source", &[]);
+    boot(&source, &counter_guest(), 64);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    // Nobody listens there.
+    let missing = out_dir().join("migration-nobody.sock");
+    let _ = std::fs::remove_file(&missing);
+    let body = format!(r#"{{"destination_url": "unix:{}"}}"#, missing.display());
+    let (code, reply) = send(&mut source, &body);
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("cannot connect"), "{reply}");
+    // A receiver that dies as soon as the sender connects.
+    let listener = std::os::unix::net::UnixListener::bind(&missing).unwrap();
+    let killer = std::thread::spawn(move || drop(listener.accept()));
+    let (code, reply) = send(&mut source, &body);
+    assert_eq!(code, 400, "{reply}");
+    killer.join().unwrap();
+    let _ = std::fs::remove_file(&missing);
+    // Bad URLs and bodies.
+    let (code, reply) = source.call(
+        "PUT",
+        "/migration/send",
+        r#"{"destination_url": "ftp://x"}"#,
+    );
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("invalid migration URL"), "{reply}");
+    let (code, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+    assert_eq!(code, 200, "{status}");
+    assert!(status.contains(r#""state":"failed""#), "{status}");
+    let (code, reply) = source.call("PUT", "/migration/cancel", "{}");
+    assert_eq!(code, 400, "{reply}");
+    // The guest counted on through all of it and finishes here.
+    let (status, err) = source.wait_exit(RUN_TIMEOUT);
+    let serial = source.serial();
+    assert_eq!(status, Some(43), "{err}\n{serial}");
+    assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+}
+
+/// With no downtime allowed, pre-copy goes round after round (up to its cap) while the
+/// guest counts and writes its memory; over TCP on the loopback. The count still goes on
+/// without a gap or a repeat.
+#[test]
+fn pre_copy_rounds_over_tcp_lose_nothing_the_guest_wrote() {
+    let mut source = Vmm::spawn("migration-tcp-source", &[]);
+    boot(&source, &counter_guest(), 256);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut receiver =
+        Receiver::spawn_at("migration-tcp-receiver", &format!("tcp:127.0.0.1:{port}"));
+    let (ms, report) = migrate_with(
+        &mut source,
+        &receiver,
+        r#", "max_downtime_ms": 0, "bandwidth_mib_s": 512"#,
+    );
+    // The copy while running and the one while paused at least (stop-and-copy: 1).
+    assert!(rounds(&report) >= 2, "{report}");
+    let before = source.serial();
+    finishes_the_count(&mut receiver, &before);
+    eprintln!("pre-copy migration of a 256 MiB guest over TCP: {ms:.1} ms; {report}");
+}
+
+/// A migration to a receiver that stops reading is cancelled: the call fails with
+/// "cancelled", `GET /migration` says so, and the guest counts on in the source.
+#[test]
+fn a_cancelled_migration_leaves_the_source_running() {
+    let mut source = Vmm::spawn("migration-cancel-source", &[]);
+    boot(&source, &counter_guest(), 256);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let socket = out_dir().join("migration-stuck.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let sock = source.sock.clone();
+    let body = format!(
+        r#"{{"destination_url": "unix:{}", "max_downtime_ms": 0}}"#,
+        socket.display()
+    );
+    let call =
+        std::thread::spawn(move || common::api::curl(&sock, "PUT", "/migration/send", Some(&body)));
+    // Accepted, and never read.
+    let (_stuck, _) = listener.accept().unwrap();
+    wait_for("the migration to be under way", || {
+        let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+        status.contains(r#""state":"sending""#) || status.contains(r#""state":"paused""#)
+    });
+    let (code, reply) = source.call("PUT", "/migration/cancel", "{}");
+    assert_eq!(code, 204, "{reply}");
+    let (code, reply) = call.join().unwrap();
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("cancelled"), "{reply}");
+    let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+    assert!(status.contains(r#""state":"cancelled""#), "{status}");
+    let _ = std::fs::remove_file(&socket);
+    let (status, err) = source.wait_exit(RUN_TIMEOUT);
+    let serial = source.serial();
+    assert_eq!(status, Some(43), "{err}\n{serial}");
+    assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+}
+
+/// `vessel migrate NAME --to URL` moves a background VM (`vessel start`) to a receiver,
+/// showing progress; the VM's count goes on there.
+#[test]
+fn vessel_migrate_moves_a_background_vm() {
+    let st = common::state_dir::TestState::new("migrate-cli");
+    let file = out_dir().join("migrant.vm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"migrant\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY}\"\n",
+            counter_guest()
+        ),
+    )
+    .unwrap();
+    st.ok(&["create", "migrant", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "migrant"]);
+    let serial =
+        || std::fs::read_to_string(st.0.join("migrant").join("serial.log")).unwrap_or_default();
+    wait_for("the guest to count to 3", || counts(&serial()).len() >= 3);
+    let mut receiver = Receiver::spawn("migration-cli-receiver");
+    let run = st.vessel(&["migrate", "migrant", "--to", &receiver.url]);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("migrated to"), "{}", run.stderr);
+    let before = serial();
+    finishes_the_count(&mut receiver, &before);
+    // Refused: a VM that does not exist.
+    let run = st.vessel(&["migrate", "nosuchvm", "--to", &receiver.url]);
+    assert_ne!(run.status, Some(0), "{}", run.stderr);
+}
