@@ -34,7 +34,8 @@ pub enum ManageCommand {
     Provision(crate::provision_cli::ProvisionArgs),
     /// Print an Ansible inventory of the running VMs that answer on SSH (JSON, or --ini).
     Inventory(crate::inventory_cli::InventoryArgs),
-    /// Change a stopped VM: CPUs, memory, NICs, forwards, disks... (create's flags).
+    /// Change a stopped VM: CPUs, memory, NICs, forwards, disks... (create's flags); on a
+    /// running VM, add or remove nat port forwards live.
     Set(crate::vm_set::SetArgs),
     /// Start a VM in the background; returns once the guest is running (and, on its first
     /// start, once its [[provision]] entries ran over SSH).
