@@ -40,6 +40,7 @@ use crate::device::VirtioDevice;
 use crate::queue::{Queue, QueueError, Segment};
 use crate::rate_limiter::RateLimiterHandle;
 
+mod announce;
 mod persist;
 pub use persist::{NetArgs, NetState, NET_STATE_VERSION};
 

@@ -116,6 +116,8 @@ impl Persist for Net {
         }
         link.set_up(state.link_up);
         net.restored_rx = state.rx_heads.clone();
+        // The guest may now run behind another port (a migration, a load elsewhere).
+        super::announce::announce(net.backend.as_mut(), net.mac);
         Ok(net)
     }
 }
@@ -158,17 +160,20 @@ mod tests {
     use super::*;
     use std::io;
     use std::os::fd::RawFd;
+    use std::sync::{Arc, Mutex};
 
     struct Wire {
         mtu: Option<u16>,
         offloads: bool,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
     impl NetBackend for Wire {
         fn recv(&mut self, _buf: &mut [u8]) -> io::Result<Option<usize>> {
             Ok(None)
         }
-        fn send(&mut self, _frame: &[u8]) -> io::Result<bool> {
+        fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
+            self.sent.lock().unwrap().push(frame.to_vec());
             Ok(true)
         }
         fn as_raw_fd(&self) -> RawFd {
@@ -189,6 +194,7 @@ mod tests {
             backend: Box::new(Wire {
                 mtu,
                 offloads: false,
+                sent: Arc::default(),
             }),
             mac,
         }
@@ -199,6 +205,7 @@ mod tests {
             Box::new(Wire {
                 mtu: Some(65520),
                 offloads: false,
+                sent: Arc::default(),
             }),
             MAC,
         );
@@ -223,6 +230,24 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_nic_announces_its_mac_once_on_its_backend() {
+        let sent = Arc::default();
+        let wire = Wire {
+            mtu: Some(65520),
+            offloads: false,
+            sent: Arc::clone(&sent),
+        };
+        let args = NetArgs {
+            backend: Box::new(wire),
+            mac: MAC,
+        };
+        Net::restore(args, &saved()).unwrap();
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0], super::super::announce::rarp_frame(MAC));
+    }
+
+    #[test]
     fn hostile_or_mismatched_states_are_refused_with_the_reason() {
         let restore = |s: &NetState, a| Net::restore(a, s).map(|_| ()).unwrap_err().to_string();
         let mut s = saved();
@@ -239,6 +264,7 @@ mod tests {
         a.backend = Box::new(Wire {
             mtu: Some(65520),
             offloads: true,
+            sent: Arc::default(),
         });
         assert!(restore(&saved(), a).contains("offloads"));
         let mut s = saved();
