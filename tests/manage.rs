@@ -618,7 +618,9 @@ fn json_of_create_start_stop_clone_and_the_human_inspect() {
     let r = st.vessel(&["set", "jvm", "--cpus", "2"]);
     assert_eq!(r.status, Some(2), "{}", r.stderr);
     assert!(
-        r.stderr.contains("is running; stop it first"),
+        r.stderr.contains(
+            "is running: only --forward and --remove-forward change a running VM; stop it first"
+        ),
         "{}",
         r.stderr
     );

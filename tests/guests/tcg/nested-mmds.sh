@@ -38,7 +38,8 @@ $bb chmod 755 /tmp/reply.sh
 $bb nc -l -p 8000 -e /tmp/reply.sh &
 listener=$!
 tries=0
-until $bb grep -q ":1F40 00000000:0000 0A" /proc/net/tcp; do
+# A listening socket on 8000 (state 0A), IPv4 or dual-stack IPv6 (busybox nc listens on ::).
+until $bb cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | $bb grep -q ": 0*:1F40 0*:0000 0A"; do
     tries=$((tries + 1))
     [ "$tries" -le 600 ] || fail "nc is not listening on 8000"
     sleep 0.1
