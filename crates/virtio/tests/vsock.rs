@@ -94,7 +94,12 @@ impl Guest {
 
     /// Receive until a packet arrives (the host side works asynchronously).
     fn recv_some(&mut self) -> Vec<(Header, Vec<u8>)> {
-        for _ in 0..200 {
+        self.recv_some_within(Duration::from_secs(5))
+    }
+
+    fn recv_some_within(&mut self, limit: Duration) -> Vec<(Header, Vec<u8>)> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
             let got = self.recv();
             if !got.is_empty() {
                 return got;
@@ -274,6 +279,47 @@ fn host_connect_line_reaches_the_guest() {
     assert_eq!((h.op, data.as_slice()), (op::RW, &b"hello"[..]));
     g.send(rw(1234, req.src_port, 3), b"yo\n");
     assert_eq!(read_line(&mut host), "yo");
+}
+
+#[test]
+fn a_connect_the_guest_never_answers_is_reset_after_the_timeout() {
+    let mut g = Guest::new();
+    g.post_rx(8);
+    let mut host = UnixStream::connect(&g.uds).unwrap();
+    host.write_all(b"CONNECT 77\n").unwrap();
+    let (req, _) = only(g.recv_some());
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 77));
+    // The guest stays silent: after the timeout it gets a RST and the client EOF.
+    let started = std::time::Instant::now();
+    let (rst, _) = only(g.recv_some_within(virtio::vsock::muxer::CONNECT_TIMEOUT * 3));
+    assert!(started.elapsed() >= virtio::vsock::muxer::CONNECT_TIMEOUT / 2);
+    assert_eq!(
+        (rst.op, rst.src_port, rst.dst_port),
+        (op::RST, req.src_port, 77)
+    );
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        host.read(&mut buf).unwrap(),
+        0,
+        "the client's connection is closed"
+    );
+    assert_eq!(g.d.status() & virtio::status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn an_answered_connect_outlives_the_timeout() {
+    let mut g = Guest::new();
+    g.post_rx(8);
+    let mut host = UnixStream::connect(&g.uds).unwrap();
+    host.write_all(b"CONNECT 78\n").unwrap();
+    let (req, _) = only(g.recv_some());
+    g.send(pkt(op::RESPONSE, 78, req.src_port), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}", req.src_port));
+    std::thread::sleep(virtio::vsock::muxer::CONNECT_TIMEOUT + Duration::from_millis(300));
+    assert!(g.recv().is_empty(), "no RST for an accepted connection");
+    g.send(rw(78, req.src_port, 3), b"ok\n");
+    assert_eq!(read_line(&mut host), "ok");
 }
 
 #[test]

@@ -54,6 +54,9 @@ impl Limiters {
 /// The first device of `cfg` whose state snapshots do not save: virtio-fs, whose
 /// virtiofsd cannot save its open files (a restored guest would hold stale FUSE handles).
 /// (virtio-vsock is saved without its connections; the guest is told they are gone.)
+/// The vsock connect timeout on kvm_pvm hosts (Firecracker's 2 s elsewhere).
+const NESTED_VSOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) fn unsupported_device(cfg: &VmConfig) -> Option<String> {
     cfg.shares.first().map(|s| {
         format!(
@@ -132,10 +135,14 @@ pub(crate) fn virtio_devices(
         devices.push(DeviceSpec::new(Box::new(console)));
     }
     if let Some(v) = &cfg.vsock {
-        let device = match state(devices.len()) {
+        let mut device = match state(devices.len()) {
             None => virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?,
             Some(saved) => restore_model::vsock(v, saved, devices.len())?,
         };
+        if crate::emulator_fixups::host_is_pvm() {
+            // Guest ring 0 is emulated there: a guest can take seconds to accept.
+            device.set_connect_timeout(NESTED_VSOCK_CONNECT_TIMEOUT);
+        }
         let fd = device.backend_fd();
         devices.push(DeviceSpec {
             device: Box::new(device),

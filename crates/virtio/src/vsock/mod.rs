@@ -141,6 +141,12 @@ impl Vsock {
         })
     }
 
+    /// How long a host client's `CONNECT P` waits for the guest to accept
+    /// ([`muxer::CONNECT_TIMEOUT`] unless set).
+    pub fn set_connect_timeout(&mut self, timeout: std::time::Duration) {
+        self.muxer.set_connect_timeout(timeout);
+    }
+
     /// The fd the I/O thread polls (the muxer's epoll set).
     pub fn backend_fd(&self) -> RawFd {
         self.muxer.epoll_fd()

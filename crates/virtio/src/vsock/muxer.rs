@@ -12,9 +12,11 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{pending, Conn, HostRead, State};
 use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
@@ -29,14 +31,20 @@ pub const MAX_WAITING: usize = 64;
 pub const MAX_QUEUED_RSTS: usize = 1024;
 /// Host ports given to host-initiated connections: from 2^30 up, as Firecracker does.
 const FIRST_HOST_PORT: u32 = 1 << 30;
+/// How long a host client's `CONNECT P` waits for the guest to accept by default
+/// (Firecracker's 2 s): then the guest gets a RST and the client sees its connection closed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
+const TOKEN_TIMER: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
     #[error("vsock socket {0}")]
     Uds(#[from] UdsError),
+    #[error("vsock connect timer: {0}")]
+    Timer(#[source] std::io::Error),
     #[error("vsock {what}: {source}")]
     Io {
         what: &'static str,
@@ -59,6 +67,12 @@ pub struct Muxer {
     epoll: Epoll,
     listener: UnixListener,
     wake: EventFd,
+    /// Fires at the first deadline of `connecting`.
+    timer: TimerFd,
+    /// Host-initiated connections waiting for the guest's RESPONSE, oldest first (one
+    /// timeout for all, so deadlines come in order): (deadline, connection, its token).
+    connecting: VecDeque<(Instant, Key, u64)>,
+    connect_timeout: Duration,
     next_token: u64,
     waiting: HashMap<u64, (UnixStream, ConnectLine)>,
     conns: BTreeMap<Key, Entry>,
@@ -80,6 +94,7 @@ impl Muxer {
     pub fn new(uds: &Path, guest_cid: u64) -> Result<Self, MuxerError> {
         let epoll = Epoll::new().map_err(io_err("epoll"))?;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let timer = TimerFd::new().map_err(|e| MuxerError::Timer(e.into()))?;
         let listener = uds::bind_listener(uds)?;
         let mux = Self {
             uds: uds.to_path_buf(),
@@ -87,7 +102,10 @@ impl Muxer {
             epoll,
             listener,
             wake,
-            next_token: TOKEN_WAKE + 1,
+            timer,
+            connecting: VecDeque::new(),
+            connect_timeout: CONNECT_TIMEOUT,
+            next_token: TOKEN_TIMER + 1,
             waiting: HashMap::new(),
             conns: BTreeMap::new(),
             tokens: HashMap::new(),
@@ -101,12 +119,19 @@ impl Muxer {
             .map_err(io_err("epoll_ctl"))?;
         mux.register(mux.wake.as_raw_fd(), TOKEN_WAKE, et, false)
             .map_err(io_err("epoll_ctl"))?;
+        mux.register(mux.timer.as_raw_fd(), TOKEN_TIMER, et, false)
+            .map_err(io_err("epoll_ctl"))?;
         Ok(mux)
     }
 
     /// The fd that is readable when host sockets need attention.
     pub fn epoll_fd(&self) -> std::os::fd::RawFd {
         self.epoll.as_raw_fd()
+    }
+
+    /// How long host-initiated connections wait for the guest to accept (for new ones).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
     }
 
     pub fn uds_path(&self) -> &Path {
@@ -199,6 +224,8 @@ impl Muxer {
             );
         }
         self.rsts.clear();
+        self.connecting.clear();
+        self.arm_timer(Instant::now());
     }
 
     // ---- guest → host ----
@@ -311,6 +338,7 @@ impl Muxer {
             TOKEN_WAKE => {
                 let _ = self.wake.read();
             }
+            TOKEN_TIMER => self.expire_connects(Instant::now()),
             _ => {
                 if let Some(&key) = self.tokens.get(&token) {
                     self.conn_event(key, set);
@@ -390,7 +418,49 @@ impl Muxer {
         let key = (self.alloc_host_port(port), port);
         let mut conn = Conn::new(stream, State::Connecting, pending::REQUEST);
         conn.readable = true;
-        self.add_conn(key, conn, token, true);
+        if self.add_conn(key, conn, token, true) {
+            self.connecting
+                .push_back((Instant::now() + self.connect_timeout, key, token));
+            if self.connecting.len() == 1 {
+                self.arm_timer(Instant::now());
+            }
+        }
+    }
+
+    /// Resets the host-initiated connections the guest has not accepted by `now`.
+    fn expire_connects(&mut self, now: Instant) {
+        while let Some(&(deadline, key, token)) = self.connecting.front() {
+            if deadline > now {
+                break;
+            }
+            self.connecting.pop_front();
+            let waiting = self
+                .conns
+                .get(&key)
+                .is_some_and(|e| e.token == token && e.conn.state == State::Connecting);
+            if waiting {
+                self.kill(key, true);
+            }
+        }
+        // Arming (or disarming) also clears the expirations the timerfd counted.
+        self.arm_timer(now);
+    }
+
+    /// Sets the timer to the first deadline of `connecting`, or stops it.
+    fn arm_timer(&mut self, now: Instant) {
+        let result = match self.connecting.front() {
+            // A zero duration would disarm: at least 1 ns.
+            Some(&(deadline, _, _)) => self.timer.reset(
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_nanos(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = result {
+            tracing::warn!("vsock: cannot arm the connect timer: {e}");
+        }
     }
 
     /// A host port for a new host-initiated connection to guest port `peer`.
