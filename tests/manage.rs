@@ -638,3 +638,63 @@ fn json_of_create_start_stop_clone_and_the_human_inspect() {
         (Some("jvm2"), Some("stopped"))
     );
 }
+
+/// `vessel set NAME --forward` on a running nat VM: the CLI binds the host port and hands
+/// the listening socket to the confined VMM, whose I/O thread accepts on it (its seccomp
+/// role allows that); inspect lists the forward live, vm.toml keeps it, and
+/// `--remove-forward` closes the port again. The service guest runs no TCP stack, so the
+/// relay's connection to it never completes: what is checked is the host side.
+/// (tests/mmds.rs carries data through such a forward to a real Linux guest.)
+#[test]
+fn set_adds_and_removes_a_forward_of_a_running_nat_vm() {
+    let st = State::new("live-forward");
+    let file = out_dir().join("fwdvm.vm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"fwdvm\"\nmemory = \"32M\"\n[boot]\nkernel = {:?}\ncmdline = \"service\"\n[[nic]]\nmode = \"nat\"\n",
+            service_guest()
+        ),
+    )
+    .unwrap();
+    st.ok(&["create", "fwdvm", "--from", file.to_str().unwrap()]);
+    st.ok(&["start", "fwdvm"]);
+    st.wait_serial("fwdvm", "service up\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("tcp:127.0.0.1:{port}-:8000");
+    let out = st.ok(&["set", "fwdvm", "--forward", &spec]);
+    assert!(out.contains("forwarding"), "{out}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "fwdvm", "--json"])).unwrap();
+    let live = inspect["live_forwards"].to_string();
+    assert!(live.contains(&port.to_string()), "{inspect}");
+    let toml = std::fs::read_to_string(st.0.join("fwdvm/vm.toml")).unwrap();
+    assert!(toml.contains(&format!("{port}-:8000")), "{toml}");
+    // The VMM accepts the client and lives on.
+    let client = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(client.is_ok(), "{client:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(st.state_of("fwdvm"), "running", "{}", st.serial("fwdvm"));
+    drop(client);
+    st.ok(&["set", "fwdvm", "--remove-forward", &port.to_string()]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&st.ok(&["inspect", "fwdvm", "--json"])).unwrap();
+    assert!(
+        !inspect["live_forwards"]
+            .to_string()
+            .contains(&port.to_string()),
+        "{inspect}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the port is closed again"
+    );
+    let toml = std::fs::read_to_string(st.0.join("fwdvm/vm.toml")).unwrap();
+    assert!(!toml.contains(&format!("{port}-:8000")), "{toml}");
+    assert_eq!(st.state_of("fwdvm"), "running");
+    st.ok(&["stop", "fwdvm", "--timeout", "20"]);
+}
