@@ -2,7 +2,7 @@
 //! the sender behind `PUT /migration/send` (docs/migration.md).
 
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vmm::migration::{self, Listener, MigrationUrl, SendOptions};
 use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
@@ -62,9 +62,45 @@ fn host_config(
     }
 }
 
-/// `vessel run --incoming URL`: waits for one sender, builds its VM, confines the VMM,
-/// resumes the VM when the sender says so and runs it to its end.
-pub fn incoming(url: &str, serial: SerialMode, emulator_fixups: vmm::EmulatorFixups) -> i32 {
+/// The received VM's configuration as the API reports it and confinement admits its
+/// files: `host` with the stream's disks, NICs and devices.
+fn received_config(host: &VmConfig, machine: &vmm::snapshot::MachineState) -> VmConfig {
+    let mut cfg = host.clone();
+    cfg.disks = machine
+        .disks
+        .iter()
+        .map(|d| DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: d.id.clone(),
+            format: None,
+            allow_external_backing: false,
+            honour_flush: true,
+            rate_limit: Default::default(),
+        })
+        .collect();
+    // A NIC the VM could be built with converts; one that could not failed the build.
+    cfg.nics = machine
+        .nics
+        .iter()
+        .filter_map(|n| n.to_config().ok())
+        .collect();
+    cfg.rng = machine.rng;
+    cfg.console2 = machine.console.clone();
+    cfg.vsock = machine.vsock.clone();
+    cfg.balloon = machine.balloon;
+    cfg
+}
+
+/// `vessel run --incoming URL [--api-sock PATH]`: waits for one sender, builds its VM,
+/// serves it on `api_sock`, confines the VMM, resumes the VM when the sender says so and
+/// runs it to its end.
+pub fn incoming(
+    url: &str,
+    serial: SerialMode,
+    emulator_fixups: vmm::EmulatorFixups,
+    api_sock: Option<&Path>,
+) -> i32 {
     let url: MigrationUrl = match url.parse() {
         Ok(url) => url,
         Err(e) => {
@@ -106,22 +142,21 @@ pub fn incoming(url: &str, serial: SerialMode, emulator_fixups: vmm::EmulatorFix
         Ok(vm) => vm,
         Err(e) => return fail(&mut stream, error_chain(&e)),
     };
-    // The files the VM keeps using (its disks) are the stream's.
-    let mut files = host.clone();
-    files.disks = machine
-        .disks
-        .iter()
-        .map(|d| DiskConfig {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            id: None,
-            format: None,
-            allow_external_backing: false,
-            honour_flush: true,
-            rate_limit: Default::default(),
-        })
-        .collect();
+    // The files the VM keeps using (its disks...) are the stream's.
+    let files = received_config(&host, machine);
     drop(received);
+    let api_server = match api_sock {
+        Some(socket) => match crate::api_mode::serve_running(socket, &files, vm.handle()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                return fail(
+                    &mut stream,
+                    format!("cannot serve the API: {}", error_chain(&e)),
+                )
+            }
+        },
+        None => None,
+    };
     if let Err(e) = crate::confinement::lock_down(&files, &[]) {
         return fail(&mut stream, format!("{e:#}"));
     }
@@ -138,7 +173,11 @@ pub fn incoming(url: &str, serial: SerialMode, emulator_fixups: vmm::EmulatorFix
         }
     }));
     eprintln!("vessel: migration received; the VM runs here now");
-    match vm.run() {
+    let outcome = vm.run();
+    if let Some(server) = api_server {
+        let _ = server.shutdown();
+    }
+    match outcome {
         Ok(reason) => report_end(&reason),
         Err(e) => {
             eprintln!("vessel: error: {}", error_chain(&e));

@@ -35,8 +35,9 @@ pub struct RunArgs {
     api_sock: Option<PathBuf>,
     /// Wait for a VM migrated from another vessel (`PUT /migration/send`) on unix:PATH or
     /// tcp:HOST:PORT, then run it (docs/migration.md). The VM's shape and devices come from
-    /// the stream: the flags that configure a VM are refused with it.
-    #[arg(long, conflicts_with_all = ["kernel", "image", "api_sock", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail", "console2"])]
+    /// the stream: the flags that configure a VM are refused with it. With --api-sock the
+    /// received VM is served on that socket (pause, snapshot, migrate it on...).
+    #[arg(long, conflicts_with_all = ["kernel", "image", "initrd", "disks", "nics", "rng", "vsock", "shares", "balloon", "cmdline_append", "memory", "cpus", "cmdline", "pit", "jail", "console2"])]
     incoming: Option<String>,
     /// With --api-sock: the largest MMDS document `PUT/PATCH /mmds` accept, in bytes of
     /// its JSON (Firecracker's --mmds-size-limit).
@@ -283,7 +284,12 @@ pub fn run(args: RunArgs) -> i32 {
         return EXIT_USAGE;
     }
     if let Some(url) = &args.incoming {
-        return crate::migrate_cli::incoming(url, args.serial, args.emulator_fixups);
+        return crate::migrate_cli::incoming(
+            url,
+            args.serial,
+            args.emulator_fixups,
+            args.api_sock.as_deref(),
+        );
     }
     if let Some(socket) = args.api_sock {
         return crate::api_mode::run(

@@ -43,11 +43,17 @@ impl Receiver {
 
     /// A receiver listening at `url`, once it says it listens.
     fn spawn_at(name: &str, url: &str) -> Receiver {
+        Self::spawn_with(name, url, &[])
+    }
+
+    /// A receiver listening at `url` with `extra` arguments to `vessel run`.
+    fn spawn_with(name: &str, url: &str, extra: &[&std::ffi::OsStr]) -> Receiver {
         let serial = out_dir().join(format!("{name}-serial.log"));
         let _ = std::fs::remove_file(&serial);
         let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
             .args(["run", "--incoming", url, "--serial"])
             .arg(format!("file:{}", serial.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -95,10 +101,15 @@ fn counter_guest() -> PathBuf {
 
 /// Configures and starts `kernel` with `mib` MiB and 1 vCPU.
 fn boot(vmm: &Vmm, kernel: &Path, mib: u32) {
+    boot_counting(vmm, kernel, mib, STEPS);
+}
+
+/// [`boot`], the guest counting to `steps`.
+fn boot_counting(vmm: &Vmm, kernel: &Path, mib: u32, steps: u64) {
     let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": {mib}}}"#);
     assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
     let boot = format!(
-        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={STEPS} delay={DELAY}"}}"#,
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={steps} delay={DELAY}"}}"#,
         kernel.display().to_string()
     );
     assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
@@ -376,4 +387,63 @@ fn vessel_migrate_moves_a_background_vm() {
     // Refused: a VM that does not exist.
     let run = st.vessel(&["migrate", "nosuchvm", "--to", &receiver.url]);
     assert_ne!(run.status, Some(0), "{}", run.stderr);
+}
+
+/// A receiver started with `--api-sock` serves the VM it received, so the VM moves on: the
+/// counting guest hops through 20 receivers, one after the other, each process exiting 0
+/// once its successor runs the guest. The output of all of them together is one unbroken
+/// count from 1, without a restart.
+#[test]
+fn a_guest_hops_through_twenty_vmms_and_counts_on() {
+    const HOPS: usize = 20;
+    let mut source = Vmm::spawn("migration-hop-source", &[]);
+    boot_counting(&source, &counter_guest(), 64, 1_000_000);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let socket = |hop: usize| out_dir().join(format!("migration-hop-{hop}.api"));
+    let spawn = |hop: usize| {
+        let api = socket(hop);
+        let _ = std::fs::remove_file(&api);
+        let name = format!("migration-hop-{hop}");
+        let migration = out_dir().join(format!("{name}.migration"));
+        let _ = std::fs::remove_file(&migration);
+        let url = format!("unix:{}", migration.display());
+        Receiver::spawn_with(&name, &url, &["--api-sock".as_ref(), api.as_os_str()])
+    };
+    let started = Instant::now();
+    let mut first = spawn(0);
+    migrate(&mut source, &first);
+    let mut output = source.serial();
+    for hop in 1..HOPS {
+        let next = spawn(hop);
+        wait_for("the API socket of the received VM", || {
+            socket(hop - 1).exists()
+        });
+        let body = format!(r#"{{"destination_url": {:?}}}"#, next.url);
+        let (code, reply) =
+            common::api::curl(&socket(hop - 1), "PUT", "/migration/send", Some(&body));
+        assert_eq!(code, 204, "hop {hop}: {reply}");
+        let (status, err) = first.wait_exit(Duration::from_secs(30));
+        assert_eq!(status, Some(0), "hop {hop}: {err}");
+        assert!(err.contains("VM migrated to"), "hop {hop}: {err}");
+        let serial = first.serial();
+        assert!(
+            !serial.contains("guest up"),
+            "hop {hop}: restarted: {serial}"
+        );
+        output.push_str(&serial);
+        first = next;
+    }
+    wait_for("the last VMM to count", || {
+        !counts(&first.serial()).is_empty()
+    });
+    output.push_str(&first.serial());
+    let all = counts(&output);
+    let last = *all.last().unwrap();
+    assert_eq!(all, (1..=last).collect::<Vec<_>>(), "{output}");
+    eprintln!(
+        "{HOPS} migrations in {:.1} s; the guest counted to {last}",
+        started.elapsed().as_secs_f64()
+    );
 }
