@@ -101,12 +101,12 @@ fn counter_guest() -> PathBuf {
 
 /// Configures and starts `kernel` with `mib` MiB and 1 vCPU.
 fn boot(vmm: &Vmm, kernel: &Path, mib: u32) {
-    boot_counting(vmm, kernel, mib, STEPS);
+    boot_counting(vmm, kernel, mib, 1, STEPS);
 }
 
-/// [`boot`], the guest counting to `steps`.
-fn boot_counting(vmm: &Vmm, kernel: &Path, mib: u32, steps: u64) {
-    let machine = format!(r#"{{"vcpu_count": 1, "mem_size_mib": {mib}}}"#);
+/// [`boot`] with `vcpus` vCPUs, the guest counting to `steps`.
+fn boot_counting(vmm: &Vmm, kernel: &Path, mib: u32, vcpus: u32, steps: u64) {
+    let machine = format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": {mib}}}"#);
     assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
     let boot = format!(
         r#"{{"kernel_image_path": {:?}, "boot_args": "steps={steps} delay={DELAY}"}}"#,
@@ -389,15 +389,34 @@ fn vessel_migrate_moves_a_background_vm() {
     assert_ne!(run.status, Some(0), "{}", run.stderr);
 }
 
-/// A receiver started with `--api-sock` serves the VM it received, so the VM moves on: the
-/// counting guest hops through 20 receivers, one after the other, each process exiting 0
-/// once its successor runs the guest. The output of all of them together is one unbroken
-/// count from 1, without a restart.
+/// The AP's counts (`ap=M`) of a 2-vCPU counting guest's lines, in order.
+fn ap_counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.split_once(" ap=")?.1.trim().parse().ok())
+        .collect()
+}
+
+/// A receiver started with `--api-sock` serves the VM it received, so the VM moves on: a
+/// 2-vCPU guest (the BSP prints its step and the AP's count, which the AP keeps in memory)
+/// hops through 20 receivers, one after the other, each process exiting 0 once its
+/// successor runs the guest. The output of all of them together is one unbroken count from
+/// 1, without a restart, and the AP's count never goes back and grows: neither vCPU lost
+/// its place or its memory on the way.
 #[test]
 fn a_guest_hops_through_twenty_vmms_and_counts_on() {
     const HOPS: usize = 20;
+    let kernel = multiboot_guest(
+        "counter_smp",
+        &[
+            "multiboot_header.S",
+            "smp_trampoline.S",
+            "counter_smp_guest.c",
+        ],
+        "multiboot.ld",
+    );
     let mut source = Vmm::spawn("migration-hop-source", &[]);
-    boot_counting(&source, &counter_guest(), 64, 1_000_000);
+    boot_counting(&source, &kernel, 64, 2, 1_000_000);
     wait_for("the guest to count to 3", || {
         counts(&source.serial()).len() >= 3
     });
@@ -442,6 +461,13 @@ fn a_guest_hops_through_twenty_vmms_and_counts_on() {
     let all = counts(&output);
     let last = *all.last().unwrap();
     assert_eq!(all, (1..=last).collect::<Vec<_>>(), "{output}");
+    let ap = ap_counts(&output);
+    assert_eq!(ap.len(), all.len(), "{output}");
+    assert!(
+        ap.windows(2).all(|w| w[0] <= w[1]),
+        "the AP's count: {ap:?}"
+    );
+    assert!(ap.last() > ap.first(), "the AP went on counting: {ap:?}");
     eprintln!(
         "{HOPS} migrations in {:.1} s; the guest counted to {last}",
         started.elapsed().as_secs_f64()
