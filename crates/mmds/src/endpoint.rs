@@ -72,6 +72,15 @@ pub fn is_for_mmds(frame: &[u8], ip: Ipv4Addr) -> bool {
     }
 }
 
+/// Whether `frame` is IPv4 from 0.0.0.0. smoltcp lets such packets through (DHCP clients
+/// send them) and a listening TCP socket answers their SYN, which trips an `assert!` in
+/// smoltcp 0.12's dispatch (a reply to the unspecified address): a panic any guest could
+/// cause. No TCP peer of ours has that address, so frames with it are dropped first.
+pub fn from_unspecified_ipv4(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&ETHERTYPE_IPV4[..])
+        && frame.get(ETH_HEADER + 12..ETH_HEADER + 16) == Some(&[0u8; 4][..])
+}
+
 /// smoltcp's view of the wire: queues of whole frames.
 #[derive(Default)]
 struct Wire {
@@ -212,7 +221,7 @@ impl Endpoint {
     }
 
     pub fn receive_frame_at(&mut self, frame: &[u8], now: Instant) {
-        if frame.len() < ETH_HEADER || frame.len() > MAX_IN_FRAME {
+        if frame.len() < ETH_HEADER || frame.len() > MAX_IN_FRAME || from_unspecified_ipv4(frame) {
             return;
         }
         let mut frame = frame.to_vec();

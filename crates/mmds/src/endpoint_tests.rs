@@ -212,6 +212,23 @@ fn hostile_frames_do_not_break_it() {
     drain(&mut ep, t);
 }
 
+#[test]
+fn a_syn_from_the_unspecified_address_is_dropped_not_answered() {
+    // The fuzzer's find: smoltcp's listener answered this SYN and panicked sending to 0.0.0.0.
+    let mut ep = endpoint(MmdsVersion::V1);
+    let t = Instant::from_millis(1);
+    let mut syn = tcp_frame(40000, SYN, 1000, 0, &[]);
+    syn[26..30].fill(0);
+    assert!(from_unspecified_ipv4(&syn));
+    ep.receive_frame_at(&syn, t);
+    assert!(drain(&mut ep, t).is_empty());
+    // The same SYN from the guest's address is answered.
+    let syn = tcp_frame(40000, SYN, 1000, 0, &[]);
+    assert!(!from_unspecified_ipv4(&syn));
+    ep.receive_frame_at(&syn, t);
+    assert_eq!(drain(&mut ep, t).len(), 1);
+}
+
 /// A guest-side stack: a smoltcp client, with frames shuttled both ways.
 struct Guest {
     iface: Interface,

@@ -392,6 +392,7 @@ impl Relay {
 
     pub fn receive_frame_at(&mut self, frame: &[u8], now: Instant) {
         if (14..=MAX_IN_FRAME).contains(&frame.len())
+            && !mmds::from_unspecified_ipv4(frame)
             && self.wire.incoming.len() < MAX_QUEUED_FRAMES
         {
             self.wire.incoming.push_back(frame.to_vec());
