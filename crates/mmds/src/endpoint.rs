@@ -4,18 +4,17 @@
 //! answered by [`Mmds`]. Everything is bounded: connections, frames queued either way,
 //! request size, idle time. Knows nothing of virtio or KVM.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::http::{self, Response, MAX_REQUEST_LEN};
+use crate::wire::FrameWire;
 use crate::Mmds;
 
 /// Firecracker's MMDS MAC address: the source of every frame the endpoint sends.
@@ -29,8 +28,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 const MAX_QUEUED_FRAMES: usize = 256;
 /// Largest frame taken from the guest (a request is at most [`MAX_REQUEST_LEN`]).
 const MAX_IN_FRAME: usize = 16 * 1024;
-/// The endpoint's MTU (frames of at most 1514 bytes with the Ethernet header).
-const MTU: usize = 1514;
 const SOCKET_TX_BUFFER: usize = 16 * 1024;
 /// A connection with no progress for this long is reset.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,70 +69,6 @@ pub fn is_for_mmds(frame: &[u8], ip: Ipv4Addr) -> bool {
     }
 }
 
-/// Whether `frame` is IPv4 from 0.0.0.0. smoltcp lets such packets through (DHCP clients
-/// send them) and a listening TCP socket answers their SYN, which trips an `assert!` in
-/// smoltcp 0.12's dispatch (a reply to the unspecified address): a panic any guest could
-/// cause. No TCP peer of ours has that address, so frames with it are dropped first.
-pub fn from_unspecified_ipv4(frame: &[u8]) -> bool {
-    frame.get(12..14) == Some(&ETHERTYPE_IPV4[..])
-        && frame.get(ETH_HEADER + 12..ETH_HEADER + 16) == Some(&[0u8; 4][..])
-}
-
-/// smoltcp's view of the wire: queues of whole frames.
-#[derive(Default)]
-struct Wire {
-    incoming: VecDeque<Vec<u8>>,
-    outgoing: VecDeque<Vec<u8>>,
-}
-
-struct InToken(Vec<u8>);
-struct OutToken<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl smoltcp::phy::RxToken for InToken {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl smoltcp::phy::TxToken for OutToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0; len];
-        let r = f(&mut frame);
-        if self.0.len() < MAX_QUEUED_FRAMES {
-            self.0.push_back(frame);
-        }
-        r
-    }
-}
-
-impl Device for Wire {
-    type RxToken<'a> = InToken;
-    type TxToken<'a> = OutToken<'a>;
-
-    fn receive(&mut self, _: Instant) -> Option<(InToken, OutToken<'_>)> {
-        let frame = self.incoming.pop_front()?;
-        Some((InToken(frame), OutToken(&mut self.outgoing)))
-    }
-
-    fn transmit(&mut self, _: Instant) -> Option<OutToken<'_>> {
-        (self.outgoing.len() < MAX_QUEUED_FRAMES).then_some(OutToken(&mut self.outgoing))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU;
-        // A virtual wire: frames from the guest may carry partial checksums (offloads), so
-        // they are not verified; frames to the guest get full ones.
-        let mut checksum = ChecksumCapabilities::default();
-        checksum.ipv4 = Checksum::Tx;
-        checksum.tcp = Checksum::Tx;
-        checksum.icmpv4 = Checksum::Tx;
-        caps.checksum = checksum;
-        caps
-    }
-}
-
 /// One TCP connection slot: a socket listening on port 80 or serving one request.
 struct Connection {
     handle: SocketHandle,
@@ -151,7 +84,7 @@ pub struct Endpoint {
     iface: Interface,
     sockets: SocketSet<'static>,
     connections: Vec<Connection>,
-    wire: Wire,
+    wire: FrameWire,
     /// Whether a connection is open (then each [`Endpoint::next_frame`] runs the stack).
     active: bool,
     origin: std::time::Instant,
@@ -177,7 +110,7 @@ impl Endpoint {
     pub fn new(mmds: Arc<Mutex<Mmds>>, ip: Ipv4Addr) -> Result<Self, EndpointError> {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| EndpointError::Seed(e.to_string()))?;
-        let mut wire = Wire::default();
+        let mut wire = FrameWire::new(MAX_QUEUED_FRAMES, MAX_IN_FRAME);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(MMDS_MAC)));
         config.random_seed = u64::from_le_bytes(seed);
         let mut iface = Interface::new(config, &mut wire, Instant::ZERO);
@@ -221,21 +154,20 @@ impl Endpoint {
     }
 
     pub fn receive_frame_at(&mut self, frame: &[u8], now: Instant) {
-        if frame.len() < ETH_HEADER || frame.len() > MAX_IN_FRAME || from_unspecified_ipv4(frame) {
-            return;
-        }
-        let mut frame = frame.to_vec();
         // The guest may send through its gateway's MAC: the frame is for us all the same.
-        if frame[0] & 1 == 0 {
-            frame[..6].copy_from_slice(&MMDS_MAC);
+        let to_us = |frame: &mut [u8]| {
+            if frame[0] & 1 == 0 {
+                frame[..6].copy_from_slice(&MMDS_MAC);
+            }
+        };
+        if self.wire.push_from_guest(frame, to_us) {
+            self.poll(now);
         }
-        self.wire.incoming.push_back(frame);
-        self.poll(now);
     }
 
     /// Whether frames wait for the guest.
     pub fn has_output(&self) -> bool {
-        !self.wire.outgoing.is_empty()
+        self.wire.has_output()
     }
 
     /// The next frame for the guest, copied into `buf`; frames longer than `buf` are dropped.
@@ -244,16 +176,10 @@ impl Endpoint {
     }
 
     pub fn next_frame_at(&mut self, buf: &mut [u8], now: Instant) -> Option<usize> {
-        if self.wire.outgoing.is_empty() && self.active {
+        if !self.wire.has_output() && self.active {
             self.poll(now);
         }
-        while let Some(frame) = self.wire.outgoing.pop_front() {
-            if let Some(dst) = buf.get_mut(..frame.len()) {
-                dst.copy_from_slice(&frame);
-                return Some(frame.len());
-            }
-        }
-        None
+        self.wire.pop_to_guest(buf)
     }
 
     fn poll(&mut self, now: Instant) {

@@ -219,12 +219,12 @@ fn a_syn_from_the_unspecified_address_is_dropped_not_answered() {
     let t = Instant::from_millis(1);
     let mut syn = tcp_frame(40000, SYN, 1000, 0, &[]);
     syn[26..30].fill(0);
-    assert!(from_unspecified_ipv4(&syn));
+    assert!(crate::wire::from_unspecified_ipv4(&syn));
     ep.receive_frame_at(&syn, t);
     assert!(drain(&mut ep, t).is_empty());
     // The same SYN from the guest's address is answered.
     let syn = tcp_frame(40000, SYN, 1000, 0, &[]);
-    assert!(!from_unspecified_ipv4(&syn));
+    assert!(!crate::wire::from_unspecified_ipv4(&syn));
     ep.receive_frame_at(&syn, t);
     assert_eq!(drain(&mut ep, t).len(), 1);
 }
@@ -233,12 +233,13 @@ fn a_syn_from_the_unspecified_address_is_dropped_not_answered() {
 struct Guest {
     iface: Interface,
     sockets: SocketSet<'static>,
-    wire: Wire,
+    /// The guest stack's device: the endpoint's frames are pushed in, the guest's popped out.
+    wire: FrameWire,
 }
 
 impl Guest {
     fn new() -> Self {
-        let mut wire = Wire::default();
+        let mut wire = FrameWire::new(256, 4096);
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC))),
             &mut wire,
@@ -272,12 +273,12 @@ impl Guest {
         for step in 0..2000 {
             let now = Instant::from_millis(10 + step);
             self.iface.poll(now, &mut self.wire, &mut self.sockets);
-            while let Some(frame) = self.wire.outgoing.pop_front() {
-                assert!(is_for_mmds(&frame, DEFAULT_IPV4));
-                ep.receive_frame_at(&frame, now);
+            while let Some(n) = self.wire.pop_to_guest(&mut buf) {
+                assert!(is_for_mmds(&buf[..n], DEFAULT_IPV4));
+                ep.receive_frame_at(&buf[..n], now);
             }
             while let Some(n) = ep.next_frame_at(&mut buf, now) {
-                self.wire.incoming.push_back(buf[..n].to_vec());
+                self.wire.push_from_guest(&buf[..n], |_| {});
             }
             let s = self.sockets.get_mut::<tcp::Socket>(handle);
             if s.can_send() && !sent {

@@ -15,10 +15,9 @@ pub mod http;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod wire;
 
-pub use endpoint::{
-    from_unspecified_ipv4, is_for_mmds, Endpoint, EndpointError, DEFAULT_IPV4, MMDS_MAC,
-};
+pub use endpoint::{is_for_mmds, Endpoint, EndpointError, DEFAULT_IPV4, MMDS_MAC};
 pub use service::{Mmds, MmdsVersion};
 pub use store::{DataStore, OutputFormat, StoreError, DEFAULT_SIZE_LIMIT};
 pub use token::TokenError;

@@ -11,16 +11,7 @@ const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
 const IPPROTO_TCP: u8 = 6;
 const ARP_REPLY: [u8; 2] = [0, 2];
 
-/// Where a frame from the guest goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Steer {
-    /// To the backend (passt) only, as without the relay.
-    Backend,
-    /// To the relay only: a segment of one of its connections.
-    Relay,
-    /// To both: an ARP reply to the gateway (passt may have asked too).
-    Both,
-}
+pub use crate::diverting_nic::Steer;
 
 /// A TCP segment's addresses: (source address, source port, destination address,
 /// destination port).

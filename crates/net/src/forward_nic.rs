@@ -4,9 +4,9 @@
 //! the gateway's MAC. [`ForwardControl`] adds and removes forwards from another thread
 //! (the API's).
 //!
-//! The I/O thread polls one fd: an epoll set of passt's fd, the relay's host sockets, a
-//! timer for smoltcp's retransmissions and idle limits, and an eventfd raised when the
-//! relay has frames or its forwards changed.
+//! The wrapping is [`DivertingNic`]'s; the relay adds its host sockets and a timer for
+//! smoltcp's retransmissions and idle limits to the fds it polls, and [`ForwardControl`]
+//! raises its eventfd when forwards change.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -14,14 +14,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::Forward;
-use crate::forward_frames::Steer;
+use crate::diverting_nic::{DivertingNic, Steer, WireStack};
 use crate::forward_relay::{LiveForward, Relay, RelayError};
 use crate::Backend;
-use virtio::net::{GuestOffloads, NET_HDR_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardNicError {
@@ -62,11 +60,12 @@ impl ForwardControl {
     }
 }
 
-pub struct ForwardNic {
-    inner: Box<dyn Backend>,
+pub type ForwardNic = DivertingNic<RelayStack>;
+
+/// The relay as the stack on a NIC's wire, with the timer of its retransmissions and idle
+/// limits.
+pub struct RelayStack {
     relay: Arc<Mutex<Relay>>,
-    ready: Epoll,
-    wake: Arc<EventFd>,
     timer: OwnedFd,
     /// Whether `timer` may fire (then it is rearmed or disarmed after each run).
     timer_armed: bool,
@@ -106,65 +105,41 @@ fn arm(timer: &OwnedFd, delay: Option<Duration>) {
     unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
 }
 
-impl ForwardNic {
-    /// `inner` (passt, whose guest is at `guest_ip` behind `gateway`) with the relay on
-    /// its wire, and the control of its forwards.
-    pub fn new(
-        inner: Box<dyn Backend>,
-        guest_ip: Ipv4Addr,
-        gateway: Ipv4Addr,
-    ) -> Result<(Self, ForwardControl), ForwardNicError> {
-        let relay = Relay::new(guest_ip, gateway).map_err(ForwardNicError::Fds)?;
-        let ready = Epoll::new().map_err(ForwardNicError::Fds)?;
-        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ForwardNicError::Fds)?);
-        let timer = timerfd().map_err(ForwardNicError::Fds)?;
-        // Edge-triggered like the I/O thread's own registration: every new readiness of
-        // the backend (either way) wakes the set once.
-        let watched = [
-            (inner.as_raw_fd(), EventSet::IN | EventSet::OUT),
-            (wake.as_raw_fd(), EventSet::IN),
-            (timer.as_raw_fd(), EventSet::IN),
-            (relay.host_fd(), EventSet::IN),
-        ];
-        for (fd, events) in watched {
-            ready
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(events | EventSet::EDGE_TRIGGERED, fd as u64),
-                )
-                .map_err(ForwardNicError::Fds)?;
-        }
-        let relay = Arc::new(Mutex::new(relay));
-        let control = ForwardControl {
-            relay: relay.clone(),
-            wake: wake.clone(),
-        };
-        Ok((
-            Self {
-                inner,
-                relay,
-                ready,
-                wake,
-                timer,
-                timer_armed: false,
-            },
-            control,
-        ))
+/// `inner` (passt, whose guest is at `guest_ip` behind `gateway`) with the relay on its
+/// wire, and the control of its forwards.
+pub fn with_forwards(
+    inner: Box<dyn Backend>,
+    guest_ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<(ForwardNic, ForwardControl), ForwardNicError> {
+    let relay = Relay::new(guest_ip, gateway).map_err(ForwardNicError::Fds)?;
+    let stack = RelayStack {
+        relay: Arc::new(Mutex::new(relay)),
+        timer: timerfd().map_err(ForwardNicError::Fds)?,
+        timer_armed: false,
+    };
+    let relay = stack.relay.clone();
+    let nic = DivertingNic::new(inner, stack).map_err(ForwardNicError::Fds)?;
+    let control = ForwardControl {
+        relay,
+        wake: nic.waker(),
+    };
+    Ok((nic, control))
+}
+
+impl WireStack for RelayStack {
+    fn steer(&mut self, frame: &[u8]) -> Steer {
+        lock(&self.relay).steer(frame)
     }
 
-    /// Empties the set's ready list, so that only new readiness wakes the I/O thread.
-    fn clear_readiness(&self) {
-        let mut events = [EpollEvent::default(); 8];
-        while matches!(self.ready.wait(0, &mut events), Ok(n) if n > 0) {}
-        let _ = self.wake.read();
-        let mut count = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live buffer from our non-blocking timerfd.
-        unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    fn receive(&mut self, frame: &[u8]) -> bool {
+        let mut relay = lock(&self.relay);
+        relay.receive_frame(frame);
+        relay.has_output()
     }
 
-    /// Runs the relay and rearms its timer; its next frame for the guest, if any.
-    fn relay_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+    /// Runs the relay and rearms its timer.
+    fn next_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut relay = lock(&self.relay);
         if !relay.has_forwards() && !relay.has_connections() && !relay.has_output() {
             return None;
@@ -182,125 +157,33 @@ impl ForwardNic {
         frame
     }
 
-    /// Sends `frame` where it belongs; `Ok(true)` when the relay alone took it.
-    fn divert(&mut self, frame: &[u8]) -> bool {
-        let mut relay = lock(&self.relay);
-        let steer = relay.steer(frame);
-        if steer != Steer::Backend {
-            relay.receive_frame(frame);
-            if relay.has_output() {
-                let _ = self.wake.write(1);
-            }
-        }
-        steer == Steer::Relay
-    }
-}
-
-impl Backend for ForwardNic {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let mut header = [0u8; NET_HDR_LEN];
-        self.recv_with_header(&mut header, buf)
+    /// passt's frames teach the relay the gateway's MAC.
+    fn learn(&mut self, frame: &[u8]) {
+        lock(&self.relay).learn(frame);
     }
 
-    /// The relay's frames first, then the backend's (the relay learns the gateway's MAC
-    /// from them). Readiness is cleared only when both are empty, and both are asked
-    /// again after that, so news that came meanwhile is taken now or wakes the I/O thread.
-    fn recv_with_header(
-        &mut self,
-        header: &mut [u8; NET_HDR_LEN],
-        buf: &mut [u8],
-    ) -> io::Result<Option<usize>> {
-        for attempt in 0..2 {
-            if let Some(n) = self.relay_frame(buf) {
-                // Full checksums, no segmentation.
-                header.fill(0);
-                return Ok(Some(n));
-            }
-            let got = self.inner.recv_with_header(header, buf)?;
-            if let Some(n) = got {
-                if let Some(frame) = buf.get(..n) {
-                    lock(&self.relay).learn(frame);
-                }
-                return Ok(got);
-            }
-            if attempt == 0 {
-                self.clear_readiness();
-            }
-        }
-        Ok(None)
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.timer.as_raw_fd(), lock(&self.relay).host_fd()]
     }
 
-    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        if self.divert(frame) {
-            return Ok(true);
-        }
-        self.inner.send(frame)
-    }
-
-    fn send_with_header(&mut self, header: &[u8; NET_HDR_LEN], frame: &[u8]) -> io::Result<bool> {
-        if self.divert(frame) {
-            return Ok(true);
-        }
-        self.inner.send_with_header(header, frame)
-    }
-
-    fn flush(&mut self) -> io::Result<bool> {
-        self.inner.flush()
-    }
-
-    fn as_raw_fd(&self) -> RawFd {
-        self.ready.as_raw_fd()
-    }
-
-    fn mtu(&self) -> Option<u16> {
-        self.inner.mtu()
-    }
-
-    fn offloads(&self) -> bool {
-        self.inner.offloads()
-    }
-
-    fn set_guest_offloads(&mut self, offloads: GuestOffloads) -> io::Result<()> {
-        self.inner.set_guest_offloads(offloads)
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from our non-blocking timerfd.
+        unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{TcpListener, TcpStream};
-    use std::os::unix::net::UnixDatagram;
 
     use super::*;
     use crate::config::Protocol;
+    use crate::diverting_nic::test_backend;
     use crate::forward_frames::tcp_tuple;
 
-    /// The backend end of a datagram socketpair; the test holds the other end.
-    struct Datagrams(UnixDatagram);
-
-    impl Backend for Datagrams {
-        fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-            match self.0.recv(buf) {
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            }
-        }
-        fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-            self.0.send(frame).map(|_| true)
-        }
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
-    }
-
     fn readable(fd: RawFd) -> bool {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, a short timeout.
-        unsafe { libc::poll(&mut pfd, 1, 1000) == 1 }
+        test_backend::readable(fd, 1000)
     }
 
     const PASST_MAC: [u8; 6] = [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55];
@@ -319,16 +202,10 @@ mod tests {
 
     #[test]
     fn a_forward_added_at_run_time_reaches_the_guest_through_the_wrapper() {
-        let (ours, theirs) = UnixDatagram::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        theirs.set_nonblocking(true).unwrap();
+        let (backend, theirs) = test_backend::pair();
         let gateway = Ipv4Addr::new(10, 0, 2, 2);
-        let (mut nic, control) = ForwardNic::new(
-            Box::new(Datagrams(ours)),
-            Ipv4Addr::new(10, 0, 2, 15),
-            gateway,
-        )
-        .unwrap();
+        let (mut nic, control) =
+            with_forwards(backend, Ipv4Addr::new(10, 0, 2, 15), gateway).unwrap();
         let mut buf = vec![0u8; 65536];
         assert_eq!(nic.recv(&mut buf).unwrap(), None);
 

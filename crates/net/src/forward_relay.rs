@@ -17,6 +17,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use mmds::wire::FrameWire;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -25,7 +26,6 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::config::{Forward, Protocol};
 use crate::forward_frames::{gateway_mac_of, is_arp_reply_to, tcp_tuple, Steer};
-use crate::forward_wire::{Wire, MAX_QUEUED_FRAMES};
 
 /// Run-time forwards on one NIC.
 pub const MAX_FORWARDS: usize = 32;
@@ -46,6 +46,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const LOCAL_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 /// Largest frame taken from the guest (a segmentation-offload frame at most).
 const MAX_IN_FRAME: usize = 65536 + 18;
+/// Frames waiting either way; smoltcp keeps the rest of its data in its sockets.
+const MAX_QUEUED_FRAMES: usize = 512;
 /// The interface's MAC until passt's is seen.
 const PLACEHOLDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
@@ -102,7 +104,7 @@ pub struct Relay {
     gateway_mac: Option<[u8; 6]>,
     iface: Interface,
     sockets: SocketSet<'static>,
-    wire: Wire,
+    wire: FrameWire,
     forwards: Vec<Listening>,
     connections: Vec<Connection>,
     /// The listeners and host streams, edge-triggered: readable when one has news.
@@ -231,7 +233,7 @@ impl Relay {
     /// reproducible fuzzing.
     pub fn with_seed(guest_ip: Ipv4Addr, gateway_ip: Ipv4Addr, seed: u64) -> io::Result<Self> {
         let host_events = Epoll::new()?;
-        let mut wire = Wire::default();
+        let mut wire = FrameWire::new(MAX_QUEUED_FRAMES, MAX_IN_FRAME);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(PLACEHOLDER_MAC)));
         config.random_seed = seed;
         let mut iface = Interface::new(config, &mut wire, Instant::ZERO);
@@ -378,7 +380,7 @@ impl Relay {
                         .iter()
                         .any(|c| c.guest_port == t.src_port && c.local_port == t.dst_port) =>
             {
-                Steer::Relay
+                Steer::Stack
             }
             _ => Steer::Backend,
         }
@@ -391,29 +393,18 @@ impl Relay {
     }
 
     pub fn receive_frame_at(&mut self, frame: &[u8], now: Instant) {
-        if (14..=MAX_IN_FRAME).contains(&frame.len())
-            && !mmds::from_unspecified_ipv4(frame)
-            && self.wire.incoming.len() < MAX_QUEUED_FRAMES
-        {
-            self.wire.incoming.push_back(frame.to_vec());
-        }
+        self.wire.push_from_guest(frame, |_| {});
         self.service_at(now);
     }
 
     /// Whether frames wait for the guest.
     pub fn has_output(&self) -> bool {
-        !self.wire.outgoing.is_empty()
+        self.wire.has_output()
     }
 
     /// The next frame for the guest, copied into `buf`; frames longer than `buf` are dropped.
     pub fn next_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
-        while let Some(frame) = self.wire.outgoing.pop_front() {
-            if let Some(dst) = buf.get_mut(..frame.len()) {
-                dst.copy_from_slice(&frame);
-                return Some(frame.len());
-            }
-        }
-        None
+        self.wire.pop_to_guest(buf)
     }
 
     /// When [`Self::service`] must run next (smoltcp's timers, idle limits); None while

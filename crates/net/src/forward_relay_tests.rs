@@ -11,7 +11,7 @@ use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use super::*;
-use crate::forward_wire::Wire;
+use mmds::wire::FrameWire;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const PASST_MAC: [u8; 6] = [0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55];
@@ -22,7 +22,8 @@ const GUEST_PORT: u16 = 8000;
 /// A guest: smoltcp with one listening socket on [`GUEST_PORT`].
 struct Guest {
     iface: Interface,
-    wire: Wire,
+    /// The guest stack's device: the relay's frames are pushed in, the guest's popped out.
+    wire: FrameWire,
     sockets: SocketSet<'static>,
     server: SocketHandle,
     /// Frames the guest sent that the relay did not take (they went to passt).
@@ -40,7 +41,7 @@ fn listening() -> tcp::Socket<'static> {
 
 impl Guest {
     fn new() -> Self {
-        let mut wire = Wire::default();
+        let mut wire = FrameWire::new(512, 70000);
         let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
         let mut iface = Interface::new(config, &mut wire, Instant::ZERO);
         iface.update_ip_addrs(|a| {
@@ -98,12 +99,13 @@ fn run(relay: &mut Relay, guest: &mut Guest, now: &mut Instant, rounds: usize) {
         *now += SmolDuration::from_millis(10);
         relay.service_at(*now);
         while let Some(n) = relay.next_frame(&mut buf) {
-            guest.wire.incoming.push_back(buf[..n].to_vec());
+            guest.wire.push_from_guest(&buf[..n], |_| {});
         }
         guest.iface.poll(*now, &mut guest.wire, &mut guest.sockets);
-        while let Some(frame) = guest.wire.outgoing.pop_front() {
+        while let Some(n) = guest.wire.pop_to_guest(&mut buf) {
+            let frame = buf[..n].to_vec();
             match relay.steer(&frame) {
-                Steer::Relay => relay.receive_frame_at(&frame, *now),
+                Steer::Stack => relay.receive_frame_at(&frame, *now),
                 Steer::Both => {
                     relay.receive_frame_at(&frame, *now);
                     guest.to_passt.push(frame);
@@ -237,7 +239,7 @@ fn steering_takes_only_the_relays_segments_and_arp_replies_to_the_gateway() {
     let gw = GATEWAY.octets();
     assert_eq!(
         relay.steer(&segment(g, guest_port, gw, local)),
-        Steer::Relay
+        Steer::Stack
     );
     assert_eq!(
         relay.steer(&segment(g, guest_port + 1, gw, local)),

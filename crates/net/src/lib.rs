@@ -10,9 +10,9 @@
 //! * `hostonly:NAME` — [`hostonly::HostOnlyBackend`]: a tap on a host-only bridge and a
 //!   DHCP server for the VM (CAP_NET_ADMIN).
 //!
-//! * [`mmds_nic::MmdsNic`] — any of them with the MMDS (Firecracker's metadata service) on
+//! * [`mmds_nic::with_mmds`] — any of them with the MMDS (Firecracker's metadata service) on
 //!   the wire.
-//! * [`forward_nic::ForwardNic`] — `nat` with the relay of port forwards added at run time
+//! * [`forward_nic::with_forwards`] — `nat` with the relay of port forwards added at run time
 //!   ([`forward_relay`]).
 //!
 //! Parse a `--nic` value with [`parse_nic`], open its backend with [`open_backend`], give
@@ -21,10 +21,10 @@
 pub mod bridge;
 pub mod config;
 pub mod dhcp;
+pub mod diverting_nic;
 pub mod forward_frames;
 pub mod forward_nic;
 pub mod forward_relay;
-mod forward_wire;
 pub mod handshake;
 pub mod hostonly;
 pub mod lease;

@@ -97,7 +97,7 @@ pub(crate) fn virtio_devices(
         let mut backend = net::open_backend(&nic).map_err(nic_error)?;
         let mut forwards = None;
         if nic.mode == net::NicMode::Nat {
-            let (with_relay, control) = net::forward_nic::ForwardNic::new(
+            let (with_relay, control) = net::forward_nic::with_forwards(
                 backend,
                 net::passt::GUEST_ADDR,
                 net::passt::GATEWAY,
@@ -107,7 +107,7 @@ pub(crate) fn virtio_devices(
             forwards = Some(control);
         }
         if let Some(m) = cfg.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
-            let with_mmds = net::mmds_nic::MmdsNic::new(backend, m.service.clone(), m.ipv4)
+            let with_mmds = net::mmds_nic::with_mmds(backend, m.service.clone(), m.ipv4)
                 .map_err(|e| nic_error(e.into()))?;
             backend = Box::new(with_mmds);
         }
