@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = host.write_all(b"line from the host\n");
         }
         match relay.steer(&frame) {
-            Steer::Relay | Steer::Both => relay.receive_frame_at(&frame, now),
+            Steer::Stack | Steer::Both => relay.receive_frame_at(&frame, now),
             Steer::Backend => relay.service_at(now),
         }
         drain(&mut relay, &mut ack);
