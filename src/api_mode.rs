@@ -297,45 +297,19 @@ impl VmmBackend for Backend {
     ) -> Result<MachineConfig, String> {
         let snapshot = vmm::snapshot::read_state_file(std::path::Path::new(snapshot_path))
             .map_err(|e| error_chain(&e))?;
-        let host = VmConfig {
-            kernel: PathBuf::new(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: snapshot.machine.memory,
-            cpus: snapshot.machine.cpus,
-            serial: self.serial.clone(),
-            disks: Vec::new(),
-            rng: false,
-            console2: None,
-            nics: Vec::new(),
-            pit: vmm::PitMode::Auto,
-            emulator_fixups: self.emulator_fixups,
-            vsock: None,
-            shares: Vec::new(),
-            balloon: None,
-            mmds: None,
-        };
+        let host = vmm::snapshot::host_config(
+            self.serial.clone(),
+            self.emulator_fixups,
+            &snapshot.machine,
+        );
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
             mem_size_mib: snapshot.machine.memory >> 20,
             ..MachineConfig::default()
         };
-        // The files the restored VM keeps using (its disks) are the snapshot's.
-        let mut files = host.clone();
-        files.disks = snapshot
-            .machine
-            .disks
-            .iter()
-            .map(|d| DiskConfig {
-                path: d.path.clone(),
-                read_only: d.read_only,
-                id: None,
-                format: None,
-                allow_external_backing: false,
-                honour_flush: true,
-                rate_limit: Default::default(),
-            })
-            .collect();
+        // The files the restored VM keeps using (its disks, console output...) are the
+        // snapshot's.
+        let files = vmm::snapshot::restored_config(&host, &snapshot.machine);
         let mem_path = PathBuf::from(mem_path);
         self.launch(
             files,

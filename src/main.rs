@@ -33,6 +33,7 @@ mod snapshot_merge;
 mod snapshot_tree;
 mod ssh_cli;
 mod state;
+mod suspend_cli;
 mod vhost_user_cli;
 mod vm_archive;
 mod vm_create;

@@ -49,7 +49,25 @@ pub enum ManageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Save a running VM's whole state in its directory and end its VMM (Vagrant's
+    /// suspend); `resume` or `start` continues it where it was.
+    Suspend {
+        /// The running VM.
+        name: String,
+        /// Print the VM's summary as JSON afterwards (the fields of `vessel ls --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a suspended VM from its saved state (its memory mapped lazily).
+    Resume {
+        /// The suspended VM.
+        name: String,
+        /// Print the VM's summary as JSON afterwards (the fields of `vessel ls --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a VM: Ctrl-Alt-Del to the guest first, then power it off after the timeout.
+    /// A suspended VM's saved state is discarded (it becomes stopped).
     Stop {
         /// The VM to stop.
         name: String,
@@ -176,6 +194,14 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
             }
             summary_if(json, &state, &name)
         }
+        ManageCommand::Suspend { name, json } => {
+            crate::suspend_cli::suspend(&state, &name, json)?;
+            summary_if(json, &state, &name)
+        }
+        ManageCommand::Resume { name, json } => {
+            crate::suspend_cli::resume(&state, &name, json)?;
+            summary_if(json, &state, &name)
+        }
         ManageCommand::Stop {
             name,
             force,
@@ -259,6 +285,11 @@ fn validate(file: &PathBuf) -> Result<i32> {
 pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
+    let verb = if crate::suspend_cli::saved_state(&vm).is_some() {
+        "resumed"
+    } else {
+        "started"
+    };
     if vm.try_lock()?.is_none() {
         return Err(crate::exit::usage(format!(
             "VM '{name}' is already running (pid {})",
@@ -316,7 +347,7 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     std::fs::File::from(read_end).read_to_string(&mut status)?;
     if status.trim() == "ready" {
         if !json {
-            println!("started VM '{name}' (pid {})", child.id());
+            println!("{verb} VM '{name}' (pid {})", child.id());
         }
         Ok(0)
     } else {
@@ -364,8 +395,15 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
             socket: vm.path(state::CONSOLE_SOCKET),
         };
         let cfg = def.vm_config(serial)?;
-        let machine =
-            vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?;
+        let (machine, cfg) = match crate::suspend_cli::saved_state(&vm) {
+            Some(saved) => {
+                crate::suspend_cli::restore(&vm, &saved, cfg.serial, cfg.emulator_fixups)?
+            }
+            None => (
+                vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?,
+                cfg,
+            ),
+        };
         let api_server =
             crate::api_mode::serve_running(&vm.path(state::API_SOCKET), &cfg, machine.handle())
                 .map_err(|e| {
@@ -408,7 +446,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
     })
 }
 
-fn signal(vm: &VmDir, sig: i32) -> Result<bool> {
+pub(crate) fn signal(vm: &VmDir, sig: i32) -> Result<bool> {
     match vm.state()? {
         VmState::Running { pid } if pid > 0 => {
             // SAFETY: sending a signal to the VMM process that holds this VM's lock.
@@ -433,9 +471,20 @@ pub(crate) fn stop(
     };
     let vm = state.vm(name)?;
     vm.definition()?;
-    if !matches!(vm.state()?, VmState::Running { .. }) {
-        say(format!("VM '{name}' is not running"));
-        return Ok(0);
+    match vm.state()? {
+        VmState::Running { .. } => {}
+        VmState::Suspended => {
+            crate::suspend_cli::discard(&vm)?;
+            std::fs::write(vm.path(state::EXIT_FILE), "saved state discarded\n")?;
+            say(format!(
+                "VM '{name}' was suspended: its saved state is discarded"
+            ));
+            return Ok(0);
+        }
+        _ => {
+            say(format!("VM '{name}' is not running"));
+            return Ok(0);
+        }
     }
     if !force
         && signal(&vm, libc::SIGUSR1)?

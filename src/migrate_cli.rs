@@ -2,10 +2,10 @@
 //! the sender behind `PUT /migration/send` (docs/migration.md).
 
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vmm::migration::{self, Listener, MigrationUrl, SendOptions};
-use vmm::{DiskConfig, SerialMode, Vm, VmConfig, VmHandle};
+use vmm::{SerialMode, Vm, VmHandle};
 
 use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR, EXIT_USAGE};
 
@@ -33,63 +33,6 @@ pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), 
         p.total_ms.unwrap_or_default()
     );
     Ok(())
-}
-
-/// The host side of a received VM: where its serial console goes, and the emulator
-/// setting; everything else comes from the stream.
-fn host_config(
-    serial: SerialMode,
-    emulator_fixups: vmm::EmulatorFixups,
-    machine: &vmm::snapshot::MachineState,
-) -> VmConfig {
-    VmConfig {
-        kernel: PathBuf::new(),
-        initrd: None,
-        cmdline: String::new(),
-        memory: machine.memory,
-        cpus: machine.cpus,
-        serial,
-        disks: Vec::new(),
-        rng: false,
-        console2: None,
-        nics: Vec::new(),
-        pit: vmm::PitMode::Auto,
-        emulator_fixups,
-        vsock: None,
-        shares: Vec::new(),
-        balloon: None,
-        mmds: None,
-    }
-}
-
-/// The received VM's configuration as the API reports it and confinement admits its
-/// files: `host` with the stream's disks, NICs and devices.
-fn received_config(host: &VmConfig, machine: &vmm::snapshot::MachineState) -> VmConfig {
-    let mut cfg = host.clone();
-    cfg.disks = machine
-        .disks
-        .iter()
-        .map(|d| DiskConfig {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            id: d.id.clone(),
-            format: None,
-            allow_external_backing: false,
-            honour_flush: true,
-            rate_limit: Default::default(),
-        })
-        .collect();
-    // A NIC the VM could be built with converts; one that could not failed the build.
-    cfg.nics = machine
-        .nics
-        .iter()
-        .filter_map(|n| n.to_config().ok())
-        .collect();
-    cfg.rng = machine.rng;
-    cfg.console2 = machine.console.clone();
-    cfg.vsock = machine.vsock.clone();
-    cfg.balloon = machine.balloon;
-    cfg
 }
 
 /// `vessel run --incoming URL [--api-sock PATH]`: waits for one sender, builds its VM,
@@ -137,13 +80,13 @@ pub fn incoming(
         Err(e) => return fail(&mut stream, error_chain(&e)),
     };
     let machine = &received.snapshot.machine;
-    let host = host_config(serial, emulator_fixups, machine);
+    let host = vmm::snapshot::host_config(serial, emulator_fixups, machine);
     let mut vm = match Vm::restore_received(&host, &received) {
         Ok(vm) => vm,
         Err(e) => return fail(&mut stream, error_chain(&e)),
     };
     // The files the VM keeps using (its disks...) are the stream's.
-    let files = received_config(&host, machine);
+    let files = vmm::snapshot::restored_config(&host, machine);
     drop(received);
     let api_server = match api_sock {
         Some(socket) => match crate::api_mode::serve_running(socket, &files, vm.handle()) {

@@ -142,7 +142,8 @@ pub fn reload(state: &StateDir, args: ReloadArgs) -> Result<i32> {
         apply_project(&mut def, new)?;
     }
     let def = crate::vm_create::recheck(&def, &vm)?;
-    if matches!(vm.state()?, VmState::Running { .. }) {
+    // A suspended VM's saved state would not match what changes: stop discards it.
+    if matches!(vm.state()?, VmState::Running { .. } | VmState::Suspended) {
         crate::manage_cli::stop(state, name, false, args.stop_timeout, args.json)?;
     }
     let Some(lock) = vm.try_lock()? else {

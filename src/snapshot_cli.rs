@@ -88,6 +88,7 @@ fn open_stopped(state: &StateDir, name: &str) -> Result<Session> {
              are taken of powered-off VMs; stop it first with `vessel stop {name}`"
         ))
     })?;
+    crate::suspend_cli::refuse_if_suspended(&vm, "a disk snapshot")?;
     let mut s = Session {
         meta: SnapshotMeta::load(&vm.dir)?,
         vm,

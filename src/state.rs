@@ -119,6 +119,8 @@ pub enum VmState {
         pid: i32,
     },
     Stopped,
+    /// Stopped with its whole state saved (`vessel suspend`); `resume` or `start` goes on.
+    Suspended,
     /// The VMM died without recording how the VM ended.
     Crashed,
 }
@@ -128,6 +130,7 @@ impl VmState {
         match self {
             VmState::Running { .. } => "running",
             VmState::Stopped => "stopped",
+            VmState::Suspended => "suspended",
             VmState::Crashed => "crashed",
         }
     }
@@ -192,7 +195,9 @@ impl VmDir {
                 pid: self.pid().unwrap_or(0),
             }),
             Some(_lock) => {
-                if self.path(PID_FILE).exists() && !self.path(EXIT_FILE).exists() {
+                if crate::suspend_cli::saved_state(self).is_some() {
+                    Ok(VmState::Suspended)
+                } else if self.path(PID_FILE).exists() && !self.path(EXIT_FILE).exists() {
                     Ok(VmState::Crashed)
                 } else {
                     Ok(VmState::Stopped)

@@ -18,6 +18,7 @@ pub(crate) fn stopped(vm: &VmDir) -> Result<VmDefinition> {
             vm.name
         )));
     }
+    crate::suspend_cli::refuse_if_suspended(vm, "copying its disks")?;
     Ok(def)
 }
 

@@ -38,6 +38,7 @@ pub fn set(state: &StateDir, args: SetArgs) -> Result<i32> {
     let Some(_lock) = vm.try_lock()? else {
         return set_running(&vm, &mut def, &args);
     };
+    crate::suspend_cli::refuse_if_suspended(&vm, "changing its definition")?;
     for &port in &args.remove_forwards {
         if crate::vm_forwards::remove_from(&mut def, port).is_none() {
             return Err(usage(format!(

@@ -11,6 +11,7 @@ mod devices;
 mod memory;
 mod output;
 pub(crate) mod restore_model;
+mod saved_config;
 mod saved_nic;
 mod state_file;
 mod vcpu_state;
@@ -19,6 +20,7 @@ mod vm_state;
 pub use create::SnapshotSource;
 pub use devices::DeviceStates;
 pub use memory::{restore_memory, save_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
+pub use saved_config::{host_config, restored_config};
 pub use saved_nic::{
     console_path, effective_mac, with_nic_macs, SavedForward, SavedNic, SavedNicMode,
 };

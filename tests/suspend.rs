@@ -1,0 +1,138 @@
+//! `vessel suspend` and `vessel resume` of background VMs on KVM: a counting guest is
+//! suspended mid-count (its VMM exits, `ls` says suspended), what would not match its saved
+//! state is refused, and `resume` (or `start`) goes on with the next number — never a gap,
+//! a repeat or a restart. `stop` discards a saved state; the next start boots afresh.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::state_dir::TestState as State;
+use common::{multiboot_guest, out_dir, wait_for};
+
+const STEPS: u64 = 40;
+
+fn counter_guest() -> PathBuf {
+    multiboot_guest(
+        "counter",
+        &["multiboot_header.S", "counter_guest.c"],
+        "multiboot.ld",
+    )
+}
+
+/// The numbers of the guest's `count=N` lines, in order.
+fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("count="))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+impl State {
+    fn serial(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name).join("serial.log")).unwrap_or_default()
+    }
+
+    fn state_of(&self, name: &str) -> String {
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap();
+        all.iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// A stopped counting VM named `name`.
+    fn counting_vm(&self, name: &str) {
+        let file = out_dir().join(format!("{name}.vm.toml"));
+        let cmdline = format!("steps={STEPS} delay=100000");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"{name}\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = {cmdline:?}\n",
+                counter_guest()
+            ),
+        )
+        .unwrap();
+        self.ok(&["create", name, "--from", file.to_str().unwrap()]);
+    }
+
+    /// A usage error (exit 2) whose message says `what`.
+    fn refused(&self, args: &[&str], what: &str) {
+        let r = self.vessel(args);
+        assert_eq!(r.status, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(what), "{args:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_suspended_guest_resumes_where_it_was_and_counts_on() {
+    let st = State::new("suspend");
+    st.counting_vm("c");
+    st.refused(&["suspend", "c"], "is not running");
+    st.refused(&["resume", "c"], "is not suspended");
+    st.ok(&["start", "c"]);
+    wait_for("the guest to count to 5", || {
+        counts(&st.serial("c")).len() >= 5
+    });
+
+    let out = st.ok(&["suspend", "c"]);
+    assert!(out.contains("suspended VM 'c' in "), "{out}");
+    assert_eq!(st.state_of("c"), "suspended");
+    assert!(st.0.join("c/suspended/memory").is_file());
+    let before = counts(&st.serial("c"));
+    assert!(*before.last().unwrap() < STEPS, "the guest finished first");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        counts(&st.serial("c")),
+        before,
+        "a suspended guest does not run"
+    );
+
+    st.refused(&["set", "c", "--cpus", "2"], "is suspended");
+    st.refused(&["snapshot", "take", "c", "s1"], "is suspended");
+    st.refused(&["clone", "c", "c2"], "is suspended");
+    st.refused(&["suspend", "c"], "is not running");
+
+    let out = st.ok(&["resume", "c"]);
+    assert!(out.contains("resumed VM 'c'"), "{out}");
+    assert!(
+        !st.0.join("c/suspended").exists(),
+        "the saved state is used up"
+    );
+    wait_for("the guest to count on", || {
+        counts(&st.serial("c")).len() > before.len() + 2
+    });
+
+    // `start` of a suspended VM resumes it too.
+    st.ok(&["suspend", "c"]);
+    assert!(st.ok(&["start", "c"]).contains("resumed VM 'c'"));
+    wait_for("the guest to finish", || st.state_of("c") == "stopped");
+    let serial = st.serial("c");
+    assert_eq!(
+        counts(&serial),
+        (1..=STEPS).collect::<Vec<_>>(),
+        "one unbroken count:\n{serial}"
+    );
+    assert_eq!(serial.matches("counter guest up").count(), 1, "{serial}");
+}
+
+#[test]
+fn stop_discards_a_saved_state_and_the_next_start_boots_afresh() {
+    let st = State::new("suspend-stop");
+    st.counting_vm("d");
+    st.ok(&["start", "d"]);
+    wait_for("the guest to count", || !counts(&st.serial("d")).is_empty());
+    st.ok(&["suspend", "d"]);
+    let out = st.ok(&["stop", "d"]);
+    assert!(out.contains("saved state is discarded"), "{out}");
+    assert_eq!(st.state_of("d"), "stopped");
+    assert!(!st.0.join("d/suspended").exists());
+    assert!(st.ok(&["start", "d"]).contains("started VM 'd'"));
+    wait_for("a second boot", || {
+        st.serial("d").matches("counter guest up").count() == 2
+    });
+    st.ok(&["stop", "d", "--force"]);
+}
