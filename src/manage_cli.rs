@@ -396,9 +396,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         };
         let cfg = def.vm_config(serial)?;
         let (machine, cfg) = match crate::suspend_cli::saved_state(&vm) {
-            Some(saved) => {
-                crate::suspend_cli::restore(&vm, &saved, cfg.serial, cfg.emulator_fixups)?
-            }
+            Some(saved) => crate::suspend_cli::restore(&vm, &saved, cfg)?,
             None => (
                 vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?,
                 cfg,

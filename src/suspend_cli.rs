@@ -149,18 +149,21 @@ pub fn resume(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     }
 }
 
-/// The VMM process's side of a resume: the VM rebuilt from the saved state, `serial` its
-/// console as a started VM has it. Returns the VM and its configuration (for the API and
-/// confinement). The saved state is deleted once the VM is built.
+/// The VMM process's side of a resume: the VM rebuilt from the saved state, with the
+/// serial console and emulator setting of `defined` (the VM's definition, which also says
+/// which disks may follow backing files elsewhere, as an image VM's overlay does). Returns
+/// the VM and its configuration (for the API and confinement). The saved state is deleted
+/// once the VM is built.
 pub fn restore(
     vm: &VmDir,
     saved: &SavedState,
-    serial: vmm::SerialMode,
-    emulator_fixups: vmm::EmulatorFixups,
+    defined: vmm::VmConfig,
 ) -> Result<(vmm::Vm, vmm::VmConfig)> {
     let snapshot = vmm::snapshot::read_state_file(&saved.state)
         .map_err(|e| anyhow!("the saved state: {}", crate::run_cli::error_chain(&e)))?;
-    let host = vmm::snapshot::host_config(serial, emulator_fixups, &snapshot.machine);
+    let mut host =
+        vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, &snapshot.machine);
+    host.disks = defined.disks;
     let machine = vmm::Vm::restore(&host, &snapshot, &saved.memory)
         .map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?;
     let cfg = vmm::snapshot::restored_config(&host, &snapshot.machine);

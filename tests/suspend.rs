@@ -44,14 +44,14 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// A stopped counting VM named `name`.
-    fn counting_vm(&self, name: &str) {
+    /// A stopped counting VM named `name`, with `extra` TOML after its `[boot]` table.
+    fn counting_vm(&self, name: &str, extra: &str) {
         let file = out_dir().join(format!("{name}.vm.toml"));
         let cmdline = format!("steps={STEPS} delay=100000");
         std::fs::write(
             &file,
             format!(
-                "name = \"{name}\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = {cmdline:?}\n",
+                "name = \"{name}\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = {cmdline:?}\n{extra}",
                 counter_guest()
             ),
         )
@@ -70,7 +70,23 @@ impl State {
 #[test]
 fn a_suspended_guest_resumes_where_it_was_and_counts_on() {
     let st = State::new("suspend");
-    st.counting_vm("c");
+    // A qcow2 overlay over a file in another directory, as an image VM's disk is: resuming
+    // reopens it with the definition's leave to follow its backing file.
+    let base = out_dir().join("suspend-base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let overlay = out_dir().join("suspend-overlay.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    st.counting_vm(
+        "c",
+        &format!("\n[[disk]]\npath = {overlay:?}\nallow-external-backing = true\n"),
+    );
     st.refused(&["suspend", "c"], "is not running");
     st.refused(&["resume", "c"], "is not suspended");
     st.ok(&["start", "c"]);
@@ -122,7 +138,7 @@ fn a_suspended_guest_resumes_where_it_was_and_counts_on() {
 #[test]
 fn stop_discards_a_saved_state_and_the_next_start_boots_afresh() {
     let st = State::new("suspend-stop");
-    st.counting_vm("d");
+    st.counting_vm("d", "");
     st.ok(&["start", "d"]);
     wait_for("the guest to count", || !counts(&st.serial("d")).is_empty());
     st.ok(&["suspend", "d"]);

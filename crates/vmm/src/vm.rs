@@ -182,8 +182,9 @@ impl Vm {
     }
 
     /// Recreate the VM a snapshot was taken of, with its state and `mem_file` as its RAM,
-    /// ready to run from where it was. `cfg` gives the host side (serial output); the
-    /// machine's shape comes from the snapshot, which must already be validated.
+    /// ready to run from where it was. `cfg` gives the host side (serial output, and the
+    /// disks that may follow backing files outside their directory); the machine's shape
+    /// comes from the snapshot, which must already be validated.
     pub fn restore(
         cfg: &VmConfig,
         snapshot: &crate::snapshot::VmSnapshot,
@@ -235,8 +236,12 @@ impl Vm {
                 id: d.id.clone(),
                 format,
                 // A snapshot file cannot grant this: images it names follow only names
-                // inside their own directory.
-                allow_external_backing: false,
+                // inside their own directory, unless the host's own configuration grants
+                // it for that disk (a resumed VM's definition).
+                allow_external_backing: cfg
+                    .disks
+                    .iter()
+                    .any(|h| h.path == d.path && h.allow_external_backing),
                 // Flushes are honoured after a restore whatever the saved VM did: the
                 // guest's acked features stay a subset of the offered ones.
                 honour_flush: true,
