@@ -90,7 +90,7 @@ pub fn update_drive(
             read_only: drive.is_read_only,
             id: None,
             format: None,
-            allow_external_backing: false,
+            allow_external_backing: update.allow_external_backing.unwrap_or(false),
             honour_flush: true,
             rate_limit: Limits::default(),
         };

@@ -11,6 +11,7 @@ mod confinement;
 mod disk_cli;
 mod disk_formats;
 mod exit;
+mod fork_cli;
 mod image_boot;
 mod image_cli;
 mod image_run;

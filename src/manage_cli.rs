@@ -119,6 +119,17 @@ pub enum ManageCommand {
         #[arg(long)]
         keep_disks: bool,
     },
+    /// A second running VM from a running one, at the same instant (memory and linked disk
+    /// overlays); the source pauses meanwhile. nat NICs only (docs/vms.md).
+    Fork {
+        /// The running VM.
+        src: String,
+        /// Name of the fork.
+        dst: String,
+        /// Print the fork's summary as JSON (the fields of `vessel ls --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy a stopped VM; --linked makes its disks qcow2 overlays of the source's.
     Clone {
         /// The stopped VM to copy.
@@ -221,6 +232,11 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
         ManageCommand::Vmm { name } => vmm_process(&state, &name),
+        ManageCommand::Fork { src, dst, json } => {
+            crate::fork_cli::fork(&state, &src, &dst, json)?;
+            crate::project_cli::register_state_dir(&state)?;
+            summary_if(json, &state, &dst)
+        }
         ManageCommand::Clone {
             src,
             dst,

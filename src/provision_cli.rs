@@ -16,7 +16,7 @@ use crate::ssh_cli::Target;
 use crate::state::{StateDir, VmDir};
 
 /// In a VM's directory: the names of the provisioners that ran, one per line.
-const DONE_FILE: &str = "provisioned";
+pub const DONE_FILE: &str = "provisioned";
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {

@@ -21,8 +21,8 @@ use crate::state::{self, StateDir, VmDir, VmState};
 
 /// The saved state of a suspended VM, in its directory.
 pub const SUSPENDED_DIR: &str = "suspended";
-const PARTIAL_DIR: &str = "suspended.partial";
-const STATE_FILE: &str = "state.json";
+pub const PARTIAL_DIR: &str = "suspended.partial";
+pub const STATE_FILE: &str = "state.json";
 const MEMORY_FILE: &str = "memory";
 
 /// The files of a VM's saved state.
@@ -101,10 +101,22 @@ pub fn suspend(state: &StateDir, name: &str, json: bool) -> Result<i32> {
 
 /// Pauses the VM and writes its snapshot into `dir`.
 fn save(socket: &Path, dir: &Path) -> Result<()> {
-    let (status, reply) = api_call(socket, "PATCH", "/vm", Some(&json!({"state": "Paused"})))?;
+    set_paused(socket, true)?;
+    save_paused(socket, dir)
+}
+
+/// Pauses or resumes the VM behind `socket`.
+pub fn set_paused(socket: &Path, paused: bool) -> Result<()> {
+    let state = if paused { "Paused" } else { "Resumed" };
+    let (status, reply) = api_call(socket, "PATCH", "/vm", Some(&json!({ "state": state })))?;
     if status != 204 {
-        bail!("pausing: {}", fault(&reply));
+        bail!("{}: {}", state.to_lowercase(), fault(&reply));
     }
+    Ok(())
+}
+
+/// Writes the paused VM's snapshot into `dir` (`state.json` and `memory`).
+pub fn save_paused(socket: &Path, dir: &Path) -> Result<()> {
     let body = json!({
         "snapshot_type": "Full",
         "snapshot_path": dir.join(STATE_FILE),
@@ -159,8 +171,9 @@ pub fn restore(
     saved: &SavedState,
     defined: vmm::VmConfig,
 ) -> Result<(vmm::Vm, vmm::VmConfig)> {
-    let snapshot = vmm::snapshot::read_state_file(&saved.state)
+    let mut snapshot = vmm::snapshot::read_state_file(&saved.state)
         .map_err(|e| anyhow!("the saved state: {}", crate::run_cli::error_chain(&e)))?;
+    host_nics_from(&mut snapshot.machine.nics, &defined.nics)?;
     let mut host =
         vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, &snapshot.machine);
     host.disks = defined.disks;
@@ -169,4 +182,29 @@ pub fn restore(
     let cfg = vmm::snapshot::restored_config(&host, &snapshot.machine);
     discard(vm)?;
     Ok((machine, cfg))
+}
+
+/// The host side of each saved NIC (its mode's resources, its forwards with the ports
+/// chosen at this start) from the definition; the guest's side (its MAC) stays as saved.
+/// A definition whose NICs are not the saved ones is refused.
+fn host_nics_from(saved: &mut [vmm::snapshot::SavedNic], defined: &[net::NicConfig]) -> Result<()> {
+    if saved.len() != defined.len() {
+        bail!(
+            "the definition has {} NICs, the saved state {}",
+            defined.len(),
+            saved.len()
+        );
+    }
+    for (index, (nic, def)) in saved.iter_mut().zip(defined).enumerate() {
+        let host = vmm::snapshot::SavedNic::new(def, nic.mac);
+        if host.mode != nic.mode {
+            bail!(
+                "NIC {index} is {:?} in the definition but {:?} in the saved state",
+                host.mode,
+                nic.mode
+            );
+        }
+        *nic = host;
+    }
+    Ok(())
 }

@@ -28,7 +28,7 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_else(|| "disk".into())
 }
 
-fn write_definition(vm: &VmDir, def: &VmDefinition) -> Result<()> {
+pub(crate) fn write_definition(vm: &VmDir, def: &VmDefinition) -> Result<()> {
     let text = toml::to_string_pretty(def)?;
     // What we store must read back.
     VmDefinition::parse(&vm.path(state::DEFINITION), &text)?;

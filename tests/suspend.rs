@@ -1,7 +1,9 @@
-//! `vessel suspend` and `vessel resume` of background VMs on KVM: a counting guest is
-//! suspended mid-count (its VMM exits, `ls` says suspended), what would not match its saved
-//! state is refused, and `resume` (or `start`) goes on with the next number — never a gap,
-//! a repeat or a restart. `stop` discards a saved state; the next start boots afresh.
+//! `vessel suspend`, `vessel resume` and `vessel fork` of background VMs on KVM: a counting
+//! guest is suspended mid-count (its VMM exits, `ls` says suspended), what would not match
+//! its saved state is refused, and `resume` (or `start`) goes on with the next number —
+//! never a gap, a repeat or a restart. `stop` discards a saved state; the next start boots
+//! afresh. A forked guest that writes every count to its disk goes on in both VMs, each
+//! on its own overlay over the image frozen at the fork.
 
 mod common;
 
@@ -46,13 +48,17 @@ impl State {
 
     /// A stopped counting VM named `name`, with `extra` TOML after its `[boot]` table.
     fn counting_vm(&self, name: &str, extra: &str) {
+        self.vm_of(name, &counter_guest(), extra);
+    }
+
+    /// A stopped VM named `name` booting `kernel` to count, `extra` after `[boot]`.
+    fn vm_of(&self, name: &str, kernel: &std::path::Path, extra: &str) {
         let file = out_dir().join(format!("{name}.vm.toml"));
         let cmdline = format!("steps={STEPS} delay=100000");
         std::fs::write(
             &file,
             format!(
-                "name = \"{name}\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = {cmdline:?}\n{extra}",
-                counter_guest()
+                "name = \"{name}\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {kernel:?}\ncmdline = {cmdline:?}\n{extra}"
             ),
         )
         .unwrap();
@@ -151,4 +157,92 @@ fn stop_discards_a_saved_state_and_the_next_start_boots_afresh() {
         st.serial("d").matches("counter guest up").count() == 2
     });
     st.ok(&["stop", "d", "--force"]);
+}
+
+/// Sector `n` of `image` holds `n` in every word (what the counting guest writes).
+fn sector_holds(image: &[u8], n: usize, value: u32) -> bool {
+    image[n * 512..(n + 1) * 512]
+        .chunks(4)
+        .all(|w| u32::from_le_bytes(w.try_into().unwrap()) == value)
+}
+
+#[test]
+fn a_forked_guest_counts_on_in_both_vms_each_on_its_own_disk() {
+    let st = State::new("fork");
+    let kernel = multiboot_guest(
+        "counter_blk",
+        &["multiboot_header.S", "counter_blk_guest.c"],
+        "multiboot.ld",
+    );
+    let disk = out_dir().join("fork-source.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    st.vm_of(
+        "a",
+        &kernel,
+        &format!("\n[[disk]]\npath = {disk:?}\nformat = \"raw\"\n"),
+    );
+    st.refused(&["fork", "a", "b"], "is not running");
+    st.ok(&["start", "a"]);
+    wait_for("the guest to count to 5", || {
+        counts(&st.serial("a")).len() >= 5
+    });
+    st.refused(&["fork", "a", "a"], "already exists");
+
+    let out = st.ok(&["fork", "a", "b"]);
+    assert!(
+        out.contains("forked VM 'a' to 'b' ('a' was paused "),
+        "{out}"
+    );
+    assert_eq!(st.state_of("b"), "running");
+    assert!(
+        !st.0.join("b/suspended").exists(),
+        "the fork runs from its saved state"
+    );
+    wait_for("both guests to finish", || {
+        st.state_of("a") == "stopped" && st.state_of("b") == "stopped"
+    });
+    let (a, b) = (st.serial("a"), st.serial("b"));
+    assert_eq!(counts(&a), (1..=STEPS).collect::<Vec<_>>(), "{a}");
+    let forked_at = counts(&b)[0] - 1;
+    assert!(forked_at >= 5 && forked_at < STEPS, "{b}");
+    assert_eq!(
+        counts(&b),
+        (forked_at + 1..=STEPS).collect::<Vec<_>>(),
+        "{b}"
+    );
+    // Each guest read back every sector at the end, those from before the fork through
+    // its overlay.
+    assert!(
+        a.contains("disk verified") && b.contains("disk verified"),
+        "{a}\n{b}"
+    );
+    assert!(!b.contains("counter guest up"), "the fork booted: {b}");
+
+    // The image frozen at the fork has what was written before it, nothing after.
+    let frozen = std::fs::read(&disk).unwrap();
+    assert!(sector_holds(&frozen, 1, 1));
+    assert!(
+        sector_holds(&frozen, STEPS as usize, 0),
+        "written after the fork"
+    );
+    let def = std::fs::read_to_string(st.0.join("a/vm.toml")).unwrap();
+    assert!(def.contains("fork-source.fork-b.qcow2"), "{def}");
+    let def = std::fs::read_to_string(st.0.join("b/vm.toml")).unwrap();
+    assert!(
+        def.contains("disk0-fork-source.qcow2") && def.contains("name = \"b\""),
+        "{def}"
+    );
+}
+
+#[test]
+fn what_two_equal_guests_cannot_share_is_not_forked() {
+    let st = State::new("fork-refused");
+    st.counting_vm(
+        "f",
+        "\n[[nic]]\nmode = \"nat\"\nforward = [\"tcp:127.0.0.1:47123-:22\"]\n",
+    );
+    st.ok(&["start", "f"]);
+    st.refused(&["fork", "f", "g"], "fixed host port");
+    assert!(!st.0.join("g").exists());
+    st.ok(&["stop", "f", "--force"]);
 }

@@ -180,6 +180,11 @@ pub struct DriveUpdate {
     /// Buckets given replace the drive's; a bucket left out stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
+    /// vessel's extension, with `path_on_host` only: follow the backing files the new
+    /// image names outside its directory (as `--disk …,allow-external-backing`), for an
+    /// overlay the caller made itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_external_backing: Option<bool>,
 }
 
 /// `PATCH /network-interfaces/{iface_id}` after boot: new limits (buckets given replace

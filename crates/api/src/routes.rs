@@ -33,6 +33,8 @@ pub enum RouteError {
     ArrayInBody,
     #[error("Please specify at least one property to patch: path_on_host, rate_limiter.")]
     NothingToPatch,
+    #[error("allow_external_backing applies to a new path_on_host only.")]
+    BackingWithoutPath,
     #[error("`{0}` is not a host port (1-65535).")]
     BadHostPort(String),
     #[error("Unrecognized PUT request path `{0}`.")]
@@ -143,6 +145,9 @@ pub fn parse_request(
                 check_ids_match(id, &update.drive_id)?;
                 if update.path_on_host.is_none() && update.rate_limiter.is_none() {
                     return Err(RouteError::NothingToPatch);
+                }
+                if update.path_on_host.is_none() && update.allow_external_backing.is_some() {
+                    return Err(RouteError::BackingWithoutPath);
                 }
                 Ok(ApiRequest::PatchDrive(update))
             }

@@ -201,6 +201,16 @@ fn patches_follow_firecracker_rules_after_boot() {
         Some(&missing),
         "drive update (patch): device error: ",
     );
+    // vessel's extension goes with a new image only: never accepted and ignored.
+    let lone = json!({"drive_id": "scratch", "rate_limiter": {},
+        "allow_external_backing": true})
+    .to_string();
+    server.expect_fault(
+        "PATCH",
+        "/drives/scratch",
+        Some(&lone),
+        "allow_external_backing applies to a new path_on_host only",
+    );
     let other = json!({"drive_id": "other", "rate_limiter": {}}).to_string();
     server.expect_fault(
         "PATCH",

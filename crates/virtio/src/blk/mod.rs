@@ -39,6 +39,8 @@ pub enum BlockSwapError {
     ReadOnlyMismatch,
     #[error("the new image's size ({0} bytes) is not a multiple of 512")]
     Size(u64),
+    #[error("cannot flush the image being replaced (it stays in use): {0}")]
+    Flush(String),
 }
 
 /// A virtio block device.
@@ -103,7 +105,8 @@ impl Block {
         }
     }
 
-    /// Serves `disk` from now on instead of the current image (flushed first), with its
+    /// Serves `disk` from now on instead of the current image (flushed first: a failed
+    /// flush keeps the current image and fails the swap), with its
     /// capacity in the configuration space; the caller signals the configuration change.
     /// The new image must match the old one in being read-only, since the driver
     /// negotiated VIRTIO_BLK_F_RO with the old one.
@@ -114,9 +117,11 @@ impl Block {
         if !disk.size().is_multiple_of(SECTOR_SIZE) {
             return Err(BlockSwapError::Size(disk.size()));
         }
-        if let Err(e) = self.disk.flush() {
-            tracing::warn!("flushing the disk image being replaced: {e}");
-        }
+        // What the guest wrote must be in the old image before anything else (a fork's
+        // overlay over it) may read it.
+        self.disk
+            .flush()
+            .map_err(|e| BlockSwapError::Flush(e.to_string()))?;
         let capacity = disk.size() / SECTOR_SIZE;
         self.config[..8].copy_from_slice(&capacity.to_le_bytes());
         self.capacity_bytes = capacity * SECTOR_SIZE;
