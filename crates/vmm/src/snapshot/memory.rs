@@ -10,7 +10,7 @@
 //! is loaded the same way.
 
 use std::fs::{File, Metadata};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -70,20 +70,39 @@ pub fn memory_size<B: Bitmap>(mem: &GuestMemoryMmap<B>) -> u64 {
     mem.iter().map(|r| r.len()).sum()
 }
 
+/// Granule of the memory file's holes: a run of this many zero bytes is not written.
+const SPARSE_CHUNK: usize = 64 * 1024;
+
 /// Writes all guest RAM to `path`, a new file (nothing, not even a symlink, may be there);
 /// returns the bytes written. RAM mapped from a memory file is read through its mapping:
-/// the new file holds what the guest sees, whole.
+/// the new file holds what the guest sees, whole. Zero chunks are left as holes (the file
+/// reads the same; a mostly idle guest's memory file is written in a fraction of the time).
 pub fn save_memory<B: Bitmap>(mem: &GuestMemoryMmap<B>, path: &Path) -> Result<u64, SnapshotError> {
     let mut file = super::output::create_new(path)?;
+    let mut offset = 0u64;
     for region in mem.iter() {
         let len = region.len() as usize;
         // SAFETY: the region maps `len` bytes at `as_ptr()` for as long as `mem` lives, and
         // every vCPU is paused, so nothing writes to it while it is read here.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().cast_const(), len) };
-        file.write_all(bytes).map_err(io_err(path))?;
+        for chunk in bytes.chunks(SPARSE_CHUNK) {
+            if !is_zero(chunk) {
+                file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+                file.write_all(chunk).map_err(io_err(path))?;
+            }
+            offset += chunk.len() as u64;
+        }
     }
+    // The holes at the end count too.
+    file.set_len(offset).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
     Ok(memory_size(mem))
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to gives the aligned middle.
+    let (head, middle, tail) = unsafe { bytes.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && middle.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
 /// Guest RAM of `ranges` (guest address, size) from the memory file at `path`: mapped

@@ -158,3 +158,35 @@ fn only_a_regular_file_is_loaded_never_through_a_symlink() {
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Io { .. }), "{err}");
 }
+
+#[test]
+fn zero_chunks_are_holes_that_read_back_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let ranges = [
+        (GuestAddress(0), 4 * SPARSE_CHUNK),
+        (GuestAddress(0x100_0000), SPARSE_CHUNK),
+    ];
+    let mem = Memory::from_ranges(&ranges).unwrap();
+    // Data in the second chunk only (at an odd offset), and at the last byte of all.
+    mem.write_obj(0x77_u8, GuestAddress(SPARSE_CHUNK as u64 + 3))
+        .unwrap();
+    mem.write_obj(0x99_u8, GuestAddress(0x100_0000 + SPARSE_CHUNK as u64 - 1))
+        .unwrap();
+    let path = dir.path().join("sparse");
+    save_memory(&mem, &path).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 5 * SPARSE_CHUNK as u64);
+    assert!(
+        meta.blocks() * 512 <= 2 * SPARSE_CHUNK as u64 + 8192,
+        "only two chunks are written: {} blocks",
+        meta.blocks()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let mut expected = vec![0u8; 5 * SPARSE_CHUNK];
+    expected[SPARSE_CHUNK + 3] = 0x77;
+    expected[5 * SPARSE_CHUNK - 1] = 0x99;
+    assert!(bytes == expected);
+    assert!(
+        is_zero(&[0u8; 33]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    );
+}
