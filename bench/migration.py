@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import read_text as read, wait_for
+
 VESSEL, KERNEL, TMP, RUNS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 MIB = 256
 
@@ -25,22 +27,6 @@ def curl(sock, method, path, body=None):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     text, _, code = out.rpartition("\n")
     return int(code or 0), text
-
-
-def wait_for(what, check, timeout=120):
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
 def api_vmm(name):

@@ -7,16 +7,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-5}
-if [ -z "${VESSEL:-}" ]; then
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel >&2
-    VESSEL=$ROOT/target/release/vessel
-fi
+. "$ROOT/bench/lib.sh"
+VESSEL=$(vessel_release "$ROOT")
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-CFLAGS=(-m32 -c -ffreestanding -fno-pic -fno-pie -fno-stack-protector
-    -fno-asynchronous-unwind-tables -nostdlib -O2)
-G=$ROOT/tests/guests
-gcc "${CFLAGS[@]}" "$G/multiboot_header.S" -o "$TMP/h.o"
-gcc "${CFLAGS[@]}" "$G/counter_guest.c" -o "$TMP/c.o"
-ld -m elf_i386 -nostdlib -z noexecstack --no-warn-rwx-segments -T "$G/multiboot.ld" \
-    -o "$TMP/counter" "$TMP/h.o" "$TMP/c.o"
+build_counter_guest "$ROOT" "$TMP/counter"
 python3 "$ROOT/bench/migration.py" "$VESSEL" "$TMP/counter" "$TMP" "$RUNS"

@@ -17,26 +17,16 @@ import subprocess
 import sys
 import time
 
+from benchlib import read_text, wait_for
+
 VESSEL, QEMU, KERNEL, TMP = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 RUNS, MIB = int(sys.argv[5]), int(sys.argv[6])
 CMDLINE = "steps=1000000000 delay=200000"
 STATE = os.path.join(TMP, "state")
 
 
-def wait_for(what, check, timeout=120):
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 def counts(path):
-    try:
-        with open(path) as f:
-            return len(re.findall(r"^count=\d+$", f.read(), re.M))
-    except FileNotFoundError:
-        return 0
+    return len(re.findall(r"^count=\d+$", read_text(path), re.M))
 
 
 def counts_on(path):

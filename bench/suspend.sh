@@ -10,18 +10,10 @@ RUNS=${1:-5}
 MIB=${2:-256}
 QEMU=${QEMU:-qemu-system-x86_64}
 command -v "$QEMU" > /dev/null || { echo "suspend.sh: no $QEMU (apt install qemu-system-x86)" >&2; exit 1; }
-if [ -z "${VESSEL:-}" ]; then
-    cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel >&2
-    VESSEL=$ROOT/target/release/vessel
-fi
+. "$ROOT/bench/lib.sh"
+VESSEL=$(vessel_release "$ROOT")
 TMP=$(mktemp -d)
 trap 'pkill -f "state-dir $TMP/state" 2>/dev/null; rm -rf "$TMP"' EXIT
-CFLAGS=(-m32 -c -ffreestanding -fno-pic -fno-pie -fno-stack-protector
-    -fno-asynchronous-unwind-tables -nostdlib -O2)
-G=$ROOT/tests/guests
-gcc "${CFLAGS[@]}" "$G/multiboot_header.S" -o "$TMP/h.o"
-gcc "${CFLAGS[@]}" "$G/counter_guest.c" -o "$TMP/c.o"
-ld -m elf_i386 -nostdlib -z noexecstack --no-warn-rwx-segments -T "$G/multiboot.ld" \
-    -o "$TMP/counter" "$TMP/h.o" "$TMP/c.o"
+build_counter_guest "$ROOT" "$TMP/counter"
 echo "suspend/resume/fork of a $MIB MiB guest, $RUNS runs; $(nproc) host CPUs, $(date -u +%F)"
 python3 "$ROOT/bench/suspend.py" "$VESSEL" "$QEMU" "$TMP/counter" "$TMP" "$RUNS" "$MIB"

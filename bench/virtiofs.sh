@@ -12,11 +12,8 @@ set -euo pipefail
 MIB=${1:-64}
 RUNS=${2:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-GUEST=${VESSEL_GUEST_DIR:-$ROOT/guest}
-OUT=$GUEST "$ROOT/scripts/make-guest.sh"
-cargo build --release -q --bin vessel --manifest-path "$ROOT/Cargo.toml"
-VESSEL=$CARGO_TARGET_DIR/release/vessel
+. "$ROOT/bench/lib.sh"
+nested_guest "$ROOT"
 CMDLINE="$(sed '/^#/d' "$ROOT/scripts/nested-host.cmdline" | tr '\n' ' ') vessel.test=nested-virtiofs vessel.ddmib=$MIB"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/virtiofs-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

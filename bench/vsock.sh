@@ -14,11 +14,8 @@ ROUNDS=${1:-2000}
 MIB=${2:-64}
 PORT=${VSOCK_BENCH_PORT:-47001}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-GUEST=${VESSEL_GUEST_DIR:-$ROOT/guest}
-OUT=$GUEST "$ROOT/scripts/make-guest.sh"
-cargo build --release -q --bin vessel --manifest-path "$ROOT/Cargo.toml"
-VESSEL=$CARGO_TARGET_DIR/release/vessel
+. "$ROOT/bench/lib.sh"
+nested_guest "$ROOT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vsock-bench.XXXXXX")
 SERVERS=
 trap '[ -z "$SERVERS" ] || kill "$SERVERS" 2>/dev/null; rm -rf "$WORK"' EXIT

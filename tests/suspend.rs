@@ -204,7 +204,7 @@ fn a_forked_guest_counts_on_in_both_vms_each_on_its_own_disk() {
     let (a, b) = (st.serial("a"), st.serial("b"));
     assert_eq!(counts(&a), (1..=STEPS).collect::<Vec<_>>(), "{a}");
     let forked_at = counts(&b)[0] - 1;
-    assert!(forked_at >= 5 && forked_at < STEPS, "{b}");
+    assert!((5..STEPS).contains(&forked_at), "{b}");
     assert_eq!(
         counts(&b),
         (forked_at + 1..=STEPS).collect::<Vec<_>>(),

@@ -173,36 +173,16 @@ impl<S: WireStack> Backend for DivertingNic<S> {
 /// other end.
 #[cfg(test)]
 pub(crate) mod test_backend {
-    use std::io;
-    use std::os::fd::{AsRawFd, RawFd};
+
+    use std::os::fd::RawFd;
     use std::os::unix::net::UnixDatagram;
 
     use crate::Backend;
 
-    pub struct Datagrams(pub UnixDatagram);
-
     /// A backend and the test's end of its wire, both non-blocking.
     pub fn pair() -> (Box<dyn Backend>, UnixDatagram) {
-        let (ours, theirs) = UnixDatagram::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        theirs.set_nonblocking(true).unwrap();
-        (Box::new(Datagrams(ours)), theirs)
-    }
-
-    impl Backend for Datagrams {
-        fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-            match self.0.recv(buf) {
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            }
-        }
-        fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-            self.0.send(frame).map(|_| true)
-        }
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
+        let (ours, theirs) = virtio::net::DatagramBackend::pair().unwrap();
+        (Box::new(ours), theirs)
     }
 
     /// Whether `fd` is readable within `wait_ms`.

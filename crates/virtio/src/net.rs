@@ -41,6 +41,8 @@ use crate::queue::{Queue, QueueError, Segment};
 use crate::rate_limiter::RateLimiterHandle;
 
 mod announce;
+mod datagram;
+pub use datagram::DatagramBackend;
 mod persist;
 pub use persist::{NetArgs, NetState, NET_STATE_VERSION};
 

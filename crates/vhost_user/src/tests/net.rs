@@ -1,42 +1,17 @@
 //! virtio-net behind vhost-user: the 12-byte virtio_net_hdr and MRG_RXBUF handled by the
 //! same device model as on PCI, frames to and from a backend over a datagram socket.
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
-use virtio::net::{NetBackend, F_MRG_RXBUF, NET_HDR_LEN, RX_QUEUE, TX_QUEUE};
+use virtio::net::{DatagramBackend, F_MRG_RXBUF, NET_HDR_LEN, RX_QUEUE, TX_QUEUE};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::Backend;
-
-/// Frames over a SOCK_DGRAM socket: one datagram per frame.
-struct DatagramBackend(UnixDatagram);
-
-impl NetBackend for DatagramBackend {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        match self.0.recv(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-    fn send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        match self.0.send(frame) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 fn frame(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + 3) as u8).collect()
@@ -45,11 +20,12 @@ fn frame(len: usize) -> Vec<u8> {
 #[test]
 fn frames_cross_with_the_net_header_and_mergeable_buffers() {
     let (ours, peer) = UnixDatagram::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
     peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let (device, _link) =
-        virtio::net::Net::new(Box::new(DatagramBackend(ours)), [2, 0, 0, 0, 0, 1]);
+    let (device, _link) = virtio::net::Net::new(
+        Box::new(DatagramBackend::new(ours).unwrap()),
+        [2, 0, 0, 0, 0, 1],
+    );
     let fd = device.backend_fd();
     let backend = Arc::new(Backend::new(Box::new(device), 1, Some(fd)).unwrap());
     let (mut fe, served) = serve(&backend);
