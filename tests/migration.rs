@@ -1,7 +1,8 @@
 //! Live migration between two vessel processes (`PUT /migration/send` to
 //! `vessel run --incoming`): a counting guest moves mid-run and its count goes on in the
 //! receiver without a gap, a repeat or a restart; the source exits 0. A migration that
-//! fails leaves the source's guest running.
+//! fails, is cancelled or loses its receiver mid-way leaves the source's guest running; the
+//! counting guest checks its memory pattern at the end wherever it ends (`memory=ok`).
 
 mod common;
 
@@ -17,6 +18,10 @@ use common::{multiboot_guest, out_dir, wait_for};
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 const STEPS: u64 = 20;
 const DELAY: u64 = 100_000;
+/// MiB of memory the counting guest keeps a pattern in, one 64 KiB stripe of it rewritten
+/// each step (the guest checks it all at the end and prints `memory=ok`). Small: on a nested
+/// host (kvm_pvm) this guest writes its memory at about 1 MiB/s.
+const FILL_MIB: u64 = 2;
 
 /// `vessel run --incoming URL` with its serial console in a file, killed when dropped.
 struct Receiver {
@@ -104,12 +109,13 @@ fn boot(vmm: &Vmm, kernel: &Path, mib: u32) {
     boot_counting(vmm, kernel, mib, 1, STEPS);
 }
 
-/// [`boot`] with `vcpus` vCPUs, the guest counting to `steps`.
+/// [`boot`] with `vcpus` vCPUs, the guest counting to `steps` (and the counter guest
+/// keeping its pattern in [`FILL_MIB`] MiB; the SMP guest ignores `fill`).
 fn boot_counting(vmm: &Vmm, kernel: &Path, mib: u32, vcpus: u32, steps: u64) {
     let machine = format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": {mib}}}"#);
     assert_eq!(vmm.call("PUT", "/machine-config", &machine).0, 204);
     let boot = format!(
-        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={steps} delay={DELAY}"}}"#,
+        r#"{{"kernel_image_path": {:?}, "boot_args": "steps={steps} delay={DELAY} fill={FILL_MIB}"}}"#,
         kernel.display().to_string()
     );
     assert_eq!(vmm.call("PUT", "/boot-source", &boot).0, 204);
@@ -185,6 +191,11 @@ fn finishes_the_count(receiver: &mut Receiver, before: &str) -> String {
     after
 }
 
+/// The counter guest found every word of its memory pattern as it last wrote it.
+fn memory_intact(serial: &str) {
+    assert!(serial.contains("memory=ok"), "{serial}");
+}
+
 #[test]
 fn a_counting_guest_moves_to_another_vmm_and_goes_on() {
     let mut source = Vmm::spawn("migration-source", &[]);
@@ -201,6 +212,7 @@ fn a_counting_guest_moves_to_another_vmm_and_goes_on() {
     );
     let after = finishes_the_count(&mut receiver, &before);
     assert!(after.contains("counter done"), "{after}");
+    memory_intact(&after);
     eprintln!("migration of a 128 MiB counting guest over a unix socket: {ms:.1} ms");
 }
 
@@ -289,6 +301,7 @@ fn a_failed_migration_leaves_the_source_running() {
     let serial = source.serial();
     assert_eq!(status, Some(43), "{err}\n{serial}");
     assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+    memory_intact(&serial);
 }
 
 /// With no downtime allowed, pre-copy goes round after round (up to its cap) while the
@@ -316,7 +329,7 @@ fn pre_copy_rounds_over_tcp_lose_nothing_the_guest_wrote() {
     // The copy while running and the one while paused at least (stop-and-copy: 1).
     assert!(rounds(&report) >= 2, "{report}");
     let before = source.serial();
-    finishes_the_count(&mut receiver, &before);
+    memory_intact(&finishes_the_count(&mut receiver, &before));
     eprintln!("pre-copy migration of a 256 MiB guest over TCP: {ms:.1} ms; {report}");
 }
 
@@ -357,6 +370,44 @@ fn a_cancelled_migration_leaves_the_source_running() {
     let serial = source.serial();
     assert_eq!(status, Some(43), "{err}\n{serial}");
     assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+    memory_intact(&serial);
+}
+
+/// A receiver killed (SIGKILL) while the memory is on its way fails the migration, and the
+/// source's guest counts on to its end as if nothing happened.
+#[test]
+fn a_receiver_killed_mid_way_leaves_the_source_running() {
+    let mut source = Vmm::spawn("migration-kill-source", &[]);
+    boot(&source, &counter_guest(), 256);
+    wait_for("the guest to count to 3", || {
+        counts(&source.serial()).len() >= 3
+    });
+    let mut receiver = Receiver::spawn("migration-kill-receiver");
+    let sock = source.sock.clone();
+    // Slow enough (1 MiB/s for the guest's few MiB) that the kill lands in the first round.
+    let body = format!(
+        r#"{{"destination_url": "{}", "max_downtime_ms": 0, "bandwidth_mib_s": 1}}"#,
+        receiver.url
+    );
+    let call =
+        std::thread::spawn(move || common::api::curl(&sock, "PUT", "/migration/send", Some(&body)));
+    wait_for("memory to be on its way", || {
+        let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|s| s["sent_bytes"].as_u64())
+            .is_some_and(|sent| sent > 256 << 10)
+    });
+    receiver.child.kill().unwrap();
+    let (code, reply) = call.join().unwrap();
+    assert_eq!(code, 400, "{reply}");
+    let (_, status) = common::api::curl(&source.sock, "GET", "/migration", None);
+    assert!(status.contains(r#""state":"failed""#), "{status}");
+    let (status, err) = source.wait_exit(RUN_TIMEOUT);
+    let serial = source.serial();
+    assert_eq!(status, Some(43), "{err}\n{serial}");
+    assert_eq!(counts(&serial), (1..=STEPS).collect::<Vec<_>>(), "{serial}");
+    memory_intact(&serial);
 }
 
 /// `vessel migrate NAME --to URL` moves a background VM (`vessel start`) to a receiver,
@@ -368,7 +419,7 @@ fn vessel_migrate_moves_a_background_vm() {
     std::fs::write(
         &file,
         format!(
-            "name = \"migrant\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY}\"\n",
+            "name = \"migrant\"\ncpus = 1\nmemory = \"64M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY} fill={FILL_MIB}\"\n",
             counter_guest()
         ),
     )
@@ -383,7 +434,7 @@ fn vessel_migrate_moves_a_background_vm() {
     assert_eq!(run.status, Some(0), "{}", run.stderr);
     assert!(run.stderr.contains("migrated to"), "{}", run.stderr);
     let before = serial();
-    finishes_the_count(&mut receiver, &before);
+    memory_intact(&finishes_the_count(&mut receiver, &before));
     // Refused: a VM that does not exist.
     let run = st.vessel(&["migrate", "nosuchvm", "--to", &receiver.url]);
     assert_ne!(run.status, Some(0), "{}", run.stderr);
