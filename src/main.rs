@@ -16,6 +16,7 @@ mod image_boot;
 mod image_cli;
 mod image_run;
 mod image_vm;
+mod incoming_cli;
 mod inventory_cli;
 mod jail_cli;
 mod logging;

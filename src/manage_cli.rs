@@ -48,6 +48,12 @@ pub enum ManageCommand {
         /// Print the VM's summary as JSON (the fields of `vessel ls --json`).
         #[arg(long)]
         json: bool,
+        /// Do not boot the VM: wait for a live migration of it from another vessel
+        /// (`vessel migrate NAME --to URL` there) on unix:PATH or tcp:HOST:PORT, and run it
+        /// here from then on. Returns once listening; `ls` shows `incoming` until it
+        /// arrives. Its disks are the definition's (shared storage).
+        #[arg(long, value_name = "URL", conflicts_with = "no_provision")]
+        incoming: Option<String>,
     },
     /// Save a running VM's whole state in its directory and end its VMM (Vagrant's
     /// suspend); `resume` or `start` continues it where it was.
@@ -176,6 +182,9 @@ pub enum ManageCommand {
     Vmm {
         /// The VM to run.
         name: String,
+        /// Wait for the VM on this migration URL instead of booting it.
+        #[arg(long)]
+        incoming: Option<String>,
     },
 }
 
@@ -193,8 +202,18 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Reload(args) => crate::project_cli::reload(&state, args),
         ManageCommand::Start {
             name,
+            json,
+            incoming: Some(url),
+            ..
+        } => {
+            crate::incoming_cli::start(&state, &name, &url, json)?;
+            summary_if(json, &state, &name)
+        }
+        ManageCommand::Start {
+            name,
             no_provision,
             json,
+            incoming: None,
         } => {
             start(&state, &name, json)?;
             if !no_provision {
@@ -231,7 +250,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
-        ManageCommand::Vmm { name } => vmm_process(&state, &name),
+        ManageCommand::Vmm { name, incoming } => vmm_process(&state, &name, incoming.as_deref()),
         ManageCommand::Fork { src, dst, json } => {
             crate::fork_cli::fork(&state, &src, &dst, json)?;
             crate::project_cli::register_state_dir(&state)?;
@@ -299,13 +318,23 @@ fn validate(file: &PathBuf) -> Result<i32> {
 }
 
 pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
-    let vm = state.vm(name)?;
-    let def = vm.definition()?;
-    let verb = if crate::suspend_cli::saved_state(&vm).is_some() {
+    let verb = if crate::suspend_cli::saved_state(&state.vm(name)?).is_some() {
         "resumed"
     } else {
         "started"
     };
+    let pid = spawn_vmm(state, name, None)?;
+    if !json {
+        println!("{verb} VM '{name}' (pid {pid})");
+    }
+    Ok(0)
+}
+
+/// Starts the VM's VMM process (`vessel vmm NAME`, detached; `--incoming URL` passed on)
+/// and waits until it reports it runs the VM (or listens for it); its pid.
+pub(crate) fn spawn_vmm(state: &StateDir, name: &str, incoming: Option<&str>) -> Result<u32> {
+    let vm = state.vm(name)?;
+    let def = vm.definition()?;
     if vm.try_lock()?.is_none() {
         return Err(crate::exit::usage(format!(
             "VM '{name}' is already running (pid {})",
@@ -336,6 +365,9 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     cmd.arg("--state-dir").arg(&state.root);
     cmd.arg("--log-level").arg(crate::logging::level().as_arg());
     cmd.arg("vmm").arg(name);
+    if let Some(url) = incoming {
+        cmd.arg("--incoming").arg(url);
+    }
     cmd.env("VESSEL_READY_FD", ready_fd.to_string());
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -362,10 +394,7 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
     let mut status = String::new();
     std::fs::File::from(read_end).read_to_string(&mut status)?;
     if status.trim() == "ready" {
-        if !json {
-            println!("{verb} VM '{name}' (pid {})", child.id());
-        }
-        Ok(0)
+        Ok(child.id())
     } else {
         let msg = if status.trim().is_empty() {
             std::fs::read_to_string(vm.path(state::VMM_LOG)).unwrap_or_default()
@@ -377,14 +406,25 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
 }
 
 /// Report readiness (or failure) to `vessel start` through the inherited pipe.
-fn report(ready: &mut Option<std::fs::File>, msg: &str) {
+pub(crate) fn report(ready: &mut Option<std::fs::File>, msg: &str) {
     if let Some(f) = ready.as_mut() {
         let _ = writeln!(f, "{msg}");
     }
     *ready = None;
 }
 
-fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
+/// The VM booted from its definition, or rebuilt from the state `vessel suspend` saved.
+fn build(vm: &VmDir, cfg: vmm::VmConfig) -> Result<(vmm::Vm, vmm::VmConfig)> {
+    match crate::suspend_cli::saved_state(vm) {
+        Some(saved) => crate::suspend_cli::restore(vm, &saved, cfg),
+        None => Ok((
+            vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?,
+            cfg,
+        )),
+    }
+}
+
+fn vmm_process(state: &StateDir, name: &str, incoming: Option<&str>) -> Result<i32> {
     let mut ready = std::env::var("VESSEL_READY_FD")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -398,8 +438,6 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         });
     let vm = state.vm(name)?;
     crate::confinement::set_policy(&crate::confinement::ConfineArgs::default_on())?;
-    // Before any thread starts (the API server's): the VM's event loop reads these signals.
-    crate::api_mode::block_control_signals();
     let result = (|| -> Result<_> {
         let mut def = vm.definition()?;
         crate::vm_ports::resolve(&vm, &mut def)?;
@@ -411,24 +449,31 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
             socket: vm.path(state::CONSOLE_SOCKET),
         };
         let cfg = def.vm_config(serial)?;
-        let (machine, cfg) = match crate::suspend_cli::saved_state(&vm) {
-            Some(saved) => crate::suspend_cli::restore(&vm, &saved, cfg)?,
-            None => (
-                vmm::Vm::new(&cfg).map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?,
-                cfg,
-            ),
+        let (machine, cfg, arriving) = match incoming {
+            // Blocks the control signals itself once the VM is in.
+            Some(url) => crate::incoming_cli::receive(&vm, url, cfg, &mut ready)?,
+            None => {
+                // Before any thread starts (the API server's): the VM's event loop reads
+                // these signals.
+                crate::api_mode::block_control_signals();
+                let (machine, cfg) = build(&vm, cfg)?;
+                (machine, cfg, None)
+            }
         };
         let api_server =
             crate::api_mode::serve_running(&vm.path(state::API_SOCKET), &cfg, machine.handle())
                 .map_err(|e| {
                     anyhow!("cannot serve the API: {}", crate::run_cli::error_chain(&e))
                 })?;
-        Ok((lock, machine, api_server, cfg))
+        Ok((lock, machine, api_server, cfg, arriving))
     })();
-    let (_lock, machine, api_server, cfg) = match result {
+    let (_lock, mut machine, api_server, cfg, arriving) = match result {
         Ok(x) => x,
         Err(e) => {
             report(&mut ready, &format!("{e:#}"));
+            if incoming.is_some() {
+                crate::incoming_cli::failed(&vm, &e);
+            }
             return Err(e);
         }
     };
@@ -438,7 +483,15 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
         format!("{}\n", std::process::id()),
     )?;
     crate::confinement::lock_down(&cfg, &[vm.dir.as_path()])?;
-    report(&mut ready, "ready");
+    match arriving {
+        Some(stream) => {
+            if let Err(e) = crate::incoming_cli::hand_over(&vm, stream, &mut machine) {
+                crate::incoming_cli::failed(&vm, &e);
+                return Err(e);
+            }
+        }
+        None => report(&mut ready, "ready"),
+    }
     let outcome = machine.run();
     let _ = api_server.shutdown();
     let note = match &outcome {
@@ -462,7 +515,7 @@ fn vmm_process(state: &StateDir, name: &str) -> Result<i32> {
 
 pub(crate) fn signal(vm: &VmDir, sig: i32) -> Result<bool> {
     match vm.state()? {
-        VmState::Running { pid } if pid > 0 => {
+        VmState::Running { pid } | VmState::Incoming { pid } if pid > 0 => {
             // SAFETY: sending a signal to the VMM process that holds this VM's lock.
             Ok(unsafe { libc::kill(pid, sig) } == 0)
         }
@@ -487,6 +540,11 @@ pub(crate) fn stop(
     vm.definition()?;
     match vm.state()? {
         VmState::Running { .. } => {}
+        VmState::Incoming { .. } => {
+            crate::incoming_cli::stop_waiting(&vm)?;
+            say(format!("VM '{name}' no longer waits for a migration"));
+            return Ok(0);
+        }
         VmState::Suspended => {
             crate::suspend_cli::discard(&vm)?;
             std::fs::write(vm.path(state::EXIT_FILE), "saved state discarded\n")?;
@@ -569,7 +627,7 @@ fn console(state: &StateDir, name: &str) -> Result<i32> {
 fn rm(state: &StateDir, name: &str, keep_disks: bool) -> Result<i32> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
-    if matches!(vm.state()?, VmState::Running { .. }) {
+    if vm.state()?.vmm_pid().is_some() {
         return Err(crate::exit::usage(format!(
             "VM '{name}' is running; stop it first"
         )));

@@ -101,7 +101,7 @@ pub fn up(state: &StateDir, args: UpArgs) -> Result<i32> {
         remember_project(&vm.path(PROJECT_LINK), &file)?;
         say(format!("created VM '{name}' from {}", file.display()));
     }
-    if matches!(vm.state()?, VmState::Running { .. }) {
+    if vm.state()?.vmm_pid().is_some() {
         say(format!("VM '{name}' is already running"));
     } else {
         crate::manage_cli::start(state, &name, true)?;
@@ -143,7 +143,10 @@ pub fn reload(state: &StateDir, args: ReloadArgs) -> Result<i32> {
     }
     let def = crate::vm_create::recheck(&def, &vm)?;
     // A suspended VM's saved state would not match what changes: stop discards it.
-    if matches!(vm.state()?, VmState::Running { .. } | VmState::Suspended) {
+    if matches!(
+        vm.state()?,
+        VmState::Running { .. } | VmState::Incoming { .. } | VmState::Suspended
+    ) {
         crate::manage_cli::stop(state, name, false, args.stop_timeout, args.json)?;
     }
     let Some(lock) = vm.try_lock()? else {

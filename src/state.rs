@@ -118,6 +118,10 @@ pub enum VmState {
     Running {
         pid: i32,
     },
+    /// Its VMM waits for a live migration of the VM (`vessel start NAME --incoming URL`).
+    Incoming {
+        pid: i32,
+    },
     Stopped,
     /// Stopped with its whole state saved (`vessel suspend`); `resume` or `start` goes on.
     Suspended,
@@ -129,9 +133,18 @@ impl VmState {
     pub fn label(&self) -> &'static str {
         match self {
             VmState::Running { .. } => "running",
+            VmState::Incoming { .. } => "incoming",
             VmState::Stopped => "stopped",
             VmState::Suspended => "suspended",
             VmState::Crashed => "crashed",
+        }
+    }
+
+    /// The VMM process, while there is one (running, or waiting for a migration).
+    pub fn vmm_pid(&self) -> Option<i32> {
+        match self {
+            VmState::Running { pid } | VmState::Incoming { pid } => Some(*pid),
+            _ => None,
         }
     }
 }
@@ -191,6 +204,11 @@ impl VmDir {
 
     pub fn state(&self) -> Result<VmState> {
         match self.try_lock()? {
+            None if self.path(crate::incoming_cli::INCOMING_FILE).exists() => {
+                Ok(VmState::Incoming {
+                    pid: self.pid().unwrap_or(0),
+                })
+            }
             None => Ok(VmState::Running {
                 pid: self.pid().unwrap_or(0),
             }),

@@ -173,15 +173,26 @@ pub fn restore(
 ) -> Result<(vmm::Vm, vmm::VmConfig)> {
     let mut snapshot = vmm::snapshot::read_state_file(&saved.state)
         .map_err(|e| anyhow!("the saved state: {}", crate::run_cli::error_chain(&e)))?;
-    host_nics_from(&mut snapshot.machine.nics, &defined.nics)?;
-    let mut host =
-        vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, &snapshot.machine);
-    host.disks = defined.disks;
+    let host = adopt(&mut snapshot.machine, defined)?;
     let machine = vmm::Vm::restore(&host, &snapshot, &saved.memory)
         .map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?;
     let cfg = vmm::snapshot::restored_config(&host, &snapshot.machine);
     discard(vm)?;
     Ok((machine, cfg))
+}
+
+/// The host configuration to rebuild a saved (or arriving) `machine` as the VM `defined`
+/// describes: serial console and emulator setting from the definition, each NIC's host
+/// side from it (the guest's MAC stays), and its disks (which say which may follow backing
+/// files elsewhere). A definition whose NICs are not the machine's is refused.
+pub fn adopt(
+    machine: &mut vmm::snapshot::MachineState,
+    defined: vmm::VmConfig,
+) -> Result<vmm::VmConfig> {
+    host_nics_from(&mut machine.nics, &defined.nics)?;
+    let mut host = vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, machine);
+    host.disks = defined.disks;
+    Ok(host)
 }
 
 /// The host side of each saved NIC (its mode's resources, its forwards with the ports

@@ -7,12 +7,12 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::state::{self, StateDir, VmDir, VmState};
+use crate::state::{self, StateDir, VmDir};
 use crate::vmdef::VmDefinition;
 
 pub(crate) fn stopped(vm: &VmDir) -> Result<VmDefinition> {
     let def = vm.definition()?;
-    if matches!(vm.state()?, VmState::Running { .. }) {
+    if vm.state()?.vmm_pid().is_some() {
         return Err(crate::exit::usage(format!(
             "VM '{}' is running; stop it first",
             vm.name

@@ -28,7 +28,7 @@ fn summary_of(vm: &VmDir, def: &VmDefinition, st: &VmState) -> Value {
     json!({
         "name": vm.name,
         "state": st.label(),
-        "pid": match st { VmState::Running { pid } => Some(*pid), _ => None },
+        "pid": st.vmm_pid(),
         "cpus": def.cpus.get_ref(),
         "memory_mib": def.memory_bytes() >> 20,
         "disks": def.disks.len(),

@@ -440,6 +440,105 @@ fn vessel_migrate_moves_a_background_vm() {
     assert_ne!(run.status, Some(0), "{}", run.stderr);
 }
 
+/// A VM definition of the counting guest named `name` with `mib` MiB, written to a file.
+fn migrant_file(name: &str, file: &str, mib: u32) -> PathBuf {
+    let file = out_dir().join(file);
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\ncpus = 1\nmemory = \"{mib}M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY} fill={FILL_MIB}\"\n",
+            counter_guest()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `vessel inspect NAME --json`.
+fn listed(st: &common::state_dir::TestState, name: &str) -> serde_json::Value {
+    serde_json::from_str(&st.ok(&["inspect", name, "--json"])).unwrap()
+}
+
+/// `vessel start NAME --incoming URL` on a second state directory (a second host) takes a
+/// background VM over from `vessel migrate`: `ls` says `incoming` until it arrives, and the
+/// count goes on there to its end with the memory intact; the source records that its VM
+/// left. A definition of another shape is refused on arrival (the source's VM counts on),
+/// and `vessel stop` ends a wait.
+#[test]
+fn vessel_start_incoming_takes_a_background_vm_over() {
+    let here = common::state_dir::TestState::new("incoming-source");
+    let there = common::state_dir::TestState::new("incoming-receiver");
+    let other = common::state_dir::TestState::new("incoming-misfit");
+    let file = migrant_file("mover", "mover.vm.toml", 64);
+    let bigger = migrant_file("mover", "mover-128.vm.toml", 128);
+    here.ok(&["create", "mover", "--from", file.to_str().unwrap()]);
+    there.ok(&["create", "mover", "--from", file.to_str().unwrap()]);
+    other.ok(&["create", "mover", "--from", bigger.to_str().unwrap()]);
+    here.ok(&["start", "mover"]);
+    let serial = |st: &common::state_dir::TestState| {
+        std::fs::read_to_string(st.0.join("mover").join("serial.log")).unwrap_or_default()
+    };
+    wait_for("the guest to count to 3", || {
+        counts(&serial(&here)).len() >= 3
+    });
+
+    // A receiver whose definition has twice the memory refuses the VM; the source keeps it.
+    let misfit = out_dir().join("incoming-misfit.sock");
+    let _ = std::fs::remove_file(&misfit);
+    let misfit_url = format!("unix:{}", misfit.display());
+    let out = other.ok(&["start", "mover", "--incoming", &misfit_url]);
+    assert!(out.contains("waits for a migration"), "{out}");
+    assert_eq!(listed(&other, "mover")["state"], "incoming");
+    let run = here.vessel(&["migrate", "mover", "--to", &misfit_url]);
+    assert_ne!(run.status, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("128 MiB"), "{}", run.stderr);
+    assert_eq!(listed(&here, "mover")["state"], "running");
+    let refused = listed(&other, "mover");
+    assert_eq!(refused["state"], "stopped", "{refused}");
+    assert!(
+        refused["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("incoming migration failed"),
+        "{refused}"
+    );
+
+    // `vessel stop` ends a wait.
+    let out = other.ok(&["start", "mover", "--incoming", &misfit_url]);
+    assert!(out.contains("waits for a migration"), "{out}");
+    let out = other.ok(&["stop", "mover"]);
+    assert!(out.contains("no longer waits"), "{out}");
+    assert_eq!(listed(&other, "mover")["state"], "stopped");
+
+    // The move.
+    let socket = out_dir().join("incoming.sock");
+    let _ = std::fs::remove_file(&socket);
+    let url = format!("unix:{}", socket.display());
+    there.ok(&["start", "mover", "--incoming", &url]);
+    let run = here.vessel(&["migrate", "mover", "--to", &url]);
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    wait_for("the guest to finish counting there", || {
+        serial(&there).contains("counter done")
+    });
+    let (before, after) = (serial(&here), serial(&there));
+    assert!(!after.contains("guest up"), "the guest restarted: {after}");
+    assert_eq!(
+        counts(&format!("{before}{after}")),
+        (1..=STEPS).collect::<Vec<_>>(),
+        "here: {before}\nthere: {after}"
+    );
+    memory_intact(&after);
+    wait_for("the VM to end there", || {
+        listed(&there, "mover")["state"] == "stopped"
+    });
+    let left = listed(&here, "mover");
+    assert_eq!(left["state"], "stopped", "{left}");
+    assert!(
+        left["last_exit"].as_str().unwrap().contains("migrated"),
+        "{left}"
+    );
+}
+
 /// The AP's counts (`ap=M`) of a 2-vCPU counting guest's lines, in order.
 fn ap_counts(serial: &str) -> Vec<u64> {
     serial
