@@ -1,4 +1,7 @@
 """Helpers shared by the bench scripts' Python halves."""
+import json
+import os
+import socket
 import sys
 import time
 
@@ -19,3 +22,26 @@ def read_text(path):
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+class Qmp:
+    """A QEMU monitor (QMP) client on a unix socket."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        wait_for("QMP", lambda: os.path.exists(path))
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rw")
+        self.file.readline()
+        self.call("qmp_capabilities")
+
+    def call(self, cmd, **args):
+        """Runs `cmd`; its return value (events on the way are skipped)."""
+        self.file.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())
+            if "error" in reply:
+                sys.exit(f"QMP {cmd}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]

@@ -8,16 +8,14 @@ what libvirt's managed save does with the same guest: `stop` + `migrate exec:cat
 + `quit` to suspend, `-incoming exec:cat FILE` + `cont` to resume. Prints medians and the
 vessel/QEMU ratios.
 """
-import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
-from benchlib import read_text, wait_for
+from benchlib import Qmp, read_text, wait_for
 
 VESSEL, QEMU, KERNEL, TMP = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 RUNS, MIB = int(sys.argv[5]), int(sys.argv[6])
@@ -66,26 +64,6 @@ def bench_vessel():
               f"fork {fork:.1f} ms (source paused {paused:.0f} ms)", flush=True)
     vessel("stop", "s", "--force")
     return rows
-
-
-class Qmp:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX)
-        wait_for("QMP", lambda: os.path.exists(path))
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rw")
-        self.file.readline()
-        self.call("qmp_capabilities")
-
-    def call(self, cmd, **args):
-        self.file.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "return" in reply or "error" in reply:
-                if "error" in reply:
-                    sys.exit(f"QMP {cmd}: {reply['error']}")
-                return reply["return"]
 
 
 def qemu(serial, qmp, extra=()):

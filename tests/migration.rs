@@ -373,6 +373,46 @@ fn a_cancelled_migration_leaves_the_source_running() {
     memory_intact(&serial);
 }
 
+/// A VM loaded from a snapshot runs on its memory file mapped copy-on-write, where a page
+/// not yet faulted in still holds the file's data: migrating it on must send those pages
+/// too (the first copy skips untouched pages of anonymous memory only). The count goes on
+/// in the receiver and the memory pattern is intact.
+#[test]
+fn a_vm_loaded_from_a_snapshot_migrates_with_all_its_memory() {
+    let mut first = Vmm::spawn("migration-snap-first", &[]);
+    boot(&first, &counter_guest(), 64);
+    wait_for("the guest to count to 3", || {
+        counts(&first.serial()).len() >= 3
+    });
+    let (state, mem) = (
+        out_dir().join("migration-snap.state"),
+        out_dir().join("migration-snap.mem"),
+    );
+    let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_file(&mem);
+    assert_eq!(first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    let files = format!(
+        r#"{{"snapshot_path": {:?}, "mem_file_path": {:?}}}"#,
+        state.display().to_string(),
+        mem.display().to_string()
+    );
+    let (code, reply) = first.call("PUT", "/snapshot/create", &files);
+    assert_eq!(code, 204, "{reply}");
+    let before = first.serial();
+    drop(first);
+    let mut loaded = Vmm::spawn("migration-snap-loaded", &[]);
+    let load = format!("{}, \"resume_vm\": true}}", files.trim_end_matches('}'));
+    let (code, reply) = loaded.call("PUT", "/snapshot/load", &load);
+    assert_eq!(code, 204, "{reply}");
+    wait_for("the loaded guest to count on", || {
+        !counts(&loaded.serial()).is_empty()
+    });
+    let mut receiver = Receiver::spawn("migration-snap-receiver");
+    migrate(&mut loaded, &receiver);
+    let before = format!("{before}{}", loaded.serial());
+    memory_intact(&finishes_the_count(&mut receiver, &before));
+}
+
 /// A receiver killed (SIGKILL) while the memory is on its way fails the migration, and the
 /// source's guest counts on to its end as if nothing happened.
 #[test]

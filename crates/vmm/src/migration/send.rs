@@ -36,7 +36,8 @@ pub struct SendOptions {
 
 /// Which pages a pass sends.
 enum Pick<'a> {
-    /// Every page that is not all zeros (the receiver's fresh RAM is zeroed).
+    /// Every page that is not all zeros (the receiver's fresh RAM is zeroed); pages the
+    /// page map says were never touched are not even read.
     NonZero,
     /// The pages set in each region's dirty bitmap.
     Dirty(&'a [Vec<u64>]),
@@ -89,6 +90,10 @@ impl MemoryWriter<'_> {
         let mut pages_sent = 0;
         for (index, region) in mem.iter().enumerate() {
             let len = region.len();
+            let touched = match pick {
+                Pick::NonZero => self.touched(region),
+                Pick::Dirty(_) => None,
+            };
             // SAFETY: the region maps `len` bytes for as long as `mem` lives. The guest may
             // write them while this reads (pre-copy): a page torn that way is in KVM's
             // dirty log and sent again while the VM is paused.
@@ -98,7 +103,10 @@ impl MemoryWriter<'_> {
                 let start = (page * PAGE_SIZE) as usize;
                 let end = (start + PAGE_SIZE as usize).min(bytes.len());
                 match pick {
-                    Pick::NonZero => !is_zero(&bytes[start..end]),
+                    Pick::NonZero => {
+                        touched.as_ref().is_none_or(|t| dirty::is_set(t, page))
+                            && !is_zero(&bytes[start..end])
+                    }
                     Pick::Dirty(maps) => maps.get(index).is_some_and(|m| dirty::is_set(m, page)),
                 }
             };
@@ -123,6 +131,22 @@ impl MemoryWriter<'_> {
             }
         }
         Ok(pages_sent)
+    }
+
+    /// The pages of `region` that may hold data, when the page map can tell (a private
+    /// anonymous region); `None`: every page is read.
+    fn touched(&self, region: &vm_memory::GuestRegionMmap<()>) -> Option<Vec<u64>> {
+        if region.file_offset().is_some() {
+            return None;
+        }
+        let map = self.shared.page_map.as_ref()?;
+        match map.touched(region.as_ptr() as u64, region.len().div_ceil(PAGE_SIZE)) {
+            Ok(bits) => Some(bits),
+            Err(e) => {
+                tracing::warn!("reading the page map: {e}; every page is read");
+                None
+            }
+        }
     }
 
     /// Bytes per second sent since the start.
