@@ -379,7 +379,7 @@ fn a_cancelled_migration_leaves_the_source_running() {
 /// in the receiver and the memory pattern is intact.
 #[test]
 fn a_vm_loaded_from_a_snapshot_migrates_with_all_its_memory() {
-    let mut first = Vmm::spawn("migration-snap-first", &[]);
+    let first = Vmm::spawn("migration-snap-first", &[]);
     boot(&first, &counter_guest(), 64);
     wait_for("the guest to count to 3", || {
         counts(&first.serial()).len() >= 3
