@@ -18,6 +18,7 @@ mod irq_routing;
 mod kick;
 mod kvm_vcpu;
 pub mod migration;
+mod page_map;
 mod pci_devices;
 pub mod shared_memory;
 pub mod shares;

@@ -566,6 +566,7 @@ impl Vm {
             Some(crate::BalloonControl::new(handle, processor))
         });
         let snapshot_source = crate::snapshot::SnapshotSource {
+            page_map: crate::page_map::PageMap::open(),
             vm: vm.clone(),
             mem: mem.clone(),
             serial: serial.clone(),

@@ -5,7 +5,6 @@
 //! framed format ([`wire`]) that the receiver reads as hostile input.
 
 mod dirty;
-mod page_map;
 mod receive;
 mod send;
 mod transport;

@@ -16,6 +16,7 @@ use super::wire::{self, Kind, MAX_MEMORY_CHUNK};
 use super::worker::Shared;
 use super::MigrationError;
 use crate::control::VmHandle;
+use crate::page_map::{is_touched, PageMap};
 
 /// Pre-copy rounds after the first full copy, at most; then the VM is paused whatever
 /// remains dirty.
@@ -38,7 +39,7 @@ pub struct SendOptions {
 enum Pick<'a> {
     /// Every page that is not all zeros (the receiver's fresh RAM is zeroed); pages the
     /// page map says were never touched are not even read.
-    NonZero,
+    NonZero(Option<&'a PageMap>),
     /// The pages set in each region's dirty bitmap.
     Dirty(&'a [Vec<u64>]),
 }
@@ -91,7 +92,7 @@ impl MemoryWriter<'_> {
         for (index, region) in mem.iter().enumerate() {
             let len = region.len();
             let touched = match pick {
-                Pick::NonZero => self.touched(region),
+                Pick::NonZero(map) => crate::page_map::touched_pages(*map, region),
                 Pick::Dirty(_) => None,
             };
             // SAFETY: the region maps `len` bytes for as long as `mem` lives. The guest may
@@ -103,8 +104,8 @@ impl MemoryWriter<'_> {
                 let start = (page * PAGE_SIZE) as usize;
                 let end = (start + PAGE_SIZE as usize).min(bytes.len());
                 match pick {
-                    Pick::NonZero => {
-                        touched.as_ref().is_none_or(|t| dirty::is_set(t, page))
+                    Pick::NonZero(_) => {
+                        touched.as_ref().is_none_or(|t| is_touched(t, page))
                             && !is_zero(&bytes[start..end])
                     }
                     Pick::Dirty(maps) => maps.get(index).is_some_and(|m| dirty::is_set(m, page)),
@@ -131,22 +132,6 @@ impl MemoryWriter<'_> {
             }
         }
         Ok(pages_sent)
-    }
-
-    /// The pages of `region` that may hold data, when the page map can tell (a private
-    /// anonymous region); `None`: every page is read.
-    fn touched(&self, region: &vm_memory::GuestRegionMmap<()>) -> Option<Vec<u64>> {
-        if region.file_offset().is_some() {
-            return None;
-        }
-        let map = self.shared.page_map.as_ref()?;
-        match map.touched(region.as_ptr() as u64, region.len().div_ceil(PAGE_SIZE)) {
-            Ok(bits) => Some(bits),
-            Err(e) => {
-                tracing::warn!("reading the page map: {e}; every page is read");
-                None
-            }
-        }
     }
 
     /// Bytes per second sent since the start.
@@ -262,7 +247,8 @@ fn copy_and_pause(
     };
     let mut pending: Option<Vec<Vec<u64>>> = None;
     if let Some(log) = &log {
-        if let Err(e) = precopy_rounds(log, opts, writer, &source.mem, &mut pending) {
+        let first = Pick::NonZero(source.page_map.as_ref());
+        if let Err(e) = precopy_rounds(log, opts, writer, &source.mem, &first, &mut pending) {
             return Err(fail(e, answers));
         }
     }
@@ -285,7 +271,7 @@ fn copy_and_pause(
                 .update(|p| p.dirty_pages = dirty::count(&maps));
             writer.pass(mem, &Pick::Dirty(&maps))
         }
-        _ => writer.pass(mem, &Pick::NonZero),
+        _ => writer.pass(mem, &Pick::NonZero(source.page_map.as_ref())),
     });
     drop(log);
     let result = captured.and_then(|(snapshot, _)| {
@@ -310,10 +296,11 @@ fn precopy_rounds(
     opts: &SendOptions,
     writer: &mut MemoryWriter,
     mem: &GuestMemory,
+    first: &Pick,
     pending: &mut Option<Vec<Vec<u64>>>,
 ) -> Result<(), MigrationError> {
     writer.shared.update(|p| p.rounds = 1);
-    writer.pass(mem, &Pick::NonZero)?;
+    writer.pass(mem, first)?;
     for round in 2..=MAX_ROUNDS + 1 {
         let maps = log.take()?;
         let dirty_bytes = dirty::count(&maps) * PAGE_SIZE;

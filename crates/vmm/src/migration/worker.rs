@@ -63,8 +63,6 @@ pub(crate) struct Shared {
     /// The migration's connection, shut down by a cancel so that a send blocked on a
     /// receiver that stopped reading fails at once.
     connection: Mutex<Option<super::Stream>>,
-    /// Opened with the VM, before confinement: which pages the first copy may skip.
-    pub(crate) page_map: Option<super::page_map::PageMap>,
 }
 
 impl Shared {
@@ -122,10 +120,7 @@ impl Default for MigrationControl {
         Self {
             jobs: Mutex::new(Some(tx)),
             waiting: Mutex::new(Some(rx)),
-            shared: Arc::new(Shared {
-                page_map: super::page_map::PageMap::open(),
-                ..Shared::default()
-            }),
+            shared: Arc::default(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct SnapshotSource {
     pub(crate) xsave2_size: usize,
     /// The first device whose state snapshots do not save, if the VM has one.
     pub(crate) unsupported_device: Option<String>,
+    /// Opened with the VM, before confinement: which pages of its RAM were ever touched.
+    pub(crate) page_map: Option<crate::page_map::PageMap>,
 }
 
 /// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,
@@ -124,7 +126,9 @@ impl SnapshotSource {
             ensure_absent(path)?;
         }
         let written = self
-            .capture(gate, &mut |mem| save_memory(mem, &mem_partial))
+            .capture(gate, &mut |mem| {
+                save_memory(mem, self.page_map.as_ref(), &mem_partial)
+            })
             .and_then(|(snapshot, bytes)| {
                 write_state_file(&snapshot, &state_partial).map(|()| bytes)
             })

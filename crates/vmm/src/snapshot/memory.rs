@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::{Bitmap, NewBitmap};
 use vm_memory::mmap::MmapRegion;
+
+use crate::page_map::{is_touched, PageMap, PAGE_SIZE};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
@@ -77,16 +79,27 @@ const SPARSE_CHUNK: usize = 64 * 1024;
 /// returns the bytes written. RAM mapped from a memory file is read through its mapping:
 /// the new file holds what the guest sees, whole. Zero chunks are left as holes (the file
 /// reads the same; a mostly idle guest's memory file is written in a fraction of the time).
-pub fn save_memory<B: Bitmap>(mem: &GuestMemoryMmap<B>, path: &Path) -> Result<u64, SnapshotError> {
+/// Chunks of anonymous RAM that `page_map` says were never touched are not even read.
+pub(crate) fn save_memory<B: Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    page_map: Option<&PageMap>,
+    path: &Path,
+) -> Result<u64, SnapshotError> {
     let mut file = super::output::create_new(path)?;
     let mut offset = 0u64;
+    let pages_per_chunk = (SPARSE_CHUNK as u64 / PAGE_SIZE).max(1);
     for region in mem.iter() {
         let len = region.len() as usize;
+        let touched = crate::page_map::touched_pages(page_map, region);
         // SAFETY: the region maps `len` bytes at `as_ptr()` for as long as `mem` lives, and
         // every vCPU is paused, so nothing writes to it while it is read here.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr().cast_const(), len) };
-        for chunk in bytes.chunks(SPARSE_CHUNK) {
-            if !is_zero(chunk) {
+        for (index, chunk) in bytes.chunks(SPARSE_CHUNK).enumerate() {
+            let first = index as u64 * pages_per_chunk;
+            let may_hold_data = touched
+                .as_ref()
+                .is_none_or(|t| (first..first + pages_per_chunk).any(|page| is_touched(t, page)));
+            if may_hold_data && !is_zero(chunk) {
                 file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
                 file.write_all(chunk).map_err(io_err(path))?;
             }

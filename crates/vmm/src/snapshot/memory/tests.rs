@@ -18,7 +18,7 @@ fn saved(dir: &Path) -> std::path::PathBuf {
     mem.write_obj(0xdead_beef_u32, GuestAddress(0x1ffc))
         .unwrap();
     mem.write_obj(0x1234_u16, GuestAddress(0x10ffe)).unwrap();
-    assert_eq!(save_memory(&mem, &path).unwrap(), 0x3000);
+    assert_eq!(save_memory(&mem, None, &path).unwrap(), 0x3000);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0x3000);
     path
 }
@@ -63,7 +63,7 @@ fn save_load_save_gives_the_same_file_both_ways() {
         let (mem, how) = restore(&first, copy).unwrap();
         assert_eq!(how == MemoryLoad::Mapped, !copy);
         let again = dir.path().join(name);
-        save_memory(&mem, &again).unwrap();
+        save_memory(&mem, None, &again).unwrap();
         assert_eq!(
             std::fs::read(&again).unwrap(),
             std::fs::read(&first).unwrap()
@@ -173,7 +173,7 @@ fn zero_chunks_are_holes_that_read_back_as_zero() {
     mem.write_obj(0x99_u8, GuestAddress(0x100_0000 + SPARSE_CHUNK as u64 - 1))
         .unwrap();
     let path = dir.path().join("sparse");
-    save_memory(&mem, &path).unwrap();
+    save_memory(&mem, None, &path).unwrap();
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.len(), 5 * SPARSE_CHUNK as u64);
     assert!(
@@ -188,5 +188,34 @@ fn zero_chunks_are_holes_that_read_back_as_zero() {
     assert!(bytes == expected);
     assert!(
         is_zero(&[0u8; 33]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    );
+}
+
+/// With the page map, untouched chunks of anonymous RAM are holes without being read, and
+/// what the guest wrote (in any page of a chunk) is saved; RAM mapped from a memory file is
+/// saved whole, touched or not.
+#[test]
+fn the_page_map_skips_only_untouched_anonymous_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ranges = [(GuestAddress(0), 0x40_0000)];
+    let mem = Memory::from_ranges(&ranges).unwrap();
+    mem.write_obj(0x5a5a_u16, GuestAddress(0x12_3456)).unwrap();
+    mem.write_obj(0xa5_u8, GuestAddress(0x3f_ffff)).unwrap();
+    let map = crate::page_map::PageMap::open().expect("/proc/self/pagemap");
+    let path = dir.path().join("anon");
+    save_memory(&mem, Some(&map), &path).unwrap();
+    let (back, _) = restore_memory_with::<()>(&ranges, &path, true).unwrap();
+    assert_eq!(
+        back.read_obj::<u16>(GuestAddress(0x12_3456)).unwrap(),
+        0x5a5a
+    );
+    assert_eq!(back.read_obj::<u8>(GuestAddress(0x3f_ffff)).unwrap(), 0xa5);
+    // Mapped from that file (copy-on-write): no page of it is present yet, all are saved.
+    let (mapped, _) = restore_memory_with::<()>(&ranges, &path, false).unwrap();
+    let again = dir.path().join("mapped");
+    save_memory(&mapped, Some(&map), &again).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&again).unwrap()
     );
 }

@@ -1,9 +1,10 @@
 //! Which pages of private anonymous guest memory were ever touched, from
 //! /proc/self/pagemap: a page that is neither present nor swapped out was never written
-//! (nor read), so it reads as zeros. The first copy of a migration skips such pages
-//! without reading them; reading would fault each one in, which for a mostly idle guest of
-//! a few GiB costs more than the copy itself. Not for file mappings (a page of one that is
-//! not present still holds the file's data): callers check the region.
+//! (nor read), so it reads as zeros. A migration's first copy and a snapshot's memory file
+//! skip such pages without reading them; reading would fault each one in, which for a
+//! mostly idle guest of a few GiB costs more than the copy itself. Not for file mappings (a
+//! page of one that is not present still holds the file's data): [`touched_pages`] checks
+//! the region.
 //!
 //! The file is opened when the VM is built, before the VMM is confined; reads are
 //! `pread`s on it.
@@ -12,7 +13,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::dirty::PAGE_SIZE;
+use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
+
+/// The page size the map and its bitmaps count in.
+pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// Bytes per page map entry.
 const ENTRY_BYTES: u64 = 8;
@@ -57,10 +61,33 @@ impl PageMap {
     }
 }
 
+/// Whether `page` is set in a bitmap [`PageMap::touched`] returned.
+pub(crate) fn is_touched(bits: &[u64], page: u64) -> bool {
+    bits.get((page / 64) as usize)
+        .is_some_and(|w| w & (1 << (page % 64)) != 0)
+}
+
+/// The pages of `region` that may hold data, when `map` can tell (a private anonymous
+/// region); `None`: every page must be read.
+pub(crate) fn touched_pages<B: vm_memory::bitmap::Bitmap>(
+    map: Option<&PageMap>,
+    region: &GuestRegionMmap<B>,
+) -> Option<Vec<u64>> {
+    if region.file_offset().is_some() {
+        return None;
+    }
+    match map?.touched(region.as_ptr() as u64, region.len().div_ceil(PAGE_SIZE)) {
+        Ok(bits) => Some(bits),
+        Err(e) => {
+            tracing::warn!("reading the page map: {e}; every page is read");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::dirty;
 
     #[test]
     fn only_the_pages_written_are_touched() {
@@ -89,7 +116,7 @@ mod tests {
         let map = PageMap::open().expect("/proc/self/pagemap");
         let bits = map.touched(ptr as u64, PAGES as u64).unwrap();
         let touched: Vec<u64> = (0..PAGES as u64)
-            .filter(|&p| dirty::is_set(&bits, p))
+            .filter(|&p| is_touched(&bits, p))
             .collect();
         assert_eq!(touched, [3, 40, 95]);
         // SAFETY: the mapping made above, no longer used.
