@@ -32,3 +32,16 @@ nested_guest() {
     OUT=$GUEST "$1/scripts/make-guest.sh"
     VESSEL=$(vessel_release "$1")
 }
+
+# qemu_and_vessel ROOT - sets $QEMU (default qemu-system-x86_64; exits if missing) and
+# $VESSEL (see vessel_release), makes $TMP (removed at exit, with the processes that name
+# it) and links the counting guest to $TMP/counter.
+qemu_and_vessel() {
+    QEMU=${QEMU:-qemu-system-x86_64}
+    command -v "$QEMU" > /dev/null ||
+        { echo "$(basename "$0"): no $QEMU (apt install qemu-system-x86)" >&2; exit 1; }
+    VESSEL=$(vessel_release "$1")
+    TMP=$(mktemp -d)
+    trap 'pkill -f "$TMP" 2>/dev/null; rm -rf "$TMP"' EXIT
+    build_counter_guest "$1" "$TMP/counter"
+}

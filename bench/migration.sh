@@ -12,11 +12,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-3}
 MIB=${2:-1024}
 FILL=${3:-16}
-QEMU=${QEMU:-qemu-system-x86_64}
-command -v "$QEMU" > /dev/null || { echo "migration.sh: no $QEMU (apt install qemu-system-x86)" >&2; exit 1; }
 . "$ROOT/bench/lib.sh"
-VESSEL=$(vessel_release "$ROOT")
-TMP=$(mktemp -d)
-trap 'pkill -f "$TMP" 2>/dev/null; rm -rf "$TMP"' EXIT
-build_counter_guest "$ROOT" "$TMP/counter"
+qemu_and_vessel "$ROOT"
 python3 "$ROOT/bench/migration.py" "$VESSEL" "$QEMU" "$TMP/counter" "$TMP" "$RUNS" "$MIB" "$FILL"
