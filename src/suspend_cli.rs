@@ -183,16 +183,35 @@ pub fn restore(
 
 /// The host configuration to rebuild a saved (or arriving) `machine` as the VM `defined`
 /// describes: serial console and emulator setting from the definition, each NIC's host
-/// side from it (the guest's MAC stays), and its disks (which say which may follow backing
-/// files elsewhere). A definition whose NICs are not the machine's is refused.
+/// side from it (the guest's MAC stays), the vsock's socket path and the second console's
+/// log file, and its disks (which say which may follow backing files elsewhere). A
+/// definition whose NICs, vsock CID or consoles are not the machine's is refused.
 pub fn adopt(
     machine: &mut vmm::snapshot::MachineState,
     defined: vmm::VmConfig,
 ) -> Result<vmm::VmConfig> {
     host_nics_from(&mut machine.nics, &defined.nics)?;
+    match (&mut machine.vsock, &defined.vsock) {
+        (Some(saved), Some(def)) if saved.cid == def.cid => saved.uds = def.uds.clone(),
+        (None, None) => {}
+        (saved, def) => bail!(
+            "the VM has vsock {}, its definition {}",
+            vsock_label(saved.as_ref()),
+            vsock_label(def.as_ref())
+        ),
+    }
+    match (&mut machine.console, &defined.console2) {
+        (Some(saved), Some(def)) => *saved = def.clone(),
+        (None, None) => {}
+        _ => bail!("the VM and its definition differ in having a second console"),
+    }
     let mut host = vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, machine);
     host.disks = defined.disks;
     Ok(host)
+}
+
+fn vsock_label(v: Option<&vmm::VsockConfig>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| format!("with CID {}", v.cid))
 }
 
 /// The host side of each saved NIC (its mode's resources, its forwards with the ports

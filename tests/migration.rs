@@ -480,13 +480,16 @@ fn vessel_migrate_moves_a_background_vm() {
     assert_ne!(run.status, Some(0), "{}", run.stderr);
 }
 
-/// A VM definition of the counting guest named `name` with `mib` MiB, written to a file.
+/// A VM definition of the counting guest named `name` with `mib` MiB and a vsock device
+/// on the host socket `file`.sock, written to `file`.
 fn migrant_file(name: &str, file: &str, mib: u32) -> PathBuf {
     let file = out_dir().join(file);
+    let uds = file.with_extension("sock");
+    let _ = std::fs::remove_file(&uds);
     std::fs::write(
         &file,
         format!(
-            "name = \"{name}\"\ncpus = 1\nmemory = \"{mib}M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY} fill={FILL_MIB}\"\n",
+            "name = \"{name}\"\ncpus = 1\nmemory = \"{mib}M\"\n\n[boot]\nkernel = {:?}\ncmdline = \"steps={STEPS} delay={DELAY} fill={FILL_MIB}\"\n\n[vsock]\ncid = 3\nuds = {uds:?}\n",
             counter_guest()
         ),
     )
@@ -510,9 +513,11 @@ fn vessel_start_incoming_takes_a_background_vm_over() {
     let there = common::state_dir::TestState::new("incoming-receiver");
     let other = common::state_dir::TestState::new("incoming-misfit");
     let file = migrant_file("mover", "mover.vm.toml", 64);
+    // The same VM with its vsock socket elsewhere, as on another host.
+    let moved = migrant_file("mover", "mover-there.vm.toml", 64);
     let bigger = migrant_file("mover", "mover-128.vm.toml", 128);
     here.ok(&["create", "mover", "--from", file.to_str().unwrap()]);
-    there.ok(&["create", "mover", "--from", file.to_str().unwrap()]);
+    there.ok(&["create", "mover", "--from", moved.to_str().unwrap()]);
     other.ok(&["create", "mover", "--from", bigger.to_str().unwrap()]);
     here.ok(&["start", "mover"]);
     let serial = |st: &common::state_dir::TestState| {
@@ -557,6 +562,11 @@ fn vessel_start_incoming_takes_a_background_vm_over() {
     there.ok(&["start", "mover", "--incoming", &url]);
     let run = here.vessel(&["migrate", "mover", "--to", &url]);
     assert_eq!(run.status, Some(0), "{}", run.stderr);
+    // The vsock listens where the receiving definition says.
+    assert!(
+        moved.with_extension("sock").exists(),
+        "no vsock socket at the receiving definition's path"
+    );
     wait_for("the guest to finish counting there", || {
         serial(&there).contains("counter done")
     });
