@@ -49,6 +49,7 @@ sha256() { sha256sum "$1" | cut -d' ' -f1; }
 dhcp() {
     wait_for "/sys/class/net/$1" 10
     ip link set lo up
+    ip link set "$1" up
     udhcpc -i "$1" -n -q -t 10 -T 1 || fail "udhcpc got no lease on $1"
     result "lease=$(ip -4 addr show "$1" | awk '/inet /{print $2; exit}')"
     result "router=$(cat /tmp/router)"
