@@ -548,6 +548,15 @@ fn vessel_start_incoming_takes_a_background_vm_over() {
         "{refused}"
     );
 
+    // A URL that is not one is a usage error, and nothing starts.
+    let run = other.vessel(&["start", "mover", "--incoming", "ftp://x"]);
+    assert_eq!(run.status, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid migration URL"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(listed(&other, "mover")["state"], "stopped");
     // `vessel stop` ends a wait.
     let out = other.ok(&["start", "mover", "--incoming", &misfit_url]);
     assert!(out.contains("waits for a migration"), "{out}");
