@@ -309,7 +309,8 @@ impl VmmBackend for Backend {
         };
         // The files the restored VM keeps using (its disks, console output...) are the
         // snapshot's.
-        let files = vmm::snapshot::restored_config(&host, &snapshot.machine);
+        let files = vmm::snapshot::restored_config(&host, &snapshot.machine)
+            .map_err(|e| error_chain(&e))?;
         let mem_path = PathBuf::from(mem_path);
         self.launch(
             files,

@@ -84,7 +84,7 @@ fn build(
     let host = crate::suspend_cli::adopt(machine, defined)?;
     let vm =
         vmm::Vm::restore_received(&host, &received).map_err(|e| anyhow!("{}", error_chain(&e)))?;
-    let cfg = vmm::snapshot::restored_config(&host, &received.snapshot.machine);
+    let cfg = vm.config().clone();
     Ok((vm, cfg))
 }
 

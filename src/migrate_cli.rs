@@ -86,7 +86,7 @@ pub fn incoming(
         Err(e) => return fail(&mut stream, error_chain(&e)),
     };
     // The files the VM keeps using (its disks...) are the stream's.
-    let files = vmm::snapshot::restored_config(&host, machine);
+    let files = vm.config().clone();
     drop(received);
     let api_server = match api_sock {
         Some(socket) => match crate::api_mode::serve_running(socket, &files, vm.handle()) {

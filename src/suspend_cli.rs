@@ -176,7 +176,7 @@ pub fn restore(
     let host = adopt(&mut snapshot.machine, defined)?;
     let machine = vmm::Vm::restore(&host, &snapshot, &saved.memory)
         .map_err(|e| anyhow!("{}", crate::run_cli::error_chain(&e)))?;
-    let cfg = vmm::snapshot::restored_config(&host, &snapshot.machine);
+    let cfg = machine.config().clone();
     discard(vm)?;
     Ok((machine, cfg))
 }

@@ -136,6 +136,47 @@ impl Loop<'_> {
         }
         Ok(())
     }
+
+    /// Feeds what stdin has to the guest; stops polling stdin at its end.
+    fn read_stdin(&mut self, buf: &mut [u8]) {
+        // SAFETY: reading into a valid buffer from the stdin fd.
+        let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if r > 0 {
+            self.feed(&buf[..r as usize], libc::STDIN_FILENO, TOKEN_STDIN);
+        } else if r == 0
+            || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            self.remove(libc::STDIN_FILENO);
+        }
+    }
+
+    /// A new console client replaces the one attached before.
+    fn accept_console_client(&mut self) -> Result<(), EventLoopError> {
+        if let SerialInput::Socket(c) = &mut self.input {
+            let old = c.reader_fd();
+            if let Some(fd) = c.accept().map(|r| r.as_raw_fd()) {
+                if let Some(old) = old {
+                    let _ = self
+                        .epoll
+                        .ctl(ControlOperation::Delete, old, EpollEvent::default());
+                }
+                self.add(fd, TOKEN_CONSOLE_CLIENT)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the console client's input to the guest; forgets a client that left.
+    fn read_console_client(&mut self, buf: &mut [u8]) {
+        if let SerialInput::Socket(c) = &mut self.input {
+            let fd = c.reader_fd();
+            match (c.read_input(buf), fd) {
+                (Some(0), _) | (_, None) => {}
+                (Some(n), Some(fd)) => self.feed(&buf[..n], fd, TOKEN_CONSOLE_CLIENT),
+                (None, Some(fd)) => self.remove(fd),
+            }
+        }
+    }
 }
 
 /// Run until the VM ends.
@@ -190,52 +231,9 @@ pub fn run(
                         }
                     }
                 }
-                TOKEN_STDIN => {
-                    // SAFETY: reading into a valid buffer from the stdin fd.
-                    let r = unsafe {
-                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
-                    };
-                    if r > 0 {
-                        lp.feed(&buf[..r as usize], libc::STDIN_FILENO, TOKEN_STDIN);
-                    } else if r == 0
-                        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-                    {
-                        lp.remove(libc::STDIN_FILENO);
-                    }
-                }
-                TOKEN_CONSOLE_LISTEN => {
-                    if let SerialInput::Socket(c) = &mut lp.input {
-                        let old = c.reader_fd();
-                        if let Some(fd) = c.accept().map(|r| r.as_raw_fd()) {
-                            if let Some(old) = old {
-                                let _ = lp.epoll.ctl(
-                                    ControlOperation::Delete,
-                                    old,
-                                    EpollEvent::default(),
-                                );
-                            }
-                            lp.add(fd, TOKEN_CONSOLE_CLIENT)?;
-                        }
-                    }
-                }
-                TOKEN_CONSOLE_CLIENT => {
-                    if let SerialInput::Socket(c) = &mut lp.input {
-                        let fd = c.reader_fd();
-                        match c.read_input(&mut buf) {
-                            Some(0) => {}
-                            Some(n) => {
-                                if let Some(fd) = fd {
-                                    lp.feed(&buf[..n], fd, TOKEN_CONSOLE_CLIENT);
-                                }
-                            }
-                            None => {
-                                if let Some(fd) = fd {
-                                    lp.remove(fd);
-                                }
-                            }
-                        }
-                    }
-                }
+                TOKEN_STDIN => lp.read_stdin(&mut buf),
+                TOKEN_CONSOLE_LISTEN => lp.accept_console_client()?,
+                TOKEN_CONSOLE_CLIENT => lp.read_console_client(&mut buf),
                 _ => {}
             }
         }

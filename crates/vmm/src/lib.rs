@@ -2,7 +2,7 @@
 //! in-kernel irqchip and PIT, devices, vCPU threads) and runs it until it ends.
 
 mod balloon_control;
-mod boot_files;
+pub mod builder;
 pub mod config;
 mod confinement;
 pub mod console;
@@ -10,8 +10,10 @@ pub mod console_log;
 mod console_socket;
 pub mod control;
 pub mod device_control;
+pub mod device_manager;
 pub mod diagnostics;
 pub mod emulator_fixups;
+pub mod error;
 mod event_loop;
 mod io_thread;
 mod irq_routing;
@@ -19,12 +21,10 @@ mod kick;
 mod kvm_vcpu;
 pub mod migration;
 mod page_map;
-mod pci_devices;
 pub mod shared_memory;
 pub mod shares;
 pub mod snapshot;
 pub mod vcpu;
-mod virtio_devices;
 pub mod vm;
 
 pub use balloon_control::BalloonControl;

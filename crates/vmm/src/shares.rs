@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vhost_user::fs::Share;
 use vhost_user::fs_device::{DaemonHandle, FsDevice, FsDeviceError};
 
-use crate::pci_devices::DeviceSpec;
+use crate::device_manager::pci::DeviceSpec;
 
 /// Errors starting the shares' devices.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Which guest pages were written since the last look: KVM's dirty page log over the VM's
 //! memory slots (`KVM_MEM_LOG_DIRTY_PAGES`, `KVM_GET_DIRTY_LOG`) for the vCPUs' writes,
 //! and [`dirty_log`] for the writes of the VMM's device models and instruction emulator.
-//! The slots are the guest memory regions in order, as `Vm::build` registers them.
+//! The slots are the guest memory regions in order, as the builder registers them.
 
 use arch::GuestMemory;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
@@ -22,7 +22,7 @@ fn set_logging(vm: &VmFd, mem: &GuestMemory, on: bool) -> Result<(), MigrationEr
             userspace_addr: region.as_ptr() as u64,
             flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
         };
-        // SAFETY: the same slot, address and host mapping `Vm::build` registered (the
+        // SAFETY: the same slot, address and host mapping the builder registered (the
         // mapping lives as long as `mem`, which the VM keeps); only the flags change.
         unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MigrationError::Kvm {
             what: "KVM_SET_USER_MEMORY_REGION (dirty logging)",

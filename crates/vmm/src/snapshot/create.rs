@@ -1,21 +1,17 @@
 //! Taking a snapshot of a paused VM: what the VM hands over for it and the order of work.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_ioctls::VmFd;
 
 use arch::GuestMemory;
-use devices::cmos::Cmos;
-use devices::i8042::I8042;
-use devices::serial::Serial;
-use devices::Persist;
 
 use super::output::{ensure_absent, publish};
 use super::state_file::{MachineState, VmSnapshot, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 use super::vcpu_state::XSAVE_AREA_SIZE;
-use super::{save_memory, write_state_file, DeviceStates, SnapshotError, SnapshotReport, VmState};
+use super::{save_memory, write_state_file, SnapshotError, SnapshotReport, VmState};
 use crate::control::PauseGate;
 
 /// How long paused vCPU threads get to answer a snapshot request.
@@ -25,11 +21,8 @@ const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SnapshotSource {
     pub(crate) vm: Arc<VmFd>,
     pub(crate) mem: GuestMemory,
-    pub(crate) serial: Arc<Mutex<Serial>>,
-    pub(crate) i8042: Arc<Mutex<I8042>>,
-    pub(crate) cmos: Arc<Mutex<Cmos>>,
-    /// The virtio-pci functions, in slot order.
-    pub(crate) virtio: Vec<Arc<Mutex<virtio::VirtioPciDevice>>>,
+    /// The devices whose states the snapshot holds.
+    pub(crate) devices: crate::device_manager::DeviceSet,
     pub(crate) machine: MachineState,
     /// KVM_CAP_XSAVE2: the XSAVE size of this VM's vCPUs (0 when KVM predates it).
     pub(crate) xsave2_size: usize,
@@ -39,31 +32,11 @@ pub struct SnapshotSource {
     pub(crate) page_map: Option<crate::page_map::PageMap>,
 }
 
-/// Freezes each device's queues in turn (see `VirtioPciDevice::with_frozen_state`) and,
-/// with all of them frozen, calls `f` with their states.
-fn with_frozen_virtio<R>(
-    devices: &[Arc<Mutex<virtio::VirtioPciDevice>>],
-    mut states: Vec<virtio::VirtioPciState>,
-    f: &mut dyn FnMut(Vec<virtio::VirtioPciState>) -> R,
-) -> R {
-    match devices.split_first() {
-        None => f(states),
-        Some((first, rest)) => lock(first).with_frozen_state(|state| {
-            states.push(state);
-            with_frozen_virtio(rest, states, f)
-        }),
-    }
-}
-
 /// `path` with `.partial` appended to its file name.
 fn partial_path(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     path.with_file_name(name)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SnapshotSource {
@@ -85,13 +58,10 @@ impl SnapshotSource {
         let vcpus =
             gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
         let vm = VmState::save(&self.vm, self.machine.pit)?;
-        let devices = DeviceStates {
-            serial: lock(&self.serial).save(),
-            i8042: lock(&self.i8042).save(),
-            cmos: lock(&self.cmos).save(),
-            virtio: Vec::new(),
-        };
-        let mut snapshot = VmSnapshot {
+        let (devices, result) = self
+            .devices
+            .with_states(&mut |states| with_memory(&self.mem).map(|r| (states, r)))?;
+        let snapshot = VmSnapshot {
             magic: SNAPSHOT_MAGIC.into(),
             version: SNAPSHOT_VERSION,
             machine: self.machine.clone(),
@@ -99,10 +69,6 @@ impl SnapshotSource {
             vcpus,
             devices,
         };
-        let result = with_frozen_virtio(&self.virtio, Vec::new(), &mut |states| {
-            snapshot.devices.virtio = states;
-            with_memory(&self.mem)
-        })?;
         Ok((snapshot, result))
     }
     /// Writes a full snapshot of the paused VM: vCPUs first (each on its own thread, which

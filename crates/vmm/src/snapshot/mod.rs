@@ -21,6 +21,7 @@ pub use create::SnapshotSource;
 pub use devices::DeviceStates;
 pub(crate) use memory::save_memory;
 pub use memory::{restore_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
+pub(crate) use saved_config::machine_state;
 pub use saved_config::{host_config, restored_config};
 pub use saved_nic::{
     console_path, effective_mac, with_nic_macs, SavedForward, SavedNic, SavedNicMode,

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::vm::VmError;
+use crate::error::VmError;
 
 /// Largest kernel image vessel loads.
 pub const MAX_KERNEL_BYTES: u64 = 512 << 20;

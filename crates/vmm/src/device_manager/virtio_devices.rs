@@ -7,8 +7,8 @@ use virtio::rate_limiter::RateLimiterHandle;
 use crate::config::VmConfig;
 use crate::console_log::{ConsoleLog, CONSOLE_LOG_LIMIT};
 use crate::device_control::{open_disk, DeviceControls, DiskControl, NicControl};
-use crate::pci_devices::DeviceSpec;
-use crate::vm::VmError;
+use crate::device_manager::pci::DeviceSpec;
+use crate::error::VmError;
 
 /// The devices to plug in, the balloon's slot index and handle when there is one, and the
 /// rate limiters.
