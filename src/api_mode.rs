@@ -138,6 +138,31 @@ pub fn serve_running(
     )
 }
 
+/// The NIC an API network interface describes, checked by the NIC's own rules.
+fn nic_config(nic: &api::NetworkInterface) -> Result<net::NicConfig, String> {
+    let network = || nic.network.clone().unwrap_or_default();
+    let mode = match (nic.effective_mode(), &nic.host_dev_name) {
+        (NetworkMode::Nat, _) => net::NicMode::Nat,
+        (NetworkMode::Natnet, _) => net::NicMode::NatNetwork(network()),
+        (NetworkMode::Internal, _) => net::NicMode::Internal(network()),
+        (NetworkMode::Hostonly, _) => net::NicMode::HostOnly(network()),
+        (NetworkMode::Bridged, _) => net::NicMode::Bridged(network()),
+        (NetworkMode::Tap, Some(dev)) => net::NicMode::Tap(dev.clone()),
+        (NetworkMode::Tap, None) => return Err("needs host_dev_name".into()),
+    };
+    let mut config = net::NicConfig::new(mode);
+    config.mac = nic
+        .guest_mac
+        .as_deref()
+        .map(net::parse_mac)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    config.rx_limit = crate::api_devices::limits(nic.rx_rate_limiter.as_ref());
+    config.tx_limit = crate::api_devices::limits(nic.tx_rate_limiter.as_ref());
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 /// The VMM configuration an API client described.
 fn vm_config(
     cfg: &VmConfigSnapshot,
@@ -147,29 +172,9 @@ fn vm_config(
 ) -> Result<VmConfig, String> {
     let mut nics = Vec::new();
     for nic in &cfg.network_interfaces {
-        let network = nic.network.as_deref().unwrap_or_default();
-        let mut spec = match (nic.effective_mode(), &nic.host_dev_name) {
-            (NetworkMode::Nat, _) => "nat".to_string(),
-            (NetworkMode::Natnet, _) => format!("natnet:{network}"),
-            (NetworkMode::Internal, _) => format!("internal:{network}"),
-            (NetworkMode::Hostonly, _) => format!("hostonly:{network}"),
-            (NetworkMode::Bridged, _) => format!("bridged:{network}"),
-            (NetworkMode::Tap, Some(dev)) => format!("tap:{dev}"),
-            (NetworkMode::Tap, None) => {
-                return Err(format!(
-                    "network interface '{}' needs host_dev_name",
-                    nic.iface_id
-                ))
-            }
-        };
-        if let Some(mac) = &nic.guest_mac {
-            spec += &format!(",mac={mac}");
-        }
-        let mut config = net::parse_nic(&spec)
-            .map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?;
-        config.rx_limit = crate::api_devices::limits(nic.rx_rate_limiter.as_ref());
-        config.tx_limit = crate::api_devices::limits(nic.tx_rate_limiter.as_ref());
-        nics.push(config);
+        nics.push(
+            nic_config(nic).map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?,
+        );
     }
     Ok(VmConfig {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
@@ -564,13 +569,26 @@ mod tests {
 
     #[test]
     fn every_reported_nic_converts_back() {
-        let cfg = config_with_nics(&["natnet:n1", "hostonly:h1", "bridged:br0", "tap:tap7"]);
-        let shown = snapshot(&cfg);
+        let cfg = config_with_nics(&[
+            "natnet:n1",
+            "hostonly:h1",
+            "bridged:br0",
+            "tap:tap7",
+            "nat,mac=52:54:00:12:34:56",
+            "internal:lab",
+        ]);
+        let mut shown = snapshot(&cfg);
         for nic in &shown.network_interfaces {
             assert_eq!(api::validate_network_interface(nic), Ok(()), "{nic:?}");
         }
         let back = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
         assert_eq!(back.nics, cfg.nics);
+        shown.network_interfaces[1].network = Some("../h1".into());
+        let err = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap_err();
+        assert!(
+            err.contains("network interface 'net1'") && err.contains("../h1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,11 +21,6 @@ pub fn is_auto(spec: &str) -> bool {
     spec.contains(AUTO)
 }
 
-/// A NIC or forward spelling with a placeholder port for each `auto`, for checks.
-pub fn placeholder_ports(spec: &str) -> String {
-    spec.replace(AUTO, ":1-")
-}
-
 /// The forward spelling with `port` as its host port.
 fn with_port(spec: &str, port: u16) -> String {
     spec.replacen(AUTO, &format!(":{port}-"), 1)

@@ -289,11 +289,11 @@ impl VmDefinition {
                     err(f.span(), e);
                 }
             }
-            // What the NIC parser says beyond the checks above (a bad name, a MAC,
+            // What the NIC's own checks say beyond the checks above (a bad name, a MAC,
             // forwards on a mode without NAT), at the NIC's mode.
             if forwards_ok {
-                if let Err(e) = net::parse_nic(&crate::vm_ports::placeholder_ports(&nic_spec(n))) {
-                    if !matches!(e, net::ConfigError::UnknownMode(_)) {
+                if let Err(e) = n.to_config(AutoPorts::Placeholder) {
+                    if !matches!(e, NicError::Net(net::ConfigError::UnknownMode(_))) {
                         err(n.mode.span(), format!("NIC: {e}"));
                     }
                 }
@@ -475,11 +475,8 @@ impl VmDefinition {
         }
         let mut nics = Vec::new();
         for n in &self.nics {
-            let spec = nic_spec(n);
-            if crate::vm_ports::is_auto(&spec) {
-                anyhow::bail!("nic '{spec}': its host port is chosen by `vessel start`");
-            }
-            nics.push(net::parse_nic(&spec).map_err(|e| anyhow::anyhow!("nic '{spec}': {e}"))?);
+            let nic = n.to_config(AutoPorts::Refused);
+            nics.push(nic.map_err(|e| anyhow::anyhow!("nic '{}': {e}", n.mode.get_ref()))?);
         }
         Ok(vmm::VmConfig {
             kernel: self.boot.kernel.get_ref().clone(),
@@ -554,7 +551,70 @@ impl Nic {
     }
 }
 
+/// What a forward whose host port is `auto` becomes when a `[[nic]]` is converted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AutoPorts {
+    /// A placeholder port, for checks before `vessel start` chooses one.
+    Placeholder,
+    /// Refused: `vessel start` replaces each `auto` before the VM is built.
+    Refused,
+}
+
+/// Why a `[[nic]]` is not a NIC vessel can build.
+#[derive(Debug, thiserror::Error)]
+pub enum NicError {
+    #[error(transparent)]
+    Net(#[from] net::ConfigError),
+    #[error("forward '{0}': {1}")]
+    Forward(String, String),
+    #[error("forward '{0}': its host port is chosen by `vessel start`")]
+    AutoPort(String),
+    #[error("{0}")]
+    Rate(#[from] virtio::rate_limiter::RateParseError),
+    #[error("host_loopback is for the nat and natnet modes only")]
+    HostLoopbackNotNat,
+}
+
+impl Nic {
+    /// The NIC this `[[nic]]` describes, field by field, checked by the NIC's own rules
+    /// ([`net::NicConfig::validate`]).
+    pub fn to_config(&self, auto: AutoPorts) -> Result<net::NicConfig, NicError> {
+        use virtio::rate_limiter::parse_byte_rate;
+        let mut nic = net::NicConfig::new(net::parse_nic_mode(self.mode.get_ref())?);
+        nic.mac = self.mac.as_deref().map(net::parse_mac).transpose()?;
+        for f in &self.forward {
+            let spec = f.get_ref();
+            let forward = match auto {
+                AutoPorts::Refused if crate::vm_ports::is_auto(spec) => {
+                    return Err(NicError::AutoPort(spec.clone()))
+                }
+                AutoPorts::Refused => net::parse_forward(spec).map_err(|e| e.to_string()),
+                AutoPorts::Placeholder => crate::vm_ports::parse(spec),
+            };
+            nic.forwards
+                .push(forward.map_err(|e| NicError::Forward(spec.clone(), e))?);
+        }
+        if self.host_loopback.is_some() && !self.is_nat() {
+            return Err(NicError::HostLoopbackNotNat);
+        }
+        nic.host_loopback = self.host_loopback.unwrap_or(false);
+        if let Some(rate) = &self.rate {
+            let bucket = Some(parse_byte_rate(rate)?);
+            (nic.rx_limit.bandwidth, nic.tx_limit.bandwidth) = (bucket, bucket);
+        }
+        if let Some(rate) = &self.rx_rate {
+            nic.rx_limit.bandwidth = Some(parse_byte_rate(rate)?);
+        }
+        if let Some(rate) = &self.tx_rate {
+            nic.tx_limit.bandwidth = Some(parse_byte_rate(rate)?);
+        }
+        nic.validate()?;
+        Ok(nic)
+    }
+}
+
 /// A `[[nic]]` as a `--nic` value.
+#[cfg(test)]
 fn nic_spec(n: &Nic) -> String {
     let mut spec = n.mode.get_ref().clone();
     if let Some(mac) = &n.mac {

@@ -118,7 +118,11 @@ fn nic_errors_point_at_the_nic() {
         .replace("mode = \"nat\"", "mode = \"tap:t0\"\nhost_loopback = true")
         .replace("forward = [\"tcp:127.0.0.1:2222-:22\"]", "");
     let e = VmDefinition::parse(Path::new("vm.toml"), &tap).unwrap_err();
-    assert!(e.to_string().contains("host-loopback="), "{e}");
+    assert!(
+        e.to_string()
+            .contains("host_loopback is for the nat and natnet modes"),
+        "{e}"
+    );
     let bad_name = GOOD.replace("mode = \"nat\"", "mode = \"hostonly:a/b\"");
     let e = VmDefinition::parse(Path::new("vm.toml"), &bad_name).unwrap_err();
     assert!(e.errors[0].message.contains("invalid name"), "{e}");
@@ -199,6 +203,46 @@ fn nics_from_nic_flags() {
     assert!(n.is_nat() && !Nic::from_spec("tap:t0").unwrap().is_nat());
     assert!(Nic::from_spec("tap:t0,forward=tcp::1-:2").is_err());
     assert!(Nic::from_spec("nat,forward=tcp:1-:2").is_err());
+}
+
+#[test]
+fn a_nic_converts_field_by_field_as_its_flag_parses() {
+    for spec in [
+        "nat,mac=52:54:00:00:00:01,forward=tcp::80-:80,host-loopback=on",
+        "natnet:lab,forward=udp:127.0.0.1:5353-:53,rate=10M,rx-rate=1M",
+        "tap:t0,tx-rate=2M",
+        "internal:lan",
+    ] {
+        let nic = Nic::from_spec(spec).unwrap();
+        assert_eq!(
+            nic.to_config(AutoPorts::Refused).unwrap(),
+            net::parse_nic(spec).unwrap(),
+            "{spec}"
+        );
+    }
+    let auto = Nic::from_spec("nat").map(|mut n| {
+        n.forward = vec![Spanned::new(0..0, "tcp:127.0.0.1:auto-:22".into())];
+        n
+    });
+    let auto = auto.unwrap();
+    assert!(matches!(
+        auto.to_config(AutoPorts::Refused),
+        Err(NicError::AutoPort(_))
+    ));
+    assert_eq!(
+        auto.to_config(AutoPorts::Placeholder)
+            .unwrap()
+            .forwards
+            .len(),
+        1
+    );
+    let mut bad = Nic::from_spec("nat").unwrap();
+    bad.mac = Some("01:00:00:00:00:01".into());
+    assert!(bad
+        .to_config(AutoPorts::Refused)
+        .unwrap_err()
+        .to_string()
+        .contains("01:00"));
 }
 
 #[test]

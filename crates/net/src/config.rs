@@ -178,34 +178,31 @@ impl std::fmt::Display for Forward {
     }
 }
 
-/// Parse one `--nic` value.
-pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
-    let mut items = s.split(',');
-    let mode_str = items.next().unwrap_or_default();
-    let (kind, name) = match mode_str.split_once(':') {
+/// Parse a NIC mode: `nat`, `natnet:NAME`, `internal:NAME`, `hostonly:NAME`,
+/// `bridged:IFACE` or `tap:NAME` (names as [`NicConfig::validate`] allows them).
+pub fn parse_nic_mode(s: &str) -> Result<NicMode, ConfigError> {
+    let (kind, name) = match s.split_once(':') {
         Some((k, n)) => (k, Some(n)),
-        None => (mode_str, None),
+        None => (s, None),
     };
     let named = |label: &'static str| -> Result<String, ConfigError> {
         check_name(name.ok_or(ConfigError::MissingName(label))?)
     };
-    let mode = match kind {
+    Ok(match kind {
         "nat" if name.is_none() => NicMode::Nat,
         "natnet" => NicMode::NatNetwork(named("natnet")?),
         "internal" => NicMode::Internal(named("internal")?),
         "hostonly" => NicMode::HostOnly(named("hostonly")?),
         "bridged" => NicMode::Bridged(named("bridged")?),
         "tap" => NicMode::Tap(named("tap")?),
-        _ => return Err(ConfigError::UnknownMode(mode_str.to_owned())),
-    };
-    let mut config = NicConfig {
-        mode,
-        mac: None,
-        forwards: Vec::new(),
-        host_loopback: false,
-        rx_limit: Limits::default(),
-        tx_limit: Limits::default(),
-    };
+        _ => return Err(ConfigError::UnknownMode(s.to_owned())),
+    })
+}
+
+/// Parse one `--nic` value.
+pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
+    let mut items = s.split(',');
+    let mut config = NicConfig::new(parse_nic_mode(items.next().unwrap_or_default())?);
     for item in items {
         if let Some(mac) = item.strip_prefix("mac=") {
             config.mac = Some(parse_mac(mac)?);
@@ -239,6 +236,18 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, ConfigError> {
 }
 
 impl NicConfig {
+    /// A NIC in `mode` with no MAC chosen, no forwards, no host loopback, no limits.
+    pub fn new(mode: NicMode) -> Self {
+        Self {
+            mode,
+            mac: None,
+            forwards: Vec::new(),
+            host_loopback: false,
+            rx_limit: Limits::default(),
+            tx_limit: Limits::default(),
+        }
+    }
+
     /// Checks a configuration that was not made by [`parse_nic`] (a snapshot file's, which
     /// is untrusted) by the same rules: names, a unicast MAC, non-zero forward ports, and
     /// forwards and host-loopback only in the NAT modes.

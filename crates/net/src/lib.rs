@@ -37,7 +37,10 @@ pub mod stream;
 pub mod switch;
 pub mod tap;
 
-pub use config::{default_mac, parse_nic, ConfigError, Forward, NicConfig, NicMode, Protocol};
+pub use config::{
+    default_mac, parse_forward, parse_mac, parse_nic, parse_nic_mode, ConfigError, Forward,
+    NicConfig, NicMode, Protocol,
+};
 /// Frames in, frames out, one pollable fd: every backend implements it.
 pub use virtio::net::NetBackend as Backend;
 
