@@ -195,6 +195,8 @@ fn vm_config(
             .map(|d| DiskConfig {
                 path: PathBuf::from(&d.path_on_host),
                 read_only: d.is_read_only,
+                // The serial the guest reads; longer ids get `vessel-diskN` (documented
+                // in docs/api/openapi.yaml).
                 id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
                 format: d.format.map(crate::api_devices::block_format),
                 // Not offered by the API: images named there follow only names inside
