@@ -235,12 +235,7 @@ fn parse_share(s: &str) -> Result<vhost_user::fs::Share, String> {
 
 pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s)?;
-    if bytes < arch::memory_map::MIN_MEMORY {
-        return Err("vessel needs at least 2M of guest memory".into());
-    }
-    if !bytes.is_multiple_of(4096) {
-        return Err(format!("memory size {bytes} is not a multiple of 4 KiB"));
-    }
+    arch::memory_map::check_size(bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
 }
 
@@ -270,7 +265,7 @@ fn is_input_error(e: &VmError) -> bool {
             | VmError::SerialFile { .. }
             | VmError::Disk { .. }
             | VmError::DiskSize { .. }
-            | VmError::DiskId(_)
+            | VmError::Config(_)
             | VmError::ConsoleFile { .. }
             | VmError::Vsock(_)
             | VmError::Shares(vmm::shares::SharesError::Virtiofsd(_))

@@ -230,13 +230,11 @@ impl VmDefinition {
             );
         }
         match parse_size(def.memory.get_ref()) {
-            Ok(b) if b < arch::memory_map::MIN_MEMORY => {
-                err(def.memory.span(), "memory must be at least 2M".into())
+            Ok(b) => {
+                if let Err(e) = arch::memory_map::check_size(b) {
+                    err(def.memory.span(), e.to_string())
+                }
             }
-            Ok(b) if b % 4096 != 0 => {
-                err(def.memory.span(), "memory must be a multiple of 4K".into())
-            }
-            Ok(_) => {}
             Err(e) => err(def.memory.span(), e),
         }
         for d in &def.disks {
@@ -478,7 +476,7 @@ impl VmDefinition {
             let nic = n.to_config(AutoPorts::Refused);
             nics.push(nic.map_err(|e| anyhow::anyhow!("nic '{}': {e}", n.mode.get_ref()))?);
         }
-        Ok(vmm::VmConfig {
+        let cfg = vmm::VmConfig {
             kernel: self.boot.kernel.get_ref().clone(),
             initrd: self.boot.initrd.as_ref().map(|i| i.get_ref().clone()),
             cmdline: self.boot.cmdline.clone(),
@@ -501,7 +499,9 @@ impl VmDefinition {
             shares: crate::share_def::to_shares(&self.shares)?,
             balloon: self.balloon.as_ref().map(|b| b.to_config()),
             mmds: None,
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 

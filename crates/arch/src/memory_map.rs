@@ -16,9 +16,9 @@ pub struct MemoryMapEntry {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MemoryMapError {
-    #[error("guest memory of {0} bytes is too small (at least 2 MiB is needed)")]
+    #[error("guest memory of {0} bytes is too small: vessel needs at least 2M")]
     TooSmall(u64),
-    #[error("guest memory size {0:#x} is not a multiple of 4 KiB")]
+    #[error("guest memory size {0} is not a multiple of 4 KiB")]
     Unaligned(u64),
 }
 
@@ -32,15 +32,22 @@ pub struct RamLayout {
     pub ranges: Vec<(u64, u64)>,
 }
 
+/// The rule for a guest's RAM size, wherever one is given (command line, VM definition,
+/// API, snapshot): at least [`MIN_MEMORY`], in whole 4 KiB pages.
+pub fn check_size(size: u64) -> Result<(), MemoryMapError> {
+    if size < MIN_MEMORY {
+        return Err(MemoryMapError::TooSmall(size));
+    }
+    if !size.is_multiple_of(4096) {
+        return Err(MemoryMapError::Unaligned(size));
+    }
+    Ok(())
+}
+
 impl RamLayout {
     /// Place `size` bytes of RAM: below the 32-bit MMIO hole first, the rest above 4 GiB.
     pub fn new(size: u64) -> Result<Self, MemoryMapError> {
-        if size < MIN_MEMORY {
-            return Err(MemoryMapError::TooSmall(size));
-        }
-        if !size.is_multiple_of(4096) {
-            return Err(MemoryMapError::Unaligned(size));
-        }
+        check_size(size)?;
         let low = size.min(MMIO_HOLE_START);
         let mut ranges = vec![(0, low)];
         if size > low {

@@ -114,3 +114,126 @@ pub struct VmConfig {
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.
 pub const MAX_CPUS: u8 = 254;
+
+/// Longest disk serial virtio-blk carries (GET_ID).
+pub const MAX_DISK_ID_LEN: usize = 20;
+
+/// Why a [`VmConfig`] describes no VM vessel builds.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid memory size: {0}")]
+    Memory(#[from] arch::memory_map::MemoryMapError),
+    #[error("{0} vCPUs: a VM has 1 to {MAX_CPUS}")]
+    Cpus(u8),
+    #[error("disk id '{0}' is longer than the {MAX_DISK_ID_LEN} bytes virtio-blk allows")]
+    DiskId(String),
+    #[error("network interface {index}: {source}")]
+    Nic {
+        index: usize,
+        #[source]
+        source: net::ConfigError,
+    },
+    #[error("the MMDS names network interface {0}, which the VM does not have")]
+    MmdsNic(usize),
+    #[error("vsock: {0}")]
+    Vsock(#[from] virtio::vsock::VsockError),
+}
+
+impl VmConfig {
+    /// The rules every VM follows, whoever described it (command line, VM definition,
+    /// API, snapshot): memory size, vCPU count, disk ids, each NIC's own rules, the MMDS's
+    /// NICs, the vsock CID and socket path. Host limits (KVM's vCPU maximum, files that
+    /// must exist) are checked when the VM is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        arch::memory_map::check_size(self.memory)?;
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(ConfigError::Cpus(self.cpus));
+        }
+        if let Some(id) = self
+            .disks
+            .iter()
+            .filter_map(|d| d.id.as_ref())
+            .find(|id| id.len() > MAX_DISK_ID_LEN)
+        {
+            return Err(ConfigError::DiskId(id.clone()));
+        }
+        for (index, nic) in self.nics.iter().enumerate() {
+            nic.validate()
+                .map_err(|source| ConfigError::Nic { index, source })?;
+        }
+        if let Some(&index) = self
+            .mmds
+            .iter()
+            .flat_map(|m| &m.nics)
+            .find(|&&i| i >= self.nics.len())
+        {
+            return Err(ConfigError::MmdsNic(index));
+        }
+        if let Some(v) = &self.vsock {
+            virtio::vsock::check_config(v.cid, &v.uds)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_vm() -> VmConfig {
+        VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            cpus: 1,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: vec![net::parse_nic("nat").unwrap()],
+            pit: PitMode::Auto,
+            emulator_fixups: Default::default(),
+            vsock: None,
+            shares: Vec::new(),
+            balloon: None,
+            mmds: None,
+        }
+    }
+
+    fn refusal(change: impl FnOnce(&mut VmConfig)) -> String {
+        let mut cfg = small_vm();
+        change(&mut cfg);
+        cfg.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_rule_is_named_when_broken() {
+        assert!(small_vm().validate().is_ok());
+        assert!(refusal(|c| c.memory = 1 << 20).contains("at least 2M"));
+        assert!(refusal(|c| c.memory = (64 << 20) + 512).contains("4 KiB"));
+        assert!(refusal(|c| c.cpus = 0).contains("1 to 254"));
+        assert!(refusal(|c| c.cpus = 255).contains("255 vCPUs"));
+        let long_id = |c: &mut VmConfig| {
+            c.disks.push(DiskConfig {
+                path: "/d".into(),
+                read_only: false,
+                id: Some("x".repeat(21)),
+                format: None,
+                allow_external_backing: false,
+                honour_flush: true,
+                rate_limit: Default::default(),
+            })
+        };
+        assert!(refusal(long_id).contains("20 bytes"));
+        let bad_nic = |c: &mut VmConfig| c.nics[0].mode = net::NicMode::Tap("a/b".into());
+        assert!(refusal(bad_nic).contains("network interface 0"));
+        let vsock = |c: &mut VmConfig| {
+            c.vsock = Some(VsockConfig {
+                cid: 2,
+                uds: "/run/v.sock".into(),
+            })
+        };
+        assert!(refusal(vsock).starts_with("vsock"));
+    }
+}

@@ -72,8 +72,8 @@ pub enum VmError {
     RateLimiter(#[source] virtio::rate_limiter::RateLimiterError),
     #[error("disk {path}: its size ({size} bytes) is not a multiple of 512-byte sectors")]
     DiskSize { path: std::path::PathBuf, size: u64 },
-    #[error("disk id '{0}' is longer than the 20 bytes virtio-blk allows")]
-    DiskId(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("network interface {index} ({mode}): {source}")]
     Nic {
         index: usize,

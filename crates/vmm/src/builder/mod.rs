@@ -73,6 +73,7 @@ fn open_host_side(
 pub fn build_for_boot(cfg: &VmConfig) -> Result<Vm, VmError> {
     // Each NIC's MAC is chosen once: the device and the snapshot's record share it.
     let cfg = with_nic_macs(cfg);
+    cfg.validate()?;
     let layout = RamLayout::new(cfg.memory)?;
     let images = BootImages::read(&cfg)?;
     let (serial, kvm, pending) = open_host_side(&cfg, None)?;
@@ -128,6 +129,7 @@ pub fn build_from_state(
 ) -> Result<Vm, VmError> {
     snapshot.check_disk_files()?;
     let cfg = restored_config(host, &snapshot.machine)?;
+    cfg.validate()?;
     let layout = RamLayout::new(cfg.memory)?;
     let (serial, kvm, pending) = open_host_side(&cfg, Some(&snapshot.devices))?;
     let vm = kvm::create_vm(&kvm)?;
