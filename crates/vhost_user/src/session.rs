@@ -599,12 +599,11 @@ impl Core {
             return;
         };
         let mem = ram.memory();
-        let outcome = device.process_queue(i, queue, mem);
-        let notify = queue.needs_notification(mem);
-        if matches!(notify, Ok(true)) {
+        let run = virtio::run_queue(device.as_mut(), i, queue, mem);
+        if run.interrupt {
             vring.signal_used();
         }
-        match outcome.and_then(|more| notify.map(|_| more)) {
+        match run.more {
             Ok(true) => session.pending |= 1 << i,
             Ok(false) => {}
             Err(e) => {

@@ -63,3 +63,30 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, QueueError>;
 }
+
+/// What one run of a queue leaves its transport to do.
+#[derive(Debug)]
+pub struct QueueRun {
+    /// The driver asked to be interrupted for the used entries added (send it even when
+    /// the queue broke: what was completed before is the driver's).
+    pub interrupt: bool,
+    /// Whether requests are left (run the queue again), or why the queue is broken.
+    pub more: Result<bool, QueueError>,
+}
+
+/// Runs queue `index` of `device` once and asks the ring whether the driver wants an
+/// interrupt: the queue-running step of both transports (virtio-pci in this crate's
+/// `QueueProcessor`, and vhost-user's backend). They signal and re-kick their own ways.
+pub fn run_queue(
+    device: &mut dyn VirtioDevice,
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> QueueRun {
+    let outcome = device.process_queue(index, queue, mem);
+    let notify = queue.needs_notification(mem);
+    QueueRun {
+        interrupt: matches!(notify, Ok(true)),
+        more: outcome.and_then(|more| notify.map(|_| more)),
+    }
+}

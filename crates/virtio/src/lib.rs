@@ -45,7 +45,7 @@ mod transport;
 pub mod vsock;
 
 pub use chain_io::{ChainIoError, ChainReader, ChainWriter};
-pub use device::{VirtioDevice, DEVICE_FEATURES_TRANSPORT};
+pub use device::{run_queue, QueueRun, VirtioDevice, DEVICE_FEATURES_TRANSPORT};
 pub use interrupt::{InterruptState, VirtioInterrupt};
 pub use persist::{DeviceState, Persist, PersistError};
 pub use processor::{ProcessError, QueueProcessor};

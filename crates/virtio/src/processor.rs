@@ -128,20 +128,19 @@ impl QueueProcessor {
         let Some(q) = slot.as_mut() else {
             return Ok(());
         };
-        let (outcome, config_changed) = {
+        let (run, config_changed) = {
             let mut device = lock(&shared.device);
-            let outcome = device.process_queue(queue, q, &shared.mem);
-            (outcome, device.take_config_change())
+            let run = crate::device::run_queue(device.as_mut(), queue, q, &shared.mem);
+            (run, device.take_config_change())
         };
-        let notify = q.needs_notification(&shared.mem);
         drop(slot);
         if config_changed {
             self.signal_config_change();
         }
-        if matches!(notify, Ok(true)) {
+        if run.interrupt {
             shared.interrupt.signal_queue(queue);
         }
-        match outcome.and_then(|more| notify.map(|_| more)) {
+        match run.more {
             Ok(more) => {
                 if more {
                     let _ = shared.notifiers[queue].write(1);
