@@ -2,14 +2,15 @@
 //! actions (SIGINT/SIGTERM stop the VM, SIGUSR1 asks the guest to shut down: ACPI power
 //! button and Ctrl-Alt-Del), and
 //! feeds the serial console from stdin or from the client of a background VM's console
-//! socket.
+//! socket. Like the I/O thread, it is an `event-manager` subscriber.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
 
 use devices::serial::Serial;
 use devices::{ExitReason, VmExit};
@@ -25,6 +26,8 @@ pub enum EventLoopError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the main event loop: {0}")]
+    Events(#[from] event_manager::Error),
 }
 
 fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> EventLoopError {
@@ -72,11 +75,15 @@ impl ControlSignals {
     }
 }
 
-const TOKEN_EXIT: u64 = 1;
-const TOKEN_SIGNAL: u64 = 2;
-const TOKEN_STDIN: u64 = 3;
-const TOKEN_CONSOLE_LISTEN: u64 = 4;
-const TOKEN_CONSOLE_CLIENT: u64 = 5;
+/// What a ready fd of the main loop is (its event's data).
+const TOKEN_EXIT: u32 = 1;
+const TOKEN_SIGNAL: u32 = 2;
+const TOKEN_STDIN: u32 = 3;
+const TOKEN_CONSOLE_LISTEN: u32 = 4;
+const TOKEN_CONSOLE_CLIENT: u32 = 5;
+
+/// How long the loop sleeps between looks at a full serial input queue.
+const PAUSED_POLL_MS: i32 = 50;
 
 /// Where serial input comes from.
 pub enum SerialInput {
@@ -85,95 +92,137 @@ pub enum SerialInput {
     Socket(ConsoleSocket),
 }
 
-struct Loop<'a> {
-    epoll: Epoll,
-    serial: &'a Mutex<Serial>,
+/// The main thread's subscriber.
+struct MainLoop {
+    exit: VmExit,
+    signals: ControlSignals,
+    handle: VmHandle,
+    serial: Arc<Mutex<Serial>>,
     input: SerialInput,
-    /// fd and token of the input currently taken out of epoll because the guest's input
-    /// queue is full.
-    paused: Option<(RawFd, u64)>,
+    /// fd and token of the input currently taken out of the loop because the guest's
+    /// input queue is full.
+    paused: Option<(RawFd, u32)>,
+    buf: Box<[u8; 4096]>,
+    /// The first fd `init` could not register.
+    init_error: Option<event_manager::Error>,
 }
 
-impl Loop<'_> {
-    fn add(&self, fd: RawFd, token: u64) -> Result<(), EventLoopError> {
-        self.epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .map_err(io_err("epoll_ctl"))
+fn watch(ops: &mut EventOps, fd: RawFd, token: u32) -> Result<(), event_manager::Error> {
+    ops.add(Events::with_data_raw(fd, token, EventSet::IN))
+}
+
+fn unwatch(ops: &mut EventOps, fd: RawFd) {
+    let _ = ops.remove(Events::empty_raw(fd));
+}
+
+impl MutEventSubscriber for MainLoop {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fds = vec![
+            (self.exit.event().as_raw_fd(), TOKEN_EXIT),
+            (self.signals.fd.as_raw_fd(), TOKEN_SIGNAL),
+        ];
+        match &self.input {
+            SerialInput::Stdin => {
+                if watch(ops, libc::STDIN_FILENO, TOKEN_STDIN).is_err() {
+                    // e.g. stdin is a regular file: nothing to wait for
+                    self.input = SerialInput::None;
+                }
+            }
+            SerialInput::Socket(c) => fds.push((c.listener.as_raw_fd(), TOKEN_CONSOLE_LISTEN)),
+            SerialInput::None => {}
+        }
+        for (fd, token) in fds {
+            if let Err(e) = watch(ops, fd, token) {
+                self.init_error.get_or_insert(e);
+            }
+        }
     }
 
-    fn remove(&self, fd: RawFd) {
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_EXIT => {
+                let _ = self.exit.event().read();
+            }
+            TOKEN_SIGNAL => {
+                for sig in self.signals.take() {
+                    if sig == libc::SIGUSR1 as u32 {
+                        self.handle.request_shutdown();
+                    } else {
+                        self.exit.request(ExitReason::Stopped);
+                    }
+                }
+            }
+            TOKEN_STDIN => self.read_stdin(ops),
+            TOKEN_CONSOLE_LISTEN => self.accept_console_client(ops),
+            TOKEN_CONSOLE_CLIENT => self.read_console_client(ops),
+            _ => {}
+        }
     }
+}
 
+impl MainLoop {
     /// Queue input for the guest; stop reading `fd` while the serial queue is full.
-    fn feed(&mut self, bytes: &[u8], fd: RawFd, token: u64) {
+    fn feed(&mut self, n: usize, fd: RawFd, token: u32, ops: &mut EventOps) {
         let mut s = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        s.queue_input(bytes);
+        s.queue_input(&self.buf[..n]);
         if !s.wants_input() {
             drop(s);
-            self.remove(fd);
+            unwatch(ops, fd);
             self.paused = Some((fd, token));
         }
     }
 
-    fn maybe_unpause(&mut self) -> Result<(), EventLoopError> {
-        if let Some((fd, token)) = self.paused {
-            if self
-                .serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .wants_input()
-            {
-                self.paused = None;
-                self.add(fd, token)?;
-            }
+    /// The paused input to watch again, once the guest wants input.
+    fn take_unpaused(&mut self) -> Option<(RawFd, u32)> {
+        let wants = self
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wants_input();
+        if wants {
+            self.paused.take()
+        } else {
+            None
         }
-        Ok(())
     }
 
     /// Feeds what stdin has to the guest; stops polling stdin at its end.
-    fn read_stdin(&mut self, buf: &mut [u8]) {
+    fn read_stdin(&mut self, ops: &mut EventOps) {
+        let buf = &mut self.buf[..];
         // SAFETY: reading into a valid buffer from the stdin fd.
         let r = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
         if r > 0 {
-            self.feed(&buf[..r as usize], libc::STDIN_FILENO, TOKEN_STDIN);
+            self.feed(r as usize, libc::STDIN_FILENO, TOKEN_STDIN, ops);
         } else if r == 0
             || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
         {
-            self.remove(libc::STDIN_FILENO);
+            unwatch(ops, libc::STDIN_FILENO);
         }
     }
 
     /// A new console client replaces the one attached before.
-    fn accept_console_client(&mut self) -> Result<(), EventLoopError> {
+    fn accept_console_client(&mut self, ops: &mut EventOps) {
         if let SerialInput::Socket(c) = &mut self.input {
             let old = c.reader_fd();
             if let Some(fd) = c.accept().map(|r| r.as_raw_fd()) {
                 if let Some(old) = old {
-                    let _ = self
-                        .epoll
-                        .ctl(ControlOperation::Delete, old, EpollEvent::default());
+                    unwatch(ops, old);
                 }
-                self.add(fd, TOKEN_CONSOLE_CLIENT)?;
+                if let Err(e) = watch(ops, fd, TOKEN_CONSOLE_CLIENT) {
+                    tracing::warn!("console client: {e}");
+                }
             }
         }
-        Ok(())
     }
 
     /// Feeds the console client's input to the guest; forgets a client that left.
-    fn read_console_client(&mut self, buf: &mut [u8]) {
+    fn read_console_client(&mut self, ops: &mut EventOps) {
         if let SerialInput::Socket(c) = &mut self.input {
             let fd = c.reader_fd();
-            match (c.read_input(buf), fd) {
+            match (c.read_input(&mut self.buf[..]), fd) {
                 (Some(0), _) | (_, None) => {}
-                (Some(n), Some(fd)) => self.feed(&buf[..n], fd, TOKEN_CONSOLE_CLIENT),
-                (None, Some(fd)) => self.remove(fd),
+                (Some(n), Some(fd)) => self.feed(n, fd, TOKEN_CONSOLE_CLIENT, ops),
+                (None, Some(fd)) => unwatch(ops, fd),
             }
         }
     }
@@ -182,60 +231,38 @@ impl Loop<'_> {
 /// Run until the VM ends.
 pub fn run(
     exit: &VmExit,
-    signals: &ControlSignals,
-    serial: &Mutex<Serial>,
+    signals: ControlSignals,
+    serial: Arc<Mutex<Serial>>,
     input: SerialInput,
     handle: &VmHandle,
 ) -> Result<(), EventLoopError> {
-    let mut lp = Loop {
-        epoll: Epoll::new().map_err(io_err("epoll"))?,
+    let mut manager = EventManager::<MainLoop>::new()?;
+    let id = manager.add_subscriber(MainLoop {
+        exit: exit.clone(),
+        signals,
+        handle: handle.clone(),
         serial,
         input,
         paused: None,
-    };
-    lp.add(exit.event().as_raw_fd(), TOKEN_EXIT)?;
-    lp.add(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
-    match &lp.input {
-        SerialInput::Stdin => {
-            if lp.add(libc::STDIN_FILENO, TOKEN_STDIN).is_err() {
-                lp.input = SerialInput::None; // e.g. stdin is a regular file: nothing to wait for
-            }
-        }
-        SerialInput::Socket(c) => lp.add(c.listener.as_raw_fd(), TOKEN_CONSOLE_LISTEN)?,
-        SerialInput::None => {}
+        buf: Box::new([0; 4096]),
+        init_error: None,
+    });
+    if let Some(e) = manager.subscriber_mut(id)?.init_error.take() {
+        return Err(e.into());
     }
-    let mut events = vec![EpollEvent::default(); 8];
-    let mut buf = [0u8; 4096];
     loop {
         if exit.reason().is_some() {
             return Ok(());
         }
-        lp.maybe_unpause()?;
-        let timeout = if lp.paused.is_some() { 50 } else { -1 };
-        let n = match lp.epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("epoll_wait")(e)),
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_EXIT => {
-                    let _ = exit.event().read();
-                }
-                TOKEN_SIGNAL => {
-                    for sig in signals.take() {
-                        if sig == libc::SIGUSR1 as u32 {
-                            handle.request_shutdown();
-                        } else {
-                            exit.request(ExitReason::Stopped);
-                        }
-                    }
-                }
-                TOKEN_STDIN => lp.read_stdin(&mut buf),
-                TOKEN_CONSOLE_LISTEN => lp.accept_console_client()?,
-                TOKEN_CONSOLE_CLIENT => lp.read_console_client(&mut buf),
-                _ => {}
-            }
+        let main = manager.subscriber_mut(id)?;
+        if let Some((fd, token)) = main.take_unpaused() {
+            watch(&mut manager.event_ops(id)?, fd, token)?;
+        }
+        let paused = manager.subscriber_mut(id)?.paused.is_some();
+        match manager.run_with_timeout(if paused { PAUSED_POLL_MS } else { -1 }) {
+            Ok(_) => {}
+            Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }

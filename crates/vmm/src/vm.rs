@@ -141,8 +141,8 @@ impl Vm {
         crate::confinement::enter(confine::Role::Main);
         let result = crate::event_loop::run(
             &self.exit,
-            &signals,
-            &self.devices.legacy.serial,
+            signals,
+            self.devices.legacy.serial.clone(),
             input,
             &self.handle,
         );
