@@ -6,7 +6,7 @@
 #                           libraries) + an /init that prints "VESSEL-GUEST-READY <uptime>"
 #                           and powers the VM off; it loads the modules when the VM has a
 #                           virtio PCI device.
-#   $OUT/initramfs-nested.cpio  busybox, the virtio-pci/blk/net/rng/vsock/balloon modules
+#   $OUT/initramfs-nested.cpio  busybox, the virtio-pci/blk/net/console/rng/vsock/balloon modules
 #                           (unsigned, no BTF),
 #                           the tests/guests/tcg/nested-*.sh scripts and the same /init,
 #                           uncompressed, for nested hosts (docs/nested-kvm.md); fuse and
@@ -24,7 +24,7 @@ OUT=${OUT:-$ROOT/guest}
 WORK=$OUT/work
 TESTS=$ROOT/tests/guests/tcg
 MODULES=${MODULES:-"virtio_pci virtio_blk virtio_net virtio_console virtio_rng vmw_vsock_virtio_transport virtio_balloon"}
-NESTED_MODULES="virtio_pci virtio_blk virtio_net virtio_rng vmw_vsock_virtio_transport virtio_balloon"
+NESTED_MODULES="virtio_pci virtio_blk virtio_net virtio_console virtio_rng vmw_vsock_virtio_transport virtio_balloon"
 log() { echo "[make-guest] $*" >&2; }
 
 missing=()
@@ -179,7 +179,7 @@ pack "$IR" | gzip -9n > "$OUT/initramfs.cpio.gz"
 # emulated ring 0: inflating gzip took minutes, and every file costs (busybox's ~400 applet
 # links did); `busybox --install -s` in the guest makes the rest. No modprobe: without it the
 # kernel's module requests fail at once instead of running a user-mode helper each.
-# The virtio-pci, -blk, -net, -rng, vsock and balloon modules go in without their signatures and BTF: checking a
+# The virtio-pci, -blk, -net, -console, -rng, vsock and balloon modules go in without their signatures and BTF: checking a
 # signature (software SHA-256 and RSA) took ~20 s per module there, and the first module
 # with BTF makes the kernel parse the whole kernel's BTF (~100 s).
 NESTED=$WORK/initramfs-nested
