@@ -60,7 +60,7 @@ CMDLINE="$(sed '/^#/d' "$ROOT/scripts/nested-host.cmdline" | tr '\n' ' ') vessel
 echo "vsock bench: $ROUNDS round trips, 3 x $MIB MiB streams; Debian $(cat "$GUEST/kernel.version"), $(nproc) host CPUs, $(date -u +%F)"
 start=$(date +%s)
 timeout 3600 "$VESSEL" run --kernel "$GUEST/vmlinux" --initrd "$WORK/initramfs.cpio" \
-    --memory 256M --cpus 1 --cmdline "$CMDLINE" --nic nat --vsock "cid=3,uds=$WORK/v.sock" \
+    --memory 256M --cpus 1 --cmdline "$CMDLINE" --nic nat,host-loopback=on --vsock "cid=3,uds=$WORK/v.sock" \
     > "$WORK/run.log" 2>&1 || { echo "the VM failed:" >&2; tail -30 "$WORK/run.log" >&2; exit 1; }
 grep -q "VESSEL-TEST-PASS nested-vsock-bench" "$WORK/run.log" ||
     { echo "the guest test failed:" >&2; tail -30 "$WORK/run.log" >&2; exit 1; }

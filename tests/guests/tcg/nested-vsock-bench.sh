@@ -5,8 +5,15 @@
 # streams each way; vessel.port=P is the host's echo port (P+1 the sink) on both paths.
 . /tests/lib.sh
 wait_for /dev/vsock 300
-dhcp eth0
-router=$(cat /tmp/router)
+wait_for /sys/class/net/eth0 300
+# A static address, as passt would lease it (the nested initramfs has only the busybox
+# links its /init needs: udhcpc's event script found no `ip` there).
+bb=/bin/busybox
+$bb ip link set lo up
+$bb ip link set eth0 up
+$bb ip addr add 10.0.2.15/24 dev eth0
+$bb ip route add default via 10.0.2.2 dev eth0
+router=10.0.2.2
 rounds=$(arg rounds)
 mib=$(arg mib)
 port=$(arg port)
