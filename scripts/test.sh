@@ -16,7 +16,9 @@ done
 # and boots it under TCG; scripts/kvm-unit-tests.sh builds the kvm-unit-tests suite (gcc,
 # make, python3); crates/cloudinit's tests check seed disks with dosfstools, mtools and
 # blkid, and read them with Debian's cloud-init (its python3 modules; its services are never
-# started here); vessel ssh/cp run OpenSSH's client; the ansible provisioner and vessel
+# started here); vessel ssh/cp run OpenSSH's client, and `vessel migrate --to ssh:` goes
+# through OpenSSH's server (tests/common/sshd.rs runs its own sshd on a free loopback port;
+# the package's service is never used); the ansible provisioner and vessel
 # inventory are checked with ansible-core's ansible-playbook, the vagrant-vessel plugin with
 # Debian's vagrant; tests/containerd.rs runs containers under Debian's containerd 1.6 with
 # vessel's runtime.
@@ -25,7 +27,7 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
        cpio:cpio lz4:lz4 zstd:zstd xz:xz-utils depmod:kmod dpkg-deb:dpkg flock:util-linux
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
-       ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client mmdebstrap:mmdebstrap cloud-init:cloud-init
+       ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client sshd:openssh-server mmdebstrap:mmdebstrap cloud-init:cloud-init
        ansible-playbook:ansible-core vagrant:vagrant rsync:rsync
        pip3:python3-pip containerd:containerd ctr:containerd"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }

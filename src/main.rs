@@ -34,6 +34,7 @@ mod snapshot_cli;
 mod snapshot_merge;
 mod snapshot_tree;
 mod ssh_cli;
+mod ssh_tunnel;
 mod state;
 mod suspend_cli;
 mod vhost_user_cli;

@@ -11,6 +11,13 @@ use crate::run_cli::{error_chain, report_end, EXIT_HOST_ERROR, EXIT_USAGE};
 
 /// The sender: migrates the VM of `handle` as the API request asks.
 pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), String> {
+    if params.destination_url.starts_with("ssh:") {
+        return Err(
+            "ssh: destinations are opened by `vessel migrate NAME --to ssh:…` (the VMM runs \
+             no ssh); the API takes unix:PATH and tcp:HOST:PORT"
+                .into(),
+        );
+    }
     let url: MigrationUrl = params
         .destination_url
         .parse()
@@ -134,10 +141,15 @@ pub fn incoming(
 pub struct MigrateArgs {
     /// The running VM.
     name: String,
-    /// Where the receiver listens: unix:PATH or tcp:HOST:PORT (an IP address; trusted
-    /// networks only).
+    /// Where the receiver listens: unix:PATH, tcp:HOST:PORT (an IP address; trusted
+    /// networks only), or ssh:[USER@]HOST[:PORT]:/PATH (through OpenSSH to the receiver's
+    /// unix socket on that host; the safe way between hosts)
     #[arg(long)]
     to: String,
+    /// An option for ssh, as `ssh -o` takes it (e.g. IdentityFile=~/.ssh/id_ed25519);
+    /// repeatable; only with --to ssh:…
+    #[arg(long = "ssh-option", value_name = "KEY=VALUE")]
+    ssh_options: Vec<String>,
     /// The pause the guest may see, in ms.
     #[arg(long, default_value_t = 300)]
     max_downtime_ms: u64,
@@ -157,12 +169,31 @@ pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Res
             args.name
         )));
     }
-    if let Err(e) = args.to.parse::<MigrationUrl>() {
-        return Err(crate::exit::usage(e.to_string()));
-    }
+    let tunnel = if args.to.starts_with("ssh:") {
+        let target: crate::ssh_tunnel::SshTarget = args
+            .to
+            .parse()
+            .map_err(|e: crate::ssh_tunnel::TunnelError| crate::exit::usage(e.to_string()))?;
+        let local = vm.path("migration-ssh.sock");
+        Some(crate::ssh_tunnel::SshTunnel::open(
+            &target,
+            &local,
+            &args.ssh_options,
+        )?)
+    } else if !args.ssh_options.is_empty() {
+        return Err(crate::exit::usage(
+            "--ssh-option is for --to ssh:… destinations",
+        ));
+    } else {
+        if let Err(e) = args.to.parse::<MigrationUrl>() {
+            return Err(crate::exit::usage(e.to_string()));
+        }
+        None
+    };
+    let destination = tunnel.as_ref().map_or_else(|| args.to.clone(), |t| t.url());
     let socket = vm.path(crate::state::API_SOCKET);
     let mut body = serde_json::json!({
-        "destination_url": args.to,
+        "destination_url": destination,
         "max_downtime_ms": args.max_downtime_ms,
     });
     if let Some(rate) = args.bandwidth_mib_s {

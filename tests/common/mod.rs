@@ -7,6 +7,7 @@ pub mod api;
 pub mod boot_image;
 pub mod containerd;
 pub mod nested;
+pub mod sshd;
 pub mod state_dir;
 pub mod tcg;
 pub mod vagrant;
