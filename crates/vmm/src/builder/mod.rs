@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{Kvm, VmFd};
 
+use arch::cpu_state::EntryMode;
 use arch::memory_map::RamLayout;
 use arch::GuestMemory;
 use devices::VmExit;
@@ -81,41 +82,22 @@ pub fn build_for_boot(cfg: &VmConfig) -> Result<Vm, VmError> {
     let mem = fresh_memory(&cfg, &layout)?;
     kvm::register_memory(&vm, &mem)?;
     let boot = images.load(&cfg, &mem, &layout)?;
-    kvm::create_pit(&vm, boot.with_pit)?;
-    let exit = VmExit::new().map_err(io_err("eventfd"))?;
-    let devices = pending.attach(
-        AttachArgs {
-            vm: &vm,
-            mem: &mem,
-            layout: &layout,
-            exit: &exit,
-            serial_out: serial.out,
-            with_pit: boot.with_pit,
-        },
-        None,
-    )?;
-    let vcpus = Vcpus::create(
-        VcpuArgs {
-            kvm: &kvm,
-            vm: &vm,
-            cfg: &cfg,
-            mem: &mem,
-            devices: &devices,
-            exit: &exit,
-        },
-        Some(boot.entry),
-    )?;
-    Ok(assemble(Parts {
-        kvm,
-        vm,
-        mem,
-        exit,
-        devices,
-        vcpus,
-        serial_input: serial.input,
+    let start = Start::Boot {
+        entry: boot.entry,
         with_pit: boot.with_pit,
-        cfg,
-    }))
+    };
+    finish(
+        Machine {
+            kvm,
+            vm,
+            cfg,
+            layout,
+            mem,
+            serial,
+            pending,
+        },
+        start,
+    )
 }
 
 /// The VM `snapshot` was taken of, with `memory` as its RAM, ready to run from where it
@@ -139,42 +121,85 @@ pub fn build_from_state(
         RestoreMemory::File(path) => crate::snapshot::restore_memory(&ranges(&layout), path)?.0,
     };
     kvm::register_memory(&vm, &mem)?;
-    let with_pit = snapshot.machine.pit;
-    kvm::create_pit(&vm, with_pit)?;
+    finish(
+        Machine {
+            kvm,
+            vm,
+            cfg,
+            layout,
+            mem,
+            serial,
+            pending,
+        },
+        Start::Restore(snapshot),
+    )
+}
+
+/// What both entry points have after step 3: KVM with the VM and its RAM, the console's
+/// and the devices' host side.
+struct Machine {
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    cfg: VmConfig,
+    layout: RamLayout,
+    mem: GuestMemory,
+    serial: SerialOutput,
+    pending: PendingDevices,
+}
+
+/// How the vCPUs start: at the boot protocol's entry, or from a snapshot's states.
+enum Start<'a> {
+    Boot { entry: EntryMode, with_pit: bool },
+    Restore(&'a VmSnapshot),
+}
+
+/// Steps 5 to 7, shared: the PIT, the devices wired to the VM, the vCPUs, the [`Vm`].
+fn finish(m: Machine, start: Start<'_>) -> Result<Vm, VmError> {
+    let (with_pit, saved) = match start {
+        Start::Boot { with_pit, .. } => (with_pit, None),
+        Start::Restore(snapshot) => (snapshot.machine.pit, Some(snapshot)),
+    };
+    kvm::create_pit(&m.vm, with_pit)?;
     let exit = VmExit::new().map_err(io_err("eventfd"))?;
-    let devices = pending.attach(
+    let devices = m.pending.attach(
         AttachArgs {
-            vm: &vm,
-            mem: &mem,
-            layout: &layout,
+            vm: &m.vm,
+            mem: &m.mem,
+            layout: &m.layout,
             exit: &exit,
-            serial_out: serial.out,
+            serial_out: m.serial.out,
             with_pit,
         },
-        Some(&snapshot.devices),
+        saved.map(|s| &s.devices),
     )?;
+    let entry = match start {
+        Start::Boot { entry, .. } => Some(entry),
+        Start::Restore(_) => None,
+    };
     let vcpus = Vcpus::create(
         VcpuArgs {
-            kvm: &kvm,
-            vm: &vm,
-            cfg: &cfg,
-            mem: &mem,
+            kvm: &m.kvm,
+            vm: &m.vm,
+            cfg: &m.cfg,
+            mem: &m.mem,
             devices: &devices,
             exit: &exit,
         },
-        None,
+        entry,
     )?;
-    vcpus.restore(&vm, snapshot)?;
+    if let Some(snapshot) = saved {
+        vcpus.restore(&m.vm, snapshot)?;
+    }
     Ok(assemble(Parts {
-        kvm,
-        vm,
-        mem,
+        kvm: m.kvm,
+        vm: m.vm,
+        mem: m.mem,
         exit,
         devices,
         vcpus,
-        serial_input: serial.input,
+        serial_input: m.serial.input,
         with_pit,
-        cfg,
+        cfg: m.cfg,
     }))
 }
 
