@@ -245,27 +245,29 @@ fn mmds_config(cfg: &VmConfigSnapshot) -> Result<Option<vmm::MmdsConfig>, String
 }
 
 impl Backend {
-    fn handle(&self) -> Result<VmHandle, String> {
+    fn handle(&self) -> Result<VmHandle, api::BackendError> {
         self.handle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| "the VM is not running".to_string())
+            .ok_or_else(|| api::BackendError::NotRunning("the VM is not running".into()))
     }
 }
 
 impl Backend {
     /// Has the main thread build the VM with `build` and run it; waits for the build.
-    fn launch(&self, cfg: VmConfig, build: BuildVm) -> Result<(), String> {
+    fn launch(&self, cfg: VmConfig, build: BuildVm) -> Result<(), api::BackendError> {
+        use api::BackendError::{Failed, NotRunning};
         let mut to_main = self.to_main.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = to_main.as_ref().ok_or("the VM was already started")?;
+        let sender = to_main
+            .as_ref()
+            .ok_or_else(|| Failed("the VM was already started".into()))?;
         let (reply, answer) = mpsc::channel();
+        let shutting_down = || NotRunning("the VMM is shutting down".into());
         sender
             .send(Launch { cfg, build, reply })
-            .map_err(|_| "the VMM is shutting down".to_string())?;
-        let handle = answer
-            .recv()
-            .map_err(|_| "the VMM is shutting down".to_string())??;
+            .map_err(|_| shutting_down())?;
+        let handle = answer.recv().map_err(|_| shutting_down())??;
         *to_main = None;
         *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(())
@@ -273,7 +275,7 @@ impl Backend {
 }
 
 impl VmmBackend for Backend {
-    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), api::BackendError> {
         let cfg = vm_config(
             config,
             self.serial.clone(),
@@ -286,14 +288,14 @@ impl VmmBackend for Backend {
         )
     }
 
-    fn create_snapshot(&self, params: &api::SnapshotCreateParams) -> Result<(), String> {
+    fn create_snapshot(&self, params: &api::SnapshotCreateParams) -> Result<(), api::BackendError> {
         self.handle()?
             .create_snapshot(
                 std::path::Path::new(&params.snapshot_path),
                 std::path::Path::new(&params.mem_file_path),
             )
             .map(|_| ())
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_chain(&e).into())
     }
 
     fn load_snapshot(
@@ -301,7 +303,7 @@ impl VmmBackend for Backend {
         snapshot_path: &str,
         mem_path: &str,
         resume: bool,
-    ) -> Result<MachineConfig, String> {
+    ) -> Result<MachineConfig, api::BackendError> {
         let snapshot = vmm::snapshot::read_state_file(std::path::Path::new(snapshot_path))
             .map_err(|e| error_chain(&e))?;
         let host = vmm::snapshot::host_config(
@@ -332,29 +334,30 @@ impl VmmBackend for Backend {
         Ok(machine)
     }
 
-    fn send_migration(&self, params: &api::MigrationSendParams) -> Result<(), String> {
-        crate::migrate_cli::send(&self.handle()?, params)
+    fn send_migration(&self, params: &api::MigrationSendParams) -> Result<(), api::BackendError> {
+        Ok(crate::migrate_cli::send(&self.handle()?, params)?)
     }
 
-    fn migration_status(&self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(self.handle()?.migration().progress()).map_err(|e| e.to_string())
+    fn migration_status(&self) -> Result<serde_json::Value, api::BackendError> {
+        serde_json::to_value(self.handle()?.migration().progress())
+            .map_err(|e| api::BackendError::Failed(e.to_string()))
     }
 
-    fn cancel_migration(&self) -> Result<bool, String> {
+    fn cancel_migration(&self) -> Result<bool, api::BackendError> {
         Ok(self.handle()?.migration().cancel())
     }
 
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> {
         self.handle()?.send_ctrl_alt_del();
         Ok(())
     }
 
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), api::BackendError> {
         self.handle()?.pause();
         Ok(())
     }
 
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), api::BackendError> {
         self.handle()?.resume();
         Ok(())
     }
@@ -364,44 +367,56 @@ impl VmmBackend for Backend {
         index: usize,
         drive: &Drive,
         update: &api::DriveUpdate,
-    ) -> Result<Option<DriveFormat>, String> {
-        crate::api_devices::update_drive(&self.handle()?, index, drive, update)
+    ) -> Result<Option<DriveFormat>, api::BackendError> {
+        Ok(crate::api_devices::update_drive(
+            &self.handle()?,
+            index,
+            drive,
+            update,
+        )?)
     }
 
     fn update_network_interface(
         &self,
         index: usize,
         update: &api::NetworkInterfaceUpdate,
-    ) -> Result<(), String> {
-        crate::api_devices::update_network_interface(&self.handle()?, index, update)
+    ) -> Result<(), api::BackendError> {
+        Ok(crate::api_devices::update_network_interface(
+            &self.handle()?,
+            index,
+            update,
+        )?)
     }
 
     fn configure_logger(
         &self,
         file: Option<std::fs::File>,
         config: &api::LoggerConfig,
-    ) -> Result<(), String> {
-        crate::logging::configure(file, config)
+    ) -> Result<(), api::BackendError> {
+        Ok(crate::logging::configure(file, config)?)
     }
 
-    fn balloon_config(&self) -> Result<api::Balloon, String> {
-        crate::api_balloon::config(&self.handle()?)
+    fn balloon_config(&self) -> Result<api::Balloon, api::BackendError> {
+        Ok(crate::api_balloon::config(&self.handle()?)?)
     }
 
-    fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
-        crate::api_balloon::update(&self.handle()?, amount_mib)
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), api::BackendError> {
+        Ok(crate::api_balloon::update(&self.handle()?, amount_mib)?)
     }
 
-    fn balloon_statistics(&self) -> Result<api::BalloonStatistics, String> {
-        crate::api_balloon::get_statistics(&self.handle()?)
+    fn balloon_statistics(&self) -> Result<api::BalloonStatistics, api::BackendError> {
+        Ok(crate::api_balloon::get_statistics(&self.handle()?)?)
     }
 
-    fn update_balloon_statistics(&self, secs: u16) -> Result<(), String> {
-        crate::api_balloon::update_statistics(&self.handle()?, secs)
+    fn update_balloon_statistics(&self, secs: u16) -> Result<(), api::BackendError> {
+        Ok(crate::api_balloon::update_statistics(
+            &self.handle()?,
+            secs,
+        )?)
     }
 
-    fn forwards(&self, index: usize) -> Result<Vec<api::LivePortForward>, String> {
-        crate::api_forwards::list(&self.handle()?, index)
+    fn forwards(&self, index: usize) -> Result<Vec<api::LivePortForward>, api::BackendError> {
+        Ok(crate::api_forwards::list(&self.handle()?, index)?)
     }
 
     fn add_forward(
@@ -409,12 +424,21 @@ impl VmmBackend for Backend {
         index: usize,
         forward: &api::PortForward,
         listener: std::os::fd::OwnedFd,
-    ) -> Result<(), String> {
-        crate::api_forwards::add(&self.handle()?, index, forward, listener)
+    ) -> Result<(), api::BackendError> {
+        Ok(crate::api_forwards::add(
+            &self.handle()?,
+            index,
+            forward,
+            listener,
+        )?)
     }
 
-    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), String> {
-        crate::api_forwards::remove(&self.handle()?, index, host_port)
+    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), api::BackendError> {
+        Ok(crate::api_forwards::remove(
+            &self.handle()?,
+            index,
+            host_port,
+        )?)
     }
 }
 

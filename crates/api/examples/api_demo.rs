@@ -17,19 +17,19 @@ use api::{ServerOptions, VmConfigSnapshot, VmmBackend};
 struct PrintingBackend;
 
 impl VmmBackend for PrintingBackend {
-    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), api::BackendError> {
         eprintln!("start: {config:#?}");
         Ok(())
     }
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> {
         eprintln!("send_ctrl_alt_del");
         Ok(())
     }
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), api::BackendError> {
         eprintln!("pause");
         Ok(())
     }
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), api::BackendError> {
         eprintln!("resume");
         Ok(())
     }

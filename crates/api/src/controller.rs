@@ -82,15 +82,15 @@ pub enum ControlError {
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernelConfig,
     #[error("Failed to start the microVM: {0}")]
-    Start(String),
+    Start(crate::BackendError),
     #[error("Failed to send Ctrl+Alt+Del: {0}")]
-    SendCtrlAltDel(String),
+    SendCtrlAltDel(crate::BackendError),
     #[error("Failed to pause the microVM: {0}")]
-    Pause(String),
+    Pause(crate::BackendError),
     #[error("Failed to resume the microVM: {0}")]
-    Resume(String),
+    Resume(crate::BackendError),
     #[error("Failed to flush metrics: {0}")]
-    FlushMetrics(String),
+    FlushMetrics(crate::BackendError),
     #[error("{0}")]
     Snapshot(#[from] snapshot::SnapshotRequestError),
     #[error("{0}")]

@@ -11,10 +11,10 @@
 //! # use std::sync::Arc;
 //! # struct MyVmm;
 //! # impl api::VmmBackend for MyVmm {
-//! #     fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), String> { Ok(()) }
-//! #     fn send_ctrl_alt_del(&self) -> Result<(), String> { Ok(()) }
-//! #     fn pause(&self) -> Result<(), String> { Ok(()) }
-//! #     fn resume(&self) -> Result<(), String> { Ok(()) }
+//! #     fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), api::BackendError> { Ok(()) }
+//! #     fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> { Ok(()) }
+//! #     fn pause(&self) -> Result<(), api::BackendError> { Ok(()) }
+//! #     fn resume(&self) -> Result<(), api::BackendError> { Ok(()) }
 //! # }
 //! let handle = api::serve(
 //!     std::path::Path::new("/tmp/vessel.sock"),
@@ -40,7 +40,7 @@ pub mod snapshot_model;
 mod socket;
 mod validate;
 
-pub use backend::VmmBackend;
+pub use backend::{BackendError, VmmBackend};
 pub use balloon_model::{Balloon, BalloonStatistics, BalloonStatsUpdate, BalloonUpdate};
 pub use controller::balloon::{BalloonRequest, BalloonRequestError};
 pub use controller::forwards::{ForwardRequest, ForwardRequestError};

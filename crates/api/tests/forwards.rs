@@ -19,19 +19,19 @@ struct ForwardBackend {
 }
 
 impl VmmBackend for ForwardBackend {
-    fn start(&self, _: &VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, _: &VmConfigSnapshot) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn forwards(&self, index: usize) -> Result<Vec<LivePortForward>, String> {
+    fn forwards(&self, index: usize) -> Result<Vec<LivePortForward>, api::BackendError> {
         Ok(self
             .forwards
             .lock()
@@ -49,18 +49,18 @@ impl VmmBackend for ForwardBackend {
         index: usize,
         forward: &PortForward,
         listener: OwnedFd,
-    ) -> Result<(), String> {
+    ) -> Result<(), api::BackendError> {
         let listener = TcpListener::from(listener);
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         self.forwards.lock().unwrap().push((index, *forward, port));
         Ok(())
     }
-    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), String> {
+    fn remove_forward(&self, index: usize, host_port: u16) -> Result<(), api::BackendError> {
         let mut forwards = self.forwards.lock().unwrap();
         let before = forwards.len();
         forwards.retain(|(i, f, _)| !(*i == index && f.host_port == host_port));
         if forwards.len() == before {
-            return Err(format!("no run-time forward on host port {host_port}"));
+            return Err(format!("no run-time forward on host port {host_port}").into());
         }
         Ok(())
     }

@@ -311,16 +311,16 @@ fn shutdown_closes_connections_and_removes_the_socket() {
 struct PanickingBackend;
 
 impl api::VmmBackend for PanickingBackend {
-    fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, _: &api::VmConfigSnapshot) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> {
         Ok(())
     }
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), api::BackendError> {
         panic!("backend bug while pausing");
     }
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), api::BackendError> {
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ pub enum BalloonRequestError {
     Hinting,
     /// The VMM's refusal (statistics disabled, ...), in its words.
     #[error("Balloon: {0}")]
-    Backend(String),
+    Backend(crate::BackendError),
 }
 
 impl VmController {
@@ -86,7 +86,7 @@ impl VmController {
     }
 }
 
-fn backend_err(message: String) -> BalloonRequestError {
+fn backend_err(message: crate::BackendError) -> BalloonRequestError {
     BalloonRequestError::Backend(message)
 }
 
@@ -107,25 +107,27 @@ mod tests {
     }
 
     impl VmmBackend for BalloonBackend {
-        fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+        fn start(&self, config: &VmConfigSnapshot) -> Result<(), crate::BackendError> {
             *self.started_with.lock().unwrap() = Some(config.clone());
             Ok(())
         }
-        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        fn send_ctrl_alt_del(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn pause(&self) -> Result<(), String> {
+        fn pause(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn resume(&self) -> Result<(), String> {
+        fn resume(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+        fn update_balloon(&self, amount_mib: u32) -> Result<(), crate::BackendError> {
             *self.target.lock().unwrap() = amount_mib;
             Ok(())
         }
-        fn balloon_statistics(&self) -> Result<crate::BalloonStatistics, String> {
-            Err("Received stats query when stats are disabled.".into())
+        fn balloon_statistics(&self) -> Result<crate::BalloonStatistics, crate::BackendError> {
+            Err(crate::BackendError::Unsupported(
+                "Received stats query when stats are disabled.",
+            ))
         }
     }
 

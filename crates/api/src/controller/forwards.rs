@@ -31,7 +31,7 @@ pub enum ForwardRequestError {
     #[error("Adding a forward needs the listening socket sent with the request (SCM_RIGHTS on the API socket): the VMM opens no sockets.")]
     NoListener,
     #[error("{0}")]
-    Backend(String),
+    Backend(crate::BackendError),
 }
 
 impl VmController {

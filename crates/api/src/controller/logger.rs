@@ -73,7 +73,7 @@ pub enum LoggerError {
     #[error("Cannot open the log file {path}: {reason}")]
     Open { path: String, reason: String },
     #[error("Failed to configure the logger: {0}")]
-    Backend(String),
+    Backend(crate::BackendError),
 }
 
 impl From<OutputFileError> for LoggerError {

@@ -10,11 +10,11 @@ use crate::migration_model::MigrationSendParams;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MigrationRequestError {
     #[error("Migration error: {0}")]
-    Send(String),
+    Send(crate::BackendError),
     #[error("Migration error: no migration is in progress.")]
     NothingToCancel,
     #[error("Migration error: {0}")]
-    Status(String),
+    Status(crate::BackendError),
 }
 
 impl VmController {

@@ -163,17 +163,17 @@ mod tests {
     struct Started(Mutex<Option<VmConfigSnapshot>>);
 
     impl crate::VmmBackend for Started {
-        fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+        fn start(&self, config: &VmConfigSnapshot) -> Result<(), crate::BackendError> {
             *self.0.lock().unwrap() = Some(config.clone());
             Ok(())
         }
-        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        fn send_ctrl_alt_del(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn pause(&self) -> Result<(), String> {
+        fn pause(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn resume(&self) -> Result<(), String> {
+        fn resume(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
     }

@@ -17,9 +17,11 @@ pub enum PatchError {
     #[error("Invalid network interface ID: {0} is not an interface of this microVM.")]
     NoSuchInterface(String),
     #[error("drive update (patch): device error: {0}")]
-    Drive(String),
+    Drive(crate::BackendError),
+    #[error("drive update (patch): device error: {0}")]
+    InvalidDrive(#[source] crate::validate::ValidationError),
     #[error("network interface update (patch): device error: {0}")]
-    Interface(String),
+    Interface(crate::BackendError),
 }
 
 impl VmController {
@@ -35,7 +37,7 @@ impl VmController {
             drive.path_on_host = path.clone();
             // A new image is detected anew (or refused) by the VMM.
             drive.format = None;
-            validate_drive(&drive).map_err(|e| PatchError::Drive(e.to_string()))?;
+            validate_drive(&drive).map_err(PatchError::InvalidDrive)?;
         }
         if let Some(limiter) = &update.rate_limiter {
             drive.rate_limiter = Some(drive.rate_limiter.unwrap_or_default().updated_by(limiter));

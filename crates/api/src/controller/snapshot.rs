@@ -18,7 +18,7 @@ pub enum SnapshotRequestError {
     )]
     DiffNotSupported,
     #[error("Create snapshot error: {0}")]
-    Create(String),
+    Create(crate::BackendError),
     #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
     LoadNotAllowed,
     #[error("Load snapshot error: exactly one of mem_file_path and mem_backend must be given.")]
@@ -30,7 +30,7 @@ pub enum SnapshotRequestError {
     )]
     DirtyTrackingNotSupported,
     #[error("Load snapshot error: {0}")]
-    Load(String),
+    Load(crate::BackendError),
 }
 
 impl VmController {
@@ -107,26 +107,31 @@ mod tests {
     }
 
     impl VmmBackend for Backend {
-        fn start(&self, _: &VmConfigSnapshot) -> Result<(), String> {
+        fn start(&self, _: &VmConfigSnapshot) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        fn send_ctrl_alt_del(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn pause(&self) -> Result<(), String> {
+        fn pause(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn resume(&self) -> Result<(), String> {
+        fn resume(&self) -> Result<(), crate::BackendError> {
             Ok(())
         }
-        fn create_snapshot(&self, p: &SnapshotCreateParams) -> Result<(), String> {
+        fn create_snapshot(&self, p: &SnapshotCreateParams) -> Result<(), crate::BackendError> {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("create {}", p.snapshot_path));
             Ok(())
         }
-        fn load_snapshot(&self, s: &str, m: &str, resume: bool) -> Result<MachineConfig, String> {
+        fn load_snapshot(
+            &self,
+            s: &str,
+            m: &str,
+            resume: bool,
+        ) -> Result<MachineConfig, crate::BackendError> {
             self.calls
                 .lock()
                 .unwrap()

@@ -14,10 +14,10 @@ struct RecordingBackend {
 }
 
 impl RecordingBackend {
-    fn record(&self, name: &'static str) -> Result<(), String> {
+    fn record(&self, name: &'static str) -> Result<(), crate::BackendError> {
         self.calls.lock().unwrap().push(name.to_string());
         if self.fail.contains(&name) {
-            Err(format!("{name} refused by test"))
+            Err(format!("{name} refused by test").into())
         } else {
             Ok(())
         }
@@ -28,17 +28,17 @@ impl RecordingBackend {
 }
 
 impl VmmBackend for RecordingBackend {
-    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), crate::BackendError> {
         *self.started_with.lock().unwrap() = Some(config.clone());
         self.record("start")
     }
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), crate::BackendError> {
         self.record("ctrl_alt_del")
     }
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), crate::BackendError> {
         self.record("pause")
     }
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), crate::BackendError> {
         self.record("resume")
     }
 }

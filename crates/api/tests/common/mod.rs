@@ -20,10 +20,10 @@ pub struct MockBackend {
 }
 
 impl MockBackend {
-    fn record(&self, name: &'static str) -> Result<(), String> {
+    fn record(&self, name: &'static str) -> Result<(), api::BackendError> {
         self.calls.lock().unwrap().push(name.to_string());
         if self.fail_calls.lock().unwrap().contains(&name) {
-            Err(format!("mock backend refused {name}"))
+            Err(format!("mock backend refused {name}").into())
         } else {
             Ok(())
         }
@@ -35,17 +35,17 @@ impl MockBackend {
 }
 
 impl VmmBackend for MockBackend {
-    fn start(&self, config: &VmConfigSnapshot) -> Result<(), String> {
+    fn start(&self, config: &VmConfigSnapshot) -> Result<(), api::BackendError> {
         *self.started_with.lock().unwrap() = Some(config.clone());
         self.record("start")
     }
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), api::BackendError> {
         self.record("send_ctrl_alt_del")
     }
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), api::BackendError> {
         self.record("pause")
     }
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), api::BackendError> {
         self.record("resume")
     }
     fn update_drive(
@@ -53,7 +53,7 @@ impl VmmBackend for MockBackend {
         _index: usize,
         _drive: &api::Drive,
         _update: &api::DriveUpdate,
-    ) -> Result<Option<api::DriveFormat>, String> {
+    ) -> Result<Option<api::DriveFormat>, api::BackendError> {
         self.record("update_drive")
             .map(|()| Some(api::DriveFormat::Raw))
     }
@@ -61,14 +61,14 @@ impl VmmBackend for MockBackend {
         &self,
         _index: usize,
         _update: &api::NetworkInterfaceUpdate,
-    ) -> Result<(), String> {
+    ) -> Result<(), api::BackendError> {
         self.record("update_network_interface")
     }
     fn configure_logger(
         &self,
         _file: Option<std::fs::File>,
         _config: &api::LoggerConfig,
-    ) -> Result<(), String> {
+    ) -> Result<(), api::BackendError> {
         self.record("configure_logger")
     }
 }
