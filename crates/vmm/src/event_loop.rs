@@ -256,7 +256,11 @@ pub fn run(
         }
         let main = manager.subscriber_mut(id)?;
         if let Some((fd, token)) = main.take_unpaused() {
-            watch(&mut manager.event_ops(id)?, fd, token)?;
+            // The input may have gone while it was paused (a console client that left):
+            // it is simply not watched again.
+            if let Err(e) = watch(&mut manager.event_ops(id)?, fd, token) {
+                tracing::debug!("serial input {fd} not watched again: {e}");
+            }
         }
         let paused = manager.subscriber_mut(id)?.paused.is_some();
         match manager.run_with_timeout(if paused { PAUSED_POLL_MS } else { -1 }) {
