@@ -75,29 +75,14 @@ pub fn build_for_boot(cfg: &VmConfig) -> Result<Vm, VmError> {
     // Each NIC's MAC is chosen once: the device and the snapshot's record share it.
     let cfg = with_nic_macs(cfg);
     cfg.validate()?;
-    let layout = RamLayout::new(cfg.memory)?;
     let images = BootImages::read(&cfg)?;
-    let (serial, kvm, pending) = open_host_side(&cfg, None)?;
-    let vm = kvm::create_vm(&kvm)?;
-    let mem = fresh_memory(&cfg, &layout)?;
-    kvm::register_memory(&vm, &mem)?;
-    let boot = images.load(&cfg, &mem, &layout)?;
+    let machine = prepare(cfg, None, fresh_memory)?;
+    let boot = images.load(&machine.cfg, &machine.mem, &machine.layout)?;
     let start = Start::Boot {
         entry: boot.entry,
         with_pit: boot.with_pit,
     };
-    finish(
-        Machine {
-            kvm,
-            vm,
-            cfg,
-            layout,
-            mem,
-            serial,
-            pending,
-        },
-        start,
-    )
+    finish(machine, start)
 }
 
 /// The VM `snapshot` was taken of, with `memory` as its RAM, ready to run from where it
@@ -112,27 +97,34 @@ pub fn build_from_state(
     snapshot.check_disk_files()?;
     let cfg = restored_config(host, &snapshot.machine)?;
     cfg.validate()?;
-    let layout = RamLayout::new(cfg.memory)?;
-    let (serial, kvm, pending) = open_host_side(&cfg, Some(&snapshot.devices))?;
-    let vm = kvm::create_vm(&kvm)?;
-    let mem = match memory {
+    let machine = prepare(cfg, Some(&snapshot.devices), |_, layout| match memory {
         // Laid out by the receiver from the same machine (`RamLayout` of its size).
-        RestoreMemory::Filled(mem) => mem.clone(),
-        RestoreMemory::File(path) => crate::snapshot::restore_memory(&ranges(&layout), path)?.0,
-    };
+        RestoreMemory::Filled(mem) => Ok(mem.clone()),
+        RestoreMemory::File(path) => Ok(crate::snapshot::restore_memory(&ranges(layout), path)?.0),
+    })?;
+    finish(machine, Start::Restore(snapshot))
+}
+
+/// Steps 1 to 3, shared: the host side, the KVM VM, and its RAM from `memory` registered.
+fn prepare(
+    cfg: VmConfig,
+    saved: Option<&crate::snapshot::DeviceStates>,
+    memory: impl FnOnce(&VmConfig, &RamLayout) -> Result<GuestMemory, VmError>,
+) -> Result<Machine, VmError> {
+    let layout = RamLayout::new(cfg.memory)?;
+    let (serial, kvm, pending) = open_host_side(&cfg, saved)?;
+    let vm = kvm::create_vm(&kvm)?;
+    let mem = memory(&cfg, &layout)?;
     kvm::register_memory(&vm, &mem)?;
-    finish(
-        Machine {
-            kvm,
-            vm,
-            cfg,
-            layout,
-            mem,
-            serial,
-            pending,
-        },
-        Start::Restore(snapshot),
-    )
+    Ok(Machine {
+        kvm,
+        vm,
+        cfg,
+        layout,
+        mem,
+        serial,
+        pending,
+    })
 }
 
 /// What both entry points have after step 3: KVM with the VM and its RAM, the console's
