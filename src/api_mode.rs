@@ -560,22 +560,9 @@ mod tests {
 
     fn config_with_nics(specs: &[&str]) -> VmConfig {
         VmConfig {
-            kernel: PathBuf::from("/k"),
-            initrd: None,
             cmdline: "console=ttyS0".into(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: false,
-            console2: None,
             nics: specs.iter().map(|s| net::parse_nic(s).unwrap()).collect(),
-            pit: vmm::PitMode::Auto,
-            emulator_fixups: Default::default(),
-            vsock: None,
-            shares: Vec::new(),
-            balloon: None,
-            mmds: None,
+            ..VmConfig::new(PathBuf::from("/k"), 64 << 20, 1)
         }
     }
 

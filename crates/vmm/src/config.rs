@@ -140,6 +140,29 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
+    /// A VM of `memory` bytes and `cpus` vCPUs booting `kernel` with an empty command line,
+    /// no initrd, no devices and no serial console; callers set the rest.
+    pub fn new(kernel: PathBuf, memory: u64, cpus: u8) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory,
+            cpus,
+            serial: SerialMode::None,
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: Vec::new(),
+            pit: PitMode::Auto,
+            emulator_fixups: Default::default(),
+            vsock: None,
+            shares: Vec::new(),
+            balloon: None,
+            mmds: None,
+        }
+    }
+
     /// The rules every VM follows, whoever described it (command line, VM definition,
     /// API, snapshot): memory size, vCPU count, disk ids, each NIC's own rules, the MMDS's
     /// NICs, the vsock CID and socket path. Host limits (KVM's vCPU maximum, files that
@@ -182,22 +205,8 @@ mod tests {
 
     fn small_vm() -> VmConfig {
         VmConfig {
-            kernel: "/k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: false,
-            console2: None,
             nics: vec![net::parse_nic("nat").unwrap()],
-            pit: PitMode::Auto,
-            emulator_fixups: Default::default(),
-            vsock: None,
-            shares: Vec::new(),
-            balloon: None,
-            mmds: None,
+            ..VmConfig::new("/k".into(), 64 << 20, 1)
         }
     }
 

@@ -19,6 +19,7 @@ mod io_thread;
 mod irq_routing;
 mod kick;
 mod kvm_vcpu;
+mod memory_slots;
 pub mod migration;
 mod page_map;
 pub mod shared_memory;

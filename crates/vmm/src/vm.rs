@@ -102,7 +102,7 @@ impl Vm {
         let _io_thread = crate::io_thread::IoThread::spawn(
             self.devices.pci.processors.clone(),
             self.devices.pci.backend_fds.clone(),
-            if self.devices.vsock_uds.is_some() {
+            if self.cfg.vsock.is_some() {
                 confine::Role::IoVsock
             } else {
                 confine::Role::Io
@@ -158,7 +158,7 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        if let Some(uds) = &self.devices.vsock_uds {
+        if let Some(uds) = self.cfg.vsock.as_ref().map(|v| &v.uds) {
             // Only stale from now on; a later VM would replace it anyway.
             let _ = std::fs::remove_file(uds);
         }

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use arch::layout;
 use arch::GuestMemory;
@@ -54,21 +53,7 @@ pub(crate) fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>, VmError> {
 /// Gives KVM `mem`'s regions as memory slots 0, 1, … (the order dirty logging and
 /// migration rely on).
 pub(crate) fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: the host mapping described belongs to `mem`, which the Vm keeps alive
-        // for as long as the KVM VM exists (both are fields of Vm; vCPU threads are
-        // joined before either is dropped).
-        unsafe { vm.set_user_memory_region(region_desc) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-    }
-    Ok(())
+    crate::memory_slots::set_memory_slots(vm, mem, 0).map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))
 }
 
 /// KVM's i8254 PIT, its speaker port a dummy; only when `wanted`.

@@ -238,7 +238,7 @@ fn assemble(parts: Parts) -> Vm {
         devices: devices.device_set(),
         machine: crate::snapshot::machine_state(&cfg, with_pit),
         xsave2_size: vcpus.xsave2_size,
-        unsupported_device: devices.unsupported_device.clone(),
+        unsupported_device: crate::device_manager::virtio_devices::unsupported_device(&cfg),
     };
     let handle = crate::control::VmHandle {
         exit: exit.clone(),

@@ -14,7 +14,6 @@ pub(crate) mod pci;
 pub(crate) mod virtio_devices;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
@@ -48,18 +47,12 @@ pub(crate) struct DeviceManager {
     pub balloon: Option<crate::BalloonControl>,
     /// The shares' virtiofsd processes, stopped when the VM ends.
     pub shares: ShareDaemons,
-    /// The vsock device's listening socket, removed when the VM ends.
-    pub vsock_uds: Option<PathBuf>,
-    /// The first device whose state snapshots do not save, if the VM has one.
-    pub unsupported_device: Option<String>,
 }
 
 /// The host side of every device, opened, waiting for the VM to be wired to.
 pub(crate) struct PendingDevices {
     virtio: VirtioDevices,
     shares: ShareDaemons,
-    vsock_uds: Option<PathBuf>,
-    unsupported_device: Option<String>,
 }
 
 /// The handles of the devices snapshots save, in the order the state file holds them.
@@ -91,12 +84,7 @@ impl DeviceManager {
         // virtiofsd starts now, before the VMM is confined.
         let (share_devices, shares) = crate::shares::start(&cfg.shares)?;
         virtio.devices.extend(share_devices);
-        Ok(PendingDevices {
-            virtio,
-            shares,
-            vsock_uds: cfg.vsock.as_ref().map(|v| v.uds.clone()),
-            unsupported_device: virtio_devices::unsupported_device(cfg),
-        })
+        Ok(PendingDevices { virtio, shares })
     }
 
     /// The devices a snapshot saves.
@@ -151,8 +139,6 @@ impl PendingDevices {
             pci,
             balloon,
             shares: self.shares,
-            vsock_uds: self.vsock_uds,
-            unsupported_device: self.unsupported_device,
         })
     }
 }

@@ -236,26 +236,11 @@ fn balloon(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SerialMode;
 
     fn config() -> VmConfig {
         VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            cpus: 1,
-            serial: SerialMode::None,
-            disks: Vec::new(),
             rng: true,
-            console2: None,
-            nics: Vec::new(),
-            pit: crate::PitMode::Auto,
-            emulator_fixups: crate::EmulatorFixups::Auto,
-            vsock: None,
-            shares: Vec::new(),
-            balloon: None,
-            mmds: None,
+            ..VmConfig::new("k".into(), 64 << 20, 1)
         }
     }
 

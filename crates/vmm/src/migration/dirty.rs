@@ -4,7 +4,7 @@
 //! The slots are the guest memory regions in order, as the builder registers them.
 
 use arch::GuestMemory;
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -14,22 +14,11 @@ use super::MigrationError;
 pub const PAGE_SIZE: u64 = 4096;
 
 fn set_logging(vm: &VmFd, mem: &GuestMemory, on: bool) -> Result<(), MigrationError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-        };
-        // SAFETY: the same slot, address and host mapping the builder registered (the
-        // mapping lives as long as `mem`, which the VM keeps); only the flags change.
-        unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MigrationError::Kvm {
-            what: "KVM_SET_USER_MEMORY_REGION (dirty logging)",
-            source,
-        })?;
-    }
-    Ok(())
+    let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+    crate::memory_slots::set_memory_slots(vm, mem, flags).map_err(|source| MigrationError::Kvm {
+        what: "KVM_SET_USER_MEMORY_REGION (dirty logging)",
+        source,
+    })
 }
 
 /// Dirty logging, on while this lives (turned off again when dropped).

@@ -2,7 +2,7 @@
 //! migration, a resume): the host decides where its serial console goes and whether the
 //! emulator helps; everything else is the saved machine's.
 
-use crate::config::{DiskConfig, PitMode, SerialMode, VmConfig};
+use crate::config::{DiskConfig, SerialMode, VmConfig};
 use crate::emulator_fixups::EmulatorFixups;
 
 use super::saved_nic::{console_path, effective_mac, SavedNic};
@@ -16,22 +16,9 @@ pub fn host_config(
     machine: &MachineState,
 ) -> VmConfig {
     VmConfig {
-        kernel: Default::default(),
-        initrd: None,
-        cmdline: String::new(),
-        memory: machine.memory,
-        cpus: machine.cpus,
         serial,
-        disks: Vec::new(),
-        rng: false,
-        console2: None,
-        nics: Vec::new(),
-        pit: PitMode::Auto,
         emulator_fixups,
-        vsock: None,
-        shares: Vec::new(),
-        balloon: None,
-        mmds: None,
+        ..VmConfig::new(Default::default(), machine.memory, machine.cpus)
     }
 }
 
