@@ -513,6 +513,19 @@ fn vessel_migrate_over_ssh_moves_a_background_vm() {
     assert_eq!(run.status, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
     assert_eq!(listed(&st, "migrant")["state"], "running");
+    // Bad destinations: no socket path (usage error); ssh: over the API, which runs no ssh.
+    let run = st.vessel(&["migrate", "migrant", "--to", "ssh:127.0.0.1"]);
+    assert_eq!(run.status, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid ssh destination"),
+        "{}",
+        run.stderr
+    );
+    let sock = st.0.join("migrant").join("api.sock");
+    let body = format!(r#"{{"destination_url": "{to}"}}"#);
+    let (code, reply) = common::api::curl(&sock, "PUT", "/migration/send", Some(&body));
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("vessel migrate NAME --to ssh:"), "{reply}");
     let run = st.vessel(&[
         "migrate",
         "migrant",
