@@ -174,6 +174,8 @@ impl MainLoop {
 
     /// The paused input to watch again, once the guest wants input.
     fn take_unpaused(&mut self) -> Option<(RawFd, u32)> {
+        // The UART is locked only while an input waits (vCPUs write it all the time).
+        self.paused?;
         let wants = self
             .serial
             .lock()
