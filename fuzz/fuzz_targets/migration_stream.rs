@@ -11,7 +11,9 @@ const MAX_MEMORY: u64 = 256 << 20;
 
 fuzz_target!(|data: &[u8]| {
     let mut stream = std::io::Cursor::new(data);
-    if let Ok(received) = vmm::migration::receive(&mut stream, MAX_MEMORY) {
+    if let Ok(received) =
+        vmm::migration::receive(&mut stream, MAX_MEMORY, vmm::migration::Storage::Shared)
+    {
         let ram: u64 = received.mem.iter().map(|r| r.len()).sum();
         assert_eq!(ram, received.snapshot.machine.memory);
         assert!(received.memory_bytes <= data.len() as u64);

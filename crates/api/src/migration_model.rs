@@ -18,9 +18,14 @@ pub struct MigrationSendParams {
     /// fits in it at the measured bandwidth, or until its round limit.
     #[serde(default = "default_max_downtime_ms")]
     pub max_downtime_ms: u64,
-    /// At most this many MiB/s of guest memory (no limit when absent).
+    /// At most this many MiB/s of guest memory and disk data (no limit when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mib_s: Option<u64>,
+    /// Stream the disks too, for hosts without shared storage (default false); the
+    /// receiver must be started to take them (`vessel start NAME --incoming URL
+    /// --copy-storage`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_storage: bool,
 }
 
 /// `PUT /migration/cancel` takes an empty object.
@@ -38,6 +43,15 @@ mod tests {
             serde_json::from_str(r#"{"destination_url": "unix:/tmp/m"}"#).unwrap();
         assert_eq!(p.max_downtime_ms, 300);
         assert_eq!(p.bandwidth_mib_s, None);
+        assert!(!p.copy_storage);
+        let p: MigrationSendParams =
+            serde_json::from_str(r#"{"destination_url": "unix:/m", "copy_storage": true}"#)
+                .unwrap();
+        assert!(p.copy_storage);
+        assert!(serde_json::from_str::<MigrationSendParams>(
+            r#"{"destination_url": "unix:/m", "copy_storage": "yes"}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<MigrationSendParams>(
             r#"{"destination_url": "unix:/m", "downtime": 5}"#
         )

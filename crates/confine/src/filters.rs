@@ -13,7 +13,16 @@ pub struct AllowList {
     /// /proc/sys/vm/overcommit_memory when it first shrinks a thread's heap: openat is
     /// answered EACCES (by a second filter) instead of stopping the VMM.
     pub deny_open: bool,
+    /// sendmsg is allowed with these flags (its third argument) only, when set.
+    pub sendmsg_flags: Option<u32>,
 }
+
+/// The flags of the only sendmsg the API and migration threads make: vhost-user messages
+/// to virtiofsd with descriptors attached (vmm-sys-util's `ScmSocket`, used by the `vhost`
+/// crate and by vessel's device-state messages, always passes MSG_NOSIGNAL). The
+/// descriptors and the socket are not checked (seccomp cannot look into the message);
+/// the calls come from vessel's own code on the sockets it connected to virtiofsd.
+const VHOST_USER_SENDMSG_FLAGS: u32 = libc::MSG_NOSIGNAL as u32;
 
 /// What every thread needs: the Rust runtime (memory, locks, thread exit, stderr for
 /// error messages), and the SIGSYS handler's write and exit_group.
@@ -318,6 +327,12 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_recvmsg,
                     libc::SYS_getsockname,
                     libc::SYS_fcntl,
+                    // A snapshot of a VM with shares: vhost-user messages to virtiofsd
+                    // (descriptors attached; sendmsg with MSG_NOSIGNAL only, see
+                    // VHOST_USER_SENDMSG_FLAGS) and its state read from a pipe.
+                    libc::SYS_sendmsg,
+                    libc::SYS_pipe2,
+                    libc::SYS_poll,
                     // A root VMM switching user later: glibc runs set*id in every thread.
                     libc::SYS_setresuid,
                     libc::SYS_setresgid,
@@ -342,6 +357,12 @@ pub fn allow_list(role: Role) -> AllowList {
                     libc::SYS_fcntl,
                     libc::SYS_poll,
                     libc::SYS_tgkill,
+                    // A VM with shares: vhost-user messages to virtiofsd (descriptors
+                    // attached; sendmsg with MSG_NOSIGNAL only, see
+                    // VHOST_USER_SENDMSG_FLAGS) and its state read from a pipe.
+                    libc::SYS_sendmsg,
+                    libc::SYS_recvmsg,
+                    libc::SYS_pipe2,
                 ],
             ],
             MIGRATION_IOCTLS,
@@ -388,10 +409,13 @@ pub fn allow_list(role: Role) -> AllowList {
         syscalls.push(libc::SYS_openat);
         syscalls.sort_unstable();
     }
+    let sendmsg_flags =
+        matches!(role, Role::Api | Role::Migration).then_some(VHOST_USER_SENDMSG_FLAGS);
     AllowList {
         syscalls,
         ioctls: ioctls.to_vec(),
         deny_open,
+        sendmsg_flags,
     }
 }
 

@@ -122,6 +122,23 @@ pub fn program(role: Role, mismatch: SeccompAction) -> Result<BpfProgram, Seccom
         }
         rules.insert(libc::SYS_ioctl, ioctl_rules);
     }
+    if let Some(flags) = list.sendmsg_flags {
+        let build = |source| SeccompError::Build {
+            role: role.name(),
+            source,
+        };
+        let cond = SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            u64::from(flags),
+        )
+        .map_err(build)?;
+        rules.insert(
+            libc::SYS_sendmsg,
+            vec![SeccompRule::new(vec![cond]).map_err(build)?],
+        );
+    }
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|source| SeccompError::Build {
             role: role.name(),
@@ -215,6 +232,38 @@ mod tests {
             // SAFETY: FIONREAD on stdin with a valid out pointer.
             let rc = unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
             assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EPERM)
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn api_threads_send_messages_with_descriptors_only_as_vhost_user_does() {
+        std::thread::spawn(|| {
+            let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+            crate::privileges::drop_all().unwrap();
+            let bpf = program(Role::Api, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+            seccompiler::apply_filter(&bpf).unwrap();
+            let send = |flags| {
+                let mut byte = [1u8];
+                let mut iov = libc::iovec {
+                    iov_base: byte.as_mut_ptr().cast(),
+                    iov_len: 1,
+                };
+                // SAFETY: a zeroed msghdr is valid; it points at one iovec on this stack.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                use std::os::fd::AsRawFd;
+                // SAFETY: sendmsg on a socket this test owns, with the message above.
+                unsafe { libc::sendmsg(a.as_raw_fd(), &msg, flags) }
+            };
+            assert_eq!(send(libc::MSG_NOSIGNAL), 1);
+            assert_eq!(send(0), -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::EPERM)

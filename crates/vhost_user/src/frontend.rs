@@ -4,8 +4,9 @@
 //! [`DeviceConnection`] drives the rust-vmm `vhost` crate's [`Frontend`] through the
 //! handshake a PCI device needs when the driver sets DRIVER_OK:
 //!
-//! 1. SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (REPLY_ACK, MQ, CONFIG as
-//!    offered), SET_FEATURES with the driver's features plus `VHOST_USER_F_PROTOCOL_FEATURES`.
+//! 1. SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (REPLY_ACK, MQ, CONFIG and
+//!    DEVICE_STATE as offered), SET_FEATURES with the driver's features plus
+//!    `VHOST_USER_F_PROTOCOL_FEATURES`.
 //! 2. SET_MEM_TABLE with guest memory as memfd regions ([`MemoryRegion`]): the backend
 //!    maps the same pages, so guest memory must be a shared memfd (sealed against
 //!    shrinking, which vessel's own backends demand too).
@@ -16,6 +17,10 @@
 //! Ring addresses are guest-physical (the driver programmed them): they are translated to
 //! the frontend's virtual addresses through the memory table and refused when outside it,
 //! since the backend's view of them is only the table.
+//!
+//! A queue starts at index 0 at DRIVER_OK, or where a snapshot left it
+//! ([`DeviceConnection::start_queue_at`]); the backend's own state is saved and loaded by
+//! [`crate::backend_state`].
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -59,6 +64,8 @@ pub enum FrontendError {
     NotShared { gpa: u64 },
     #[error("queue {queue}: size {size} is not a power of two in 1..=32768")]
     BadQueueSize { queue: usize, size: u16 },
+    #[error("queue {queue}: the backend's ring index {base} does not fit a split ring's 16 bits")]
+    BadVringBase { queue: usize, base: u32 },
 }
 
 /// One range of guest memory backed by a shareable file (a memfd).
@@ -122,6 +129,8 @@ pub struct DeviceConnection {
     acked_features: u64,
     /// (gpa, size, host address) of the memory table last sent.
     regions: Vec<(u64, u64, u64)>,
+    /// DEVICE_STATE was negotiated: the backend saves and loads its state.
+    state_transfer: bool,
 }
 
 impl DeviceConnection {
@@ -142,6 +151,7 @@ impl DeviceConnection {
             offered_features: 0,
             acked_features: 0,
             regions: Vec::new(),
+            state_transfer: false,
         }
     }
 
@@ -172,7 +182,8 @@ impl DeviceConnection {
             .map_err(msg("GET_PROTOCOL_FEATURES"))?;
         let wanted = VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::CONFIG;
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::DEVICE_STATE;
         let acked_proto = proto & wanted;
         f.set_protocol_features(acked_proto)
             .map_err(msg("SET_PROTOCOL_FEATURES"))?;
@@ -190,6 +201,7 @@ impl DeviceConnection {
             }
         }
         self.offered_features = offered;
+        self.state_transfer = acked_proto.contains(VhostUserProtocolFeatures::DEVICE_STATE);
         Ok(offered)
     }
 
@@ -212,6 +224,11 @@ impl DeviceConnection {
     /// The virtio features the backend offered in [`handshake`](Self::handshake).
     pub fn offered_features(&self) -> u64 {
         self.offered_features
+    }
+
+    /// Whether the backend saves and loads its own state (DEVICE_STATE negotiated).
+    pub fn state_transfer(&self) -> bool {
+        self.state_transfer
     }
 
     /// The features acked in [`negotiate`](Self::negotiate).
@@ -259,6 +276,20 @@ impl DeviceConnection {
         kick: &EventFd,
         call: &EventFd,
     ) -> Result<(), FrontendError> {
+        self.start_queue_at(index, ring, 0, kick, call)
+    }
+
+    /// [`start_queue`](Self::start_queue) with the backend taking the next available
+    /// entry at `next_avail` (SET_VRING_BASE): where GET_VRING_BASE left it before a
+    /// snapshot.
+    pub fn start_queue_at(
+        &mut self,
+        index: usize,
+        ring: &RingLayout,
+        next_avail: u16,
+        kick: &EventFd,
+        call: &EventFd,
+    ) -> Result<(), FrontendError> {
         if !ring.size.is_power_of_two() || ring.size > 32768 {
             return Err(FrontendError::BadQueueSize {
                 queue: index,
@@ -280,7 +311,8 @@ impl DeviceConnection {
         let f = &mut self.frontend;
         f.set_vring_num(index, ring.size)
             .map_err(msg("SET_VRING_NUM"))?;
-        f.set_vring_base(index, 0).map_err(msg("SET_VRING_BASE"))?;
+        f.set_vring_base(index, next_avail)
+            .map_err(msg("SET_VRING_BASE"))?;
         f.set_vring_addr(index, &config)
             .map_err(msg("SET_VRING_ADDR"))?;
         f.set_vring_call(index, call)
@@ -291,12 +323,15 @@ impl DeviceConnection {
             .map_err(msg("SET_VRING_ENABLE"))
     }
 
-    /// Stop queue `index` (device reset): disable it and fetch where the backend was.
-    pub fn stop_queue(&mut self, index: usize) -> Result<u32, FrontendError> {
+    /// Stop queue `index` (device reset, snapshot): disable it and fetch where the
+    /// backend was — its next available index, which a split ring keeps in 16 bits (a
+    /// larger value is the backend's error).
+    pub fn stop_queue(&mut self, index: usize) -> Result<u16, FrontendError> {
         let f = &mut self.frontend;
         f.set_vring_enable(index, false)
             .map_err(msg("SET_VRING_ENABLE"))?;
-        f.get_vring_base(index).map_err(msg("GET_VRING_BASE"))
+        let base = f.get_vring_base(index).map_err(msg("GET_VRING_BASE"))?;
+        u16::try_from(base).map_err(|_| FrontendError::BadVringBase { queue: index, base })
     }
 
     /// The frontend's address of `len` guest bytes at `gpa`, all inside one region.

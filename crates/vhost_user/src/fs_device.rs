@@ -3,16 +3,24 @@
 //! ID, features, queue sizes, configuration space) and, at DRIVER_OK, hands guest memory
 //! and the queues to virtiofsd ([`FsDevice::activate`]). As a [`VirtioDevice`] with a
 //! [`QueueServer`] it sits behind vessel's PCI transport, which hands it the queues.
+//!
+//! Snapshots: [`FsDevice::pause`] takes the queues back (GET_VRING_BASE), [`FsDevice::save`]
+//! saves virtiofsd's state ([`crate::backend_state`]), which [`VirtioDevice::save_state`]
+//! then returns; [`FsDevice::restore`] starts a new virtiofsd for the share and loads that state
+//! into it before the transport starts the queues at the saved indices.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use virtio::external::{ExternalQueue, QueueServer, QueueServerError};
-use virtio::{Queue, QueueError, VirtioDevice};
+use virtio::external::{
+    BackendState, ExternalQueue, PauseError, QueueServer, QueueServerError, BACKEND_STATE_VERSION,
+};
+use virtio::{DeviceState, Queue, QueueError, VirtioDevice};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::backend_state::{BackendStateError, Limits};
 use crate::frontend::{memory_regions, DeviceConnection, FrontendError, RingLayout};
 use crate::fs::{Share, CONFIG_LEN};
 use crate::virtiofsd::{Virtiofsd, VirtiofsdError};
@@ -48,11 +56,27 @@ pub enum FsDeviceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "share {tag:?}: this virtiofsd cannot save or load its state (no \
+         VHOST_USER_PROTOCOL_F_DEVICE_STATE): snapshots, suspend, fork and migration of a VM \
+         with shares need virtiofsd 1.11 or later"
+    )]
+    NoStateTransfer { tag: String },
+    #[error("share {tag:?}: virtiofsd's state: {source}")]
+    BackendState {
+        tag: String,
+        #[source]
+        source: BackendStateError,
+    },
+    #[error("share {tag:?}: the saved virtiofsd state is {reason}")]
+    BadSavedState { tag: String, reason: String },
 }
 
 /// A queue the driver enabled, with the eventfds that connect it to the guest.
 pub struct ActiveQueue<'a> {
     pub layout: RingLayout,
+    /// The next available entry virtiofsd takes (0 at DRIVER_OK).
+    pub next_avail: u16,
     /// The queue's notify ioeventfd.
     pub kick: &'a EventFd,
     /// The irqfd of the queue's MSI-X vector.
@@ -68,6 +92,8 @@ pub struct FsDevice {
     config: [u8; CONFIG_LEN],
     /// Queues handed to virtiofsd since the last DRIVER_OK.
     started: Vec<usize>,
+    /// virtiofsd's state as the last [`FsDevice::pause`] saved it.
+    saved: Option<Vec<u8>>,
     // Dropped last: virtiofsd is stopped after the connection is closed.
     daemon: Arc<DaemonHandle>,
 }
@@ -118,11 +144,17 @@ impl FsDevice {
             features,
             queue_sizes: vec![QUEUE_SIZE; REQUEST_QUEUES as usize + 1],
             started: Vec::new(),
+            saved: None,
             daemon: Arc::new(DaemonHandle {
                 daemon: Mutex::new(daemon),
                 connection: connection_fd,
             }),
         })
+    }
+
+    /// Whether this virtiofsd saves and loads its state (snapshots need it).
+    pub fn state_transfer(&self) -> bool {
+        self.connection.state_transfer()
     }
 
     /// What stops this device's virtiofsd when the VM ends.
@@ -170,26 +202,104 @@ impl FsDevice {
             .map_err(frontend)?;
         let regions = memory_regions(mem).map_err(frontend)?;
         self.connection.set_memory(&regions).map_err(frontend)?;
-        for (index, queue) in queues {
+        for (index, q) in queues {
+            // Still virtiofsd's: a pause failed before it stopped this one.
+            if self.started.contains(index) {
+                continue;
+            }
             self.connection
-                .start_queue(*index, &queue.layout, queue.kick, queue.call)
+                .start_queue_at(*index, &q.layout, q.next_avail, q.kick, q.call)
                 .map_err(frontend)?;
             self.started.push(*index);
         }
         Ok(())
     }
 
-    /// The driver reset the device: take the queues back from virtiofsd (GET_VRING_BASE).
-    pub fn stop_queues(&mut self) -> Result<(), FsDeviceError> {
-        for index in std::mem::take(&mut self.started) {
-            self.connection
-                .stop_queue(index)
-                .map_err(|source| FsDeviceError::Frontend {
-                    tag: self.share.tag.clone(),
-                    source,
-                })?;
+    /// The driver reset the device: take the queues back from virtiofsd
+    /// (GET_VRING_BASE). Returns (queue, next available index) of each. After a failure
+    /// the device forgets them all (the driver sets the queues up again).
+    pub fn stop_queues(&mut self) -> Result<Vec<(usize, u16)>, FsDeviceError> {
+        let stopped = self.pause().map_err(|(_, e)| e);
+        self.started.clear();
+        stopped
+    }
+
+    /// Before a snapshot: stop the queues. Returns each stopped queue's next available
+    /// index; a failure part-way returns those it did stop, and the device keeps the
+    /// others as started (still virtiofsd's: [`activate`](Self::activate) after the
+    /// snapshot leaves them be).
+    #[allow(clippy::type_complexity)]
+    pub fn pause(&mut self) -> Result<Vec<(usize, u16)>, (Vec<(usize, u16)>, FsDeviceError)> {
+        let mut bases = Vec::with_capacity(self.started.len());
+        while let Some(&index) = self.started.first() {
+            match self.connection.stop_queue(index) {
+                Ok(base) => {
+                    self.started.remove(0);
+                    bases.push((index, base));
+                }
+                Err(source) => {
+                    let tag = self.share.tag.clone();
+                    return Err((bases, FsDeviceError::Frontend { tag, source }));
+                }
+            }
         }
+        Ok(bases)
+    }
+
+    /// With the queues stopped: save virtiofsd's state, kept for
+    /// [`VirtioDevice::save_state`].
+    pub fn save(&mut self) -> Result<(), FsDeviceError> {
+        if !self.connection.state_transfer() {
+            return Err(FsDeviceError::NoStateTransfer {
+                tag: self.share.tag.clone(),
+            });
+        }
+        let state = self
+            .connection
+            .save_backend_state(Limits::default())
+            .map_err(|source| FsDeviceError::BackendState {
+                tag: self.share.tag.clone(),
+                source,
+            })?;
+        tracing::info!(tag = %self.share.tag, bytes = state.len(), "virtiofsd state saved");
+        self.saved = Some(state);
         Ok(())
+    }
+
+    /// A device for `share` as a snapshot saved it: a new virtiofsd (`binary`, on
+    /// `socket`) for the share's directory, `saved` (untrusted) loaded into it. The
+    /// transport then starts the queues where they were.
+    pub fn restore(
+        binary: &Path,
+        share: Share,
+        socket: &Path,
+        saved: &BackendState,
+    ) -> Result<Self, FsDeviceError> {
+        let bad = |reason: String| FsDeviceError::BadSavedState {
+            tag: share.tag.clone(),
+            reason,
+        };
+        if saved.version != BACKEND_STATE_VERSION {
+            return Err(bad(format!(
+                "of version {} (this vessel reads version {BACKEND_STATE_VERSION})",
+                saved.version
+            )));
+        }
+        if saved.state.is_empty() {
+            return Err(bad("empty".to_string()));
+        }
+        let device = Self::start(binary, share, socket)?;
+        let tag = || device.share.tag.clone();
+        if !device.connection.state_transfer() {
+            return Err(FsDeviceError::NoStateTransfer { tag: tag() });
+        }
+        device
+            .connection
+            .load_backend_state(&saved.state, Limits::default())
+            .map_err(|source| FsDeviceError::BackendState { tag: tag(), source })?;
+        let bytes = saved.state.len();
+        tracing::info!(tag = %device.share.tag, bytes, "virtiofsd state loaded");
+        Ok(device)
     }
 }
 
@@ -221,6 +331,13 @@ impl VirtioDevice for FsDevice {
     }
     fn queue_server(&mut self) -> Option<&mut dyn QueueServer> {
         Some(self)
+    }
+    fn save_state(&self) -> DeviceState {
+        // Empty unless paused: such a state is refused on restore.
+        DeviceState::Fs(BackendState {
+            version: BACKEND_STATE_VERSION,
+            state: self.saved.clone().unwrap_or_default(),
+        })
     }
     fn reset(&mut self) {
         if let Err(e) = self.stop_queues() {
@@ -258,13 +375,27 @@ impl QueueServer for FsDevice {
                     q.index,
                     ActiveQueue {
                         layout,
+                        next_avail: q.next_avail,
                         kick: q.kick,
                         call: q.call,
                     },
                 )
             })
             .collect();
+        // The state a pause saved has been taken by now.
+        self.saved = None;
         self.activate(features, mem, &active)
             .map_err(|e| QueueServerError(Box::new(e)))
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, u16)>, PauseError> {
+        FsDevice::pause(self).map_err(|(stopped, e)| PauseError {
+            stopped,
+            error: QueueServerError(Box::new(e)),
+        })
+    }
+
+    fn save(&mut self) -> Result<(), QueueServerError> {
+        FsDevice::save(self).map_err(|e| QueueServerError(Box::new(e)))
     }
 }

@@ -223,7 +223,9 @@ impl VhostUserBackendReqHandlerMut for RequestHandler {
         Err(unsupported("GET_SHMEM_CONFIG"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
-        Err(unsupported("SET_LOG_BASE"))
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        self.core()
+            .set_log_base(file, log.mmap_size, log.mmap_offset)
+            .map_err(refused)
     }
 }

@@ -9,10 +9,11 @@
 //!   ([`memory::GuestRam`], mapped from the fds of SET_MEM_TABLE), the vrings, negotiated
 //!   features. Everything the frontend sends is validated; a bad message fails, never
 //!   the process.
-//! * A worker thread per connection (`worker`) waits on the kick eventfds (and the
-//!   device backend's fd, e.g. a NIC's) and runs `VirtioDevice::process_queue` over
-//!   vessel's own [`virtio::Queue`]; used buffers are signalled on the call eventfd as the
-//!   driver asked (EVENT_IDX or the NO_INTERRUPT flag).
+//! * A worker thread per connection (`worker`, an `event-manager` subscriber) waits on
+//!   the kick eventfds (and the device backend's fd, e.g. a NIC's) and runs
+//!   `VirtioDevice::process_queue` over vessel's own [`virtio::Queue`]; used buffers are
+//!   signalled on the call eventfd as the driver asked (EVENT_IDX or the NO_INTERRUPT
+//!   flag).
 //! * [`Backend::serve`] accepts one frontend at a time; when it disconnects, its
 //!   session (maps, rings, eventfds) is dropped, the device reset (a disk flushes) and
 //!   the next connection accepted.
@@ -47,13 +48,16 @@
 //! ```
 //!
 //! The other direction — vessel as the vhost-user *frontend* of a device served by another
-//! process — is [`frontend`] (the protocol), [`fs`] / [`fs_device`] / [`virtiofsd`]
-//! (shared folders served by virtiofsd; docs/shared-folders.md).
+//! process — is [`frontend`] (the protocol; [`backend_state`] saves and loads the
+//! backend's state), [`fs`] / [`fs_device`] / [`virtiofsd`] (shared folders served by
+//! virtiofsd; docs/shared-folders.md).
 
+pub mod backend_state;
 pub mod frontend;
 pub mod fs;
 pub mod fs_device;
 mod handler;
+pub mod log;
 pub mod memory;
 mod server;
 mod session;

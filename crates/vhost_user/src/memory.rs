@@ -89,14 +89,14 @@ pub struct GuestRam {
     regions: Vec<RegionAddrs>,
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf only reads a system constant.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096).max(1)
 }
 
 /// Whether `file` carries `F_SEAL_SHRINK` (files that do not support seals do not).
-fn sealed_against_shrinking(file: &File) -> bool {
+pub(crate) fn sealed_against_shrinking(file: &File) -> bool {
     // SAFETY: F_GET_SEALS on a descriptor `file` owns; no memory is passed.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0

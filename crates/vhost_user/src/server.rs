@@ -1,5 +1,7 @@
 //! The listening socket and the connection loop: one frontend at a time; when it goes
 //! away (or breaks the protocol) its session is dropped and the next one is accepted.
+//! Both loops wait for their socket (or the stop fd) to be readable through an
+//! `event-manager` subscriber, as every polling loop of vessel does.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -9,8 +11,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use event_manager::{
+    EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 use virtio::VirtioDevice;
+use vmm_sys_util::epoll::EventSet;
 
 use crate::handler::{lock, RequestHandler};
 use crate::session::{Core, SessionError};
@@ -82,30 +88,75 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Wait until `fd` or `stop` is readable (or hung up); returns whether `stop` is.
-fn wait_readable(fd: RawFd, stop: BorrowedFd) -> Result<bool, ServerError> {
-    let mut fds = [
-        libc::pollfd {
+/// Which fd of a [`ReadyWait`] is ready (its event's data).
+const WATCHED: u32 = 0;
+const STOP: u32 = 1;
+
+/// The subscriber of a [`ReadyWait`]: notes whether `stop` fired.
+struct ReadyWatch {
+    fd: RawFd,
+    stop: RawFd,
+    stopped: bool,
+    /// The fds `init` registers, and the first that failed.
+    registrations: eventloop::Registrations,
+}
+
+impl eventloop::Registered for ReadyWatch {
+    fn registrations(&mut self) -> &mut eventloop::Registrations {
+        &mut self.registrations
+    }
+}
+
+impl MutEventSubscriber for ReadyWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, data) in [(self.fd, WATCHED), (self.stop, STOP)] {
+            self.registrations.add(ops, fd, data, EventSet::IN);
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == STOP {
+            self.stopped = true;
+        }
+    }
+}
+
+fn poll_error(e: event_manager::Error) -> ServerError {
+    ServerError::Poll(eventloop::io_error(e))
+}
+
+/// Waits for a listener or a connection, or `stop`, to be readable: an `event-manager`
+/// loop of one subscriber watching both fds.
+struct ReadyWait {
+    manager: EventManager<ReadyWatch>,
+    id: SubscriberId,
+}
+
+impl ReadyWait {
+    fn new(fd: RawFd, stop: BorrowedFd) -> Result<Self, ServerError> {
+        let (manager, id) = eventloop::start(ReadyWatch {
             fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n >= 0 {
-            return Ok(fds[1].revents != 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(ServerError::Poll(e));
-        }
+            stop: stop.as_raw_fd(),
+            stopped: false,
+            registrations: Default::default(),
+        })
+        .map_err(ServerError::Poll)?;
+        Ok(Self { manager, id })
+    }
+
+    /// Wait until the fd or `stop` is readable (or hung up); returns whether `stop` is.
+    fn wait(&mut self) -> Result<bool, ServerError> {
+        self.manager
+            .subscriber_mut(self.id)
+            .map_err(poll_error)?
+            .stopped = false;
+        // Nothing is dispatched when a signal interrupts the wait: wait again.
+        while self.manager.run().map_err(poll_error)? == 0 {}
+        Ok(self
+            .manager
+            .subscriber_mut(self.id)
+            .map_err(poll_error)?
+            .stopped)
     }
 }
 
@@ -218,14 +269,11 @@ impl Backend {
         // Nor by leaving our replies unread.
         let _ = stream.set_write_timeout(Some(MESSAGE_TIMEOUT));
         let fd = stream.as_raw_fd();
+        let mut ready = ReadyWait::new(fd, stop)?;
         let mut connection = self.connect(stream)?;
-        let epoll = {
-            let core = lock(&self.core);
-            core.epoll().ok_or(SessionError::NoSession)?
-        };
-        let worker = Worker::spawn(self.core.clone(), epoll).map_err(ServerError::Worker)?;
+        let worker = Worker::spawn(self.core.clone()).map_err(ServerError::Worker)?;
         let end = loop {
-            match wait_readable(fd, stop) {
+            match ready.wait() {
                 Ok(true) => break Ok(ConnectionEnd::Stopped),
                 Ok(false) => {}
                 Err(e) => break Err(e),
@@ -250,8 +298,9 @@ impl Backend {
 
     /// Accept and serve frontends one at a time until `stop` is readable.
     pub fn serve(&self, listener: &UnixListener, stop: BorrowedFd) -> Result<(), ServerError> {
+        let mut ready = ReadyWait::new(listener.as_raw_fd(), stop)?;
         loop {
-            if wait_readable(listener.as_raw_fd(), stop)? {
+            if ready.wait()? {
                 return Ok(());
             }
             let stream = match listener.accept() {

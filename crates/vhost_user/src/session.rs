@@ -19,26 +19,28 @@ use virtio::{Queue, QueueError, QueueLayout, VirtioDevice, DEVICE_FEATURES_TRANS
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::log::{LogMemory, SharedHandle};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vring::{Kick, RingAddrs, Vring};
-
-/// Epoll tokens of the worker: queue kicks use the queue index.
-pub(crate) const STOP_TOKEN: u64 = u64::MAX;
-pub(crate) const WAKE_TOKEN: u64 = u64::MAX - 1;
-pub(crate) const BACKEND_TOKEN: u64 = 1 << 32;
 
 /// Most queues a device may have (pending work is a 64-bit mask).
 pub const MAX_QUEUES: usize = 64;
 
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// VHOST_F_LOG_ALL: while acked, every page the backend writes is set in the frontend's
+/// dirty log (a migration is copying guest memory).
+const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
 const DEVICE_TYPE_NET: u16 = 1;
 
 /// Protocol features the backend offers for a device of `device_type`: CONFIG except for
 /// virtio-net, whose configuration (MAC, link) the frontend provides itself (QEMU warns
-/// about a net backend offering it); the vhost crate adds REPLY_ACK itself.
+/// about a net backend offering it); the vhost crate adds REPLY_ACK itself. LOG_SHMFD:
+/// the dirty log of a migration comes as shared memory (crate::log).
 pub fn offered_protocol_features(device_type: u16) -> VhostUserProtocolFeatures {
-    let base = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+    let base = VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::LOG_SHMFD;
     if device_type == DEVICE_TYPE_NET {
         base
     } else {
@@ -92,18 +94,41 @@ pub enum SessionError {
     },
     #[error("creating the worker's epoll or eventfd: {0}")]
     Io(#[source] io::Error),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error("VHOST_F_LOG_ALL acked without a dirty log (SET_LOG_BASE comes first)")]
+    NoLogBase,
+}
+
+/// What the worker thread of a session waits on (besides its stop eventfd).
+pub(crate) struct WorkerFds {
+    /// The kick set: the rings' kick eventfds, each with its queue index as token. The
+    /// thread reading the socket adds and removes them as SET_VRING_KICK & co arrive
+    /// (epoll_ctl on a kernel epoll is safe across threads); the worker watches this
+    /// epoll's own fd, readable while a kick is pending.
+    pub kicks: Arc<Epoll>,
+    /// Written when a ring must be run soon ([`Session::wake`]).
+    pub wake: Arc<EventFd>,
+    /// The device backend's fd (a NIC's), which lives as long as the process.
+    pub backend: Option<RawFd>,
 }
 
 /// Per-connection state.
 struct Session {
-    epoll: Arc<Epoll>,
-    wake: EventFd,
+    /// The kick set ([`WorkerFds::kicks`]).
+    kicks: Arc<Epoll>,
+    wake: Arc<EventFd>,
     ram: Option<GuestRam>,
     vrings: Vec<Vring>,
     acked_features: u64,
     acked_protocol: u64,
     /// Queues to run as soon as possible (bit per queue).
     pending: u64,
+    /// The frontend's dirty log (SET_LOG_BASE), written while LOG_ALL is acked.
+    log: Option<Arc<LogMemory>>,
+    /// Whether this session turned the process's dirty log on ([`dirty_log`] is one per
+    /// process; a session that never logged never turns it off).
+    logging: bool,
 }
 
 impl Session {
@@ -120,7 +145,7 @@ impl Session {
     fn unwatch_kick(&self, vring: &Vring) {
         if let Some(fd) = vring.kick_fd() {
             let _ = self
-                .epoll
+                .kicks
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
     }
@@ -163,7 +188,8 @@ impl Core {
         if queues == 0 || queues > MAX_QUEUES {
             return Err(SessionError::QueueCount(queues));
         }
-        let offered_features = device.features() | DEVICE_FEATURES_TRANSPORT | PROTOCOL_FEATURES;
+        let offered_features =
+            device.features() | DEVICE_FEATURES_TRANSPORT | PROTOCOL_FEATURES | LOG_ALL;
         Ok(Self {
             device,
             offered_features,
@@ -173,30 +199,11 @@ impl Core {
         })
     }
 
-    /// Start a session for a new frontend; returns the epoll its worker waits on.
-    pub(crate) fn open_session(&mut self) -> Result<Arc<Epoll>, SessionError> {
+    /// Start a session for a new frontend.
+    pub(crate) fn open_session(&mut self) -> Result<(), SessionError> {
         self.close_session();
-        let epoll = Arc::new(Epoll::new().map_err(SessionError::Io)?);
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(SessionError::Io)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                wake.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, WAKE_TOKEN),
-            )
-            .map_err(SessionError::Io)?;
-        if let Some(fd) = self.backend_fd {
-            // Edge-triggered: the device drains what it can and asks to be run again
-            // when it stops early (see crates/vmm/src/io_thread.rs).
-            let events = EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(events, BACKEND_TOKEN),
-                )
-                .map_err(SessionError::Io)?;
-        }
+        let kicks = Arc::new(Epoll::new().map_err(SessionError::Io)?);
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(SessionError::Io)?);
         let vrings = self
             .device
             .queue_max_sizes()
@@ -204,26 +211,35 @@ impl Core {
             .map(|&max| Vring::new(max))
             .collect();
         self.session = Some(Session {
-            epoll: epoll.clone(),
+            kicks,
             wake,
             ram: None,
             vrings,
             acked_features: 0,
             acked_protocol: 0,
             pending: 0,
+            log: None,
+            logging: false,
         });
-        Ok(epoll)
+        Ok(())
     }
 
-    /// The epoll of the current session's worker.
-    pub(crate) fn epoll(&self) -> Option<Arc<Epoll>> {
-        self.session.as_ref().map(|s| s.epoll.clone())
+    /// What the current session's worker waits on.
+    pub(crate) fn worker_fds(&self) -> Option<WorkerFds> {
+        self.session.as_ref().map(|s| WorkerFds {
+            kicks: s.kicks.clone(),
+            wake: s.wake.clone(),
+            backend: self.backend_fd,
+        })
     }
 
     /// The frontend is gone: drop its memory, rings and fds, make the device's completed
     /// work durable (a disk flushes) and reset it.
     pub(crate) fn close_session(&mut self) {
-        if self.session.take().is_some() {
+        if let Some(session) = self.session.take() {
+            if session.logging {
+                dirty_log::stop();
+            }
             self.device.sync();
             self.device.reset();
         }
@@ -270,9 +286,48 @@ impl Core {
         if features & VERSION_1 == 0 {
             return Err(SessionError::NoVersion1);
         }
-        self.session()?.acked_features = features;
-        self.device.activate(features);
+        let session = self.session()?;
+        if features & LOG_ALL != 0 && session.log.is_none() {
+            return Err(SessionError::NoLogBase);
+        }
+        let before = std::mem::replace(&mut session.acked_features, features);
+        // A migration turns LOG_ALL on and off while the rings run: only a change of
+        // the device's own features activates it again.
+        if before & !LOG_ALL != features & !LOG_ALL {
+            self.device.activate(features & !LOG_ALL);
+        }
+        self.update_logging();
         Ok(())
+    }
+
+    /// SET_LOG_BASE: the dirty log to write while LOG_ALL is acked.
+    pub fn set_log_base(&mut self, file: File, size: u64, offset: u64) -> Result<(), SessionError> {
+        let log = LogMemory::map(file, size, offset)?;
+        self.session()?.log = Some(Arc::new(log));
+        self.update_logging();
+        Ok(())
+    }
+
+    /// Log the pages the device writes into the frontend's dirty log exactly while
+    /// LOG_ALL is acked.
+    fn update_logging(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let log = Some(&session.log)
+            .filter(|_| session.acked_features & LOG_ALL != 0)
+            .and_then(|log| log.clone());
+        match log {
+            Some(log) => {
+                dirty_log::start_shared(Box::new(SharedHandle(log)));
+                session.logging = true;
+            }
+            None if session.logging => {
+                dirty_log::stop();
+                session.logging = false;
+            }
+            None => {}
+        }
     }
 
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -300,6 +355,8 @@ impl Core {
         session.ram = None;
         session.acked_features = 0;
         session.pending = 0;
+        session.log = None;
+        self.update_logging();
         self.device.reset();
         Ok(())
     }
@@ -342,6 +399,13 @@ impl Core {
     }
 
     pub fn set_vring_addr(&mut self, index: u32, addrs: RingAddrs) -> Result<(), SessionError> {
+        // A migration sends the running rings' addresses again to turn their used-ring
+        // logging on (pages are logged by guest address whatever the flag says).
+        let i = self.check_index(index)?;
+        let vring = &self.session()?.vrings[i];
+        if vring.is_running() && vring.addrs == Some(addrs) {
+            return Ok(());
+        }
         self.stopped_vring(index)?;
         let session = self.session()?;
         // Checked now when the memory is known; in any case again when the ring starts.
@@ -391,7 +455,7 @@ impl Core {
         let kick = match fd {
             Some(fd) => {
                 let watch = set_nonblocking(&fd).and_then(|()| {
-                    session.epoll.ctl(
+                    session.kicks.ctl(
                         ControlOperation::Add,
                         fd.as_raw_fd(),
                         EpollEvent::new(EventSet::IN, i as u64),
@@ -535,12 +599,6 @@ impl Core {
         }
     }
 
-    pub(crate) fn drain_wake(&mut self) {
-        if let Some(s) = &self.session {
-            let _ = s.wake.read();
-        }
-    }
-
     /// Whether some ring must be run without waiting for an event.
     pub(crate) fn has_pending(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.pending != 0)
@@ -670,9 +728,14 @@ mod tests {
             core.set_features(offered | 1 << 60),
             Err(SessionError::UnofferedFeatures(_))
         ));
-        core.set_features(offered).unwrap();
+        // LOG_ALL is offered, but needs a dirty log first.
         assert!(matches!(
-            core.set_protocol_features(VhostUserProtocolFeatures::LOG_SHMFD.bits()),
+            core.set_features(offered),
+            Err(SessionError::NoLogBase)
+        ));
+        core.set_features(offered & !LOG_ALL).unwrap();
+        assert!(matches!(
+            core.set_protocol_features(VhostUserProtocolFeatures::PAGEFAULT.bits()),
             Err(SessionError::UnofferedProtocolFeatures(_))
         ));
         // Nothing to answer for a queue the device lacks.

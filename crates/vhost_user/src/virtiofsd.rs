@@ -8,6 +8,14 @@
 //!   default sandbox.
 //! * `readonly=on` needs `--readonly` (virtiofsd 1.11 and later); an older virtiofsd is an
 //!   error rather than a writable share.
+//! * A virtiofsd that knows `--migration-mode` (1.11 and later) runs with
+//!   `--migration-mode=find-paths --migration-on-error=guest-error`: its state, saved for
+//!   a snapshot or a migration, names the guest's inodes by their paths in the share
+//!   (which needs no CAP_DAC_READ_SEARCH, unlike file handles). An inode with no path (a
+//!   file removed from the host since, an open file the guest unlinked) does not fail the
+//!   load, which would leave a suspended VM unresumable (its source is gone): the guest
+//!   gets errors for that inode alone. An older virtiofsd runs without them and cannot
+//!   save its state: snapshots refuse such a VM.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,8 +79,17 @@ pub fn find() -> Result<PathBuf, VirtiofsdError> {
         .ok_or(VirtiofsdError::NotFound)
 }
 
-/// Whether `binary` knows `--readonly` (from its `--help`).
-pub fn supports_readonly(binary: &Path) -> Result<bool, VirtiofsdError> {
+/// The options of `binary` vessel uses that not every virtiofsd has (from its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `--readonly`.
+    pub readonly: bool,
+    /// `--migration-mode` and `--migration-on-error`: the state can be saved.
+    pub migration: bool,
+}
+
+/// Which [`Options`] `binary` knows.
+pub fn options(binary: &Path) -> Result<Options, VirtiofsdError> {
     let out = Command::new(binary)
         .arg("--help")
         .stdin(Stdio::null())
@@ -82,11 +99,20 @@ pub fn supports_readonly(binary: &Path) -> Result<bool, VirtiofsdError> {
             source,
         })?;
     let help = [out.stdout, out.stderr].concat();
-    Ok(String::from_utf8_lossy(&help).contains("--readonly"))
+    let help = String::from_utf8_lossy(&help);
+    Ok(Options {
+        readonly: help.contains("--readonly"),
+        migration: help.contains("--migration-mode") && help.contains("--migration-on-error"),
+    })
 }
 
 /// The command line for `share` served on `socket`.
-pub fn arguments(share: &Share, socket: &Path, root: bool) -> Vec<std::ffi::OsString> {
+pub fn arguments(
+    share: &Share,
+    socket: &Path,
+    root: bool,
+    options: Options,
+) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = vec![
         "--socket-path".into(),
         socket.into(),
@@ -98,6 +124,10 @@ pub fn arguments(share: &Share, socket: &Path, root: bool) -> Vec<std::ffi::OsSt
     }
     if share.readonly {
         args.push("--readonly".into());
+    }
+    if options.migration {
+        args.push("--migration-mode=find-paths".into());
+        args.push("--migration-on-error=guest-error".into());
     }
     args
 }
@@ -113,7 +143,8 @@ pub struct Virtiofsd {
 impl Virtiofsd {
     /// Start `binary` for `share` and wait until it listens on `socket`.
     pub fn start(binary: &Path, share: &Share, socket: &Path) -> Result<Self, VirtiofsdError> {
-        if share.readonly && !supports_readonly(binary)? {
+        let options = options(binary)?;
+        if share.readonly && !options.readonly {
             return Err(VirtiofsdError::NoReadonly {
                 binary: binary.to_path_buf(),
                 dir: share.dir.clone(),
@@ -122,7 +153,7 @@ impl Virtiofsd {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let child = Command::new(binary)
-            .args(arguments(share, socket, root))
+            .args(arguments(share, socket, root, options))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -216,7 +247,11 @@ mod tests {
     fn command_line() {
         let dir = tempfile::tempdir().unwrap();
         let share = Share::new(dir.path(), "t", true).unwrap();
-        let args = arguments(&share, Path::new("/run/fs.sock"), false);
+        let all = Options {
+            readonly: true,
+            migration: true,
+        };
+        let args = arguments(&share, Path::new("/run/fs.sock"), false, all);
         let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         let want = dir.path().canonicalize().unwrap();
         assert_eq!(
@@ -227,11 +262,17 @@ mod tests {
                 "--shared-dir",
                 &want.to_string_lossy(),
                 "--sandbox=namespace",
-                "--readonly"
+                "--readonly",
+                "--migration-mode=find-paths",
+                "--migration-on-error=guest-error",
             ]
         );
         let rw = Share::new(dir.path(), "t", false).unwrap();
-        assert_eq!(arguments(&rw, Path::new("/s"), true).len(), 4);
+        let old = Options {
+            readonly: false,
+            migration: false,
+        };
+        assert_eq!(arguments(&rw, Path::new("/s"), true, old).len(), 4);
     }
 
     #[test]

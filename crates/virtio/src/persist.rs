@@ -21,6 +21,8 @@ pub enum DeviceState {
     Console(crate::console::ConsoleState),
     Balloon(crate::balloon::BalloonState),
     Vsock(crate::vsock::VsockState),
+    /// virtio-fs: virtiofsd's own state.
+    Fs(crate::external::BackendState),
 }
 
 impl DeviceState {
@@ -32,6 +34,7 @@ impl DeviceState {
             DeviceState::Console(_) => Some(crate::console::DEVICE_TYPE_CONSOLE),
             DeviceState::Balloon(_) => Some(crate::balloon::DEVICE_TYPE_BALLOON),
             DeviceState::Vsock(_) => Some(crate::vsock::DEVICE_TYPE_VSOCK),
+            DeviceState::Fs(_) => Some(crate::external::DEVICE_TYPE_FS),
         }
     }
 }

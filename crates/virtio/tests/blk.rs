@@ -611,3 +611,33 @@ fn a_swapped_disk_serves_the_new_image_with_its_capacity() {
         bigger_state.bytes(DISK_SIZE + 512, 512)
     );
 }
+
+#[test]
+fn writes_and_zeroes_are_logged_for_a_disk_copy_and_reads_are_not() {
+    use std::sync::Arc;
+    use virtio::blk::written::{count, WrittenChunks, CHUNK_BYTES};
+    let (disk, _) = MemDisk::new(DISK_SIZE, false);
+    let mut block = Block::new(Box::new(disk), "x");
+    let written = Arc::new(WrittenChunks::new(DISK_SIZE as u64));
+    block.log_writes(Some(written.clone()));
+    let mut d = Driver::plug(Box::new(block));
+    d.init(Setup::default());
+    let data = d.alloc(8192, 0x5a);
+    assert_eq!(submit(&mut d, T_OUT, 8, &[Buf::r(data, 8192)]).0, S_OK);
+    let chunk_sectors = CHUNK_BYTES / 512;
+    let seg = segment(&mut d, 2 * chunk_sectors + 3, 1, 0);
+    assert_eq!(
+        submit(&mut d, T_WRITE_ZEROES, 0, &[Buf::r(seg, 16)]).0,
+        S_OK
+    );
+    let buf = d.alloc(4096, 0);
+    let read_sector = 5 * chunk_sectors;
+    assert_eq!(
+        submit(&mut d, T_IN, read_sector, &[Buf::w(buf, 4096)]).0,
+        S_OK
+    );
+    let taken = written.take();
+    assert_eq!(count(&taken), 2);
+    assert_eq!(taken[0], 0b101, "chunks 0 and 2");
+    assert_eq!(count(&written.take()), 0);
+}

@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 /// Where the guest's serial console (COM1) goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialMode {
     /// Output to stdout; stdin (raw mode when it is a terminal) is the guest's input.
     Stdio,
     /// Output appended to a file; no input.
     File(PathBuf),
     /// Discarded.
+    #[default]
     None,
     /// A background VM: output appended to `log` and copied to the client attached to the
     /// unix socket `socket`, whose input goes to the guest.
@@ -82,15 +83,25 @@ pub struct MmdsConfig {
     pub nics: Vec<usize>,
 }
 
-#[derive(Debug, Clone)]
-pub struct VmConfig {
+/// What a VM boots: its kernel, initrd and command line. A VM that comes back from saved
+/// state (a snapshot, a migration, a resume) boots nothing and has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSource {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
+}
+
+/// The machine's shape: what the guest sees and a snapshot or a migration stream
+/// records — its RAM, vCPUs, PIT and devices, each device with the host file or network
+/// backend that serves it (those are reopened, and reconnected, where the VM comes back;
+/// docs/snapshots.md). A restored VM's machine is the saved one.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
     /// Guest RAM in bytes.
     pub memory: u64,
     pub cpus: u8,
-    pub serial: SerialMode,
+    pub pit: PitMode,
     pub disks: Vec<DiskConfig>,
     /// A virtio-rng device fed from the host's getrandom.
     pub rng: bool,
@@ -98,9 +109,6 @@ pub struct VmConfig {
     pub console2: Option<PathBuf>,
     /// virtio-net interfaces, in PCI slot order after the disks.
     pub nics: Vec<net::NicConfig>,
-    pub pit: PitMode,
-    /// Whether vessel's instruction emulator stands in for KVM's (kvm_pvm hosts).
-    pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
     /// A virtio-vsock device, after the consoles in PCI slot order.
     pub vsock: Option<VsockConfig>,
     /// Shared folders (virtio-fs, each served by its own virtiofsd), after vsock in PCI
@@ -108,8 +116,37 @@ pub struct VmConfig {
     pub shares: Vec<vhost_user::fs::Share>,
     /// A virtio-balloon device, last in PCI slot order (docs/balloon.md).
     pub balloon: Option<virtio::balloon::BalloonConfig>,
+}
+
+/// What the host running the VM decides, whatever the machine: where COM1 goes, whether
+/// vessel's instruction emulator stands in for KVM's, and the metadata service. Never
+/// saved: each start, restore or migration receiver gives its own.
+#[derive(Debug, Clone, Default)]
+pub struct HostResources {
+    pub serial: SerialMode,
+    /// Whether vessel's instruction emulator stands in for KVM's (kvm_pvm hosts).
+    pub emulator_fixups: crate::emulator_fixups::EmulatorFixups,
     /// The metadata service on some of the NICs.
     pub mmds: Option<MmdsConfig>,
+    /// For a VM built from saved state: the disks (by path) whose images may follow
+    /// backing files outside their own directory (a snapshot cannot grant it; a resumed
+    /// VM's definition does). A booted VM's disks carry their own
+    /// [`DiskConfig::allow_external_backing`].
+    pub backing_grants: Vec<PathBuf>,
+    /// For a VM built from saved state: its shares with their host directories (a resumed
+    /// or arriving VM's definition gives them; a state file never names a directory). A
+    /// booted VM's shares are [`MachineConfig::shares`].
+    pub shares: Vec<vhost_user::fs::Share>,
+}
+
+/// A VM as the VMM builds it: what it boots (nothing when it comes from saved state), the
+/// machine's shape, and the host's resources. Every front end (command line, VM
+/// definition, API, snapshot) produces one, checked by [`VmConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub boot: Option<BootSource>,
+    pub machine: MachineConfig,
+    pub host: HostResources,
 }
 
 /// Most vCPUs vessel gives a VM: xAPIC ids are 8 bits and the IOAPIC takes one id.
@@ -139,27 +176,43 @@ pub enum ConfigError {
     Vsock(#[from] virtio::vsock::VsockError),
 }
 
+impl MachineConfig {
+    /// A machine of `memory` bytes and `cpus` vCPUs without devices; callers add them.
+    pub fn new(memory: u64, cpus: u8) -> Self {
+        MachineConfig {
+            memory,
+            cpus,
+            pit: PitMode::Auto,
+            disks: Vec::new(),
+            rng: false,
+            console2: None,
+            nics: Vec::new(),
+            vsock: None,
+            shares: Vec::new(),
+            balloon: None,
+        }
+    }
+}
+
+impl BootSource {
+    /// `kernel` with an empty command line and no initrd.
+    pub fn kernel(kernel: PathBuf) -> Self {
+        BootSource {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+        }
+    }
+}
+
 impl VmConfig {
     /// A VM of `memory` bytes and `cpus` vCPUs booting `kernel` with an empty command line,
     /// no initrd, no devices and no serial console; callers set the rest.
     pub fn new(kernel: PathBuf, memory: u64, cpus: u8) -> Self {
         VmConfig {
-            kernel,
-            initrd: None,
-            cmdline: String::new(),
-            memory,
-            cpus,
-            serial: SerialMode::None,
-            disks: Vec::new(),
-            rng: false,
-            console2: None,
-            nics: Vec::new(),
-            pit: PitMode::Auto,
-            emulator_fixups: Default::default(),
-            vsock: None,
-            shares: Vec::new(),
-            balloon: None,
-            mmds: None,
+            boot: Some(BootSource::kernel(kernel)),
+            machine: MachineConfig::new(memory, cpus),
+            host: HostResources::default(),
         }
     }
 
@@ -168,11 +221,12 @@ impl VmConfig {
     /// NICs, the vsock CID and socket path. Host limits (KVM's vCPU maximum, files that
     /// must exist) are checked when the VM is built.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        arch::memory_map::check_size(self.memory)?;
-        if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(ConfigError::Cpus(self.cpus));
+        let m = &self.machine;
+        arch::memory_map::check_size(m.memory)?;
+        if m.cpus == 0 || m.cpus > MAX_CPUS {
+            return Err(ConfigError::Cpus(m.cpus));
         }
-        if let Some(id) = self
+        if let Some(id) = m
             .disks
             .iter()
             .filter_map(|d| d.id.as_ref())
@@ -180,19 +234,20 @@ impl VmConfig {
         {
             return Err(ConfigError::DiskId(id.clone()));
         }
-        for (index, nic) in self.nics.iter().enumerate() {
+        for (index, nic) in m.nics.iter().enumerate() {
             nic.validate()
                 .map_err(|source| ConfigError::Nic { index, source })?;
         }
         if let Some(&index) = self
+            .host
             .mmds
             .iter()
-            .flat_map(|m| &m.nics)
-            .find(|&&i| i >= self.nics.len())
+            .flat_map(|mmds| &mmds.nics)
+            .find(|&&i| i >= m.nics.len())
         {
             return Err(ConfigError::MmdsNic(index));
         }
-        if let Some(v) = &self.vsock {
+        if let Some(v) = &m.vsock {
             virtio::vsock::check_config(v.cid, &v.uds)?;
         }
         Ok(())
@@ -204,10 +259,9 @@ mod tests {
     use super::*;
 
     fn small_vm() -> VmConfig {
-        VmConfig {
-            nics: vec![net::parse_nic("nat").unwrap()],
-            ..VmConfig::new("/k".into(), 64 << 20, 1)
-        }
+        let mut cfg = VmConfig::new("/k".into(), 64 << 20, 1);
+        cfg.machine.nics = vec![net::parse_nic("nat").unwrap()];
+        cfg
     }
 
     fn refusal(change: impl FnOnce(&mut VmConfig)) -> String {
@@ -219,12 +273,12 @@ mod tests {
     #[test]
     fn each_rule_is_named_when_broken() {
         assert!(small_vm().validate().is_ok());
-        assert!(refusal(|c| c.memory = 1 << 20).contains("at least 2M"));
-        assert!(refusal(|c| c.memory = (64 << 20) + 512).contains("4 KiB"));
-        assert!(refusal(|c| c.cpus = 0).contains("1 to 254"));
-        assert!(refusal(|c| c.cpus = 255).contains("255 vCPUs"));
+        assert!(refusal(|c| c.machine.memory = 1 << 20).contains("at least 2M"));
+        assert!(refusal(|c| c.machine.memory = (64 << 20) + 512).contains("4 KiB"));
+        assert!(refusal(|c| c.machine.cpus = 0).contains("1 to 254"));
+        assert!(refusal(|c| c.machine.cpus = 255).contains("255 vCPUs"));
         let long_id = |c: &mut VmConfig| {
-            c.disks.push(DiskConfig {
+            c.machine.disks.push(DiskConfig {
                 path: "/d".into(),
                 read_only: false,
                 id: Some("x".repeat(21)),
@@ -235,10 +289,10 @@ mod tests {
             })
         };
         assert!(refusal(long_id).contains("20 bytes"));
-        let bad_nic = |c: &mut VmConfig| c.nics[0].mode = net::NicMode::Tap("a/b".into());
+        let bad_nic = |c: &mut VmConfig| c.machine.nics[0].mode = net::NicMode::Tap("a/b".into());
         assert!(refusal(bad_nic).contains("network interface 0"));
         let vsock = |c: &mut VmConfig| {
-            c.vsock = Some(VsockConfig {
+            c.machine.vsock = Some(VsockConfig {
                 cid: 2,
                 uds: "/run/v.sock".into(),
             })

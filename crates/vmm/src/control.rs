@@ -175,7 +175,17 @@ impl VmHandle {
         self.snapshot.machine.memory >> 20
     }
 
+    /// Let the vCPUs run; devices whose servers a snapshot paused (virtiofsd) get their
+    /// queues back first.
     pub fn resume(&self) {
+        self.snapshot.devices.resume_external();
+        self.gate.set(false);
+    }
+
+    /// The VM ends: paused vCPUs are let go so that they see it and return, and nothing
+    /// else. Queue servers a snapshot paused (virtiofsd) stay paused: after a suspend or a
+    /// migration the requests they had not taken are the restored VM's to run.
+    pub(crate) fn release_vcpus_for_exit(&self) {
         self.gate.set(false);
     }
 

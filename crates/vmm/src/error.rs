@@ -52,6 +52,8 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the VM has no kernel to boot")]
+    NoBootSource,
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
     #[error(transparent)]

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 
 use devices::serial::Serial;
@@ -103,8 +103,8 @@ struct MainLoop {
     /// input queue is full.
     paused: Option<(RawFd, u32)>,
     buf: Box<[u8; 4096]>,
-    /// The first fd `init` could not register.
-    init_error: Option<event_manager::Error>,
+    /// The fds `init` registers, and the first that failed.
+    registrations: eventloop::Registrations,
 }
 
 fn watch(ops: &mut EventOps, fd: RawFd, token: u32) -> Result<(), event_manager::Error> {
@@ -113,6 +113,12 @@ fn watch(ops: &mut EventOps, fd: RawFd, token: u32) -> Result<(), event_manager:
 
 fn unwatch(ops: &mut EventOps, fd: RawFd) {
     let _ = ops.remove(Events::empty_raw(fd));
+}
+
+impl eventloop::Registered for MainLoop {
+    fn registrations(&mut self) -> &mut eventloop::Registrations {
+        &mut self.registrations
+    }
 }
 
 impl MutEventSubscriber for MainLoop {
@@ -132,9 +138,7 @@ impl MutEventSubscriber for MainLoop {
             SerialInput::None => {}
         }
         for (fd, token) in fds {
-            if let Err(e) = watch(ops, fd, token) {
-                self.init_error.get_or_insert(e);
-            }
+            self.registrations.add(ops, fd, token, EventSet::IN);
         }
     }
 
@@ -238,8 +242,7 @@ pub fn run(
     input: SerialInput,
     handle: &VmHandle,
 ) -> Result<(), EventLoopError> {
-    let mut manager = EventManager::<MainLoop>::new()?;
-    let id = manager.add_subscriber(MainLoop {
+    let (mut manager, id) = eventloop::start(MainLoop {
         exit: exit.clone(),
         signals,
         handle: handle.clone(),
@@ -247,11 +250,12 @@ pub fn run(
         input,
         paused: None,
         buf: Box::new([0; 4096]),
-        init_error: None,
-    });
-    if let Some(e) = manager.subscriber_mut(id)?.init_error.take() {
-        return Err(e.into());
-    }
+        registrations: Default::default(),
+    })
+    .map_err(|source| EventLoopError::Io {
+        what: "starting the main event loop",
+        source,
+    })?;
     loop {
         if exit.reason().is_some() {
             return Ok(());

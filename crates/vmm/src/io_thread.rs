@@ -63,8 +63,8 @@ struct QueueServer {
     processors: Vec<QueueProcessor>,
     sources: Vec<(RawFd, Source, EventSet)>,
     stopped: bool,
-    /// The first fd `init` could not register.
-    init_error: Option<event_manager::Error>,
+    /// The fds `init` registers, and the first that failed.
+    registrations: eventloop::Registrations,
 }
 
 impl QueueServer {
@@ -93,17 +93,21 @@ impl QueueServer {
             processors,
             sources,
             stopped: false,
-            init_error: None,
+            registrations: Default::default(),
         }
+    }
+}
+
+impl eventloop::Registered for QueueServer {
+    fn registrations(&mut self) -> &mut eventloop::Registrations {
+        &mut self.registrations
     }
 }
 
 impl MutEventSubscriber for QueueServer {
     fn init(&mut self, ops: &mut EventOps) {
         for &(fd, source, events) in &self.sources {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, source.encode(), events)) {
-                self.init_error.get_or_insert(e);
-            }
+            self.registrations.add(ops, fd, source.encode(), events);
         }
     }
 
@@ -141,10 +145,6 @@ pub struct IoThread {
     handle: Option<JoinHandle<()>>,
 }
 
-fn em_error(e: event_manager::Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
 impl IoThread {
     /// Start serving `processors` (one per virtio device), confined as `role`.
     pub fn spawn(
@@ -153,17 +153,8 @@ impl IoThread {
         role: confine::Role,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let mut manager = EventManager::<QueueServer>::new().map_err(em_error)?;
-        let id =
-            manager.add_subscriber(QueueServer::new(processors, backend_fds, stop.as_raw_fd()));
-        if let Some(e) = manager
-            .subscriber_mut(id)
-            .map_err(em_error)?
-            .init_error
-            .take()
-        {
-            return Err(em_error(e));
-        }
+        let (manager, id) =
+            eventloop::start(QueueServer::new(processors, backend_fds, stop.as_raw_fd()))?;
         let handle = std::thread::Builder::new()
             .name("io".into())
             .spawn(move || {

@@ -29,7 +29,10 @@ pub mod vcpu;
 pub mod vm;
 
 pub use balloon_control::BalloonControl;
-pub use config::{ConfigError, DiskConfig, MmdsConfig, PitMode, SerialMode, VmConfig, VsockConfig};
+pub use config::{
+    BootSource, ConfigError, DiskConfig, HostResources, MachineConfig, MmdsConfig, PitMode,
+    SerialMode, VmConfig, VsockConfig,
+};
 pub use control::VmHandle;
 pub use devices::{ExitReason, VmExit};
 pub use emulator_fixups::EmulatorFixups;

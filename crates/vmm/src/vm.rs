@@ -12,7 +12,7 @@ use arch::GuestMemory;
 use devices::{ExitReason, VmExit};
 
 use crate::builder::{self, RestoreMemory};
-use crate::config::VmConfig;
+use crate::config::{HostResources, VmConfig};
 use crate::console::RawTerminal;
 use crate::device_manager::DeviceManager;
 use crate::error::io_err;
@@ -48,24 +48,24 @@ impl Vm {
     }
 
     /// Recreate the VM a snapshot was taken of, with its state and `mem_file` as its RAM,
-    /// ready to run from where it was. `cfg` gives the host side (serial output, and the
+    /// ready to run from where it was. `host` gives the host side (serial output, and the
     /// disks that may follow backing files outside their directory); the machine's shape
     /// comes from the snapshot, which must already be validated.
     pub fn restore(
-        cfg: &VmConfig,
+        host: &HostResources,
         snapshot: &crate::snapshot::VmSnapshot,
         mem_file: &std::path::Path,
     ) -> Result<Self, VmError> {
-        builder::build_from_state(cfg, snapshot, RestoreMemory::File(mem_file))
+        builder::build_from_state(host, snapshot, RestoreMemory::File(mem_file))
     }
 
     /// Recreate a VM received by live migration: its state and its RAM, already filled.
     pub fn restore_received(
-        cfg: &VmConfig,
+        host: &HostResources,
         received: &crate::migration::Received,
     ) -> Result<Self, VmError> {
         builder::build_from_state(
-            cfg,
+            host,
             &received.snapshot,
             RestoreMemory::Filled(&received.mem),
         )
@@ -102,13 +102,19 @@ impl Vm {
         let _io_thread = crate::io_thread::IoThread::spawn(
             self.devices.pci.processors.clone(),
             self.devices.pci.backend_fds.clone(),
-            if self.cfg.vsock.is_some() {
+            if self.cfg.machine.vsock.is_some() {
                 confine::Role::IoVsock
             } else {
                 confine::Role::Io
             },
         )
         .map_err(io_err("starting the I/O thread"))?;
+        // A restored VM's queue servers (virtiofsd) get their queues now that its vCPUs are
+        // about to run, not while it was built (a migration's sender may still have
+        // cancelled); a VM restored paused gets them from VmHandle::resume.
+        if !self.handle.gate.is_paused() {
+            self.handle.snapshot.devices.resume_external();
+        }
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for runner in self.runners {
             let name = format!("vcpu{}", runner.id);
@@ -148,7 +154,7 @@ impl Vm {
         );
         self.stop.store(true, Ordering::Release);
         self.handle.migration.close();
-        self.handle.resume();
+        self.handle.release_vcpus_for_exit();
         self.handle.kick_vcpus();
         for t in threads {
             let _ = t.join();
@@ -158,7 +164,7 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        if let Some(uds) = self.cfg.vsock.as_ref().map(|v| &v.uds) {
+        if let Some(uds) = self.cfg.machine.vsock.as_ref().map(|v| &v.uds) {
             // Only stale from now on; a later VM would replace it anyway.
             let _ = std::fs::remove_file(uds);
         }

@@ -251,6 +251,22 @@ fn rings_start_disabled_until_enabled() {
     served.end();
 }
 
+/// `backend` serving `theirs` on a thread until the returned [`Stop`] says so.
+fn serve_on(
+    backend: &Arc<Backend>,
+    theirs: UnixStream,
+) -> (Stop, std::thread::JoinHandle<ConnectionEnd>) {
+    let stop = Stop::new();
+    let stop_rx = stop.rx.try_clone().unwrap();
+    let backend = backend.clone();
+    let server = std::thread::spawn(move || {
+        backend
+            .serve_connection(theirs, std::os::fd::AsFd::as_fd(&stop_rx))
+            .unwrap()
+    });
+    (stop, server)
+}
+
 /// QEMU's vhost-user-net enables rings before SET_FEATURES acknowledged
 /// VHOST_USER_F_PROTOCOL_FEATURES and does not repeat it after starting them.
 #[test]
@@ -259,16 +275,7 @@ fn vring_enable_before_set_features_counts() {
     let dir = tempfile::tempdir().unwrap();
     let backend = blk_backend(&disk_image(dir.path()));
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let stop = Stop::new();
-    let stop_rx = stop.rx.try_clone().unwrap();
-    let server = {
-        let backend = backend.clone();
-        std::thread::spawn(move || {
-            backend
-                .serve_connection(theirs, std::os::fd::AsFd::as_fd(&stop_rx))
-                .unwrap()
-        })
-    };
+    let (stop, server) = serve_on(&backend, theirs);
     // SET_VRING_ENABLE (18), version 1, 8-byte body: queue 0, enable.
     let mut raw = Vec::new();
     for word in [18u32, 1, 8, 0, 1] {
@@ -286,4 +293,118 @@ fn vring_enable_before_set_features_counts() {
     ring.wait_used(&guest.mem, 1);
     stop.stop();
     assert!(matches!(server.join().unwrap(), ConnectionEnd::Stopped));
+}
+
+/// A ring without a kick fd (VHOST_USER_VRING_NOFD_MASK) is polled by the worker: its
+/// requests run though nobody kicks.
+#[test]
+fn a_ring_without_a_kick_fd_is_polled() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blk_backend(&disk_image(dir.path()));
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let raw = ours.try_clone().unwrap();
+    let (stop, server) = serve_on(&backend, theirs);
+    let mut fe = Frontend::from_stream(ours, 64);
+    negotiate(&mut fe);
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()]).unwrap();
+    let mut ring = Ring::new(0, QUEUE_SIZE);
+    let call = EventFd::new(EFD_NONBLOCK).unwrap();
+    fe.set_vring_num(0, ring.size).unwrap();
+    fe.set_vring_base(0, 0).unwrap();
+    fe.set_vring_addr(0, &ring.config()).unwrap();
+    fe.set_vring_call(0, &call).unwrap();
+    // SET_VRING_KICK (12), version 1, no reply asked, 8-byte body: queue 0 | NOFD (0x100).
+    let mut msg = Vec::new();
+    for word in [12u32, 1, 8, 0x100, 0] {
+        msg.extend_from_slice(&word.to_le_bytes());
+    }
+    (&raw).write_all(&msg).unwrap();
+    // Acknowledged, so handled after the kick message.
+    fe.set_vring_enable(0, true).unwrap();
+    for n in 1..=3 {
+        request(&guest, &mut ring, T_IN, 0);
+        ring.wait_used(&guest.mem, n);
+        assert_eq!(status(&guest), 0);
+    }
+    assert!(readable(&call, 5000), "no interrupt");
+    stop.stop();
+    assert!(matches!(server.join().unwrap(), ConnectionEnd::Stopped));
+}
+
+/// The log bits of a dirty log of `len` bytes in `file`.
+fn log_bits(file: &std::fs::File, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
+fn page_logged(log: &[u8], addr: u64) -> bool {
+    let page = (addr / 4096) as usize;
+    log[page / 8] & (1 << (page % 8)) != 0
+}
+
+/// A migrating frontend (QEMU): LOG_SHMFD negotiated, SET_LOG_BASE with a sealed memfd,
+/// LOG_ALL acked and the ring's addresses sent again while it runs. The pages the backend
+/// writes (data read from the disk, the status byte, the used ring) are set in the log;
+/// the header it only reads is not; with LOG_ALL off again nothing more is logged.
+#[test]
+fn pages_the_backend_writes_are_logged_while_log_all_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = blk_backend(&disk_image(dir.path()));
+    let (mut fe, served) = serve(&backend);
+    fe.set_owner().unwrap();
+    let offered = fe.get_features().unwrap();
+    let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
+    assert_ne!(offered & log_all, 0, "LOG_ALL is offered");
+    fe.set_features(offered & !log_all).unwrap();
+    let proto = fe.get_protocol_features().unwrap();
+    assert!(proto.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+    let wanted = VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::LOG_SHMFD;
+    fe.set_protocol_features(proto & wanted).unwrap();
+    // Every later message is acked, so the backend has handled it when the call returns.
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let guest = Guest::new();
+    fe.set_mem_table(&[guest.region()]).unwrap();
+    let mut ring = Ring::new(0, QUEUE_SIZE);
+    let (kick, call) = start_ring(&mut fe, 0, &ring);
+
+    let log_len = 4096usize;
+    let log = memfd(log_len as u64);
+    let region = vhost::VhostUserDirtyLogRegion {
+        mmap_size: log_len as u64,
+        mmap_offset: 0,
+        mmap_handle: log.as_raw_fd(),
+    };
+    fe.set_log_base(0, Some(region)).unwrap();
+    fe.set_features(offered).unwrap();
+    fe.set_vring_addr(0, &ring.config()).unwrap();
+    request(&guest, &mut ring, T_IN, 0);
+    kick.write(1).unwrap();
+    assert!(readable(&call, 5000), "no interrupt");
+    ring.wait_used(&guest.mem, 1);
+    let bits = log_bits(&log, log_len);
+    assert!(page_logged(&bits, DATA), "the data read from the disk");
+    assert!(page_logged(&bits, STATUS), "the status byte");
+    assert!(
+        page_logged(&bits, ring.config().used_ring_addr - FRONTEND_VA),
+        "the used ring"
+    );
+    assert!(!page_logged(&bits, HEADER), "the header is only read");
+
+    fe.set_features(offered & !log_all).unwrap();
+    log.write_all_at(&vec![0; log_len], 0).unwrap();
+    // EVENT_IDX: the driver here never moves used_event, so no second interrupt.
+    request(&guest, &mut ring, T_IN, 8);
+    kick.write(1).unwrap();
+    ring.wait_used(&guest.mem, 2);
+    assert!(
+        !page_logged(&log_bits(&log, log_len), DATA),
+        "logged without LOG_ALL"
+    );
+    drop(fe);
+    served.join();
 }

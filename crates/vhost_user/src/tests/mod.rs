@@ -1,12 +1,14 @@
 //! In-process tests: the vhost crate's frontend drives a [`Backend`] over a unix socket,
 //! with a memfd as guest memory that both sides map, and a split ring written by hand.
 
+mod backend_state;
 mod blk;
 mod frontend;
 mod fs_transport;
 mod hostile;
 mod net;
 mod virtiofsd;
+mod virtiofsd_state;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
@@ -15,7 +17,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
@@ -240,11 +244,12 @@ pub fn serve(backend: &Arc<Backend>) -> (Frontend, Served) {
     (frontend, served)
 }
 
-/// Negotiate like QEMU: all offered features, CONFIG / MQ / REPLY_ACK, and every later
-/// message asks for an ack (so a refused message is an error here).
+/// Negotiate like QEMU: all offered features but LOG_ALL (acked only while migrating),
+/// CONFIG / MQ / REPLY_ACK, and every later message asks for an ack (so a refused message
+/// is an error here).
 pub fn negotiate(fe: &mut Frontend) -> u64 {
     fe.set_owner().unwrap();
-    let features = fe.get_features().unwrap();
+    let features = fe.get_features().unwrap() & !VhostUserVirtioFeatures::LOG_ALL.bits();
     fe.set_features(features).unwrap();
     let proto = fe.get_protocol_features().unwrap();
     let needed = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;

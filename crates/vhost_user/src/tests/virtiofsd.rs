@@ -20,10 +20,10 @@ use crate::virtiofsd;
 
 pub(super) const REQ: u64 = 0x20000;
 pub(super) const REPLY: u64 = 0x30000;
-const FUSE_LOOKUP: u32 = 1;
+pub(super) const FUSE_LOOKUP: u32 = 1;
 pub(super) const FUSE_INIT: u32 = 26;
 const FUSE_CREATE: u32 = 35;
-const ROOT_NODE: u64 = 1;
+pub(super) const ROOT_NODE: u64 = 1;
 
 pub(super) fn binary() -> Option<std::path::PathBuf> {
     match virtiofsd::find() {
@@ -47,7 +47,7 @@ pub(super) fn in_header(len: usize, opcode: u32, unique: u64, node: u64) -> Vec<
 }
 
 /// Send one FUSE request on the request ring; the reply's error and bytes.
-fn fuse(t: &mut Started, req: &[u8]) -> (i32, Vec<u8>) {
+pub(super) fn fuse(t: &mut Started, req: &[u8]) -> (i32, Vec<u8>) {
     let (guest, ring) = (&t.guest, &mut t.rings[1]);
     let (kick, call) = &t.fds[1];
     guest.mem.write_slice(req, GuestAddress(REQ)).unwrap();
@@ -71,14 +71,45 @@ fn fuse(t: &mut Started, req: &[u8]) -> (i32, Vec<u8>) {
 }
 
 /// A device for `share` activated with both queues, FUSE initialised.
-struct Started {
-    device: FsDevice,
-    guest: Guest,
-    rings: [Ring; 2],
-    fds: Vec<(EventFd, EventFd)>,
+pub(super) struct Started {
+    pub device: FsDevice,
+    pub guest: Guest,
+    pub rings: [Ring; 2],
+    pub fds: Vec<(EventFd, EventFd)>,
 }
 
-fn start(binary: &std::path::Path, share: Share, socket: &std::path::Path) -> Started {
+/// The queues of `rings` as the device takes them, each at its index in `bases` (0 when
+/// absent).
+pub(super) fn active_queues<'a>(
+    rings: &[Ring; 2],
+    fds: &'a [(EventFd, EventFd)],
+    bases: &[(usize, u16)],
+) -> Vec<(usize, ActiveQueue<'a>)> {
+    rings
+        .iter()
+        .enumerate()
+        .map(|(i, ring)| {
+            let c = ring.config();
+            let layout = RingLayout {
+                size: c.queue_size,
+                desc: c.desc_table_addr - FRONTEND_VA,
+                avail: c.avail_ring_addr - FRONTEND_VA,
+                used: c.used_ring_addr - FRONTEND_VA,
+            };
+            let next_avail = bases.iter().find(|b| b.0 == i).map_or(0, |b| b.1);
+            let (kick, call) = &fds[i];
+            let queue = ActiveQueue {
+                layout,
+                next_avail,
+                kick,
+                call,
+            };
+            (i, queue)
+        })
+        .collect()
+}
+
+pub(super) fn start(binary: &std::path::Path, share: Share, socket: &std::path::Path) -> Started {
     let mut device = FsDevice::start(binary, share, socket).unwrap();
     assert_eq!(device.device_type(), 26);
     assert_eq!(device.queue_max_sizes().len(), 2);
@@ -91,21 +122,7 @@ fn start(binary: &std::path::Path, share: Share, socket: &std::path::Path) -> St
             (kick, EventFd::new(EFD_NONBLOCK).unwrap())
         })
         .collect();
-    let queues: Vec<(usize, ActiveQueue<'_>)> = rings
-        .iter()
-        .enumerate()
-        .map(|(i, ring)| {
-            let c = ring.config();
-            let layout = RingLayout {
-                size: c.queue_size,
-                desc: c.desc_table_addr - FRONTEND_VA,
-                avail: c.avail_ring_addr - FRONTEND_VA,
-                used: c.used_ring_addr - FRONTEND_VA,
-            };
-            let (kick, call) = &fds[i];
-            (i, ActiveQueue { layout, kick, call })
-        })
-        .collect();
+    let queues = active_queues(&rings, &fds, &[]);
     // The device hands virtiofsd the real mapping of guest memory.
     device.activate(VERSION_1, &guest.mem, &queues).unwrap();
     drop(queues);

@@ -2,6 +2,9 @@
 
 mod bounce;
 mod request;
+pub mod written;
+
+use std::sync::Arc;
 
 use block::DiskImage;
 use virtio_bindings::virtio_blk::{
@@ -16,6 +19,7 @@ use crate::drain::drain_admitted;
 use crate::queue::{Queue, QueueError, Segment};
 use crate::rate_limiter::RateLimiterHandle;
 use bounce::BounceBuffer;
+use written::WrittenChunks;
 
 /// Bytes per virtio-blk sector (fixed by the spec, whatever `blk_size` says).
 pub const SECTOR_SIZE: u64 = 512;
@@ -59,6 +63,8 @@ pub struct Block {
     honour_flush: bool,
     /// Requests wait while it is short of bytes or operations.
     rate_limiter: Option<RateLimiterHandle>,
+    /// While a migration copies the disk: the chunks the guest changed.
+    written: Option<Arc<WrittenChunks>>,
 }
 
 impl Block {
@@ -102,6 +108,7 @@ impl Block {
             data_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             honour_flush: true,
             rate_limiter: None,
+            written: None,
         }
     }
 
@@ -126,7 +133,38 @@ impl Block {
         self.config[..8].copy_from_slice(&capacity.to_le_bytes());
         self.capacity_bytes = capacity * SECTOR_SIZE;
         self.disk = disk;
+        if let Some(written) = &self.written {
+            written.mark_all();
+        }
         Ok(())
+    }
+
+    /// The disk's size in bytes, as the guest sees it.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// From now on (`Some`) every write, discard and write-zeroes marks the chunks it
+    /// touched in `written`, done or failed; `None` stops it.
+    pub fn log_writes(&mut self, written: Option<Arc<WrittenChunks>>) {
+        self.written = written;
+    }
+
+    /// Reads the image between requests (a migration copying the disk).
+    pub fn read_image(&mut self, buf: &mut [u8], offset: u64) -> block::Result<()> {
+        self.disk.read_at(buf, offset)
+    }
+
+    /// Which parts of `len` bytes at `offset` hold data, read as zeroes or come from a
+    /// backing file.
+    pub fn image_allocation(&mut self, offset: u64, len: u64) -> block::Result<Vec<block::Extent>> {
+        self.disk.allocation(offset, len)
+    }
+
+    fn mark_written(&self, offset: u64, len: u64) {
+        if let Some(written) = &self.written {
+            written.mark(offset, len);
+        }
     }
 
     /// Requests go through `limiter` (one operation each, and the bytes they move).

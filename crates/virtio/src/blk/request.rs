@@ -83,7 +83,9 @@ impl Block {
                 }
                 let len = reader.remaining();
                 let offset = self.data_range(sector, len)?;
-                self.write_from(offset, len, reader)
+                let result = self.write_from(offset, len, reader);
+                self.mark_written(offset, len);
+                result
             }
             VIRTIO_BLK_T_FLUSH => {
                 if reader.remaining() != 0 || writer.remaining() != 0 {
@@ -201,6 +203,7 @@ impl Block {
             } else {
                 self.disk.write_zeroes(offset, len)
             };
+            self.mark_written(offset, len);
             result.map_err(|_| IOERR)?;
         }
         Ok(())

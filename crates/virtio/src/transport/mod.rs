@@ -86,6 +86,9 @@ pub struct VirtioPciDevice {
     queues: Vec<QueueRegs>,
     pci_cfg_cap: usize,
     device_config_len: u64,
+    /// A snapshot paused the device's queue server ([`crate::external`]), or the device
+    /// was restored: the server gets its queues when the VM's vCPUs run.
+    external_paused: bool,
 }
 
 impl VirtioPciDevice {
@@ -175,6 +178,7 @@ impl VirtioPciDevice {
             queues: max_sizes.into_iter().map(QueueRegs::new).collect(),
             pci_cfg_cap,
             device_config_len,
+            external_paused: false,
         })
     }
 
@@ -263,7 +267,7 @@ impl VirtioPciDevice {
                 lock(&self.shared.device).activate(self.driver_features);
                 self.shared.driver_ok.store(true, Ordering::SeqCst);
                 if self.shared.is_external() {
-                    self.start_external();
+                    self.start_external(false);
                 }
                 // Requests may have been queued (and kicked) before DRIVER_OK.
                 for evt in &self.shared.notifiers {

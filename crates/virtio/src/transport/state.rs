@@ -86,6 +86,8 @@ pub enum StateError {
     Interrupt,
     #[error("driver features {0:#x} include ones the device does not offer")]
     Features(u64),
+    #[error(transparent)]
+    External(crate::external::QueueServerError),
 }
 
 impl VirtioPciDevice {
@@ -137,65 +139,8 @@ impl VirtioPciDevice {
     /// the driver had set DRIVER_OK, and every enabled ring resumed at its saved index.
     /// The device model's own state is not applied here (see [`TransportArgs`]).
     pub fn restore_registers(&mut self, state: &VirtioPciState) -> Result<(), StateError> {
-        if state.version != TRANSPORT_STATE_VERSION {
-            return Err(StateError::Version {
-                found: state.version,
-            });
-        }
-        let expected = lock(&self.shared.device).device_type();
-        if state.device_type != expected {
-            return Err(StateError::DeviceType {
-                found: state.device_type,
-                expected,
-            });
-        }
-        if let Some(found) = state.device.device_type().filter(|&t| t != expected) {
-            return Err(StateError::DeviceStateType { found, expected });
-        }
-        if state.queues.len() != self.queues.len() {
-            return Err(StateError::QueueCount {
-                found: state.queues.len(),
-                expected: self.queues.len(),
-            });
-        }
-        if state.driver_features & !self.device_features != 0 {
-            return Err(StateError::Features(state.driver_features));
-        }
-        let event_idx = state.driver_features & RING_EVENT_IDX != 0;
-        let indirect = state.driver_features & RING_INDIRECT_DESC != 0;
-        let mut rings = Vec::with_capacity(state.queues.len());
-        for (index, (saved, regs)) in state.queues.iter().zip(&self.queues).enumerate() {
-            if saved.size > regs.max_size {
-                return Err(StateError::Queue {
-                    index,
-                    reason: format!("size {} above the maximum {}", saved.size, regs.max_size),
-                });
-            }
-            let ring = if saved.enabled {
-                let layout = QueueLayout {
-                    size: saved.size,
-                    desc: saved.desc,
-                    avail: saved.driver,
-                    used: saved.device,
-                };
-                Some(
-                    Queue::resume(
-                        &self.shared.mem,
-                        layout,
-                        event_idx,
-                        indirect,
-                        saved.next_avail,
-                    )
-                    .map_err(|e| StateError::Queue {
-                        index,
-                        reason: e.to_string(),
-                    })?,
-                )
-            } else {
-                None
-            };
-            rings.push(ring);
-        }
+        self.check_state(state)?;
+        let rings = self.resume_saved_rings(state)?;
         // Each restore checks before it changes anything; a failure here fails the whole
         // VM restore, which discards the device.
         if !self.shared.interrupt.restore(&state.interrupt) {
@@ -232,14 +177,97 @@ impl VirtioPciDevice {
             .needs_reset
             .store(state.needs_reset, Ordering::SeqCst);
         if state.status & status::DRIVER_OK != 0 {
-            lock(&self.shared.device).activate(state.driver_features);
-            self.shared.driver_ok.store(true, Ordering::SeqCst);
+            self.restore_driver_ok(state);
+        }
+        Ok(())
+    }
+
+    /// `state` (untrusted) fits this device: version, device type, queue count, features.
+    fn check_state(&self, state: &VirtioPciState) -> Result<(), StateError> {
+        if state.version != TRANSPORT_STATE_VERSION {
+            return Err(StateError::Version {
+                found: state.version,
+            });
+        }
+        let expected = lock(&self.shared.device).device_type();
+        if state.device_type != expected {
+            return Err(StateError::DeviceType {
+                found: state.device_type,
+                expected,
+            });
+        }
+        if let Some(found) = state.device.device_type().filter(|&t| t != expected) {
+            return Err(StateError::DeviceStateType { found, expected });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(StateError::QueueCount {
+                found: state.queues.len(),
+                expected: self.queues.len(),
+            });
+        }
+        if state.driver_features & !self.device_features != 0 {
+            return Err(StateError::Features(state.driver_features));
+        }
+        Ok(())
+    }
+
+    /// Each of `state`'s enabled rings resumed at its saved index (checked against guest
+    /// memory and this device's queue sizes); nothing is changed yet.
+    fn resume_saved_rings(&self, state: &VirtioPciState) -> Result<Vec<Option<Queue>>, StateError> {
+        let event_idx = state.driver_features & RING_EVENT_IDX != 0;
+        let indirect = state.driver_features & RING_INDIRECT_DESC != 0;
+        let mut rings = Vec::with_capacity(state.queues.len());
+        for (index, (saved, regs)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if saved.size > regs.max_size {
+                return Err(StateError::Queue {
+                    index,
+                    reason: format!("size {} above the maximum {}", saved.size, regs.max_size),
+                });
+            }
+            let ring = if saved.enabled {
+                let layout = QueueLayout {
+                    size: saved.size,
+                    desc: saved.desc,
+                    avail: saved.driver,
+                    used: saved.device,
+                };
+                Some(
+                    Queue::resume(
+                        &self.shared.mem,
+                        layout,
+                        event_idx,
+                        indirect,
+                        saved.next_avail,
+                    )
+                    .map_err(|e| StateError::Queue {
+                        index,
+                        reason: e.to_string(),
+                    })?,
+                )
+            } else {
+                None
+            };
+            rings.push(ring);
+        }
+        Ok(rings)
+    }
+
+    /// A restored device the driver had set DRIVER_OK on: activated with the negotiated
+    /// features; its queues looked at (a server's given to it when the vCPUs run).
+    fn restore_driver_ok(&mut self, state: &VirtioPciState) {
+        lock(&self.shared.device).activate(state.driver_features);
+        self.shared.driver_ok.store(true, Ordering::SeqCst);
+        if self.shared.is_external() {
+            // A server (virtiofsd) takes its queues at the saved indices, and is kicked,
+            // only when the vCPUs run (resume_external): not while a migrated VM waits
+            // for the sender's go, which may never come.
+            self.external_paused = !state.needs_reset;
+        } else {
             // Requests the driver queued before the snapshot get looked at.
             for evt in &self.shared.notifiers {
                 let _ = evt.write(1);
             }
         }
-        Ok(())
     }
 }
 

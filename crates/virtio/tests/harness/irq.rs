@@ -18,7 +18,9 @@ impl Default for RecordingMsi {
         Self {
             fired: Mutex::default(),
             routes: Mutex::default(),
-            irqfds: (0..16).map(|_| EventFd::new(0).unwrap()).collect(),
+            irqfds: (0..16)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect(),
         }
     }
 }

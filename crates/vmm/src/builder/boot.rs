@@ -8,11 +8,12 @@ use arch::memory_map::RamLayout;
 use arch::GuestMemory;
 
 use super::boot_files::{read_boot_file, MAX_INITRD_BYTES, MAX_KERNEL_BYTES};
-use crate::config::VmConfig;
+use crate::config::{BootSource, VmConfig};
 use crate::error::VmError;
 
 /// The kernel and initrd of a VM about to boot.
 pub(crate) struct BootImages {
+    source: BootSource,
     kernel: Vec<u8>,
     initrd: Option<Vec<u8>>,
 }
@@ -27,16 +28,21 @@ impl BootImages {
     /// Reads `cfg`'s kernel and initrd (regular files of bounded size; the initrd must fit
     /// in guest RAM).
     pub fn read(cfg: &VmConfig) -> Result<Self, VmError> {
-        let kernel = read_boot_file(&cfg.kernel, "kernel", MAX_KERNEL_BYTES)?;
-        let initrd = match &cfg.initrd {
+        let source = cfg.boot.clone().ok_or(VmError::NoBootSource)?;
+        let kernel = read_boot_file(&source.kernel, "kernel", MAX_KERNEL_BYTES)?;
+        let initrd = match &source.initrd {
             Some(p) => Some(read_boot_file(
                 p,
                 "initrd",
-                MAX_INITRD_BYTES.min(cfg.memory),
+                MAX_INITRD_BYTES.min(cfg.machine.memory),
             )?),
             None => None,
         };
-        Ok(Self { kernel, initrd })
+        Ok(Self {
+            source,
+            kernel,
+            initrd,
+        })
     }
 
     /// Writes the ACPI and MP tables and loads the kernel, initrd and command line into
@@ -50,13 +56,14 @@ impl BootImages {
         // The PCI host bridge (`\_SB_.PCI0`) and its ECAM window (MCFG): without them an
         // ACPI guest such as Linux scans no PCI bus and sees none of the virtio devices.
         let acpi = arch::acpi::AcpiConfig {
-            cpus: cfg.cpus,
+            cpus: cfg.machine.cpus,
             extra_dsdt: arch::acpi_pci::host_bridge_aml(arch::layout::PCI_ECAM_START),
             extra_tables: vec![arch::acpi_pci::mcfg(arch::layout::PCI_ECAM_START)],
         };
         let acpi = arch::acpi::setup_acpi(mem, &acpi)?;
-        arch::mptable::setup_mptable(mem, cfg.cpus)?;
-        let initrd_name = cfg
+        arch::mptable::setup_mptable(mem, cfg.machine.cpus)?;
+        let initrd_name = self
+            .source
             .initrd
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
@@ -68,15 +75,15 @@ impl BootImages {
                 kernel: &self.kernel,
                 initrd: self.initrd.as_deref(),
                 initrd_name: &initrd_name,
-                kernel_name: &cfg.kernel.to_string_lossy(),
-                cmdline: &cfg.cmdline,
+                kernel_name: &self.source.kernel.to_string_lossy(),
+                cmdline: &self.source.cmdline,
                 rsdp_addr: acpi.rsdp_addr,
                 acpi_end: acpi.end,
             },
         )?;
         Ok(BootEntry {
             entry: boot.entry,
-            with_pit: cfg.pit.wanted(boot.format),
+            with_pit: cfg.machine.pit.wanted(boot.format),
         })
     }
 }

@@ -26,7 +26,7 @@ use arch::memory_map::RamLayout;
 use arch::GuestMemory;
 use devices::VmExit;
 
-use crate::config::VmConfig;
+use crate::config::{HostResources, VmConfig};
 use crate::device_manager::{AttachArgs, DeviceManager, PendingDevices};
 use crate::error::{io_err, VmError};
 use crate::snapshot::{restored_config, with_nic_macs, VmSnapshot};
@@ -64,8 +64,8 @@ fn open_host_side(
     cfg: &VmConfig,
     saved: Option<&crate::snapshot::DeviceStates>,
 ) -> Result<(SerialOutput, Kvm, PendingDevices), VmError> {
-    let serial = SerialOutput::open(&cfg.serial)?;
-    let kvm = kvm::open_kvm(cfg.cpus)?;
+    let serial = SerialOutput::open(&cfg.host.serial)?;
+    let kvm = kvm::open_kvm(cfg.machine.cpus)?;
     let devices = DeviceManager::open(cfg, saved)?;
     Ok((serial, kvm, devices))
 }
@@ -90,16 +90,20 @@ pub fn build_for_boot(cfg: &VmConfig) -> Result<Vm, VmError> {
 /// backing files); the machine's shape comes from the snapshot, which must already be
 /// validated.
 pub fn build_from_state(
-    host: &VmConfig,
+    host: &HostResources,
     snapshot: &VmSnapshot,
     memory: RestoreMemory<'_>,
 ) -> Result<Vm, VmError> {
     snapshot.check_disk_files()?;
     let cfg = restored_config(host, &snapshot.machine)?;
     cfg.validate()?;
-    let machine = prepare(cfg, Some(&snapshot.devices), |_, layout| match memory {
+    let machine = prepare(cfg, Some(&snapshot.devices), |cfg, layout| match memory {
         // Laid out by the receiver from the same machine (`RamLayout` of its size).
         RestoreMemory::Filled(mem) => Ok(mem.clone()),
+        // virtiofsd maps the RAM of a VM with shares: a shared memfd, the file copied in.
+        RestoreMemory::File(path) if !cfg.machine.shares.is_empty() => Ok(
+            crate::snapshot::restore_shared_memory(&ranges(layout), path)?,
+        ),
         RestoreMemory::File(path) => Ok(crate::snapshot::restore_memory(&ranges(layout), path)?.0),
     })?;
     finish(machine, Start::Restore(snapshot))
@@ -111,7 +115,7 @@ fn prepare(
     saved: Option<&crate::snapshot::DeviceStates>,
     memory: impl FnOnce(&VmConfig, &RamLayout) -> Result<GuestMemory, VmError>,
 ) -> Result<Machine, VmError> {
-    let layout = RamLayout::new(cfg.memory)?;
+    let layout = RamLayout::new(cfg.machine.memory)?;
     let (serial, kvm, pending) = open_host_side(&cfg, saved)?;
     let vm = kvm::create_vm(&kvm)?;
     let mem = memory(&cfg, &layout)?;
@@ -208,9 +212,9 @@ fn ranges(layout: &RamLayout) -> Vec<(vm_memory::GuestAddress, usize)> {
 /// virtiofsd has to map it too.
 fn fresh_memory(cfg: &VmConfig, layout: &RamLayout) -> Result<GuestMemory, VmError> {
     let ranges = ranges(layout);
-    if cfg.shares.is_empty() {
+    if cfg.machine.shares.is_empty() {
         GuestMemory::from_ranges(&ranges).map_err(|source| VmError::GuestMemory {
-            size: cfg.memory,
+            size: cfg.machine.memory,
             source,
         })
     } else {
@@ -238,7 +242,7 @@ fn assemble(parts: Parts) -> Vm {
         devices: devices.device_set(),
         machine: crate::snapshot::machine_state(&cfg, with_pit),
         xsave2_size: vcpus.xsave2_size,
-        unsupported_device: crate::device_manager::virtio_devices::unsupported_device(&cfg),
+        unsupported_device: devices.shares.unsupported(),
     };
     let handle = crate::control::VmHandle {
         exit: exit.clone(),

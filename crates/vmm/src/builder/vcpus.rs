@@ -38,7 +38,7 @@ pub(crate) struct VcpuArgs<'a> {
 }
 
 impl Vcpus {
-    /// Creates `cfg.cpus` vCPUs; vCPU 0 starts at `entry` when given.
+    /// Creates `cfg.machine.cpus` vCPUs; vCPU 0 starts at `entry` when given.
     pub fn create(args: VcpuArgs<'_>, entry: Option<EntryMode>) -> Result<Self, VmError> {
         let VcpuArgs {
             kvm,
@@ -61,14 +61,22 @@ impl Vcpus {
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(PauseGate::default());
         let xsave2_size = usize::try_from(vm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
-        let fallback = cfg.emulator_fixups.fallback();
-        let mut runners = Vec::with_capacity(usize::from(cfg.cpus));
-        for id in 0..cfg.cpus {
+        let fallback = cfg.host.emulator_fixups.fallback();
+        let mut runners = Vec::with_capacity(usize::from(cfg.machine.cpus));
+        for id in 0..cfg.machine.cpus {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let entry = if id == 0 { entry } else { None };
-            vcpu::configure(&fd, id, cfg.cpus, &supported, tsc_deadline, mem, entry)?;
+            vcpu::configure(
+                &fd,
+                id,
+                cfg.machine.cpus,
+                &supported,
+                tsc_deadline,
+                mem,
+                entry,
+            )?;
             runners.push(VcpuRunner {
                 id,
                 vcpu: fd,

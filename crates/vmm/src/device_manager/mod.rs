@@ -81,8 +81,9 @@ impl DeviceManager {
     pub fn open(cfg: &VmConfig, saved: Option<&DeviceStates>) -> Result<PendingDevices, VmError> {
         let saved_virtio = saved.map(|s| s.virtio.as_slice());
         let mut virtio = virtio_devices::virtio_devices(cfg, saved_virtio)?;
-        // virtiofsd starts now, before the VMM is confined.
-        let (share_devices, shares) = crate::shares::start(&cfg.shares)?;
+        // virtiofsd starts now, before the VMM is confined; restored, it loads its state.
+        let saved_shares = saved_virtio.map(|states| (states, virtio.devices.len()));
+        let (share_devices, shares) = crate::shares::start(&cfg.machine.shares, saved_shares)?;
         virtio.devices.extend(share_devices);
         Ok(PendingDevices { virtio, shares })
     }
@@ -159,6 +160,28 @@ impl DeviceSet {
             virtio: Vec::new(),
         };
         with_frozen_virtio(&self.virtio, legacy, f)
+    }
+
+    /// Before the states are taken: each device whose queues another process serves
+    /// (virtio-fs) takes them back and has its server save its state. The VM's resume
+    /// calls [`resume_external`](Self::resume_external).
+    pub fn pause_external(&self) -> Result<(), crate::snapshot::SnapshotError> {
+        for (index, device) in self.virtio.iter().enumerate() {
+            lock(device).pause_external().map_err(|source| {
+                crate::snapshot::SnapshotError::External {
+                    slot: index + 1,
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The VM runs again: the servers a snapshot paused get their queues back.
+    pub fn resume_external(&self) {
+        for device in &self.virtio {
+            lock(device).resume_external();
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The virtio device models a VM is built with, new or from a snapshot's saved states,
-//! in PCI slot order, with the rate limiters of its disks and NICs; and which of them
-//! snapshots cannot save. A `nat` NIC carries the relay of run-time port forwards.
+//! in PCI slot order, with the rate limiters of its disks and NICs. A `nat` NIC carries the
+//! relay of run-time port forwards. (The shares' devices, which follow, are
+//! [`crate::shares`]'; a share whose virtiofsd cannot save its state is what snapshots
+//! refuse.)
 
 use virtio::rate_limiter::RateLimiterHandle;
 
@@ -51,20 +53,8 @@ impl Limiters {
     }
 }
 
-/// The first device of `cfg` whose state snapshots do not save: virtio-fs, whose
-/// virtiofsd cannot save its open files (a restored guest would hold stale FUSE handles).
-/// (virtio-vsock is saved without its connections; the guest is told they are gone.)
 /// The vsock connect timeout on kvm_pvm hosts (Firecracker's 2 s elsewhere).
 const NESTED_VSOCK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-pub(crate) fn unsupported_device(cfg: &VmConfig) -> Option<String> {
-    cfg.shares.first().map(|s| {
-        format!(
-            "virtio-fs share {:?} (virtiofsd cannot save its open files and inodes)",
-            s.tag
-        )
-    })
-}
 
 /// The virtio device models `cfg` asks for, in PCI slot order: disks, NICs, rng, console,
 /// vsock, balloon (the shares' devices follow, from crate::shares); with `saved` (a
@@ -77,12 +67,12 @@ pub(crate) fn virtio_devices(
     let mut devices: Vec<DeviceSpec> = Vec::new();
     let mut limiters = Limiters::default();
     let state = |slot: usize| saved.and_then(|s| s.get(slot)).map(|s| &s.device);
-    for (i, d) in cfg.disks.iter().enumerate() {
+    for (i, d) in cfg.machine.disks.iter().enumerate() {
         let (spec, limiter) = disk(i, d)?;
         devices.push(spec);
         limiters.disks.push(limiter);
     }
-    for (index, nic) in cfg.nics.iter().enumerate() {
+    for (index, nic) in cfg.machine.nics.iter().enumerate() {
         // The MAC is chosen first: a natnet backend gives a MAC its previous address back.
         let mac = crate::snapshot::effective_mac(index, nic);
         let nic = net::NicConfig {
@@ -106,7 +96,7 @@ pub(crate) fn virtio_devices(
             backend = Box::new(with_relay);
             forwards = Some(control);
         }
-        if let Some(m) = cfg.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
+        if let Some(m) = cfg.host.mmds.as_ref().filter(|m| m.nics.contains(&index)) {
             let with_mmds = net::mmds_nic::with_mmds(backend, m.service.clone(), m.ipv4)
                 .map_err(|e| nic_error(e.into()))?;
             backend = Box::new(with_mmds);
@@ -122,10 +112,10 @@ pub(crate) fn virtio_devices(
         });
         limiters.nics.push((rx, tx, forwards));
     }
-    if cfg.rng {
+    if cfg.machine.rng {
         devices.push(DeviceSpec::new(Box::new(virtio::rng::Rng::new())));
     }
-    if let Some(path) = &cfg.console2 {
+    if let Some(path) = &cfg.machine.console2 {
         let out =
             ConsoleLog::open(path, CONSOLE_LOG_LIMIT).map_err(|source| VmError::ConsoleFile {
                 path: path.clone(),
@@ -134,7 +124,7 @@ pub(crate) fn virtio_devices(
         let console = restore_model::console(Box::new(out), state(devices.len()), devices.len())?;
         devices.push(DeviceSpec::new(Box::new(console)));
     }
-    if let Some(v) = &cfg.vsock {
+    if let Some(v) = &cfg.machine.vsock {
         let mut device = match state(devices.len()) {
             None => virtio::vsock::Vsock::new(v.cid, &v.uds).map_err(VmError::Vsock)?,
             Some(saved) => restore_model::vsock(v, saved, devices.len())?,
@@ -149,7 +139,7 @@ pub(crate) fn virtio_devices(
             backend_fds: vec![fd],
         });
     }
-    let balloon = match &cfg.balloon {
+    let balloon = match &cfg.machine.balloon {
         Some(b) => Some(balloon(cfg, b, state(devices.len()), &mut devices)?),
         None => None,
     };
@@ -198,7 +188,7 @@ fn balloon(
     saved: Option<&virtio::DeviceState>,
     devices: &mut Vec<DeviceSpec>,
 ) -> Result<(usize, virtio::balloon::BalloonHandle), VmError> {
-    let memory_mib = cfg.memory >> 20;
+    let memory_mib = cfg.machine.memory >> 20;
     if u64::from(b.amount_mib) > memory_mib {
         return Err(VmError::Balloon(format!(
             "Requested memory should be less than {memory_mib}MiB"
@@ -231,36 +221,4 @@ fn balloon(
         device: Box::new(device),
     });
     Ok((index, handle))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> VmConfig {
-        VmConfig {
-            rng: true,
-            ..VmConfig::new("k".into(), 64 << 20, 1)
-        }
-    }
-
-    #[test]
-    fn snapshots_take_a_vm_with_vsock() {
-        let mut cfg = config();
-        assert_eq!(unsupported_device(&cfg), None);
-        cfg.vsock = Some(crate::VsockConfig {
-            cid: 3,
-            uds: "/tmp/v.sock".into(),
-        });
-        assert_eq!(unsupported_device(&cfg), None);
-    }
-
-    #[test]
-    fn snapshots_refuse_a_vm_with_shares() {
-        let dir = std::env::temp_dir();
-        let mut cfg = config();
-        cfg.shares = vec![vhost_user::fs::Share::new(&dir, "src", false).unwrap()];
-        let what = unsupported_device(&cfg).unwrap();
-        assert!(what.starts_with("virtio-fs share \"src\""), "{what}");
-    }
 }

@@ -5,14 +5,17 @@
 //! framed format ([`wire`]) that the receiver reads as hostile input.
 
 mod dirty;
+mod disk_copy;
 mod receive;
 mod send;
+mod storage;
 mod transport;
 pub mod wire;
 mod worker;
 
 pub use receive::{confirm_resumed, ready_and_wait_go, receive, refuse, Received};
 pub use send::SendOptions;
+pub use storage::{OpenTargets, Storage};
 pub use transport::{Listener, MigrationUrl, Stream};
 pub use worker::{MigrationControl, MigrationProgress, MigrationState};
 
@@ -41,6 +44,16 @@ pub enum MigrationError {
     Allocate { size: u64, reason: String },
     #[error("the migration stream writes {len} bytes at guest address {addr:#x}, outside the machine's RAM")]
     MemoryRange { addr: u64, len: u32 },
+    #[error("the sender copies its disks (--copy-storage), but this receiver takes shared storage (the images it names, as they are); only `vessel start NAME --incoming URL --copy-storage` writes arriving disks, into the images its definition names")]
+    UnexpectedDisks,
+    #[error("this receiver waits for the sender's disks (--copy-storage), but the sender does not send them; migrate with --copy-storage, or start the receiver without it for shared storage")]
+    NoDisks,
+    #[error("copying the disks: {0}")]
+    DiskCopy(String),
+    #[error(
+        "the migration stream writes {len} bytes at offset {offset} of disk {disk}, outside it"
+    )]
+    DiskRange { disk: u32, offset: u64, len: u64 },
     #[error("the state's machine is not the machine the stream announced first")]
     MachineMismatch,
     #[error("the receiver refused the migration: {0}")]

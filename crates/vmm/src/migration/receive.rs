@@ -9,6 +9,7 @@ use arch::memory_map::RamLayout;
 use arch::GuestMemory;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::storage::{DiskTargets, Storage};
 use super::wire::{self, Kind};
 use super::MigrationError;
 use crate::snapshot::{MachineState, VmSnapshot};
@@ -19,11 +20,18 @@ pub struct Received {
     pub mem: GuestMemory,
     /// Bytes of guest memory the stream carried (a page sent twice counts twice).
     pub memory_bytes: u64,
+    /// Bytes of disk data the stream carried (`--copy-storage`; zero ranges not counted).
+    pub disk_bytes: u64,
 }
 
 /// Reads a migration stream up to its `Done` frame. Machines with more than `max_memory`
-/// bytes of RAM are refused before anything is allocated.
-pub fn receive(r: &mut impl Read, max_memory: u64) -> Result<Received, MigrationError> {
+/// bytes of RAM are refused before anything is allocated; the disks come as `storage`
+/// says (a stream that does not match it is refused).
+pub fn receive(
+    r: &mut impl Read,
+    max_memory: u64,
+    storage: Storage,
+) -> Result<Received, MigrationError> {
     wire::read_preamble(r)?;
     let payload = wire::expect(r, Kind::Machine)?.map_err(MigrationError::Sender)?;
     let machine: MachineState =
@@ -41,19 +49,36 @@ pub fn receive(r: &mut impl Read, max_memory: u64) -> Result<Received, Migration
         .iter()
         .map(|&(a, s)| (GuestAddress(a), s as usize))
         .collect();
-    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| MigrationError::Allocate {
+    // virtiofsd maps the RAM of a VM with shares: a shared memfd then.
+    let mem = if machine.shares.is_empty() {
+        GuestMemory::from_ranges(&ranges).map_err(|e| e.to_string())
+    } else {
+        crate::shared_memory::shared_guest_memory(&ranges).map_err(|e| e.to_string())
+    }
+    .map_err(|reason| MigrationError::Allocate {
         size: machine.memory,
-        reason: e.to_string(),
+        reason,
     })?;
     let mut memory_bytes = 0u64;
+    let (mut targets, mut header) = disk_targets(r, storage, &machine)?;
     loop {
-        let header = wire::read_header(r)?;
         match header.kind {
             Kind::Memory => {
                 let addr = wire::read_address(r)?;
                 let len = header.memory_len();
                 read_into_memory(r, &mem, addr, len)?;
                 memory_bytes += u64::from(len);
+            }
+            Kind::DiskData if targets.is_some() => {
+                if let Some(t) = targets.as_mut() {
+                    t.data(r, header)?;
+                }
+            }
+            Kind::DiskZero if targets.is_some() => {
+                let payload = wire::read_payload(r, header)?;
+                if let Some(t) = targets.as_mut() {
+                    t.zero(&payload)?;
+                }
             }
             Kind::State => {
                 let payload = wire::read_payload(r, header)?;
@@ -62,10 +87,15 @@ pub fn receive(r: &mut impl Read, max_memory: u64) -> Result<Received, Migration
                     return Err(MigrationError::MachineMismatch);
                 }
                 wire::expect(r, Kind::Done)?.map_err(MigrationError::Sender)?;
+                let disk_bytes = match targets {
+                    Some(t) => t.finish()?,
+                    None => 0,
+                };
                 return Ok(Received {
                     snapshot,
                     mem,
                     memory_bytes,
+                    disk_bytes,
                 });
             }
             Kind::Error => {
@@ -82,6 +112,34 @@ pub fn receive(r: &mut impl Read, max_memory: u64) -> Result<Received, Migration
                 .into())
             }
         }
+        header = wire::read_header(r)?;
+    }
+}
+
+/// Reads the frame after the machine: with `Storage::Copied` it must list the disks,
+/// whose targets are opened; with `Storage::Shared` it must not. Returns the targets and
+/// the next frame's header.
+fn disk_targets(
+    r: &mut impl Read,
+    storage: Storage,
+    machine: &MachineState,
+) -> Result<(Option<DiskTargets>, wire::Header), MigrationError> {
+    let header = wire::read_header(r)?;
+    match (storage, header.kind) {
+        (Storage::Shared, Kind::Disks) => Err(MigrationError::UnexpectedDisks),
+        (Storage::Shared, _) => Ok((None, header)),
+        (Storage::Copied(open), Kind::Disks) => {
+            let sizes = wire::parse_disks(&wire::read_payload(r, header)?);
+            let targets = DiskTargets::open(open, machine, &sizes)?;
+            Ok((Some(targets), wire::read_header(r)?))
+        }
+        (Storage::Copied(_), Kind::Error) => {
+            let payload = wire::read_payload(r, header)?;
+            Err(MigrationError::Sender(
+                String::from_utf8_lossy(&payload).into_owned(),
+            ))
+        }
+        (Storage::Copied(_), _) => Err(MigrationError::NoDisks),
     }
 }
 
@@ -130,5 +188,7 @@ pub fn refuse(stream: &mut impl Write, reason: &str) {
     let _ = wire::write_frame(stream, Kind::Error, &reason.as_bytes()[..end]);
 }
 
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod tests;

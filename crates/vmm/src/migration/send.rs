@@ -11,6 +11,7 @@ use arch::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::dirty::{self, DirtyLog, PAGE_SIZE};
+use super::disk_copy::{DiskCopy, DiskDirty};
 use super::transport::{MigrationUrl, Stream};
 use super::wire::{self, Kind, MAX_MEMORY_CHUNK};
 use super::worker::Shared;
@@ -31,8 +32,11 @@ pub struct SendOptions {
     /// The pause the guest may see: pre-copy goes on until the dirty pages left would take
     /// no longer than this to send at the bandwidth measured so far.
     pub max_downtime_ms: u64,
-    /// At most this many MiB/s of guest memory (no limit when absent).
+    /// At most this many MiB/s of guest memory and disk data (no limit when absent).
     pub bandwidth_mib_s: Option<u64>,
+    /// Stream the disks too (for hosts without shared storage); the receiver must wait
+    /// for them (`Storage::Copied`).
+    pub copy_storage: bool,
 }
 
 /// Which pages a pass sends.
@@ -44,19 +48,23 @@ enum Pick<'a> {
     Dirty(&'a [Vec<u64>]),
 }
 
-/// Writes guest memory to the stream at a bounded rate, counting what was sent.
-struct MemoryWriter<'a> {
+/// Writes guest memory (and disks) to the stream at a bounded rate, counting what was
+/// sent.
+pub(super) struct MemoryWriter<'a> {
     out: BufWriter<Stream>,
     shared: &'a Shared,
     started: Instant,
+    /// Bytes of guest memory sent.
     sent: u64,
+    /// Bytes of disk data sent (zero ranges not counted).
+    disk_sent: u64,
     bytes_per_s: Option<u64>,
 }
 
 /// A page of zeros to compare with (slice equality is one `memcmp`).
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
-fn is_zero(page: &[u8]) -> bool {
+pub(super) fn is_zero(page: &[u8]) -> bool {
     ZERO_PAGE
         .get(..page.len())
         .is_some_and(|zeros| page == zeros)
@@ -76,13 +84,47 @@ impl MemoryWriter<'_> {
         wire::write_memory(&mut self.out, addr, bytes)?;
         self.sent += bytes.len() as u64;
         self.shared.update(|p| p.sent_bytes = self.sent);
+        self.pace();
+        Ok(())
+    }
+
+    /// Sends `bytes` of disk `disk` at `offset`, paced as memory is.
+    pub(super) fn disk_data(
+        &mut self,
+        disk: u32,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), MigrationError> {
+        self.check_cancel()?;
+        wire::write_disk_data(&mut self.out, disk, offset, bytes)?;
+        self.disk_sent += bytes.len() as u64;
+        self.shared
+            .update(|p| p.disk_sent_bytes = Some(self.disk_sent));
+        self.pace();
+        Ok(())
+    }
+
+    /// Tells the receiver that `len` bytes of disk `disk` at `offset` read as zeroes.
+    pub(super) fn disk_zero(
+        &mut self,
+        disk: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), MigrationError> {
+        self.check_cancel()?;
+        wire::write_disk_zero(&mut self.out, disk, offset, len)?;
+        Ok(())
+    }
+
+    /// Sleeps as long as the bandwidth limit asks for what was sent so far.
+    fn pace(&self) {
         if let Some(rate) = self.bytes_per_s.filter(|&r| r > 0) {
-            let due = Duration::from_secs_f64(self.sent as f64 / rate as f64);
+            let total = self.sent + self.disk_sent;
+            let due = Duration::from_secs_f64(total as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        Ok(())
     }
 
     /// Sends the pages `pick` selects, contiguous runs in one frame each; how many.
@@ -136,7 +178,7 @@ impl MemoryWriter<'_> {
 
     /// Bytes per second sent since the start.
     fn bandwidth(&self) -> f64 {
-        self.sent as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+        (self.sent + self.disk_sent) as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
     }
 }
 
@@ -185,6 +227,7 @@ fn send_on(
         shared,
         started: Instant::now(),
         sent: 0,
+        disk_sent: 0,
         bytes_per_s: opts.bandwidth_mib_s.map(|m| m.saturating_mul(1 << 20)),
     };
     let was_running = !handle.gate.is_paused();
@@ -213,6 +256,13 @@ fn send_on(
 
 type Failed = (MigrationError, Option<Stream>);
 
+/// What the last look at the logs found and no pass has sent yet.
+#[derive(Default)]
+struct Pending {
+    memory: Option<Vec<Vec<u64>>>,
+    disks: Option<DiskDirty>,
+}
+
 /// Everything up to the receiver's `Ready`: the time the VM was paused.
 fn copy_and_pause(
     handle: &VmHandle,
@@ -222,43 +272,97 @@ fn copy_and_pause(
     was_running: bool,
 ) -> Result<(Instant, Stream), Failed> {
     let source = &handle.snapshot;
-    let fail = |e: MigrationError, s: Stream| (e, Some(s));
-    let machine =
-        serde_json::to_vec(&source.machine).map_err(|e| MigrationError::Machine(e.to_string()));
-    let machine = match machine {
-        Ok(m) => m,
-        Err(e) => return Err(fail(e, answers)),
-    };
-    if let Err(e) = wire::write_preamble(&mut writer.out)
-        .and_then(|()| wire::write_frame(&mut writer.out, Kind::Machine, &machine))
-    {
-        return Err(fail(e.into(), answers));
-    }
-    // Pre-copy while the guest runs; KVM logs the vCPUs' writes, `dirty_log` the device
-    // models' and the emulator's. A paused VM is copied as it is.
-    let precopy = was_running;
-    let log = if precopy {
-        match DirtyLog::start(&source.vm, &source.mem) {
-            Ok(log) => Some(log),
-            Err(e) => return Err(fail(e, answers)),
+    let copied = announce(handle, opts, writer).and_then(|mut disks| {
+        // Pre-copy while the guest runs; KVM logs the vCPUs' writes, `dirty_log` the
+        // device models' and the emulator's, each disk its own. A paused VM's memory is
+        // copied as it is. So is a VM with shares' once paused: what virtiofsd writes
+        // into guest memory is in no dirty log.
+        if let Some(disks) = disks.as_mut() {
+            disks.send_all(writer)?;
         }
-    } else {
-        None
-    };
-    let mut pending: Option<Vec<Vec<u64>>> = None;
-    if let Some(log) = &log {
-        let first = Pick::NonZero(source.page_map.as_ref());
-        if let Err(e) = precopy_rounds(log, opts, writer, &source.mem, &first, &mut pending) {
-            return Err(fail(e, answers));
+        let log = if was_running && source.machine.shares.is_empty() {
+            Some(DirtyLog::start(&source.vm, &source.mem)?)
+        } else {
+            None
+        };
+        let mut pending = Pending::default();
+        if let Some(log) = &log {
+            let first = Pick::NonZero(source.page_map.as_ref());
+            precopy_rounds(
+                log,
+                disks.as_mut(),
+                opts,
+                writer,
+                (&source.mem, &first),
+                &mut pending,
+            )?;
         }
-    }
+        Ok((disks, log, pending))
+    });
+    let (mut disks, log, pending) = match copied {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(answers))),
+    };
     handle.pause();
     let paused_at = Instant::now();
     writer
         .shared
         .update(|p| p.state = super::MigrationState::Paused);
     writer.shared.update(|p| p.rounds += 1);
-    let captured = source.capture(handle.gate.as_ref(), &mut |mem| match (&log, &pending) {
+    let captured = source.capture(handle.gate.as_ref(), &mut |mem| {
+        final_pass(mem, disks.as_mut(), log.as_ref(), &pending, writer, source)
+    });
+    drop(log);
+    drop(disks);
+    let result = captured.and_then(|(snapshot, _)| {
+        let state = serde_json::to_vec(&snapshot)
+            .map_err(|e| MigrationError::Machine(format!("cannot encode the state: {e}")))?;
+        wire::write_frame(&mut writer.out, Kind::State, &state)?;
+        wire::write_frame(&mut writer.out, Kind::Done, &[])?;
+        writer.out.flush().map_err(wire::WireError::from)?;
+        wire::expect(&mut answers, Kind::Ready)?.map_err(MigrationError::Receiver)?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok((paused_at, answers)),
+        Err(e) => Err((e, Some(answers))),
+    }
+}
+
+/// The preamble and the machine; with `copy_storage`, the disks' sizes, their writes
+/// logged from now on.
+fn announce<'h>(
+    handle: &'h VmHandle,
+    opts: &SendOptions,
+    writer: &mut MemoryWriter,
+) -> Result<Option<DiskCopy<'h>>, MigrationError> {
+    let machine = serde_json::to_vec(&handle.snapshot.machine)
+        .map_err(|e| MigrationError::Machine(e.to_string()))?;
+    wire::write_preamble(&mut writer.out)?;
+    wire::write_frame(&mut writer.out, Kind::Machine, &machine)?;
+    if !opts.copy_storage {
+        return Ok(None);
+    }
+    let disks = DiskCopy::start(&handle.devices)?;
+    wire::write_disks(&mut writer.out, &disks.sizes())?;
+    Ok(Some(disks))
+}
+
+/// While the VM is paused and its queues frozen: what was written since the last look,
+/// disks first, then memory (everything, for a VM that was paused before).
+fn final_pass(
+    mem: &GuestMemory,
+    disks: Option<&mut DiskCopy>,
+    log: Option<&DirtyLog>,
+    pending: &Pending,
+    writer: &mut MemoryWriter,
+    source: &crate::snapshot::SnapshotSource,
+) -> Result<u64, MigrationError> {
+    if let Some(disks) = disks {
+        let dirty = disks.take();
+        disks.send_dirty(writer, &dirty, pending.disks.as_ref())?;
+    }
+    match (log, &pending.memory) {
         (Some(log), Some(earlier)) => {
             let mut maps = log.take()?;
             for (now, before) in maps.iter_mut().zip(earlier) {
@@ -272,52 +376,45 @@ fn copy_and_pause(
             writer.pass(mem, &Pick::Dirty(&maps))
         }
         _ => writer.pass(mem, &Pick::NonZero(source.page_map.as_ref())),
-    });
-    drop(log);
-    let result = captured.and_then(|(snapshot, _)| {
-        let state = serde_json::to_vec(&snapshot)
-            .map_err(|e| MigrationError::Machine(format!("cannot encode the state: {e}")))?;
-        wire::write_frame(&mut writer.out, Kind::State, &state)?;
-        wire::write_frame(&mut writer.out, Kind::Done, &[])?;
-        writer.out.flush().map_err(wire::WireError::from)?;
-        wire::expect(&mut answers, Kind::Ready)?.map_err(MigrationError::Receiver)?;
-        Ok(())
-    });
-    match result {
-        Ok(()) => Ok((paused_at, answers)),
-        Err(e) => Err(fail(e, answers)),
     }
 }
 
-/// Full copy, then rounds of dirty pages until what is left fits the downtime (or the
-/// round cap); leaves the last, unsent dirty set in `pending`.
+/// Full copy, then rounds of dirty pages (and disk chunks) until what is left fits the
+/// downtime (or the round cap); leaves the last, unsent dirty sets in `pending`.
 fn precopy_rounds(
     log: &DirtyLog,
+    mut disks: Option<&mut DiskCopy>,
     opts: &SendOptions,
     writer: &mut MemoryWriter,
-    mem: &GuestMemory,
-    first: &Pick,
-    pending: &mut Option<Vec<Vec<u64>>>,
+    (mem, first): (&GuestMemory, &Pick),
+    pending: &mut Pending,
 ) -> Result<(), MigrationError> {
     writer.shared.update(|p| p.rounds = 1);
     writer.pass(mem, first)?;
     for round in 2..=MAX_ROUNDS + 1 {
         let maps = log.take()?;
-        let dirty_bytes = dirty::count(&maps) * PAGE_SIZE;
+        let disk_maps = disks.as_ref().map(|d| d.take());
+        let disk_bytes = disk_maps.as_ref().map_or(0, DiskCopy::bytes);
+        let dirty_bytes = dirty::count(&maps) * PAGE_SIZE + disk_bytes;
         tracing::debug!(
-            "pre-copy round {round}: {} dirty pages",
-            dirty_bytes / PAGE_SIZE
+            "pre-copy round {round}: {} dirty pages, {disk_bytes} dirty disk bytes",
+            dirty::count(&maps)
         );
         let expected_ms = (dirty_bytes as f64 / writer.bandwidth() * 1000.0) as u64;
         writer.shared.update(|p| {
-            p.dirty_pages = dirty_bytes / PAGE_SIZE;
+            p.dirty_pages = dirty::count(&maps);
+            p.dirty_disk_bytes = disk_maps.as_ref().map(|_| disk_bytes);
             p.expected_downtime_ms = expected_ms;
         });
         if expected_ms <= opts.max_downtime_ms || round > MAX_ROUNDS {
-            *pending = Some(maps);
+            pending.memory = Some(maps);
+            pending.disks = disk_maps;
             return Ok(());
         }
         writer.shared.update(|p| p.rounds = round);
+        if let (Some(disks), Some(dirty)) = (disks.as_deref_mut(), &disk_maps) {
+            disks.send_dirty(writer, dirty, None)?;
+        }
         writer.pass(mem, &Pick::Dirty(&maps))?;
     }
     Ok(())

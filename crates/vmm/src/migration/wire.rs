@@ -17,6 +17,12 @@ pub const MAX_MACHINE_BYTES: u32 = 1 << 20;
 pub const MAX_STATE_BYTES: u32 = 64 << 20;
 /// An error text from the other end.
 pub const MAX_ERROR_BYTES: u32 = 4096;
+/// The most disks a `Disks` frame lists (as a snapshot's machine).
+pub const MAX_DISKS: u32 = 64;
+/// A `DiskData` frame's prefix: the disk's index (u32) and the offset (u64).
+pub const DISK_PREFIX: u32 = 12;
+/// A `DiskZero` frame: the disk's index (u32), the offset and the length (u64 each).
+pub const DISK_ZERO_LEN: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -60,6 +66,14 @@ pub enum Kind {
     State = 3,
     /// Sender → receiver: nothing more follows the state.
     Done = 4,
+    /// Sender → receiver (`--copy-storage`): each disk's size (u64), right after the
+    /// machine; the disks' contents follow.
+    Disks = 5,
+    /// Sender → receiver: a disk's index (u32), an offset (u64) and the disk's bytes there.
+    DiskData = 6,
+    /// Sender → receiver: a disk's index (u32), an offset and a length (u64) that read as
+    /// zeroes.
+    DiskZero = 7,
     /// Receiver → sender: the VM is built from the state and waits for `Go`.
     Ready = 16,
     /// Either way: the sender gives up (empty), or the receiver failed (its reason).
@@ -77,6 +91,9 @@ impl Kind {
             2 => Kind::Memory,
             3 => Kind::State,
             4 => Kind::Done,
+            5 => Kind::Disks,
+            6 => Kind::DiskData,
+            7 => Kind::DiskZero,
             16 => Kind::Ready,
             17 => Kind::Error,
             18 => Kind::Resumed,
@@ -91,6 +108,9 @@ impl Kind {
             Kind::Memory => "memory",
             Kind::State => "state",
             Kind::Done => "done",
+            Kind::Disks => "disks",
+            Kind::DiskData => "disk data",
+            Kind::DiskZero => "disk zeroes",
             Kind::Ready => "ready",
             Kind::Error => "error",
             Kind::Resumed => "resumed",
@@ -105,6 +125,9 @@ impl Kind {
             Kind::Memory => MAX_MEMORY_CHUNK + 8,
             Kind::State => MAX_STATE_BYTES,
             Kind::Error => MAX_ERROR_BYTES,
+            Kind::Disks => MAX_DISKS * 8,
+            Kind::DiskData => MAX_MEMORY_CHUNK + DISK_PREFIX,
+            Kind::DiskZero => DISK_ZERO_LEN,
             Kind::Done | Kind::Ready | Kind::Resumed | Kind::Go => 0,
         }
     }
@@ -121,6 +144,21 @@ impl Header {
     /// For a `Memory` frame: the bytes of guest memory after its address.
     pub fn memory_len(self) -> u32 {
         self.len.saturating_sub(8)
+    }
+
+    /// For a `DiskData` frame: the disk's bytes after its prefix.
+    pub fn disk_data_len(self) -> u32 {
+        self.len.saturating_sub(DISK_PREFIX)
+    }
+}
+
+/// The shortest payload a frame of `kind` may have, and whether it must be exactly that.
+fn min_len(kind: Kind) -> (u32, bool) {
+    match kind {
+        Kind::Memory => (8, false),
+        Kind::DiskData => (DISK_PREFIX, false),
+        Kind::DiskZero => (DISK_ZERO_LEN, true),
+        _ => (0, false),
     }
 }
 
@@ -169,20 +207,91 @@ pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> Result<(),
     Ok(())
 }
 
-/// Writes a `Memory` frame: `bytes` of guest memory at guest-physical `addr`.
-pub fn write_memory(w: &mut impl Write, addr: u64, bytes: &[u8]) -> Result<(), WireError> {
-    let len = u32::try_from(bytes.len())
+/// The length of a memory or disk chunk, at most [`MAX_MEMORY_CHUNK`].
+fn chunk_len(kind: &'static str, bytes: &[u8]) -> Result<u32, WireError> {
+    u32::try_from(bytes.len())
         .ok()
         .filter(|&len| len <= MAX_MEMORY_CHUNK)
         .ok_or(WireError::TooLong {
-            kind: "memory",
+            kind,
             len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
             max: MAX_MEMORY_CHUNK,
-        })?;
+        })
+}
+
+/// Writes a `Memory` frame: `bytes` of guest memory at guest-physical `addr`.
+pub fn write_memory(w: &mut impl Write, addr: u64, bytes: &[u8]) -> Result<(), WireError> {
+    let len = chunk_len("memory", bytes)?;
     w.write_all(&header_bytes(Kind::Memory, len + 8))?;
     w.write_all(&addr.to_le_bytes())?;
     w.write_all(bytes)?;
     Ok(())
+}
+
+/// Writes a `Disks` frame: the size of each disk whose contents follow.
+pub fn write_disks(w: &mut impl Write, sizes: &[u64]) -> Result<(), WireError> {
+    let payload: Vec<u8> = sizes.iter().flat_map(|s| s.to_le_bytes()).collect();
+    write_frame(w, Kind::Disks, &payload)
+}
+
+/// Reads a `Disks` frame's payload (its length is a checked multiple of 8).
+pub fn parse_disks(payload: &[u8]) -> Vec<u64> {
+    payload
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect()
+}
+
+/// Writes a `DiskData` frame: `bytes` of disk `disk` at `offset`.
+pub fn write_disk_data(
+    w: &mut impl Write,
+    disk: u32,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), WireError> {
+    let len = chunk_len("disk data", bytes)?;
+    w.write_all(&header_bytes(Kind::DiskData, len + DISK_PREFIX))?;
+    w.write_all(&disk.to_le_bytes())?;
+    w.write_all(&offset.to_le_bytes())?;
+    w.write_all(bytes)?;
+    Ok(())
+}
+
+/// Reads the disk index and offset that start a `DiskData` frame's payload.
+pub fn read_disk_prefix(r: &mut impl Read) -> Result<(u32, u64), WireError> {
+    let mut bytes = [0u8; DISK_PREFIX as usize];
+    r.read_exact(&mut bytes)?;
+    let (disk, offset) = bytes.split_at(4);
+    Ok((
+        u32::from_le_bytes(disk.try_into().unwrap_or_default()),
+        u64::from_le_bytes(offset.try_into().unwrap_or_default()),
+    ))
+}
+
+/// Writes a `DiskZero` frame: `len` bytes of disk `disk` at `offset` read as zeroes.
+pub fn write_disk_zero(
+    w: &mut impl Write,
+    disk: u32,
+    offset: u64,
+    len: u64,
+) -> Result<(), WireError> {
+    let mut payload = [0u8; DISK_ZERO_LEN as usize];
+    payload[..4].copy_from_slice(&disk.to_le_bytes());
+    payload[4..12].copy_from_slice(&offset.to_le_bytes());
+    payload[12..].copy_from_slice(&len.to_le_bytes());
+    write_frame(w, Kind::DiskZero, &payload)
+}
+
+/// A `DiskZero` frame's disk, offset and length (its length is checked to be 20).
+pub fn parse_disk_zero(payload: &[u8]) -> (u32, u64, u64) {
+    let word = |range: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        if let Some(src) = payload.get(range) {
+            b[..src.len()].copy_from_slice(src);
+        }
+        u64::from_le_bytes(b)
+    };
+    (word(0..4) as u32, word(4..12), word(12..20))
 }
 
 /// Reads a frame header and checks its kind and length.
@@ -198,11 +307,13 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, WireError> {
             max: kind.max_len(),
         });
     }
-    if kind == Kind::Memory && len < 8 {
+    let (min, exact) = min_len(kind);
+    let bad_disks = kind == Kind::Disks && !len.is_multiple_of(8);
+    if len < min || (exact && len != min) || bad_disks {
         return Err(WireError::BadLength {
             kind: kind.name(),
             len,
-            expected: 8,
+            expected: if bad_disks { len / 8 * 8 } else { min },
         });
     }
     Ok(Header { kind, len })
@@ -331,6 +442,35 @@ mod tests {
             expect(&mut stream(&[&header(17, 3), b"bad"]), Kind::Ready).unwrap(),
             Err("bad".to_string())
         );
+    }
+
+    #[test]
+    fn disk_frames_round_trip_and_bad_lengths_are_refused() {
+        let mut out = Vec::new();
+        write_disks(&mut out, &[1 << 30, 512]).unwrap();
+        write_disk_data(&mut out, 1, 4096, &[9; 8]).unwrap();
+        write_disk_zero(&mut out, 0, 1 << 20, 64 << 10).unwrap();
+        let mut r = std::io::Cursor::new(out);
+        assert_eq!(
+            parse_disks(&expect(&mut r, Kind::Disks).unwrap().unwrap()),
+            vec![1 << 30, 512]
+        );
+        let h = read_header(&mut r).unwrap();
+        assert_eq!((h.kind, h.disk_data_len()), (Kind::DiskData, 8));
+        assert_eq!(read_disk_prefix(&mut r).unwrap(), (1, 4096));
+        let mut buf = [0u8; 8];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, [9; 8]);
+        let zero = expect(&mut r, Kind::DiskZero).unwrap().unwrap();
+        assert_eq!(parse_disk_zero(&zero), (0, 1 << 20, 64 << 10));
+        let header = |kind: u32, len: u32| [kind.to_le_bytes(), len.to_le_bytes()].concat();
+        for (kind, len) in [(5, 12), (5, MAX_DISKS * 8 + 8), (6, 11), (7, 19), (7, 21)] {
+            assert!(
+                read_header(&mut stream(&[&header(kind, len)])).is_err(),
+                "kind {kind} of {len} bytes"
+            );
+        }
+        assert!(write_disks(&mut Vec::new(), &[0; MAX_DISKS as usize + 1]).is_err());
     }
 
     #[test]

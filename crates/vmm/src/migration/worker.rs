@@ -43,6 +43,12 @@ pub struct MigrationProgress {
     pub dirty_pages: u64,
     /// Bytes of guest memory sent.
     pub sent_bytes: u64,
+    /// Bytes of disk data sent (`--copy-storage` only; ranges of zeroes not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_sent_bytes: Option<u64>,
+    /// Bytes of disk the last look found written (`--copy-storage` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_disk_bytes: Option<u64>,
     /// How long sending the dirty pages left would take at the measured bandwidth.
     pub expected_downtime_ms: u64,
     /// From pause to the receiver's confirmation, once completed.

@@ -55,6 +55,12 @@ impl SnapshotSource {
         if self.xsave2_size > XSAVE_AREA_SIZE {
             return Err(SnapshotError::XsaveTooLarge(0).into());
         }
+        // virtiofsd stops its queues and saves its state first, before the vCPUs' and the
+        // VM's interrupt state is taken: a request it completes can no longer put its used
+        // entry into the saved memory and its interrupt into a LAPIC already saved. Its
+        // queues go on when the vCPUs do (VmHandle::resume), so requests it had not taken
+        // are left to a restored VM rather than done twice.
+        self.devices.pause_external()?;
         let vcpus =
             gate.collect_vcpu_states(usize::from(self.machine.cpus), VCPU_ANSWER_TIMEOUT)?;
         let vm = VmState::save(&self.vm, self.machine.pit)?;

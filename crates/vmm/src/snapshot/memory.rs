@@ -129,6 +129,27 @@ pub fn restore_memory<B: NewBitmap>(
     restore_memory_with(ranges, path, requested_copy()?)
 }
 
+/// Guest RAM of `ranges` as a shared memfd (a VM with virtio-fs shares: virtiofsd maps
+/// it too) holding a copy of the memory file at `path`.
+pub fn restore_shared_memory(
+    ranges: &[(GuestAddress, usize)],
+    path: &Path,
+) -> Result<arch::GuestMemory, SnapshotError> {
+    let (file, meta) = open_memory_file(path)?;
+    let expected: u64 = ranges.iter().map(|&(_, size)| size as u64).sum();
+    if meta.len() != expected {
+        return Err(SnapshotError::MemorySize {
+            file: meta.len(),
+            expected,
+        });
+    }
+    let mem = crate::shared_memory::shared_guest_memory(ranges)
+        .map_err(|e| map_err(path, e.to_string()))?;
+    copy_into(&mem, file, path)?;
+    tracing::info!(path = %path.display(), "snapshot memory copied into shared memory");
+    Ok(mem)
+}
+
 /// [`restore_memory`], copying whatever the file if `copy_requested`.
 fn restore_memory_with<B: NewBitmap>(
     ranges: &[(GuestAddress, usize)],

@@ -20,15 +20,15 @@ mod vm_state;
 pub use create::SnapshotSource;
 pub use devices::DeviceStates;
 pub(crate) use memory::save_memory;
-pub use memory::{restore_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
+pub use memory::{restore_memory, restore_shared_memory, CopyReason, MemoryLoad, MEMORY_LOAD_ENV};
 pub(crate) use saved_config::machine_state;
-pub use saved_config::{host_config, restored_config};
+pub use saved_config::restored_config;
 pub use saved_nic::{
     console_path, effective_mac, with_nic_macs, SavedForward, SavedNic, SavedNicMode,
 };
 pub use state_file::{
-    parse_state, read_state_file, write_state_file, MachineState, SavedDisk, VmSnapshot,
-    SNAPSHOT_VERSION,
+    parse_state, read_state_file, write_state_file, MachineState, SavedDisk, SavedShare,
+    VmSnapshot, SNAPSHOT_VERSION,
 };
 pub use vcpu_state::VcpuState;
 pub use vm_state::VmState;
@@ -98,4 +98,22 @@ pub enum SnapshotError {
     },
     #[error("invalid snapshot state file: {0}")]
     LegacyDevice(#[from] ::devices::PersistError),
+    #[error(
+        "the VM's state is {size} bytes, more than the {max} a state file may hold (vessel \
+         could not load it back; the virtio-fs shares' virtiofsd states are most of it when \
+         the guest holds many files open): nothing was written"
+    )]
+    StateTooLarge { size: u64, max: u64 },
+    #[error("virtio function {slot}: {source}")]
+    External {
+        slot: usize,
+        #[source]
+        source: virtio::StateError,
+    },
+    #[error(
+        "the saved VM has virtio-fs shares {saved}, the host side gives {given}: a VM with \
+         shares is restored with its definition (vessel resume, vessel start --incoming, \
+         vessel fork), which names the shares' directories again"
+    )]
+    Shares { saved: String, given: String },
 }

@@ -57,7 +57,7 @@ pub fn effective_mac(index: usize, nic: &net::NicConfig) -> [u8; 6] {
 /// `cfg` with every NIC's MAC set ([`effective_mac`]).
 pub fn with_nic_macs(cfg: &crate::config::VmConfig) -> crate::config::VmConfig {
     let mut cfg = cfg.clone();
-    for (index, nic) in cfg.nics.iter_mut().enumerate() {
+    for (index, nic) in cfg.machine.nics.iter_mut().enumerate() {
         nic.mac = Some(effective_mac(index, nic));
     }
     cfg

@@ -39,10 +39,25 @@ pub struct MachineState {
     /// load; the guest's connections are reset).
     #[serde(default)]
     pub vsock: Option<crate::VsockConfig>,
-    /// A virtio-balloon last.
+    /// A virtio-balloon after the vsock.
     #[serde(default)]
     pub balloon: Option<virtio::balloon::BalloonConfig>,
+    /// virtio-fs shares last, each with its virtiofsd's saved state in its device state.
+    /// Only what the guest sees is recorded: the host directories are never read from a
+    /// state file, the VM's definition gives them again on load.
+    #[serde(default)]
+    pub shares: Vec<SavedShare>,
 }
+
+/// A share as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedShare {
+    pub tag: String,
+    pub readonly: bool,
+}
+
+/// Most shares a snapshot may list.
+pub const MAX_SHARES: usize = 16;
 
 /// A disk as the VM had it configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +141,7 @@ impl VmSnapshot {
             virtio::vsock::check_config(v.cid, &v.uds)
                 .map_err(|e| SnapshotError::Invalid(format!("vsock: {e}")))?;
         }
+        self.check_shares()?;
         self.check_device_set()?;
         for nic in &self.machine.nics {
             nic.to_config()?;
@@ -143,6 +159,28 @@ impl VmSnapshot {
 
     /// The saved virtio functions are the machine's devices, in slot order: disks (type
     /// 2), NICs (1), rng (4), console (3), vsock (19), balloon (5).
+    /// At most [`MAX_SHARES`] shares with valid, distinct tags.
+    fn check_shares(&self) -> Result<(), SnapshotError> {
+        let shares = &self.machine.shares;
+        if shares.len() > MAX_SHARES {
+            return Err(SnapshotError::Invalid(format!(
+                "{} shares (at most {MAX_SHARES})",
+                shares.len()
+            )));
+        }
+        for (i, share) in shares.iter().enumerate() {
+            vhost_user::fs::check_tag(&share.tag)
+                .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+            if shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(SnapshotError::Invalid(format!(
+                    "share tag {:?} is saved twice",
+                    share.tag
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn check_device_set(&self) -> Result<(), SnapshotError> {
         let m = &self.machine;
         let expected: Vec<u16> = std::iter::repeat_n(2, m.disks.len())
@@ -155,6 +193,10 @@ impl VmSnapshot {
                     .then_some(virtio::vsock::DEVICE_TYPE_VSOCK),
             )
             .chain(m.balloon.is_some().then_some(5))
+            .chain(std::iter::repeat_n(
+                virtio::external::DEVICE_TYPE_FS,
+                m.shares.len(),
+            ))
             .collect();
         if self.devices.virtio.len() != expected.len() {
             return Err(SnapshotError::Invalid(format!(
@@ -197,10 +239,25 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-/// Writes `snapshot` to `path`, a new file (nothing, not even a symlink, may be there).
+/// Writes `snapshot` to `path`, a new file (nothing, not even a symlink, may be there). A
+/// state larger than [`read_state_file`] reads back ([`MAX_STATE_FILE_BYTES`]; virtiofsd
+/// states of many shares can be) is refused before anything is written.
 pub fn write_state_file(snapshot: &VmSnapshot, path: &Path) -> Result<(), SnapshotError> {
+    write_state_file_within(snapshot, path, MAX_STATE_FILE_BYTES)
+}
+
+/// [`write_state_file`] of a state at most `max` bytes long.
+fn write_state_file_within(
+    snapshot: &VmSnapshot,
+    path: &Path,
+    max: u64,
+) -> Result<(), SnapshotError> {
     let text = serde_json::to_vec(snapshot)
         .map_err(|e| SnapshotError::Invalid(format!("cannot encode: {e}")))?;
+    let size = text.len() as u64;
+    if size > max {
+        return Err(SnapshotError::StateTooLarge { size, max });
+    }
     let file = super::output::create_new(path)?;
     let mut writer = std::io::BufWriter::new(file);
     std::io::Write::write_all(&mut writer, &text).map_err(io_err(path))?;
@@ -284,6 +341,7 @@ pub(crate) mod tests {
                 console: None,
                 vsock: None,
                 balloon: None,
+                shares: vec![],
             },
             vm: VmState {
                 pic_master: chip(0),
@@ -319,6 +377,20 @@ pub(crate) mod tests {
         assert_eq!(back.machine, sample().machine);
         assert_eq!(back.vcpus[1].msrs, sample().vcpus[1].msrs);
         assert_eq!(back.devices, sample().devices);
+    }
+
+    #[test]
+    fn a_state_too_large_to_read_back_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let size = encode(&sample()).len() as u64;
+        let err = write_state_file_within(&sample(), &path, size - 1).unwrap_err();
+        let refused = matches!(err, SnapshotError::StateTooLarge { size: s, max }
+            if s == size && max == size - 1);
+        assert!(refused, "{err}");
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        assert!(!path.exists());
+        write_state_file_within(&sample(), &path, size).unwrap();
     }
 
     #[test]

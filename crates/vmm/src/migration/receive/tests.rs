@@ -28,7 +28,7 @@ fn good_stream(memory: &[(u64, &[u8])]) -> Vec<u8> {
 }
 
 fn run(bytes: &[u8]) -> Result<Received, MigrationError> {
-    receive(&mut std::io::Cursor::new(bytes), LIMIT)
+    receive(&mut std::io::Cursor::new(bytes), LIMIT, Storage::Shared)
 }
 
 /// The error a stream fails with.
@@ -115,6 +115,7 @@ fn machines_and_states_that_do_not_fit_are_refused() {
     let err = failure(receive(
         &mut std::io::Cursor::new(good_stream(&[])),
         64 << 20,
+        Storage::Shared,
     ));
     assert!(matches!(err, MigrationError::MemoryLimit { .. }), "{err}");
     // A machine that is not JSON, or a RAM size vessel cannot lay out.
