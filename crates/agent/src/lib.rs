@@ -3,8 +3,11 @@
 //! container's root, runs the OCI process the shim sends, streams its output back and
 //! reports its exit status, over the framed protocol in [`protocol`].
 
+pub mod cgroup;
+pub mod exec;
 pub mod guest;
 pub mod mounts;
+pub mod pod;
 pub mod process;
 pub mod protocol;
 pub mod session;

@@ -1,6 +1,6 @@
 //! `vessel-agent`: PID 1 of a vessel container microVM, started by its `/init` once the
 //! vsock driver is loaded. Runs the one process the shim sends in `/rootfs` and powers the
-//! VM off when the shim is done (docs/kubernetes.md).
+//! VM off when the shim is done; processes the shim adds (Exec) run beside it (docs/kubernetes.md).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,6 +10,8 @@ use agent::{guest, session};
 
 /// Where the container's root is in the guest (the shim's cpio puts it there).
 const ROOT: &str = "/rootfs";
+/// Where the roots of a pod's further containers go.
+const POD_DIR: &str = "/containers";
 
 fn main() -> ExitCode {
     let status = run();
@@ -28,7 +30,17 @@ fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match session::serve(stream, root, guest::kernel_release()) {
+    // Each exec'd process connects on its own; the vsock driver is up by now.
+    let connect: agent::exec::Connect = std::sync::Arc::new(|| {
+        guest::connect_host(Duration::from_secs(10)).map_err(std::io::Error::other)
+    });
+    match session::serve(
+        stream,
+        root,
+        Path::new(POD_DIR),
+        guest::kernel_release(),
+        connect,
+    ) {
         Ok(status) => {
             println!("vessel-agent: the process exited with status {status}");
             ExitCode::SUCCESS

@@ -1,14 +1,19 @@
 //! The container root's file systems from the OCI spec: kernel file systems at their
-//! destinations, masked and read-only paths, and the hostname.
+//! destinations, the host's files copied in, masked and read-only paths, a read-only root,
+//! and the hostname.
 //!
 //! The VM's devices are the container's: a `tmpfs` at `/dev` becomes the guest's
-//! `devtmpfs`, and a v1 `cgroup` mount the guest's `cgroup2` hierarchy.
+//! `devtmpfs`, and a v1 `cgroup` mount the guest's `cgroup2` hierarchy. A pod's containers
+//! share one tmpfs for `/dev/shm` ([`POD_SHM`]), as they share the sandbox's on a host.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::protocol::{ContainerSpec, MountSpec};
+use crate::protocol::{ContainerSpec, FileSpec, MountSpec, POD_SHM};
+
+/// Where the pod's shared-memory tmpfs is in the guest.
+const POD_SHM_DIR: &str = "/run/vessel-pod-shm";
 
 /// Errors preparing the container's root.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,8 @@ pub enum MountError {
     Mkdir(String, std::io::Error),
     #[error("set the hostname: {0}")]
     Hostname(nix::Error),
+    #[error("write {0}: {1}")]
+    File(String, std::io::Error),
 }
 
 /// Mount flags by option name; `true` sets the flag, `false` clears it.
@@ -94,15 +101,66 @@ fn mount_at(
     })
 }
 
-/// Mounts the spec's file systems in `root`, masks and write-protects its paths, and sets
-/// the hostname.
+/// Bind-mounts `target` over itself and makes that read-only.
+fn read_only(target: &Path) -> Result<(), MountError> {
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount_at(Some(target), target, "none", bind, None)?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount_at(None, target, "none", ro, None)
+}
+
+/// Mounts one of the spec's file systems at `target`.
+fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
+    let (flags, data) = parse_options(&m.options);
+    if m.fstype == POD_SHM {
+        let shm = Path::new(POD_SHM_DIR);
+        if !shm.exists() {
+            mkdir(shm)?;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount_at(None, shm, "tmpfs", flags, Some("mode=1777"))?;
+        }
+        mount_at(Some(shm), target, "none", MsFlags::MS_BIND, None)?;
+        if flags.contains(MsFlags::MS_RDONLY) {
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount_at(None, target, "none", ro, None)?;
+        }
+        return Ok(());
+    }
+    let (fstype, data) = guest_fstype(m, data);
+    mount_at(None, target, fstype, flags, data.as_deref())
+}
+
+/// Writes a host file's copy into the root, as a mount of its own (as the host's bind
+/// is): writable in a read-only root, or read-only if asked.
+fn copy_in(root: &Path, file: &FileSpec) -> Result<(), MountError> {
+    let target = inside(root, &file.destination);
+    if let Some(dir) = target.parent() {
+        mkdir(dir)?;
+    }
+    let name = || target.display().to_string();
+    std::fs::write(&target, &file.data).map_err(|e| MountError::File(name(), e))?;
+    if file.readonly {
+        read_only(&target)
+    } else {
+        mount_at(Some(&target), &target, "none", MsFlags::MS_BIND, None)
+    }
+}
+
+/// Mounts the spec's file systems in `root`, copies its files in, masks and
+/// write-protects its paths (and the root, if asked), and sets the hostname.
 pub fn prepare(root: &Path, spec: &ContainerSpec) -> Result<(), MountError> {
+    if spec.readonly_root {
+        // A mount of its own, made read-only once everything is in place.
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount_at(Some(root), root, "none", bind, None)?;
+    }
     for m in &spec.mounts {
         let target = inside(root, &m.destination);
         mkdir(&target)?;
-        let (flags, data) = parse_options(&m.options);
-        let (fstype, data) = guest_fstype(m, data);
-        mount_at(None, &target, fstype, flags, data.as_deref())?;
+        mount_one(m, &target)?;
+    }
+    for file in &spec.files {
+        copy_in(root, file)?;
     }
     for path in &spec.masked_paths {
         let target = inside(root, path);
@@ -120,13 +178,13 @@ pub fn prepare(root: &Path, spec: &ContainerSpec) -> Result<(), MountError> {
     }
     for path in &spec.readonly_paths {
         let target = inside(root, path);
-        if !target.exists() {
-            continue;
+        if target.exists() {
+            read_only(&target)?;
         }
-        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount_at(Some(&target), &target, "none", bind, None)?;
+    }
+    if spec.readonly_root {
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount_at(None, &target, "none", ro, None)?;
+        mount_at(None, root, "none", ro, None)?;
     }
     if let Some(name) = &spec.hostname {
         nix::unistd::sethostname(name).map_err(MountError::Hostname)?;

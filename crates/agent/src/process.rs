@@ -2,6 +2,7 @@
 //! the OCI spec, then `execve` of the program looked up in the root's `$PATH`.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,12 @@ pub enum ProcessError {
     Rlimit(String),
     #[error("a NUL byte in {0}")]
     Nul(&'static str),
+    #[error("open a terminal for the process: {0}")]
+    Pty(nix::Error),
+    #[error("the process's terminal: {0}")]
+    Terminal(std::io::Error),
+    #[error("join the container's cgroup {0}: {1}")]
+    Cgroup(String, std::io::Error),
     #[error("start {program}: {source}")]
     Spawn {
         program: String,
@@ -52,9 +59,49 @@ fn inside(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// Starts `spec` in `root` with piped stdin, stdout and stderr.
-pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
+/// A started process and, when it runs on a terminal, the terminal's master (the host's
+/// end of its stdin, stdout and stderr; otherwise they are the child's pipes).
+pub struct Started {
+    pub child: Child,
+    pub pty: Option<File>,
+    /// The cgroup it runs in (its exec'd processes join it too).
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The process's stdin, stdout and stderr: one new terminal's slave, or three pipes.
+fn stdio(terminal: bool) -> Result<(Option<File>, [Stdio; 3]), ProcessError> {
+    if !terminal {
+        return Ok((None, [Stdio::piped(), Stdio::piped(), Stdio::piped()]));
+    }
+    let pty = nix::pty::openpty(None, None).map_err(ProcessError::Pty)?;
+    let slave = || -> Result<Stdio, ProcessError> {
+        let fd = pty.slave.try_clone().map_err(ProcessError::Terminal)?;
+        Ok(Stdio::from(fd))
+    };
+    let slaves = [slave()?, slave()?, slave()?];
+    Ok((Some(File::from(pty.master)), slaves))
+}
+
+/// Starts `spec` in `root`: on a terminal of its own (its session's controlling terminal)
+/// when `spec.terminal`, else with piped stdin, stdout and stderr; in the cgroup `cgroup`
+/// (a directory of the guest's cgroup v2 hierarchy) when there is one.
+pub fn spawn(
+    root: &Path,
+    spec: &ProcessSpec,
+    cgroup: Option<&Path>,
+) -> Result<Started, ProcessError> {
     let program = resolve_program(root, spec)?;
+    // Opened before the fork: the child joins the group by writing to it.
+    let procs = cgroup
+        .map(|dir| {
+            let path = dir.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| ProcessError::Cgroup(path.display().to_string(), e))
+        })
+        .transpose()?;
+    let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     let c_root =
         CString::new(root.as_os_str().as_bytes()).map_err(|_| ProcessError::Nul("root"))?;
     let c_cwd = CString::new(spec.cwd.as_bytes()).map_err(|_| ProcessError::Nul("cwd"))?;
@@ -76,18 +123,20 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
         .collect::<Result<Vec<_>, ProcessError>>()?;
     let no_new_privs = spec.no_new_privileges;
     let (uid, gid) = (spec.uid, spec.gid);
+    let terminal = spec.terminal;
+    let (pty, [stdin, stdout, stderr]) = stdio(terminal)?;
     let mut command = Command::new(&program);
     command
         .arg0(&spec.args[0])
         .args(&spec.args[1..])
         .env_clear()
         .envs(spec.env.iter().filter_map(|e| e.split_once('=')))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
     // SAFETY: the closure runs in the forked child before execve and calls only
-    // async-signal-safe functions (chroot, chdir, setgroups, setgid, setuid) on values
-    // prepared before the fork; it allocates nothing.
+    // async-signal-safe functions (write, setsid, ioctl, setrlimit, prctl, chroot, chdir,
+    // setgroups, setgid, setuid) on values prepared before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             let check = |r: libc::c_int| {
@@ -97,6 +146,19 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
                     Err(std::io::Error::last_os_error())
                 }
             };
+            if let Some(fd) = procs_fd {
+                // "0" moves the writing process into the group.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if terminal {
+                // A session of its own with the terminal (its stdin) as controlling tty.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
             for (resource, limit) in &rlimits {
                 check(libc::setrlimit(*resource, limit))?;
             }
@@ -110,9 +172,42 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Child, ProcessError> {
             check(libc::setuid(uid))
         });
     }
-    command
+    let child = command
         .spawn()
-        .map_err(|source| ProcessError::Spawn { program, source })
+        .map_err(|source| ProcessError::Spawn { program, source })?;
+    if let Some(adj) = spec.oom_score_adj {
+        // Set from outside: the child may have exec'd already, which does not matter.
+        let path = format!("/proc/{}/oom_score_adj", child.id());
+        if let Err(e) = std::fs::write(&path, adj.to_string()) {
+            println!("vessel-agent: {path}: {e}");
+        }
+    }
+    let cgroup = cgroup.map(Path::to_path_buf);
+    Ok(Started { child, pty, cgroup })
+}
+
+/// Sets the size of the terminal whose master is `pty`.
+pub fn resize(pty: &File, rows: u16, cols: u16) -> std::io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points at a live local;
+    // the descriptor is the terminal master `pty` owns.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(pty),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The resource number of an OCI `RLIMIT_*` name.
@@ -163,6 +258,8 @@ mod tests {
             additional_gids: vec![],
             rlimits: vec![],
             no_new_privileges: false,
+            terminal: false,
+            oom_score_adj: None,
         }
     }
 
@@ -200,5 +297,34 @@ mod tests {
         let killed = WaitStatus::Signaled(pid, Signal::SIGTERM, false);
         assert_eq!(exit_status(killed), Some(143));
         assert_eq!(exit_status(WaitStatus::StillAlive), None);
+    }
+
+    #[test]
+    fn the_process_joins_its_cgroup_before_it_runs() {
+        if !nix::unistd::Uid::effective().is_root() {
+            println!("skipped: chroot needs root");
+            return;
+        }
+        // A stand-in group: the child writes "0" (itself) to its cgroup.procs.
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new("/");
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        let mut started = spawn(
+            root,
+            &spec(&["true"], &["PATH=/bin:/usr/bin"]),
+            Some(dir.path()),
+        )
+        .unwrap();
+        started.child.wait().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cgroup.procs")).unwrap(),
+            "0"
+        );
+        assert_eq!(started.cgroup.as_deref(), Some(dir.path()));
+        let missing = dir.path().join("gone");
+        let err = spawn(root, &spec(&["true"], &[]), Some(&missing))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("cgroup"), "{err}");
     }
 }

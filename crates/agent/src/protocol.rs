@@ -20,6 +20,8 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_CHUNK: usize = 32 * 1024;
 /// The most arguments, environment entries or supplementary groups a process may have.
 pub const MAX_LIST: usize = 4096;
+/// The longest exec id (containerd's own limit is 76 bytes).
+pub const MAX_EXEC_ID: usize = 128;
 
 /// Errors reading or writing frames, and values that fail validation.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,13 @@ pub struct ProcessSpec {
     pub rlimits: Vec<Rlimit>,
     /// Set `no_new_privs` before `execve`.
     pub no_new_privileges: bool,
+    /// Run on a terminal the agent opens in the guest (its stdin, stdout and stderr; the
+    /// output arrives as `Stdout` only).
+    #[serde(default)]
+    pub terminal: bool,
+    /// The process's `oom_score_adj` in the guest (-1000..=1000).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// One resource limit of the OCI spec.
@@ -63,14 +72,63 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
-/// One file system the agent mounts in the container's root (OCI `mounts`, kernel file
-/// systems only: proc, sysfs, tmpfs, devpts, mqueue, cgroup).
+/// One file system the agent mounts in the container's root (OCI `mounts`: kernel file
+/// systems, and `pod-shm`, the pod's one shared-memory tmpfs that the CRI's bind of the
+/// sandbox's shm directory becomes in the VM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
     pub destination: String,
     pub fstype: String,
     pub options: Vec<String>,
+}
+
+/// A host file copied into the container's root at its start (the CRI's binds of the
+/// pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`): later changes on either
+/// side are not seen by the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub destination: String,
+    pub data: Vec<u8>,
+    /// Bind-mounted read-only over itself.
+    pub readonly: bool,
+}
+
+/// The largest [`FileSpec`] (its bytes travel in the `Run` frame, as JSON numbers).
+pub const MAX_FILE: usize = 64 * 1024;
+/// The most [`FileSpec`]s a container may have.
+pub const MAX_FILES: usize = 8;
+
+/// Resource limits the guest's kernel enforces on a container: its process and its exec'd
+/// processes run in a cgroup v2 group of their own (OCI `linux.resources`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `memory.low`, bytes (the OCI reservation).
+    pub memory_low: Option<u64>,
+    /// `cpu.max`: quota and period, microseconds.
+    pub cpu_max: Option<(u64, u64)>,
+}
+
+impl Limits {
+    /// Checks what the kernel takes: at least 1 MiB of memory; a period of 1 ms to 1 s and
+    /// a quota of at least 1 ms.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |what: String| Err(ProtocolError::InvalidProcess(what));
+        let small = |v: Option<u64>| v.is_some_and(|v| v < 1 << 20);
+        if small(self.memory_max) || small(self.memory_low) {
+            return bad(format!("memory limits {self:?} under 1 MiB"));
+        }
+        match self.cpu_max {
+            Some((quota, period)) if quota < 1000 || !(1000..=1_000_000).contains(&period) => {
+                bad(format!("cpu quota {quota} µs per period {period} µs"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Everything the agent needs to run the container.
@@ -84,21 +142,35 @@ pub struct ContainerSpec {
     pub masked_paths: Vec<String>,
     /// Paths made read-only (OCI `linux.readonlyPaths`).
     pub readonly_paths: Vec<String>,
+    /// The root is read-only once prepared (OCI `root.readonly`).
+    #[serde(default)]
+    pub readonly_root: bool,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 /// The file systems a [`MountSpec`] may name.
-pub const MOUNT_TYPES: [&str; 7] = [
-    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+pub const MOUNT_TYPES: [&str; 8] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", POD_SHM,
 ];
+/// The [`MountSpec`] type of the pod's shared memory.
+pub const POD_SHM: &str = "pod-shm";
 
 impl ContainerSpec {
     /// Validates the process, and that every path is absolute, free of `..` and NUL, and
     /// every mount's type one of [`MOUNT_TYPES`].
     pub fn validate(&self) -> Result<(), ProtocolError> {
         self.process.validate()?;
+        if let Some(limits) = &self.limits {
+            limits.validate()?;
+        }
         let bad = |what: String| Err(ProtocolError::InvalidProcess(what));
         let paths = self.mounts.iter().map(|m| &m.destination);
+        let files = self.files.iter().map(|f| &f.destination);
         let paths = paths.chain(&self.masked_paths).chain(&self.readonly_paths);
+        let paths = paths.chain(files);
         for p in paths {
             if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
                 return bad(format!("path {p:?} is not absolute and plain"));
@@ -124,6 +196,18 @@ impl ContainerSpec {
         ];
         if lists.iter().any(|&n| n > MAX_LIST) {
             return bad(format!("more than {MAX_LIST} mounts, paths or rlimits"));
+        }
+        if self.files.len() > MAX_FILES || self.files.iter().any(|f| f.data.len() > MAX_FILE) {
+            return bad(format!(
+                "more than {MAX_FILES} files or one over {MAX_FILE} bytes"
+            ));
+        }
+        if let Some(f) = self
+            .files
+            .iter()
+            .find(|f| f.destination.trim_matches('/').is_empty())
+        {
+            return bad(format!("a file at {:?}", f.destination));
         }
         match &self.hostname {
             Some(h) if h.len() > 64 || h.contains('\0') => bad(format!("hostname {h:?}")),
@@ -153,6 +237,9 @@ impl ProcessSpec {
         if !self.cwd.starts_with('/') {
             return bad(format!("cwd {:?} is not absolute", self.cwd));
         }
+        if let Some(adj) = self.oom_score_adj.filter(|a| !(-1000..=1000).contains(a)) {
+            return bad(format!("oom_score_adj {adj} is outside -1000..=1000"));
+        }
         if let Some(e) = self
             .env
             .iter()
@@ -168,14 +255,39 @@ impl ProcessSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum HostMessage {
-    /// Run the container (once per VM).
+    /// Run the container (once per VM; in a pod, the pod's sandbox).
     Run { container: Box<ContainerSpec> },
+    /// Run one more container of the pod in this VM (main connection only). The agent opens
+    /// a new connection for it and says [`AgentMessage::Attach`] with this id; the host then
+    /// sends the container's root there as an uncompressed tar archive ([`HostMessage::RootData`]
+    /// frames, then [`HostMessage::RootEnd`]), and the connection carries the container's
+    /// life as the first one carries the sandbox's (`Started` or `Error`, output, `Exited`;
+    /// signals, stdin and its own `Exec`s the other way).
+    Container {
+        id: String,
+        container: Box<ContainerSpec>,
+    },
+    /// The next bytes of a pod container's root (a tar archive).
+    RootData { data: Vec<u8> },
+    /// The pod container's root is complete.
+    RootEnd,
+    /// Run one more process in the running container's root (containerd's Exec). The agent
+    /// opens a new connection for it, says [`AgentMessage::Attach`] with this id first, and
+    /// that connection then carries the process's life as the first one carries the
+    /// container's: `Started` (or `Error`), output, `Exited`; signals and stdin the other way.
+    Exec {
+        id: String,
+        process: Box<ProcessSpec>,
+    },
     /// Deliver a signal (1..=64) to the container's process.
     Signal { signal: i32 },
     /// Bytes for the process's stdin.
     Stdin { data: Vec<u8> },
-    /// Close the process's stdin.
+    /// Close the process's stdin (ignored on a terminal: a terminal's input ends with its
+    /// process).
     CloseStdin,
+    /// The size of the process's terminal (ignored without one).
+    Resize { rows: u16, cols: u16 },
     /// The host has what it needs: power the VM off.
     Shutdown,
 }
@@ -206,6 +318,21 @@ pub enum AgentMessage {
     Error {
         message: String,
     },
+    /// The first frame on a connection of its own: the id of the [`HostMessage::Exec`] or
+    /// the [`HostMessage::Container`] it serves.
+    Attach {
+        id: String,
+    },
+}
+
+/// Whether `id` may name an exec'd process or a pod's container: 1 to [`MAX_EXEC_ID`]
+/// bytes of letters, digits, `-`, `_` and `.` (what containerd's ids are made of).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_EXEC_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The signal numbers a [`HostMessage::Signal`] may carry.

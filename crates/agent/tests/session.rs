@@ -6,10 +6,69 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
 
 use agent::protocol::{
     read_frame, write_frame, AgentMessage, ContainerSpec, HostMessage, MountSpec, ProcessSpec,
 };
+
+/// The agent serving `guest` with `root` on a thread of its own; the host's ends of the
+/// connections it opens for exec'd processes arrive on the receiver.
+fn spawn_agent(
+    guest: UnixStream,
+    root: &Path,
+) -> (
+    std::thread::JoinHandle<Result<u32, agent::session::SessionError>>,
+    mpsc::Receiver<UnixStream>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let connect: agent::exec::Connect = Arc::new(move || {
+        let (host, guest) = UnixStream::pair()?;
+        let _ = tx.lock().unwrap().send(host);
+        Ok(File::from(OwnedFd::from(guest)))
+    });
+    let root = root.to_path_buf();
+    let agent = std::thread::spawn(move || {
+        // SAFETY: unshare has no memory-safety preconditions: this thread, the threads it
+        // starts and their processes get a mount namespace of their own, so the agent's
+        // mounts go away with them.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } == 0 {
+            let private = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
+            let none: Option<&str> = None;
+            let _ = nix::mount::mount(none, "/", none, private, none);
+        }
+        agent::session::serve(
+            File::from(OwnedFd::from(guest)),
+            &root,
+            &root.join(".pod"),
+            "test".into(),
+            connect,
+        )
+    });
+    (agent, rx)
+}
+
+/// An agent serving a busybox root on a thread, past its `Ready`: the host's reading and
+/// writing ends, the agent's thread, and the host's ends of exec'd processes' connections.
+type Session = (
+    UnixStream,
+    UnixStream,
+    std::thread::JoinHandle<Result<u32, agent::session::SessionError>>,
+    mpsc::Receiver<UnixStream>,
+);
+
+/// A [`Session`] in `dir`; `None` (the test passes, saying why) where it cannot run.
+fn session(dir: &Path) -> Option<Session> {
+    if !busybox_root(dir) {
+        return None;
+    }
+    let (host, guest) = UnixStream::pair().unwrap();
+    let (agent, execs) = spawn_agent(guest, dir);
+    let mut r = host.try_clone().unwrap();
+    let _ready: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    Some((r, host, agent, execs))
+}
 
 fn busybox_root(dir: &Path) -> bool {
     let busybox = Path::new("/bin/busybox");
@@ -38,6 +97,8 @@ fn container(script: &str) -> ContainerSpec {
                 hard: 456,
             }],
             no_new_privileges: true,
+            terminal: false,
+            oom_score_adj: Some(100),
         },
         hostname: None,
         mounts: vec![MountSpec {
@@ -47,16 +108,16 @@ fn container(script: &str) -> ContainerSpec {
         }],
         masked_paths: vec![],
         readonly_paths: vec![],
+        readonly_root: false,
+        files: vec![],
+        limits: None,
     }
 }
 
 /// Runs `container` through the agent; returns (stdout, stderr, exit status).
 fn run(root: &Path, container: ContainerSpec) -> (String, String, u32) {
     let (host, guest) = UnixStream::pair().unwrap();
-    let root_owned = root.to_path_buf();
-    let agent = std::thread::spawn(move || {
-        agent::session::serve(File::from(OwnedFd::from(guest)), &root_owned, "test".into())
-    });
+    let (agent, _execs) = spawn_agent(guest, root);
     let mut r = host.try_clone().unwrap();
     let mut w = host;
     let ready: AgentMessage = read_frame(&mut r).unwrap().unwrap();
@@ -114,17 +175,9 @@ fn the_agent_runs_the_process_in_its_root_and_reports_output_and_status() {
 #[test]
 fn a_missing_program_is_an_error_message_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
-    if !busybox_root(dir.path()) {
+    let Some((mut r, mut w, agent, _execs)) = session(dir.path()) else {
         return;
-    }
-    let (host, guest) = UnixStream::pair().unwrap();
-    let root = dir.path().to_path_buf();
-    let agent = std::thread::spawn(move || {
-        agent::session::serve(File::from(OwnedFd::from(guest)), &root, "test".into())
-    });
-    let mut r = host.try_clone().unwrap();
-    let mut w = host;
-    let _ready: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    };
     let mut c = container("");
     c.process.args = vec!["no-such-program".into()];
     c.mounts.clear();
@@ -145,17 +198,9 @@ fn a_missing_program_is_an_error_message_not_a_hang() {
 #[test]
 fn signals_from_the_host_reach_the_process() {
     let dir = tempfile::tempdir().unwrap();
-    if !busybox_root(dir.path()) {
+    let Some((mut r, mut w, agent, _execs)) = session(dir.path()) else {
         return;
-    }
-    let (host, guest) = UnixStream::pair().unwrap();
-    let root = dir.path().to_path_buf();
-    let agent = std::thread::spawn(move || {
-        agent::session::serve(File::from(OwnedFd::from(guest)), &root, "test".into())
-    });
-    let mut r = host.try_clone().unwrap();
-    let mut w = host;
-    let _ready: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    };
     let mut c = container("echo up; exec busybox sleep 600");
     c.mounts.clear();
     write_frame(
@@ -185,4 +230,313 @@ fn signals_from_the_host_reach_the_process() {
     assert_eq!(exited, AgentMessage::Exited { status: 128 + 15 });
     write_frame(&mut w, &HostMessage::Shutdown).unwrap();
     assert_eq!(agent.join().unwrap().unwrap(), 143);
+}
+
+/// What arrives on an exec'd process's connection until its exit: (stdout, exit status).
+fn exec_output(conn: &mut UnixStream) -> (String, u32) {
+    let mut out = Vec::new();
+    loop {
+        match read_frame::<_, AgentMessage>(conn).unwrap().unwrap() {
+            AgentMessage::Started { pid } => assert!(pid > 1),
+            AgentMessage::Stdout { data } => out.extend(data),
+            AgentMessage::Exited { status } => return (String::from_utf8(out).unwrap(), status),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Runs the container's process `script` (without mounts) and waits for its `Started`.
+fn run_waiting(w: &mut UnixStream, r: &mut UnixStream, script: &str) {
+    let mut c = container(script);
+    c.mounts.clear();
+    let run = HostMessage::Run {
+        container: Box::new(c),
+    };
+    write_frame(w, &run).unwrap();
+    let started: AgentMessage = read_frame(r).unwrap().unwrap();
+    assert!(
+        matches!(started, AgentMessage::Started { .. }),
+        "{started:?}"
+    );
+}
+
+fn exec(w: &mut UnixStream, id: &str, script: &str) {
+    let process = Box::new(container(script).process);
+    let id = id.to_string();
+    write_frame(w, &HostMessage::Exec { id, process }).unwrap();
+}
+
+#[test]
+fn exec_runs_more_processes_in_the_root_each_on_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut r, mut w, agent, execs)) = session(dir.path()) else {
+        return;
+    };
+    // The container's process waits for a line on its stdin.
+    run_waiting(&mut w, &mut r, "read line; echo got $line");
+
+    exec(&mut w, "e1", "echo from exec $GREETING; ls /; exit 5");
+    let mut e1 = execs.recv().unwrap();
+    let attach: AgentMessage = read_frame(&mut e1).unwrap().unwrap();
+    assert_eq!(attach, AgentMessage::Attach { id: "e1".into() });
+    let (out, status) = exec_output(&mut e1);
+    assert_eq!(status, 5);
+    assert!(out.starts_with("from exec hi\n"), "{out}");
+    assert!(!out.contains("usr"), "chrooted: {out}");
+
+    // A program that is not there: an error on its connection, the container goes on.
+    let mut process = Box::new(container("").process);
+    process.args = vec!["no-such-program".into()];
+    let id = "e2".to_string();
+    write_frame(&mut w, &HostMessage::Exec { id, process }).unwrap();
+    let mut e2 = execs.recv().unwrap();
+    let _attach: AgentMessage = read_frame(&mut e2).unwrap().unwrap();
+    match read_frame::<_, AgentMessage>(&mut e2).unwrap().unwrap() {
+        AgentMessage::Error { message } => assert!(message.contains("not found"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Signals on an exec's connection reach that process only.
+    exec(&mut w, "e3", "echo up; exec busybox sleep 600");
+    let mut e3 = execs.recv().unwrap();
+    let _attach: AgentMessage = read_frame(&mut e3).unwrap().unwrap();
+    let _started: AgentMessage = read_frame(&mut e3).unwrap().unwrap();
+    let up: AgentMessage = read_frame(&mut e3).unwrap().unwrap();
+    assert_eq!(
+        up,
+        AgentMessage::Stdout {
+            data: b"up\n".to_vec()
+        }
+    );
+    write_frame(&mut e3, &HostMessage::Signal { signal: 15 }).unwrap();
+    assert_eq!(exec_output(&mut e3), (String::new(), 143));
+
+    // One still running when the container's process ends is killed and reports it first.
+    exec(&mut w, "e4", "echo up; exec busybox sleep 600");
+    let mut e4 = execs.recv().unwrap();
+    let _attach: AgentMessage = read_frame(&mut e4).unwrap().unwrap();
+    let _started: AgentMessage = read_frame(&mut e4).unwrap().unwrap();
+    let _up: AgentMessage = read_frame(&mut e4).unwrap().unwrap();
+    write_frame(
+        &mut w,
+        &HostMessage::Stdin {
+            data: b"x\n".to_vec(),
+        },
+    )
+    .unwrap();
+    assert_eq!(exec_output(&mut e4), (String::new(), 128 + 9));
+    let out: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(
+        out,
+        AgentMessage::Stdout {
+            data: b"got x\n".to_vec()
+        }
+    );
+    let exited: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(exited, AgentMessage::Exited { status: 0 });
+    write_frame(&mut w, &HostMessage::Shutdown).unwrap();
+    assert_eq!(agent.join().unwrap().unwrap(), 0);
+}
+
+#[test]
+fn a_process_on_a_terminal_gets_its_size_and_input_and_one_output_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut r, mut w, agent, _execs)) = session(dir.path()) else {
+        return;
+    };
+    let script = "[ -t 0 ] && echo is-a-tty; read line; stty size; echo got $line; echo err >&2";
+    let mut c = container(script);
+    c.mounts.clear();
+    c.process.terminal = true;
+    let run = HostMessage::Run {
+        container: Box::new(c),
+    };
+    write_frame(&mut w, &run).unwrap();
+    let started: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert!(
+        matches!(started, AgentMessage::Started { .. }),
+        "{started:?}"
+    );
+    write_frame(
+        &mut w,
+        &HostMessage::Resize {
+            rows: 30,
+            cols: 100,
+        },
+    )
+    .unwrap();
+    // Closing stdin does not end a terminal's input: the line still arrives.
+    write_frame(&mut w, &HostMessage::CloseStdin).unwrap();
+    let data = b"hello\n".to_vec();
+    write_frame(&mut w, &HostMessage::Stdin { data }).unwrap();
+    let mut out = Vec::new();
+    let status = loop {
+        match read_frame::<_, AgentMessage>(&mut r).unwrap().unwrap() {
+            AgentMessage::Stdout { data } => out.extend(data),
+            AgentMessage::Exited { status } => break status,
+            other => panic!("{other:?}"),
+        }
+    };
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert_eq!(status, 0, "{out}");
+    for line in ["is-a-tty", "hello", "30 100", "got hello", "err"] {
+        assert!(out.lines().any(|l| l == line), "{line:?} in {out:?}");
+    }
+    write_frame(&mut w, &HostMessage::Shutdown).unwrap();
+    assert_eq!(agent.join().unwrap().unwrap(), 0);
+}
+
+/// A tar archive of a busybox root holding one more file, `marker`.
+fn busybox_tar(marker: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_path_with_name("/bin/busybox", "bin/busybox")
+        .unwrap();
+    let header = |mode| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    let mut link = header(0o777);
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    b.append_link(&mut link, "bin/sh", "busybox").unwrap();
+    let mut file = header(0o644);
+    file.set_size(2);
+    b.append_data(&mut file, marker, &b"hi"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// Starts the pod's container `id` running `script` on the main connection `w`; its own
+/// connection once it has its root (from `conns`, past its `Attach`).
+fn pod_container(
+    w: &mut UnixStream,
+    conns: &mpsc::Receiver<UnixStream>,
+    id: &str,
+    script: &str,
+) -> UnixStream {
+    let mut c = container(script);
+    c.mounts.clear();
+    let container = Box::new(c);
+    write_frame(
+        w,
+        &HostMessage::Container {
+            id: id.into(),
+            container,
+        },
+    )
+    .unwrap();
+    let mut conn = conns.recv().unwrap();
+    let attach: AgentMessage = read_frame(&mut conn).unwrap().unwrap();
+    assert_eq!(attach, AgentMessage::Attach { id: id.into() });
+    for chunk in busybox_tar(&format!("marker-{id}")).chunks(10_000) {
+        let data = chunk.to_vec();
+        write_frame(&mut conn, &HostMessage::RootData { data }).unwrap();
+    }
+    write_frame(&mut conn, &HostMessage::RootEnd).unwrap();
+    conn
+}
+
+#[test]
+fn a_pods_containers_get_their_own_roots_connections_and_execs_and_end_with_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut r, mut w, agent, conns)) = session(dir.path()) else {
+        return;
+    };
+    run_waiting(&mut w, &mut r, "read line; echo sandbox $line");
+
+    let mut c2 = pod_container(&mut w, &conns, "c2", "ls /; echo in c2 $GREETING; exit 7");
+    let (out, status) = exec_output(&mut c2);
+    assert_eq!(status, 7);
+    assert_eq!(out, "bin\nmarker-c2\nin c2 hi\n");
+
+    // One that runs on: an exec on its connection runs in its root.
+    let mut c3 = pod_container(&mut w, &conns, "c3", "echo up; exec busybox sleep 600");
+    let _started: AgentMessage = read_frame(&mut c3).unwrap().unwrap();
+    let up: AgentMessage = read_frame(&mut c3).unwrap().unwrap();
+    let data = b"up\n".to_vec();
+    assert_eq!(up, AgentMessage::Stdout { data });
+    exec(&mut c3, "e1", "ls /");
+    let mut e1 = conns.recv().unwrap();
+    let attach: AgentMessage = read_frame(&mut e1).unwrap().unwrap();
+    assert_eq!(attach, AgentMessage::Attach { id: "e1".into() });
+    assert_eq!(exec_output(&mut e1), ("bin\nmarker-c3\n".into(), 0));
+
+    // The sandbox's end ends the pod's containers: c3 reports being killed.
+    let data = b"x\n".to_vec();
+    write_frame(&mut w, &HostMessage::Stdin { data }).unwrap();
+    assert_eq!(exec_output(&mut c3), (String::new(), 128 + 9));
+    let out: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    let data = b"sandbox x\n".to_vec();
+    assert_eq!(out, AgentMessage::Stdout { data });
+    let exited: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(exited, AgentMessage::Exited { status: 0 });
+    write_frame(&mut w, &HostMessage::Shutdown).unwrap();
+    assert_eq!(agent.join().unwrap().unwrap(), 0);
+    assert!(!dir.path().join(".pod/c2").exists(), "c2's root is gone");
+}
+
+#[test]
+fn a_root_that_is_not_a_tar_archive_fails_the_containers_start_not_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut r, mut w, agent, conns)) = session(dir.path()) else {
+        return;
+    };
+    run_waiting(&mut w, &mut r, "read line; echo sandbox $line");
+    let container = Box::new(container("true"));
+    write_frame(
+        &mut w,
+        &HostMessage::Container {
+            id: "bad".into(),
+            container,
+        },
+    )
+    .unwrap();
+    let mut conn = conns.recv().unwrap();
+    let _attach: AgentMessage = read_frame(&mut conn).unwrap().unwrap();
+    let data = vec![0xff; 1024];
+    write_frame(&mut conn, &HostMessage::RootData { data }).unwrap();
+    write_frame(&mut conn, &HostMessage::Signal { signal: 9 }).unwrap();
+    match read_frame::<_, AgentMessage>(&mut conn).unwrap().unwrap() {
+        AgentMessage::Error { message } => assert!(message.contains("root"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let data = b"x\n".to_vec();
+    write_frame(&mut w, &HostMessage::Stdin { data }).unwrap();
+    let _out: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    let exited: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(exited, AgentMessage::Exited { status: 0 });
+    write_frame(&mut w, &HostMessage::Shutdown).unwrap();
+    assert_eq!(agent.join().unwrap().unwrap(), 0);
+}
+
+#[test]
+fn copied_in_files_and_a_read_only_root() {
+    let dir = tempfile::tempdir().unwrap();
+    if !busybox_root(dir.path()) {
+        return;
+    }
+    let script = "busybox cat /etc/hosts; echo x >> /etc/hosts && echo hosts-rw; \
+                  (echo y >> /etc/resolv.conf) || echo resolv-ro; \
+                  (echo z > /new) || echo root-ro";
+    let mut c = container(script);
+    c.mounts.clear();
+    c.readonly_root = true;
+    let file = |destination: &str, data: &[u8], readonly| agent::protocol::FileSpec {
+        destination: destination.into(),
+        data: data.to_vec(),
+        readonly,
+    };
+    c.files = vec![
+        file("/etc/hosts", b"127.0.0.1 pod\n", false),
+        file("/etc/resolv.conf", b"nameserver 10.0.2.3\n", true),
+    ];
+    let (out, err, status) = run(dir.path(), c);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(
+        out, "127.0.0.1 pod\nhosts-rw\nresolv-ro\nroot-ro\n",
+        "{err}"
+    );
 }

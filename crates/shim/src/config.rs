@@ -126,15 +126,6 @@ impl ShimConfig {
             None => 120,
         }
     }
-
-    /// vCPUs for the VM: one on kvm_pvm hosts (docs/nested-kvm.md).
-    pub fn vcpus(&self) -> u32 {
-        if Self::nested_host() {
-            1
-        } else {
-            self.cpus
-        }
-    }
 }
 
 /// scripts/nested-host.cmdline without its comment lines, joined with spaces.

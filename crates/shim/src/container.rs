@@ -2,21 +2,24 @@
 //! the VM, Start runs the process through the agent, then the output and the exit status
 //! come back over the agent's stream ([`crate::stream`]).
 
-use std::os::unix::net::UnixStream;
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use agent::protocol::{
-    read_frame, valid_signal, write_frame, AgentMessage, HostMessage, ProtocolError,
+    read_frame, valid_id, valid_signal, write_frame, AgentMessage, HostMessage, ProcessSpec,
+    ProtocolError,
 };
 use containerd_shim::protos::types::mount::Mount;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::ShimConfig;
+use crate::exec::ExecProcess;
 use crate::initramfs::{self, InitramfsError};
-use crate::oci::{self, BundleSpec, SpecError};
+use crate::oci::{BundleSpec, SpecError};
 use crate::rootfs::{MountedRoot, RootfsError};
 use crate::stream;
 use crate::vm::{Vm, VmError, VmFiles};
@@ -49,6 +52,12 @@ pub enum ContainerError {
     State(String),
     #[error("signal {0} is not a signal number")]
     Signal(u32),
+    #[error("no exec {0:?} in this container")]
+    NoExec(String),
+    #[error("exec {0:?} exists already")]
+    ExecExists(String),
+    #[error("exec id {0:?}: 1 to 128 letters, digits, '-', '_' or '.'")]
+    ExecId(String),
 }
 
 /// Where the task stands (containerd's `Status`).
@@ -64,6 +73,16 @@ pub enum Status {
 pub struct Exit {
     pub status: u32,
     pub at: SystemTime,
+}
+
+impl Exit {
+    /// An exit with `status`, now.
+    pub fn now(status: u32) -> Exit {
+        Exit {
+            status,
+            at: SystemTime::now(),
+        }
+    }
 }
 
 /// containerd's stdio paths (FIFOs; empty when unused).
@@ -84,6 +103,20 @@ pub(crate) struct State {
     pub agent: Option<UnixStream>,
 }
 
+/// Blocks on `changed` until `exit_of` finds an exit in the state `guard` guards.
+pub(crate) fn wait_for_exit<T>(
+    mut guard: MutexGuard<'_, T>,
+    changed: &Condvar,
+    exit_of: impl Fn(&T) -> Option<Exit>,
+) -> Exit {
+    loop {
+        if let Some(exit) = exit_of(&guard) {
+            return exit;
+        }
+        guard = changed.wait(guard).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
 /// One container in one microVM.
 pub struct Container {
     pub id: String,
@@ -94,6 +127,30 @@ pub struct Container {
     spec: BundleSpec,
     state: Mutex<State>,
     changed: Condvar,
+    execs: Mutex<Execs>,
+    /// Held while one exec starts: the agent's next connection is that exec's.
+    exec_start: Mutex<()>,
+    /// Keeps the process's stdin open until CloseIO.
+    stdin_hold: stream::StdinHold,
+    place: Place,
+}
+
+/// Where a container's process runs.
+enum Place {
+    /// In a VM of its own, kept in the state (a lone container, or a pod's sandbox).
+    OwnVm,
+    /// In its pod's sandbox's VM; its root goes there from this tar archive at Start.
+    Pod {
+        sandbox: Arc<Container>,
+        root_tar: PathBuf,
+    },
+}
+
+/// The exec'd processes, and the listener their connections arrive on.
+#[derive(Default)]
+struct Execs {
+    listener: Option<UnixListener>,
+    processes: HashMap<String, Arc<ExecProcess>>,
 }
 
 impl Container {
@@ -102,11 +159,11 @@ impl Container {
     pub fn create(
         id: &str,
         bundle: &Path,
+        spec: BundleSpec,
         rootfs: &[Mount],
         stdio: StdioPaths,
         config: &ShimConfig,
     ) -> Result<Arc<Container>, ContainerError> {
-        let spec = oci::load(bundle)?;
         let files = VmFiles::in_dir(bundle);
         let root = MountedRoot::mount(rootfs, &spec.root)?;
         let built = initramfs::build(&config.initrd, &config.agent, &spec.root, &files.initramfs);
@@ -115,23 +172,99 @@ impl Container {
             files.remove();
             return Err(e.into());
         }
-        let vm = Vm::boot(config, files.clone()).inspect_err(|_| files.remove())?;
+        let limits = spec.container.limits.as_ref();
+        let vm = Vm::boot(config, files.clone(), limits).inspect_err(|_| files.remove())?;
         tracing::info!("container {id}: vessel {} boots its VM", vm.pid());
-        Ok(Arc::new(Container {
+        let pid = vm.pid();
+        let at = (bundle, pid, Some(vm), Place::OwnVm);
+        Ok(Container::new(id, at, spec, stdio))
+    }
+
+    /// A container in state Created: (its bundle, the task's pid, its own VM, where it runs).
+    fn new(
+        id: &str,
+        (bundle, pid, vm, place): (&Path, u32, Option<Vm>, Place),
+        spec: BundleSpec,
+        stdio: StdioPaths,
+    ) -> Arc<Container> {
+        Arc::new(Container {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             stdio,
-            pid: vm.pid(),
+            pid,
             spec,
             state: Mutex::new(State {
                 status: Status::Created,
                 exit: None,
-                vm: Some(vm),
+                vm,
                 vm_gone: false,
                 agent: None,
             }),
             changed: Condvar::new(),
-        }))
+            execs: Mutex::new(Execs::default()),
+            exec_start: Mutex::new(()),
+            stdin_hold: stream::StdinHold::default(),
+            place,
+        })
+    }
+
+    /// Reads the bundle and packs the container's root for its pod's VM, where `sandbox`
+    /// runs; it goes there at Start.
+    pub fn create_in_pod(
+        id: &str,
+        bundle: &Path,
+        spec: BundleSpec,
+        rootfs: &[Mount],
+        stdio: StdioPaths,
+        sandbox: Arc<Container>,
+    ) -> Result<Arc<Container>, ContainerError> {
+        let root_tar = bundle.join(crate::pod::ROOT_TAR);
+        let root = MountedRoot::mount(rootfs, &spec.root)?;
+        let packed = crate::pod::pack_root(&spec.root, &root_tar);
+        root.unmount()?;
+        if let Err(e) = packed {
+            let _ = std::fs::remove_file(&root_tar);
+            return Err(e);
+        }
+        tracing::info!("container {id}: joins pod {}", sandbox.id);
+        let at = (bundle, sandbox.pid, None, Place::Pod { sandbox, root_tar });
+        Ok(Container::new(id, at, spec, stdio))
+    }
+
+    /// Whether this container boots a VM of its own (a pod's sandbox, or a lone one).
+    pub fn owns_vm(&self) -> bool {
+        matches!(self.place, Place::OwnVm)
+    }
+
+    /// The container whose VM this one runs in (itself, or its pod's sandbox): the
+    /// agent's connections for exec'd processes and pod containers arrive on its listener,
+    /// one at a time.
+    pub(crate) fn vm_owner(&self) -> &Container {
+        match &self.place {
+            Place::OwnVm => self,
+            Place::Pod { sandbox, .. } => sandbox,
+        }
+    }
+
+    /// A handle of the agent listener of the VM this container runs in, held one attach at a
+    /// time: (the guard, the listener).
+    pub(crate) fn attach_turn(&self) -> Result<(MutexGuard<'_, ()>, UnixListener), ContainerError> {
+        let owner = self.vm_owner();
+        let turn = owner.exec_start.lock().unwrap_or_else(|p| p.into_inner());
+        let listener = owner
+            .lock_execs()
+            .listener
+            .as_ref()
+            .map(UnixListener::try_clone);
+        let listener = listener
+            .ok_or_else(|| ContainerError::State(format!("{}'s VM is not running", owner.id)))?
+            .map_err(|e| ContainerError::Protocol(e.into()))?;
+        Ok((turn, listener))
+    }
+
+    /// The agent's view of the container.
+    pub(crate) fn container_spec(&self) -> &agent::protocol::ContainerSpec {
+        &self.spec.container
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -140,30 +273,26 @@ impl Container {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Waits for the agent, runs the process, and hands the stream to a thread that
-    /// copies output to containerd's FIFOs and reports the exit through `on_exit`.
+    /// Runs the process (in its own VM once the agent is there, or in its pod's VM) and
+    /// hands its stream to a thread that copies output to containerd's FIFOs and reports
+    /// the exit through `on_exit`.
     pub fn start(
         self: &Arc<Self>,
         boot_timeout: Duration,
         on_exit: Box<dyn FnOnce(Exit) + Send>,
     ) -> Result<u32, ContainerError> {
-        let mut vm = {
-            let mut state = self.lock();
-            if state.status != Status::Created {
-                return Err(ContainerError::State(format!(
-                    "{} was started already",
-                    self.id
-                )));
-            }
-            state
-                .vm
-                .take()
-                .ok_or_else(|| ContainerError::State("no VM".into()))?
+        if self.lock().status != Status::Created {
+            return Err(ContainerError::State(format!(
+                "{} was started already",
+                self.id
+            )));
+        }
+        let started = match &self.place {
+            Place::OwnVm => self.start_in_own_vm(boot_timeout),
+            Place::Pod { sandbox, root_tar } => crate::pod::start_in(self, sandbox, root_tar),
         };
-        let started = self.run_in(&mut vm, boot_timeout);
         let mut state = self.lock();
-        state.vm = Some(vm);
-        let (stream, guest_pid) = match started {
+        let stream = match started {
             Ok(s) => s,
             Err(e) => {
                 drop(state);
@@ -179,7 +308,6 @@ impl Container {
                 self.id
             )));
         }
-        tracing::info!("container {}: process {guest_pid} runs in the VM", self.id);
         let reader = stream
             .try_clone()
             .map_err(|e| ContainerError::Protocol(e.into()))?;
@@ -192,8 +320,28 @@ impl Container {
             me.finish(status);
             on_exit(me.wait());
         });
-        stream::forward_stdin(self.clone());
+        let me = self.clone();
+        stream::forward_stdin(self.stdio.stdin.clone(), &self.stdin_hold, move |m| {
+            me.send(m).is_ok()
+        });
         Ok(self.pid)
+    }
+
+    /// Waits for the agent of the container's own VM and has it start the process; the
+    /// agent's main stream.
+    fn start_in_own_vm(&self, boot_timeout: Duration) -> Result<UnixStream, ContainerError> {
+        let mut vm = self
+            .lock()
+            .vm
+            .take()
+            .ok_or_else(|| ContainerError::State("no VM".into()))?;
+        let started = self.run_in(&mut vm, boot_timeout);
+        let listener = vm.listener();
+        self.lock().vm = Some(vm);
+        let (stream, guest_pid) = started?;
+        tracing::info!("container {}: process {guest_pid} runs in the VM", self.id);
+        self.lock_execs().listener = Some(listener?);
+        Ok(stream)
     }
 
     /// Connects to the agent and has it start the process: (stream, guest pid).
@@ -220,6 +368,11 @@ impl Container {
         }
     }
 
+    /// CloseIO: the process's stdin ends once the client has closed its side too.
+    pub fn close_stdin(&self) {
+        self.stdin_hold.release();
+    }
+
     /// Sends a message to the agent (stdin, signals, shutdown).
     pub(crate) fn send(&self, message: &HostMessage) -> Result<(), ContainerError> {
         let mut state = self.lock();
@@ -233,23 +386,25 @@ impl Container {
     /// Records the exit (the first one counts), tells the agent to power off, stops the VM
     /// and removes its files.
     fn finish(&self, status: u32) {
+        self.stdin_hold.release();
         let vm = {
             let mut state = self.lock();
-            if state.exit.is_none() {
-                state.exit = Some(Exit {
-                    status,
-                    at: SystemTime::now(),
-                });
-            }
+            state.exit.get_or_insert(Exit::now(status));
             state.status = Status::Stopped;
             if let Some(mut agent) = state.agent.take() {
-                let _ = write_frame(&mut agent, &HostMessage::Shutdown);
+                // A pod's container only closes its own connection: the VM is the pod's.
+                if self.owns_vm() {
+                    let _ = write_frame(&mut agent, &HostMessage::Shutdown);
+                }
             }
             self.changed.notify_all();
             state.vm.take()
         };
         if let Some(vm) = vm {
             vm.stop(POWER_OFF_GRACE);
+        }
+        if let Place::Pod { root_tar, .. } = &self.place {
+            let _ = std::fs::remove_file(root_tar);
         }
         self.lock().vm_gone = true;
         self.changed.notify_all();
@@ -263,8 +418,11 @@ impl Container {
         match status {
             Status::Running => self.send(&HostMessage::Signal { signal: sig }),
             Status::Created => {
-                // The VMM itself: Start may be waiting for the agent without holding the VM.
-                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                // The VMM itself: Start may be waiting for the agent without holding the VM
+                // (a pod's container has nothing running yet).
+                if self.owns_vm() {
+                    let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                }
                 self.finish(128 + signal);
                 Ok(())
             }
@@ -274,13 +432,7 @@ impl Container {
 
     /// Blocks until the process has exited.
     pub fn wait(&self) -> Exit {
-        let mut state = self.lock();
-        loop {
-            if let Some(exit) = state.exit {
-                return exit;
-            }
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        wait_for_exit(self.lock(), &self.changed, |s| s.exit)
     }
 
     /// The status, and the exit once there is one.
@@ -301,7 +453,9 @@ impl Container {
                 )))
             }
             Status::Created => {
-                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                if self.owns_vm() {
+                    let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                }
                 self.finish(128 + Signal::SIGKILL as u32);
             }
             Status::Stopped => {}
@@ -311,12 +465,70 @@ impl Container {
             .changed
             .wait_timeout_while(state, DELETE_WAIT, |s| !s.vm_gone)
             .unwrap_or_else(|p| p.into_inner());
-        let exit = state.exit.unwrap_or(Exit {
-            status: 255,
-            at: SystemTime::now(),
-        });
+        let exit = state.exit.unwrap_or(Exit::now(255));
         drop(state);
         crate::vm::clean_up_after(&self.bundle);
         Ok(exit)
+    }
+
+    fn lock_execs(&self) -> MutexGuard<'_, Execs> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records exec'd process `id` (containerd's Exec); it runs at [`Container::start_exec`].
+    pub fn add_exec(
+        &self,
+        id: &str,
+        stdio: StdioPaths,
+        spec: ProcessSpec,
+    ) -> Result<(), ContainerError> {
+        if !valid_id(id) {
+            return Err(ContainerError::ExecId(id.to_string()));
+        }
+        if self.lock().status != Status::Running {
+            return Err(ContainerError::State(format!("{} is not running", self.id)));
+        }
+        let mut execs = self.lock_execs();
+        if execs.processes.contains_key(id) {
+            return Err(ContainerError::ExecExists(id.to_string()));
+        }
+        let process = ExecProcess::new(id, stdio, spec);
+        execs.processes.insert(id.to_string(), process);
+        Ok(())
+    }
+
+    /// Exec'd process `id`.
+    pub fn exec(&self, id: &str) -> Result<Arc<ExecProcess>, ContainerError> {
+        let execs = self.lock_execs();
+        let process = execs.processes.get(id).cloned();
+        process.ok_or_else(|| ContainerError::NoExec(id.to_string()))
+    }
+
+    /// Starts exec'd process `id` in the VM; `on_exit` hears of its exit.
+    pub fn start_exec(
+        &self,
+        id: &str,
+        on_exit: Box<dyn FnOnce(Exit) + Send>,
+    ) -> Result<(), ContainerError> {
+        let process = self.exec(id)?;
+        if self.lock().status != Status::Running {
+            return Err(ContainerError::State(format!("{} is not running", self.id)));
+        }
+        let (_one_at_a_time, listener) = self.attach_turn()?;
+        process.start(&listener, |m| self.send(&m), on_exit)
+    }
+
+    /// Forgets exec'd process `id` once it has exited; its exit.
+    pub fn delete_exec(&self, id: &str) -> Result<Exit, ContainerError> {
+        let process = self.exec(id)?;
+        match process.status() {
+            (Status::Running, _) => {
+                Err(ContainerError::State(format!("exec {id} is still running")))
+            }
+            (_, exit) => {
+                self.lock_execs().processes.remove(id);
+                Ok(exit.unwrap_or(Exit::now(0)))
+            }
+        }
     }
 }

@@ -10,13 +10,17 @@ use std::path::{Path, PathBuf};
 use cpio::newc::{self, Builder};
 
 /// What the VM's kernel runs first (`rdinit=`): loads the virtio-pci and vsock modules of
-/// the base archive, mounts the kernel's file systems and becomes vessel-agent.
+/// the base archive, mounts the kernel's file systems (devpts too, for terminals) and
+/// becomes vessel-agent.
 pub const INIT_PATH: &str = "/sbin/vessel-init";
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# The agent opens processes' terminals through /dev/ptmx, which needs devpts at /dev/pts.
+mkdir -p /dev/pts
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 while read -r m; do
     case "${m%.ko}" in
         virtio|virtio_ring|virtio_pci*|vsock|vmw_vsock_virtio_transport*) insmod "/lib/modules/$m" ;;

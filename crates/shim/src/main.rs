@@ -4,8 +4,10 @@
 
 mod config;
 mod container;
+mod exec;
 mod initramfs;
 mod oci;
+mod pod;
 mod rootfs;
 mod service;
 mod stream;

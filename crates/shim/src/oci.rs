@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use agent::protocol::{ContainerSpec, MountSpec, ProcessSpec, Rlimit, MOUNT_TYPES};
+use agent::protocol::{ContainerSpec, ProcessSpec, Rlimit};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,7 +42,6 @@ struct Spec {
     #[serde(default)]
     mounts: Vec<Mount>,
     hooks: Option<Value>,
-    #[allow(dead_code)]
     annotations: Option<HashMap<String, String>>,
     linux: Option<Linux>,
 }
@@ -66,6 +65,7 @@ struct Process {
     no_new_privileges: bool,
     apparmor_profile: Option<String>,
     selinux_label: Option<String>,
+    oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +100,6 @@ struct Mount {
     destination: String,
     #[serde(rename = "type")]
     fstype: Option<String>,
-    #[allow(dead_code)]
     source: Option<String>,
     #[serde(default)]
     options: Vec<String>,
@@ -111,7 +110,7 @@ struct Mount {
 struct Linux {
     #[allow(dead_code)]
     namespaces: Option<Value>,
-    resources: Option<Resources>,
+    resources: Option<resources::Resources>,
     #[allow(dead_code)]
     cgroups_path: Option<String>,
     #[serde(default)]
@@ -120,46 +119,63 @@ struct Linux {
     readonly_paths: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Resources {
-    #[allow(dead_code)]
-    devices: Option<Value>,
-    cpu: Option<Cpu>,
-}
-
-/// `linux.resources.cpu`: ctr fills it in; only what sets no limit is accepted (the
-/// VM's size is the limit; mapping limits to vCPUs is not done yet).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Cpu {
-    #[allow(dead_code)]
-    shares: Option<u64>,
-    quota: Option<i64>,
-    #[allow(dead_code)]
-    period: Option<u64>,
-    realtime_runtime: Option<i64>,
-    realtime_period: Option<u64>,
-    cpus: Option<String>,
-    mems: Option<String>,
-}
-
-impl Cpu {
-    fn limits(&self) -> bool {
-        self.quota.is_some_and(|q| q > 0)
-            || self.realtime_runtime.is_some_and(|r| r != 0)
-            || self.realtime_period.is_some_and(|p| p != 0)
-            || self.cpus.as_ref().is_some_and(|c| !c.is_empty())
-            || self.mems.as_ref().is_some_and(|m| !m.is_empty())
-    }
-}
-
 /// What the bundle asks for: the container for the agent and the root's path.
 #[derive(Debug, Clone)]
 pub struct BundleSpec {
     pub container: ContainerSpec,
     /// The container's root on the host (the bundle's `root.path`).
     pub root: PathBuf,
+    pub pod: PodRole,
+}
+
+/// The CRI's annotation saying whether a container is a pod's sandbox or one of its
+/// containers.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The CRI's annotation naming the pod's sandbox (on the sandbox too).
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Where a container belongs (Kubernetes' CRI annotates its containers; `ctr` does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// A container of its own, in a VM of its own.
+    Alone,
+    /// A pod's sandbox: it boots the pod's VM.
+    Sandbox,
+    /// One of the pod's containers: it runs in the sandbox's VM.
+    Member { sandbox: String },
+}
+
+fn pod_role(annotations: Option<&HashMap<String, String>>) -> Result<PodRole, SpecError> {
+    let get = |key| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    match (get(CONTAINER_TYPE), get(SANDBOX_ID)) {
+        (None, _) => Ok(PodRole::Alone),
+        (Some("sandbox"), _) => Ok(PodRole::Sandbox),
+        (Some("container"), Some(sandbox)) if agent::protocol::valid_id(sandbox) => {
+            Ok(PodRole::Member {
+                sandbox: sandbox.to_string(),
+            })
+        }
+        (Some(kind), sandbox) => Err(unsupported(format!(
+            "annotations {CONTAINER_TYPE}={kind:?} with {SANDBOX_ID}={sandbox:?}"
+        ))),
+    }
+}
+
+/// The pod a bundle's container belongs to (its sandbox's id), for grouping a pod's
+/// containers in one shim; reads nothing but the annotations, and `None` when there is
+/// no such annotation or the file cannot be read (Create reports the errors).
+pub fn sandbox_id(bundle: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Annotated {
+        annotations: Option<HashMap<String, String>>,
+    }
+    let file = std::fs::File::open(bundle.join("config.json")).ok()?;
+    if file.metadata().ok()?.len() > MAX_SPEC {
+        return None;
+    }
+    let spec: Annotated = serde_json::from_reader(std::io::BufReader::new(file)).ok()?;
+    let id = spec.annotations?.remove(SANDBOX_ID)?;
+    agent::protocol::valid_id(&id).then_some(id)
 }
 
 /// Reads and checks `bundle/config.json`.
@@ -195,57 +211,57 @@ fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
             "hooks (they would run on the host, outside the VM)",
         ));
     }
+    let pod = pod_role(spec.annotations.as_ref())?;
     let process = spec
         .process
         .ok_or_else(|| unsupported("no process to run"))?;
-    if process.terminal {
-        return Err(unsupported(
-            "process.terminal: TTYs are not supported yet (run without -t)",
-        ));
-    }
-    if process.apparmor_profile.is_some_and(|p| !p.is_empty())
-        || process.selinux_label.is_some_and(|l| !l.is_empty())
-    {
-        return Err(unsupported(
-            "process.apparmorProfile/selinuxLabel (no LSM in the guest)",
-        ));
-    }
+    let process = process_spec(process)?;
     let root = spec.root.ok_or_else(|| unsupported("no root"))?;
-    if root.readonly {
-        return Err(unsupported(
-            "root.readonly: a read-only root is not supported yet",
-        ));
-    }
-    let mut mounts = Vec::with_capacity(spec.mounts.len());
-    for m in spec.mounts {
-        let fstype = m.fstype.unwrap_or_default();
-        if !MOUNT_TYPES.contains(&fstype.as_str()) || m.options.iter().any(|o| o.contains("bind")) {
-            return Err(unsupported(format!(
-                "mount at {}: type {fstype:?} (volumes and bind mounts are not supported yet; \
-                 the guest mounts only {})",
-                m.destination,
-                MOUNT_TYPES.join(", ")
-            )));
-        }
-        mounts.push(MountSpec {
-            destination: m.destination,
-            fstype,
-            options: m.options,
-        });
-    }
+    let mounts::Converted { mounts, files } = mounts::convert(spec.mounts)?;
     let linux = spec.linux;
-    let cpu = linux
-        .as_ref()
-        .and_then(|l| l.resources.as_ref())
-        .and_then(|r| r.cpu.as_ref());
-    if cpu.is_some_and(Cpu::limits) {
-        return Err(unsupported(
-            "linux.resources.cpu: CPU limits (quota, cpusets, realtime) are not supported yet",
-        ));
-    }
+    let limits = resources::limits(linux.as_ref().and_then(|l| l.resources.as_ref()))?;
     let (masked_paths, readonly_paths) = linux
         .map(|l| (l.masked_paths, l.readonly_paths))
         .unwrap_or_default();
+    let container = ContainerSpec {
+        process,
+        hostname: spec.hostname.filter(|h| !h.is_empty()),
+        mounts,
+        masked_paths,
+        readonly_paths,
+        readonly_root: root.readonly,
+        files,
+        limits,
+    };
+    container.validate()?;
+    Ok(BundleSpec {
+        container,
+        root: PathBuf::from(root.path),
+        pod,
+    })
+}
+
+/// The process of an Exec request (containerd sends its OCI `process` as JSON), checked
+/// as the container's own process is.
+pub fn exec_process(json: &[u8]) -> Result<ProcessSpec, SpecError> {
+    if json.len() as u64 > MAX_SPEC {
+        return Err(SpecError::TooLarge(PathBuf::from("the exec's process")));
+    }
+    let process: Process = serde_json::from_slice(json)
+        .map_err(|e| SpecError::Parse(PathBuf::from("the exec's process"), e))?;
+    let process = process_spec(process)?;
+    process.validate()?;
+    Ok(process)
+}
+
+/// The agent's view of an OCI process (a terminal is one the agent opens in the guest).
+/// LSM labels name the host's policies, which do not exist in the guest: the VM is the
+/// boundary there (as in other VM runtimes); they are logged, not applied.
+fn process_spec(process: Process) -> Result<ProcessSpec, SpecError> {
+    let labels = [&process.apparmor_profile, &process.selinux_label];
+    if let Some(label) = labels.into_iter().flatten().find(|l| !l.is_empty()) {
+        tracing::warn!("LSM label {label:?} is not applied: the process runs in the VM");
+    }
     let rlimits = process
         .rlimits
         .into_iter()
@@ -255,28 +271,22 @@ fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
             hard: r.hard,
         })
         .collect();
-    let container = ContainerSpec {
-        process: ProcessSpec {
-            args: process.args,
-            env: process.env,
-            cwd: process.cwd,
-            uid: process.user.uid,
-            gid: process.user.gid,
-            additional_gids: process.user.additional_gids,
-            rlimits,
-            no_new_privileges: process.no_new_privileges,
-        },
-        hostname: spec.hostname.filter(|h| !h.is_empty()),
-        mounts,
-        masked_paths,
-        readonly_paths,
-    };
-    container.validate()?;
-    Ok(BundleSpec {
-        container,
-        root: PathBuf::from(root.path),
+    Ok(ProcessSpec {
+        args: process.args,
+        env: process.env,
+        cwd: process.cwd,
+        uid: process.user.uid,
+        gid: process.user.gid,
+        additional_gids: process.user.additional_gids,
+        rlimits,
+        no_new_privileges: process.no_new_privileges,
+        terminal: process.terminal,
+        oom_score_adj: process.oom_score_adj,
     })
 }
+
+mod mounts;
+mod resources;
 
 #[cfg(test)]
 mod tests;

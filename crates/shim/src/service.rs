@@ -1,7 +1,8 @@
 //! containerd's side: the shim's life cycle (`start`, `delete`, serving) and the Task
 //! service over ttrpc, mapped onto [`Container`].
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::api::{self, Status as TaskStatus};
@@ -18,18 +19,19 @@ use containerd_shim::{
 
 use crate::config::ShimConfig;
 use crate::container::{Container, ContainerError, Exit, Status, StdioPaths};
+use crate::oci::PodRole;
 
 /// The runtime's name in containerd.
 pub const RUNTIME_ID: &str = "io.containerd.vessel.v2";
 
-/// One shim process: one container (pods sharing a VM are not done yet).
+/// One shim process: one container, or one pod (its sandbox and containers, in one VM).
 #[derive(Clone)]
 pub struct Service {
     exit: Arc<ExitSignal>,
     namespace: String,
     /// The shim's own ttrpc socket (`unix:///run/containerd/s/...`).
     socket: String,
-    container: Arc<Mutex<Option<Arc<Container>>>>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
     publisher: Option<Arc<RemotePublisher>>,
 }
 
@@ -39,8 +41,12 @@ fn rpc_error(code: Code, message: impl ToString) -> ttrpc::Error {
 
 fn to_rpc(e: ContainerError) -> ttrpc::Error {
     let code = match &e {
-        ContainerError::Spec(_) | ContainerError::Signal(_) => Code::INVALID_ARGUMENT,
+        ContainerError::Spec(_) | ContainerError::Signal(_) | ContainerError::ExecId(_) => {
+            Code::INVALID_ARGUMENT
+        }
         ContainerError::State(_) => Code::FAILED_PRECONDITION,
+        ContainerError::NoExec(_) => Code::NOT_FOUND,
+        ContainerError::ExecExists(_) => Code::ALREADY_EXISTS,
         _ => Code::INTERNAL,
     };
     rpc_error(code, e)
@@ -53,27 +59,68 @@ fn unsupported(what: &str) -> ttrpc::Error {
     )
 }
 
+/// A ResizePty request's width and height as the terminal's (rows, columns); sizes a
+/// terminal cannot have are refused.
+fn terminal_size(width: u32, height: u32) -> TtrpcResult<(u16, u16)> {
+    match (u16::try_from(height), u16::try_from(width)) {
+        (Ok(rows), Ok(cols)) => Ok((rows, cols)),
+        _ => Err(rpc_error(
+            Code::INVALID_ARGUMENT,
+            format!("terminal size {width}x{height}"),
+        )),
+    }
+}
+
 fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(Timestamp::from(at))
 }
 
 impl Service {
-    fn container(&self) -> TtrpcResult<Arc<Container>> {
-        let c = self
-            .container
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        c.ok_or_else(|| rpc_error(Code::NOT_FOUND, "no container in this shim"))
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish_exit(&self, container: &Container, exit: Exit) {
+    fn container(&self, id: &str) -> TtrpcResult<Arc<Container>> {
+        let c = self.containers().get(id).cloned();
+        c.ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("no container {id} in this shim")))
+    }
+
+    /// A new container: in a VM of its own, or in its pod's (its sandbox is in this shim:
+    /// [`Service::start_shim`] groups a pod's containers).
+    fn create_container(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Arc<Container>> {
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        let bundle = std::path::Path::new(&req.bundle);
+        let spec = crate::oci::load(bundle).map_err(|e| to_rpc(e.into()))?;
+        let (id, rootfs) = (req.id.as_str(), req.rootfs.as_slice());
+        if let PodRole::Member { sandbox } = &spec.pod {
+            let sandbox = self.container(sandbox).map_err(|_| {
+                let message = format!("pod sandbox {sandbox} is not in this shim");
+                rpc_error(Code::FAILED_PRECONDITION, message)
+            })?;
+            return Container::create_in_pod(id, bundle, spec, rootfs, stdio, sandbox)
+                .map_err(to_rpc);
+        }
+        let config = ShimConfig::load().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
+        Container::create(id, bundle, spec, rootfs, stdio, &config).map_err(to_rpc)
+    }
+
+    /// Publishes `/tasks/exit` for the container's process (`exec_id` empty) or an exec.
+    fn publish_exit(&self, container: &Container, exec_id: &str, exit: Exit) {
         let Some(publisher) = &self.publisher else {
             return;
         };
+        let id = if exec_id.is_empty() {
+            container.id.clone()
+        } else {
+            exec_id.to_string()
+        };
         let event = TaskExit {
             container_id: container.id.clone(),
-            id: container.id.clone(),
+            id,
             pid: container.pid,
             exit_status: exit.status,
             exited_at: timestamp(exit.at),
@@ -88,15 +135,6 @@ impl Service {
     }
 }
 
-/// Refuses requests for exec'd processes (not done yet).
-fn no_exec(exec_id: &str) -> TtrpcResult<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(unsupported("exec"))
-    }
-}
-
 impl containerd_shim::Shim for Service {
     type T = Service;
 
@@ -105,13 +143,17 @@ impl containerd_shim::Shim for Service {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             socket: args.socket.clone(),
-            container: Arc::new(Mutex::new(None)),
+            containers: Arc::default(),
             publisher: None,
         }
     }
 
+    /// Starts the shim of a container, or finds the one of its pod: containers with the
+    /// same sandbox id share a shim (its socket is named after the group; a second start
+    /// finds it in use and answers its address).
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        let grouping = opts.id.clone();
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let grouping = crate::oci::sandbox_id(&bundle).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
     }
@@ -153,9 +195,9 @@ impl containerd_shim::Task for Service {
     fn connect(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ConnectRequest,
+        req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.container().map(|c| c.pid).unwrap_or_default();
+        let task_pid = self.container(&req.id).map(|c| c.pid).unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -169,27 +211,16 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if req.terminal {
-            return Err(unsupported("a terminal (-t)"));
-        }
         if !req.checkpoint.is_empty() {
             return Err(unsupported("restoring a checkpoint"));
         }
-        let mut slot = self.container.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_some() {
-            return Err(unsupported("a second container in one shim (pods)"));
+        if self.containers().contains_key(&req.id) {
+            let message = format!("container {} exists already", req.id);
+            return Err(rpc_error(Code::ALREADY_EXISTS, message));
         }
-        let config = ShimConfig::load().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
-        let stdio = StdioPaths {
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-        };
-        let bundle = std::path::Path::new(&req.bundle);
-        let container =
-            Container::create(&req.id, bundle, &req.rootfs, stdio, &config).map_err(to_rpc)?;
+        let container = self.create_container(&req)?;
         let pid = container.pid;
-        *slot = Some(container);
+        self.containers().insert(req.id.clone(), container);
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -201,12 +232,21 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        no_exec(&req.exec_id)?;
-        let container = self.container()?;
-        let config = ShimConfig::load().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
+        let container = self.container(&req.id)?;
         let me = self.clone();
         let c = container.clone();
-        let on_exit = Box::new(move |exit| me.publish_exit(&c, exit));
+        let exec_id = req.exec_id.clone();
+        let on_exit = Box::new(move |exit| me.publish_exit(&c, &exec_id, exit));
+        if !req.exec_id.is_empty() {
+            container
+                .start_exec(&req.exec_id, on_exit)
+                .map_err(to_rpc)?;
+            return Ok(api::StartResponse {
+                pid: container.pid,
+                ..Default::default()
+            });
+        }
+        let config = ShimConfig::load().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
         let boot = Duration::from_secs(config.boot_timeout_secs());
         let pid = container.start(boot, on_exit).map_err(to_rpc)?;
         Ok(api::StartResponse {
@@ -215,42 +255,72 @@ impl containerd_shim::Task for Service {
         })
     }
 
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let spec = req.spec.as_ref().map(|any| any.value.as_slice());
+        let spec = spec.ok_or_else(|| rpc_error(Code::INVALID_ARGUMENT, "no process spec"))?;
+        let process =
+            crate::oci::exec_process(spec).map_err(|e| to_rpc(ContainerError::Spec(e)))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        self.container(&req.id)?
+            .add_exec(&req.exec_id, stdio, process)
+            .map_err(to_rpc)?;
+        Ok(api::Empty::default())
+    }
+
     fn state(
         &self,
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        no_exec(&req.exec_id)?;
-        let c = self.container()?;
-        let (status, exit) = c.status();
+        let c = self.container(&req.id)?;
+        let (id, stdio, (status, exit)) = if req.exec_id.is_empty() {
+            (c.id.clone(), c.stdio.clone(), c.status())
+        } else {
+            let e = c.exec(&req.exec_id).map_err(to_rpc)?;
+            (e.id.clone(), e.stdio.clone(), e.status())
+        };
         let status = match status {
             Status::Created => TaskStatus::CREATED,
             Status::Running => TaskStatus::RUNNING,
             Status::Stopped => TaskStatus::STOPPED,
         };
         Ok(api::StateResponse {
-            id: c.id.clone(),
+            id,
             bundle: c.bundle.display().to_string(),
             pid: c.pid,
             status: status.into(),
-            stdin: c.stdio.stdin.clone(),
-            stdout: c.stdio.stdout.clone(),
-            stderr: c.stdio.stderr.clone(),
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
             exit_status: exit.map(|e| e.status).unwrap_or_default(),
             exited_at: exit.map(|e| timestamp(e.at)).unwrap_or_default(),
+            exec_id: req.exec_id,
             ..Default::default()
         })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id)?;
-        self.container()?.kill(req.signal).map_err(to_rpc)?;
+        let c = self.container(&req.id)?;
+        let killed = if req.exec_id.is_empty() {
+            c.kill(req.signal)
+        } else {
+            c.exec(&req.exec_id).and_then(|e| e.kill(req.signal))
+        };
+        killed.map_err(to_rpc)?;
         Ok(api::Empty::default())
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let exit = self.container()?.wait();
+        let c = self.container(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            c.wait()
+        } else {
+            c.exec(&req.exec_id).map_err(to_rpc)?.wait()
+        };
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: timestamp(exit.at),
@@ -263,9 +333,16 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
-        let c = self.container()?;
-        let exit = c.delete().map_err(to_rpc)?;
+        let c = self.container(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            c.delete()
+        } else {
+            c.delete_exec(&req.exec_id)
+        };
+        let exit = exit.map_err(to_rpc)?;
+        if req.exec_id.is_empty() {
+            self.containers().remove(&req.id);
+        }
         Ok(api::DeleteResponse {
             pid: c.pid,
             exit_status: exit.status,
@@ -274,8 +351,9 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn pids(&self, _ctx: &TtrpcContext, _req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let c = self.container()?;
+    /// The VMM is the one host process of the task: exec'd processes run inside it too.
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.container(&req.id)?;
         let processes = match c.status().0 {
             Status::Stopped => vec![],
             _ => vec![ProcessInfo {
@@ -289,23 +367,57 @@ impl containerd_shim::Task for Service {
         })
     }
 
+    /// The terminal's size, for the container's process or an exec's (ignored by the agent
+    /// for a process without a terminal).
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let (rows, cols) = terminal_size(req.width, req.height)?;
+        let c = self.container(&req.id)?;
+        let resize = &agent::protocol::HostMessage::Resize { rows, cols };
+        let sent = if req.exec_id.is_empty() {
+            c.send(resize)
+        } else {
+            c.exec(&req.exec_id).and_then(|e| e.send(resize))
+        };
+        sent.map_err(to_rpc)?;
+        Ok(api::Empty::default())
+    }
+
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id)?;
         if req.stdin {
-            let _ = self
-                .container()?
-                .send(&agent::protocol::HostMessage::CloseStdin);
+            let c = self.container(&req.id)?;
+            if req.exec_id.is_empty() {
+                c.close_stdin();
+            } else {
+                c.exec(&req.exec_id).map_err(to_rpc)?.close_stdin();
+            }
         }
         Ok(api::Empty::default())
     }
 
+    /// Ends the shim once it has no container left (containerd deletes each first).
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let running = self
-            .container()
-            .is_ok_and(|c| c.status().0 == Status::Running);
-        if !running {
+        if self.containers().is_empty() {
             self.exit.signal();
         }
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_sizes_map_to_rows_and_columns_and_impossible_ones_are_refused() {
+        assert_eq!(terminal_size(100, 30).unwrap(), (30, 100));
+        assert_eq!(terminal_size(0, 0).unwrap(), (0, 0));
+        for (w, h) in [(70_000, 30), (100, 65_536), (u32::MAX, u32::MAX)] {
+            let err = terminal_size(w, h).unwrap_err();
+            assert!(err.to_string().contains("INVALID_ARGUMENT"), "{err}");
+        }
     }
 }

@@ -4,11 +4,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use agent::protocol::{read_frame, AgentMessage, HostMessage, MAX_CHUNK};
 
-use crate::container::{Container, StdioPaths};
+use crate::container::StdioPaths;
 
 /// The exit status reported when the VM ends without the agent reporting one.
 pub const LOST: u32 = 255;
@@ -59,29 +59,61 @@ fn write_out(out: &mut Option<File>, data: &[u8]) {
     }
 }
 
-/// Forwards containerd's stdin FIFO to the process until it ends, then closes the
-/// process's stdin; closes it at once when there is no stdin.
-pub fn forward_stdin(container: Arc<Container>) {
-    let path = container.stdio.stdin.clone();
+/// The shim's own writing handle on containerd's stdin FIFO (runc's shim keeps one too):
+/// the FIFO reaches its end only once the client has closed its side *and* containerd has
+/// called CloseIO ([`StdinHold::release`]), so everything the client wrote is forwarded
+/// before the process's stdin closes, however the two race.
+#[derive(Debug, Default)]
+pub struct StdinHold(Mutex<Option<File>>);
+
+impl StdinHold {
+    fn hold(&self, f: File) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Lets the FIFO end (CloseIO, or the process is gone).
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Forwards containerd's stdin FIFO at `path` to a process through `send` until the FIFO
+/// ends (see [`StdinHold`]), then closes the process's stdin; closes it at once when there
+/// is no stdin. `send` returns whether the process still takes input.
+pub fn forward_stdin(
+    path: String,
+    hold: &StdinHold,
+    send: impl Fn(&HostMessage) -> bool + Send + 'static,
+) {
     if path.is_empty() {
-        let _ = container.send(&HostMessage::CloseStdin);
+        send(&HostMessage::CloseStdin);
         return;
     }
+    // A read-write open of a FIFO never blocks, and with it held the read-only open
+    // returns at once: both happen before CloseIO can release the hold.
+    match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => hold.hold(f),
+        Err(e) => {
+            tracing::warn!("open {path}: {e}");
+            send(&HostMessage::CloseStdin);
+            return;
+        }
+    }
+    let fifo = File::open(&path).inspect_err(|e| tracing::warn!("open {path}: {e}"));
     std::thread::spawn(move || {
-        if let Ok(mut fifo) = File::open(&path).inspect_err(|e| tracing::warn!("open {path}: {e}"))
-        {
+        if let Ok(mut fifo) = fifo {
             let mut buf = vec![0u8; MAX_CHUNK];
             loop {
                 let data = match fifo.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => buf.get(..n).unwrap_or_default().to_vec(),
                 };
-                if container.send(&HostMessage::Stdin { data }).is_err() {
+                if !send(&HostMessage::Stdin { data }) {
                     return;
                 }
             }
         }
-        let _ = container.send(&HostMessage::CloseStdin);
+        send(&HostMessage::CloseStdin);
     });
 }
 
@@ -140,5 +172,67 @@ mod tests {
             drop(guest);
             assert_eq!(copy_output(host, &stdio(dir.path())), LOST, "{bytes:?}");
         }
+    }
+
+    /// A fresh FIFO forwarded with a hold: (its directory, its path, the hold, the frames
+    /// `send` gets, in order).
+    fn forwarding() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        StdinHold,
+        std::sync::mpsc::Receiver<HostMessage>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let hold = StdinHold::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        forward_stdin(fifo.display().to_string(), &hold, move |m| {
+            tx.send(m.clone()).is_ok()
+        });
+        (dir, fifo, hold, rx)
+    }
+
+    fn next(rx: &std::sync::mpsc::Receiver<HostMessage>) -> HostMessage {
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap()
+    }
+
+    #[test]
+    fn stdin_written_before_close_io_reaches_the_process_before_its_end() {
+        // ctr writes, calls CloseIO, then closes its side: CloseIO must not overtake data
+        // still in the FIFO.
+        let (_dir, fifo, hold, rx) = forwarding();
+        let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(b"input\n").unwrap();
+        hold.release();
+        drop(w);
+        let mut data = Vec::new();
+        loop {
+            match next(&rx) {
+                HostMessage::Stdin { data: d } => data.extend(d),
+                HostMessage::CloseStdin => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(data, b"input\n");
+    }
+
+    #[test]
+    fn stdin_ends_only_once_the_client_closed_and_close_io_came() {
+        let (_dir, fifo, hold, rx) = forwarding();
+        drop(OpenOptions::new().write(true).open(&fifo).unwrap());
+        let quiet = rx.recv_timeout(std::time::Duration::from_millis(300));
+        assert!(quiet.is_err(), "{quiet:?}");
+        hold.release();
+        assert_eq!(next(&rx), HostMessage::CloseStdin);
+    }
+
+    #[test]
+    fn without_a_stdin_the_process_s_stdin_closes_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        forward_stdin(String::new(), &StdinHold::default(), move |m| {
+            tx.send(m.clone()).is_ok()
+        });
+        assert_eq!(next(&rx), HostMessage::CloseStdin);
     }
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent::protocol::AGENT_PORT;
+use agent::protocol::{Limits, AGENT_PORT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -21,13 +21,40 @@ use crate::initramfs::INIT_PATH;
 const GUEST_CID: u32 = 3;
 /// The longest vsock socket path vessel takes (docs/vsock.md).
 const MAX_UDS: usize = 96;
+/// Where the VMs' vsock sockets are: bundle paths are too long for a socket's address
+/// (containerd's CRI names bundles after 64-digit ids).
+const SOCKET_DIR: &str = "/run/vessel-shim";
+
+/// What a VM needs besides a container's memory limit: the guest kernel, the agent, and
+/// the initramfs with the container's root, all in the guest's memory.
+const GUEST_BASE_MIB: u64 = 128;
+
+/// The VM for a container with `limits`: the configured size, grown to hold a memory
+/// limit on top of [`GUEST_BASE_MIB`] and as many vCPUs as a CPU quota allows (one on
+/// kvm_pvm hosts, where the nested-host profile boots one); (MiB, vCPUs).
+pub fn size(config: &ShimConfig, limits: Option<&Limits>, nested: bool) -> (u64, u32) {
+    let mib = u64::from(config.memory_mib);
+    let limit_mib = limits
+        .and_then(|l| l.memory_max)
+        .map(|b| b.div_ceil(1 << 20) + GUEST_BASE_MIB);
+    let memory = limit_mib.map_or(mib, |l| l.max(mib));
+    let quota_cpus = limits
+        .and_then(|l| l.cpu_max)
+        .map(|(quota, period)| u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX));
+    let cpus = match quota_cpus {
+        _ if nested => 1,
+        Some(c) => c.clamp(config.cpus, 255),
+        None => config.cpus,
+    };
+    (memory, cpus)
+}
 
 /// Errors running the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("the vsock socket path {0} is longer than {MAX_UDS} bytes (a shorter containerd state dir helps)")]
+    #[error("the vsock socket path {0} is longer than {MAX_UDS} bytes")]
     UdsTooLong(PathBuf),
     #[error("start {0}: {1}")]
     Spawn(PathBuf, std::io::Error),
@@ -37,7 +64,8 @@ pub enum VmError {
     Timeout(Duration),
 }
 
-/// The files of one VM, all in the bundle directory.
+/// The files of one VM: in the bundle directory, but for the vsock sockets, which are in
+/// [`SOCKET_DIR`] under a name derived from the bundle's path.
 #[derive(Debug, Clone)]
 pub struct VmFiles {
     pub initramfs: PathBuf,
@@ -49,7 +77,8 @@ pub struct VmFiles {
 
 impl VmFiles {
     pub fn in_dir(dir: &Path) -> Self {
-        let uds = dir.join("vsock.sock");
+        let name = format!("{:016x}.vsock", fnv1a(dir.as_os_str().as_encoded_bytes()));
+        let uds = Path::new(SOCKET_DIR).join(name);
         VmFiles {
             initramfs: dir.join("vm-initramfs.cpio"),
             agent_listener: PathBuf::from(format!("{}_{AGENT_PORT}", uds.display())),
@@ -72,6 +101,13 @@ impl VmFiles {
     }
 }
 
+/// FNV-1a, 64 bits: a name for a bundle's sockets that every shim process computes alike.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A running `vessel run`.
 pub struct Vm {
     child: Child,
@@ -80,11 +116,18 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts the VM; the agent connects later ([`Vm::accept_agent`]).
-    pub fn boot(config: &ShimConfig, files: VmFiles) -> Result<Vm, VmError> {
+    /// Starts the VM, sized for `limits` ([`size`]); the agent connects later
+    /// ([`Vm::accept_agent`]).
+    pub fn boot(
+        config: &ShimConfig,
+        files: VmFiles,
+        limits: Option<&Limits>,
+    ) -> Result<Vm, VmError> {
+        let (memory_mib, cpus) = size(config, limits, ShimConfig::nested_host());
         if files.uds.as_os_str().len() > MAX_UDS {
             return Err(VmError::UdsTooLong(files.uds));
         }
+        std::fs::create_dir_all(SOCKET_DIR).map_err(|e| VmError::Io(SOCKET_DIR.into(), e))?;
         let _ = std::fs::remove_file(&files.agent_listener);
         let listener = UnixListener::bind(&files.agent_listener)
             .map_err(|e| VmError::Io(files.agent_listener.clone(), e))?;
@@ -103,8 +146,8 @@ impl Vm {
             .arg(&config.kernel)
             .arg("--initrd")
             .arg(&files.initramfs)
-            .args(["--memory", &format!("{}M", config.memory_mib)])
-            .args(["--cpus", &config.vcpus().to_string()])
+            .args(["--memory", &format!("{memory_mib}M")])
+            .args(["--cpus", &cpus.to_string()])
             .args(["--cmdline", &cmdline])
             .arg("--vsock")
             .arg(format!("cid={GUEST_CID},uds={}", files.uds.display()))
@@ -119,6 +162,12 @@ impl Vm {
             listener,
             files,
         })
+    }
+
+    /// Another handle of the agent's listener (exec'd processes connect there too).
+    pub fn listener(&self) -> Result<UnixListener, VmError> {
+        let listener = self.listener.try_clone();
+        listener.map_err(|e| VmError::Io(self.files.agent_listener.clone(), e))
     }
 
     /// The VMM's process id.
@@ -199,4 +248,46 @@ pub fn clean_up_after(dir: &Path) {
         }
     }
     files.remove();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cri_bundles_sockets_fit_a_socket_address_and_differ_per_bundle() {
+        let state = "/run/containerd/io.containerd.runtime.v2.task/k8s.io";
+        let a = VmFiles::in_dir(&Path::new(state).join("a".repeat(64)));
+        let b = VmFiles::in_dir(&Path::new(state).join("b".repeat(64)));
+        assert!(a.agent_listener.as_os_str().len() <= MAX_UDS, "{a:?}");
+        assert!(a.uds.starts_with(SOCKET_DIR));
+        assert_ne!(a.uds, b.uds);
+        let again = VmFiles::in_dir(&Path::new(state).join("a".repeat(64)));
+        assert_eq!(a.uds, again.uds, "the delete action finds them again");
+        assert!(a.initramfs.starts_with(state));
+    }
+
+    #[test]
+    fn a_vm_grows_to_hold_a_containers_limits() {
+        let config: ShimConfig = toml::from_str(
+            "vessel = \"/v\"\nkernel = \"/k\"\ninitrd = \"/i\"\nagent = \"/a\"\n\
+             memory_mib = 256\ncpus = 1\n",
+        )
+        .unwrap();
+        let limits = |memory_max, cpu_max| Limits {
+            memory_max,
+            memory_low: None,
+            cpu_max,
+        };
+        assert_eq!(size(&config, None, false), (256, 1));
+        let small = limits(Some(64 << 20), Some((50_000, 100_000)));
+        assert_eq!(size(&config, Some(&small), false), (256, 1));
+        let big = limits(Some(1 << 30), Some((250_000, 100_000)));
+        assert_eq!(size(&config, Some(&big), false), (1024 + 128, 3));
+        assert_eq!(
+            size(&config, Some(&big), true),
+            (1024 + 128, 1),
+            "kvm_pvm: one vCPU"
+        );
+    }
 }

@@ -12,6 +12,8 @@ fn spec() -> ProcessSpec {
         additional_gids: vec![],
         rlimits: vec![],
         no_new_privileges: true,
+        terminal: false,
+        oom_score_adj: None,
     }
 }
 
@@ -26,6 +28,9 @@ fn container() -> ContainerSpec {
         }],
         masked_paths: vec!["/proc/kcore".into()],
         readonly_paths: vec!["/proc/sys".into()],
+        readonly_root: false,
+        files: vec![],
+        limits: None,
     }
 }
 
@@ -191,3 +196,84 @@ type ProcessBreaker = (fn(&mut ProcessSpec), &'static str);
 
 /// A change that breaks a valid value, and what the error must say.
 type ContainerBreaker = (fn(&mut ContainerSpec), &'static str);
+
+#[test]
+fn exec_requests_round_trip_and_exec_ids_are_checked() {
+    let mut buf = Vec::new();
+    let exec = HostMessage::Exec {
+        id: "e1".into(),
+        process: Box::new(spec()),
+    };
+    write_frame(&mut buf, &exec).unwrap();
+    let attach = AgentMessage::Attach { id: "e1".into() };
+    write_frame(&mut buf, &attach).unwrap();
+    let mut r = buf.as_slice();
+    assert_eq!(read_frame::<_, HostMessage>(&mut r).unwrap().unwrap(), exec);
+    assert_eq!(
+        read_frame::<_, AgentMessage>(&mut r).unwrap().unwrap(),
+        attach
+    );
+    for good in ["e1", "exec-3.a_b", &"x".repeat(MAX_EXEC_ID)] {
+        assert!(valid_id(good), "{good}");
+    }
+    for bad in ["", "a/b", "..\0", "a b", &"x".repeat(MAX_EXEC_ID + 1), "é"] {
+        assert!(!valid_id(bad), "{bad:?}");
+    }
+    let unknown = br#"{"type":"attach","exec":"e1","pid":3}"#;
+    let framed = frame(unknown);
+    assert!(read_frame::<_, AgentMessage>(&mut framed.as_slice()).is_err());
+}
+
+#[test]
+fn a_pods_container_requests_and_roots_round_trip_and_strays_are_refused() {
+    let mut buf = Vec::new();
+    let sent = [
+        HostMessage::Container {
+            id: "c2".into(),
+            container: Box::new(container()),
+        },
+        HostMessage::RootData {
+            data: vec![0, 1, 255],
+        },
+        HostMessage::RootEnd,
+    ];
+    for m in &sent {
+        write_frame(&mut buf, m).unwrap();
+    }
+    let mut r = buf.as_slice();
+    for m in &sent {
+        assert_eq!(&read_frame::<_, HostMessage>(&mut r).unwrap().unwrap(), m);
+    }
+    for hostile in [
+        &br#"{"type":"container","id":"c2"}"#[..],
+        br#"{"type":"root_data","data":[256]}"#,
+        br#"{"type":"root_data"}"#,
+    ] {
+        let framed = frame(hostile);
+        let read = read_frame::<_, HostMessage>(&mut framed.as_slice());
+        assert!(read.is_err(), "{}", String::from_utf8_lossy(hostile));
+    }
+}
+
+#[test]
+fn limits_the_kernel_cannot_take_are_refused() {
+    let mut c = container();
+    let limits = |memory_max, cpu_max| {
+        Some(Limits {
+            memory_max,
+            memory_low: None,
+            cpu_max,
+        })
+    };
+    c.limits = limits(Some(64 << 20), Some((50_000, 100_000)));
+    c.validate().unwrap();
+    for bad in [
+        limits(Some(4096), None),
+        limits(None, Some((10, 100_000))),
+        limits(None, Some((50_000, 10))),
+        limits(None, Some((50_000, 2_000_000))),
+    ] {
+        c.limits = bad;
+        assert!(c.validate().is_err(), "{:?}", c.limits);
+    }
+}
