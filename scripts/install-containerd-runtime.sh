@@ -63,7 +63,10 @@ CONF
 log "installed in $PREFIX, configuration $CONFIG"
 [ "$CONFIG" = /etc/vessel/containerd-shim.toml ] || log "containerd must run with VESSEL_SHIM_CONFIG=$CONFIG in its environment"
 cat <<'SNIPPET'
-# Add to containerd's config.toml (version = 2), then restart containerd:
+# Add to containerd's config.toml (version = 2), then restart containerd. A runtimes table
+# replaces containerd's built-in one: keep runc's (`containerd config default` lists it).
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
   runtime_type = "io.containerd.vessel.v2"
 SNIPPET

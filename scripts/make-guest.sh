@@ -14,7 +14,8 @@
 #                           by the test that mounts a share rather than by /init.
 # Test scripts: every tests/guests/tcg/*.sh is shipped as /tests/NAME.sh; a kernel command
 # line with `vessel.test=NAME` makes /init run it between "VESSEL-TEST-BEGIN NAME" and
-# "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off.
+# "VESSEL-TEST-PASS NAME" / "VESSEL-TEST-FAIL NAME ..." on the console, then power off;
+# `vessel.test=A,B,...` runs several in turn in one boot.
 # The build is skipped when $OUT/guest.stamp matches this script and the test scripts.
 # Usage: OUT=dir scripts/make-guest.sh     (default OUT: guest/ in the repository)
 set -euo pipefail
@@ -159,8 +160,9 @@ fi
 read -r up _ < /proc/uptime
 echo "VESSEL-GUEST-READY $up kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
 grep -q vessel.shell /proc/cmdline && exec sh
-test=$(sed -n 's/.*vessel\.test=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$test" ]; then
+# vessel.test=a,b,...: each test in turn, in one boot (a boot costs minutes on nested hosts).
+tests=$(sed -n 's/.*vessel\.test=\([^ ]*\).*/\1/p' /proc/cmdline)
+for test in $(echo "$tests" | tr , ' '); do
     echo "VESSEL-TEST-BEGIN $test"
     if [ ! -f "/tests/$test.sh" ]; then
         echo "VESSEL-TEST-FAIL $test no such test in /tests"
@@ -169,7 +171,7 @@ if [ -n "$test" ]; then
     else
         echo "VESSEL-TEST-FAIL $test exit status $?"
     fi
-fi
+done
 poweroff -f
 INIT
 chmod 755 "$IR/init"

@@ -20,8 +20,9 @@ done
 # through OpenSSH's server (tests/common/sshd.rs runs its own sshd on a free loopback port;
 # the package's service is never used); the ansible provisioner and vessel
 # inventory are checked with ansible-core's ansible-playbook, the vagrant-vessel plugin with
-# Debian's vagrant; tests/containerd.rs runs containers under Debian's containerd 1.6 with
-# vessel's runtime.
+# Debian's vagrant; tests/nested/containerd.rs runs containers under Debian's containerd 1.6 with
+# vessel's runtime; the tests' CRI client (tests/common/cri.rs, crate k8s-cri) is generated
+# from the CRI's protobuf definitions by protoc at build time.
 TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils
        iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
@@ -29,7 +30,7 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client sshd:openssh-server mmdebstrap:mmdebstrap cloud-init:cloud-init
        ansible-playbook:ansible-core vagrant:vagrant rsync:rsync
-       pip3:python3-pip containerd:containerd ctr:containerd"
+       pip3:python3-pip containerd:containerd ctr:containerd protoc:protobuf-compiler"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 
 missing_packages() {

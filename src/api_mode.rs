@@ -38,18 +38,29 @@ struct Backend {
 }
 
 /// How the API shows a VM that was configured elsewhere (a VM definition).
-fn snapshot(cfg: &VmConfig) -> VmConfigSnapshot {
+fn snapshot(vm: &VmConfig) -> VmConfigSnapshot {
+    let cfg = &vm.machine;
     VmConfigSnapshot {
         machine: MachineConfig {
             vcpu_count: cfg.cpus,
             mem_size_mib: (cfg.memory >> 20) as _,
             ..MachineConfig::default()
         },
-        boot_source: BootSource {
-            kernel_image_path: cfg.kernel.display().to_string(),
-            boot_args: Some(cfg.cmdline.clone()),
-            initrd_path: cfg.initrd.as_ref().map(|p| p.display().to_string()),
-        },
+        // A VM restored from saved state booted nothing: its boot source is empty, as
+        // Firecracker's is after a snapshot load.
+        boot_source: vm
+            .boot
+            .as_ref()
+            .map(|boot| BootSource {
+                kernel_image_path: boot.kernel.display().to_string(),
+                boot_args: Some(boot.cmdline.clone()),
+                initrd_path: boot.initrd.as_ref().map(|p| p.display().to_string()),
+            })
+            .unwrap_or_else(|| BootSource {
+                kernel_image_path: String::new(),
+                boot_args: None,
+                initrd_path: None,
+            }),
         drives: cfg
             .disks
             .iter()
@@ -122,11 +133,11 @@ pub fn serve_running(
     handle: VmHandle,
 ) -> Result<api::ApiServerHandle, api::ApiError> {
     let backend = Arc::new(Backend {
-        serial: cfg.serial.clone(),
-        console2: cfg.console2.clone(),
+        serial: cfg.host.serial.clone(),
+        console2: cfg.machine.console2.clone(),
         to_main: Mutex::new(None),
         handle: Mutex::new(Some(handle)),
-        emulator_fixups: cfg.emulator_fixups,
+        emulator_fixups: cfg.host.emulator_fixups,
     });
     api::serve(
         socket,
@@ -163,20 +174,15 @@ fn nic_config(nic: &api::NetworkInterface) -> Result<net::NicConfig, String> {
     Ok(config)
 }
 
-/// The VMM configuration an API client described.
+/// The VMM configuration an API client described: its boot source, the machine its
+/// machine configuration and devices describe, and this process's host resources.
 fn vm_config(
     cfg: &VmConfigSnapshot,
     serial: SerialMode,
     emulator_fixups: vmm::EmulatorFixups,
     console2: Option<PathBuf>,
 ) -> Result<VmConfig, String> {
-    let mut nics = Vec::new();
-    for nic in &cfg.network_interfaces {
-        nics.push(
-            nic_config(nic).map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?,
-        );
-    }
-    Ok(VmConfig {
+    let boot = vmm::BootSource {
         kernel: PathBuf::from(&cfg.boot_source.kernel_image_path),
         initrd: cfg.boot_source.initrd_path.as_ref().map(PathBuf::from),
         cmdline: api::with_root_args(
@@ -186,31 +192,39 @@ fn vm_config(
                 .unwrap_or_else(crate::vmdef::default_cmdline),
             &cfg.drives,
         ),
+    };
+    Ok(VmConfig {
+        boot: Some(boot),
+        machine: machine_config(cfg, console2)?,
+        host: vmm::HostResources {
+            serial,
+            emulator_fixups,
+            mmds: mmds_config(cfg)?,
+            backing_grants: Vec::new(),
+            shares: Vec::new(),
+        },
+    })
+}
+
+/// The machine an API client described: its size and devices.
+fn machine_config(
+    cfg: &VmConfigSnapshot,
+    console2: Option<PathBuf>,
+) -> Result<vmm::MachineConfig, String> {
+    let mut nics = Vec::new();
+    for nic in &cfg.network_interfaces {
+        nics.push(
+            nic_config(nic).map_err(|e| format!("network interface '{}': {e}", nic.iface_id))?,
+        );
+    }
+    Ok(vmm::MachineConfig {
         memory: cfg.machine.mem_size_bytes(),
         cpus: cfg.machine.vcpu_count,
-        serial,
-        disks: cfg
-            .drives
-            .iter()
-            .map(|d| DiskConfig {
-                path: PathBuf::from(&d.path_on_host),
-                read_only: d.is_read_only,
-                // The serial the guest reads; longer ids get `vessel-diskN` (documented
-                // in docs/api/openapi.yaml).
-                id: (d.drive_id.len() <= 20).then(|| d.drive_id.clone()),
-                format: d.format.map(crate::api_devices::block_format),
-                // Not offered by the API: images named there follow only names inside
-                // their own directory.
-                allow_external_backing: false,
-                honour_flush: d.cache_type == CacheType::Writeback,
-                rate_limit: crate::api_devices::limits(d.rate_limiter.as_ref()),
-            })
-            .collect(),
+        disks: cfg.drives.iter().map(disk_config).collect(),
         rng: false,
         console2,
         nics,
         pit: vmm::PitMode::Auto,
-        emulator_fixups,
         vsock: cfg.vsock.as_ref().map(|v| vmm::VsockConfig {
             cid: u64::from(v.guest_cid),
             uds: PathBuf::from(&v.uds_path),
@@ -218,8 +232,24 @@ fn vm_config(
         // Firecracker's API has no shared folders.
         shares: Vec::new(),
         balloon: cfg.balloon.as_ref().map(crate::api_balloon::from_api),
-        mmds: mmds_config(cfg)?,
     })
+}
+
+/// The disk an API drive describes.
+fn disk_config(d: &Drive) -> DiskConfig {
+    DiskConfig {
+        path: PathBuf::from(&d.path_on_host),
+        read_only: d.is_read_only,
+        // The serial the guest reads; longer ids get `vessel-diskN` (documented in
+        // docs/api/openapi.yaml).
+        id: (d.drive_id.len() <= vmm::config::MAX_DISK_ID_LEN).then(|| d.drive_id.clone()),
+        format: d.format.map(crate::api_devices::block_format),
+        // Not offered by the API: images named there follow only names inside their own
+        // directory.
+        allow_external_backing: false,
+        honour_flush: d.cache_type == CacheType::Writeback,
+        rate_limit: crate::api_devices::limits(d.rate_limiter.as_ref()),
+    }
 }
 
 /// The MMDS on the NICs `PUT /mmds/config` named, by their position in the VM.
@@ -306,11 +336,11 @@ impl VmmBackend for Backend {
     ) -> Result<MachineConfig, api::BackendError> {
         let snapshot = vmm::snapshot::read_state_file(std::path::Path::new(snapshot_path))
             .map_err(|e| error_chain(&e))?;
-        let host = vmm::snapshot::host_config(
-            self.serial.clone(),
-            self.emulator_fixups,
-            &snapshot.machine,
-        );
+        let host = vmm::HostResources {
+            serial: self.serial.clone(),
+            emulator_fixups: self.emulator_fixups,
+            ..Default::default()
+        };
         let machine = MachineConfig {
             vcpu_count: snapshot.machine.cpus,
             mem_size_mib: snapshot.machine.memory >> 20,
@@ -559,11 +589,12 @@ mod tests {
     use super::*;
 
     fn config_with_nics(specs: &[&str]) -> VmConfig {
-        VmConfig {
-            cmdline: "console=ttyS0".into(),
-            nics: specs.iter().map(|s| net::parse_nic(s).unwrap()).collect(),
-            ..VmConfig::new(PathBuf::from("/k"), 64 << 20, 1)
+        let mut cfg = VmConfig::new(PathBuf::from("/k"), 64 << 20, 1);
+        if let Some(boot) = &mut cfg.boot {
+            boot.cmdline = "console=ttyS0".into();
         }
+        cfg.machine.nics = specs.iter().map(|s| net::parse_nic(s).unwrap()).collect();
+        cfg
     }
 
     #[test]
@@ -595,7 +626,7 @@ mod tests {
             assert_eq!(api::validate_network_interface(nic), Ok(()), "{nic:?}");
         }
         let back = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
-        assert_eq!(back.nics, cfg.nics);
+        assert_eq!(back.machine.nics, cfg.machine.nics);
         shown.network_interfaces[1].network = Some("../h1".into());
         let err = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap_err();
         assert!(
@@ -619,12 +650,12 @@ mod tests {
             format: None,
         });
         let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
-        assert_eq!(cfg.cmdline, "console=ttyS0 root=/dev/vda ro");
+        assert_eq!(cfg.boot.unwrap().cmdline, "console=ttyS0 root=/dev/vda ro");
         // Firecracker's default cache type, Unsafe, offers no flush.
-        assert!(!cfg.disks[0].honour_flush);
+        assert!(!cfg.machine.disks[0].honour_flush);
         shown.drives[0].cache_type = CacheType::Writeback;
         let cfg = vm_config(&shown, SerialMode::None, Default::default(), None).unwrap();
-        assert!(cfg.disks[0].honour_flush);
+        assert!(cfg.machine.disks[0].honour_flush);
         assert_eq!(snapshot(&cfg).drives[0].cache_type, CacheType::Writeback);
     }
 }

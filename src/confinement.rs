@@ -68,20 +68,20 @@ pub fn set_policy(args: &ConfineArgs) -> Result<()> {
 /// directory, where exit notes and snapshots are written).
 pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
     let mut rules = FsRules::default();
-    if !cfg.kernel.as_os_str().is_empty() {
-        rules.allow_read(&cfg.kernel);
+    if let Some(boot) = &cfg.boot {
+        rules.allow_read(&boot.kernel);
+        if let Some(initrd) = &boot.initrd {
+            rules.allow_read(initrd);
+        }
     }
-    if let Some(initrd) = &cfg.initrd {
-        rules.allow_read(initrd);
-    }
-    for d in &cfg.disks {
+    for d in &cfg.machine.disks {
         if d.read_only {
             rules.allow_read(&d.path);
         } else {
             rules.allow_write(&d.path);
         }
     }
-    match &cfg.serial {
+    match &cfg.host.serial {
         SerialMode::File(p) => allow_log(&mut rules, p),
         SerialMode::Background { log, socket } => {
             rules.allow_write(log);
@@ -91,16 +91,16 @@ pub fn fs_rules(cfg: &VmConfig, extra_dirs: &[&Path]) -> FsRules {
         }
         SerialMode::Stdio | SerialMode::None => {}
     }
-    if let Some(p) = &cfg.console2 {
+    if let Some(p) = &cfg.machine.console2 {
         allow_log(&mut rules, p);
     }
     // vsock: UDS_PATH is removed at the end, UDS_PATH_<port> are connected to.
-    if let Some(v) = &cfg.vsock {
+    if let Some(v) = &cfg.machine.vsock {
         if let Some(dir) = v.uds.parent() {
             rules.allow_write(non_empty(dir));
         }
     }
-    for nic in &cfg.nics {
+    for nic in &cfg.machine.nics {
         match &nic.mode {
             net::NicMode::Internal(name) => rules.allow_write(net::switch::switch_dir(name)),
             net::NicMode::NatNetwork(name) => rules.allow_write(net::natnet::natnet_dir(name)),

@@ -7,7 +7,7 @@ pub(crate) mod convert;
 mod report;
 mod tools;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use block::{CreateOptions, Format, OpenOptions};
@@ -175,45 +175,15 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             backing_format,
             cluster_size,
             fixed,
-        } => {
-            let size = match (size, &backing) {
-                (Some(size), _) => size,
-                (None, Some(b)) => {
-                    let resolved = block::resolve_backing(&file, b);
-                    let image = block::open(
-                        &resolved,
-                        &OpenOptions {
-                            read_only: true,
-                            format: backing_format,
-                            // The user named this backing file; its own chain is only
-                            // read here, for the size.
-                            allow_external_backing: true,
-                        },
-                    )?;
-                    image.size()
-                }
-                (None, None) => {
-                    return Err(crate::exit::usage("--size is required without --backing"))
-                }
-            };
-            let opts = CreateOptions {
-                backing: backing.map(|b| (b, backing_format)),
-                fixed,
-                cluster_size,
-            };
-            block::create(&file, format, size, &opts)
-                .with_context(|| format!("creating {}", file.display()))?;
-            let backing = match &opts.backing {
-                Some((b, _)) => format!(", backed by {}", b.display()),
-                None => String::new(),
-            };
-            println!(
-                "created {} ({format}, virtual size {}{backing})",
-                file.display(),
-                crate::size::human(size)
-            );
-            Ok(0)
-        }
+        } => create(
+            &file,
+            format,
+            size,
+            backing,
+            backing_format,
+            cluster_size,
+            fixed,
+        ),
         DiskCommand::Info {
             file,
             format,
@@ -255,27 +225,7 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             size,
             format,
             allow_external_backing,
-        } => {
-            let mut image = block::open(
-                &file,
-                &OpenOptions {
-                    read_only: false,
-                    format,
-                    allow_external_backing,
-                },
-            )?;
-            let old = image.size();
-            let new = size.apply(old).map_err(crate::exit::usage)?;
-            image.resize(new)?;
-            image.flush()?;
-            println!(
-                "resized {} from {} to {}",
-                file.display(),
-                crate::size::human(old),
-                crate::size::human(new)
-            );
-            Ok(0)
-        }
+        } => resize(&file, size, format, allow_external_backing),
         DiskCommand::Check {
             file,
             format,
@@ -297,6 +247,81 @@ fn dispatch(cmd: DiskCommand) -> anyhow::Result<i32> {
             ops,
         } => tools::stress(&file, seed, &log, ops_per_flush, max_len, ops),
     }
+}
+
+/// `vessel disk create`: an image of `size` bytes, or of its backing file's size.
+fn create(
+    file: &Path,
+    format: Format,
+    size: Option<u64>,
+    backing: Option<PathBuf>,
+    backing_format: Option<Format>,
+    cluster_size: Option<u64>,
+    fixed: bool,
+) -> anyhow::Result<i32> {
+    let size = match (size, &backing) {
+        (Some(size), _) => size,
+        (None, Some(b)) => {
+            let resolved = block::resolve_backing(file, b);
+            let image = block::open(
+                &resolved,
+                &OpenOptions {
+                    read_only: true,
+                    format: backing_format,
+                    // The user named this backing file; its own chain is only
+                    // read here, for the size.
+                    allow_external_backing: true,
+                },
+            )?;
+            image.size()
+        }
+        (None, None) => return Err(crate::exit::usage("--size is required without --backing")),
+    };
+    let opts = CreateOptions {
+        backing: backing.map(|b| (b, backing_format)),
+        fixed,
+        cluster_size,
+    };
+    block::create(file, format, size, &opts)
+        .with_context(|| format!("creating {}", file.display()))?;
+    let backing = match &opts.backing {
+        Some((b, _)) => format!(", backed by {}", b.display()),
+        None => String::new(),
+    };
+    println!(
+        "created {} ({format}, virtual size {}{backing})",
+        file.display(),
+        crate::size::human(size)
+    );
+    Ok(0)
+}
+
+/// `vessel disk resize`: the image's virtual size set or changed by `size`.
+fn resize(
+    file: &Path,
+    size: NewSize,
+    format: Option<Format>,
+    allow_external_backing: bool,
+) -> anyhow::Result<i32> {
+    let mut image = block::open(
+        file,
+        &OpenOptions {
+            read_only: false,
+            format,
+            allow_external_backing,
+        },
+    )?;
+    let old = image.size();
+    let new = size.apply(old).map_err(crate::exit::usage)?;
+    image.resize(new)?;
+    image.flush()?;
+    println!(
+        "resized {} from {} to {}",
+        file.display(),
+        crate::size::human(old),
+        crate::size::human(new)
+    );
+    Ok(0)
 }
 
 #[cfg(test)]

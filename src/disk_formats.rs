@@ -96,7 +96,7 @@ mod tests {
         assert!(record(&file).unwrap().is_empty());
         let def = VmDefinition::load(&file).unwrap();
         let cfg = def.vm_config(vmm::SerialMode::None).unwrap();
-        assert_eq!(cfg.disks[0].format, Some(block::Format::Raw));
+        assert_eq!(cfg.machine.disks[0].format, Some(block::Format::Raw));
     }
 
     #[test]

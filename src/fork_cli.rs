@@ -3,7 +3,8 @@
 //! new VM's directory and to put a qcow2 overlay over each writable disk — one for the
 //! source, which switches to it live, and one for the fork, so both go on from the same
 //! frozen image. The fork is a suspended VM until `vessel start` resumes it (which
-//! `fork` does), its memory mapped lazily from the snapshot.
+//! `fork` does), its memory mapped lazily from the snapshot (copied into shared memory
+//! instead when the VM has shared folders: virtiofsd maps guest memory too).
 //!
 //! Both guests are the same machine: same MAC, hostname, machine-id, SSH host keys,
 //! random state. So only `nat` NICs are forked (each VM has its own NAT: equal MACs never
@@ -85,12 +86,6 @@ fn forkable(def: &VmDefinition) -> Result<()> {
                 f.get_ref()
             )));
         }
-    }
-    if !def.shares.is_empty() {
-        return Err(usage(
-            "a VM with shared folders cannot be forked (virtiofsd cannot save its open files)"
-                .to_string(),
-        ));
     }
     Ok(())
 }

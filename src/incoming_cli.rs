@@ -10,7 +10,7 @@ use std::io::BufReader;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use vmm::migration::{self, Listener, MigrationUrl, Received};
+use vmm::migration::{self, Listener, MigrationUrl, Received, Storage};
 
 use crate::run_cli::error_chain;
 use crate::state::{self, StateDir, VmDir, VmState};
@@ -18,14 +18,27 @@ use crate::state::{self, StateDir, VmDir, VmState};
 /// In a VM's directory while its VMM waits for the migration: the URL it listens on.
 pub const INCOMING_FILE: &str = "incoming";
 
+/// How a VM's VMM waits for its migration.
+pub struct Incoming {
+    /// unix:PATH or tcp:HOST:PORT.
+    pub url: String,
+    /// The sender streams the disks; they are written into the definition's images.
+    pub copy_storage: bool,
+}
+
 /// `vessel start NAME --incoming URL`: starts the VM's VMM listening; returns once it does.
-pub fn start(state: &StateDir, name: &str, url: &str, json: bool) -> Result<()> {
+pub fn start(state: &StateDir, name: &str, incoming: &Incoming, json: bool) -> Result<()> {
     let vm = state.vm(name)?;
-    let url: MigrationUrl = url
+    let url: MigrationUrl = incoming
+        .url
         .parse()
         .map_err(|e: migration::MigrationError| crate::exit::usage(e.to_string()))?;
     crate::suspend_cli::refuse_if_suspended(&vm, "waiting for a migration of it")?;
-    let pid = crate::manage_cli::spawn_vmm(state, name, Some(&url.to_string()))?;
+    let checked = Incoming {
+        url: url.to_string(),
+        copy_storage: incoming.copy_storage,
+    };
+    let pid = crate::manage_cli::spawn_vmm(state, name, Some(&checked))?;
     if !json {
         println!("VM '{name}' waits for a migration on {url} (pid {pid})");
     }
@@ -38,11 +51,12 @@ pub fn start(state: &StateDir, name: &str, url: &str, json: bool) -> Result<()> 
 /// the stream the hand-over finishes on.
 pub fn receive(
     vm: &VmDir,
-    url: &str,
+    incoming: &Incoming,
     defined: vmm::VmConfig,
     ready: &mut Option<File>,
 ) -> Result<(vmm::Vm, vmm::VmConfig, Option<migration::Stream>)> {
-    let url: MigrationUrl = url
+    let url: MigrationUrl = incoming
+        .url
         .parse()
         .map_err(|e: migration::MigrationError| anyhow!("{e}"))?;
     let listener = Listener::bind(&url).map_err(|e| anyhow!("{}", error_chain(&e)))?;
@@ -58,7 +72,12 @@ pub fn receive(
         .with_context(|| format!("accepting the migration on {url}"))?;
     drop(listener);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let received = migration::receive(&mut reader, u64::MAX);
+    let received = if incoming.copy_storage {
+        let mut open = |machine: &vmm::snapshot::MachineState| copy_targets(machine, &defined);
+        migration::receive(&mut reader, u64::MAX, Storage::Copied(&mut open))
+    } else {
+        migration::receive(&mut reader, u64::MAX, Storage::Shared)
+    };
     let mut stream = reader.into_inner();
     crate::api_mode::block_control_signals();
     match build(received, defined) {
@@ -70,6 +89,39 @@ pub fn receive(
     }
 }
 
+/// `--copy-storage`: the definition's disk images, opened for writing, once the arriving
+/// machine is known to have as many disks (the shape is checked in full when it arrives).
+fn copy_targets(
+    machine: &vmm::snapshot::MachineState,
+    defined: &vmm::VmConfig,
+) -> std::result::Result<Vec<Box<dyn block::DiskImage>>, String> {
+    if machine.disks.len() != defined.machine.disks.len() {
+        return Err(format!(
+            "the arriving VM has {} disks, its definition here {}",
+            machine.disks.len(),
+            defined.machine.disks.len()
+        ));
+    }
+    defined
+        .machine
+        .disks
+        .iter()
+        .map(|disk| {
+            let opts = block::OpenOptions {
+                read_only: false,
+                format: disk.format,
+                allow_external_backing: disk.allow_external_backing,
+            };
+            block::open(&disk.path, &opts).map_err(|e| {
+                format!(
+                    "cannot open {} to write the arriving disk into: {e}",
+                    disk.path.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// The arriving VM rebuilt with the definition's host side.
 fn build(
     received: Result<Received, migration::MigrationError>,
@@ -78,7 +130,7 @@ fn build(
     let mut received = received.map_err(|e| anyhow!("receiving the VM: {}", error_chain(&e)))?;
     let machine = &mut received.snapshot.machine;
     same_shape(machine, &defined)?;
-    for (disk, def) in machine.disks.iter_mut().zip(&defined.disks) {
+    for (disk, def) in machine.disks.iter_mut().zip(&defined.machine.disks) {
         disk.path = def.path.clone();
     }
     let host = crate::suspend_cli::adopt(machine, defined)?;
@@ -90,28 +142,28 @@ fn build(
 
 /// Refuses a definition that does not describe the arriving machine.
 fn same_shape(machine: &vmm::snapshot::MachineState, defined: &vmm::VmConfig) -> Result<()> {
-    if machine.memory != defined.memory {
+    if machine.memory != defined.machine.memory {
         bail!(
             "the arriving VM has {} MiB of memory, its definition here {} MiB",
             machine.memory >> 20,
-            defined.memory >> 20
+            defined.machine.memory >> 20
         );
     }
-    if machine.cpus != defined.cpus {
+    if machine.cpus != defined.machine.cpus {
         bail!(
             "the arriving VM has {} vCPUs, its definition here {}",
             machine.cpus,
-            defined.cpus
+            defined.machine.cpus
         );
     }
-    if machine.disks.len() != defined.disks.len() {
+    if machine.disks.len() != defined.machine.disks.len() {
         bail!(
             "the arriving VM has {} disks, its definition here {}",
             machine.disks.len(),
-            defined.disks.len()
+            defined.machine.disks.len()
         );
     }
-    for (index, (disk, def)) in machine.disks.iter().zip(&defined.disks).enumerate() {
+    for (index, (disk, def)) in machine.disks.iter().zip(&defined.machine.disks).enumerate() {
         if disk.read_only != def.read_only {
             bail!("disk {index} is read-only on one side only");
         }

@@ -86,20 +86,22 @@ fn exit_for(e: &jail::JailError) -> i32 {
 fn describe(args: &JailArgs, mut cfg: VmConfig) -> Result<(Jail, VmConfig), String> {
     let abs = |p: &PathBuf| jail::absolute(p).map_err(|e| e.to_string());
     let mut files = Vec::new();
-    cfg.kernel = abs(&cfg.kernel)?;
-    files.push(JailFile {
-        path: cfg.kernel.clone(),
-        writable: false,
-    });
-    if let Some(initrd) = &cfg.initrd {
-        let initrd = abs(initrd)?;
+    if let Some(boot) = &mut cfg.boot {
+        boot.kernel = abs(&boot.kernel)?;
         files.push(JailFile {
-            path: initrd.clone(),
+            path: boot.kernel.clone(),
             writable: false,
         });
-        cfg.initrd = Some(initrd);
+        if let Some(initrd) = &boot.initrd {
+            let initrd = abs(initrd)?;
+            files.push(JailFile {
+                path: initrd.clone(),
+                writable: false,
+            });
+            boot.initrd = Some(initrd);
+        }
     }
-    for d in &mut cfg.disks {
+    for d in &mut cfg.machine.disks {
         d.path = abs(&d.path)?;
         files.extend(
             jail::disk_files(&d.path, d.format, d.read_only, d.allow_external_backing)
@@ -107,7 +109,7 @@ fn describe(args: &JailArgs, mut cfg: VmConfig) -> Result<(Jail, VmConfig), Stri
         );
     }
     let mut devices = vec![Device::Kvm];
-    for nic in &cfg.nics {
+    for nic in &cfg.machine.nics {
         match nic.mode {
             net::NicMode::Tap(_) => {
                 if !devices.contains(&Device::Tun) {
@@ -125,12 +127,12 @@ fn describe(args: &JailArgs, mut cfg: VmConfig) -> Result<(Jail, VmConfig), Stri
     for (what, path) in [
         (
             "--serial file:",
-            match &cfg.serial {
+            match &cfg.host.serial {
                 SerialMode::File(p) => Some(p),
                 _ => None,
             },
         ),
-        ("--console2 file:", cfg.console2.as_ref()),
+        ("--console2 file:", cfg.machine.console2.as_ref()),
     ] {
         if path.is_some_and(|p| !p.is_absolute()) {
             return Err(format!(
@@ -142,7 +144,7 @@ fn describe(args: &JailArgs, mut cfg: VmConfig) -> Result<(Jail, VmConfig), Stri
     let jail = Jail {
         dir: args.dir.clone().unwrap_or_default(),
         files: jail::merge(files),
-        new_net: cfg.nics.is_empty(),
+        new_net: cfg.machine.nics.is_empty(),
         devices,
         ids: args.uid.zip(args.gid),
         cgroup: args.cgroup.clone(),

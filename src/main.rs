@@ -45,6 +45,7 @@ mod vm_list;
 mod vm_ports;
 mod vm_set;
 mod vmdef;
+mod vmdef_checks;
 mod vmdef_rates;
 
 use clap::{Parser, Subcommand};

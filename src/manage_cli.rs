@@ -54,6 +54,11 @@ pub enum ManageCommand {
         /// arrives. Its disks are the definition's (shared storage).
         #[arg(long, value_name = "URL", conflicts_with = "no_provision")]
         incoming: Option<String>,
+        /// With --incoming: the sender streams its disks (`vessel migrate --copy-storage`)
+        /// and they are written into the images this VM's definition names, which must
+        /// exist with the arriving disks' sizes; their contents are replaced.
+        #[arg(long, requires = "incoming")]
+        copy_storage: bool,
     },
     /// Save a running VM's whole state in its directory and end its VMM (Vagrant's
     /// suspend); `resume` or `start` continues it where it was.
@@ -185,6 +190,9 @@ pub enum ManageCommand {
         /// Wait for the VM on this migration URL instead of booting it.
         #[arg(long)]
         incoming: Option<String>,
+        /// With --incoming: write the disks the sender streams into the definition's.
+        #[arg(long, requires = "incoming")]
+        copy_storage: bool,
     },
 }
 
@@ -204,9 +212,11 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
             name,
             json,
             incoming: Some(url),
+            copy_storage,
             ..
         } => {
-            crate::incoming_cli::start(&state, &name, &url, json)?;
+            let incoming = crate::incoming_cli::Incoming { url, copy_storage };
+            crate::incoming_cli::start(&state, &name, &incoming, json)?;
             summary_if(json, &state, &name)
         }
         ManageCommand::Start {
@@ -214,6 +224,7 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
             no_provision,
             json,
             incoming: None,
+            ..
         } => {
             start(&state, &name, json)?;
             if !no_provision {
@@ -250,7 +261,14 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
-        ManageCommand::Vmm { name, incoming } => vmm_process(&state, &name, incoming.as_deref()),
+        ManageCommand::Vmm {
+            name,
+            incoming,
+            copy_storage,
+        } => {
+            let incoming = incoming.map(|url| crate::incoming_cli::Incoming { url, copy_storage });
+            vmm_process(&state, &name, incoming.as_ref())
+        }
         ManageCommand::Fork { src, dst, json } => {
             crate::fork_cli::fork(&state, &src, &dst, json)?;
             crate::project_cli::register_state_dir(&state)?;
@@ -332,7 +350,11 @@ pub(crate) fn start(state: &StateDir, name: &str, json: bool) -> Result<i32> {
 
 /// Starts the VM's VMM process (`vessel vmm NAME`, detached; `--incoming URL` passed on)
 /// and waits until it reports it runs the VM (or listens for it); its pid.
-pub(crate) fn spawn_vmm(state: &StateDir, name: &str, incoming: Option<&str>) -> Result<u32> {
+pub(crate) fn spawn_vmm(
+    state: &StateDir,
+    name: &str,
+    incoming: Option<&crate::incoming_cli::Incoming>,
+) -> Result<u32> {
     let vm = state.vm(name)?;
     let def = vm.definition()?;
     if vm.try_lock()?.is_none() {
@@ -365,8 +387,11 @@ pub(crate) fn spawn_vmm(state: &StateDir, name: &str, incoming: Option<&str>) ->
     cmd.arg("--state-dir").arg(&state.root);
     cmd.arg("--log-level").arg(crate::logging::level().as_arg());
     cmd.arg("vmm").arg(name);
-    if let Some(url) = incoming {
-        cmd.arg("--incoming").arg(url);
+    if let Some(incoming) = incoming {
+        cmd.arg("--incoming").arg(&incoming.url);
+        if incoming.copy_storage {
+            cmd.arg("--copy-storage");
+        }
     }
     cmd.env("VESSEL_READY_FD", ready_fd.to_string());
     cmd.stdin(Stdio::null())
@@ -424,7 +449,11 @@ fn build(vm: &VmDir, cfg: vmm::VmConfig) -> Result<(vmm::Vm, vmm::VmConfig)> {
     }
 }
 
-fn vmm_process(state: &StateDir, name: &str, incoming: Option<&str>) -> Result<i32> {
+fn vmm_process(
+    state: &StateDir,
+    name: &str,
+    incoming: Option<&crate::incoming_cli::Incoming>,
+) -> Result<i32> {
     let mut ready = std::env::var("VESSEL_READY_FD")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -451,7 +480,7 @@ fn vmm_process(state: &StateDir, name: &str, incoming: Option<&str>) -> Result<i
         let cfg = def.vm_config(serial)?;
         let (machine, cfg, arriving) = match incoming {
             // Blocks the control signals itself once the VM is in.
-            Some(url) => crate::incoming_cli::receive(&vm, url, cfg, &mut ready)?,
+            Some(incoming) => crate::incoming_cli::receive(&vm, incoming, cfg, &mut ready)?,
             None => {
                 // Before any thread starts (the API server's): the VM's event loop reads
                 // these signals.

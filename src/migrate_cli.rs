@@ -29,6 +29,7 @@ pub fn send(handle: &VmHandle, params: &api::MigrationSendParams) -> Result<(), 
             url,
             max_downtime_ms: params.max_downtime_ms,
             bandwidth_mib_s: params.bandwidth_mib_s,
+            copy_storage: params.copy_storage,
         })
         .map_err(|e| error_chain(&e))?;
     let p = handle.migration().progress();
@@ -75,7 +76,8 @@ pub fn incoming(
     };
     drop(listener);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let received = migration::receive(&mut reader, u64::MAX);
+    // The stream names the sender's paths: this receiver writes no disk (shared storage).
+    let received = migration::receive(&mut reader, u64::MAX, migration::Storage::Shared);
     let mut stream = reader.into_inner();
     let fail = |stream: &mut migration::Stream, what: String| {
         migration::refuse(stream, &what);
@@ -86,8 +88,11 @@ pub fn incoming(
         Ok(r) => r,
         Err(e) => return fail(&mut stream, error_chain(&e)),
     };
-    let machine = &received.snapshot.machine;
-    let host = vmm::snapshot::host_config(serial, emulator_fixups, machine);
+    let host = vmm::HostResources {
+        serial,
+        emulator_fixups,
+        ..Default::default()
+    };
     let mut vm = match Vm::restore_received(&host, &received) {
         Ok(vm) => vm,
         Err(e) => return fail(&mut stream, error_chain(&e)),
@@ -153,9 +158,13 @@ pub struct MigrateArgs {
     /// The pause the guest may see, in ms.
     #[arg(long, default_value_t = 300)]
     max_downtime_ms: u64,
-    /// At most this many MiB/s of guest memory.
+    /// At most this many MiB/s of guest memory and disk data.
     #[arg(long)]
     bandwidth_mib_s: Option<u64>,
+    /// Stream the disks too, for hosts without shared storage: the receiver must be
+    /// waiting with `vessel start NAME --incoming URL --copy-storage`.
+    #[arg(long)]
+    copy_storage: bool,
 }
 
 /// Asks the VM's VMM (over its API socket) to migrate, showing progress until it is done.
@@ -199,6 +208,9 @@ pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Res
     if let Some(rate) = args.bandwidth_mib_s {
         body["bandwidth_mib_s"] = rate.into();
     }
+    if args.copy_storage {
+        body["copy_storage"] = true.into();
+    }
     let send_socket = socket.clone();
     let sending = std::thread::spawn(move || {
         api_call_waiting(
@@ -215,15 +227,7 @@ pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Res
             api_call_waiting(&socket, "GET", "/migration", None, Duration::from_secs(5))
         {
             let p: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-            eprint!(
-                "\rvessel: migrating '{}': {} round {}, {:.1} MiB sent, {} pages dirty, ~{} ms pause   ",
-                args.name,
-                p["state"].as_str().unwrap_or("?"),
-                p["rounds"],
-                p["sent_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20),
-                p["dirty_pages"],
-                p["expected_downtime_ms"],
-            );
+            eprint!("\r{}   ", progress_line(&args.name, &p));
         }
     }
     eprintln!();
@@ -235,4 +239,46 @@ pub fn migrate(state: &crate::state::StateDir, args: MigrateArgs) -> anyhow::Res
     }
     eprintln!("vessel: VM '{}' migrated to {}", args.name, args.to);
     Ok(0)
+}
+
+/// One line of a migration's progress from `GET /migration`: memory, and the disks when
+/// they are copied too.
+fn progress_line(name: &str, p: &serde_json::Value) -> String {
+    let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    let mut line = format!(
+        "vessel: migrating '{name}': {} round {}, {:.1} MiB sent, {} pages dirty, ~{} ms pause",
+        p["state"].as_str().unwrap_or("?"),
+        p["rounds"],
+        mib(&p["sent_bytes"]),
+        p["dirty_pages"],
+        p["expected_downtime_ms"],
+    );
+    if p["disk_sent_bytes"].is_u64() {
+        line.push_str(&format!(
+            "; disks {:.1} MiB sent, {:.1} MiB dirty",
+            mib(&p["disk_sent_bytes"]),
+            mib(&p["dirty_disk_bytes"]),
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn the_progress_line_shows_the_disks_only_when_they_are_copied() {
+        let memory = serde_json::json!({"state": "sending", "rounds": 1,
+            "sent_bytes": 3 << 20, "dirty_pages": 7, "expected_downtime_ms": 12});
+        let line = progress_line("vm", &memory);
+        assert_eq!(
+            line,
+            "vessel: migrating 'vm': sending round 1, 3.0 MiB sent, 7 pages dirty, ~12 ms pause"
+        );
+        let mut both = memory.clone();
+        both["disk_sent_bytes"] = (5u64 << 20).into();
+        both["dirty_disk_bytes"] = (1u64 << 19).into();
+        assert!(progress_line("vm", &both).ends_with("; disks 5.0 MiB sent, 0.5 MiB dirty"));
+    }
 }

@@ -338,24 +338,30 @@ pub fn run(args: RunArgs) -> i32 {
         }
     }
     let cfg = VmConfig {
-        kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        memory: args.memory,
-        cpus: args.cpus,
-        serial: args.serial,
-        disks: args.disks,
-        rng: args.rng,
-        console2: args.console2,
-        nics: args.nics,
-        pit: args.pit,
-        emulator_fixups: args.emulator_fixups,
-        vsock: args.vsock,
-        shares: args.shares,
-        balloon: args.balloon,
-        mmds: None,
+        boot: Some(vmm::BootSource {
+            kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+        }),
+        machine: vmm::MachineConfig {
+            memory: args.memory,
+            cpus: args.cpus,
+            pit: args.pit,
+            disks: args.disks,
+            rng: args.rng,
+            console2: args.console2,
+            nics: args.nics,
+            vsock: args.vsock,
+            shares: args.shares,
+            balloon: args.balloon,
+        },
+        host: vmm::HostResources {
+            serial: args.serial,
+            emulator_fixups: args.emulator_fixups,
+            ..Default::default()
+        },
     };
-    if let Err(e) = vhost_user::fs::check_unique(&cfg.shares) {
+    if let Err(e) = vhost_user::fs::check_unique(&cfg.machine.shares) {
         eprintln!("vessel: error: {e}");
         return EXIT_USAGE;
     }

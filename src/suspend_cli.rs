@@ -181,17 +181,18 @@ pub fn restore(
     Ok((machine, cfg))
 }
 
-/// The host configuration to rebuild a saved (or arriving) `machine` as the VM `defined`
+/// The host resources to rebuild a saved (or arriving) `machine` as the VM `defined`
 /// describes: serial console and emulator setting from the definition, each NIC's host
 /// side from it (the guest's MAC stays), the vsock's socket path and the second console's
-/// log file, and its disks (which say which may follow backing files elsewhere). A
+/// log file, the disks it lets follow backing files elsewhere, and the shares' host
+/// directories (whose tags must be the saved ones, checked when the VM is rebuilt). A
 /// definition whose NICs, vsock CID or consoles are not the machine's is refused.
 pub fn adopt(
     machine: &mut vmm::snapshot::MachineState,
     defined: vmm::VmConfig,
-) -> Result<vmm::VmConfig> {
-    host_nics_from(&mut machine.nics, &defined.nics)?;
-    match (&mut machine.vsock, &defined.vsock) {
+) -> Result<vmm::HostResources> {
+    host_nics_from(&mut machine.nics, &defined.machine.nics)?;
+    match (&mut machine.vsock, &defined.machine.vsock) {
         (Some(saved), Some(def)) if saved.cid == def.cid => saved.uds = def.uds.clone(),
         (None, None) => {}
         (saved, def) => bail!(
@@ -200,14 +201,22 @@ pub fn adopt(
             vsock_label(def.as_ref())
         ),
     }
-    match (&mut machine.console, &defined.console2) {
+    match (&mut machine.console, &defined.machine.console2) {
         (Some(saved), Some(def)) => *saved = def.clone(),
         (None, None) => {}
         _ => bail!("the VM and its definition differ in having a second console"),
     }
-    let mut host = vmm::snapshot::host_config(defined.serial, defined.emulator_fixups, machine);
-    host.disks = defined.disks;
-    Ok(host)
+    Ok(vmm::HostResources {
+        backing_grants: defined
+            .machine
+            .disks
+            .iter()
+            .filter(|d| d.allow_external_backing)
+            .map(|d| d.path.clone())
+            .collect(),
+        shares: defined.machine.shares,
+        ..defined.host
+    })
 }
 
 fn vsock_label(v: Option<&vmm::VsockConfig>) -> String {

@@ -191,159 +191,17 @@ impl VmDefinition {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let mut errors = Vec::new();
-        let mut err = |span: Range<usize>, message: String| {
-            let (line, column) = locate(text, span);
-            errors.push(DefinitionError {
-                line,
-                column,
-                message,
-            });
-        };
-        for (span, message) in crate::provision_def::problems(&def.provisions) {
-            err(span, message);
-        }
-        for (span, message) in crate::vmdef_rates::problems(&def.disks) {
-            err(span, message);
-        }
-        for (span, message) in crate::share_def::problems(&def.shares, def.image.is_some()) {
-            err(span, message);
-        }
-        for g in &def.groups {
-            if !valid_name(g.get_ref()) || g.get_ref().contains('.') {
-                err(
-                    g.span(),
-                    format!(
-                        "invalid group '{}': use letters, digits, '-' or '_'",
-                        g.get_ref()
-                    ),
-                );
-            }
-        }
-        if !valid_name(def.name.get_ref()) {
-            err(def.name.span(), format!("invalid VM name '{}': use letters, digits, '-', '_' or '.', starting with a letter or digit (at most 63)", def.name.get_ref()));
-        }
-        if !(1..=i64::from(vmm::config::MAX_CPUS)).contains(def.cpus.get_ref()) {
-            err(
-                def.cpus.span(),
-                format!("cpus must be between 1 and {}", vmm::config::MAX_CPUS),
-            );
-        }
-        match parse_size(def.memory.get_ref()) {
-            Ok(b) => {
-                if let Err(e) = arch::memory_map::check_size(b) {
-                    err(def.memory.span(), e.to_string())
+        let errors: Vec<DefinitionError> = crate::vmdef_checks::problems(&def)
+            .into_iter()
+            .map(|(span, message)| {
+                let (line, column) = locate(text, span);
+                DefinitionError {
+                    line,
+                    column,
+                    message,
                 }
-            }
-            Err(e) => err(def.memory.span(), e),
-        }
-        for d in &def.disks {
-            if let Some(f) = &d.format {
-                if !FORMATS.contains(&f.get_ref().as_str()) {
-                    err(
-                        f.span(),
-                        format!(
-                            "unknown disk format '{}' (expected one of {})",
-                            f.get_ref(),
-                            FORMATS.join(", ")
-                        ),
-                    );
-                }
-            }
-            if let Some(s) = &d.size {
-                if let Err(e) = parse_size(s.get_ref()) {
-                    err(s.span(), e);
-                }
-            }
-            if let Some(id) = &d.id {
-                if id.get_ref().len() > 20 {
-                    err(id.span(), "disk id is longer than 20 bytes".into());
-                }
-            }
-        }
-        for n in &def.nics {
-            let mode = n.mode.get_ref();
-            let known = [
-                "nat",
-                "internal:",
-                "natnet:",
-                "hostonly:",
-                "bridged:",
-                "tap:",
-            ];
-            if !known.iter().any(|k| {
-                if k.ends_with(':') {
-                    mode.starts_with(k) && mode.len() > k.len()
-                } else {
-                    mode == k
-                }
-            }) {
-                err(n.mode.span(), format!("unknown NIC mode '{mode}' (nat, natnet:NAME, internal:NAME, hostonly:NAME, bridged:IFACE or tap:NAME)"));
-            }
-            let mut forwards_ok = true;
-            for f in &n.forward {
-                if let Err(e) = crate::vm_ports::parse(f.get_ref()) {
-                    forwards_ok = false;
-                    err(f.span(), e);
-                }
-            }
-            // What the NIC's own checks say beyond the checks above (a bad name, a MAC,
-            // forwards on a mode without NAT), at the NIC's mode.
-            if forwards_ok {
-                if let Err(e) = n.to_config(AutoPorts::Placeholder) {
-                    if !matches!(e, NicError::Net(net::ConfigError::UnknownMode(_))) {
-                        err(n.mode.span(), format!("NIC: {e}"));
-                    }
-                }
-            }
-        }
-        if let Some(image) = &def.image {
-            if !valid_name(image.get_ref()) {
-                err(
-                    image.span(),
-                    format!("invalid image name '{}'", image.get_ref()),
-                );
-            }
-        }
-        if let (Some(u), None) = (&def.user_data, &def.image) {
-            err(
-                u.span(),
-                "user_data is only for VMs made from an image".into(),
-            );
-        }
-        if let Some(pit) = &def.pit {
-            if let Err(e) = parse_pit(pit.get_ref()) {
-                err(pit.span(), e);
-            }
-        }
-        if let Some(log) = &def.serial.log {
-            err(log.span(), "serial.log is not supported: a background VM's serial output goes to serial.log in its state directory (vessel inspect shows where)".into());
-        }
-        if let Some(user) = &def.ssh.user {
-            if let Err(e) = cloudinit::validate::user_name(user.get_ref()) {
-                err(user.span(), format!("ssh user: {e}"));
-            }
-        }
-        if let Some(v) = &def.vsock {
-            let check = u64::try_from(*v.cid.get_ref())
-                .map_err(|_| virtio::vsock::VsockError::NegativeCid(*v.cid.get_ref()))
-                .and_then(|cid| virtio::vsock::check_config(cid, v.uds.get_ref()));
-            match check {
-                Err(e @ virtio::vsock::VsockError::NegativeCid(_)) => {
-                    err(v.cid.span(), format!("vsock: {e}"))
-                }
-                Err(e @ virtio::vsock::VsockError::Cid(_)) => {
-                    err(v.cid.span(), format!("vsock: {e}"))
-                }
-                Err(e) => err(v.uds.span(), format!("vsock: {e}")),
-                Ok(()) => {}
-            }
-        }
-        if let Some(b) = &def.balloon {
-            for (span, message) in b.check(def.memory_bytes() >> 20) {
-                err(span, message);
-            }
-        }
+            })
+            .collect();
         if errors.is_empty() {
             Ok(def)
         } else {
@@ -450,8 +308,23 @@ impl VmDefinition {
             .collect()
     }
 
-    /// The VMM configuration for this definition.
+    /// The VMM configuration for this definition: its boot source and machine, with
+    /// `serial` as COM1 on this host.
     pub fn vm_config(&self, serial: vmm::SerialMode) -> anyhow::Result<vmm::VmConfig> {
+        let cfg = vmm::VmConfig {
+            boot: Some(vmm::BootSource::from(&self.boot)),
+            machine: vmm::MachineConfig::try_from(self)?,
+            host: vmm::HostResources {
+                serial,
+                emulator_fixups: vmm::EmulatorFixups::Auto,
+                ..Default::default()
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn disk_configs(&self) -> anyhow::Result<Vec<vmm::DiskConfig>> {
         let mut disks = Vec::new();
         for d in &self.disks {
             disks.push(vmm::DiskConfig {
@@ -471,37 +344,49 @@ impl VmDefinition {
                 rate_limit: d.rate_limit()?,
             });
         }
+        Ok(disks)
+    }
+}
+
+impl From<&Boot> for vmm::BootSource {
+    fn from(boot: &Boot) -> Self {
+        vmm::BootSource {
+            kernel: boot.kernel.get_ref().clone(),
+            initrd: boot.initrd.as_ref().map(|i| i.get_ref().clone()),
+            cmdline: boot.cmdline.clone(),
+        }
+    }
+}
+
+impl TryFrom<&VmDefinition> for vmm::MachineConfig {
+    type Error = anyhow::Error;
+
+    /// The machine a definition describes: its size and devices, NICs converted field
+    /// by field (never re-parsed from strings).
+    fn try_from(def: &VmDefinition) -> anyhow::Result<Self> {
         let mut nics = Vec::new();
-        for n in &self.nics {
+        for n in &def.nics {
             let nic = n.to_config(AutoPorts::Refused);
             nics.push(nic.map_err(|e| anyhow::anyhow!("nic '{}': {e}", n.mode.get_ref()))?);
         }
-        let cfg = vmm::VmConfig {
-            kernel: self.boot.kernel.get_ref().clone(),
-            initrd: self.boot.initrd.as_ref().map(|i| i.get_ref().clone()),
-            cmdline: self.boot.cmdline.clone(),
-            memory: self.memory_bytes(),
-            cpus: *self.cpus.get_ref() as u8,
-            serial,
-            disks,
-            rng: self.rng,
-            console2: self.console2.as_ref().map(|c| c.get_ref().clone()),
-            nics,
-            pit: match &self.pit {
+        Ok(vmm::MachineConfig {
+            memory: def.memory_bytes(),
+            cpus: *def.cpus.get_ref() as u8,
+            pit: match &def.pit {
                 Some(p) => parse_pit(p.get_ref()).map_err(|e| anyhow::anyhow!(e))?,
                 None => vmm::PitMode::Auto,
             },
-            emulator_fixups: vmm::EmulatorFixups::Auto,
-            vsock: self.vsock.as_ref().map(|v| vmm::VsockConfig {
+            disks: def.disk_configs()?,
+            rng: def.rng,
+            console2: def.console2.as_ref().map(|c| c.get_ref().clone()),
+            nics,
+            vsock: def.vsock.as_ref().map(|v| vmm::VsockConfig {
                 cid: *v.cid.get_ref() as u64,
                 uds: v.uds.get_ref().clone(),
             }),
-            shares: crate::share_def::to_shares(&self.shares)?,
-            balloon: self.balloon.as_ref().map(|b| b.to_config()),
-            mmds: None,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+            shares: crate::share_def::to_shares(&def.shares)?,
+            balloon: def.balloon.as_ref().map(|b| b.to_config()),
+        })
     }
 }
 

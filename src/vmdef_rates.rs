@@ -58,10 +58,10 @@ tx_rate = "1M"
     fn disk_and_nic_rates_reach_the_vmm_config() {
         let d = VmDefinition::parse(Path::new("vm.toml"), DEF).unwrap();
         let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
-        let limits = cfg.disks[0].rate_limit;
+        let limits = cfg.machine.disks[0].rate_limit;
         assert_eq!(bucket_rate_per_second(&limits.bandwidth.unwrap()), 10 << 20);
         assert_eq!(bucket_rate_per_second(&limits.ops.unwrap()), 500);
-        let nic = &cfg.nics[0];
+        let nic = &cfg.machine.nics[0];
         assert!(nic.tx_limit.limits() && !nic.rx_limit.limits());
     }
 

@@ -1,7 +1,7 @@
 //! The balloon from the command line: `vessel validate` checks `[balloon]`, `vessel run
 //! --balloon` refuses bad specs, and `vessel memory` sets and shows the balloon of a VM
 //! started in the background, with clear errors for a stopped VM and a VM without one.
-//! (The guest here has no balloon driver: the nested Debian test in boot_nested.rs shows a
+//! (The guest here has no balloon driver: the nested Debian test in tests/nested/balloon.rs shows a
 //! real driver giving memory back.)
 
 mod common;

@@ -659,3 +659,20 @@ fn remove_forward_takes_a_forward_out_of_a_stopped_vm() {
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0]["host_port"], 8080);
 }
+
+#[test]
+fn copy_storage_is_refused_where_it_would_mean_nothing() {
+    // Without --incoming, a start has no disks arriving to write.
+    fails(&run(&["start", "web", "--copy-storage"]), 2, "--incoming");
+    // `vessel run --incoming` takes shared storage only: it has no such flag.
+    fails(
+        &run(&[
+            "run",
+            "--incoming",
+            "unix:/tmp/nowhere.sock",
+            "--copy-storage",
+        ]),
+        2,
+        "--copy-storage",
+    );
+}

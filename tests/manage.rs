@@ -644,7 +644,7 @@ fn json_of_create_start_stop_clone_and_the_human_inspect() {
 /// role allows that); inspect lists the forward live, vm.toml keeps it, and
 /// `--remove-forward` closes the port again. The service guest runs no TCP stack, so the
 /// relay's connection to it never completes: what is checked is the host side.
-/// (tests/mmds.rs carries data through such a forward to a real Linux guest.)
+/// (tests/nested/mmds.rs carries data through such a forward to a real Linux guest.)
 #[test]
 fn set_adds_and_removes_a_forward_of_a_running_nat_vm() {
     let st = State::new("live-forward");

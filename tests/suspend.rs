@@ -3,7 +3,9 @@
 //! its saved state is refused, and `resume` (or `start`) goes on with the next number —
 //! never a gap, a repeat or a restart. `stop` discards a saved state; the next start boots
 //! afresh. A forked guest that writes every count to its disk goes on in both VMs, each
-//! on its own overlay over the image frozen at the fork.
+//! on its own overlay over the image frozen at the fork. A guest with a shared folder is
+//! suspended, resumed and forked too: virtiofsd's state is saved and a new virtiofsd for the
+//! definition's directory loads it.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::state_dir::TestState as State;
-use common::{multiboot_guest, out_dir, wait_for};
+use common::{counts, multiboot_guest, out_dir, wait_for};
 
 const STEPS: u64 = 40;
 
@@ -21,15 +23,6 @@ fn counter_guest() -> PathBuf {
         &["multiboot_header.S", "counter_guest.c"],
         "multiboot.ld",
     )
-}
-
-/// The numbers of the guest's `count=N` lines, in order.
-fn counts(serial: &str) -> Vec<u64> {
-    serial
-        .lines()
-        .filter_map(|l| l.strip_prefix("count="))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 impl State {
@@ -245,4 +238,52 @@ fn what_two_equal_guests_cannot_share_is_not_forked() {
     st.refused(&["fork", "f", "g"], "fixed host port");
     assert!(!st.0.join("g").exists());
     st.ok(&["stop", "f", "--force"]);
+}
+
+/// Whether the VMM finds a virtiofsd (as `vhost_user::virtiofsd::find` looks for it).
+/// The counting guest does not mount its share (it speaks no FUSE): what is checked is
+/// that the VM with a share is saved (virtiofsd's state with it), restored with a new
+/// virtiofsd and runs on, suspended and resumed as well as forked.
+#[test]
+fn a_guest_with_a_shared_folder_is_suspended_resumed_and_forked() {
+    if !common::virtiofsd::installed() {
+        eprintln!("skipped: virtiofsd is not installed");
+        return;
+    }
+    let st = State::new("suspend-share");
+    let dir = out_dir().join("suspend-share-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    st.counting_vm(
+        "s",
+        &format!("\n[[share]]\ndir = {dir:?}\ntag = \"data\"\n"),
+    );
+    st.ok(&["start", "s"]);
+    wait_for("the guest to count to 3", || {
+        counts(&st.serial("s")).len() >= 3
+    });
+    let out = st.ok(&["suspend", "s"]);
+    assert!(out.contains("suspended VM 's' in "), "{out}");
+    assert_eq!(st.state_of("s"), "suspended");
+    let before = *counts(&st.serial("s")).last().unwrap();
+    assert!(before < STEPS, "the guest finished first");
+
+    st.ok(&["resume", "s"]);
+    wait_for("the resumed guest to count on", || {
+        counts(&st.serial("s"))
+            .last()
+            .is_some_and(|&n| n > before + 2)
+    });
+    let out = st.ok(&["fork", "s", "t"]);
+    assert!(out.contains("forked VM 's' to 't'"), "{out}");
+    wait_for("both guests to finish", || {
+        st.state_of("s") == "stopped" && st.state_of("t") == "stopped"
+    });
+    let (s, t) = (st.serial("s"), st.serial("t"));
+    assert_eq!(counts(&s), (1..=STEPS).collect::<Vec<_>>(), "{s}");
+    let forked_at = counts(&t)[0] - 1;
+    assert_eq!(
+        counts(&t),
+        (forked_at + 1..=STEPS).collect::<Vec<_>>(),
+        "{t}"
+    );
 }

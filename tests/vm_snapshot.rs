@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::api::curl;
-use common::{multiboot_guest, out_dir, wait_for};
+use common::{counts, multiboot_guest, out_dir, wait_for};
 
 /// How long a restored guest gets to count to the end: serial output is slow on a nested
 /// KVM, and slower when other VMs share the host's CPUs.
@@ -84,17 +84,6 @@ fn load_and_resume(vmm: &Vmm, state: &Path, mem: &Path) -> f64 {
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(code, 204, "{body}");
     load_ms
-}
-
-/// The numbers of the guest's `count=N ...` lines, in order. A line cut short (by a pause)
-/// is left out: in the output of both VMMs together it is whole, and a line broken any
-/// other way leaves a gap that the callers' sequence check finds.
-fn counts(serial: &str) -> Vec<u64> {
-    serial
-        .lines()
-        .filter_map(|l| l.strip_prefix("count="))
-        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
-        .collect()
 }
 
 /// The AP's counts the SMP guest prints (`count=N ap=M`), in order.

@@ -108,20 +108,15 @@ pub fn import(
     Ok(0)
 }
 
-fn import_staged(
-    state: &StateDir,
-    file: &Path,
-    staging: &Path,
-    name: Option<&str>,
-    bridge: Option<&str>,
-) -> Result<(String, Vec<String>)> {
-    let unpacked = archive::unpack(file, staging)?;
+/// Checks the OVA's `.mf` manifest against the unpacked files, if it has one; what the
+/// import report says about it.
+fn verify_manifest(unpacked: &archive::Unpacked, staging: &Path) -> Result<Vec<String>> {
+    let mut report = Vec::new();
     let mf: Vec<&String> = unpacked
         .files
         .keys()
         .filter(|f| f.ends_with(".mf"))
         .collect();
-    let mut report = Vec::new();
     match mf.as_slice() {
         [] => report.push("the OVA has no .mf manifest: its files were not checked".into()),
         [mf] => {
@@ -135,11 +130,17 @@ fn import_staged(
         }
         _ => bail!("the OVA holds more than one .mf manifest"),
     }
-    let app = ovf::parse(&unpacked.ovf.0).with_context(|| unpacked.ovf.1.clone())?;
-    report.extend(app.unmapped.iter().cloned());
-    if app.disks.is_empty() {
-        bail!("the appliance has no disks: an OVA carries no kernel, vessel boots the Linux on its first disk");
-    }
+    Ok(report)
+}
+
+/// Each disk of `app` converted to `disk{i}.qcow2` in `staging`, checked against what
+/// the OVF says of it; differences that do not stop the import go to `report`.
+fn convert_disks(
+    app: &ovf::Appliance,
+    unpacked: &archive::Unpacked,
+    staging: &Path,
+    report: &mut Vec<String>,
+) -> Result<Vec<std::path::PathBuf>> {
     let mut disks = Vec::new();
     for (i, d) in app.disks.iter().enumerate() {
         let Some(held) = unpacked
@@ -172,6 +173,24 @@ fn import_staged(
         }
         disks.push(dst);
     }
+    Ok(disks)
+}
+
+fn import_staged(
+    state: &StateDir,
+    file: &Path,
+    staging: &Path,
+    name: Option<&str>,
+    bridge: Option<&str>,
+) -> Result<(String, Vec<String>)> {
+    let unpacked = archive::unpack(file, staging)?;
+    let mut report = verify_manifest(&unpacked, staging)?;
+    let app = ovf::parse(&unpacked.ovf.0).with_context(|| unpacked.ovf.1.clone())?;
+    report.extend(app.unmapped.iter().cloned());
+    if app.disks.is_empty() {
+        bail!("the appliance has no disks: an OVA carries no kernel, vessel boots the Linux on its first disk");
+    }
+    let disks = convert_disks(&app, &unpacked, staging, &mut report)?;
     for f in unpacked.files.keys() {
         let _ = std::fs::remove_file(staging.join(f));
         if !f.ends_with(".mf") && !f.ends_with(".cert") && !app.disks.iter().any(|d| d.href == *f) {

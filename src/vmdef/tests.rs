@@ -39,7 +39,7 @@ fn vsock_section() {
     d.resolve_paths(Path::new("/vms"));
     let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
     assert_eq!(
-        cfg.vsock,
+        cfg.machine.vsock,
         Some(vmm::VsockConfig {
             cid: 5,
             uds: "/vms/v.sock".into()
@@ -111,9 +111,9 @@ fn nic_errors_point_at_the_nic() {
         nic_spec(&d.nics[0]),
         "nat,forward=tcp:127.0.0.1:2222-:22,host-loopback=on"
     );
-    assert!(d.vm_config(vmm::SerialMode::None).unwrap().nics[0].host_loopback);
+    assert!(d.vm_config(vmm::SerialMode::None).unwrap().machine.nics[0].host_loopback);
     let plain = VmDefinition::parse(Path::new("vm.toml"), GOOD).unwrap();
-    assert!(!plain.vm_config(vmm::SerialMode::None).unwrap().nics[0].host_loopback);
+    assert!(!plain.vm_config(vmm::SerialMode::None).unwrap().machine.nics[0].host_loopback);
     let tap = GOOD
         .replace("mode = \"nat\"", "mode = \"tap:t0\"\nhost_loopback = true")
         .replace("forward = [\"tcp:127.0.0.1:2222-:22\"]", "");
@@ -156,9 +156,9 @@ fn run_fields_rng_pit_console2() {
     let mut d = VmDefinition::parse(Path::new("vm.toml"), &text).unwrap();
     d.resolve_paths(Path::new("/vms"));
     let cfg = d.vm_config(vmm::SerialMode::None).unwrap();
-    assert!(cfg.rng);
-    assert_eq!(cfg.pit, vmm::PitMode::On);
-    assert_eq!(cfg.console2, Some(PathBuf::from("/vms/c2.log")));
+    assert!(cfg.machine.rng);
+    assert_eq!(cfg.machine.pit, vmm::PitMode::On);
+    assert_eq!(cfg.machine.console2, Some(PathBuf::from("/vms/c2.log")));
     let bad = GOOD.replace("memory = \"1G\"", "memory = \"1G\"\npit = \"maybe\"");
     let e = VmDefinition::parse(Path::new("vm.toml"), &bad).unwrap_err();
     assert!(

@@ -1,6 +1,7 @@
 //! A private containerd for the runtime tests: its own root, state and sockets under a
 //! temporary directory, vessel's runtime installed there by
-//! scripts/install-containerd-runtime.sh, and an OCI image built from busybox-static.
+//! scripts/install-containerd-runtime.sh (also the CRI's `vessel` runtime handler), and OCI
+//! images built from busybox-static: an application image and the CRI's sandbox image.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,87 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// A private containerd whose runtime boots the Debian guest (scripts/make-guest.sh), and
+/// the guest kernel's release; `None`, saying why, where containerd cannot run here.
+pub fn containerd_with_the_debian_guest() -> Option<(Containerd, String)> {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return None;
+    }
+    let (kernel, _) = crate::common::nested::debian_guest();
+    let guest_dir = kernel.parent().unwrap().to_path_buf();
+    let kernel_version = std::fs::read_to_string(guest_dir.join("kernel.version")).unwrap();
+    Some((Containerd::start(&guest_dir), kernel_version))
+}
+
+/// The containerd namespace of the CRI plugin's images, sandboxes and containers.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// The CRI's sandbox image ([`pause_image`]): containerd pulls none, it is imported.
+pub const PAUSE_IMAGE: &str = "docker.io/library/vessel-pause:latest";
+
+/// containerd's configuration in directory `d`: its root, state and sockets there; the CRI
+/// plugin without its TCP service, with [`PAUSE_IMAGE`] for sandboxes, no OOM score below
+/// containerd's own (the sandbox's -998 needs CAP_SYS_RESOURCE, which the test machines'
+/// root lacks), pods' network namespaces under its state directory rather than /run/netns,
+/// CNI configurations only from `d/cni` (none: pods run on the host's network), and
+/// vessel's runtime as the `vessel` runtime handler beside the default `runc` (a runtimes
+/// table replaces containerd's built-in one, so runc's is named again).
+fn config(d: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/s"
+[grpc]
+address = "{d}/ctd.sock"
+[ttrpc]
+address = "{d}/ctd.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+disable_tcp_service = true
+sandbox_image = "{PAUSE_IMAGE}"
+restrict_oom_score_adj = true
+netns_mounts_under_state_dir = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+conf_dir = "{d}/cni"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
+runtime_type = "io.containerd.vessel.v2"
+"#,
+        d = d.display()
+    )
+}
+
+/// A new temporary directory for a private containerd. It is in /tmp: vessel's vsock
+/// socket path in the bundle must stay short.
+fn private_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ctd")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// Installs vessel's runtime in `d`/p (scripts/install-containerd-runtime.sh), its
+/// configuration in `d`/shim.toml, the guest built in `guest_dir`.
+fn install_runtime(d: &Path, guest_dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let install = Command::new(root.join("scripts/install-containerd-runtime.sh"))
+        .env("PREFIX", d.join("p"))
+        .env("CONFIG", d.join("shim.toml"))
+        .env("PROFILE", "debug")
+        .env("VESSEL", env!("CARGO_BIN_EXE_vessel"))
+        .env("GUEST_DIR", guest_dir)
+        .env("CARGO_TARGET_DIR", root.join("target/containerd-runtime"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/install-containerd-runtime.sh");
+    assert!(
+        install.status.success(),
+        "install-containerd-runtime.sh failed:\n{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+}
+
 /// A running private containerd; killed and its directory removed on drop.
 pub struct Containerd {
     pub dir: tempfile::TempDir,
@@ -37,36 +119,22 @@ pub struct Containerd {
 
 impl Containerd {
     /// Installs the runtime under a new temporary directory and starts containerd there.
-    /// The directory is in /tmp: vessel's vsock socket path in the bundle must stay short.
     pub fn start(guest_dir: &Path) -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("ctd")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = private_dir();
+        install_runtime(dir.path(), guest_dir);
+        Containerd::start_in(dir)
+    }
+
+    /// containerd without vessel's runtime: only runc's, the CRI's default runtime handler.
+    pub fn start_runc_only() -> Containerd {
+        Containerd::start_in(private_dir())
+    }
+
+    /// Starts containerd with its configuration, state and log in `dir`, vessel's runtime
+    /// from `dir`/p/bin on its PATH; returns once it answers.
+    fn start_in(dir: tempfile::TempDir) -> Containerd {
         let d = dir.path();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let install = Command::new(root.join("scripts/install-containerd-runtime.sh"))
-            .env("PREFIX", d.join("p"))
-            .env("CONFIG", d.join("shim.toml"))
-            .env("PROFILE", "debug")
-            .env("VESSEL", env!("CARGO_BIN_EXE_vessel"))
-            .env("GUEST_DIR", guest_dir)
-            .env("CARGO_TARGET_DIR", root.join("target/containerd-runtime"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/install-containerd-runtime.sh");
-        assert!(
-            install.status.success(),
-            "install-containerd-runtime.sh failed:\n{}",
-            String::from_utf8_lossy(&install.stderr)
-        );
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/s\"\n\
-             [grpc]\naddress = \"{d}/ctd.sock\"\n[ttrpc]\naddress = \"{d}/ctd.ttrpc\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\ndisable_tcp_service = true\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
+        std::fs::write(d.join("config.toml"), config(d)).unwrap();
         let path = format!(
             "{}:{}",
             d.join("p/bin").display(),
@@ -96,6 +164,53 @@ impl Containerd {
         ctd
     }
 
+    /// The ttrpc socket containerd-shim names for the shim of task group `group` (a task's
+    /// id, or a pod's sandbox id) in `namespace`: `/run/containerd/s/` and the SHA-256 of
+    /// containerd's address, the namespace and the group (containerd-shim's
+    /// `socket_address`).
+    pub fn shim_socket_of(&self, namespace: &str, group: &str) -> PathBuf {
+        let name = format!("{}/{namespace}/{group}", self.socket().display());
+        PathBuf::from(format!("/run/containerd/s/{:x}", Sha256::digest(name)))
+    }
+
+    /// The bundle of task `id` in `namespace`.
+    pub fn bundle_of(&self, namespace: &str, id: &str) -> PathBuf {
+        self.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(namespace)
+            .join(id)
+    }
+
+    /// The socket of containerd's gRPC services, the CRI's among them.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctd.sock")
+    }
+
+    /// Imports the image archive at `archive` into containerd namespace `namespace`.
+    pub fn import(&self, namespace: &str, archive: &Path) {
+        let path = archive.to_str().unwrap();
+        let out = self.ctr_within(
+            &["-n", namespace, "image", "import", path],
+            Duration::from_secs(120),
+        );
+        assert!(
+            out.status.success(),
+            "ctr image import {path} into {namespace}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Builds [`PAUSE_IMAGE`] and `app_image` (busybox, [`busybox_image`]) and imports them
+    /// into the CRI's namespace, where RunPodSandbox and CreateContainer look for them.
+    pub fn import_cri_images(&self, app_image: &str) {
+        let pause = self.dir.path().join("pause.tar");
+        pause_image(PAUSE_IMAGE, &pause);
+        self.import(CRI_NAMESPACE, &pause);
+        let app = self.dir.path().join("app.tar");
+        busybox_image(app_image, &app);
+        self.import(CRI_NAMESPACE, &app);
+    }
+
     /// `ctr` against this containerd.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")
@@ -109,15 +224,57 @@ impl Containerd {
 
     /// `ctr` with a deadline; fails the test with containerd's log when it hangs.
     pub fn ctr_within(&self, args: &[&str], timeout: Duration) -> Output {
+        self.ctr_input(args, b"", timeout)
+    }
+
+    /// `ctr` with `input` on its stdin (then closed), within `timeout`.
+    pub fn ctr_input(&self, args: &[&str], input: &[u8], timeout: Duration) -> Output {
         let mut child = Command::new("ctr")
             .arg("--address")
             .arg(self.dir.path().join("ctd.sock"))
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("run ctr");
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, input).unwrap();
+        drop(stdin);
+        self.finish_within(child, args, timeout)
+    }
+
+    /// `ctr` on a terminal of `rows` x `cols` (util-linux `script` gives it one: ctr's `-t`
+    /// needs its stdin to be a terminal), within `timeout`; the terminal's output.
+    pub fn ctr_on_terminal(&self, args: &[&str], size: (u16, u16), timeout: Duration) -> Output {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let address = self.dir.path().join("ctd.sock");
+        let mut command = format!(
+            "stty rows {} cols {}; exec ctr --address {}",
+            size.0,
+            size.1,
+            quote(&address.display().to_string())
+        );
+        for a in args {
+            command.push(' ');
+            command.push_str(&quote(a));
+        }
+        // script's stdin stays open and silent until ctr ends: at its end script would type
+        // an end-of-file into the terminal, which the guest's terminal echoes as `^@`.
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run script");
+        let _silent_input = child.stdin.take();
+        self.finish_within(child, args, timeout)
+    }
+
+    /// Waits for `child` (ctr `args`) to end within `timeout`; fails the test with
+    /// containerd's log when it hangs.
+    fn finish_within(&self, mut child: Child, args: &[&str], timeout: Duration) -> Output {
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
             if start.elapsed() > timeout {
@@ -158,11 +315,33 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // What a failed test left running: shims (their -address names this directory)
+        // and their VMMs and containers' processes.
+        for p in processes_mentioning(&self.dir.path().display().to_string()) {
+            if let Some(pid) = p.split(':').next().and_then(|pid| pid.parse::<i32>().ok()) {
+                // SAFETY: kill(2) takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         // containerd's own mounts (none are left by a clean run), so the removal works.
         for m in mounts_under(self.dir.path()) {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
+}
+
+/// The vsock sockets vessel's shim keeps for the VM of `bundle`: named after the FNV-1a hash
+/// of the bundle's path in /run/vessel-shim, as crates/shim/src/vm.rs names them.
+pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 2] {
+    let hash = bundle
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let uds = format!("/run/vessel-shim/{hash:016x}.vsock");
+    [PathBuf::from(&uds), PathBuf::from(format!("{uds}_1024"))]
 }
 
 /// Mount points under `dir`, from /proc/self/mountinfo.
@@ -218,8 +397,28 @@ fn tar_entry(
 }
 
 /// An OCI image archive (`ctr image import` reads it) named `name`: one layer with
-/// busybox-static at /bin/busybox and links for a few applets.
+/// busybox-static at /bin/busybox and links for a few applets; its command is /bin/sh.
 pub fn busybox_image(name: &str, out: &Path) {
+    oci_image(
+        name,
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
+        out,
+    );
+}
+
+/// The CRI's sandbox image: [`busybox_image`]'s layer, its entrypoint a sleep that lasts
+/// until the process is killed (68 years), as Kubernetes' pause process does.
+pub fn pause_image(name: &str, out: &Path) {
+    let config = serde_json::json!({
+        "Env": ["PATH=/bin"],
+        "Entrypoint": ["/bin/sleep", "2147483647"],
+    });
+    oci_image(name, config, out);
+}
+
+/// An OCI image archive named `name` of busybox's layer, with the image configuration's
+/// `config` (entrypoint, command, environment).
+fn oci_image(name: &str, image_config: serde_json::Value, out: &Path) {
     let mut layer = tar::Builder::new(Vec::new());
     for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "run"] {
         tar_entry(&mut layer, d, tar::EntryType::Directory, 0o755, b"", None);
@@ -247,7 +446,7 @@ pub fn busybox_image(name: &str, out: &Path) {
     let layer = layer.into_inner().unwrap();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
     })
     .to_string();

@@ -6,11 +6,13 @@
 pub mod api;
 pub mod boot_image;
 pub mod containerd;
+pub mod cri;
 pub mod nested;
 pub mod sshd;
 pub mod state_dir;
 pub mod tcg;
 pub mod vagrant;
+pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -82,6 +84,9 @@ fn link_multiboot(name: &str, sources: &[&str], link_args: &[&std::ffi::OsStr]) 
         );
         objs.push(obj);
     }
+    // Linked beside and renamed into place: a test of the same binary may be booting the
+    // previous build of this guest right now, and must never read a half-written one.
+    let partial = out_dir().join(format!("{name}.partial-{}", std::process::id()));
     run_tool(
         Command::new("ld")
             .args([
@@ -94,9 +99,10 @@ fn link_multiboot(name: &str, sources: &[&str], link_args: &[&std::ffi::OsStr]) 
             ])
             .args(link_args)
             .arg("-o")
-            .arg(&out)
+            .arg(&partial)
             .args(&objs),
     );
+    std::fs::rename(&partial, &out).unwrap();
     out
 }
 
@@ -104,6 +110,7 @@ fn link_multiboot(name: &str, sources: &[&str], link_args: &[&std::ffi::OsStr]) 
 pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf {
     let _g = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let out = out_dir().join(name);
+    let partial = out_dir().join(format!("{name}.partial-{}", std::process::id()));
     let src = guests_src();
     let mut objs = Vec::new();
     for s in sources {
@@ -131,9 +138,10 @@ pub fn elf64_guest(name: &str, sources: &[&str], linker_script: &str) -> PathBuf
             ])
             .arg(src.join(linker_script))
             .arg("-o")
-            .arg(&out)
+            .arg(&partial)
             .args(&objs),
     );
+    std::fs::rename(&partial, &out).unwrap();
     out
 }
 
@@ -229,11 +237,42 @@ impl Run {
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Poll `f` until it holds; fail the test after [`TIMEOUT`] saying what was awaited.
+/// How long [`wait_for`] waits for a guest to get somewhere: generous, because test guests
+/// run their ring-0 code through KVM's emulator on nested hosts (kvm_pvm), at speeds that
+/// differ severalfold between machines of the same kind (a 40-step counter took 40 s on one
+/// where it had taken under 30 s on another). Only a failing test waits this long.
+pub const GUEST_PROGRESS: Duration = Duration::from_secs(180);
+
+/// Poll `f` until it holds; fail the test after [`GUEST_PROGRESS`] saying what was awaited.
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < GUEST_PROGRESS,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The numbers of a counting guest's `count=N` lines (`count=N ap=M` from the 2-vCPU one),
+/// in order.
+pub fn counts(serial: &str) -> Vec<u64> {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("count="))
+        .filter_map(|rest| rest.split(' ').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// The counting guest's serial output before a move and after it: one count 1..=`steps`
+/// without a restart, and its memory pattern found intact at the end (`memory=ok`).
+pub fn counted_on_across_a_move(before: &str, after: &str, steps: u64) {
+    assert!(!after.contains("guest up"), "the guest restarted: {after}");
+    assert_eq!(
+        counts(&format!("{before}{after}")),
+        (1..=steps).collect::<Vec<_>>(),
+        "here: {before}\nthere: {after}"
+    );
+    assert!(after.contains("memory=ok"), "{after}");
 }

@@ -37,8 +37,26 @@ impl TestState {
     }
 }
 
+/// The last `lines` lines of `path` (empty if it cannot be read).
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Drop for TestState {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What each guest and VMM said last: the panic alone rarely tells why.
+            for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                for log in ["serial.log", "vmm.log"] {
+                    let path = e.path().join(log);
+                    if path.exists() {
+                        eprintln!("--- {} (end) ---\n{}", path.display(), tail(&path, 60));
+                    }
+                }
+            }
+        }
         // Never leave VMMs behind, whatever the test did.
         for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
             if let Ok(pid) = std::fs::read_to_string(e.path().join("vmm.pid")) {

@@ -451,7 +451,18 @@ impl Qemu {
         params: &[(&str, String)],
         devices: &[String],
     ) -> Qemu {
-        let mut cmdline = format!("console=ttyS0 quiet panic=-1 vessel.test={test}");
+        Self::boot_with(guest, test, params, "", devices)
+    }
+
+    /// [`Qemu::boot`] with `kernel_args` added to the kernel command line.
+    pub fn boot_with(
+        guest: &GuestImage,
+        test: &str,
+        params: &[(&str, String)],
+        kernel_args: &str,
+        devices: &[String],
+    ) -> Qemu {
+        let mut cmdline = format!("console=ttyS0 quiet panic=-1 vessel.test={test} {kernel_args}");
         for (key, value) in params {
             cmdline.push_str(&format!(" vessel.{key}={value}"));
         }

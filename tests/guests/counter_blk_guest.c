@@ -18,7 +18,6 @@ struct multiboot_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; }
 
 static uptr notify;
 static u16 used_seen;
-static volatile u64 spin;
 
 static void fail(const char *why) { puts("counter-blk: FAIL "); puts(why); puts("\n"); debug_exit(0x40); }
 
@@ -59,7 +58,7 @@ void guest_main(u32 magic, struct multiboot_info *info) {
     vdev_driver_ok(&dev);
     puts("counter guest up\n");
     for (long n = 1; n <= steps; n++) {
-        for (spin = 0; spin < (u64)delay; spin++) pause();
+        step_delay((u64)delay);
         for (u32 i = 0; i < 128; i++) ((volatile u32 *)DATA)[i] = (u32)n;
         if (request(1, (u32)n, 0) != 0) fail("write");
         for (u32 i = 0; i < 128; i++) ((volatile u32 *)DATA)[i] = 0;

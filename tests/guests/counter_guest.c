@@ -13,7 +13,6 @@
 
 struct multiboot_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; };
 
-static volatile u64 spin;
 
 #define FILL_BASE (16u << 20)
 #define STRIPE_BYTES (64u << 10)
@@ -63,7 +62,7 @@ void guest_main(u32 magic, struct multiboot_info *info) {
     for (u32 s = 0; s < stripes; s++) write_stripe(s, 0);
     puts("counter guest up\n");
     for (long i = 1; i <= steps; i++) {
-        for (spin = 0; spin < (u64)delay; spin++) pause();
+        step_delay((u64)delay);
         if (stripes > 0) write_stripe((u32)i % stripes, (u32)i);
         puts("count=");
         put_dec((u64)i);

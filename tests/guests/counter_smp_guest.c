@@ -15,7 +15,6 @@ struct multiboot_info { u32 flags, mem_lower, mem_upper, boot_device, cmdline; }
 extern char ap_trampoline_start[], ap_trampoline_end[];
 volatile u32 ap_stack_index;
 static volatile u32 ap_count;
-static volatile u64 spin;
 
 static void delay(u32 n) { for (volatile u32 i = 0; i < n; i++) pause(); }
 
@@ -50,7 +49,7 @@ void guest_main(u32 magic, struct multiboot_info *info) {
     }
     puts("counter guest up\n");
     for (long n = 1; n <= steps; n++) {
-        for (spin = 0; spin < (u64)wait; spin++) pause();
+        step_delay((u64)wait);
         puts("count=");
         put_dec((u64)n);
         puts(" ap=");

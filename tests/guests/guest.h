@@ -16,6 +16,24 @@ static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) :
 static inline u32 mmio_read32(uptr addr) { return *(volatile u32 *)addr; }
 static inline void mmio_write32(uptr addr, u32 v) { *(volatile u32 *)addr = v; }
 static inline void pause(void) { __asm__ volatile("pause"); }
+static inline u64 rdtsc(void) {
+    u32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((u64)hi << 32) | lo;
+}
+
+/* The wait between two steps of the counting guests: `delay` pause instructions, and at
+ * least delay * 5000 TSC ticks (0.2 s for delay=100000 at 2.5 GHz). Where ring 0 is
+ * emulated (kvm_pvm) the pauses alone take longer; on hardware KVM a pause takes
+ * nanoseconds and the floor keeps a step long enough for a test to act mid-count. A TSC
+ * that went back (a restored VM's) ends the floor early: one short step. */
+static void step_delay(u64 delay) {
+    u64 start = rdtsc(), now = start;
+    for (u64 i = 0; i < delay || now - start < delay * 5000; i++) {
+        pause();
+        if ((i & 1023) == 0) now = rdtsc();
+    }
+}
 
 static void putc(char c) {
     while (!(inb(COM1 + 5) & 0x20)) pause();

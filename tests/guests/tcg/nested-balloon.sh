@@ -2,7 +2,7 @@
 # is ready and waits while the host inflates the balloon by 128 MiB and deflates it again:
 # without deflate_on_oom the driver takes the pages it hands over out of MemTotal, so the
 # guest sees both steps there. (The host makes all of the guest's RAM resident first, by a
-# snapshot loaded as a copy: tests/boot_nested.rs says why.)
+# snapshot loaded as a copy: tests/nested/balloon.rs says why.)
 . /tests/lib.sh
 wait_for /sys/bus/virtio/drivers/virtio_balloon 600
 kib() { awk "/^$1:/ { print \$2; exit }" /proc/meminfo; }
