@@ -116,6 +116,7 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
         .and_then(|k| k.parse().ok())
         .unwrap_or_else(|| panic!("MemTotal in {out}"));
     assert!(mem_kib > 256 * 1024, "the VM grew past 256 MiB: {out}");
+    check_metrics(&ctd, "c1");
     let args = [
         "task",
         "exec",
@@ -168,6 +169,26 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
     assert_eq!(rest, "got TERM\n");
     assert_eq!(status.code(), Some(7), "containerd:\n{}", ctd.log());
     assert_nothing_left_of(&ctd, "c1");
+}
+
+/// `ctr task metrics` (the shim's Stats): the container's cgroup counters in the guest, with
+/// the memory limit ctr set and the CPU time its processes used.
+fn check_metrics(ctd: &Containerd, id: &str) {
+    let metrics = ctd.ctr(&["task", "metrics", id]);
+    let out = String::from_utf8_lossy(&metrics.stdout);
+    let err = String::from_utf8_lossy(&metrics.stderr);
+    assert!(metrics.status.success(), "stdout: {out}\nstderr: {err}");
+    let value = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+    };
+    assert_eq!(value("memory.usage_limit"), MEMORY_LIMIT, "{out}");
+    assert!(value("memory.usage") > 0, "{out}");
+    assert!(value("cpu.usage_usec") > 0, "{out}");
 }
 
 /// No VMM or shim process, socket, initramfs or mount of the container is left.

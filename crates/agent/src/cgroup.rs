@@ -1,13 +1,14 @@
-//! A container's resource limits in the guest: a cgroup v2 group of its own under the
-//! guest's cgroup root, with `memory.max`, `memory.low` and `cpu.max` set; the container's
-//! process and its exec'd processes join it before they run their program.
+//! A container's resources in the guest: a cgroup v2 group of its own under the guest's
+//! cgroup root, with `memory.max`, `memory.low` and `cpu.max` set when the container has
+//! limits; the container's process and its exec'd processes join it before they run their
+//! program, and the group's counters are the container's stats.
 
 use std::path::{Path, PathBuf};
 
-use crate::protocol::Limits;
+use crate::protocol::{CgroupStats, Limits};
 
 /// Where the guest's cgroup v2 hierarchy is mounted.
-const ROOT: &str = "/sys/fs/cgroup";
+pub const ROOT: &str = "/sys/fs/cgroup";
 
 /// Errors setting limits up.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,60 @@ pub fn create_in(root: &Path, name: &str, limits: &Limits) -> Result<PathBuf, Cg
     Ok(dir)
 }
 
-/// [`create_in`] the guest's cgroup root.
-pub fn create(name: &str, limits: &Limits) -> Result<PathBuf, CgroupError> {
-    create_in(Path::new(ROOT), name, limits)
+/// The counters of the group at `dir`. A file or key the kernel does not have reads as 0
+/// (the pids controller, for one, is not enabled for the group); "max" as `u64::MAX`.
+pub fn read_stats(dir: &Path) -> CgroupStats {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let single = |file: &str| parse_value(read(file).trim()).unwrap_or(0);
+    let (cpu_stat, memory_stat) = (read("cpu.stat"), read("memory.stat"));
+    let (cpu, memory) = (keyed(&cpu_stat), keyed(&memory_stat));
+    let cpu = |key: &str| cpu.get(key).copied().unwrap_or(0);
+    let mem = |key: &str| memory.get(key).copied().unwrap_or(0);
+    CgroupStats {
+        cpu_usage_usec: cpu("usage_usec"),
+        cpu_user_usec: cpu("user_usec"),
+        cpu_system_usec: cpu("system_usec"),
+        cpu_nr_periods: cpu("nr_periods"),
+        cpu_nr_throttled: cpu("nr_throttled"),
+        cpu_throttled_usec: cpu("throttled_usec"),
+        memory_usage: single("memory.current"),
+        memory_limit: single("memory.max"),
+        anon: mem("anon"),
+        file: mem("file"),
+        kernel_stack: mem("kernel_stack"),
+        slab: mem("slab"),
+        sock: mem("sock"),
+        shmem: mem("shmem"),
+        file_mapped: mem("file_mapped"),
+        file_dirty: mem("file_dirty"),
+        inactive_anon: mem("inactive_anon"),
+        active_anon: mem("active_anon"),
+        inactive_file: mem("inactive_file"),
+        active_file: mem("active_file"),
+        unevictable: mem("unevictable"),
+        pgfault: mem("pgfault"),
+        pgmajfault: mem("pgmajfault"),
+        pids_current: single("pids.current"),
+        pids_limit: single("pids.max"),
+    }
+}
+
+/// A cgroup file's value: a number, or "max".
+fn parse_value(text: &str) -> Option<u64> {
+    match text {
+        "max" => Some(u64::MAX),
+        _ => text.parse().ok(),
+    }
+}
+
+/// The "key value" lines of a flat-keyed cgroup file (`cpu.stat`, `memory.stat`).
+fn keyed(text: &str) -> std::collections::HashMap<&str, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key, parse_value(value.trim())?))
+        })
+        .collect()
 }
 
 /// Removes the group once its processes are gone (a group with processes stays).
@@ -84,5 +136,43 @@ mod tests {
         assert_eq!(read(&dir.join("memory.max")), "209715200");
         assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
         assert!(!dir.join("memory.low").exists());
+    }
+
+    #[test]
+    fn stats_come_from_the_group_s_files_and_missing_ones_read_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 7\n\
+             nr_throttled 2\nthrottled_usec 90\nnot a line\n",
+        );
+        write("memory.current", "4096\n");
+        write("memory.max", "max\n");
+        write(
+            "memory.stat",
+            "anon 8192\nfile 12288\ninactive_file 4096\npgfault x\n",
+        );
+        let stats = read_stats(dir.path());
+        assert_eq!(
+            (
+                stats.cpu_usage_usec,
+                stats.cpu_user_usec,
+                stats.cpu_system_usec
+            ),
+            (1500, 1000, 500)
+        );
+        assert_eq!((stats.cpu_nr_periods, stats.cpu_nr_throttled), (7, 2));
+        assert_eq!(stats.cpu_throttled_usec, 90);
+        assert_eq!((stats.memory_usage, stats.memory_limit), (4096, u64::MAX));
+        assert_eq!(
+            (stats.anon, stats.file, stats.inactive_file),
+            (8192, 12288, 4096)
+        );
+        // A value that is not a number, and files the group lacks.
+        assert_eq!(
+            (stats.pgfault, stats.pids_current, stats.pids_limit),
+            (0, 0, 0)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! vsock driver is loaded. Runs the one process the shim sends in `/rootfs` and powers the
 //! VM off when the shim is done; processes the shim adds (Exec) run beside it (docs/kubernetes.md).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let root = Path::new(ROOT);
     let stream = match guest::connect_host(Duration::from_secs(120)) {
         Ok(s) => s,
         Err(e) => {
@@ -34,13 +33,12 @@ fn run() -> ExitCode {
     let connect: agent::exec::Connect = std::sync::Arc::new(|| {
         guest::connect_host(Duration::from_secs(10)).map_err(std::io::Error::other)
     });
-    match session::serve(
-        stream,
-        root,
-        Path::new(POD_DIR),
-        guest::kernel_release(),
-        connect,
-    ) {
+    let places = session::Places {
+        root: PathBuf::from(ROOT),
+        pod_dir: PathBuf::from(POD_DIR),
+        cgroup_root: PathBuf::from(agent::cgroup::ROOT),
+    };
+    match session::serve(stream, &places, guest::kernel_release(), connect) {
         Ok(status) => {
             println!("vessel-agent: the process exited with status {status}");
             ExitCode::SUCCESS

@@ -22,6 +22,8 @@ use crate::session::{
 pub(crate) struct PodContext {
     /// Container `id`'s root is `dir/id/rootfs`.
     pub dir: PathBuf,
+    /// Where each container's cgroup goes.
+    pub cgroup_root: PathBuf,
     pub members: Execs,
 }
 
@@ -31,8 +33,10 @@ pub(crate) fn start(id: String, spec: ContainerSpec, context: &ExecContext) {
     let Some(pod) = &context.pod else { return };
     let root = pod.dir.join(&id).join("rootfs");
     let (connect, members) = (context.connect.clone(), pod.members.clone());
+    let cgroup_root = pod.cgroup_root.clone();
     pod.members.spawn(move || {
-        if let Err(e) = run(&id, &spec, &root, &connect, &members) {
+        let places = (root.as_path(), cgroup_root.as_path());
+        if let Err(e) = run(&id, &spec, places, &connect, &members) {
             println!("vessel-agent: container {id}: {e}");
         }
         // The container's root lives in the guest's memory: give it back.
@@ -47,7 +51,7 @@ pub(crate) fn start(id: String, spec: ContainerSpec, context: &ExecContext) {
 fn run(
     id: &str,
     spec: &ContainerSpec,
-    root: &Path,
+    (root, cgroup_root): (&Path, &Path),
     connect: &Connect,
     members: &Execs,
 ) -> Result<(), SessionError> {
@@ -55,7 +59,8 @@ fn run(
     let mut reader = stream.try_clone().map_err(ProtocolError::Io)?;
     let writer: Writer = Arc::new(Mutex::new(stream));
     send(&writer, &AgentMessage::Attach { id: id.into() })?;
-    let spawned = receive_root(&mut reader, root).and_then(|()| session::start(root, spec, id));
+    let spawned =
+        receive_root(&mut reader, root).and_then(|()| session::start(root, spec, id, cgroup_root));
     let mut started = report_start(&writer, spawned)?;
     let pid = started.child.id();
     members.started(pid);
@@ -66,6 +71,7 @@ fn run(
         connect: connect.clone(),
         execs: execs.clone(),
         pod: None,
+        writer: writer.clone(),
     };
     let input = Input::of(&mut started)?;
     let (done, _) = mpsc::channel();

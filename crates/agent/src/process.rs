@@ -91,12 +91,16 @@ pub fn spawn(
     cgroup: Option<&Path>,
 ) -> Result<Started, ProcessError> {
     let program = resolve_program(root, spec)?;
-    // Opened before the fork: the child joins the group by writing to it.
+    // Opened before the fork: the child joins the group by writing to it. The kernel makes
+    // the file with the group; `create` only matters where the hierarchy is a stand-in
+    // directory (the tests'), as cgroupfs refuses new files.
     let procs = cgroup
         .map(|dir| {
             let path = dir.join("cgroup.procs");
             std::fs::OpenOptions::new()
                 .write(true)
+                .create(true)
+                .truncate(false)
                 .open(&path)
                 .map_err(|e| ProcessError::Cgroup(path.display().to_string(), e))
         })

@@ -102,7 +102,7 @@ pub const MAX_FILES: usize = 8;
 
 /// Resource limits the guest's kernel enforces on a container: its process and its exec'd
 /// processes run in a cgroup v2 group of their own (OCI `linux.resources`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// `memory.max`, bytes.
@@ -129,6 +129,43 @@ impl Limits {
             _ => Ok(()),
         }
     }
+}
+
+/// A container's use of the guest's CPU, memory and pids, from its cgroup v2 group (the
+/// answer to [`HostMessage::Stats`]). Values the kernel does not report are 0; a limit the
+/// group does not have ("max") is `u64::MAX`, as containerd reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupStats {
+    /// `cpu.stat`.
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    pub cpu_nr_periods: u64,
+    pub cpu_nr_throttled: u64,
+    pub cpu_throttled_usec: u64,
+    /// `memory.current` and `memory.max`, bytes.
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    /// `memory.stat`, bytes (`pgfault` and `pgmajfault` are counts).
+    pub anon: u64,
+    pub file: u64,
+    pub kernel_stack: u64,
+    pub slab: u64,
+    pub sock: u64,
+    pub shmem: u64,
+    pub file_mapped: u64,
+    pub file_dirty: u64,
+    pub inactive_anon: u64,
+    pub active_anon: u64,
+    pub inactive_file: u64,
+    pub active_file: u64,
+    pub unevictable: u64,
+    pub pgfault: u64,
+    pub pgmajfault: u64,
+    /// `pids.current` and `pids.max`.
+    pub pids_current: u64,
+    pub pids_limit: u64,
 }
 
 /// Everything the agent needs to run the container.
@@ -288,6 +325,9 @@ pub enum HostMessage {
     CloseStdin,
     /// The size of the process's terminal (ignored without one).
     Resize { rows: u16, cols: u16 },
+    /// Report the container's resource use ([`AgentMessage::Stats`] on the same
+    /// connection; ignored on an exec's).
+    Stats,
     /// The host has what it needs: power the VM off.
     Shutdown,
 }
@@ -317,6 +357,10 @@ pub enum AgentMessage {
     /// The agent could not do what was asked.
     Error {
         message: String,
+    },
+    /// The container's resource use, asked for with [`HostMessage::Stats`].
+    Stats {
+        stats: Box<CgroupStats>,
     },
     /// The first frame on a connection of its own: the id of the [`HostMessage::Exec`] or
     /// the [`HostMessage::Container`] it serves.

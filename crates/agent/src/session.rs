@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,7 @@ pub enum SessionError {
     Wait(nix::Error),
     #[error("unpack the container's root: {0}")]
     Root(std::io::Error),
-    #[error("the container's limits: {0}")]
+    #[error("the container's cgroup: {0}")]
     Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
@@ -66,18 +66,31 @@ pub(crate) struct ExecContext {
     pub connect: Connect,
     pub execs: Execs,
     pub pod: Option<PodContext>,
+    /// The connection's writing half (for the answer to `Stats`).
+    pub writer: Writer,
 }
 
-/// Serves the host on `stream`: runs the container's process in `root` and returns its
-/// exit status. `connect` opens the connection of each exec'd process and each further
-/// container of the pod, whose roots go under `pod_dir`.
+/// Where the agent puts what it runs.
+#[derive(Debug, Clone)]
+pub struct Places {
+    /// The container's root (in a pod: the sandbox's).
+    pub root: PathBuf,
+    /// A pod's further container `id` gets the root `pod_dir/id/rootfs`.
+    pub pod_dir: PathBuf,
+    /// Where the cgroup v2 hierarchy is (mounted there if it is not yet).
+    pub cgroup_root: PathBuf,
+}
+
+/// Serves the host on `stream`: runs the container's process in `places.root` and returns
+/// its exit status. `connect` opens the connection of each exec'd process and each further
+/// container of the pod.
 pub fn serve(
     stream: File,
-    root: &Path,
-    pod_dir: &Path,
+    places: &Places,
     kernel: String,
     connect: Connect,
 ) -> Result<u32, SessionError> {
+    let root = places.root.as_path();
     let mut reader = stream.try_clone().map_err(ProtocolError::Io)?;
     let writer: Writer = Arc::new(Mutex::new(stream));
     send(&writer, &AgentMessage::Ready { kernel })?;
@@ -91,7 +104,8 @@ pub fn serve(
             }
         }
     };
-    let mut started = report_start(&writer, start(root, &container, "sandbox"))?;
+    let spawned = start(root, &container, "sandbox", &places.cgroup_root);
+    let mut started = report_start(&writer, spawned)?;
     let pid = started.child.id();
     let (execs, members) = (Execs::default(), Execs::default());
     let context = ExecContext {
@@ -100,9 +114,11 @@ pub fn serve(
         connect,
         execs: execs.clone(),
         pod: Some(PodContext {
-            dir: pod_dir.to_path_buf(),
+            dir: places.pod_dir.clone(),
+            cgroup_root: places.cgroup_root.clone(),
             members: members.clone(),
         }),
+        writer: writer.clone(),
     };
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     let input = Input::of(&mut started)?;
@@ -120,18 +136,20 @@ pub fn serve(
     Ok(status)
 }
 
-/// Validates the container, prepares its root and starts its process (in a cgroup
-/// `vessel-<name>` with the container's limits, when it has any).
+/// Validates the container, prepares its root and starts its process in a cgroup
+/// `vessel-<name>` (with the container's limits, when it has any; its counters are the
+/// container's stats either way).
 pub(crate) fn start(
     root: &Path,
     container: &ContainerSpec,
     name: &str,
+    cgroup_root: &Path,
 ) -> Result<Started, SessionError> {
     container.validate()?;
     mounts::prepare(root, container)?;
-    let limits = container.limits.as_ref();
-    let cgroup = limits.map(|l| crate::cgroup::create(name, l)).transpose()?;
-    Ok(process::spawn(root, &container.process, cgroup.as_deref())?)
+    let limits = container.limits.clone().unwrap_or_default();
+    let cgroup = crate::cgroup::create_in(cgroup_root, name, &limits)?;
+    Ok(process::spawn(root, &container.process, Some(&cgroup))?)
 }
 
 /// Reports a started process (`Started`, with its pid) or why it did not start (`Error`).
@@ -288,6 +306,17 @@ pub(crate) fn control(
                 // host's wait for the Attach times out.
                 _ => {}
             },
+            Ok(Some(HostMessage::Stats)) => {
+                if let Some(ExecContext {
+                    cgroup: Some(dir),
+                    writer,
+                    ..
+                }) = &context
+                {
+                    let stats = Box::new(crate::cgroup::read_stats(dir));
+                    let _ = send(writer, &AgentMessage::Stats { stats });
+                }
+            }
             // A bad signal number, a second Run, or a root outside a container's start:
             // ignored, the process keeps running.
             Ok(Some(

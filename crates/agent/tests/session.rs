@@ -38,10 +38,19 @@ fn spawn_agent(
             let none: Option<&str> = None;
             let _ = nix::mount::mount(none, "/", none, private, none);
         }
+        // A stand-in for the guest's cgroup v2 root: the agent's groups are directories
+        // there, and a process joins one by its pid written into `cgroup.procs`.
+        // Outside the root, which a test may make read-only.
+        let cgroup_root = tempfile::tempdir().unwrap();
+        std::fs::write(cgroup_root.path().join("cgroup.controllers"), "cpu memory").unwrap();
+        let places = agent::session::Places {
+            root: root.clone(),
+            pod_dir: root.join(".pod"),
+            cgroup_root: cgroup_root.path().to_path_buf(),
+        };
         agent::session::serve(
             File::from(OwnedFd::from(guest)),
-            &root,
-            &root.join(".pod"),
+            &places,
             "test".into(),
             connect,
         )
@@ -220,6 +229,16 @@ fn signals_from_the_host_reach_the_process() {
         up,
         AgentMessage::Stdout {
             data: b"up\n".to_vec()
+        }
+    );
+    // Stats are answered on the container's connection while it runs (from its cgroup: in
+    // this stand-in hierarchy the kernel's counter files are absent, so all read 0).
+    write_frame(&mut w, &HostMessage::Stats).unwrap();
+    let stats: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(
+        stats,
+        AgentMessage::Stats {
+            stats: Box::default()
         }
     );
     // Out-of-range signals are ignored; SIGTERM ends the process.

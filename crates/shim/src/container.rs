@@ -9,8 +9,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use agent::protocol::{
-    read_frame, valid_id, valid_signal, write_frame, AgentMessage, HostMessage, ProcessSpec,
-    ProtocolError,
+    read_frame, valid_id, valid_signal, write_frame, AgentMessage, CgroupStats, HostMessage,
+    ProcessSpec, ProtocolError,
 };
 use containerd_shim::protos::types::mount::Mount;
 use nix::sys::signal::{kill, Signal};
@@ -21,6 +21,7 @@ use crate::exec::ExecProcess;
 use crate::initramfs::{self, InitramfsError};
 use crate::oci::{BundleSpec, SpecError};
 use crate::rootfs::{MountedRoot, RootfsError};
+use crate::stats::{StatsWait, STATS_WAIT};
 use crate::stream;
 use crate::vm::{Vm, VmError, VmFiles};
 
@@ -132,6 +133,8 @@ pub struct Container {
     exec_start: Mutex<()>,
     /// Keeps the process's stdin open until CloseIO.
     stdin_hold: stream::StdinHold,
+    /// The Stats question the agent has yet to answer.
+    stats: StatsWait,
     place: Place,
 }
 
@@ -204,6 +207,7 @@ impl Container {
             execs: Mutex::new(Execs::default()),
             exec_start: Mutex::new(()),
             stdin_hold: stream::StdinHold::default(),
+            stats: StatsWait::default(),
             place,
         })
     }
@@ -316,7 +320,7 @@ impl Container {
         drop(state);
         let me = self.clone();
         std::thread::spawn(move || {
-            let status = stream::copy_output(reader, &me.stdio);
+            let status = stream::copy_output(reader, &me.stdio, &|s| me.stats.deliver(s));
             me.finish(status);
             on_exit(me.wait());
         });
@@ -366,6 +370,19 @@ impl Container {
             Some(other) => Err(ContainerError::Unexpected(Box::new(other), "started")),
             None => Err(ContainerError::AgentGone),
         }
+    }
+
+    /// The container's resource use in the guest (its cgroup's counters), from the agent.
+    pub fn stats(&self) -> Result<CgroupStats, ContainerError> {
+        let asked = self
+            .stats
+            .ask(|| self.send(&HostMessage::Stats), STATS_WAIT)?;
+        asked.ok_or_else(|| {
+            ContainerError::State(format!(
+                "{}: the agent did not report stats within {STATS_WAIT:?}",
+                self.id
+            ))
+        })
     }
 
     /// CloseIO: the process's stdin ends once the client has closed its side too.

@@ -95,7 +95,8 @@ impl ExecProcess {
         drop(state);
         let me = self.clone();
         thread::spawn(move || {
-            let status = stream::copy_output(reader, &me.stdio);
+            // An exec's connection carries no stats (the container's does).
+            let status = stream::copy_output(reader, &me.stdio, &|_| {});
             me.finish(status);
             on_exit(me.wait());
         });

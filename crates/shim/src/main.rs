@@ -10,6 +10,7 @@ mod oci;
 mod pod;
 mod rootfs;
 mod service;
+mod stats;
 mod stream;
 mod vm;
 

@@ -367,6 +367,23 @@ impl containerd_shim::Task for Service {
         })
     }
 
+    /// The container's cgroup counters in the guest, as cgroup v2 metrics (the task must be
+    /// running: a stopped one has no VM to ask).
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let c = self.container(&req.id)?;
+        let stats = c.stats().map_err(to_rpc)?;
+        let any = crate::stats::to_any(&crate::stats::metrics(&stats))
+            .map_err(|e| rpc_error(Code::INTERNAL, e))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
     /// The terminal's size, for the container's process or an exec's (ignored by the agent
     /// for a process without a terminal).
     fn resize_pty(

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use agent::protocol::{read_frame, AgentMessage, HostMessage, MAX_CHUNK};
+use agent::protocol::{read_frame, AgentMessage, CgroupStats, HostMessage, MAX_CHUNK};
 
 use crate::container::StdioPaths;
 
@@ -29,8 +29,13 @@ fn open_output(path: &str) -> Option<File> {
 
 /// Copies output frames to the FIFOs until the agent reports the exit; returns the exit
 /// status ([`LOST`] when the stream ends first: the VM died). The FIFOs are closed on
-/// return, so containerd has all the output before the exit is recorded.
-pub fn copy_output(mut reader: UnixStream, stdio: &StdioPaths) -> u32 {
+/// return, so containerd has all the output before the exit is recorded. The agent's
+/// answers to Stats go to `on_stats`.
+pub fn copy_output(
+    mut reader: UnixStream,
+    stdio: &StdioPaths,
+    on_stats: &dyn Fn(CgroupStats),
+) -> u32 {
     let mut stdout = open_output(&stdio.stdout);
     let mut stderr = open_output(&stdio.stderr);
     loop {
@@ -38,6 +43,7 @@ pub fn copy_output(mut reader: UnixStream, stdio: &StdioPaths) -> u32 {
             Ok(Some(AgentMessage::Stdout { data })) => write_out(&mut stdout, &data),
             Ok(Some(AgentMessage::Stderr { data })) => write_out(&mut stderr, &data),
             Ok(Some(AgentMessage::Exited { status })) => return status,
+            Ok(Some(AgentMessage::Stats { stats })) => on_stats(*stats),
             Ok(Some(other)) => tracing::warn!("the agent sent {other:?} while the process ran"),
             Ok(None) => {
                 tracing::warn!("the VM's agent went away before reporting an exit");
@@ -149,7 +155,7 @@ mod tests {
         ] {
             write_frame(&mut guest, &m).unwrap();
         }
-        assert_eq!(copy_output(host, &stdio(dir.path())), 3);
+        assert_eq!(copy_output(host, &stdio(dir.path()), &|_| {}), 3);
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"hi\n");
         assert_eq!(std::fs::read(dir.path().join("err")).unwrap(), b"oops\n");
     }
@@ -170,7 +176,11 @@ mod tests {
             let (mut guest, host) = UnixStream::pair().unwrap();
             guest.write_all(&bytes).unwrap();
             drop(guest);
-            assert_eq!(copy_output(host, &stdio(dir.path())), LOST, "{bytes:?}");
+            assert_eq!(
+                copy_output(host, &stdio(dir.path()), &|_| {}),
+                LOST,
+                "{bytes:?}"
+            );
         }
     }
 

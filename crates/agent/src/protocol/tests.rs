@@ -68,6 +68,27 @@ fn messages_round_trip() {
 }
 
 #[test]
+fn stats_requests_and_answers_round_trip() {
+    let stats = CgroupStats {
+        cpu_usage_usec: 12,
+        memory_usage: 4096,
+        memory_limit: u64::MAX,
+        ..CgroupStats::default()
+    };
+    let mut buf = Vec::new();
+    write_frame(&mut buf, &HostMessage::Stats).unwrap();
+    let answer = AgentMessage::Stats {
+        stats: Box::new(stats),
+    };
+    write_frame(&mut buf, &answer).unwrap();
+    let mut r = buf.as_slice();
+    let asked: HostMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(asked, HostMessage::Stats);
+    let got: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(got, answer);
+}
+
+#[test]
 fn oversized_and_empty_frames_are_refused_before_reading_the_body() {
     let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
     let err = read_frame::<_, AgentMessage>(&mut huge.as_slice()).unwrap_err();
@@ -111,6 +132,8 @@ fn malformed_unknown_and_mistyped_messages_are_refused() {
         br#"{"type":"exited","status":"3"}"#,
         br#"{"type":"stdout","data":[256]}"#,
         br#"{"type":"started"}"#,
+        br#"{"type":"stats","stats":{"memory_usage":-1}}"#,
+        br#"{"type":"stats","stats":{"evil":1}}"#,
         br#"[1,2,3]"#,
     ] {
         let f = frame(body);
