@@ -268,6 +268,52 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_shims_clean_up_kills_its_vmm_removes_its_files_and_spares_other_processes() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in VMM: sleep, started through a link named `vessel` (its comm).
+        let vessel = dir.path().join("vessel");
+        std::os::unix::fs::symlink("/bin/sleep", &vessel).unwrap();
+        let mut vmm = std::process::Command::new(&vessel)
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let files = VmFiles::in_dir(dir.path());
+        std::fs::create_dir_all(SOCKET_DIR).unwrap();
+        for f in [&files.initramfs, &files.uds, &files.agent_listener] {
+            std::fs::write(f, b"").unwrap();
+        }
+        std::fs::write(&files.pid_file, vmm.id().to_string()).unwrap();
+        clean_up_after(dir.path());
+        assert_eq!(vmm.wait().unwrap().signal(), Some(libc::SIGKILL));
+        for f in [
+            &files.initramfs,
+            &files.uds,
+            &files.agent_listener,
+            &files.pid_file,
+        ] {
+            assert!(!f.exists(), "{f:?} is left");
+        }
+        // A pid file naming a process that is not vessel (a reused pid): left alone.
+        let mut other = std::process::Command::new("/bin/sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        std::fs::write(&files.pid_file, other.id().to_string()).unwrap();
+        clean_up_after(dir.path());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(other.try_wait().unwrap().is_none(), "a stranger was killed");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        // Garbage in the pid file, or pid 1: nothing is killed, the files still go.
+        for text in ["not a pid", "1", "-5"] {
+            std::fs::write(&files.pid_file, text).unwrap();
+            clean_up_after(dir.path());
+            assert!(!files.pid_file.exists());
+        }
+    }
+
+    #[test]
     fn a_vm_grows_to_hold_a_containers_limits() {
         let config: ShimConfig = toml::from_str(
             "vessel = \"/v\"\nkernel = \"/k\"\ninitrd = \"/i\"\nagent = \"/a\"\n\
