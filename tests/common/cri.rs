@@ -11,14 +11,15 @@ use std::time::Duration;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerMetadata, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    RuntimeCondition, StartContainerRequest, StatusRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest, VersionResponse,
+    Container, ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    ImageStatusRequest, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandbox,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeCondition,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, VersionRequest, VersionResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -224,6 +225,35 @@ impl Cri {
             c.container_status(req).await
         })?;
         resp.status.ok_or_else(|| no_status("ContainerStatus"))
+    }
+
+    pub fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        let req = ContainerStatsRequest {
+            container_id: id.to_string(),
+        };
+        let resp = self.runtime_call("ContainerStats", self.timeout, |mut c| async move {
+            c.container_stats(req).await
+        })?;
+        resp.stats.ok_or_else(|| no_status("ContainerStats"))
+    }
+
+    /// New resources for running container `id` (the kubelet's update of a pod's limits).
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> Result<()> {
+        let req = UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.runtime_call(
+            "UpdateContainerResources",
+            self.timeout,
+            |mut c| async move { c.update_container_resources(req).await },
+        )?;
+        Ok(())
     }
 
     pub fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus> {

@@ -26,7 +26,8 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// One boot: `ctr run` starts a container whose process says it is ready and the guest
 /// kernel's release, then waits; `ctr task exec` runs three more processes in it (one's
-/// output and exit status, one's stdin, one on a terminal: `-t`), `ctr task kill` delivers
+/// output and exit status, one's stdin, one on a terminal: `-t`); `ctr task metrics`,
+/// `pause` and `resume` work on it; `ctr task kill` delivers
 /// SIGTERM (ctr's default) to the container's process, whose trap reports it and sets the
 /// exit status.
 #[test]
@@ -116,7 +117,8 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
         .and_then(|k| k.parse().ok())
         .unwrap_or_else(|| panic!("MemTotal in {out}"));
     assert!(mem_kib > 256 * 1024, "the VM grew past 256 MiB: {out}");
-    check_metrics(&ctd, "c1");
+    check_metrics(&ctd, "c1", MEMORY_LIMIT);
+    pause_and_resume(&ctd, "c1");
     let args = [
         "task",
         "exec",
@@ -171,9 +173,35 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
     assert_nothing_left_of(&ctd, "c1");
 }
 
+/// `ctr task pause` freezes the container (containerd lists it PAUSED) and `ctr task
+/// resume` thaws it. (ctr 1.6 has no `task update`: Update is checked through the CRI in
+/// tests/nested/cri.rs.)
+fn pause_and_resume(ctd: &Containerd, id: &str) {
+    let ok = |args: &[&str]| {
+        let out = ctd.ctr(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ctr {args:?}: {text}\n{err}");
+        text
+    };
+    let status = || {
+        let list = ok(&["task", "ls"]);
+        list.lines()
+            .find_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                (words.first() == Some(&id)).then(|| words.last().unwrap_or(&"").to_string())
+            })
+            .unwrap_or_else(|| panic!("{id} not in:\n{list}"))
+    };
+    ok(&["task", "pause", id]);
+    assert_eq!(status(), "PAUSED");
+    ok(&["task", "resume", id]);
+    assert_eq!(status(), "RUNNING");
+}
+
 /// `ctr task metrics` (the shim's Stats): the container's cgroup counters in the guest, with
-/// the memory limit ctr set and the CPU time its processes used.
-fn check_metrics(ctd: &Containerd, id: &str) {
+/// the memory limit `limit` and the CPU time its processes used.
+fn check_metrics(ctd: &Containerd, id: &str, limit: u64) {
     let metrics = ctd.ctr(&["task", "metrics", id]);
     let out = String::from_utf8_lossy(&metrics.stdout);
     let err = String::from_utf8_lossy(&metrics.stderr);
@@ -186,7 +214,7 @@ fn check_metrics(ctd: &Containerd, id: &str) {
             })
             .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
     };
-    assert_eq!(value("memory.usage_limit"), MEMORY_LIMIT, "{out}");
+    assert_eq!(value("memory.usage_limit"), limit, "{out}");
     assert!(value("memory.usage") > 0, "{out}");
     assert!(value("cpu.usage_usec") > 0, "{out}");
 }

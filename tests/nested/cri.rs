@@ -95,6 +95,7 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .exec_sync(&app, &["sh", "-c", "exit 3"], START_TIMEOUT)
         .unwrap();
     assert_eq!(code, 3);
+    stats_and_update(&cri, &app);
 
     cri.stop_container(&app, Duration::from_secs(30)).unwrap();
     let status = cri.container_status(&app).unwrap();
@@ -108,6 +109,28 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     cri.remove_pod_sandbox(&pod.id).unwrap();
 
     assert_nothing_left(&ctd, &pod.id, &app);
+}
+
+/// ContainerStats come from the guest (a working set above 0), and UpdateContainerResources
+/// sets a memory limit that the container's cgroup in the guest then has.
+fn stats_and_update(cri: &Cri, app: &str) {
+    let stats = cri.container_stats(app).unwrap();
+    let memory = stats.memory.and_then(|m| m.working_set_bytes);
+    assert!(memory.is_some_and(|b| b.value > 0), "{stats:?}");
+    let limit = 300i64 << 20;
+    let resources = k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: limit,
+        ..Default::default()
+    };
+    cri.update_container_resources(app, resources)
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}"));
+    let script = "cat /sys/fs/cgroup$(sed 's/^0:://' /proc/self/cgroup)/memory.max";
+    let (code, out, err) = cri
+        .exec_sync(app, &["sh", "-c", script], START_TIMEOUT)
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.trim(), limit.to_string());
 }
 
 /// No VMM or shim of this containerd, no bundle, mount, shim socket or vsock socket of the

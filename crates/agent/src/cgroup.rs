@@ -17,7 +17,14 @@ pub enum CgroupError {
     Mount(nix::Error),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}: the kernel did not report the group {1} within {FREEZE_WAIT:?}")]
+    Freeze(PathBuf, &'static str),
+    #[error(transparent)]
+    Limits(#[from] crate::protocol::ProtocolError),
 }
+
+/// How long a freeze or thaw may take to be reported in `cgroup.events`.
+pub const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|e| CgroupError::Io(path.to_path_buf(), e))
@@ -39,6 +46,13 @@ pub fn create_in(root: &Path, name: &str, limits: &Limits) -> Result<PathBuf, Cg
     write(&root.join("cgroup.subtree_control"), "+memory +cpu")?;
     let dir = root.join(format!("vessel-{name}"));
     std::fs::create_dir_all(&dir).map_err(|e| CgroupError::Io(dir.clone(), e))?;
+    set_limits(&dir, limits)?;
+    Ok(dir)
+}
+
+/// Sets the limits `limits` gives on the group at `dir` (the others stay as they are).
+pub fn set_limits(dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
+    limits.validate()?;
     if let Some(max) = limits.memory_max {
         write(&dir.join("memory.max"), &max.to_string())?;
     }
@@ -48,7 +62,28 @@ pub fn create_in(root: &Path, name: &str, limits: &Limits) -> Result<PathBuf, Cg
     if let Some((quota, period)) = limits.cpu_max {
         write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
     }
-    Ok(dir)
+    Ok(())
+}
+
+/// Freezes or thaws every process of the group at `dir` and waits until the kernel says
+/// it is done (`frozen 1` or `frozen 0` in `cgroup.events`).
+pub fn freeze(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+    write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    let events = dir.join("cgroup.events");
+    let deadline = std::time::Instant::now() + FREEZE_WAIT;
+    loop {
+        let text =
+            std::fs::read_to_string(&events).map_err(|e| CgroupError::Io(events.clone(), e))?;
+        if text.lines().any(|l| l.trim() == want) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let what = if frozen { "frozen" } else { "thawed" };
+            return Err(CgroupError::Freeze(dir.to_path_buf(), what));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// The counters of the group at `dir`. A file or key the kernel does not have reads as 0
@@ -136,6 +171,50 @@ mod tests {
         assert_eq!(read(&dir.join("memory.max")), "209715200");
         assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
         assert!(!dir.join("memory.low").exists());
+    }
+
+    #[test]
+    fn updates_set_only_the_limits_given_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "50000 100000").unwrap();
+        let memory = Limits {
+            memory_max: Some(300 << 20),
+            ..Limits::default()
+        };
+        set_limits(dir.path(), &memory).unwrap();
+        assert_eq!(read("memory.max"), "314572800");
+        assert_eq!(read("cpu.max"), "50000 100000", "left as it was");
+        let tiny = Limits {
+            memory_max: Some(4096),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            set_limits(dir.path(), &tiny),
+            Err(CgroupError::Limits(_))
+        ));
+        assert_eq!(read("memory.max"), "314572800");
+    }
+
+    #[test]
+    fn a_freeze_waits_for_the_kernels_word_and_says_when_it_does_not_come() {
+        let dir = tempfile::tempdir().unwrap();
+        // The kernel's answer, there already (as after a quick freeze).
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        freeze(dir.path(), true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        // The thaw is never reported: an error naming the group, after FREEZE_WAIT.
+        assert!(matches!(
+            freeze(dir.path(), false),
+            Err(CgroupError::Freeze(_, "thawed"))
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cgroup.freeze")).unwrap(),
+            "0"
+        );
     }
 
     #[test]

@@ -328,6 +328,13 @@ pub enum HostMessage {
     /// Report the container's resource use ([`AgentMessage::Stats`] on the same
     /// connection; ignored on an exec's).
     Stats,
+    /// Set the limits given here on the running container (containerd's Update); limits
+    /// left out stay as they are. Answered with [`AgentMessage::Done`].
+    Update { limits: Limits },
+    /// Freeze (containerd's Pause) or thaw (Resume) the container's processes, its exec'd
+    /// ones too (the cgroup v2 freezer). Answered with [`AgentMessage::Done`] once the
+    /// kernel reports the group frozen or thawed.
+    Freeze { frozen: bool },
     /// The host has what it needs: power the VM off.
     Shutdown,
 }
@@ -361,6 +368,10 @@ pub enum AgentMessage {
     /// The container's resource use, asked for with [`HostMessage::Stats`].
     Stats {
         stats: Box<CgroupStats>,
+    },
+    /// The answer to [`HostMessage::Update`] and [`HostMessage::Freeze`]: done, or why not.
+    Done {
+        error: Option<String>,
     },
     /// The first frame on a connection of its own: the id of the [`HostMessage::Exec`] or
     /// the [`HostMessage::Container`] it serves.

@@ -152,6 +152,20 @@ pub(crate) fn start(
     Ok(process::spawn(root, &container.process, Some(&cgroup))?)
 }
 
+/// The answer to a request about the container's cgroup at `dir`.
+fn answer(request: &HostMessage, dir: &Path) -> AgentMessage {
+    let done = |r: Result<(), crate::cgroup::CgroupError>| AgentMessage::Done {
+        error: r.err().map(|e| e.to_string()),
+    };
+    match request {
+        HostMessage::Update { limits } => done(crate::cgroup::set_limits(dir, limits)),
+        HostMessage::Freeze { frozen } => done(crate::cgroup::freeze(dir, *frozen)),
+        _ => AgentMessage::Stats {
+            stats: Box::new(crate::cgroup::read_stats(dir)),
+        },
+    }
+}
+
 /// Reports a started process (`Started`, with its pid) or why it did not start (`Error`).
 pub(crate) fn report_start(
     writer: &Writer,
@@ -306,15 +320,20 @@ pub(crate) fn control(
                 // host's wait for the Attach times out.
                 _ => {}
             },
-            Ok(Some(HostMessage::Stats)) => {
+            Ok(Some(
+                request @ (HostMessage::Stats
+                | HostMessage::Update { .. }
+                | HostMessage::Freeze { .. }),
+            )) => {
+                // On a container's connection; an exec's has no group of its own (the
+                // host's wait for the answer times out).
                 if let Some(ExecContext {
                     cgroup: Some(dir),
                     writer,
                     ..
                 }) = &context
                 {
-                    let stats = Box::new(crate::cgroup::read_stats(dir));
-                    let _ = send(writer, &AgentMessage::Stats { stats });
+                    let _ = send(writer, &answer(&request, dir));
                 }
             }
             // A bad signal number, a second Run, or a root outside a container's start:

@@ -241,6 +241,25 @@ fn signals_from_the_host_reach_the_process() {
             stats: Box::default()
         }
     );
+    // Updates are answered there too: a limit the kernel takes, and one it cannot.
+    let limits = |memory_max| agent::protocol::Limits {
+        memory_max: Some(memory_max),
+        ..Default::default()
+    };
+    write_frame(
+        &mut w,
+        &HostMessage::Update {
+            limits: limits(64 << 20),
+        },
+    )
+    .unwrap();
+    let done: AgentMessage = read_frame(&mut r).unwrap().unwrap();
+    assert_eq!(done, AgentMessage::Done { error: None });
+    write_frame(&mut w, &HostMessage::Update { limits: limits(1) }).unwrap();
+    match read_frame(&mut r).unwrap().unwrap() {
+        AgentMessage::Done { error: Some(e) } => assert!(e.contains("under 1 MiB"), "{e}"),
+        other => panic!("{other:?}"),
+    }
     // Out-of-range signals are ignored; SIGTERM ends the process.
     write_frame(&mut w, &HostMessage::Signal { signal: 0 }).unwrap();
     write_frame(&mut w, &HostMessage::Signal { signal: 99 }).unwrap();

@@ -10,18 +10,18 @@ use std::time::{Duration, SystemTime};
 
 use agent::protocol::{
     read_frame, valid_id, valid_signal, write_frame, AgentMessage, CgroupStats, HostMessage,
-    ProcessSpec, ProtocolError,
+    Limits, ProcessSpec, ProtocolError,
 };
 use containerd_shim::protos::types::mount::Mount;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::answer::{Answer, AnswerWait, ANSWER_WAIT};
 use crate::config::ShimConfig;
 use crate::exec::ExecProcess;
 use crate::initramfs::{self, InitramfsError};
 use crate::oci::{BundleSpec, SpecError};
 use crate::rootfs::{MountedRoot, RootfsError};
-use crate::stats::{StatsWait, STATS_WAIT};
 use crate::stream;
 use crate::vm::{Vm, VmError, VmFiles};
 
@@ -102,6 +102,8 @@ pub(crate) struct State {
     pub vm_gone: bool,
     /// The host's writing half of the agent's stream.
     pub agent: Option<UnixStream>,
+    /// Frozen by Pause (until Resume).
+    pub paused: bool,
 }
 
 /// Blocks on `changed` until `exit_of` finds an exit in the state `guard` guards.
@@ -133,8 +135,8 @@ pub struct Container {
     exec_start: Mutex<()>,
     /// Keeps the process's stdin open until CloseIO.
     stdin_hold: stream::StdinHold,
-    /// The Stats question the agent has yet to answer.
-    stats: StatsWait,
+    /// The question (Stats, Update, Pause, Resume) the agent has yet to answer.
+    answers: AnswerWait,
     place: Place,
 }
 
@@ -202,12 +204,13 @@ impl Container {
                 vm,
                 vm_gone: false,
                 agent: None,
+                paused: false,
             }),
             changed: Condvar::new(),
             execs: Mutex::new(Execs::default()),
             exec_start: Mutex::new(()),
             stdin_hold: stream::StdinHold::default(),
-            stats: StatsWait::default(),
+            answers: AnswerWait::default(),
             place,
         })
     }
@@ -320,7 +323,7 @@ impl Container {
         drop(state);
         let me = self.clone();
         std::thread::spawn(move || {
-            let status = stream::copy_output(reader, &me.stdio, &|s| me.stats.deliver(s));
+            let status = stream::copy_output(reader, &me.stdio, &|a| me.answers.deliver(a));
             me.finish(status);
             on_exit(me.wait());
         });
@@ -372,17 +375,54 @@ impl Container {
         }
     }
 
-    /// The container's resource use in the guest (its cgroup's counters), from the agent.
-    pub fn stats(&self) -> Result<CgroupStats, ContainerError> {
-        let asked = self
-            .stats
-            .ask(|| self.send(&HostMessage::Stats), STATS_WAIT)?;
+    /// Asks the agent `question` on the container's connection and waits for the answer.
+    fn ask(&self, question: &HostMessage, what: &str) -> Result<Answer, ContainerError> {
+        let asked = self.answers.ask(|| self.send(question), ANSWER_WAIT)?;
         asked.ok_or_else(|| {
             ContainerError::State(format!(
-                "{}: the agent did not report stats within {STATS_WAIT:?}",
+                "{}: the agent did not answer {what} within {ANSWER_WAIT:?}",
                 self.id
             ))
         })
+    }
+
+    /// Asks for something the agent answers with `Done`.
+    fn ask_done(&self, question: &HostMessage, what: &str) -> Result<(), ContainerError> {
+        match self.ask(question, what)? {
+            Answer::Done(None) => Ok(()),
+            Answer::Done(Some(error)) => Err(ContainerError::Agent(format!("{what}: {error}"))),
+            other => Err(ContainerError::State(format!(
+                "{what}: the agent answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The container's resource use in the guest (its cgroup's counters), from the agent.
+    pub fn stats(&self) -> Result<CgroupStats, ContainerError> {
+        match self.ask(&HostMessage::Stats, "stats")? {
+            Answer::Stats(stats) => Ok(stats),
+            other => Err(ContainerError::State(format!(
+                "stats: the agent answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Sets the limits given on the running container (containerd's Update); the VM is not
+    /// resized.
+    pub fn update(&self, limits: Limits) -> Result<(), ContainerError> {
+        limits.validate()?;
+        self.ask_done(&HostMessage::Update { limits }, "update")
+    }
+
+    /// Pauses (freezes) or resumes the container's processes in the guest.
+    pub fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
+        let what = if paused { "pause" } else { "resume" };
+        if self.lock().status != Status::Running {
+            return Err(ContainerError::State(format!("{} is not running", self.id)));
+        }
+        self.ask_done(&HostMessage::Freeze { frozen: paused }, what)?;
+        self.lock().paused = paused;
+        Ok(())
     }
 
     /// CloseIO: the process's stdin ends once the client has closed its side too.
@@ -456,6 +496,12 @@ impl Container {
     pub fn status(&self) -> (Status, Option<Exit>) {
         let state = self.lock();
         (state.status, state.exit)
+    }
+
+    /// Whether Pause froze the running process (and no Resume thawed it yet).
+    pub fn paused(&self) -> bool {
+        let state = self.lock();
+        state.paused && state.status == Status::Running
     }
 
     /// Ends the VM if it still runs (a container never started), waits until its files are

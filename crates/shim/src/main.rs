@@ -2,6 +2,7 @@
 //! `io.containerd.vessel.v2`. Each container runs in its own vessel microVM; vessel-agent
 //! in the guest runs its process (docs/kubernetes.md).
 
+mod answer;
 mod config;
 mod container;
 mod exec;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use agent::protocol::{ContainerSpec, ProcessSpec, Rlimit};
+use agent::protocol::{ContainerSpec, Limits, ProcessSpec, Rlimit};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -252,6 +252,25 @@ pub fn exec_process(json: &[u8]) -> Result<ProcessSpec, SpecError> {
     let process = process_spec(process)?;
     process.validate()?;
     Ok(process)
+}
+
+/// containerd's type URL for the `linux.resources` of an Update request (JSON).
+pub const LINUX_RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The limits an Update request sets (its OCI `linux.resources`, as JSON), read as at
+/// Create: `None` when it sets none (shares alone, as at Create, set no limit); what
+/// Create refuses is refused.
+pub fn update_limits(json: &[u8]) -> Result<Option<Limits>, SpecError> {
+    let what = || PathBuf::from("the update's resources");
+    if json.len() as u64 > MAX_SPEC {
+        return Err(SpecError::TooLarge(what()));
+    }
+    let r: resources::Resources =
+        serde_json::from_slice(json).map_err(|e| SpecError::Parse(what(), e))?;
+    let limits = resources::limits(Some(&r))?;
+    limits.as_ref().map(Limits::validate).transpose()?;
+    Ok(limits)
 }
 
 /// The agent's view of an OCI process (a terminal is one the agent opens in the guest).

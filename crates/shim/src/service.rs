@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::api::{self, Status as TaskStatus};
-use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::events::task::{TaskExit, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::topics::{
+    TASK_EXIT_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC,
+};
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
@@ -71,6 +73,23 @@ fn terminal_size(width: u32, height: u32) -> TtrpcResult<(u16, u16)> {
     }
 }
 
+/// A task event that names its container.
+trait TaskEvent: containerd_shim::event::Event + 'static {
+    fn set_container(&mut self, id: String);
+}
+
+impl TaskEvent for TaskPaused {
+    fn set_container(&mut self, id: String) {
+        self.container_id = id;
+    }
+}
+
+impl TaskEvent for TaskResumed {
+    fn set_container(&mut self, id: String) {
+        self.container_id = id;
+    }
+}
+
 fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(Timestamp::from(at))
 }
@@ -106,6 +125,22 @@ impl Service {
         }
         let config = ShimConfig::load().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
         Container::create(id, bundle, spec, rootfs, stdio, &config).map_err(to_rpc)
+    }
+
+    /// Publishes a task event (`/tasks/paused`, `/tasks/resumed`) naming the container.
+    fn publish<E>(&self, container: &Container, topic: &str, new: fn() -> E)
+    where
+        E: TaskEvent,
+    {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let mut event = new();
+        event.set_container(container.id.clone());
+        let ctx = containerd_shim::Context::default();
+        if let Err(e) = publisher.publish(ctx, topic, &self.namespace, Box::new(event)) {
+            tracing::warn!("publish {topic} of {}: {e}", container.id);
+        }
     }
 
     /// Publishes `/tasks/exit` for the container's process (`exec_id` empty) or an exec.
@@ -285,6 +320,7 @@ impl containerd_shim::Task for Service {
         };
         let status = match status {
             Status::Created => TaskStatus::CREATED,
+            Status::Running if req.exec_id.is_empty() && c.paused() => TaskStatus::PAUSED,
             Status::Running => TaskStatus::RUNNING,
             Status::Stopped => TaskStatus::STOPPED,
         };
@@ -382,6 +418,45 @@ impl containerd_shim::Task for Service {
             stats: MessageField::some(any),
             ..Default::default()
         })
+    }
+
+    /// Freezes the container's processes (its exec'd ones too) in the guest: the cgroup v2
+    /// freezer, as runc pauses a container on a cgroup v2 host. The VM itself runs on.
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        c.set_paused(true).map_err(to_rpc)?;
+        self.publish(&c, TASK_PAUSED_EVENT_TOPIC, TaskPaused::new);
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        c.set_paused(false).map_err(to_rpc)?;
+        self.publish(&c, TASK_RESUMED_EVENT_TOPIC, TaskResumed::new);
+        Ok(api::Empty::default())
+    }
+
+    /// New limits for the running container (`linux.resources`), set in its guest cgroup;
+    /// the VM keeps its size (no memory or vCPU hotplug yet), so a limit above it binds at
+    /// the VM's size.
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let c = self.container(&req.id)?;
+        let resources = req.resources.as_ref();
+        let json = match resources {
+            Some(any) if any.type_url == crate::oci::LINUX_RESOURCES_TYPE_URL => &any.value,
+            other => {
+                let url = other.map(|a| a.type_url.as_str()).unwrap_or("none");
+                return Err(rpc_error(
+                    Code::INVALID_ARGUMENT,
+                    format!("resources of type {url:?}: vessel takes Linux resources"),
+                ));
+            }
+        };
+        let limits = crate::oci::update_limits(json).map_err(|e| to_rpc(e.into()))?;
+        if let Some(limits) = limits {
+            c.update(limits).map_err(to_rpc)?;
+        }
+        Ok(api::Empty::default())
     }
 
     /// The terminal's size, for the container's process or an exec's (ignored by the agent

@@ -3,9 +3,6 @@
 //! hands them to containerd as cgroup v2 `Metrics` (what `ctr task metrics` prints and the
 //! CRI's ContainerStats reads), as runc's shim does for a container on a cgroup v2 host.
 
-use std::sync::{mpsc, Mutex, MutexGuard};
-use std::time::Duration;
-
 use agent::protocol::CgroupStats;
 use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -14,46 +11,6 @@ use containerd_shim::protos::protobuf::{Message, MessageField};
 /// The type URL containerd's typeurl registry knows cgroup v2 metrics by (the message's
 /// protobuf name, without a prefix).
 pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
-
-/// How long a Stats call waits for the agent's answer.
-pub const STATS_WAIT: Duration = Duration::from_secs(10);
-
-/// One container's outstanding Stats question: one at a time, answered by the agent's
-/// `Stats` frame on the container's connection.
-#[derive(Default)]
-pub struct StatsWait {
-    turn: Mutex<()>,
-    answer: Mutex<Option<mpsc::Sender<CgroupStats>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl StatsWait {
-    /// The agent's answer (an answer nobody asked for is dropped).
-    pub fn deliver(&self, stats: CgroupStats) {
-        if let Some(tx) = lock(&self.answer).take() {
-            let _ = tx.send(stats);
-        }
-    }
-
-    /// Asks through `ask` (which sends the question) and waits up to `timeout` for the
-    /// answer: `Ok(None)` when none came in time.
-    pub fn ask<E>(
-        &self,
-        ask: impl FnOnce() -> Result<(), E>,
-        timeout: Duration,
-    ) -> Result<Option<CgroupStats>, E> {
-        let _turn = lock(&self.turn);
-        let (tx, rx) = mpsc::channel();
-        *lock(&self.answer) = Some(tx);
-        let asked = ask();
-        let answer = asked.map(|()| rx.recv_timeout(timeout).ok());
-        lock(&self.answer).take();
-        answer
-    }
-}
 
 /// The agent's counters as cgroup v2 `Metrics`.
 pub fn metrics(s: &CgroupStats) -> Metrics {
@@ -133,29 +90,5 @@ mod tests {
         assert_eq!(back.memory.usage_limit, 200 << 20);
         assert_eq!(back.memory.inactive_file, 1 << 20);
         assert_eq!(back.pids.current, 3);
-    }
-
-    #[test]
-    fn an_answer_arrives_a_missing_one_times_out_and_a_stray_one_is_dropped() {
-        let wait = std::sync::Arc::new(StatsWait::default());
-        // Nobody asked: dropped, and the next question does not get it.
-        wait.deliver(CgroupStats::default());
-        let none = wait.ask(|| Ok::<(), ()>(()), Duration::from_millis(50));
-        assert_eq!(none, Ok(None));
-        let answering = wait.clone();
-        let got = wait.ask(
-            move || {
-                std::thread::spawn(move || {
-                    answering.deliver(CgroupStats {
-                        memory_usage: 7,
-                        ..CgroupStats::default()
-                    })
-                });
-                Ok::<(), ()>(())
-            },
-            Duration::from_secs(10),
-        );
-        assert_eq!(got.unwrap().unwrap().memory_usage, 7);
-        assert_eq!(wait.ask(|| Err::<(), _>("gone"), STATS_WAIT), Err("gone"));
     }
 }

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use agent::protocol::{read_frame, AgentMessage, CgroupStats, HostMessage, MAX_CHUNK};
+use agent::protocol::{read_frame, AgentMessage, HostMessage, MAX_CHUNK};
+
+use crate::answer::Answer;
 
 use crate::container::StdioPaths;
 
@@ -30,12 +32,8 @@ fn open_output(path: &str) -> Option<File> {
 /// Copies output frames to the FIFOs until the agent reports the exit; returns the exit
 /// status ([`LOST`] when the stream ends first: the VM died). The FIFOs are closed on
 /// return, so containerd has all the output before the exit is recorded. The agent's
-/// answers to Stats go to `on_stats`.
-pub fn copy_output(
-    mut reader: UnixStream,
-    stdio: &StdioPaths,
-    on_stats: &dyn Fn(CgroupStats),
-) -> u32 {
+/// answers to questions (Stats, Update, Pause, Resume) go to `on_answer`.
+pub fn copy_output(mut reader: UnixStream, stdio: &StdioPaths, on_answer: &dyn Fn(Answer)) -> u32 {
     let mut stdout = open_output(&stdio.stdout);
     let mut stderr = open_output(&stdio.stderr);
     loop {
@@ -43,7 +41,8 @@ pub fn copy_output(
             Ok(Some(AgentMessage::Stdout { data })) => write_out(&mut stdout, &data),
             Ok(Some(AgentMessage::Stderr { data })) => write_out(&mut stderr, &data),
             Ok(Some(AgentMessage::Exited { status })) => return status,
-            Ok(Some(AgentMessage::Stats { stats })) => on_stats(*stats),
+            Ok(Some(AgentMessage::Stats { stats })) => on_answer(Answer::Stats(*stats)),
+            Ok(Some(AgentMessage::Done { error })) => on_answer(Answer::Done(error)),
             Ok(Some(other)) => tracing::warn!("the agent sent {other:?} while the process ran"),
             Ok(None) => {
                 tracing::warn!("the VM's agent went away before reporting an exit");

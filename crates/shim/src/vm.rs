@@ -284,8 +284,28 @@ mod tests {
             std::fs::write(f, b"").unwrap();
         }
         std::fs::write(&files.pid_file, vmm.id().to_string()).unwrap();
+        // As the VMM is once it runs: under its name (not yet, for a moment, if the spawn
+        // returned before the exec).
+        let comm_path = format!("/proc/{}/comm", vmm.id());
+        let comm = || std::fs::read_to_string(&comm_path).unwrap_or_default();
+        let named = std::time::Instant::now() + Duration::from_secs(5);
+        while comm().trim() != "vessel" && std::time::Instant::now() < named {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let comm = comm();
         clean_up_after(dir.path());
-        assert_eq!(vmm.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            match vmm.try_wait().unwrap() {
+                Some(status) => break status,
+                None if std::time::Instant::now() > deadline => {
+                    let _ = vmm.kill();
+                    panic!("the VMM (comm {comm:?}) outlived the clean-up");
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
         for f in [
             &files.initramfs,
             &files.uds,
