@@ -181,6 +181,32 @@ def forward_relay_seeds():
     put("net_forward_relay", "idle", idle + struct.pack(">H", 0x8000 | 20) + b"\0" * 20)
 
 
+def agent_seeds():
+    def frame(body):
+        return struct.pack(">I", len(body)) + body
+
+    put("agent_frames", "guest",
+        b"\x00" + frame(b'{"type":"ready","kernel":"6.1"}') + frame(b'{"type":"started","pid":9}')
+        + frame(b'{"type":"stdout","data":[104,105,10]}')
+        + frame(b'{"type":"stats","stats":{"cpu_usage_usec":1,"cpu_user_usec":1,'
+                b'"cpu_system_usec":0,"cpu_nr_periods":0,"cpu_nr_throttled":0,'
+                b'"cpu_throttled_usec":0,"memory_usage":4096,"memory_limit":8192,"anon":0,'
+                b'"file":0,"kernel_stack":0,"slab":0,"sock":0,"shmem":0,"file_mapped":0,'
+                b'"file_dirty":0,"inactive_anon":0,"active_anon":0,"inactive_file":0,'
+                b'"active_file":0,"unevictable":0,"pgfault":0,"pgmajfault":0,'
+                b'"pids_current":1,"pids_limit":0}}')
+        + frame(b'{"type":"done","error":null}') + frame(b'{"type":"exited","status":3}'))
+    put("agent_frames", "host",
+        b"\x01" + frame(b'{"type":"run","container":{"process":{"args":["sh"],"env":["A=b"],'
+                        b'"cwd":"/","uid":0,"gid":0,"additional_gids":[],"rlimits":[],'
+                        b'"no_new_privileges":true},"hostname":"c","mounts":[{"destination":'
+                        b'"/proc","fstype":"proc","options":[]}],"masked_paths":[],'
+                        b'"readonly_paths":[],"limits":{"memory_max":209715200,'
+                        b'"memory_low":null,"cpu_max":[50000,100000]}}}')
+        + frame(b'{"type":"update","limits":{"memory_max":1,"memory_low":null,"cpu_max":null}}')
+        + frame(b'{"type":"freeze","frozen":true}') + frame(b'{"type":"signal","signal":15}'))
+
+
 def main():
     forward_relay_seeds()
     put("qcow2_open", "small", qemu_image("qcow2", 1 << 20, "cluster_size=512"))
@@ -211,6 +237,7 @@ def main():
     port_io_seeds()
     frame_seeds()
     mmds_seeds()
+    agent_seeds()
 
 
 if __name__ == "__main__":
