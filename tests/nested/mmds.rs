@@ -87,9 +87,6 @@ fn forward_at_run_time(vmm: &mut ApiVmm) {
 /// configures an address and a route, takes a token and reads the value; then it serves
 /// port 8000, which the host forwards to it at run time.
 #[test]
-#[ignore = "15-20 minutes where ring 0 is emulated: a fourth boot in CI's run would queue behind \
-            the other three and put the run past its budget; MMDS's API and wire format are \
-            tested in tests/mmds.rs and crates/net; run with `cargo test --test nested -- --ignored mmds`"]
 fn debian_guest_reads_mmds_v2_with_a_token_through_virtio_net() {
     let (kernel, initrd) = debian_guest();
     let started = Instant::now();
