@@ -219,8 +219,8 @@ fn bridged_ticks_go_on(ticks: &mpsc::Receiver<u64>, seen: &mut Vec<u64>, more: u
 }
 
 #[test]
-#[ignore = "stalls intermittently on kvm_pvm (the guest's vCPU spins in its kernel after its nat \
-            connection breaks, before any move; seen in 2 of the last 3 runs here); run with \
+#[ignore = "stalls intermittently on kvm_pvm before any move (the guest's kernel loops in \
+            __get_user_8 from rseq, docs/migration.md; 2 of the last 3 runs here); run with \
             `cargo test --test nested -- --ignored across_moves`"]
 fn debian_guest_counts_on_through_suspend_resume_and_a_migration() {
     let _bridge = HostBridge::create();
