@@ -95,6 +95,17 @@ impl Fallback {
             .then(|| x86_emulator::emulate_reporting(vcpu, mem))
     }
 
+    /// Before a vCPU's first run: arm the `syscall` fix-up at once when the guest already
+    /// uses `syscall` (a restored or migrated VM), rather than at its first emulation exit,
+    /// which may come after its first `syscall` (nothing when the fallback is off).
+    pub fn vcpu_starting(self, vcpu: &mut dyn VcpuState, mem: &GuestMemory) {
+        if self.enabled {
+            // Best effort, as at an emulation exit: a guest without a usable IDT yet (a
+            // fresh boot) gets the breakpoint at a later exit.
+            let _ = x86_emulator::arm_syscall_fixup(vcpu, mem);
+        }
+    }
+
     /// Handle KVM_EXIT_DEBUG from the fix-up's breakpoint; false when the exit is not
     /// vessel's (always, when the fallback is off).
     pub fn debug_exit(self, vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> bool {
@@ -184,6 +195,25 @@ mod tests {
         };
         assert!(fallback.emulation_failure(&mut cpu, &mem).is_none());
         assert_eq!(cpu.debug, None);
+    }
+
+    #[test]
+    fn a_restored_guest_that_uses_syscall_is_armed_before_its_first_run() {
+        let (mut cpu, mem) = guest();
+        Fallback { enabled: false }.vcpu_starting(&mut cpu, &mem);
+        assert_eq!(cpu.debug, None);
+        Fallback { enabled: true }.vcpu_starting(&mut cpu, &mem);
+        assert_eq!(cpu.debug, Some(GuestDebug::Breakpoint(HANDLER)));
+        assert_eq!(cpu.regs.rip, CODE, "nothing is emulated");
+        // A guest booting from scratch (no IDT yet): nothing to arm.
+        let (mut fresh, mem) = guest();
+        fresh.sregs.idt.limit = 0;
+        std::thread::spawn(move || {
+            Fallback { enabled: true }.vcpu_starting(&mut fresh, &mem);
+            assert_eq!(fresh.debug, None);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

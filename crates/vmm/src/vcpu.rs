@@ -141,6 +141,7 @@ impl VcpuRunner {
     pub fn run(mut self) {
         kick::set_thread_immediate_exit(&mut self.vcpu.get_kvm_run().immediate_exit);
         let mut save_round = 0;
+        let mut first_run = true;
         while !self.stop.load(Ordering::Acquire) {
             let stop = &self.stop;
             let (vcpu, id, msrs) = (&mut self.vcpu, usize::from(self.id), &self.msr_indices);
@@ -152,6 +153,10 @@ impl VcpuRunner {
             );
             if self.stop.load(Ordering::Acquire) {
                 break;
+            }
+            if std::mem::take(&mut first_run) {
+                let mut vcpu = KvmVcpu::new(&mut self.vcpu, self.xsave2_size);
+                self.fallback.vcpu_starting(&mut vcpu, &self.mem);
             }
             let next = self.run_once();
             match next {

@@ -174,6 +174,18 @@ pub fn emulate_reporting(
     Ok(outcome)
 }
 
+/// Arm the `syscall` fix-up's breakpoint for a guest that already uses `syscall` and has a
+/// 64-bit IDT (see [`syscall_fixup`]); nothing for one that does not yet. A restored or
+/// migrated VM needs this before its first run: the breakpoint is the host's and never
+/// saved, and the first emulation exit (which arms it otherwise) may come only after the
+/// guest's first `syscall`.
+pub fn arm_syscall_fixup(
+    vcpu: &mut dyn VcpuState,
+    mem: &GuestMemory,
+) -> Result<(), EmulationError> {
+    syscall_fixup::arm(vcpu, mem)
+}
+
 /// Handle KVM_EXIT_DEBUG from vessel's breakpoint on the guest's #PF handler (see
 /// [`syscall_fixup`]); false when the exit is not vessel's.
 pub fn handle_debug_exit(vcpu: &mut dyn VcpuState, mem: &GuestMemory) -> bool {
