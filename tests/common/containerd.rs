@@ -56,6 +56,11 @@ pub const PAUSE_IMAGE: &str = "docker.io/library/vessel-pause:latest";
 /// CNI configurations only from `d/cni` (none: pods run on the host's network), and
 /// vessel's runtime as the `vessel` runtime handler beside the default `runc` (a runtimes
 /// table replaces containerd's built-in one, so runc's is named again).
+///
+/// containerd gives a shim's State and Stats 2 s by default
+/// (`io.containerd.timeout.task.state`) and drops a task's metrics that take longer; a guest
+/// whose ring 0 is emulated answered Stats later than that in one CI run, so the tests allow
+/// 60 s (a slow host's setting, as docs/kubernetes.md says).
 fn config(d: &Path) -> String {
     format!(
         r#"version = 2
@@ -65,6 +70,8 @@ state = "{d}/s"
 address = "{d}/ctd.sock"
 [ttrpc]
 address = "{d}/ctd.ttrpc"
+[timeouts]
+"io.containerd.timeout.task.state" = "60s"
 [plugins."io.containerd.grpc.v1.cri"]
 disable_tcp_service = true
 sandbox_image = "{PAUSE_IMAGE}"
