@@ -337,9 +337,10 @@ impl Drop for Containerd {
     }
 }
 
-/// The vsock sockets vessel's shim keeps for the VM of `bundle`: named after the FNV-1a hash
-/// of the bundle's path in /run/vessel-shim, as crates/shim/src/vm.rs names them.
-pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 2] {
+/// The vsock sockets and the share of host directories (with its staging place) vessel's
+/// shim keeps for the VM of `bundle`: named after the FNV-1a hash of the bundle's path in
+/// /run/vessel-shim, as crates/shim/src/vm.rs names them.
+pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 4] {
     let hash = bundle
         .as_os_str()
         .as_encoded_bytes()
@@ -348,7 +349,13 @@ pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 2] {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
     let uds = format!("/run/vessel-shim/{hash:016x}.vsock");
-    [PathBuf::from(&uds), PathBuf::from(format!("{uds}_1024"))]
+    let volumes = format!("/run/vessel-shim/{hash:016x}.volumes");
+    [
+        PathBuf::from(&uds),
+        PathBuf::from(format!("{uds}_1024")),
+        PathBuf::from(format!("{volumes}.staging")),
+        PathBuf::from(volumes),
+    ]
 }
 
 /// Mount points under `dir`, from /proc/self/mountinfo.

@@ -25,8 +25,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// One boot: `ctr run` starts a container whose process says it is ready and the guest
-/// kernel's release, then waits; `ctr task exec` runs three more processes in it (one's
-/// output and exit status, one's stdin, one on a terminal: `-t`); `ctr task metrics`,
+/// kernel's release, then waits; `ctr task exec` runs more processes in it (one's output
+/// and exit status, one in two host directories bound in, read-write and read-only, one's
+/// stdin, one on a terminal: `-t`); `ctr task metrics`,
 /// `pause` and `resume` work on it; `ctr task kill` delivers
 /// SIGTERM (ctr's default) to the container's process, whose trap reports it and sets the
 /// exit status.
@@ -44,14 +45,24 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
         String::from_utf8_lossy(&import.stderr)
     );
 
+    let (rw, ro) = (host_dir("rw"), host_dir("ro"));
     let started = std::time::Instant::now();
     let script = "trap 'echo got TERM; exit 7' TERM; echo ready; uname -r; \
                   while :; do sleep 1; done";
+    let mount = |dir: &tempfile::TempDir, at: &str, mode: &str| {
+        let src = dir.path().display();
+        format!("type=bind,src={src},dst={at},options=rbind:{mode}")
+    };
     let mut run = ctd.ctr_spawn(&[
         "run",
         "--runtime",
         RUNTIME,
         "--rm",
+        // Host directories: through the VM's virtio-fs share.
+        "--mount",
+        &mount(&rw, "/data", "rw"),
+        "--mount",
+        &mount(&ro, "/config", "ro"),
         // Limits the guest enforces (its cgroup v2); the VM grows to hold the memory.
         "--memory-limit",
         &MEMORY_LIMIT.to_string(),
@@ -117,6 +128,7 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
         .and_then(|k| k.parse().ok())
         .unwrap_or_else(|| panic!("MemTotal in {out}"));
     assert!(mem_kib > 256 * 1024, "the VM grew past 256 MiB: {out}");
+    check_volumes(&ctd, "c1", &rw, &ro);
     check_metrics(&ctd, "c1", MEMORY_LIMIT);
     pause_and_resume(&ctd, "c1");
     let args = [
@@ -171,6 +183,48 @@ fn ctr_runs_execs_in_and_kills_a_container_in_a_vessel_vm() {
     assert_eq!(rest, "got TERM\n");
     assert_eq!(status.code(), Some(7), "containerd:\n{}", ctd.log());
     assert_nothing_left_of(&ctd, "c1");
+    for file in [
+        rw.path().join("f"),
+        rw.path().join("from-guest"),
+        ro.path().join("f"),
+    ] {
+        assert!(
+            file.is_file(),
+            "{file:?} is gone: the share's removal reached the host"
+        );
+    }
+}
+
+/// A host directory whose file `f` says `name`.
+fn host_dir(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), format!("{name} from the host\n")).unwrap();
+    dir
+}
+
+/// The container reads the host's files in both binds, writes one the host sees in the
+/// writable one, and cannot write in the read-only one.
+fn check_volumes(ctd: &Containerd, id: &str, rw: &tempfile::TempDir, ro: &tempfile::TempDir) {
+    let script = "cat /data/f /config/f; echo written > /data/from-guest; \
+                  if touch /config/x 2>/dev/null; then echo ro-written; else echo ro-refused; fi";
+    let args = [
+        "task",
+        "exec",
+        "--exec-id",
+        "vol",
+        id,
+        "/bin/sh",
+        "-c",
+        script,
+    ];
+    let exec = ctd.ctr_within(&args, EXEC_TIMEOUT);
+    let out = String::from_utf8_lossy(&exec.stdout);
+    let err = String::from_utf8_lossy(&exec.stderr);
+    assert_eq!(exec.status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert_eq!(out, "rw from the host\nro from the host\nro-refused\n");
+    let written = std::fs::read_to_string(rw.path().join("from-guest")).unwrap_or_default();
+    assert_eq!(written, "written\n");
+    assert!(!ro.path().join("x").exists());
 }
 
 /// `ctr task pause` freezes the container (containerd lists it PAUSED) and `ctr task

@@ -14,7 +14,7 @@ use crate::common::containerd::{
     containerd_with_the_debian_guest, mounts_under, processes_mentioning, vm_sockets_of,
     Containerd, CRI_NAMESPACE,
 };
-use crate::common::cri::Cri;
+use crate::common::cri::{container_config, Cri};
 
 const IMAGE: &str = "docker.io/library/vessel-busybox:latest";
 /// RunPodSandbox boots the VM: where ring 0 is emulated that takes minutes.
@@ -51,14 +51,18 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\ncontainerd:\n{}", ctd.log()));
     eprintln!("RunPodSandbox (the VM's boot) took {:?}", started.elapsed());
     let cri = cri.with_timeout(START_TIMEOUT);
-    let app = cri
-        .create_container(
-            &pod,
-            "app",
-            IMAGE,
-            &["sh", "-c", "echo started; exec sleep 600"],
-        )
-        .unwrap();
+    // A volume, as the kubelet binds one (a hostPath, a ConfigMap's directory): bound into
+    // the running pod VM's share.
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::write(volume.path().join("f"), "from the host\n").unwrap();
+    let command = ["sh", "-c", "echo started; exec sleep 600"];
+    let mut config = container_config("app", IMAGE, &command, &pod.config);
+    config.mounts.push(k8s_cri::v1::Mount {
+        container_path: "/data".into(),
+        host_path: volume.path().display().to_string(),
+        ..Default::default()
+    });
+    let app = cri.create_container_with(&pod, config).unwrap();
     let started = Instant::now();
     cri.start_container(&app)
         .unwrap_or_else(|e| panic!("StartContainer: {e:?}\ncontainerd:\n{}", ctd.log()));
@@ -95,6 +99,18 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .exec_sync(&app, &["sh", "-c", "exit 3"], START_TIMEOUT)
         .unwrap();
     assert_eq!(code, 3);
+    let script = "cat /data/f && echo written > /data/from-guest";
+    let (code, out, err) = cri
+        .exec_sync(&app, &["sh", "-c", script], START_TIMEOUT)
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    assert_eq!(
+        (code, out.as_ref()),
+        (0, "from the host\n"),
+        "stderr: {err}"
+    );
+    let written = std::fs::read_to_string(volume.path().join("from-guest")).unwrap_or_default();
+    assert_eq!(written, "written\n", "the guest's write reached the host");
     stats_and_update(&cri, &app);
 
     cri.stop_container(&app, Duration::from_secs(30)).unwrap();
@@ -109,6 +125,7 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     cri.remove_pod_sandbox(&pod.id).unwrap();
 
     assert_nothing_left(&ctd, &pod.id, &app);
+    assert!(volume.path().join("from-guest").is_file() && volume.path().join("f").is_file());
 }
 
 /// ContainerStats come from the guest (a working set above 0), and UpdateContainerResources

@@ -5,12 +5,16 @@
 //! The VM's devices are the container's: a `tmpfs` at `/dev` becomes the guest's
 //! `devtmpfs`, and a v1 `cgroup` mount the guest's `cgroup2` hierarchy. A pod's containers
 //! share one tmpfs for `/dev/shm` ([`POD_SHM`]), as they share the sandbox's on a host.
+//! A bind of a host directory ([`VOLUME`]) is a bind of its place in the VM's virtio-fs
+//! share of them, which the guest's init mounted at [`VOLUMES_DIR`].
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::protocol::{ContainerSpec, FileSpec, MountSpec, POD_SHM};
+use crate::protocol::{
+    valid_volume_source, ContainerSpec, FileSpec, MountSpec, POD_SHM, VOLUME, VOLUMES_DIR,
+};
 
 /// Where the pod's shared-memory tmpfs is in the guest.
 const POD_SHM_DIR: &str = "/run/vessel-pod-shm";
@@ -30,6 +34,11 @@ pub enum MountError {
     Hostname(nix::Error),
     #[error("write {0}: {1}")]
     File(String, std::io::Error),
+    #[error(
+        "the volume {0:?} is not in the VM's share of host directories ({VOLUMES_DIR} holds \
+         no such directory: the VM has no virtio-fs share, or the host did not bind it)"
+    )]
+    NoVolume(String),
 }
 
 /// Mount flags by option name; `true` sets the flag, `false` clears it.
@@ -109,9 +118,29 @@ fn read_only(target: &Path) -> Result<(), MountError> {
     mount_at(None, target, "none", ro, None)
 }
 
+/// Binds the host directory `source` names in the share at `target`, read-only if asked
+/// (the host's mount is read-only then too).
+fn mount_volume(source: Option<&str>, target: &Path, flags: MsFlags) -> Result<(), MountError> {
+    let name = source.unwrap_or_default();
+    let from = Path::new(VOLUMES_DIR).join(name);
+    if !valid_volume_source(name) || !from.is_dir() {
+        return Err(MountError::NoVolume(name.to_string()));
+    }
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount_at(Some(&from), target, "none", bind, None)?;
+    if flags.contains(MsFlags::MS_RDONLY) {
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount_at(None, target, "none", ro, None)?;
+    }
+    Ok(())
+}
+
 /// Mounts one of the spec's file systems at `target`.
 fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
     let (flags, data) = parse_options(&m.options);
+    if m.fstype == VOLUME {
+        return mount_volume(m.source.as_deref(), target, flags);
+    }
     if m.fstype == POD_SHM {
         let shm = Path::new(POD_SHM_DIR);
         if !shm.exists() {
@@ -221,6 +250,7 @@ mod tests {
             destination: destination.into(),
             fstype: fstype.into(),
             options: vec![],
+            source: None,
         };
         assert_eq!(
             guest_fstype(&m("tmpfs", "/dev"), "mode=755".into()),
@@ -237,5 +267,15 @@ mod tests {
             guest_fstype(&m("proc", "/proc"), String::new()),
             ("proc", None)
         );
+    }
+
+    #[test]
+    fn a_volume_missing_from_the_share_is_a_clear_error() {
+        let target = tempfile::tempdir().unwrap();
+        for source in [None, Some("../0"), Some("no-such-container/0")] {
+            let err = mount_volume(source, target.path(), MsFlags::empty()).unwrap_err();
+            assert!(matches!(err, MountError::NoVolume(_)), "{err}");
+            assert!(err.to_string().contains("virtio-fs"), "{err}");
+        }
     }
 }

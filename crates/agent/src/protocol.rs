@@ -73,14 +73,41 @@ pub struct Rlimit {
 }
 
 /// One file system the agent mounts in the container's root (OCI `mounts`: kernel file
-/// systems, and `pod-shm`, the pod's one shared-memory tmpfs that the CRI's bind of the
-/// sandbox's shm directory becomes in the VM).
+/// systems; `pod-shm`, the pod's one shared-memory tmpfs that the CRI's bind of the
+/// sandbox's shm directory becomes in the VM; and [`VOLUME`], a bind of a host directory
+/// that reaches the VM through its virtio-fs share).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
     pub destination: String,
     pub fstype: String,
     pub options: Vec<String>,
+    /// For a [`VOLUME`] only: where the host directory is in the share, `<container>/<n>`.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// The [`MountSpec`] type of a host directory bound into the container: the guest
+/// bind-mounts [`VOLUMES_DIR`]`/<source>`.
+pub const VOLUME: &str = "vessel-volume";
+/// The virtio-fs tag of the VM's share of host directories.
+pub const VOLUMES_TAG: &str = "vessel-volumes";
+/// Where the guest mounts that share.
+pub const VOLUMES_DIR: &str = "/run/vessel-volumes";
+
+/// Whether `source` names a volume in the share as the host lays them out: two components,
+/// a container id (never `.` or `..`) and a number.
+pub fn valid_volume_source(source: &str) -> bool {
+    match source.split_once('/') {
+        Some((id, n)) => {
+            valid_id(id)
+                && id != "."
+                && id != ".."
+                && (1..=4).contains(&n.len())
+                && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 /// A host file copied into the container's root at its start (the CRI's binds of the
@@ -189,8 +216,8 @@ pub struct ContainerSpec {
 }
 
 /// The file systems a [`MountSpec`] may name.
-pub const MOUNT_TYPES: [&str; 8] = [
-    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", POD_SHM,
+pub const MOUNT_TYPES: [&str; 9] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", POD_SHM, VOLUME,
 ];
 /// The [`MountSpec`] type of the pod's shared memory.
 pub const POD_SHM: &str = "pod-shm";
@@ -219,6 +246,16 @@ impl ContainerSpec {
             .find(|m| !MOUNT_TYPES.contains(&m.fstype.as_str()))
         {
             return bad(format!("mount type {:?} at {}", m.fstype, m.destination));
+        }
+        if let Some(m) = self.mounts.iter().find(|m| {
+            let volume = m.fstype == VOLUME;
+            m.source.is_some() != volume
+                || m.source.as_deref().is_some_and(|s| !valid_volume_source(s))
+        }) {
+            return bad(format!(
+                "mount of type {:?} at {} with source {:?}",
+                m.fstype, m.destination, m.source
+            ));
         }
         let options = self.mounts.iter().flat_map(|m| &m.options);
         let resources = self.process.rlimits.iter().map(|r| &r.resource);

@@ -114,6 +114,7 @@ fn container(script: &str) -> ContainerSpec {
             destination: "/proc".into(),
             fstype: "proc".into(),
             options: vec!["nosuid".into(), "noexec".into()],
+            source: None,
         }],
         masked_paths: vec![],
         readonly_paths: vec![],

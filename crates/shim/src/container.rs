@@ -20,10 +20,11 @@ use crate::answer::{Answer, AnswerWait, ANSWER_WAIT};
 use crate::config::ShimConfig;
 use crate::exec::ExecProcess;
 use crate::initramfs::{self, InitramfsError};
-use crate::oci::{BundleSpec, SpecError};
+use crate::oci::{BundleSpec, PodRole, SpecError};
 use crate::rootfs::{MountedRoot, RootfsError};
 use crate::stream;
 use crate::vm::{Vm, VmError, VmFiles};
+use crate::volumes;
 
 /// How long the VM has to power off after the process exits before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(20);
@@ -178,7 +179,10 @@ impl Container {
             return Err(e.into());
         }
         let limits = spec.container.limits.as_ref();
-        let vm = Vm::boot(config, files.clone(), limits).inspect_err(|_| files.remove())?;
+        // A pod's VM always gets the share: its later containers' volumes go there.
+        let share = !spec.volumes.is_empty() || spec.pod == PodRole::Sandbox;
+        let share = share.then_some((id, spec.volumes.as_slice()));
+        let vm = Vm::boot(config, files.clone(), limits, share).inspect_err(|_| files.remove())?;
         tracing::info!("container {id}: vessel {} boots its VM", vm.pid());
         let pid = vm.pid();
         let at = (bundle, pid, Some(vm), Place::OwnVm);
@@ -229,7 +233,11 @@ impl Container {
         let root = MountedRoot::mount(rootfs, &spec.root)?;
         let packed = crate::pod::pack_root(&spec.root, &root_tar);
         root.unmount()?;
-        if let Err(e) = packed {
+        let share = VmFiles::in_dir(&sandbox.bundle).volumes;
+        let bound = packed.and_then(|()| {
+            volumes::bind_all(&share, id, &spec.volumes).map_err(|e| VmError::from(e).into())
+        });
+        if let Err(e) = bound {
             let _ = std::fs::remove_file(&root_tar);
             return Err(e);
         }
@@ -460,8 +468,9 @@ impl Container {
         if let Some(vm) = vm {
             vm.stop(POWER_OFF_GRACE);
         }
-        if let Place::Pod { root_tar, .. } = &self.place {
+        if let Place::Pod { root_tar, sandbox } = &self.place {
             let _ = std::fs::remove_file(root_tar);
+            volumes::unbind_all(&VmFiles::in_dir(&sandbox.bundle).volumes, &self.id);
         }
         self.lock().vm_gone = true;
         self.changed.notify_all();

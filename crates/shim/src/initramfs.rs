@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use cpio::newc::{self, Builder};
 
 /// What the VM's kernel runs first (`rdinit=`): loads the virtio-pci and vsock modules of
-/// the base archive, mounts the kernel's file systems (devpts too, for terminals) and
-/// becomes vessel-agent.
+/// the base archive, mounts the kernel's file systems (devpts too, for terminals), with
+/// `vessel.volumes` on the command line loads fuse and virtiofs and mounts the share of
+/// host directories ([`agent::protocol::VOLUMES_TAG`] at [`agent::protocol::VOLUMES_DIR`]),
+/// and becomes vessel-agent.
 pub const INIT_PATH: &str = "/sbin/vessel-init";
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -26,6 +28,19 @@ while read -r m; do
         virtio|virtio_ring|virtio_pci*|vsock|vmw_vsock_virtio_transport*) insmod "/lib/modules/$m" ;;
     esac
 done < /etc/modules.order
+# Host directories bound into containers: the VM's virtio-fs share of them (the host says
+# so on the command line), mounted where the agent binds them from.
+case " $(cat /proc/cmdline) " in
+*" vessel.volumes "*)
+    while read -r m; do insmod "/lib/modules/fs/$m"; done < /etc/modules.fs
+    mkdir -p /run/vessel-volumes
+    tries=0
+    until mount -t virtiofs vessel-volumes /run/vessel-volumes; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 100 ]; then echo "vessel-init: no virtio-fs share of volumes" >&2; break; fi
+        sleep 0.1
+    done ;;
+esac
 exec /sbin/vessel-agent
 "#;
 /// Where the container's root is in the guest (vessel-agent's `/rootfs`).
@@ -174,6 +189,17 @@ impl<W: Write> Archive<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_mounts_the_share_the_host_and_the_agent_name() {
+        let mount = format!(
+            "mount -t virtiofs {} {}",
+            agent::protocol::VOLUMES_TAG,
+            agent::protocol::VOLUMES_DIR
+        );
+        assert!(INIT.contains(&mount), "{INIT}");
+        assert!(INIT.contains("\" vessel.volumes \""));
+    }
 
     #[test]
     fn the_archive_holds_init_agent_and_the_root_and_cpio_reads_it() {

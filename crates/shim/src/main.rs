@@ -14,6 +14,7 @@ mod service;
 mod stats;
 mod stream;
 mod vm;
+mod volumes;
 
 fn main() {
     let config = containerd_shim::Config {

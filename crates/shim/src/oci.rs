@@ -126,6 +126,9 @@ pub struct BundleSpec {
     /// The container's root on the host (the bundle's `root.path`).
     pub root: PathBuf,
     pub pod: PodRole,
+    /// The host directories the container binds, in the order of their
+    /// [`agent::protocol::VOLUME`] mounts' sources (`<id>/<n>`).
+    pub volumes: Vec<crate::volumes::Volume>,
 }
 
 /// The CRI's annotation saying whether a container is a pod's sandbox or one of its
@@ -178,8 +181,8 @@ pub fn sandbox_id(bundle: &Path) -> Option<String> {
     agent::protocol::valid_id(&id).then_some(id)
 }
 
-/// Reads and checks `bundle/config.json`.
-pub fn load(bundle: &Path) -> Result<BundleSpec, SpecError> {
+/// Reads and checks `bundle/config.json`, the spec of container `id`.
+pub fn load(bundle: &Path, id: &str) -> Result<BundleSpec, SpecError> {
     let path = bundle.join("config.json");
     let file = std::fs::File::open(&path).map_err(|e| SpecError::Read(path.clone(), e))?;
     let size = file
@@ -191,7 +194,7 @@ pub fn load(bundle: &Path) -> Result<BundleSpec, SpecError> {
     }
     let spec: Spec = serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| SpecError::Parse(path.clone(), e))?;
-    let mut bundle_spec = convert(spec)?;
+    let mut bundle_spec = convert(spec, id)?;
     bundle_spec.root = bundle.join(&bundle_spec.root);
     Ok(bundle_spec)
 }
@@ -201,7 +204,7 @@ fn unsupported(what: impl Into<String>) -> SpecError {
 }
 
 /// The checks no whitelist can make, then the agent's view of the spec.
-fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
+fn convert(spec: Spec, id: &str) -> Result<BundleSpec, SpecError> {
     if spec
         .hooks
         .as_ref()
@@ -217,7 +220,11 @@ fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
         .ok_or_else(|| unsupported("no process to run"))?;
     let process = process_spec(process)?;
     let root = spec.root.ok_or_else(|| unsupported("no root"))?;
-    let mounts::Converted { mounts, files } = mounts::convert(spec.mounts)?;
+    let mounts::Converted {
+        mounts,
+        files,
+        volumes,
+    } = mounts::convert(spec.mounts, id)?;
     let linux = spec.linux;
     let limits = resources::limits(linux.as_ref().and_then(|l| l.resources.as_ref()))?;
     let (masked_paths, readonly_paths) = linux
@@ -238,6 +245,7 @@ fn convert(spec: Spec) -> Result<BundleSpec, SpecError> {
         container,
         root: PathBuf::from(root.path),
         pod,
+        volumes,
     })
 }
 

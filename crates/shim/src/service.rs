@@ -113,8 +113,8 @@ impl Service {
             stderr: req.stderr.clone(),
         };
         let bundle = std::path::Path::new(&req.bundle);
-        let spec = crate::oci::load(bundle).map_err(|e| to_rpc(e.into()))?;
         let (id, rootfs) = (req.id.as_str(), req.rootfs.as_slice());
+        let spec = crate::oci::load(bundle, id).map_err(|e| to_rpc(e.into()))?;
         if let PodRole::Member { sandbox } = &spec.pod {
             let sandbox = self.container(sandbox).map_err(|_| {
                 let message = format!("pod sandbox {sandbox} is not in this shim");

@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent::protocol::{Limits, AGENT_PORT};
+use agent::protocol::{Limits, AGENT_PORT, VOLUMES_TAG};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::ShimConfig;
 use crate::initramfs::INIT_PATH;
+use crate::volumes::{self, Volume, VolumeError};
 
 /// The guest's vsock context ID: vessel's vsock is a Unix-socket device, so CIDs need not
 /// differ between VMs.
@@ -62,6 +63,8 @@ pub enum VmError {
     EndedEarly { status: String, log: String },
     #[error("the VM's agent did not connect within {0:?}")]
     Timeout(Duration),
+    #[error("share host directories with the VM: {0}")]
+    Volumes(#[from] VolumeError),
 }
 
 /// The files of one VM: in the bundle directory, but for the vsock sockets, which are in
@@ -73,11 +76,15 @@ pub struct VmFiles {
     pub agent_listener: PathBuf,
     pub console_log: PathBuf,
     pub pid_file: PathBuf,
+    /// The VM's virtio-fs share of host directories ([`crate::volumes`]), beside the
+    /// sockets.
+    pub volumes: PathBuf,
 }
 
 impl VmFiles {
     pub fn in_dir(dir: &Path) -> Self {
-        let name = format!("{:016x}.vsock", fnv1a(dir.as_os_str().as_encoded_bytes()));
+        let key = dir.as_os_str().as_encoded_bytes();
+        let name = format!("{:016x}.vsock", fnv1a(key));
         let uds = Path::new(SOCKET_DIR).join(name);
         VmFiles {
             initramfs: dir.join("vm-initramfs.cpio"),
@@ -85,6 +92,7 @@ impl VmFiles {
             uds,
             console_log: dir.join("vm-console.log"),
             pid_file: dir.join("vessel.pid"),
+            volumes: Path::new(SOCKET_DIR).join(format!("{:016x}.volumes", fnv1a(key))),
         }
     }
 
@@ -98,6 +106,7 @@ impl VmFiles {
         ] {
             let _ = std::fs::remove_file(f);
         }
+        volumes::remove(&self.volumes);
     }
 }
 
@@ -117,11 +126,13 @@ pub struct Vm {
 
 impl Vm {
     /// Starts the VM, sized for `limits` ([`size`]); the agent connects later
-    /// ([`Vm::accept_agent`]).
+    /// ([`Vm::accept_agent`]). With `share`, (a container's id, its volumes), the VM gets a
+    /// virtio-fs share of host directories, those already bound in it.
     pub fn boot(
         config: &ShimConfig,
         files: VmFiles,
         limits: Option<&Limits>,
+        share: Option<(&str, &[Volume])>,
     ) -> Result<Vm, VmError> {
         let (memory_mib, cpus) = size(config, limits, ShimConfig::nested_host());
         if files.uds.as_os_str().len() > MAX_UDS {
@@ -139,9 +150,18 @@ impl Vm {
         let log2 = log
             .try_clone()
             .map_err(|e| VmError::Io(files.console_log.clone(), e))?;
-        let cmdline = format!("{} rdinit={INIT_PATH}", config.kernel_cmdline());
-        let child = Command::new(&config.vessel)
-            .arg("run")
+        let mut cmdline = format!("{} rdinit={INIT_PATH}", config.kernel_cmdline());
+        let mut vmm = Command::new(&config.vessel);
+        vmm.arg("run");
+        if let Some((id, binds)) = share {
+            volumes::prepare(&files.volumes)?;
+            volumes::bind_all(&files.volumes, id, binds)?;
+            let mut share = files.volumes.clone().into_os_string();
+            share.push(format!(":{VOLUMES_TAG}"));
+            vmm.arg("--share").arg(share);
+            cmdline.push_str(" vessel.volumes");
+        }
+        let child = vmm
             .arg("--kernel")
             .arg(&config.kernel)
             .arg("--initrd")

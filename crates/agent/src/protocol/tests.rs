@@ -25,6 +25,7 @@ fn container() -> ContainerSpec {
             destination: "/proc".into(),
             fstype: "proc".into(),
             options: vec!["nosuid".into()],
+            source: None,
         }],
         masked_paths: vec!["/proc/kcore".into()],
         readonly_paths: vec!["/proc/sys".into()],
@@ -203,6 +204,15 @@ fn container_specs_are_validated() {
         (|c| c.mounts[0].fstype = "ext4".into(), "mount type"),
         (|c| c.mounts[0].fstype = "bind".into(), "mount type"),
         (|c| c.mounts[0].options.push("a\0".into()), "NUL"),
+        (|c| c.mounts[0].source = Some("c1/0".into()), "with source"),
+        (|c| c.mounts[0].fstype = VOLUME.into(), "with source"),
+        (
+            |c| {
+                c.mounts[0].fstype = VOLUME.into();
+                c.mounts[0].source = Some("../0".into());
+            },
+            "with source",
+        ),
         (|c| c.hostname = Some("h".repeat(65)), "hostname"),
         (|c| c.process.args.clear(), "args is empty"),
     ];
@@ -299,4 +309,25 @@ fn limits_the_kernel_cannot_take_are_refused() {
         c.limits = bad;
         assert!(c.validate().is_err(), "{:?}", c.limits);
     }
+}
+
+#[test]
+fn volume_sources_are_a_container_id_and_a_number_only() {
+    for good in ["c1/0", "abc-_.9/12", "x/9999"] {
+        assert!(valid_volume_source(good), "{good}");
+    }
+    for bad in [
+        "", "c1", "c1/", "/0", "../0", "./0", "c1/0/x", "c1/a", "c1/12345", "c 1/0", "c1/-1",
+        "c1/../0",
+    ] {
+        assert!(!valid_volume_source(bad), "{bad}");
+    }
+    let mut c = container();
+    c.mounts[0] = MountSpec {
+        destination: "/data".into(),
+        fstype: VOLUME.into(),
+        options: vec!["rbind".into(), "ro".into()],
+        source: Some("c1/0".into()),
+    };
+    c.validate().unwrap();
 }

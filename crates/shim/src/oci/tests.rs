@@ -15,7 +15,7 @@ fn ctr_spec() -> serde_json::Value {
 fn load_value(spec: &serde_json::Value) -> Result<BundleSpec, SpecError> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
-    load(dir.path())
+    load(dir.path(), "c1")
 }
 
 #[test]
@@ -73,10 +73,10 @@ fn unsupported_values_get_clear_errors() {
         (
             |s| {
                 s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
-                    {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]}
+                    {"destination": "/data", "type": "bind", "source": "/dev/null", "options": ["rbind"]}
                 ))
             },
-            "binds of host directories",
+            "binds of anything else",
         ),
         (
             |s| s["process"]["args"] = serde_json::json!([]),
@@ -106,10 +106,13 @@ fn unsupported_values_get_clear_errors() {
 #[test]
 fn a_huge_or_missing_config_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(load(dir.path()), Err(SpecError::Read(..))));
+    assert!(matches!(load(dir.path(), "c1"), Err(SpecError::Read(..))));
     let f = std::fs::File::create(dir.path().join("config.json")).unwrap();
     f.set_len(MAX_SPEC + 1).unwrap();
-    assert!(matches!(load(dir.path()), Err(SpecError::TooLarge(_))));
+    assert!(matches!(
+        load(dir.path(), "c1"),
+        Err(SpecError::TooLarge(_))
+    ));
 }
 
 /// A change that breaks a valid value, and what the error must say.

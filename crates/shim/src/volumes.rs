@@ -1,0 +1,210 @@
+//! Host directories bound into containers (OCI binds of directories: Kubernetes volumes,
+//! `ctr run --mount type=bind`) reach the VM through one virtio-fs share per VM, as Kata
+//! Containers shares them.
+//!
+//! The share is a directory of the shim's ([`crate::vm::VmFiles::volumes`]) bound over
+//! itself and made a shared mount before the VM starts. Each container's directories are
+//! bound under it as `<container>/<n>`; virtiofsd's mount namespace is a slave of the
+//! share, so binds made while the VM runs (a pod's later containers) reach it too. A
+//! read-only bind is made read-only in a staging place first and bound from there: a bind
+//! copies the read-only flag, and so does its propagation into virtiofsd's namespace,
+//! where a remount after the fact would not reach. The guest's agent binds
+//! `/run/vessel-volumes/<container>/<n>` into the container.
+//!
+//! Removal unmounts (lazily) and then removes empty directories only: a bind that did not
+//! go away leaves its directory in place rather than anything under it being deleted.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Errors sharing host directories with the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("create {0}: {1}")]
+    Mkdir(PathBuf, std::io::Error),
+    #[error("bind {from} at {to}: {source}")]
+    Bind {
+        from: PathBuf,
+        to: PathBuf,
+        source: nix::Error,
+    },
+    #[error("bind of {0}: not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0} is not mounted: the VM has no share of host directories")]
+    NoShare(PathBuf),
+}
+
+/// A host directory a container binds: where it is on the host, whether read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub readonly: bool,
+}
+
+/// The name of a container's `n`th volume in the share (what the agent is sent).
+pub fn source_name(container: &str, n: usize) -> String {
+    format!("{container}/{n}")
+}
+
+fn mkdir(path: &Path) -> Result<(), VolumeError> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(path)
+        .map_err(|e| VolumeError::Mkdir(path.to_path_buf(), e))
+}
+
+fn bind_error(from: &Path, to: &Path) -> impl FnOnce(nix::Error) -> VolumeError {
+    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    move |source| VolumeError::Bind { from, to, source }
+}
+
+fn bind(from: &Path, to: &Path) -> Result<(), VolumeError> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(from), to, None::<&str>, flags, None::<&str>).map_err(bind_error(from, to))
+}
+
+fn remount_read_only(at: &Path) -> Result<(), VolumeError> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(None::<&str>, at, None::<&str>, flags, None::<&str>).map_err(bind_error(at, at))
+}
+
+/// Makes `share` (created if missing) a shared mount of its own, ready for the VM's
+/// virtiofsd: binds made under it later reach virtiofsd's namespace.
+pub fn prepare(share: &Path) -> Result<(), VolumeError> {
+    mkdir(share)?;
+    bind(share, share)?;
+    let shared = MsFlags::MS_SHARED;
+    let made = mount(None::<&str>, share, None::<&str>, shared, None::<&str>);
+    if let Err(e) = made.map_err(bind_error(share, share)) {
+        remove(share);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Binds `container`'s `volumes` into `share` as `<container>/<n>`; on an error the binds
+/// made so far are undone.
+pub fn bind_all(share: &Path, container: &str, volumes: &[Volume]) -> Result<(), VolumeError> {
+    if !volumes.is_empty() && !mount_points().iter().any(|m| m == share) {
+        return Err(VolumeError::NoShare(share.to_path_buf()));
+    }
+    for (n, volume) in volumes.iter().enumerate() {
+        if let Err(e) = bind_one(share, container, n, volume) {
+            unbind_all(share, container);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn bind_one(share: &Path, container: &str, n: usize, volume: &Volume) -> Result<(), VolumeError> {
+    if !volume.host.is_dir() {
+        return Err(VolumeError::NotADirectory(volume.host.clone()));
+    }
+    let to = share.join(source_name(container, n));
+    mkdir(&to)?;
+    if !volume.readonly {
+        return bind(&volume.host, &to);
+    }
+    let staging = staging_dir(share).join(source_name(container, n));
+    mkdir(&staging)?;
+    let bound = bind(&volume.host, &staging)
+        .and_then(|()| remount_read_only(&staging))
+        .and_then(|()| bind(&staging, &to));
+    unmount_and_prune(&staging_dir(share));
+    bound
+}
+
+/// Where read-only binds are made before they go into the share: beside it, not in it.
+fn staging_dir(share: &Path) -> PathBuf {
+    let mut name = share.as_os_str().to_os_string();
+    name.push(".staging");
+    PathBuf::from(name)
+}
+
+/// Undoes [`bind_all`] for `container` (what is not there is fine).
+pub fn unbind_all(share: &Path, container: &str) {
+    unmount_and_prune(&share.join(container));
+}
+
+/// Unmounts the share with everything bound in it and removes its directories.
+pub fn remove(share: &Path) {
+    unmount_and_prune(share);
+    unmount_and_prune(&staging_dir(share));
+}
+
+/// Lazily unmounts every mount at or under `dir` (deepest first), then removes the empty
+/// directories there, `dir` too. Never removes a file.
+fn unmount_and_prune(dir: &Path) {
+    let mut mounted: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounted.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in &mounted {
+        // Several mounts may be stacked on one place (a self-bind, say): detach them all.
+        while umount2(m.as_path(), MntFlags::MNT_DETACH).is_ok() {}
+    }
+    let still_mounted: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    prune_empty_dirs(dir, &still_mounted);
+}
+
+/// The mount points of this process's namespace (`/proc/self/mountinfo`'s fifth field,
+/// with its octal escapes undone).
+fn mount_points() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .collect()
+}
+
+/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes `dir` and the directories under it that are empty once their own empty
+/// directories are gone; never enters or removes one of `mounted` (a bind that stayed:
+/// what is there is the host's), nor follows a symbolic link.
+fn prune_empty_dirs(dir: &Path, mounted: &[PathBuf]) {
+    if mounted.iter().any(|m| m == dir) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            prune_empty_dirs(&entry.path(), mounted);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests;
