@@ -61,6 +61,11 @@ memory_mib = 256
 cpus = 1
 CONF
 log "installed in $PREFIX, configuration $CONFIG"
+# Volumes (binds of host directories) and every pod's VM use virtio-fs: vessel runs
+# virtiofsd ($VESSEL_VIRTIOFSD, else on containerd's PATH, else /usr/libexec/virtiofsd).
+if [ -z "${VESSEL_VIRTIOFSD:-}" ] && ! command -v virtiofsd >/dev/null && [ ! -x /usr/libexec/virtiofsd ]; then
+    log "warning: no virtiofsd: pods and containers with volumes will not start until it is installed (cargo install virtiofsd)"
+fi
 [ "$CONFIG" = /etc/vessel/containerd-shim.toml ] || log "containerd must run with VESSEL_SHIM_CONFIG=$CONFIG in its environment"
 cat <<'SNIPPET'
 # Add to containerd's config.toml (version = 2), then restart containerd. A runtimes table
