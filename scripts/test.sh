@@ -22,7 +22,9 @@ done
 # inventory are checked with ansible-core's ansible-playbook, the vagrant-vessel plugin with
 # Debian's vagrant; tests/nested/containerd.rs runs containers under Debian's containerd 1.6 with
 # vessel's runtime; the tests' CRI client (tests/common/cri.rs, crate k8s-cri) is generated
-# from the CRI's protobuf definitions by protoc at build time.
+# from the CRI's protobuf definitions by protoc at build time; its pod network is the CNI
+# bridge plugin's (containernetworking-plugins), which vessel's shim joins with iproute2's
+# ip and tc under nsenter.
 TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-io:qemu-utils
        iasl:acpica-tools ip:iproute2 passt:passt curl:curl tar:tar file:file
        qemu-system-x86_64:qemu-system-x86 debugfs:e2fsprogs mke2fs:e2fsprogs python3:python3
@@ -30,7 +32,8 @@ TOOLS="gcc:gcc make:make ld:binutils objcopy:binutils qemu-img:qemu-utils qemu-i
        sha256sum:coreutils sgdisk:gdisk sfdisk:fdisk truncate:coreutils fsck.vfat:dosfstools mdir:mtools mcopy:mtools blkid:util-linux
        ssh-keygen:openssh-client ssh:openssh-client scp:openssh-client sshd:openssh-server mmdebstrap:mmdebstrap cloud-init:cloud-init
        ansible-playbook:ansible-core vagrant:vagrant rsync:rsync
-       pip3:python3-pip containerd:containerd ctr:containerd protoc:protobuf-compiler"
+       pip3:python3-pip containerd:containerd ctr:containerd protoc:protobuf-compiler
+       /usr/lib/cni/bridge:containernetworking-plugins nsenter:util-linux tc:iproute2"
 static_busybox() { file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; }
 
 missing_packages() {

@@ -53,7 +53,8 @@ pub const PAUSE_IMAGE: &str = "docker.io/library/vessel-pause:latest";
 /// plugin without its TCP service, with [`PAUSE_IMAGE`] for sandboxes, no OOM score below
 /// containerd's own (the sandbox's -998 needs CAP_SYS_RESOURCE, which the test machines'
 /// root lacks), pods' network namespaces under its state directory rather than /run/netns,
-/// CNI configurations only from `d/cni` (none: pods run on the host's network), and
+/// CNI configurations only from `d/cni` (none unless a test writes one:
+/// [`Containerd::use_cni_bridge`]) with Debian's plugins, and
 /// vessel's runtime as the `vessel` runtime handler beside the default `runc` (a runtimes
 /// table replaces containerd's built-in one, so runc's is named again).
 ///
@@ -79,6 +80,7 @@ restrict_oom_score_adj = true
 netns_mounts_under_state_dir = true
 [plugins."io.containerd.grpc.v1.cri".cni]
 conf_dir = "{d}/cni"
+bin_dir = "/usr/lib/cni"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
 runtime_type = "io.containerd.runc.v2"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
@@ -117,6 +119,11 @@ fn install_runtime(d: &Path, guest_dir: &Path) {
         String::from_utf8_lossy(&install.stderr)
     );
 }
+
+/// The bridge of [`Containerd::use_cni_bridge`]'s network.
+pub const CNI_BRIDGE: &str = "vslcni0";
+/// The host's address on it (the pods' gateway).
+pub const CNI_GATEWAY: &str = "10.244.77.1";
 
 /// A running private containerd; killed and its directory removed on drop.
 pub struct Containerd {
@@ -186,6 +193,31 @@ impl Containerd {
             .join("io.containerd.runtime.v2.task")
             .join(namespace)
             .join(id)
+    }
+
+    /// Gives pods with a network of their own the CNI bridge plugin's network: bridge
+    /// [`CNI_BRIDGE`] with the host at [`CNI_GATEWAY`] and the pods in its /24; the bridge
+    /// is removed on drop.
+    pub fn use_cni_bridge(&self) {
+        let d = self.dir.path();
+        std::fs::create_dir_all(d.join("cni")).unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "vessel-test",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": CNI_BRIDGE,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": format!("{CNI_GATEWAY}/24"), "gateway": CNI_GATEWAY}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": d.join("cni-ipam"),
+                },
+            }],
+        });
+        std::fs::write(d.join("cni/10-vessel-test.conflist"), conf.to_string()).unwrap();
     }
 
     /// The socket of containerd's gRPC services, the CRI's among them.
@@ -333,6 +365,11 @@ impl Drop for Containerd {
         // containerd's own mounts (none are left by a clean run), so the removal works.
         for m in mounts_under(self.dir.path()) {
             let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        if self.dir.path().join("cni/10-vessel-test.conflist").exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", CNI_BRIDGE])
+                .status();
         }
     }
 }

@@ -219,8 +219,9 @@ fn bridged_ticks_go_on(ticks: &mpsc::Receiver<u64>, seen: &mut Vec<u64>, more: u
 }
 
 #[test]
-#[ignore = "stalls intermittently on kvm_pvm before any move (the guest's kernel loops in \
-            __get_user_8 from rseq, docs/migration.md; 2 of the last 3 runs here); run with \
+#[ignore = "25-30 minutes where ring 0 is emulated (a boot, then a suspend, a resume and a \
+            migration, each followed by the guest's reconnect): a fourth Debian boot is more \
+            than CI's budget holds next to the others; run with \
             `cargo test --test nested -- --ignored across_moves`"]
 fn debian_guest_counts_on_through_suspend_resume_and_a_migration() {
     let _bridge = HostBridge::create();

@@ -4,15 +4,20 @@
 //! kvm_pvm hosts) and the pod's container runs in that same VM: its `/proc/1/comm` is the
 //! guest's vessel-agent, its kernel the guest's, the sandbox's pause process is among its
 //! processes, and one VMM runs for the pod. ExecSync's output and exit status, StopContainer's
-//! SIGTERM, and the pod's end leave nothing behind.
+//! SIGTERM, and the pod's end leave nothing behind. The pod has a network of its own (the
+//! CNI bridge plugin's): the host reaches a listener in the container at the pod's address
+//! and the container reaches the host at its gateway. A host directory bound into the
+//! container (a volume) is read and written through the VM's virtio-fs share.
 //! Skipped, saying why, only where containerd is not installed (scripts/test.sh installs it).
 //! Not in CI's run (`#[ignore]`): on kvm_pvm it takes as long as the longest test there.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::common::containerd::{
     containerd_with_the_debian_guest, mounts_under, processes_mentioning, vm_sockets_of,
-    Containerd, CRI_NAMESPACE,
+    Containerd, CNI_GATEWAY, CRI_NAMESPACE,
 };
 use crate::common::cri::{container_config, Cri};
 
@@ -41,13 +46,14 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         return;
     };
     ctd.import_cri_images(IMAGE);
+    ctd.use_cni_bridge();
     let cri = Cri::connect(&ctd.socket())
         .unwrap()
         .with_timeout(BOOT_TIMEOUT);
 
     let started = Instant::now();
     let pod = cri
-        .run_pod_sandbox("pod1", "uid-pod1", "default", "vessel", true)
+        .run_pod_sandbox("pod1", "uid-pod1", "default", "vessel", false)
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\ncontainerd:\n{}", ctd.log()));
     eprintln!("RunPodSandbox (the VM's boot) took {:?}", started.elapsed());
     let cri = cri.with_timeout(START_TIMEOUT);
@@ -55,7 +61,11 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     // the running pod VM's share.
     let volume = tempfile::tempdir().unwrap();
     std::fs::write(volume.path().join("f"), "from the host\n").unwrap();
-    let command = ["sh", "-c", "echo started; exec sleep 600"];
+    let command = [
+        "sh",
+        "-c",
+        "nc -l -p 8080 -e echo from-the-pod & echo started; exec sleep 600",
+    ];
     let mut config = container_config("app", IMAGE, &command, &pod.config);
     config.mounts.push(k8s_cri::v1::Mount {
         container_path: "/data".into(),
@@ -112,6 +122,7 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     let written = std::fs::read_to_string(volume.path().join("from-guest")).unwrap_or_default();
     assert_eq!(written, "written\n", "the guest's write reached the host");
     stats_and_update(&cri, &app);
+    pod_network(&cri, &pod.id, &app);
 
     cri.stop_container(&app, Duration::from_secs(30)).unwrap();
     let status = cri.container_status(&app).unwrap();
@@ -126,6 +137,52 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
 
     assert_nothing_left(&ctd, &pod.id, &app);
     assert!(volume.path().join("from-guest").is_file() && volume.path().join("f").is_file());
+}
+
+/// The pod's address (from PodSandboxStatus) reaches the container's listener from the
+/// host, and the container reaches a host listener at the pod network's gateway.
+fn pod_network(cri: &Cri, pod: &str, app: &str) {
+    let status = cri.pod_sandbox_status(pod).unwrap();
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with("10.244.77."), "the pod's address: {ip:?}");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let greeting = loop {
+        let tried =
+            TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), START_TIMEOUT)
+                .and_then(|s| {
+                    s.set_read_timeout(Some(START_TIMEOUT))?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line).map(|_| line)
+                });
+        match tried {
+            Ok(line) if !line.is_empty() => break line,
+            _ if Instant::now() > deadline => panic!("no answer from {ip}:8080: {tried:?}"),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    };
+    assert_eq!(greeting, "from-the-pod\n");
+    let listener = TcpListener::bind(format!("{CNI_GATEWAY}:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heard = std::thread::spawn(move || {
+        let (mut s, from) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = s.write_all(b"bye\n");
+        (line, from.ip().to_string())
+    });
+    let script = format!("echo from-the-guest | nc -w 60 {CNI_GATEWAY} {port}");
+    let (code, out, err) = cri
+        .exec_sync(app, &["sh", "-c", &script], START_TIMEOUT)
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let (line, from) = heard.join().unwrap();
+    assert_eq!(
+        (line.as_str(), from.as_str()),
+        ("from-the-guest\n", ip.as_str())
+    );
 }
 
 /// ContainerStats come from the guest (a working set above 0), and UpdateContainerResources

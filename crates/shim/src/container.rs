@@ -21,9 +21,10 @@ use crate::config::ShimConfig;
 use crate::exec::ExecProcess;
 use crate::initramfs::{self, InitramfsError};
 use crate::oci::{BundleSpec, PodRole, SpecError};
+use crate::podnet::{self, PodNetError, PodNic};
 use crate::rootfs::{MountedRoot, RootfsError};
 use crate::stream;
-use crate::vm::{Vm, VmError, VmFiles};
+use crate::vm::{BootExtras, Vm, VmError, VmFiles};
 use crate::volumes;
 
 /// How long the VM has to power off after the process exits before it is killed.
@@ -42,6 +43,8 @@ pub enum ContainerError {
     Initramfs(#[from] InitramfsError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("the pod's network: {0}")]
+    PodNet(#[from] PodNetError),
     #[error("the agent: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("the agent could not start the process: {0}")]
@@ -141,10 +144,26 @@ pub struct Container {
     place: Place,
 }
 
+/// The pod's interface in `netns` with the VM's tap connected to it, if the spec names a
+/// network namespace with one (the CNI's, for a pod's sandbox).
+fn connect_pod_network(netns: Option<&Path>) -> Result<Option<(PathBuf, PodNic)>, PodNetError> {
+    let Some(netns) = netns else {
+        return Ok(None);
+    };
+    let Some(nic) = podnet::discover(netns)? else {
+        tracing::info!("{}: no interface with an address: no NIC", netns.display());
+        return Ok(None);
+    };
+    podnet::connect(netns, &nic)?;
+    tracing::info!("{}: the VM joins {nic:?}", netns.display());
+    Ok(Some((netns.to_path_buf(), nic)))
+}
+
 /// Where a container's process runs.
 enum Place {
-    /// In a VM of its own, kept in the state (a lone container, or a pod's sandbox).
-    OwnVm,
+    /// In a VM of its own, kept in the state (a lone container, or a pod's sandbox), with
+    /// the pod's network it joined.
+    OwnVm { net: Option<(PathBuf, PodNic)> },
     /// In its pod's sandbox's VM; its root goes there from this tar archive at Start.
     Pod {
         sandbox: Arc<Container>,
@@ -182,10 +201,20 @@ impl Container {
         // A pod's VM always gets the share: its later containers' volumes go there.
         let share = !spec.volumes.is_empty() || spec.pod == PodRole::Sandbox;
         let share = share.then_some((id, spec.volumes.as_slice()));
-        let vm = Vm::boot(config, files.clone(), limits, share).inspect_err(|_| files.remove())?;
+        let net = connect_pod_network(spec.netns.as_deref()).inspect_err(|_| files.remove())?;
+        let extras = BootExtras {
+            share,
+            net: net.as_ref().map(|(ns, nic)| (ns.as_path(), nic)),
+        };
+        let vm = Vm::boot(config, files.clone(), limits, extras).inspect_err(|_| {
+            files.remove();
+            if let Some((netns, nic)) = &net {
+                podnet::disconnect(netns, nic);
+            }
+        })?;
         tracing::info!("container {id}: vessel {} boots its VM", vm.pid());
         let pid = vm.pid();
-        let at = (bundle, pid, Some(vm), Place::OwnVm);
+        let at = (bundle, pid, Some(vm), Place::OwnVm { net });
         Ok(Container::new(id, at, spec, stdio))
     }
 
@@ -248,7 +277,7 @@ impl Container {
 
     /// Whether this container boots a VM of its own (a pod's sandbox, or a lone one).
     pub fn owns_vm(&self) -> bool {
-        matches!(self.place, Place::OwnVm)
+        matches!(self.place, Place::OwnVm { .. })
     }
 
     /// The container whose VM this one runs in (itself, or its pod's sandbox): the
@@ -256,7 +285,7 @@ impl Container {
     /// one at a time.
     pub(crate) fn vm_owner(&self) -> &Container {
         match &self.place {
-            Place::OwnVm => self,
+            Place::OwnVm { .. } => self,
             Place::Pod { sandbox, .. } => sandbox,
         }
     }
@@ -303,7 +332,7 @@ impl Container {
             )));
         }
         let started = match &self.place {
-            Place::OwnVm => self.start_in_own_vm(boot_timeout),
+            Place::OwnVm { .. } => self.start_in_own_vm(boot_timeout),
             Place::Pod { sandbox, root_tar } => crate::pod::start_in(self, sandbox, root_tar),
         };
         let mut state = self.lock();
@@ -467,6 +496,12 @@ impl Container {
         };
         if let Some(vm) = vm {
             vm.stop(POWER_OFF_GRACE);
+        }
+        if let Place::OwnVm {
+            net: Some((netns, nic)),
+        } = &self.place
+        {
+            podnet::disconnect(netns, nic);
         }
         if let Place::Pod { root_tar, sandbox } = &self.place {
             let _ = std::fs::remove_file(root_tar);

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use cpio::newc::{self, Builder};
 
 /// What the VM's kernel runs first (`rdinit=`): loads the virtio-pci and vsock modules of
-/// the base archive, mounts the kernel's file systems (devpts too, for terminals), with
+/// the base archive (and virtio-net's, configuring the NIC of `vessel.net=` as the host
+/// read the pod's network: [`crate::podnet`]), mounts the kernel's file systems (devpts
+/// too, for terminals), with
 /// `vessel.volumes` on the command line loads fuse and virtiofs and mounts the share of
 /// host directories ([`agent::protocol::VOLUMES_TAG`] at [`agent::protocol::VOLUMES_DIR`]),
 /// and becomes vessel-agent.
@@ -23,11 +25,35 @@ mount -t devtmpfs devtmpfs /dev
 # The agent opens processes' terminals through /dev/ptmx, which needs devpts at /dev/pts.
 mkdir -p /dev/pts
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+# The pod's network, when the host connected one: vessel.net=MAC,ADDRESS/PREFIX,GATEWAY,MTU.
+net=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in vessel.net=*) net=${arg#vessel.net=} ;; esac
+done
 while read -r m; do
     case "${m%.ko}" in
         virtio|virtio_ring|virtio_pci*|vsock|vmw_vsock_virtio_transport*) insmod "/lib/modules/$m" ;;
+        failover|net_failover|virtio_net) [ -z "$net" ] || insmod "/lib/modules/$m" ;;
     esac
 done < /etc/modules.order
+if [ -n "$net" ]; then
+    IFS=, read -r mac address gateway mtu <<NET
+$net
+NET
+    ip() { /bin/busybox ip "$@"; }
+    ip link set dev lo up
+    dev=
+    for d in /sys/class/net/*; do
+        [ "$(cat "$d/address")" = "$mac" ] && dev=${d##*/}
+    done
+    if [ -n "$dev" ]; then
+        ip link set dev "$dev" mtu "$mtu" up
+        ip addr add "$address" dev "$dev"
+        [ -z "$gateway" ] || ip route add default via "$gateway" dev "$dev"
+    else
+        echo "vessel-init: no NIC with MAC $mac" >&2
+    fi
+fi
 # Host directories bound into containers: the VM's virtio-fs share of them (the host says
 # so on the command line), mounted where the agent binds them from.
 case " $(cat /proc/cmdline) " in

@@ -9,6 +9,7 @@ mod exec;
 mod initramfs;
 mod oci;
 mod pod;
+mod podnet;
 mod rootfs;
 mod service;
 mod stats;

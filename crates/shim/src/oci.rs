@@ -3,7 +3,8 @@
 //!
 //! Parsing is a whitelist: an unknown field anywhere is an error naming it. Accepted but not
 //! applied inside the guest (the VM is the isolation boundary; docs/kubernetes.md):
-//! `process.capabilities`, `linux.namespaces`, `linux.cgroupsPath` and
+//! `process.capabilities`, `linux.namespaces` (but a pod sandbox's network namespace,
+//! which its VM's NIC joins: [`crate::podnet`]), `linux.cgroupsPath` and
 //! `linux.resources.devices`.
 
 use std::collections::HashMap;
@@ -108,7 +109,6 @@ struct Mount {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Linux {
-    #[allow(dead_code)]
     namespaces: Option<Value>,
     resources: Option<resources::Resources>,
     #[allow(dead_code)]
@@ -129,6 +129,9 @@ pub struct BundleSpec {
     /// The host directories the container binds, in the order of their
     /// [`agent::protocol::VOLUME`] mounts' sources (`<id>/<n>`).
     pub volumes: Vec<crate::volumes::Volume>,
+    /// The network namespace the spec names (`linux.namespaces`, type `network`, with a
+    /// path): a pod's, which the CNI plugins set up.
+    pub netns: Option<PathBuf>,
 }
 
 /// The CRI's annotation saying whether a container is a pod's sandbox or one of its
@@ -199,6 +202,29 @@ pub fn load(bundle: &Path, id: &str) -> Result<BundleSpec, SpecError> {
     Ok(bundle_spec)
 }
 
+/// The path of the `network` namespace in `linux.namespaces` (none: a new one, or the
+/// host's; either way the VM gets no NIC).
+fn network_namespace(namespaces: Option<&Value>) -> Result<Option<PathBuf>, SpecError> {
+    let Some(list) = namespaces else {
+        return Ok(None);
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| unsupported("linux.namespaces is not a list"))?;
+    let network = list
+        .iter()
+        .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"));
+    match network.and_then(|ns| ns.get("path")) {
+        None => Ok(None),
+        Some(Value::String(p)) if Path::new(p).is_absolute() && !p.contains('\0') => {
+            Ok(Some(PathBuf::from(p)))
+        }
+        Some(other) => Err(unsupported(format!(
+            "network namespace path {other} (an absolute path)"
+        ))),
+    }
+}
+
 fn unsupported(what: impl Into<String>) -> SpecError {
     SpecError::Unsupported(what.into())
 }
@@ -226,6 +252,7 @@ fn convert(spec: Spec, id: &str) -> Result<BundleSpec, SpecError> {
         volumes,
     } = mounts::convert(spec.mounts, id)?;
     let linux = spec.linux;
+    let netns = network_namespace(linux.as_ref().and_then(|l| l.namespaces.as_ref()))?;
     let limits = resources::limits(linux.as_ref().and_then(|l| l.resources.as_ref()))?;
     let (masked_paths, readonly_paths) = linux
         .map(|l| (l.masked_paths, l.readonly_paths))
@@ -246,6 +273,7 @@ fn convert(spec: Spec, id: &str) -> Result<BundleSpec, SpecError> {
         root: PathBuf::from(root.path),
         pod,
         volumes,
+        netns,
     })
 }
 

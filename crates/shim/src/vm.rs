@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 use crate::config::ShimConfig;
 use crate::initramfs::INIT_PATH;
+use crate::podnet::PodNic;
 use crate::volumes::{self, Volume, VolumeError};
 
 /// The guest's vsock context ID: vessel's vsock is a Unix-socket device, so CIDs need not
@@ -117,6 +118,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// What a VM may get besides its size: a share of host directories, a pod's network.
+#[derive(Default, Clone, Copy)]
+pub struct BootExtras<'a> {
+    /// (the container's id, its volumes).
+    pub share: Option<(&'a str, &'a [Volume])>,
+    /// (the pod's network namespace, its interface, already [`crate::podnet::connect`]ed).
+    pub net: Option<(&'a Path, &'a PodNic)>,
+}
+
 /// A running `vessel run`.
 pub struct Vm {
     child: Child,
@@ -126,13 +136,15 @@ pub struct Vm {
 
 impl Vm {
     /// Starts the VM, sized for `limits` ([`size`]); the agent connects later
-    /// ([`Vm::accept_agent`]). With `share`, (a container's id, its volumes), the VM gets a
-    /// virtio-fs share of host directories, those already bound in it.
+    /// ([`Vm::accept_agent`]). With `extras.share`, (a container's id, its volumes), the VM
+    /// gets a virtio-fs share of host directories, those already bound in it; with
+    /// `extras.net`, (a network namespace, its connected pod interface), vessel runs in that
+    /// namespace with a NIC on its tap.
     pub fn boot(
         config: &ShimConfig,
         files: VmFiles,
         limits: Option<&Limits>,
-        share: Option<(&str, &[Volume])>,
+        extras: BootExtras<'_>,
     ) -> Result<Vm, VmError> {
         let (memory_mib, cpus) = size(config, limits, ShimConfig::nested_host());
         if files.uds.as_os_str().len() > MAX_UDS {
@@ -151,9 +163,24 @@ impl Vm {
             .try_clone()
             .map_err(|e| VmError::Io(files.console_log.clone(), e))?;
         let mut cmdline = format!("{} rdinit={INIT_PATH}", config.kernel_cmdline());
-        let mut vmm = Command::new(&config.vessel);
-        vmm.arg("run");
-        if let Some((id, binds)) = share {
+        let mut vmm = match extras.net {
+            Some((netns, nic)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg(&config.vessel)
+                    .arg("run")
+                    .args(["--nic", &nic.nic_arg()]);
+                cmdline.push(' ');
+                cmdline.push_str(&nic.kernel_arg());
+                c
+            }
+            None => {
+                let mut c = Command::new(&config.vessel);
+                c.arg("run");
+                c
+            }
+        };
+        if let Some((id, binds)) = extras.share {
             volumes::prepare(&files.volumes)?;
             volumes::bind_all(&files.volumes, id, binds)?;
             let mut share = files.volumes.clone().into_os_string();

@@ -202,7 +202,11 @@ fn the_specs_containerds_cri_writes_are_accepted() {
     spec["root"]["readonly"] = true.into();
     spec["process"]["oomScoreAdj"] = serde_json::json!(-998);
     spec["linux"]["cgroupsPath"] = "/k8s.io/abc".into();
-    spec["linux"]["namespaces"] = serde_json::json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}]);
+    spec["linux"]["namespaces"] = serde_json::json!([
+        {"type": "ipc", "path": "/proc/1/ns/ipc"},
+        {"type": "network", "path": "/run/netns/cni-1234"},
+        {"type": "mount"}
+    ]);
     spec["annotations"] = serde_json::json!({CONTAINER_TYPE: "sandbox", SANDBOX_ID: "abc"});
     let mounts = spec["mounts"].as_array_mut().unwrap();
     mounts.push(
@@ -224,4 +228,26 @@ fn the_specs_containerds_cri_writes_are_accepted() {
     assert_eq!(b.container.files[0].destination, "/etc/resolv.conf");
     assert!(b.container.files[0].readonly);
     assert_eq!(b.pod, PodRole::Sandbox);
+    assert_eq!(b.netns.as_deref(), Some(Path::new("/run/netns/cni-1234")));
+}
+
+#[test]
+fn a_network_namespace_is_a_path_or_none() {
+    let with = |namespaces: serde_json::Value| {
+        let mut spec = ctr_spec();
+        spec["linux"]["namespaces"] = namespaces;
+        load_value(&spec).map(|b| b.netns)
+    };
+    assert_eq!(
+        with(serde_json::json!([{"type": "network"}])).unwrap(),
+        None
+    );
+    assert_eq!(with(serde_json::json!([])).unwrap(), None);
+    for bad in [
+        serde_json::json!([{"type": "network", "path": "relative"}]),
+        serde_json::json!([{"type": "network", "path": 5}]),
+        serde_json::json!({"type": "network"}),
+    ] {
+        assert!(with(bad.clone()).is_err(), "{bad}");
+    }
 }
