@@ -130,7 +130,7 @@ fn parse(links: &str, routes: &str) -> Result<Option<PodNic>, String> {
     let mut found = links.into_iter().filter_map(|link| {
         let inet = link.addr_info.iter().find(|a| a.family == "inet")?;
         let address = inet.local.parse::<Ipv4Addr>().ok()?;
-        (link.link_type == "ether" && link.ifname != TAP).then(|| (link, address))
+        (link.link_type == "ether" && link.ifname != TAP).then_some((link, address))
     });
     let Some((link, address)) = found.next() else {
         return Ok(None);
