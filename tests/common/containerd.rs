@@ -124,6 +124,8 @@ fn install_runtime(d: &Path, guest_dir: &Path) {
 pub const CNI_BRIDGE: &str = "vslcni0";
 /// The host's address on it (the pods' gateway).
 pub const CNI_GATEWAY: &str = "10.244.77.1";
+/// The pods' network.
+pub const CNI_SUBNET: &str = "10.244.77.0/24";
 
 /// A running private containerd; killed and its directory removed on drop.
 pub struct Containerd {
@@ -196,7 +198,7 @@ impl Containerd {
     }
 
     /// Gives pods with a network of their own the CNI bridge plugin's network: bridge
-    /// [`CNI_BRIDGE`] with the host at [`CNI_GATEWAY`] and the pods in its /24; the bridge
+    /// [`CNI_BRIDGE`] with the host at [`CNI_GATEWAY`] and the pods in [`CNI_SUBNET`]; the bridge
     /// is removed on drop.
     pub fn use_cni_bridge(&self) {
         let d = self.dir.path();
@@ -211,7 +213,7 @@ impl Containerd {
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": format!("{CNI_GATEWAY}/24"), "gateway": CNI_GATEWAY}]],
+                    "ranges": [[{"subnet": CNI_SUBNET, "gateway": CNI_GATEWAY}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": d.join("cni-ipam"),
                 },
