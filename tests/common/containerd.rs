@@ -376,10 +376,11 @@ impl Drop for Containerd {
     }
 }
 
-/// The vsock sockets and the share of host directories (with its staging place) vessel's
+/// The vsock sockets and the share of host directories (with its working and staging
+/// places) vessel's
 /// shim keeps for the VM of `bundle`: named after the FNV-1a hash of the bundle's path in
 /// /run/vessel-shim, as crates/shim/src/vm.rs names them.
-pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 4] {
+pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 5] {
     let hash = bundle
         .as_os_str()
         .as_encoded_bytes()
@@ -393,6 +394,7 @@ pub fn vm_sockets_of(bundle: &Path) -> [PathBuf; 4] {
         PathBuf::from(&uds),
         PathBuf::from(format!("{uds}_1024")),
         PathBuf::from(format!("{volumes}.staging")),
+        PathBuf::from(format!("{volumes}.d")),
         PathBuf::from(volumes),
     ]
 }

@@ -2,10 +2,12 @@
 //! `ctr run --mount type=bind`) reach the VM through one virtio-fs share per VM, as Kata
 //! Containers shares them.
 //!
-//! The share is a directory of the shim's ([`crate::vm::VmFiles::volumes`]) bound over
-//! itself and made a shared mount before the VM starts. Each container's directories are
-//! bound under it as `<container>/<n>`; virtiofsd's mount namespace is a slave of the
-//! share, so binds made while the VM runs (a pod's later containers) reach it too. A
+//! The share ([`crate::vm::VmFiles::volumes`]) is a read-only bind of a working directory
+//! beside it (`….d`), which is bound over itself and made a shared mount before the VM
+//! starts: the guest cannot create anything in the share's root. Each container's
+//! directories are bound in the working directory as `<container>/<n>`, which propagates
+//! them into the share (its peer) and into virtiofsd's mount namespace (a slave of it), so
+//! binds made while the VM runs (a pod's later containers) reach the guest too. A
 //! read-only bind is made read-only in a staging place first and bound from there: a bind
 //! copies the read-only flag, and so does its propagation into virtiofsd's namespace,
 //! where a remount after the fact would not reach. The guest's agent binds
@@ -71,24 +73,50 @@ fn remount_read_only(at: &Path) -> Result<(), VolumeError> {
     mount(None::<&str>, at, None::<&str>, flags, None::<&str>).map_err(bind_error(at, at))
 }
 
-/// Makes `share` (created if missing) a shared mount of its own, ready for the VM's
-/// virtiofsd: binds made under it later reach virtiofsd's namespace.
+/// Prepares `share` for the VM's virtiofsd: a read-only view of a working directory beside
+/// it (a shared mount of its own, where the shim binds volumes), so that binds made there
+/// later reach virtiofsd's namespace while the guest can create nothing in the share's
+/// root (on the host's /run).
 pub fn prepare(share: &Path) -> Result<(), VolumeError> {
+    let work = work_dir(share);
+    mkdir(&work)?;
     mkdir(share)?;
-    bind(share, share)?;
     let shared = MsFlags::MS_SHARED;
-    let made = mount(None::<&str>, share, None::<&str>, shared, None::<&str>);
-    if let Err(e) = made.map_err(bind_error(share, share)) {
+    let made = bind(&work, &work)
+        .and_then(|()| {
+            mount(None::<&str>, &work, None::<&str>, shared, None::<&str>)
+                .map_err(bind_error(&work, &work))
+        })
+        .and_then(|()| bind(&work, share))
+        .and_then(|()| remount_read_only(share));
+    if made.is_err() {
         remove(share);
-        return Err(e);
     }
-    Ok(())
+    made
+}
+
+/// Where the shim makes its binds: beside the share, which is a read-only view of it.
+fn work_dir(share: &Path) -> PathBuf {
+    beside(share, ".d")
+}
+
+/// Where read-only binds are made before they go into the share: beside it, not in it.
+fn staging_dir(share: &Path) -> PathBuf {
+    beside(share, ".staging")
+}
+
+fn beside(share: &Path, suffix: &str) -> PathBuf {
+    let mut name = share.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Binds `container`'s `volumes` into `share` as `<container>/<n>`; on an error the binds
 /// made so far are undone.
 pub fn bind_all(share: &Path, container: &str, volumes: &[Volume]) -> Result<(), VolumeError> {
-    if !volumes.is_empty() && !mount_points().iter().any(|m| m == share) {
+    let mounted = mount_points();
+    let prepared = [share.to_path_buf(), work_dir(share)];
+    if !volumes.is_empty() && !prepared.iter().all(|p| mounted.contains(p)) {
         return Err(VolumeError::NoShare(share.to_path_buf()));
     }
     for (n, volume) in volumes.iter().enumerate() {
@@ -104,7 +132,7 @@ fn bind_one(share: &Path, container: &str, n: usize, volume: &Volume) -> Result<
     if !volume.host.is_dir() {
         return Err(VolumeError::NotADirectory(volume.host.clone()));
     }
-    let to = share.join(source_name(container, n));
+    let to = work_dir(share).join(source_name(container, n));
     mkdir(&to)?;
     if !volume.readonly {
         return bind(&volume.host, &to);
@@ -118,21 +146,15 @@ fn bind_one(share: &Path, container: &str, n: usize, volume: &Volume) -> Result<
     bound
 }
 
-/// Where read-only binds are made before they go into the share: beside it, not in it.
-fn staging_dir(share: &Path) -> PathBuf {
-    let mut name = share.as_os_str().to_os_string();
-    name.push(".staging");
-    PathBuf::from(name)
-}
-
 /// Undoes [`bind_all`] for `container` (what is not there is fine).
 pub fn unbind_all(share: &Path, container: &str) {
-    unmount_and_prune(&share.join(container));
+    unmount_and_prune(&work_dir(share).join(container));
 }
 
 /// Unmounts the share with everything bound in it and removes its directories.
 pub fn remove(share: &Path) {
     unmount_and_prune(share);
+    unmount_and_prune(&work_dir(share));
     unmount_and_prune(&staging_dir(share));
 }
 

@@ -65,12 +65,18 @@ fn binds_are_writable_or_read_only_and_removal_leaves_the_hosts_files() {
     let err = std::fs::write(share.join("c1/1/new"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(!staging_dir(&share).exists());
+    // The guest's view has a read-only root: nothing lands on the host's /run.
+    let err = std::fs::create_dir(share.join("c2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::write(share.join("c1/junk"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 
     unbind_all(&share, "c1");
     assert!(!share.join("c1").exists());
     assert!(is_mounted(&share));
     remove(&share);
     assert!(!share.exists() && !is_mounted(&share));
+    assert!(!work_dir(&share).exists() && !is_mounted(&work_dir(&share)));
     for host in [&rw, &ro] {
         assert!(host.path().join("f").is_file() && host.path().join("empty").is_dir());
         assert!(host.path().join("sub/g").is_file());
@@ -96,7 +102,7 @@ fn a_bind_that_is_not_a_directory_is_refused_and_undoes_the_others() {
             readonly: false,
         },
     ];
-    let err = bind_all(&share.join("elsewhere"), "c1", &volumes).unwrap_err();
+    let err = bind_all(&base.path().join("elsewhere"), "c1", &volumes).unwrap_err();
     assert!(matches!(err, VolumeError::NoShare(_)), "{err}");
     let err = bind_all(&share, "c1", &volumes).unwrap_err();
     assert!(matches!(err, VolumeError::NotADirectory(_)), "{err}");
