@@ -11,3 +11,4 @@ pub mod pod;
 pub mod process;
 pub mod protocol;
 pub mod session;
+pub mod teardown;

@@ -39,9 +39,10 @@ pub(crate) fn start(id: String, spec: ContainerSpec, context: &ExecContext) {
         if let Err(e) = run(&id, &spec, places, &connect, &members) {
             println!("vessel-agent: container {id}: {e}");
         }
-        // The container's root lives in the guest's memory: give it back.
+        // The container's root lives in the guest's memory: give it back, without
+        // following its mounts (volumes are the host's directories).
         if let Some(dir) = root.parent() {
-            let _ = std::fs::remove_dir_all(dir);
+            crate::teardown::remove_container_dir(dir);
         }
     });
 }

@@ -19,6 +19,7 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use agent::teardown::mount_points;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Errors sharing host directories with the VM.
@@ -175,39 +176,6 @@ fn unmount_and_prune(dir: &Path) {
         .filter(|m| m.starts_with(dir))
         .collect();
     prune_empty_dirs(dir, &still_mounted);
-}
-
-/// The mount points of this process's namespace (`/proc/self/mountinfo`'s fifth field,
-/// with its octal escapes undone).
-fn mount_points() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .collect()
-}
-
-/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes `dir` and the directories under it that are empty once their own empty
