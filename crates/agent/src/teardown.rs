@@ -52,8 +52,9 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Detaches the mounts at or under `dir`, deepest first (stacked ones all).
-fn unmount_under(dir: &Path) {
+/// Detaches the mounts at or under `dir`, deepest first (stacked ones all: a self-bind,
+/// say).
+pub fn unmount_under(dir: &Path) {
     let mut mounted: Vec<PathBuf> = mount_points()
         .into_iter()
         .filter(|m| m.starts_with(dir))

@@ -19,8 +19,8 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use agent::teardown::mount_points;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use agent::teardown::{mount_points, unmount_under};
+use nix::mount::{mount, MsFlags};
 
 /// Errors sharing host directories with the VM.
 #[derive(Debug, thiserror::Error)]
@@ -162,15 +162,7 @@ pub fn remove(share: &Path) {
 /// Lazily unmounts every mount at or under `dir` (deepest first), then removes the empty
 /// directories there, `dir` too. Never removes a file.
 fn unmount_and_prune(dir: &Path) {
-    let mut mounted: Vec<PathBuf> = mount_points()
-        .into_iter()
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    mounted.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    for m in &mounted {
-        // Several mounts may be stacked on one place (a self-bind, say): detach them all.
-        while umount2(m.as_path(), MntFlags::MNT_DETACH).is_ok() {}
-    }
+    unmount_under(dir);
     let still_mounted: Vec<PathBuf> = mount_points()
         .into_iter()
         .filter(|m| m.starts_with(dir))
