@@ -24,6 +24,13 @@ fn host_dir() -> tempfile::TempDir {
     dir
 }
 
+fn volume(host: &Path, readonly: bool) -> Volume {
+    Volume {
+        host: host.to_path_buf(),
+        readonly,
+    }
+}
+
 fn is_mounted(path: &Path) -> bool {
     mount_points().iter().any(|m| m == path)
 }
@@ -37,16 +44,7 @@ fn binds_are_writable_or_read_only_and_removal_leaves_the_hosts_files() {
     let share = base.path().join("share");
     let (rw, ro) = (host_dir(), host_dir());
     prepare(&share).unwrap();
-    let volumes = [
-        Volume {
-            host: rw.path().into(),
-            readonly: false,
-        },
-        Volume {
-            host: ro.path().into(),
-            readonly: true,
-        },
-    ];
+    let volumes = [volume(rw.path(), false), volume(ro.path(), true)];
     bind_all(&share, "c1", &volumes).unwrap();
     assert_eq!(
         std::fs::read_to_string(share.join("c1/0/sub/g")).unwrap(),
@@ -85,14 +83,8 @@ fn a_bind_that_is_not_a_directory_is_refused_and_undoes_the_others() {
     let host = host_dir();
     prepare(&share).unwrap();
     let volumes = [
-        Volume {
-            host: host.path().into(),
-            readonly: true,
-        },
-        Volume {
-            host: host.path().join("f"),
-            readonly: false,
-        },
+        volume(host.path(), true),
+        volume(&host.path().join("f"), false),
     ];
     let err = bind_all(&base.path().join("elsewhere"), "c1", &volumes).unwrap_err();
     assert!(matches!(err, VolumeError::NoShare(_)), "{err}");
@@ -133,16 +125,7 @@ fn binds_made_later_reach_a_slave_namespace_with_their_read_only_flag() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
-    let volumes = [
-        Volume {
-            host: host.path().into(),
-            readonly: false,
-        },
-        Volume {
-            host: host.path().into(),
-            readonly: true,
-        },
-    ];
+    let volumes = [volume(host.path(), false), volume(host.path(), true)];
     bind_all(&share, "c1", &volumes).unwrap();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
