@@ -18,7 +18,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" --bin vessel
+cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" --bin vessel --bin vessel-vmm
 VESSEL=$CARGO_TARGET_DIR/release/vessel
 command -v qemu-img >/dev/null || { echo "qemu-img not found (apt install qemu-utils)"; exit 1; }
 

@@ -37,7 +37,7 @@ done
 command -v qemu-system-x86_64 >/dev/null || { echo "apt-get install qemu-system-x86" >&2; exit 1; }
 command -v ssh >/dev/null || { echo "apt-get install openssh-client" >&2; exit 1; }
 if [ -z "${VESSEL:-}" ]; then
-    cargo build --release -q --bin vessel --manifest-path "$ROOT/Cargo.toml"
+    cargo build --release -q --bin vessel --bin vessel-vmm --manifest-path "$ROOT/Cargo.toml"
     VESSEL=${CARGO_TARGET_DIR:-$ROOT/target}/release/vessel
 fi
 DIR=${VESSEL_BENCH_DIR:-$ROOT/target/bench-image-ssh}

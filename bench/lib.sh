@@ -8,7 +8,7 @@ vessel_release() {
         echo "$VESSEL"
         return
     fi
-    cargo build --release --manifest-path "$1/Cargo.toml" --bin vessel >&2
+    cargo build --release --manifest-path "$1/Cargo.toml" --bin vessel --bin vessel-vmm >&2
     echo "${CARGO_TARGET_DIR:-$1/target}/release/vessel"
 }
 

@@ -14,7 +14,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 command -v qemu-system-x86_64 >/dev/null || { echo "apt-get install qemu-system-x86" >&2; exit 1; }
 GUEST=${VESSEL_GUEST_DIR:-$ROOT/guest}
 OUT=$GUEST "$ROOT/scripts/make-guest.sh"
-cargo build --release -q --bin vessel --manifest-path "$ROOT/Cargo.toml"
+cargo build --release -q --bin vessel --bin vessel-vmm --manifest-path "$ROOT/Cargo.toml"
 VESSEL=$CARGO_TARGET_DIR/release/vessel
 CMDLINE=$(sed '/^#/d' "$ROOT/scripts/nested-host.cmdline" | tr '\n' ' ')
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/nested-boot.XXXXXX")

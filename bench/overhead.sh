@@ -12,7 +12,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get install -y -qq qemu-system-x86 >/dev/null
 fi
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel >&2
+cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel --bin vessel-vmm >&2
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 python3 "$ROOT/bench/tiny_pvh.py" "$TMP/idle-pvh" --idle
 python3 "$ROOT/bench/overhead.py" "$ROOT/target/release/vessel" "$(command -v qemu-system-x86_64)" \

@@ -24,7 +24,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 command -v qemu-system-x86_64 >/dev/null || { echo "apt-get install qemu-system-x86" >&2; exit 1; }
 "$ROOT/scripts/make-guest.sh"
 GUEST=${VESSEL_GUEST_DIR:-$ROOT/guest}
-cargo build --release -q --bin vessel --manifest-path "$ROOT/Cargo.toml"
+cargo build --release -q --bin vessel --bin vessel-vmm --manifest-path "$ROOT/Cargo.toml"
 VESSEL=$CARGO_TARGET_DIR/release/vessel
 # Not tmpfs: the image lives on a real file system as users' images do.
 DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vhost-user-bench.XXXXXX")

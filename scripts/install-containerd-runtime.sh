@@ -2,7 +2,7 @@
 # install-containerd-runtime.sh - build and install vessel's containerd runtime
 # (io.containerd.vessel.v2, docs/kubernetes.md):
 #   $PREFIX/bin/containerd-shim-vessel-v2   the shim (containerd finds it on its PATH)
-#   $PREFIX/bin/vessel                      the VMM (or the binary $VESSEL names)
+#   $PREFIX/bin/vessel, vessel-vmm          the VMM (or the binaries $VESSEL names, and vessel-vmm next to it)
 #   $PREFIX/lib/vessel/vmlinux              Debian's cloud kernel, ELF (scripts/make-guest.sh)
 #   $PREFIX/lib/vessel/initramfs.cpio       busybox + virtio/vsock modules (make-guest.sh's
 #                                           initramfs-nested.cpio)
@@ -31,7 +31,7 @@ cargo build "${flags[@]}" --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARG
     -p shim --bin containerd-shim-vessel-v2
 if [ -z "${VESSEL:-}" ]; then
     log "building vessel ($PROFILE)"
-    cargo build "${flags[@]}" --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" --bin vessel
+    cargo build "${flags[@]}" --manifest-path "$ROOT/Cargo.toml" --target-dir "$TARGET" --bin vessel --bin vessel-vmm
     VESSEL=$TARGET/$dir/vessel
 fi
 # Static, on the gnu target (no musl target needed); --target keeps the flag off build
@@ -47,7 +47,11 @@ OUT=$GUEST_DIR "$ROOT/scripts/make-guest.sh"
 LIB=$PREFIX/lib/vessel
 mkdir -p "$PREFIX/bin" "$LIB" "$(dirname "$CONFIG")"
 install -m 755 "$TARGET/$dir/containerd-shim-vessel-v2" "$PREFIX/bin/containerd-shim-vessel-v2"
+# vessel runs each VM with vessel-vmm, which it finds next to itself.
+VESSEL_VMM=$(dirname "$VESSEL")/vessel-vmm
+[ -x "$VESSEL_VMM" ] || { echo "$VESSEL_VMM is missing (vessel-vmm is installed next to vessel)" >&2; exit 1; }
 [ "$(realpath "$VESSEL")" = "$(realpath -m "$PREFIX/bin/vessel")" ] || install -m 755 "$VESSEL" "$PREFIX/bin/vessel"
+[ "$(realpath "$VESSEL_VMM")" = "$(realpath -m "$PREFIX/bin/vessel-vmm")" ] || install -m 755 "$VESSEL_VMM" "$PREFIX/bin/vessel-vmm"
 install -m 644 "$GUEST_DIR/vmlinux" "$LIB/vmlinux"
 install -m 644 "$GUEST_DIR/initramfs-nested.cpio" "$LIB/initramfs.cpio"
 install -m 755 "$AGENT" "$LIB/vessel-agent"

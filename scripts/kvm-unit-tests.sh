@@ -53,7 +53,7 @@ fi
 
 if [ -z "${VESSEL:-}" ]; then
     VESSEL=$ROOT/target/debug/vessel
-    [ -x "$VESSEL" ] || (cd "$ROOT" && cargo build --quiet) || die "cannot build vessel"
+    [ -x "$VESSEL" ] && [ -x "$ROOT/target/debug/vessel-vmm" ] || (cd "$ROOT" && cargo build --quiet) || die "cannot build vessel"
 fi
 [ -x "$VESSEL" ] || die "no vessel binary at $VESSEL"
 if [ $with_qemu = 1 ]; then

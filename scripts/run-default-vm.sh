@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
 "$ROOT/scripts/make-guest.sh"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel
+cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin vessel --bin vessel-vmm
 VESSEL=${CARGO_TARGET_DIR:-$ROOT/target}/release/vessel
 if [ -d /sys/module/kvm_pvm ] && [ -s "$ROOT/guest/vmlinux" ]; then
     echo "run-default-vm: /dev/kvm is kvm_pvm (software nested KVM): booting the nested-host" \

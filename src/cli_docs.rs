@@ -9,7 +9,7 @@ use clap::CommandFactory;
 
 /// Write the completion script for `shell` on stdout.
 pub fn completions(shell: clap_complete::Shell) -> Result<i32> {
-    let mut cmd = crate::Cli::command();
+    let mut cmd = crate::cli::Cli::command();
     clap_complete::generate(shell, &mut cmd, "vessel", &mut std::io::stdout());
     Ok(0)
 }
@@ -18,7 +18,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<i32> {
 /// prints the files written.
 pub fn man(dir: &Path) -> Result<i32> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut cmd = crate::Cli::command();
+    let mut cmd = crate::cli::Cli::command();
     cmd.build();
     let mut written = Vec::new();
     write_pages(&cmd, dir, &mut written)?;
@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn every_argument_of_every_command_has_help() {
-        let mut cmd = crate::Cli::command();
+        let mut cmd = crate::cli::Cli::command();
         cmd.build();
         let mut missing = Vec::new();
         args_without_help(&cmd, "vessel", &mut missing);
@@ -79,6 +79,6 @@ mod tests {
 
     #[test]
     fn the_command_tree_is_consistent() {
-        crate::Cli::command().debug_assert();
+        crate::cli::Cli::command().debug_assert();
     }
 }

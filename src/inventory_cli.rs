@@ -118,7 +118,7 @@ fn list(hosts: &[Host]) -> Value {
 }
 
 /// One INI inventory line for a host.
-pub fn ini_line(name: &str, t: &Target) -> String {
+pub(crate) fn ini_line(name: &str, t: &Target) -> String {
     format!(
         "{name} ansible_host=127.0.0.1 ansible_port={} ansible_user={} ansible_ssh_private_key_file={} ansible_ssh_common_args={:?}",
         t.port,

@@ -1,101 +1,11 @@
 //! vessel: a virtual machine monitor on KVM.
 
-mod api_balloon;
-mod api_client;
-mod api_devices;
-mod api_forwards;
-mod api_mode;
-mod balloon_def;
-mod cli_docs;
-mod confinement;
-mod disk_cli;
-mod disk_formats;
-mod exit;
-mod fork_cli;
-mod image_boot;
-mod image_cli;
-mod image_run;
-mod image_vm;
-mod incoming_cli;
-mod inventory_cli;
-mod jail_cli;
-mod logging;
-mod manage_cli;
-mod memory_cli;
-mod migrate_cli;
-mod ova;
-mod project_cli;
-mod provision_cli;
-mod provision_def;
-mod run_cli;
-mod share_def;
-mod size;
-mod snapshot_cli;
-mod snapshot_merge;
-mod snapshot_tree;
-mod ssh_cli;
-mod ssh_tunnel;
-mod state;
-mod suspend_cli;
-mod vhost_user_cli;
-mod vm_archive;
-mod vm_create;
-mod vm_forwards;
-mod vm_list;
-mod vm_ports;
-mod vm_set;
-mod vmdef;
-mod vmdef_checks;
-mod vmdef_rates;
-
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "vessel", version, about = "A KVM virtual machine monitor")]
-struct Cli {
-    /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel); for the
-    /// commands that manage VMs.
-    #[arg(long, global = true, value_name = "DIR")]
-    state_dir: Option<std::path::PathBuf>,
-    /// The most verbose messages of the VMM written to stderr (a started VM's vmm.log).
-    #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
-    log_level: logging::LogLevel,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Boot a guest kernel in the foreground, console on stdio.
-    Run(run_cli::RunArgs),
-    /// Work with disk images (raw, qcow2, vdi, vhd, vmdk, vhdx).
-    #[command(subcommand)]
-    Disk(disk_cli::DiskCommand),
-    #[command(flatten)]
-    Manage(manage_cli::ManageCommand),
-    /// Disk images VMs boot from: build, import, ls, rm.
-    #[command(subcommand)]
-    Image(image_cli::ImageCommand),
-    /// Disk snapshots of powered-off VMs: take, ls, restore, rm.
-    #[command(subcommand)]
-    Snapshot(snapshot_cli::SnapshotCommand),
-    /// Serve a disk to another VMM (QEMU...) as a vhost-user-blk backend.
-    VhostUserBlk(vhost_user_cli::BlkArgs),
-    /// Serve a network interface to another VMM (QEMU...) as a vhost-user-net backend.
-    VhostUserNet(vhost_user_cli::NetArgs),
-    /// List the VMs of every state directory vessel created VMs in (Vagrant's global-status).
-    GlobalStatus(project_cli::GlobalStatusArgs),
-    /// Print a shell completion script (e.g. `vessel completions bash > /etc/bash_completion.d/vessel`).
-    Completions {
-        /// The shell: bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages, one per command (vessel.1, vessel-run.1, vessel-disk-create.1...).
-    Man {
-        /// The directory to write them into (made when missing).
-        dir: std::path::PathBuf,
-    },
-}
+use clap::Parser;
+use vessel::cli::{Cli, Command};
+use vessel::{
+    cli_docs, disk_cli, exit, image_cli, logging, manage_cli, project_cli, run_cli, snapshot_cli,
+    vhost_user_cli, vmm_exe,
+};
 
 fn main() {
     let cli = Cli::parse();
@@ -109,7 +19,8 @@ fn main() {
     }
     logging::init(cli.log_level);
     let code = match cli.command {
-        Command::Run(args) => run_cli::run(args),
+        Command::Run(args) if args.uses_image() => run_cli::run_image(args),
+        Command::Run(_) | Command::Manage(manage_cli::ManageCommand::Vmm(_)) => exec_vmm(),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
         Command::VhostUserNet(args) => vhost_user_cli::run_net(args),
         Command::Manage(cmd) => exit::finish(manage_cli::run(cli.state_dir, cmd)),
@@ -121,4 +32,11 @@ fn main() {
         Command::Man { dir } => exit::finish(cli_docs::man(&dir)),
     };
     std::process::exit(code);
+}
+
+/// Hands a VM to `vessel-vmm` (same arguments, same process); returns only on failure.
+fn exec_vmm() -> i32 {
+    let e = vmm_exe::exec_with_own_args();
+    eprintln!("vessel: error: {e:#}");
+    exit::HOST_ERROR
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::state::{self, StateDir, VmDir, VmState};
 use crate::vmdef::VmDefinition;
@@ -182,18 +182,33 @@ pub enum ManageCommand {
         /// The definition file (TOML, docs/vm-definition.md).
         file: PathBuf,
     },
-    /// Run a defined VM in this process (what `start` runs in the background).
+    /// Run a defined VM in this process (what `start` runs in the background, through
+    /// `vessel-vmm`).
     #[command(hide = true)]
-    Vmm {
-        /// The VM to run.
-        name: String,
-        /// Wait for the VM on this migration URL instead of booting it.
-        #[arg(long)]
-        incoming: Option<String>,
-        /// With --incoming: write the disks the sender streams into the definition's.
-        #[arg(long, requires = "incoming")]
-        copy_storage: bool,
-    },
+    Vmm(VmmArgs),
+}
+
+/// The arguments of `vmm`: which defined VM to run, and how it starts.
+#[derive(Debug, Args)]
+pub struct VmmArgs {
+    /// The VM to run.
+    pub name: String,
+    /// Wait for the VM on this migration URL instead of booting it.
+    #[arg(long)]
+    pub incoming: Option<String>,
+    /// With --incoming: write the disks the sender streams into the definition's.
+    #[arg(long, requires = "incoming")]
+    pub copy_storage: bool,
+}
+
+/// `vmm NAME`: runs the defined VM in this process (in `vessel-vmm`).
+pub fn run_defined(state_dir: Option<PathBuf>, args: VmmArgs) -> Result<i32> {
+    let state = StateDir::new(state_dir)?;
+    let incoming = args.incoming.map(|url| crate::incoming_cli::Incoming {
+        url,
+        copy_storage: args.copy_storage,
+    });
+    vmm_process(&state, &args.name, incoming.as_ref())
 }
 
 pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
@@ -261,14 +276,9 @@ pub fn run(state_dir: Option<PathBuf>, cmd: ManageCommand) -> Result<i32> {
         ManageCommand::Cp(args) => crate::ssh_cli::cp(&state, args),
         ManageCommand::SshConfig(args) => crate::ssh_cli::ssh_config(&state, args),
         ManageCommand::Rm { name, keep_disks } => rm(&state, &name, keep_disks),
-        ManageCommand::Vmm {
-            name,
-            incoming,
-            copy_storage,
-        } => {
-            let incoming = incoming.map(|url| crate::incoming_cli::Incoming { url, copy_storage });
-            vmm_process(&state, &name, incoming.as_ref())
-        }
+        ManageCommand::Vmm(_) => Err(crate::exit::usage(
+            "vmm is run by vessel-vmm (vessel starts it)".to_string(),
+        )),
         ManageCommand::Fork { src, dst, json } => {
             crate::fork_cli::fork(&state, &src, &dst, json)?;
             crate::project_cli::register_state_dir(&state)?;
@@ -381,7 +391,7 @@ pub(crate) fn spawn_vmm(
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let log = std::fs::File::create(vm.path(state::VMM_LOG))?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::vmm_exe::path()?;
     let ready_fd = write_end.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg("--state-dir").arg(&state.root);

@@ -273,7 +273,20 @@ fn is_input_error(e: &VmError) -> bool {
     )
 }
 
+impl RunArgs {
+    /// Whether the VM boots a disk image (`--image`), which `vessel` prepares itself.
+    pub fn uses_image(&self) -> bool {
+        self.image.is_some()
+    }
+}
+
+/// `vessel-vmm run`: boots one VM in this process (with --api-sock, once the API has
+/// configured it; with --incoming, as a migration brings it).
 pub fn run(args: RunArgs) -> i32 {
+    if args.image.is_some() {
+        eprintln!("vessel-vmm: error: --image is prepared by `vessel run`");
+        return EXIT_USAGE;
+    }
     if let Err(e) = crate::confinement::set_policy(&args.confine) {
         eprintln!("vessel: error: {e:#}");
         return EXIT_USAGE;
@@ -295,33 +308,45 @@ pub fn run(args: RunArgs) -> i32 {
             args.mmds_size_limit,
         );
     }
-    let mut args = args;
-    if args.disk_size.is_some() && args.image.is_none() {
+    if args.disk_size.is_some() {
         eprintln!("vessel: error: --disk-size is only for --image");
         return EXIT_USAGE;
     }
-    // Kept until the VM ends: the run directory of --image goes with it.
-    let _image_run = match &args.image {
-        Some(spec) => match crate::image_run::prepare(spec, args.disk_size, &args.cmdline_append) {
-            Ok(run) => {
-                args.kernel = Some(run.kernel.clone());
-                args.initrd = run.initrd.clone();
-                args.cmdline = run.cmdline.clone();
-                args.disks.insert(0, overlay_disk(&run.overlay));
-                Some(run)
-            }
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                return EXIT_USAGE;
-            }
-        },
-        None => {
-            if !args.cmdline_append.trim().is_empty() {
-                args.cmdline = format!("{} {}", args.cmdline, args.cmdline_append.trim());
-            }
-            None
+    let mut args = args;
+    if !args.cmdline_append.trim().is_empty() {
+        args.cmdline = format!("{} {}", args.cmdline, args.cmdline_append.trim());
+    }
+    run_prepared(args, &[])
+}
+
+/// `vessel run --image` (in `vessel`, not `vessel-vmm`): makes the image's run directory,
+/// which goes when the VM ends, so the VM runs in this process.
+pub fn run_image(mut args: RunArgs) -> i32 {
+    if let Err(e) = crate::confinement::set_policy(&args.confine) {
+        eprintln!("vessel: error: {e:#}");
+        return EXIT_USAGE;
+    }
+    let Some(spec) = args.image.take() else {
+        eprintln!("vessel: error: run_image needs --image");
+        return EXIT_USAGE;
+    };
+    let image_run = match crate::image_run::prepare(&spec, args.disk_size, &args.cmdline_append) {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("vessel: error: {e:#}");
+            return EXIT_USAGE;
         }
     };
+    args.kernel = Some(image_run.kernel.clone());
+    args.initrd = image_run.initrd.clone();
+    args.cmdline = image_run.cmdline.clone();
+    args.disks.insert(0, overlay_disk(&image_run.overlay));
+    run_prepared(args, &[image_run.dir.as_path()])
+}
+
+/// Checks the boot files, builds the VM's configuration and runs it (in a jail when
+/// asked); `extra` are directories the confined VMM may still use.
+fn run_prepared(args: RunArgs, extra: &[&std::path::Path]) -> i32 {
     let Some(kernel) = args.kernel else {
         eprintln!("vessel: error: --kernel is required");
         return EXIT_USAGE;
@@ -368,8 +393,7 @@ pub fn run(args: RunArgs) -> i32 {
     if args.jail.dir.is_some() {
         return crate::jail_cli::run(&args.jail, cfg);
     }
-    let extra: Vec<&std::path::Path> = _image_run.iter().map(|r| r.dir.as_path()).collect();
-    boot(&cfg, &extra)
+    boot(&cfg, extra)
 }
 
 /// Create the VM, confine the process (landlock rules: the VM's files plus `extra` dirs)

@@ -280,6 +280,9 @@ pub fn console_tail(path: &Path) -> String {
     String::from_utf8_lossy(tail).into_owned()
 }
 
+/// The names (`comm`) of a VMM the shim started: `vessel` until it executes `vessel-vmm`.
+const VMM_NAMES: [&str; 2] = ["vessel", "vessel-vmm"];
+
 /// Kills the VMM a dead shim left in `dir` (its pid file) and removes the VM's files.
 pub fn clean_up_after(dir: &Path) {
     let files = VmFiles::in_dir(dir);
@@ -288,9 +291,10 @@ pub fn clean_up_after(dir: &Path) {
         .and_then(|p| p.trim().parse::<i32>().ok())
         .filter(|&p| p > 1)
     {
-        // Only a vessel process: the pid may have been reused.
+        // Only a vessel process: the pid may have been reused. `vessel run` executes
+        // `vessel-vmm` in the same process.
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "vessel" {
+        if VMM_NAMES.contains(&comm.trim()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -318,8 +322,8 @@ mod tests {
     fn a_dead_shims_clean_up_kills_its_vmm_removes_its_files_and_spares_other_processes() {
         use std::os::unix::process::ExitStatusExt;
         let dir = tempfile::tempdir().unwrap();
-        // A stand-in VMM: sleep, started through a link named `vessel` (its comm).
-        let vessel = dir.path().join("vessel");
+        // A stand-in VMM: sleep, started through a link named `vessel-vmm` (its comm).
+        let vessel = dir.path().join("vessel-vmm");
         std::os::unix::fs::symlink("/bin/sleep", &vessel).unwrap();
         let mut vmm = std::process::Command::new(&vessel)
             .arg("600")
@@ -336,7 +340,7 @@ mod tests {
         let comm_path = format!("/proc/{}/comm", vmm.id());
         let comm = || std::fs::read_to_string(&comm_path).unwrap_or_default();
         let named = std::time::Instant::now() + Duration::from_secs(5);
-        while comm().trim() != "vessel" && std::time::Instant::now() < named {
+        while comm().trim() != "vessel-vmm" && std::time::Instant::now() < named {
             std::thread::sleep(Duration::from_millis(10));
         }
         let comm = comm();

@@ -37,6 +37,9 @@ pub struct Vm {
     pub(crate) runners: Vec<VcpuRunner>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) handle: crate::control::VmHandle,
+    /// Whether a front end took a [`Vm::handle`]: only then can a migration be asked
+    /// for, and the VM gets a migration thread.
+    pub(crate) handle_taken: AtomicBool,
     /// Called once the vCPU threads run (a migration receiver confirms the resume).
     pub(crate) on_started: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -85,6 +88,7 @@ impl Vm {
 
     /// A handle to pause, resume, stop or Ctrl-Alt-Del the VM from other threads.
     pub fn handle(&self) -> crate::control::VmHandle {
+        self.handle_taken.store(true, Ordering::Relaxed);
         self.handle.clone()
     }
 
@@ -138,9 +142,12 @@ impl Vm {
         }
 
         // The migration thread starts before this thread confines itself: its role has
-        // sockets, which the main thread's has not.
-        crate::migration::spawn_worker(self.handle.clone())
-            .map_err(io_err("starting the migration thread"))?;
+        // sockets, which the main thread's has not. Without a handle nobody can ask for a
+        // migration, and the VM saves the thread.
+        if self.handle_taken.load(Ordering::Relaxed) {
+            crate::migration::spawn_worker(self.handle.clone())
+                .map_err(io_err("starting the migration thread"))?;
+        }
         if let Some(started) = self.on_started.take() {
             started();
         }

@@ -17,6 +17,7 @@ mod kvm;
 mod serial_output;
 mod vcpus;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{Kvm, VmFd};
@@ -267,5 +268,6 @@ fn assemble(parts: Parts) -> Vm {
         stop: vcpus.stop,
         handle,
         on_started: None,
+        handle_taken: AtomicBool::new(false),
     }
 }

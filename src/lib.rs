@@ -1,0 +1,53 @@
+//! vessel's command-line front end as a library, shared by its two executables: `vessel`
+//! (every command) and `vessel-vmm` (the process that runs one VM: what `vessel run` and
+//! `vessel start` execute, so a running VM's process holds only the VMM's code).
+
+pub mod api_balloon;
+pub mod api_client;
+pub mod api_devices;
+pub mod api_forwards;
+pub mod api_mode;
+pub mod balloon_def;
+pub mod cli;
+pub mod cli_docs;
+pub mod confinement;
+pub mod disk_cli;
+pub mod disk_formats;
+pub mod exit;
+pub mod fork_cli;
+pub mod image_boot;
+pub mod image_cli;
+pub mod image_run;
+pub mod image_vm;
+pub mod incoming_cli;
+pub mod inventory_cli;
+pub mod jail_cli;
+pub mod logging;
+pub mod manage_cli;
+pub mod memory_cli;
+pub mod migrate_cli;
+pub mod ova;
+pub mod project_cli;
+pub mod provision_cli;
+pub mod provision_def;
+pub mod run_cli;
+pub mod share_def;
+pub mod size;
+pub mod snapshot_cli;
+pub mod snapshot_merge;
+pub mod snapshot_tree;
+pub mod ssh_cli;
+pub mod ssh_tunnel;
+pub mod state;
+pub mod suspend_cli;
+pub mod vhost_user_cli;
+pub mod vm_archive;
+pub mod vm_create;
+pub mod vm_forwards;
+pub mod vm_list;
+pub mod vm_ports;
+pub mod vm_set;
+pub mod vmdef;
+pub mod vmdef_checks;
+pub mod vmdef_rates;
+pub mod vmm_exe;
