@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Boot-to-exit benchmark: a tiny PVH guest that exits at its first instruction, run by
 `vessel run` and by `qemu-system-x86_64 -M microvm -enable-kvm`, alternately. Prints the
-median wall time (exec to exit) and peak RSS of each, and vessel/QEMU ratios; vessel also
+median wall time (exec to exit) and peak RSS of each, and vessel/QEMU ratios (with
+FIRECRACKER naming its binary, also a guest that resets through the i8042 under vessel and
+under Firecracker, and their ratio); vessel also
 runs with --seccomp=off --landlock=off to show what confinement adds (its capability drop
 and no_new_privs stay, they cannot be turned off). The confinement cost is also given as the
 median of per-round paired differences (confined minus unconfined in the same round, so load
 drifts cancel), against the goal of at most 1 ms; the load average is printed with it."""
+import json
 import os
 import statistics
 import subprocess
@@ -30,6 +33,17 @@ def main():
                  "-no-user-config", "-nographic", "-display", "none", "-serial", "none",
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", kernel],
     }
+    firecracker = os.environ.get("FIRECRACKER")
+    if firecracker:
+        # Firecracker ends a VM on the i8042 reset only: both run the resetting guest.
+        reset_kernel = sys.argv[6]
+        cfg = os.path.join(os.path.dirname(reset_kernel), "firecracker.json")
+        with open(cfg, "w") as f:
+            json.dump({"boot-source": {"kernel_image_path": reset_kernel, "boot_args": ""},
+                       "drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}, f)
+        cmds["vessel-rst"] = [vessel, "run", "--kernel", reset_kernel, "--memory", mem,
+                              "--serial", "none"]
+        cmds["firecracker"] = [firecracker, "--no-api", "--config-file", cfg]
     results = {name: [] for name in cmds}
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     for _ in range(runs):
@@ -45,6 +59,10 @@ def main():
         print(f"{name:10} {med[name][0]:10.2f} {min(times):8.2f} {med[name][1]:13.1f}  {codes}")
     print(f"ratio vessel/qemu: time {med['vessel'][0] / med['qemu'][0]:.3f}, "
           f"peak RSS {med['vessel'][1] / med['qemu'][1]:.3f}  ({runs} runs each, alternating)")
+    if firecracker:
+        print(f"ratio vessel/firecracker (the resetting guest): time "
+              f"{med['vessel-rst'][0] / med['firecracker'][0]:.3f}, "
+              f"peak RSS {med['vessel-rst'][1] / med['firecracker'][1]:.3f}")
     print(f"confinement (seccomp + landlock) adds {med['vessel'][0] - med['unconfined'][0]:+.2f} ms "
           f"to the median")
     paired = [(c[0] - u[0]) * 1000 for c, u in zip(results["vessel"], results["unconfined"])]

@@ -8,7 +8,8 @@ import struct
 import sys
 
 IDLE = "--idle" in sys.argv[1:]
-sys.argv = [a for a in sys.argv if a != "--idle"]
+RESET = "--reset" in sys.argv[1:]
+sys.argv = [a for a in sys.argv if a not in ("--idle", "--reset")]
 
 BASE = 0x100000
 EHDR, PHDR = 64, 56
@@ -21,6 +22,9 @@ code = b"\xe6\xf4" + b"\xf4\xeb\xfd"                 # out %al,$0xf4 ; hlt ; jmp
 if IDLE:
     # mov $0x3f8,%edx ; mov $'U',%al ; out %al,(%dx) ; hlt ; jmp .-1
     code = b"\xba\xf8\x03\x00\x00" + b"\xb0\x55" + b"\xee" + b"\xf4\xeb\xfd"
+if RESET:
+    # mov $0xfe,%al ; out %al,$0x64 (the i8042's CPU reset: how Firecracker's guests end)
+    code = b"\xb0\xfe\xe6\x64" + b"\xf4\xeb\xfd"
 size = code_off + len(code)
 
 ehdr = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)

@@ -31,6 +31,10 @@ enum Command {
 }
 
 fn main() {
+    // One malloc arena for every thread: the VMM's threads allocate little, and each
+    // further arena would keep pages of its own resident (docs/overhead.md).
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = Cli::parse();
     if cli.state_dir.is_some() && matches!(cli.command, Command::Run(_)) {
         eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
