@@ -103,16 +103,25 @@ impl Vm {
             None
         };
 
-        let _io_thread = crate::io_thread::IoThread::spawn(
-            self.devices.pci.processors.clone(),
-            self.devices.pci.backend_fds.clone(),
-            if self.cfg.machine.vsock.is_some() {
+        // A VM without virtio devices has nothing for an I/O thread to serve.
+        let pci = &self.devices.pci;
+        let _io_thread = if pci.processors.is_empty() && pci.backend_fds.is_empty() {
+            None
+        } else {
+            let role = if self.cfg.machine.vsock.is_some() {
                 confine::Role::IoVsock
             } else {
                 confine::Role::Io
-            },
-        )
-        .map_err(io_err("starting the I/O thread"))?;
+            };
+            Some(
+                crate::io_thread::IoThread::spawn(
+                    pci.processors.clone(),
+                    pci.backend_fds.clone(),
+                    role,
+                )
+                .map_err(io_err("starting the I/O thread"))?,
+            )
+        };
         // A restored VM's queue servers (virtiofsd) get their queues now that its vCPUs are
         // about to run, not while it was built (a migration's sender may still have
         // cancelled); a VM restored paused gets them from VmHandle::resume.
