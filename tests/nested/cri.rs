@@ -4,7 +4,8 @@
 //! kvm_pvm hosts) and the pod's container runs in that same VM: its `/proc/1/comm` is the
 //! guest's vessel-agent, its kernel the guest's, the sandbox's pause process is among its
 //! processes, and one VMM runs for the pod. ExecSync's output and exit status, StopContainer's
-//! SIGTERM, and the pod's end leave nothing behind. The pod has a network of its own (the
+//! SIGTERM, and the pod's end leave nothing behind, also when the pod's shim was killed
+//! first (containerd's clean-up through the shim's `delete` ends the VM). The pod has a network of its own (the
 //! CNI bridge plugin's): the host reaches a listener in the container at the pod's address
 //! and the container reaches the host at its gateway. A host directory bound into the
 //! container (a volume) is read and written through the VM's virtio-fs share.
@@ -123,6 +124,7 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     assert_eq!(written, "written\n", "the guest's write reached the host");
     stats_and_update(&cri, &app);
     pod_network(&cri, &pod.id, &app);
+    report_pod_memory(&ctd);
 
     cri.stop_container(&app, Duration::from_secs(30)).unwrap();
     let status = cri.container_status(&app).unwrap();
@@ -132,11 +134,91 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         "SIGTERM ended the container: {status:?}"
     );
     cri.remove_container(&app).unwrap();
+    kill_the_shim(&ctd, &cri, &pod.id);
     cri.stop_pod_sandbox(&pod.id).unwrap();
     cri.remove_pod_sandbox(&pod.id).unwrap();
 
     assert_nothing_left(&ctd, &pod.id, &app);
     assert!(volume.path().join("from-guest").is_file() && volume.path().join("f").is_file());
+}
+
+/// The pod's shim is killed (a crash, an OOM kill): containerd runs the shim's `delete` in
+/// the sandbox's bundle, which ends the pod's VM, and reports the sandbox's task gone (the
+/// sandbox is no longer ready); the pod then stops and goes as usual.
+fn kill_the_shim(ctd: &Containerd, cri: &Cri, sandbox: &str) {
+    let shims = pids(&shims_of(ctd));
+    assert_eq!(shims.len(), 1, "one shim for the pod: {:#?}", shims_of(ctd));
+    // SAFETY: kill(2) takes plain integers; the pid is the pod's shim, a live process.
+    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = |cri: &Cri| {
+        let state = cri.pod_sandbox_status(sandbox).map(|s| s.state);
+        state.ok() == Some(k8s_cri::v1::PodSandboxState::SandboxReady as i32)
+    };
+    while (!vmms(ctd).is_empty() || ready(cri)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        vmms(ctd).is_empty(),
+        "the VMM outlived its killed shim: {:#?}\ncontainerd:\n{}",
+        vmms(ctd),
+        ctd.log()
+    );
+    assert!(!ready(cri), "the sandbox is still ready without its shim");
+}
+
+/// This containerd's shims (command lines with their pids).
+fn shims_of(ctd: &Containerd) -> Vec<String> {
+    let dir = ctd.dir.path().display().to_string();
+    processes_mentioning("containerd-shim-vessel-v2")
+        .into_iter()
+        .filter(|p| p.contains(&dir))
+        .collect()
+}
+
+/// The pids of `processes_mentioning`'s lines.
+fn pids(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// The host memory of the running pod (resident: the guest's touched RAM is the VMM's):
+/// its shim, its VMM and the VMM's helpers (virtiofsd). Printed for bench-like notes; a
+/// kvm_pvm host's figure, where the guest's kernel pages are the same as on hardware.
+fn report_pod_memory(ctd: &Containerd) {
+    let rss_kib = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let vmms = pids(&vmms(ctd));
+    let children_of = |parent: u32| -> Vec<u32> {
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        procs
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+                after.split_whitespace().nth(1) == Some(parent.to_string().as_str())
+            })
+            .collect()
+    };
+    let helpers: Vec<u32> = vmms.iter().flat_map(|&v| children_of(v)).collect();
+    let sum = |ps: &[u32]| ps.iter().map(|&p| rss_kib(p)).sum::<u64>();
+    let (shim, vmm, help) = (sum(&pids(&shims_of(ctd))), sum(&vmms), sum(&helpers));
+    eprintln!(
+        "pod memory (RSS): shim {} KiB, VMM {} KiB, helpers {} KiB ({} processes), total {:.1} MiB",
+        shim,
+        vmm,
+        help,
+        helpers.len(),
+        (shim + vmm + help) as f64 / 1024.0
+    );
 }
 
 /// The pod's address (from PodSandboxStatus) reaches the container's listener from the
