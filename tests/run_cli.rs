@@ -232,3 +232,43 @@ fn a_fifo_as_disk_exits_2_at_once() {
     }
     let _ = std::fs::remove_file(&fifo);
 }
+
+/// The VM runs in `vessel-vmm`, which `vessel run` becomes: the process keeps its pid and
+/// is named after the VMM; without `vessel-vmm` beside it, `vessel run` says so and fails.
+#[test]
+fn vessel_run_becomes_vessel_vmm_and_says_when_it_is_missing() {
+    let k = spin_guest();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["run", "--kernel", k.to_str().unwrap(), "--memory", "16M"])
+        .args(["--serial", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let comm = format!("/proc/{}/comm", child.id());
+    let deadline = Instant::now() + TIMEOUT;
+    let mut name = String::new();
+    while name.trim() != "vessel-vmm" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        name = std::fs::read_to_string(&comm).unwrap_or_default();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(name.trim(), "vessel-vmm");
+
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("vessel");
+    std::fs::copy(env!("CARGO_BIN_EXE_vessel"), &alone).unwrap();
+    let out = Command::new(&alone)
+        .args(["run", "--kernel", k.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("vessel-vmm is missing") && err.contains(dir.path().to_str().unwrap()),
+        "{err}"
+    );
+}
