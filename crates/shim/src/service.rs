@@ -193,13 +193,15 @@ impl containerd_shim::Shim for Service {
         Ok(address)
     }
 
-    /// containerd runs `delete` in the bundle when a shim died: end its VM, remove files.
+    /// containerd runs `delete` in the bundle when a shim died: end its VM, remove its
+    /// files and the shim's socket.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         let bundle = std::env::current_dir().map_err(|err| containerd_shim::Error::IoError {
             context: "the bundle (the working directory)".into(),
             err,
         })?;
         crate::vm::clean_up_after(&bundle);
+        crate::vm::remove_dead_shims_socket(&bundle);
         Ok(DeleteResponse {
             exit_status: 128 + 9,
             exited_at: timestamp(SystemTime::now()),

@@ -3,6 +3,7 @@
 //! agent's connection; stopping the VM and removing its files.
 
 use std::fs::File;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,6 +281,30 @@ pub fn console_tail(path: &Path) -> String {
     String::from_utf8_lossy(tail).into_owned()
 }
 
+/// Removes the ttrpc socket a killed shim left: the one the bundle's `address` file names
+/// (the shim unlinks it itself when it shuts down). Only a socket nobody listens on goes:
+/// a pod's shim that still runs keeps its socket when one of its containers' bundles is
+/// cleaned up.
+pub fn remove_dead_shims_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    let path = Path::new(path);
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    let refused = matches!(
+        UnixStream::connect(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    if is_socket && refused {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!("remove the dead shim's socket {}: {e}", path.display());
+        }
+    }
+}
+
 /// The names (`comm`) of a VMM the shim started: `vessel` until it executes `vessel-vmm`.
 const VMM_NAMES: [&str; 2] = ["vessel", "vessel-vmm"];
 
@@ -382,6 +407,33 @@ mod tests {
             clean_up_after(dir.path());
             assert!(!files.pid_file.exists());
         }
+    }
+
+    #[test]
+    fn a_dead_shims_socket_goes_and_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("shim.sock");
+        std::fs::write(
+            dir.path().join("address"),
+            format!("unix://{}", socket.display()),
+        )
+        .unwrap();
+        let listener = UnixListener::bind(&socket).unwrap();
+        remove_dead_shims_socket(dir.path());
+        assert!(socket.exists(), "a listening shim's socket was removed");
+        drop(listener);
+        remove_dead_shims_socket(dir.path());
+        assert!(!socket.exists(), "the dead shim's socket is left");
+        // A file that is not a socket, or an address of another kind: left alone.
+        std::fs::write(&socket, b"data").unwrap();
+        remove_dead_shims_socket(dir.path());
+        assert!(socket.exists());
+        std::fs::write(dir.path().join("address"), socket.display().to_string()).unwrap();
+        std::fs::remove_file(&socket).unwrap();
+        let stale = UnixListener::bind(&socket).unwrap();
+        drop(stale);
+        remove_dead_shims_socket(dir.path());
+        assert!(socket.exists(), "an address without unix:// named it");
     }
 
     #[test]
