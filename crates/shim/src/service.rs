@@ -190,6 +190,9 @@ impl containerd_shim::Shim for Service {
         let bundle = std::env::current_dir().unwrap_or_default();
         let grouping = crate::oci::sandbox_id(&bundle).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // As containerd's own shims do: the bundle's `address` names the shim's socket,
+        // which `delete` removes after a shim that was killed.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
