@@ -1,6 +1,6 @@
 //! The `vessel` command tree (clap): every command, its arguments and help.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     disk_cli, image_cli, logging, manage_cli, project_cli, run_cli, snapshot_cli, vhost_user_cli,
@@ -9,6 +9,15 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "vessel", version, about = "A KVM virtual machine monitor")]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The options of every command, `vessel`'s and `vessel-vmm`'s.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Where VMs live (default: $XDG_STATE_HOME/vessel, or ~/.local/state/vessel); for the
     /// commands that manage VMs.
     #[arg(long, global = true, value_name = "DIR")]
@@ -16,8 +25,18 @@ pub struct Cli {
     /// The most verbose messages of the VMM written to stderr (a started VM's vmm.log).
     #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
     pub log_level: logging::LogLevel,
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+impl GlobalArgs {
+    /// Refuses `--state-dir` (exit 2) for a command that does not manage VMs, then starts
+    /// the log.
+    pub fn apply(&self, manages_vms: bool) {
+        if self.state_dir.is_some() && !manages_vms {
+            eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
+            std::process::exit(crate::exit::USAGE);
+        }
+        logging::init(self.log_level);
+    }
 }
 
 #[derive(Debug, Subcommand)]

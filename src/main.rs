@@ -3,29 +3,25 @@
 use clap::Parser;
 use vessel::cli::{Cli, Command};
 use vessel::{
-    cli_docs, disk_cli, exit, image_cli, logging, manage_cli, project_cli, run_cli, snapshot_cli,
+    cli_docs, disk_cli, exit, image_cli, manage_cli, project_cli, run_cli, snapshot_cli,
     vhost_user_cli, vmm_exe,
 };
 
 fn main() {
     let cli = Cli::parse();
-    let uses_state_dir = matches!(
+    let manages_vms = matches!(
         cli.command,
         Command::Manage(_) | Command::Snapshot(_) | Command::Image(_)
     );
-    if cli.state_dir.is_some() && !uses_state_dir {
-        eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
-        std::process::exit(exit::USAGE);
-    }
-    logging::init(cli.log_level);
+    cli.global.apply(manages_vms);
     let code = match cli.command {
         Command::Run(args) if args.uses_image() => run_cli::run_image(args),
         Command::Run(_) | Command::Manage(manage_cli::ManageCommand::Vmm(_)) => exec_vmm(),
         Command::VhostUserBlk(args) => vhost_user_cli::run_blk(args),
         Command::VhostUserNet(args) => vhost_user_cli::run_net(args),
-        Command::Manage(cmd) => exit::finish(manage_cli::run(cli.state_dir, cmd)),
-        Command::Snapshot(cmd) => exit::finish(snapshot_cli::run(cli.state_dir, cmd)),
-        Command::Image(cmd) => exit::finish(image_cli::run(cli.state_dir, cmd)),
+        Command::Manage(cmd) => exit::finish(manage_cli::run(cli.global.state_dir, cmd)),
+        Command::Snapshot(cmd) => exit::finish(snapshot_cli::run(cli.global.state_dir, cmd)),
+        Command::Image(cmd) => exit::finish(image_cli::run(cli.global.state_dir, cmd)),
         Command::Disk(cmd) => exit::finish(disk_cli::run(cmd)),
         Command::GlobalStatus(args) => exit::finish(project_cli::global_status(args)),
         Command::Completions { shell } => exit::finish(cli_docs::completions(shell)),

@@ -287,9 +287,8 @@ pub fn run(args: RunArgs) -> i32 {
         eprintln!("vessel-vmm: error: --image is prepared by `vessel run`");
         return EXIT_USAGE;
     }
-    if let Err(e) = crate::confinement::set_policy(&args.confine) {
-        eprintln!("vessel: error: {e:#}");
-        return EXIT_USAGE;
+    if let Err(code) = set_confinement(&args) {
+        return code;
     }
     if let Some(url) = &args.incoming {
         return crate::migrate_cli::incoming(
@@ -322,9 +321,8 @@ pub fn run(args: RunArgs) -> i32 {
 /// `vessel run --image` (in `vessel`, not `vessel-vmm`): makes the image's run directory,
 /// which goes when the VM ends, so the VM runs in this process.
 pub fn run_image(mut args: RunArgs) -> i32 {
-    if let Err(e) = crate::confinement::set_policy(&args.confine) {
-        eprintln!("vessel: error: {e:#}");
-        return EXIT_USAGE;
+    if let Err(code) = set_confinement(&args) {
+        return code;
     }
     let Some(spec) = args.image.take() else {
         eprintln!("vessel: error: run_image needs --image");
@@ -342,6 +340,14 @@ pub fn run_image(mut args: RunArgs) -> i32 {
     args.cmdline = image_run.cmdline.clone();
     args.disks.insert(0, overlay_disk(&image_run.overlay));
     run_prepared(args, &[image_run.dir.as_path()])
+}
+
+/// Records the confinement `args` ask for; a bad choice is a usage error.
+fn set_confinement(args: &RunArgs) -> Result<(), i32> {
+    crate::confinement::set_policy(&args.confine).map_err(|e| {
+        eprintln!("vessel: error: {e:#}");
+        EXIT_USAGE
+    })
 }
 
 /// Checks the boot files, builds the VM's configuration and runs it (in a jail when

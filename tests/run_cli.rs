@@ -272,3 +272,36 @@ fn vessel_run_becomes_vessel_vmm_and_says_when_it_is_missing() {
         "{err}"
     );
 }
+
+/// `vessel-vmm` refuses what only `vessel` does: `--image` (its run directory is
+/// `vessel`'s) and `--state-dir` for `run`.
+#[test]
+fn vessel_vmm_refuses_image_and_state_dir_for_run() {
+    let k = spin_guest();
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["run", "--image", "debian-12"],
+            "--image is prepared by `vessel run`",
+        ),
+        (
+            &[
+                "--state-dir",
+                "/tmp",
+                "run",
+                "--kernel",
+                k.to_str().unwrap(),
+            ],
+            "--state-dir is only for",
+        ),
+    ];
+    for (args, wanted) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+}

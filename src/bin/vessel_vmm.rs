@@ -3,7 +3,8 @@
 //! (src/vmm_exe.rs says why).
 
 use clap::{Parser, Subcommand};
-use vessel::{exit, logging, manage_cli, run_cli};
+use vessel::cli::GlobalArgs;
+use vessel::{exit, manage_cli, run_cli};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,12 +13,8 @@ use vessel::{exit, logging, manage_cli, run_cli};
     about = "Runs one vessel VM (started by `vessel run` and `vessel start`)"
 )]
 struct Cli {
-    /// Where VMs live (for `vmm NAME`).
-    #[arg(long, global = true, value_name = "DIR")]
-    state_dir: Option<std::path::PathBuf>,
-    /// The most verbose messages of the VMM written to stderr (a started VM's vmm.log).
-    #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
-    log_level: logging::LogLevel,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,14 +33,10 @@ fn main() {
     // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = Cli::parse();
-    if cli.state_dir.is_some() && matches!(cli.command, Command::Run(_)) {
-        eprintln!("vessel: error: --state-dir is only for commands that manage VMs (create, start, ls, snapshot, image...)");
-        std::process::exit(exit::USAGE);
-    }
-    logging::init(cli.log_level);
+    cli.global.apply(matches!(cli.command, Command::Vmm(_)));
     let code = match cli.command {
         Command::Run(args) => run_cli::run(*args),
-        Command::Vmm(args) => exit::finish(manage_cli::run_defined(cli.state_dir, args)),
+        Command::Vmm(args) => exit::finish(manage_cli::run_defined(cli.global.state_dir, args)),
     };
     std::process::exit(code);
 }
