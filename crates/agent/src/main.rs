@@ -36,6 +36,7 @@ fn run() -> ExitCode {
     let places = session::Places {
         root: PathBuf::from(ROOT),
         pod_dir: PathBuf::from(POD_DIR),
+        share: PathBuf::from(agent::protocol::VOLUMES_DIR),
         cgroup_root: PathBuf::from(agent::cgroup::ROOT),
     };
     match session::serve(stream, &places, guest::kernel_release(), connect) {

@@ -110,6 +110,12 @@ pub fn valid_volume_source(source: &str) -> bool {
     }
 }
 
+/// Where pod container `id`'s root is in the share ([`VOLUMES_DIR`]): the host mounts
+/// containerd's snapshot of it there (writes reach the snapshot, as runc's do).
+pub fn pod_root_source(id: &str) -> String {
+    format!("{id}/root")
+}
+
 /// A host file copied into the container's root at its start (the CRI's binds of the
 /// pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`): later changes on either
 /// side are not seen by the other.
@@ -332,19 +338,15 @@ pub enum HostMessage {
     /// Run the container (once per VM; in a pod, the pod's sandbox).
     Run { container: Box<ContainerSpec> },
     /// Run one more container of the pod in this VM (main connection only). The agent opens
-    /// a new connection for it and says [`AgentMessage::Attach`] with this id; the host then
-    /// sends the container's root there as an uncompressed tar archive ([`HostMessage::RootData`]
-    /// frames, then [`HostMessage::RootEnd`]), and the connection carries the container's
-    /// life as the first one carries the sandbox's (`Started` or `Error`, output, `Exited`;
-    /// signals, stdin and its own `Exec`s the other way).
+    /// a new connection for it and says [`AgentMessage::Attach`] with this id; its root is
+    /// containerd's snapshot, which the host bound into the VM's share before
+    /// ([`pod_root_source`]). The connection carries the container's life as the first one
+    /// carries the sandbox's (`Started` or `Error`, output, `Exited`; signals, stdin and its
+    /// own `Exec`s the other way).
     Container {
         id: String,
         container: Box<ContainerSpec>,
     },
-    /// The next bytes of a pod container's root (a tar archive).
-    RootData { data: Vec<u8> },
-    /// The pod container's root is complete.
-    RootEnd,
     /// Run one more process in the running container's root (containerd's Exec). The agent
     /// opens a new connection for it, says [`AgentMessage::Attach`] with this id first, and
     /// that connection then carries the process's life as the first one carries the

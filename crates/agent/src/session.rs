@@ -77,6 +77,9 @@ pub struct Places {
     pub root: PathBuf,
     /// A pod's further container `id` gets the root `pod_dir/id/rootfs`.
     pub pod_dir: PathBuf,
+    /// Where the VM's share of host directories is mounted ([`crate::protocol::VOLUMES_DIR`]):
+    /// a pod container's root comes from there.
+    pub share: PathBuf,
     /// Where the cgroup v2 hierarchy is (mounted there if it is not yet).
     pub cgroup_root: PathBuf,
 }
@@ -115,6 +118,7 @@ pub fn serve(
         execs: execs.clone(),
         pod: Some(PodContext {
             dir: places.pod_dir.clone(),
+            share: places.share.clone(),
             cgroup_root: places.cgroup_root.clone(),
             members: members.clone(),
         }),
@@ -336,14 +340,8 @@ pub(crate) fn control(
                     let _ = send(writer, &answer(&request, dir));
                 }
             }
-            // A bad signal number, a second Run, or a root outside a container's start:
-            // ignored, the process keeps running.
-            Ok(Some(
-                HostMessage::Signal { .. }
-                | HostMessage::Run { .. }
-                | HostMessage::RootData { .. }
-                | HostMessage::RootEnd,
-            )) => {}
+            // A bad signal number or a second Run: ignored, the process keeps running.
+            Ok(Some(HostMessage::Signal { .. } | HostMessage::Run { .. })) => {}
             Ok(Some(HostMessage::Shutdown)) | Ok(None) | Err(_) => {
                 let _ = done.send(());
                 return;

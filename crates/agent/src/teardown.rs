@@ -20,10 +20,11 @@ pub fn remove_container_dir(dir: &Path) {
     }
 }
 
-/// The mount points of this process's namespace, from `/proc/self/mountinfo` (its octal
-/// escapes undone).
+/// The mount points of the calling thread's namespace, from `/proc/thread-self/mountinfo`
+/// (its octal escapes undone): `/proc/self` is the main thread's, whose namespace a thread
+/// that unshared its own does not share.
 pub fn mount_points() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|field| PathBuf::from(unescape(field)))

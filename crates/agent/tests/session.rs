@@ -46,6 +46,7 @@ fn spawn_agent(
         let places = agent::session::Places {
             root: root.clone(),
             pod_dir: root.join(".pod"),
+            share: root.join(".share"),
             cgroup_root: cgroup_root.path().to_path_buf(),
         };
         agent::session::serve(
@@ -425,37 +426,26 @@ fn a_process_on_a_terminal_gets_its_size_and_input_and_one_output_stream() {
     assert_eq!(agent.join().unwrap().unwrap(), 0);
 }
 
-/// A tar archive of a busybox root holding one more file, `marker`.
-fn busybox_tar(marker: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_path_with_name("/bin/busybox", "bin/busybox")
-        .unwrap();
-    let header = |mode| {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    };
-    let mut link = header(0o777);
-    link.set_entry_type(tar::EntryType::Symlink);
-    link.set_size(0);
-    b.append_link(&mut link, "bin/sh", "busybox").unwrap();
-    let mut file = header(0o644);
-    file.set_size(2);
-    b.append_data(&mut file, marker, &b"hi"[..]).unwrap();
-    b.into_inner().unwrap()
+/// Puts a busybox root holding one more file, `marker`, where the host binds pod
+/// container `id`'s snapshot: `<root>/.share/<id>/root` in these tests.
+fn root_in_share(root: &Path, id: &str, marker: &str) -> std::path::PathBuf {
+    let dir = root.join(".share").join(id).join("root");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
+    std::fs::write(dir.join(marker), "hi").unwrap();
+    dir
 }
 
-/// Starts the pod's container `id` running `script` on the main connection `w`; its own
-/// connection once it has its root (from `conns`, past its `Attach`).
+/// Starts the pod's container `id` running `script` on the main connection `w`, its root
+/// in the share under `dir`; its own connection (from `conns`, past its `Attach`).
 fn pod_container(
-    w: &mut UnixStream,
+    (w, dir): (&mut UnixStream, &Path),
     conns: &mpsc::Receiver<UnixStream>,
     id: &str,
     script: &str,
 ) -> UnixStream {
+    root_in_share(dir, id, &format!("marker-{id}"));
     let mut c = container(script);
     c.mounts.clear();
     let container = Box::new(c);
@@ -470,11 +460,6 @@ fn pod_container(
     let mut conn = conns.recv().unwrap();
     let attach: AgentMessage = read_frame(&mut conn).unwrap().unwrap();
     assert_eq!(attach, AgentMessage::Attach { id: id.into() });
-    for chunk in busybox_tar(&format!("marker-{id}")).chunks(10_000) {
-        let data = chunk.to_vec();
-        write_frame(&mut conn, &HostMessage::RootData { data }).unwrap();
-    }
-    write_frame(&mut conn, &HostMessage::RootEnd).unwrap();
     conn
 }
 
@@ -486,13 +471,19 @@ fn a_pods_containers_get_their_own_roots_connections_and_execs_and_end_with_the_
     };
     run_waiting(&mut w, &mut r, "read line; echo sandbox $line");
 
-    let mut c2 = pod_container(&mut w, &conns, "c2", "ls /; echo in c2 $GREETING; exit 7");
+    let script = "ls /; echo in c2 $GREETING; echo w > /written; exit 7";
+    let mut c2 = pod_container((&mut w, dir.path()), &conns, "c2", script);
     let (out, status) = exec_output(&mut c2);
     assert_eq!(status, 7);
     assert_eq!(out, "bin\nmarker-c2\nin c2 hi\n");
 
     // One that runs on: an exec on its connection runs in its root.
-    let mut c3 = pod_container(&mut w, &conns, "c3", "echo up; exec busybox sleep 600");
+    let mut c3 = pod_container(
+        (&mut w, dir.path()),
+        &conns,
+        "c3",
+        "echo up; exec busybox sleep 600",
+    );
     let _started: AgentMessage = read_frame(&mut c3).unwrap().unwrap();
     let up: AgentMessage = read_frame(&mut c3).unwrap().unwrap();
     let data = b"up\n".to_vec();
@@ -514,11 +505,21 @@ fn a_pods_containers_get_their_own_roots_connections_and_execs_and_end_with_the_
     assert_eq!(exited, AgentMessage::Exited { status: 0 });
     write_frame(&mut w, &HostMessage::Shutdown).unwrap();
     assert_eq!(agent.join().unwrap().unwrap(), 0);
-    assert!(!dir.path().join(".pod/c2").exists(), "c2's root is gone");
+    assert!(
+        !dir.path().join(".pod/c2").exists(),
+        "c2's directory is gone"
+    );
+    // Its root was the snapshot's: the container's write is there, and nothing was removed.
+    let snapshot = dir.path().join(".share/c2/root");
+    assert_eq!(
+        std::fs::read_to_string(snapshot.join("written")).unwrap(),
+        "w\n"
+    );
+    assert!(snapshot.join("marker-c2").exists() && snapshot.join("bin/busybox").exists());
 }
 
 #[test]
-fn a_root_that_is_not_a_tar_archive_fails_the_containers_start_not_the_pod() {
+fn a_root_missing_from_the_share_fails_the_containers_start_not_the_pod() {
     let dir = tempfile::tempdir().unwrap();
     let Some((mut r, mut w, agent, conns)) = session(dir.path()) else {
         return;
@@ -535,11 +536,13 @@ fn a_root_that_is_not_a_tar_archive_fails_the_containers_start_not_the_pod() {
     .unwrap();
     let mut conn = conns.recv().unwrap();
     let _attach: AgentMessage = read_frame(&mut conn).unwrap().unwrap();
-    let data = vec![0xff; 1024];
-    write_frame(&mut conn, &HostMessage::RootData { data }).unwrap();
-    write_frame(&mut conn, &HostMessage::Signal { signal: 9 }).unwrap();
     match read_frame::<_, AgentMessage>(&mut conn).unwrap().unwrap() {
-        AgentMessage::Error { message } => assert!(message.contains("root"), "{message}"),
+        AgentMessage::Error { message } => {
+            assert!(
+                message.contains("bad/root is not in the VM's share"),
+                "{message}"
+            )
+        }
         other => panic!("{other:?}"),
     }
     let data = b"x\n".to_vec();

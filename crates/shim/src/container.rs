@@ -164,10 +164,11 @@ enum Place {
     /// In a VM of its own, kept in the state (a lone container, or a pod's sandbox), with
     /// the pod's network it joined.
     OwnVm { net: Option<(PathBuf, PodNic)> },
-    /// In its pod's sandbox's VM; its root goes there from this tar archive at Start.
+    /// In its pod's sandbox's VM; its root (containerd's snapshot, mounted in the bundle
+    /// until Delete) is bound into that VM's share.
     Pod {
         sandbox: Arc<Container>,
-        root_tar: PathBuf,
+        root: Mutex<Option<MountedRoot>>,
     },
 }
 
@@ -248,8 +249,8 @@ impl Container {
         })
     }
 
-    /// Reads the bundle and packs the container's root for its pod's VM, where `sandbox`
-    /// runs; it goes there at Start.
+    /// Reads the bundle, mounts the container's root and binds it and its volumes into the
+    /// share of its pod's VM, where `sandbox` runs.
     pub fn create_in_pod(
         id: &str,
         bundle: &Path,
@@ -258,20 +259,15 @@ impl Container {
         stdio: StdioPaths,
         sandbox: Arc<Container>,
     ) -> Result<Arc<Container>, ContainerError> {
-        let root_tar = bundle.join(crate::pod::ROOT_TAR);
         let root = MountedRoot::mount(rootfs, &spec.root)?;
-        let packed = crate::pod::pack_root(&spec.root, &root_tar);
-        root.unmount()?;
         let share = VmFiles::in_dir(&sandbox.bundle).volumes;
-        let bound = packed.and_then(|()| {
-            volumes::bind_all(&share, id, &spec.volumes).map_err(|e| VmError::from(e).into())
-        });
-        if let Err(e) = bound {
-            let _ = std::fs::remove_file(&root_tar);
-            return Err(e);
-        }
+        let readonly = spec.container.readonly_root;
+        volumes::bind_root(&share, id, &spec.root, readonly)
+            .and_then(|()| volumes::bind_all(&share, id, &spec.volumes))
+            .map_err(VmError::from)?;
         tracing::info!("container {id}: joins pod {}", sandbox.id);
-        let at = (bundle, sandbox.pid, None, Place::Pod { sandbox, root_tar });
+        let root = Mutex::new(Some(root));
+        let at = (bundle, sandbox.pid, None, Place::Pod { sandbox, root });
         Ok(Container::new(id, at, spec, stdio))
     }
 
@@ -333,7 +329,7 @@ impl Container {
         }
         let started = match &self.place {
             Place::OwnVm { .. } => self.start_in_own_vm(boot_timeout),
-            Place::Pod { sandbox, root_tar } => crate::pod::start_in(self, sandbox, root_tar),
+            Place::Pod { sandbox, .. } => crate::pod::start_in(self, sandbox),
         };
         let mut state = self.lock();
         let stream = match started {
@@ -503,9 +499,12 @@ impl Container {
         {
             podnet::disconnect(netns, nic);
         }
-        if let Place::Pod { root_tar, sandbox } = &self.place {
-            let _ = std::fs::remove_file(root_tar);
+        if let Place::Pod { sandbox, root } = &self.place {
             volumes::unbind_all(&VmFiles::in_dir(&sandbox.bundle).volumes, &self.id);
+            let root = root.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Err(e) = root.map_or(Ok(()), MountedRoot::unmount) {
+                tracing::warn!("container {}: {e}", self.id);
+            }
         }
         self.lock().vm_gone = true;
         self.changed.notify_all();

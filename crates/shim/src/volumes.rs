@@ -11,7 +11,8 @@
 //! read-only bind is made read-only in a staging place first and bound from there: a bind
 //! copies the read-only flag, and so does its propagation into virtiofsd's namespace,
 //! where a remount after the fact would not reach. The guest's agent binds
-//! `/run/vessel-volumes/<container>/<n>` into the container.
+//! `/run/vessel-volumes/<container>/<n>` into the container. A pod's further container's
+//! root (containerd's snapshot) goes into the share the same way, as `<container>/root`.
 //!
 //! Removal unmounts (lazily) and then removes empty directories only: a bind that did not
 //! go away leaves its directory in place rather than anything under it being deleted.
@@ -121,7 +122,7 @@ pub fn bind_all(share: &Path, container: &str, volumes: &[Volume]) -> Result<(),
         return Err(VolumeError::NoShare(share.to_path_buf()));
     }
     for (n, volume) in volumes.iter().enumerate() {
-        if let Err(e) = bind_one(share, container, n, volume) {
+        if let Err(e) = bind_one(share, &source_name(container, n), volume) {
             unbind_all(share, container);
             return Err(e);
         }
@@ -129,16 +130,42 @@ pub fn bind_all(share: &Path, container: &str, volumes: &[Volume]) -> Result<(),
     Ok(())
 }
 
-fn bind_one(share: &Path, container: &str, n: usize, volume: &Volume) -> Result<(), VolumeError> {
+/// Binds a pod container's root (containerd's snapshot, mounted at `root`) into `share`
+/// as `<container>/root`, where the guest's agent binds it from
+/// ([`agent::protocol::pod_root_source`]); read-only if the spec's root is. [`unbind_all`]
+/// undoes it.
+pub fn bind_root(
+    share: &Path,
+    container: &str,
+    root: &Path,
+    readonly: bool,
+) -> Result<(), VolumeError> {
+    let mounted = mount_points();
+    if ![share.to_path_buf(), work_dir(share)]
+        .iter()
+        .all(|p| mounted.contains(p))
+    {
+        return Err(VolumeError::NoShare(share.to_path_buf()));
+    }
+    let volume = Volume {
+        host: root.to_path_buf(),
+        readonly,
+    };
+    bind_one(share, &agent::protocol::pod_root_source(container), &volume)
+        .inspect_err(|_| unbind_all(share, container))
+}
+
+/// Binds `volume` into `share` as `name`.
+fn bind_one(share: &Path, name: &str, volume: &Volume) -> Result<(), VolumeError> {
     if !volume.host.is_dir() {
         return Err(VolumeError::NotADirectory(volume.host.clone()));
     }
-    let to = work_dir(share).join(source_name(container, n));
+    let to = work_dir(share).join(name);
     mkdir(&to)?;
     if !volume.readonly {
         return bind(&volume.host, &to);
     }
-    let staging = staging_dir(share).join(source_name(container, n));
+    let staging = staging_dir(share).join(name);
     mkdir(&staging)?;
     let bound = bind(&volume.host, &staging)
         .and_then(|()| remount_read_only(&staging))

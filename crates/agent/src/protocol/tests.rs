@@ -258,18 +258,12 @@ fn exec_requests_round_trip_and_exec_ids_are_checked() {
 }
 
 #[test]
-fn a_pods_container_requests_and_roots_round_trip_and_strays_are_refused() {
+fn a_pods_container_requests_round_trip_and_strays_are_refused() {
     let mut buf = Vec::new();
-    let sent = [
-        HostMessage::Container {
-            id: "c2".into(),
-            container: Box::new(container()),
-        },
-        HostMessage::RootData {
-            data: vec![0, 1, 255],
-        },
-        HostMessage::RootEnd,
-    ];
+    let sent = [HostMessage::Container {
+        id: "c2".into(),
+        container: Box::new(container()),
+    }];
     for m in &sent {
         write_frame(&mut buf, m).unwrap();
     }
@@ -279,8 +273,9 @@ fn a_pods_container_requests_and_roots_round_trip_and_strays_are_refused() {
     }
     for hostile in [
         &br#"{"type":"container","id":"c2"}"#[..],
-        br#"{"type":"root_data","data":[256]}"#,
-        br#"{"type":"root_data"}"#,
+        // The root no longer travels on the connection (it is in the VM's share).
+        br#"{"type":"root_data","data":[1]}"#,
+        br#"{"type":"root_end"}"#,
     ] {
         let framed = frame(hostile);
         let read = read_frame::<_, HostMessage>(&mut framed.as_slice());
@@ -330,4 +325,11 @@ fn volume_sources_are_a_container_id_and_a_number_only() {
         source: Some("c1/0".into()),
     };
     c.validate().unwrap();
+}
+
+#[test]
+fn a_pod_containers_root_is_its_own_in_the_share() {
+    assert_eq!(pod_root_source("c2"), "c2/root");
+    // Not a volume's name: a container's volume cannot name another's root.
+    assert!(!valid_volume_source(&pod_root_source("c2")));
 }

@@ -136,3 +136,34 @@ fn binds_made_later_reach_a_slave_namespace_with_their_read_only_flag() {
     remove(&share);
     assert!(!share.exists());
 }
+
+#[test]
+fn a_pod_containers_root_is_bound_beside_its_volumes_and_unbound_with_them() {
+    if !root() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let share = base.path().join("share");
+    let (snapshot, vol) = (host_dir(), host_dir());
+    let err = bind_root(&share, "c1", snapshot.path(), false).unwrap_err();
+    assert!(matches!(err, VolumeError::NoShare(_)), "{err}");
+    prepare(&share).unwrap();
+    bind_root(&share, "c1", snapshot.path(), false).unwrap();
+    bind_all(&share, "c1", &[volume(vol.path(), false)]).unwrap();
+    // The guest writes into the snapshot, as runc's containers do.
+    std::fs::write(share.join("c1/root/new"), "x").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(snapshot.path().join("new")).unwrap(),
+        "x"
+    );
+    assert!(share.join("c1/0/sub/g").is_file());
+    // A read-only root is read-only on the host's side too.
+    bind_root(&share, "c2", snapshot.path(), true).unwrap();
+    let err = std::fs::write(share.join("c2/root/new2"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    unbind_all(&share, "c1");
+    unbind_all(&share, "c2");
+    assert!(!share.join("c1").exists() && !share.join("c2").exists());
+    remove(&share);
+    assert!(snapshot.path().join("sub/g").is_file() && snapshot.path().join("new").is_file());
+}
