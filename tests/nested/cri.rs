@@ -20,7 +20,7 @@ use crate::common::containerd::{
     containerd_with_the_debian_guest, mounts_under, processes_mentioning, vm_sockets_of,
     Containerd, CNI_GATEWAY, CRI_NAMESPACE,
 };
-use crate::common::cri::{container_config, Cri};
+use crate::common::cri::{container_config, pod_config, Cri, Pod};
 
 const IMAGE: &str = "docker.io/library/vessel-busybox:latest";
 /// RunPodSandbox boots the VM: where ring 0 is emulated that takes minutes.
@@ -43,6 +43,8 @@ fn vmms(ctd: &Containerd) -> Vec<String> {
             root sent into it and its execs): a fifth boot is more than CI's budget holds next \
             to the others; run with `cargo test --test nested -- --ignored cri`"]
 fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
+    /// The pod's memory: above the shim's default VM size (256 MiB).
+    const POD_MEMORY: i64 = 512 << 20;
     let Some((ctd, kernel_version)) = containerd_with_the_debian_guest() else {
         return;
     };
@@ -53,9 +55,19 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .with_timeout(BOOT_TIMEOUT);
 
     let started = Instant::now();
-    let pod = cri
-        .run_pod_sandbox("pod1", "uid-pod1", "default", "vessel", false)
+    // The pod's resources, as the kubelet gives them (the sum of its containers' limits):
+    // containerd passes them to the shim in the sandbox's annotations and the VM holds them.
+    let mut config = pod_config("pod1", "uid-pod1", "default", false);
+    if let Some(linux) = config.linux.as_mut() {
+        linux.resources = Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: POD_MEMORY,
+            ..Default::default()
+        });
+    }
+    let id = cri
+        .run_pod_sandbox_with(&config, "vessel")
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\ncontainerd:\n{}", ctd.log()));
+    let pod = Pod { id, config };
     eprintln!("RunPodSandbox (the VM's boot) took {:?}", started.elapsed());
     let cri = cri.with_timeout(START_TIMEOUT);
     // A volume, as the kubelet binds one (a hostPath, a ConfigMap's directory): bound into
@@ -110,7 +122,22 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .exec_sync(&app, &["sh", "-c", "exit 3"], START_TIMEOUT)
         .unwrap();
     assert_eq!(code, 3);
-    let script = "cat /data/f && echo written > /data/from-guest";
+    let (_, out, _) = cri
+        .exec_sync(&app, &["grep", "MemTotal", "/proc/meminfo"], START_TIMEOUT)
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        kib << 10 > POD_MEMORY as u64,
+        "the pod VM holds the pod's {POD_MEMORY} bytes: {out}"
+    );
+    // The container's root is containerd's snapshot itself (through the VM's virtio-fs
+    // share): a write there is in the snapshot, mounted at the bundle's rootfs.
+    let script = "cat /data/f && echo written > /data/from-guest && echo kept > /in-the-root";
     let (code, out, err) = cri
         .exec_sync(&app, &["sh", "-c", script], START_TIMEOUT)
         .unwrap();
@@ -122,6 +149,14 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
     );
     let written = std::fs::read_to_string(volume.path().join("from-guest")).unwrap_or_default();
     assert_eq!(written, "written\n", "the guest's write reached the host");
+    let in_root = ctd
+        .bundle_of(CRI_NAMESPACE, &app)
+        .join("rootfs/in-the-root");
+    let in_root = std::fs::read_to_string(in_root).unwrap_or_default();
+    assert_eq!(
+        in_root, "kept\n",
+        "the container's write is in its snapshot"
+    );
     stats_and_update(&cri, &app);
     pod_network(&cri, &pod.id, &app);
     report_pod_memory(&ctd);

@@ -198,7 +198,9 @@ impl Container {
             files.remove();
             return Err(e.into());
         }
-        let limits = spec.container.limits.as_ref();
+        // A pod's VM holds the pod's resources when the kubelet gave them, else the
+        // container's own limits.
+        let limits = spec.pod_limits.as_ref().or(spec.container.limits.as_ref());
         // A pod's VM always gets the share: its later containers' volumes go there.
         let share = !spec.volumes.is_empty() || spec.pod == PodRole::Sandbox;
         let share = share.then_some((id, spec.volumes.as_slice()));

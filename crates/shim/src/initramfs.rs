@@ -32,7 +32,7 @@ for arg in $(cat /proc/cmdline); do
 done
 while read -r m; do
     case "${m%.ko}" in
-        virtio|virtio_ring|virtio_pci*|vsock|vmw_vsock_virtio_transport*) insmod "/lib/modules/$m" ;;
+        virtio|virtio_ring|virtio_pci*|virtio_balloon|vsock|vmw_vsock_virtio_transport*) insmod "/lib/modules/$m" ;;
         failover|net_failover|virtio_net) [ -z "$net" ] || insmod "/lib/modules/$m" ;;
     esac
 done < /etc/modules.order

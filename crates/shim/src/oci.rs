@@ -132,6 +132,8 @@ pub struct BundleSpec {
     /// The network namespace the spec names (`linux.namespaces`, type `network`, with a
     /// path): a pod's, which the CNI plugins set up.
     pub netns: Option<PathBuf>,
+    /// A sandbox's pod's resources (its annotations), which size the pod's VM.
+    pub pod_limits: Option<Limits>,
 }
 
 /// The CRI's annotation saying whether a container is a pod's sandbox or one of its
@@ -241,6 +243,10 @@ fn convert(spec: Spec, id: &str) -> Result<BundleSpec, SpecError> {
         ));
     }
     let pod = pod_role(spec.annotations.as_ref())?;
+    let pod_limits = match pod {
+        PodRole::Sandbox => resources::pod_limits(spec.annotations.as_ref())?,
+        _ => None,
+    };
     let process = spec
         .process
         .ok_or_else(|| unsupported("no process to run"))?;
@@ -274,6 +280,7 @@ fn convert(spec: Spec, id: &str) -> Result<BundleSpec, SpecError> {
         pod,
         volumes,
         netns,
+        pod_limits,
     })
 }
 

@@ -28,6 +28,11 @@ const MAX_UDS: usize = 96;
 /// (containerd's CRI names bundles after 64-digit ids).
 const SOCKET_DIR: &str = "/run/vessel-shim";
 
+/// A balloon that takes nothing and is there for free page reporting: the guest hands the
+/// memory it frees back to the host (docs/balloon.md), so a pod's host memory follows what
+/// its guest uses rather than the most it ever used.
+const FREE_PAGE_REPORTING: &str = "amount_mib=0,free_page_reporting=on";
+
 /// What a VM needs besides a container's memory limit: the guest kernel, the agent, and
 /// the initramfs with the container's root, all in the guest's memory.
 const GUEST_BASE_MIB: u64 = 128;
@@ -199,6 +204,7 @@ impl Vm {
             .args(["--cmdline", &cmdline])
             .arg("--vsock")
             .arg(format!("cid={GUEST_CID},uds={}", files.uds.display()))
+            .args(["--balloon", FREE_PAGE_REPORTING])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -1,8 +1,11 @@
 //! `linux.resources` as the guest enforces it: a memory limit and reservation become the
 //! container's `memory.max` and `memory.low`, a CFS quota its `cpu.max`, in a cgroup of
 //! its own in the guest ([`Limits`]); a lone container's VM is sized to hold them
-//! (`crate::vm`). Shares are relative weights among a host's containers and set no limit;
+//! (`crate::vm`), and a pod's VM to hold the pod's resources its sandbox's annotations
+//! give ([`pod_limits`]). Shares are relative weights among a host's containers and set no limit;
 //! cpusets, realtime and swap beyond the limit (the VM has no swap) are refused.
+
+use std::collections::HashMap;
 
 use agent::protocol::Limits;
 use serde::Deserialize;
@@ -103,6 +106,42 @@ pub(super) fn limits(resources: Option<&Resources>) -> Result<Option<Limits>, Sp
     Ok((!none).then_some(limits))
 }
 
+/// The CRI's annotations on a pod's sandbox giving the pod's resources (the sum of its
+/// containers' limits, which the kubelet passes since Kubernetes 1.23): memory in bytes, a
+/// CFS quota and period in microseconds; 0 or absent means none.
+const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+
+/// The pod's resources from its sandbox's annotations, which size the pod's VM (its
+/// further containers run in it); `None` when they give none. A value that is not a
+/// number is refused.
+pub(super) fn pod_limits(
+    annotations: Option<&HashMap<String, String>>,
+) -> Result<Option<Limits>, SpecError> {
+    let number = |key: &str| -> Result<Option<i64>, SpecError> {
+        let Some(v) = annotations.and_then(|a| a.get(key)) else {
+            return Ok(None);
+        };
+        let n = v.trim().parse::<i64>();
+        n.map(Some)
+            .map_err(|_| unsupported(format!("annotation {key}={v:?} is not a number")))
+    };
+    let memory_max = bytes(number(SANDBOX_MEMORY)?);
+    let quota = bytes(number(SANDBOX_CPU_QUOTA)?);
+    let period = bytes(number(SANDBOX_CPU_PERIOD)?).unwrap_or(DEFAULT_PERIOD);
+    let limits = Limits {
+        memory_max,
+        memory_low: None,
+        cpu_max: quota.map(|q| (q, period)),
+    };
+    if memory_max.is_none() && quota.is_none() {
+        return Ok(None);
+    }
+    limits.validate()?;
+    Ok(Some(limits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +186,36 @@ mod tests {
         ] {
             assert!(from(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_pods_resources_come_from_its_sandboxs_annotations() {
+        let notes = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let pod = notes(&[
+            (SANDBOX_MEMORY, "536870912"),
+            (SANDBOX_CPU_QUOTA, "150000"),
+            (SANDBOX_CPU_PERIOD, "100000"),
+            ("io.kubernetes.cri.sandbox-cpu-shares", "1536"),
+        ]);
+        let l = pod_limits(Some(&pod)).unwrap().unwrap();
+        assert_eq!(
+            (l.memory_max, l.cpu_max),
+            (Some(512 << 20), Some((150_000, 100_000)))
+        );
+        // What the kubelet sends for a pod without limits, and older kubelets' nothing.
+        let unlimited = notes(&[(SANDBOX_MEMORY, "0"), (SANDBOX_CPU_QUOTA, "0")]);
+        assert_eq!(pod_limits(Some(&unlimited)).unwrap(), None);
+        assert_eq!(pod_limits(None).unwrap(), None);
+        let bad = notes(&[(SANDBOX_MEMORY, "lots")]);
+        let err = pod_limits(Some(&bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("io.kubernetes.cri.sandbox-memory=\"lots\""),
+            "{err}"
+        );
     }
 }
