@@ -123,10 +123,12 @@ fn cri_runs_a_pods_sandbox_and_container_in_one_vessel_vm() {
         .unwrap();
     assert_eq!(code, 3);
     let (_, out, _) = cri
-        .exec_sync(&app, &["grep", "MemTotal", "/proc/meminfo"], START_TIMEOUT)
+        .exec_sync(&app, &["sh", "-c", "cat /proc/meminfo"], START_TIMEOUT)
         .unwrap();
     let out = String::from_utf8_lossy(&out);
-    let kib: u64 = out
+    let total = out.lines().find(|l| l.starts_with("MemTotal:"));
+    let kib: u64 = total
+        .unwrap_or_default()
         .split_whitespace()
         .nth(1)
         .and_then(|k| k.parse().ok())

@@ -2,18 +2,18 @@
 //! sandbox runs first, as the VM's main container, then the pod's containers). Each arrives
 //! as `Container` on the main connection; the agent opens a connection of its own for it,
 //! binds its root from the VM's share (containerd's snapshot, which the host mounted there)
-//! under the pod's directory and runs it as the sandbox runs in `/rootfs`: chrooted, with its own mounts, output, signals,
-//! stdin and exec'd processes over its connection. The sandbox's end ends them, as the end
-//! of the VM would.
+//! under the pod's directory and runs it as the sandbox runs in `/rootfs`: chrooted, with
+//! its own mounts, output, signals, stdin and exec'd processes over its connection. The
+//! sandbox's end ends them, as the end of the VM would.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-use crate::exec::{Connect, Execs};
 use nix::mount::{mount, MsFlags};
 
+use crate::exec::{Connect, Execs};
 use crate::protocol::{pod_root_source, AgentMessage, ContainerSpec, ProtocolError};
 use crate::session::{
     self, control, report_start, run_to_exit, send, ExecContext, Input, SessionError, Writer,
