@@ -255,9 +255,11 @@ impl Balloon {
         }
     }
 
-    /// Free page reporting: each readable buffer is a free range of guest memory.
+    /// Free page reporting: each buffer is a free range of guest memory. Linux's driver
+    /// adds them device-writable (`virtqueue_add_inbuf`; QEMU reads them as such); the
+    /// device writes nothing to them, and device-readable ones are not reports.
     fn serve_reporting(mem: &GuestMemoryMmap, segs: &[Segment], discarded: &mut u64) {
-        for seg in segs.iter().filter(|s| !s.writable) {
+        for seg in segs.iter().filter(|s| s.writable) {
             if discard_range(mem, seg.addr, u64::from(seg.len)) {
                 *discarded += u64::from(seg.len) / BALLOON_PAGE_SIZE;
             }
@@ -533,6 +535,44 @@ mod tests {
         );
         m.write_obj(7_u32, GuestAddress(0x1000)).unwrap();
         assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 7);
+    }
+
+    #[test]
+    fn reported_ranges_are_the_device_writable_buffers_as_linux_adds_them() {
+        let m = mem();
+        for at in [0x4000u64, 0x6000, 0x9000] {
+            m.write_obj(0x5a5a_u32, GuestAddress(at)).unwrap();
+        }
+        let segs = [
+            Segment {
+                addr: GuestAddress(0x4000),
+                len: 0x3000,
+                writable: true,
+            },
+            // Not a report: left alone.
+            Segment {
+                addr: GuestAddress(0x9000),
+                len: 0x1000,
+                writable: false,
+            },
+            // Hostile: past the end of memory, unaligned.
+            Segment {
+                addr: GuestAddress(1 << 20),
+                len: 0x1000,
+                writable: true,
+            },
+            Segment {
+                addr: GuestAddress(0x9001),
+                len: 0x1000,
+                writable: true,
+            },
+        ];
+        let mut discarded = 0;
+        Balloon::serve_reporting(&m, &segs, &mut discarded);
+        assert_eq!(discarded, 3);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x4000)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x6000)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x9000)).unwrap(), 0x5a5a);
     }
 
     #[test]
