@@ -36,6 +36,11 @@ while read -r m; do
         failover|net_failover|virtio_net) [ -z "$net" ] || insmod "/lib/modules/$m" ;;
     esac
 done < /etc/modules.order
+# Free page reporting in 128 KiB blocks rather than the 2 MiB pageblock (Linux 6.1 sets the
+# pageblock order when the balloon driver registers): a pod VM measured on kvm_pvm gave back
+# 9.2 MiB after its guest deleted an 8 MiB file with this, nothing with 2 MiB blocks.
+order=/sys/module/page_reporting/parameters/page_reporting_order
+[ -w "$order" ] && echo 5 > "$order"
 if [ -n "$net" ]; then
     IFS=, read -r mac address gateway mtu <<NET
 $net
