@@ -116,10 +116,8 @@ fn beside(share: &Path, suffix: &str) -> PathBuf {
 /// Binds `container`'s `volumes` into `share` as `<container>/<n>`; on an error the binds
 /// made so far are undone.
 pub fn bind_all(share: &Path, container: &str, volumes: &[Volume]) -> Result<(), VolumeError> {
-    let mounted = mount_points();
-    let prepared = [share.to_path_buf(), work_dir(share)];
-    if !volumes.is_empty() && !prepared.iter().all(|p| mounted.contains(p)) {
-        return Err(VolumeError::NoShare(share.to_path_buf()));
+    if !volumes.is_empty() {
+        check_prepared(share)?;
     }
     for (n, volume) in volumes.iter().enumerate() {
         if let Err(e) = bind_one(share, &source_name(container, n), volume) {
@@ -140,19 +138,24 @@ pub fn bind_root(
     root: &Path,
     readonly: bool,
 ) -> Result<(), VolumeError> {
-    let mounted = mount_points();
-    if ![share.to_path_buf(), work_dir(share)]
-        .iter()
-        .all(|p| mounted.contains(p))
-    {
-        return Err(VolumeError::NoShare(share.to_path_buf()));
-    }
+    check_prepared(share)?;
     let volume = Volume {
         host: root.to_path_buf(),
         readonly,
     };
     bind_one(share, &agent::protocol::pod_root_source(container), &volume)
         .inspect_err(|_| unbind_all(share, container))
+}
+
+/// Whether [`prepare`] made `share` (and its working directory) for a VM.
+fn check_prepared(share: &Path) -> Result<(), VolumeError> {
+    let mounted = mount_points();
+    let prepared = [share.to_path_buf(), work_dir(share)];
+    if prepared.iter().all(|p| mounted.contains(p)) {
+        Ok(())
+    } else {
+        Err(VolumeError::NoShare(share.to_path_buf()))
+    }
 }
 
 /// Binds `volume` into `share` as `name`.

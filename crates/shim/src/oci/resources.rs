@@ -2,8 +2,8 @@
 //! container's `memory.max` and `memory.low`, a CFS quota its `cpu.max`, in a cgroup of
 //! its own in the guest ([`Limits`]); a lone container's VM is sized to hold them
 //! (`crate::vm`), and a pod's VM to hold the pod's resources its sandbox's annotations
-//! give ([`pod_limits`]). Shares are relative weights among a host's containers and set no limit;
-//! cpusets, realtime and swap beyond the limit (the VM has no swap) are refused.
+//! give ([`pod_limits`]). Shares are relative weights among a host's containers and set
+//! no limit; cpusets, realtime and swap beyond the limit (the VM has no swap) are refused.
 
 use std::collections::HashMap;
 
